@@ -1,0 +1,41 @@
+# Set-up and the project's main commands. Every target creates .venv (with Python 3.12)
+# and installs the package into it when needed, so a fresh clone needs only `make demo`
+# and `make test`.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+# Python 3.12: `python3.12` on PATH, or a pyenv-installed 3.12 when the shim has none
+# selected. Override with `make PYTHON=/path/to/python3.12 ...`.
+PYTHON ?= $(shell for p in python3.12 $$(command -v pyenv >/dev/null 2>&1 && ls -d "$$(pyenv root)"/versions/3.12*/bin/python3.12 2>/dev/null); do \
+  "$$p" -c 'import sys; assert sys.version_info[:2] == (3, 12)' >/dev/null 2>&1 && { echo "$$p"; break; }; done)
+
+.PHONY: install demo test clean
+
+install: $(STAMP)
+
+$(STAMP): setup.py
+	@if [ ! -x "$(PY)" ]; then \
+	  if [ -z "$(PYTHON)" ]; then \
+	    echo "error: mtm_jax needs Python 3.12 (jax >= 0.11 requires it), and no working"; \
+	    echo "       python3.12 was found. Install it, or run: make PYTHON=/path/to/python3.12 $(MAKECMDGOALS)"; \
+	    exit 1; \
+	  fi; \
+	  echo "Creating $(VENV) with $(PYTHON)"; \
+	  "$(PYTHON)" -m venv $(VENV); \
+	fi
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+# Builds a small synthetic data set, pretrains MtM and a temporal-masking baseline,
+# evaluates both and prints MtM vs temporal vs oracle (runs/demo/report.md).
+demo: $(STAMP)
+	$(PY) -m experiments.demo --flagfile=experiments/flags/demo.flags
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) runs *.egg-info .pytest_cache

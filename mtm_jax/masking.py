@@ -1,0 +1,200 @@
+"""Masking schemes of MtM as pure functions, and the deterministic evaluation masks.
+
+Training masks: `apply_scheme(key, spikes, regions, scheme)` hides entries of a batch of
+spike counts `[batch, time, neurons]` (hidden entries are set to 0, as in the reference)
+and returns which entries the loss is computed on:
+
+| scheme        | hidden                                          | targets                    |
+|---------------|-------------------------------------------------|----------------------------|
+| temporal      | Bernoulli(ratio) per (trial, bin), all neurons  | hidden entries             |
+| neuron        | Bernoulli(ratio) per (trial, neuron), all bins  | hidden entries             |
+| causal        | Bernoulli(causal_ratio) per (trial, bin)        | hidden entries             |
+|               |   + causal attention in the model               |                            |
+| inter-region  | one region (drawn per batch): all its neurons   | hidden entries             |
+| intra-region  | one region drawn per batch; all neurons outside | hidden entries inside the  |
+|               |   it, and Bernoulli(ratio) per (trial, neuron)  |   region                   |
+|               |   inside it                                     |                            |
+
+MtM draws one of {neuron, causal, inter-region, intra-region} per batch, uniformly; the
+drawn scheme's index is also the index of its prompt token. Temporal masking is the
+baseline and is not in the MtM pool. Neurons whose region id is negative are padding:
+always hidden, never targets.
+
+Evaluation masks (`co_smoothing`, `forward_prediction`, `inter_region`, `intra_region`)
+are `EvalTask`s: M masks, each hiding neurons x bins and scoring neurons x bins.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Order = prompt-token index (as in the reference code).
+SCHEMES = ("neuron", "causal", "inter-region", "intra-region")
+TEMPORAL = "temporal"
+MTM = "mtm"
+MODES = (MTM, TEMPORAL) + SCHEMES
+_SWITCH_ORDER = SCHEMES + (TEMPORAL,)  # lax.switch branch index of each scheme
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskConfig:
+  ratio: float = 0.3  # Bernoulli rate of temporal, neuron and intra-region masking
+  causal_ratio: float = 0.6  # Bernoulli rate over bins in causal masking
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class MaskedBatch:
+  inputs: jax.Array  # [batch, time, neurons] spike counts with hidden entries zeroed
+  targets: jax.Array  # [batch, time, neurons] bool, entries the loss is computed on
+  scheme: jax.Array  # [] int32, index in _SWITCH_ORDER; = prompt index for SCHEMES
+  causal: jax.Array  # [] bool, whether the model must attend causally
+
+
+def scheme_index(name: str) -> int:
+  if name not in _SWITCH_ORDER:
+    raise ValueError(f"masking scheme: unknown {name!r}; expected one of {_SWITCH_ORDER}")
+  return _SWITCH_ORDER.index(name)
+
+
+def sample_scheme(key: jax.Array, mode: str) -> jax.Array:
+  """[] int32 scheme index for one batch: uniform over SCHEMES for 'mtm', else fixed."""
+  if mode == MTM:
+    return jax.random.randint(key, (), 0, len(SCHEMES), dtype=jnp.int32)
+  return jnp.asarray(scheme_index(mode), jnp.int32)
+
+
+def _bernoulli(key, p, shape):
+  return jax.random.bernoulli(key, p, shape)
+
+
+def _draw_region(key, regions: jax.Array, n_regions: int) -> jax.Array:
+  """[] int32, a region drawn uniformly among those present in `regions` [neurons]."""
+  present = jnp.zeros(n_regions, bool).at[jnp.where(regions >= 0, regions, n_regions)].set(True, mode="drop")
+  return jax.random.choice(key, n_regions, p=present / jnp.maximum(present.sum(), 1)).astype(jnp.int32)
+
+
+def temporal_mask(key, shape, ratio):
+  """Hidden [B,T,N]: whole bins, Bernoulli(ratio) per (trial, bin)."""
+  b, t, n = shape
+  hide = jnp.broadcast_to(_bernoulli(key, ratio, (b, t, 1)), shape)
+  return hide, hide
+
+
+def neuron_mask(key, shape, ratio):
+  """Hidden [B,T,N]: whole neurons, Bernoulli(ratio) per (trial, neuron)."""
+  b, t, n = shape
+  hide = jnp.broadcast_to(_bernoulli(key, ratio, (b, 1, n)), shape)
+  return hide, hide
+
+
+def inter_region_mask(key, shape, regions, n_regions):
+  """Hidden [B,T,N]: every neuron of one region drawn per batch, all bins."""
+  region = _draw_region(key, regions, n_regions)
+  hide = jnp.broadcast_to((regions == region)[None, None, :], shape)
+  return hide, hide
+
+
+def intra_region_mask(key, shape, regions, n_regions, ratio):
+  """One region drawn per batch: all neurons outside it hidden (not targets); inside it,
+  Bernoulli(ratio) per (trial, neuron) hidden and targets."""
+  k_region, k_neurons = jax.random.split(key)
+  b, t, n = shape
+  inside = (regions == _draw_region(k_region, regions, n_regions))[None, None, :]
+  drawn = _bernoulli(k_neurons, ratio, (b, 1, n))
+  targets = jnp.broadcast_to(inside & drawn, shape)
+  hide = jnp.broadcast_to(~inside, shape) | targets
+  return hide, targets
+
+
+def apply_scheme(key: jax.Array, spikes: jax.Array, regions: jax.Array, scheme: jax.Array,
+                 config: MaskConfig = MaskConfig(), n_regions: int | None = None) -> MaskedBatch:
+  """Masks `spikes` [B,T,N] with the scheme of index `scheme` (traced; see _SWITCH_ORDER).
+
+  `regions` [N] int32 region id per neuron (< 0 = padding neuron), `n_regions` an upper
+  bound of the ids (static; defaults to N).
+  """
+  shape = spikes.shape
+  n_regions = shape[-1] if n_regions is None else n_regions
+  branches = [
+      lambda k: neuron_mask(k, shape, config.ratio),
+      lambda k: temporal_mask(k, shape, config.causal_ratio),
+      lambda k: inter_region_mask(k, shape, regions, n_regions),
+      lambda k: intra_region_mask(k, shape, regions, n_regions, config.ratio),
+      lambda k: temporal_mask(k, shape, config.ratio),
+  ]
+  hide, targets = jax.lax.switch(scheme, branches, key)
+  valid = (regions >= 0)[None, None, :]
+  hide = hide | ~valid
+  targets = targets & valid
+  inputs = jnp.where(hide, jnp.zeros_like(spikes), spikes)
+  return MaskedBatch(inputs, targets, scheme, scheme == scheme_index("causal"))
+
+
+# ---------------------------------------------------------------------------------------
+# Deterministic evaluation masks
+# ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalTask:
+  """M masked forward passes; entry (t, n) of pass m is hidden iff hide_neurons[m, n] and
+  hide_bins[t], and scored iff score_neurons[m, n] and score_bins[t]. Each neuron is
+  scored by at most one pass."""
+
+  name: str
+  prompt: str  # scheme whose prompt token is given
+  hide_neurons: np.ndarray  # [M, N] bool
+  score_neurons: np.ndarray  # [M, N] bool
+  hide_bins: np.ndarray  # [T] bool
+  score_bins: np.ndarray  # [T] bool
+
+  @property
+  def scored(self) -> np.ndarray:
+    """[N] bool, the neurons this task scores."""
+    return self.score_neurons.any(0)
+
+
+def co_smoothing_task(n_neurons: int, n_bins: int) -> EvalTask:
+  """Each neuron hidden alone at all bins (neuron prompt) and scored."""
+  eye = np.eye(n_neurons, dtype=bool)
+  every = np.ones(n_bins, bool)
+  return EvalTask("co_smoothing", "neuron", eye, eye, every, every)
+
+
+def forward_prediction_task(n_neurons: int, n_bins: int, held_out=range(90, 100)) -> EvalTask:
+  """Bins `held_out` (default the last 200 ms) hidden for all neurons (causal prompt)."""
+  bins = np.zeros(n_bins, bool)
+  bins[list(held_out)] = True
+  every = np.ones((1, n_neurons), bool)
+  return EvalTask("forward_prediction", "causal", every, every, bins, bins)
+
+
+def inter_region_task(region_ids: np.ndarray, n_bins: int) -> EvalTask:
+  """Each region's neurons hidden together (inter-region prompt) and scored."""
+  regions = np.unique(region_ids[region_ids >= 0])
+  masks = region_ids[None, :] == regions[:, None]
+  every = np.ones(n_bins, bool)
+  return EvalTask("inter_region", "inter-region", masks, masks, every, every)
+
+
+def intra_region_task(region_ids: np.ndarray, n_bins: int) -> EvalTask:
+  """For each neuron i: every neuron outside i's region hidden, and i itself; i scored."""
+  n = len(region_ids)
+  valid = np.flatnonzero(region_ids >= 0)
+  outside = region_ids[valid][:, None] != region_ids[None, :]
+  score = np.zeros((len(valid), n), bool)
+  score[np.arange(len(valid)), valid] = True
+  every = np.ones(n_bins, bool)
+  return EvalTask("intra_region", "intra-region", outside | score, score, every, every)
+
+
+def evaluation_tasks(region_ids: np.ndarray, n_bins: int) -> list[EvalTask]:
+  """The four MtM evaluations of a session with these neuron regions."""
+  n = len(region_ids)
+  return [co_smoothing_task(n, n_bins), forward_prediction_task(n, n_bins), inter_region_task(region_ids, n_bins),
+          intra_region_task(region_ids, n_bins)]

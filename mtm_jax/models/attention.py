@@ -1,0 +1,87 @@
+"""Attention primitives and pre-LayerNorm transformer blocks (Flax NNX).
+
+Modules are pure: they store parameters only. Randomness (dropout) comes in as a key
+argument; `key=None` means deterministic (evaluation). Shapes: B batch, L/Q/K sequence
+lengths, H heads, E head dim, D model width.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+def _dropout(x, rate: float, key: jax.Array | None):
+  if key is None or rate == 0.0:
+    return x
+  return nnx.Dropout(rate)(x, rngs=key)
+
+
+def attend(q, k, v, mask=None, *, dropout_rate: float = 0.0, key: jax.Array | None = None):
+  """Scaled dot-product attention.
+
+  q [B, Q, H, E], k and v [B, K, H, E], mask broadcastable to [B, H, Q, K] (True = may
+  attend). Dropout on the attention probabilities only when a key is given; otherwise
+  the fused `jax.nn.dot_product_attention`. Returns [B, Q, H, E].
+  """
+  if key is None or dropout_rate == 0.0:
+    return jax.nn.dot_product_attention(q, k, v, mask=mask)
+  logits = jnp.einsum("bqhe,bkhe->bhqk", q, k) / jnp.sqrt(q.shape[-1]).astype(q.dtype)
+  if mask is not None:
+    logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
+  probs = _dropout(jax.nn.softmax(logits, axis=-1), dropout_rate, key)
+  return jnp.einsum("bhqk,bkhe->bqhe", probs, v)
+
+
+class Attention(nnx.Module):
+  """Multi-head attention of `inputs_q` over `inputs_kv` (self-attention when equal)."""
+
+  def __init__(self, dim: int, n_heads: int, *, dropout: float, rngs: nnx.Rngs, kv_dim: int | None = None):
+    if dim % n_heads:
+      raise ValueError(f"attention: width {dim} is not divisible by {n_heads} heads")
+    kv_dim = dim if kv_dim is None else kv_dim
+    self.n_heads, self.dropout = n_heads, dropout
+    self.query = nnx.Linear(dim, dim, rngs=rngs)
+    self.key = nnx.Linear(kv_dim, dim, rngs=rngs)
+    self.value = nnx.Linear(kv_dim, dim, rngs=rngs)
+    self.out = nnx.Linear(dim, dim, rngs=rngs)
+
+  def __call__(self, inputs_q, inputs_kv, mask=None, *, key=None):
+    """inputs_q [B, Q, D], inputs_kv [B, K, Dkv], mask [B|1, 1, Q, K] -> [B, Q, D]."""
+    heads = lambda x: x.reshape(x.shape[:-1] + (self.n_heads, -1))  # [B, L, H, E]
+    k_attn, k_out = jax.random.split(key) if key is not None else (None, None)
+    out = attend(heads(self.query(inputs_q)), heads(self.key(inputs_kv)), heads(self.value(inputs_kv)),
+                 mask, dropout_rate=self.dropout, key=k_attn)
+    out = out.reshape(out.shape[:-2] + (-1,))
+    return self.out(_dropout(out, self.dropout, k_out))
+
+
+class MLP(nnx.Module):
+  """Linear -> exact GELU -> Linear -> dropout."""
+
+  def __init__(self, dim: int, hidden: int, *, dropout: float, rngs: nnx.Rngs):
+    self.up = nnx.Linear(dim, hidden, rngs=rngs)
+    self.down = nnx.Linear(hidden, dim, rngs=rngs)
+    self.dropout = dropout
+
+  def __call__(self, x, *, key=None):
+    return _dropout(self.down(jax.nn.gelu(self.up(x), approximate=False)), self.dropout, key)
+
+
+class SelfAttentionBlock(nnx.Module):
+  """Pre-LayerNorm transformer block: x + attn(ln(x)); x + mlp(ln(x))."""
+
+  def __init__(self, dim: int, n_heads: int, mlp_hidden: int, *, dropout: float, attention_dropout: float,
+               layer_norm_eps: float, rngs: nnx.Rngs):
+    self.norm_attn = nnx.LayerNorm(dim, epsilon=layer_norm_eps, rngs=rngs)
+    self.attn = Attention(dim, n_heads, dropout=attention_dropout, rngs=rngs)
+    self.norm_mlp = nnx.LayerNorm(dim, epsilon=layer_norm_eps, rngs=rngs)
+    self.mlp = MLP(dim, mlp_hidden, dropout=dropout, rngs=rngs)
+
+  def __call__(self, x, mask=None, *, key=None):
+    """x [B, L, D], mask [B|1, 1, L, L] -> [B, L, D]."""
+    k_attn, k_mlp = jax.random.split(key) if key is not None else (None, None)
+    h = self.norm_attn(x)
+    x = x + self.attn(h, h, mask, key=k_attn)
+    return x + self.mlp(self.norm_mlp(x), key=k_mlp)
