@@ -72,10 +72,12 @@ def _bernoulli(key, p, shape):
   return jax.random.bernoulli(key, p, shape)
 
 
-def _draw_region(key, regions: jax.Array, n_regions: int) -> jax.Array:
-  """[] int32, a region drawn uniformly among those present in `regions` [neurons]."""
-  present = jnp.zeros(n_regions, bool).at[jnp.where(regions >= 0, regions, n_regions)].set(True, mode="drop")
-  return jax.random.choice(key, n_regions, p=present / jnp.maximum(present.sum(), 1)).astype(jnp.int32)
+def _draw_region(key, regions: jax.Array) -> jax.Array:
+  """[] int32, a region id drawn uniformly among those present in `regions` [neurons]
+  (ids < 0 are padding)."""
+  ids = jnp.unique(jnp.where(regions >= 0, regions, -1), size=regions.shape[0], fill_value=-1)
+  present = ids >= 0
+  return ids[jax.random.choice(key, ids.shape[0], p=present / jnp.maximum(present.sum(), 1))].astype(jnp.int32)
 
 
 def temporal_mask(key, shape, ratio):
@@ -92,19 +94,19 @@ def neuron_mask(key, shape, ratio):
   return hide, hide
 
 
-def inter_region_mask(key, shape, regions, n_regions):
+def inter_region_mask(key, shape, regions):
   """Hidden [B,T,N]: every neuron of one region drawn per batch, all bins."""
-  region = _draw_region(key, regions, n_regions)
+  region = _draw_region(key, regions)
   hide = jnp.broadcast_to((regions == region)[None, None, :], shape)
   return hide, hide
 
 
-def intra_region_mask(key, shape, regions, n_regions, ratio):
+def intra_region_mask(key, shape, regions, ratio):
   """One region drawn per batch: all neurons outside it hidden (not targets); inside it,
   Bernoulli(ratio) per (trial, neuron) hidden and targets."""
   k_region, k_neurons = jax.random.split(key)
   b, t, n = shape
-  inside = (regions == _draw_region(k_region, regions, n_regions))[None, None, :]
+  inside = (regions == _draw_region(k_region, regions))[None, None, :]
   drawn = _bernoulli(k_neurons, ratio, (b, 1, n))
   targets = jnp.broadcast_to(inside & drawn, shape)
   hide = jnp.broadcast_to(~inside, shape) | targets
@@ -112,19 +114,17 @@ def intra_region_mask(key, shape, regions, n_regions, ratio):
 
 
 def apply_scheme(key: jax.Array, spikes: jax.Array, regions: jax.Array, scheme: jax.Array,
-                 config: MaskConfig = MaskConfig(), n_regions: int | None = None) -> MaskedBatch:
+                 config: MaskConfig = MaskConfig()) -> MaskedBatch:
   """Masks `spikes` [B,T,N] with the scheme of index `scheme` (traced; see _SWITCH_ORDER).
 
-  `regions` [N] int32 region id per neuron (< 0 = padding neuron), `n_regions` an upper
-  bound of the ids (static; defaults to N).
+  `regions` [N] int32 region id per neuron (< 0 = padding neuron).
   """
   shape = spikes.shape
-  n_regions = shape[-1] if n_regions is None else n_regions
   branches = [
       lambda k: neuron_mask(k, shape, config.ratio),
       lambda k: temporal_mask(k, shape, config.causal_ratio),
-      lambda k: inter_region_mask(k, shape, regions, n_regions),
-      lambda k: intra_region_mask(k, shape, regions, n_regions, config.ratio),
+      lambda k: inter_region_mask(k, shape, regions),
+      lambda k: intra_region_mask(k, shape, regions, config.ratio),
       lambda k: temporal_mask(k, shape, config.ratio),
   ]
   hide, targets = jax.lax.switch(scheme, branches, key)

@@ -71,9 +71,9 @@ def get_config(arg: str = "paper") -> ml_collections.ConfigDict:
   if preset == "demo":
     c.model.dropout = c.model.attention_dropout = 0.2
     c.optimizer.learning_rate = 2e-3
-    c.train.steps = 3000
+    c.train.steps = 1500
     c.train.log_every = 100
-    c.train.eval_every = c.train.checkpoint_every = 1000
+    c.train.eval_every = c.train.checkpoint_every = 500
   elif preset == "tiny":
     c.model.dropout = c.model.attention_dropout = c.model.embed_dropout = 0.1
     c.data.batch_size = 8

@@ -14,6 +14,7 @@ import numpy as np
 from flax import nnx
 
 from mtm_jax import masking, metrics
+from mtm_jax.training import mesh as mesh_lib
 
 
 def make_predictor(graphdef):
@@ -33,19 +34,25 @@ def make_predictor(graphdef):
 
 
 def predict_task(predictor, params, spikes: np.ndarray, task: masking.EvalTask, *, causal: bool,
-                 max_batch: int = 2048) -> np.ndarray:
-  """[K, T, N] log-rates of each scored neuron under its own mask (0 where unscored)."""
+                 max_batch: int = 2048, mesh=None) -> np.ndarray:
+  """[K, T, N] log-rates of each scored neuron under its own mask (0 where unscored).
+
+  With a mesh, the masks of a chunk are split over its data axis (params replicated)."""
   n_trials = spikes.shape[0]
-  chunk = max(1, max_batch // n_trials)
+  n_data = 1 if mesh is None else mesh.shape[mesh_lib.DATA]
+  chunk = max(1, max_batch // n_trials // n_data) * n_data
   n_masks = task.hide_neurons.shape[0]
   pad = -n_masks % chunk
   hide = np.pad(task.hide_neurons, ((0, pad), (0, 0)))
   score = np.pad(task.score_neurons, ((0, pad), (0, 0)))
   prompt = masking.SCHEMES.index(task.prompt)
+  place = (lambda x: x) if mesh is None else (lambda x: jax.device_put(x, mesh_lib.batch_sharding(mesh)))
   spikes = jnp.asarray(spikes, jnp.float32)
-  total = jnp.zeros(spikes.shape, jnp.float32)
+  if mesh is not None:
+    spikes = jax.device_put(spikes, mesh_lib.replicated(mesh))
+  total = 0.0
   for start in range(0, n_masks + pad, chunk):
-    total = total + predictor(params, spikes, hide[start : start + chunk], score[start : start + chunk],
+    total = total + predictor(params, spikes, place(hide[start : start + chunk]), place(score[start : start + chunk]),
                               task.hide_bins, prompt, causal)
   return np.asarray(total)
 
@@ -60,19 +67,20 @@ def score_task(rates: np.ndarray, spikes: np.ndarray, task: masking.EvalTask) ->
 
 
 def evaluate(graphdef, params, spikes: np.ndarray, region_ids: np.ndarray, *, causal_trained: bool,
-             true_rates: np.ndarray | None = None, max_batch: int = 2048) -> dict:
+             true_rates: np.ndarray | None = None, max_batch: int = 2048, mesh=None) -> dict:
   """The four metrics of one session's trials.
 
   spikes [K, T, N] counts; region_ids [N]; causal_trained: whether the model learned
   causal attention (MtM, causal masking); the forward-prediction task uses it only then,
-  as the reference does. Returns {"<task>_bps": mean over neurons, "oracle_<task>_bps"
+  as the reference does. `mesh`: split the masked copies over its data axis (params
+  must be replicated on it). Returns {"<task>_bps": mean over neurons, "oracle_<task>_bps"
   (with true_rates), "per_neuron": {task: [N]}}.
   """
   predictor = make_predictor(graphdef)
   results, per_neuron = {}, {}
   for task in masking.evaluation_tasks(region_ids, spikes.shape[1]):
     causal = causal_trained and task.prompt == "causal"
-    log_rates = predict_task(predictor, params, spikes, task, causal=causal, max_batch=max_batch)
+    log_rates = predict_task(predictor, params, spikes, task, causal=causal, max_batch=max_batch, mesh=mesh)
     bps = score_task(np.exp(log_rates.astype(np.float64)), spikes, task)
     per_neuron[task.name] = bps
     results[f"{task.name}_bps"] = float(np.nanmean(bps))

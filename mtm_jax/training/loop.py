@@ -167,7 +167,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def load_trained(workdir: str, step: int | None = None, mesh=None) -> Trained:
   """Config, session and parameters of the model trained in `workdir`."""
   config = checkpoint.load_config(workdir, step)
-  mesh = mesh_lib.make_mesh() if mesh is None else mesh
+  mesh = mesh_lib.make_mesh(config.mesh.data) if mesh is None else mesh
   info = pipeline.session_info(config.data.dataset, config.data.data_dir)
   graphdef, _, state = _create(config, info, mesh)
   mngr = checkpoint.manager(workdir, create=False)

@@ -12,14 +12,16 @@ DATA, MODEL = "data", "model"
 
 
 def make_mesh(data: int = -1, model: int = 1, devices=None) -> jax.sharding.Mesh:
-  """A (data, model) mesh over `devices` (default: all); -1 = the remaining devices."""
+  """A (data, model) mesh over the first data * model of `devices` (default: all);
+  data=-1 takes all of them."""
   devices = list(jax.devices() if devices is None else devices)
   n = len(devices)
   if model < 1 or n % model:
     raise ValueError(f"config.mesh.model: {model} does not divide the {n} devices")
   data = n // model if data == -1 else data
-  if data * model != n:
-    raise ValueError(f"config.mesh: data={data} x model={model} != {n} devices")
+  if data < 1 or data * model > n:
+    raise ValueError(f"config.mesh: data={data} x model={model} needs more than the {n} devices")
+  devices = devices[: data * model]
   return jax.make_mesh((data, model), (DATA, MODEL), axis_types=(AxisType.Auto, AxisType.Auto),
                        devices=devices)
 

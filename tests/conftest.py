@@ -1,0 +1,22 @@
+"""Test set-up: 8 fake CPU devices (before any JAX op) and a small built data set."""
+
+import jax
+
+jax.config.update("jax_num_cpu_devices", 8)
+
+import pytest  # noqa: E402
+import tensorflow_datasets as tfds  # noqa: E402
+
+from data_builders import prepare  # noqa: E402
+
+DATASET = "ibl_binned/synthetic_000"  # 114 neurons in 4 regions, 537 trials
+
+tfds.disable_progress_bar()
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+  """A TFDS data_dir holding DATASET, built once per test session."""
+  path = str(tmp_path_factory.mktemp("tfds"))
+  prepare.build([DATASET], path)
+  return path

@@ -1,0 +1,39 @@
+"""Batched evaluation gives the one-mask-at-a-time numbers."""
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from mtm_jax import masking
+from mtm_jax.evaluation import tasks
+from mtm_jax.models import ndt1
+
+
+def test_batched_equals_one_at_a_time():
+  n, k = 9, 5
+  model = ndt1.NDT1(n, width=32, n_layers=2, n_heads=2, mlp_width=64, rngs=nnx.Rngs(3))
+  graphdef, params = nnx.split(model, nnx.Param)
+  rng = np.random.default_rng(0)
+  spikes = rng.poisson(1.0, (k, 100, n)).astype(np.float32)
+  region_ids = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])
+  predictor = tasks.make_predictor(graphdef)
+  for task in masking.evaluation_tasks(region_ids, 100):
+    causal = task.prompt == "causal"
+    batched = tasks.predict_task(predictor, params, spikes, task, causal=causal, max_batch=3 * k)  # 3 masks/pass
+    expected = np.zeros_like(spikes)
+    prompt = masking.SCHEMES.index(task.prompt)
+    for m in range(task.hide_neurons.shape[0]):
+      hidden = task.hide_neurons[m][None, None, :] & task.hide_bins[None, :, None]
+      out = np.asarray(model(jnp.asarray(np.where(hidden, 0.0, spikes)), prompt=prompt, causal=causal))
+      expected[:, :, task.score_neurons[m]] = out[:, :, task.score_neurons[m]]
+    np.testing.assert_allclose(batched, expected, rtol=1e-5, atol=1e-6, err_msg=task.name)
+
+
+def test_score_task_uses_only_scored_bins_and_neurons():
+  rng = np.random.default_rng(1)
+  rates = rng.gamma(2.0, 0.3, (4, 100, 3))
+  spikes = rng.poisson(rates).astype(float)
+  task = masking.forward_prediction_task(3, 100)
+  from mtm_jax import metrics
+  np.testing.assert_allclose(tasks.score_task(rates, spikes, task),
+                             metrics.bits_per_spike_per_neuron(rates[:, 90:], spikes[:, 90:]))

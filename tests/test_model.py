@@ -1,0 +1,85 @@
+"""NDT1: shapes, causal attention, tokens, loss."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from mtm_jax.models import ndt1
+from mtm_jax.training import step as step_lib
+
+
+def _model(**kw):
+  args = dict(width=32, n_layers=2, n_heads=2, mlp_width=64, dropout=0.1, attention_dropout=0.1,
+              embed_dropout=0.1, n_sessions=3, rngs=nnx.Rngs(0))
+  args.update(kw)
+  return ndt1.NDT1(7, **args)
+
+
+def _spikes(seed=0, shape=(2, 100, 7)):
+  return jnp.asarray(np.random.default_rng(seed).poisson(1.0, shape), jnp.float32)
+
+
+def test_output_shape_and_determinism():
+  model, x = _model(), _spikes()
+  out = model(x)
+  assert out.shape == (2, 100, 7)
+  np.testing.assert_array_equal(out, model(x))  # no key: no dropout
+  a = model(x, key=jax.random.key(1))
+  b = model(x, key=jax.random.key(1))
+  c = model(x, key=jax.random.key(2))
+  np.testing.assert_array_equal(a, b)
+  assert not np.allclose(a, c)
+
+
+def test_causal_mode_ignores_future_bins():
+  model, x = _model(), _spikes()
+  y = x.at[:, 60:].set(5.0)
+  out_x, out_y = model(x, causal=True), model(y, causal=True)
+  np.testing.assert_allclose(out_x[:, :60], out_y[:, :60], rtol=1e-5, atol=1e-5)
+  assert not np.allclose(out_x[:, 60:], out_y[:, 60:])
+  # Bidirectional mode does see them.
+  assert not np.allclose(model(x)[:, :60], model(y)[:, :60])
+
+
+def test_reference_causal_leak_is_an_option():
+  """special_tokens_see_future=True reproduces the reference's leak through the special
+  tokens (from the second layer on, past bins see the future)."""
+  model, x = _model(special_tokens_see_future=True), _spikes()
+  y = x.at[:, 60:].set(5.0)
+  assert not np.allclose(model(x, causal=True)[:, :60], model(y, causal=True)[:, :60])
+
+
+def test_prompt_and_session_tokens_change_the_output():
+  model, x = _model(), _spikes()
+  base = model(x, prompt=0, session=0)
+  assert not np.allclose(base, model(x, prompt=2, session=0))
+  assert not np.allclose(base, model(x, prompt=0, session=1))
+  plain = _model(use_prompt=False, use_session=False)
+  assert plain.n_special == 0 and plain(x).shape == base.shape
+
+
+def test_wrong_neuron_count_is_a_clear_error():
+  with pytest.raises(ValueError, match="8 neurons, the model was built for 7"):
+    _model()(_spikes(shape=(1, 100, 8)))
+
+
+def test_masked_poisson_nll():
+  rng = np.random.default_rng(0)
+  log_rates = rng.normal(size=(2, 5, 3))
+  spikes = rng.poisson(1.0, size=(2, 5, 3)).astype(float)
+  targets = rng.uniform(size=(2, 5, 3)) < 0.4
+  total, count = step_lib.masked_poisson_nll(jnp.asarray(log_rates), jnp.asarray(spikes), jnp.asarray(targets))
+  expected = sum(np.exp(l) - y * l for l, y, m in zip(log_rates.ravel(), spikes.ravel(), targets.ravel()) if m)
+  assert float(total) == pytest.approx(expected, rel=1e-5)
+  assert int(count) == targets.sum()
+
+
+def test_paper_size_parameter_count():
+  model = ndt1.NDT1(668, width=512, n_layers=5, n_heads=8, mlp_width=1024, rngs=nnx.Rngs(0))
+  n = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  # 5 layers x (4 x 512^2 + 2 x 512 x 1024 + biases, norms) + embedding + readout
+  layer = 4 * (512 * 512 + 512) + (512 * 1024 + 1024) + (1024 * 512 + 512) + 4 * 512
+  embed = 668 * 1336 + 1336 + 1336 * 512 + 512 + 100 * 512 + 4 * 512 + 512
+  assert n == 5 * layer + embed + 2 * 512 + 512 * 668 + 668

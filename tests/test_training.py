@@ -1,0 +1,110 @@
+"""Sharded training step, checkpoint resume, and the experiment programs end to end."""
+
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from mtm_jax import masking
+from mtm_jax.configs import ndt1 as ndt1_config
+from mtm_jax.evaluation import run
+from mtm_jax.models import ndt1
+from mtm_jax.training import checkpoint, loop, mesh as mesh_lib, optimizer, step as step_lib
+from tests.conftest import DATASET
+
+
+def _config(data_dir, **train):
+  c = ndt1_config.get_config("tiny")
+  c.data.dataset, c.data.data_dir = DATASET, data_dir
+  c.train.update(train)
+  return c
+
+
+def _losses_on(devices: int, n_steps: int = 4) -> np.ndarray:
+  config = ndt1_config.get_config("tiny")
+  mesh = mesh_lib.make_mesh(devices)
+  model = ndt1.from_config(config, 12, rngs=nnx.Rngs(0))
+  graphdef, params = nnx.split(model, nnx.Param)
+  tx = optimizer.make_optimizer(config)
+  state = jax.device_put(step_lib.init_state(params, tx), mesh_lib.replicated(mesh))
+  train_step = jax.jit(step_lib.make_train_step(graphdef, tx, masking.MTM, masking.MaskConfig()), donate_argnums=0)
+  regions = jax.device_put(jnp.asarray(np.arange(12) % 3, jnp.int32), mesh_lib.replicated(mesh))
+  rng = np.random.default_rng(0)
+  losses = []
+  with jax.set_mesh(mesh):
+    for _ in range(n_steps):
+      batch = mesh_lib.shard_batch({"spikes": rng.poisson(0.5, (8, 100, 12)).astype(np.int32)}, mesh)
+      assert len(batch["spikes"].sharding.device_set) == devices
+      state, metrics = train_step(state, batch, regions, jax.random.key(0), 0)
+      losses.append(float(metrics["loss"]))
+  return np.array(losses)
+
+
+def test_same_loss_on_one_and_eight_devices():
+  assert len(jax.devices()) == 8
+  one, eight = _losses_on(1), _losses_on(8)
+  np.testing.assert_allclose(one, eight, rtol=2e-5)
+  assert one[-1] < one[0] * 1.5  # it is training, not diverging
+
+
+def test_mesh_and_batch_errors():
+  with pytest.raises(ValueError, match="not divisible by the 8 devices"):
+    mesh_lib.check_batch_size(12, mesh_lib.make_mesh())
+  with pytest.raises(ValueError, match="needs more than the 8 devices"):
+    mesh_lib.make_mesh(16)
+
+
+def test_config_validation():
+  c = ndt1_config.get_config("tiny")
+  c.masking.mode = "space"
+  with pytest.raises(ValueError, match="config.masking.mode"):
+    ndt1_config.validate(c)
+  c = ndt1_config.get_config("tiny")
+  c.masking.mode = "temporal"
+  with pytest.raises(ValueError, match="config.model.use_prompt"):
+    ndt1_config.validate(c)
+  with pytest.raises(ValueError, match="unknown preset"):
+    ndt1_config.get_config("huge")
+
+
+def _params(workdir, step=None):
+  return jax.device_get(loop.load_trained(workdir, step).params)
+
+
+def test_resume_continues_exactly(data_dir, tmp_path):
+  full, resumed = str(tmp_path / "full"), str(tmp_path / "resumed")
+  loop.train(_config(data_dir, steps=12, checkpoint_every=6, eval_every=6), full)
+  # A run "interrupted" after step 6: only that checkpoint exists, then it is re-run.
+  os.makedirs(os.path.join(resumed, "checkpoints"))
+  shutil.copytree(os.path.join(full, "checkpoints", "6"), os.path.join(resumed, "checkpoints", "6"))
+  loop.train(_config(data_dir, steps=12, checkpoint_every=6, eval_every=6), resumed)
+  a, b = _params(full), _params(resumed)
+  assert loop.load_trained(resumed).step == 12
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+  # And it did train: step-12 parameters differ from step 6.
+  assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, _params(full, 6), a)))
+  # Logs: JSONL and TensorBoard event files.
+  lines = [json.loads(l) for l in open(os.path.join(full, "metrics.jsonl"))]
+  assert {"loss", "steps_per_second", "val_loss"} <= set().union(*lines)
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(full, "tensorboard")))
+
+
+def test_evaluate_writes_the_four_metrics(data_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  loop.train(_config(data_dir, steps=4, checkpoint_every=4, eval_every=4), workdir)
+  results = run.evaluate_workdir(workdir)
+  saved = json.load(open(os.path.join(workdir, "metrics.json")))
+  for m in run.METRICS:
+    assert np.isfinite(saved[m]) and saved[m] == results[m]
+    assert saved[f"oracle_{m}"] > 0.1  # synthetic data: true rates are informative
+  assert saved["n_trials"] == 107 and saved["session_id"] == "synthetic_000"
+
+
+def test_load_config_of_missing_run_is_a_clear_error(tmp_path):
+  with pytest.raises(FileNotFoundError, match="no checkpoints directory"):
+    checkpoint.load_config(str(tmp_path))
