@@ -69,9 +69,10 @@ def get_config(arg: str = "paper") -> ml_collections.ConfigDict:
   c.eval.max_batch = 2048  # sequences per forward pass in evaluation
 
   if preset == "demo":
-    c.model.dropout = c.model.attention_dropout = 0.2
+    c.model.dropout = 0.2
+    c.model.attention_dropout = 0.0  # lets attention use the fused kernel: ~30% faster on CPU
     c.optimizer.learning_rate = 2e-3
-    c.train.steps = 1500
+    c.train.steps = 2000
     c.train.log_every = 100
     c.train.eval_every = c.train.checkpoint_every = 500
   elif preset == "tiny":

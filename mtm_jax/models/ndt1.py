@@ -26,7 +26,7 @@ from mtm_jax.models import attention
 SIZES = {
     "tiny": (32, 1, 2, 64),
     "small": (128, 2, 4, 256),
-    "demo": (128, 3, 4, 256),
+    "demo": (128, 2, 4, 256),
     "paper": (512, 5, 8, 1024),
 }
 
