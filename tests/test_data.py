@@ -5,7 +5,7 @@ import pytest
 
 from data_builders import prepare
 from data_builders.ibl_binned import ibl_binned
-from mtm_jax.data import pipeline, schema, synthetic
+from mtm_jax.datasets import pipeline, schema, synthetic
 from tests.conftest import DATASET
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import Ridge
 
-from mtm_jax.data import schema, synthetic
+from mtm_jax.datasets import schema, synthetic
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ TensorFlow needed). Session-level facts (session id, region of every neuron, whe
 true rates are present) are in `info.metadata`.
 
 Sources: `synthetic_NNN` configs simulate session NNN of the synthetic brain
-(mtm_jax.data.synthetic). Real recordings come in later configs.
+(mtm_jax.datasets.synthetic). Real recordings come in later configs.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import dataclasses
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mtm_jax.data import schema
-from mtm_jax.data import synthetic
+from mtm_jax.datasets import schema
+from mtm_jax.datasets import synthetic
 
 N_SYNTHETIC_SESSIONS = 28  # 24 for pretraining + 4 held out, see docs/synthetic_data.md
 
@@ -32,7 +32,7 @@ class IblBinnedConfig(tfds.core.BuilderConfig):
   split_seed: int = 0
 
   def load_session(self) -> dict:
-    """The session's arrays in the schema of mtm_jax.data.schema."""
+    """The session's arrays in the schema of mtm_jax.datasets.schema."""
     if self.source != "synthetic":
       raise ValueError(f"ibl_binned/{self.name}: unknown source {self.source!r}; expected 'synthetic'")
     brain = synthetic.Brain(synthetic.BrainConfig(seed=self.brain_seed))

@@ -8,7 +8,7 @@ import os
 import numpy as np
 
 from mtm_jax import masking
-from mtm_jax.data import pipeline
+from mtm_jax.datasets import pipeline
 from mtm_jax.evaluation import tasks
 from mtm_jax.training import loop, mesh as mesh_lib
 

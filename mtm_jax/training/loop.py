@@ -17,7 +17,7 @@ from flax import nnx
 
 from mtm_jax import masking
 from mtm_jax.configs import ndt1 as ndt1_config
-from mtm_jax.data import pipeline, schema
+from mtm_jax.datasets import pipeline, schema
 from mtm_jax.models import ndt1
 from mtm_jax.training import checkpoint, mesh as mesh_lib, optimizer, step as step_lib
 

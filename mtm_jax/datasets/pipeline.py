@@ -13,7 +13,7 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mtm_jax.data import schema
+from mtm_jax.datasets import schema
 
 MODEL_FIELDS = ("spikes", "trial_index")
 

@@ -16,7 +16,7 @@ import dataclasses
 
 import numpy as np
 
-from mtm_jax.data import schema
+from mtm_jax.datasets import schema
 
 REGIONS = ("VISa", "CA1", "DG", "LP", "PO")
 CONTRASTS = (1.0, 0.25, 0.125, 0.0625, 0.0)
