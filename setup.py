@@ -22,6 +22,7 @@ setuptools.setup(
         "chex>=0.1.90",
         "numpy>=2.0",
         "scipy>=1.11",
+        "scikit-learn>=1.4",
         "tensorflow-datasets>=4.9.9",
         "array_record>=0.8",
         "importlib_resources",  # tensorflow-datasets needs it to prepare data sets
