@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from mtm_jax import masking
@@ -35,38 +36,24 @@ def _hidden(spikes, inputs):
   return inputs == 0
 
 
+# scheme -> (axis along which a hidden block extends: 2 = all neurons of a bin,
+# 1 = all bins of a neuron; whether attention is causal)
+_BLOCK_SCHEMES = {"temporal": (2, False), "causal": (2, True), "neuron": (1, False)}
+
+
+@pytest.mark.parametrize("scheme", sorted(_BLOCK_SCHEMES))
 @settings(max_examples=40, deadline=None)
-@given(batches())
-def test_temporal_hides_whole_bins(batch):
+@given(batch=batches())
+def test_bin_and_neuron_schemes_hide_whole_blocks(scheme, batch):
   spikes, regions, seed = batch
-  inputs, targets, causal, _ = _apply(spikes, regions, seed, "temporal")
+  inputs, targets, causal, index = _apply(spikes, regions, seed, scheme)
+  axis, expect_causal = _BLOCK_SCHEMES[scheme]
   hidden = _hidden(spikes, inputs)
-  assert (hidden == hidden[:, :, :1]).all()  # all neurons of a bin together
+  first = hidden[:, :, :1] if axis == 2 else hidden[:, :1, :]
+  assert (hidden == first).all()  # whole bins (temporal, causal) or whole neurons
   np.testing.assert_array_equal(targets, hidden)
   np.testing.assert_array_equal(inputs[~hidden], spikes[~hidden])
-  assert not causal
-
-
-@settings(max_examples=40, deadline=None)
-@given(batches())
-def test_neuron_hides_whole_neurons_per_trial(batch):
-  spikes, regions, seed = batch
-  inputs, targets, causal, scheme = _apply(spikes, regions, seed, "neuron")
-  hidden = _hidden(spikes, inputs)
-  assert (hidden == hidden[:, :1, :]).all()  # all bins of a neuron together
-  np.testing.assert_array_equal(targets, hidden)
-  assert not causal and scheme == masking.SCHEMES.index("neuron")
-
-
-@settings(max_examples=40, deadline=None)
-@given(batches())
-def test_causal_hides_bins_and_sets_causal_attention(batch):
-  spikes, regions, seed = batch
-  inputs, targets, causal, scheme = _apply(spikes, regions, seed, "causal")
-  hidden = _hidden(spikes, inputs)
-  assert (hidden == hidden[:, :, :1]).all()
-  np.testing.assert_array_equal(targets, hidden)
-  assert causal and scheme == masking.SCHEMES.index("causal")
+  assert causal == expect_causal and index == masking.scheme_index(scheme)
 
 
 @settings(max_examples=40, deadline=None)
@@ -130,7 +117,6 @@ def test_padding_neurons_are_hidden_and_never_targets():
 
 
 def test_unknown_scheme_is_a_clear_error():
-  import pytest
   with pytest.raises(ValueError, match="unknown 'space'"):
     masking.scheme_index("space")
 
