@@ -84,8 +84,7 @@ class NDT1(nnx.Module):
     if t > self.max_bins:
       raise ValueError(f"NDT1: input has {t} bins, the position embedding holds {self.max_bins}")
     keys = list(jax.random.split(key, len(self.layers) + 1)) if key is not None else [None] * (len(self.layers) + 1)
-    x = attention.dense(self.embed_spikes, spikes.astype(jnp.float32))
-    x = attention.dense(self.embed_project, jax.nn.soft_sign(x))
+    x = self.embed_project(jax.nn.soft_sign(self.embed_spikes(spikes.astype(jnp.float32))))
     x = x + self.position(jnp.arange(t))[None]  # [B, T, D]
     special = []
     if self.use_session:
@@ -100,7 +99,7 @@ class NDT1(nnx.Module):
     for layer, k in zip(self.layers, keys[1:]):
       x = layer(x, mask, key=k)
     x = self.final_norm(x)[:, self.n_special :]
-    return attention.dense(self.readout, x)
+    return self.readout(x)
 
 
 def from_config(config: ml_collections.ConfigDict, n_neurons: int, *, rngs: nnx.Rngs) -> NDT1:
