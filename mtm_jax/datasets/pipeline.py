@@ -47,7 +47,7 @@ def load_split(dataset: str, data_dir: str, split: str, fields=None) -> dict[str
   builder = _prepared_builder(dataset, data_dir)
   if split not in builder.info.splits:
     raise ValueError(f"data set {dataset!r}: no split {split!r}; it has {sorted(builder.info.splits)}")
-  source = tfds.data_source(dataset, data_dir=os.path.abspath(os.path.expanduser(data_dir)), split=split)
+  source = builder.as_data_source(split=split)
   if len(source) == 0:
     raise ValueError(f"data set {dataset!r}: split {split!r} is empty")
   examples = source.__getitems__(list(range(len(source))))

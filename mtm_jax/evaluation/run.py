@@ -10,7 +10,7 @@ import numpy as np
 from mtm_jax import masking
 from mtm_jax.datasets import pipeline
 from mtm_jax.evaluation import tasks
-from mtm_jax.training import loop, mesh as mesh_lib
+from mtm_jax.training import loop
 
 METRICS = ("co_smoothing_bps", "forward_prediction_bps", "inter_region_bps", "intra_region_bps")
 
@@ -19,13 +19,12 @@ def evaluate_workdir(workdir: str, split: str | None = None, step: int | None = 
   """Scores the model in `workdir` on a split of its session; writes <workdir>/metrics.json."""
   trained = loop.load_trained(workdir, step)
   config = trained.config
-  mesh = mesh_lib.make_mesh(config.mesh.data)
   split = split or config.eval.split
   data = pipeline.load_split(config.data.dataset, config.data.data_dir, split)
   results = tasks.evaluate(
       trained.graphdef, trained.params, data["spikes"], trained.info.region_ids(),
       causal_trained=config.masking.mode in (masking.MTM, "causal"), true_rates=data.get("rates"),
-      max_batch=config.eval.max_batch, mesh=mesh)
+      max_batch=config.eval.max_batch, mesh=trained.mesh)
   per_neuron = results.pop("per_neuron")
   results.update(session_id=trained.info.session_id, split=split, step=trained.step,
                  masking_mode=config.masking.mode, n_trials=int(data["spikes"].shape[0]),

@@ -54,8 +54,9 @@ class Trained:
   config: ml_collections.ConfigDict
   info: schema.SessionInfo
   graphdef: nnx.GraphDef
-  params: nnx.State
+  params: nnx.State  # replicated on `mesh`
   step: int
+  mesh: jax.sharding.Mesh
 
 
 def _create(config, info: schema.SessionInfo, mesh):
@@ -173,4 +174,4 @@ def load_trained(workdir: str, step: int | None = None, mesh=None) -> Trained:
   mngr = checkpoint.manager(workdir, create=False)
   state = checkpoint.restore(mngr, state, step)
   mngr.close()
-  return Trained(config, info, graphdef, state.params, int(state.step))
+  return Trained(config, info, graphdef, state.params, int(state.step), mesh)
