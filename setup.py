@@ -31,6 +31,8 @@ setuptools.setup(
         "ml_collections>=1.0",
         "tensorboardX>=2.6",
         "tqdm",
+        "matplotlib>=3.8",  # scaling curves and raster figures
+        "pynwb>=3.0",  # Neural Latents Benchmark NWB files (spike_events builder)
     ],
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6.100", "pytest-xdist>=3.6"],
