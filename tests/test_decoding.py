@@ -1,0 +1,157 @@
+"""Behaviour decoding against a direct scikit-learn computation on synthetic known data."""
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression, RidgeCV
+from sklearn.metrics import r2_score
+from sklearn.model_selection import GridSearchCV, KFold, StratifiedKFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
+
+from mtm_jax.evaluation import decoding
+
+
+def _direct_accuracy(x, y, folds, seed):
+  """Fold by fold, written out: fit on the training trials, count correct test trials."""
+  correct = 0
+  outer = StratifiedKFold(folds, shuffle=True, random_state=seed)
+  with threadpool_limits(limits=1):  # as decoding does, only for speed
+    for train, test in outer.split(x, y):
+      inner_folds = min(decoding.INNER_FOLDS, min(np.unique(y[train], return_counts=True)[1]))
+      search = GridSearchCV(LogisticRegression(max_iter=decoding.LOGISTIC_MAX_ITER),
+                            {"C": list(decoding.LOGISTIC_C_GRID)}, scoring="accuracy",
+                            cv=StratifiedKFold(inner_folds, shuffle=True, random_state=seed))
+      model = make_pipeline(StandardScaler(), search).fit(x[train], y[train])
+      correct += int((model.predict(x[test]) == y[test]).sum())
+  return correct / len(y)
+
+
+def _direct_r2(x, target, folds, seed):
+  predicted = np.zeros_like(target)
+  for train, test in KFold(folds, shuffle=True, random_state=seed).split(x):
+    model = make_pipeline(StandardScaler(), RidgeCV(alphas=list(decoding.RIDGE_ALPHA_GRID)))
+    predicted[test] = model.fit(x[train], target[train]).predict(x[test])
+  return r2_score(target.ravel(), predicted.ravel())
+
+
+@pytest.fixture
+def choice_data():
+  """60 trials, 8 features; choice = sign of a noisy linear read-out of the features."""
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(60, 8))
+  w = rng.normal(size=8)
+  y = np.where(x @ w + 0.8 * rng.normal(size=60) > 0, 1, -1)
+  return x, y
+
+
+@pytest.fixture
+def trace_data():
+  """50 trials, 12 features; a 6-bin trace that is a linear map of the features plus noise."""
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(50, 12))
+  target = x @ rng.normal(size=(12, 6)) + 0.3 * rng.normal(size=(50, 6))
+  return x, target
+
+
+def test_choice_matches_direct_sklearn(choice_data):
+  x, y = choice_data
+  got = decoding.choice_accuracy(x, y, folds=4, seed=3)
+  assert got == pytest.approx(_direct_accuracy(x, y, 4, 3), abs=1e-9)
+  assert 0.7 < got < 1.0  # noisy labels: clearly above chance, not perfect
+
+
+def test_choice_separable_and_random():
+  rng = np.random.default_rng(2)
+  x = rng.normal(size=(80, 5))
+  separable = np.where(x[:, 0] - 0.5 * x[:, 3] > 0, "right", "left")
+  assert decoding.choice_accuracy(x, separable) >= 0.95
+  chance = [decoding.choice_accuracy(x, rng.permutation(separable), seed=s) for s in range(2)]
+  assert 0.3 < np.mean(chance) < 0.7
+
+
+def test_choice_errors(choice_data):
+  x, y = choice_data
+  with pytest.raises(ValueError, match="exactly two classes"):
+    decoding.choice_accuracy(x, np.ones(60))
+  with pytest.raises(ValueError, match="exactly two classes"):
+    decoding.choice_accuracy(x, np.arange(60) % 3)
+  with pytest.raises(ValueError, match=r"choice must be \[trials\]"):
+    decoding.choice_accuracy(x, y[:50])
+  with pytest.raises(ValueError, match=r"features must be \[trials, F\]"):
+    decoding.choice_accuracy(x[:, :, None], y)
+  with pytest.raises(ValueError, match="non-finite"):
+    decoding.choice_accuracy(np.where(x > 2, np.nan, x), y)
+  few = np.array([1] * 4 + [-1] * 56)  # 4 trials of one class for 5 folds
+  with pytest.raises(ValueError, match="each class needs at least"):
+    decoding.choice_accuracy(x, few)
+  with pytest.raises(ValueError, match="folds must be"):
+    decoding.choice_accuracy(x, y, folds=1)
+
+
+def test_r2_matches_direct_sklearn(trace_data):
+  x, target = trace_data
+  for folds, seed in ((5, 0), (3, 7)):
+    got = decoding.continuous_r2(x, target, folds=folds, seed=seed)
+    assert got == pytest.approx(_direct_r2(x, target, folds, seed), abs=1e-9)
+  assert 0.9 < got < 1.0
+
+
+def test_r2_is_pooled_over_bins():
+  """Bins of very different scale: pooled R^2 is dominated by the large bin, unlike the mean."""
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(40, 3))
+  target = np.stack([10.0 * x[:, 0], rng.normal(size=40)], axis=1)  # decodable, pure noise
+  pooled = decoding.continuous_r2(x, target)
+  assert pooled > 0.95
+  # the mean over bins would be about (1 + <=0) / 2
+  per_bin = [decoding.continuous_r2(x, target[:, b]) for b in range(2)]
+  assert per_bin[0] > 0.99 and per_bin[1] < 0.05
+
+
+def test_r2_noise_is_not_above_zero():
+  rng = np.random.default_rng(4)
+  x = rng.normal(size=(50, 20))
+  noise = rng.normal(size=(50, 5))
+  assert decoding.continuous_r2(x, noise) < 0.05
+
+
+def test_r2_errors(trace_data):
+  x, target = trace_data
+  with pytest.raises(ValueError, match=r"target must be \[trials, T\]"):
+    decoding.continuous_r2(x, target[:40])
+  with pytest.raises(ValueError, match=r"target must be \[trials, T\]"):
+    decoding.continuous_r2(x, target[:, :, None])
+  with pytest.raises(ValueError, match="non-finite"):
+    decoding.continuous_r2(x, np.where(target > 1, np.inf, target))
+  with pytest.raises(ValueError, match="at least 5 trials"):
+    decoding.continuous_r2(x[:4], target[:4])
+  with pytest.raises(ValueError, match="at least 4 trials"):  # 2 folds of 3 trials: 1 left to train
+    decoding.continuous_r2(x[:3], target[:3], folds=2)
+  with pytest.raises(ValueError, match="constant"):
+    decoding.continuous_r2(x, np.zeros_like(target))
+
+
+def test_decode_behaviour():
+  rng = np.random.default_rng(5)
+  trials, time, neurons = 40, 4, 3
+  log_rates = rng.normal(size=(trials, time, neurons))
+  flat = log_rates.reshape(trials, -1)
+  choice = np.where(flat[:, 0] + flat[:, 5] > 0, 1, -1)
+  whisker = flat[:, :time] * 2.0 + 0.1 * rng.normal(size=(trials, time))
+  wheel = rng.normal(size=(trials, time))
+  behaviour = {"choice": choice, "whisker_motion_energy": whisker, "wheel_speed": wheel,
+               "block": np.zeros(trials)}
+  out = decoding.decode_behaviour(log_rates, behaviour, folds=4, seed=2)
+  assert tuple(out) == decoding.BEHAVIOUR_METRICS
+  assert out["choice_accuracy"] == decoding.choice_accuracy(flat, choice, folds=4, seed=2)
+  assert out["whisker_motion_energy_r2"] == decoding.continuous_r2(flat, whisker, folds=4, seed=2)
+  assert out["whisker_motion_energy_r2"] > 0.9
+  assert out["wheel_speed_r2"] < 0.1
+  # missing fields are skipped
+  assert list(decoding.decode_behaviour(log_rates, {"wheel_speed": wheel})) == ["wheel_speed_r2"]
+  assert decoding.decode_behaviour(log_rates, {}) == {}
+  with pytest.raises(ValueError, match=r"behaviour\['wheel_speed'\] must have 40 trials"):
+    decoding.decode_behaviour(log_rates, {"wheel_speed": wheel[:30]})
+  with pytest.raises(ValueError, match=r"log_rates must be \[trials, time, neurons\]"):
+    decoding.decode_behaviour(flat, behaviour)
