@@ -1,0 +1,183 @@
+"""TFDS builder `spike_events`: one example per split interval (trial) of spike events.
+
+One builder config per session. Splits train/val/test hold the session's split intervals:
+trials drawn 70/10/20 with a fixed seed, unless an NWB file's trials table carries its own
+`split` column. Each example holds one interval [interval_start, interval_end): its spike
+times (float64 seconds, sorted) and unit indices, and its behaviour timestamps, values and
+weights. Spikes and behaviour outside every split interval are not stored. Session-level
+facts (unit ids and regions, behaviour name and dimension, trial and split intervals, the
+training split's behaviour std) are in `info.metadata`. Written as array_record and read
+with `builder.as_data_source()` (no TensorFlow needed); mtm_jax.datasets.events.
+load_event_session turns a built data set back into an event session.
+
+Configs:
+  reaching_NNN   session NNN of the synthetic reaching task (mtm_jax.datasets.reaching);
+  nwb            the one NWB file directly in manual_dir (Neural Latents Benchmark layout);
+  nlb_<name>     the NLB training file of that data set, anywhere under manual_dir
+                 (hand or finger velocity subsampled from 1 kHz to 100 Hz).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from mtm_jax.datasets import events
+from mtm_jax.datasets import reaching
+
+N_REACHING_SESSIONS = 16  # 12 for pretraining + 4 held out, see docs/event_data.md
+
+
+@dataclasses.dataclass(kw_only=True)
+class SpikeEventsConfig(tfds.core.BuilderConfig):
+  """A session: where its events come from."""
+
+  source: str = "reaching"  # "reaching" or "nwb"
+  split_seed: int = 0
+  # reaching: the session of the reaching brain and its size ranges
+  session_index: int = 0
+  brain_seed: int = 0
+  min_units: int = 40
+  max_units: int = 200
+  min_trials: int = 100
+  max_trials: int = 200
+  # nwb: which file of manual_dir, which behaviour series, the session id (default: file stem)
+  nwb_pattern: str = "*.nwb"
+  behaviour: str = "hand_vel"
+  behaviour_stride: int = 1
+  session_id: str | None = None
+
+  def load_session(self, manual_dir: str | None = None) -> dict:
+    """The session in the event schema of mtm_jax.datasets.events."""
+    if self.source == "reaching":
+      return reaching.simulate_reaching_session(
+          self.session_index, brain_seed=self.brain_seed, split_seed=self.split_seed, min_units=self.min_units,
+          max_units=self.max_units, min_trials=self.min_trials, max_trials=self.max_trials)
+    if self.source == "nwb":
+      from mtm_jax.datasets import nwb  # pynwb is imported only for NWB sources
+
+      return nwb.read_nwb(self.nwb_file(manual_dir), behaviour=self.behaviour, session_id=self.session_id,
+                          split_seed=self.split_seed, behaviour_stride=self.behaviour_stride)
+    raise ValueError(f"spike_events/{self.name}: unknown source {self.source!r}; expected 'reaching' or 'nwb'")
+
+  def nwb_file(self, manual_dir: str | None) -> str:
+    """The one file under manual_dir matching nwb_pattern."""
+    if manual_dir is None or not os.path.isdir(manual_dir):
+      raise ValueError(f"spike_events/{self.name}: manual_dir {manual_dir!r} is not a directory; pass "
+                       f"--manual_dir=<folder holding the NWB file>")
+    files = sorted(glob.glob(os.path.join(manual_dir, self.nwb_pattern), recursive=True))
+    if not files:
+      raise ValueError(f"spike_events/{self.name}: no file matching {self.nwb_pattern!r} in manual_dir {manual_dir}")
+    if len(files) > 1:
+      names = [os.path.relpath(f, manual_dir) for f in files]
+      raise ValueError(f"spike_events/{self.name}: {len(files)} files match {self.nwb_pattern!r} in manual_dir "
+                       f"{manual_dir} ({names}); a data set holds one session: give each its own folder")
+    return files[0]
+
+
+def _reaching_configs():
+  return [
+      SpikeEventsConfig(name=f"reaching_{i:03d}", description=f"Session {i} of the synthetic reaching task (seed 0).",
+                        session_index=i)
+      for i in range(N_REACHING_SESSIONS)
+  ]
+
+
+# NLB training files (DANDI 000127-000140) and their velocity series; 1 kHz -> 100 Hz.
+_NLB = {
+    "mc_maze": ("sub-Jenkins_ses-full_desc-train_behavior+ecephys.nwb", "hand_vel"),
+    "mc_maze_large": ("sub-Jenkins_ses-large_desc-train_behavior+ecephys.nwb", "hand_vel"),
+    "mc_maze_medium": ("sub-Jenkins_ses-medium_desc-train_behavior+ecephys.nwb", "hand_vel"),
+    "mc_maze_small": ("sub-Jenkins_ses-small_desc-train_behavior+ecephys.nwb", "hand_vel"),
+    "mc_rtt": ("sub-Indy_desc-train_behavior+ecephys.nwb", "finger_vel"),
+    "area2_bump": ("sub-Han_desc-train_behavior+ecephys.nwb", "hand_vel"),
+}
+
+
+def _nwb_configs():
+  generic = SpikeEventsConfig(name="nwb", source="nwb", description="The one NWB file directly in manual_dir.")
+  return [generic] + [
+      SpikeEventsConfig(name=f"nlb_{name}", source="nwb", nwb_pattern=f"**/{filename}", behaviour=behaviour,
+                        behaviour_stride=10, session_id=f"nlb_{name}",
+                        description=f"Neural Latents Benchmark {name}: {filename} under manual_dir.")
+      for name, (filename, behaviour) in _NLB.items()
+  ]
+
+
+class Builder(tfds.core.GeneratorBasedBuilder):
+  """Spike events of one session per config, one example per split interval."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release: synthetic reaching sessions and NWB (NLB layout) files."}
+  BUILDER_CONFIGS = _reaching_configs() + _nwb_configs()
+  MANUAL_DOWNLOAD_INSTRUCTIONS = """
+  NWB configs only. Put the session's NWB file in manual_dir (`--manual_dir=...`):
+    nwb          exactly one *.nwb file directly in manual_dir;
+    nlb_<name>   the NLB training file anywhere below manual_dir, e.g. for nlb_mc_maze
+                 000128/sub-Jenkins/sub-Jenkins_ses-full_desc-train_behavior+ecephys.nwb
+                 (`dandi download DANDI:000128` fetches it).
+  """
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    # float64 fields are stored as raw bytes: the default encoding goes through the float32
+    # lists of tf.train.Example and would round spike times to ~1 us at 10 s.
+    features = {
+        "interval_index": tfds.features.Scalar(dtype=np.int32),  # position among the split's intervals
+        "interval_start": tfds.features.Tensor(shape=(), dtype=np.float64, encoding="bytes"),
+        "interval_end": tfds.features.Tensor(shape=(), dtype=np.float64, encoding="bytes"),
+        "spike_times": tfds.features.Tensor(shape=(None,), dtype=np.float64, encoding="bytes"),
+        "spike_units": tfds.features.Tensor(shape=(None,), dtype=np.int32),
+        "behaviour_timestamps": tfds.features.Tensor(shape=(None,), dtype=np.float64, encoding="bytes"),
+        "behaviour_values": tfds.features.Tensor(shape=(None, None), dtype=np.float32, encoding="zlib"),
+        "behaviour_weights": tfds.features.Tensor(shape=(None,), dtype=np.float32),
+    }
+    return self.dataset_info_from_configs(
+        features=tfds.features.FeaturesDict(features),
+        metadata=tfds.core.MetadataDict(),
+        homepage="https://poyo-brain.github.io",
+    )
+
+  def _split_generators(self, dl_manager):
+    config = self.builder_config
+    session = config.load_session(str(dl_manager.manual_dir) if config.source == "nwb" else None)
+    where = f"spike_events/{config.name}"
+    events.validate_event_session(session, where=where)
+    missing = [s for s in events.SPLITS if s not in session["splits"]]
+    if missing:
+      raise ValueError(f"{where}: the session has no {missing} split(s)")
+    trials = np.stack([session["trial_starts"], session["trial_ends"]], axis=1)
+    self.info.metadata.update(
+        session_id=session["session_id"],
+        unit_ids=[str(u) for u in session["unit_ids"]],
+        unit_regions=[str(r) for r in session["unit_regions"]],
+        n_units=len(session["unit_ids"]),
+        n_spikes=int(len(session["spike_times"])),
+        behaviour_name=str(session["behaviour_name"]),
+        behaviour_dim=int(np.shape(session["behaviour_values"])[1]),
+        behaviour_scale=events.behaviour_scale([session]).tolist(),
+        trial_intervals=trials.tolist(),
+        split_intervals={s: np.asarray(iv, np.float64).reshape(-1, 2).tolist() for s, iv in session["splits"].items()},
+        source=config.source,
+        split_seed=config.split_seed,
+        source_info=dict(session.get("source_info", {})),
+    )
+    return {name: self._generate_examples(session, session["splits"][name]) for name in events.SPLITS}
+
+  def _generate_examples(self, session, intervals):
+    for j, (start, end) in enumerate(np.asarray(intervals, np.float64).reshape(-1, 2)):
+      part = events.interval_data(session, start, end)
+      n = len(part["behaviour_timestamps"])
+      yield j, {
+          "interval_index": j,
+          "interval_start": float(start),
+          "interval_end": float(end),
+          "spike_times": np.asarray(part["spike_times"], np.float64),
+          "spike_units": np.asarray(part["spike_units"], np.int32),
+          "behaviour_timestamps": np.asarray(part["behaviour_timestamps"], np.float64),
+          "behaviour_values": np.asarray(part["behaviour_values"], np.float32).reshape(n, -1),
+          "behaviour_weights": np.asarray(part["behaviour_weights"], np.float32),
+      }

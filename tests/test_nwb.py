@@ -1,0 +1,141 @@
+"""The NWB reader (Neural Latents Benchmark layout) and building NWB files into spike_events."""
+
+import datetime
+import os
+import re
+
+import numpy as np
+import pynwb
+import pytest
+
+from data_builders import prepare
+from mtm_jax.datasets import events, nwb
+
+N_TRIALS = 10
+LABELS = ["train"] * 6 + ["val"] * 2 + ["test"] * 2
+LOCATIONS = ["M1", "PMd", "M1"]
+
+
+def _spikes(seed: int = 0) -> list[np.ndarray]:
+  """Sorted spike times of 3 units over 0-20 s."""
+  rng = np.random.default_rng(seed)
+  return [np.sort(rng.uniform(0, 20, size=n)) for n in (50, 80, 30)]
+
+
+def write_nwb(path, *, units=True, electrodes=True, trials=True, split=True, behaviour="hand_vel",
+              rate=None, unsorted=False, overlap=False):
+  """A small NLB-like NWB file: 3 units, 10 trials of 2 s, hand velocity at 100 Hz."""
+  f = pynwb.NWBFile(session_description="test", identifier=os.path.basename(str(path)),
+                    session_start_time=datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc))
+  if units:
+    if electrodes:
+      device = f.create_device(name="array")
+      group = f.create_electrode_group(name="g", description="", location="motor cortex", device=device)
+      for loc in LOCATIONS:
+        f.add_electrode(location=loc, group=group)
+    for u, times in enumerate(_spikes()):
+      if unsorted and u == 1:
+        times = times[::-1]
+      f.add_unit(spike_times=times, **({"electrodes": [u]} if electrodes else {}))
+  if trials:
+    if split:
+      f.add_trial_column(name="split", description="NLB split")
+    for k in range(N_TRIALS):
+      start = 2.0 * k - (0.5 if overlap and k == 3 else 0.0)
+      f.add_trial(start_time=start, stop_time=2.0 * k + 2.0, **({"split": LABELS[k]} if split else {}))
+  if behaviour:
+    module = f.create_processing_module(name="behavior", description="behaviour")
+    stamps = np.arange(2000) * 0.01
+    values = np.stack([np.sin(stamps), np.cos(stamps)], axis=1)
+    timing = dict(rate=rate, starting_time=0.0) if rate else dict(timestamps=stamps)
+    module.add(pynwb.TimeSeries(name=behaviour, data=values, unit="cm/s", **timing))
+  with pynwb.NWBHDF5IO(str(path), "w") as io:
+    io.write(f)
+  return str(path)
+
+
+def test_reader_returns_the_arrays(tmp_path):
+  path = write_nwb(tmp_path / "sess.nwb")
+  s = nwb.read_nwb(path)
+  spikes = _spikes()
+  all_times = np.concatenate(spikes)
+  np.testing.assert_array_equal(s["spike_times"], np.sort(all_times))
+  assert s["spike_times"].dtype == np.float64 and s["spike_units"].dtype == np.int32
+  for u, times in enumerate(spikes):
+    np.testing.assert_array_equal(s["spike_times"][s["spike_units"] == u], times)
+  assert list(s["unit_ids"]) == ["sess/0", "sess/1", "sess/2"] and list(s["unit_regions"]) == LOCATIONS
+  np.testing.assert_array_equal(s["trial_starts"], 2.0 * np.arange(N_TRIALS))
+  np.testing.assert_array_equal(s["trial_ends"], 2.0 * np.arange(N_TRIALS) + 2.0)
+  for name in events.SPLITS:  # from the split column
+    expected = [[2.0 * k, 2.0 * k + 2.0] for k in range(N_TRIALS) if LABELS[k] == name]
+    np.testing.assert_array_equal(s["splits"][name], expected)
+  assert s["source_info"]["split_source"] == "column"
+  np.testing.assert_allclose(s["behaviour_timestamps"], np.arange(2000) * 0.01)
+  np.testing.assert_allclose(s["behaviour_values"][:, 0], np.sin(np.arange(2000) * 0.01), rtol=1e-6)
+  assert s["behaviour_values"].shape == (2000, 2) and (s["behaviour_weights"] == 1).all()
+  strided = nwb.read_nwb(path, behaviour_stride=10, session_id="x")
+  np.testing.assert_allclose(strided["behaviour_timestamps"], np.arange(200) * 0.1)
+  assert strided["unit_ids"][0] == "x/0"
+
+
+def test_reader_fallbacks(tmp_path):
+  """No electrodes -> region 'unknown'; no split column -> seeded 70/10/20; rate-based
+  behaviour; a trial overlapping the previous one is left out."""
+  path = write_nwb(tmp_path / "plain.nwb", electrodes=False, split=False, rate=100.0, overlap=True)
+  s = nwb.read_nwb(path, split_seed=3)
+  assert list(s["unit_regions"]) == ["unknown"] * 3
+  assert s["source_info"]["split_source"] == "seeded" and s["source_info"]["dropped_overlapping_trials"] == 1
+  assert len(s["trial_starts"]) == N_TRIALS - 1
+  assert [len(s["splits"][n]) for n in events.SPLITS] == [6, 1, 2]  # 70/10/20 of 9 trials
+  np.testing.assert_allclose(s["behaviour_timestamps"], np.arange(2000) / 100.0)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(units=False), "no Units table"),
+    (dict(behaviour=None), "no processing module 'behavior'"),
+    (dict(behaviour="cursor_pos"), "no behaviour 'hand_vel' in processing/behavior \\(it has \\['cursor_pos'\\]\\)"),
+    (dict(unsorted=True), "Units row 1 \\(id 1\\): spike_times are not sorted"),
+    (dict(trials=False), "no trials table"),
+])
+def test_reader_errors_name_the_file(tmp_path, kwargs, message):
+  path = write_nwb(tmp_path / "bad.nwb", **kwargs)
+  with pytest.raises(ValueError, match=f"{re.escape(path)}: {message}"):
+    nwb.read_nwb(path)
+
+
+def test_build_nwb_directory_end_to_end(tmp_path):
+  manual = tmp_path / "manual"
+  manual.mkdir()
+  path = write_nwb(manual / "sub-Test_desc-train_behavior+ecephys.nwb")
+  data_dir = str(tmp_path / "tfds")
+  prepare.build(["spike_events/nwb"], data_dir, manual_dir=str(manual))
+  back = events.load_event_session("spike_events/nwb", data_dir)
+  source = nwb.read_nwb(path)
+  assert back["session_id"] == "sub-Test_desc-train_behavior+ecephys"
+  assert list(back["unit_ids"]) == list(source["unit_ids"]) and list(back["unit_regions"]) == LOCATIONS
+  # The trials tile 0-20 s: every spike and behaviour sample is stored.
+  for key in ("spike_times", "spike_units", "behaviour_timestamps", "behaviour_values", "trial_starts"):
+    np.testing.assert_array_equal(back[key], source[key], err_msg=key)
+  for name in events.SPLITS:
+    np.testing.assert_array_equal(back["splits"][name], source["splits"][name])
+  data = events.prepare([back], "train", events.WindowConfig(bucket_lengths=(256,)))
+  assert events.training_batches(data, batch_size=2, seed=0)[0]["unit_index"].shape == (2, 256)
+  # A second NWB file makes the generic config ambiguous.
+  write_nwb(manual / "other.nwb")
+  with pytest.raises(ValueError, match="2 files match"):
+    prepare.build(["spike_events/nwb"], str(tmp_path / "tfds2"), manual_dir=str(manual))
+
+
+def test_nlb_configs_find_their_training_file(tmp_path):
+  from data_builders.spike_events import spike_events
+
+  configs = {c.name: c for c in spike_events.Builder.BUILDER_CONFIGS}
+  folder = tmp_path / "000128" / "sub-Jenkins"
+  folder.mkdir(parents=True)
+  train = folder / "sub-Jenkins_ses-full_desc-train_behavior+ecephys.nwb"
+  for name in (train.name, "sub-Jenkins_ses-full_desc-test_ecephys.nwb"):
+    (folder / name).touch()
+  assert configs["nlb_mc_maze"].nwb_file(str(tmp_path)) == str(train)
+  assert configs["nlb_mc_rtt"].behaviour == "finger_vel" and configs["nlb_mc_maze"].behaviour_stride == 10
+  with pytest.raises(ValueError, match="no file matching"):
+    configs["nlb_mc_rtt"].nwb_file(str(tmp_path))
