@@ -1,0 +1,130 @@
+"""POYO behaviour decoding from spike tokens. `get_config(arg)`: arg = "small" | "large" | "tiny".
+
+"small" is the 1.3M single-session model (D=64, 6 latent layers, 2/8 heads, 16 latents
+per 125 ms step), trained like the reference's NLB MC_Maze example (batch 128, 1000
+epochs); "large" is the 11.8M POYO-MP / POYO-1 model (D=128, 24 layers, 4/8 heads, 32
+latents per step, batch 1024); "tiny" is for tests. Sizes: mtm_jax.models.poyo.SIZES.
+
+Optimiser (reference): LAMB without bias correction, trust-ratio clamp 10, weight decay
+1e-4 on every parameter; peak lr = base_learning_rate x data.batch_size, held for the
+first half of the steps, then cosine down to peak / 1e4.
+"""
+
+import ml_collections
+
+from mtm_jax.models import poyo
+from mtm_jax.models import rotary
+
+
+def get_config(arg: str = "small") -> ml_collections.ConfigDict:
+  preset = arg
+  if preset not in ("small", "large", "tiny"):
+    raise ValueError(f"poyo config: unknown preset {preset!r}; expected small, large or tiny")
+  window = ml_collections.FieldReference(1.0)  # shared by data.window_length and model.window_length
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # parameter init, window sampling and dropout keys
+
+  c.data = ml_collections.ConfigDict()
+  c.data.dataset = "spike_events/nlb_mc_maze"  # TFDS name/config of the sessions (set to the spike-event builder in use)
+  c.data.data_dir = "data/tfds"  # TFDS data_dir (made absolute at run time)
+  c.data.batch_size = 128  # global batch, 1 s windows
+  c.data.shuffle_seed = 0
+  c.data.window_length = window  # seconds per window (random offsets each epoch)
+  c.data.token_buckets = (1024, 2048, 4096, 8192)  # padded token lengths (multiples of 8), one compile each
+  c.data.max_queries = 128  # padded output queries per window
+  c.data.unit_dropout = True  # keep a triangular-distributed number of units per window
+  c.data.unit_dropout_min = 60  # fewest units kept
+  c.data.unit_dropout_mode = 300  # most likely number of units kept
+  c.data.unit_dropout_max = 1000  # most units kept
+
+  c.model = ml_collections.ConfigDict()
+  c.model.size = preset  # a row of mtm_jax.models.poyo.SIZES
+  c.model.tasks = {"hand_velocity": 2}  # task name -> output dim; output_task ids follow sorted names
+  c.model.head_dim = 64  # attention head width (the first half is rotated)
+  c.model.window_length = window  # seconds covered by the latents
+  c.model.latent_step = 0.125  # seconds between latent groups (latents at step centres)
+  c.model.ffn_dropout = 0.2  # dropout inside the GEGLU feed-forward
+  c.model.lin_dropout = 0.4  # residual dropout of the latent self-attention layers
+  c.model.attn_dropout = 0.2  # dropout on attention probabilities
+  c.model.emb_init_scale = 0.02  # std of the embedding initialisation
+  c.model.t_min = rotary.T_MIN  # shortest rotary period (s)
+  c.model.t_max = rotary.T_MAX  # longest rotary period (s)
+  c.model.layer_norm_eps = 1e-5
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = "lamb"
+  c.optimizer.base_learning_rate = 3.125e-5  # per window: peak lr = this x data.batch_size
+  c.optimizer.weight_decay = 1e-4  # on all parameters
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.999
+  c.optimizer.eps = 1e-6
+  c.optimizer.trust_clip = 10.0  # clamp of the weight norm in the LAMB trust ratio
+  c.optimizer.constant_fraction = 0.5  # share of steps at peak lr before the cosine decay
+  c.optimizer.final_div_factor = 1e4  # end lr = peak / final_div_factor
+  c.optimizer.sparse_embeddings = True  # reference: table rows with zero gradient keep their moments
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 16_000  # ~1000 epochs of ~2000 s of training windows at batch 128
+  c.train.log_every = 100
+  c.train.eval_every = 1000
+  c.train.checkpoint_every = 1000
+  c.train.keep_checkpoints = 3
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1  # devices on the data axis (-1 = all)
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.split = "test"
+  c.eval.window_step = 0.5  # seconds between evaluation windows; overlapping predictions are averaged
+  c.eval.batch_size = 256  # windows per forward pass
+
+  if preset == "large":
+    c.data.batch_size = 1024
+    c.data.unit_dropout_min, c.data.unit_dropout_mode, c.data.unit_dropout_max = 30, 100, 300
+    c.train.steps = 100_000  # set from the data: epochs x windows per epoch / batch
+  elif preset == "tiny":
+    c.data.batch_size = 8
+    c.data.token_buckets = (64, 128)
+    c.data.max_queries = 16
+    c.data.unit_dropout_min, c.data.unit_dropout_mode, c.data.unit_dropout_max = 2, 4, 8
+    c.model.ffn_dropout = c.model.lin_dropout = c.model.attn_dropout = 0.1
+    c.train.steps = 20
+    c.train.log_every = 5
+    c.train.eval_every = c.train.checkpoint_every = 10
+    c.eval.batch_size = 16
+  return c
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+  """Raises ValueError on inconsistent settings, naming the field."""
+  m, d = c.model, c.data
+  if m.size not in poyo.SIZES:
+    raise ValueError(f"config.model.size: unknown {m.size!r}; expected one of {sorted(poyo.SIZES)}")
+  if not m.tasks or any(int(v) < 1 for v in dict(m.tasks).values()):
+    raise ValueError(f"config.model.tasks: expected task name -> output dim >= 1, got {dict(m.tasks)}")
+  if m.head_dim % 4:
+    raise ValueError(f"config.model.head_dim: must be a multiple of 4, got {m.head_dim}")
+  if not 0.0 < m.latent_step <= m.window_length:
+    raise ValueError(f"config.model.latent_step: must be in (0, window_length={m.window_length}], got {m.latent_step}")
+  if d.window_length != m.window_length:
+    raise ValueError(f"config.data.window_length ({d.window_length}) must equal config.model.window_length "
+                     f"({m.window_length})")
+  if not 0.0 < m.t_min < m.t_max:
+    raise ValueError(f"config.model.t_min/t_max: expected 0 < t_min < t_max, got {m.t_min}, {m.t_max}")
+  for field in ("ffn_dropout", "lin_dropout", "attn_dropout"):
+    if not 0.0 <= m[field] < 1.0:
+      raise ValueError(f"config.model.{field}: must be in [0, 1), got {m[field]}")
+  if not d.token_buckets or any(b < 1 or b % 8 for b in d.token_buckets) or list(d.token_buckets) != sorted(
+      d.token_buckets):
+    raise ValueError(f"config.data.token_buckets: expected increasing positive multiples of 8, got {d.token_buckets}")
+  if not 0 < d.unit_dropout_min <= d.unit_dropout_mode <= d.unit_dropout_max:
+    raise ValueError("config.data.unit_dropout_min/mode/max: expected 0 < min <= mode <= max, got "
+                     f"{d.unit_dropout_min}, {d.unit_dropout_mode}, {d.unit_dropout_max}")
+  if not 0.0 <= c.optimizer.constant_fraction <= 1.0:
+    raise ValueError(f"config.optimizer.constant_fraction: must be in [0, 1], got {c.optimizer.constant_fraction}")
+  if c.optimizer.name != "lamb":
+    raise ValueError(f"config.optimizer.name: expected 'lamb', got {c.optimizer.name!r}")
+  if d.batch_size < 1 or c.train.steps < 1 or d.max_queries < 1:
+    raise ValueError("config.data.batch_size, config.data.max_queries and config.train.steps must be positive")
+  if c.eval.window_step <= 0 or c.eval.window_step > d.window_length:
+    raise ValueError(f"config.eval.window_step: must be in (0, window_length], got {c.eval.window_step}")

@@ -1,0 +1,127 @@
+"""Pre-LayerNorm PerceiverIO blocks with rotary time embeddings (Flax NNX), for POYO.
+
+Layout (as in the POYO reference):
+  cross-attention block: x += Attn(LN_q(x), LN_ctx(context)); x += FFN(LN(x))
+  self-attention block:  x += drop(Attn(LN(x))); x += drop(FFN(LN(x)))
+with FFN = Linear(D, 2*mult*D) -> GEGLU -> dropout -> Linear(mult*D, D). The residual
+dropout `drop` is the reference's "linear" dropout; it is used in the latent
+self-attention blocks only (rate 0 elsewhere).
+
+Attention projects to heads of width `head_dim` (inner width heads * head_dim): q/k/v
+without bias, the output projection with bias. q and k are rotated by their tokens'
+times; with `rotate_value`, v is rotated by the key time and the attention output is
+rotated back by the query time, so values carry relative time too. A key-padding mask
+[B, K] (True = real token) may be given; a query row whose keys are all padding gets a
+zero attention output (before the output projection), never NaN.
+
+Modules hold parameters only; dropout comes from a `key` argument (None =
+deterministic). Shapes: B batch, Q queries, K keys, D width, H heads, E head dim,
+F rotary frequencies; angles are [B|1, L, F] from `rotary.rotary_angles`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mtm_jax.models import attention
+from mtm_jax.models import rotary
+
+
+def _split(key: jax.Array | None, n: int) -> list:
+  return list(jax.random.split(key, n)) if key is not None else [None] * n
+
+
+class RotaryAttention(nnx.Module):
+  """Multi-head attention of queries over a context, with rotary time embeddings."""
+
+  def __init__(self, dim: int, n_heads: int, *, head_dim: int = 64, context_dim: int | None = None,
+               dropout: float = 0.0, rotate_value: bool = False, rngs: nnx.Rngs):
+    if n_heads < 1 or head_dim < 1:
+      raise ValueError(f"rotary attention: n_heads and head_dim must be positive, got {n_heads}, {head_dim}")
+    context_dim = dim if context_dim is None else context_dim
+    inner = n_heads * head_dim
+    self.n_heads, self.head_dim = n_heads, head_dim
+    self.dropout, self.rotate_value = dropout, rotate_value
+    self.query = nnx.Linear(dim, inner, use_bias=False, rngs=rngs)
+    self.key = nnx.Linear(context_dim, inner, use_bias=False, rngs=rngs)
+    self.value = nnx.Linear(context_dim, inner, use_bias=False, rngs=rngs)
+    self.out = nnx.Linear(inner, dim, rngs=rngs)
+
+  def __call__(self, x, context, x_angles, context_angles, mask=None, *, key=None):
+    """x [B, Q, D], context [B, K, Dc], x_angles [B|1, Q, F], context_angles [B|1, K, F],
+    mask [B, K] bool (True = real key) or None -> [B, Q, D]. `key`: attention-probability
+    dropout."""
+    heads = lambda y: y.reshape(y.shape[:-1] + (self.n_heads, self.head_dim))  # [B, L, H, E]
+    q = rotary.rotate(heads(self.query(x)), x_angles)
+    k = rotary.rotate(heads(self.key(context)), context_angles)
+    v = heads(self.value(context))
+    if self.rotate_value:
+      v = rotary.rotate(v, context_angles)
+    attn_mask = None if mask is None else mask[:, None, None, :]  # [B, 1, 1, K]
+    out = attention.attend(q, k, v, attn_mask, dropout_rate=self.dropout, key=key)  # [B, Q, H, E]
+    if mask is not None:  # rows with no real key: zeros, not the mean of padding values
+      out = jnp.where(jnp.any(mask, axis=-1)[:, None, None, None], out, jnp.zeros((), out.dtype))
+    if self.rotate_value:
+      out = rotary.rotate(out, x_angles, inverse=True)
+    return self.out(out.reshape(out.shape[:-2] + (-1,)))
+
+
+class GEGLUFeedForward(nnx.Module):
+  """Linear(D, 2*mult*D) -> split (x, gate) -> x * gelu_exact(gate) -> dropout -> Linear(mult*D, D)."""
+
+  def __init__(self, dim: int, *, mult: int = 4, dropout: float = 0.0, rngs: nnx.Rngs):
+    self.up = nnx.Linear(dim, 2 * mult * dim, rngs=rngs)
+    self.down = nnx.Linear(mult * dim, dim, rngs=rngs)
+    self.dropout = dropout
+
+  def __call__(self, x, *, key=None):
+    """x [..., D] -> [..., D]."""
+    h, gate = jnp.split(self.up(x), 2, axis=-1)
+    h = h * jax.nn.gelu(gate, approximate=False)
+    return self.down(attention._dropout(h, self.dropout, key))
+
+
+class CrossAttentionBlock(nnx.Module):
+  """x += Attn(LN_q(x), LN_ctx(context)); x += FFN(LN(x)) (each branch after residual dropout)."""
+
+  def __init__(self, dim: int, n_heads: int, *, head_dim: int = 64, context_dim: int | None = None,
+               ffn_dropout: float = 0.0, attention_dropout: float = 0.0, residual_dropout: float = 0.0,
+               rotate_value: bool = False, layer_norm_eps: float = 1e-5, rngs: nnx.Rngs):
+    context_dim = dim if context_dim is None else context_dim
+    self.norm_query = nnx.LayerNorm(dim, epsilon=layer_norm_eps, rngs=rngs)
+    self.norm_context = nnx.LayerNorm(context_dim, epsilon=layer_norm_eps, rngs=rngs)
+    self.attn = RotaryAttention(dim, n_heads, head_dim=head_dim, context_dim=context_dim,
+                                dropout=attention_dropout, rotate_value=rotate_value, rngs=rngs)
+    self.norm_ffn = nnx.LayerNorm(dim, epsilon=layer_norm_eps, rngs=rngs)
+    self.ffn = GEGLUFeedForward(dim, dropout=ffn_dropout, rngs=rngs)
+    self.residual_dropout = residual_dropout
+
+  def __call__(self, x, context, x_angles, context_angles, mask=None, *, key=None):
+    """x [B, Q, D], context [B, K, Dc], angles [B|1, Q|K, F], mask [B, K] -> [B, Q, D]."""
+    k_attn, k_res1, k_ffn, k_res2 = _split(key, 4)
+    h = self.attn(self.norm_query(x), self.norm_context(context), x_angles, context_angles, mask, key=k_attn)
+    x = x + attention._dropout(h, self.residual_dropout, k_res1)
+    return x + attention._dropout(self.ffn(self.norm_ffn(x), key=k_ffn), self.residual_dropout, k_res2)
+
+
+class SelfAttentionBlock(nnx.Module):
+  """x += drop(Attn(LN(x))); x += drop(FFN(LN(x)))."""
+
+  def __init__(self, dim: int, n_heads: int, *, head_dim: int = 64, ffn_dropout: float = 0.0,
+               attention_dropout: float = 0.0, residual_dropout: float = 0.0, rotate_value: bool = False,
+               layer_norm_eps: float = 1e-5, rngs: nnx.Rngs):
+    self.norm_attn = nnx.LayerNorm(dim, epsilon=layer_norm_eps, rngs=rngs)
+    self.attn = RotaryAttention(dim, n_heads, head_dim=head_dim, dropout=attention_dropout,
+                                rotate_value=rotate_value, rngs=rngs)
+    self.norm_ffn = nnx.LayerNorm(dim, epsilon=layer_norm_eps, rngs=rngs)
+    self.ffn = GEGLUFeedForward(dim, dropout=ffn_dropout, rngs=rngs)
+    self.residual_dropout = residual_dropout
+
+  def __call__(self, x, angles, mask=None, *, key=None):
+    """x [B, L, D], angles [B|1, L, F], mask [B, L] (True = real token) or None -> [B, L, D]."""
+    k_attn, k_res1, k_ffn, k_res2 = _split(key, 4)
+    h = self.norm_attn(x)
+    x = x + attention._dropout(self.attn(h, h, angles, angles, mask, key=k_attn), self.residual_dropout, k_res1)
+    return x + attention._dropout(self.ffn(self.norm_ffn(x), key=k_ffn), self.residual_dropout, k_res2)

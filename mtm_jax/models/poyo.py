@@ -1,0 +1,280 @@
+"""POYO (Azabou et al. 2023): a PerceiverIO over spike tokens, in Flax NNX.
+
+Tokens. Every spike is one token, unit_embedding[unit] + token_type_embedding[type]
+(spike 0; each unit present also has a start token (1) at t=0 and an end token (2) at
+t=window). Time enters only through rotary embeddings (`rotary.py`).
+
+Latents. `latents_per_step` learned vectors repeat at every `latent_step` (125 ms) of the
+window, at the step centres: latent s * latents_per_step + p is vector p at time
+(s + 1/2) * latent_step.
+
+Queries. session_embedding[session] (+ task_embedding[task] when there are several
+tasks) at every output timestamp.
+
+Network (pre-LayerNorm, see `perceiver.py`):
+  latents += CrossAttn(LN(latents), LN(tokens), key-padding mask); latents += FFN(LN(.))
+  depth x: latents += drop(SelfAttn(LN(latents))); latents += drop(FFN(LN(latents)))
+  queries += CrossAttn(LN(queries), LN(latents)); queries += FFN(LN(queries))
+  one Linear readout per task.
+The encoder and the latent self-attention rotate values by key time and outputs back by
+query time; the decoder does not. The input mask is used only in the encoder.
+
+Batch (a dict; B windows, L tokens, Q output queries):
+  unit_index        [B, L] int    row of the unit table (0 = padding)
+  timestamps        [B, L] float  seconds from the window start
+  token_type        [B, L] int    TOKEN_SPIKE, TOKEN_START or TOKEN_END
+  input_mask        [B, L] bool   True = real token
+  session_index     [B] int       row of the session table (0 = padding)
+  output_timestamps [B, Q] float  seconds from the window start
+  output_task       [B, Q] int    index of the query's task in `task_ids(tasks)`
+  output_mask       [B, Q] bool   True = real query
+The output is {task name: [B, Q, task dim]}, zero wherever the query is padding or
+belongs to another task.
+
+Embedding tables (`embedding_paths()`): row 0 of the unit and session tables is padding
+(zero); rows are appended for new units and sessions with `grow_vocab`.
+
+Parameters are initialised with Flax defaults (LeCun-normal kernels, zero biases) except
+embeddings, N(0, emb_init_scale); the reference uses PyTorch's defaults for Linear.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from mtm_jax.models import perceiver
+from mtm_jax.models import rotary
+
+TOKEN_SPIKE, TOKEN_START, TOKEN_END = 0, 1, 2
+N_TOKEN_TYPES = 4  # rows of the token-type table (3 used; the reference allocates 4)
+
+INPUT_KEYS = ("unit_index", "timestamps", "token_type", "input_mask")  # [B, L]
+QUERY_KEYS = ("output_timestamps", "output_task", "output_mask")  # [B, Q]
+BATCH_KEYS = INPUT_KEYS + ("session_index",) + QUERY_KEYS
+
+# Named sizes: width D, latent self-attention layers, cross / self heads, latents per step.
+SIZES = {
+    "tiny": dict(dim=32, depth=1, cross_heads=1, self_heads=2, latents_per_step=2),
+    "small": dict(dim=64, depth=6, cross_heads=2, self_heads=8, latents_per_step=16),  # 1.3M
+    "large": dict(dim=128, depth=24, cross_heads=4, self_heads=8, latents_per_step=32),  # 11.8M (POYO-1)
+}
+
+
+def task_ids(tasks: Mapping[str, int]) -> dict[str, int]:
+  """{task name: index used in `output_task`}: tasks in sorted name order."""
+  return {name: i for i, name in enumerate(sorted(tasks))}
+
+
+def embedding_paths() -> dict[str, tuple[str, ...]]:
+  """Parameter paths (in `nnx.state(model)` / its pure dict) of the growable tables."""
+  return {"unit": ("unit_emb", "embedding"), "session": ("session_emb", "embedding")}
+
+
+def embedding_filter():
+  """An nnx filter selecting the unit and session tables (e.g. to train only them)."""
+  return nnx.All(nnx.Param, nnx.Any(*(nnx.PathContains(p[0]) for p in embedding_paths().values())))
+
+
+class POYO(nnx.Module):
+  """POYO PerceiverIO decoder of behaviour from spike tokens; see the module docstring."""
+
+  def __init__(self, n_units: int, n_sessions: int, *, tasks: Mapping[str, int], dim: int, depth: int,
+               cross_heads: int, self_heads: int, latents_per_step: int, head_dim: int = 64,
+               window_length: float = 1.0, latent_step: float = 0.125, ffn_dropout: float = 0.2,
+               lin_dropout: float = 0.4, attn_dropout: float = 0.2, emb_init_scale: float = 0.02,
+               t_min: float = rotary.T_MIN, t_max: float = rotary.T_MAX, layer_norm_eps: float = 1e-5,
+               rngs: nnx.Rngs):
+    if n_units < 1 or n_sessions < 1:
+      raise ValueError(f"POYO: n_units and n_sessions must be >= 1, got {n_units} and {n_sessions}")
+    if not tasks or any(int(d) < 1 for d in tasks.values()):
+      raise ValueError(f"POYO: tasks must map each task name to an output dim >= 1, got {dict(tasks)}")
+    if not 0.0 < latent_step <= window_length:
+      raise ValueError(f"POYO: expected 0 < latent_step <= window_length, got {latent_step} and {window_length}")
+    if head_dim % 4:
+      raise ValueError(f"POYO: head_dim must be a multiple of 4 (half of it is rotated in pairs), got {head_dim}")
+    self.n_units, self.n_sessions = n_units, n_sessions
+    self.tasks = tuple((name, int(tasks[name])) for name in sorted(tasks))  # (name, dim), in task-id order
+    self.dim, self.depth, self.head_dim = dim, depth, head_dim
+    self.cross_heads, self.self_heads, self.latents_per_step = cross_heads, self_heads, latents_per_step
+    self.window_length, self.latent_step = float(window_length), float(latent_step)
+    self.ffn_dropout, self.lin_dropout, self.attn_dropout = ffn_dropout, lin_dropout, attn_dropout
+    self.emb_init_scale, self.t_min, self.t_max = emb_init_scale, t_min, t_max
+    self.layer_norm_eps = layer_norm_eps
+    rotary.rotary_frequencies(head_dim, head_dim // 2, t_min, t_max)  # validates
+
+    init = nnx.initializers.normal(emb_init_scale)
+    self.unit_emb = nnx.Embed(n_units + 1, dim, embedding_init=init, rngs=rngs)
+    self.session_emb = nnx.Embed(n_sessions + 1, dim, embedding_init=init, rngs=rngs)
+    for table in (self.unit_emb, self.session_emb):  # row 0: padding
+      table.embedding[...] = table.embedding[...].at[0].set(0.0)
+    self.token_type_emb = nnx.Embed(N_TOKEN_TYPES, dim, embedding_init=init, rngs=rngs)
+    self.latent_emb = nnx.Embed(latents_per_step, dim, embedding_init=init, rngs=rngs)
+    self.task_emb = nnx.Embed(len(self.tasks), dim, embedding_init=init, rngs=rngs) if len(self.tasks) > 1 else None
+
+    blocks = dict(head_dim=head_dim, ffn_dropout=ffn_dropout, attention_dropout=attn_dropout,
+                  layer_norm_eps=layer_norm_eps, rngs=rngs)
+    self.encoder = perceiver.CrossAttentionBlock(dim, cross_heads, rotate_value=True, **blocks)
+    self.processor = nnx.List([
+        perceiver.SelfAttentionBlock(dim, self_heads, rotate_value=True, residual_dropout=lin_dropout, **blocks)
+        for _ in range(depth)
+    ])
+    self.decoder = perceiver.CrossAttentionBlock(dim, cross_heads, rotate_value=False, **blocks)
+    self.readout = nnx.Dict({name: nnx.Linear(dim, d, rngs=rngs) for name, d in self.tasks})
+
+  @property
+  def hparams(self) -> dict:
+    """Constructor arguments (without rngs): POYO(**model.hparams, rngs=...) rebuilds it."""
+    names = ("n_units", "n_sessions", "dim", "depth", "cross_heads", "self_heads", "latents_per_step", "head_dim",
+             "window_length", "latent_step", "ffn_dropout", "lin_dropout", "attn_dropout", "emb_init_scale", "t_min",
+             "t_max", "layer_norm_eps")
+    return dict({n: getattr(self, n) for n in names}, tasks=dict(self.tasks))
+
+  @property
+  def n_latent_steps(self) -> int:
+    return int(np.ceil(self.window_length / self.latent_step - 1e-6))
+
+  def latent_timestamps(self, offset: float = 0.0) -> np.ndarray:
+    """[n_latent_steps * latents_per_step] float32: step centres, each repeated per latent."""
+    centres = (np.arange(self.n_latent_steps) + 0.5) * self.latent_step + offset
+    return np.repeat(centres, self.latents_per_step).astype(np.float32)
+
+  def frequencies(self) -> np.ndarray:
+    """Rotary angular frequencies [head_dim // 4]."""
+    return rotary.rotary_frequencies(self.head_dim, self.head_dim // 2, self.t_min, self.t_max)
+
+  def check_batch(self, batch: Mapping[str, jax.Array]) -> None:
+    """Raises ValueError naming the first missing or mis-shaped batch entry."""
+    missing = [k for k in BATCH_KEYS if k not in batch]
+    if missing:
+      raise ValueError(f"POYO batch: missing {missing}; expected keys {list(BATCH_KEYS)}")
+    b, l = np.shape(batch["unit_index"])[:2] if np.ndim(batch["unit_index"]) == 2 else (None, None)
+    if b is None:
+      raise ValueError(f"POYO batch: unit_index must be [B, L], got shape {np.shape(batch['unit_index'])}")
+    q_shape = np.shape(batch["output_timestamps"])
+    if len(q_shape) != 2 or q_shape[0] != b:
+      raise ValueError(f"POYO batch: output_timestamps must be [B={b}, Q], got shape {q_shape}")
+    expected = {**{k: (b, l) for k in INPUT_KEYS}, "session_index": (b,), **{k: q_shape for k in QUERY_KEYS}}
+    for k, shape in expected.items():
+      if tuple(np.shape(batch[k])) != tuple(shape):
+        raise ValueError(f"POYO batch: {k} must have shape {tuple(shape)}, got {tuple(np.shape(batch[k]))}")
+    for k in ("unit_index", "token_type", "session_index", "output_task"):
+      if not jnp.issubdtype(jnp.result_type(batch[k]), jnp.integer):
+        raise ValueError(f"POYO batch: {k} must be integer, got {jnp.result_type(batch[k])}")
+    for k in ("input_mask", "output_mask"):
+      if jnp.result_type(batch[k]) != jnp.bool_:
+        raise ValueError(f"POYO batch: {k} must be bool (True = real), got {jnp.result_type(batch[k])}")
+
+  def __call__(self, batch: Mapping[str, jax.Array], *, key: jax.Array | None = None,
+               latent_timestamps=None) -> dict[str, jax.Array]:
+    """batch (see the module docstring) -> {task name: [B, Q, task dim]}.
+
+    key: dropout key (None = deterministic). latent_timestamps: [N_lat] or [B, N_lat]
+    times of the latents (default `self.latent_timestamps()`); N_lat must be
+    n_latent_steps * latents_per_step.
+    """
+    self.check_batch(batch)
+    if latent_timestamps is None:
+      latent_timestamps = self.latent_timestamps()
+    n_latents = self.n_latent_steps * self.latents_per_step
+    if np.ndim(latent_timestamps) not in (1, 2) or np.shape(latent_timestamps)[-1] != n_latents:
+      raise ValueError(f"POYO: latent_timestamps must be [{n_latents}] or [B, {n_latents}], "
+                       f"got shape {np.shape(latent_timestamps)}")
+    keys = _split(key, self.depth + 2)
+    freqs = self.frequencies()
+    b = np.shape(batch["unit_index"])[0]
+
+    # Input tokens [B, L, D].
+    tokens = self.unit_emb(batch["unit_index"]) + self.token_type_emb(batch["token_type"])
+    token_angles = rotary.rotary_angles(batch["timestamps"], freqs)  # [B, L, F]
+
+    # Latents [B, N, D], N = steps * latents_per_step.
+    latent_angles = rotary.rotary_angles(jnp.atleast_2d(latent_timestamps), freqs)  # [B|1, N, F]
+    latents = jnp.tile(self.latent_emb.embedding[...], (self.n_latent_steps, 1))  # [N, D]
+    latents = jnp.broadcast_to(latents[None], (b,) + latents.shape)
+
+    # Output queries [B, Q, D].
+    n_queries = np.shape(batch["output_timestamps"])[1]
+    queries = jnp.broadcast_to(self.session_emb(batch["session_index"])[:, None], (b, n_queries, self.dim))
+    if self.task_emb is not None:
+      queries = queries + self.task_emb(batch["output_task"])
+    query_angles = rotary.rotary_angles(batch["output_timestamps"], freqs)  # [B, Q, F]
+
+    latents = self.encoder(latents, tokens, latent_angles, token_angles, batch["input_mask"], key=keys[0])
+    for layer, k in zip(self.processor, keys[1:-1]):
+      latents = layer(latents, latent_angles, key=k)
+    queries = self.decoder(queries, latents, query_angles, latent_angles, key=keys[-1])
+
+    outputs = {}
+    for i, (name, _) in enumerate(self.tasks):
+      keep = (batch["output_mask"] & (batch["output_task"] == i))[..., None]  # [B, Q, 1]
+      out = self.readout[name](queries)
+      outputs[name] = jnp.where(keep, out, jnp.zeros((), out.dtype))
+    return outputs
+
+
+def _split(key: jax.Array | None, n: int) -> list:
+  return list(jax.random.split(key, n)) if key is not None else [None] * n
+
+
+def count_params(model: POYO, *, embeddings: bool = True) -> int:
+  """Number of parameters; embeddings=False leaves out the unit and session tables."""
+  state = nnx.state(model, nnx.Param if embeddings else nnx.All(nnx.Param, nnx.Not(embedding_filter())))
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(state)))
+
+
+def grow_vocab(model_or_params, n_new_units: int, n_new_sessions: int, key: jax.Array, *,
+               init_scale: float = 0.02):
+  """Appends fresh rows, N(0, init_scale), to the unit and session tables.
+
+  model_or_params: a POYO (returns a new POYO; the argument is not modified) or the pure
+  dict of its parameters, e.g. `nnx.to_pure_dict(nnx.state(model))` or a restored
+  checkpoint (returns a new pure dict; untouched entries are shared). Old rows keep
+  their values and indices: new units are rows n_units + 1 ... n_units + n_new_units,
+  new sessions likewise. To train only the tables (unit identification) use
+  `embedding_filter()`; to train only the new rows, mask the gradient rows below
+  the old sizes.
+  """
+  if n_new_units < 0 or n_new_sessions < 0:
+    raise ValueError(f"grow_vocab: n_new_units and n_new_sessions must be >= 0, got {n_new_units}, {n_new_sessions}")
+  if isinstance(model_or_params, POYO):
+    model = model_or_params
+    params = _grow(nnx.to_pure_dict(nnx.state(model)), n_new_units, n_new_sessions, key, init_scale)
+    hparams = dict(model.hparams, n_units=model.n_units + n_new_units, n_sessions=model.n_sessions + n_new_sessions)
+    new = nnx.eval_shape(lambda: POYO(**hparams, rngs=nnx.Rngs(0)))
+    state = nnx.state(new)
+    nnx.replace_by_pure_dict(state, params)
+    nnx.update(new, state)
+    return new
+  if not isinstance(model_or_params, Mapping):
+    raise TypeError(f"grow_vocab: expected a POYO or a pure dict of its parameters, got {type(model_or_params)}")
+  return _grow(model_or_params, n_new_units, n_new_sessions, key, init_scale)
+
+
+def _grow(params: Mapping, n_new_units: int, n_new_sessions: int, key: jax.Array, init_scale: float) -> dict:
+  params = dict(params)
+  for (what, path), n_new, k in zip(embedding_paths().items(), (n_new_units, n_new_sessions), jax.random.split(key)):
+    outer, leaf = path
+    if outer not in params or leaf not in params[outer]:
+      raise ValueError(f"grow_vocab: parameters have no {what} table at {'/'.join(path)}")
+    table = jnp.asarray(params[outer][leaf])
+    fresh = init_scale * jax.random.normal(k, (n_new, table.shape[1]), table.dtype)
+    params[outer] = dict(params[outer], **{leaf: jnp.concatenate([table, fresh], axis=0)})
+  return params
+
+
+def from_config(config: ml_collections.ConfigDict, n_units: int, n_sessions: int, *, rngs: nnx.Rngs) -> POYO:
+  """The model of `config.model` with tables for `n_units` units and `n_sessions` sessions."""
+  m = config.model
+  if m.size not in SIZES:
+    raise ValueError(f"config.model.size: unknown {m.size!r}; expected one of {sorted(SIZES)}")
+  return POYO(
+      n_units, n_sessions, tasks=dict(m.tasks), **SIZES[m.size], head_dim=m.head_dim,
+      window_length=m.window_length, latent_step=m.latent_step, ffn_dropout=m.ffn_dropout,
+      lin_dropout=m.lin_dropout, attn_dropout=m.attn_dropout, emb_init_scale=m.emb_init_scale,
+      t_min=m.t_min, t_max=m.t_max, layer_norm_eps=m.layer_norm_eps, rngs=rngs)

@@ -1,0 +1,69 @@
+"""Rotary embeddings over continuous time (POYO), as pure functions.
+
+A token at time t (seconds) has its attention vectors rotated, pair by pair, by angles
+t * omega_f. Only the first `rotate_dim` dims of each head are rotated, in interleaved
+pairs (x0, x1), (x2, x3), ...; the rest pass unchanged. The `rotate_dim // 2` angular
+frequencies omega_f = 2 pi / period_f have periods log-spaced from t_min to t_max, both
+ends included. With head dim 64, 32 rotated dims and (1e-4 s, 2.0627 s) this is the POYO
+setting (2.0627 s is the largest period of the original `t_max=4` formula
+t_min * (t_max / t_min) ** (i / 16), i < 16, written as an inclusive end).
+
+Angles are computed in float32 whatever the timestamp dtype (host data is often float64).
+Shapes: L tokens, H heads, E head dim, F = rotate_dim // 2 frequencies.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+T_MIN = 1e-4  # shortest period (s)
+T_MAX = 2.0627  # longest period (s)
+
+
+def rotary_frequencies(head_dim: int = 64, rotate_dim: int = 32, t_min: float = T_MIN,
+                       t_max: float = T_MAX) -> np.ndarray:
+  """Angular frequencies (rad/s), float32 [rotate_dim // 2], of periods log-spaced over
+  [t_min, t_max] (both inclusive), shortest period first."""
+  if rotate_dim <= 0 or rotate_dim % 2:
+    raise ValueError(f"rotary: rotate_dim must be a positive even number, got {rotate_dim}")
+  if rotate_dim > head_dim:
+    raise ValueError(f"rotary: rotate_dim {rotate_dim} exceeds head_dim {head_dim}")
+  if not 0.0 < t_min < t_max:
+    raise ValueError(f"rotary: expected 0 < t_min < t_max, got t_min={t_min}, t_max={t_max}")
+  n = rotate_dim // 2
+  fraction = np.linspace(0.0, 1.0, n) if n > 1 else np.zeros(1)
+  periods = np.exp(np.log(t_min) + fraction * (np.log(t_max) - np.log(t_min)))
+  return (2.0 * np.pi / periods).astype(np.float32)
+
+
+def rotary_angles(timestamps, frequencies=None) -> jax.Array:
+  """timestamps [..., L] (seconds, any float dtype) -> angles [..., L, F] float32.
+
+  frequencies: [F] from `rotary_frequencies` (default: the POYO setting, F = 16).
+  """
+  if frequencies is None:
+    frequencies = rotary_frequencies()
+  t = jnp.asarray(timestamps, jnp.float32)
+  return t[..., None] * jnp.asarray(frequencies, jnp.float32)
+
+
+def rotate(x, angles, inverse: bool = False) -> jax.Array:
+  """Rotates pairs (x[2f], x[2f+1]) by angles[f], f < F; dims from 2F on are unchanged.
+
+  x [..., L, H, E]; angles [..., L, F] (broadcast over heads). inverse=True rotates by
+  -angles (undoes the rotation). Returns x's shape and dtype.
+  """
+  n = angles.shape[-1]
+  if 2 * n > x.shape[-1]:
+    raise ValueError(f"rotary: {n} angles rotate {2 * n} dims, but the head dim is {x.shape[-1]}")
+  cos = jnp.cos(angles)[..., None, :].astype(x.dtype)  # [..., L, 1, F]
+  sin = jnp.sin(angles)[..., None, :].astype(x.dtype)
+  if inverse:
+    sin = -sin
+  head, tail = x[..., : 2 * n], x[..., 2 * n :]
+  pairs = head.reshape(head.shape[:-1] + (n, 2))
+  even, odd = pairs[..., 0], pairs[..., 1]  # [..., L, H, F]
+  rotated = jnp.stack([even * cos - odd * sin, odd * cos + even * sin], axis=-1)
+  return jnp.concatenate([rotated.reshape(head.shape), tail], axis=-1)
