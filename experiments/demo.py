@@ -32,7 +32,7 @@ def run_demo(dataset: str, data_dir: str, workdir: str, preset: str, steps: int 
   results = {}
   for name, arg in (("mtm", preset), ("temporal", f"{preset},temporal")):
     config = ndt1_config.get_config(arg)
-    config.data.dataset, config.data.data_dir = dataset, data_dir
+    config.data.datasets, config.data.data_dir = dataset, data_dir
     if steps is not None:
       config.train.steps = steps
     model_dir = os.path.join(workdir, name)

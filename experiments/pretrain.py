@@ -1,6 +1,10 @@
-"""Pretrains NDT1 with MtM (or a single masking scheme) on a session.
+"""Pretrains NDT1 with MtM (or a single masking scheme) on one or many sessions.
 
   python -m experiments.pretrain --flagfile=experiments/flags/demo_mtm.flags
+  python -m experiments.pretrain --config=mtm_jax/configs/ndt1.py:demo,stitch --workdir=runs/two \
+      --sessions=ibl_binned/synthetic_001,ibl_binned/synthetic_002
+  python -m experiments.pretrain --config=mtm_jax/configs/ndt1.py:demo,stitch --sessions=12 \
+      --workdir=runs/twelve    (the first 12 of the config's 24 synthetic pretraining sessions)
   python -m experiments.pretrain --config=mtm_jax/configs/ndt1.py:paper --workdir=runs/paper \
       --config.masking.mode=temporal --config.model.use_prompt=False
 
@@ -15,6 +19,9 @@ from mtm_jax.training import loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (get_config(arg)).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and logs.")
+_SESSIONS = flags.DEFINE_string(
+    "sessions", None, "Sessions to train on: a count N (the first N of config.data.datasets) or "
+    "comma-separated TFDS names (replacing config.data.datasets).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -22,7 +29,13 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.info("JAX devices: %s", jax.devices())
-  loop.train(_CONFIG.value, _WORKDIR.value)
+  config = _CONFIG.value
+  if _SESSIONS.value:
+    if _SESSIONS.value.strip().isdigit():
+      config.data.n_sessions = int(_SESSIONS.value)
+    else:
+      config.data.datasets, config.data.n_sessions = _SESSIONS.value, 0
+  loop.train(config, _WORKDIR.value)
 
 
 if __name__ == "__main__":

@@ -20,3 +20,13 @@ def data_dir(tmp_path_factory):
   path = str(tmp_path_factory.mktemp("tfds"))
   prepare.build([DATASET], path)
   return path
+
+
+STUDY_DATASETS = ("ibl_binned/synthetic_007", "ibl_binned/synthetic_027")  # 134 and 138 neurons
+
+
+@pytest.fixture(scope="session")
+def study_data_dir(data_dir):
+  """data_dir with two more small sessions, for multi-session runs and the mini study."""
+  prepare.build(list(STUDY_DATASETS), data_dir)
+  return data_dir

@@ -22,7 +22,7 @@ def test_pretrain_from_flagfile_then_evaluate(data_dir, tmp_path):
   flagfile.write_text("\n".join([
       "--config=mtm_jax/configs/ndt1.py:tiny,temporal",
       f"--workdir={workdir}",
-      f"--config.data.dataset={DATASET}",
+      f"--config.data.datasets={DATASET}",
       f"--config.data.data_dir={data_dir}",
       "--config.train.steps=6",
       "--config.train.checkpoint_every=3",

@@ -12,9 +12,9 @@ from mtm_jax.training import step as step_lib
 
 def _model(**kw):
   args = dict(width=32, n_layers=2, n_heads=2, mlp_width=64, dropout=0.1, attention_dropout=0.1,
-              embed_dropout=0.1, n_sessions=3, rngs=nnx.Rngs(0))
+              embed_dropout=0.1, rngs=nnx.Rngs(0))
   args.update(kw)
-  return ndt1.NDT1(7, **args)
+  return ndt1.NDT1(args.pop("sessions", 7), **args)
 
 
 def _spikes(seed=0, shape=(2, 100, 7)):
@@ -52,11 +52,11 @@ def test_reference_causal_leak_is_an_option():
 
 
 def test_prompt_and_session_tokens_change_the_output():
-  model, x = _model(), _spikes()
+  model, x = _model(sessions=(7, 7, 7), stitch_dim=8), _spikes()
   base = model(x, prompt=0, session=0)
   assert not np.allclose(base, model(x, prompt=2, session=0))
   assert not np.allclose(base, model(x, prompt=0, session=1))
-  plain = _model(use_prompt=False, use_session=False)
+  plain = _model(sessions=(7, 7, 7), stitch_dim=8, use_prompt=False, use_session=False)
   assert plain.n_special == 0 and plain(x).shape == base.shape
 
 

@@ -12,7 +12,7 @@ from flax import nnx
 
 from mtm_jax import masking
 from mtm_jax.configs import ndt1 as ndt1_config
-from mtm_jax.evaluation import run
+from mtm_jax.evaluation import decoding, run
 from mtm_jax.models import ndt1
 from mtm_jax.training import checkpoint, loop, mesh as mesh_lib, optimizer, step as step_lib
 from tests.conftest import DATASET
@@ -20,7 +20,7 @@ from tests.conftest import DATASET
 
 def _config(data_dir, **train):
   c = ndt1_config.get_config("tiny")
-  c.data.dataset, c.data.data_dir = DATASET, data_dir
+  c.data.datasets, c.data.data_dir = DATASET, data_dir
   c.train.update(train)
   return c
 
@@ -33,14 +33,14 @@ def _losses_on(devices: int, n_steps: int = 4) -> np.ndarray:
   tx = optimizer.make_optimizer(config)
   state = jax.device_put(step_lib.init_state(params, tx), mesh_lib.replicated(mesh))
   train_step = jax.jit(step_lib.make_train_step(graphdef, tx, masking.MTM, masking.MaskConfig()), donate_argnums=0)
-  regions = jax.device_put(jnp.asarray(np.arange(12) % 3, jnp.int32), mesh_lib.replicated(mesh))
+  regions = jax.device_put(jnp.asarray((np.arange(12) % 3)[None], jnp.int32), mesh_lib.replicated(mesh))  # [S=1, N]
   rng = np.random.default_rng(0)
   losses = []
   with jax.set_mesh(mesh):
     for _ in range(n_steps):
       batch = mesh_lib.shard_batch({"spikes": rng.poisson(0.5, (8, 100, 12)).astype(np.int32)}, mesh)
       assert len(batch["spikes"].sharding.device_set) == devices
-      state, metrics = train_step(state, batch, regions, jax.random.key(0), 0)
+      state, metrics = train_step(state, batch, regions, jax.random.key(0))
       losses.append(float(metrics["loss"]))
   return np.array(losses)
 
@@ -103,8 +103,11 @@ def test_evaluate_writes_the_four_metrics(data_dir, tmp_path):
     assert np.isfinite(saved[m]) and saved[m] == results[m]
     assert saved[f"oracle_{m}"] > 0.1  # synthetic data: true rates are informative
   assert saved["n_trials"] == 107 and saved["session_id"] == "synthetic_000"
+  for m in decoding.BEHAVIOUR_METRICS:
+    assert np.isfinite(saved[m])
+  assert 0.0 <= saved["choice_accuracy"] <= 1.0
 
 
 def test_load_config_of_missing_run_is_a_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError, match="no checkpoints directory"):
-    checkpoint.load_config(str(tmp_path))
+    checkpoint.load_metadata(str(tmp_path))

@@ -1,5 +1,9 @@
-"""NDT1 + MtM pretraining on one session. `get_config(arg)`: arg = "paper" | "demo" | "tiny",
-optionally followed by ",temporal" for the temporal-masking baseline (no prompt token).
+"""NDT1 + MtM pretraining on one or many sessions. `get_config(arg)`: arg = "paper" |
+"demo" | "tiny", optionally followed by ",temporal" for the temporal-masking baseline (no
+prompt token) and ",stitch" for the multi-session model (per-session stitching layers).
+
+  python -m experiments.pretrain --config=mtm_jax/configs/ndt1.py:paper,stitch \
+      --config.data.datasets=ibl_binned/synthetic_000,ibl_binned/synthetic_001 --workdir=runs/two
 
   python -m experiments.pretrain --config=mtm_jax/configs/ndt1.py:demo --workdir=runs/mtm
   python -m experiments.pretrain --flagfile=experiments/flags/demo_mtm.flags
@@ -12,26 +16,33 @@ import ml_collections
 
 from mtm_jax import masking
 
+# The synthetic study's sessions (data_builders/ibl_binned): 24 to pretrain on, 4 held out.
+SYNTHETIC_PRETRAIN = tuple(f"ibl_binned/synthetic_{i:03d}" for i in range(24))
+SYNTHETIC_HELDOUT = tuple(f"ibl_binned/synthetic_{i:03d}" for i in range(24, 28))
+
 
 def get_config(arg: str = "paper") -> ml_collections.ConfigDict:
   preset, *options = arg.split(",")
   if preset not in ("paper", "demo", "tiny"):
     raise ValueError(f"ndt1 config: unknown preset {preset!r}; expected paper, demo or tiny")
-  unknown = set(options) - {"temporal"}
+  unknown = set(options) - {"temporal", "stitch"}
   if unknown:
-    raise ValueError(f"ndt1 config: unknown options {sorted(unknown)}; expected 'temporal'")
+    raise ValueError(f"ndt1 config: unknown options {sorted(unknown)}; expected 'temporal' or 'stitch'")
   c = ml_collections.ConfigDict()
   c.seed = 0  # parameter init, masking and dropout keys
 
   c.data = ml_collections.ConfigDict()
-  c.data.dataset = "ibl_binned/synthetic_000"  # TFDS name/config of the session
+  # TFDS name/config of each session, comma-separated; a session's position is its row
+  # in the session tables. Each batch holds trials of one session; sessions interleave.
+  c.data.datasets = "ibl_binned/synthetic_000"
+  c.data.n_sessions = 0  # > 0: train on the first n of data.datasets only
   c.data.data_dir = "data/tfds"  # TFDS data_dir (made absolute at run time)
   c.data.batch_size = 16  # global batch, trials of one session
   c.data.shuffle_seed = 0
 
   c.model = ml_collections.ConfigDict()
   c.model.size = preset  # a row of mtm_jax.models.ndt1.SIZES
-  c.model.n_sessions = 1  # rows of the session-token table
+  c.model.stitch_dim = 0  # > 0: per-session Linear(N_s, stitch_dim) in and Linear(D, N_s) out
   c.model.max_bins = 100
   c.model.embed_mult = 2  # input embedding Linear(N, mult * N)
   c.model.dropout = 0.4  # transformer (MLP, attention output) dropout
@@ -64,9 +75,16 @@ def get_config(arg: str = "paper") -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # devices on the data axis (-1 = all)
 
+  c.init = ml_collections.ConfigDict()
+  c.init.pretrained = ""  # workdir of a pretrained model: start from its shared weights
+  c.init.step = -1  # its checkpoint step (-1 = latest)
+
   c.eval = ml_collections.ConfigDict()
   c.eval.split = "test"
   c.eval.max_batch = 2048  # sequences per forward pass in evaluation
+  c.eval.decoding_prompt = "neuron"  # prompt given to the frozen model for behaviour decoding
+  c.eval.decoding_folds = 5  # cross-validation folds of the behaviour decoders
+  c.eval.decoding_seed = 0
 
   if preset == "demo":
     c.model.dropout = 0.2
@@ -84,6 +102,9 @@ def get_config(arg: str = "paper") -> ml_collections.ConfigDict:
     c.train.eval_every = c.train.checkpoint_every = 10
     c.eval.max_batch = 512
 
+  if "stitch" in options:
+    c.model.stitch_dim = {"paper": 668, "demo": 256, "tiny": 16}[preset]
+    c.data.datasets = ",".join(SYNTHETIC_PRETRAIN)
   if "temporal" in options:
     c.masking.mode = masking.TEMPORAL
     c.model.use_prompt = False
@@ -96,8 +117,28 @@ def validate(c: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.masking.mode: unknown {c.masking.mode!r}; expected one of {masking.MODES}")
   if c.masking.mode == masking.TEMPORAL and c.model.use_prompt:
     raise ValueError("config.model.use_prompt: temporal masking has no prompt token; set it to False")
+  if c.eval.decoding_prompt not in masking.SCHEMES or c.eval.decoding_prompt == "causal":
+    raise ValueError(f"config.eval.decoding_prompt: {c.eval.decoding_prompt!r}; expected one of "
+                     f"{[s for s in masking.SCHEMES if s != 'causal']}")
   for field in ("ratio", "causal_ratio"):
     if not 0.0 < c.masking[field] < 1.0:
       raise ValueError(f"config.masking.{field}: must be in (0, 1), got {c.masking[field]}")
   if c.data.batch_size < 1 or c.train.steps < 1:
     raise ValueError("config.data.batch_size and config.train.steps must be positive")
+  names = dataset_names(c)
+  if len(names) > 1 and c.model.stitch_dim <= 0:
+    raise ValueError(f"config.model.stitch_dim: {len(names)} sessions need per-session stitching layers "
+                     "(stitch_dim > 0, e.g. the ',stitch' option)")
+
+
+def dataset_names(c: ml_collections.ConfigDict) -> list[str]:
+  """The sessions a config trains on: data.datasets, cut to data.n_sessions if > 0."""
+  names = [n.strip() for n in str(c.data.datasets).split(",") if n.strip()]
+  if not names:
+    raise ValueError("config.data.datasets: no data set given")
+  if len(set(names)) != len(names):
+    raise ValueError(f"config.data.datasets: repeated names in {names}")
+  if c.data.n_sessions < 0 or c.data.n_sessions > len(names):
+    raise ValueError(f"config.data.n_sessions: {c.data.n_sessions} is not in 0..{len(names)} "
+                     "(the number of data.datasets)")
+  return names[: c.data.n_sessions] if c.data.n_sessions else names

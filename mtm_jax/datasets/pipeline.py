@@ -1,12 +1,16 @@
-"""Input pipeline: a session's split from its TFDS data source, batched with grain.
+"""Input pipeline: sessions' splits from their TFDS data sources, batched with grain.
 
-Batches hold trials of one session and have static shapes. A training data set is a
-grain `MapDataset` indexed by step: batch i is a pure function of (seed, i), so a run
-resumed at step s reads exactly the batches an uninterrupted run would.
+Batches hold trials of one session and have static shapes: with several sessions, spike
+counts are zero-padded to the largest session's neuron count and each batch says which
+session (row of the model's session tables) it comes from; sessions interleave in
+proportion to their training trials. A training data set is a grain `MapDataset` indexed
+by step: batch i is a pure function of (seed, i), so a run resumed at step s reads
+exactly the batches an uninterrupted run would.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import grain
@@ -57,23 +61,85 @@ def load_split(dataset: str, data_dir: str, split: str, fields=None) -> dict[str
   return {f: v[order] for f, v in out.items()}
 
 
-class _Batches:
-  """Random access to batch i of stacked arrays (grain map over index batches)."""
+@dataclasses.dataclass(frozen=True)
+class Session:
+  """One session's neurons and the splits a run reads ({split: {field: [trials, ...]}})."""
 
-  def __init__(self, arrays: dict[str, np.ndarray]):
-    self.arrays = arrays
+  name: str  # TFDS name/config
+  info: schema.SessionInfo
+  splits: dict
+
+
+def compact_counts(spikes: np.ndarray) -> np.ndarray:
+  """Spike counts in the smallest unsigned type that holds them (host memory)."""
+  top = int(spikes.max(initial=0))
+  return spikes.astype(np.uint8 if top < 2**8 else np.uint16 if top < 2**16 else np.int32)
+
+
+def load_sessions(names, data_dir: str, splits=("train", "val"), fields=MODEL_FIELDS) -> list[Session]:
+  """Each named session's info and splits; spike counts compacted (see compact_counts)."""
+  out = []
+  for name in names:
+    arrays = {}
+    for split in splits:
+      arrays[split] = load_split(name, data_dir, split, fields)
+      arrays[split]["spikes"] = compact_counts(arrays[split]["spikes"])
+    out.append(Session(name, session_info(name, data_dir), arrays))
+  return out
+
+
+def region_table(infos, n_neurons: int) -> np.ndarray:
+  """[S, n_neurons] int32 region id of each session's neurons, -1 on padding."""
+  table = np.full((len(infos), n_neurons), -1, np.int32)
+  for s, info in enumerate(infos):
+    table[s, : info.n_neurons] = info.region_ids()
+  return table
+
+
+def pad_neurons(spikes: np.ndarray, n_neurons: int) -> np.ndarray:
+  """[..., N] -> [..., n_neurons], zero-padded."""
+  pad = n_neurons - spikes.shape[-1]
+  if pad < 0:
+    raise ValueError(f"a session has {spikes.shape[-1]} neurons, more than the model's {n_neurons}")
+  return np.pad(spikes, [(0, 0)] * (spikes.ndim - 1) + [(0, pad)]) if pad else spikes
+
+
+class Batches:
+  """Batch of given trial indices from one session's stacked arrays, spikes padded to
+  `n_neurons` and tagged with the session row (a grain map over index batches)."""
+
+  def __init__(self, arrays: dict[str, np.ndarray], session: int = 0, n_neurons: int | None = None):
+    self.arrays, self.session, self.n_neurons = arrays, session, n_neurons
 
   def __call__(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-    return {k: v[indices] for k, v in self.arrays.items()}
+    batch = {k: v[indices] for k, v in self.arrays.items()}
+    if self.n_neurons is not None:
+      batch["spikes"] = pad_neurons(batch["spikes"], self.n_neurons)
+    batch["session"] = np.full(len(indices), self.session, np.int32)
+    return batch
 
 
-def training_batches(arrays: dict[str, np.ndarray], batch_size: int, seed: int) -> grain.MapDataset:
-  """Infinite MapDataset of batches {field: [batch_size, ...]}: shuffled every epoch."""
+def training_batches(arrays: dict[str, np.ndarray], batch_size: int, seed: int, *, session: int = 0,
+                     n_neurons: int | None = None) -> grain.MapDataset:
+  """Infinite MapDataset of one session's batches {field: [batch_size, ...], session:
+  [batch_size]}: shuffled every epoch; spikes padded to n_neurons if given."""
   n = len(next(iter(arrays.values())))
   if batch_size > n:
-    raise ValueError(f"batch size {batch_size} exceeds the {n} training trials of the session")
+    raise ValueError(f"batch size {batch_size} exceeds the {n} training trials of session row {session}")
   return (grain.MapDataset.range(n).seed(seed).shuffle().repeat()
-          .batch(batch_size, drop_remainder=True).map(_Batches(arrays)))
+          .batch(batch_size, drop_remainder=True).map(Batches(arrays, session, n_neurons)))
+
+
+def multi_session_batches(arrays: list[dict[str, np.ndarray]], batch_size: int, seed: int,
+                          n_neurons: int) -> grain.MapDataset:
+  """Batches of every session (row s = arrays[s]), interleaved in proportion to their
+  trial counts, spikes padded to n_neurons. One session = training_batches."""
+  per_session = [training_batches(a, batch_size, seed + 7919 * s, session=s, n_neurons=n_neurons)
+                 for s, a in enumerate(arrays)]
+  if len(per_session) == 1:
+    return per_session[0]
+  weights = [len(a["spikes"]) for a in arrays]
+  return grain.MapDataset.mix(per_session, weights=weights)
 
 
 def iterate_from(dataset: grain.MapDataset, step: int, prefetch: int = 2):

@@ -9,29 +9,74 @@ import numpy as np
 
 from mtm_jax import masking
 from mtm_jax.datasets import pipeline
-from mtm_jax.evaluation import tasks
+from mtm_jax.evaluation import decoding, tasks
 from mtm_jax.training import loop
 
 METRICS = ("co_smoothing_bps", "forward_prediction_bps", "inter_region_bps", "intra_region_bps")
 
 
-def evaluate_workdir(workdir: str, split: str | None = None, step: int | None = None) -> dict:
-  """Scores the model in `workdir` on a split of its session; writes <workdir>/metrics.json."""
-  trained = loop.load_trained(workdir, step)
+def unmasked_log_rates(trained: loop.Trained, spikes: np.ndarray, *, prompt: str, session: int) -> np.ndarray:
+  """[K, T, N] log-rates of the frozen model on unmasked input, given `prompt`."""
+  k, t, n = spikes.shape
+  task = masking.EvalTask("unmasked", prompt, np.zeros((1, n), bool), np.ones((1, n), bool), np.zeros(t, bool),
+                          np.ones(t, bool))
+  return tasks.predict_task(tasks.make_predictor(trained.graphdef), trained.params, spikes, task, causal=False,
+                            max_batch=trained.config.eval.max_batch, mesh=trained.mesh, session=session,
+                            n_neurons=trained.n_neurons)
+
+
+def evaluate_session(trained: loop.Trained, name: str, split: str, *, keep_predictions: bool = False) -> dict:
+  """The four activity metrics and behaviour decoding of one of the model's sessions.
+
+  Returns the metrics dict, with "per_neuron" ({task: [N] bps}) and, if
+  keep_predictions, "predictions" ({task: [K, T, N] expected counts}) and "spikes"."""
   config = trained.config
-  split = split or config.eval.split
-  data = pipeline.load_split(config.data.dataset, config.data.data_dir, split)
+  row = trained.row(name)
+  info = trained.sessions[row]
+  data = pipeline.load_split(name, config.data.data_dir, split)
+  if data["spikes"].shape[-1] != info.n_neurons:
+    raise ValueError(f"data set {name!r}: {data['spikes'].shape[-1]} neurons, the model's session row {row} "
+                     f"has {info.n_neurons}; was the data set rebuilt?")
   results = tasks.evaluate(
-      trained.graphdef, trained.params, data["spikes"], trained.info.region_ids(),
+      trained.graphdef, trained.params, data["spikes"], info.region_ids(),
       causal_trained=config.masking.mode in (masking.MTM, "causal"), true_rates=data.get("rates"),
-      max_batch=config.eval.max_batch, mesh=trained.mesh)
-  per_neuron = results.pop("per_neuron")
-  results.update(session_id=trained.info.session_id, split=split, step=trained.step,
-                 masking_mode=config.masking.mode, n_trials=int(data["spikes"].shape[0]),
-                 n_neurons=trained.info.n_neurons)
+      max_batch=config.eval.max_batch, mesh=trained.mesh, session=row, n_neurons=trained.n_neurons,
+      keep_predictions=keep_predictions)
+  prompt = config.eval.decoding_prompt if config.model.use_prompt else masking.SCHEMES[0]
+  features = unmasked_log_rates(trained, data["spikes"], prompt=prompt, session=row)
+  results.update(decoding.decode_behaviour(features, data, folds=config.eval.decoding_folds,
+                                           seed=config.eval.decoding_seed))
+  results.update(session=name, session_id=info.session_id, split=split, step=trained.step,
+                 masking_mode=config.masking.mode, n_trials=int(data["spikes"].shape[0]), n_neurons=info.n_neurons)
+  if keep_predictions:
+    results["spikes"] = data["spikes"]
+  return results
+
+
+def evaluate_workdir(workdir: str, split: str | None = None, step: int | None = None,
+                     sessions: list[str] | None = None) -> dict:
+  """Scores the model in `workdir` on a split of its sessions (default all); writes
+  <workdir>/metrics.json and per_neuron_bps.npz. One session: the metrics at the top
+  level; several: their means at the top level and each session's under "sessions"."""
+  trained = loop.load_trained(workdir, step)
+  split = split or trained.config.eval.split
+  names = sessions or trained.names
+  per_session = {}
+  arrays = {}
+  for name in names:
+    r = evaluate_session(trained, name, split)
+    for task, bps in r.pop("per_neuron").items():
+      arrays[task if len(names) == 1 else f"{name}/{task}"] = bps
+    per_session[name] = r
+  if len(names) == 1:
+    results = per_session[names[0]]
+  else:
+    numeric = [k for k, v in per_session[names[0]].items() if isinstance(v, float)]
+    results = {k: float(np.mean([per_session[n][k] for n in names])) for k in numeric}
+    results.update(split=split, step=trained.step, masking_mode=trained.config.masking.mode, sessions=per_session)
   with open(os.path.join(os.path.abspath(workdir), "metrics.json"), "w", encoding="utf-8") as f:
     json.dump(results, f, indent=2)
-  np.savez(os.path.join(os.path.abspath(workdir), "per_neuron_bps.npz"), **per_neuron)
+  np.savez(os.path.join(os.path.abspath(workdir), "per_neuron_bps.npz"), **arrays)
   return results
 
 

@@ -6,6 +6,15 @@ learned row per masking scheme) are prepended, in that order, without position
 embeddings; dropout; pre-LayerNorm transformer; final LayerNorm; the special tokens are
 dropped and Linear(D, N) gives log-rates per bin.
 
+Multi-session ("NDT1-stitch", `stitch_dim > 0`): each session s has its own input layer
+Linear(N_s, stitch_dim) in front of the input embedding (which is then Linear(stitch_dim,
+mult * stitch_dim)) and its own output layer Linear(D, N_s) instead of the readout;
+everything in between, and the embedding, is shared. The per-session layers are stored as
+padded tables indexed by the session row, so one compiled step serves every session:
+inputs are padded with zero neurons up to the largest session, and the outputs of padding
+neurons are meaningless (masking never makes them targets). `SESSION_PARAMS` names the
+per-session parameters; fine-tuning on a new session replaces exactly those.
+
 Causal mode: bins attend to bins up to their own and to the special tokens. The
 reference code also lets the special tokens attend to every bin in causal mode, which
 leaks future bins into earlier ones from the second layer on; here the special tokens
@@ -22,29 +31,68 @@ from flax import nnx
 from mtm_jax import masking
 from mtm_jax.models import attention
 
+# Parameters that belong to sessions (rows of per-session tables); the rest is shared.
+SESSION_PARAMS = ("stitch_in", "stitch_out", "session")
+
 # Named sizes: (width D, layers, heads, MLP width).
 SIZES = {
     "tiny": (32, 1, 2, 64),
+    "mini": (64, 2, 4, 128),
     "small": (128, 2, 4, 256),
     "demo": (128, 2, 4, 256),
     "paper": (512, 5, 8, 1024),
 }
 
 
+class SessionLinear(nnx.Module):
+  """One Linear(in_sizes[s], out_sizes[s]) per session s, as padded tables.
+
+  kernel [S, max_in, max_out], bias [S, max_out]; entries outside session s's sizes are
+  zero, so padded inputs are ignored and padded outputs are 0. Each session's kernel is
+  initialised like nnx.Linear's (LeCun normal over its own fan-in); biases are zero.
+  """
+
+  def __init__(self, in_sizes, out_sizes, *, rngs: nnx.Rngs):
+    if len(in_sizes) != len(out_sizes) or not in_sizes:
+      raise ValueError(f"SessionLinear: need one input and output size per session, got {in_sizes}, {out_sizes}")
+    n_in, n_out = max(in_sizes), max(out_sizes)
+    init = nnx.initializers.lecun_normal()
+    kernels = []
+    for a, b in zip(in_sizes, out_sizes):
+      k = init(rngs.params(), (a, b), jnp.float32)
+      kernels.append(jnp.pad(k, ((0, n_in - a), (0, n_out - b))))
+    self.kernel = nnx.Param(jnp.stack(kernels))
+    self.bias = nnx.Param(jnp.zeros((len(in_sizes), n_out), jnp.float32))
+
+  def __call__(self, x, session):
+    """x [..., max_in], session [] int (may be traced) -> [..., max_out]."""
+    return x @ self.kernel[session] + self.bias[session]
+
+
 class NDT1(nnx.Module):
   """NDT1 with MtM's prompt and session tokens; see the module docstring."""
 
-  def __init__(self, n_neurons: int, *, width: int, n_layers: int, n_heads: int, mlp_width: int,
-               n_sessions: int = 1, max_bins: int = 100, embed_mult: int = 2, dropout: float = 0.4,
+  def __init__(self, session_neurons, *, width: int, n_layers: int, n_heads: int, mlp_width: int,
+               stitch_dim: int = 0, max_bins: int = 100, embed_mult: int = 2, dropout: float = 0.4,
                attention_dropout: float = 0.4, embed_dropout: float = 0.2, use_prompt: bool = True,
                use_session: bool = True, special_tokens_see_future: bool = False,
                layer_norm_eps: float = 1e-5, rngs: nnx.Rngs):
-    self.n_neurons, self.max_bins = n_neurons, max_bins
+    """session_neurons: neuron count of each session (an int = one session). Without
+    stitching (stitch_dim=0) the model takes exactly one session."""
+    sizes = (session_neurons,) if isinstance(session_neurons, int) else tuple(int(n) for n in session_neurons)
+    if not sizes or min(sizes) < 1:
+      raise ValueError(f"NDT1: session neuron counts must be positive, got {sizes}")
+    if stitch_dim == 0 and len(sizes) > 1:
+      raise ValueError(f"NDT1: {len(sizes)} sessions need per-session stitching layers; set stitch_dim > 0")
+    self.session_neurons, self.n_neurons, self.max_bins = sizes, max(sizes), max_bins
+    n_sessions = len(sizes)
     self.embed_dropout = embed_dropout
     self.use_prompt, self.use_session = use_prompt, use_session
     self.special_tokens_see_future = special_tokens_see_future
-    self.embed_spikes = nnx.Linear(n_neurons, embed_mult * n_neurons, rngs=rngs)
-    self.embed_project = nnx.Linear(embed_mult * n_neurons, width, rngs=rngs)
+    n_in = stitch_dim or sizes[0]
+    self.stitch_in = SessionLinear(sizes, (stitch_dim,) * n_sessions, rngs=rngs) if stitch_dim else None
+    self.embed_spikes = nnx.Linear(n_in, embed_mult * n_in, rngs=rngs)
+    self.embed_project = nnx.Linear(embed_mult * n_in, width, rngs=rngs)
     self.position = nnx.Embed(max_bins, width, rngs=rngs)
     self.prompt = nnx.Embed(len(masking.SCHEMES), width, rngs=rngs) if use_prompt else None
     self.session = nnx.Embed(n_sessions, width, rngs=rngs) if use_session else None
@@ -54,7 +102,10 @@ class NDT1(nnx.Module):
         for _ in range(n_layers)
     ])
     self.final_norm = nnx.LayerNorm(width, epsilon=layer_norm_eps, rngs=rngs)
-    self.readout = nnx.Linear(width, n_neurons, rngs=rngs)
+    if stitch_dim:
+      self.readout, self.stitch_out = None, SessionLinear((width,) * n_sessions, sizes, rngs=rngs)
+    else:
+      self.readout, self.stitch_out = nnx.Linear(width, sizes[0], rngs=rngs), None
 
   @property
   def n_special(self) -> int:
@@ -73,18 +124,30 @@ class NDT1(nnx.Module):
     return mask[None, None]
 
   def __call__(self, spikes, *, prompt=0, session=0, causal=False, key: jax.Array | None = None):
-    """spikes [B, T, N] (masked counts) -> log-rates [B, T, N].
+    """spikes [B, T, N] (masked counts; N = the largest session's count, zero-padded)
+    -> log-rates [B, T, N].
 
     prompt: [] int index in masking.SCHEMES; session: [] int session row; causal: []
     bool; key: dropout key (None = deterministic).
     """
+    return self.read_out(self.encode(spikes, prompt=prompt, session=session, causal=causal, key=key), session)
+
+  def read_out(self, hidden, session=0):
+    """hidden [B, T, D] -> log-rates [B, T, N] through the session's output layer."""
+    return self.stitch_out(hidden, session) if self.stitch_out is not None else self.readout(hidden)
+
+  def encode(self, spikes, *, prompt=0, session=0, causal=False, key: jax.Array | None = None):
+    """spikes [B, T, N] -> final-LayerNorm features of the bins [B, T, D] (see __call__)."""
     b, t, n = spikes.shape
     if n != self.n_neurons:
       raise ValueError(f"NDT1: input has {n} neurons, the model was built for {self.n_neurons}")
     if t > self.max_bins:
       raise ValueError(f"NDT1: input has {t} bins, the position embedding holds {self.max_bins}")
     keys = list(jax.random.split(key, len(self.layers) + 1)) if key is not None else [None] * (len(self.layers) + 1)
-    x = self.embed_project(jax.nn.soft_sign(self.embed_spikes(spikes.astype(jnp.float32))))
+    x = spikes.astype(jnp.float32)
+    if self.stitch_in is not None:
+      x = self.stitch_in(x, session)  # [B, T, stitch_dim]
+    x = self.embed_project(jax.nn.soft_sign(self.embed_spikes(x)))
     x = x + self.position(jnp.arange(t))[None]  # [B, T, D]
     special = []
     if self.use_session:
@@ -98,19 +161,18 @@ class NDT1(nnx.Module):
     mask = self.attention_mask(t, causal)
     for layer, k in zip(self.layers, keys[1:]):
       x = layer(x, mask, key=k)
-    x = self.final_norm(x)[:, self.n_special :]
-    return self.readout(x)
+    return self.final_norm(x)[:, self.n_special :]
 
 
-def from_config(config: ml_collections.ConfigDict, n_neurons: int, *, rngs: nnx.Rngs) -> NDT1:
-  """The model of `config.model` for a session of `n_neurons` neurons."""
+def from_config(config: ml_collections.ConfigDict, session_neurons, *, rngs: nnx.Rngs) -> NDT1:
+  """The model of `config.model` for sessions of these neuron counts (an int = one)."""
   m = config.model
   if m.size not in SIZES:
     raise ValueError(f"config.model.size: unknown {m.size!r}; expected one of {sorted(SIZES)}")
   width, n_layers, n_heads, mlp_width = SIZES[m.size]
   return NDT1(
-      n_neurons, width=width, n_layers=n_layers, n_heads=n_heads, mlp_width=mlp_width,
-      n_sessions=m.n_sessions, max_bins=m.max_bins, embed_mult=m.embed_mult, dropout=m.dropout,
+      session_neurons, width=width, n_layers=n_layers, n_heads=n_heads, mlp_width=mlp_width,
+      stitch_dim=m.stitch_dim, max_bins=m.max_bins, embed_mult=m.embed_mult, dropout=m.dropout,
       attention_dropout=m.attention_dropout, embed_dropout=m.embed_dropout, use_prompt=m.use_prompt,
       use_session=m.use_session, special_tokens_see_future=m.special_tokens_see_future,
       layer_norm_eps=m.layer_norm_eps, rngs=rngs)

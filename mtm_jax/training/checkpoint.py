@@ -1,4 +1,6 @@
-"""Orbax checkpoints of {train state, config}: save, resume and restore for analysis."""
+"""Orbax checkpoints of {train state, config, sessions}: save, resume and restore for
+analysis. The config and the sessions (name, id and neuron regions of each session row)
+travel with every checkpoint, so a model is loaded by its path alone."""
 
 from __future__ import annotations
 
@@ -16,12 +18,15 @@ def checkpoint_dir(workdir: str) -> str:
 def manager(workdir: str, keep: int = 3, create: bool = True) -> ocp.CheckpointManager:
   """CheckpointManager in <workdir>/checkpoints (absolute), keeping the newest `keep`."""
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create, enable_async_checkpointing=True)
-  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=("state", "config"))
+  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=("state", "config", "sessions"))
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state, config: ml_collections.ConfigDict) -> None:
+def save(mngr: ocp.CheckpointManager, step: int, state, config: ml_collections.ConfigDict,
+         sessions: list[dict]) -> None:
+  """sessions: one JSON-able dict per session row (see loop.session_records)."""
   mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                          config=ocp.args.JsonSave(config.to_dict())), force=True)
+                                          config=ocp.args.JsonSave(config.to_dict()),
+                                          sessions=ocp.args.JsonSave(sessions)), force=True)
 
 
 def abstract(tree):
@@ -38,8 +43,18 @@ def restore(mngr: ocp.CheckpointManager, target, step: int | None = None):
   return restored["state"]
 
 
-def load_config(workdir: str, step: int | None = None) -> ml_collections.ConfigDict:
-  """The config a run in `workdir` was trained with."""
+def latest_step(workdir: str) -> int | None:
+  """The newest finished checkpoint's step in `workdir` (None if there is none)."""
+  if not os.path.isdir(checkpoint_dir(workdir)):
+    return None
+  mngr = manager(workdir, create=False)
+  step = mngr.latest_step()
+  mngr.close()
+  return step
+
+
+def load_metadata(workdir: str, step: int | None = None) -> tuple[ml_collections.ConfigDict, list[dict]]:
+  """The config a run in `workdir` was trained with, and its session records."""
   path = checkpoint_dir(workdir)
   if not os.path.isdir(path):
     raise FileNotFoundError(f"{workdir}: no checkpoints directory ({path}); was a model trained there?")
@@ -47,6 +62,9 @@ def load_config(workdir: str, step: int | None = None) -> ml_collections.ConfigD
   step = mngr.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f"{path}: holds no finished checkpoint")
-  restored = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+  if step not in mngr.all_steps():
+    raise FileNotFoundError(f"{path}: no checkpoint at step {step}; it has {sorted(mngr.all_steps())}")
+  restored = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore(),
+                                                        sessions=ocp.args.JsonRestore()))
   mngr.close()
-  return ml_collections.ConfigDict(restored["config"])
+  return ml_collections.ConfigDict(restored["config"]), list(restored["sessions"])

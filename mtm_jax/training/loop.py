@@ -1,4 +1,5 @@
-"""train(config, workdir): pretraining of NDT1 with a masking mode, on one session."""
+"""train(config, workdir): NDT1 with a masking mode on one or many sessions, from scratch
+or from the shared weights of a pretrained model (fine-tuning on new sessions)."""
 
 from __future__ import annotations
 
@@ -49,23 +50,76 @@ class MetricWriter:
 
 @dataclasses.dataclass
 class Trained:
-  """A model restored from a workdir."""
+  """A model restored from a workdir: one row of its session tables per session."""
 
   config: ml_collections.ConfigDict
-  info: schema.SessionInfo
+  sessions: list[schema.SessionInfo]
+  names: list[str]  # TFDS name/config of each session row
   graphdef: nnx.GraphDef
   params: nnx.State  # replicated on `mesh`
   step: int
   mesh: jax.sharding.Mesh
 
+  @property
+  def info(self) -> schema.SessionInfo:
+    """The first session (the only one of a single-session model)."""
+    return self.sessions[0]
 
-def _create(config, info: schema.SessionInfo, mesh):
+  @property
+  def n_neurons(self) -> int:
+    """The model's input width: the largest session's neuron count."""
+    return max(i.n_neurons for i in self.sessions)
+
+  def row(self, name: str) -> int:
+    if name not in self.names:
+      raise ValueError(f"session {name!r} is not one of the model's sessions {self.names}")
+    return self.names.index(name)
+
+
+def session_records(names, infos) -> list[dict]:
+  """What a checkpoint keeps of each session row (JSON)."""
+  return [dict(name=n, session_id=i.session_id, region_names=list(i.region_names)) for n, i in zip(names, infos)]
+
+
+def _from_records(records) -> tuple[list[str], list[schema.SessionInfo]]:
+  return ([r["name"] for r in records],
+          [schema.SessionInfo(session_id=r["session_id"], region_names=tuple(r["region_names"])) for r in records])
+
+
+def _create(config, infos, mesh):
   """Model graphdef and an initial train state, replicated over the mesh."""
-  model = ndt1.from_config(config, info.n_neurons, rngs=nnx.Rngs(config.seed))
+  model = ndt1.from_config(config, [i.n_neurons for i in infos], rngs=nnx.Rngs(config.seed))
   graphdef, params = nnx.split(model, nnx.Param)
   tx = optimizer.make_optimizer(config)
   state = jax.device_put(step_lib.init_state(params, tx), mesh_lib.replicated(mesh))
   return graphdef, tx, state
+
+
+def _path_name(path) -> str:
+  """'layers/0/attn/query/kernel' for a parameter's pytree path."""
+  names = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
+  return "/".join(names[:-1] if names and names[-1] == "value" else names)
+
+
+def graft_shared(params, pretrained_params, where: str = "pretrained model"):
+  """`params` with every shared parameter (all but ndt1.SESSION_PARAMS) taken from
+  `pretrained_params`; the per-session layers of `params` stay as they are (fresh).
+  Raises ValueError naming the parameter when the pretrained one is missing or has
+  another shape (a different architecture)."""
+  source = {_path_name(p): v for p, v in jax.tree_util.tree_flatten_with_path(pretrained_params)[0]}
+
+  def take(path, fresh):
+    name = _path_name(path)
+    if name.split("/")[0] in ndt1.SESSION_PARAMS:
+      return fresh
+    if name not in source:
+      raise ValueError(f"{where}: has no parameter {name!r}; its architecture differs (compare config.model)")
+    if source[name].shape != fresh.shape:
+      raise ValueError(f"{where}: parameter {name!r} has shape {source[name].shape}, this model needs "
+                       f"{fresh.shape}; its architecture differs (compare config.model)")
+    return source[name]
+
+  return jax.tree_util.tree_map_with_path(take, params)
 
 
 def _mask_config(config) -> masking.MaskConfig:
@@ -82,7 +136,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (or resumes) in `workdir`; returns the last logged metrics."""
   ndt1_config.validate(config)
   config = ml_collections.ConfigDict(config.to_dict())  # own copy, saved with checkpoints
+  names = ndt1_config.dataset_names(config)
+  config.data.datasets, config.data.n_sessions = ",".join(names), 0  # resolved, as saved
   config.data.data_dir = os.path.abspath(os.path.expanduser(config.data.data_dir))
+  if config.init.pretrained:
+    config.init.pretrained = os.path.abspath(os.path.expanduser(config.init.pretrained))
   workdir = os.path.abspath(os.path.expanduser(workdir))
   os.makedirs(workdir, exist_ok=True)
 
@@ -92,22 +150,35 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   n_proc, proc = jax.process_count(), jax.process_index()
 
   # ---- Input ----------------------------------------------------------------------------
-  info = pipeline.session_info(config.data.dataset, config.data.data_dir)
-  train_arrays = pipeline.load_split(config.data.dataset, config.data.data_dir, "train", pipeline.MODEL_FIELDS)
-  val_arrays = pipeline.load_split(config.data.dataset, config.data.data_dir, "val", pipeline.MODEL_FIELDS)
-  batches = pipeline.training_batches(train_arrays, config.data.batch_size, config.data.shuffle_seed)
-  regions = jax.device_put(jnp.asarray(info.region_ids()), mesh_lib.replicated(mesh))
-  logging.info("session %s: %d neurons in %s, %d train / %d val trials", info.session_id, info.n_neurons,
-               info.regions, len(train_arrays["spikes"]), len(val_arrays["spikes"]))
+  sessions = pipeline.load_sessions(names, config.data.data_dir)
+  infos = [s.info for s in sessions]
+  n_neurons = max(i.n_neurons for i in infos)
+  batches = pipeline.multi_session_batches([s.splits["train"] for s in sessions], config.data.batch_size,
+                                           config.data.shuffle_seed, n_neurons)
+  regions = jax.device_put(jnp.asarray(pipeline.region_table(infos, n_neurons)), mesh_lib.replicated(mesh))
+  for s in sessions:
+    logging.info("session %s (%s): %d neurons in %s, %d train / %d val trials", s.name, s.info.session_id,
+                 s.info.n_neurons, s.info.regions, len(s.splits["train"]["spikes"]), len(s.splits["val"]["spikes"]))
+  records = session_records(names, infos)
 
   # ---- Model, optimiser, checkpoint -----------------------------------------------------
-  graphdef, tx, state = _create(config, info, mesh)
-  logging.info("NDT1 %s: %d parameters", config.model.size,
+  graphdef, tx, state = _create(config, infos, mesh)
+  logging.info("NDT1 %s on %d session(s): %d parameters", config.model.size, len(names),
                sum(x.size for x in jax.tree.leaves(state.params)))
   mngr = checkpoint.manager(workdir, keep=config.train.keep_checkpoints)
   if mngr.latest_step() is not None:
+    _, saved = checkpoint.load_metadata(workdir)
+    if [r["name"] for r in saved] != names:
+      raise ValueError(f"{workdir}: holds a run on sessions {[r['name'] for r in saved]}, not {names}; "
+                       "use another workdir")
     state = checkpoint.restore(mngr, state)
     logging.info("resumed from step %d", int(state.step))
+  elif config.init.pretrained:
+    pre = load_trained(config.init.pretrained, None if config.init.step < 0 else config.init.step, mesh)
+    params = graft_shared(state.params, pre.params, where=f"pretrained model {config.init.pretrained}")
+    state = jax.device_put(step_lib.init_state(params, tx), mesh_lib.replicated(mesh))
+    logging.info("shared weights from %s (step %d, sessions %s); fresh %s for %s", config.init.pretrained,
+                 pre.step, pre.names, ", ".join(ndt1.SESSION_PARAMS), names)
 
   # ---- Update and validation steps ------------------------------------------------------
   mask_config = _mask_config(config)
@@ -117,13 +188,16 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   key = jax.random.key(config.seed)
 
   def validate(params) -> float:
-    total, count = 0.0, 0
-    n = len(val_arrays["spikes"]) // config.data.batch_size * config.data.batch_size
-    for i, start in enumerate(range(0, n, config.data.batch_size)):
-      rows = {k: v[start : start + config.data.batch_size] for k, v in val_arrays.items()}
-      s, c = val_nll(params, mesh_lib.shard_batch(_local_rows(rows, n_proc, proc), mesh), regions,
-                     jax.random.fold_in(jax.random.key(config.seed + 1), i), 0)
-      total, count = total + float(s), count + int(c["n_targets"])
+    """Masked NLL per target entry over every session's validation trials."""
+    total, count, i = 0.0, 0, 0
+    b = config.data.batch_size
+    for row, s in enumerate(sessions):
+      val = s.splits["val"]
+      for start in range(0, len(val["spikes"]) // b * b, b):
+        rows = pipeline.Batches(val, row, n_neurons)(np.arange(start, start + b))
+        out, c = val_nll(params, mesh_lib.shard_batch(_local_rows(rows, n_proc, proc), mesh), regions,
+                         jax.random.fold_in(jax.random.key(config.seed + 1), i))
+        total, count, i = total + float(out), count + int(c["n_targets"]), i + 1
     return total / max(count, 1)
 
   # ---- Loop -----------------------------------------------------------------------------
@@ -136,7 +210,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     with jax.set_mesh(mesh):
       for step in range(first, config.train.steps):
         batch = mesh_lib.shard_batch(_local_rows(next(data), n_proc, proc), mesh)
-        state, metrics = train_step(state, batch, regions, key, 0)
+        state, metrics = train_step(state, batch, regions, key)
         window.append(metrics)
         done = step + 1
         if done % config.train.log_every == 0 or done == config.train.steps:
@@ -157,7 +231,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
           logging.info("step %d  validation loss %.4f", done, last["val_loss"])
           writer.write(done, dict(val_loss=last["val_loss"]))
         if done % config.train.checkpoint_every == 0 or done == config.train.steps:
-          checkpoint.save(mngr, done, state, config)
+          checkpoint.save(mngr, done, state, config, records)
   finally:
     mngr.wait_until_finished()
     mngr.close()
@@ -166,12 +240,32 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def load_trained(workdir: str, step: int | None = None, mesh=None) -> Trained:
-  """Config, session and parameters of the model trained in `workdir`."""
-  config = checkpoint.load_config(workdir, step)
+  """Config, sessions and parameters of the model trained in `workdir` (its checkpoint
+  alone: no data set is read)."""
+  config, records = checkpoint.load_metadata(workdir, step)
+  names, infos = _from_records(records)
   mesh = mesh_lib.make_mesh(config.mesh.data) if mesh is None else mesh
-  info = pipeline.session_info(config.data.dataset, config.data.data_dir)
-  graphdef, _, state = _create(config, info, mesh)
+  graphdef, _, state = _create(config, infos, mesh)
   mngr = checkpoint.manager(workdir, create=False)
   state = checkpoint.restore(mngr, state, step)
   mngr.close()
-  return Trained(config, info, graphdef, state.params, int(state.step), mesh)
+  return Trained(config, infos, names, graphdef, state.params, int(state.step), mesh)
+
+
+def finetune_config(config: ml_collections.ConfigDict, pretrained: str | None) -> ml_collections.ConfigDict:
+  """`config` set up to fine-tune the model in workdir `pretrained` (its checkpoint alone
+  is read): the architecture (config.model) is the pretrained one, and training starts
+  from its shared weights with fresh per-session layers for config.data.datasets.
+  pretrained=None (or "") leaves `config` as it is: training from scratch."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  if not pretrained:
+    return config
+  pre, _ = checkpoint.load_metadata(pretrained)
+  if pre.model.stitch_dim <= 0:
+    raise ValueError(f"{pretrained}: the pretrained model has no per-session stitching layers "
+                     "(config.model.stitch_dim = 0), so its input layer fits only its own session")
+  config.model = pre.model
+  config.init.pretrained = os.path.abspath(os.path.expanduser(pretrained))
+  if config.masking.mode == masking.TEMPORAL:
+    config.model.use_prompt = False
+  return config

@@ -11,6 +11,7 @@ import optax
 from flax import nnx
 
 from mtm_jax import masking
+from mtm_jax.models import ndt1
 
 
 @jax.tree_util.register_dataclass
@@ -34,17 +35,25 @@ def init_state(params, tx: optax.GradientTransformation) -> TrainState:
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 
-def masked_nll(graphdef, params, batch, regions, key, session, *, mode: str,
-               mask_config: masking.MaskConfig, train: bool):
+def batch_session(batch) -> jax.Array:
+  """[] int32 session row of a batch (all its trials come from one session)."""
+  return batch["session"][0] if "session" in batch else jnp.zeros((), jnp.int32)
+
+
+def masked_nll(graphdef, params, batch, regions, key, *, mode: str, mask_config: masking.MaskConfig,
+               train: bool):
   """Summed masked Poisson NLL of one batch (the reference backpropagates the sum).
 
-  batch["spikes"] [B, T, N]; regions [N] int32; the key draws the scheme (for "mtm"),
-  the mask and, when `train`, dropout. Returns (sum, dict(n_targets, scheme)).
+  batch["spikes"] [B, T, N] (zero-padded to the model's N), batch["session"] [B] int32
+  (optional, default row 0); regions [S, N] int32 region id of each session's neurons
+  (-1 = padding). The key draws the scheme (for "mtm"), the mask and, when `train`,
+  dropout. Returns (sum, dict(n_targets, scheme)).
   """
   k_scheme, k_mask, k_dropout = jax.random.split(key, 3)
   spikes = batch["spikes"].astype(jnp.float32)
+  session = batch_session(batch)
   scheme = masking.sample_scheme(k_scheme, mode)
-  masked = masking.apply_scheme(k_mask, spikes, regions, scheme, mask_config)
+  masked = masking.apply_scheme(k_mask, spikes, regions[session], scheme, mask_config)
   model = nnx.merge(graphdef, params)
   prompt = jnp.minimum(masked.scheme, len(masking.SCHEMES) - 1)  # unused for temporal
   log_rates = model(masked.inputs, prompt=prompt, session=session, causal=masked.causal,
@@ -53,18 +62,50 @@ def masked_nll(graphdef, params, batch, regions, key, session, *, mode: str,
   return total, dict(n_targets=count, scheme=scheme)
 
 
+def _is_session_param(path) -> bool:
+  first = path[0]
+  return str(getattr(first, "key", getattr(first, "name", ""))) in ndt1.SESSION_PARAMS
+
+
+def keep_session_rows(new, old, session):
+  """`new` in row `session` of every per-session table (ndt1.SESSION_PARAMS) and in all
+  shared parameters; `old` in the other sessions' rows. Trees shaped like the params."""
+
+  def pick(path, n, o):
+    if not _is_session_param(path):
+      return n
+    row = (jnp.arange(n.shape[0]) == session).reshape((-1,) + (1,) * (n.ndim - 1))
+    return jnp.where(row, n, o)
+
+  return jax.tree_util.tree_map_with_path(pick, new, old)
+
+
+def _lazy_session_update(params, new_params, opt_state, new_opt_state, session):
+  """Only the batch's session rows of per-session tables change, in the parameters and
+  in every params-shaped part of the optimiser state (as PyTorch's optimisers skip
+  parameters without gradients): other sessions' stitchers keep their values and
+  moments instead of drifting on momentum and weight decay."""
+  structure = jax.tree.structure(params)
+  is_params = lambda x: jax.tree.structure(x) == structure
+  fix = lambda n, o: keep_session_rows(n, o, session) if is_params(n) else n
+  return (keep_session_rows(new_params, params, session),
+          jax.tree.map(fix, new_opt_state, opt_state, is_leaf=is_params))
+
+
 def make_train_step(graphdef, tx: optax.GradientTransformation, mode: str,
                     mask_config: masking.MaskConfig) -> Callable:
-  """(state, batch, regions, key, session) -> (state, metrics). Key = run key; the step's
+  """(state, batch, regions [S, N], key) -> (state, metrics). Key = run key; the step's
   key is fold_in(key, step), so a resumed run draws the same masks and dropout."""
 
-  def train_step(state: TrainState, batch, regions, key, session=0):
+  def train_step(state: TrainState, batch, regions, key):
     step_key = jax.random.fold_in(key, state.step)
     grad_fn = jax.value_and_grad(masked_nll, argnums=1, has_aux=True)
-    (total, aux), grads = grad_fn(graphdef, state.params, batch, regions, step_key, session, mode=mode,
+    (total, aux), grads = grad_fn(graphdef, state.params, batch, regions, step_key, mode=mode,
                                   mask_config=mask_config, train=True)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    params, opt_state = _lazy_session_update(state.params, params, state.opt_state, opt_state,
+                                             batch_session(batch))
     metrics = dict(loss=total / jnp.maximum(aux["n_targets"], 1), nll_sum=total, n_targets=aux["n_targets"],
                    scheme=aux["scheme"], grad_norm=optax.global_norm(grads))
     return TrainState(state.step + 1, params, opt_state), metrics

@@ -1,0 +1,39 @@
+"""Fine-tunes a pretrained NDT1 on held-out sessions, or trains on them from scratch.
+
+  python -m experiments.finetune --config=mtm_jax/configs/ndt1.py:demo,stitch \
+      --pretrained=runs/pretrain --dataset=ibl_binned/synthetic_024 --workdir=runs/ft_024
+
+With --pretrained, the shared weights come from that workdir's checkpoint (its config
+and architecture travel with it) and the session's stitching layers and session token
+are new; without it, the same model is trained on the session alone (the single-session
+baseline). The masking (MtM or temporal) and training settings are those of --config.
+Re-running in the same workdir resumes.
+"""
+
+from absl import app, flags, logging
+import jax
+from ml_collections import config_flags
+
+from mtm_jax.training import loop
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Fine-tuning config file (get_config(arg)).")
+_PRETRAINED = flags.DEFINE_string("pretrained", None, "Workdir of the pretrained model (none: from scratch).")
+_DATASET = flags.DEFINE_string("dataset", None, "Held-out session(s), comma-separated (default: the config's).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and logs.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  config = _CONFIG.value
+  if _DATASET.value:
+    config.data.datasets, config.data.n_sessions = _DATASET.value, 0
+  config = loop.finetune_config(config, _PRETRAINED.value)
+  logging.info("fine-tuning %s on %s", config.init.pretrained or "from scratch", config.data.datasets)
+  loop.train(config, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  jax.config.config_with_absl()
+  app.run(main)

@@ -1,0 +1,81 @@
+"""The multi-session scaling study (the MtM paper's Figure 4) on the synthetic sessions.
+
+  python -m experiments.scaling --flagfile=experiments/flags/scaling_small.flags   (2-core CPU)
+  python -m experiments.scaling --flagfile=experiments/flags/scaling_paper.flags   (a GPU)
+
+For each masking mode and each number n of pretraining sessions, NDT1-stitch is
+pretrained on the first n sessions of study.pool, then fine-tuned on every held-out
+session (fresh stitchers and session token, shared weights from pretraining); the same
+model trained on each held-out session alone is the n = 0 ("scratch") baseline. Every
+fine-tuned model is scored with the four activity metrics and behaviour decoding.
+
+get_config(arg): arg = "small" (mini NDT1, 1/4/12 sessions, 2 held out; under 30 min on
+2 CPU cores) | "paper" (paper-size NDT1, 1/4/12/24 sessions, 4 held out) | "tiny" (tests).
+"""
+
+import ml_collections
+
+from mtm_jax import masking
+from mtm_jax.configs import ndt1 as ndt1_config
+
+
+def _stage(preset: str, steps: int, learning_rate: float, eval_every: int) -> ml_collections.ConfigDict:
+  c = ndt1_config.get_config(f"{preset},stitch")
+  c.train.steps = steps
+  c.optimizer.learning_rate = learning_rate
+  c.train.log_every = min(c.train.log_every, steps)
+  c.train.eval_every = c.train.checkpoint_every = eval_every
+  c.train.keep_checkpoints = 1
+  return c
+
+
+def get_config(arg: str = "small") -> ml_collections.ConfigDict:
+  if arg not in ("small", "paper", "tiny"):
+    raise ValueError(f"scaling config: unknown preset {arg!r}; expected small, paper or tiny")
+  c = ml_collections.ConfigDict()
+  c.study = ml_collections.ConfigDict()
+  c.study.sizes = (1, 4, 12, 24)  # numbers of pretraining sessions (first n of study.pool)
+  c.study.modes = (masking.MTM, masking.TEMPORAL)  # masking of pretraining and fine-tuning
+  c.study.pool = ",".join(ndt1_config.SYNTHETIC_PRETRAIN)  # pretraining sessions, in order
+  c.study.heldout = ",".join(ndt1_config.SYNTHETIC_HELDOUT)  # fine-tuned and scored
+  c.study.scratch = True  # also train each held-out session alone (n = 0)
+  c.study.data_dir = "data/tfds"  # TFDS data_dir; missing sessions are built there
+  c.study.split = "test"  # split scored on each held-out session
+
+  # Stage configs (mtm_jax/configs/ndt1.py); data.datasets, masking and init are set per run.
+  if arg == "paper":
+    c.pretrain = _stage("paper", steps=20_000, learning_rate=1e-4, eval_every=1000)
+    c.finetune = _stage("paper", steps=5_000, learning_rate=1e-4, eval_every=1000)
+  elif arg == "small":
+    c.study.sizes = (1, 4, 12)
+    c.study.heldout = ",".join(ndt1_config.SYNTHETIC_HELDOUT[::3])  # 285 and 138 neurons
+    c.pretrain = _stage("demo", steps=1500, learning_rate=2e-3, eval_every=500)
+    c.finetune = _stage("demo", steps=500, learning_rate=2e-3, eval_every=250)
+    for stage in (c.pretrain, c.finetune):
+      stage.model.size, stage.model.stitch_dim = "mini", 64
+  else:
+    c.study.sizes = (1, 2)
+    c.study.pool = "ibl_binned/synthetic_000,ibl_binned/synthetic_007"  # 114 and 134 neurons
+    c.study.heldout = ndt1_config.SYNTHETIC_HELDOUT[3]  # 138 neurons
+    c.pretrain = _stage("tiny", steps=6, learning_rate=1e-3, eval_every=6)
+    c.finetune = _stage("tiny", steps=4, learning_rate=1e-3, eval_every=4)
+    for stage in (c.pretrain, c.finetune):
+      stage.eval.decoding_folds = 3
+  return c
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the field when the study is inconsistent."""
+  pool = [n for n in c.study.pool.split(",") if n]
+  heldout = [n for n in c.study.heldout.split(",") if n]
+  if not heldout:
+    raise ValueError("config.study.heldout: no held-out session")
+  if set(pool) & set(heldout):
+    raise ValueError(f"config.study.heldout: {sorted(set(pool) & set(heldout))} are also in config.study.pool")
+  sizes = list(c.study.sizes)
+  if not sizes or min(sizes) < 1 or max(sizes) > len(pool) or sizes != sorted(set(sizes)):
+    raise ValueError(f"config.study.sizes: {sizes} must be increasing counts in 1..{len(pool)} "
+                     "(the sessions of config.study.pool)")
+  for mode in c.study.modes:
+    if mode not in masking.MODES:
+      raise ValueError(f"config.study.modes: unknown {mode!r}; expected some of {masking.MODES}")

@@ -1,0 +1,138 @@
+"""The scaling study: pretrain on 1..n sessions, fine-tune on held-out ones, score, plot.
+
+Layout of a study workdir (each run a normal workdir, loadable by path alone):
+  pretrain/<mode>/n<NN>/                 NDT1-stitch pretrained on the first NN sessions
+  finetune/<mode>/n<NN>/<session>/       fine-tuned on a held-out session (metrics.json)
+  finetune/<mode>/n00/<session>/         trained on the held-out session alone (scratch)
+  scaling.csv                            pretrain_sessions, mode, session, metric, value
+  scaling.png, scaling.md                the figure (MtM paper Fig. 4) and its table
+
+Runs are skipped when finished (a checkpoint at the last step; metrics.json of that step),
+so an interrupted study resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+
+import ml_collections
+from absl import logging
+
+from mtm_jax import masking
+from mtm_jax.configs import scaling as scaling_config
+from mtm_jax.evaluation import decoding, plots, run
+from mtm_jax.training import checkpoint, loop
+
+METRICS = run.METRICS + decoding.BEHAVIOUR_METRICS
+CSV_FIELDS = ("pretrain_sessions", "mode", "session", "metric", "value")
+
+
+def _names(text: str) -> list[str]:
+  return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def _short(name: str) -> str:
+  return name.replace("/", "_")
+
+
+def stage_config(base: ml_collections.ConfigDict, mode: str, datasets: list[str], data_dir: str):
+  """A stage config (pretrain or finetune) for one run."""
+  c = ml_collections.ConfigDict(base.to_dict())
+  c.masking.mode = mode
+  c.model.use_prompt = mode != masking.TEMPORAL
+  c.data.datasets, c.data.n_sessions, c.data.data_dir = ",".join(datasets), 0, data_dir
+  return c
+
+
+def _finished(workdir: str, steps: int) -> bool:
+  return checkpoint.latest_step(workdir) == steps
+
+
+def _scored(workdir: str, steps: int) -> dict | None:
+  path = os.path.join(workdir, "metrics.json")
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    results = json.load(f)
+  return results if results.get("step") == steps else None
+
+
+def _train(config, workdir: str, only_analyse: bool) -> bool:
+  """Trains unless finished (or only analysing); returns whether the run is complete."""
+  if _finished(workdir, config.train.steps):
+    return True
+  if only_analyse:
+    logging.warning("%s: not trained to step %d; skipped (--only_analyse)", workdir, config.train.steps)
+    return False
+  logging.info("training %s", workdir)
+  loop.train(config, workdir)
+  return True
+
+
+def _score(workdir: str, steps: int, split: str, only_analyse: bool) -> dict | None:
+  results = _scored(workdir, steps)
+  if results is None and _finished(workdir, steps):
+    results = run.evaluate_workdir(workdir, split)
+  return results
+
+
+def run_study(config: ml_collections.ConfigDict, workdir: str, *, only_analyse: bool = False) -> list[dict]:
+  """Runs (or reuses) every run of the study; writes scaling.csv/.png/.md; returns the rows."""
+  scaling_config.validate(config)
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  data_dir = os.path.abspath(os.path.expanduser(config.study.data_dir))
+  pool, heldout = _names(config.study.pool), _names(config.study.heldout)
+  start = time.time()
+  if not only_analyse:
+    from data_builders import prepare  # pylint: disable=g-import-not-at-top
+    prepare.build(pool[: max(config.study.sizes)] + heldout, data_dir)
+
+  rows = []
+  sizes = ([0] if config.study.scratch else []) + list(config.study.sizes)
+  for mode in config.study.modes:
+    for n in sizes:
+      pretrained = None
+      if n:
+        pretrained = os.path.join(workdir, "pretrain", mode, f"n{n:02d}")
+        if not _train(stage_config(config.pretrain, mode, pool[:n], data_dir), pretrained, only_analyse):
+          continue
+      for session in heldout:
+        run_dir = os.path.join(workdir, "finetune", mode, f"n{n:02d}", _short(session))
+        ft = loop.finetune_config(stage_config(config.finetune, mode, [session], data_dir), pretrained)
+        if not _train(ft, run_dir, only_analyse):
+          continue
+        results = _score(run_dir, ft.train.steps, config.study.split, only_analyse)
+        if results is None:
+          continue
+        rows += [dict(pretrain_sessions=n, mode=mode, session=session, metric=m, value=results[m])
+                 for m in METRICS if m in results]
+  write_outputs(rows, workdir)
+  logging.info("scaling study: %d rows in %.0f s", len(rows), time.time() - start)
+  return rows
+
+
+def write_outputs(rows: list[dict], workdir: str) -> None:
+  """scaling.csv, scaling.png and scaling.md (a table of means ± std) in `workdir`."""
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "scaling.csv"), "w", newline="", encoding="utf-8") as f:
+    writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+  if not rows:
+    logging.warning("scaling study: no finished runs to plot")
+    return
+  plots.scaling_figure(rows, os.path.join(workdir, "scaling.png"))
+  with open(os.path.join(workdir, "scaling.md"), "w", encoding="utf-8") as f:
+    f.write(plots.scaling_table(rows) + "\n")
+
+
+def read_rows(workdir: str) -> list[dict]:
+  """The rows of <workdir>/scaling.csv."""
+  path = os.path.join(os.path.abspath(workdir), "scaling.csv")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path}: no scaling.csv; run the study first")
+  with open(path, encoding="utf-8") as f:
+    return list(csv.DictReader(f))

@@ -1,0 +1,267 @@
+"""train(config, workdir): POYO on one or many spike-event sessions, from scratch or from a
+pretrained POYO (new sessions: unit identification, optionally then full fine-tuning).
+
+Checkpoints hold the train state, the config (with the behaviour scale resolved into
+config.data.scale) and one record per session row of the vocabulary (name, session id,
+unit ids), so `load_trained(workdir)` needs nothing but the path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from mtm_jax.configs import poyo as poyo_config
+from mtm_jax.datasets import events, pipeline
+from mtm_jax.evaluation import poyo_eval
+from mtm_jax.models import poyo
+from mtm_jax.training import checkpoint, mesh as mesh_lib, optimizer, poyo_step
+from mtm_jax.training.loop import MetricWriter
+from mtm_jax.training.step import init_state
+
+
+@dataclasses.dataclass
+class TrainedPOYO:
+  """A POYO model restored from a workdir."""
+
+  config: ml_collections.ConfigDict
+  records: list[dict]  # one per session row of the vocabulary
+  vocab: events.Vocabulary
+  scale: np.ndarray  # [D] float32 behaviour divisor
+  graphdef: nnx.GraphDef
+  params: nnx.State  # replicated on `mesh`
+  step: int
+  mesh: jax.sharding.Mesh
+
+
+# ------------------------------------------------------------------------------------------
+# Pieces shared by training, loading and evaluation
+# ------------------------------------------------------------------------------------------
+
+
+def behaviour_task(config) -> str:
+  """The task the event batches' behaviour is read out by (output_task 0: first sorted name)."""
+  return sorted(dict(config.model.tasks))[0]
+
+
+def window_config(config, train: bool) -> events.WindowConfig:
+  """How windows are cut: unit dropout only when `train`."""
+  d = config.data
+  dropout = (d.unit_dropout_min, d.unit_dropout_mode, d.unit_dropout_max) if (train and d.unit_dropout) else None
+  return events.WindowConfig(window_length=d.window_length, bucket_lengths=tuple(d.token_buckets),
+                             unit_dropout=dropout, max_outputs=d.max_queries, eval_step=config.eval.window_step)
+
+
+def load_sessions(config, splits: Sequence[str] = ("train", "val")) -> list[dict]:
+  """The event sessions of config.data.datasets (built spike_events data sets)."""
+  return [events.load_event_session(n, config.data.data_dir, splits) for n in poyo_config.dataset_names(config)]
+
+
+def session_records(names: Sequence[str], sessions: Sequence[dict]) -> list[dict]:
+  """What a checkpoint keeps of each session row (JSON)."""
+  return [dict(name=n, session_id=str(s["session_id"]), unit_ids=[str(u) for u in s["unit_ids"]])
+          for n, s in zip(names, sessions)]
+
+
+def vocabulary(records: Sequence[dict]) -> events.Vocabulary:
+  return events.Vocabulary(tuple(r["session_id"] for r in records), tuple(len(r["unit_ids"]) for r in records),
+                           tuple(u for r in records for u in r["unit_ids"]))
+
+
+def _model_state(config, vocab: events.Vocabulary, mesh, params=None):
+  """(graphdef, params, tx, state) replicated over the mesh; `params` (a pure dict or
+  State) replaces the fresh initialisation."""
+  model = poyo.from_config(config, len(vocab.unit_ids), len(vocab.session_ids), rngs=nnx.Rngs(config.seed))
+  graphdef, state = nnx.split(model, nnx.Param)
+  if params is not None:
+    nnx.replace_by_pure_dict(state, params if isinstance(params, dict) else nnx.to_pure_dict(params))
+  tx = optimizer.make_poyo_optimizer(config, state)
+  return graphdef, tx, jax.device_put(init_state(state, tx), mesh_lib.replicated(mesh))
+
+
+def _local_rows(batch: dict, n_processes: int, index: int) -> dict:
+  size = len(next(iter(batch.values()))) // n_processes
+  return {k: v[index * size : (index + 1) * size] for k, v in batch.items()}
+
+
+# ------------------------------------------------------------------------------------------
+# Training
+# ------------------------------------------------------------------------------------------
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, sessions: Sequence[dict] | None = None) -> dict:
+  """Trains (or resumes) in `workdir`; returns the last logged metrics (with val_r2).
+
+  sessions: event sessions to train on instead of reading config.data.datasets (e.g.
+  synthetic ones in memory); their session ids then name them in the checkpoint."""
+  poyo_config.validate(config)
+  config = ml_collections.ConfigDict(config.to_dict())  # own copy, saved with checkpoints
+  config.data.data_dir = os.path.abspath(os.path.expanduser(config.data.data_dir))
+  if sessions is None:
+    sessions = load_sessions(config)
+    names = poyo_config.dataset_names(config)
+  else:
+    sessions = list(sessions)
+    names = [str(s["session_id"]) for s in sessions]
+    config.data.datasets = ",".join(names)
+  if config.init.pretrained:
+    config.init.pretrained = os.path.abspath(os.path.expanduser(config.init.pretrained))
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  os.makedirs(workdir, exist_ok=True)
+
+  # ---- Mesh -----------------------------------------------------------------------------
+  mesh = mesh_lib.make_mesh(config.mesh.data)
+  mesh_lib.check_batch_size(config.data.batch_size, mesh)
+  mesh_lib.check_batch_size(config.eval.batch_size, mesh)
+  n_proc, proc = jax.process_count(), jax.process_index()
+
+  # ---- Vocabulary, scale and initial parameters ------------------------------------------
+  pre = None
+  if config.init.pretrained:
+    pre = load_trained(config.init.pretrained, None if config.init.step < 0 else config.init.step, mesh)
+    records = list(pre.records) + [r for r in session_records(names, sessions)
+                                   if r["session_id"] not in pre.vocab.session_ids]
+    scale = pre.scale
+  else:
+    records = session_records(names, sessions)
+    scale = np.asarray(config.data.scale, np.float32) if config.data.scale else events.behaviour_scale(sessions)
+  vocab = vocabulary(records)
+  config.data.scale = [float(x) for x in scale]
+
+  # ---- Input ----------------------------------------------------------------------------
+  train_data = events.prepare(sessions, "train", window_config(config, train=True), vocab=vocab, scale=scale)
+  val_data = events.prepare(sessions, "val", window_config(config, train=False), vocab=vocab, scale=scale)
+  batches = events.training_batches(train_data, config.data.batch_size, config.data.shuffle_seed)
+  for s in sessions:
+    logging.info("session %s: %d units, %d train / %d val intervals", s["session_id"], len(s["unit_ids"]),
+                 len(s["splits"]["train"]), len(s["splits"]["val"]))
+
+  # ---- Model, optimiser, checkpoint -----------------------------------------------------
+  if pre is not None:
+    grown = poyo.grow_vocab(nnx.to_pure_dict(jax.device_get(pre.params)), vocab.n_unit_rows - pre.vocab.n_unit_rows,
+                            vocab.n_session_rows - pre.vocab.n_session_rows, jax.random.key(config.seed + 7),
+                            init_scale=config.model.emb_init_scale)
+    graphdef, tx, state = _model_state(config, vocab, mesh, grown)
+    trainable = poyo_step.new_rows_mask(state.params, pre.vocab.n_unit_rows, pre.vocab.n_session_rows)
+    warmup = config.train.steps if config.finetune.mode == "unit_id" else config.finetune.warmup_steps
+    logging.info("from %s (step %d): %d new unit rows, %d new session rows; %s", config.init.pretrained, pre.step,
+                 vocab.n_unit_rows - pre.vocab.n_unit_rows, vocab.n_session_rows - pre.vocab.n_session_rows,
+                 f"unit identification for {warmup} steps" + (", then everything" if warmup < config.train.steps
+                                                               else ""))
+  else:
+    graphdef, tx, state = _model_state(config, vocab, mesh)
+    trainable, warmup = None, 0
+  logging.info("POYO %s: %d parameters (%d outside the unit/session tables)", config.model.size,
+               sum(x.size for x in jax.tree.leaves(state.params)),
+               poyo.count_params(nnx.merge(graphdef, state.params), embeddings=False))
+  mngr = checkpoint.manager(workdir, keep=config.train.keep_checkpoints)
+  if mngr.latest_step() is not None:
+    _, saved = checkpoint.load_metadata(workdir)
+    if [r["session_id"] for r in saved] != [r["session_id"] for r in records]:
+      raise ValueError(f"{workdir}: holds a run on sessions {[r['session_id'] for r in saved]}, not "
+                       f"{[r['session_id'] for r in records]}; use another workdir")
+    state = checkpoint.restore(mngr, state)
+    logging.info("resumed from step %d", int(state.step))
+
+  # ---- Update steps ---------------------------------------------------------------------
+  tasks = dict(config.model.tasks)
+  full_step = jax.jit(poyo_step.make_train_step(graphdef, tx, tasks=tasks), donate_argnums=0)
+  frozen_step = (jax.jit(poyo_step.make_train_step(graphdef, tx, tasks=tasks, trainable=trainable), donate_argnums=0)
+                 if trainable is not None else None)
+  predictor = poyo_eval.make_predictor(graphdef, behaviour_task(config))
+  key = jax.random.key(config.seed)
+  lr = optimizer.poyo_learning_rate_schedule(config)
+
+  # ---- Loop -----------------------------------------------------------------------------
+  writer = MetricWriter(workdir)
+  first = int(state.step)
+  last = {}
+  data = pipeline.iterate_from(batches, first)
+  t0, window, window_start = time.time(), [], first
+  try:
+    with jax.set_mesh(mesh):
+      for step in range(first, config.train.steps):
+        batch = mesh_lib.shard_batch(_local_rows(next(data), n_proc, proc), mesh)
+        train_step = frozen_step if step < warmup else full_step
+        state, metrics = train_step(state, batch, key)
+        window.append(metrics)
+        done = step + 1
+        if done % config.train.log_every == 0 or done == config.train.steps:
+          window = jax.device_get(window)
+          elapsed = time.time() - t0
+          rate = (done - window_start) / max(elapsed, 1e-9)
+          last = dict(loss=np.mean([m["loss"] for m in window]), grad_norm=np.mean([m["grad_norm"] for m in window]),
+                      param_norm=float(window[-1]["param_norm"]), steps_per_second=rate, learning_rate=lr(done))
+          if not np.isfinite(last["loss"]):
+            raise FloatingPointError(f"step {done}: loss is {last['loss']}")
+          logging.info("step %d/%d  loss %.4f  %.2f steps/s  ETA %.0fs", done, config.train.steps, last["loss"], rate,
+                       (config.train.steps - done) / max(rate, 1e-9))
+          writer.write(done, last)
+          t0, window, window_start = time.time(), [], done
+        if done % config.train.eval_every == 0 or done == config.train.steps:
+          val, _ = poyo_eval.evaluate_data(graphdef, state.params, val_data, task=behaviour_task(config),
+                                           batch_size=config.eval.batch_size, mesh=mesh, predictor=predictor)
+          last["val_r2"] = val["behaviour_r2"]
+          logging.info("step %d  validation R^2 %.4f", done, last["val_r2"])
+          writer.write(done, dict(val_r2=last["val_r2"]))
+        if done % config.train.checkpoint_every == 0 or done == config.train.steps:
+          checkpoint.save(mngr, done, state, config, records)
+  finally:
+    mngr.wait_until_finished()
+    mngr.close()
+    writer.close()
+  return {k: float(v) for k, v in last.items()}
+
+
+# ------------------------------------------------------------------------------------------
+# Loading and fine-tuning
+# ------------------------------------------------------------------------------------------
+
+
+def load_trained(workdir: str, step: int | None = None, mesh=None) -> TrainedPOYO:
+  """Config, vocabulary, scale and parameters of the POYO trained in `workdir` (its
+  checkpoint alone: no data set is read)."""
+  config, records = checkpoint.load_metadata(workdir, step)
+  if config.get("family") != "poyo":
+    raise ValueError(f"{workdir}: holds a {config.get('family', 'mtm')!r} model, not POYO")
+  vocab = vocabulary(records)
+  mesh = mesh_lib.make_mesh(config.mesh.data) if mesh is None else mesh
+  graphdef, _, state = _model_state(config, vocab, mesh)
+  mngr = checkpoint.manager(workdir, create=False)
+  state = checkpoint.restore(mngr, state, step)
+  mngr.close()
+  return TrainedPOYO(config, records, vocab, np.asarray(config.data.scale, np.float32), graphdef, state.params,
+                     int(state.step), mesh)
+
+
+def finetune_config(config: ml_collections.ConfigDict, pretrained: str | None,
+                    mode: str = "unit_id") -> ml_collections.ConfigDict:
+  """`config` set up to adapt the POYO in workdir `pretrained` (its checkpoint alone is
+  read) to the sessions of config.data.datasets: the architecture (config.model) and the
+  behaviour scale are the pretrained ones; new unit and session rows are appended.
+  mode "unit_id" trains only those rows; "full" trains only them for
+  config.finetune.warmup_steps, then everything. pretrained=None (or "") leaves `config`
+  as it is: training from scratch."""
+  if mode not in poyo_config.FINETUNE_MODES:
+    raise ValueError(f"finetune mode: expected one of {poyo_config.FINETUNE_MODES}, got {mode!r}")
+  config = ml_collections.ConfigDict(config.to_dict())
+  if not pretrained:
+    return config
+  pre, _ = checkpoint.load_metadata(pretrained)
+  if pre.get("family") != "poyo":
+    raise ValueError(f"{pretrained}: holds a {pre.get('family', 'mtm')!r} model, not POYO")
+  config.model = pre.model
+  config.data.window_length = pre.data.window_length
+  config.data.scale = list(pre.data.scale)
+  config.init.pretrained = os.path.abspath(os.path.expanduser(pretrained))
+  config.finetune.mode = mode
+  return config
