@@ -16,16 +16,20 @@ from mtm_jax.models import poyo
 from mtm_jax.models import rotary
 
 
+FINETUNE_MODES = ("unit_id", "full")
+
+
 def get_config(arg: str = "small") -> ml_collections.ConfigDict:
   preset = arg
   if preset not in ("small", "large", "tiny"):
     raise ValueError(f"poyo config: unknown preset {preset!r}; expected small, large or tiny")
   window = ml_collections.FieldReference(1.0)  # shared by data.window_length and model.window_length
   c = ml_collections.ConfigDict()
+  c.family = "poyo"  # model family: the experiment programs dispatch on it (MtM configs: "mtm")
   c.seed = 0  # parameter init, window sampling and dropout keys
 
   c.data = ml_collections.ConfigDict()
-  c.data.dataset = "spike_events/nlb_mc_maze"  # TFDS name/config of the sessions (set to the spike-event builder in use)
+  c.data.datasets = "spike_events/nlb_mc_maze"  # comma-separated TFDS names/configs of the sessions (spike_events)
   c.data.data_dir = "data/tfds"  # TFDS data_dir (made absolute at run time)
   c.data.batch_size = 128  # global batch, 1 s windows
   c.data.shuffle_seed = 0
@@ -36,6 +40,7 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
   c.data.unit_dropout_min = 60  # fewest units kept
   c.data.unit_dropout_mode = 300  # most likely number of units kept
   c.data.unit_dropout_max = 1000  # most units kept
+  c.data.scale = ()  # per-dimension divisor of the behaviour; () = training-split std, resolved (and saved) at run time
 
   c.model = ml_collections.ConfigDict()
   c.model.size = preset  # a row of mtm_jax.models.poyo.SIZES
@@ -61,7 +66,10 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
   c.optimizer.trust_clip = 10.0  # clamp of the weight norm in the LAMB trust ratio
   c.optimizer.constant_fraction = 0.5  # share of steps at peak lr before the cosine decay
   c.optimizer.final_div_factor = 1e4  # end lr = peak / final_div_factor
-  c.optimizer.sparse_embeddings = True  # reference: table rows with zero gradient keep their moments
+  c.optimizer.sparse_embeddings = True  # reference SparseLamb: table rows with zero gradient are not updated (moments reset)
+  c.optimizer.cycle_momentum = True  # reference (OneCycleLR default): beta1 0.95 -> 0.85 over the constant phase, back
+  c.optimizer.base_momentum = 0.85  # lowest beta1 of the cycle
+  c.optimizer.max_momentum = 0.95  # highest beta1 of the cycle (b1 is used when cycle_momentum is False)
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 16_000  # ~1000 epochs of ~2000 s of training windows at batch 128
@@ -69,6 +77,15 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
   c.train.eval_every = 1000
   c.train.checkpoint_every = 1000
   c.train.keep_checkpoints = 3
+  c.train.prng_impl = "threefry2x32"  # PRNG of the dropout keys ("rbg" compiles faster on CPU)
+
+  c.init = ml_collections.ConfigDict()
+  c.init.pretrained = ""  # workdir of a pretrained POYO to start from ("" = from scratch); see poyo_loop.finetune_config
+  c.init.step = -1  # its checkpoint step (-1 = latest)
+
+  c.finetune = ml_collections.ConfigDict()
+  c.finetune.mode = "unit_id"  # with init.pretrained: "unit_id" (new unit/session rows only) or "full"
+  c.finetune.warmup_steps = 1000  # "full": unit-identification steps before everything trains
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # devices on the data axis (-1 = all)
@@ -77,6 +94,8 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
   c.eval.split = "test"
   c.eval.window_step = 0.5  # seconds between evaluation windows; overlapping predictions are averaged
   c.eval.batch_size = 256  # windows per forward pass
+  c.eval.baseline_bin = 0.02  # ridge (Wiener filter) baseline: seconds per spike-count bin
+  c.eval.baseline_lags = 10  # bins per unit, the latest one centred on the behaviour sample
 
   if preset == "large":
     c.data.batch_size = 1024
@@ -84,13 +103,15 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
     c.train.steps = 100_000  # set from the data: epochs x windows per epoch / batch
   elif preset == "tiny":
     c.data.batch_size = 8
-    c.data.token_buckets = (64, 128)
-    c.data.max_queries = 16
+    c.data.token_buckets = (256, 512)
+    c.data.max_queries = 104  # 100 Hz behaviour: up to 101 samples per 1 s window
     c.data.unit_dropout_min, c.data.unit_dropout_mode, c.data.unit_dropout_max = 2, 4, 8
     c.model.ffn_dropout = c.model.lin_dropout = c.model.attn_dropout = 0.1
     c.train.steps = 20
     c.train.log_every = 5
     c.train.eval_every = c.train.checkpoint_every = 10
+    c.train.prng_impl = "rbg"
+    c.finetune.warmup_steps = 5
     c.eval.batch_size = 16
   return c
 
@@ -128,3 +149,21 @@ def validate(c: ml_collections.ConfigDict) -> None:
     raise ValueError("config.data.batch_size, config.data.max_queries and config.train.steps must be positive")
   if c.eval.window_step <= 0 or c.eval.window_step > d.window_length:
     raise ValueError(f"config.eval.window_step: must be in (0, window_length], got {c.eval.window_step}")
+  if c.finetune.mode not in FINETUNE_MODES:
+    raise ValueError(f"config.finetune.mode: expected one of {FINETUNE_MODES}, got {c.finetune.mode!r}")
+  if c.finetune.warmup_steps < 0:
+    raise ValueError(f"config.finetune.warmup_steps: must be >= 0, got {c.finetune.warmup_steps}")
+  if c.data.scale and len(c.data.scale) != sum(int(v) for v in dict(m.tasks).values()):
+    raise ValueError(f"config.data.scale: expected one entry per output dimension of config.model.tasks, "
+                     f"got {len(c.data.scale)}")
+  dataset_names(c)
+
+
+def dataset_names(c: ml_collections.ConfigDict) -> list[str]:
+  """The sessions (TFDS names) of config.data.datasets, in order."""
+  names = [n.strip() for n in str(c.data.datasets).split(",") if n.strip()]
+  if not names:
+    raise ValueError("config.data.datasets: no data set given")
+  if len(set(names)) != len(names):
+    raise ValueError(f"config.data.datasets: repeated names in {names}")
+  return names

@@ -178,7 +178,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, sessions: Sequence[di
   frozen_step = (jax.jit(poyo_step.make_train_step(graphdef, tx, tasks=tasks, trainable=trainable), donate_argnums=0)
                  if trainable is not None else None)
   predictor = poyo_eval.make_predictor(graphdef, behaviour_task(config))
-  key = jax.random.key(config.seed)
+  key = jax.random.key(config.seed, impl=config.train.prng_impl)
   lr = optimizer.poyo_learning_rate_schedule(config)
 
   # ---- Loop -----------------------------------------------------------------------------

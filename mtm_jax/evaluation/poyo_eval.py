@@ -1,0 +1,177 @@
+"""POYO evaluation: behaviour R^2 from sliding windows, and a ridge (Wiener filter) baseline.
+
+Windows of 1 s slide in 0.5 s steps over each interval of the split
+(events.evaluation_batches); the predictions of overlapping windows are averaged per
+behaviour timestamp and rescaled to the original units (events.stitch_predictions).
+R^2 is computed per session and output dimension over the covered timestamps, averaged
+over dimensions (a session's R^2), then over sessions.
+
+The baseline is a ridge regression (scikit-learn RidgeCV, standardised features) of the
+behaviour on the spike counts of every unit in `lags` bins of `bin` seconds up to the
+sample (the newest bin centred on it), fitted per session on the training split and
+scored on the same timestamps as the model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Sequence
+
+import jax
+import numpy as np
+
+from mtm_jax.datasets import events
+from mtm_jax.training import mesh as mesh_lib
+from mtm_jax.training import poyo_step
+
+
+def r2_per_dim(prediction: np.ndarray, target: np.ndarray) -> np.ndarray:
+  """[D] coefficient of determination 1 - SS_res / SS_tot of each column of [T, D] arrays."""
+  prediction, target = np.asarray(prediction, np.float64), np.asarray(target, np.float64)
+  if prediction.shape != target.shape or prediction.ndim != 2 or len(target) < 2:
+    raise ValueError(f"r2: expected two [T >= 2, D] arrays of one shape, got {prediction.shape} and {target.shape}")
+  ss_res = np.sum((target - prediction) ** 2, axis=0)
+  ss_tot = np.sum((target - target.mean(axis=0)) ** 2, axis=0)
+  return 1.0 - ss_res / np.where(ss_tot > 0, ss_tot, 1.0)
+
+
+def summarise(per_session: dict[str, np.ndarray], key: str = "behaviour_r2") -> dict:
+  """{session id: [D] R^2} -> {key: mean over sessions of the dimension mean,
+  f"{key}_dim{d}": mean over sessions of dimension d, "sessions": {id: {key, ...}}}."""
+  table = np.stack(list(per_session.values()))  # [S, D]
+  out = {key: float(np.mean(table.mean(axis=1)))}
+  out.update({f"{key}_dim{d}": float(v) for d, v in enumerate(table.mean(axis=0))})
+  out["sessions"] = {sid: {key: float(np.mean(r)), **{f"{key}_dim{d}": float(v) for d, v in enumerate(r)}}
+                     for sid, r in per_session.items()}
+  return out
+
+
+# ------------------------------------------------------------------------------------------
+# Model predictions
+# ------------------------------------------------------------------------------------------
+
+
+def make_predictor(graphdef, task: str):
+  """jitted (params, batch) -> [B, Q, d] predictions of `task` (scaled units)."""
+  return jax.jit(lambda params, batch: poyo_step.predict(graphdef, params, batch)[task])
+
+
+def predict_windows(predictor, params, data: events.EventData, batch_size: int, mesh) -> tuple[list, list]:
+  """(metas, predictions) over the sliding evaluation windows of `data`."""
+  mesh_lib.check_batch_size(batch_size, mesh)
+  metas, predictions = [], []
+  with jax.set_mesh(mesh):
+    for batch, meta in events.evaluation_batches(data, batch_size):
+      out = predictor(params, mesh_lib.shard_batch(batch, mesh))
+      predictions.append(np.asarray(jax.device_get(out)))
+      metas.append(meta)
+  return metas, predictions
+
+
+def stitched_r2(data: events.EventData, metas, predictions) -> tuple[dict[str, np.ndarray], list[dict]]:
+  """({session id: [D] R^2}, stitched per session) of window predictions."""
+  stitched = events.stitch_predictions(data, metas, predictions)
+  per_session = {s["session_id"]: r2_per_dim(st["prediction"], st["target"])
+                 for s, st in zip(data.sessions, stitched)}
+  return per_session, stitched
+
+
+def evaluate_data(graphdef, params, data: events.EventData, *, task: str, batch_size: int, mesh,
+                  predictor=None) -> tuple[dict, list[dict]]:
+  """(summarise(...) of the model's R^2 on `data`, the stitched per-session predictions)."""
+  predictor = make_predictor(graphdef, task) if predictor is None else predictor
+  metas, predictions = predict_windows(predictor, params, data, batch_size, mesh)
+  per_session, stitched = stitched_r2(data, metas, predictions)
+  return summarise(per_session), stitched
+
+
+# ------------------------------------------------------------------------------------------
+# Ridge / Wiener-filter baseline
+# ------------------------------------------------------------------------------------------
+
+
+def lagged_counts(session: dict, timestamps: np.ndarray, bin_size: float, lags: int) -> np.ndarray:
+  """[T, lags * U] float32 spike counts of each unit in bins [t + bin/2 - (k+1) bin,
+  t + bin/2 - k bin), k = 0 ... lags - 1, around each timestamp t (lag-major order)."""
+  times, units = session["spike_times"], session["spike_units"]
+  n_units = len(session["unit_ids"])
+  t = np.asarray(timestamps, np.float64)
+  edges = t[:, None] + bin_size / 2 - bin_size * np.arange(lags + 1)[None, :]  # [T, lags + 1], newest first
+  out = np.zeros((len(t), lags, n_units), np.float32)
+  order = np.argsort(units, kind="stable")
+  bounds = np.searchsorted(units[order], np.arange(n_units + 1))
+  for u in range(n_units):
+    mine = times[order[bounds[u] : bounds[u + 1]]]  # this unit's spikes, sorted
+    cum = np.searchsorted(mine, edges, side="left")  # spikes before each edge
+    out[:, :, u] = cum[:, :-1] - cum[:, 1:]
+  return out.reshape(len(t), lags * n_units)
+
+
+def ridge_baseline(session: dict, test_timestamps: np.ndarray, *, split: str = "test", bin_size: float = 0.02,
+                   lags: int = 10, train_split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+  """Fits RidgeCV on the training split of `session` and predicts at `test_timestamps`
+  (which must be behaviour timestamps of `split`). Each split sees only its own spikes.
+  Returns ([T, D] prediction, [T, D] target)."""
+  from sklearn.linear_model import RidgeCV  # pylint: disable=g-import-not-at-top
+  from sklearn.pipeline import make_pipeline  # pylint: disable=g-import-not-at-top
+  from sklearn.preprocessing import StandardScaler  # pylint: disable=g-import-not-at-top
+
+  train = events.restrict_to_splits(session, [train_split])
+  test = events.restrict_to_splits(session, [split])
+  x_train = lagged_counts(train, train["behaviour_timestamps"], bin_size, lags)
+  model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-1, 5, 13)))
+  model.fit(x_train, np.asarray(train["behaviour_values"], np.float64))
+  idx = np.searchsorted(test["behaviour_timestamps"], test_timestamps)
+  if np.any(idx >= len(test["behaviour_timestamps"])) or not np.allclose(test["behaviour_timestamps"][idx],
+                                                                          test_timestamps):
+    raise ValueError(f"ridge baseline: the timestamps are not behaviour samples of split {split!r}")
+  prediction = model.predict(lagged_counts(test, test_timestamps, bin_size, lags))
+  return prediction.astype(np.float32), np.asarray(test["behaviour_values"][idx], np.float32)
+
+
+def baseline_scores(data: events.EventData, stitched: Sequence[dict], *, bin_size: float, lags: int) -> dict:
+  """summarise(...) of the ridge baseline under the key "baseline_r2", on the timestamps
+  the model was scored on."""
+  per_session = {}
+  for s, st in zip(data.sessions, stitched):
+    prediction, target = ridge_baseline(s, st["timestamps"], split=data.split, bin_size=bin_size, lags=lags)
+    per_session[s["session_id"]] = r2_per_dim(prediction, target)
+  return summarise(per_session, "baseline_r2")
+
+
+# ------------------------------------------------------------------------------------------
+# A trained workdir
+# ------------------------------------------------------------------------------------------
+
+
+def evaluate_workdir(workdir: str, split: str = "test", step: int | None = None,
+                     sessions: Sequence[dict] | None = None, baseline: bool = True) -> dict:
+  """Scores the POYO model in `workdir` on `split` of its training sessions
+  (config.data.datasets, read from TFDS; or the given event `sessions`, which must be in
+  the model's vocabulary) and writes <workdir>/metrics.json:
+    behaviour_r2, behaviour_r2_dim{d}  means over sessions;
+    baseline_r2, baseline_r2_dim{d}    the ridge baseline on the same timestamps;
+    sessions {id: {behaviour_r2, behaviour_r2_dim{d}, baseline_r2, ...}}, split, step."""
+  from mtm_jax.training import poyo_loop  # pylint: disable=g-import-not-at-top  (the loop imports this module)
+
+  trained = poyo_loop.load_trained(workdir, step)
+  config = trained.config
+  if sessions is None:
+    sessions = poyo_loop.load_sessions(config, (split, "train"))
+  data = events.prepare(sessions, split, poyo_loop.window_config(config, train=False), vocab=trained.vocab,
+                        scale=trained.scale)
+  if data.vocab != trained.vocab:
+    raise ValueError(f"{workdir}: sessions {[s['session_id'] for s in sessions if s['session_id'] not in trained.vocab.session_ids]} "
+                     "are not in the model's vocabulary; fine-tune on them first")
+  results, stitched = evaluate_data(trained.graphdef, trained.params, data, task=poyo_loop.behaviour_task(config),
+                                    batch_size=config.eval.batch_size, mesh=trained.mesh)
+  if baseline:
+    base = baseline_scores(data, stitched, bin_size=config.eval.baseline_bin, lags=config.eval.baseline_lags)
+    for sid, r in base.pop("sessions").items():
+      results["sessions"][sid].update(r)
+    results.update(base)
+  results.update(split=split, step=trained.step)
+  with open(os.path.join(os.path.abspath(os.path.expanduser(workdir)), "metrics.json"), "w", encoding="utf-8") as f:
+    json.dump(results, f, indent=2)
+  return results
