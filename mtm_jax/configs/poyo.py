@@ -7,7 +7,13 @@ latents per step, batch 1024); "tiny" is for tests. Sizes: mtm_jax.models.poyo.S
 
 Optimiser (reference): LAMB without bias correction, trust-ratio clamp 10, weight decay
 1e-4 on every parameter; peak lr = base_learning_rate x data.batch_size, held for the
-first half of the steps, then cosine down to peak / 1e4.
+first half of the steps, then cosine down to peak / 1e4 (beta1 cycled 0.95 -> 0.85 -> 0.95
+as PyTorch's OneCycleLR does by default). Rows of the unit and session tables without
+gradient in a batch are left alone (the reference's SparseLamb).
+
+Training: mtm_jax.training.poyo_loop.train(config, workdir); new sessions:
+poyo_loop.finetune_config(config, pretrained_workdir, "unit_id" | "full") then train;
+evaluation: mtm_jax.evaluation.poyo_eval.evaluate_workdir(workdir, split).
 """
 
 import ml_collections
