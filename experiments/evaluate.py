@@ -1,32 +1,53 @@
 """Scores a trained model on its session's test trials with the four MtM metrics.
 
   python -m experiments.evaluate --workdir=runs/demo/mtm
+  python -m experiments.evaluate --workdir=runs/demo/mtm --plots --compare=temporal=runs/demo/temporal
 
 Writes <workdir>/metrics.json (co_smoothing_bps, forward_prediction_bps, inter_region_bps,
-intra_region_bps, and oracle_* from the true rates of synthetic data) and prints a table.
+intra_region_bps, oracle_* from the true rates of synthetic data, and the behaviour
+decoding scores choice_accuracy, whisker_motion_energy_r2, wheel_speed_r2) and prints a
+table. --plots also writes <workdir>/rasters.png (the MtM paper's Figure 2): trial-averaged
+rasters of one region's neurons, ground truth vs this model (and the --compare models)
+under inter-region and intra-region masking.
 """
+
+import os
 
 from absl import app, flags
 import jax
 
-from mtm_jax.evaluation import run
+from mtm_jax.evaluation import decoding, run
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a trained model.")
 _SPLIT = flags.DEFINE_string("split", None, "Split to score (default: the config's eval.split).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
+_SESSIONS = flags.DEFINE_list("sessions", None, "Sessions of the model to score (default: all).")
+_PLOTS = flags.DEFINE_bool("plots", False, "Also write rasters.png (MtM paper Figure 2).")
+_COMPARE = flags.DEFINE_list("compare", [], "label=workdir of other models for the rasters.")
+_PLOT_REGION = flags.DEFINE_string("plot_region", None, "Region of the rasters (default: the largest).")
 flags.mark_flag_as_required("workdir")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  results = run.evaluate_workdir(_WORKDIR.value, _SPLIT.value, _STEP.value)
+  results = run.evaluate_workdir(_WORKDIR.value, _SPLIT.value, _STEP.value, _SESSIONS.value)
   columns = {results["masking_mode"]: results}
   oracle = run.oracle_column(results)
   if oracle:
     columns["oracle"] = oracle
   print(f"session {results['session_id']}, {results['split']} split, step {results['step']}")
-  print(run.table(columns))
+  print(run.table(columns, run.METRICS + decoding.BEHAVIOUR_METRICS))
+  if _PLOTS.value:
+    workdirs = {results["masking_mode"]: _WORKDIR.value}
+    for item in _COMPARE.value:
+      label, sep, path = item.partition("=")
+      if not sep or not label or not path:
+        raise app.UsageError(f"--compare: expected label=workdir, got {item!r}")
+      workdirs[label] = path
+    path = os.path.join(_WORKDIR.value, "rasters.png")
+    region = run.raster_plot(workdirs, path, split=_SPLIT.value, region=_PLOT_REGION.value)
+    print(f"rasters of {region}: {path}")
 
 
 if __name__ == "__main__":

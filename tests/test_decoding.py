@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from sklearn.linear_model import LogisticRegression, RidgeCV
+from sklearn.linear_model import RidgeCV
 from sklearn.metrics import r2_score
 from sklearn.model_selection import GridSearchCV, KFold, StratifiedKFold
 from sklearn.pipeline import make_pipeline
@@ -19,7 +19,7 @@ def _direct_accuracy(x, y, folds, seed):
   with threadpool_limits(limits=1):  # as decoding does, only for speed
     for train, test in outer.split(x, y):
       inner_folds = min(decoding.INNER_FOLDS, min(np.unique(y[train], return_counts=True)[1]))
-      search = GridSearchCV(LogisticRegression(max_iter=decoding.LOGISTIC_MAX_ITER),
+      search = GridSearchCV(decoding.logistic_regression(*x.shape),
                             {"C": list(decoding.LOGISTIC_C_GRID)}, scoring="accuracy",
                             cv=StratifiedKFold(inner_folds, shuffle=True, random_state=seed))
       model = make_pipeline(StandardScaler(), search).fit(x[train], y[train])

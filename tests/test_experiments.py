@@ -16,23 +16,33 @@ def _run(*args):
   return result.stdout
 
 
-def test_pretrain_from_flagfile_then_evaluate(data_dir, tmp_path):
+def test_pretrain_finetune_evaluate_from_flagfiles(study_data_dir, tmp_path):
   workdir = tmp_path / "run"
   flagfile = tmp_path / "tiny.flags"
   flagfile.write_text("\n".join([
-      "--config=mtm_jax/configs/ndt1.py:tiny,temporal",
+      "--config=mtm_jax/configs/ndt1.py:tiny,stitch,temporal",
       f"--workdir={workdir}",
-      f"--config.data.datasets={DATASET}",
-      f"--config.data.data_dir={data_dir}",
+      f"--config.data.data_dir={study_data_dir}",
       "--config.train.steps=6",
       "--config.train.checkpoint_every=3",
+      f"--sessions={DATASET}",
   ]))
   _run("experiments.pretrain", f"--flagfile={flagfile}")
   assert sorted(os.listdir(workdir / "checkpoints")) == ["3", "6"]
-  out = _run("experiments.evaluate", f"--workdir={workdir}")
-  assert "intra_region" in out and "oracle" in out
+  out = _run("experiments.evaluate", f"--workdir={workdir}", "--plots")
+  assert "intra_region" in out and "oracle" in out and "choice_accuracy" in out
   metrics = json.loads((workdir / "metrics.json").read_text())
   assert metrics["masking_mode"] == "temporal" and metrics["step"] == 6
+  assert (workdir / "rasters.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+  # Fine-tune on another session by the pretrained path alone; its config travels with it.
+  ft = tmp_path / "ft"
+  _run("experiments.finetune", "--config=mtm_jax/configs/ndt1.py:tiny,stitch,temporal", f"--pretrained={workdir}",
+       "--dataset=ibl_binned/synthetic_007", f"--workdir={ft}", f"--config.data.data_dir={study_data_dir}",
+       "--config.train.steps=2", "--config.train.checkpoint_every=2")
+  _run("experiments.evaluate", f"--workdir={ft}")
+  metrics = json.loads((ft / "metrics.json").read_text())
+  assert metrics["session"] == "ibl_binned/synthetic_007" and metrics["n_neurons"] == 134
 
 
 def test_unknown_config_key_is_a_clear_error(tmp_path):

@@ -103,9 +103,9 @@ def test_evaluate_writes_the_four_metrics(data_dir, tmp_path):
     assert np.isfinite(saved[m]) and saved[m] == results[m]
     assert saved[f"oracle_{m}"] > 0.1  # synthetic data: true rates are informative
   assert saved["n_trials"] == 107 and saved["session_id"] == "synthetic_000"
-  for m in decoding.BEHAVIOUR_METRICS:
-    assert np.isfinite(saved[m])
-  assert 0.0 <= saved["choice_accuracy"] <= 1.0
+  for m in decoding.BEHAVIOUR_METRICS + run.HEAD_METRICS:
+    assert np.isfinite(saved[m]), m
+  assert 0.0 <= saved["choice_accuracy"] <= 1.0 and 0.0 <= saved["head_choice_accuracy"] <= 1.0
 
 
 def test_load_config_of_missing_run_is_a_clear_error(tmp_path):

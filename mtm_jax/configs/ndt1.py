@@ -85,6 +85,7 @@ def get_config(arg: str = "paper") -> ml_collections.ConfigDict:
   c.eval.decoding_prompt = "neuron"  # prompt given to the frozen model for behaviour decoding
   c.eval.decoding_folds = 5  # cross-validation folds of the behaviour decoders
   c.eval.decoding_seed = 0
+  c.eval.head_steps = 300  # > 0: also fine-tune a supervised decoding head per behaviour
 
   if preset == "demo":
     c.model.dropout = 0.2
@@ -101,6 +102,7 @@ def get_config(arg: str = "paper") -> ml_collections.ConfigDict:
     c.train.log_every = 5
     c.train.eval_every = c.train.checkpoint_every = 10
     c.eval.max_batch = 512
+    c.eval.head_steps = 3
 
   if "stitch" in options:
     c.model.stitch_dim = {"paper": 668, "demo": 256, "tiny": 16}[preset]

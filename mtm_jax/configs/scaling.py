@@ -49,10 +49,11 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
   elif arg == "small":
     c.study.sizes = (1, 4, 12)
     c.study.heldout = ",".join(ndt1_config.SYNTHETIC_HELDOUT[::3])  # 285 and 138 neurons
-    c.pretrain = _stage("demo", steps=1500, learning_rate=2e-3, eval_every=500)
-    c.finetune = _stage("demo", steps=500, learning_rate=2e-3, eval_every=250)
+    c.pretrain = _stage("demo", steps=1000, learning_rate=2e-3, eval_every=500)
+    c.finetune = _stage("demo", steps=400, learning_rate=2e-3, eval_every=200)
     for stage in (c.pretrain, c.finetune):
       stage.model.size, stage.model.stitch_dim = "mini", 64
+    c.finetune.eval.head_steps = 100
   else:
     c.study.sizes = (1, 2)
     c.study.pool = "ibl_binned/synthetic_000,ibl_binned/synthetic_007"  # 114 and 134 neurons

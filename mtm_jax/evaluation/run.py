@@ -9,10 +9,11 @@ import numpy as np
 
 from mtm_jax import masking
 from mtm_jax.datasets import pipeline
-from mtm_jax.evaluation import decoding, tasks
+from mtm_jax.evaluation import decoding, heads, plots, tasks
 from mtm_jax.training import loop
 
 METRICS = ("co_smoothing_bps", "forward_prediction_bps", "inter_region_bps", "intra_region_bps")
+HEAD_METRICS = tuple(f"head_{m}" for m in decoding.BEHAVIOUR_METRICS)
 
 
 def unmasked_log_rates(trained: loop.Trained, spikes: np.ndarray, *, prompt: str, session: int) -> np.ndarray:
@@ -46,6 +47,9 @@ def evaluate_session(trained: loop.Trained, name: str, split: str, *, keep_predi
   features = unmasked_log_rates(trained, data["spikes"], prompt=prompt, session=row)
   results.update(decoding.decode_behaviour(features, data, folds=config.eval.decoding_folds,
                                            seed=config.eval.decoding_seed))
+  if config.eval.head_steps > 0:
+    results.update(heads.head_metrics(trained, name, steps=config.eval.head_steps, seed=config.eval.decoding_seed,
+                                      eval_split=split))
   results.update(session=name, session_id=info.session_id, split=split, step=trained.step,
                  masking_mode=config.masking.mode, n_trials=int(data["spikes"].shape[0]), n_neurons=info.n_neurons)
   if keep_predictions:
@@ -80,10 +84,57 @@ def evaluate_workdir(workdir: str, split: str | None = None, step: int | None = 
   return results
 
 
+RASTER_TASKS = {"inter-region": "inter_region", "intra-region": "intra_region"}
+
+
+def _region_rates(trained: loop.Trained, name: str, split: str, task_names) -> tuple[np.ndarray, dict]:
+  """(spikes [K, T, N], {task: [K, T, N] expected counts}) of one session's split."""
+  data = pipeline.load_split(name, trained.config.data.data_dir, split, ("spikes", "trial_index"))
+  row = trained.row(name)
+  region_ids = trained.sessions[row].region_ids()
+  predictor = tasks.make_predictor(trained.graphdef)
+  out = {}
+  for task in masking.evaluation_tasks(region_ids, data["spikes"].shape[1]):
+    if task.name in task_names:
+      log_rates = tasks.predict_task(predictor, trained.params, data["spikes"], task, causal=False,
+                                     max_batch=trained.config.eval.max_batch, mesh=trained.mesh, session=row,
+                                     n_neurons=trained.n_neurons)
+      out[task.name] = np.exp(log_rates)
+  return data["spikes"], out
+
+
+def raster_plot(workdirs: dict[str, str], path: str, *, split: str | None = None, session: str | None = None,
+                region: str | None = None) -> str:
+  """The MtM paper's Figure 2 as a PNG: trial-averaged rasters of one region's neurons,
+  ground truth vs each model (workdirs: {column label: workdir}) under inter-region and
+  intra-region masking. Default: the first model's first session and its largest
+  region. Returns the region shown."""
+  models = {label: loop.load_trained(w) for label, w in workdirs.items()}
+  first = next(iter(models.values()))
+  session = session or first.names[0]
+  split = split or first.config.eval.split
+  info = first.sessions[first.row(session)]
+  names = np.array(info.region_names)
+  region = region or max(info.regions, key=lambda r: int(np.sum(names == r)))
+  if region not in info.regions:
+    raise ValueError(f"--plot_region: {region!r} is not a region of {session}; it has {info.regions}")
+  neurons = np.flatnonzero(names == region)
+  predictions = {row: {} for row in RASTER_TASKS}
+  truth = None
+  for label, trained in models.items():
+    spikes, rates = _region_rates(trained, session, split, set(RASTER_TASKS.values()))
+    truth = spikes[..., neurons]
+    for row, task in RASTER_TASKS.items():
+      predictions[row][label] = rates[task][..., neurons]
+  plots.raster_figure(path, truth, predictions,
+                      title=f"{session} ({info.session_id}), {region}: {len(neurons)} neurons, {split} trials")
+  return region
+
+
 def table(columns: dict[str, dict], metrics=METRICS) -> str:
   """Markdown table: one row per metric, one column per named result dict."""
   names = list(columns)
-  lines = ["| metric (bits/spike) | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+  lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
   for m in metrics:
     cells = [f"{columns[n][m]:.4f}" if m in columns[n] else "-" for n in names]
     lines.append(f"| {m.removesuffix('_bps')} | " + " | ".join(cells) + " |")

@@ -26,7 +26,7 @@ from mtm_jax.configs import scaling as scaling_config
 from mtm_jax.evaluation import decoding, plots, run
 from mtm_jax.training import checkpoint, loop
 
-METRICS = run.METRICS + decoding.BEHAVIOUR_METRICS
+METRICS = run.METRICS + decoding.BEHAVIOUR_METRICS + run.HEAD_METRICS
 CSV_FIELDS = ("pretrain_sessions", "mode", "session", "metric", "value")
 
 
@@ -51,13 +51,19 @@ def _finished(workdir: str, steps: int) -> bool:
   return checkpoint.latest_step(workdir) == steps
 
 
-def _scored(workdir: str, steps: int) -> dict | None:
+def expected_metrics(finetune: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The metrics each fine-tuned run reports under this config."""
+  return run.METRICS + decoding.BEHAVIOUR_METRICS + (run.HEAD_METRICS if finetune.eval.head_steps > 0 else ())
+
+
+def _scored(workdir: str, steps: int, metrics) -> dict | None:
+  """metrics.json of the run's last step, if it has every expected metric."""
   path = os.path.join(workdir, "metrics.json")
   if not os.path.exists(path):
     return None
   with open(path, encoding="utf-8") as f:
     results = json.load(f)
-  return results if results.get("step") == steps else None
+  return results if results.get("step") == steps and all(m in results for m in metrics) else None
 
 
 def _train(config, workdir: str, only_analyse: bool) -> bool:
@@ -72,8 +78,8 @@ def _train(config, workdir: str, only_analyse: bool) -> bool:
   return True
 
 
-def _score(workdir: str, steps: int, split: str, only_analyse: bool) -> dict | None:
-  results = _scored(workdir, steps)
+def _score(workdir: str, steps: int, split: str, metrics) -> dict | None:
+  results = _scored(workdir, steps, metrics)
   if results is None and _finished(workdir, steps):
     results = run.evaluate_workdir(workdir, split)
   return results
@@ -104,7 +110,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str, *, only_analyse: 
         ft = loop.finetune_config(stage_config(config.finetune, mode, [session], data_dir), pretrained)
         if not _train(ft, run_dir, only_analyse):
           continue
-        results = _score(run_dir, ft.train.steps, config.study.split, only_analyse)
+        results = _score(run_dir, ft.train.steps, config.study.split, expected_metrics(config.finetune))
         if results is None:
           continue
         rows += [dict(pretrain_sessions=n, mode=mode, session=session, metric=m, value=results[m])

@@ -1,0 +1,103 @@
+"""Supervised behaviour decoding heads fine-tuned on top of a (pre)trained NDT1.
+
+A linear head reads the model's final features of the unmasked trial (given the
+decoding prompt): choice from the mean over bins (logistic loss), whisker motion energy
+and wheel speed per bin (squared error on targets standardised with the training trials'
+mean and spread). Head and model are fine-tuned together on the training trials with
+AdamW, then scored on held-out trials: accuracy for choice, R^2 pooled over trial x bin
+for the traces, the same numbers decoding.py reports for the frozen-model decoders.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from sklearn.metrics import accuracy_score, r2_score
+
+from mtm_jax import masking
+from mtm_jax.datasets import pipeline
+
+TARGETS = {"choice": "choice_accuracy", "whisker_motion_energy": "whisker_motion_energy_r2",
+           "wheel_speed": "wheel_speed_r2"}
+
+
+class BehaviourHead(nnx.Module):
+  """Linear(D, 1) on features [B, T, D]: per trial (mean over bins) or per bin."""
+
+  def __init__(self, width: int, per_bin: bool, *, rngs: nnx.Rngs):
+    self.linear = nnx.Linear(width, 1, rngs=rngs)
+    self.per_bin = per_bin
+
+  def __call__(self, hidden):
+    """hidden [B, T, D] -> [B, T] (per bin) or [B] (per trial)."""
+    x = hidden if self.per_bin else jnp.mean(hidden, axis=1, keepdims=True)
+    out = self.linear(x)[..., 0]
+    return out if self.per_bin else out[:, 0]
+
+
+def _targets(data: dict, target: str) -> np.ndarray:
+  if target == "choice":
+    return (np.asarray(data["choice"]) > 0).astype(np.float32)
+  return np.asarray(data[target], np.float32)
+
+
+def finetune_head(trained, name: str, target: str, *, steps: int = 300, learning_rate: float = 1e-3,
+                  batch_size: int = 16, seed: int = 0, train_split: str = "train", eval_split: str = "test") -> float:
+  """Fine-tunes model + head for `target` of session `name` on train_split; returns the
+  score on eval_split (choice accuracy, or pooled R^2 of a trace). `trained`: a
+  loop.Trained holding the session. The trained parameters are not changed."""
+  if target not in TARGETS:
+    raise ValueError(f"decoding head: unknown target {target!r}; expected one of {sorted(TARGETS)}")
+  config, row = trained.config, trained.row(name)
+  fields = ("spikes", "trial_index", target)
+  train = pipeline.load_split(name, config.data.data_dir, train_split, fields)
+  test = pipeline.load_split(name, config.data.data_dir, eval_split, fields)
+  y_train, y_test = _targets(train, target), _targets(test, target)
+  per_bin = y_train.ndim == 2
+  mean, scale = (float(y_train.mean()), float(y_train.std()) or 1.0) if per_bin else (0.0, 1.0)
+  x_train = jnp.asarray(pipeline.pad_neurons(train["spikes"], trained.n_neurons), jnp.float32)
+  x_test = jnp.asarray(pipeline.pad_neurons(test["spikes"], trained.n_neurons), jnp.float32)
+  prompt = masking.SCHEMES.index(config.eval.decoding_prompt) if config.model.use_prompt else 0
+
+  model = nnx.merge(trained.graphdef, jax.tree.map(jnp.asarray, jax.device_get(trained.params)))
+  head = BehaviourHead(model.final_norm.num_features, per_bin, rngs=nnx.Rngs(seed))
+  graphdef, params = nnx.split((model, head), nnx.Param)
+  tx = optax.adamw(learning_rate, weight_decay=0.01)
+  opt_state = tx.init(params)
+
+  def predict(params, x, key):
+    m, h = nnx.merge(graphdef, params)
+    return h(m.encode(x, prompt=prompt, session=row, key=key))
+
+  def loss_fn(params, x, y, key):
+    out = predict(params, x, key)
+    if per_bin:
+      return jnp.mean(jnp.square(out - (y - mean) / scale))
+    return jnp.mean(optax.sigmoid_binary_cross_entropy(out, y))
+
+  @jax.jit
+  def step(params, opt_state, x, y, key):
+    loss, grads = jax.value_and_grad(loss_fn)(params, x, y, key)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  rng = np.random.default_rng(seed)
+  key = jax.random.key(seed)
+  batch_size = min(batch_size, len(y_train))
+  for i in range(steps):
+    idx = rng.choice(len(y_train), batch_size, replace=False)
+    params, opt_state, _ = step(params, opt_state, x_train[idx], jnp.asarray(y_train[idx]), jax.random.fold_in(key, i))
+  out = np.concatenate([np.asarray(jax.jit(predict)(params, x_test[i : i + 64], None))
+                        for i in range(0, len(y_test), 64)])
+  if per_bin:
+    return float(r2_score(y_test.ravel(), (out * scale + mean).ravel()))
+  return float(accuracy_score(y_test, (out > 0).astype(np.float32)))
+
+
+def head_metrics(trained, name: str, *, steps: int, seed: int = 0, eval_split: str = "test") -> dict:
+  """{"head_<metric>": score} for every target, each from its own fine-tuned head."""
+  return {f"head_{metric}": finetune_head(trained, name, target, steps=steps, seed=seed, eval_split=eval_split)
+          for target, metric in TARGETS.items()}
