@@ -9,6 +9,9 @@ decoding scores choice_accuracy, whisker_motion_energy_r2, wheel_speed_r2) and p
 table. --plots also writes <workdir>/rasters.png (the MtM paper's Figure 2): trial-averaged
 rasters of one region's neurons, ground truth vs this model (and the --compare models)
 under inter-region and intra-region masking.
+
+A POYO workdir (config.family = "poyo") is scored by behaviour R^2 on sliding 1 s windows
+(behaviour_r2, per output dimension, and the ridge baseline's baseline_r2).
 """
 
 import os
@@ -16,7 +19,8 @@ import os
 from absl import app, flags
 import jax
 
-from mtm_jax.evaluation import decoding, run
+from mtm_jax.evaluation import decoding, poyo_eval, run
+from mtm_jax.training import checkpoint
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a trained model.")
 _SPLIT = flags.DEFINE_string("split", None, "Split to score (default: the config's eval.split).")
@@ -31,6 +35,12 @@ flags.mark_flag_as_required("workdir")
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  config, _ = checkpoint.load_metadata(_WORKDIR.value, _STEP.value)
+  if config.get("family") == "poyo":
+    results = poyo_eval.evaluate_workdir(_WORKDIR.value, _SPLIT.value or "test", _STEP.value)
+    print(f"POYO, {results['split']} split, step {results['step']}")
+    print("\n".join(f"{k}: {v:.4f}" for k, v in results.items() if isinstance(v, float)))
+    return
   results = run.evaluate_workdir(_WORKDIR.value, _SPLIT.value, _STEP.value, _SESSIONS.value)
   columns = {results["masking_mode"]: results}
   oracle = run.oracle_column(results)

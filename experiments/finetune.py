@@ -8,18 +8,23 @@ and architecture travel with it) and the session's stitching layers and session 
 are new; without it, the same model is trained on the session alone (the single-session
 baseline). The masking (MtM or temporal) and training settings are those of --config.
 Re-running in the same workdir resumes.
+
+POYO (config.family = "poyo"): --mode=unit_id adds unit and session embedding rows for
+the new session and trains only them; --mode=full trains everything after a unit-id
+warm-up of config.finetune.warmup_steps.
 """
 
 from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from mtm_jax.training import loop
+from mtm_jax.training import loop, poyo_loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Fine-tuning config file (get_config(arg)).")
 _PRETRAINED = flags.DEFINE_string("pretrained", None, "Workdir of the pretrained model (none: from scratch).")
 _DATASET = flags.DEFINE_string("dataset", None, "Held-out session(s), comma-separated (default: the config's).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and logs.")
+_MODE = flags.DEFINE_enum("mode", "unit_id", ["unit_id", "full"], "POYO: what fine-tuning trains.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -27,11 +32,17 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   config = _CONFIG.value
+  poyo = config.get("family") == "poyo"
   if _DATASET.value:
-    config.data.datasets, config.data.n_sessions = _DATASET.value, 0
-  config = loop.finetune_config(config, _PRETRAINED.value)
+    config.data.datasets = _DATASET.value
+    if not poyo:
+      config.data.n_sessions = 0
+  if poyo:
+    config = poyo_loop.finetune_config(config, _PRETRAINED.value, _MODE.value)
+  else:
+    config = loop.finetune_config(config, _PRETRAINED.value)
   logging.info("fine-tuning %s on %s", config.init.pretrained or "from scratch", config.data.datasets)
-  loop.train(config, _WORKDIR.value)
+  (poyo_loop if poyo else loop).train(config, _WORKDIR.value)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,10 @@
   python -m experiments.pretrain --config=mtm_jax/configs/ndt1.py:paper --workdir=runs/paper \
       --config.masking.mode=temporal --config.model.use_prompt=False
 
+POYO configs (config.family = "poyo", mtm_jax/configs/poyo.py) train POYO on event data:
+  python -m experiments.pretrain --config=mtm_jax/configs/poyo.py:small \
+      --sessions=spike_events/reaching_000,spike_events/reaching_001 --workdir=runs/poyo
+
 Re-running in the same workdir resumes from its latest checkpoint.
 """
 
@@ -15,7 +19,7 @@ from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from mtm_jax.training import loop
+from mtm_jax.training import loop, poyo_loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (get_config(arg)).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and logs.")
@@ -30,12 +34,17 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.info("JAX devices: %s", jax.devices())
   config = _CONFIG.value
+  poyo = config.get("family") == "poyo"
   if _SESSIONS.value:
     if _SESSIONS.value.strip().isdigit():
+      if poyo:
+        raise app.UsageError("--sessions: POYO configs take session names, not a count")
       config.data.n_sessions = int(_SESSIONS.value)
     else:
-      config.data.datasets, config.data.n_sessions = _SESSIONS.value, 0
-  loop.train(config, _WORKDIR.value)
+      config.data.datasets = _SESSIONS.value
+      if not poyo:
+        config.data.n_sessions = 0
+  (poyo_loop if poyo else loop).train(config, _WORKDIR.value)
 
 
 if __name__ == "__main__":

@@ -126,11 +126,6 @@ def _mask_config(config) -> masking.MaskConfig:
   return masking.MaskConfig(ratio=config.masking.ratio, causal_ratio=config.masking.causal_ratio)
 
 
-def _local_rows(batch: dict, n_processes: int, index: int) -> dict:
-  """This process's contiguous share of a global host batch."""
-  size = len(next(iter(batch.values()))) // n_processes
-  return {k: v[index * size : (index + 1) * size] for k, v in batch.items()}
-
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (or resumes) in `workdir`; returns the last logged metrics."""
@@ -147,7 +142,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # ---- Mesh -----------------------------------------------------------------------------
   mesh = mesh_lib.make_mesh(config.mesh.data)
   mesh_lib.check_batch_size(config.data.batch_size, mesh)
-  n_proc, proc = jax.process_count(), jax.process_index()
 
   # ---- Input ----------------------------------------------------------------------------
   sessions = pipeline.load_sessions(names, config.data.data_dir)
@@ -186,6 +180,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   val_nll = jax.jit(functools.partial(step_lib.masked_nll, graphdef, mode=config.masking.mode,
                                       mask_config=mask_config, train=False))
   key = jax.random.key(config.seed)
+  shard = lambda batch: mesh_lib.shard_global_batch(batch, mesh)
 
   def validate(params) -> float:
     """Masked NLL per target entry over every session's validation trials."""
@@ -195,47 +190,69 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       val = s.splits["val"]
       for start in range(0, len(val["spikes"]) // b * b, b):
         rows = pipeline.Batches(val, row, n_neurons)(np.arange(start, start + b))
-        out, c = val_nll(params, mesh_lib.shard_batch(_local_rows(rows, n_proc, proc), mesh), regions,
+        out, c = val_nll(params, shard(rows), regions,
                          jax.random.fold_in(jax.random.key(config.seed + 1), i))
         total, count, i = total + float(out), count + int(c["n_targets"]), i + 1
     return total / max(count, 1)
 
   # ---- Loop -----------------------------------------------------------------------------
+  schedule = optimizer.learning_rate_schedule(config)
+
+  def summarise(window) -> dict:
+    n_targets = max(np.sum([m["n_targets"] for m in window]), 1)
+    return dict(loss=np.sum([m["nll_sum"] for m in window]) / n_targets,
+                grad_norm=np.mean([m["grad_norm"] for m in window]))
+
   writer = MetricWriter(workdir)
-  first = int(state.step)
-  last = {}
-  data = pipeline.iterate_from(batches, first)
-  t0, window, window_start = time.time(), [], first
   try:
     with jax.set_mesh(mesh):
-      for step in range(first, config.train.steps):
-        batch = mesh_lib.shard_batch(_local_rows(next(data), n_proc, proc), mesh)
-        state, metrics = train_step(state, batch, regions, key)
-        window.append(metrics)
-        done = step + 1
-        if done % config.train.log_every == 0 or done == config.train.steps:
-          window = jax.device_get(window)
-          elapsed = time.time() - t0
-          rate = (done - window_start) / max(elapsed, 1e-9)
-          n_targets = max(np.sum([m["n_targets"] for m in window]), 1)
-          last = dict(loss=np.sum([m["nll_sum"] for m in window]) / n_targets,
-                      grad_norm=np.mean([m["grad_norm"] for m in window]), steps_per_second=rate,
-                      learning_rate=optimizer.learning_rate_schedule(config)(done))
-          eta = (config.train.steps - done) / max(rate, 1e-9)
-          logging.info("step %d/%d  loss %.4f  %.1f steps/s  ETA %.0fs", done, config.train.steps,
-                       last["loss"], rate, eta)
-          writer.write(done, last)
-          t0, window, window_start = time.time(), [], done
-        if done % config.train.eval_every == 0 or done == config.train.steps:
-          last["val_loss"] = validate(state.params)
-          logging.info("step %d  validation loss %.4f", done, last["val_loss"])
-          writer.write(done, dict(val_loss=last["val_loss"]))
-        if done % config.train.checkpoint_every == 0 or done == config.train.steps:
-          checkpoint.save(mngr, done, state, config, records)
+      return run_steps(
+          state, config.train, batches,
+          update=lambda step, state, batch: train_step(state, shard(batch), regions, key),
+          summarise=summarise, learning_rate=schedule,
+          evaluate=lambda state: dict(val_loss=validate(state.params)),
+          save=lambda step, state: checkpoint.save(mngr, step, state, config, records), writer=writer)
   finally:
     mngr.wait_until_finished()
     mngr.close()
     writer.close()
+
+
+def run_steps(state, train_config, batches, *, update, summarise, learning_rate, evaluate, save,
+              writer: MetricWriter) -> dict:
+  """The training loop every model family shares: from state.step to train_config.steps,
+  batch i = batches[i] (so a resumed run reads what an uninterrupted one would).
+
+  update(step, state, host batch) -> (state, metrics); every log_every steps the
+  window's metrics are fetched, summarise(window) -> scalars is logged with steps/s and
+  the learning rate (a non-finite loss stops the run); every eval_every steps
+  evaluate(state) -> scalars; every checkpoint_every steps (and at the end)
+  save(step, state). Returns the last logged scalars."""
+  first = int(state.step)
+  last = {}
+  data = pipeline.iterate_from(batches, first)
+  t0, window, window_start = time.time(), [], first
+  for step in range(first, train_config.steps):
+    state, metrics = update(step, state, next(data))
+    window.append(metrics)
+    done = step + 1
+    if done % train_config.log_every == 0 or done == train_config.steps:
+      rate = (done - window_start) / max(time.time() - t0, 1e-9)
+      last = {k: float(v) for k, v in summarise(jax.device_get(window)).items()}
+      last.update(steps_per_second=rate, learning_rate=float(learning_rate(done)))
+      if not np.isfinite(last["loss"]):
+        raise FloatingPointError(f"step {done}: the training loss is {last['loss']}")
+      logging.info("step %d/%d  loss %.4f  %.2f steps/s  ETA %.0fs", done, train_config.steps, last["loss"], rate,
+                   (train_config.steps - done) / max(rate, 1e-9))
+      writer.write(done, last)
+      t0, window, window_start = time.time(), [], done
+    if done % train_config.eval_every == 0 or done == train_config.steps:
+      scores = {k: float(v) for k, v in evaluate(state).items()}
+      logging.info("step %d  %s", done, "  ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+      writer.write(done, scores)
+      last.update(scores)
+    if done % train_config.checkpoint_every == 0 or done == train_config.steps:
+      save(done, state)
   return last
 
 

@@ -46,3 +46,11 @@ def shard_batch(batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
   """Host batch (this process's rows) -> global arrays split over "data"."""
   sharding = batch_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
+
+
+def shard_global_batch(batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
+  """A global host batch (every process holds all of it) -> global arrays split over
+  "data": each process contributes its contiguous share of the rows."""
+  n, index = jax.process_count(), jax.process_index()
+  size = len(next(iter(batch.values()))) // n
+  return shard_batch({k: v[index * size : (index + 1) * size] for k, v in batch.items()}, mesh)

@@ -10,22 +10,19 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 from typing import Sequence
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
 from flax import nnx
 
 from mtm_jax.configs import poyo as poyo_config
-from mtm_jax.datasets import events, pipeline
+from mtm_jax.datasets import events
 from mtm_jax.evaluation import poyo_eval
 from mtm_jax.models import poyo
-from mtm_jax.training import checkpoint, mesh as mesh_lib, optimizer, poyo_step
-from mtm_jax.training.loop import MetricWriter
+from mtm_jax.training import checkpoint, loop, mesh as mesh_lib, optimizer, poyo_step
 from mtm_jax.training.step import init_state
 
 
@@ -88,10 +85,6 @@ def _model_state(config, vocab: events.Vocabulary, mesh, params=None):
   return graphdef, tx, jax.device_put(init_state(state, tx), mesh_lib.replicated(mesh))
 
 
-def _local_rows(batch: dict, n_processes: int, index: int) -> dict:
-  size = len(next(iter(batch.values()))) // n_processes
-  return {k: v[index * size : (index + 1) * size] for k, v in batch.items()}
-
 
 # ------------------------------------------------------------------------------------------
 # Training
@@ -122,7 +115,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, sessions: Sequence[di
   mesh = mesh_lib.make_mesh(config.mesh.data)
   mesh_lib.check_batch_size(config.data.batch_size, mesh)
   mesh_lib.check_batch_size(config.eval.batch_size, mesh)
-  n_proc, proc = jax.process_count(), jax.process_index()
 
   # ---- Vocabulary, scale and initial parameters ------------------------------------------
   pre = None
@@ -182,44 +174,30 @@ def train(config: ml_collections.ConfigDict, workdir: str, sessions: Sequence[di
   lr = optimizer.poyo_learning_rate_schedule(config)
 
   # ---- Loop -----------------------------------------------------------------------------
-  writer = MetricWriter(workdir)
-  first = int(state.step)
-  last = {}
-  data = pipeline.iterate_from(batches, first)
-  t0, window, window_start = time.time(), [], first
+  shard = lambda batch: mesh_lib.shard_global_batch(batch, mesh)
+
+  def update(step, state, batch):
+    return (frozen_step if step < warmup else full_step)(state, shard(batch), key)
+
+  def summarise(window) -> dict:
+    return dict(loss=np.mean([m["loss"] for m in window]), grad_norm=np.mean([m["grad_norm"] for m in window]),
+                param_norm=float(window[-1]["param_norm"]))
+
+  def evaluate(state) -> dict:
+    val, _ = poyo_eval.evaluate_data(graphdef, state.params, val_data, task=behaviour_task(config),
+                                     batch_size=config.eval.batch_size, mesh=mesh, predictor=predictor)
+    return dict(val_r2=val["behaviour_r2"])
+
+  writer = loop.MetricWriter(workdir)
   try:
     with jax.set_mesh(mesh):
-      for step in range(first, config.train.steps):
-        batch = mesh_lib.shard_batch(_local_rows(next(data), n_proc, proc), mesh)
-        train_step = frozen_step if step < warmup else full_step
-        state, metrics = train_step(state, batch, key)
-        window.append(metrics)
-        done = step + 1
-        if done % config.train.log_every == 0 or done == config.train.steps:
-          window = jax.device_get(window)
-          elapsed = time.time() - t0
-          rate = (done - window_start) / max(elapsed, 1e-9)
-          last = dict(loss=np.mean([m["loss"] for m in window]), grad_norm=np.mean([m["grad_norm"] for m in window]),
-                      param_norm=float(window[-1]["param_norm"]), steps_per_second=rate, learning_rate=lr(done))
-          if not np.isfinite(last["loss"]):
-            raise FloatingPointError(f"step {done}: loss is {last['loss']}")
-          logging.info("step %d/%d  loss %.4f  %.2f steps/s  ETA %.0fs", done, config.train.steps, last["loss"], rate,
-                       (config.train.steps - done) / max(rate, 1e-9))
-          writer.write(done, last)
-          t0, window, window_start = time.time(), [], done
-        if done % config.train.eval_every == 0 or done == config.train.steps:
-          val, _ = poyo_eval.evaluate_data(graphdef, state.params, val_data, task=behaviour_task(config),
-                                           batch_size=config.eval.batch_size, mesh=mesh, predictor=predictor)
-          last["val_r2"] = val["behaviour_r2"]
-          logging.info("step %d  validation R^2 %.4f", done, last["val_r2"])
-          writer.write(done, dict(val_r2=last["val_r2"]))
-        if done % config.train.checkpoint_every == 0 or done == config.train.steps:
-          checkpoint.save(mngr, done, state, config, records)
+      return loop.run_steps(state, config.train, batches, update=update, summarise=summarise, learning_rate=lr,
+                            evaluate=evaluate, save=lambda step, state: checkpoint.save(mngr, step, state, config,
+                                                                                         records), writer=writer)
   finally:
     mngr.wait_until_finished()
     mngr.close()
     writer.close()
-  return {k: float(v) for k, v in last.items()}
 
 
 # ------------------------------------------------------------------------------------------
