@@ -6,8 +6,11 @@ masking, fine-tune on held-out sessions, score, and plot.
 
 Writes <workdir>/scaling.csv, scaling.png and scaling.md. Finished runs are reused, so
 re-running resumes; --only_analyse trains nothing: it scores finished checkpoints that
-have no metrics yet and re-plots.
+have no metrics yet and re-plots. Compiled XLA programs are cached in <workdir>/jax_cache
+(JAX's persistent compilation cache), so runs of the same shapes compile once.
 """
+
+import os
 
 from absl import app, flags
 import jax
@@ -24,6 +27,8 @@ flags.mark_flag_as_required("workdir")
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not jax.config.jax_compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.abspath(_WORKDIR.value), "jax_cache"))
   rows = scaling.run_study(_CONFIG.value, _WORKDIR.value, only_analyse=_ONLY_ANALYSE.value)
   print(plots.scaling_table(rows) if rows else "no finished runs")
 

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+
 from tests.conftest import DATASET
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,3 +53,21 @@ def test_unknown_config_key_is_a_clear_error(tmp_path):
        f"--workdir={tmp_path}", "--config.train.stepz=3"], cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert result.returncode != 0
   assert "stepz" in result.stderr
+
+
+def test_poyo_through_the_same_programs(data_dir, tmp_path):
+  """POYO configs dispatch to POYO: pretrain on one reaching session, adapt to another by
+  unit identification, and evaluate the behaviour R^2 with the ridge baseline."""
+  from data_builders import prepare  # pylint: disable=g-import-not-at-top
+  prepare.build(["spike_events/reaching_000", "spike_events/reaching_001"], data_dir)
+  common = ["--config=mtm_jax/configs/poyo.py:tiny", f"--config.data.data_dir={data_dir}",
+            "--config.train.steps=4", "--config.train.log_every=2", "--config.train.eval_every=4",
+            "--config.train.checkpoint_every=4"]
+  pre, new = tmp_path / "poyo", tmp_path / "poyo_new"
+  _run("experiments.pretrain", *common, "--sessions=spike_events/reaching_000", f"--workdir={pre}")
+  _run("experiments.finetune", *common, f"--pretrained={pre}", "--dataset=spike_events/reaching_001",
+       "--mode=unit_id", f"--workdir={new}")
+  out = _run("experiments.evaluate", f"--workdir={new}")
+  assert "behaviour_r2" in out
+  metrics = json.loads((new / "metrics.json").read_text())
+  assert np.isfinite(metrics["behaviour_r2"]) and np.isfinite(metrics["baseline_r2"]) and metrics["step"] == 4

@@ -18,6 +18,7 @@ evaluation: mtm_jax.evaluation.poyo_eval.evaluate_workdir(workdir, split).
 
 import ml_collections
 
+from mtm_jax.datasets import schema
 from mtm_jax.models import poyo
 from mtm_jax.models import rotary
 
@@ -167,9 +168,4 @@ def validate(c: ml_collections.ConfigDict) -> None:
 
 def dataset_names(c: ml_collections.ConfigDict) -> list[str]:
   """The sessions (TFDS names) of config.data.datasets, in order."""
-  names = [n.strip() for n in str(c.data.datasets).split(",") if n.strip()]
-  if not names:
-    raise ValueError("config.data.datasets: no data set given")
-  if len(set(names)) != len(names):
-    raise ValueError(f"config.data.datasets: repeated names in {names}")
-  return names
+  return schema.parse_datasets(c.data.datasets)

@@ -6,11 +6,13 @@
 For each masking mode and each number n of pretraining sessions, NDT1-stitch is
 pretrained on the first n sessions of study.pool, then fine-tuned on every held-out
 session (fresh stitchers and session token, shared weights from pretraining); the same
-model trained on each held-out session alone is the n = 0 ("scratch") baseline. Every
+model trained on each held-out session alone, with the same fine-tuning recipe and steps,
+is the n = 0 ("scratch") baseline. Every
 fine-tuned model is scored with the four activity metrics and behaviour decoding.
 
-get_config(arg): arg = "small" (mini NDT1, 1/4/12 of the first 12 sessions, 2 small
-held-out sessions, no decoding heads; under 30 min on 2 CPU cores) | "paper" (paper-size NDT1, 1/4/12/24 sessions, 4 held out) | "tiny" (tests).
+get_config(arg): arg = "small" (mini NDT1 pretrained on 1/4/12 of the 12 smallest
+synthetic pretraining sessions, 2 small held-out sessions, no decoding heads; under 30 min
+on 2 CPU cores) | "paper" (paper-size NDT1, 1/4/12/24 sessions, 4 held out) | "tiny" (tests).
 """
 
 import ml_collections
@@ -47,13 +49,15 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
     c.pretrain = _stage("paper", steps=20_000, learning_rate=1e-4, eval_every=1000)
     c.finetune = _stage("paper", steps=5_000, learning_rate=1e-4, eval_every=1000)
   elif arg == "small":
-    # Evaluation costs (neurons x test trials) forward passes per session, so the small
-    # study holds out two small sessions that the first 12 do not include.
+    # Evaluation costs (neurons x test trials) forward passes per session and building a
+    # session costs its neurons x trials, so the small study uses small sessions: it
+    # pretrains on the 12 smallest of the 24 (103-314 neurons, smallest first) and holds
+    # out two small ones outside them.
     c.study.sizes = (1, 4, 12)
-    c.study.pool = ",".join(ndt1_config.SYNTHETIC_PRETRAIN[:12])
+    c.study.pool = ",".join(f"ibl_binned/synthetic_{i:03d}" for i in (20, 0, 18, 7, 2, 6, 13, 15, 10, 19, 8, 16))
     c.study.heldout = "ibl_binned/synthetic_023,ibl_binned/synthetic_027"  # 171 and 138 neurons
     c.pretrain = _stage("demo", steps=800, learning_rate=2e-3, eval_every=400)
-    c.finetune = _stage("demo", steps=300, learning_rate=2e-3, eval_every=300)
+    c.finetune = _stage("demo", steps=600, learning_rate=2e-3, eval_every=600)
     for stage in (c.pretrain, c.finetune):
       stage.model.size, stage.model.stitch_dim = "mini", 64
     c.finetune.eval.head_steps = 0  # the frozen-model decoders only

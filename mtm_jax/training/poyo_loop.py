@@ -97,8 +97,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, sessions: Sequence[di
   sessions: event sessions to train on instead of reading config.data.datasets (e.g.
   synthetic ones in memory); their session ids then name them in the checkpoint."""
   poyo_config.validate(config)
-  config = ml_collections.ConfigDict(config.to_dict())  # own copy, saved with checkpoints
-  config.data.data_dir = os.path.abspath(os.path.expanduser(config.data.data_dir))
+  config, workdir = loop.prepare_run(config, workdir)
   if sessions is None:
     sessions = load_sessions(config)
     names = poyo_config.dataset_names(config)
@@ -106,10 +105,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, sessions: Sequence[di
     sessions = list(sessions)
     names = [str(s["session_id"]) for s in sessions]
     config.data.datasets = ",".join(names)
-  if config.init.pretrained:
-    config.init.pretrained = os.path.abspath(os.path.expanduser(config.init.pretrained))
-  workdir = os.path.abspath(os.path.expanduser(workdir))
-  os.makedirs(workdir, exist_ok=True)
 
   # ---- Mesh -----------------------------------------------------------------------------
   mesh = mesh_lib.make_mesh(config.mesh.data)
