@@ -2,7 +2,8 @@
 
 import numpy as np
 import pytest
-from sklearn.linear_model import RidgeCV
+from sklearn.decomposition import PCA
+from sklearn.linear_model import LogisticRegression, RidgeCV
 from sklearn.metrics import r2_score
 from sklearn.model_selection import GridSearchCV, KFold, StratifiedKFold
 from sklearn.pipeline import make_pipeline
@@ -19,7 +20,7 @@ def _direct_accuracy(x, y, folds, seed):
   with threadpool_limits(limits=1):  # as decoding does, only for speed
     for train, test in outer.split(x, y):
       inner_folds = min(decoding.INNER_FOLDS, min(np.unique(y[train], return_counts=True)[1]))
-      search = GridSearchCV(decoding.logistic_regression(*x.shape),
+      search = GridSearchCV(LogisticRegression(max_iter=decoding.LOGISTIC_MAX_ITER),
                             {"C": list(decoding.LOGISTIC_C_GRID)}, scoring="accuracy",
                             cv=StratifiedKFold(inner_folds, shuffle=True, random_state=seed))
       model = make_pipeline(StandardScaler(), search).fit(x[train], y[train])
@@ -33,6 +34,19 @@ def _direct_r2(x, target, folds, seed):
     model = make_pipeline(StandardScaler(), RidgeCV(alphas=list(decoding.RIDGE_ALPHA_GRID)))
     predicted[test] = model.fit(x[train], target[train]).predict(x[test])
   return r2_score(target.ravel(), predicted.ravel())
+
+
+def test_rotation_into_the_trials_span_leaves_the_logistic_decoder_unchanged():
+  """With fewer trials than features, fitting on PCA coordinates gives the same decision
+  function as fitting on the features (the speed-up choice_model relies on)."""
+  rng = np.random.default_rng(3)
+  x, x_new = rng.normal(size=(40, 500)), rng.normal(size=(25, 500))
+  y = (x[:, :5].sum(1) + rng.normal(size=40) > 0).astype(int)
+  for c in (1e-3, 1e-1, 10.0):
+    plain = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000, tol=1e-10)).fit(x, y)
+    rotated = make_pipeline(StandardScaler(), PCA(svd_solver="full"),
+                            LogisticRegression(C=c, max_iter=5000, tol=1e-10)).fit(x, y)
+    np.testing.assert_allclose(rotated.decision_function(x_new), plain.decision_function(x_new), rtol=1e-4, atol=1e-5)
 
 
 @pytest.fixture
