@@ -35,7 +35,7 @@ demo: $(STAMP)
 	$(PY) -m experiments.demo --flagfile=experiments/flags/demo.flags
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 tests
 
 clean:
 	rm -rf $(VENV) runs *.egg-info .pytest_cache

@@ -27,6 +27,7 @@ def test_pretrain_finetune_evaluate_from_flagfiles(study_data_dir, tmp_path):
       f"--config.data.data_dir={study_data_dir}",
       "--config.train.steps=6",
       "--config.train.checkpoint_every=3",
+      "--config.eval.head_steps=0",  # decoding heads are tested in test_training
       f"--sessions={DATASET}",
   ]))
   _run("experiments.pretrain", f"--flagfile={flagfile}")

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from jax.experimental.compilation_cache import compilation_cache
 
 from mtm_jax import masking
 from mtm_jax.configs import ndt1 as ndt1_config
@@ -140,7 +141,19 @@ def test_pretrain_two_sessions_then_finetune_on_a_third(study_data_dir, tmp_path
     loop.train(other, ft_dir)
 
 
-def test_mini_study_end_to_end_and_resumable(study_data_dir, tmp_path):
+@pytest.fixture
+def compile_cache(tmp_path):
+  """JAX's persistent compilation cache, as experiments.scaling uses it: runs of the
+  same shapes compile once."""
+  old = jax.config.jax_compilation_cache_dir
+  jax.config.update("jax_compilation_cache_dir", str(tmp_path / "jax_cache"))
+  compilation_cache.reset_cache()
+  yield
+  jax.config.update("jax_compilation_cache_dir", old)
+  compilation_cache.reset_cache()
+
+
+def test_mini_study_end_to_end_and_resumable(study_data_dir, tmp_path, compile_cache):
   config = scaling_config.get_config("tiny")
   config.study.data_dir = study_data_dir
   workdir = str(tmp_path / "study")
@@ -148,8 +161,9 @@ def test_mini_study_end_to_end_and_resumable(study_data_dir, tmp_path):
   sizes = sorted({r["pretrain_sessions"] for r in rows})
   assert sizes == [0, 1, 2]
   assert {r["mode"] for r in rows} == {"mtm", "temporal"}
-  assert {r["metric"] for r in rows} == set(scaling.METRICS)
-  assert len(rows) == 3 * 2 * len(scaling.METRICS)
+  expected = scaling.expected_metrics(config.finetune)
+  assert {r["metric"] for r in rows} == set(expected)
+  assert len(rows) == 3 * 2 * len(expected)
   assert all(np.isfinite(r["value"]) for r in rows)
   for name in ("scaling.csv", "scaling.png", "scaling.md"):
     assert os.path.getsize(os.path.join(workdir, name)) > 0

@@ -69,6 +69,7 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
     c.finetune = _stage("tiny", steps=4, learning_rate=1e-3, eval_every=4)
     for stage in (c.pretrain, c.finetune):
       stage.eval.decoding_folds = 3
+    c.finetune.eval.head_steps = 0
   return c
 
 
