@@ -90,7 +90,8 @@ def finetune_head(trained, name: str, target: str, *, steps: int = 300, learning
   for i in range(steps):
     idx = rng.choice(len(y_train), batch_size, replace=False)
     params, opt_state, _ = step(params, opt_state, x_train[idx], jnp.asarray(y_train[idx]), jax.random.fold_in(key, i))
-  out = np.concatenate([np.asarray(jax.jit(predict)(params, x_test[i : i + 64], None))
+  predict_test = jax.jit(predict)  # one compiled function for every test chunk
+  out = np.concatenate([np.asarray(predict_test(params, x_test[i : i + 64], None))
                         for i in range(0, len(y_test), 64)])
   if per_bin:
     return float(r2_score(y_test.ravel(), (out * scale + mean).ravel()))
