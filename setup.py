@@ -33,6 +33,8 @@ setuptools.setup(
         "tqdm",
         "matplotlib>=3.8",  # scaling curves and raster figures
         "pynwb>=3.0",  # Neural Latents Benchmark NWB files (spike_events builder)
+        "ONE-api>=3.0",  # IBL sessions: a local ONE cache read offline (mtm_jax.datasets.ibl)
+        "iblatlas>=0.7",  # IBL sessions: Allen atlas ids -> region acronyms (tables ship with it)
     ],
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6.100", "pytest-xdist>=3.6"],

@@ -4,24 +4,58 @@
   python -m data_builders.build --dataset=ibl_binned/synthetic_000,ibl_binned/synthetic_001 ...
   python -m data_builders.build --dataset=spike_events/reaching_000 --data_dir=data/tfds
   python -m data_builders.build --dataset=spike_events/nlb_mc_maze --manual_dir=data/raw/000128
+
+IBL sessions from a local ONE cache (docs/real_data.md):
+  python -m data_builders.build --list_ibl --manual_dir=<ONE cache root>
+  python -m data_builders.build --dataset=ibl_binned/<eid>,spike_events/<eid> --manual_dir=<ONE cache root>
+  python -m data_builders.build --ibl_sessions=all --ibl_options=beryl --manual_dir=<ONE cache root>
 """
+
+import sys
 
 from absl import app, flags
 
 from data_builders import prepare
 
-_DATASET = flags.DEFINE_list("dataset", None, "Data sets to build, NAME/CONFIG, comma-separated.")
+_DATASET = flags.DEFINE_list("dataset", [], "Data sets to build, NAME/CONFIG, comma-separated.")
 _DATA_DIR = flags.DEFINE_string("data_dir", "data/tfds", "TFDS data directory.")
-_MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "Folder of NWB files for spike_events NWB configs "
-                                  "(default <data_dir>/downloads/manual).")
+_MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "Folder of NWB files for spike_events NWB configs, or the ONE "
+                                  "cache root for IBL configs (default <data_dir>/downloads/manual).")
+_LIST_IBL = flags.DEFINE_bool("list_ibl", False, "List the IBL sessions (eid, folder, probes) of the ONE cache in "
+                              "--manual_dir and exit.")
+_IBL_SESSIONS = flags.DEFINE_list("ibl_sessions", [], "IBL sessions of --manual_dir to build: eids, or 'all'.")
+_IBL_BUILDERS = flags.DEFINE_list("ibl_builders", ["ibl_binned", "spike_events"],
+                                  "Data sets made of each of --ibl_sessions.")
+_IBL_OPTIONS = flags.DEFINE_list("ibl_options", [], "Preprocessing options of --ibl_sessions, part of their config "
+                                 "names: beryl or cosmos (region level), rate<Hz> (minimum firing rate), good "
+                                 "(label == 1 units only).")
+_KEEP_GOING = flags.DEFINE_bool("keep_going", True, "When a data set fails, build the others, then report every "
+                                "failure and exit with status 1.")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not _DATASET.value:
-    raise app.UsageError("--dataset is required, e.g. --dataset=ibl_binned/synthetic_000")
-  for path in prepare.build(_DATASET.value, _DATA_DIR.value, _MANUAL_DIR.value):
+  if (_LIST_IBL.value or _IBL_SESSIONS.value) and not _MANUAL_DIR.value:
+    raise app.UsageError("--list_ibl and --ibl_sessions need --manual_dir=<ONE cache root>")
+  if _LIST_IBL.value:
+    from mtm_jax.datasets import ibl  # pylint: disable=g-import-not-at-top
+
+    for s in ibl.list_sessions(_MANUAL_DIR.value):
+      print(f"{s['eid']}  {s['path']}  {','.join(s['probes']) or '(no probe)'}")
+    return
+  datasets = list(_DATASET.value)
+  if _IBL_SESSIONS.value:
+    datasets += prepare.ibl_dataset_names(_MANUAL_DIR.value, _IBL_SESSIONS.value, _IBL_BUILDERS.value,
+                                          _IBL_OPTIONS.value)
+  if not datasets:
+    raise app.UsageError("--dataset (or --ibl_sessions) is required, e.g. --dataset=ibl_binned/synthetic_000")
+  try:
+    paths = prepare.build(datasets, _DATA_DIR.value, _MANUAL_DIR.value, keep_going=_KEEP_GOING.value)
+  except prepare.BuildError as e:
+    print(e, file=sys.stderr)
+    sys.exit(1)
+  for path in paths:
     print(path)
 
 

@@ -6,7 +6,9 @@ TensorFlow needed). Session-level facts (session id, region of every neuron, whe
 true rates are present) are in `info.metadata`.
 
 Sources: `synthetic_NNN` configs simulate session NNN of the synthetic brain
-(mtm_jax.datasets.synthetic). Real recordings come in later configs.
+(mtm_jax.datasets.synthetic). `<eid>[_beryl|_cosmos][_rate<Hz>][_good]` configs read IBL
+session <eid> from the ONE cache given as manual_dir (mtm_jax.datasets.ibl; made on demand
+by `ibl_config`, read back by name from the built files; see docs/real_data.md).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import dataclasses
 import numpy as np
 import tensorflow_datasets as tfds
 
+from mtm_jax.datasets import ibl
 from mtm_jax.datasets import schema
 from mtm_jax.datasets import synthetic
 
@@ -26,17 +29,28 @@ N_SYNTHETIC_SESSIONS = 28  # 24 for pretraining + 4 held out, see docs/synthetic
 class IblBinnedConfig(tfds.core.BuilderConfig):
   """A session: where its arrays come from."""
 
-  source: str = "synthetic"
+  source: str = "synthetic"  # "synthetic" or "ibl"
   session_index: int = 0
   brain_seed: int = 0
   split_seed: int = 0
+  # ibl: the session id in the ONE cache and its preprocessing
+  eid: str = ""
+  ibl_options: ibl.IblOptions = ibl.IblOptions()
 
-  def load_session(self) -> dict:
+  def load_session(self, manual_dir: str | None = None) -> dict:
     """The session's arrays in the schema of mtm_jax.datasets.schema."""
+    if self.source == "ibl":
+      return ibl.load_session(manual_dir, self.eid, self.ibl_options)
     if self.source != "synthetic":
-      raise ValueError(f"ibl_binned/{self.name}: unknown source {self.source!r}; expected 'synthetic'")
+      raise ValueError(f"ibl_binned/{self.name}: unknown source {self.source!r}; expected 'synthetic' or 'ibl'")
     brain = synthetic.Brain(synthetic.BrainConfig(seed=self.brain_seed))
     return brain.simulate_session(brain.session_spec(self.session_index))
+
+
+def ibl_config(name: str) -> IblBinnedConfig | None:
+  """The config of IBL session name `<eid>[_options]` (ibl.parse_config_name); None if not one."""
+  kwargs = ibl.builder_config_kwargs(name)
+  return None if kwargs is None else IblBinnedConfig(**kwargs)
 
 
 def _synthetic_configs():
@@ -54,8 +68,13 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   """Binned IBL-style trials, one config per session."""
 
   VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release: synthetic sessions."}
+  RELEASE_NOTES = {"1.0.0": "Initial release: synthetic sessions and IBL sessions from a ONE cache."}
   BUILDER_CONFIGS = _synthetic_configs()
+  MANUAL_DOWNLOAD_INSTRUCTIONS = """
+  IBL configs only (`<eid>`): manual_dir (`--manual_dir=...`) is a ONE cache root holding
+  <lab>/Subjects/<subject>/<date>/<number>/alf/... session folders, downloaded with ONE on
+  a networked machine; see docs/real_data.md.
+  """
 
   def _info(self) -> tfds.core.DatasetInfo:
     features = {
@@ -80,9 +99,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     )
 
   def _split_generators(self, dl_manager):
-    del dl_manager  # synthetic sessions need no download
     config = self.builder_config
-    session = config.load_session()
+    session = config.load_session(str(dl_manager.manual_dir) if config.source == "ibl" else None)
     schema.validate_session(session, where=f"ibl_binned/{config.name}")
     self.info.metadata.update(
         session_id=config.name,
@@ -94,7 +112,13 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         t_before=schema.T_BEFORE,
         split_seed=config.split_seed,
     )
-    splits = schema.split_trials(session["spikes"].shape[0], seed=config.split_seed)
+    if config.source == "ibl":
+      self.info.metadata.update(source="ibl", eid=config.eid, unit_ids=[str(u) for u in session["unit_ids"]],
+                                ibl_options=dataclasses.asdict(config.ibl_options),
+                                source_info=session["source_info"])
+      splits = {name: np.flatnonzero(session["trial_split"] == name) for name in schema.SPLIT_FRACTIONS}
+    else:
+      splits = schema.split_trials(session["spikes"].shape[0], seed=config.split_seed)
     return {name: self._generate_examples(session, idx) for name, idx in splits.items()}
 
   def _generate_examples(self, session, trial_indices):
@@ -104,7 +128,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
           "spikes": session["spikes"][k].astype(np.int32),
           "regions": regions,
           "session_id": self.builder_config.name,
-          "trial_index": int(k),
+          "trial_index": int(session["trial_index"][k]) if "trial_index" in session else int(k),
       }
       for field in schema.TRIAL_FIELDS + schema.BIN_FIELDS:
         example[field] = session[field][k]

@@ -14,7 +14,11 @@ Configs:
   reaching_NNN   session NNN of the synthetic reaching task (mtm_jax.datasets.reaching);
   nwb            the one NWB file directly in manual_dir (Neural Latents Benchmark layout);
   nlb_<name>     the NLB training file of that data set, anywhere under manual_dir
-                 (hand or finger velocity subsampled from 1 kHz to 100 Hz).
+                 (hand or finger velocity subsampled from 1 kHz to 100 Hz);
+  <eid>[_beryl|_cosmos][_rate<Hz>][_good]
+                 IBL session <eid> of the ONE cache in manual_dir (mtm_jax.datasets.ibl): trials
+                 are the stimulus-aligned windows, behaviour is wheel speed and whisker motion
+                 energy at 20 ms steps; made on demand by `ibl_config` (docs/real_data.md).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from mtm_jax.datasets import events
+from mtm_jax.datasets import ibl
 from mtm_jax.datasets import reaching
 
 N_REACHING_SESSIONS = 16  # 12 for pretraining + 4 held out, see docs/event_data.md
@@ -36,7 +41,7 @@ N_REACHING_SESSIONS = 16  # 12 for pretraining + 4 held out, see docs/event_data
 class SpikeEventsConfig(tfds.core.BuilderConfig):
   """A session: where its events come from."""
 
-  source: str = "reaching"  # "reaching" or "nwb"
+  source: str = "reaching"  # "reaching", "nwb" or "ibl"
   split_seed: int = 0
   # reaching: the session of the reaching brain and its size ranges
   session_index: int = 0
@@ -50,6 +55,9 @@ class SpikeEventsConfig(tfds.core.BuilderConfig):
   behaviour: str = "hand_vel"
   behaviour_stride: int = 1
   session_id: str | None = None
+  # ibl: the session id in the ONE cache and its preprocessing
+  eid: str = ""
+  ibl_options: ibl.IblOptions = ibl.IblOptions()
 
   def load_session(self, manual_dir: str | None = None) -> dict:
     """The session in the event schema of mtm_jax.datasets.events."""
@@ -62,7 +70,10 @@ class SpikeEventsConfig(tfds.core.BuilderConfig):
 
       return nwb.read_nwb(self.nwb_file(manual_dir), behaviour=self.behaviour, session_id=self.session_id,
                           split_seed=self.split_seed, behaviour_stride=self.behaviour_stride)
-    raise ValueError(f"spike_events/{self.name}: unknown source {self.source!r}; expected 'reaching' or 'nwb'")
+    if self.source == "ibl":
+      return ibl.event_session(ibl.load_session(manual_dir, self.eid, self.ibl_options), session_id=self.name)
+    raise ValueError(f"spike_events/{self.name}: unknown source {self.source!r}; expected 'reaching', 'nwb' or "
+                     f"'ibl'")
 
   def nwb_file(self, manual_dir: str | None) -> str:
     """The one file under manual_dir matching nwb_pattern."""
@@ -77,6 +88,12 @@ class SpikeEventsConfig(tfds.core.BuilderConfig):
       raise ValueError(f"spike_events/{self.name}: {len(files)} files match {self.nwb_pattern!r} in manual_dir "
                        f"{manual_dir} ({names}); a data set holds one session: give each its own folder")
     return files[0]
+
+
+def ibl_config(name: str) -> SpikeEventsConfig | None:
+  """The config of IBL session name `<eid>[_options]` (ibl.parse_config_name); None if not one."""
+  kwargs = ibl.builder_config_kwargs(name)
+  return None if kwargs is None else SpikeEventsConfig(**kwargs)
 
 
 def _reaching_configs():
@@ -112,14 +129,16 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   """Spike events of one session per config, one example per split interval."""
 
   VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release: synthetic reaching sessions and NWB (NLB layout) files."}
+  RELEASE_NOTES = {"1.0.0": "Initial release: synthetic reaching sessions, NWB (NLB layout) files, IBL sessions."}
   BUILDER_CONFIGS = _reaching_configs() + _nwb_configs()
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
-  NWB configs only. Put the session's NWB file in manual_dir (`--manual_dir=...`):
+  NWB and IBL configs only. Put the session's NWB file in manual_dir (`--manual_dir=...`):
     nwb          exactly one *.nwb file directly in manual_dir;
     nlb_<name>   the NLB training file anywhere below manual_dir, e.g. for nlb_mc_maze
                  000128/sub-Jenkins/sub-Jenkins_ses-full_desc-train_behavior+ecephys.nwb
                  (`dandi download DANDI:000128` fetches it).
+  IBL configs (`<eid>`): manual_dir is a ONE cache root holding
+  <lab>/Subjects/<subject>/<date>/<number>/alf/... session folders; see docs/real_data.md.
   """
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -143,7 +162,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     config = self.builder_config
-    session = config.load_session(str(dl_manager.manual_dir) if config.source == "nwb" else None)
+    session = config.load_session(str(dl_manager.manual_dir) if config.source in ("nwb", "ibl") else None)
     where = f"spike_events/{config.name}"
     events.validate_event_session(session, where=where)
     missing = [s for s in events.SPLITS if s not in session["splits"]]
