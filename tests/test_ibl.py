@@ -1,0 +1,354 @@
+"""IBL sessions from a local ONE cache: reading, preprocessing, both builders, validation.
+
+Sessions are written in the exact ALF layout (tests/ibl_alf.py) and indexed with one-api's
+own cache builder. Every test runs with socket connections refused: nothing may touch the
+network.
+"""
+
+import hashlib
+import os
+import shutil
+import socket
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import ibl_alf
+from data_builders import prepare
+from mtm_jax.datasets import events, ibl, pipeline, schema
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+  """Any attempt to open a network connection fails the test."""
+
+  def refuse(*args, **kwargs):
+    raise AssertionError(f"network access attempted: {args}")
+
+  monkeypatch.setattr(socket.socket, "connect", refuse)
+  monkeypatch.setattr(socket, "create_connection", refuse)
+  monkeypatch.setattr(socket, "getaddrinfo", refuse)
+
+
+@pytest.fixture(scope="session")
+def ibl_cache(tmp_path_factory):
+  """(cache root, eid) of one well-formed session; its cache tables built by the reader."""
+  root = str(tmp_path_factory.mktemp("one_cache"))
+  ibl_alf.write_session(root)
+  (eid,) = ibl_alf.eids(root).values()
+  return root, eid
+
+
+@pytest.fixture(scope="session")
+def ibl_data_dir(ibl_cache, tmp_path_factory):
+  """A TFDS data_dir holding both data sets of the session, built from the cache."""
+  root, eid = ibl_cache
+  data_dir = str(tmp_path_factory.mktemp("ibl_tfds"))
+  prepare.build([f"ibl_binned/{eid}", f"spike_events/{eid}"], data_dir, manual_dir=root)
+  return data_dir
+
+
+def _probe_file(session, probe, name):
+  return os.path.join(session, ibl_alf.PROBES[probe], name)
+
+
+# ------------------------------------------------------------------------------------------
+# Reading and preprocessing
+# ------------------------------------------------------------------------------------------
+
+
+def test_reader_is_offline_one_and_lists_the_session(ibl_cache):
+  from one import api as one_api
+
+  root, eid = ibl_cache
+  assert type(ibl.open_cache(root)) is one_api.One  # pylint: disable=unidiomatic-typecheck
+  (listed,) = ibl.list_sessions(root)
+  assert listed == dict(eid=eid, path="testlab/Subjects/KS001/2024-01-02/001",
+                        probes=["alf/probe00/pykilosort", "alf/probe01"])
+
+
+def test_preprocessing_matches_the_files(ibl_cache):
+  root, eid = ibl_cache
+  s = ibl.load_session(root, eid)
+  schema.validate_session(s, "test")
+  kept = [k for k in range(ibl_alf.N_TRIALS) if k not in ibl_alf.DROPPED_ROWS]
+  np.testing.assert_array_equal(s["trial_index"], kept)
+  info = s["source_info"]
+  assert (info["dropped_nan_stim_on"], info["dropped_nan_events"], info["dropped_no_choice"],
+          info["dropped_reaction_time"], info["dropped_silent_clusters"]) == (1, 1, 1, 1, 1)
+  # Units: probe00 then probe01 by cluster id, the silent cluster 4 of probe00 left out.
+  assert list(s["unit_ids"]) == ["probe00/0", "probe00/1", "probe00/2", "probe00/3", "probe00/5", "probe01/0",
+                                 "probe01/1", "probe01/2", "probe01/3"]
+  assert list(s["regions"]) == ["CA1", "CA1", "CA2", "CA2", "void", "grey", "CA1", "APN", "APN"]
+  # Spike counts: every unit and trial against np.histogram of the raw files.
+  session = ibl_alf.session_dir(root)
+  trials = pd.read_parquet(os.path.join(session, "alf", "_ibl_trials.table.pqt"))
+  stim = trials["stimOn_times"].to_numpy()[kept]
+  col = 0
+  for probe in ("probe00", "probe01"):
+    times = np.load(_probe_file(session, probe, "spikes.times.npy"))
+    clusters = np.load(_probe_file(session, probe, "spikes.clusters.npy"))
+    for c in sorted(set(range(ibl_alf.N_CLUSTERS[probe])) - set(ibl_alf.SILENT[probe])):
+      for k, t0 in enumerate(stim):
+        expected, _ = np.histogram(times[clusters == c], bins=t0 - 0.5 + 0.02 * np.arange(101))
+        np.testing.assert_array_equal(s["spikes"][k, :, col], expected)
+      col += 1
+  assert s["spikes"].sum() > 0
+  # Behaviour: linear wheel position -> constant speed; linear motion energy -> exact at bin centres.
+  np.testing.assert_allclose(s["wheel_speed"], ibl_alf.WHEEL_SLOPE, rtol=1e-5)
+  centres = stim[:, None] - 0.5 + 0.01 + 0.02 * np.arange(100)
+  np.testing.assert_allclose(s["whisker_motion_energy"], ibl_alf.ME_SLOPE * centres + 1.0, rtol=1e-5)
+  np.testing.assert_allclose(s["reaction_time"], 0.3, atol=1e-5)
+  k = np.array(kept)
+  np.testing.assert_array_equal(s["choice"], np.where(k % 2 == 0, 1, -1))
+  np.testing.assert_array_equal(s["reward"], (k % 4 != 0).astype(int))
+  np.testing.assert_allclose(s["block"], np.array([0.5, 0.2, 0.8])[k % 3])
+  contrast = np.array([1.0, 0.25, 0.125, 0.0625, 0.0])[k % 5]
+  np.testing.assert_allclose(s["contrast"], np.where(k % 3 == 0, contrast, -contrast))
+  # 70/10/20 split of the 20 kept trials, fixed by the seed.
+  counts = {name: int(np.sum(s["trial_split"] == name)) for name in ("train", "val", "test")}
+  assert counts == {"train": 14, "val": 2, "test": 4}
+  np.testing.assert_array_equal(s["trial_split"], ibl.load_session(root, eid)["trial_split"])
+
+
+def test_region_levels_and_unit_filters(ibl_cache):
+  root, eid = ibl_cache
+  cosmos = ibl.load_session(root, eid, ibl.IblOptions(regions="cosmos"))
+  assert list(cosmos["regions"]) == ["HPF", "HPF", "HPF", "HPF", "void", "root", "HPF", "MB", "MB"]
+  beryl = ibl.load_session(root, eid, ibl.IblOptions(regions="beryl"))
+  assert list(beryl["regions"]) == ["CA1", "CA1", "CA2", "CA2", "void", "root", "CA1", "APN", "APN"]
+  good = ibl.load_session(root, eid, ibl.IblOptions(good_units_only=True))
+  assert list(good["unit_ids"]) == ["probe00/0", "probe00/2", "probe01/0", "probe01/1", "probe01/3"]
+  assert good["source_info"]["dropped_by_unit_filter"] == 4
+  with pytest.raises(ibl.IblDataError, match="no units left after the unit filter"):
+    ibl.load_session(root, eid, ibl.IblOptions(min_firing_rate=ibl_alf.RATE + 1))
+
+
+def test_config_names_round_trip():
+  eid = "4b00df29-3769-43be-bb40-128b1cba6d35"
+  options = ibl.IblOptions(regions="beryl", min_firing_rate=2.0, good_units_only=True)
+  name = ibl.config_name(eid, options)
+  assert name == f"{eid}_beryl_rate2_good"
+  assert ibl.parse_config_name(name) == (eid, options)
+  assert ibl.parse_config_name(eid) == (eid, ibl.IblOptions())
+  assert ibl.parse_config_name("synthetic_000") is None
+  with pytest.raises(ValueError, match="unknown or repeated option 'allen2'"):
+    ibl.parse_config_name(f"{eid}_allen2")
+
+
+# ------------------------------------------------------------------------------------------
+# Both builders, and training on the built session
+# ------------------------------------------------------------------------------------------
+
+
+def test_built_data_sets_read_back(ibl_cache, ibl_data_dir):
+  root, eid = ibl_cache
+  expected = ibl.load_session(root, eid)
+  name = f"ibl_binned/{eid}"
+  info = pipeline.session_info(name, ibl_data_dir)
+  assert info.session_id == eid and info.region_names == tuple(expected["regions"])
+  for split in ("train", "val", "test"):
+    arrays = pipeline.load_split(name, ibl_data_dir, split)
+    rows = np.flatnonzero(expected["trial_split"] == split)
+    np.testing.assert_array_equal(arrays["trial_index"], expected["trial_index"][rows])
+    np.testing.assert_array_equal(arrays["spikes"], expected["spikes"][rows])
+    for field in schema.TRIAL_FIELDS + schema.BIN_FIELDS:
+      np.testing.assert_allclose(arrays[field], expected[field][rows], rtol=1e-6)
+  assert "rates" not in arrays
+
+  ev = events.load_event_session(f"spike_events/{eid}", ibl_data_dir)
+  assert ev["session_id"] == eid and ev["behaviour_name"] == "wheel_speed,whisker_motion_energy"
+  assert list(ev["unit_regions"]) == list(expected["regions"])
+  assert ev["unit_ids"][0] == f"{eid}/probe00/0"
+  assert len(ev["trial_starts"]) == 20  # 3 s apart: no 2 s window overlaps another
+  np.testing.assert_allclose(ev["trial_starts"], np.sort(expected["align_times"]) - 0.5)
+  test = ev["splits"]["test"]
+  np.testing.assert_allclose(np.sort(test[:, 0]), expected["align_times"][expected["trial_split"] == "test"] - 0.5)
+  # Spikes of the windows: the binned counts of the same trials, summed.
+  assert len(ev["spike_times"]) == int(expected["spikes"].sum())
+  np.testing.assert_allclose(ev["behaviour_values"][:, 0], ibl_alf.WHEEL_SLOPE, rtol=1e-5)
+  assert ev["behaviour_values"].shape == (20 * schema.N_BINS, 2)
+
+
+def test_pretrain_runs_on_the_built_session(ibl_cache, ibl_data_dir, tmp_path):
+  from mtm_jax.configs import ndt1 as ndt1_config
+  from mtm_jax.training import loop
+
+  _, eid = ibl_cache
+  config = ndt1_config.get_config("tiny")
+  config.data.datasets = f"ibl_binned/{eid}"
+  config.data.data_dir = ibl_data_dir
+  config.masking.mode = "neuron"  # one scheme: one compilation (MtM's draw is tested elsewhere)
+  config.train.steps = config.train.log_every = 2
+  config.train.eval_every = config.train.checkpoint_every = 2
+  result = loop.train(config, str(tmp_path / "run"))
+  assert result
+  metrics = [line for line in open(tmp_path / "run" / "metrics.jsonl", encoding="utf-8")]
+  assert metrics and all("nan" not in line.lower() for line in metrics)
+
+
+def test_build_lists_and_names_many_sessions(tmp_path):
+  root = str(tmp_path / "cache")
+  ibl_alf.write_session(root)
+  ibl_alf.write_session(root, seed=1, subject="KS002")
+  found = ibl_alf.eids(root)
+  assert sorted(found) == ["testlab/Subjects/KS001/2024-01-02/001", "testlab/Subjects/KS002/2024-01-02/001"]
+  names = prepare.ibl_dataset_names(root, ["all"], options=["cosmos"])
+  assert sorted(names) == sorted(f"{b}/{e}_cosmos" for e in found.values() for b in ("ibl_binned", "spike_events"))
+  with pytest.raises(ValueError, match="not an IBL session id"):
+    prepare.ibl_dataset_names(root, ["KS001"])
+
+
+# ------------------------------------------------------------------------------------------
+# Validation: each bad input has its own error naming the file
+# ------------------------------------------------------------------------------------------
+
+
+def _remove(*rel):
+  def edit(session):
+    for r in rel:
+      os.remove(os.path.join(session, r))
+  return edit
+
+
+def _edit_npy(probe, name, fn):
+  def edit(session):
+    path = _probe_file(session, probe, name)
+    np.save(path, fn(np.load(path)))
+  return edit
+
+
+def _edit_trials(fn):
+  def edit(session):
+    path = os.path.join(session, "alf", "_ibl_trials.table.pqt")
+    fn(pd.read_parquet(path)).to_parquet(path)
+  return edit
+
+
+def _nogo(t):
+  t["choice"] = 0.0
+  return t
+
+
+def _empty_probe(session):
+  for name, dtype in (("spikes.times.npy", np.float64), ("spikes.clusters.npy", np.uint32)):
+    np.save(_probe_file(session, "probe01", name), np.zeros(0, dtype))
+
+
+BAD_SESSIONS = {
+    "missing trials table": (_remove("alf/_ibl_trials.table.pqt"),
+                             r"missing required file alf/_ibl_trials\.table\.pqt"),
+    "missing wheel timestamps": (_remove("alf/_ibl_wheel.timestamps.npy"),
+                                 r"missing required file alf/_ibl_wheel\.timestamps\.npy"),
+    "missing camera": (_remove("alf/leftCamera.ROIMotionEnergy.npy"),
+                       r"missing required file\(s\) alf/_ibl_leftCamera\.times\.npy \+ alf/leftCamera\.ROIMotionEnergy"),
+    "missing probe file": (_remove("alf/probe01/clusters.metrics.pqt"),
+                           r"missing required file alf/probe01/clusters\.metrics\.pqt"),
+    "trials column": (_edit_trials(lambda t: t.drop(columns=["firstMovement_times"])),
+                      r"_ibl_trials\.table\.pqt has no column\(s\) \['firstMovement_times'\]"),
+    "unsorted spikes": (_edit_npy("probe00", "spikes.times.npy", lambda a: np.concatenate([a[1:2] + 1, a[1:]])),
+                        r"probe00/pykilosort/spikes\.times\.npy times are not sorted"),
+    "length mismatch": (_edit_npy("probe01", "spikes.clusters.npy", lambda a: a[:-3]),
+                        r"probe01/spikes\.times\.npy has \d+ spikes but \S+probe01/spikes\.clusters\.npy has \d+ "
+                        r"cluster indices"),
+    "cluster out of range": (_edit_npy("probe01", "spikes.clusters.npy", lambda a: np.where(a == 3, 7, a)),
+                             r"probe01/spikes\.clusters\.npy: spike \d+ has cluster index 7, outside the clusters "
+                             r"table of 4 clusters"),
+    "channel out of range": (_edit_npy("probe00", "clusters.channels.npy", lambda a: a + 1),
+                             r"pykilosort/clusters\.channels\.npy: cluster 5 is on channel 6, outside the 6 channels"),
+    "region id unknown": (_edit_npy("probe01", "channels.brainLocationIds_ccf_2017.npy", lambda a: a * 0 + 123456789),
+                          r"channels\.brainLocationIds_ccf_2017\.npy has atlas ids \[123456789\] that are not Allen"),
+    "metrics rows": (lambda s: pd.DataFrame({"firing_rate": [1.0]}).to_parquet(
+        _probe_file(s, "probe01", "clusters.metrics.pqt")), r"clusters\.metrics\.pqt has 1 rows but \S+ has 4 clusters"),
+    "no usable trials": (_edit_trials(_nogo), r"no usable trials in \S+_ibl_trials\.table\.pqt .*dropped_no_choice=22"),
+    "empty probe": (_empty_probe, r"empty probe alf/probe01: \S+spikes\.times\.npy holds no spikes"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SESSIONS))
+def test_bad_sessions_raise_their_own_error(tmp_path, case):
+  edit, message = BAD_SESSIONS[case]
+  root = str(tmp_path / "cache")
+  session = ibl_alf.write_session(root)
+  edit(session)
+  (eid,) = ibl_alf.eids(root).values()
+  with pytest.raises(ibl.IblDataError, match=message) as raised:
+    ibl.load_session(root, eid)
+  assert eid in str(raised.value)
+
+
+def test_file_deleted_after_indexing_and_right_camera_fallback(tmp_path):
+  root = str(tmp_path / "cache")
+  session = ibl_alf.write_session(root)
+  for side in ("times", "ROIMotionEnergy"):
+    src = os.path.join(session, "alf", f"_ibl_leftCamera.{side}.npy" if side == "times" else f"leftCamera.{side}.npy")
+    shutil.move(src, src.replace("left", "right"))
+  (eid,) = ibl_alf.eids(root).values()  # the tables now list the right camera only
+  assert ibl.load_session(root, eid)["source_info"]["camera"] == "right"
+  os.remove(os.path.join(session, "alf", "_ibl_wheel.position.npy"))
+  with pytest.raises(ibl.IblDataError, match=r"missing required file \S+_ibl_wheel\.position\.npy \(listed in the "
+                     r"ONE cache tables, not on disk\)"):
+    ibl.load_session(root, eid)
+
+
+def test_nan_alignment_trials_are_dropped_and_logged(ibl_cache, caplog):
+  root, eid = ibl_cache
+  with caplog.at_level("WARNING"):
+    s = ibl.load_session(root, eid)
+  assert s["source_info"]["dropped_nan_stim_on"] == 1
+  assert any("1 of 24 trials have NaN stimOn_times" in r.getMessage() for r in caplog.records)
+  assert 2 not in s["trial_index"]
+
+
+def _tree_digest(path):
+  digest = hashlib.sha256()
+  for folder, _, files in sorted(os.walk(path)):
+    for f in sorted(files):
+      digest.update(os.path.relpath(os.path.join(folder, f), path).encode())
+      digest.update(open(os.path.join(folder, f), "rb").read())
+  return digest.hexdigest()
+
+
+def _left_behind(path):
+  """Files and folders under a data set's directory (none after a failed build)."""
+  return [os.path.join(d, f) for d, dirs, files in os.walk(path) for f in dirs + files]
+
+
+def test_failed_and_interrupted_builds_leave_no_data_set(tmp_path, monkeypatch):
+  root = str(tmp_path / "cache")
+  ibl_alf.write_session(root)
+  bad = ibl_alf.write_session(root, subject="KS002")
+  _edit_npy("probe00", "spikes.times.npy", lambda a: a[::-1])(bad)
+  found = ibl_alf.eids(root)
+  good_eid, bad_eid = found["testlab/Subjects/KS001/2024-01-02/001"], found["testlab/Subjects/KS002/2024-01-02/001"]
+  data_dir = str(tmp_path / "tfds")
+  names = [f"ibl_binned/{bad_eid}", f"ibl_binned/{good_eid}"]
+  with pytest.raises(prepare.BuildError, match=rf"(?s)1 of 2 data sets failed.*ibl_binned/{bad_eid}: IblDataError: .*"
+                     r"spikes\.times\.npy times are not sorted"):
+    prepare.build(names, data_dir, manual_dir=root, keep_going=True)
+  good_dir = os.path.join(data_dir, "ibl_binned", good_eid)
+  before = _tree_digest(good_dir)
+  assert _left_behind(os.path.join(data_dir, "ibl_binned", bad_eid)) == []
+  with pytest.raises(FileNotFoundError, match=r"not (found|prepared) under .*build it"):
+    pipeline.session_info(names[0], data_dir)
+
+  # An interruption half-way through writing the examples of the good session's events.
+  from data_builders.spike_events import spike_events
+
+  original = spike_events.Builder._generate_examples
+
+  def interrupted(self, session, intervals):
+    for i, example in enumerate(original(self, session, intervals)):
+      if i == 3:
+        raise KeyboardInterrupt
+      yield example
+
+  monkeypatch.setattr(spike_events.Builder, "_generate_examples", interrupted)
+  with pytest.raises(KeyboardInterrupt):
+    prepare.build([f"spike_events/{good_eid}"], data_dir, manual_dir=root)
+  assert _left_behind(os.path.join(data_dir, "spike_events", good_eid)) == []
+  with pytest.raises(FileNotFoundError, match=r"not (found|prepared) under .*build it"):
+    events.load_event_session(f"spike_events/{good_eid}", data_dir)
+  assert _tree_digest(good_dir) == before
+  assert len(pipeline.load_split(names[1], data_dir, "test")["spikes"]) == 4
