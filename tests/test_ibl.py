@@ -352,3 +352,18 @@ def test_failed_and_interrupted_builds_leave_no_data_set(tmp_path, monkeypatch):
     events.load_event_session(f"spike_events/{good_eid}", data_dir)
   assert _tree_digest(good_dir) == before
   assert len(pipeline.load_split(names[1], data_dir, "test")["spikes"]) == 4
+
+
+def test_latest_revision_of_a_file_is_read(tmp_path):
+  root = str(tmp_path / "cache")
+  session = ibl_alf.write_session(root)
+  original = _probe_file(session, "probe01", "spikes.clusters.npy")
+  revised = os.path.join(os.path.dirname(original), "#2099-01-01#", "spikes.clusters.npy")
+  os.makedirs(os.path.dirname(revised))
+  shutil.copy(original, revised)
+  _edit_npy("probe01", "spikes.clusters.npy", lambda a: a + 100)(session)  # the older revision is broken
+  (eid,) = ibl_alf.eids(root).values()
+  assert ibl.load_session(root, eid)["spikes"].shape[2] == 9
+  os.remove(revised)
+  with pytest.raises(ibl.IblDataError, match=r"#2099-01-01#/spikes\.clusters\.npy \(listed in the ONE cache tables"):
+    ibl.load_session(root, eid)

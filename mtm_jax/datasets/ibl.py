@@ -168,17 +168,17 @@ def list_sessions(root: str) -> list[dict]:
 
 
 def _dataset_files(one, eid) -> dict[str, str]:
-  """{collection/name without revision: absolute path} of a session's datasets (default revisions)."""
-  table = one.list_datasets(eid, details=True)
+  """{collection/name without revision: absolute path} of a session's datasets: of several
+  revisions of a file, the table's default revision, else the latest `#revision#` folder."""
+  rows = one.list_datasets(eid, details=True).reset_index()
   root = str(one.eid2path(eid))
-  files = {}
-  rows = table.reset_index()
-  if "default_revision" in rows:
-    rows = rows.sort_values("default_revision", kind="stable")  # default revisions win (come last)
-  for rel in rows["rel_path"]:
-    key = re.sub(r"/#[^/]*#/", "/", "/" + str(rel)).lstrip("/")
-    files[key] = os.path.join(root, str(rel))
-  return files
+  defaults = rows["default_revision"] if "default_revision" in rows else [False] * len(rows)
+  entries = []
+  for rel, default in zip(rows["rel_path"].astype(str), defaults):
+    revision = re.search(r"(?:^|/)#([^/]*)#/", rel)
+    key = re.sub(r"(?:^|/)#[^/]*#/", "/", rel).lstrip("/")
+    entries.append(((bool(pd.notna(default) and default), revision.group(1) if revision else ""), key, rel))
+  return {key: os.path.join(root, rel) for _, key, rel in sorted(entries)}  # later entries win
 
 
 def _probe_collections(files: dict[str, str], sorters, strict: bool = True) -> dict[str, str]:
