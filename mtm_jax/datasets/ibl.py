@@ -228,13 +228,27 @@ def _load_pqt(path: str, where: str) -> pd.DataFrame:
     raise IblDataError(f"{where}: {path} is not a readable parquet table ({type(e).__name__}: {e})") from e
 
 
-def _vector(values, path: str, where: str, what: str, dtype=np.float64) -> np.ndarray:
-  array = np.asarray(values)
+def _array_1d(path: str, where: str, what: str) -> np.ndarray:
+  """A 1-D array from a .npy file ([n, 1] and [1, n] are flattened)."""
+  array = _load_npy(path, where)
   if array.ndim == 2 and 1 in array.shape:
     array = array.reshape(-1)
   if array.ndim != 1:
     raise IblDataError(f"{where}: {path} must hold a 1-D array of {what}, got shape {array.shape}")
-  return array.astype(dtype)
+  return array
+
+
+def _floats(path: str, where: str, what: str) -> np.ndarray:
+  """[n] float64 from a .npy file."""
+  return _array_1d(path, where, what).astype(np.float64)
+
+
+def _integers(path: str, where: str, what: str) -> np.ndarray:
+  """[n] int64 from a .npy file of integers."""
+  values = _array_1d(path, where, what)
+  if not np.issubdtype(values.dtype, np.integer):
+    raise IblDataError(f"{where}: {path} must hold integer {what}, got dtype {values.dtype}")
+  return values.astype(np.int64)
 
 
 def _increasing_times(times: np.ndarray, path: str, where: str, strict: bool = False) -> None:
@@ -252,26 +266,17 @@ def _increasing_times(times: np.ndarray, path: str, where: str, strict: bool = F
 
 
 def _read_probe(files: dict[str, str], collection: str, where: str, regions) -> dict:
-  """One probe's spikes and units, validated. regions: id -> acronym function and valid ids."""
-  paths = {name: _require(files, f"{collection}/{name}", where) for name in PROBE_FILES}
-  p = {name: paths[name] for name in PROBE_FILES}
-  times = _vector(_load_npy(p["spikes.times.npy"], where), p["spikes.times.npy"], where, "spike times")
-  clusters = _load_npy(p["spikes.clusters.npy"], where)
-  clusters = _vector(clusters, p["spikes.clusters.npy"], where, "cluster indices", clusters.dtype)
+  """One probe's spikes and units, validated (regions: a _Regions)."""
+  p = {name: _require(files, f"{collection}/{name}", where) for name in PROBE_FILES}
+  times = _floats(p["spikes.times.npy"], where, "spike times")
+  clusters = _integers(p["spikes.clusters.npy"], where, "cluster indices")
   if len(times) == 0:
     raise IblDataError(f"{where}: empty probe {collection}: {p['spikes.times.npy']} holds no spikes")
   if len(times) != len(clusters):
     raise IblDataError(f"{where}: {p['spikes.times.npy']} has {len(times)} spikes but {p['spikes.clusters.npy']} "
                        f"has {len(clusters)} cluster indices; they must have the same length")
   _increasing_times(times, p["spikes.times.npy"], where)
-  if not np.issubdtype(clusters.dtype, np.integer):
-    raise IblDataError(f"{where}: {p['spikes.clusters.npy']} must hold integer cluster indices, got dtype "
-                       f"{clusters.dtype}")
-  channels = _load_npy(p["clusters.channels.npy"], where)
-  channels = _vector(channels, p["clusters.channels.npy"], where, "channel indices", channels.dtype)
-  if not np.issubdtype(channels.dtype, np.integer):
-    raise IblDataError(f"{where}: {p['clusters.channels.npy']} must hold integer channel indices, got dtype "
-                       f"{channels.dtype}")
+  channels = _integers(p["clusters.channels.npy"], where, "channel indices")
   n_clusters = len(channels)
   bad = np.flatnonzero((clusters < 0) | (clusters >= n_clusters))
   if len(bad):
@@ -282,11 +287,7 @@ def _read_probe(files: dict[str, str], collection: str, where: str, regions) -> 
   if len(metrics) != n_clusters:
     raise IblDataError(f"{where}: {p['clusters.metrics.pqt']} has {len(metrics)} rows but "
                        f"{p['clusters.channels.npy']} has {n_clusters} clusters; they must have one row per cluster")
-  atlas_ids = _load_npy(p["channels.brainLocationIds_ccf_2017.npy"], where)
-  atlas_ids = _vector(atlas_ids, p["channels.brainLocationIds_ccf_2017.npy"], where, "atlas ids", atlas_ids.dtype)
-  if not np.issubdtype(atlas_ids.dtype, np.integer):
-    raise IblDataError(f"{where}: {p['channels.brainLocationIds_ccf_2017.npy']} must hold integer Allen atlas ids, "
-                       f"got dtype {atlas_ids.dtype}")
+  atlas_ids = _integers(p["channels.brainLocationIds_ccf_2017.npy"], where, "Allen atlas ids")
   bad = np.flatnonzero((channels < 0) | (channels >= len(atlas_ids)))
   if len(bad):
     raise IblDataError(f"{where}: {p['clusters.channels.npy']}: cluster {bad[0]} is on channel {channels[bad[0]]}, "
@@ -295,8 +296,7 @@ def _read_probe(files: dict[str, str], collection: str, where: str, regions) -> 
   if len(unknown):
     raise IblDataError(f"{where}: {p['channels.brainLocationIds_ccf_2017.npy']} has atlas ids {unknown[:5].tolist()} "
                        f"that are not Allen CCF 2017 region ids (iblatlas BrainRegions)")
-  return dict(times=times, clusters=clusters.astype(np.int64), channels=channels.astype(np.int64),
-              metrics=metrics, atlas_ids=atlas_ids.astype(np.int64), paths=paths)
+  return dict(times=times, clusters=clusters, channels=channels, metrics=metrics, atlas_ids=atlas_ids, paths=p)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -324,8 +324,8 @@ def _read_camera(files: dict[str, str], where: str) -> tuple[np.ndarray, np.ndar
   for side in ("left", "right"):
     if all(k in files for k in CAMERA_FILES[side]):
       times_path, energy_path = (_require(files, k, where) for k in CAMERA_FILES[side])
-      times = _vector(_load_npy(times_path, where), times_path, where, "frame times")
-      energy = _vector(_load_npy(energy_path, where), energy_path, where, "motion energy values")
+      times = _floats(times_path, where, "frame times")
+      energy = _floats(energy_path, where, "motion energy values")
       if len(times) != len(energy):
         raise IblDataError(f"{where}: {times_path} has {len(times)} frame times but {energy_path} has "
                            f"{len(energy)} motion energy values; they must have the same length")
@@ -353,8 +353,8 @@ def read_session(one, eid: str, options: IblOptions = IblOptions()) -> dict:
   if missing:
     raise IblDataError(f"{where}: {trials_path} has no column(s) {missing}; expected {list(TRIAL_COLUMNS)}")
   wheel_pos_path, wheel_time_path = (_require(files, k, where) for k in WHEEL_FILES)
-  wheel_pos = _vector(_load_npy(wheel_pos_path, where), wheel_pos_path, where, "wheel positions")
-  wheel_times = _vector(_load_npy(wheel_time_path, where), wheel_time_path, where, "wheel times")
+  wheel_pos = _floats(wheel_pos_path, where, "wheel positions")
+  wheel_times = _floats(wheel_time_path, where, "wheel times")
   if len(wheel_pos) != len(wheel_times) or len(wheel_pos) < 2:
     raise IblDataError(f"{where}: {wheel_pos_path} has {len(wheel_pos)} positions and {wheel_time_path} "
                        f"{len(wheel_times)} times; they must have the same length (at least 2)")
