@@ -35,13 +35,13 @@ def session_dir(root, subject="KS001", date="2024-01-02", number="001", lab="tes
   return os.path.join(str(root), lab, "Subjects", subject, date, number)
 
 
-def write_session(root, seed: int = 0, **where) -> str:
-  """Writes one session under the cache root; returns its session folder."""
+def write_session(root, seed: int = 0, n_trials: int = N_TRIALS, **where) -> str:
+  """Writes one session of n_trials trials under the cache root; returns its folder."""
   rng = np.random.default_rng(seed)
   path = session_dir(root, **where)
   alf = os.path.join(path, "alf")
   os.makedirs(alf, exist_ok=True)
-  k = np.arange(N_TRIALS)
+  k = np.arange(n_trials)
   stim = 10.0 + 3.0 * k + 1e-4 * k
   first_move = stim + 0.3
   feedback = stim + 0.5

@@ -5,6 +5,7 @@ own cache builder. Every test runs with socket connections refused: nothing may 
 network.
 """
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -19,16 +20,24 @@ from data_builders import prepare
 from mtm_jax.datasets import events, ibl, pipeline, schema
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-  """Any attempt to open a network connection fails the test."""
+@contextlib.contextmanager
+def offline():
+  """Any attempt to open a network connection inside fails with an AssertionError."""
 
   def refuse(*args, **kwargs):
     raise AssertionError(f"network access attempted: {args}")
 
-  monkeypatch.setattr(socket.socket, "connect", refuse)
-  monkeypatch.setattr(socket, "create_connection", refuse)
-  monkeypatch.setattr(socket, "getaddrinfo", refuse)
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(socket.socket, "connect", refuse)
+    patch.setattr(socket, "create_connection", refuse)
+    patch.setattr(socket, "getaddrinfo", refuse)
+    yield
+
+
+@pytest.fixture(autouse=True)
+def no_network():
+  with offline():
+    yield
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +45,8 @@ def ibl_cache(tmp_path_factory):
   """(cache root, eid) of one well-formed session; its cache tables built by the reader."""
   root = str(tmp_path_factory.mktemp("one_cache"))
   ibl_alf.write_session(root)
-  (eid,) = ibl_alf.eids(root).values()
+  with offline():  # session fixtures are set up before the per-test patch
+    (eid,) = ibl_alf.eids(root).values()
   return root, eid
 
 
@@ -45,7 +55,8 @@ def ibl_data_dir(ibl_cache, tmp_path_factory):
   """A TFDS data_dir holding both data sets of the session, built from the cache."""
   root, eid = ibl_cache
   data_dir = str(tmp_path_factory.mktemp("ibl_tfds"))
-  prepare.build([f"ibl_binned/{eid}", f"spike_events/{eid}"], data_dir, manual_dir=root)
+  with offline():
+    prepare.build([f"ibl_binned/{eid}", f"spike_events/{eid}"], data_dir, manual_dir=root)
   return data_dir
 
 
@@ -198,6 +209,9 @@ def test_build_lists_and_names_many_sessions(tmp_path):
   assert sorted(names) == sorted(f"{b}/{e}_cosmos" for e in found.values() for b in ("ibl_binned", "spike_events"))
   with pytest.raises(ValueError, match="not an IBL session id"):
     prepare.ibl_dataset_names(root, ["KS001"])
+  absent = "4b00df29-3769-43be-bb40-128b1cba6d35"
+  with pytest.raises(ibl.IblDataError, match=f"session {absent}: not in the ONE cache tables .* lists 2 sessions"):
+    ibl.read_session(ibl.open_cache(root), absent)
 
 
 # ------------------------------------------------------------------------------------------

@@ -341,7 +341,11 @@ def read_session(one, eid: str, options: IblOptions = IblOptions()) -> dict:
   """A session's ALF files, read and validated (no preprocessing): trials table, wheel,
   camera, and per probe spikes and units with region acronyms."""
   eid = str(eid)
-  if one.eid2path(eid) is None:
+  try:
+    path = one.eid2path(eid)
+  except ValueError as e:  # one-api rejects strings that are not eids
+    raise IblDataError(f"session {eid}: not a valid session id (eid) for the ONE cache of {one.cache_dir}: {e}") from e
+  if path is None:
     known = [str(e) for e in one.search()]
     raise IblDataError(f"session {eid}: not in the ONE cache tables of {one.cache_dir} (it lists {len(known)} "
                        f"sessions); list them with `python -m data_builders.build --list_ibl --manual_dir=...`")
