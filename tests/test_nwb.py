@@ -9,6 +9,9 @@ import pynwb
 import pytest
 
 from data_builders import prepare
+from mtm_jax.configs import poyo as poyo_config
+from mtm_jax.evaluation import poyo_eval
+from mtm_jax.training import poyo_loop
 from mtm_jax.datasets import events, nwb
 
 N_TRIALS = 10
@@ -120,6 +123,13 @@ def test_build_nwb_directory_end_to_end(tmp_path):
     np.testing.assert_array_equal(back["splits"][name], source["splits"][name])
   data = events.prepare([back], "train", events.WindowConfig(bucket_lengths=(256,)))
   assert events.training_batches(data, batch_size=2, seed=0)[0]["unit_index"].shape == (2, 256)
+  # ... and POYO trains on it and scores its test trials.
+  config = poyo_config.get_config("tiny")
+  config.data.datasets, config.data.data_dir = "spike_events/nwb", data_dir
+  config.train.steps = config.train.eval_every = config.train.checkpoint_every = 4
+  poyo_loop.train(config, str(tmp_path / "run"))
+  scores = poyo_eval.evaluate_workdir(str(tmp_path / "run"), "test")
+  assert scores["step"] == 4 and np.isfinite(scores["behaviour_r2"]) and np.isfinite(scores["baseline_r2"])
   # A second NWB file makes the generic config ambiguous.
   write_nwb(manual / "other.nwb")
   with pytest.raises(ValueError, match="2 files match"):

@@ -57,7 +57,7 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
     c.study.pool = ",".join(f"ibl_binned/synthetic_{i:03d}" for i in (20, 0, 18, 7, 2, 6, 13, 15, 10, 19, 8, 16))
     c.study.heldout = "ibl_binned/synthetic_023,ibl_binned/synthetic_027"  # 171 and 138 neurons
     c.pretrain = _stage("demo", steps=1000, learning_rate=2e-3, eval_every=500)
-    c.finetune = _stage("demo", steps=400, learning_rate=2e-3, eval_every=400)
+    c.finetune = _stage("demo", steps=1000, learning_rate=2e-3, eval_every=1000)
     for stage in (c.pretrain, c.finetune):
       stage.model.size, stage.model.stitch_dim = "mini", 64
     c.finetune.eval.head_steps = 0  # the frozen-model decoders only

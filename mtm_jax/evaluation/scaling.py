@@ -47,7 +47,7 @@ def stage_config(base: ml_collections.ConfigDict, mode: str, datasets: list[str]
   return c
 
 
-def _finished(workdir: str, steps: int) -> bool:
+def finished(workdir: str, steps: int) -> bool:
   return checkpoint.latest_step(workdir) == steps
 
 
@@ -56,7 +56,7 @@ def expected_metrics(finetune: ml_collections.ConfigDict) -> tuple[str, ...]:
   return run.METRICS + decoding.BEHAVIOUR_METRICS + (run.HEAD_METRICS if finetune.eval.head_steps > 0 else ())
 
 
-def _scored(workdir: str, steps: int, metrics) -> dict | None:
+def scored(workdir: str, steps: int, metrics) -> dict | None:
   """metrics.json of the run's last step, if it has every expected metric."""
   path = os.path.join(workdir, "metrics.json")
   if not os.path.exists(path):
@@ -66,21 +66,22 @@ def _scored(workdir: str, steps: int, metrics) -> dict | None:
   return results if results.get("step") == steps and all(m in results for m in metrics) else None
 
 
-def _train(config, workdir: str, only_analyse: bool) -> bool:
-  """Trains unless finished (or only analysing); returns whether the run is complete."""
-  if _finished(workdir, config.train.steps):
+def train_run(config, workdir: str, only_analyse: bool, trainer=loop.train) -> bool:
+  """Trains with `trainer(config, workdir)` unless finished (or only analysing); returns
+  whether the run is complete."""
+  if finished(workdir, config.train.steps):
     return True
   if only_analyse:
     logging.warning("%s: not trained to step %d; skipped (--only_analyse)", workdir, config.train.steps)
     return False
   logging.info("training %s", workdir)
-  loop.train(config, workdir)
+  trainer(config, workdir)
   return True
 
 
 def _score(workdir: str, steps: int, split: str, metrics) -> dict | None:
-  results = _scored(workdir, steps, metrics)
-  if results is None and _finished(workdir, steps):
+  results = scored(workdir, steps, metrics)
+  if results is None and finished(workdir, steps):
     results = run.evaluate_workdir(workdir, split)
   return results
 
@@ -103,12 +104,12 @@ def run_study(config: ml_collections.ConfigDict, workdir: str, *, only_analyse: 
       pretrained = None
       if n:
         pretrained = os.path.join(workdir, "pretrain", mode, f"n{n:02d}")
-        if not _train(stage_config(config.pretrain, mode, pool[:n], data_dir), pretrained, only_analyse):
+        if not train_run(stage_config(config.pretrain, mode, pool[:n], data_dir), pretrained, only_analyse):
           continue
       for session in heldout:
         run_dir = os.path.join(workdir, "finetune", mode, f"n{n:02d}", _short(session))
         ft = loop.finetune_config(stage_config(config.finetune, mode, [session], data_dir), pretrained)
-        if not _train(ft, run_dir, only_analyse):
+        if not train_run(ft, run_dir, only_analyse):
           continue
         results = _score(run_dir, ft.train.steps, config.study.split, expected_metrics(config.finetune))
         if results is None:

@@ -1,0 +1,42 @@
+"""The POYO new-session study end to end (tiny), its resumption and its config checks."""
+
+import json
+
+import numpy as np
+import pytest
+
+from mtm_jax.configs import poyo_study as study_config
+from mtm_jax.evaluation import poyo_study
+from mtm_jax.training import poyo_loop
+
+
+def test_study_runs_scores_and_resumes(data_dir, tmp_path, monkeypatch):
+  config = study_config.get_config("tiny")
+  config.study.data_dir = data_dir
+  summary = poyo_study.run_study(config, str(tmp_path))
+  for run in ("scratch", "unit_id", "full"):
+    assert np.isfinite(summary[run]["behaviour_r2"]) and np.isfinite(summary[run]["baseline_r2"])
+    assert json.loads((tmp_path / run / "metrics.json").read_text())["step"] == 4
+  # The same held-out test split and timestamps: the ridge baseline is the same number.
+  assert summary["scratch"]["baseline_r2"] == pytest.approx(summary["unit_id"]["baseline_r2"])
+  assert summary["unit_id_over_full"] == pytest.approx(summary["unit_id"]["behaviour_r2"] / summary["full"]["behaviour_r2"])
+  assert "unit identification reaches" in (tmp_path / "poyo_study.md").read_text()
+
+  def no_training(*args, **kwargs):
+    raise AssertionError("a finished run was trained again")
+
+  monkeypatch.setattr(poyo_loop, "train", no_training)
+  again = poyo_study.run_study(config, str(tmp_path))
+  assert {k: again[k] for k in ("scratch", "unit_id", "full")} == {k: summary[k] for k in ("scratch", "unit_id", "full")}
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("heldout", "spike_events/reaching_000,spike_events/reaching_002", "expected one session"),
+    ("heldout", "spike_events/reaching_001", "also in config.study.pool"),
+    ("pool", "", "config.study.pool: no data set"),
+])
+def test_bad_study_configs_name_the_field(field, value, message):
+  config = study_config.get_config("tiny")
+  config.study[field] = value
+  with pytest.raises(ValueError, match=message):
+    study_config.validate(config)
