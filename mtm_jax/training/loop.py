@@ -265,7 +265,7 @@ def load_trained(workdir: str, step: int | None = None, mesh=None) -> Trained:
   alone: no data set is read)."""
   config, records = checkpoint.load_metadata(workdir, step)
   names, infos = _from_records(records)
-  mesh = mesh_lib.from_config(config) if mesh is None else mesh
+  mesh = mesh_lib.from_config(config, fit=True) if mesh is None else mesh
   graphdef, _, state = _create(config, infos, mesh)
   mngr = checkpoint.manager(workdir, create=False)
   state = checkpoint.restore(mngr, state, step)

@@ -27,9 +27,15 @@ def make_mesh(data: int = -1, model: int = 1, devices=None) -> jax.sharding.Mesh
                        devices=devices)
 
 
-def from_config(config) -> jax.sharding.Mesh:
-  """The mesh of config.mesh: data (-1 = the rest of the devices) x model (default 1)."""
-  return make_mesh(config.mesh.data, config.mesh.get("model", 1))
+def from_config(config, fit: bool = False) -> jax.sharding.Mesh:
+  """The mesh of config.mesh: data (-1 = the rest of the devices) x model (default 1).
+  fit: if there are too few devices (a checkpoint of a bigger run, loaded for analysis),
+  all devices on the data axis, and the model axis kept only if it divides them."""
+  data, model = config.mesh.data, config.mesh.get("model", 1)
+  n = jax.device_count()
+  if fit and (data * model > n if data > 0 else n % model):
+    data, model = -1, (model if model <= n and n % model == 0 else 1)
+  return make_mesh(data, model)
 
 
 def replicated(mesh) -> NamedSharding:

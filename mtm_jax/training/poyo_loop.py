@@ -207,7 +207,7 @@ def load_trained(workdir: str, step: int | None = None, mesh=None) -> TrainedPOY
   if config.get("family") != "poyo":
     raise ValueError(f"{workdir}: holds a {config.get('family', 'mtm')!r} model, not POYO")
   vocab = vocabulary(records)
-  mesh = mesh_lib.from_config(config) if mesh is None else mesh
+  mesh = mesh_lib.from_config(config, fit=True) if mesh is None else mesh
   graphdef, _, state = _model_state(config, vocab, mesh)
   mngr = checkpoint.manager(workdir, create=False)
   state = checkpoint.restore(mngr, state, step)
