@@ -67,7 +67,7 @@ def process_rows(global_batch: int, mesh) -> slice:
 
 def shard_batch(batch: dict[str, np.ndarray], mesh, global_batch: int | None = None) -> dict[str, jax.Array]:
   """Host batch (this process's rows, see process_rows) -> global arrays split over
-  "data". global_batch: the global row count (default: local rows x processes)."""
+  "data". global_batch: the global row count (default: JAX infers it from the sharding)."""
   sharding = batch_sharding(mesh)
 
   def make(v):
