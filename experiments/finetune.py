@@ -18,6 +18,7 @@ from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
+from experiments import multihost
 from mtm_jax.training import loop, poyo_loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Fine-tuning config file (get_config(arg)).")
@@ -31,6 +32,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  multihost.initialize()
   config = _CONFIG.value
   poyo = config.get("family") == "poyo"
   if _DATASET.value:

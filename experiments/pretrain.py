@@ -12,13 +12,16 @@ POYO configs (config.family = "poyo", mtm_jax/configs/poyo.py) train POYO on eve
   python -m experiments.pretrain --config=mtm_jax/configs/poyo.py:small \
       --sessions=spike_events/reaching_000,spike_events/reaching_001 --workdir=runs/poyo
 
-Re-running in the same workdir resumes from its latest checkpoint.
+Re-running in the same workdir resumes from its latest checkpoint. Several devices: the
+mesh is --config.mesh.data x --config.mesh.model; several hosts: --coordinator_address,
+--num_processes and --process_id (or --distributed), see docs/scaling.md.
 """
 
 from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
+from experiments import multihost
 from mtm_jax.training import loop, poyo_loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (get_config(arg)).")
@@ -32,6 +35,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  multihost.initialize()
   logging.info("JAX devices: %s", jax.devices())
   config = _CONFIG.value
   poyo = config.get("family") == "poyo"

@@ -75,7 +75,8 @@ def get_config(arg: str = "paper") -> ml_collections.ConfigDict:
   c.train.keep_checkpoints = 3
 
   c.mesh = ml_collections.ConfigDict()
-  c.mesh.data = -1  # devices on the data axis (-1 = all)
+  c.mesh.data = -1  # devices on the data axis (-1 = all the devices not on the model axis)
+  c.mesh.model = 1  # devices on the model axis: tensor parallel over attention heads and MLP width
 
   c.init = ml_collections.ConfigDict()
   c.init.pretrained = ""  # workdir of a pretrained model: start from its shared weights

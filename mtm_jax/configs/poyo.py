@@ -95,7 +95,8 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
   c.finetune.warmup_steps = 1000  # "full": unit-identification steps before everything trains
 
   c.mesh = ml_collections.ConfigDict()
-  c.mesh.data = -1  # devices on the data axis (-1 = all)
+  c.mesh.data = -1  # devices on the data axis (-1 = all the devices not on the model axis)
+  c.mesh.model = 1  # devices on the model axis: tensor parallel over attention heads and MLP width
 
   c.eval = ml_collections.ConfigDict()
   c.eval.split = "test"

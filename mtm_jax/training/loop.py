@@ -20,7 +20,7 @@ from mtm_jax import masking
 from mtm_jax.configs import ndt1 as ndt1_config
 from mtm_jax.datasets import pipeline, schema
 from mtm_jax.models import ndt1
-from mtm_jax.training import checkpoint, mesh as mesh_lib, optimizer, step as step_lib
+from mtm_jax.training import checkpoint, mesh as mesh_lib, optimizer, sharding, step as step_lib
 
 
 class MetricWriter:
@@ -56,7 +56,7 @@ class Trained:
   sessions: list[schema.SessionInfo]
   names: list[str]  # TFDS name/config of each session row
   graphdef: nnx.GraphDef
-  params: nnx.State  # replicated on `mesh`
+  params: nnx.State  # on `mesh`, laid out by sharding.RULES
   step: int
   mesh: jax.sharding.Mesh
 
@@ -87,18 +87,12 @@ def _from_records(records) -> tuple[list[str], list[schema.SessionInfo]]:
 
 
 def _create(config, infos, mesh):
-  """Model graphdef and an initial train state, replicated over the mesh."""
+  """Model graphdef and an initial train state, laid out on the mesh (sharding.RULES)."""
   model = ndt1.from_config(config, [i.n_neurons for i in infos], rngs=nnx.Rngs(config.seed))
   graphdef, params = nnx.split(model, nnx.Param)
   tx = optimizer.make_optimizer(config)
-  state = jax.device_put(step_lib.init_state(params, tx), mesh_lib.replicated(mesh))
+  state = sharding.place_state(step_lib.init_state(params, tx), mesh, model)
   return graphdef, tx, state
-
-
-def _path_name(path) -> str:
-  """'layers/0/attn/query/kernel' for a parameter's pytree path."""
-  names = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
-  return "/".join(names[:-1] if names and names[-1] == "value" else names)
 
 
 def graft_shared(params, pretrained_params, where: str = "pretrained model"):
@@ -106,10 +100,10 @@ def graft_shared(params, pretrained_params, where: str = "pretrained model"):
   `pretrained_params`; the per-session layers of `params` stay as they are (fresh).
   Raises ValueError naming the parameter when the pretrained one is missing or has
   another shape (a different architecture)."""
-  source = {_path_name(p): v for p, v in jax.tree_util.tree_flatten_with_path(pretrained_params)[0]}
+  source = {sharding.path_name(p): v for p, v in jax.tree_util.tree_flatten_with_path(pretrained_params)[0]}
 
   def take(path, fresh):
-    name = _path_name(path)
+    name = sharding.path_name(path)
     if name.split("/")[0] in ndt1.SESSION_PARAMS:
       return fresh
     if name not in source:
@@ -147,7 +141,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   config.data.datasets, config.data.n_sessions = ",".join(names), 0  # resolved, as saved
 
   # ---- Mesh -----------------------------------------------------------------------------
-  mesh = mesh_lib.make_mesh(config.mesh.data)
+  mesh = mesh_lib.from_config(config)
   mesh_lib.check_batch_size(config.data.batch_size, mesh)
 
   # ---- Input ----------------------------------------------------------------------------
@@ -155,7 +149,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   infos = [s.info for s in sessions]
   n_neurons = max(i.n_neurons for i in infos)
   batches = pipeline.multi_session_batches([s.splits["train"] for s in sessions], config.data.batch_size,
-                                           config.data.shuffle_seed, n_neurons)
+                                           config.data.shuffle_seed, n_neurons,
+                                           rows=mesh_lib.process_rows(config.data.batch_size, mesh))
   regions = jax.device_put(jnp.asarray(pipeline.region_table(infos, n_neurons)), mesh_lib.replicated(mesh))
   for s in sessions:
     logging.info("session %s (%s): %d neurons in %s, %d train / %d val trials", s.name, s.info.session_id,
@@ -177,13 +172,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   elif config.init.pretrained:
     pre = load_trained(config.init.pretrained, None if config.init.step < 0 else config.init.step, mesh)
     params = graft_shared(state.params, pre.params, where=f"pretrained model {config.init.pretrained}")
-    state = jax.device_put(step_lib.init_state(params, tx), mesh_lib.replicated(mesh))
+    state = sharding.place_state(step_lib.init_state(params, tx), mesh)
     logging.info("shared weights from %s (step %d, sessions %s); fresh %s for %s", config.init.pretrained,
                  pre.step, pre.names, ", ".join(ndt1.SESSION_PARAMS), names)
 
   # ---- Update and validation steps ------------------------------------------------------
   mask_config = _mask_config(config)
-  train_step = jax.jit(step_lib.make_train_step(graphdef, tx, config.masking.mode, mask_config), donate_argnums=0)
+  train_step = sharding.jit_train_step(step_lib.make_train_step(graphdef, tx, config.masking.mode, mask_config),
+                                       state, mesh)
   val_nll = jax.jit(functools.partial(step_lib.masked_nll, graphdef, mode=config.masking.mode,
                                       mask_config=mask_config, train=False))
   key = jax.random.key(config.seed)
@@ -215,7 +211,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     with jax.set_mesh(mesh):
       return run_steps(
           state, config.train, batches,
-          update=lambda step, state, batch: train_step(state, shard(batch), regions, key),
+          update=lambda step, state, batch: train_step(
+              state, mesh_lib.shard_batch(batch, mesh, config.data.batch_size), regions, key),
           summarise=summarise, learning_rate=schedule,
           evaluate=lambda state: dict(val_loss=validate(state.params)),
           save=lambda step, state: checkpoint.save(mngr, step, state, config, records), writer=writer)
@@ -268,7 +265,7 @@ def load_trained(workdir: str, step: int | None = None, mesh=None) -> Trained:
   alone: no data set is read)."""
   config, records = checkpoint.load_metadata(workdir, step)
   names, infos = _from_records(records)
-  mesh = mesh_lib.make_mesh(config.mesh.data) if mesh is None else mesh
+  mesh = mesh_lib.from_config(config, fit=True) if mesh is None else mesh
   graphdef, _, state = _create(config, infos, mesh)
   mngr = checkpoint.manager(workdir, create=False)
   state = checkpoint.restore(mngr, state, step)

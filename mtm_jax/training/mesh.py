@@ -1,6 +1,7 @@
-"""Device mesh and shardings. Axes: "data" (batch) and "model" (reserved for tensor
-parallelism; size 1 unless configured). Parameters are replicated; batches are split
-over "data"."""
+"""Device mesh and batch shardings. Axes: "data" (batches split) and "model" (tensor
+parallelism over attention heads and MLP width, size config.mesh.model; the parameter
+rules are in sharding.py). With several processes (multi-host), each process feeds only
+the rows of a global batch that its own devices hold (process_rows)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,17 @@ def make_mesh(data: int = -1, model: int = 1, devices=None) -> jax.sharding.Mesh
                        devices=devices)
 
 
+def from_config(config, fit: bool = False) -> jax.sharding.Mesh:
+  """The mesh of config.mesh: data (-1 = the rest of the devices) x model (default 1).
+  fit: if there are too few devices (a checkpoint of a bigger run, loaded for analysis),
+  all devices on the data axis, and the model axis kept only if it divides them."""
+  data, model = config.mesh.data, config.mesh.get("model", 1)
+  n = jax.device_count()
+  if fit and (data * model > n if data > 0 else n % model):
+    data, model = -1, (model if model <= n and n % model == 0 else 1)
+  return make_mesh(data, model)
+
+
 def replicated(mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
@@ -42,15 +54,33 @@ def check_batch_size(batch_size: int, mesh) -> None:
                      f"of the mesh's data axis")
 
 
-def shard_batch(batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
-  """Host batch (this process's rows) -> global arrays split over "data"."""
+def process_rows(global_batch: int, mesh) -> slice:
+  """The rows of a global batch [global_batch, ...] that this process's devices hold
+  under batch_sharding (all of them in a single process): the only rows it must load."""
+  index_map = batch_sharding(mesh).addressable_devices_indices_map((global_batch,))
+  bounds = sorted({(i[0].start or 0, global_batch if i[0].stop is None else i[0].stop) for i in index_map.values()})
+  if any(a[1] != b[0] for a, b in zip(bounds, bounds[1:])):
+    raise ValueError(f"mesh: process {jax.process_index()} holds rows {bounds} of the batch, not one contiguous block; "
+                     "order the devices so that each process's devices are neighbours on the data axis")
+  return slice(bounds[0][0], bounds[-1][1])
+
+
+def shard_batch(batch: dict[str, np.ndarray], mesh, global_batch: int | None = None) -> dict[str, jax.Array]:
+  """Host batch (this process's rows, see process_rows) -> global arrays split over
+  "data". global_batch: the global row count (default: JAX infers it from the sharding)."""
   sharding = batch_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
+
+  def make(v):
+    v = np.asarray(v)
+    shape = None if global_batch is None else (global_batch,) + v.shape[1:]
+    return jax.make_array_from_process_local_data(sharding, v, shape)
+
+  return {k: make(v) for k, v in batch.items()}
 
 
 def shard_global_batch(batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
   """A global host batch (every process holds all of it) -> global arrays split over
-  "data": each process contributes its contiguous share of the rows."""
-  n, index = jax.process_count(), jax.process_index()
-  size = len(next(iter(batch.values()))) // n
-  return shard_batch({k: v[index * size : (index + 1) * size] for k, v in batch.items()}, mesh)
+  "data": each process contributes its rows (process_rows)."""
+  n = len(next(iter(batch.values())))
+  rows = process_rows(n, mesh)
+  return shard_batch({k: v[rows] for k, v in batch.items()}, mesh, n)

@@ -22,7 +22,7 @@ from mtm_jax.configs import poyo as poyo_config
 from mtm_jax.datasets import events
 from mtm_jax.evaluation import poyo_eval
 from mtm_jax.models import poyo
-from mtm_jax.training import checkpoint, loop, mesh as mesh_lib, optimizer, poyo_step
+from mtm_jax.training import checkpoint, loop, mesh as mesh_lib, optimizer, poyo_step, sharding
 from mtm_jax.training.step import init_state
 
 
@@ -35,7 +35,7 @@ class TrainedPOYO:
   vocab: events.Vocabulary
   scale: np.ndarray  # [D] float32 behaviour divisor
   graphdef: nnx.GraphDef
-  params: nnx.State  # replicated on `mesh`
+  params: nnx.State  # on `mesh`, laid out by sharding.RULES
   step: int
   mesh: jax.sharding.Mesh
 
@@ -75,14 +75,14 @@ def vocabulary(records: Sequence[dict]) -> events.Vocabulary:
 
 
 def _model_state(config, vocab: events.Vocabulary, mesh, params=None):
-  """(graphdef, params, tx, state) replicated over the mesh; `params` (a pure dict or
-  State) replaces the fresh initialisation."""
+  """(graphdef, tx, state) laid out on the mesh (sharding.RULES); `params` (a pure dict
+  or State) replaces the fresh initialisation."""
   model = poyo.from_config(config, len(vocab.unit_ids), len(vocab.session_ids), rngs=nnx.Rngs(config.seed))
   graphdef, state = nnx.split(model, nnx.Param)
   if params is not None:
     nnx.replace_by_pure_dict(state, params if isinstance(params, dict) else nnx.to_pure_dict(params))
   tx = optimizer.make_poyo_optimizer(config, state)
-  return graphdef, tx, jax.device_put(init_state(state, tx), mesh_lib.replicated(mesh))
+  return graphdef, tx, sharding.place_state(init_state(state, tx), mesh, model)
 
 
 
@@ -107,7 +107,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, sessions: Sequence[di
     config.data.datasets = ",".join(names)
 
   # ---- Mesh -----------------------------------------------------------------------------
-  mesh = mesh_lib.make_mesh(config.mesh.data)
+  mesh = mesh_lib.from_config(config)
   mesh_lib.check_batch_size(config.data.batch_size, mesh)
   mesh_lib.check_batch_size(config.eval.batch_size, mesh)
 
@@ -161,9 +161,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, sessions: Sequence[di
 
   # ---- Update steps ---------------------------------------------------------------------
   tasks = dict(config.model.tasks)
-  full_step = jax.jit(poyo_step.make_train_step(graphdef, tx, tasks=tasks), donate_argnums=0)
-  frozen_step = (jax.jit(poyo_step.make_train_step(graphdef, tx, tasks=tasks, trainable=trainable), donate_argnums=0)
-                 if trainable is not None else None)
+  full_step = sharding.jit_train_step(poyo_step.make_train_step(graphdef, tx, tasks=tasks), state, mesh)
+  frozen_step = (sharding.jit_train_step(poyo_step.make_train_step(graphdef, tx, tasks=tasks, trainable=trainable),
+                                         state, mesh) if trainable is not None else None)
   predictor = poyo_eval.make_predictor(graphdef, behaviour_task(config))
   key = jax.random.key(config.seed, impl=config.train.prng_impl)
   lr = optimizer.poyo_learning_rate_schedule(config)
@@ -207,7 +207,7 @@ def load_trained(workdir: str, step: int | None = None, mesh=None) -> TrainedPOY
   if config.get("family") != "poyo":
     raise ValueError(f"{workdir}: holds a {config.get('family', 'mtm')!r} model, not POYO")
   vocab = vocabulary(records)
-  mesh = mesh_lib.make_mesh(config.mesh.data) if mesh is None else mesh
+  mesh = mesh_lib.from_config(config, fit=True) if mesh is None else mesh
   graphdef, _, state = _model_state(config, vocab, mesh)
   mngr = checkpoint.manager(workdir, create=False)
   state = checkpoint.restore(mngr, state, step)
