@@ -211,7 +211,8 @@ def check_compatible(saved: ml_collections.ConfigDict, saved_sessions: list[dict
   """Raises ValueError (before any training) when the checkpoint in `where` is from
   another model (config.family, config.model) or other sessions (names, ids, neurons)."""
   for field in ("family", "model"):
-    a, b = saved.get(field), config.get(field)
+    default = "mtm" if field == "family" else None  # configs saved before config.family existed are NDT1
+    a, b = saved.get(field, default), config.get(field, default)
     a = a.to_dict() if isinstance(a, ml_collections.ConfigDict) else a
     b = b.to_dict() if isinstance(b, ml_collections.ConfigDict) else b
     if a != b:
