@@ -73,6 +73,7 @@ def get_config(arg: str = "paper") -> ml_collections.ConfigDict:
   c.train.eval_every = 1000  # validation loss
   c.train.checkpoint_every = 1000
   c.train.keep_checkpoints = 3
+  c.train.max_nonfinite_steps = 10  # non-finite steps in a row (each skipped) that stop the run
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # devices on the data axis (-1 = all the devices not on the model axis)
@@ -130,10 +131,19 @@ def validate(c: ml_collections.ConfigDict) -> None:
       raise ValueError(f"config.masking.{field}: must be in (0, 1), got {c.masking[field]}")
   if c.data.batch_size < 1 or c.train.steps < 1:
     raise ValueError("config.data.batch_size and config.train.steps must be positive")
+  validate_train(c)
   names = dataset_names(c)
   if len(names) > 1 and c.model.stitch_dim <= 0:
     raise ValueError(f"config.model.stitch_dim: {len(names)} sessions need per-session stitching layers "
                      "(stitch_dim > 0, e.g. the ',stitch' option)")
+
+
+def validate_train(c: ml_collections.ConfigDict) -> None:
+  """The config.train fields every model family has (ValueError naming the field)."""
+  for field in ("steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "max_nonfinite_steps"):
+    value = c.train.get(field)
+    if not isinstance(value, int) or value < 1:
+      raise ValueError(f"config.train.{field}: expected a positive integer, got {value!r}")
 
 
 def dataset_names(c: ml_collections.ConfigDict) -> list[str]:

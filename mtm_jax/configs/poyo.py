@@ -18,6 +18,7 @@ evaluation: mtm_jax.evaluation.poyo_eval.evaluate_workdir(workdir, split).
 
 import ml_collections
 
+from mtm_jax.configs import ndt1 as ndt1_config
 from mtm_jax.datasets import schema
 from mtm_jax.models import poyo
 from mtm_jax.models import rotary
@@ -84,6 +85,7 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
   c.train.eval_every = 1000
   c.train.checkpoint_every = 1000
   c.train.keep_checkpoints = 3
+  c.train.max_nonfinite_steps = 10  # non-finite steps in a row (each skipped) that stop the run
   c.train.prng_impl = "threefry2x32"  # PRNG of the dropout keys ("rbg" compiles faster on CPU)
 
   c.init = ml_collections.ConfigDict()
@@ -155,6 +157,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.optimizer.name: expected 'lamb', got {c.optimizer.name!r}")
   if d.batch_size < 1 or c.train.steps < 1 or d.max_queries < 1:
     raise ValueError("config.data.batch_size, config.data.max_queries and config.train.steps must be positive")
+  ndt1_config.validate_train(c)
   if c.eval.window_step <= 0 or c.eval.window_step > d.window_length:
     raise ValueError(f"config.eval.window_step: must be in (0, window_length], got {c.eval.window_step}")
   if c.finetune.mode not in FINETUNE_MODES:

@@ -63,7 +63,7 @@ def split_intervals(trial_starts: np.ndarray, trial_ends: np.ndarray, seed: int 
 
 def _check_intervals(intervals, where: str, name: str) -> np.ndarray:
   """[n, 2] float64 intervals, finite, start < end, sorted and non-overlapping."""
-  iv = np.asarray(intervals, np.float64)
+  iv = schema.field_array({name: intervals}, name, where, np.float64)
   if iv.ndim != 2 or iv.shape[1] != 2:
     raise ValueError(f"{where}: {name} must be [n, 2] (start, end) intervals, got shape {iv.shape}")
   if not np.all(np.isfinite(iv)):
@@ -89,16 +89,18 @@ def validate_event_session(session: dict, where: str) -> None:
     raise ValueError(f"{where}: missing fields {missing}")
   if not isinstance(session["session_id"], str) or not session["session_id"]:
     raise ValueError(f"{where}: 'session_id' must be a non-empty string, got {session['session_id']!r}")
-  unit_ids, regions = list(session["unit_ids"]), list(session["unit_regions"])
+  unit_ids, regions = schema.field_array(session, "unit_ids", where), schema.field_array(session, "unit_regions", where)
+  if unit_ids.ndim != 1 or regions.ndim != 1:
+    raise ValueError(f"{where}: 'unit_ids' and 'unit_regions' must be 1-D, got shapes {unit_ids.shape}, {regions.shape}")
   n_units = len(unit_ids)
   if n_units == 0:
     raise ValueError(f"{where}: 'unit_ids' is empty (a session needs units)")
   if len(regions) != n_units:
     raise ValueError(f"{where}: 'unit_regions' has {len(regions)} entries for {n_units} units")
-  if len(set(unit_ids)) != n_units:
+  if len(set(unit_ids.tolist())) != n_units:
     raise ValueError(f"{where}: 'unit_ids' are not unique")
 
-  times, units = np.asarray(session["spike_times"]), np.asarray(session["spike_units"])
+  times, units = schema.field_array(session, "spike_times", where), schema.field_array(session, "spike_units", where)
   if times.ndim != 1 or units.ndim != 1:
     raise ValueError(f"{where}: 'spike_times' and 'spike_units' must be 1-D, got shapes {times.shape}, {units.shape}")
   if len(times) != len(units):
@@ -117,8 +119,11 @@ def validate_event_session(session: dict, where: str) -> None:
     raise ValueError(f"{where}: 'spike_units' must index the {n_units} units, got range "
                      f"[{units.min()}, {units.max()}]")
 
-  stamps = np.asarray(session["behaviour_timestamps"])
-  values, weights = np.asarray(session["behaviour_values"]), np.asarray(session["behaviour_weights"])
+  stamps, values, weights = (schema.field_array(session, k, where) for k in
+                             ("behaviour_timestamps", "behaviour_values", "behaviour_weights"))
+  for name, array in (("behaviour_timestamps", stamps), ("behaviour_values", values), ("behaviour_weights", weights)):
+    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+      raise ValueError(f"{where}: '{name}' must be numbers, got dtype {array.dtype}")
   if stamps.ndim != 1:
     raise ValueError(f"{where}: 'behaviour_timestamps' must be 1-D, got shape {stamps.shape}")
   if not np.all(np.isfinite(stamps)):
@@ -134,7 +139,7 @@ def validate_event_session(session: dict, where: str) -> None:
   if not np.all(np.isfinite(weights)) or np.any(weights < 0):
     raise ValueError(f"{where}: 'behaviour_weights' must be finite and >= 0")
 
-  starts, ends = np.asarray(session["trial_starts"]), np.asarray(session["trial_ends"])
+  starts, ends = (schema.field_array(session, k, where, np.float64) for k in ("trial_starts", "trial_ends"))
   if starts.shape != ends.shape or starts.ndim != 1:
     raise ValueError(f"{where}: 'trial_starts' {starts.shape} and 'trial_ends' {ends.shape} must be 1-D, same length")
   _check_intervals(np.stack([starts, ends], axis=1), where, "'trial_starts'/'trial_ends'")
@@ -147,7 +152,7 @@ def validate_event_session(session: dict, where: str) -> None:
     raise ValueError(f"{where}: 'splits' has unknown names {unknown}; expected a subset of {list(SPLITS)}")
   for name, iv in splits.items():
     _check_intervals(iv, where, f"split {name!r}")
-  combined = np.concatenate([np.asarray(iv, np.float64).reshape(-1, 2) for iv in splits.values()])
+  combined = np.concatenate([schema.field_array(splits, name, where, np.float64).reshape(-1, 2) for name in splits])
   _check_intervals(combined[np.argsort(combined[:, 0], kind="stable")], where, "'splits' (all splits together)")
 
 

@@ -149,7 +149,10 @@ def multi_session_batches(arrays: list[dict[str, np.ndarray]], batch_size: int, 
   return grain.MapDataset.mix(per_session, weights=weights)
 
 
-def iterate_from(dataset: grain.MapDataset, step: int, prefetch: int = 2):
-  """Iterator over dataset[step], dataset[step + 1], ... with background prefetch."""
-  ds = dataset[step:].to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=prefetch))
-  return iter(ds)
+def iterate_from(dataset: grain.MapDataset, step: int, state: dict | None = None, prefetch: int = 2):
+  """Iterator over dataset[step], dataset[step + 1], ... with background prefetch; its
+  get_state() is the grain iterator state to checkpoint, and `state` (a saved one)
+  positions it instead of `step`. For a MapDataset the state is {"next_index": i}."""
+  iterator = iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=prefetch)))
+  iterator.set_state(dict(state) if state is not None else {"next_index": int(step)})
+  return iterator

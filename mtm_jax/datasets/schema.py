@@ -70,13 +70,23 @@ def split_trials(n_trials: int, seed: int = 0, fractions=SPLIT_FRACTIONS) -> dic
   return {name: np.sort(part) for name, part in zip(fractions, parts)}
 
 
+def field_array(session: dict, key: str, where: str, dtype=None) -> np.ndarray:
+  """session[key] as a NumPy array; ValueError naming `where` and the field when it is
+  not one (ragged lists, values of the wrong type)."""
+  try:
+    return np.asarray(session[key], dtype)
+  except (TypeError, ValueError, OverflowError) as e:
+    raise ValueError(f"{where}: {key!r} is not a rectangular array{' of ' + str(dtype) if dtype else ''} "
+                     f"({type(e).__name__}: {e})") from e
+
+
 def validate_session(session: dict, where: str) -> None:
   """Raises ValueError naming `where` and the field when a session is malformed."""
   required = ("spikes", "regions") + TRIAL_FIELDS + BIN_FIELDS
   missing = [k for k in required if k not in session]
   if missing:
     raise ValueError(f"{where}: missing fields {missing}")
-  spikes = np.asarray(session["spikes"])
+  spikes = field_array(session, "spikes", where)
   if spikes.ndim != 3 or spikes.shape[1] != N_BINS:
     raise ValueError(f"{where}: 'spikes' must be [trials, {N_BINS}, neurons], got shape {spikes.shape}")
   n_trials, _, n_neurons = spikes.shape
@@ -84,13 +94,14 @@ def validate_session(session: dict, where: str) -> None:
     raise ValueError(f"{where}: 'spikes' has no {'neurons' if n_neurons == 0 else 'trials'}")
   if not np.issubdtype(spikes.dtype, np.integer) or spikes.min() < 0:
     raise ValueError(f"{where}: 'spikes' must hold non-negative integer counts (dtype {spikes.dtype})")
-  if len(session["regions"]) != n_neurons:
-    raise ValueError(f"{where}: 'regions' has {len(session['regions'])} entries for {n_neurons} neurons")
+  regions = field_array(session, "regions", where)
+  if regions.shape != (n_neurons,):
+    raise ValueError(f"{where}: 'regions' must hold one name per neuron, shape ({n_neurons},), got {regions.shape}")
   for k in TRIAL_FIELDS:
-    if np.shape(session[k]) != (n_trials,):
+    if field_array(session, k, where).shape != (n_trials,):
       raise ValueError(f"{where}: '{k}' must have shape ({n_trials},), got {np.shape(session[k])}")
   for k in BIN_FIELDS:
-    if np.shape(session[k]) != (n_trials, N_BINS):
+    if field_array(session, k, where).shape != (n_trials, N_BINS):
       raise ValueError(f"{where}: '{k}' must have shape ({n_trials}, {N_BINS}), got {np.shape(session[k])}")
-  if "rates" in session and np.shape(session["rates"]) != spikes.shape:
+  if "rates" in session and field_array(session, "rates", where).shape != spikes.shape:
     raise ValueError(f"{where}: 'rates' must have the shape of 'spikes' {spikes.shape}, got {np.shape(session['rates'])}")

@@ -1,14 +1,37 @@
-"""Orbax checkpoints of {train state, config, sessions}: save, resume and restore for
-analysis. The config and the sessions (name, id and neuron regions of each session row)
-travel with every checkpoint, so a model is loaded by its path alone."""
+"""Orbax checkpoints of {train state, config, sessions, progress, data}: save, resume and
+restore for analysis. The config and the sessions (name, id and neurons of each session
+row) travel with every checkpoint, so a model is loaded by its path alone.
+
+A checkpoint holds everything a resumed run needs to continue bit for bit:
+- state: parameters, optimiser state and step (TrainState, Orbax StandardSave);
+- progress: the run's PRNG key (implementation and key data) and the number of
+  non-finite steps in a row at that step (JSON);
+- data: the grain iterator state of the training batches (JSON, as grain writes it).
+
+Damaged checkpoints (a truncated array file, missing metadata, unreadable JSON, an
+interrupted save's Orbax tmp directory) are reported with a warning naming the step and
+directory, and the newest readable one is used instead. When training resumes, damaged
+ones are moved to <workdir>/checkpoints_damaged, so that retention (max_to_keep), which
+deletes the oldest steps first, never deletes the good checkpoint in favour of a damaged
+newer one.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import shutil
+import time
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
+
+ITEMS = ("state", "config", "sessions", "progress", "data")
+DAMAGED_DIR = "checkpoints_damaged"
+_TMP_MARK = ".orbax-checkpoint-tmp"
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -16,17 +39,37 @@ def checkpoint_dir(workdir: str) -> str:
 
 
 def manager(workdir: str, keep: int = 3, create: bool = True) -> ocp.CheckpointManager:
-  """CheckpointManager in <workdir>/checkpoints (absolute), keeping the newest `keep`."""
+  """CheckpointManager in <workdir>/checkpoints (absolute), keeping the newest `keep`.
+
+  Orbax writes a step into a tmp directory and renames it only when every item is
+  written, and deletes old steps only after that, so retention never removes the newest
+  complete checkpoint in favour of a half-written one."""
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create, enable_async_checkpointing=True)
-  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=("state", "config", "sessions"))
+  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=ITEMS)
+
+
+def key_record(key: jax.Array) -> dict:
+  """A typed PRNG key as JSON: its implementation and key data."""
+  return dict(impl=str(jax.random.key_impl(key)), data=np.asarray(jax.random.key_data(key)).ravel().tolist())
+
+
+def key_from_record(record: dict) -> jax.Array:
+  return jax.random.wrap_key_data(np.asarray(record["data"], np.uint32), impl=record["impl"])
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state, config: ml_collections.ConfigDict,
-         sessions: list[dict]) -> None:
-  """sessions: one JSON-able dict per session row (see loop.session_records)."""
-  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                          config=ocp.args.JsonSave(config.to_dict()),
-                                          sessions=ocp.args.JsonSave(sessions)), force=True)
+         sessions: list[dict], *, key: jax.Array, data_state: dict | None, nonfinite_in_a_row: int = 0) -> None:
+  """Saves (asynchronously) the checkpoint of `step`.
+
+  sessions: one JSON-able dict per session row (see loop.session_records); key: the run's
+  PRNG key (step keys are fold_in(key, step)); data_state: the grain iterator state of
+  the training batches after `step` batches."""
+  progress = dict(step=int(step), rng=key_record(key), nonfinite_in_a_row=int(nonfinite_in_a_row))
+  items = dict(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config.to_dict()),
+               sessions=ocp.args.JsonSave(sessions), progress=ocp.args.JsonSave(progress))
+  if data_state is not None:
+    items["data"] = ocp.args.JsonSave(data_state)
+  mngr.save(step, args=ocp.args.Composite(**items), force=True)
 
 
 def abstract(tree):
@@ -34,13 +77,92 @@ def abstract(tree):
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
-def restore(mngr: ocp.CheckpointManager, target, step: int | None = None):
-  """The state saved at `step` (default: latest), laid out like `target`."""
-  step = mngr.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint in {mngr.directory}")
-  restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract(target))))
-  return restored["state"]
+@dataclasses.dataclass
+class Restored:
+  """One checkpoint, read in full."""
+
+  step: int
+  state: object  # laid out like the restore target
+  config: ml_collections.ConfigDict
+  sessions: list[dict]
+  progress: dict | None  # None in checkpoints written before it was saved
+  data_state: dict | None
+
+
+def _first_line(error: BaseException) -> str:
+  text = str(error).strip().splitlines()
+  return f"{type(error).__name__}: {text[0][:300] if text else ''}"
+
+
+def _quarantine(directory: str, name: str) -> str:
+  """Moves <checkpoints>/<name> to <workdir>/checkpoints_damaged/<name>.<time> (kept for
+  inspection, never deleted); returns the new path."""
+  target_dir = os.path.join(os.path.dirname(directory), DAMAGED_DIR)
+  os.makedirs(target_dir, exist_ok=True)
+  target = os.path.join(target_dir, f"{name}.{time.strftime('%Y%m%dT%H%M%S')}")
+  shutil.move(os.path.join(directory, name), target)
+  return target
+
+
+def report_half_written(mngr: ocp.CheckpointManager, quarantine: bool) -> None:
+  """Warns about (and when `quarantine`, moves aside) interrupted saves' tmp dirs."""
+  directory = str(mngr.directory)
+  if not os.path.isdir(directory):
+    return
+  for name in sorted(os.listdir(directory)):
+    if _TMP_MARK in name:
+      where = _quarantine(directory, name) if quarantine else os.path.join(directory, name)
+      logging.warning("checkpoint %s in %s is half-written (an interrupted save) and is ignored%s", name.split(".")[0],
+                      directory, f"; moved to {where}" if quarantine else "")
+
+
+def _items_present(mngr: ocp.CheckpointManager, step: int) -> set[str]:
+  path = os.path.join(str(mngr.directory), str(step))
+  return {name for name in ITEMS if os.path.isdir(os.path.join(path, name))}
+
+
+def restore(mngr: ocp.CheckpointManager, target, step: int | None = None, *, quarantine: bool = False) -> Restored:
+  """The newest readable checkpoint (or the one of `step`), state laid out like `target`.
+
+  Every item is read; a checkpoint that fails to read is damaged: a warning names its
+  step and directory and the previous one is tried (with `quarantine`, for a training
+  run that will write new checkpoints, it is also moved to <workdir>/checkpoints_damaged).
+  An explicit `step` that is damaged is an error. Raises FileNotFoundError when no
+  readable checkpoint is left."""
+  directory = str(mngr.directory)
+  report_half_written(mngr, quarantine)
+  steps = sorted(mngr.all_steps(), reverse=True)
+  if step is not None:
+    if step not in steps:
+      raise FileNotFoundError(f"{directory}: no checkpoint at step {step}; it has {sorted(steps)}")
+    steps = [step]
+  damaged = []
+  for s in steps:
+    present = _items_present(mngr, s)
+    args = dict(state=ocp.args.StandardRestore(abstract(target)), config=ocp.args.JsonRestore(),
+                sessions=ocp.args.JsonRestore())
+    args.update({name: ocp.args.JsonRestore() for name in ("progress", "data") if name in present})
+    try:
+      if not {"state", "config", "sessions"} <= present:
+        raise FileNotFoundError(f"items {sorted({'state', 'config', 'sessions'} - present)} are missing")
+      out = mngr.restore(s, args=ocp.args.Composite(**args))
+    except Exception as error:  # pylint: disable=broad-except  # any read failure = damaged
+      if step is not None:
+        raise ValueError(f"{directory}: checkpoint of step {step} is damaged ({_first_line(error)})") from error
+      moved = _quarantine(directory, str(s)) if quarantine else None
+      logging.warning("checkpoint of step %d in %s is damaged and skipped (%s)%s", s, directory, _first_line(error),
+                      f"; moved to {moved}" if moved else "")
+      damaged.append(s)
+      continue
+    if damaged and quarantine:
+      mngr.reload()
+    return Restored(s, out["state"], ml_collections.ConfigDict(out["config"]), list(out["sessions"]),
+                    dict(out["progress"]) if "progress" in present else None,
+                    dict(out["data"]) if "data" in present else None)
+  if quarantine:
+    mngr.reload()
+  raise FileNotFoundError(f"{directory}: holds no readable checkpoint" +
+                          (f" (damaged: steps {damaged})" if damaged else ""))
 
 
 def latest_step(workdir: str) -> int | None:
@@ -54,17 +176,59 @@ def latest_step(workdir: str) -> int | None:
 
 
 def load_metadata(workdir: str, step: int | None = None) -> tuple[ml_collections.ConfigDict, list[dict]]:
-  """The config a run in `workdir` was trained with, and its session records."""
+  """The config a run in `workdir` was trained with, and its session records: those of
+  `step`, or of the newest checkpoint whose metadata reads (damaged ones are reported)."""
   path = checkpoint_dir(workdir)
   if not os.path.isdir(path):
     raise FileNotFoundError(f"{workdir}: no checkpoints directory ({path}); was a model trained there?")
   mngr = manager(workdir, create=False)
-  step = mngr.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f"{path}: holds no finished checkpoint")
-  if step not in mngr.all_steps():
-    raise FileNotFoundError(f"{path}: no checkpoint at step {step}; it has {sorted(mngr.all_steps())}")
-  restored = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore(),
-                                                        sessions=ocp.args.JsonRestore()))
-  mngr.close()
-  return ml_collections.ConfigDict(restored["config"]), list(restored["sessions"])
+  try:
+    steps = sorted(mngr.all_steps(), reverse=True)
+    if not steps:
+      raise FileNotFoundError(f"{path}: holds no finished checkpoint")
+    if step is not None:
+      if step not in steps:
+        raise FileNotFoundError(f"{path}: no checkpoint at step {step}; it has {sorted(steps)}")
+      steps = [step]
+    for s in steps:
+      try:
+        restored = mngr.restore(s, args=ocp.args.Composite(config=ocp.args.JsonRestore(),
+                                                           sessions=ocp.args.JsonRestore()))
+        return ml_collections.ConfigDict(restored["config"]), list(restored["sessions"])
+      except Exception as error:  # pylint: disable=broad-except
+        if step is not None:
+          raise ValueError(f"{path}: the config or sessions of step {step} do not read ({_first_line(error)})") \
+              from error
+        logging.warning("checkpoint of step %d in %s: config or sessions do not read (%s); trying the previous one",
+                        s, path, _first_line(error))
+    raise FileNotFoundError(f"{path}: no checkpoint with readable config and sessions (steps {steps})")
+  finally:
+    mngr.close()
+
+
+def check_compatible(saved: ml_collections.ConfigDict, saved_sessions: list[dict],
+                     config: ml_collections.ConfigDict, sessions: list[dict], where: str) -> None:
+  """Raises ValueError (before any training) when the checkpoint in `where` is from
+  another model (config.family, config.model) or other sessions (names, ids, neurons)."""
+  for field in ("family", "model"):
+    default = "mtm" if field == "family" else None  # configs saved before config.family existed are NDT1
+    a, b = saved.get(field, default), config.get(field, default)
+    a = a.to_dict() if isinstance(a, ml_collections.ConfigDict) else a
+    b = b.to_dict() if isinstance(b, ml_collections.ConfigDict) else b
+    if a != b:
+      if isinstance(a, dict) and isinstance(b, dict):
+        diff = [f"config.{field}.{k}: checkpoint {a.get(k)!r}, this config {b.get(k)!r}"
+                for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+      else:
+        diff = [f"config.{field}: checkpoint {a!r}, this config {b!r}"]
+      raise ValueError(f"{where}: holds a run of another model ({'; '.join(diff)}); use another workdir "
+                       "or the checkpoint's config")
+  if len(saved_sessions) != len(sessions) or any(a.get("name") != b.get("name") for a, b in zip(saved_sessions, sessions)):
+    raise ValueError(f"{where}: holds a run on sessions {[r.get('name') for r in saved_sessions]}, not "
+                     f"{[r.get('name') for r in sessions]}; use another workdir")
+  for a, b in zip(saved_sessions, sessions):
+    for k in sorted(set(a) | set(b)):
+      if a.get(k) != b.get(k):
+        size = lambda v: f"{len(v)} entries" if isinstance(v, list) else repr(v)
+        raise ValueError(f"{where}: session {a.get('name')!r} has {k} = {size(a.get(k))} in the checkpoint but "
+                         f"{size(b.get(k))} in the data set (neurons or units differ: was the data set rebuilt?)")

@@ -3,10 +3,13 @@ or from the shared weights of a pretrained model (fine-tuning on new sessions)."
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import os
+import signal
+import threading
 import time
 
 import jax
@@ -162,14 +165,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   logging.info("NDT1 %s on %d session(s): %d parameters", config.model.size, len(names),
                sum(x.size for x in jax.tree.leaves(state.params)))
   mngr = checkpoint.manager(workdir, keep=config.train.keep_checkpoints)
-  if mngr.latest_step() is not None:
-    _, saved = checkpoint.load_metadata(workdir)
-    if [r["name"] for r in saved] != names:
-      raise ValueError(f"{workdir}: holds a run on sessions {[r['name'] for r in saved]}, not {names}; "
-                       "use another workdir")
-    state = checkpoint.restore(mngr, state)
-    logging.info("resumed from step %d", int(state.step))
-  elif config.init.pretrained:
+  key = jax.random.key(config.seed)
+  state, key, data_state, nonfinite = resume(mngr, workdir, state, config, records, key)
+  if int(state.step) == 0 and config.init.pretrained:  # not resumed (no checkpoint has step 0)
     pre = load_trained(config.init.pretrained, None if config.init.step < 0 else config.init.step, mesh)
     params = graft_shared(state.params, pre.params, where=f"pretrained model {config.init.pretrained}")
     state = sharding.place_state(step_lib.init_state(params, tx), mesh)
@@ -182,7 +180,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                        state, mesh)
   val_nll = jax.jit(functools.partial(step_lib.masked_nll, graphdef, mode=config.masking.mode,
                                       mask_config=mask_config, train=False))
-  key = jax.random.key(config.seed)
   shard = lambda batch: mesh_lib.shard_global_batch(batch, mesh)
 
   def validate(params) -> float:
@@ -215,49 +212,140 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
               state, mesh_lib.shard_batch(batch, mesh, config.data.batch_size), regions, key),
           summarise=summarise, learning_rate=schedule,
           evaluate=lambda state: dict(val_loss=validate(state.params)),
-          save=lambda step, state: checkpoint.save(mngr, step, state, config, records), writer=writer)
+          save=lambda step, state, progress: checkpoint.save(mngr, step, state, config, records, key=key, **progress),
+          writer=writer, data_state=data_state, nonfinite_in_a_row=nonfinite)
   finally:
     mngr.wait_until_finished()
     mngr.close()
     writer.close()
 
 
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: a preempted run saved its checkpoint; re-run to resume
+
+
+class Preempted(SystemExit):
+  """SIGTERM reached a training run, which saved a checkpoint of its current step and
+  stopped. A SystemExit, so the programs exit with PREEMPTED_EXIT_CODE without a
+  traceback (a scheduler sees a failed job and restarts it; re-running resumes)."""
+
+  def __init__(self, step: int):
+    super().__init__(PREEMPTED_EXIT_CODE)
+    self.step = step
+
+
+@contextlib.contextmanager
+def _sigterm_flag():
+  """A threading.Event set when SIGTERM arrives while the block runs (handled in the
+  main thread only; elsewhere the event never sets and SIGTERM keeps its handler)."""
+  flag = threading.Event()
+  if threading.current_thread() is not threading.main_thread():
+    yield flag
+    return
+  previous = signal.signal(signal.SIGTERM, lambda signum, frame: flag.set())
+  try:
+    yield flag
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
+def _any_process(flag: bool) -> bool:
+  """True on every process when `flag` is True on any (all processes stop together)."""
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(np.any(multihost_utils.process_allgather(np.asarray([flag]))))
+
+
 def run_steps(state, train_config, batches, *, update, summarise, learning_rate, evaluate, save,
-              writer: MetricWriter) -> dict:
+              writer: MetricWriter, data_state: dict | None = None, nonfinite_in_a_row: int = 0) -> dict:
   """The training loop every model family shares: from state.step to train_config.steps,
   batch i = batches[i] (so a resumed run reads what an uninterrupted one would).
 
-  update(step, state, host batch) -> (state, metrics); every log_every steps the
-  window's metrics are fetched, summarise(window) -> scalars is logged with steps/s and
-  the learning rate (a non-finite loss stops the run); every eval_every steps
-  evaluate(state) -> scalars; every checkpoint_every steps (and at the end)
-  save(step, state). Returns the last logged scalars."""
-  first = int(state.step)
-  last = {}
-  data = pipeline.iterate_from(batches, first)
-  t0, window, window_start = time.time(), [], first
-  for step in range(first, train_config.steps):
-    state, metrics = update(step, state, next(data))
-    window.append(metrics)
-    done = step + 1
-    if done % train_config.log_every == 0 or done == train_config.steps:
-      rate = (done - window_start) / max(time.time() - t0, 1e-9)
-      last = {k: float(v) for k, v in summarise(jax.device_get(window)).items()}
-      last.update(steps_per_second=rate, learning_rate=float(learning_rate(done)))
-      if not np.isfinite(last["loss"]):
-        raise FloatingPointError(f"step {done}: the training loss is {last['loss']}")
-      logging.info("step %d/%d  loss %.4f  %.2f steps/s  ETA %.0fs", done, train_config.steps, last["loss"], rate,
-                   (train_config.steps - done) / max(rate, 1e-9))
-      writer.write(done, last)
-      t0, window, window_start = time.time(), [], done
-    if done % train_config.eval_every == 0 or done == train_config.steps:
-      scores = {k: float(v) for k, v in evaluate(state).items()}
-      logging.info("step %d  %s", done, "  ".join(f"{k} {v:.4f}" for k, v in scores.items()))
-      writer.write(done, scores)
-      last.update(scores)
-    if done % train_config.checkpoint_every == 0 or done == train_config.steps:
-      save(done, state)
+  update(step, state, host batch) -> (state, metrics with a [] bool "finite"); every
+  log_every steps the window's metrics are fetched and summarise(finite steps' metrics)
+  -> scalars is logged with steps/s, the learning rate and the skipped steps; every
+  eval_every steps evaluate(state) -> scalars; every checkpoint_every steps (and at the
+  end) save(step, state, progress) with progress = dict(data_state=the grain iterator
+  state, nonfinite_in_a_row=...).
+
+  Faults: a step whose update was skipped as non-finite is logged with its number; after
+  train_config.max_nonfinite_steps of them in a row the state (whose parameters are
+  those of the last finite update) is saved and FloatingPointError raised. SIGTERM
+  saves the current step and raises Preempted. data_state (a restored iterator state)
+  must be at state.step. Returns the last logged scalars."""
+  first, total = int(state.step), train_config.steps
+  limit = train_config.max_nonfinite_steps
+  if data_state is not None and data_state.get("next_index") != first:
+    raise ValueError(f"checkpoint of step {first}: its data iterator state {data_state} is not at batch {first}; "
+                     "the checkpoint is inconsistent")
+  data = pipeline.iterate_from(batches, first, data_state)
+  bad, last = nonfinite_in_a_row, {}
+  t0, window, window_start, checked = time.time(), [], first, 0
+  progress = lambda: dict(data_state=data.get_state(), nonfinite_in_a_row=bad)
+  with _sigterm_flag() as sigterm:
+    for step in range(first, total):
+      state, metrics = update(step, state, next(data))
+      window.append(metrics)
+      done = step + 1
+      log_now = done % train_config.log_every == 0 or done == total
+      save_now = done % train_config.checkpoint_every == 0 or done == total
+      stop = _any_process(sigterm.is_set())
+      if log_now or save_now or stop or done % limit == 0:  # count the non-finite steps so far
+        for i, finite in enumerate(jax.device_get([m["finite"] for m in window[checked:]])):
+          bad = 0 if finite else bad + 1
+          if not finite:
+            logging.warning("step %d: non-finite loss or gradient; update skipped (%d in a row)",
+                            window_start + checked + i + 1, bad)
+        checked = len(window)
+        if bad >= limit:
+          save(done, state, progress())
+          raise FloatingPointError(
+              f"step {done}: {bad} steps in a row had a non-finite loss or gradient (config.train."
+              f"max_nonfinite_steps = {limit}); their updates were skipped, and the state of the last finite update "
+              f"(step {done - bad}) is saved as the checkpoint of step {done}. Lower the learning rate or check the data.")
+      if log_now:
+        fetched = jax.device_get(window)
+        good = [m for m in fetched if m["finite"]]
+        rate = (done - window_start) / max(time.time() - t0, 1e-9)
+        last = {k: float(v) for k, v in summarise(good).items()} if good else dict(loss=float("nan"))
+        last.update(steps_per_second=rate, learning_rate=float(learning_rate(done)),
+                    skipped_steps=float(len(fetched) - len(good)))
+        logging.info("step %d/%d  loss %.4f  %.2f steps/s  ETA %.0fs", done, total, last["loss"], rate,
+                     (total - done) / max(rate, 1e-9))
+        writer.write(done, last)
+        t0, window, window_start, checked = time.time(), [], done, 0
+      if done % train_config.eval_every == 0 or done == total:
+        scores = {k: float(v) for k, v in evaluate(state).items()}
+        logging.info("step %d  %s", done, "  ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+        writer.write(done, scores)
+        last.update(scores)
+      if save_now or stop:
+        save(done, state, progress())
+      if stop:
+        logging.warning("SIGTERM: saved the checkpoint of step %d and stopping; re-run to resume", done)
+        raise Preempted(done)
   return last
+
+
+def resume(mngr, workdir: str, state, config: ml_collections.ConfigDict, records: list[dict], key: jax.Array):
+  """Continues the run in `workdir` if it has a checkpoint: (state, key, data_state,
+  nonfinite_in_a_row) of its newest readable checkpoint, checked against this run's
+  model config and sessions first (a clear error otherwise); damaged checkpoints are
+  reported and moved aside. Without a checkpoint: (state, key, None, 0) as given."""
+  if not mngr.all_steps():
+    checkpoint.report_half_written(mngr, quarantine=True)
+    return state, key, None, 0
+  saved_config, saved_records = checkpoint.load_metadata(workdir)
+  checkpoint.check_compatible(saved_config, saved_records, config, records, workdir)
+  restored = checkpoint.restore(mngr, state, quarantine=True)
+  progress = restored.progress or {}
+  if "rng" in progress:
+    saved_key = checkpoint.key_from_record(progress["rng"])
+    if not np.array_equal(jax.random.key_data(saved_key), jax.random.key_data(key)):
+      logging.warning("the checkpoint's PRNG key differs from config.seed's; continuing with the checkpoint's")
+    key = saved_key
+  logging.info("resumed from step %d", restored.step)
+  return restored.state, key, restored.data_state, int(progress.get("nonfinite_in_a_row", 0))
 
 
 def load_trained(workdir: str, step: int | None = None, mesh=None) -> Trained:
@@ -268,9 +356,9 @@ def load_trained(workdir: str, step: int | None = None, mesh=None) -> Trained:
   mesh = mesh_lib.from_config(config, fit=True) if mesh is None else mesh
   graphdef, _, state = _create(config, infos, mesh)
   mngr = checkpoint.manager(workdir, create=False)
-  state = checkpoint.restore(mngr, state, step)
+  restored = checkpoint.restore(mngr, state, step)
   mngr.close()
-  return Trained(config, infos, names, graphdef, state.params, int(state.step), mesh)
+  return Trained(config, infos, names, graphdef, restored.state.params, restored.step, mesh)
 
 
 def finetune_config(config: ml_collections.ConfigDict, pretrained: str | None) -> ml_collections.ConfigDict:

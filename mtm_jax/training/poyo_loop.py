@@ -151,13 +151,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, sessions: Sequence[di
                sum(x.size for x in jax.tree.leaves(state.params)),
                poyo.count_params(nnx.merge(graphdef, state.params), embeddings=False))
   mngr = checkpoint.manager(workdir, keep=config.train.keep_checkpoints)
-  if mngr.latest_step() is not None:
-    _, saved = checkpoint.load_metadata(workdir)
-    if [r["session_id"] for r in saved] != [r["session_id"] for r in records]:
-      raise ValueError(f"{workdir}: holds a run on sessions {[r['session_id'] for r in saved]}, not "
-                       f"{[r['session_id'] for r in records]}; use another workdir")
-    state = checkpoint.restore(mngr, state)
-    logging.info("resumed from step %d", int(state.step))
+  key = jax.random.key(config.seed, impl=config.train.prng_impl)
+  state, key, data_state, nonfinite = loop.resume(mngr, workdir, state, config, records, key)
 
   # ---- Update steps ---------------------------------------------------------------------
   tasks = dict(config.model.tasks)
@@ -165,7 +160,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, sessions: Sequence[di
   frozen_step = (sharding.jit_train_step(poyo_step.make_train_step(graphdef, tx, tasks=tasks, trainable=trainable),
                                          state, mesh) if trainable is not None else None)
   predictor = poyo_eval.make_predictor(graphdef, behaviour_task(config))
-  key = jax.random.key(config.seed, impl=config.train.prng_impl)
   lr = optimizer.poyo_learning_rate_schedule(config)
 
   # ---- Loop -----------------------------------------------------------------------------
@@ -187,8 +181,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, sessions: Sequence[di
   try:
     with jax.set_mesh(mesh):
       return loop.run_steps(state, config.train, batches, update=update, summarise=summarise, learning_rate=lr,
-                            evaluate=evaluate, save=lambda step, state: checkpoint.save(mngr, step, state, config,
-                                                                                         records), writer=writer)
+                            evaluate=evaluate, writer=writer, data_state=data_state, nonfinite_in_a_row=nonfinite,
+                            save=lambda step, state, progress: checkpoint.save(mngr, step, state, config, records,
+                                                                               key=key, **progress))
   finally:
     mngr.wait_until_finished()
     mngr.close()
@@ -210,10 +205,10 @@ def load_trained(workdir: str, step: int | None = None, mesh=None) -> TrainedPOY
   mesh = mesh_lib.from_config(config, fit=True) if mesh is None else mesh
   graphdef, _, state = _model_state(config, vocab, mesh)
   mngr = checkpoint.manager(workdir, create=False)
-  state = checkpoint.restore(mngr, state, step)
+  restored = checkpoint.restore(mngr, state, step)
   mngr.close()
-  return TrainedPOYO(config, records, vocab, np.asarray(config.data.scale, np.float32), graphdef, state.params,
-                     int(state.step), mesh)
+  return TrainedPOYO(config, records, vocab, np.asarray(config.data.scale, np.float32), graphdef,
+                     restored.state.params, restored.step, mesh)
 
 
 def finetune_config(config: ml_collections.ConfigDict, pretrained: str | None,

@@ -15,7 +15,7 @@ import optax
 from flax import nnx
 
 from mtm_jax.models import poyo
-from mtm_jax.training.step import TrainState, init_state  # noqa: F401  (re-exported for the POYO loop)
+from mtm_jax.training.step import TrainState, init_state, skip_nonfinite  # noqa: F401  (init_state re-exported for the POYO loop)
 
 
 def weighted_mse(outputs: dict, batch, tasks) -> tuple[jax.Array, dict]:
@@ -76,7 +76,8 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, *, tasks, traina
 
   trainable: None (everything trains) or a tree like the params of bool arrays (e.g.
   `new_rows_mask`): frozen entries get zero gradient, no update (no weight decay) and
-  keep their optimiser moments, bit for bit."""
+  keep their optimiser moments, bit for bit. A step with a non-finite loss, gradient or
+  update changes nothing but the step (step.skip_nonfinite; metrics["finite"] False)."""
 
   def train_step(state: TrainState, batch, key):
     step_key = jax.random.fold_in(key, state.step)
@@ -92,8 +93,9 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, *, tasks, traina
       is_params = lambda x: jax.tree.structure(x) == structure
       opt_state = jax.tree.map(lambda n, o: _where_trainable(trainable, n, o) if is_params(n) else n,
                                opt_state, state.opt_state, is_leaf=is_params)
-    metrics = dict(loss=loss, grad_norm=optax.global_norm(grads), param_norm=optax.global_norm(params),
-                   **aux)
-    return TrainState(state.step + 1, params, opt_state), metrics
+    new_state, finite = skip_nonfinite(state, params, opt_state, loss, grads, updates)
+    metrics = dict(loss=loss, grad_norm=optax.global_norm(grads), param_norm=optax.global_norm(new_state.params),
+                   finite=finite, **aux)
+    return new_state, metrics
 
   return train_step

@@ -35,6 +35,16 @@ def init_state(params, tx: optax.GradientTransformation) -> TrainState:
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 
+def skip_nonfinite(state: TrainState, params, opt_state, loss, grads, updates) -> tuple[TrainState, jax.Array]:
+  """The next train state: (step + 1, params, opt_state) when the loss, the gradients and
+  the updates are all finite; otherwise the update is skipped (step + 1 with the old
+  parameters and optimiser state, bit for bit, so the batch is consumed and dropped).
+  Returns (state, [] bool finite)."""
+  finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads)) & jnp.isfinite(optax.global_norm(updates))
+  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+  return TrainState(state.step + 1, keep(params, state.params), keep(opt_state, state.opt_state)), finite
+
+
 def batch_session(batch) -> jax.Array:
   """[] int32 session row of a batch (all its trials come from one session)."""
   return batch["session"][0] if "session" in batch else jnp.zeros((), jnp.int32)
@@ -95,7 +105,9 @@ def _lazy_session_update(params, new_params, opt_state, new_opt_state, session):
 def make_train_step(graphdef, tx: optax.GradientTransformation, mode: str,
                     mask_config: masking.MaskConfig) -> Callable:
   """(state, batch, regions [S, N], key) -> (state, metrics). Key = run key; the step's
-  key is fold_in(key, step), so a resumed run draws the same masks and dropout."""
+  key is fold_in(key, step), so a resumed run draws the same masks and dropout. A step
+  with a non-finite loss, gradient or update changes nothing but the step
+  (skip_nonfinite; metrics["finite"] is False)."""
 
   def train_step(state: TrainState, batch, regions, key):
     step_key = jax.random.fold_in(key, state.step)
@@ -106,8 +118,9 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, mode: str,
     params = optax.apply_updates(state.params, updates)
     params, opt_state = _lazy_session_update(state.params, params, state.opt_state, opt_state,
                                              batch_session(batch))
+    new_state, finite = skip_nonfinite(state, params, opt_state, total, grads, updates)
     metrics = dict(loss=total / jnp.maximum(aux["n_targets"], 1), nll_sum=total, n_targets=aux["n_targets"],
-                   scheme=aux["scheme"], grad_norm=optax.global_norm(grads))
-    return TrainState(state.step + 1, params, opt_state), metrics
+                   scheme=aux["scheme"], grad_norm=optax.global_norm(grads), finite=finite)
+    return new_state, metrics
 
   return train_step
