@@ -183,7 +183,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # ---- Update and validation steps ------------------------------------------------------
   mask_config = _mask_config(config)
-  train_step = jax.jit(step_lib.make_train_step(graphdef, tx, config.masking.mode, mask_config), donate_argnums=0)
+  train_step = jax.jit(step_lib.make_train_step(graphdef, tx, config.masking.mode, mask_config,
+                                                dtype=config.model.get("dtype", "float32")), donate_argnums=0)
   val_nll = jax.jit(functools.partial(step_lib.masked_nll, graphdef, mode=config.masking.mode,
                                       mask_config=mask_config, train=False))
   key = jax.random.key(config.seed)

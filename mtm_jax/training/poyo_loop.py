@@ -160,9 +160,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, sessions: Sequence[di
     logging.info("resumed from step %d", int(state.step))
 
   # ---- Update steps ---------------------------------------------------------------------
-  tasks = dict(config.model.tasks)
-  full_step = jax.jit(poyo_step.make_train_step(graphdef, tx, tasks=tasks), donate_argnums=0)
-  frozen_step = (jax.jit(poyo_step.make_train_step(graphdef, tx, tasks=tasks, trainable=trainable), donate_argnums=0)
+  tasks, dtype = dict(config.model.tasks), config.model.get("dtype", "float32")
+  full_step = jax.jit(poyo_step.make_train_step(graphdef, tx, tasks=tasks, dtype=dtype), donate_argnums=0)
+  frozen_step = (jax.jit(poyo_step.make_train_step(graphdef, tx, tasks=tasks, trainable=trainable, dtype=dtype),
+                         donate_argnums=0)
                  if trainable is not None else None)
   predictor = poyo_eval.make_predictor(graphdef, behaviour_task(config))
   key = jax.random.key(config.seed, impl=config.train.prng_impl)
