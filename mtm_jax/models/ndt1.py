@@ -141,18 +141,32 @@ class NDT1(nnx.Module):
 
   def encode(self, spikes, *, prompt=0, session=0, causal=False, key: jax.Array | None = None):
     """spikes [B, T, N] -> final-LayerNorm features of the bins [B, T, D] (see __call__)."""
-    b, t, n = spikes.shape
+    return self.encode_preactivation(self.input_preactivation(spikes, session), prompt=prompt, session=session,
+                                     causal=causal, key=key)
+
+  def input_preactivation(self, spikes, session=0):
+    """spikes [B, T, N] -> the input embedding before its softsign [B, T, mult * n_in].
+
+    An affine function of the counts (the stitcher and the first embedding Linear), so
+    hiding neuron i changes it by -count_i * (row i of the input map); the batched
+    evaluation uses this to hide one neuron at a time cheaply."""
+    n = spikes.shape[-1]
     if n != self.n_neurons:
       raise ValueError(f"NDT1: input has {n} neurons, the model was built for {self.n_neurons}")
-    if t > self.max_bins:
-      raise ValueError(f"NDT1: input has {t} bins, the position embedding holds {self.max_bins}")
-    keys = list(jax.random.split(key, len(self.layers) + 1)) if key is not None else [None] * (len(self.layers) + 1)
     # The compute dtype is that of the parameters (training.precision casts them).
     first = self.stitch_in if self.stitch_in is not None else self.embed_spikes
     x = spikes.astype(first.kernel.dtype)
     if self.stitch_in is not None:
       x = self.stitch_in(x, session)  # [B, T, stitch_dim]
-    x = self.embed_project(jax.nn.soft_sign(self.embed_spikes(x)))
+    return self.embed_spikes(x)
+
+  def encode_preactivation(self, pre, *, prompt=0, session=0, causal=False, key: jax.Array | None = None):
+    """pre [B, T, mult * n_in] from `input_preactivation` -> features [B, T, D]."""
+    b, t, _ = pre.shape
+    if t > self.max_bins:
+      raise ValueError(f"NDT1: input has {t} bins, the position embedding holds {self.max_bins}")
+    keys = list(jax.random.split(key, len(self.layers) + 1)) if key is not None else [None] * (len(self.layers) + 1)
+    x = self.embed_project(jax.nn.soft_sign(pre))
     x = x + self.position(jnp.arange(t))[None]  # [B, T, D]
     special = []
     if self.use_session:
@@ -168,6 +182,15 @@ class NDT1(nnx.Module):
     for layer, k in zip(self.layers, keys[1:]):
       x = apply(layer, x, mask, k)
     return self.final_norm(x)[:, self.n_special :]
+
+  def read_out_neurons(self, hidden, neurons, session=0):
+    """hidden [B, T, D], neurons [B] int -> [B, T] log-rates of neuron neurons[b] only
+    (the column of the output layer, not all N)."""
+    if self.stitch_out is not None:
+      kernel, bias = self.stitch_out.kernel[session], self.stitch_out.bias[session]
+    else:
+      kernel, bias = self.readout.kernel[...], self.readout.bias[...]
+    return jnp.einsum("btd,db->bt", hidden, kernel[:, neurons]) + bias[neurons][:, None]
 
 
 def _apply_layer(layer, x, mask, key):
