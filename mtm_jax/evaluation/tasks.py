@@ -106,7 +106,8 @@ def predict_task(predictor: Predictor, params, spikes: np.ndarray, task: masking
   n_trials, _, n_session = spikes.shape
   n_model = n_session if n_neurons is None else n_neurons
   n_data = 1 if mesh is None else mesh.shape[mesh_lib.DATA]
-  chunk = max(1, max_batch // n_trials // n_data) * n_data
+  chunk = max(1, max_batch // n_trials // n_data) * n_data  # masks per pass
+  fit = lambda n_masks: min(chunk, -(-n_masks // n_data) * n_data)  # no padding beyond the masks there are
   prompt = masking.SCHEMES.index(task.prompt)
   place = (lambda x: x) if mesh is None else (lambda x: jax.device_put(x, mesh_lib.batch_sharding(mesh)))
   spikes = jnp.asarray(pipeline.pad_neurons(np.asarray(spikes), n_model), jnp.float32)
@@ -117,14 +118,16 @@ def predict_task(predictor: Predictor, params, spikes: np.ndarray, task: masking
     total = np.zeros(spikes.shape, np.float32)
     for shared, neurons in groups:
       pre, rows = predictor.base(params, spikes, np.pad(shared, (0, n_model - n_session)), task.hide_bins, session)
-      padded = np.pad(neurons, (0, -len(neurons) % chunk), mode="edge").astype(np.int32)
-      for start in range(0, len(padded), chunk):
-        out = np.asarray(predictor.single(params, spikes, pre, rows, place(padded[start : start + chunk]),
+      size = fit(len(neurons))
+      padded = np.pad(neurons, (0, -len(neurons) % size), mode="edge").astype(np.int32)
+      for start in range(0, len(padded), size):
+        out = np.asarray(predictor.single(params, spikes, pre, rows, place(padded[start : start + size]),
                                           task.hide_bins, prompt, causal, session))  # [C, K, T]
-        take = neurons[start : start + chunk]
+        take = neurons[start : start + size]
         total[:, :, take] = np.moveaxis(out[: len(take)], 0, -1)
     return total[..., :n_session]
   n_masks = task.hide_neurons.shape[0]
+  chunk = fit(n_masks)
   pad = -n_masks % chunk
   hide = np.pad(task.hide_neurons, ((0, pad), (0, n_model - n_session)))
   score = np.pad(task.score_neurons, ((0, pad), (0, n_model - n_session)))
