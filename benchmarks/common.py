@@ -73,3 +73,13 @@ def load_peak(path: str | None) -> dict:
   except (OSError, KeyError, ValueError, TypeError) as e:
     raise ValueError(f"--peak {path}: expected the JSON written by benchmarks.matmul (rows with dtype and "
                      f"flops_per_s): {e}") from e
+
+
+def add_peak_fractions(row: dict, peak: dict) -> dict:
+  """Adds fraction_of_fp32_peak and fraction_of_dtype_peak (achieved_gflops_per_s over the
+  measured matmul peak) to `row` when a peak is known; returns the row."""
+  if peak:
+    achieved = row["achieved_gflops_per_s"] * 1e9
+    row["fraction_of_fp32_peak"] = achieved / peak["float32"]
+    row["fraction_of_dtype_peak"] = achieved / peak.get(row["dtype"], float("nan"))
+  return row

@@ -101,10 +101,7 @@ def main(argv):
         config.model.size, config.model.dtype, config.model.remat = _SIZE.value, dtype, remat == "true"
         row = measure(config, mode, _BATCH.value, _BINS.value, _NEURONS.value, _REGIONS.value, _STEPS.value,
                       _WARMUP.value)
-        if peak:
-          row["fraction_of_fp32_peak"] = row["achieved_gflops_per_s"] * 1e9 / peak["float32"]
-          row["fraction_of_dtype_peak"] = row["achieved_gflops_per_s"] * 1e9 / peak.get(row["dtype"], float("nan"))
-        rows.append(row)
+        rows.append(common.add_peak_fractions(row, peak))
         print(row, flush=True)
   columns = ["mode", "dtype", "remat", "seconds", "bins_per_s", "model_gflop", "xla_gflop", "achieved_gflops_per_s"]
   columns += ["fraction_of_fp32_peak", "fraction_of_dtype_peak"] if peak else []

@@ -97,10 +97,7 @@ def main(argv):
         config.model.dtype, config.model.remat = dtype, remat == "true"
         length = _TOKENS.value or events.bucket_length(_SPIKES.value + 2 * _UNITS.value, config.data.token_buckets)
         row = measure(config, int(batch_size), length)
-        if peak:
-          row["fraction_of_fp32_peak"] = row["achieved_gflops_per_s"] * 1e9 / peak["float32"]
-          row["fraction_of_dtype_peak"] = row["achieved_gflops_per_s"] * 1e9 / peak.get(row["dtype"], float("nan"))
-        rows.append(row)
+        rows.append(common.add_peak_fractions(row, peak))
         print(row, flush=True)
   columns = ["size", "params_m", "batch", "tokens", "dtype", "remat", "seconds", "windows_per_s", "model_gflop",
              "achieved_gflops_per_s"] + (["fraction_of_fp32_peak", "fraction_of_dtype_peak"] if peak else [])
