@@ -38,11 +38,12 @@ def count_compilations():
 def test_ndt1_stitch_steps_compile_once_over_sessions():
   config = ndt1_config.get_config("tiny,stitch")
   sizes = (5, 9)
-  model = ndt1.NDT1(sizes, width=16, n_layers=1, n_heads=2, mlp_width=32, stitch_dim=8, rngs=nnx.Rngs(0))
+  model = ndt1.NDT1(sizes, width=16, n_layers=1, n_heads=2, mlp_width=32, stitch_dim=8, max_bins=20,
+                    rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(model, nnx.Param)
   tx = optimizer.make_optimizer(config)
   rng = np.random.default_rng(0)
-  arrays = [{"spikes": rng.poisson(0.5, (12, 100, n)).astype(np.uint8), "trial_index": np.arange(12)} for n in sizes]
+  arrays = [{"spikes": rng.poisson(0.5, (12, 20, n)).astype(np.uint8), "trial_index": np.arange(12)} for n in sizes]
   batches = pipeline.multi_session_batches(arrays, 4, seed=0, n_neurons=max(sizes))
   regions = np.full((len(sizes), max(sizes)), -1, np.int32)  # two regions per session, -1 = padding
   for row, n in enumerate(sizes):

@@ -15,10 +15,10 @@ from mtm_jax.training import step as step_lib
 
 
 def _loss_and_grads(remat: bool, dtype: str):
-  model = ndt1.NDT1(12, width=16, n_layers=2, n_heads=2, mlp_width=32, remat=remat, rngs=nnx.Rngs(0))
+  model = ndt1.NDT1(12, width=16, n_layers=2, n_heads=2, mlp_width=32, max_bins=20, remat=remat, rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(model, nnx.Param)
   rng = np.random.default_rng(0)
-  batch = {"spikes": jnp.asarray(rng.poisson(1.0, (4, 100, 12)), jnp.int32)}
+  batch = {"spikes": jnp.asarray(rng.poisson(1.0, (4, 20, 12)), jnp.int32)}
   regions = jnp.asarray((np.arange(12) % 3)[None], jnp.int32)
   fn = jax.jit(jax.value_and_grad(
       lambda p: step_lib.masked_nll(graphdef, p, batch, regions, jax.random.key(1), mode=masking.MTM,
