@@ -26,7 +26,9 @@ def test_batched_equals_one_at_a_time():
       hidden = task.hide_neurons[m][None, None, :] & task.hide_bins[None, :, None]
       out = np.asarray(model(jnp.asarray(np.where(hidden, 0.0, spikes)), prompt=prompt, causal=causal))
       expected[:, :, task.score_neurons[m]] = out[:, :, task.score_neurons[m]]
-    np.testing.assert_allclose(batched, expected, rtol=1e-5, atol=1e-6, err_msg=task.name)
+    # Log-rates are O(1): the one-neuron shortcut (co-smoothing, intra-region) sums the
+    # input embedding in another order, a few float32 ulps of O(1) values.
+    np.testing.assert_allclose(batched, expected, rtol=1e-5, atol=5e-6, err_msg=task.name)
 
 
 def test_score_task_uses_only_scored_bins_and_neurons():

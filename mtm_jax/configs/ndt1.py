@@ -16,6 +16,7 @@ import ml_collections
 
 from mtm_jax import masking
 from mtm_jax.datasets import schema
+from mtm_jax.training import precision
 
 # The synthetic study's sessions (data_builders/ibl_binned): 24 to pretrain on, 4 held out.
 SYNTHETIC_PRETRAIN = tuple(f"ibl_binned/synthetic_{i:03d}" for i in range(24))
@@ -54,6 +55,8 @@ def get_config(arg: str = "paper") -> ml_collections.ConfigDict:
   c.model.use_session = True  # prepend the session token
   c.model.special_tokens_see_future = False  # True = the reference's causal-mode leak
   c.model.layer_norm_eps = 1e-5
+  c.model.dtype = "float32"  # compute dtype: "float32" or "bfloat16" (params, optimiser and loss stay float32)
+  c.model.remat = False  # recompute transformer-layer activations in the backward pass (large models)
 
   c.masking = ml_collections.ConfigDict()
   c.masking.mode = masking.MTM  # one of masking.MODES
@@ -119,6 +122,7 @@ def get_config(arg: str = "paper") -> ml_collections.ConfigDict:
 
 def validate(c: ml_collections.ConfigDict) -> None:
   """Raises ValueError on inconsistent settings, naming the field."""
+  precision.compute_dtype(c.model.dtype, "config.model.dtype")
   if c.masking.mode not in masking.MODES:
     raise ValueError(f"config.masking.mode: unknown {c.masking.mode!r}; expected one of {masking.MODES}")
   if c.masking.mode == masking.TEMPORAL and c.model.use_prompt:

@@ -20,6 +20,7 @@ import ml_collections
 
 from mtm_jax.configs import ndt1 as ndt1_config
 from mtm_jax.datasets import schema
+from mtm_jax.training import precision
 from mtm_jax.models import poyo
 from mtm_jax.models import rotary
 
@@ -63,6 +64,8 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
   c.model.t_min = rotary.T_MIN  # shortest rotary period (s)
   c.model.t_max = rotary.T_MAX  # longest rotary period (s)
   c.model.layer_norm_eps = 1e-5
+  c.model.dtype = "float32"  # compute dtype: "float32" or "bfloat16" (params, optimiser and loss stay float32)
+  c.model.remat = False  # recompute transformer-layer activations in the backward pass (large models)
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "lamb"
@@ -128,6 +131,7 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
 
 def validate(c: ml_collections.ConfigDict) -> None:
   """Raises ValueError on inconsistent settings, naming the field."""
+  precision.compute_dtype(c.model.dtype, "config.model.dtype")
   m, d = c.model, c.data
   if m.size not in poyo.SIZES:
     raise ValueError(f"config.model.size: unknown {m.size!r}; expected one of {sorted(poyo.SIZES)}")

@@ -2,11 +2,16 @@
 
 Each task (mtm_jax.masking.EvalTask) is M masked copies of the test trials; instead of M
 separate forward passes, chunks of masks run as one batch of [chunk * trials] sequences
-and every neuron's prediction is taken from the pass that scores it. The numbers are
-those of the one-mask-at-a-time definition: only the batching differs.
+and every neuron's prediction is taken from the pass that scores it. Co-smoothing and
+intra-region prediction (one scored neuron per mask) share the input embedding of the
+unhidden neurons and read out only the scored neuron (see make_predictor). The numbers
+are those of the one-mask-at-a-time definition up to float32 rounding: only the
+batching differs (tests/test_evaluation.py, tests/test_speed_eval.py).
 """
 
 from __future__ import annotations
+
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -18,13 +23,32 @@ from mtm_jax.datasets import pipeline
 from mtm_jax.training import mesh as mesh_lib
 
 
-def make_predictor(graphdef):
-  """Jitted (params, spikes [K,T,N], hide [C,N], score [C,N], hide_bins [T], prompt, causal,
-  session) -> [K,T,N] log-rates, summed over the C passes of each entry's scoring mask.
-  N is the model's input width (a smaller session is zero-padded)."""
+class Predictor(NamedTuple):
+  """The jitted forward passes of one model (graphdef); see make_predictor."""
+
+  masked: Callable  # (params, spikes [K,T,N], hide [C,N], score [C,N], hide_bins [T], prompt, causal, session)
+  #                   -> [K,T,N] log-rates summed over the C passes of each entry's scoring mask
+  base: Callable  # (params, spikes [K,T,N], hide [N], hide_bins [T], session)
+  #                 -> (input pre-activation of the masked trials [K,T,E], input rows [N,E])
+  single: Callable  # (params, spikes, pre [K,T,E], rows [N,E], neurons [C], hide_bins, prompt, causal, session)
+  #                   -> [C,K,T] log-rates of neurons[c] with it also hidden
+
+
+def make_predictor(graphdef) -> Predictor:
+  """The jitted forward passes of the evaluation. N is the model's input width (a smaller
+  session is zero-padded).
+
+  `masked` runs C masked copies of the K trials as one batch of C * K sequences. For
+  masks that hide one scored neuron on top of a shared set (co-smoothing: nothing else;
+  intra-region: the other regions), `base` embeds the trials with the shared set hidden
+  once, and `single` derives each copy's input embedding from it: the input map before
+  the softsign is affine in the counts (NDT1.input_preactivation), so hiding neuron i
+  subtracts count_i * row_i. `single` also reads out only neuron i (a column of the
+  output layer). Same numbers as `masked` up to float32 rounding, without the
+  [N, 2N] input product and the [D, N] readout of each copy."""
 
   @jax.jit
-  def predict_chunk(params, spikes, hide, score, hide_bins, prompt, causal, session):
+  def masked(params, spikes, hide, score, hide_bins, prompt, causal, session):
     model = nnx.merge(graphdef, params)
     c, (k, t, n) = hide.shape[0], spikes.shape
     hidden = hide[:, None, None, :] & hide_bins[None, None, :, None]  # [C, 1, T, N]
@@ -32,33 +56,85 @@ def make_predictor(graphdef):
     log_rates = model(inputs.reshape(c * k, t, n), prompt=prompt, causal=causal, session=session)
     return jnp.einsum("cktn,cn->ktn", log_rates.reshape(c, k, t, n), score.astype(log_rates.dtype))
 
-  return predict_chunk
+  @jax.jit
+  def base(params, spikes, hide, hide_bins, session):
+    model = nnx.merge(graphdef, params)
+    n = spikes.shape[-1]
+    hidden = hide[None, None, :] & hide_bins[None, :, None]  # [1, T, N]
+    pre = model.input_preactivation(jnp.where(hidden, 0.0, spikes), session)  # [K, T, E]
+    eye = jnp.eye(n, dtype=spikes.dtype)[None]  # [1, N, N]: one "bin" per neuron
+    rows = model.input_preactivation(eye, session)[0] - model.input_preactivation(jnp.zeros_like(eye[:, :1]),
+                                                                                  session)[0]  # [N, E]
+    return pre, rows
+
+  @jax.jit
+  def single(params, spikes, pre, rows, neurons, hide_bins, prompt, causal, session):
+    model = nnx.merge(graphdef, params)
+    c, (k, t, e) = neurons.shape[0], pre.shape
+    counts = jnp.where(hide_bins[None, :, None], spikes[:, :, neurons], 0.0)  # [K, T, C]
+    pre_c = pre[None] - jnp.einsum("ktc,ce->ckte", counts, rows[neurons])  # [C, K, T, E]
+    hidden = model.encode_preactivation(pre_c.reshape(c * k, t, e), prompt=prompt, causal=causal, session=session)
+    out = model.read_out_neurons(hidden, jnp.repeat(neurons, k), session)  # [C * K, T]
+    return out.reshape(c, k, t)
+
+  return Predictor(masked, base, single)
 
 
-def predict_task(predictor, params, spikes: np.ndarray, task: masking.EvalTask, *, causal: bool,
-                 max_batch: int = 2048, mesh=None, session: int = 0, n_neurons: int | None = None) -> np.ndarray:
+def single_neuron_groups(task: masking.EvalTask) -> list[tuple[np.ndarray, np.ndarray]] | None:
+  """[(shared hide [N] bool, scored neurons [m] int)] when every mask of `task` scores
+  exactly one neuron and hides it on top of a hide set shared by a group of masks (mask
+  = shared | {neuron}); None otherwise (e.g. inter-region, forward prediction)."""
+  hide, score = task.hide_neurons, task.score_neurons
+  if hide.shape[0] == 0 or (score.sum(1) != 1).any() or (score & ~hide).any():
+    return None
+  neuron = score.argmax(1)
+  shared, group = np.unique(hide & ~score, axis=0, return_inverse=True)
+  group = np.reshape(group, -1)
+  return [(shared[g], neuron[group == g]) for g in range(len(shared))]
+
+
+def predict_task(predictor: Predictor, params, spikes: np.ndarray, task: masking.EvalTask, *, causal: bool,
+                 max_batch: int = 2048, mesh=None, session: int = 0, n_neurons: int | None = None,
+                 shortcut: bool = True) -> np.ndarray:
   """[K, T, N] log-rates of each scored neuron under its own mask (0 where unscored).
 
   session: the model's row of this session; n_neurons: the model's input width (the
   session's N is zero-padded to it, and the padding is cut from the result). With a
-  mesh, the masks of a chunk are split over its data axis (params replicated)."""
+  mesh, the masks of a chunk are split over its data axis (params replicated).
+  shortcut: use the one-neuron-per-mask passes (make_predictor) where the task allows;
+  False runs every mask through the full model (same numbers, slower)."""
   n_trials, _, n_session = spikes.shape
   n_model = n_session if n_neurons is None else n_neurons
   n_data = 1 if mesh is None else mesh.shape[mesh_lib.DATA]
-  chunk = max(1, max_batch // n_trials // n_data) * n_data
-  n_masks = task.hide_neurons.shape[0]
-  pad = -n_masks % chunk
-  hide = np.pad(task.hide_neurons, ((0, pad), (0, n_model - n_session)))
-  score = np.pad(task.score_neurons, ((0, pad), (0, n_model - n_session)))
+  chunk = max(1, max_batch // n_trials // n_data) * n_data  # masks per pass
+  fit = lambda n_masks: min(chunk, -(-n_masks // n_data) * n_data)  # no padding beyond the masks there are
   prompt = masking.SCHEMES.index(task.prompt)
   place = (lambda x: x) if mesh is None else (lambda x: jax.device_put(x, mesh_lib.batch_sharding(mesh)))
   spikes = jnp.asarray(pipeline.pad_neurons(np.asarray(spikes), n_model), jnp.float32)
   if mesh is not None:
     spikes = jax.device_put(spikes, mesh_lib.replicated(mesh))
+  groups = single_neuron_groups(task) if shortcut else None
+  if groups is not None:
+    total = np.zeros(spikes.shape, np.float32)
+    for shared, neurons in groups:
+      pre, rows = predictor.base(params, spikes, np.pad(shared, (0, n_model - n_session)), task.hide_bins, session)
+      size = fit(len(neurons))
+      padded = np.pad(neurons, (0, -len(neurons) % size), mode="edge").astype(np.int32)
+      for start in range(0, len(padded), size):
+        out = np.asarray(predictor.single(params, spikes, pre, rows, place(padded[start : start + size]),
+                                          task.hide_bins, prompt, causal, session))  # [C, K, T]
+        take = neurons[start : start + size]
+        total[:, :, take] = np.moveaxis(out[: len(take)], 0, -1)
+    return total[..., :n_session]
+  n_masks = task.hide_neurons.shape[0]
+  chunk = fit(n_masks)
+  pad = -n_masks % chunk
+  hide = np.pad(task.hide_neurons, ((0, pad), (0, n_model - n_session)))
+  score = np.pad(task.score_neurons, ((0, pad), (0, n_model - n_session)))
   total = 0.0
   for start in range(0, n_masks + pad, chunk):
-    total = total + predictor(params, spikes, place(hide[start : start + chunk]), place(score[start : start + chunk]),
-                              task.hide_bins, prompt, causal, session)
+    total = total + predictor.masked(params, spikes, place(hide[start : start + chunk]),
+                                     place(score[start : start + chunk]), task.hide_bins, prompt, causal, session)
   return np.asarray(total)[..., :n_session]
 
 

@@ -27,12 +27,13 @@ def attend(q, k, v, mask=None, *, dropout_rate: float = 0.0, key: jax.Array | No
 
   Written as einsum -> softmax -> einsum: XLA fuses it on every backend, and on CPU it is
   1.6-1.8x faster than `jax.nn.dot_product_attention` at NDT1's shapes (measured with
-  2048 x 102 tokens, 4 heads of 16), with identical outputs.
+  2048 x 102 tokens, 4 heads of 16), with identical outputs. The softmax runs in float32
+  whatever the compute dtype; the probabilities are cast back to v's dtype.
   """
   logits = jnp.einsum("bqhe,bkhe->bhqk", q, k) / jnp.sqrt(q.shape[-1]).astype(q.dtype)
   if mask is not None:
     logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
-  probs = jax.nn.softmax(logits, axis=-1)
+  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)  # float32 softmax in any dtype
   if key is not None and dropout_rate > 0.0:
     probs = _dropout(probs, dropout_rate, key)
   return jnp.einsum("bhqk,bkhe->bqhe", probs, v)

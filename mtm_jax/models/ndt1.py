@@ -76,9 +76,11 @@ class NDT1(nnx.Module):
                stitch_dim: int = 0, max_bins: int = 100, embed_mult: int = 2, dropout: float = 0.4,
                attention_dropout: float = 0.4, embed_dropout: float = 0.2, use_prompt: bool = True,
                use_session: bool = True, special_tokens_see_future: bool = False,
-               layer_norm_eps: float = 1e-5, rngs: nnx.Rngs):
+               layer_norm_eps: float = 1e-5, remat: bool = False, rngs: nnx.Rngs):
     """session_neurons: neuron count of each session (an int = one session). Without
-    stitching (stitch_dim=0) the model takes exactly one session."""
+    stitching (stitch_dim=0) the model takes exactly one session. remat: recompute each
+    transformer layer's activations in the backward pass instead of storing them (less
+    memory, about a third more compute)."""
     sizes = (session_neurons,) if isinstance(session_neurons, int) else tuple(int(n) for n in session_neurons)
     if not sizes or min(sizes) < 1:
       raise ValueError(f"NDT1: session neuron counts must be positive, got {sizes}")
@@ -89,6 +91,7 @@ class NDT1(nnx.Module):
     self.embed_dropout = embed_dropout
     self.use_prompt, self.use_session = use_prompt, use_session
     self.special_tokens_see_future = special_tokens_see_future
+    self.remat = remat
     n_in = stitch_dim or sizes[0]
     self.stitch_in = SessionLinear(sizes, (stitch_dim,) * n_sessions, rngs=rngs) if stitch_dim else None
     self.embed_spikes = nnx.Linear(n_in, embed_mult * n_in, rngs=rngs)
@@ -138,16 +141,32 @@ class NDT1(nnx.Module):
 
   def encode(self, spikes, *, prompt=0, session=0, causal=False, key: jax.Array | None = None):
     """spikes [B, T, N] -> final-LayerNorm features of the bins [B, T, D] (see __call__)."""
-    b, t, n = spikes.shape
+    return self.encode_preactivation(self.input_preactivation(spikes, session), prompt=prompt, session=session,
+                                     causal=causal, key=key)
+
+  def input_preactivation(self, spikes, session=0):
+    """spikes [B, T, N] -> the input embedding before its softsign [B, T, mult * n_in].
+
+    An affine function of the counts (the stitcher and the first embedding Linear), so
+    hiding neuron i changes it by -count_i * (row i of the input map); the batched
+    evaluation uses this to hide one neuron at a time cheaply."""
+    n = spikes.shape[-1]
     if n != self.n_neurons:
       raise ValueError(f"NDT1: input has {n} neurons, the model was built for {self.n_neurons}")
+    # The compute dtype is that of the parameters (training.precision casts them).
+    first = self.stitch_in if self.stitch_in is not None else self.embed_spikes
+    x = spikes.astype(first.kernel.dtype)
+    if self.stitch_in is not None:
+      x = self.stitch_in(x, session)  # [B, T, stitch_dim]
+    return self.embed_spikes(x)
+
+  def encode_preactivation(self, pre, *, prompt=0, session=0, causal=False, key: jax.Array | None = None):
+    """pre [B, T, mult * n_in] from `input_preactivation` -> features [B, T, D]."""
+    b, t, _ = pre.shape
     if t > self.max_bins:
       raise ValueError(f"NDT1: input has {t} bins, the position embedding holds {self.max_bins}")
     keys = list(jax.random.split(key, len(self.layers) + 1)) if key is not None else [None] * (len(self.layers) + 1)
-    x = spikes.astype(jnp.float32)
-    if self.stitch_in is not None:
-      x = self.stitch_in(x, session)  # [B, T, stitch_dim]
-    x = self.embed_project(jax.nn.soft_sign(self.embed_spikes(x)))
+    x = self.embed_project(jax.nn.soft_sign(pre))
     x = x + self.position(jnp.arange(t))[None]  # [B, T, D]
     special = []
     if self.use_session:
@@ -159,9 +178,26 @@ class NDT1(nnx.Module):
       x = jnp.concatenate([tokens.astype(x.dtype), x], axis=1)  # [B, S + T, D]
     x = attention._dropout(x, self.embed_dropout, keys[0])
     mask = self.attention_mask(t, causal)
+    apply = _apply_layer_remat if self.remat else _apply_layer
     for layer, k in zip(self.layers, keys[1:]):
-      x = layer(x, mask, key=k)
+      x = apply(layer, x, mask, k)
     return self.final_norm(x)[:, self.n_special :]
+
+  def read_out_neurons(self, hidden, neurons, session=0):
+    """hidden [B, T, D], neurons [B] int -> [B, T] log-rates of neuron neurons[b] only
+    (the column of the output layer, not all N)."""
+    if self.stitch_out is not None:
+      kernel, bias = self.stitch_out.kernel[session], self.stitch_out.bias[session]
+    else:
+      kernel, bias = self.readout.kernel[...], self.readout.bias[...]
+    return jnp.einsum("btd,db->bt", hidden, kernel[:, neurons]) + bias[neurons][:, None]
+
+
+def _apply_layer(layer, x, mask, key):
+  return layer(x, mask, key=key)
+
+
+_apply_layer_remat = nnx.remat(_apply_layer)
 
 
 def from_config(config: ml_collections.ConfigDict, session_neurons, *, rngs: nnx.Rngs) -> NDT1:
@@ -175,4 +211,4 @@ def from_config(config: ml_collections.ConfigDict, session_neurons, *, rngs: nnx
       stitch_dim=m.stitch_dim, max_bins=m.max_bins, embed_mult=m.embed_mult, dropout=m.dropout,
       attention_dropout=m.attention_dropout, embed_dropout=m.embed_dropout, use_prompt=m.use_prompt,
       use_session=m.use_session, special_tokens_see_future=m.special_tokens_see_future,
-      layer_norm_eps=m.layer_norm_eps, rngs=rngs)
+      layer_norm_eps=m.layer_norm_eps, remat=m.get("remat", False), rngs=rngs)

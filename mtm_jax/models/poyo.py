@@ -89,7 +89,7 @@ class POYO(nnx.Module):
                window_length: float = 1.0, latent_step: float = 0.125, ffn_dropout: float = 0.2,
                lin_dropout: float = 0.4, attn_dropout: float = 0.2, emb_init_scale: float = 0.02,
                t_min: float = rotary.T_MIN, t_max: float = rotary.T_MAX, layer_norm_eps: float = 1e-5,
-               rngs: nnx.Rngs):
+               remat: bool = False, rngs: nnx.Rngs):
     if n_units < 1 or n_sessions < 1:
       raise ValueError(f"POYO: n_units and n_sessions must be >= 1, got {n_units} and {n_sessions}")
     if not tasks or any(int(d) < 1 for d in tasks.values()):
@@ -106,6 +106,7 @@ class POYO(nnx.Module):
     self.ffn_dropout, self.lin_dropout, self.attn_dropout = ffn_dropout, lin_dropout, attn_dropout
     self.emb_init_scale, self.t_min, self.t_max = emb_init_scale, t_min, t_max
     self.layer_norm_eps = layer_norm_eps
+    self.remat = remat  # recompute the latent layers' activations in the backward pass
     rotary.rotary_frequencies(head_dim, head_dim // 2, t_min, t_max)  # validates
 
     init = nnx.initializers.normal(emb_init_scale)
@@ -132,7 +133,7 @@ class POYO(nnx.Module):
     """Constructor arguments (without rngs): POYO(**model.hparams, rngs=...) rebuilds it."""
     names = ("n_units", "n_sessions", "dim", "depth", "cross_heads", "self_heads", "latents_per_step", "head_dim",
              "window_length", "latent_step", "ffn_dropout", "lin_dropout", "attn_dropout", "emb_init_scale", "t_min",
-             "t_max", "layer_norm_eps")
+             "t_max", "layer_norm_eps", "remat")
     return dict({n: getattr(self, n) for n in names}, tasks=dict(self.tasks))
 
   @property
@@ -206,8 +207,9 @@ class POYO(nnx.Module):
     query_angles = rotary.rotary_angles(batch["output_timestamps"], freqs)  # [B, Q, F]
 
     latents = self.encoder(latents, tokens, latent_angles, token_angles, batch["input_mask"], key=keys[0])
+    apply = _apply_latent_layer_remat if self.remat else _apply_latent_layer
     for layer, k in zip(self.processor, keys[1:-1]):
-      latents = layer(latents, latent_angles, key=k)
+      latents = apply(layer, latents, latent_angles, k)
     queries = self.decoder(queries, latents, query_angles, latent_angles, key=keys[-1])
 
     outputs = {}
@@ -216,6 +218,13 @@ class POYO(nnx.Module):
       out = self.readout[name](queries)
       outputs[name] = jnp.where(keep, out, jnp.zeros((), out.dtype))
     return outputs
+
+
+def _apply_latent_layer(layer, latents, angles, key):
+  return layer(latents, angles, key=key)
+
+
+_apply_latent_layer_remat = nnx.remat(_apply_latent_layer)
 
 
 def _split(key: jax.Array | None, n: int) -> list:
@@ -277,4 +286,4 @@ def from_config(config: ml_collections.ConfigDict, n_units: int, n_sessions: int
       n_units, n_sessions, tasks=dict(m.tasks), **SIZES[m.size], head_dim=m.head_dim,
       window_length=m.window_length, latent_step=m.latent_step, ffn_dropout=m.ffn_dropout,
       lin_dropout=m.lin_dropout, attn_dropout=m.attn_dropout, emb_init_scale=m.emb_init_scale,
-      t_min=m.t_min, t_max=m.t_max, layer_norm_eps=m.layer_norm_eps, rngs=rngs)
+      t_min=m.t_min, t_max=m.t_max, layer_norm_eps=m.layer_norm_eps, remat=m.get("remat", False), rngs=rngs)

@@ -155,10 +155,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, sessions: Sequence[di
   state, key, data_state, nonfinite = loop.resume(mngr, workdir, state, config, records, key)
 
   # ---- Update steps ---------------------------------------------------------------------
-  tasks = dict(config.model.tasks)
-  full_step = sharding.jit_train_step(poyo_step.make_train_step(graphdef, tx, tasks=tasks), state, mesh)
-  frozen_step = (sharding.jit_train_step(poyo_step.make_train_step(graphdef, tx, tasks=tasks, trainable=trainable),
-                                         state, mesh) if trainable is not None else None)
+  tasks, dtype = dict(config.model.tasks), config.model.get("dtype", "float32")
+  full_step = sharding.jit_train_step(poyo_step.make_train_step(graphdef, tx, tasks=tasks, dtype=dtype), state, mesh)
+  frozen_step = (sharding.jit_train_step(poyo_step.make_train_step(graphdef, tx, tasks=tasks, trainable=trainable,
+                                                                   dtype=dtype), state, mesh)
+                 if trainable is not None else None)
   predictor = poyo_eval.make_predictor(graphdef, behaviour_task(config))
   lr = optimizer.poyo_learning_rate_schedule(config)
 

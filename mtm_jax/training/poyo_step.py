@@ -15,6 +15,7 @@ import optax
 from flax import nnx
 
 from mtm_jax.models import poyo
+from mtm_jax.training import precision
 from mtm_jax.training.step import TrainState, init_state, skip_nonfinite  # noqa: F401  (init_state re-exported for the POYO loop)
 
 
@@ -39,9 +40,10 @@ def weighted_mse(outputs: dict, batch, tasks) -> tuple[jax.Array, dict]:
   return total, aux
 
 
-def loss_fn(graphdef, params, batch, key, *, tasks) -> tuple[jax.Array, dict]:
-  """Weighted MSE of the model `graphdef`/`params` on `batch`; key: dropout (None = off)."""
-  model = nnx.merge(graphdef, params)
+def loss_fn(graphdef, params, batch, key, *, tasks, dtype="float32") -> tuple[jax.Array, dict]:
+  """Weighted MSE of the model `graphdef`/`params` on `batch`; key: dropout (None = off);
+  dtype: compute dtype of the model (float32 params and loss; see training.precision)."""
+  model = nnx.merge(graphdef, precision.compute_params(params, dtype))
   return weighted_mse(model(batch, key=key), batch, tasks)
 
 
@@ -70,9 +72,11 @@ def _where_trainable(trainable, new, old):
   return jax.tree.map(lambda m, n, o: jnp.where(m, n, o), trainable, new, old)
 
 
-def make_train_step(graphdef, tx: optax.GradientTransformation, *, tasks, trainable=None) -> Callable:
+def make_train_step(graphdef, tx: optax.GradientTransformation, *, tasks, trainable=None,
+                    dtype="float32") -> Callable:
   """(state, batch, key) -> (state, metrics). key is the run key; the step's dropout key
-  is fold_in(key, step), so a resumed run draws the same dropout.
+  is fold_in(key, step), so a resumed run draws the same dropout. dtype: compute dtype
+  (see loss_fn). Jit it with donated state (sharding.jit_train_step).
 
   trainable: None (everything trains) or a tree like the params of bool arrays (e.g.
   `new_rows_mask`): frozen entries get zero gradient, no update (no weight decay) and
@@ -82,7 +86,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, *, tasks, traina
   def train_step(state: TrainState, batch, key):
     step_key = jax.random.fold_in(key, state.step)
     grad_fn = jax.value_and_grad(loss_fn, argnums=1, has_aux=True)
-    (loss, aux), grads = grad_fn(graphdef, state.params, batch, step_key, tasks=tasks)
+    (loss, aux), grads = grad_fn(graphdef, state.params, batch, step_key, tasks=tasks, dtype=dtype)
     if trainable is not None:
       grads = jax.tree.map(lambda m, g: jnp.where(m, g, jnp.zeros((), g.dtype)), trainable, grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)

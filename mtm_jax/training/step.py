@@ -12,6 +12,7 @@ from flax import nnx
 
 from mtm_jax import masking
 from mtm_jax.models import ndt1
+from mtm_jax.training import precision
 
 
 @jax.tree_util.register_dataclass
@@ -51,23 +52,24 @@ def batch_session(batch) -> jax.Array:
 
 
 def masked_nll(graphdef, params, batch, regions, key, *, mode: str, mask_config: masking.MaskConfig,
-               train: bool):
+               train: bool, dtype="float32"):
   """Summed masked Poisson NLL of one batch (the reference backpropagates the sum).
 
   batch["spikes"] [B, T, N] (zero-padded to the model's N), batch["session"] [B] int32
   (optional, default row 0); regions [S, N] int32 region id of each session's neurons
   (-1 = padding). The key draws the scheme (for "mtm"), the mask and, when `train`,
-  dropout. Returns (sum, dict(n_targets, scheme)).
+  dropout. dtype: compute dtype of the forward pass (params and the loss stay float32;
+  see training.precision). Returns (sum, dict(n_targets, scheme)).
   """
   k_scheme, k_mask, k_dropout = jax.random.split(key, 3)
   spikes = batch["spikes"].astype(jnp.float32)
   session = batch_session(batch)
   scheme = masking.sample_scheme(k_scheme, mode)
   masked = masking.apply_scheme(k_mask, spikes, regions[session], scheme, mask_config)
-  model = nnx.merge(graphdef, params)
+  model = nnx.merge(graphdef, precision.compute_params(params, dtype))
   prompt = jnp.minimum(masked.scheme, len(masking.SCHEMES) - 1)  # unused for temporal
   log_rates = model(masked.inputs, prompt=prompt, session=session, causal=masked.causal,
-                    key=k_dropout if train else None)
+                    key=k_dropout if train else None).astype(jnp.float32)
   total, count = masked_poisson_nll(log_rates, spikes, masked.targets)
   return total, dict(n_targets=count, scheme=scheme)
 
@@ -103,17 +105,18 @@ def _lazy_session_update(params, new_params, opt_state, new_opt_state, session):
 
 
 def make_train_step(graphdef, tx: optax.GradientTransformation, mode: str,
-                    mask_config: masking.MaskConfig) -> Callable:
+                    mask_config: masking.MaskConfig, *, dtype="float32") -> Callable:
   """(state, batch, regions [S, N], key) -> (state, metrics). Key = run key; the step's
   key is fold_in(key, step), so a resumed run draws the same masks and dropout. A step
   with a non-finite loss, gradient or update changes nothing but the step
-  (skip_nonfinite; metrics["finite"] is False)."""
+  (skip_nonfinite; metrics["finite"] is False). dtype: the compute dtype (see
+  masked_nll). Jit it with donated state (sharding.jit_train_step)."""
 
   def train_step(state: TrainState, batch, regions, key):
     step_key = jax.random.fold_in(key, state.step)
     grad_fn = jax.value_and_grad(masked_nll, argnums=1, has_aux=True)
     (total, aux), grads = grad_fn(graphdef, state.params, batch, regions, step_key, mode=mode,
-                                  mask_config=mask_config, train=True)
+                                  mask_config=mask_config, train=True, dtype=dtype)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     params, opt_state = _lazy_session_update(state.params, params, state.opt_state, opt_state,

@@ -1,0 +1,1 @@
+"""Speed benchmarks: `python -m benchmarks.<name> --out=results.json`. Each prints a table."""

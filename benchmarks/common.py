@@ -1,0 +1,85 @@
+"""Timing, tables and JSON output shared by the benchmarks.
+
+Timings exclude compilation and warm-up: `time_steps` runs `warmup` calls first, then
+times `steps` calls, blocking on each result. The machine's load is recorded with the
+result (the development machine is shared), so a number can be judged later.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from typing import Callable
+
+import jax
+import numpy as np
+
+
+def time_calls(fn: Callable[[], object], *, steps: int, warmup: int = 1) -> dict:
+  """Seconds per call of `fn` (which returns arrays to block on): median and min over
+  `steps` timed calls, after `warmup` untimed calls (compilation happens there)."""
+  if steps < 1 or warmup < 0:
+    raise ValueError(f"time_calls: steps must be >= 1 and warmup >= 0, got {steps}, {warmup}")
+  t0 = time.perf_counter()
+  for _ in range(warmup):
+    jax.block_until_ready(fn())
+  first = time.perf_counter() - t0
+  times = []
+  for _ in range(steps):
+    t = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t)
+  return dict(seconds=float(np.median(times)), seconds_min=float(np.min(times)), steps=steps,
+              warmup_seconds=first)
+
+
+def machine() -> dict:
+  """What the numbers were measured on, including the load average at the time."""
+  return dict(platform=platform.platform(), processor=platform.processor(), cpu_count=os.cpu_count(),
+              load_average=os.getloadavg(), jax=jax.__version__, backend=jax.default_backend(),
+              devices=len(jax.devices()), xla_flags=os.environ.get("XLA_FLAGS", ""))
+
+
+def format_table(rows: list[dict], columns: list[str]) -> str:
+  """A Markdown table of `rows` over `columns` (floats in 4 significant digits)."""
+  fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
+  lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+  lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
+  return "\n".join(lines)
+
+
+def report(name: str, rows: list[dict], columns: list[str], out: str | None, **extra) -> dict:
+  """Prints the table and writes {benchmark, machine, rows, **extra} as JSON to `out`."""
+  print(f"## {name}  (load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores)")
+  print(format_table(rows, columns))
+  result = dict(benchmark=name, machine=machine(), rows=rows, **extra)
+  if out:
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
+      json.dump(result, f, indent=1, default=float)
+  return result
+
+
+def load_peak(path: str | None) -> dict:
+  """{dtype name: FLOP/s} from a benchmarks.matmul JSON file ({} when no path)."""
+  if not path:
+    return {}
+  try:
+    with open(path) as f:
+      rows = json.load(f)["rows"]
+    return {r["dtype"]: float(r["flops_per_s"]) for r in rows}
+  except (OSError, KeyError, ValueError, TypeError) as e:
+    raise ValueError(f"--peak {path}: expected the JSON written by benchmarks.matmul (rows with dtype and "
+                     f"flops_per_s): {e}") from e
+
+
+def add_peak_fractions(row: dict, peak: dict) -> dict:
+  """Adds fraction_of_fp32_peak and fraction_of_dtype_peak (achieved_gflops_per_s over the
+  measured matmul peak) to `row` when a peak is known; returns the row."""
+  if peak:
+    achieved = row["achieved_gflops_per_s"] * 1e9
+    row["fraction_of_fp32_peak"] = achieved / peak["float32"]
+    row["fraction_of_dtype_peak"] = achieved / peak.get(row["dtype"], float("nan"))
+  return row

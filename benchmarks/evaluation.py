@@ -1,0 +1,89 @@
+"""Full four-metric evaluation (co-smoothing, forward prediction, inter- and
+intra-region bits per spike) of one session, per task and in total.
+
+  python -m benchmarks.evaluation --size=demo --out=runs/bench/eval.json
+
+Defaults: a 700-neuron session in 5 regions with 180 test trials of 100 bins, synthetic
+Poisson counts generated in-process, an untrained NDT1 of --size (its speed does not
+depend on training). --no_shortcut also times every mask through the full model (the
+evaluation before the one-neuron shortcut; slow). Times include compilation unless
+--warm (then the second of two calls is timed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from absl import app, flags
+import jax
+import numpy as np
+from flax import nnx
+
+from benchmarks import common
+from mtm_jax import masking
+from mtm_jax.evaluation import tasks
+from mtm_jax.models import ndt1
+from mtm_jax.configs import ndt1 as ndt1_config
+
+_SIZE = flags.DEFINE_enum("size", "demo", sorted(ndt1.SIZES), "model size (mtm_jax.models.ndt1.SIZES)")
+_NEURONS = flags.DEFINE_integer("neurons", 700, "neurons of the session")
+_TRIALS = flags.DEFINE_integer("trials", 180, "test trials")
+_REGIONS = flags.DEFINE_integer("regions", 5, "brain regions")
+_MAX_BATCH = flags.DEFINE_integer("max_batch", 2048, "sequences per forward pass (config.eval.max_batch)")
+_SHORTCUTS = flags.DEFINE_list("shortcut", ["true"], "shortcut settings to time (true/false)")
+_TASKS = flags.DEFINE_list("tasks", [t.name for t in masking.evaluation_tasks(np.zeros(1, int), 100)],
+                           "tasks to time")
+_MAX_MASKS = flags.DEFINE_integer("max_masks", 0, "> 0: time only the first masks of each task and extrapolate "
+                                  "linearly to all of them (the 'extrapolated' column says so)")
+_WARM = flags.DEFINE_bool("warm", False, "time a second call (compilation excluded)")
+_OUT = flags.DEFINE_string("out", None, "JSON output path")
+
+
+def main(argv):
+  del argv
+  config = ndt1_config.get_config("paper")
+  config.model.size = _SIZE.value
+  n, k = _NEURONS.value, _TRIALS.value
+  model = ndt1.from_config(config, n, rngs=nnx.Rngs(0))
+  graphdef, params = nnx.split(model, nnx.Param)
+  rng = np.random.default_rng(0)
+  spikes = rng.poisson(0.2, (k, 100, n)).astype(np.float32)
+  region_ids = (np.arange(n) * _REGIONS.value // n).astype(np.int32)
+  predictor = tasks.make_predictor(graphdef)
+  rows = []
+  for shortcut in _SHORTCUTS.value:
+    total = 0.0
+    for task in masking.evaluation_tasks(region_ids, 100):
+      if task.name not in _TASKS.value:
+        continue
+      n_masks = task.hide_neurons.shape[0]
+      timed = task
+      if 0 < _MAX_MASKS.value < n_masks:
+        timed = dataclasses.replace(task, hide_neurons=task.hide_neurons[: _MAX_MASKS.value],
+                                    score_neurons=task.score_neurons[: _MAX_MASKS.value])
+      run = lambda: tasks.predict_task(predictor, params, spikes, timed, causal=task.prompt == "causal",
+                                       max_batch=_MAX_BATCH.value, shortcut=shortcut == "true")
+      if _WARM.value:
+        run()
+      t0 = time.perf_counter()
+      log_rates = run()
+      tasks.score_task(np.exp(log_rates.astype(np.float64)), spikes, timed)
+      measured = time.perf_counter() - t0
+      done = timed.hide_neurons.shape[0]
+      seconds = measured * n_masks / done
+      total += seconds
+      rows.append(dict(shortcut=shortcut, task=task.name, masks=n_masks, timed_masks=done, sequences=n_masks * k,
+                       seconds=seconds, measured_seconds=measured, extrapolated=done < n_masks,
+                       sequences_per_s=done * k / measured))
+      print(rows[-1], flush=True)
+    rows.append(dict(shortcut=shortcut, task="total", seconds=total,
+                     extrapolated=any(r["extrapolated"] for r in rows if r["shortcut"] == shortcut)))
+  common.report(f"evaluation: NDT1 {_SIZE.value}, {n} neurons x {k} trials x 100 bins, {_REGIONS.value} regions",
+                rows, ["shortcut", "task", "masks", "timed_masks", "sequences", "seconds", "extrapolated",
+                        "sequences_per_s"], _OUT.value,
+                warm=_WARM.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

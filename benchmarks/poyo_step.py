@@ -1,0 +1,108 @@
+"""POYO training step against the matmul peak, for the small (1.3M, batch 128) and large
+(11.8M, batch 64) configs.
+
+  python -m benchmarks.poyo_step --peak=runs/bench/matmul.json --out=runs/bench/poyo.json
+
+Synthetic 1 s windows generated in-process: --units units (~100), --spikes spikes per
+window (~2000) plus a start and an end token per unit, padded to --tokens (default: the
+config's token bucket that holds them), --queries behaviour queries (100). LAMB as in
+training. Model FLOPs count the padded tokens (the model computes them).
+"""
+
+from __future__ import annotations
+
+from absl import app, flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from benchmarks import common, flops
+from mtm_jax.configs import poyo as poyo_config
+from mtm_jax.datasets import events
+from mtm_jax.models import poyo
+from mtm_jax.training import optimizer, precision
+from mtm_jax.training import poyo_step
+
+_CONFIGS = flags.DEFINE_list("configs", ["small:128", "large:64"], "size:batch pairs")
+_UNITS = flags.DEFINE_integer("units", 100, "units per window")
+_SPIKES = flags.DEFINE_integer("spikes", 2000, "spikes per 1 s window")
+_TOKENS = flags.DEFINE_integer("tokens", 0, "padded token length (0 = the config's bucket)")
+_QUERIES = flags.DEFINE_integer("queries", 100, "behaviour queries per window")
+_DTYPES = flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "compute dtypes")
+_REMAT = flags.DEFINE_list("remat", ["false"], "remat settings (true/false)")
+_STEPS = flags.DEFINE_integer("steps", 3, "timed steps per row")
+_WARMUP = flags.DEFINE_integer("warmup", 2, "untimed steps per row (compilation)")
+_PEAK = flags.DEFINE_string("peak", None, "benchmarks.matmul JSON: adds fraction-of-peak columns")
+_OUT = flags.DEFINE_string("out", None, "JSON output path")
+
+
+def synthetic_batch(batch: int, units: int, spikes: int, length: int, queries: int, seed: int = 0) -> dict:
+  """A POYO batch (models/poyo.py) of `batch` 1 s windows: spikes at uniform times from
+  uniformly drawn units, start/end tokens per unit, padded to `length` tokens."""
+  rng = np.random.default_rng(seed)
+  n = spikes + 2 * units
+  if n > length:
+    raise ValueError(f"--tokens: {n} tokens per window do not fit in {length}")
+  unit = np.concatenate([rng.integers(1, units + 1, (batch, spikes)), np.tile(np.arange(1, units + 1), (batch, 2))], 1)
+  times = np.concatenate([rng.uniform(0, 1, (batch, spikes)), np.zeros((batch, units)), np.ones((batch, units))], 1)
+  kind = np.concatenate([np.full((batch, spikes), poyo.TOKEN_SPIKE), np.full((batch, units), poyo.TOKEN_START),
+                         np.full((batch, units), poyo.TOKEN_END)], 1)
+  pad = lambda x, dtype: np.pad(x, ((0, 0), (0, length - n))).astype(dtype)
+  return dict(unit_index=pad(unit, np.int32), timestamps=pad(times, np.float32), token_type=pad(kind, np.int32),
+              input_mask=pad(np.ones((batch, n)), bool), session_index=np.ones(batch, np.int32),
+              output_timestamps=np.tile(np.linspace(0, 1, queries, dtype=np.float32), (batch, 1)),
+              output_values=rng.normal(size=(batch, queries, 2)).astype(np.float32),
+              output_weights=np.ones((batch, queries), np.float32), output_task=np.zeros((batch, queries), np.int32),
+              output_mask=np.ones((batch, queries), bool))
+
+
+def measure(config, batch_size: int, length: int) -> dict:
+  dtype = precision.compute_dtype(config.model.dtype)
+  model = poyo.from_config(config, _UNITS.value, 1, rngs=nnx.Rngs(0))
+  graphdef, params = nnx.split(model, nnx.Param)
+  tx = optimizer.make_poyo_optimizer(config, params)
+  tasks = dict(config.model.tasks)
+  step = jax.jit(poyo_step.make_train_step(graphdef, tx, tasks=tasks, dtype=dtype), donate_argnums=0)
+  batch = jax.tree.map(jnp.asarray, synthetic_batch(batch_size, _UNITS.value, _SPIKES.value, length, _QUERIES.value))
+  key = jax.random.key(0)
+  holder = [poyo_step.init_state(params, tx)]
+
+  def call():
+    holder[0], metrics = step(holder[0], batch, key)
+    return metrics["loss"]
+
+  t = common.time_calls(call, steps=_STEPS.value, warmup=_WARMUP.value)
+  size = poyo.SIZES[config.model.size]
+  forward = flops.poyo_forward_flops(
+      batch=batch_size, tokens=length, queries=_QUERIES.value, latents=model.n_latent_steps * size["latents_per_step"],
+      dim=size["dim"], depth=size["depth"], cross_heads=size["cross_heads"], self_heads=size["self_heads"],
+      head_dim=config.model.head_dim, n_outputs=sum(tasks.values()))
+  model_flops = flops.train_flops(forward)
+  return dict(size=config.model.size, params_m=poyo.count_params(model) / 1e6, batch=batch_size, tokens=length,
+              dtype=dtype.name, remat=bool(config.model.remat), seconds=t["seconds"],
+              windows_per_s=batch_size / t["seconds"], model_gflop=model_flops / 1e9,
+              achieved_gflops_per_s=model_flops / t["seconds"] / 1e9, compile_seconds=t["warmup_seconds"])
+
+
+def main(argv):
+  del argv
+  peak = common.load_peak(_PEAK.value)
+  rows = []
+  for item in _CONFIGS.value:
+    size, batch_size = item.split(":")
+    for dtype in _DTYPES.value:
+      for remat in _REMAT.value:
+        config = poyo_config.get_config(size)
+        config.model.dtype, config.model.remat = dtype, remat == "true"
+        length = _TOKENS.value or events.bucket_length(_SPIKES.value + 2 * _UNITS.value, config.data.token_buckets)
+        row = measure(config, int(batch_size), length)
+        rows.append(common.add_peak_fractions(row, peak))
+        print(row, flush=True)
+  columns = ["size", "params_m", "batch", "tokens", "dtype", "remat", "seconds", "windows_per_s", "model_gflop",
+             "achieved_gflops_per_s"] + (["fraction_of_fp32_peak", "fraction_of_dtype_peak"] if peak else [])
+  common.report("POYO train step", rows, columns + ["compile_seconds"], _OUT.value, peak_flops_per_s=peak)
+
+
+if __name__ == "__main__":
+  app.run(main)
