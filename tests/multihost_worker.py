@@ -22,8 +22,8 @@ def _local_copy(x: jax.Array) -> np.ndarray:
 
 
 def _recording_save(save):
-  def wrapped(mngr, step, state, config, sessions):
-    save(mngr, step, state, config, sessions)
+  def wrapped(mngr, step, state, config, sessions, **kwargs):
+    save(mngr, step, state, config, sessions, **kwargs)
     if step == config.train.steps:
       params = {sharding.path_name(p): _local_copy(x) for p, x in jax.tree_util.tree_flatten_with_path(state.params)[0]}
       np.savez(os.path.join(flags.FLAGS.workdir, f"params_process{jax.process_index()}.npz"), **params)

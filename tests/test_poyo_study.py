@@ -10,6 +10,7 @@ from mtm_jax.evaluation import poyo_study
 from mtm_jax.training import poyo_loop
 
 
+@pytest.mark.slow  # ~1.5 min on an idle 2-core CPU: four trainings and three sliding-window evaluations
 def test_study_runs_scores_and_resumes(data_dir, tmp_path, monkeypatch):
   config = study_config.get_config("tiny")
   config.study.data_dir = data_dir
