@@ -54,6 +54,7 @@ def get_config(arg: str = "paper") -> ml_collections.ConfigDict:
   c.model.use_session = True  # prepend the session token
   c.model.special_tokens_see_future = False  # True = the reference's causal-mode leak
   c.model.layer_norm_eps = 1e-5
+  c.model.fixup_init = False  # T-Fixup initialisation of the blocks (the reference's setting: True)
 
   c.masking = ml_collections.ConfigDict()
   c.masking.mode = masking.MTM  # one of masking.MODES

@@ -62,6 +62,7 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
   c.model.t_min = rotary.T_MIN  # shortest rotary period (s)
   c.model.t_max = rotary.T_MAX  # longest rotary period (s)
   c.model.layer_norm_eps = 1e-5
+  c.model.rotary_frequencies = ()  # explicit rotary frequencies (rad/s), e.g. of an imported checkpoint; () = from t_min, t_max
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "lamb"
