@@ -32,6 +32,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from mtm_jax import masking
 from mtm_jax.configs import ndt1 as ndt1_config
 from mtm_jax.interop import state_dict as sd
 from mtm_jax.models import ndt1
@@ -75,7 +76,7 @@ def model_config(arch: Mapping, base: ml_collections.ConfigDict | None = None) -
   """An NDT1 config (paper preset, or `base`) whose model is the checkpoint's architecture,
   with the reference's choices where ours differ (special tokens see every bin in causal
   mode, T-Fixup init). Masking: MtM with prompts, the temporal baseline without."""
-  c = ml_collections.ConfigDict((base or ndt1_config.get_config("paper")).to_dict())
+  c = ml_collections.ConfigDict((base if base is not None else ndt1_config.get_config("paper")).to_dict())
   m = c.model
   m.size, m.stitch_dim, m.embed_mult, m.max_bins = arch["size"], arch["stitch_dim"], arch["embed_mult"], arch["max_bins"]
   m.use_prompt, m.use_session = arch["use_prompt"], arch["use_session"]
@@ -83,7 +84,9 @@ def model_config(arch: Mapping, base: ml_collections.ConfigDict | None = None) -
   m.fixup_init = True
   m.layer_norm_eps = 1e-5
   if not m.use_prompt:
-    c.masking.mode = "temporal"
+    c.masking.mode = masking.TEMPORAL
+  elif c.masking.mode == masking.TEMPORAL:
+    c.masking.mode = masking.MTM
   return c
 
 
