@@ -15,6 +15,7 @@ import subprocess
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from mtm_jax import masking
 from mtm_jax.interop import ndt1 as ndt1_interop
@@ -60,12 +61,13 @@ def _ndt1_errors(ckpt, io, **config_overrides) -> dict:
   neurons = meta["num_neurons"]
   model, unused = ndt1_interop.convert(ckpt, config, neurons, meta["session_rows"] if arch["use_session"] else None)
   assert unused == ([] if not arch["stitch_dim"] else ["decoder.0.bias", "decoder.0.weight"])
+  forward = nnx.jit(lambda m, x, p, s, c: m(x, prompt=p, session=s, causal=c))  # one compilation
   errors = {}
   for s, n in enumerate(neurons):
     for mode in meta["modes"]:
       x = np.pad(io[f"input/{s}/{mode}"], ((0, 0), (0, 0), (0, max(neurons) - n)))  # zero-padded neurons
       prompt = masking.SCHEMES.index(mode) if mode in masking.SCHEMES else 0
-      out = model(jnp.asarray(x), prompt=prompt, session=s, causal=mode == "causal")
+      out = forward(model, jnp.asarray(x), jnp.int32(prompt), jnp.int32(s), jnp.bool_(mode == "causal"))
       errors[f"{s}/{mode}"] = _rel(np.asarray(out)[..., :n], io[f"output/{s}/{mode}"])
   return errors
 
@@ -107,7 +109,7 @@ def _poyo_outputs(ckpt, io, **config_overrides):
   batch["session_index"] = sessions[batch["session_index"]].astype(np.int32)
   for k in ("token_type", "output_task"):
     batch[k] = batch[k].astype(np.int32)
-  out = np.asarray(model({k: jnp.asarray(v) for k, v in batch.items()})["behaviour"])
+  out = np.asarray(nnx.jit(lambda m, b: m(b))(model, {k: jnp.asarray(v) for k, v in batch.items()})["behaviour"])
   mask = batch["output_mask"]
   assert not mask.all() and not batch["input_mask"].all()  # padding on both sides
   return out, mask
