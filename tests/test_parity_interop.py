@@ -5,7 +5,6 @@ round trips, errors, T-Fixup, and imported checkpoints through evaluation and fi
 import json
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
@@ -14,7 +13,7 @@ from experiments import import_checkpoint
 from mtm_jax.configs import ndt1 as ndt1_config
 from mtm_jax.configs import poyo as poyo_config
 from mtm_jax.datasets import pipeline
-from mtm_jax.evaluation import poyo_eval, run
+from mtm_jax.evaluation import run
 from mtm_jax.interop import ndt1 as ndt1_interop
 from mtm_jax.interop import poyo as poyo_interop
 from mtm_jax.interop import state_dict
@@ -127,10 +126,11 @@ def test_poyo_round_trip_reorders_the_vocabularies():
     poyo_interop.convert(shuffled, back_config, missing)
 
 
-def test_imported_ndt1_evaluates_and_finetunes_unchanged(study_data_dir, tmp_path):
-  """An authors'-layout NDT1-stitch (random weights) imported, then run by the programs'
-  own functions: evaluation, and fine-tuning on a held-out session from its path."""
-  info = pipeline.session_info(DATASET, study_data_dir)
+def test_imported_ndt1_loads_as_evaluation_and_finetuning_load_it(data_dir, tmp_path):
+  """An authors'-layout NDT1-stitch (random weights) imported, then loaded the way
+  experiments.evaluate (loop.load_trained + the evaluation predictor) and
+  experiments.finetune (finetune_config, load_trained, graft_shared) load a model."""
+  info = pipeline.session_info(DATASET, data_dir)
   base = ndt1_config.get_config("tiny,stitch")
   base.eval.head_steps = 0
   _, model = _stitch_model([info.n_neurons], seed=3)
@@ -138,56 +138,43 @@ def test_imported_ndt1_evaluates_and_finetunes_unchanged(study_data_dir, tmp_pat
   state_dict.save(ndt1_interop.to_torch(_pure(model), [info.n_neurons], session_rows=[2], n_session_rows=3,
                                         n_heads=2), source)
   workdir = str(tmp_path / "imported")
-  summary = import_checkpoint.run(source, "ndt1", workdir, datasets=[DATASET], data_dir=study_data_dir,
+  summary = import_checkpoint.run(source, "ndt1", workdir, datasets=[DATASET], data_dir=data_dir,
                                   session_rows=["2"], config=base)
   assert summary["session_rows"] == [2] and summary["architecture"]["size"] == "tiny"
-  trained = loop.load_trained(workdir)
-  assert trained.config.model.special_tokens_see_future and trained.names == [DATASET]
-  _assert_same(nnx.to_pure_dict(trained.params), _pure(model))
+  assert json.loads((tmp_path / "imported" / "import.json").read_text())["unused"] == summary["unused"]
   with pytest.raises(FileExistsError):
-    import_checkpoint.run(source, "ndt1", workdir, datasets=[DATASET], data_dir=study_data_dir, session_rows=["2"])
+    import_checkpoint.run(source, "ndt1", workdir, datasets=[DATASET], data_dir=data_dir, session_rows=["2"])
 
-  metrics = run.evaluate_workdir(workdir)
-  assert np.isfinite(metrics["co_smoothing_bps"]) and metrics["step"] == 0
+  trained = loop.load_trained(workdir)
+  assert trained.config.model.special_tokens_see_future and trained.config.model.fixup_init
+  assert trained.names == [DATASET] and trained.step == 0 and trained.config.eval.head_steps == 0
+  _assert_same(nnx.to_pure_dict(trained.params), _pure(model))
+  spikes = pipeline.load_split(DATASET, data_dir, "test", ("spikes",))["spikes"][:4].astype(np.float32)
+  rates = run.unmasked_log_rates(trained, spikes, prompt="neuron", session=0)
+  np.testing.assert_allclose(rates, np.asarray(model(spikes, prompt=0, session=0)), rtol=1e-5, atol=1e-5)
 
   config = ndt1_config.get_config("tiny,stitch")
-  config.data.datasets, config.data.data_dir = STUDY_DATASETS[0], study_data_dir
-  config.train.steps = config.train.checkpoint_every = 2
-  config.eval.head_steps = 0
-  finetuned = str(tmp_path / "finetuned")
-  loop.train(loop.finetune_config(config, workdir), finetuned)
-  assert loop.load_trained(finetuned).step == 2
+  config.data.datasets = STUDY_DATASETS[0]
+  config = loop.finetune_config(config, workdir)
+  assert config.model.to_dict() == trained.config.model.to_dict()
+  fresh = ndt1.from_config(config, [11], rngs=nnx.Rngs(0))
+  grafted = loop.graft_shared(nnx.state(fresh, nnx.Param), trained.params)
+  _assert_same(nnx.to_pure_dict(grafted)["layers"], _pure(model)["layers"])
 
 
-def test_imported_poyo_evaluates_and_finetunes_unchanged(data_dir, tmp_path):
-  from data_builders import prepare  # pylint: disable=g-import-not-at-top
-  names = ["spike_events/reaching_000", "spike_events/reaching_001"]
-  prepare.build(names, data_dir)
+def test_imported_poyo_loads_as_evaluation_and_finetuning_load_it(tmp_path):
   base = poyo_config.get_config("tiny")
-  base.data.data_dir = data_dir
-  base.train.steps = base.train.eval_every = base.train.checkpoint_every = 2
-  sessions = poyo_loop.load_sessions(_with_dataset(base, names[0]), ("train",))
-  records = poyo_loop.session_records([names[0]], sessions)
-  vocab = poyo_interop.poyo_vocabulary(records)
-  model = poyo.from_config(base, len(vocab.unit_ids), 1, rngs=nnx.Rngs(5))
+  _, model = _tiny_poyo(seed=5)
   source = str(tmp_path / "torch_brain.npz")
-  state_dict.save(poyo_interop.to_torch(model, records), source)
+  state_dict.save(poyo_interop.to_torch(model, POYO_RECORDS), source)
   workdir = str(tmp_path / "imported")
-  import_checkpoint.run(source, "poyo", workdir, datasets=[names[0]], data_dir=data_dir, scale=["2.0", "3.0"],
-                        config=base)
+  summary = import_checkpoint.run(source, "poyo", workdir, scale=["2.0", "3.0"], config=base)
+  assert summary["sessions"] == ["a", "b"]
   trained = poyo_loop.load_trained(workdir)
   np.testing.assert_array_equal(trained.scale, [2.0, 3.0])
+  assert trained.vocab.unit_ids == tuple(u for r in POYO_RECORDS for u in r["unit_ids"])
   _assert_same(nnx.to_pure_dict(trained.params), _pure(model))
-  results = poyo_eval.evaluate_workdir(workdir, "test")
-  assert np.isfinite(results["behaviour_r2"])
-
-  config = poyo_loop.finetune_config(_with_dataset(base, names[1]), workdir, "unit_id")
-  finetuned = str(tmp_path / "finetuned")
-  poyo_loop.train(config, finetuned)
-  assert poyo_loop.load_trained(finetuned).step == 2
-
-
-def _with_dataset(config, dataset):
-  out = ml_collections.ConfigDict(config.to_dict())
-  out.data.datasets = dataset
-  return out
+  config = poyo_loop.finetune_config(base, workdir, "unit_id")
+  assert list(config.model.rotary_frequencies) == model.frequencies().tolist()
+  with pytest.raises(ValueError, match="cannot hold"):
+    import_checkpoint.run(source, "ndt1", str(tmp_path / "other"), config=base)
