@@ -26,6 +26,7 @@ See docs/parity.md.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -156,7 +157,7 @@ def run(source: str, kind: str, workdir: str, *, datasets=(), data_dir: str = "d
   with tempfile.TemporaryDirectory() as tmp:
     npz = source if source.endswith(".npz") else export_to_npz(source, os.path.join(tmp, "export.npz"),
                                                                  torch_python, code_path)
-    ckpt = state_dict.load(npz)
+    ckpt = dataclasses.replace(state_dict.load(npz), path=source)  # errors name the source
   if kind == "ndt1":
     summary = import_ndt1(ckpt, workdir, list(datasets), data_dir, session_rows=list(session_rows),
                           eids_file=eids_file, n_heads=n_heads, base=config)

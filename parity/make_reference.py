@@ -1,7 +1,8 @@
 """Writes the PyTorch side of the parity tests: reference models with random weights, fixed
 inputs and their outputs: per case, <case>.npz (the state dict as parity/export_torch.py
 writes it, with the case's facts in `__meta__`) and <case>.io.npz (`input/<name>` and
-`output/<name>` arrays).
+`output/<name>` arrays), and the checkpoint as the reference's trainer writes it: <case>.pt
+(NDT1: {"model": pickled module, "epoch"}) or <case>.ckpt (POYO: Lightning layout).
 
 Runs in the parity environment (Python 3.11 + torch + torch_brain; `make parity-env`):
 
@@ -100,6 +101,8 @@ def ndt1_case(out_dir: str, case: str, *, num_neurons, stitch: int, use_prompt: 
   meta = dict(kind="ndt1", num_neurons=list(num_neurons), session_rows=list(session_rows), modes=list(modes),
               attributes=dict(n_heads=NDT1_SIZE["n_heads"]), use_prompt=use_prompt, stitch=stitch)
   _save(out_dir, case, model, meta, inputs, outputs)
+  # As the authors' trainer saves it: the whole module pickled (unpickled with this folder on the path).
+  torch.save({"model": model, "epoch": 0}, os.path.join(out_dir, f"{case}.pt"))
 
 
 def poyo_case(out_dir: str, case: str, *, dim, depth, cross_heads, self_heads, latents_per_step, seed: int) -> None:
@@ -157,6 +160,10 @@ def poyo_case(out_dir: str, case: str, *, dim, depth, cross_heads, self_heads, l
               output_mask=t(batch["output_mask"]))
   meta = dict(kind="poyo", hparams=hparams, sessions=sessions)
   _save(out_dir, case, model, meta, batch, {"behaviour": y.numpy()})
+  # As torch_brain's Lightning trainer saves it (what POYO.load_pretrained reads).
+  torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+              "hyper_parameters": {"model": dict(hparams, _target_="torch_brain.models.POYO")}},
+             os.path.join(out_dir, f"{case}.ckpt"))
 
 
 def main(argv=None) -> None:

@@ -12,6 +12,7 @@ environment these tests are skipped, with the reason.
 import os
 import subprocess
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -129,3 +130,36 @@ def test_poyo_computed_rotary_frequencies_are_not_torch_brains(reference):
   ckpt, io = _case(reference, "poyo_tiny")
   out, mask = _poyo_outputs(ckpt, io, rotary_frequencies=())
   assert _rel(out[mask], io["output/behaviour"][mask]) > 1e-5
+
+
+def _import(reference, tmp_path, case, kind, **kwargs):
+  from experiments import import_checkpoint  # pylint: disable=import-outside-toplevel
+  source = os.path.join(reference, f"{case}.{'pt' if kind == 'ndt1' else 'ckpt'}")
+  workdir = str(tmp_path / case)
+  import_checkpoint.run(source, kind, workdir, torch_python=_parity_python(), code_path=os.path.join(ROOT, "parity"),
+                        **kwargs)
+  return workdir
+
+
+def test_trainer_checkpoints_import_like_their_state_dicts(reference, data_dir, tmp_path):
+  """The reference trainers' own files (.pt with a pickled NDT1; torch_brain's Lightning
+  .ckpt) go through export in the PyTorch environment and import to the same weights."""
+  from mtm_jax.datasets import pipeline  # pylint: disable=import-outside-toplevel
+  from mtm_jax.training import loop, poyo_loop  # pylint: disable=import-outside-toplevel
+  from tests.conftest import DATASET  # pylint: disable=import-outside-toplevel
+
+  ckpt, _ = _case(reference, "poyo_tiny")
+  workdir = _import(reference, tmp_path, "poyo_tiny", "poyo", task="behaviour")
+  trained = poyo_loop.load_trained(workdir)
+  config = poyo_interop.model_config(poyo_interop.architecture(ckpt), "behaviour")
+  model, _ = poyo_interop.convert(ckpt, config, poyo_interop.default_sessions(ckpt))
+  jax.tree.map(np.testing.assert_array_equal, nnx.to_pure_dict(trained.params),
+               nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+  assert trained.config.model.window_length == 1.0 and trained.config.model.attn_dropout == 0.2
+
+  # NDT1: the pickled module carries its number of heads; ours is a 13-neuron session.
+  ckpt, _ = _case(reference, "ndt1_temporal")
+  n = pipeline.session_info(DATASET, data_dir).n_neurons
+  assert n != 13
+  with pytest.raises(ValueError, match="single-session model of 13 neurons"):
+    _import(reference, tmp_path, "ndt1_temporal", "ndt1", datasets=[DATASET], data_dir=data_dir)

@@ -127,12 +127,12 @@ def from_torch(ckpt: sd.TorchCheckpoint, target: Mapping, session_neurons: Seque
   n_layers = len(target["layers"])
   stitched = "stitch_in" in target
   use_session = "session" in target
-  entries = _shared_entries(n_layers, "prompt" in target, stitched)
-  params = sd.from_torch(ckpt, entries, target)
-  used = {e.torch for e in entries}
   if not stitched and list(session_neurons) != [ckpt.get("decoder.0.weight").shape[0]]:
     raise ValueError(f"{ckpt.path}: a single-session model of {ckpt.get('decoder.0.weight').shape[0]} neurons, "
                      f"but the sessions have {list(session_neurons)} neurons")
+  entries = _shared_entries(n_layers, "prompt" in target, stitched)
+  params = sd.from_torch(ckpt, entries, target)
+  used = {e.torch for e in entries}
   if use_session:
     table = ckpt.get(f"{EMBED}.embed_session.weight")
     if session_rows is None:
