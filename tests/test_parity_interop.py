@@ -178,3 +178,23 @@ def test_imported_poyo_loads_as_evaluation_and_finetuning_load_it(tmp_path):
   assert list(config.model.rotary_frequencies) == model.frequencies().tolist()
   with pytest.raises(ValueError, match="cannot hold"):
     import_checkpoint.run(source, "ndt1", str(tmp_path / "other"), config=base)
+
+
+def test_poyo_mp_size_converts_both_ways():
+  """The 11.8M POYO-MP / POYO-1 configuration ("large"): torch_brain names and back."""
+  config = poyo_config.get_config("large")
+  model = nnx.eval_shape(lambda: poyo.from_config(config, 5, 2, rngs=nnx.Rngs(0)))  # no init: random numbers below
+  rng = np.random.default_rng(0)
+  state = nnx.state(model, nnx.Param)
+  nnx.replace_by_pure_dict(state, jax.tree.map(lambda x: rng.standard_normal(x.shape).astype(np.float32),
+                                               nnx.to_pure_dict(state)))
+  nnx.update(model, state)
+  records = [dict(name="a", session_id="a", unit_ids=["a/0", "a/1"]),
+             dict(name="b", session_id="b", unit_ids=["b/0", "b/1", "b/2"])]
+  ckpt = poyo_interop.to_torch(model, records)
+  assert len(ckpt.names("proc_layers.")) == 24 * 11
+  arch = poyo_interop.architecture(ckpt)
+  assert arch["size"] == "large" and poyo.count_params(model) > 11e6
+  back, unused = poyo_interop.convert(ckpt, poyo_interop.model_config(arch, "hand_velocity", base=config), records)
+  assert unused == []
+  _assert_same(_pure(back), _pure(model))
