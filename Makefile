@@ -39,3 +39,24 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs *.egg-info .pytest_cache
+
+# The PyTorch side of the parity tests (docs/parity.md): a Python 3.11 environment in
+# parity/.venv with CPU PyTorch and torch_brain. tests/test_parity.py uses it when present.
+PARITY_PYTHON ?= python3.11
+PARITY_VENV := parity/.venv
+PARITY_STAMP := $(PARITY_VENV)/.installed
+
+.PHONY: parity-env parity
+
+parity-env: $(PARITY_STAMP)
+
+$(PARITY_STAMP): parity/requirements.txt
+	"$(PARITY_PYTHON)" -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version' || \
+	  { echo "error: the parity environment needs Python 3.11 (CPU PyTorch 2.13.0); set PARITY_PYTHON"; exit 1; }
+	"$(PARITY_PYTHON)" -m venv $(PARITY_VENV)
+	$(PARITY_VENV)/bin/python -m pip install --quiet -r parity/requirements.txt
+	@touch $(PARITY_STAMP)
+
+# Parity of mtm_jax with the reference implementations (PyTorch side in parity/.venv).
+parity: $(STAMP) $(PARITY_STAMP)
+	$(PY) -m pytest -q tests/test_parity.py

@@ -57,6 +57,7 @@ def get_config(arg: str = "paper") -> ml_collections.ConfigDict:
   c.model.layer_norm_eps = 1e-5
   c.model.dtype = "float32"  # compute dtype: "float32" or "bfloat16" (params, optimiser and loss stay float32)
   c.model.remat = False  # recompute transformer-layer activations in the backward pass (large models)
+  c.model.fixup_init = False  # T-Fixup initialisation of the blocks (the reference's setting: True)
 
   c.masking = ml_collections.ConfigDict()
   c.masking.mode = masking.MTM  # one of masking.MODES

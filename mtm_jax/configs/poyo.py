@@ -66,6 +66,7 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
   c.model.layer_norm_eps = 1e-5
   c.model.dtype = "float32"  # compute dtype: "float32" or "bfloat16" (params, optimiser and loss stay float32)
   c.model.remat = False  # recompute transformer-layer activations in the backward pass (large models)
+  c.model.rotary_frequencies = ()  # explicit rotary frequencies (rad/s), e.g. of an imported checkpoint; () = from t_min, t_max
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "lamb"

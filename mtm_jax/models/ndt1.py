@@ -69,6 +69,16 @@ class SessionLinear(nnx.Module):
     return x @ self.kernel[session] + self.bias[session]
 
 
+def t_fixup(layer: attention.SelfAttentionBlock, n_layers: int) -> None:
+  """T-Fixup initialisation of one block, in place, as the MtM reference applies it: the
+  attention output and both MLP kernels times 0.67 * n_layers ** -1/4, the value kernel
+  times that and sqrt(2)."""
+  factor = 0.67 * n_layers ** -0.25
+  for linear, f in ((layer.attn.out, factor), (layer.mlp.up, factor), (layer.mlp.down, factor),
+                    (layer.attn.value, factor * 2 ** 0.5)):
+    linear.kernel[...] = linear.kernel[...] * f
+
+
 class NDT1(nnx.Module):
   """NDT1 with MtM's prompt and session tokens; see the module docstring."""
 
@@ -76,11 +86,12 @@ class NDT1(nnx.Module):
                stitch_dim: int = 0, max_bins: int = 100, embed_mult: int = 2, dropout: float = 0.4,
                attention_dropout: float = 0.4, embed_dropout: float = 0.2, use_prompt: bool = True,
                use_session: bool = True, special_tokens_see_future: bool = False,
-               layer_norm_eps: float = 1e-5, remat: bool = False, rngs: nnx.Rngs):
+               layer_norm_eps: float = 1e-5, remat: bool = False, fixup_init: bool = False, rngs: nnx.Rngs):
     """session_neurons: neuron count of each session (an int = one session). Without
     stitching (stitch_dim=0) the model takes exactly one session. remat: recompute each
     transformer layer's activations in the backward pass instead of storing them (less
-    memory, about a third more compute)."""
+    memory, about a third more compute). fixup_init: T-Fixup as in the reference
+    (`t_fixup`); it changes the initial weights only."""
     sizes = (session_neurons,) if isinstance(session_neurons, int) else tuple(int(n) for n in session_neurons)
     if not sizes or min(sizes) < 1:
       raise ValueError(f"NDT1: session neuron counts must be positive, got {sizes}")
@@ -104,6 +115,9 @@ class NDT1(nnx.Module):
                                      layer_norm_eps=layer_norm_eps, rngs=rngs)
         for _ in range(n_layers)
     ])
+    if fixup_init:
+      for layer in self.layers:
+        t_fixup(layer, n_layers)
     self.final_norm = nnx.LayerNorm(width, epsilon=layer_norm_eps, rngs=rngs)
     if stitch_dim:
       self.readout, self.stitch_out = None, SessionLinear((width,) * n_sessions, sizes, rngs=rngs)
@@ -211,4 +225,5 @@ def from_config(config: ml_collections.ConfigDict, session_neurons, *, rngs: nnx
       stitch_dim=m.stitch_dim, max_bins=m.max_bins, embed_mult=m.embed_mult, dropout=m.dropout,
       attention_dropout=m.attention_dropout, embed_dropout=m.embed_dropout, use_prompt=m.use_prompt,
       use_session=m.use_session, special_tokens_see_future=m.special_tokens_see_future,
-      layer_norm_eps=m.layer_norm_eps, remat=m.get("remat", False), rngs=rngs)
+      layer_norm_eps=m.layer_norm_eps, remat=m.get("remat", False), fixup_init=m.get("fixup_init", False),
+      rngs=rngs)

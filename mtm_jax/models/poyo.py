@@ -89,7 +89,10 @@ class POYO(nnx.Module):
                window_length: float = 1.0, latent_step: float = 0.125, ffn_dropout: float = 0.2,
                lin_dropout: float = 0.4, attn_dropout: float = 0.2, emb_init_scale: float = 0.02,
                t_min: float = rotary.T_MIN, t_max: float = rotary.T_MAX, layer_norm_eps: float = 1e-5,
-               remat: bool = False, rngs: nnx.Rngs):
+               remat: bool = False, rotary_frequencies=(), rngs: nnx.Rngs):
+    """rotary_frequencies: explicit angular frequencies [head_dim // 4] (rad/s) instead of
+    those computed from t_min and t_max, e.g. the float32 values a PyTorch checkpoint
+    holds (its `rotary_emb.omega`); () = computed."""
     if n_units < 1 or n_sessions < 1:
       raise ValueError(f"POYO: n_units and n_sessions must be >= 1, got {n_units} and {n_sessions}")
     if not tasks or any(int(d) < 1 for d in tasks.values()):
@@ -108,6 +111,10 @@ class POYO(nnx.Module):
     self.layer_norm_eps = layer_norm_eps
     self.remat = remat  # recompute the latent layers' activations in the backward pass
     rotary.rotary_frequencies(head_dim, head_dim // 2, t_min, t_max)  # validates
+    self.rotary_frequencies = tuple(float(f) for f in rotary_frequencies)
+    if self.rotary_frequencies and len(self.rotary_frequencies) != head_dim // 4:
+      raise ValueError(f"POYO: rotary_frequencies must hold head_dim // 4 = {head_dim // 4} values, "
+                       f"got {len(self.rotary_frequencies)}")
 
     init = nnx.initializers.normal(emb_init_scale)
     self.unit_emb = nnx.Embed(n_units + 1, dim, embedding_init=init, rngs=rngs)
@@ -133,7 +140,7 @@ class POYO(nnx.Module):
     """Constructor arguments (without rngs): POYO(**model.hparams, rngs=...) rebuilds it."""
     names = ("n_units", "n_sessions", "dim", "depth", "cross_heads", "self_heads", "latents_per_step", "head_dim",
              "window_length", "latent_step", "ffn_dropout", "lin_dropout", "attn_dropout", "emb_init_scale", "t_min",
-             "t_max", "layer_norm_eps", "remat")
+             "t_max", "layer_norm_eps", "remat", "rotary_frequencies")
     return dict({n: getattr(self, n) for n in names}, tasks=dict(self.tasks))
 
   @property
@@ -147,6 +154,8 @@ class POYO(nnx.Module):
 
   def frequencies(self) -> np.ndarray:
     """Rotary angular frequencies [head_dim // 4]."""
+    if self.rotary_frequencies:
+      return np.asarray(self.rotary_frequencies, np.float32)
     return rotary.rotary_frequencies(self.head_dim, self.head_dim // 2, self.t_min, self.t_max)
 
   def check_batch(self, batch: Mapping[str, jax.Array]) -> None:
@@ -286,4 +295,5 @@ def from_config(config: ml_collections.ConfigDict, n_units: int, n_sessions: int
       n_units, n_sessions, tasks=dict(m.tasks), **SIZES[m.size], head_dim=m.head_dim,
       window_length=m.window_length, latent_step=m.latent_step, ffn_dropout=m.ffn_dropout,
       lin_dropout=m.lin_dropout, attn_dropout=m.attn_dropout, emb_init_scale=m.emb_init_scale,
-      t_min=m.t_min, t_max=m.t_max, layer_norm_eps=m.layer_norm_eps, remat=m.get("remat", False), rngs=rngs)
+      t_min=m.t_min, t_max=m.t_max, layer_norm_eps=m.layer_norm_eps, remat=m.get("remat", False),
+      rotary_frequencies=tuple(m.get("rotary_frequencies", ())), rngs=rngs)

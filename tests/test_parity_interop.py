@@ -1,0 +1,200 @@
+"""Converters to and from the reference implementations' PyTorch names, without PyTorch:
+round trips, errors, T-Fixup, and imported checkpoints through evaluation and fine-tuning.
+(The comparison with PyTorch itself is tests/test_parity.py.)"""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from experiments import import_checkpoint
+from mtm_jax.configs import ndt1 as ndt1_config
+from mtm_jax.configs import poyo as poyo_config
+from mtm_jax.datasets import pipeline
+from mtm_jax.evaluation import run
+from mtm_jax.interop import ndt1 as ndt1_interop
+from mtm_jax.interop import poyo as poyo_interop
+from mtm_jax.interop import state_dict
+from mtm_jax.models import ndt1, poyo
+from mtm_jax.training import loop, poyo_loop
+from tests.conftest import DATASET, STUDY_DATASETS
+
+
+def _pure(model):
+  return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+
+def _assert_same(a, b):
+  jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
+
+
+def _stitch_model(neurons, seed=0):
+  config = ndt1_config.get_config("tiny,stitch")
+  model = ndt1.from_config(config, list(neurons), rngs=nnx.Rngs(seed))
+  # The reference keys per-session layers by neuron count: equal counts share them.
+  for table in (model.stitch_in, model.stitch_out):
+    for s, n in enumerate(neurons):
+      first = list(neurons).index(n)
+      table.kernel[...] = table.kernel[...].at[s].set(table.kernel[...][first])
+      table.bias[...] = table.bias[...].at[s].set(table.bias[...][first])
+  return config, model
+
+
+def test_ndt1_round_trip_through_the_authors_names():
+  neurons, rows = [5, 9, 5], [3, 0, 1]
+  config, model = _stitch_model(neurons)
+  ckpt = ndt1_interop.to_torch(_pure(model), neurons, session_rows=rows, n_session_rows=4, n_heads=2)
+  for name in ("encoder.stitcher.stitcher_dict.5.weight", "stitch_decoder.stitch_decoder_dict.9.bias",
+               "encoder.embedder.embed_prompt.weight", "encoder.layers.0.attn.out_proj.weight",
+               "encoder.layers.0.mlp.up_proj.bias", "encoder.out_norm.weight"):
+    assert name in ckpt
+  assert ckpt.get("encoder.embedder.embed_session.weight").shape == (4, 32)
+  arch = ndt1_interop.architecture(ckpt)
+  assert (arch["size"], arch["stitch_dim"], arch["stitched_neurons"]) == ("tiny", 16, [5, 9])
+  back, unused = ndt1_interop.convert(ckpt, ndt1_interop.model_config(arch, config), neurons, rows)
+  _assert_same(_pure(back), _pure(model))
+  assert unused == ["decoder.0.bias", "decoder.0.weight"]  # the reference's unused decoder under stitching
+  assert back.special_tokens_see_future  # the reference's causal mode
+
+
+def test_ndt1_conversion_errors_name_what_is_wrong():
+  neurons = [5, 9]
+  config, model = _stitch_model(neurons)
+  ckpt = ndt1_interop.to_torch(_pure(model), neurons, session_rows=[0, 1], n_heads=2)
+  config = ndt1_interop.model_config(ndt1_interop.architecture(ckpt), config)
+  with pytest.raises(ValueError, match="6 neurons"):
+    ndt1_interop.convert(ckpt, config, [5, 6], [0, 1])
+  with pytest.raises(ValueError, match="give each session's row"):
+    ndt1_interop.convert(ckpt, config, neurons, None)
+  with pytest.raises(ValueError, match=r"rows \[7\] are outside"):
+    ndt1_interop.convert(ckpt, config, neurons, [0, 7])
+  with pytest.raises(ValueError, match="SIZES"):
+    ndt1_interop.architecture(ckpt, n_heads=3)
+  _, other = _stitch_model([5, 5], seed=1)
+  other.stitch_in.bias[...] = other.stitch_in.bias[...].at[1].add(1.0)
+  with pytest.raises(ValueError, match="keys its per-session layers by neuron count"):
+    ndt1_interop.to_torch(_pure(other), [5, 5], session_rows=[0, 1])
+
+
+def test_t_fixup_scales_the_blocks_as_the_reference():
+  make = lambda fixup: ndt1.NDT1(7, width=32, n_layers=3, n_heads=2, mlp_width=64, fixup_init=fixup,
+                                 rngs=nnx.Rngs(0))
+  plain, fixed = make(False), make(True)
+  factor = 0.67 * 3 ** -0.25
+  for a, b in zip(plain.layers, fixed.layers):
+    for name, f in (("out", factor), ("value", factor * 2 ** 0.5), ("query", 1.0), ("key", 1.0)):
+      np.testing.assert_allclose(getattr(b.attn, name).kernel[...], f * getattr(a.attn, name).kernel[...], rtol=1e-6)
+    np.testing.assert_allclose(b.mlp.up.kernel[...], factor * a.mlp.up.kernel[...], rtol=1e-6)
+    np.testing.assert_allclose(b.mlp.down.kernel[...], factor * a.mlp.down.kernel[...], rtol=1e-6)
+  _assert_same(plain.embed_spikes.kernel[...], fixed.embed_spikes.kernel[...])
+
+
+POYO_RECORDS = [dict(name="a", session_id="a", unit_ids=["a/u0", "a/u1", "a/u2"]),
+                dict(name="b", session_id="b", unit_ids=["b/u0", "b/u1"])]
+
+
+def _tiny_poyo(seed=0):
+  config = poyo_config.get_config("tiny")
+  vocab = poyo_interop.poyo_vocabulary(POYO_RECORDS)
+  return config, poyo.from_config(config, len(vocab.unit_ids), len(vocab.session_ids), rngs=nnx.Rngs(seed))
+
+
+def test_poyo_round_trip_reorders_the_vocabularies():
+  config, model = _tiny_poyo()
+  ckpt = poyo_interop.to_torch(model, POYO_RECORDS)
+  # torch_brain's vocabularies may list the units in any order: shuffle them.
+  order = [0, 4, 1, 5, 3, 2]  # "NA" stays at row 0
+  words = ckpt.meta["vocab"]["unit_emb.vocab"]
+  arrays = dict(ckpt.arrays, **{"unit_emb.weight": ckpt.get("unit_emb.weight")[order]})
+  meta = json.loads(json.dumps(ckpt.meta))
+  meta["vocab"]["unit_emb.vocab"] = [words[i] for i in order]
+  shuffled = state_dict.TorchCheckpoint(arrays, meta)
+  assert ckpt.get("enc_atn.to_kv.weight").shape == (2 * 64, 32)  # fused key/value, one head of 64
+  assert ckpt.get("proc_layers.0.0.to_qkv.weight").shape == (3 * 128, 32)
+  arch = poyo_interop.architecture(shuffled)
+  assert arch["size"] == "tiny" and arch["dim_out"] == 2
+  np.testing.assert_array_equal(arch["rotary_frequencies"], model.frequencies())
+  back_config = poyo_interop.model_config(arch, "hand_velocity", base=config)
+  assert poyo_interop.default_sessions(ckpt) == POYO_RECORDS  # units by "<session>/" prefix
+  back, unused = poyo_interop.convert(shuffled, back_config, POYO_RECORDS)
+  assert unused == []
+  _assert_same(_pure(back), _pure(model))
+  missing = [dict(POYO_RECORDS[0], unit_ids=["a/u0", "a/u9"])]
+  with pytest.raises(ValueError, match="a/u9"):
+    poyo_interop.convert(shuffled, back_config, missing)
+
+
+def test_imported_ndt1_loads_as_evaluation_and_finetuning_load_it(data_dir, tmp_path):
+  """An authors'-layout NDT1-stitch (random weights) imported, then loaded the way
+  experiments.evaluate (loop.load_trained + the evaluation predictor) and
+  experiments.finetune (finetune_config, load_trained, graft_shared) load a model."""
+  info = pipeline.session_info(DATASET, data_dir)
+  base = ndt1_config.get_config("tiny,stitch")
+  base.eval.head_steps = 0
+  _, model = _stitch_model([info.n_neurons], seed=3)
+  source = str(tmp_path / "authors.npz")
+  state_dict.save(ndt1_interop.to_torch(_pure(model), [info.n_neurons], session_rows=[2], n_session_rows=3,
+                                        n_heads=2), source)
+  workdir = str(tmp_path / "imported")
+  summary = import_checkpoint.run(source, "ndt1", workdir, datasets=[DATASET], data_dir=data_dir,
+                                  session_rows=["2"], config=base)
+  assert summary["session_rows"] == [2] and summary["architecture"]["size"] == "tiny"
+  assert json.loads((tmp_path / "imported" / "import.json").read_text())["unused"] == summary["unused"]
+  with pytest.raises(FileExistsError):
+    import_checkpoint.run(source, "ndt1", workdir, datasets=[DATASET], data_dir=data_dir, session_rows=["2"])
+
+  trained = loop.load_trained(workdir)
+  assert trained.config.model.special_tokens_see_future and trained.config.model.fixup_init
+  assert trained.names == [DATASET] and trained.step == 0 and trained.config.eval.head_steps == 0
+  _assert_same(nnx.to_pure_dict(trained.params), _pure(model))
+  spikes = pipeline.load_split(DATASET, data_dir, "test", ("spikes",))["spikes"][:4].astype(np.float32)
+  rates = run.unmasked_log_rates(trained, spikes, prompt="neuron", session=0)
+  np.testing.assert_allclose(rates, np.asarray(model(spikes, prompt=0, session=0)), rtol=1e-5, atol=1e-5)
+
+  config = ndt1_config.get_config("tiny,stitch")
+  config.data.datasets = STUDY_DATASETS[0]
+  config = loop.finetune_config(config, workdir)
+  assert config.model.to_dict() == trained.config.model.to_dict()
+  fresh = ndt1.from_config(config, [11], rngs=nnx.Rngs(0))
+  grafted = loop.graft_shared(nnx.state(fresh, nnx.Param), trained.params)
+  _assert_same(nnx.to_pure_dict(grafted)["layers"], _pure(model)["layers"])
+
+
+def test_imported_poyo_loads_as_evaluation_and_finetuning_load_it(tmp_path):
+  base = poyo_config.get_config("tiny")
+  _, model = _tiny_poyo(seed=5)
+  source = str(tmp_path / "torch_brain.npz")
+  state_dict.save(poyo_interop.to_torch(model, POYO_RECORDS), source)
+  workdir = str(tmp_path / "imported")
+  summary = import_checkpoint.run(source, "poyo", workdir, scale=["2.0", "3.0"], config=base)
+  assert summary["sessions"] == ["a", "b"]
+  trained = poyo_loop.load_trained(workdir)
+  np.testing.assert_array_equal(trained.scale, [2.0, 3.0])
+  assert trained.vocab.unit_ids == tuple(u for r in POYO_RECORDS for u in r["unit_ids"])
+  _assert_same(nnx.to_pure_dict(trained.params), _pure(model))
+  config = poyo_loop.finetune_config(base, workdir, "unit_id")
+  assert list(config.model.rotary_frequencies) == model.frequencies().tolist()
+  with pytest.raises(ValueError, match="cannot hold"):
+    import_checkpoint.run(source, "ndt1", str(tmp_path / "other"), config=base)
+
+
+def test_poyo_mp_size_converts_both_ways():
+  """The 11.8M POYO-MP / POYO-1 configuration ("large"): torch_brain names and back."""
+  config = poyo_config.get_config("large")
+  model = nnx.eval_shape(lambda: poyo.from_config(config, 5, 2, rngs=nnx.Rngs(0)))  # no init: random numbers below
+  rng = np.random.default_rng(0)
+  state = nnx.state(model, nnx.Param)
+  nnx.replace_by_pure_dict(state, jax.tree.map(lambda x: rng.standard_normal(x.shape).astype(np.float32),
+                                               nnx.to_pure_dict(state)))
+  nnx.update(model, state)
+  records = [dict(name="a", session_id="a", unit_ids=["a/0", "a/1"]),
+             dict(name="b", session_id="b", unit_ids=["b/0", "b/1", "b/2"])]
+  ckpt = poyo_interop.to_torch(model, records)
+  assert len(ckpt.names("proc_layers.")) == 24 * 11
+  arch = poyo_interop.architecture(ckpt)
+  assert arch["size"] == "large" and poyo.count_params(model) > 11e6
+  back, unused = poyo_interop.convert(ckpt, poyo_interop.model_config(arch, "hand_velocity", base=config), records)
+  assert unused == []
+  _assert_same(_pure(back), _pure(model))
