@@ -9,25 +9,17 @@ re-running resumes; --only_analyse trains nothing. Compiled XLA programs are cac
 <workdir>/jax_cache.
 """
 
-import os
-
-from absl import app, flags
+from absl import app
 import jax
-from ml_collections import config_flags
 
+from experiments import study
 from mtm_jax.evaluation import poyo_study
 
-_CONFIG = config_flags.DEFINE_config_file("config", "mtm_jax/configs/poyo_study.py:small", "Study config.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Study directory.")
-_ONLY_ANALYSE = flags.DEFINE_bool("only_analyse", False, "Train nothing; score and summarise what exists.")
-flags.mark_flag_as_required("workdir")
+_CONFIG, _WORKDIR, _ONLY_ANALYSE = study.define_flags("mtm_jax/configs/poyo_study.py:small")
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not jax.config.jax_compilation_cache_dir:
-    jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.abspath(_WORKDIR.value), "jax_cache"))
+  study.start(argv, _WORKDIR.value)
   print(poyo_study.table(poyo_study.run_study(_CONFIG.value, _WORKDIR.value, only_analyse=_ONLY_ANALYSE.value)))
 
 

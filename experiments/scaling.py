@@ -10,25 +10,17 @@ have no metrics yet and re-plots. Compiled XLA programs are cached in <workdir>/
 (JAX's persistent compilation cache), so runs of the same shapes compile once.
 """
 
-import os
-
-from absl import app, flags
+from absl import app
 import jax
-from ml_collections import config_flags
 
+from experiments import study
 from mtm_jax.evaluation import plots, scaling
 
-_CONFIG = config_flags.DEFINE_config_file("config", "mtm_jax/configs/scaling.py:small", "Study config.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Study directory.")
-_ONLY_ANALYSE = flags.DEFINE_bool("only_analyse", False, "Train nothing; score and plot what exists.")
-flags.mark_flag_as_required("workdir")
+_CONFIG, _WORKDIR, _ONLY_ANALYSE = study.define_flags("mtm_jax/configs/scaling.py:small")
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not jax.config.jax_compilation_cache_dir:
-    jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.abspath(_WORKDIR.value), "jax_cache"))
+  study.start(argv, _WORKDIR.value)
   rows = scaling.run_study(_CONFIG.value, _WORKDIR.value, only_analyse=_ONLY_ANALYSE.value)
   print(plots.scaling_table(rows) if rows else "no finished runs")
 

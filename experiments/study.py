@@ -1,0 +1,26 @@
+"""What the study programs (scaling, poyo_study) share: their flags and the compilation cache."""
+
+import os
+
+from absl import app, flags
+import jax
+from ml_collections import config_flags
+
+
+def define_flags(default_config: str):
+  """--config (default `default_config`), --workdir (required) and --only_analyse; returns
+  their holders (config, workdir, only_analyse)."""
+  config = config_flags.DEFINE_config_file("config", default_config, "Study config.")
+  workdir = flags.DEFINE_string("workdir", None, "Study directory.")
+  only_analyse = flags.DEFINE_bool("only_analyse", False, "Train nothing; score and summarise what exists.")
+  flags.mark_flag_as_required("workdir")
+  return config, workdir, only_analyse
+
+
+def start(argv, workdir: str) -> None:
+  """Rejects stray arguments; caches compiled XLA programs in <workdir>/jax_cache (JAX's
+  persistent compilation cache), so runs of the same shapes compile once."""
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not jax.config.jax_compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.abspath(workdir), "jax_cache"))
