@@ -138,7 +138,8 @@ def _save(workdir: str, model, tx, config, records) -> None:
     raise FileExistsError(f"{workdir}: already holds checkpoints; import into a new workdir")
   state = step_lib.init_state(nnx.state(model, nnx.Param), tx)
   mngr = checkpoint.manager(workdir)
-  checkpoint.save(mngr, 0, state, config, records)
+  key = jax.random.key(config.seed, impl=config.train.get("prng_impl", None))  # the run key a training from here uses
+  checkpoint.save(mngr, 0, state, config, records, key=key, data_state=None)
   mngr.wait_until_finished()
   mngr.close()
 

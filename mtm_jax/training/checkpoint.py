@@ -19,6 +19,7 @@ newer one.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import time
@@ -213,8 +214,9 @@ def check_compatible(saved: ml_collections.ConfigDict, saved_sessions: list[dict
   for field in ("family", "model"):
     default = "mtm" if field == "family" else None  # configs saved before config.family existed are NDT1
     a, b = saved.get(field, default), config.get(field, default)
-    a = a.to_dict() if isinstance(a, ml_collections.ConfigDict) else a
-    b = b.to_dict() if isinstance(b, ml_collections.ConfigDict) else b
+    # As JSON holds them (tuples come back as lists).
+    a = json.loads(json.dumps(a.to_dict() if isinstance(a, ml_collections.ConfigDict) else a))
+    b = json.loads(json.dumps(b.to_dict() if isinstance(b, ml_collections.ConfigDict) else b))
     if a != b:
       if isinstance(a, dict) and isinstance(b, dict):
         diff = [f"config.{field}.{k}: checkpoint {a.get(k)!r}, this config {b.get(k)!r}"
