@@ -250,9 +250,8 @@ def _sigterm_flag():
 
 
 def _any_process(flag: bool) -> bool:
-  """True on every process when `flag` is True on any (all processes stop together)."""
-  if jax.process_count() == 1:
-    return flag
+  """True on every process when `flag` is True on any (all processes stop together). A
+  collective: every process must call it at the same steps."""
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   return bool(np.any(multihost_utils.process_allgather(np.asarray([flag]))))
 
@@ -290,8 +289,11 @@ def run_steps(state, train_config, batches, *, update, summarise, learning_rate,
       done = step + 1
       log_now = done % train_config.log_every == 0 or done == total
       save_now = done % train_config.checkpoint_every == 0 or done == total
-      stop = _any_process(sigterm.is_set())
-      if log_now or save_now or stop or done % limit == 0:  # count the non-finite steps so far
+      sync = log_now or save_now or done % limit == 0  # steps where the host waits for the device anyway
+      # One process checks SIGTERM every step; several agree on it only at the sync steps,
+      # so that the hot path has no per-step collective.
+      stop = sigterm.is_set() if jax.process_count() == 1 else sync and _any_process(sigterm.is_set())
+      if sync or stop:  # count the non-finite steps so far
         for i, finite in enumerate(jax.device_get([m["finite"] for m in window[checked:]])):
           bad = 0 if finite else bad + 1
           if not finite:
