@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from benchmarks import common
+from benchmarks import common, flops
 from mtm_jax import masking
 from mtm_jax.evaluation import tasks
 from mtm_jax.models import ndt1
@@ -37,6 +37,8 @@ _TASKS = flags.DEFINE_list("tasks", [t.name for t in masking.evaluation_tasks(np
 _MAX_MASKS = flags.DEFINE_integer("max_masks", 0, "> 0: time only the first masks of each task and extrapolate "
                                   "linearly to all of them (the 'extrapolated' column says so)")
 _WARM = flags.DEFINE_bool("warm", False, "time a second call (compilation excluded)")
+_PEAK = flags.DEFINE_string("peak", None, "benchmarks.matmul JSON: adds each task's floor (its model FLOPs at "
+                             "the measured float32 matmul peak)")
 _OUT = flags.DEFINE_string("out", None, "JSON output path")
 
 
@@ -51,9 +53,10 @@ def main(argv):
   spikes = rng.poisson(0.2, (k, 100, n)).astype(np.float32)
   region_ids = (np.arange(n) * _REGIONS.value // n).astype(np.int32)
   predictor = tasks.make_predictor(graphdef)
+  peak = common.load_peak(_PEAK.value)
   rows = []
   for shortcut in _SHORTCUTS.value:
-    total = 0.0
+    total, total_flops = 0.0, 0
     for task in masking.evaluation_tasks(region_ids, 100):
       if task.name not in _TASKS.value:
         continue
@@ -73,16 +76,37 @@ def main(argv):
       done = timed.hide_neurons.shape[0]
       seconds = measured * n_masks / done
       total += seconds
+      model_flops = _task_flops(config, n, n_masks * k, shortcut == "true" and tasks.single_neuron_groups(task))
+      total_flops += model_flops
       rows.append(dict(shortcut=shortcut, task=task.name, masks=n_masks, timed_masks=done, sequences=n_masks * k,
                        seconds=seconds, measured_seconds=measured, extrapolated=done < n_masks,
-                       sequences_per_s=done * k / measured))
+                       sequences_per_s=done * k / measured, model_gflop=model_flops / 1e9,
+                       achieved_gflops_per_s=model_flops / seconds / 1e9, **_floor(model_flops, peak)))
       print(rows[-1], flush=True)
-    rows.append(dict(shortcut=shortcut, task="total", seconds=total,
+    rows.append(dict(shortcut=shortcut, task="total", seconds=total, model_gflop=total_flops / 1e9,
+                     achieved_gflops_per_s=total_flops / total / 1e9, **_floor(total_flops, peak),
                      extrapolated=any(r["extrapolated"] for r in rows if r["shortcut"] == shortcut)))
   common.report(f"evaluation: NDT1 {_SIZE.value}, {n} neurons x {k} trials x 100 bins, {_REGIONS.value} regions",
                 rows, ["shortcut", "task", "masks", "timed_masks", "sequences", "seconds", "extrapolated",
-                        "sequences_per_s"], _OUT.value,
-                warm=_WARM.value)
+                        "sequences_per_s", "model_gflop", "achieved_gflops_per_s"]
+                + (["floor_seconds_at_fp32_peak"] if peak else []), _OUT.value,
+                warm=_WARM.value, peak_flops_per_s=peak)
+
+
+def _task_flops(config, neurons: int, sequences: int, single_neuron: bool) -> int:
+  """Model FLOPs of a task's `sequences` passes: through the one-neuron shortcut, or full."""
+  width, layers, _, mlp = ndt1.SIZES[config.model.size]
+  shape = dict(bins=100, neurons=neurons, width=width, layers=layers, mlp_width=mlp,
+               embed_mult=config.model.embed_mult, stitch_dim=config.model.stitch_dim)
+  if single_neuron:
+    return flops.ndt1_single_neuron_flops(sequences=sequences, **shape)
+  return flops.ndt1_forward_flops(batch=sequences, **shape)
+
+
+def _floor(model_flops: int, peak: dict) -> dict:
+  """The time the FLOPs take at the measured float32 matmul peak: no implementation of the
+  same computation on this machine can be faster."""
+  return dict(floor_seconds_at_fp32_peak=model_flops / peak["float32"]) if peak else {}
 
 
 if __name__ == "__main__":

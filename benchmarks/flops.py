@@ -23,6 +23,18 @@ def ndt1_forward_flops(*, batch: int, bins: int, neurons: int, width: int, layer
   return 2 * batch * (bins * per_bin + layers * tokens * per_token_layer)
 
 
+def ndt1_single_neuron_flops(*, sequences: int, bins: int, neurons: int, width: int, layers: int, mlp_width: int,
+                             n_special: int = 2, embed_mult: int = 2, stitch_dim: int = 0) -> int:
+  """FLOPs of `sequences` evaluation passes through the one-neuron shortcut
+  (evaluation/tasks.py `single`): the shared input pre-activation is computed once per
+  trial (not counted), so each sequence costs the projection Linear(mult n, D) per bin,
+  the transformer layers, and one readout column per bin."""
+  n_in = stitch_dim or neurons
+  tokens = bins + n_special
+  per_token_layer = 4 * width * width + 2 * tokens * width + 2 * width * mlp_width
+  return 2 * sequences * (bins * (embed_mult * n_in * width + width) + layers * tokens * per_token_layer)
+
+
 def poyo_forward_flops(*, batch: int, tokens: int, queries: int, latents: int, dim: int, depth: int,
                        cross_heads: int, self_heads: int, head_dim: int = 64, n_outputs: int = 2,
                        ffn_mult: int = 4) -> int:

@@ -21,6 +21,7 @@ import pytest
 from absl import flags
 from flax import nnx
 from ml_collections import config_flags
+import ml_collections
 
 from mtm_jax import masking
 from mtm_jax.configs import ndt1 as ndt1_config
@@ -370,3 +371,13 @@ def test_evaluating_on_a_data_set_with_other_neurons_is_a_clear_error(reference,
   monkeypatch.setattr(pipeline, "load_split", rebuilt)
   with pytest.raises(ValueError, match="113 neurons, the model's session row 0 has 114; was the data set rebuilt"):
     run.evaluate_session(trained, DATASET, "test")
+
+
+def test_a_checkpoint_without_newer_model_options_gets_their_defaults():
+  # A model config saved before config.model.dtype and remat existed: fine-tuning from it
+  # keeps every saved field and takes the defaults of the ones it lacks.
+  saved = ml_collections.ConfigDict({"size": "tiny", "tasks": {"hand_velocity": 2}})
+  defaults = ml_collections.ConfigDict({"size": "small", "tasks": {"cursor": 3}, "dtype": "float32", "remat": False})
+  merged = checkpoint.with_defaults(saved, defaults)
+  assert merged.to_dict() == {"size": "tiny", "tasks": {"hand_velocity": 2}, "dtype": "float32", "remat": False}
+  assert saved.to_dict() == {"size": "tiny", "tasks": {"hand_velocity": 2}}  # not modified

@@ -14,6 +14,12 @@ def test_ndt1_flops_by_hand():
   assert flops.train_flops(1496) == 3 * 1496
 
 
+def test_ndt1_single_neuron_flops_by_hand():
+  # bins 2, n 3 (mult 2 -> 6), D 4, 1 layer, F 8, 4 tokens: per bin 6*4 + 4 = 28; per token
+  # 4*16 + 2*4*4 + 2*4*8 = 160; 2 * (2*28 + 4*160) = 1392 per sequence.
+  assert flops.ndt1_single_neuron_flops(sequences=5, bins=2, neurons=3, width=4, layers=1, mlp_width=8) == 5 * 1392
+
+
 def test_poyo_flops_by_hand():
   # 1 window, 3 tokens, 2 queries, 2 latents, D=4, 1 latent layer, 1 head of 2, FFN x1.
   # attention(q, c): q*4*2 + 2*c*4*2 + 2*q*c*2 + q*2*4; ffn(rows): rows * (4*8 + 4*4).

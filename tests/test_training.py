@@ -94,6 +94,16 @@ def test_resume_continues_exactly(data_dir, tmp_path):
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(full, "tensorboard")))
 
 
+def test_val_loss_is_left_out_not_zero_when_no_whole_validation_batch(data_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  config = _config(data_dir, steps=2, checkpoint_every=2, eval_every=1)
+  config.data.batch_size = 64  # the session has 54 validation trials
+  last = loop.train(config, workdir)
+  lines = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert "val_loss" not in last and not any("val_loss" in l for l in lines)
+  assert any("loss" in l for l in lines)
+
+
 def test_evaluate_writes_the_four_metrics(data_dir, tmp_path):
   workdir = str(tmp_path / "run")
   loop.train(_config(data_dir, steps=4, checkpoint_every=4, eval_every=4), workdir)

@@ -207,6 +207,15 @@ def load_metadata(workdir: str, step: int | None = None) -> tuple[ml_collections
     mngr.close()
 
 
+def with_defaults(saved: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A config section as a checkpoint saved it, plus the fields of `defaults` it lacks
+  (options added to the library after the checkpoint was written keep their defaults,
+  which leave the model as it was)."""
+  merged = defaults.to_dict()
+  merged.update(saved.to_dict())
+  return ml_collections.ConfigDict(merged)
+
+
 def check_compatible(saved: ml_collections.ConfigDict, saved_sessions: list[dict],
                      config: ml_collections.ConfigDict, sessions: list[dict], where: str) -> None:
   """Raises ValueError (before any training) when the checkpoint in `where` is from

@@ -183,10 +183,16 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                       mask_config=mask_config, train=False))
   shard = lambda batch: mesh_lib.shard_global_batch(batch, mesh)
 
-  def validate(params) -> float:
-    """Masked NLL per target entry over every session's validation trials."""
+  b = config.data.batch_size
+  for s in sessions:
+    if len(s.splits["val"]["spikes"]) % b:
+      logging.warning("session %s: %d validation trials; the last %d (less than a batch of %d) are left out of "
+                      "val_loss", s.name, len(s.splits["val"]["spikes"]), len(s.splits["val"]["spikes"]) % b, b)
+
+  def validate(params) -> dict:
+    """{val_loss: masked NLL per target entry over every session's validation trials in
+    whole batches}, or {} when no session has a whole batch of them."""
     total, count, i = 0.0, 0, 0
-    b = config.data.batch_size
     for row, s in enumerate(sessions):
       val = s.splits["val"]
       for start in range(0, len(val["spikes"]) // b * b, b):
@@ -194,7 +200,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         out, c = val_nll(params, shard(rows), regions,
                          jax.random.fold_in(jax.random.key(config.seed + 1), i))
         total, count, i = total + float(out), count + int(c["n_targets"]), i + 1
-    return total / max(count, 1)
+    return dict(val_loss=total / count) if count else {}
 
   # ---- Loop -----------------------------------------------------------------------------
   schedule = optimizer.learning_rate_schedule(config)
@@ -212,7 +218,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
           update=lambda step, state, batch: train_step(
               state, mesh_lib.shard_batch(batch, mesh, config.data.batch_size), regions, key),
           summarise=summarise, learning_rate=schedule,
-          evaluate=lambda state: dict(val_loss=validate(state.params)),
+          evaluate=lambda state: validate(state.params),
           save=lambda step, state, progress: checkpoint.save(mngr, step, state, config, records, key=key, **progress),
           writer=writer, data_state=data_state, nonfinite_in_a_row=nonfinite)
   finally:
@@ -319,9 +325,10 @@ def run_steps(state, train_config, batches, *, update, summarise, learning_rate,
         t0, window, window_start, checked = time.time(), [], done, 0
       if done % train_config.eval_every == 0 or done == total:
         scores = {k: float(v) for k, v in evaluate(state).items()}
-        logging.info("step %d  %s", done, "  ".join(f"{k} {v:.4f}" for k, v in scores.items()))
-        writer.write(done, scores)
-        last.update(scores)
+        if scores:
+          logging.info("step %d  %s", done, "  ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+          writer.write(done, scores)
+          last.update(scores)
       if save_now or stop:
         save(done, state, progress())
       if stop:
@@ -376,7 +383,7 @@ def finetune_config(config: ml_collections.ConfigDict, pretrained: str | None) -
   if pre.model.stitch_dim <= 0:
     raise ValueError(f"{pretrained}: the pretrained model has no per-session stitching layers "
                      "(config.model.stitch_dim = 0), so its input layer fits only its own session")
-  config.model = pre.model
+  config.model = checkpoint.with_defaults(pre.model, config.model)
   config.init.pretrained = os.path.abspath(os.path.expanduser(pretrained))
   if config.masking.mode == masking.TEMPORAL:
     config.model.use_prompt = False

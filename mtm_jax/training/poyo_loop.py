@@ -228,7 +228,7 @@ def finetune_config(config: ml_collections.ConfigDict, pretrained: str | None,
   pre, _ = checkpoint.load_metadata(pretrained)
   if pre.get("family") != "poyo":
     raise ValueError(f"{pretrained}: holds a {pre.get('family', 'mtm')!r} model, not POYO")
-  config.model = pre.model
+  config.model = checkpoint.with_defaults(pre.model, config.model)
   config.data.window_length = pre.data.window_length
   config.data.scale = list(pre.data.scale)
   config.init.pretrained = os.path.abspath(os.path.expanduser(pretrained))
