@@ -192,14 +192,17 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   def validate(params) -> dict:
     """{val_loss: masked NLL per target entry over every session's validation trials in
     whole batches}, or {} when no session has a whole batch of them."""
-    total, count, i = 0.0, 0, 0
+    sums = []  # (nll sum, target count) per batch, on device; fetched once at the end
     for row, s in enumerate(sessions):
       val = s.splits["val"]
       for start in range(0, len(val["spikes"]) // b * b, b):
         rows = pipeline.Batches(val, row, n_neurons)(np.arange(start, start + b))
         out, c = val_nll(params, shard(rows), regions,
-                         jax.random.fold_in(jax.random.key(config.seed + 1), i))
-        total, count, i = total + float(out), count + int(c["n_targets"]), i + 1
+                         jax.random.fold_in(jax.random.key(config.seed + 1), len(sums)))
+        sums.append((out, c["n_targets"]))
+    total, count = 0.0, 0
+    for out, n in jax.device_get(sums):
+      total, count = total + float(out), count + int(n)
     return dict(val_loss=total / count) if count else {}
 
   # ---- Loop -----------------------------------------------------------------------------
