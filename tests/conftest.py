@@ -1,6 +1,16 @@
-"""Test set-up: 8 fake CPU devices (before any JAX op) and a small built data set."""
+"""Test set-up: 8 fake CPU devices (before any JAX op) and a small built data set.
 
-import jax
+The tests' models are tiny, so XLA's compile time, not the run time, dominates the suite:
+the tests (and the programs they start, which inherit the environment) compile with
+XLA's backend optimisation level 0 (about 4x faster compiles on this CPU). Programs and
+benchmarks run at XLA's default level."""
+
+import os
+
+os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS"),
+                                                 "--xla_backend_optimization_level=0"]))
+
+import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
 

@@ -7,7 +7,7 @@ import pytest
 
 from mtm_jax.configs import poyo_study as study_config
 from mtm_jax.evaluation import poyo_study
-from mtm_jax.training import poyo_loop
+from mtm_jax.training import checkpoint, poyo_loop
 
 
 @pytest.mark.slow  # ~1.5 min on an idle 2-core CPU: four trainings and three sliding-window evaluations
@@ -22,6 +22,11 @@ def test_study_runs_scores_and_resumes(data_dir, tmp_path, monkeypatch):
   assert summary["scratch"]["baseline_r2"] == pytest.approx(summary["unit_id"]["baseline_r2"])
   assert summary["unit_id_over_full"] == pytest.approx(summary["unit_id"]["behaviour_r2"] / summary["full"]["behaviour_r2"])
   assert "unit identification reaches" in (tmp_path / "poyo_study.md").read_text()
+  # Pretraining grew the pool in two stages; the second continued from the first.
+  assert [r["name"] for r in checkpoint.load_metadata(str(tmp_path / "pretrain_1"))[1]] == ["spike_events/reaching_001"]
+  grown = checkpoint.load_metadata(str(tmp_path / "pretrain_2"))
+  assert [r["name"] for r in grown[1]] == ["spike_events/reaching_001", "spike_events/reaching_002"]
+  assert grown[0].init.pretrained == str(tmp_path / "pretrain_1")
 
   def no_training(*args, **kwargs):
     raise AssertionError("a finished run was trained again")
@@ -35,6 +40,8 @@ def test_study_runs_scores_and_resumes(data_dir, tmp_path, monkeypatch):
     ("heldout", "spike_events/reaching_000,spike_events/reaching_002", "expected one session"),
     ("heldout", "spike_events/reaching_001", "also in config.study.pool"),
     ("pool", "", "config.study.pool: no data set"),
+    ("pool_stages", (2, 1), "config.study.pool_stages: expected increasing"),
+    ("pool_stages", (1,), "config.study.pool_stages: expected increasing session counts ending at the pool's 2"),
 ])
 def test_bad_study_configs_name_the_field(field, value, message):
   config = study_config.get_config("tiny")

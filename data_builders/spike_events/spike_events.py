@@ -34,7 +34,7 @@ from mtm_jax.datasets import events
 from mtm_jax.datasets import ibl
 from mtm_jax.datasets import reaching
 
-N_REACHING_SESSIONS = 16  # 12 for pretraining + 4 held out, see docs/event_data.md
+N_REACHING_SESSIONS = 40  # the POYO study pretrains on 001-032 and holds out 000, see docs/event_data.md
 
 
 @dataclasses.dataclass(kw_only=True)

@@ -5,14 +5,15 @@ a multi-session model by unit identification vs full fine-tuning (POYO paper, Se
 
 Runs (each a normal POYO workdir, loadable by path alone):
   scratch/   POYO trained on the held-out session alone
-  pretrain/  POYO trained on the sessions of study.pool
+  pretrain/  POYO trained on the sessions of study.pool (pretrain_<n>/: the stage on the
+             first n pool sessions when study.pool_stages has several stages)
   unit_id/   pretrain/ adapted to the held-out session: new unit and session rows only
   full/      the same after a unit-id warm-up, then every parameter
 Each is scored on the held-out session's study.split with the sliding-window R^2 and the
 ridge (Wiener filter) baseline on lagged binned counts, fitted on its training split.
 
-get_config(arg): arg = "small" (a compact POYO on synthetic reaching sessions; about half
-an hour on 2 CPU cores) | "tiny" (tests).
+get_config(arg): arg = "small" (a compact POYO pretrained on 4, then 16, then 32 synthetic
+reaching sessions; about 1.5 hours on 2 CPU cores) | "tiny" (tests).
 """
 
 import ml_collections
@@ -40,20 +41,34 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
     raise ValueError(f"poyo_study config: unknown preset {arg!r}; expected small or tiny")
   c = ml_collections.ConfigDict()
   c.study = ml_collections.ConfigDict()
-  c.study.pool = ",".join(f"spike_events/reaching_{i:03d}" for i in (1, 2, 3, 4))  # pretraining sessions
+  c.study.pool = ",".join(f"spike_events/reaching_{i:03d}" for i in range(1, 33))  # pretraining sessions
+  # Pretraining grows the pool: the first pool_stages[0] sessions from scratch (config.pretrain),
+  # then each larger prefix of the pool continues from the previous model (config.grow: the
+  # new sessions' unit and session rows alone for grow.finetune.warmup_steps, then everything).
+  # () = one stage on the whole pool.
+  c.study.pool_stages = (4, 16, 32)
   c.study.heldout = "spike_events/reaching_000"  # the new session (168 units, 129 trials)
   c.study.data_dir = "data/tfds"  # TFDS data_dir; missing sessions are built there
   c.study.split = "test"
   if arg == "small":
-    c.scratch, c.pretrain, c.finetune = _stage(2000), _stage(2000), _stage(600)
+    c.scratch, c.pretrain, c.grow, c.finetune = _stage(2000), _stage(2000), _stage(1500), _stage(600)
+    c.pretrain.model.size = c.grow.model.size = "compact"
   else:
-    c.study.pool = "spike_events/reaching_001"
-    c.scratch, c.pretrain, c.finetune = _stage(4), _stage(4), _stage(4)
-    for stage in (c.scratch, c.pretrain, c.finetune):
+    c.study.pool = "spike_events/reaching_001,spike_events/reaching_002"
+    c.study.pool_stages = (1, 2)
+    c.scratch, c.pretrain, c.grow, c.finetune = _stage(4), _stage(4), _stage(4), _stage(4)
+    for stage in (c.scratch, c.pretrain, c.grow, c.finetune):
       stage.data.token_buckets = (256, 512, 1024, 2048)
       stage.data.unit_dropout_min, stage.data.unit_dropout_mode, stage.data.unit_dropout_max = 2, 4, 8
+  c.grow.finetune.warmup_steps = c.grow.train.steps // 5  # the new sessions' rows first
   c.finetune.finetune.warmup_steps = c.finetune.train.steps // 4  # "full": unit-id steps first
   return c
+
+
+def pretrain_stages(c: ml_collections.ConfigDict) -> list[int]:
+  """Numbers of pool sessions of the pretraining stages (the last is the whole pool)."""
+  n_pool = len(schema.parse_datasets(c.study.pool, "config.study.pool"))
+  return list(c.study.get("pool_stages", ())) or [n_pool]
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
@@ -64,5 +79,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.study.heldout: expected one session, got {heldout}")
   if heldout[0] in pool:
     raise ValueError(f"config.study.heldout: {heldout[0]} is also in config.study.pool")
-  for stage in ("scratch", "pretrain", "finetune"):
-    poyo_config.validate(c[stage])
+  stages = pretrain_stages(c)
+  if stages[-1] != len(pool) or any(b <= a for a, b in zip([0] + stages, stages)):
+    raise ValueError(f"config.study.pool_stages: expected increasing session counts ending at the pool's "
+                     f"{len(pool)}, got {tuple(stages)}")
+  for stage in ("scratch", "pretrain", "grow", "finetune"):
+    if stage in c:
+      poyo_config.validate(c[stage])

@@ -1,6 +1,6 @@
 """The POYO new-session study (mtm_jax/configs/poyo_study.py): trains, adapts, scores.
 
-Layout of a study workdir: scratch/, pretrain/, unit_id/, full/ (POYO workdirs, each
+Layout of a study workdir: scratch/, pretrain/ (or pretrain_<n>/ per stage), unit_id/, full/ (POYO workdirs, each
 scored run with its metrics.json), poyo_study.json (the summary) and poyo_study.md.
 Finished runs (a checkpoint at the last step, metrics.json of that step) are reused, so
 the study resumes where it stopped.
@@ -30,6 +30,24 @@ def _stage(base: ml_collections.ConfigDict, datasets: list[str], data_dir: str) 
   return c
 
 
+def _pretrain(config: ml_collections.ConfigDict, pool: list[str], data_dir: str, workdir: str,
+              only_analyse: bool) -> str | None:
+  """Runs (or reuses) the pretraining stages; the last stage's workdir, or None when a
+  stage is missing (only_analyse) or unfinished."""
+  stages = study_config.pretrain_stages(config)
+  previous = None
+  for n in stages:
+    run_dir = os.path.join(workdir, "pretrain" if len(stages) == 1 else f"pretrain_{n}")
+    if previous is None:
+      run_config = _stage(config.pretrain, pool[:n], data_dir)
+    else:
+      run_config = poyo_loop.finetune_config(_stage(config.grow, pool[:n], data_dir), previous, "full")
+    if not scaling.train_run(run_config, run_dir, only_analyse, poyo_loop.train):
+      return None
+    previous = run_dir
+  return previous
+
+
 def run_study(config: ml_collections.ConfigDict, workdir: str, *, only_analyse: bool = False) -> dict:
   """Runs (or reuses) every run; writes poyo_study.json/.md in `workdir`; returns the summary:
   {run: {behaviour_r2, baseline_r2}} for scratch, unit_id and full, plus
@@ -45,8 +63,8 @@ def run_study(config: ml_collections.ConfigDict, workdir: str, *, only_analyse: 
     prepare.build(pool + heldout, data_dir)
 
   runs = {"scratch": _stage(config.scratch, heldout, data_dir)}
-  pretrained = os.path.join(workdir, "pretrain")
-  if scaling.train_run(_stage(config.pretrain, pool, data_dir), pretrained, only_analyse, poyo_loop.train):
+  pretrained = _pretrain(config, pool, data_dir, workdir, only_analyse)
+  if pretrained is not None:
     for mode in ADAPTED:
       runs[mode] = poyo_loop.finetune_config(_stage(config.finetune, heldout, data_dir), pretrained, mode)
   summary = {}

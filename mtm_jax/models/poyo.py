@@ -61,6 +61,7 @@ BATCH_KEYS = INPUT_KEYS + ("session_index",) + QUERY_KEYS
 # Named sizes: width D, latent self-attention layers, cross / self heads, latents per step.
 SIZES = {
     "tiny": dict(dim=32, depth=1, cross_heads=1, self_heads=2, latents_per_step=2),
+    "compact": dict(dim=32, depth=1, cross_heads=2, self_heads=2, latents_per_step=4),  # POYO study (small)
     "small": dict(dim=64, depth=6, cross_heads=2, self_heads=8, latents_per_step=16),  # 1.3M
     "large": dict(dim=128, depth=24, cross_heads=4, self_heads=8, latents_per_step=32),  # 11.8M (POYO-1)
 }
