@@ -13,7 +13,8 @@ Each is scored on the held-out session's study.split with the sliding-window R^2
 ridge (Wiener filter) baseline on lagged binned counts, fitted on its training split.
 
 get_config(arg): arg = "small" (a compact POYO pretrained on 4, then 16, then 32 synthetic
-reaching sessions; about 1.5 hours on 2 CPU cores) | "tiny" (tests).
+reaching sessions; estimated 1.5 hours on 2 CPU cores from the stages' step times, not yet
+run end to end) | "tiny" (tests).
 """
 
 import ml_collections
@@ -83,6 +84,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if stages[-1] != len(pool) or any(b <= a for a, b in zip([0] + stages, stages)):
     raise ValueError(f"config.study.pool_stages: expected increasing session counts ending at the pool's "
                      f"{len(pool)}, got {tuple(stages)}")
+  if len(stages) > 1 and "grow" not in c:
+    raise ValueError("config.grow: needed to continue pretraining when config.study.pool_stages has several stages")
   for stage in ("scratch", "pretrain", "grow", "finetune"):
     if stage in c:
       poyo_config.validate(c[stage])
