@@ -35,6 +35,27 @@ def time_calls(fn: Callable[[], object], *, steps: int, warmup: int = 1) -> dict
               warmup_seconds=first)
 
 
+def bools(values: list[str], flag: str) -> list[bool]:
+  """A true/false list flag's values as bools; ValueError naming --flag otherwise."""
+  table = {"true": True, "false": False}
+  bad = [v for v in values if v.lower() not in table]
+  if bad:
+    raise ValueError(f"--{flag}: expected true or false, got {bad}")
+  return [table[v.lower()] for v in values]
+
+
+def compile_variants(dtype, onednn_flag: list[str]) -> list[dict | None]:
+  """The distinct XLA compile options of --onednn=true/false for `dtype`: the programs'
+  options (training.sharding.compiler_options) for true, None for false."""
+  from mtm_jax.training import sharding  # pylint: disable=import-outside-toplevel
+  variants = []
+  for on in bools(onednn_flag, "onednn"):
+    options = sharding.compiler_options(jax.devices(), dtype) if on else None
+    if options not in variants:
+      variants.append(options)
+  return variants
+
+
 def machine() -> dict:
   """What the numbers were measured on, including the load average at the time."""
   return dict(platform=platform.platform(), processor=platform.processor(), cpu_count=os.cpu_count(),
@@ -63,13 +84,17 @@ def report(name: str, rows: list[dict], columns: list[str], out: str | None, **e
 
 
 def load_peak(path: str | None) -> dict:
-  """{dtype name: FLOP/s} from a benchmarks.matmul JSON file ({} when no path)."""
+  """{dtype name: FLOP/s, the fastest of its rows} from a benchmarks.matmul JSON file ({}
+  when no path)."""
   if not path:
     return {}
   try:
     with open(path) as f:
       rows = json.load(f)["rows"]
-    return {r["dtype"]: float(r["flops_per_s"]) for r in rows}
+    peak = {}
+    for r in rows:  # the fastest row of each dtype (with and without oneDNN)
+      peak[r["dtype"]] = max(peak.get(r["dtype"], 0.0), float(r["flops_per_s"]))
+    return peak
   except (OSError, KeyError, ValueError, TypeError) as e:
     raise ValueError(f"--peak {path}: expected the JSON written by benchmarks.matmul (rows with dtype and "
                      f"flops_per_s): {e}") from e

@@ -33,6 +33,8 @@ _REGIONS = flags.DEFINE_integer("regions", 5, "brain regions")
 _DTYPES = flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "compute dtypes to measure")
 _REMAT = flags.DEFINE_list("remat", ["false"], "remat settings to measure (true/false)")
 _MODES = flags.DEFINE_list("modes", ["train", "eval"], "train and/or eval")
+_ONEDNN = flags.DEFINE_list("onednn", ["true"], "train step compiled with the programs' CPU options "
+                            "(training.sharding.compiler_options: oneDNN matmuls in bfloat16) and/or without")
 _STEPS = flags.DEFINE_integer("steps", 5, "timed steps per row")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "untimed steps per row (compilation)")
 _PEAK = flags.DEFINE_string("peak", None, "benchmarks.matmul JSON: adds fraction-of-peak columns")
@@ -48,8 +50,10 @@ def synthetic_batch(batch: int, bins: int, neurons: int, regions: int, seed: int
   return {"spikes": jnp.asarray(spikes)}, jnp.asarray(region_ids[None])
 
 
-def measure(config, mode: str, batch: int, bins: int, neurons: int, regions: int, steps: int, warmup: int) -> dict:
-  """One row: timing and FLOPs of the train step or the eval forward pass of `config`."""
+def measure(config, mode: str, batch: int, bins: int, neurons: int, regions: int, steps: int, warmup: int,
+            compiler_options: dict | None = None) -> dict:
+  """One row: timing and FLOPs of the train step (compiled with `compiler_options`) or
+  the eval forward pass of `config`."""
   dtype = precision.compute_dtype(config.model.dtype)
   model = ndt1.from_config(config, neurons, rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(model, nnx.Param)
@@ -63,7 +67,7 @@ def measure(config, mode: str, batch: int, bins: int, neurons: int, regions: int
     tx = optimizer.make_optimizer(config)
     mask_config = masking.MaskConfig(config.masking.ratio, config.masking.causal_ratio)
     fn = jax.jit(step_lib.make_train_step(graphdef, tx, config.masking.mode, mask_config, dtype=dtype),
-                 donate_argnums=0)
+                 donate_argnums=0, compiler_options=compiler_options)
     state = step_lib.init_state(params, tx)
     xla = fn.lower(state, data, region_table, key).compile().cost_analysis()
     holder = [state]
@@ -82,7 +86,8 @@ def measure(config, mode: str, batch: int, bins: int, neurons: int, regions: int
     raise ValueError(f"--modes: unknown {mode!r}; expected train or eval")
   t = common.time_calls(call, steps=steps, warmup=warmup)
   xla = xla[0] if isinstance(xla, (list, tuple)) else xla
-  return dict(mode=mode, dtype=dtype.name, remat=bool(config.model.remat), seconds=t["seconds"],
+  return dict(mode=mode, dtype=dtype.name, remat=bool(config.model.remat),
+              onednn=bool(compiler_options) and mode == "train", seconds=t["seconds"],
               bins_per_s=batch * bins / t["seconds"], model_gflop=model_flops / 1e9,
               xla_gflop=float(xla.get("flops", float("nan"))) / 1e9 if xla else float("nan"),
               achieved_gflops_per_s=model_flops / t["seconds"] / 1e9, compile_seconds=t["warmup_seconds"])
@@ -94,16 +99,18 @@ def main(argv):
   rows = []
   for mode in _MODES.value:
     for dtype in _DTYPES.value:
-      for remat in _REMAT.value:
-        if mode == "eval" and remat == "true":
-          continue  # remat changes only the backward pass
-        config = ndt1_config.get_config("paper")
-        config.model.size, config.model.dtype, config.model.remat = _SIZE.value, dtype, remat == "true"
-        row = measure(config, mode, _BATCH.value, _BINS.value, _NEURONS.value, _REGIONS.value, _STEPS.value,
-                      _WARMUP.value)
-        rows.append(common.add_peak_fractions(row, peak))
-        print(row, flush=True)
-  columns = ["mode", "dtype", "remat", "seconds", "bins_per_s", "model_gflop", "xla_gflop", "achieved_gflops_per_s"]
+      for remat in common.bools(_REMAT.value, "remat"):
+        for i, options in enumerate(common.compile_variants(dtype, _ONEDNN.value)):
+          if mode == "eval" and (remat or i):
+            continue  # remat and the train step's compile options change only training
+          config = ndt1_config.get_config("paper")
+          config.model.size, config.model.dtype, config.model.remat = _SIZE.value, dtype, remat
+          row = measure(config, mode, _BATCH.value, _BINS.value, _NEURONS.value, _REGIONS.value, _STEPS.value,
+                        _WARMUP.value, options)
+          rows.append(common.add_peak_fractions(row, peak))
+          print(row, flush=True)
+  columns = ["mode", "dtype", "remat", "onednn", "seconds", "bins_per_s", "model_gflop", "xla_gflop",
+             "achieved_gflops_per_s"]
   columns += ["fraction_of_fp32_peak", "fraction_of_dtype_peak"] if peak else []
   common.report(f"NDT1 {_SIZE.value}: batch {_BATCH.value} x {_BINS.value} bins x {_NEURONS.value} neurons", rows,
                 columns + ["compile_seconds"], _OUT.value, peak_flops_per_s=peak)

@@ -31,6 +31,8 @@ _TOKENS = flags.DEFINE_integer("tokens", 0, "padded token length (0 = the config
 _QUERIES = flags.DEFINE_integer("queries", 100, "behaviour queries per window")
 _DTYPES = flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "compute dtypes")
 _REMAT = flags.DEFINE_list("remat", ["false"], "remat settings (true/false)")
+_ONEDNN = flags.DEFINE_list("onednn", ["true"], "train step compiled with the programs' CPU options "
+                            "(training.sharding.compiler_options: oneDNN matmuls in bfloat16) and/or without")
 _STEPS = flags.DEFINE_integer("steps", 3, "timed steps per row")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "untimed steps per row (compilation)")
 _PEAK = flags.DEFINE_string("peak", None, "benchmarks.matmul JSON: adds fraction-of-peak columns")
@@ -57,13 +59,14 @@ def synthetic_batch(batch: int, units: int, spikes: int, length: int, queries: i
               output_mask=np.ones((batch, queries), bool))
 
 
-def measure(config, batch_size: int, length: int) -> dict:
+def measure(config, batch_size: int, length: int, compiler_options: dict | None = None) -> dict:
   dtype = precision.compute_dtype(config.model.dtype)
   model = poyo.from_config(config, _UNITS.value, 1, rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(model, nnx.Param)
   tx = optimizer.make_poyo_optimizer(config, params)
   tasks = dict(config.model.tasks)
-  step = jax.jit(poyo_step.make_train_step(graphdef, tx, tasks=tasks, dtype=dtype), donate_argnums=0)
+  step = jax.jit(poyo_step.make_train_step(graphdef, tx, tasks=tasks, dtype=dtype), donate_argnums=0,
+                 compiler_options=compiler_options)
   batch = jax.tree.map(jnp.asarray, synthetic_batch(batch_size, _UNITS.value, _SPIKES.value, length, _QUERIES.value))
   key = jax.random.key(0)
   holder = [poyo_step.init_state(params, tx)]
@@ -80,7 +83,7 @@ def measure(config, batch_size: int, length: int) -> dict:
       head_dim=config.model.head_dim, n_outputs=sum(tasks.values()))
   model_flops = flops.train_flops(forward)
   return dict(size=config.model.size, params_m=poyo.count_params(model) / 1e6, batch=batch_size, tokens=length,
-              dtype=dtype.name, remat=bool(config.model.remat), seconds=t["seconds"],
+              dtype=dtype.name, remat=bool(config.model.remat), onednn=bool(compiler_options), seconds=t["seconds"],
               windows_per_s=batch_size / t["seconds"], model_gflop=model_flops / 1e9,
               achieved_gflops_per_s=model_flops / t["seconds"] / 1e9, compile_seconds=t["warmup_seconds"])
 
@@ -92,14 +95,16 @@ def main(argv):
   for item in _CONFIGS.value:
     size, batch_size = item.split(":")
     for dtype in _DTYPES.value:
-      for remat in _REMAT.value:
-        config = poyo_config.get_config(size)
-        config.model.dtype, config.model.remat = dtype, remat == "true"
-        length = _TOKENS.value or events.bucket_length(_SPIKES.value + 2 * _UNITS.value, config.data.token_buckets)
-        row = measure(config, int(batch_size), length)
-        rows.append(common.add_peak_fractions(row, peak))
-        print(row, flush=True)
-  columns = ["size", "params_m", "batch", "tokens", "dtype", "remat", "seconds", "windows_per_s", "model_gflop",
+      for remat in common.bools(_REMAT.value, "remat"):
+        for options in common.compile_variants(dtype, _ONEDNN.value):
+          config = poyo_config.get_config(size)
+          config.model.dtype, config.model.remat = dtype, remat
+          length = _TOKENS.value or events.bucket_length(_SPIKES.value + 2 * _UNITS.value, config.data.token_buckets)
+          row = measure(config, int(batch_size), length, options)
+          rows.append(common.add_peak_fractions(row, peak))
+          print(row, flush=True)
+  columns = ["size", "params_m", "batch", "tokens", "dtype", "remat", "onednn", "seconds", "windows_per_s",
+             "model_gflop",
              "achieved_gflops_per_s"] + (["fraction_of_fp32_peak", "fraction_of_dtype_peak"] if peak else [])
   common.report("POYO train step", rows, columns + ["compile_seconds"], _OUT.value, peak_flops_per_s=peak)
 

@@ -10,19 +10,23 @@ from flax import nnx
 from mtm_jax import masking
 from mtm_jax.configs import ndt1 as ndt1_config
 from mtm_jax.models import ndt1
-from mtm_jax.training import precision
+from mtm_jax.training import precision, sharding
 from mtm_jax.training import step as step_lib
 
 
-def _loss_and_grads(remat: bool, dtype: str):
-  model = ndt1.NDT1(12, width=16, n_layers=2, n_heads=2, mlp_width=32, max_bins=20, remat=remat, rngs=nnx.Rngs(0))
+def _loss_and_grads(remat: bool, dtype: str, compiler_options=None, hlo: list | None = None, width: int = 16):
+  model = ndt1.NDT1(12, width=width, n_layers=2, n_heads=2, mlp_width=2 * width, max_bins=20, remat=remat,
+                    rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(model, nnx.Param)
   rng = np.random.default_rng(0)
   batch = {"spikes": jnp.asarray(rng.poisson(1.0, (4, 20, 12)), jnp.int32)}
   regions = jnp.asarray((np.arange(12) % 3)[None], jnp.int32)
   fn = jax.jit(jax.value_and_grad(
       lambda p: step_lib.masked_nll(graphdef, p, batch, regions, jax.random.key(1), mode=masking.MTM,
-                                    mask_config=masking.MaskConfig(), train=True, dtype=dtype)[0]))
+                                    mask_config=masking.MaskConfig(), train=True, dtype=dtype)[0]),
+               compiler_options=compiler_options)
+  if hlo is not None:
+    hlo.append(fn.lower(params).compile().as_text())
   return fn(params)
 
 
@@ -49,3 +53,20 @@ def test_compute_dtype_is_validated():
   params = {"w": jnp.ones(2), "i": jnp.ones(2, jnp.int32)}
   cast = precision.compute_params(params, "bfloat16")
   assert cast["w"].dtype == jnp.bfloat16 and cast["i"].dtype == jnp.int32
+
+
+def test_cpu_compiler_options_keep_the_numbers():
+  """The bfloat16 train steps' CPU compile option (oneDNN matmuls) reaches the backward
+  pass's transposed products and changes the loss and gradients by rounding only."""
+  assert sharding.compiler_options(jax.devices(), "float32") is None
+  options = sharding.compiler_options(jax.devices(), "bfloat16")
+  assert options, "the tests run on CPU, where bfloat16 train steps get oneDNN matmuls"
+  loss, grads = _loss_and_grads(False, "bfloat16", width=256)  # oneDNN takes products of this size and up
+  hlo = []
+  loss_o, grads_o = _loss_and_grads(False, "bfloat16", options, hlo, width=256)
+  assert "__onednn$matmul" in hlo[0]
+  tol = 3e-2  # 8-bit mantissas, another summation order
+  np.testing.assert_allclose(loss_o, loss, rtol=tol)
+  flat = lambda tree: jnp.concatenate([g.ravel() for g in jax.tree.leaves(tree)])
+  error = float(jnp.linalg.norm(flat(grads_o) - flat(grads)) / jnp.linalg.norm(flat(grads)))
+  assert error < tol, f"gradients: relative error {error:.2e} with the compile option"  # (key biases' are ~0)

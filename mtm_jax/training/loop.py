@@ -176,9 +176,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # ---- Update and validation steps ------------------------------------------------------
   mask_config = _mask_config(config)
+  dtype = config.model.get("dtype", "float32")
   train_step = sharding.jit_train_step(
-      step_lib.make_train_step(graphdef, tx, config.masking.mode, mask_config,
-                               dtype=config.model.get("dtype", "float32")), state, mesh)
+      step_lib.make_train_step(graphdef, tx, config.masking.mode, mask_config, dtype=dtype), state, mesh, dtype)
   val_nll = jax.jit(functools.partial(step_lib.masked_nll, graphdef, mode=config.masking.mode,
                                       mask_config=mask_config, train=False))
   shard = lambda batch: mesh_lib.shard_global_batch(batch, mesh)

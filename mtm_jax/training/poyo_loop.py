@@ -156,9 +156,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, sessions: Sequence[di
 
   # ---- Update steps ---------------------------------------------------------------------
   tasks, dtype = dict(config.model.tasks), config.model.get("dtype", "float32")
-  full_step = sharding.jit_train_step(poyo_step.make_train_step(graphdef, tx, tasks=tasks, dtype=dtype), state, mesh)
+  full_step = sharding.jit_train_step(poyo_step.make_train_step(graphdef, tx, tasks=tasks, dtype=dtype), state, mesh,
+                                      dtype)
   frozen_step = (sharding.jit_train_step(poyo_step.make_train_step(graphdef, tx, tasks=tasks, trainable=trainable,
-                                                                   dtype=dtype), state, mesh)
+                                                                   dtype=dtype), state, mesh, dtype)
                  if trainable is not None else None)
   predictor = poyo_eval.make_predictor(graphdef, behaviour_task(config))
   lr = optimizer.poyo_learning_rate_schedule(config)
