@@ -14,6 +14,7 @@ from mtm_jax.training import checkpoint, poyo_loop
 def test_study_runs_scores_and_resumes(data_dir, tmp_path, monkeypatch):
   config = study_config.get_config("tiny")
   config.study.data_dir = data_dir
+  config.study.stage_steps = (4, 6)  # the second stage longer than config.grow's 4 steps
   summary = poyo_study.run_study(config, str(tmp_path))
   for run in ("scratch", "unit_id", "full"):
     assert np.isfinite(summary[run]["behaviour_r2"]) and np.isfinite(summary[run]["baseline_r2"])
@@ -27,6 +28,7 @@ def test_study_runs_scores_and_resumes(data_dir, tmp_path, monkeypatch):
   grown = checkpoint.load_metadata(str(tmp_path / "pretrain_2"))
   assert [r["name"] for r in grown[1]] == ["spike_events/reaching_001", "spike_events/reaching_002"]
   assert grown[0].init.pretrained == str(tmp_path / "pretrain_1")
+  assert checkpoint.latest_step(str(tmp_path / "pretrain_2")) == 6
 
   def no_training(*args, **kwargs):
     raise AssertionError("a finished run was trained again")
@@ -42,6 +44,8 @@ def test_study_runs_scores_and_resumes(data_dir, tmp_path, monkeypatch):
     ("pool", "", "config.study.pool: no data set"),
     ("pool_stages", (2, 1), "config.study.pool_stages: expected increasing"),
     ("pool_stages", (1,), "config.study.pool_stages: expected increasing session counts ending at the pool's 2"),
+    ("stage_steps", (4,), r"config.study.stage_steps: expected one positive step count per stage .* got \(4,\)"),
+    ("stage_steps", (4, 0), "config.study.stage_steps"),
 ])
 def test_bad_study_configs_name_the_field(field, value, message):
   config = study_config.get_config("tiny")

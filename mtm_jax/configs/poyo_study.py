@@ -13,8 +13,7 @@ Each is scored on the held-out session's study.split with the sliding-window R^2
 ridge (Wiener filter) baseline on lagged binned counts, fitted on its training split.
 
 get_config(arg): arg = "small" (a compact POYO pretrained on 4, then 16, then 32 synthetic
-reaching sessions; estimated 1.5 hours on 2 CPU cores from the stages' step times, not yet
-run end to end) | "tiny" (tests).
+reaching sessions) | "tiny" (tests).
 """
 
 import ml_collections
@@ -48,11 +47,16 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
   # new sessions' unit and session rows alone for grow.finetune.warmup_steps, then everything).
   # () = one stage on the whole pool.
   c.study.pool_stages = (4, 16, 32)
+  c.study.stage_steps = ()  # training steps of each stage; () = pretrain.train.steps, then grow.train.steps
   c.study.heldout = "spike_events/reaching_000"  # the new session (168 units, 129 trials)
   c.study.data_dir = "data/tfds"  # TFDS data_dir; missing sessions are built there
   c.study.split = "test"
   if arg == "small":
-    c.scratch, c.pretrain, c.grow, c.finetune = _stage(2000), _stage(2000), _stage(1500), _stage(600)
+    # 2000 steps on 4 sessions, 1500 more on 16, 4500 more on 32 (the last stage is longest:
+    # the adapted model's unit-id / full R^2 ratio went from 87% after 1500 steps on 32 to
+    # 91% after 4500; docs/event_data.md).
+    c.scratch, c.pretrain, c.grow, c.finetune = _stage(2000), _stage(2000), _stage(1500), _stage(1200)
+    c.study.stage_steps = (2000, 1500, 4500)
     c.pretrain.model.size = c.grow.model.size = "compact"
   else:
     c.study.pool = "spike_events/reaching_001,spike_events/reaching_002"
@@ -61,7 +65,7 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
     for stage in (c.scratch, c.pretrain, c.grow, c.finetune):
       stage.data.token_buckets = (256, 512, 1024, 2048)
       stage.data.unit_dropout_min, stage.data.unit_dropout_mode, stage.data.unit_dropout_max = 2, 4, 8
-  c.grow.finetune.warmup_steps = c.grow.train.steps // 5  # the new sessions' rows first
+  c.grow.finetune.warmup_steps = c.grow.train.steps // 5  # the new sessions' rows first, in every grow stage
   c.finetune.finetune.warmup_steps = c.finetune.train.steps // 4  # "full": unit-id steps first
   return c
 
@@ -70,6 +74,16 @@ def pretrain_stages(c: ml_collections.ConfigDict) -> list[int]:
   """Numbers of pool sessions of the pretraining stages (the last is the whole pool)."""
   n_pool = len(schema.parse_datasets(c.study.pool, "config.study.pool"))
   return list(c.study.get("pool_stages", ())) or [n_pool]
+
+
+def stage_steps(c: ml_collections.ConfigDict) -> list[int]:
+  """Training steps of each pretraining stage (study.stage_steps, or pretrain.train.steps
+  for the first and grow.train.steps for the others)."""
+  steps = list(c.study.get("stage_steps", ()))
+  if steps:
+    return steps
+  n = len(pretrain_stages(c))
+  return [c.pretrain.train.steps] + [c.grow.train.steps] * (n - 1) if "grow" in c or n == 1 else []
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
@@ -86,6 +100,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
                      f"{len(pool)}, got {tuple(stages)}")
   if len(stages) > 1 and "grow" not in c:
     raise ValueError("config.grow: needed to continue pretraining when config.study.pool_stages has several stages")
+  steps = stage_steps(c)
+  if len(steps) != len(stages) or any(not isinstance(n, int) or n < 1 for n in steps):
+    raise ValueError(f"config.study.stage_steps: expected one positive step count per stage of "
+                     f"config.study.pool_stages {tuple(stages)}, got {tuple(steps)}")
   for stage in ("scratch", "pretrain", "grow", "finetune"):
     if stage in c:
       poyo_config.validate(c[stage])

@@ -36,12 +36,15 @@ def _pretrain(config: ml_collections.ConfigDict, pool: list[str], data_dir: str,
   stage is missing (only_analyse) or unfinished."""
   stages = study_config.pretrain_stages(config)
   previous = None
-  for n in stages:
+  for n, steps in zip(stages, study_config.stage_steps(config)):
     run_dir = os.path.join(workdir, "pretrain" if len(stages) == 1 else f"pretrain_{n}")
     if previous is None:
       run_config = _stage(config.pretrain, pool[:n], data_dir)
     else:
       run_config = poyo_loop.finetune_config(_stage(config.grow, pool[:n], data_dir), previous, "full")
+    if steps != run_config.train.steps:
+      run_config.train.steps = steps
+      run_config.train.eval_every = run_config.train.checkpoint_every = max(steps // 4, 1)
     if not scaling.train_run(run_config, run_dir, only_analyse, poyo_loop.train):
       return None
     previous = run_dir
