@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mtm_jax.models import ndt1
+from mtm_jax.models import attention, ndt1
 from mtm_jax.training import step as step_lib
 
 
@@ -83,3 +83,19 @@ def test_paper_size_parameter_count():
   layer = 4 * (512 * 512 + 512) + (512 * 1024 + 1024) + (1024 * 512 + 512) + 4 * 512
   embed = 668 * 1336 + 1336 + 1336 * 512 + 512 + 100 * 512 + 4 * 512 + 512
   assert n == 5 * layer + embed + 2 * 512 + 512 * 668 + 668
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.2, 0.4])
+def test_dropout_keeps_the_rate_and_the_mean(rate):
+  x = jnp.ones((64, 3, 1001), jnp.bfloat16)  # an odd element count: 16-bit halves of 32-bit words
+  y = np.asarray(attention.dropout(x, rate, jax.random.key(3)), np.float32)
+  assert y.shape == x.shape and attention.dropout(x, rate, jax.random.key(3)).dtype == jnp.bfloat16
+  kept = y != 0
+  assert abs(kept.mean() - (1 - rate)) < 4 * np.sqrt(rate * (1 - rate) / y.size)
+  np.testing.assert_allclose(y[kept], np.float32(jnp.bfloat16(1 / (1 - rate))), rtol=1e-2)
+  assert abs(y.mean() - 1.0) < 0.01
+  assert attention.dropout(x, rate, None) is x
+  np.testing.assert_array_equal(attention.dropout(x, rate, jax.random.key(3)),
+                                attention.dropout(x, rate, jax.random.key(3)))
+  with pytest.raises(ValueError, match="dropout: expected a rate"):
+    attention.dropout(x, 1.0, jax.random.key(0))

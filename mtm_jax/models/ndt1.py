@@ -190,7 +190,7 @@ class NDT1(nnx.Module):
     if special:
       tokens = jnp.broadcast_to(jnp.stack(special)[None], (b, len(special), x.shape[-1]))
       x = jnp.concatenate([tokens.astype(x.dtype), x], axis=1)  # [B, S + T, D]
-    x = attention._dropout(x, self.embed_dropout, keys[0])
+    x = attention.dropout(x, self.embed_dropout, keys[0])
     mask = self.attention_mask(t, causal)
     apply = _apply_layer_remat if self.remat else _apply_layer
     for layer, k in zip(self.layers, keys[1:]):

@@ -80,7 +80,7 @@ class GEGLUFeedForward(nnx.Module):
     """x [..., D] -> [..., D]."""
     h, gate = jnp.split(self.up(x), 2, axis=-1)
     h = h * jax.nn.gelu(gate, approximate=False)
-    return self.down(attention._dropout(h, self.dropout, key))
+    return self.down(attention.dropout(h, self.dropout, key))
 
 
 class CrossAttentionBlock(nnx.Module):
@@ -102,8 +102,8 @@ class CrossAttentionBlock(nnx.Module):
     """x [B, Q, D], context [B, K, Dc], angles [B|1, Q|K, F], mask [B, K] -> [B, Q, D]."""
     k_attn, k_res1, k_ffn, k_res2 = _split(key, 4)
     h = self.attn(self.norm_query(x), self.norm_context(context), x_angles, context_angles, mask, key=k_attn)
-    x = x + attention._dropout(h, self.residual_dropout, k_res1)
-    return x + attention._dropout(self.ffn(self.norm_ffn(x), key=k_ffn), self.residual_dropout, k_res2)
+    x = x + attention.dropout(h, self.residual_dropout, k_res1)
+    return x + attention.dropout(self.ffn(self.norm_ffn(x), key=k_ffn), self.residual_dropout, k_res2)
 
 
 class SelfAttentionBlock(nnx.Module):
@@ -123,5 +123,5 @@ class SelfAttentionBlock(nnx.Module):
     """x [B, L, D], angles [B|1, L, F], mask [B, L] (True = real token) or None -> [B, L, D]."""
     k_attn, k_res1, k_ffn, k_res2 = _split(key, 4)
     h = self.norm_attn(x)
-    x = x + attention._dropout(self.attn(h, h, angles, angles, mask, key=k_attn), self.residual_dropout, k_res1)
-    return x + attention._dropout(self.ffn(self.norm_ffn(x), key=k_ffn), self.residual_dropout, k_res2)
+    x = x + attention.dropout(self.attn(h, h, angles, angles, mask, key=k_attn), self.residual_dropout, k_res1)
+    return x + attention.dropout(self.ffn(self.norm_ffn(x), key=k_ffn), self.residual_dropout, k_res2)
