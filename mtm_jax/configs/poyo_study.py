@@ -54,7 +54,7 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
   if arg == "small":
     # 2000 steps on 4 sessions, 1500 more on 16, 4500 more on 32 (the last stage is longest:
     # the adapted model's unit-id / full R^2 ratio went from 87% after 1500 steps on 32 to
-    # 91% after 4500; docs/event_data.md).
+    # 91% after 4500; README, POYO).
     c.scratch, c.pretrain, c.grow, c.finetune = _stage(2000), _stage(2000), _stage(1500), _stage(1200)
     c.study.stage_steps = (2000, 1500, 4500)
     c.pretrain.model.size = c.grow.model.size = "compact"
