@@ -202,7 +202,9 @@ def load_metadata(workdir: str, step: int | None = None) -> tuple[ml_collections
               from error
         logging.warning("checkpoint of step %d in %s: config or sessions do not read (%s); trying the previous one",
                         s, path, _first_line(error))
-    raise FileNotFoundError(f"{path}: no checkpoint with readable config and sessions (steps {steps})")
+    raise FileNotFoundError(f"{path}: no checkpoint with readable config and sessions (steps {steps}; each "
+                            f"failure is logged above). A run written by an older mtm_jax may not read: train in a "
+                            f"new workdir (this one is left as it is)")
   finally:
     mngr.close()
 
