@@ -22,8 +22,10 @@ def dropout(x, rate: float, key: jax.Array | None):
   An element is dropped when a 16-bit uniform integer is below rate * 2^16 (rounded: the
   rate is exact to 2^-16), and the kept ones are scaled by the inverse of the exact keep
   probability. Two such integers come from each 32-bit word of jax.random.bits: on XLA
-  CPU the random bits, not the masking, are the cost (~40 ns per word), and this halves
-  it (a [16, 2, 128, 4096] mask: 705 ms with nnx.Dropout, 388 ms here).
+  CPU the random bits, not the masking, are the cost (~40 ns per word), and half as many
+  words cut it by a third (a [16, 2, 128, 4096] mask: 479 ms with nnx.Dropout, 321 ms here). The words are drawn
+  in x's shape (last axis halved), so the mask needs no flat reshape: a flat one made the
+  NDT1 demo step 20% slower.
   """
   if key is None or rate == 0.0:
     return x
@@ -31,8 +33,10 @@ def dropout(x, rate: float, key: jax.Array | None):
     raise ValueError(f"dropout: expected a rate in [0, 1), got {rate}")
   levels = 1 << DROPOUT_BITS
   threshold = min(max(round(rate * levels), 1), levels - 1)
-  words = jax.random.bits(key, (-(-x.size // 2),), jnp.uint32)
-  uniform = jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(-1)[: x.size].reshape(x.shape)
+  last = x.shape[-1] if x.ndim else 1
+  words = jax.random.bits(key, x.shape[:-1] + (-(-last // 2),), jnp.uint32)  # [..., ceil(last / 2)]
+  uniform = jax.lax.bitcast_convert_type(words, jnp.uint16)  # [..., ceil(last / 2), 2]
+  uniform = uniform.reshape(uniform.shape[:-2] + (-1,))[..., :last].reshape(x.shape)
   return jnp.where(uniform >= threshold, x * (levels / (levels - threshold)), jnp.zeros((), x.dtype)).astype(x.dtype)
 
 
