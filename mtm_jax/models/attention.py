@@ -23,9 +23,9 @@ def dropout(x, rate: float, key: jax.Array | None):
   rate is exact to 2^-16), and the kept ones are scaled by the inverse of the exact keep
   probability. Two such integers come from each 32-bit word of jax.random.bits: on XLA
   CPU the random bits, not the masking, are the cost (~40 ns per word), and half as many
-  words cut it by a third (a [16, 2, 128, 4096] mask: 479 ms with nnx.Dropout, 321 ms here). The words are drawn
-  in x's shape (last axis halved), so the mask needs no flat reshape: a flat one made the
-  NDT1 demo step 20% slower.
+  words cut it by a third (a [16, 2, 128, 4096] mask: 479 ms with nnx.Dropout, 321 ms
+  here). The words are drawn in x's shape (last axis halved), so the mask needs no flat
+  reshape: a flat one made the NDT1 demo step 20% slower.
   """
   if key is None or rate == 0.0:
     return x
