@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mtm_jax.models import random_bits
+
 
 DROPOUT_BITS = 16  # random bits per element of a dropout mask
 
@@ -21,11 +23,11 @@ def dropout(x, rate: float, key: jax.Array | None):
 
   An element is dropped when a 16-bit uniform integer is below rate * 2^16 (rounded: the
   rate is exact to 2^-16), and the kept ones are scaled by the inverse of the exact keep
-  probability. Two such integers come from each 32-bit word of jax.random.bits: on XLA
-  CPU the random bits, not the masking, are the cost (~40 ns per word), and half as many
-  words cut it by a third (a [16, 2, 128, 4096] mask: 479 ms with nnx.Dropout, 321 ms
-  here). The words are drawn in x's shape (last axis halved), so the mask needs no flat
-  reshape: a flat one made the NDT1 demo step 20% slower.
+  probability. The integers come from `random_bits.uniform16`, four per Threefry hash,
+  drawn in x's shape and fused into the masking: on XLA CPU the random bits, not the
+  masking, were the cost. A [16, 2, 128, 3072] mask (POYO's attention): 190 ms with
+  jax.random.bits (16-bit halves of its words), 60 ms here; nnx.Dropout's 32-bit masks
+  are slower again.
   """
   if key is None or rate == 0.0:
     return x
@@ -33,10 +35,7 @@ def dropout(x, rate: float, key: jax.Array | None):
     raise ValueError(f"dropout: expected a rate in [0, 1), got {rate}")
   levels = 1 << DROPOUT_BITS
   threshold = min(max(round(rate * levels), 1), levels - 1)
-  last = x.shape[-1] if x.ndim else 1
-  words = jax.random.bits(key, x.shape[:-1] + (-(-last // 2),), jnp.uint32)  # [..., ceil(last / 2)]
-  uniform = jax.lax.bitcast_convert_type(words, jnp.uint16)  # [..., ceil(last / 2), 2]
-  uniform = uniform.reshape(uniform.shape[:-2] + (-1,))[..., :last].reshape(x.shape)
+  uniform = random_bits.uniform16(key, x.shape if x.ndim else (1,)).reshape(x.shape)
   return jnp.where(uniform >= threshold, x * (levels / (levels - threshold)), jnp.zeros((), x.dtype)).astype(x.dtype)
 
 
