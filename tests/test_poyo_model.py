@@ -10,6 +10,7 @@ import pytest
 from flax import nnx
 
 from mtm_jax.configs import poyo as poyo_config
+from mtm_jax.models import attention
 from mtm_jax.models import perceiver
 from mtm_jax.models import poyo
 from mtm_jax.models import rotary
@@ -53,6 +54,8 @@ def test_rotary_angles_and_rotation_match_numpy():
   np.testing.assert_allclose(out, expected, atol=2e-5)
   np.testing.assert_array_equal(out[..., 32:], x[..., 32:])  # unrotated tail
   np.testing.assert_allclose(rotary.rotate(out, angles, inverse=True), x, atol=2e-5)
+  minor = rotary.rotate(jnp.asarray(x.transpose(0, 2, 3, 1)), angles, time_minor=True)  # [B, H, E, L]
+  np.testing.assert_allclose(np.asarray(minor).transpose(0, 3, 1, 2), out, rtol=1e-6, atol=1e-6)
 
   # Interleaved pairs: a quarter turn of pair 0 sends e0 to e1 and e1 to -e0.
   quarter = jnp.zeros((1, 16)).at[0, 0].set(np.pi / 2)
@@ -87,6 +90,18 @@ def test_rotary_attention_masks_keys_and_zeroes_rows_without_keys():
   changed = ctx.at[:, 3:].set(100.0)  # padded keys/values do not matter
   np.testing.assert_allclose(attn(x, changed, xa, ca, mask), out, atol=1e-6)
   assert not np.allclose(attn(x, changed, xa, ca, jnp.ones_like(mask))[0], out[0], atol=1e-3)
+
+
+def test_attend_takes_keys_and_values_in_either_layout():
+  rng = np.random.default_rng(2)
+  q, k, v = (jnp.asarray(rng.normal(size=s), jnp.float32) for s in ((2, 3, 2, 8), (2, 5, 2, 8), (2, 5, 2, 8)))
+  mask = jnp.asarray(rng.uniform(size=(2, 1, 1, 5)) < 0.7).at[..., 0].set(True)
+  key_last = lambda y: jnp.transpose(y, (0, 2, 3, 1))  # [B, K, H, E] -> [B, H, E, K]
+  for kw in (dict(), dict(dropout_rate=0.3, key=KEY(1))):
+    np.testing.assert_allclose(attention.attend(q, key_last(k), key_last(v), mask, kv_layout="bhek", **kw),
+                               attention.attend(q, k, v, mask, **kw), rtol=1e-6, atol=1e-6)
+  with pytest.raises(ValueError, match="kv_layout"):
+    attention.attend(q, k, v, kv_layout="bkeh")
 
 
 # ------------------------------------------------------------------------------ model

@@ -39,25 +39,29 @@ def dropout(x, rate: float, key: jax.Array | None):
   return jnp.where(uniform >= threshold, x * (levels / (levels - threshold)), jnp.zeros((), x.dtype)).astype(x.dtype)
 
 
-def attend(q, k, v, mask=None, *, dropout_rate: float = 0.0, key: jax.Array | None = None):
+def attend(q, k, v, mask=None, *, dropout_rate: float = 0.0, key: jax.Array | None = None,
+           kv_layout: str = "bkhe"):
   """Scaled dot-product attention.
 
-  q [B, Q, H, E], k and v [B, K, H, E], mask broadcastable to [B, H, Q, K] (True = may
-  attend). Dropout on the attention probabilities only when a key is given. Returns
-  [B, Q, H, E].
+  q [B, Q, H, E], k and v [B, K, H, E] (kv_layout "bkhe") or [B, H, E, K] ("bhek": the
+  key axis last, which spares XLA CPU transposes of long contexts), mask broadcastable
+  to [B, H, Q, K] (True = may attend). Dropout on the attention probabilities only when
+  a key is given. Returns [B, Q, H, E].
 
   Written as einsum -> softmax -> einsum: XLA fuses it on every backend, and on CPU it is
   1.6-1.8x faster than `jax.nn.dot_product_attention` at NDT1's shapes (measured with
   2048 x 102 tokens, 4 heads of 16), with identical outputs. The softmax runs in float32
   whatever the compute dtype; the probabilities are cast back to v's dtype.
   """
-  logits = jnp.einsum("bqhe,bkhe->bhqk", q, k) / jnp.sqrt(q.shape[-1]).astype(q.dtype)
+  if kv_layout not in ("bkhe", "bhek"):
+    raise ValueError(f"attend: kv_layout must be 'bkhe' or 'bhek', got {kv_layout!r}")
+  logits = jnp.einsum(f"bqhe,{kv_layout}->bhqk", q, k) / jnp.sqrt(q.shape[-1]).astype(q.dtype)
   if mask is not None:
     logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
   probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)  # float32 softmax in any dtype
   if key is not None and dropout_rate > 0.0:
     probs = dropout(probs, dropout_rate, key)
-  return jnp.einsum("bhqk,bkhe->bqhe", probs, v)
+  return jnp.einsum(f"bhqk,{kv_layout}->bqhe", probs, v)
 
 
 class Attention(nnx.Module):

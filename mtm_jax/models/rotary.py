@@ -49,11 +49,14 @@ def rotary_angles(timestamps, frequencies=None) -> jax.Array:
   return t[..., None] * jnp.asarray(frequencies, jnp.float32)
 
 
-def rotate(x, angles, inverse: bool = False) -> jax.Array:
-  """Rotates pairs (x[2f], x[2f+1]) by angles[f], f < F; dims from 2F on are unchanged.
+def rotate(x, angles, inverse: bool = False, *, time_minor: bool = False) -> jax.Array:
+  """Rotates pairs (x[2f], x[2f+1]) of the head dim by angles[f], f < F; dims from 2F on
+  are unchanged.
 
-  x [..., L, H, E]; angles [..., L, F] (broadcast over heads). inverse=True rotates by
-  -angles (undoes the rotation). Returns x's shape and dtype.
+  x [..., L, H, E], or [..., H, E, L] with time_minor (the token axis last, as POYO's
+  encoder keeps its keys and values); angles [..., L, F] in both cases (broadcast over
+  heads). inverse=True rotates by -angles (undoes the rotation). Returns x's shape and
+  dtype.
 
   Written as x * c + swap(x) * s, with swap exchanging the two members of every pair and
   c = (cos f, cos f, ..., 1), s = (-sin f, sin f, ..., 0) over the head dim: one
@@ -61,14 +64,21 @@ def rotate(x, angles, inverse: bool = False) -> jax.Array:
   concatenating of the head dim: the backward pass through POYO's token rotations is 1.5x
   faster on CPU).
   """
-  n, e = angles.shape[-1], x.shape[-1]
+  axis = -2 if time_minor else -1  # x's head-dim axis; the heads axis is the one before it
+  n, e = angles.shape[-1], x.shape[axis]
   if 2 * n > e or e % 2:
     raise ValueError(f"rotary: {n} angles rotate {2 * n} dims, but the head dim is {e} (expected even and >= {2 * n})")
-  cos, sin = jnp.cos(angles), jnp.sin(angles)  # [..., L, F]
+  if time_minor:
+    angles = jnp.swapaxes(angles, -1, -2)  # [..., F, L]
+  cos, sin = jnp.cos(angles), jnp.sin(angles)
   if inverse:
     sin = -sin
-  pad = [(0, 0)] * (angles.ndim - 1) + [(0, e - 2 * n)]
-  c = jnp.pad(jnp.repeat(cos, 2, axis=-1), pad, constant_values=1.0)  # [..., L, E]
-  s = jnp.pad(jnp.stack([-sin, sin], axis=-1).reshape(sin.shape[:-1] + (2 * n,)), pad)
-  swapped = x.reshape(x.shape[:-1] + (e // 2, 2))[..., ::-1].reshape(x.shape)
-  return x * c[..., None, :].astype(x.dtype) + swapped * s[..., None, :].astype(x.dtype)
+  pad = [(0, 0)] * angles.ndim
+  pad[axis] = (0, e - 2 * n)
+  c = jnp.pad(jnp.repeat(cos, 2, axis=axis), pad, constant_values=1.0)  # head dim 2F -> E
+  pairs = jnp.stack([-sin, sin], axis=axis)  # [..., F, 2] or [..., F, 2, L]
+  s = jnp.pad(pairs.reshape(c.shape[:axis] + (2 * n,) + c.shape[axis:][1:]), pad)
+  x_pairs = x.shape[:axis] + (e // 2, 2) + x.shape[axis:][1:]
+  swapped = jnp.flip(x.reshape(x_pairs), axis=axis).reshape(x.shape)
+  c, s = jnp.expand_dims(c, axis - 1).astype(x.dtype), jnp.expand_dims(s, axis - 1).astype(x.dtype)
+  return x * c + swapped * s
