@@ -87,7 +87,7 @@ def test_paper_size_parameter_count():
 
 @pytest.mark.parametrize("rate", [0.1, 0.2, 0.4])
 def test_dropout_keeps_the_rate_and_the_mean(rate):
-  x = jnp.ones((64, 3, 1001), jnp.bfloat16)  # a last axis that is not a multiple of 4 (integers per hash)
+  x = jnp.ones((64, 3, 1001), jnp.bfloat16)
   y = np.asarray(attention.dropout(x, rate, jax.random.key(3)), np.float32)
   assert y.shape == x.shape and attention.dropout(x, rate, jax.random.key(3)).dtype == jnp.bfloat16
   kept = y != 0

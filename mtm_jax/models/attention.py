@@ -14,29 +14,26 @@ from flax import nnx
 from mtm_jax.models import random_bits
 
 
-DROPOUT_BITS = 16  # random bits per element of a dropout mask
-
-
 def dropout(x, rate: float, key: jax.Array | None):
   """Inverted dropout of x (any shape) with probability `rate`; x itself when key is None
   or rate is 0.
 
-  An element is dropped when a 16-bit uniform integer is below rate * 2^16 (rounded: the
-  rate is exact to 2^-16), and the kept ones are scaled by the inverse of the exact keep
-  probability. The integers come from `random_bits.uniform16`, four per Threefry hash,
-  drawn in x's shape and fused into the masking: on XLA CPU the random bits, not the
-  masking, were the cost. A [16, 2, 128, 3072] mask (POYO's attention): 190 ms with
-  jax.random.bits (16-bit halves of its words), 60 ms here; nnx.Dropout's 32-bit masks
-  are slower again.
+  An element is dropped when its uniform 32-bit word is below rate * 2^32 (rounded: the
+  rate is exact to 2^-32), and the kept ones are scaled by the inverse of the exact keep
+  probability. The words come from `random_bits.bits`, drawn in x's shape and fused
+  into the masking: on XLA CPU jax.random's bits, not the masking, were the cost. A
+  [16, 2, 128, 3072] mask (POYO's attention): 190 ms with jax.random.bits, about 40 ms
+  here.
   """
   if key is None or rate == 0.0:
     return x
   if not 0.0 < rate < 1.0:
     raise ValueError(f"dropout: expected a rate in [0, 1), got {rate}")
-  levels = 1 << DROPOUT_BITS
+  levels = 1 << 32
   threshold = min(max(round(rate * levels), 1), levels - 1)
-  uniform = random_bits.uniform16(key, x.shape if x.ndim else (1,)).reshape(x.shape)
-  return jnp.where(uniform >= threshold, x * (levels / (levels - threshold)), jnp.zeros((), x.dtype)).astype(x.dtype)
+  words = random_bits.bits(key, x.shape if x.ndim else (1,)).reshape(x.shape)
+  keep = words >= jnp.uint32(threshold)
+  return jnp.where(keep, x * (levels / (levels - threshold)), jnp.zeros((), x.dtype)).astype(x.dtype)
 
 
 def attend(q, k, v, mask=None, *, dropout_rate: float = 0.0, key: jax.Array | None = None,
