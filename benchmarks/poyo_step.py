@@ -24,13 +24,15 @@ from mtm_jax.models import poyo
 from mtm_jax.training import optimizer, precision
 from mtm_jax.training import poyo_step
 
-_CONFIGS = flags.DEFINE_list("configs", ["small:128", "large:64"], "size:batch pairs")
+_CONFIGS = flags.DEFINE_list("configs", ["small:128", "large:64:remat"],
+                             "size:batch[:remat]; a ':remat' row always recomputes its layers (the large config at "
+                             "batch 64 needs 36.5 GB of activations without it)")
 _UNITS = flags.DEFINE_integer("units", 100, "units per window")
 _SPIKES = flags.DEFINE_integer("spikes", 2000, "spikes per 1 s window")
 _TOKENS = flags.DEFINE_integer("tokens", 0, "padded token length (0 = the config's bucket)")
 _QUERIES = flags.DEFINE_integer("queries", 100, "behaviour queries per window")
 _DTYPES = flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "compute dtypes")
-_REMAT = flags.DEFINE_list("remat", ["false"], "remat settings (true/false)")
+_REMAT = flags.DEFINE_list("remat", ["false"], "remat settings (true/false) of the rows without ':remat'")
 _ONEDNN = flags.DEFINE_list("onednn", ["true"], "train step compiled with the programs' CPU options "
                             "(training.sharding.compiler_options: oneDNN matmuls in bfloat16) and/or without")
 _STEPS = flags.DEFINE_integer("steps", 3, "timed steps per row")
@@ -93,9 +95,11 @@ def main(argv):
   peak = common.load_peak(_PEAK.value)
   rows = []
   for item in _CONFIGS.value:
-    size, batch_size = item.split(":")
+    size, batch_size, *suffix = item.split(":")
+    if suffix not in ([], ["remat"]) or not batch_size.isdigit():
+      raise ValueError(f"--configs: expected size:batch or size:batch:remat, got {item!r}")
     for dtype in _DTYPES.value:
-      for remat in common.bools(_REMAT.value, "remat"):
+      for remat in [True] if suffix else common.bools(_REMAT.value, "remat"):
         for options in common.compile_variants(dtype, _ONEDNN.value):
           config = poyo_config.get_config(size)
           config.model.dtype, config.model.remat = dtype, remat
