@@ -42,8 +42,6 @@ def threefry2x32(k0, k1, x0, x1) -> tuple[jax.Array, jax.Array]:
 def _counters(shape: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
   """(row, within-row index) uint32 counters of `shape`: unique while one row of the
   leading axis holds fewer than 2^32 elements."""
-  if len(shape) == 1:
-    return jnp.zeros(shape, jnp.uint32), jax.lax.iota(jnp.uint32, shape[0])
   index = jnp.zeros(shape, jnp.uint32)
   stride = 1
   for axis in range(len(shape) - 1, 0, -1):
