@@ -60,7 +60,8 @@ def machine() -> dict:
   """What the numbers were measured on, including the load average at the time."""
   return dict(platform=platform.platform(), processor=platform.processor(), cpu_count=os.cpu_count(),
               load_average=os.getloadavg(), jax=jax.__version__, backend=jax.default_backend(),
-              devices=len(jax.devices()), xla_flags=os.environ.get("XLA_FLAGS", ""))
+              devices=len(jax.devices()), xla_flags=os.environ.get("XLA_FLAGS", ""),
+              glibc_tunables=os.environ.get("GLIBC_TUNABLES", ""))
 
 
 def format_table(rows: list[dict], columns: list[str]) -> str:

@@ -25,6 +25,7 @@ from mtm_jax import masking
 from mtm_jax.evaluation import tasks
 from mtm_jax.models import ndt1
 from mtm_jax.configs import ndt1 as ndt1_config
+from mtm_jax.training import host_memory
 
 _SIZE = flags.DEFINE_enum("size", "demo", sorted(ndt1.SIZES), "model size (mtm_jax.models.ndt1.SIZES)")
 _NEURONS = flags.DEFINE_integer("neurons", 700, "neurons of the session")
@@ -110,4 +111,5 @@ def _floor(model_flops: int, peak: dict) -> dict:
 
 
 if __name__ == "__main__":
+  host_memory.use_huge_pages()
   app.run(main)

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks import common
+from mtm_jax.training import host_memory
 
 _SIZE = flags.DEFINE_integer("size", 4096, "square matrix size")
 _STEPS = flags.DEFINE_integer("steps", 5, "timed calls per dtype")
@@ -50,4 +51,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  host_memory.use_huge_pages()
   app.run(main)

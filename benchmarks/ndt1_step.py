@@ -22,7 +22,7 @@ from benchmarks import common, flops
 from mtm_jax import masking
 from mtm_jax.configs import ndt1 as ndt1_config
 from mtm_jax.models import ndt1
-from mtm_jax.training import optimizer, precision
+from mtm_jax.training import host_memory, optimizer, precision
 from mtm_jax.training import step as step_lib
 
 _SIZE = flags.DEFINE_enum("size", "paper", sorted(ndt1.SIZES), "model size (mtm_jax.models.ndt1.SIZES)")
@@ -117,4 +117,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  host_memory.use_huge_pages()
   app.run(main)

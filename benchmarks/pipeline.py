@@ -26,7 +26,7 @@ from benchmarks import common
 from data_builders import prepare
 from mtm_jax.configs import poyo as poyo_config
 from mtm_jax.datasets import events, pipeline
-from mtm_jax.training import poyo_loop
+from mtm_jax.training import host_memory, poyo_loop
 
 _DATA_DIR = flags.DEFINE_string("data_dir", "/tmp/mtm_jax_bench_tfds", "TFDS data_dir (built if missing)")
 _BINNED = flags.DEFINE_string("binned", "ibl_binned/synthetic_000", "binned session")
@@ -97,4 +97,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  host_memory.use_huge_pages()
   app.run(main)

@@ -21,7 +21,7 @@ from benchmarks import common, flops
 from mtm_jax.configs import poyo as poyo_config
 from mtm_jax.datasets import events
 from mtm_jax.models import poyo
-from mtm_jax.training import optimizer, precision
+from mtm_jax.training import host_memory, optimizer, precision
 from mtm_jax.training import poyo_step
 
 _CONFIGS = flags.DEFINE_list("configs", ["small:128", "large:64:remat"],
@@ -114,4 +114,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  host_memory.use_huge_pages()
   app.run(main)

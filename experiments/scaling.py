@@ -15,6 +15,7 @@ import jax
 
 from experiments import study
 from mtm_jax.evaluation import plots, scaling
+from mtm_jax.training import host_memory
 
 _CONFIG, _WORKDIR, _ONLY_ANALYSE = study.define_flags("mtm_jax/configs/scaling.py:small")
 
@@ -26,5 +27,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  host_memory.use_huge_pages()
   jax.config.config_with_absl()
   app.run(main)
