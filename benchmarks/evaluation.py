@@ -77,7 +77,8 @@ def main(argv):
       done = timed.hide_neurons.shape[0]
       seconds = measured * n_masks / done
       total += seconds
-      model_flops = _task_flops(config, n, n_masks * k, shortcut == "true" and tasks.single_neuron_groups(task))
+      groups = tasks.single_neuron_groups(task) if shortcut == "true" else None
+      model_flops = _task_flops(config, n, n_masks * k, _embedded_bins(spikes, task, groups))
       total_flops += model_flops
       rows.append(dict(shortcut=shortcut, task=task.name, masks=n_masks, timed_masks=done, sequences=n_masks * k,
                        seconds=seconds, measured_seconds=measured, extrapolated=done < n_masks,
@@ -94,13 +95,24 @@ def main(argv):
                 warm=_WARM.value, peak_flops_per_s=peak)
 
 
-def _task_flops(config, neurons: int, sequences: int, single_neuron: bool) -> int:
-  """Model FLOPs of a task's `sequences` passes: through the one-neuron shortcut, or full."""
+def _embedded_bins(spikes: np.ndarray, task, groups) -> int | None:
+  """(sequence, bin) pairs the one-neuron shortcut re-embeds for `task` (each group's
+  shared trials once, then each scored neuron's fired hidden bins: tasks.fired_bins);
+  None when the task runs full passes (groups None)."""
+  if groups is None:
+    return None
+  fired = ((spikes > 0) & task.hide_bins[None, :, None]).sum((0, 1))  # [N]
+  return sum(spikes.shape[0] * spikes.shape[1] + int(fired[neurons].sum()) for _, neurons in groups)
+
+
+def _task_flops(config, neurons: int, sequences: int, embedded_bins: int | None) -> int:
+  """Model FLOPs of a task's `sequences` passes: through the one-neuron shortcut
+  (`embedded_bins` from _embedded_bins), or full (None)."""
   width, layers, _, mlp = ndt1.SIZES[config.model.size]
   shape = dict(bins=100, neurons=neurons, width=width, layers=layers, mlp_width=mlp,
                embed_mult=config.model.embed_mult, stitch_dim=config.model.stitch_dim)
-  if single_neuron:
-    return flops.ndt1_single_neuron_flops(sequences=sequences, **shape)
+  if embedded_bins is not None:
+    return flops.ndt1_single_neuron_flops(sequences=sequences, embedded_bins=embedded_bins, **shape)
   return flops.ndt1_forward_flops(batch=sequences, **shape)
 
 

@@ -24,15 +24,20 @@ def ndt1_forward_flops(*, batch: int, bins: int, neurons: int, width: int, layer
 
 
 def ndt1_single_neuron_flops(*, sequences: int, bins: int, neurons: int, width: int, layers: int, mlp_width: int,
-                             n_special: int = 2, embed_mult: int = 2, stitch_dim: int = 0) -> int:
+                             n_special: int = 2, embed_mult: int = 2, stitch_dim: int = 0,
+                             embedded_bins: int | None = None) -> int:
   """FLOPs of `sequences` evaluation passes through the one-neuron shortcut
   (evaluation/tasks.py `single`): the shared input pre-activation is computed once per
-  trial (not counted), so each sequence costs the projection Linear(mult n, D) per bin,
-  the transformer layers, and one readout column per bin."""
+  trial (not counted); the projection Linear(mult n, D) runs at `embedded_bins` (sequence,
+  bin) pairs in all (the bins where the hidden neuron fired, plus the shared embedding's;
+  None: every bin of every sequence); each sequence costs the transformer layers and one
+  readout column per bin."""
   n_in = stitch_dim or neurons
   tokens = bins + n_special
+  embedded_bins = sequences * bins if embedded_bins is None else embedded_bins
   per_token_layer = 4 * width * width + 2 * tokens * width + 2 * width * mlp_width
-  return 2 * sequences * (bins * (embed_mult * n_in * width + width) + layers * tokens * per_token_layer)
+  return 2 * (embedded_bins * embed_mult * n_in * width
+              + sequences * (bins * width + layers * tokens * per_token_layer))
 
 
 def poyo_forward_flops(*, batch: int, tokens: int, queries: int, latents: int, dim: int, depth: int,

@@ -60,3 +60,23 @@ def test_single_neuron_groups_decompose_the_masks():
     r = region_ids[neurons[0]]
     assert (region_ids[neurons] == r).all() and (shared == (region_ids != r)).all()
   assert tasks.single_neuron_groups(inter) is None and tasks.single_neuron_groups(forward) is None
+
+
+def test_fired_bins_lists_each_copys_spiking_hidden_bins_padded_to_a_bucket():
+  rng = np.random.default_rng(0)
+  spikes = rng.poisson(0.3, (4, 10, 6)).astype(np.float32)  # [K, T, N]
+  neurons = np.array([5, 2, 2])  # a chunk's copies (the last one padding-duplicated)
+  hide_bins = np.arange(10) >= 3
+  fired = tasks.fired_bins(spikes, neurons, hide_bins, buckets=8)
+  assert fired.dtype == np.int32 and fired.shape[0] == 3
+  step = -(-4 * 10 * 3 // 8)
+  assert fired.shape[1] % step == 0
+  real = fired[:, fired[0] < len(neurons)]
+  assert (fired[0][real.shape[1]:] == len(neurons)).all()  # the padding comes last, marked copy = C
+  got = {tuple(x) for x in real.T}
+  want = {(c, k, t) for c, n in enumerate(neurons) for k in range(4) for t in range(10)
+          if spikes[k, t, n] > 0 and hide_bins[t]}
+  assert got == want and real.shape[1] == len(want)
+  # No spikes at all: one bucket of padding only.
+  empty = tasks.fired_bins(np.zeros_like(spikes), neurons, hide_bins, buckets=8)
+  assert empty.shape == (3, step) and (empty[0] == len(neurons)).all()

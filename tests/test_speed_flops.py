@@ -18,6 +18,9 @@ def test_ndt1_single_neuron_flops_by_hand():
   # bins 2, n 3 (mult 2 -> 6), D 4, 1 layer, F 8, 4 tokens: per bin 6*4 + 4 = 28; per token
   # 4*16 + 2*4*4 + 2*4*8 = 160; 2 * (2*28 + 4*160) = 1392 per sequence.
   assert flops.ndt1_single_neuron_flops(sequences=5, bins=2, neurons=3, width=4, layers=1, mlp_width=8) == 5 * 1392
+  # Re-embedding only 3 of the 10 (sequence, bin) pairs saves 7 projections of 6*4.
+  assert flops.ndt1_single_neuron_flops(sequences=5, bins=2, neurons=3, width=4, layers=1, mlp_width=8,
+                                        embedded_bins=3) == 5 * 1392 - 2 * 7 * 24
 
 
 def test_poyo_flops_by_hand():

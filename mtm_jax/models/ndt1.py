@@ -176,11 +176,22 @@ class NDT1(nnx.Module):
 
   def encode_preactivation(self, pre, *, prompt=0, session=0, causal=False, key: jax.Array | None = None):
     """pre [B, T, mult * n_in] from `input_preactivation` -> features [B, T, D]."""
-    b, t, _ = pre.shape
+    return self.encode_embedded(self.embed_preactivation(pre), prompt=prompt, session=session, causal=causal,
+                                key=key)
+
+  def embed_preactivation(self, pre):
+    """pre [..., mult * n_in] -> the bins' input embeddings [..., D] (softsign, then the
+    projection). Bin by bin: the evaluation re-embeds only the bins that hiding a neuron
+    changes (those where it fired)."""
+    return self.embed_project(jax.nn.soft_sign(pre))
+
+  def encode_embedded(self, x, *, prompt=0, session=0, causal=False, key: jax.Array | None = None):
+    """x [B, T, D] from `embed_preactivation` -> features [B, T, D]: position embeddings,
+    the special tokens, the transformer and the final LayerNorm."""
+    b, t, _ = x.shape
     if t > self.max_bins:
       raise ValueError(f"NDT1: input has {t} bins, the position embedding holds {self.max_bins}")
     keys = list(jax.random.split(key, len(self.layers) + 1)) if key is not None else [None] * (len(self.layers) + 1)
-    x = self.embed_project(jax.nn.soft_sign(pre))
     x = x + self.position(jnp.arange(t))[None]  # [B, T, D]
     special = []
     if self.use_session:
