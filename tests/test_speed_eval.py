@@ -8,6 +8,7 @@ from flax import nnx
 from mtm_jax import masking, metrics
 from mtm_jax.evaluation import tasks
 from mtm_jax.models import ndt1
+from mtm_jax.training import mesh as mesh_lib
 
 
 def _definition(model, spikes, region_ids, *, session, n_model):
@@ -47,6 +48,21 @@ def test_batched_evaluation_matches_one_neuron_at_a_time():
   for name, expected in want.items():
     np.testing.assert_allclose(got["per_neuron"][name], expected, rtol=1e-5, atol=0, err_msg=name)
     assert np.isclose(got[f"{name}_bps"], np.nanmean(expected), rtol=1e-5, atol=0), name
+
+
+def test_evaluation_over_a_mesh_matches_one_device():
+  # The masked copies of a chunk split over a 2-device data axis (params replicated).
+  model = ndt1.NDT1([10, 7], width=16, n_layers=1, n_heads=2, mlp_width=32, stitch_dim=8, rngs=nnx.Rngs(5))
+  graphdef, params = nnx.split(model, nnx.Param)
+  spikes = np.random.default_rng(3).poisson(0.5, (6, 100, 7)).astype(np.float32)
+  region_ids = np.array([0, 0, 1, 1, 1, 2, 2])
+  mesh = mesh_lib.make_mesh(2, 1, devices=jax.devices()[:2])
+  kwargs = dict(causal_trained=True, max_batch=12, session=1, n_neurons=10)
+  one = tasks.evaluate(graphdef, params, spikes, region_ids, **kwargs)
+  two = tasks.evaluate(graphdef, jax.device_put(params, mesh_lib.replicated(mesh)), spikes, region_ids, mesh=mesh,
+                       **kwargs)
+  for name, expected in one["per_neuron"].items():
+    np.testing.assert_allclose(two["per_neuron"][name], expected, rtol=1e-6, atol=0, err_msg=name)
 
 
 def test_single_neuron_groups_decompose_the_masks():
