@@ -71,8 +71,8 @@ def use_huge_pages(mode_file: str = THP_MODE_FILE) -> None:
   or any JAX backend starts: the process image is replaced (same pid). `mode_file`: the
   kernel's THP mode file (tests point it elsewhere)."""
   env = huge_page_environment(dict(os.environ), thp_mode(mode_file), glibc_version())
-  if env is None or not getattr(sys, "orig_argv", None):
-    return
+  if env is None or not sys.executable or not getattr(sys, "orig_argv", None):
+    return  # nothing to change, or no interpreter path to re-run (an embedded Python)
   sys.stdout.flush()
   sys.stderr.flush()
   os.execve(sys.executable, sys.orig_argv, env)
