@@ -101,7 +101,7 @@ def _embedded_bins(spikes: np.ndarray, task, groups) -> int | None:
   None when the task runs full passes (groups None)."""
   if groups is None:
     return None
-  fired = ((spikes > 0) & task.hide_bins[None, :, None]).sum((0, 1))  # [N]
+  fired = ((spikes != 0) & task.hide_bins[None, :, None]).sum((0, 1))  # [N]
   return sum(spikes.shape[0] * spikes.shape[1] + int(fired[neurons].sum()) for _, neurons in groups)
 
 

@@ -91,7 +91,7 @@ def test_fired_bins_lists_each_copys_spiking_hidden_bins_padded_to_a_bucket():
   assert (fired[0][real.shape[1]:] == len(neurons)).all()  # the padding comes last, marked copy = C
   got = {tuple(x) for x in real.T}
   want = {(c, k, t) for c, n in enumerate(neurons) for k in range(4) for t in range(10)
-          if spikes[k, t, n] > 0 and hide_bins[t]}
+          if spikes[k, t, n] != 0 and hide_bins[t]}
   assert got == want and real.shape[1] == len(want)
   # No spikes at all: one bucket of padding only.
   empty = tasks.fired_bins(np.zeros_like(spikes), neurons, hide_bins, buckets=8)

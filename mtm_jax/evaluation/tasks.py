@@ -87,14 +87,14 @@ def make_predictor(graphdef) -> Predictor:
 
 
 def fired_bins(spikes: np.ndarray, neurons: np.ndarray, hide_bins: np.ndarray, buckets: int = 16) -> np.ndarray:
-  """[3, F] int32 (copy c, trial k, bin t) wherever neurons[c] fired (count > 0) in a
+  """[3, F] int32 (copy c, trial k, bin t) wherever neurons[c] fired (count != 0) in a
   hidden bin of trial k: the bins whose input embedding hiding neurons[c] changes.
 
   spikes [K, T, N], neurons [C], hide_bins [T] bool. F is padded up to a multiple of
   C*K*T / `buckets` (so at most `buckets` shapes compile) with copy = C, which
   `single` drops."""
   k, t, _ = spikes.shape
-  hit = (spikes[:, :, neurons] > 0) & np.asarray(hide_bins, bool)[None, :, None]  # [K, T, C]
+  hit = (spikes[:, :, neurons] != 0) & np.asarray(hide_bins, bool)[None, :, None]  # [K, T, C]
   trial, time, copy = np.nonzero(hit)
   step = max(1, -(-k * t * len(neurons) // buckets))
   pad = max(step, -(-len(copy) // step) * step) - len(copy)
