@@ -1,16 +1,20 @@
 """Speed options change speed, not results: remat gives the same loss and gradients,
 bfloat16 compute keeps float32 parameters, gradients and loss, close to float32."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
+from benchmarks import poyo_step as poyo_benchmark
 from mtm_jax import masking
 from mtm_jax.configs import ndt1 as ndt1_config
-from mtm_jax.models import ndt1
-from mtm_jax.training import precision, sharding
+from mtm_jax.configs import poyo as poyo_config
+from mtm_jax.models import ndt1, poyo
+from mtm_jax.training import optimizer, poyo_step, precision, sharding
 from mtm_jax.training import step as step_lib
 
 
@@ -70,3 +74,32 @@ def test_cpu_compiler_options_keep_the_numbers():
   flat = lambda tree: jnp.concatenate([g.ravel() for g in jax.tree.leaves(tree)])
   error = float(jnp.linalg.norm(flat(grads_o) - flat(grads)) / jnp.linalg.norm(flat(grads)))
   assert error < tol, f"gradients: relative error {error:.2e} with the compile option"  # (key biases' are ~0)
+
+
+def _dot_dtypes(lowered_text: str) -> set:
+  """The result element types of the matrix products of a lowered (StableHLO) program."""
+  return {result.split("x")[-1] for result in re.findall(r"dot_general.*?-> tensor<([^>]*)>", lowered_text)}
+
+
+def test_bfloat16_reaches_every_matrix_product():
+  """With config.model.dtype = "bfloat16", every product of both models' forward and
+  backward passes runs in bfloat16 (nnx.Embed returns its init dtype, float32: position,
+  prompt, unit and session embeddings that were added uncast turned the whole
+  transformer and the PerceiverIO back to float32)."""
+  model = ndt1.NDT1(12, width=16, n_layers=1, n_heads=2, mlp_width=32, max_bins=20, rngs=nnx.Rngs(0))
+  graphdef, params = nnx.split(model, nnx.Param)
+  batch = {"spikes": jnp.ones((2, 20, 12), jnp.int32)}
+  regions = jnp.zeros((1, 12), jnp.int32)
+  loss = lambda p: step_lib.masked_nll(graphdef, p, batch, regions, jax.random.key(1), mode=masking.MTM,
+                                       mask_config=masking.MaskConfig(), train=True, dtype="bfloat16")[0]
+  assert _dot_dtypes(jax.jit(jax.grad(loss)).lower(params).as_text()) == {"bf16"}
+
+  config = poyo_config.get_config("tiny")
+  config.model.dtype = "bfloat16"
+  model = poyo.from_config(config, 5, 1, rngs=nnx.Rngs(0))
+  graphdef, params = nnx.split(model, nnx.Param)
+  tx = optimizer.make_poyo_optimizer(config, params)
+  step = poyo_step.make_train_step(graphdef, tx, tasks=dict(config.model.tasks), dtype=jnp.bfloat16)
+  batch = jax.tree.map(jnp.asarray, poyo_benchmark.synthetic_batch(2, 5, 20, 32, 8))
+  lowered = jax.jit(step).lower(poyo_step.init_state(params, tx), batch, jax.random.key(0)).as_text()
+  assert _dot_dtypes(lowered) == {"bf16"}

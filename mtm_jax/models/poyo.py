@@ -200,8 +200,12 @@ class POYO(nnx.Module):
     freqs = self.frequencies()
     b = np.shape(batch["unit_index"])[0]
 
+    # The compute dtype is that of the parameters (training.precision casts them); nnx.Embed
+    # returns its init dtype, so the looked-up rows are cast to it.
+    dtype = self.latent_emb.embedding.dtype
+
     # Input tokens [B, L, D].
-    tokens = self.unit_emb(batch["unit_index"]) + self.token_type_emb(batch["token_type"])
+    tokens = (self.unit_emb(batch["unit_index"]) + self.token_type_emb(batch["token_type"])).astype(dtype)
     token_angles = rotary.rotary_angles(batch["timestamps"], freqs)  # [B, L, F]
 
     # Latents [B, N, D], N = steps * latents_per_step.
@@ -211,9 +215,10 @@ class POYO(nnx.Module):
 
     # Output queries [B, Q, D].
     n_queries = np.shape(batch["output_timestamps"])[1]
-    queries = jnp.broadcast_to(self.session_emb(batch["session_index"])[:, None], (b, n_queries, self.dim))
+    queries = jnp.broadcast_to(self.session_emb(batch["session_index"])[:, None].astype(dtype),
+                               (b, n_queries, self.dim))
     if self.task_emb is not None:
-      queries = queries + self.task_emb(batch["output_task"])
+      queries = queries + self.task_emb(batch["output_task"]).astype(dtype)
     query_angles = rotary.rotary_angles(batch["output_timestamps"], freqs)  # [B, Q, F]
 
     latents = self.encoder(latents, tokens, latent_angles, token_angles, batch["input_mask"], key=keys[0])
