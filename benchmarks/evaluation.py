@@ -101,8 +101,8 @@ def _embedded_bins(spikes: np.ndarray, task, groups) -> int | None:
   None when the task runs full passes (groups None)."""
   if groups is None:
     return None
-  fired = ((spikes != 0) & task.hide_bins[None, :, None]).sum((0, 1))  # [N]
-  return sum(spikes.shape[0] * spikes.shape[1] + int(fired[neurons].sum()) for _, neurons in groups)
+  real = lambda neurons: int((tasks.fired_bins(spikes, neurons, task.hide_bins)[0] < len(neurons)).sum())
+  return sum(spikes.shape[0] * spikes.shape[1] + real(neurons) for _, neurons in groups)
 
 
 def _task_flops(config, neurons: int, sequences: int, embedded_bins: int | None) -> int:
