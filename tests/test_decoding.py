@@ -169,3 +169,56 @@ def test_decode_behaviour():
     decoding.decode_behaviour(log_rates, {"wheel_speed": wheel[:30]})
   with pytest.raises(ValueError, match=r"log_rates must be \[trials, time, neurons\]"):
     decoding.decode_behaviour(flat, behaviour)
+
+
+def _small_split(choice, rng):
+  """log_rates [K, 4, 3] of K = len(choice) trials, the choice readable from the first
+  value, a decodable whisker trace and a constant wheel speed."""
+  choice = np.asarray(choice)
+  log_rates = rng.normal(size=(len(choice), 4, 3))
+  log_rates[:, 0, 0] += 2.0 * choice
+  whisker = log_rates[:, :, 1] * 3.0 + 0.1 * rng.normal(size=(len(choice), 4))
+  return log_rates, {"choice": choice, "whisker_motion_energy": whisker, "wheel_speed": np.full((len(choice), 4), 2.0)}
+
+
+def test_decode_split_skips_what_the_split_cannot_score():
+  """8 trials, choice counts {-1: 1, 1: 7} (the user's session): one -1 trial cannot fill
+  even 2 folds, a constant trace has no R^2; the whisker trace still gets its 5 folds."""
+  log_rates, behaviour = _small_split([-1] + [1] * 7, np.random.default_rng(6))
+  with pytest.raises(ValueError, match="each class needs at least 5 trials for 5 folds"):
+    decoding.decode_behaviour(log_rates, behaviour)  # the strict form: exactly the folds asked
+  scores, folds, skipped = decoding.decode_split(log_rates, behaviour, folds=5, seed=1)
+  flat = log_rates.reshape(8, -1)
+  assert scores == {"whisker_motion_energy_r2": decoding.continuous_r2(flat, behaviour["whisker_motion_energy"],
+                                                                        folds=5, seed=1)}
+  assert folds == {"whisker_motion_energy_r2": 5}
+  assert list(skipped) == ["choice_accuracy", "wheel_speed_r2"]
+  assert "each class needs at least 4 trials for 2 folds" in skipped["choice_accuracy"]
+  assert "{-1: 1, 1: 7}" in skipped["choice_accuracy"]
+  assert "constant" in skipped["wheel_speed_r2"]
+
+
+def test_decode_split_uses_fewer_folds_where_they_are_valid():
+  rng = np.random.default_rng(7)
+  log_rates, behaviour = _small_split([-1] * 3 + [1] * 9, rng)  # smallest class 3: 3 folds
+  scores, folds, skipped = decoding.decode_split(log_rates, behaviour, folds=5, seed=2)
+  flat = log_rates.reshape(12, -1)
+  assert folds == {"choice_accuracy": 3, "whisker_motion_energy_r2": 5}
+  assert scores["choice_accuracy"] == decoding.choice_accuracy(flat, behaviour["choice"], folds=3, seed=2)
+  assert list(skipped) == ["wheel_speed_r2"]
+  # 4 trials of the trace: 4 folds (3 left to train in each).
+  _, folds, _ = decoding.decode_split(log_rates[:4], {"whisker_motion_energy": behaviour["whisker_motion_energy"][:4]},
+                                      folds=5)
+  assert folds == {"whisker_motion_energy_r2": 4}
+  # Never more folds than asked: 2 folds of a 3-trial class leave 1 to train, too few.
+  _, folds, skipped = decoding.decode_split(log_rates, behaviour, folds=2)
+  assert folds == {"whisker_motion_energy_r2": 2}
+  assert "each class needs at least 4 trials for 2 folds" in skipped["choice_accuracy"]
+  # A single class: choice accuracy is undefined.
+  _, _, skipped = decoding.decode_split(log_rates, {"choice": np.ones(12)})
+  assert "exactly two classes; got 1" in skipped["choice_accuracy"]
+  # Malformed input is still an error, not a skip.
+  with pytest.raises(ValueError, match="exactly two classes; got 3"):
+    decoding.decode_split(log_rates, {"choice": np.arange(12) % 3})
+  with pytest.raises(ValueError, match="folds must be"):
+    decoding.decode_split(log_rates, behaviour, folds=1)

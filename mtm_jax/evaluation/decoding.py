@@ -14,6 +14,9 @@ cross-validation on the training trials of each outer fold:
   of per-bin R^2).
 
 Outer folds are shuffled with `seed`, so the scores are deterministic given the inputs.
+`decode_split` is what evaluation calls: on a small split it uses fewer outer folds where
+that is still valid (never more than asked) and records a behaviour the split cannot score
+(too few trials of a class, a single class, a constant trace) as skipped with the reason.
 `choice_accuracy` runs BLAS and OpenMP code on one thread while it fits (scoped with
 threadpoolctl: the previous thread counts are restored on return).
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import numpy as np
 from sklearn.decomposition import PCA
@@ -47,6 +51,21 @@ LOGISTIC_MAX_ITER = 2000
 _CONTINUOUS = {"whisker_motion_energy": "whisker_motion_energy_r2", "wheel_speed": "wheel_speed_r2"}
 
 
+class Undecodable(ValueError):
+  """The trials cannot score this metric (too few trials of a class, a single class, a
+  constant target): a property of a small split, not malformed input. Evaluation records
+  the metric as skipped with this message as the reason."""
+
+
+class Decoded(NamedTuple):
+  """What evaluation records of a set of decoders: scores {metric: value}, folds {metric:
+  outer folds used} and skipped {metric: reason} (each metric in exactly one of scores and
+  skipped)."""
+  scores: dict
+  folds: dict
+  skipped: dict
+
+
 def _train_size(n: int, folds: int) -> int:
   """Smallest number of the `n` items left for training by a (stratified) K-fold split."""
   return n - math.ceil(n / folds)
@@ -58,6 +77,12 @@ def _min_items(folds: int) -> int:
   while _train_size(n, folds) < 2:
     n += 1
   return n
+
+
+def fitting_folds(n: int, requested: int) -> int:
+  """Most outer folds, at most `requested`, that `n` items (per class) allow (each training
+  fold keeps 2 of them); 2 when none do, so the decoder raises Undecodable naming the need."""
+  return max((k for k in range(2, requested + 1) if n >= _min_items(k)), default=2)
 
 
 def _check_folds(name: str, folds) -> int:
@@ -103,6 +128,10 @@ def choice_accuracy(features, choice, *, folds: int = 5, seed: int = 0) -> float
 
   Returns:
     Accuracy of the out-of-fold predictions over all trials, in [0, 1].
+
+  Raises:
+    Undecodable: a single class, or a class too small for `folds`.
+    ValueError: malformed inputs (shapes, non-finite values, more than two classes).
   """
   folds = _check_folds("choice_accuracy", folds)
   features = _check_features("choice_accuracy", features)
@@ -114,11 +143,12 @@ def choice_accuracy(features, choice, *, folds: int = 5, seed: int = 0) -> float
     raise ValueError("choice_accuracy: choice contains non-finite values (NaN or inf)")
   labels, counts = np.unique(choice, return_counts=True)
   if labels.size != 2:
-    raise ValueError(f"choice_accuracy: choice must hold exactly two classes; got {labels.size} "
-                     f"({labels.tolist()[:5]})")
+    error = Undecodable if labels.size < 2 else ValueError  # one class: a split's property
+    raise error(f"choice_accuracy: choice must hold exactly two classes; got {labels.size} "
+                f"({labels.tolist()[:5]}), so choice accuracy is undefined")
   needed = _min_items(folds)
   if counts.min() < needed:
-    raise ValueError(f"choice_accuracy: each class needs at least {needed} trials for {folds} folds; "
+    raise Undecodable(f"choice_accuracy: each class needs at least {needed} trials for {folds} folds; "
                      f"class counts are {dict(zip(labels.tolist(), counts.tolist()))}")
   inner = min(INNER_FOLDS, _train_size(int(counts.min()), folds))
   model = choice_model(seed, inner)
@@ -142,6 +172,10 @@ def continuous_r2(features, target, *, folds: int = 5, seed: int = 0) -> float:
   Returns:
     sklearn's r2_score of the out-of-fold predictions against `target`, both flattened
     over trials x bins (pooled). At most 1; 0 for a constant prediction at the mean.
+
+  Raises:
+    Undecodable: too few trials for `folds`, or a constant target.
+    ValueError: malformed inputs (shapes, non-finite values).
   """
   folds = _check_folds("continuous_r2", folds)
   features = _check_features("continuous_r2", features)
@@ -155,14 +189,47 @@ def continuous_r2(features, target, *, folds: int = 5, seed: int = 0) -> float:
     raise ValueError("continuous_r2: target contains non-finite values (NaN or inf)")
   needed = _min_items(folds)
   if target.shape[0] < needed:
-    raise ValueError(f"continuous_r2: needs at least {needed} trials for {folds} folds; "
+    raise Undecodable(f"continuous_r2: needs at least {needed} trials for {folds} folds; "
                      f"got {target.shape[0]}")
   if np.ptp(target) == 0:
-    raise ValueError("continuous_r2: target is constant, so R^2 is undefined")
+    raise Undecodable("continuous_r2: target is constant, so R^2 is undefined")
   model = make_pipeline(StandardScaler(), RidgeCV(alphas=list(RIDGE_ALPHA_GRID)))
   outer = KFold(folds, shuffle=True, random_state=seed)
   predicted = cross_val_predict(model, features, target, cv=outer)
   return float(r2_score(target.ravel(), np.asarray(predicted).ravel()))
+
+
+def _features_and_targets(log_rates, behaviour: Mapping) -> tuple[np.ndarray, dict]:
+  """([trials, time * neurons] features, {metric: target} of the present fields, in
+  BEHAVIOUR_METRICS order) after checking the shapes (see decode_behaviour)."""
+  log_rates = np.asarray(log_rates, np.float64)
+  if log_rates.ndim != 3:
+    raise ValueError(f"decode_behaviour: log_rates must be [trials, time, neurons]; got shape "
+                     f"{log_rates.shape}")
+  if not isinstance(behaviour, Mapping):
+    raise ValueError(f"decode_behaviour: behaviour must be a mapping of field -> array; got "
+                     f"{type(behaviour).__name__}")
+  n_trials = log_rates.shape[0]
+  fields = {"choice": "choice_accuracy", **_CONTINUOUS}
+  for key in fields:
+    value = behaviour.get(key)
+    if value is not None and np.shape(value)[:1] != (n_trials,):
+      raise ValueError(f"decode_behaviour: behaviour[{key!r}] must have {n_trials} trials (first "
+                       f"axis of log_rates); got shape {np.shape(value)}")
+  targets = {metric: behaviour[key] for key, metric in fields.items() if behaviour.get(key) is not None}
+  return log_rates.reshape(n_trials, -1), targets
+
+
+def _fold_items(metric: str, target) -> int:
+  """What bounds the outer folds: the trials of the smallest class (choice) or the trials."""
+  if metric != "choice_accuracy":
+    return len(target)
+  counts = np.unique(np.asarray(target), return_counts=True)[1]
+  return int(counts.min()) if counts.size else 0
+
+
+def _decoder(metric: str):
+  return choice_accuracy if metric == "choice_accuracy" else continuous_r2
 
 
 def decode_behaviour(log_rates, behaviour: Mapping, *, folds: int = 5, seed: int = 0) -> dict:
@@ -174,30 +241,32 @@ def decode_behaviour(log_rates, behaviour: Mapping, *, folds: int = 5, seed: int
     behaviour: mapping with any of `choice` [trials], `whisker_motion_energy`
       [trials, time] and `wheel_speed` [trials, time]; missing (or None) fields are
       skipped, other keys are ignored.
-    folds, seed: as in `choice_accuracy` and `continuous_r2`.
+    folds, seed: as in `choice_accuracy` and `continuous_r2` (exactly `folds`; see
+      decode_split for fewer on small splits).
 
   Returns:
     {metric: value} for the present fields, keys from BEHAVIOUR_METRICS, in that order.
   """
-  log_rates = np.asarray(log_rates, np.float64)
-  if log_rates.ndim != 3:
-    raise ValueError(f"decode_behaviour: log_rates must be [trials, time, neurons]; got shape "
-                     f"{log_rates.shape}")
-  if not isinstance(behaviour, Mapping):
-    raise ValueError(f"decode_behaviour: behaviour must be a mapping of field -> array; got "
-                     f"{type(behaviour).__name__}")
-  n_trials = log_rates.shape[0]
-  for key in ("choice", *_CONTINUOUS):
-    value = behaviour.get(key)
-    if value is not None and np.shape(value)[:1] != (n_trials,):
-      raise ValueError(f"decode_behaviour: behaviour[{key!r}] must have {n_trials} trials (first "
-                       f"axis of log_rates); got shape {np.shape(value)}")
-  features = log_rates.reshape(n_trials, -1)
-  results = {}
-  if behaviour.get("choice") is not None:
-    results["choice_accuracy"] = choice_accuracy(features, behaviour["choice"], folds=folds,
-                                                 seed=seed)
-  for key, metric in _CONTINUOUS.items():
-    if behaviour.get(key) is not None:
-      results[metric] = continuous_r2(features, behaviour[key], folds=folds, seed=seed)
-  return results
+  features, targets = _features_and_targets(log_rates, behaviour)
+  return {m: _decoder(m)(features, t, folds=folds, seed=seed) for m, t in targets.items()}
+
+
+def decode_split(log_rates, behaviour: Mapping, *, folds: int = 5, seed: int = 0) -> Decoded:
+  """decode_behaviour for a split of any size: each decoder uses the most outer folds, at
+  most `folds`, that its trials allow (the smallest class for choice, the trials for the
+  traces); one the trials cannot score (Undecodable) is skipped with its reason.
+
+  Returns:
+    Decoded(scores, folds used, skipped) over the present fields (BEHAVIOUR_METRICS order).
+  """
+  folds = _check_folds("decode_split", folds)
+  features, targets = _features_and_targets(log_rates, behaviour)
+  scores, used, skipped = {}, {}, {}
+  for metric, target in targets.items():
+    k = fitting_folds(_fold_items(metric, target), folds)
+    try:
+      scores[metric] = _decoder(metric)(features, target, folds=k, seed=seed)
+      used[metric] = k
+    except Undecodable as e:
+      skipped[metric] = str(e)
+  return Decoded(scores, used, skipped)
