@@ -2,11 +2,15 @@
 
   python -m experiments.evaluate --workdir=runs/demo/mtm
   python -m experiments.evaluate --workdir=runs/demo/mtm --plots --compare=temporal=runs/demo/temporal
+  python -m experiments.evaluate --workdir=runs/demo/mtm --nodecoding   # activity metrics only
 
 Writes <workdir>/metrics.json (co_smoothing_bps, forward_prediction_bps, inter_region_bps,
 intra_region_bps, oracle_* from the true rates of synthetic data, and the behaviour
-decoding scores choice_accuracy, whisker_motion_energy_r2, wheel_speed_r2) and prints a
-table. --plots also writes <workdir>/rasters.png (the MtM paper's Figure 2): trial-averaged
+decoding scores choice_accuracy, whisker_motion_energy_r2, wheel_speed_r2, with the outer
+folds each used under decoding_folds) and prints a table. A decoder the split cannot run
+(e.g. a choice class with too few trials even for 2 folds, a single class, a constant
+trace) is left out, its reason under "skipped" in metrics.json, one warning line each,
+and "skipped" in the table; --nodecoding skips every decoder and head. --plots also writes <workdir>/rasters.png (the MtM paper's Figure 2): trial-averaged
 rasters of one region's neurons, ground truth vs this model (and the --compare models)
 under inter-region and intra-region masking.
 
@@ -26,6 +30,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a trained model.")
 _SPLIT = flags.DEFINE_string("split", None, "Split to score (default: the config's eval.split).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
 _SESSIONS = flags.DEFINE_list("sessions", None, "Sessions of the model to score (default: all).")
+_DECODING = flags.DEFINE_bool("decoding", True, "Also decode behaviour (frozen-model decoders and heads).")
 _PLOTS = flags.DEFINE_bool("plots", False, "Also write rasters.png (MtM paper Figure 2).")
 _COMPARE = flags.DEFINE_list("compare", [], "label=workdir of other models for the rasters.")
 _PLOT_REGION = flags.DEFINE_string("plot_region", None, "Region of the rasters (default: the largest).")
@@ -41,7 +46,8 @@ def main(argv):
     print(f"POYO, {results['split']} split, step {results['step']}")
     print("\n".join(f"{k}: {v:.4f}" for k, v in results.items() if isinstance(v, float)))
     return
-  results = run.evaluate_workdir(_WORKDIR.value, _SPLIT.value, _STEP.value, _SESSIONS.value)
+  results = run.evaluate_workdir(_WORKDIR.value, _SPLIT.value, _STEP.value, _SESSIONS.value,
+                                 decode=_DECODING.value)
   columns = {results["masking_mode"]: results}
   oracle = run.oracle_column(results)
   if oracle:

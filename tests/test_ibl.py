@@ -199,6 +199,78 @@ def test_pretrain_runs_on_the_built_session(ibl_cache, ibl_data_dir, tmp_path):
   assert metrics and all("nan" not in line.lower() for line in metrics)
 
 
+def _small_test_split_session(tmp_path) -> tuple[str, str]:
+  """(data_dir, data set) of a built session whose 8 test trials have choice counts
+  {-1: 1, 1: 7}; its 28 training trials hold both choices."""
+  root = str(tmp_path / "one_cache")
+  folder = ibl_alf.write_session(root, n_trials=44)  # 40 kept trials: 28 train / 4 val / 8 test
+  kept = np.setdiff1d(np.arange(44), ibl_alf.DROPPED_ROWS)
+  test_rows = kept[schema.split_trials(len(kept))["test"]]
+  path = os.path.join(folder, "alf", "_ibl_trials.table.pqt")
+  trials = pd.read_parquet(path)
+  choice = trials["choice"].to_numpy().copy()
+  choice[test_rows] = 1.0
+  choice[test_rows[0]] = -1.0
+  trials["choice"] = choice
+  trials.to_parquet(path)
+  (eid,) = ibl_alf.eids(root).values()
+  data_dir = str(tmp_path / "tfds")
+  prepare.build([f"ibl_binned/{eid}"], data_dir, manual_dir=root)
+  return data_dir, f"ibl_binned/{eid}"
+
+
+def test_evaluate_a_small_session_keeps_the_activity_metrics_and_skips_what_cannot_run(tmp_path, caplog):
+  """The user's session: 8 test trials, one of choice -1. Choice accuracy cannot run even
+  with 2 folds and the wheel speed is constant (ibl_alf), so both are skipped with their
+  reasons; everything else is written."""
+  import json  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from mtm_jax.configs import ndt1 as ndt1_config  # pylint: disable=g-import-not-at-top
+  from mtm_jax.evaluation import run  # pylint: disable=g-import-not-at-top
+  from mtm_jax.training import loop  # pylint: disable=g-import-not-at-top
+
+  data_dir, name = _small_test_split_session(tmp_path)
+  test = pipeline.load_split(name, data_dir, "test", ("spikes", "choice"))
+  labels, counts = np.unique(test["choice"], return_counts=True)
+  assert dict(zip(labels.tolist(), counts.tolist())) == {-1.0: 1, 1.0: 7}
+  config = ndt1_config.get_config("tiny")  # 3 head steps
+  config.data.datasets, config.data.data_dir = name, data_dir
+  config.masking.mode = "neuron"
+  config.train.steps = config.train.log_every = config.train.eval_every = config.train.checkpoint_every = 2
+  workdir = str(tmp_path / "run")
+  loop.train(config, workdir)
+
+  results = run.evaluate_workdir(workdir)
+  with open(os.path.join(workdir, "metrics.json"), encoding="utf-8") as f:
+    saved = json.load(f)
+  assert saved == results and saved["n_trials"] == 8
+  for metric in run.METRICS + ("whisker_motion_energy_r2", "head_choice_accuracy", "head_whisker_motion_energy_r2"):
+    assert np.isfinite(saved[metric]), metric
+  assert saved["decoding_folds"] == {"whisker_motion_energy_r2": 5}
+  skipped = saved["skipped"]
+  assert sorted(skipped) == ["choice_accuracy", "head_wheel_speed_r2", "wheel_speed_r2"]
+  assert not set(skipped) & set(saved)
+  assert "each class needs at least 4 trials for 2 folds; class counts are {-1: 1, 1: 7}" in skipped["choice_accuracy"]
+  assert "constant" in skipped["wheel_speed_r2"] and "constant" in skipped["head_wheel_speed_r2"]
+  warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "skipped" in r.getMessage()]
+  assert len(warnings) == 3 and all(len(w.splitlines()) == 1 for w in warnings)
+  assert "| choice_accuracy | skipped |" in run.table({"neuron": saved}, run.METRICS + ("choice_accuracy",))
+
+  # --nodecoding: the activity metrics only (the same numbers), every decoder recorded as not run.
+  result = subprocess.run([sys.executable, "-m", "experiments.evaluate", f"--workdir={workdir}", "--nodecoding"],
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), capture_output=True,
+                          text=True, timeout=600, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "| wheel_speed_r2 | skipped |" in result.stdout
+  with open(os.path.join(workdir, "metrics.json"), encoding="utf-8") as f:
+    activity = json.load(f)
+  for metric in run.METRICS:
+    assert activity[metric] == pytest.approx(saved[metric], rel=1e-6), metric
+  assert activity["skipped"] == dict.fromkeys(("choice_accuracy", "whisker_motion_energy_r2", "wheel_speed_r2")
+                                              + run.HEAD_METRICS, "decoding turned off")
+
+
 def test_build_lists_and_names_many_sessions(tmp_path):
   root = str(tmp_path / "cache")
   ibl_alf.write_session(root)

@@ -19,6 +19,7 @@ from sklearn.metrics import accuracy_score, r2_score
 
 from mtm_jax import masking
 from mtm_jax.datasets import pipeline
+from mtm_jax.evaluation import decoding
 
 TARGETS = {"choice": "choice_accuracy", "whisker_motion_energy": "whisker_motion_energy_r2",
            "wheel_speed": "wheel_speed_r2"}
@@ -44,11 +45,28 @@ def _targets(data: dict, target: str) -> np.ndarray:
   return np.asarray(data[target], np.float32)
 
 
+def check_scorable(target: str, y_train: np.ndarray, y_test: np.ndarray, *, train_split: str, eval_split: str) -> None:
+  """Raises decoding.Undecodable when the splits cannot give a score of `target`: no
+  training or scored trials, a single choice class among the training trials, or a trace
+  that is constant over the scored trials (R^2 undefined). y_*: [K] or [K, T] targets."""
+  where = f"decoding head {target}"
+  for split, y in ((train_split, y_train), (eval_split, y_test)):
+    if len(y) == 0:
+      raise decoding.Undecodable(f"{where}: the {split} split has no trials")
+  if y_train.ndim == 1 and np.unique(y_train).size < 2:
+    raise decoding.Undecodable(f"{where}: the {len(y_train)} {train_split} trials hold one class, so there is "
+                               "nothing to learn")
+  if y_train.ndim == 2 and np.ptp(y_test) == 0:
+    raise decoding.Undecodable(f"{where}: the target is constant over the {len(y_test)} {eval_split} trials, "
+                               "so R^2 is undefined")
+
+
 def finetune_head(trained, name: str, target: str, *, steps: int = 300, learning_rate: float = 1e-3,
                   batch_size: int = 16, seed: int = 0, train_split: str = "train", eval_split: str = "test") -> float:
   """Fine-tunes model + head for `target` of session `name` on train_split; returns the
   score on eval_split (choice accuracy, or pooled R^2 of a trace). `trained`: a
-  loop.Trained holding the session. The trained parameters are not changed."""
+  loop.Trained holding the session. The trained parameters are not changed. Raises
+  decoding.Undecodable (before any training) when the splits cannot give the score."""
   if target not in TARGETS:
     raise ValueError(f"decoding head: unknown target {target!r}; expected one of {sorted(TARGETS)}")
   config, row = trained.config, trained.row(name)
@@ -56,6 +74,7 @@ def finetune_head(trained, name: str, target: str, *, steps: int = 300, learning
   train = pipeline.load_split(name, config.data.data_dir, train_split, fields)
   test = pipeline.load_split(name, config.data.data_dir, eval_split, fields)
   y_train, y_test = _targets(train, target), _targets(test, target)
+  check_scorable(target, y_train, y_test, train_split=train_split, eval_split=eval_split)
   per_bin = y_train.ndim == 2
   mean, scale = (float(y_train.mean()), float(y_train.std()) or 1.0) if per_bin else (0.0, 1.0)
   x_train = jnp.asarray(pipeline.pad_neurons(train["spikes"], trained.n_neurons), jnp.float32)
@@ -98,7 +117,13 @@ def finetune_head(trained, name: str, target: str, *, steps: int = 300, learning
   return float(accuracy_score(y_test, (out > 0).astype(np.float32)))
 
 
-def head_metrics(trained, name: str, *, steps: int, seed: int = 0, eval_split: str = "test") -> dict:
-  """{"head_<metric>": score} for every target, each from its own fine-tuned head."""
-  return {f"head_{metric}": finetune_head(trained, name, target, steps=steps, seed=seed, eval_split=eval_split)
-          for target, metric in TARGETS.items()}
+def head_metrics(trained, name: str, *, steps: int, seed: int = 0, eval_split: str = "test") -> decoding.Decoded:
+  """Decoded({"head_<metric>": score}, {}, {"head_<metric>": reason}) over every target,
+  each score from its own fine-tuned head; a target the splits cannot score is skipped."""
+  scores, skipped = {}, {}
+  for target, metric in TARGETS.items():
+    try:
+      scores[f"head_{metric}"] = finetune_head(trained, name, target, steps=steps, seed=seed, eval_split=eval_split)
+    except decoding.Undecodable as e:
+      skipped[f"head_{metric}"] = str(e)
+  return decoding.Decoded(scores, {}, skipped)

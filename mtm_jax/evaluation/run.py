@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+from absl import logging
 import numpy as np
 
 from mtm_jax import masking
@@ -26,11 +27,31 @@ def unmasked_log_rates(trained: loop.Trained, spikes: np.ndarray, *, prompt: str
                             n_neurons=trained.n_neurons)
 
 
-def evaluate_session(trained: loop.Trained, name: str, split: str, *, keep_predictions: bool = False) -> dict:
+def decode_session(trained: loop.Trained, name: str, split: str, data: dict, *, row: int) -> decoding.Decoded:
+  """The frozen-model decoders (and, if config.eval.head_steps > 0, the fine-tuned heads)
+  of one session's split `data`; decoders the split cannot run are skipped, one warning
+  line each."""
+  config = trained.config
+  prompt = config.eval.decoding_prompt if config.model.use_prompt else masking.SCHEMES[0]
+  features = unmasked_log_rates(trained, data["spikes"], prompt=prompt, session=row)
+  decoded = decoding.decode_split(features, data, folds=config.eval.decoding_folds, seed=config.eval.decoding_seed)
+  if config.eval.head_steps > 0:
+    head = heads.head_metrics(trained, name, steps=config.eval.head_steps, seed=config.eval.decoding_seed,
+                              eval_split=split)
+    decoded = decoding.Decoded({**decoded.scores, **head.scores}, decoded.folds, {**decoded.skipped, **head.skipped})
+  for metric, reason in decoded.skipped.items():
+    logging.warning("%s, %s split: %s skipped: %s", name, split, metric, reason)
+  return decoded
+
+
+def evaluate_session(trained: loop.Trained, name: str, split: str, *, keep_predictions: bool = False,
+                     decode: bool = True) -> dict:
   """The four activity metrics and behaviour decoding of one of the model's sessions.
 
-  Returns the metrics dict, with "per_neuron" ({task: [N] bps}) and, if
-  keep_predictions, "predictions" ({task: [K, T, N] expected counts}) and "spikes"."""
+  Returns the metrics dict, with "decoding_folds" ({metric: outer folds used}),
+  "skipped" ({metric: reason}, behaviour metrics the split cannot score, or all of them
+  when not `decode`), "per_neuron" ({task: [N] bps}) and, if keep_predictions,
+  "predictions" ({task: [K, T, N] expected counts}) and "spikes"."""
   config = trained.config
   row = trained.row(name)
   info = trained.sessions[row]
@@ -43,13 +64,12 @@ def evaluate_session(trained: loop.Trained, name: str, split: str, *, keep_predi
       causal_trained=config.masking.mode in (masking.MTM, "causal"), true_rates=data.get("rates"),
       max_batch=config.eval.max_batch, mesh=trained.mesh, session=row, n_neurons=trained.n_neurons,
       keep_predictions=keep_predictions)
-  prompt = config.eval.decoding_prompt if config.model.use_prompt else masking.SCHEMES[0]
-  features = unmasked_log_rates(trained, data["spikes"], prompt=prompt, session=row)
-  results.update(decoding.decode_behaviour(features, data, folds=config.eval.decoding_folds,
-                                           seed=config.eval.decoding_seed))
-  if config.eval.head_steps > 0:
-    results.update(heads.head_metrics(trained, name, steps=config.eval.head_steps, seed=config.eval.decoding_seed,
-                                      eval_split=split))
+  if decode:
+    decoded = decode_session(trained, name, split, data, row=row)
+  else:
+    off = decoding.BEHAVIOUR_METRICS + (HEAD_METRICS if config.eval.head_steps > 0 else ())
+    decoded = decoding.Decoded({}, {}, dict.fromkeys(off, "decoding turned off"))
+  results.update(decoded.scores, decoding_folds=decoded.folds, skipped=decoded.skipped)
   results.update(session=name, session_id=info.session_id, split=split, step=trained.step,
                  masking_mode=config.masking.mode, n_trials=int(data["spikes"].shape[0]), n_neurons=info.n_neurons)
   if keep_predictions:
@@ -57,26 +77,38 @@ def evaluate_session(trained: loop.Trained, name: str, split: str, *, keep_predi
   return results
 
 
+def session_means(per_session: dict[str, dict]) -> dict:
+  """{metric: mean over the sessions that scored it} of {session: results}, and "skipped"
+  {metric: "<session>: <reason>; ..."} for the metrics no session scored."""
+  scored = {k: None for r in per_session.values() for k, v in r.items() if isinstance(v, float)}
+  means = {k: float(np.mean([r[k] for r in per_session.values() if k in r])) for k in scored}
+  reasons = {}
+  for name, r in per_session.items():
+    for metric, reason in r.get("skipped", {}).items():
+      reasons.setdefault(metric, []).append(f"{name}: {reason}")
+  return {**means, "skipped": {m: "; ".join(v) for m, v in reasons.items() if m not in means}}
+
+
 def evaluate_workdir(workdir: str, split: str | None = None, step: int | None = None,
-                     sessions: list[str] | None = None) -> dict:
+                     sessions: list[str] | None = None, decode: bool = True) -> dict:
   """Scores the model in `workdir` on a split of its sessions (default all); writes
   <workdir>/metrics.json and per_neuron_bps.npz. One session: the metrics at the top
-  level; several: their means at the top level and each session's under "sessions"."""
+  level; several: their means at the top level (over the sessions that scored each) and
+  each session's under "sessions". decode=False skips the behaviour decoders and heads."""
   trained = loop.load_trained(workdir, step)
   split = split or trained.config.eval.split
   names = sessions or trained.names
   per_session = {}
   arrays = {}
   for name in names:
-    r = evaluate_session(trained, name, split)
+    r = evaluate_session(trained, name, split, decode=decode)
     for task, bps in r.pop("per_neuron").items():
       arrays[task if len(names) == 1 else f"{name}/{task}"] = bps
     per_session[name] = r
   if len(names) == 1:
     results = per_session[names[0]]
   else:
-    numeric = [k for k, v in per_session[names[0]].items() if isinstance(v, float)]
-    results = {k: float(np.mean([per_session[n][k] for n in names])) for k in numeric}
+    results = session_means(per_session)
     results.update(split=split, step=trained.step, masking_mode=trained.config.masking.mode, sessions=per_session)
   with open(os.path.join(os.path.abspath(workdir), "metrics.json"), "w", encoding="utf-8") as f:
     json.dump(results, f, indent=2)
@@ -131,12 +163,19 @@ def raster_plot(workdirs: dict[str, str], path: str, *, split: str | None = None
   return region
 
 
+def _cell(results: dict, metric: str) -> str:
+  if metric in results:
+    return f"{results[metric]:.4f}"
+  return "skipped" if metric in results.get("skipped", {}) else "-"
+
+
 def table(columns: dict[str, dict], metrics=METRICS) -> str:
-  """Markdown table: one row per metric, one column per named result dict."""
+  """Markdown table: one row per metric, one column per named result dict ("skipped" for
+  a metric in the dict's "skipped" mapping, "-" for one it lacks)."""
   names = list(columns)
   lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
   for m in metrics:
-    cells = [f"{columns[n][m]:.4f}" if m in columns[n] else "-" for n in names]
+    cells = [_cell(columns[n], m) for n in names]
     lines.append(f"| {m.removesuffix('_bps')} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
