@@ -15,7 +15,8 @@ rasters of one region's neurons, ground truth vs this model (and the --compare m
 under inter-region and intra-region masking.
 
 A POYO workdir (config.family = "poyo") is scored by behaviour R^2 on sliding 1 s windows
-(behaviour_r2, per output dimension, and the ridge baseline's baseline_r2).
+(behaviour_r2, per output dimension, and the ridge baseline's baseline_r2); a session too
+small for a score is left out of its mean, the reason under "skipped".
 """
 
 import os
@@ -45,6 +46,8 @@ def main(argv):
     results = poyo_eval.evaluate_workdir(_WORKDIR.value, _SPLIT.value or "test", _STEP.value)
     print(f"POYO, {results['split']} split, step {results['step']}")
     print("\n".join(f"{k}: {v:.4f}" for k, v in results.items() if isinstance(v, float)))
+    for k in results["skipped"]:
+      print(f"{k}: skipped")
     return
   results = run.evaluate_workdir(_WORKDIR.value, _SPLIT.value, _STEP.value, _SESSIONS.value,
                                  decode=_DECODING.value)

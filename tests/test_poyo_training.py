@@ -250,6 +250,36 @@ def test_evaluate_workdir_writes_metrics_with_the_baseline(pretrained, sessions)
     poyo_eval.evaluate_workdir(workdir, "test", sessions=sessions[2:], baseline=False)
 
 
+def _thinned(session: dict, split: str, keep: int) -> dict:
+  """`session` keeping only the first `keep` behaviour samples inside its `split` intervals."""
+  stamps = session["behaviour_timestamps"]
+  inside = np.any([(stamps >= a) & (stamps < b) for a, b in session["splits"][split]], axis=0)
+  drop = np.flatnonzero(inside)[keep:]
+  return {**session, **{k: np.delete(session[k], drop, axis=0)
+                        for k in ("behaviour_timestamps", "behaviour_values", "behaviour_weights")}}
+
+
+def test_evaluate_workdir_skips_sessions_too_small_to_score(pretrained, sessions):
+  """One test sample (no R^2) in one session, one training sample (no ridge fit) in the
+  other: what can be scored is written, the rest is skipped with its reason."""
+  import json  # pylint: disable=g-import-not-at-top
+  workdir, _ = pretrained
+  one_test, one_train = _thinned(sessions[0], "test", 1), _thinned(sessions[1], "train", 1)
+  results = poyo_eval.evaluate_workdir(workdir, "test", sessions=[one_test, one_train])
+  with open(os.path.join(workdir, "metrics.json"), encoding="utf-8") as f:
+    saved = json.load(f)
+  assert saved == results
+  first, second = saved["sessions"]["reaching_000"], saved["sessions"]["reaching_001"]
+  assert set(first) == {"skipped"} and set(first["skipped"]) == {"behaviour_r2", "baseline_r2"}
+  assert "needs at least 2 behaviour samples, got 1" in first["skipped"]["behaviour_r2"]
+  assert "needs at least 2 behaviour samples, got 1" in first["skipped"]["baseline_r2"]
+  assert np.isfinite(second["behaviour_r2"]) and saved["behaviour_r2"] == second["behaviour_r2"]
+  assert "baseline_r2" not in second and "fitting needs 2" in second["skipped"]["baseline_r2"]
+  assert "baseline_r2" not in saved and list(saved["skipped"]) == ["baseline_r2"]
+  assert saved["skipped"]["baseline_r2"].startswith("reaching_000: r2: needs at least 2")
+  assert "reaching_001: ridge baseline: the train split" in saved["skipped"]["baseline_r2"]
+
+
 def test_ridge_baseline_decodes_a_larger_session():
   session = reaching.simulate_reaching_session(5, min_units=50, max_units=50, min_trials=30, max_trials=30)
   test = events.restrict_to_splits(session, ["test"])

@@ -10,6 +10,11 @@ The baseline is a ridge regression (scikit-learn RidgeCV, standardised features)
 behaviour on the spike counts of every unit in `lags` bins of `bin` seconds up to the
 sample (the newest bin centred on it), fitted per session on the training split and
 scored on the same timestamps as the model.
+
+A session whose split is too small to score (fewer than 2 covered behaviour samples, or
+fewer than 2 training samples for the baseline) is left out of that score's means, its
+reason under the session's "skipped"; a score no session has is under the top-level
+"skipped". The other sessions' scores are still written.
 """
 
 from __future__ import annotations
@@ -22,29 +27,53 @@ import jax
 import numpy as np
 
 from mtm_jax.datasets import events
+from mtm_jax.evaluation import decoding
 from mtm_jax.training import mesh as mesh_lib
 from mtm_jax.training import poyo_step
 
 
 def r2_per_dim(prediction: np.ndarray, target: np.ndarray) -> np.ndarray:
-  """[D] coefficient of determination 1 - SS_res / SS_tot of each column of [T, D] arrays."""
+  """[D] coefficient of determination 1 - SS_res / SS_tot of each column of [T, D] arrays.
+  Raises decoding.Undecodable for T < 2 (R^2 undefined), ValueError for other shapes."""
   prediction, target = np.asarray(prediction, np.float64), np.asarray(target, np.float64)
-  if prediction.shape != target.shape or prediction.ndim != 2 or len(target) < 2:
+  if prediction.shape != target.shape or prediction.ndim != 2:
     raise ValueError(f"r2: expected two [T >= 2, D] arrays of one shape, got {prediction.shape} and {target.shape}")
+  if len(target) < 2:
+    raise decoding.Undecodable(f"r2: needs at least 2 behaviour samples, got {len(target)}")
   ss_res = np.sum((target - prediction) ** 2, axis=0)
   ss_tot = np.sum((target - target.mean(axis=0)) ** 2, axis=0)
   return 1.0 - ss_res / np.where(ss_tot > 0, ss_tot, 1.0)
 
 
-def summarise(per_session: dict[str, np.ndarray], key: str = "behaviour_r2") -> dict:
+def summarise(per_session: dict[str, np.ndarray], key: str = "behaviour_r2",
+              skipped: dict[str, str] | None = None) -> dict:
   """{session id: [D] R^2} -> {key: mean over sessions of the dimension mean,
-  f"{key}_dim{d}": mean over sessions of dimension d, "sessions": {id: {key, ...}}}."""
-  table = np.stack(list(per_session.values()))  # [S, D]
-  out = {key: float(np.mean(table.mean(axis=1)))}
-  out.update({f"{key}_dim{d}": float(v) for d, v in enumerate(table.mean(axis=0))})
+  f"{key}_dim{d}": mean over sessions of dimension d, "sessions": {id: {key, ...}}}.
+  skipped {session id: reason} (sessions without a score) become {"skipped": {key: reason}}
+  under "sessions", and the top-level "skipped" {key: reasons} when no session has a score."""
+  out = {}
+  if per_session:
+    table = np.stack(list(per_session.values()))  # [S, D]
+    out = {key: float(np.mean(table.mean(axis=1)))}
+    out.update({f"{key}_dim{d}": float(v) for d, v in enumerate(table.mean(axis=0))})
+  elif skipped:
+    out["skipped"] = {key: "; ".join(f"{sid}: {reason}" for sid, reason in skipped.items())}
   out["sessions"] = {sid: {key: float(np.mean(r)), **{f"{key}_dim{d}": float(v) for d, v in enumerate(r)}}
                      for sid, r in per_session.items()}
+  out["sessions"].update({sid: {"skipped": {key: reason}} for sid, reason in (skipped or {}).items()})
   return out
+
+
+def scored_sessions(score, sessions: Sequence) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+  """({session id: score(item)}, {session id: reason}) over (session id, item) pairs; an
+  item whose score raises decoding.Undecodable is skipped with its reason."""
+  scores, skipped = {}, {}
+  for sid, item in sessions:
+    try:
+      scores[sid] = score(item)
+    except decoding.Undecodable as e:
+      skipped[sid] = str(e)
+  return scores, skipped
 
 
 # ------------------------------------------------------------------------------------------
@@ -70,11 +99,20 @@ def predict_windows(predictor, params, data: events.EventData, batch_size: int, 
 
 
 def stitched_r2(data: events.EventData, metas, predictions) -> tuple[dict[str, np.ndarray], list[dict]]:
-  """({session id: [D] R^2}, stitched per session) of window predictions."""
-  stitched = events.stitch_predictions(data, metas, predictions)
-  per_session = {s["session_id"]: r2_per_dim(st["prediction"], st["target"])
-                 for s, st in zip(data.sessions, stitched)}
+  """({session id: [D] R^2}, stitched per session) of window predictions (every session;
+  see stitched_scores to skip those too small to score)."""
+  per_session, skipped, stitched = stitched_scores(data, metas, predictions)
+  if skipped:
+    raise decoding.Undecodable("; ".join(f"session {sid!r}: {r}" for sid, r in skipped.items()))
   return per_session, stitched
+
+
+def stitched_scores(data: events.EventData, metas, predictions) -> tuple[dict, dict, list[dict]]:
+  """({session id: [D] R^2}, {session id: reason it has none}, stitched per session)."""
+  stitched = events.stitch_predictions(data, metas, predictions)
+  pairs = [(s["session_id"], st) for s, st in zip(data.sessions, stitched)]
+  per_session, skipped = scored_sessions(lambda st: r2_per_dim(st["prediction"], st["target"]), pairs)
+  return per_session, skipped, stitched
 
 
 def evaluate_data(graphdef, params, data: events.EventData, *, task: str, batch_size: int, mesh,
@@ -82,8 +120,8 @@ def evaluate_data(graphdef, params, data: events.EventData, *, task: str, batch_
   """(summarise(...) of the model's R^2 on `data`, the stitched per-session predictions)."""
   predictor = make_predictor(graphdef, task) if predictor is None else predictor
   metas, predictions = predict_windows(predictor, params, data, batch_size, mesh)
-  per_session, stitched = stitched_r2(data, metas, predictions)
-  return summarise(per_session), stitched
+  per_session, skipped, stitched = stitched_scores(data, metas, predictions)
+  return summarise(per_session, skipped=skipped), stitched
 
 
 # ------------------------------------------------------------------------------------------
@@ -119,6 +157,12 @@ def ridge_baseline(session: dict, test_timestamps: np.ndarray, *, split: str = "
 
   train = events.restrict_to_splits(session, [train_split])
   test = events.restrict_to_splits(session, [split])
+  if len(test_timestamps) == 0:
+    raise decoding.Undecodable(f"ridge baseline: no {split} timestamps of session {session['session_id']!r} to "
+                               "predict")
+  if len(train["behaviour_timestamps"]) < 2:
+    raise decoding.Undecodable(f"ridge baseline: the {train_split} split of session {session['session_id']!r} "
+                               f"has {len(train['behaviour_timestamps'])} behaviour samples; fitting needs 2")
   x_train = lagged_counts(train, train["behaviour_timestamps"], bin_size, lags)
   model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-1, 5, 13)))
   model.fit(x_train, np.asarray(train["behaviour_values"], np.float64))
@@ -133,16 +177,24 @@ def ridge_baseline(session: dict, test_timestamps: np.ndarray, *, split: str = "
 def baseline_scores(data: events.EventData, stitched: Sequence[dict], *, bin_size: float, lags: int) -> dict:
   """summarise(...) of the ridge baseline under the key "baseline_r2", on the timestamps
   the model was scored on."""
-  per_session = {}
-  for s, st in zip(data.sessions, stitched):
-    prediction, target = ridge_baseline(s, st["timestamps"], split=data.split, bin_size=bin_size, lags=lags)
-    per_session[s["session_id"]] = r2_per_dim(prediction, target)
-  return summarise(per_session, "baseline_r2")
+  def score(pair):
+    s, st = pair
+    return r2_per_dim(*ridge_baseline(s, st["timestamps"], split=data.split, bin_size=bin_size, lags=lags))
+
+  per_session, skipped = scored_sessions(score, [(s["session_id"], (s, st)) for s, st in zip(data.sessions, stitched)])
+  return summarise(per_session, "baseline_r2", skipped)
 
 
 # ------------------------------------------------------------------------------------------
 # A trained workdir
 # ------------------------------------------------------------------------------------------
+
+
+def merged(a: dict, b: dict) -> dict:
+  """The keys of results a and b together, their "skipped" mappings joined (no "skipped"
+  when neither has one)."""
+  skipped = {**a.get("skipped", {}), **b.get("skipped", {})}
+  return {**a, **b, **({"skipped": skipped} if skipped else {})}
 
 
 def evaluate_workdir(workdir: str, split: str = "test", step: int | None = None,
@@ -168,10 +220,10 @@ def evaluate_workdir(workdir: str, split: str = "test", step: int | None = None,
                                     batch_size=config.eval.batch_size, mesh=trained.mesh)
   if baseline:
     base = baseline_scores(data, stitched, bin_size=config.eval.baseline_bin, lags=config.eval.baseline_lags)
-    for sid, r in base.pop("sessions").items():
-      results["sessions"][sid].update(r)
-    results.update(base)
-  results.update(split=split, step=trained.step)
+    per_session = {sid: merged(r, base["sessions"][sid]) for sid, r in results["sessions"].items()}
+    results = merged(results, base)
+    results["sessions"] = per_session
+  results = {**results, "skipped": results.get("skipped", {}), "split": split, "step": trained.step}
   with open(os.path.join(os.path.abspath(os.path.expanduser(workdir)), "metrics.json"), "w", encoding="utf-8") as f:
     json.dump(results, f, indent=2)
   return results
