@@ -39,3 +39,17 @@ def test_score_task_uses_only_scored_bins_and_neurons():
   from mtm_jax import metrics
   np.testing.assert_allclose(tasks.score_task(rates, spikes, task),
                              metrics.bits_per_spike_per_neuron(rates[:, 90:], spikes[:, 90:]))
+
+
+def test_session_means_are_over_the_sessions_that_scored_each_metric():
+  from mtm_jax.evaluation import run
+  per_session = {
+      "a": {"co_smoothing_bps": 0.2, "choice_accuracy": 0.75, "n_trials": 8, "skipped": {"wheel_speed_r2": "x"}},
+      "b": {"co_smoothing_bps": 0.4, "n_trials": 30, "skipped": {"choice_accuracy": "y", "wheel_speed_r2": "z"}},
+  }
+  out = run.session_means(per_session)
+  assert out == {"co_smoothing_bps": np.mean([0.2, 0.4]), "choice_accuracy": 0.75,
+                 "skipped": {"wheel_speed_r2": "a: x; b: z"}}
+  table = run.table({"mtm": out}, ("co_smoothing_bps", "choice_accuracy", "wheel_speed_r2", "whisker_motion_energy_r2"))
+  assert table.splitlines()[2:] == ["| co_smoothing | 0.3000 |", "| choice_accuracy | 0.7500 |",
+                                    "| wheel_speed_r2 | skipped |", "| whisker_motion_energy_r2 | - |"]
