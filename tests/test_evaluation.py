@@ -53,3 +53,13 @@ def test_session_means_are_over_the_sessions_that_scored_each_metric():
   table = run.table({"mtm": out}, ("co_smoothing_bps", "choice_accuracy", "wheel_speed_r2", "whisker_motion_energy_r2"))
   assert table.splitlines()[2:] == ["| co_smoothing | 0.3000 |", "| choice_accuracy | 0.7500 |",
                                     "| wheel_speed_r2 | skipped |", "| whisker_motion_energy_r2 | - |"]
+
+
+def test_a_scored_run_with_skipped_metrics_is_not_scored_again(tmp_path):
+  import json
+  from mtm_jax.evaluation import scaling
+  results = {"step": 4, "co_smoothing_bps": 0.2, "skipped": {"choice_accuracy": "one class"}}
+  (tmp_path / "metrics.json").write_text(json.dumps(results))
+  assert scaling.scored(str(tmp_path), 4, ("co_smoothing_bps", "choice_accuracy")) == results
+  assert scaling.scored(str(tmp_path), 4, ("co_smoothing_bps", "wheel_speed_r2")) is None
+  assert scaling.scored(str(tmp_path), 6, ("co_smoothing_bps",)) is None

@@ -57,13 +57,15 @@ def expected_metrics(finetune: ml_collections.ConfigDict) -> tuple[str, ...]:
 
 
 def scored(workdir: str, steps: int, metrics) -> dict | None:
-  """metrics.json of the run's last step, if it has every expected metric."""
+  """metrics.json of the run's last step, if it has every expected metric (scored, or
+  skipped as one the split cannot score)."""
   path = os.path.join(workdir, "metrics.json")
   if not os.path.exists(path):
     return None
   with open(path, encoding="utf-8") as f:
     results = json.load(f)
-  return results if results.get("step") == steps and all(m in results for m in metrics) else None
+  done = {*results, *results.get("skipped", {})}
+  return results if results.get("step") == steps and all(m in done for m in metrics) else None
 
 
 def train_run(config, workdir: str, only_analyse: bool, trainer=loop.train) -> bool:
