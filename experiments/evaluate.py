@@ -55,7 +55,7 @@ def main(argv):
   oracle = run.oracle_column(results)
   if oracle:
     columns["oracle"] = oracle
-  print(f"session {results['session_id']}, {results['split']} split, step {results['step']}")
+  print(run.heading(results))
   print(run.table(columns, run.METRICS + decoding.BEHAVIOUR_METRICS))
   if _PLOTS.value:
     workdirs = {results["masking_mode"]: _WORKDIR.value}

@@ -55,6 +55,15 @@ def test_session_means_are_over_the_sessions_that_scored_each_metric():
                                     "| wheel_speed_r2 | skipped |", "| whisker_motion_energy_r2 | - |"]
 
 
+def test_heading_names_one_session_or_the_sessions_of_a_mean():
+  from mtm_jax.evaluation import run
+  one = {"session_id": "abc", "split": "test", "step": 20, "co_smoothing_bps": 0.3}
+  assert run.heading(one) == "session abc, test split, step 20"
+  # Several sessions' results have no top-level session_id (this line raised KeyError).
+  several = {"split": "val", "step": 5, "sessions": {"s1": one, "s2": one}}
+  assert run.heading(several) == "mean of 2 sessions (s1, s2), val split, step 5"
+
+
 def test_a_scored_run_with_skipped_metrics_is_not_scored_again(tmp_path):
   import json
   from mtm_jax.evaluation import scaling

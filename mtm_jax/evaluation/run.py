@@ -116,6 +116,15 @@ def evaluate_workdir(workdir: str, split: str | None = None, step: int | None = 
   return results
 
 
+def heading(results: dict) -> str:
+  """The line above a results table: which session(s), split and step were scored."""
+  if "sessions" in results:
+    scored = f"mean of {len(results['sessions'])} sessions ({', '.join(results['sessions'])})"
+  else:
+    scored = f"session {results['session_id']}"
+  return f"{scored}, {results['split']} split, step {results['step']}"
+
+
 RASTER_TASKS = {"inter-region": "inter_region", "intra-region": "intra_region"}
 
 
