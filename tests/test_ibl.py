@@ -136,6 +136,18 @@ def test_region_levels_and_unit_filters(ibl_cache):
     ibl.load_session(root, eid, ibl.IblOptions(min_firing_rate=ibl_alf.RATE + 1))
 
 
+def test_cluster_metrics_are_matched_by_cluster_id(tmp_path):
+  root = str(tmp_path / "cache")
+  session = ibl_alf.write_session(root)
+  for probe in ibl_alf.PROBES:  # rows in reverse order: only cluster_id says which cluster a row is
+    _edit_metrics(probe, lambda m: m.iloc[::-1])(session)
+  (eid,) = ibl_alf.eids(root).values()
+  good = ibl.load_session(root, eid, ibl.IblOptions(good_units_only=True))
+  assert list(good["unit_ids"]) == ["probe00/0", "probe00/2", "probe01/0", "probe01/1", "probe01/3"]
+  rate = ibl.load_session(root, eid, ibl.IblOptions(min_firing_rate=1.0))
+  assert "probe00/5" in rate["unit_ids"] and len(rate["unit_ids"]) == 9
+
+
 def test_config_names_round_trip():
   eid = "4b00df29-3769-43be-bb40-128b1cba6d35"
   options = ibl.IblOptions(regions="beryl", min_firing_rate=2.0, good_units_only=True)
@@ -240,6 +252,13 @@ def _edit_trials(fn):
   return edit
 
 
+def _edit_metrics(probe, fn):
+  def edit(session):
+    path = _probe_file(session, probe, "clusters.metrics.pqt")
+    fn(pd.read_parquet(path)).to_parquet(path)
+  return edit
+
+
 def _nogo(t):
   t["choice"] = 0.0
   return t
@@ -275,6 +294,13 @@ BAD_SESSIONS = {
                           r"channels\.brainLocationIds_ccf_2017\.npy has atlas ids \[123456789\] that are not Allen"),
     "metrics rows": (lambda s: pd.DataFrame({"firing_rate": [1.0]}).to_parquet(
         _probe_file(s, "probe01", "clusters.metrics.pqt")), r"clusters\.metrics\.pqt has 1 rows but \S+ has 4 clusters"),
+    "metrics duplicated id": (_edit_metrics("probe01", lambda m: m.assign(cluster_id=[0, 1, 1, 3])),
+                              r"probe01/clusters\.metrics\.pqt: duplicated cluster_id\(s\) \[1\]; .*no row for "
+                              r"cluster_id\(s\) \[2\]"),
+    "metrics missing id": (_edit_metrics("probe00", lambda m: m[m["cluster_id"] != 5]),
+                           r"pykilosort/clusters\.metrics\.pqt: no row for cluster_id\(s\) \[5\] \(1 of the 6 clusters"),
+    "metrics id out of range": (_edit_metrics("probe01", lambda m: m.assign(cluster_id=[0, 1, 2, 9])),
+                                r"cluster_id\(s\) \[9\] outside the 4 clusters of \S+clusters\.channels\.npy"),
     "no usable trials": (_edit_trials(_nogo), r"no usable trials in \S+_ibl_trials\.table\.pqt .*dropped_no_choice=22"),
     "empty probe": (_empty_probe, r"empty probe alf/probe01: \S+spikes\.times\.npy holds no spikes"),
 }

@@ -265,6 +265,35 @@ def _increasing_times(times: np.ndarray, path: str, where: str, strict: bool = F
 # ------------------------------------------------------------------------------------------
 
 
+def _cluster_metrics(path: str, n_clusters: int, channels_path: str, where: str) -> pd.DataFrame:
+  """clusters.metrics.pqt with row c = cluster c: ordered by its `cluster_id` column when it
+  has one (each of 0 .. n_clusters - 1 exactly once), else taken row by row."""
+  metrics = _load_pqt(path, where)
+  if "cluster_id" not in metrics.columns:
+    if len(metrics) != n_clusters:
+      raise IblDataError(f"{where}: {path} has {len(metrics)} rows but {channels_path} has {n_clusters} clusters; "
+                         f"they must have one row per cluster (or a cluster_id column)")
+    return metrics.reset_index(drop=True)
+  ids = metrics["cluster_id"].to_numpy()
+  if not np.issubdtype(ids.dtype, np.integer):
+    raise IblDataError(f"{where}: {path}: column cluster_id must hold integers, got dtype {ids.dtype}")
+  values, counts = np.unique(ids, return_counts=True)
+  problems = []
+  if np.any(counts > 1):
+    problems.append(f"duplicated cluster_id(s) {values[counts > 1][:5].tolist()}")
+  outside = values[(values < 0) | (values >= n_clusters)]
+  if len(outside):
+    problems.append(f"cluster_id(s) {outside[:5].tolist()} outside the {n_clusters} clusters of {channels_path}")
+  missing = np.setdiff1d(np.arange(n_clusters), values)
+  if len(missing):
+    problems.append(f"no row for cluster_id(s) {missing[:5].tolist()} ({len(missing)} of the {n_clusters} clusters "
+                    f"of {channels_path})")
+  if problems:
+    raise IblDataError(f"{where}: {path}: {'; '.join(problems)}; expected one row per cluster id 0 .. "
+                       f"{n_clusters - 1}")
+  return metrics.set_index("cluster_id").loc[np.arange(n_clusters)].reset_index()
+
+
 def _read_probe(files: dict[str, str], collection: str, where: str, regions) -> dict:
   """One probe's spikes and units, validated (regions: a _Regions)."""
   p = {name: _require(files, f"{collection}/{name}", where) for name in PROBE_FILES}
@@ -283,10 +312,7 @@ def _read_probe(files: dict[str, str], collection: str, where: str, regions) -> 
     raise IblDataError(f"{where}: {p['spikes.clusters.npy']}: spike {bad[0]} has cluster index {clusters[bad[0]]}, "
                        f"outside the clusters table of {n_clusters} clusters ({p['clusters.channels.npy']}); "
                        f"{len(bad)} spikes are out of range")
-  metrics = _load_pqt(p["clusters.metrics.pqt"], where)
-  if len(metrics) != n_clusters:
-    raise IblDataError(f"{where}: {p['clusters.metrics.pqt']} has {len(metrics)} rows but "
-                       f"{p['clusters.channels.npy']} has {n_clusters} clusters; they must have one row per cluster")
+  metrics = _cluster_metrics(p["clusters.metrics.pqt"], n_clusters, p["clusters.channels.npy"], where)
   atlas_ids = _integers(p["channels.brainLocationIds_ccf_2017.npy"], where, "Allen atlas ids")
   bad = np.flatnonzero((channels < 0) | (channels >= len(atlas_ids)))
   if len(bad):
