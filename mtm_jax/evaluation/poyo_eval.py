@@ -36,13 +36,15 @@ def r2_per_dim(prediction: np.ndarray, target: np.ndarray) -> np.ndarray:
   return 1.0 - ss_res / np.where(ss_tot > 0, ss_tot, 1.0)
 
 
-def summarise(per_session: dict[str, np.ndarray], key: str = "behaviour_r2") -> dict:
+def summarise(per_session: dict[str, np.ndarray], key: str = "behaviour_r2", names=None) -> dict:
   """{session id: [D] R^2} -> {key: mean over sessions of the dimension mean,
-  f"{key}_dim{d}": mean over sessions of dimension d, "sessions": {id: {key, ...}}}."""
+  f"{key}_{names[d]}": mean over sessions of dimension d, "sessions": {id: {key, ...}}}.
+  names: the D output names (events.output_names; default dim0 ... dim{D-1})."""
   table = np.stack(list(per_session.values()))  # [S, D]
+  names = [f"dim{d}" for d in range(table.shape[1])] if names is None else list(names)
   out = {key: float(np.mean(table.mean(axis=1)))}
-  out.update({f"{key}_dim{d}": float(v) for d, v in enumerate(table.mean(axis=0))})
-  out["sessions"] = {sid: {key: float(np.mean(r)), **{f"{key}_dim{d}": float(v) for d, v in enumerate(r)}}
+  out.update({f"{key}_{n}": float(v) for n, v in zip(names, table.mean(axis=0))})
+  out["sessions"] = {sid: {key: float(np.mean(r)), **{f"{key}_{n}": float(v) for n, v in zip(names, r)}}
                      for sid, r in per_session.items()}
   return out
 
@@ -83,7 +85,7 @@ def evaluate_data(graphdef, params, data: events.EventData, *, task: str, batch_
   predictor = make_predictor(graphdef, task) if predictor is None else predictor
   metas, predictions = predict_windows(predictor, params, data, batch_size, mesh)
   per_session, stitched = stitched_r2(data, metas, predictions)
-  return summarise(per_session), stitched
+  return summarise(per_session, names=events.output_names(data.sessions)), stitched
 
 
 # ------------------------------------------------------------------------------------------
@@ -137,7 +139,7 @@ def baseline_scores(data: events.EventData, stitched: Sequence[dict], *, bin_siz
   for s, st in zip(data.sessions, stitched):
     prediction, target = ridge_baseline(s, st["timestamps"], split=data.split, bin_size=bin_size, lags=lags)
     per_session[s["session_id"]] = r2_per_dim(prediction, target)
-  return summarise(per_session, "baseline_r2")
+  return summarise(per_session, "baseline_r2", names=events.output_names(data.sessions))
 
 
 # ------------------------------------------------------------------------------------------
@@ -150,9 +152,10 @@ def evaluate_workdir(workdir: str, split: str = "test", step: int | None = None,
   """Scores the POYO model in `workdir` on `split` of its training sessions
   (config.data.datasets, read from TFDS; or the given event `sessions`, which must be in
   the model's vocabulary) and writes <workdir>/metrics.json:
-    behaviour_r2, behaviour_r2_dim{d}  means over sessions;
-    baseline_r2, baseline_r2_dim{d}    the ridge baseline on the same timestamps;
-    sessions {id: {behaviour_r2, behaviour_r2_dim{d}, baseline_r2, ...}}, split, step."""
+    behaviour_r2, behaviour_r2_<output>  means over sessions (outputs: events.output_names,
+                                         e.g. wheel_speed; dim0, dim1, ... when unnamed);
+    baseline_r2, baseline_r2_<output>    the ridge baseline on the same timestamps;
+    sessions {id: {behaviour_r2, behaviour_r2_<output>, baseline_r2, ...}}, split, step."""
   from mtm_jax.training import poyo_loop  # pylint: disable=g-import-not-at-top  (the loop imports this module)
 
   trained = poyo_loop.load_trained(workdir, step)
