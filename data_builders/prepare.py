@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -47,43 +48,60 @@ def _builder(name: str, data_dir: str, registered: set[str]):
     raise ValueError(f"--dataset: {name!r} is not a known config: {e}") from e
 
 
-def _clear_leftovers(builder) -> None:
+def _clear_leftovers(builder) -> bool:
   """Before building: restores a data set a killed rebuild had moved aside (replaced.*) and
-  removes the temporary folders (TFDS incomplete.*) of killed builds of this config."""
+  removes the temporary folders (TFDS incomplete.*) of killed builds of this config.
+  Returns whether a data set was restored (the builder must then be made again)."""
   config_dir, version = os.path.split(builder.data_dir)
-  for path in sorted(glob.glob(os.path.join(config_dir, f"replaced.{version}"))):
+  aside, restored = _aside(builder.data_dir), False
+  if os.path.isdir(aside):
     if not os.path.exists(builder.data_dir):
       logging.warning("%s: restoring the data set an interrupted rebuild had moved aside", builder.data_dir)
-      os.rename(path, builder.data_dir)
+      os.rename(aside, builder.data_dir)
+      restored = True
     else:
-      logging.warning("%s: removing the previous data set left by an interrupted rebuild", path)
-      shutil.rmtree(path)
-  for path in sorted(glob.glob(os.path.join(config_dir, f"{tfds.core.constants.INCOMPLETE_PREFIX}*"))):
+      logging.warning("%s: removing the previous data set left by an interrupted rebuild", aside)
+      shutil.rmtree(aside)
+  for path in sorted(glob.glob(os.path.join(config_dir, f"{tfds.core.constants.INCOMPLETE_PREFIX}*{version}"))):
     logging.warning("%s: removing the unfinished build of a killed run", path)
     shutil.rmtree(path)
+  return restored
 
 
-def _prepare(builder, manual_dir: str | None, replace: bool) -> None:
-  """Builds one data set; `replace`: the built version is moved aside first and restored
-  if the build fails. A failed build removes the config folder it created (when empty)."""
+def _aside(data_dir: str) -> str:
+  """Where a rebuild keeps the previous version: <config>/replaced.<version>."""
+  config_dir, version = os.path.split(data_dir)
+  return os.path.join(config_dir, f"replaced.{version}")
+
+
+@contextlib.contextmanager
+def _kept_aside(data_dir: str):
+  """Moves a built version aside for the block: deleted if the block succeeds, put back if
+  it fails (a kill leaves it for _clear_leftovers)."""
+  os.rename(data_dir, _aside(data_dir))
+  try:
+    yield
+  except BaseException:
+    if os.path.exists(data_dir):
+      shutil.rmtree(data_dir)
+    os.rename(_aside(data_dir), data_dir)
+    raise
+  shutil.rmtree(_aside(data_dir))
+
+
+def _prepare(builder, manual_dir: str | None) -> None:
+  """Builds one data set. A failed build removes the config folder it created (when empty)."""
   config_dir = os.path.dirname(builder.data_dir)
   created = not os.path.exists(config_dir)
-  aside = os.path.join(config_dir, f"replaced.{os.path.basename(builder.data_dir)}")
-  if replace:
-    os.rename(builder.data_dir, aside)
   download_config = None
   if manual_dir is not None:
     download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
   try:
     builder.download_and_prepare(download_config=download_config)
   except BaseException:
-    if replace:
-      os.rename(aside, builder.data_dir)
-    elif created and os.path.isdir(config_dir) and not os.listdir(config_dir):
+    if created and os.path.isdir(config_dir) and not os.listdir(config_dir):
       os.rmdir(config_dir)
     raise
-  if replace:
-    shutil.rmtree(aside)
 
 
 def _source_check(name: str, builder, data_dir: str, manual_dir: str | None) -> None:
@@ -118,13 +136,17 @@ def build(datasets: list[str], data_dir: str, manual_dir: str | None = None, kee
   for name in tqdm.tqdm(datasets, desc="data sets", unit="set", disable=len(datasets) < 2):
     builder = _builder(name, data_dir, registered)
     try:
-      _clear_leftovers(builder)
-      prepared = builder.is_prepared()
-      if prepared and name not in rebuild:
+      if _clear_leftovers(builder):
+        builder = _builder(name, data_dir, registered)
+      if not builder.is_prepared():
+        _prepare(builder, manual_dir)
+      elif name in rebuild:
+        with _kept_aside(builder.data_dir):
+          builder = _builder(name, data_dir, registered)  # made without the previous version's info
+          _prepare(builder, manual_dir)
+      else:
         _source_check(name, builder, data_dir, manual_dir)
         logging.info("%s: already built in %s", name, builder.data_dir)
-      else:
-        _prepare(builder, manual_dir, replace=prepared)
     except Exception as e:  # pylint: disable=broad-except  (reported with the data set's name)
       if not keep_going:
         raise

@@ -464,10 +464,12 @@ def test_failure_summary_counts_what_was_built():
   assert prepare.failure_summary(["a: E: x", "b: E: y"], 2) == "2 of 2 data sets failed to build:\na: E: x\nb: E: y"
 
 
-def test_a_killed_build_leaves_nothing_the_next_build_keeps(ibl_cache, tmp_path):
+def test_a_killed_build_leaves_nothing_the_next_build_keeps(tmp_path):
   """SIGKILL leaves TFDS's incomplete.* folder (its `finally` never runs) or, during a
   rebuild, the previous version moved aside; the next build clears or restores them."""
-  root, eid = ibl_cache
+  root = str(tmp_path / "cache")
+  session = ibl_alf.write_session(root)
+  (eid,) = ibl_alf.eids(root).values()
   data_dir = str(tmp_path / "tfds")
   config_dir = os.path.join(data_dir, "spike_events", eid)
   stale = os.path.join(config_dir, "incomplete.ABC123_1.0.0")
@@ -479,6 +481,11 @@ def test_a_killed_build_leaves_nothing_the_next_build_keeps(ibl_cache, tmp_path)
   os.rename(path, os.path.join(config_dir, "replaced.1.0.0"))  # killed while rebuilding
   os.makedirs(stale)
   assert prepare.build([f"spike_events/{eid}"], data_dir, manual_dir=root) == [path]
+  assert sorted(os.listdir(config_dir)) == ["1.0.0"] and _tree_digest(path) == before
+  os.rename(path, os.path.join(config_dir, "replaced.1.0.0"))
+  _edit_metrics("probe00", lambda m: m.assign(label=0.0))(session)  # the restored data set is checked too
+  with pytest.raises(provenance.SourceChangedError, match=r"clusters\.metrics\.pqt: (content changed|size)"):
+    prepare.build([f"spike_events/{eid}"], data_dir, manual_dir=root)
   assert sorted(os.listdir(config_dir)) == ["1.0.0"] and _tree_digest(path) == before
 
 
