@@ -25,7 +25,7 @@ import numpy as np
 from benchmarks import common
 from data_builders import prepare
 from mtm_jax.configs import poyo as poyo_config
-from mtm_jax.datasets import events, pipeline
+from mtm_jax.datasets import events, pipeline, provenance
 from mtm_jax.training import host_memory, poyo_loop
 
 _DATA_DIR = flags.DEFINE_string("data_dir", "/tmp/mtm_jax_bench_tfds", "TFDS data_dir (built if missing)")
@@ -66,7 +66,7 @@ def main(argv):
   ndt1_rate = _consumption(_NDT1.value, dict(mode="train", dtype="float32", remat=False), "bins_per_s")
   ndt1_rate = None if ndt1_rate is None else ndt1_rate / 100  # trials per second (100 bins each)
 
-  source = pipeline._prepared_builder(_BINNED.value, _DATA_DIR.value).as_data_source(split="train")
+  source = provenance.open_built(_BINNED.value, _DATA_DIR.value).as_data_source(split="train")
   ds = (grain.MapDataset.source(source).seed(0).shuffle().repeat().batch(batch, drop_remainder=True)
         .to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)))
   rows.append(dict(pipeline="ndt1 source (TFDS data source -> grain)", examples_per_s=_rate(ds, _BATCHES.value, batch),

@@ -9,6 +9,9 @@ IBL sessions from a local ONE cache (docs/real_data.md):
   python -m data_builders.build --list_ibl --manual_dir=<ONE cache root>
   python -m data_builders.build --dataset=ibl_binned/<eid>,spike_events/<eid> --manual_dir=<ONE cache root>
   python -m data_builders.build --ibl_sessions=all --ibl_options=beryl --manual_dir=<ONE cache root>
+
+A data set whose source files (NWB file, IBL session files) changed after it was built is
+refused (here and when it is read); build it again with --rebuild=NAME/CONFIG.
 """
 
 import sys
@@ -29,6 +32,9 @@ _IBL_BUILDERS = flags.DEFINE_list("ibl_builders", ["ibl_binned", "spike_events"]
 _IBL_OPTIONS = flags.DEFINE_list("ibl_options", [], "Preprocessing options of --ibl_sessions, part of their config "
                                  "names: beryl or cosmos (region level), rate<Hz> (minimum firing rate), good "
                                  "(label == 1 units only).")
+_REBUILD = flags.DEFINE_list("rebuild", [], "Data sets to build again even if built, e.g. after their source files "
+                             "changed (NAME/CONFIG, comma-separated; built with the others of --dataset). Other data "
+                             "sets are not touched; the previous version is kept until the new one is complete.")
 _KEEP_GOING = flags.DEFINE_bool("keep_going", True, "When a data set fails, build the others, then report every "
                                 "failure and exit with status 1.")
 
@@ -48,10 +54,12 @@ def main(argv):
   if _IBL_SESSIONS.value:
     datasets += prepare.ibl_dataset_names(_MANUAL_DIR.value, _IBL_SESSIONS.value, _IBL_BUILDERS.value,
                                           _IBL_OPTIONS.value)
+  datasets += [r for r in _REBUILD.value if r not in datasets]
   if not datasets:
     raise app.UsageError("--dataset (or --ibl_sessions) is required, e.g. --dataset=ibl_binned/synthetic_000")
   try:
-    paths = prepare.build(datasets, _DATA_DIR.value, _MANUAL_DIR.value, keep_going=_KEEP_GOING.value)
+    paths = prepare.build(datasets, _DATA_DIR.value, _MANUAL_DIR.value, keep_going=_KEEP_GOING.value,
+                          rebuild=_REBUILD.value)
   except prepare.BuildError as e:
     print(e, file=sys.stderr)
     sys.exit(1)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
+import shutil
 
 from absl import logging
 import tensorflow_datasets as tfds
@@ -11,13 +14,23 @@ import tqdm
 from data_builders.ibl_binned import ibl_binned  # registers the builder
 from data_builders.spike_events import spike_events  # registers the builder
 from mtm_jax.datasets import ibl
+from mtm_jax.datasets import provenance
 
 # Builders whose configs for IBL sessions (`<eid>[_options]`) are made on demand.
 _IBL_CONFIGS = {"ibl_binned": ibl_binned.ibl_config, "spike_events": spike_events.ibl_config}
 
 
 class BuildError(ValueError):
-  """Some of the requested data sets failed to build (the others were built)."""
+  """Some of the requested data sets failed to build."""
+
+
+def failure_summary(failures: list[str], n_datasets: int) -> str:
+  """`k of n data sets failed to build[; the other m were built]:` and one line per failure."""
+  head = f"{len(failures)} of {n_datasets} data sets failed to build"
+  built = n_datasets - len(failures)
+  if built:
+    head += f"; the other {built} {'was' if built == 1 else 'were'} built"
+  return head + ":\n" + "\n".join(failures)
 
 
 def _builder(name: str, data_dir: str, registered: set[str]):
@@ -35,28 +48,105 @@ def _builder(name: str, data_dir: str, registered: set[str]):
     raise ValueError(f"--dataset: {name!r} is not a known config: {e}") from e
 
 
-def build(datasets: list[str], data_dir: str, manual_dir: str | None = None, keep_going: bool = False) -> list[str]:
+def _clear_leftovers(builder) -> bool:
+  """Before building: restores a data set a killed rebuild had moved aside (replaced.*) and
+  removes the temporary folders (TFDS incomplete.*) of killed builds of this config.
+  Returns whether a data set was restored (the builder must then be made again)."""
+  config_dir, version = os.path.split(builder.data_dir)
+  aside, restored = _aside(builder.data_dir), False
+  if os.path.isdir(aside):
+    if not os.path.exists(builder.data_dir):
+      logging.warning("%s: restoring the data set an interrupted rebuild had moved aside", builder.data_dir)
+      os.rename(aside, builder.data_dir)
+      restored = True
+    else:
+      logging.warning("%s: removing the previous data set left by an interrupted rebuild", aside)
+      shutil.rmtree(aside)
+  for path in sorted(glob.glob(os.path.join(config_dir, f"{tfds.core.constants.INCOMPLETE_PREFIX}*{version}"))):
+    logging.warning("%s: removing the unfinished build of a killed run", path)
+    shutil.rmtree(path)
+  return restored
+
+
+def _aside(data_dir: str) -> str:
+  """Where a rebuild keeps the previous version: <config>/replaced.<version>."""
+  config_dir, version = os.path.split(data_dir)
+  return os.path.join(config_dir, f"replaced.{version}")
+
+
+@contextlib.contextmanager
+def _kept_aside(data_dir: str):
+  """Moves a built version aside for the block: deleted if the block succeeds, put back if
+  it fails (a kill leaves it for _clear_leftovers)."""
+  os.rename(data_dir, _aside(data_dir))
+  try:
+    yield
+  except BaseException:
+    if os.path.exists(data_dir):
+      shutil.rmtree(data_dir)
+    os.rename(_aside(data_dir), data_dir)
+    raise
+  shutil.rmtree(_aside(data_dir))
+
+
+def _prepare(builder, manual_dir: str | None) -> None:
+  """Builds one data set. A failed build removes the config folder it created (when empty)."""
+  config_dir = os.path.dirname(builder.data_dir)
+  created = not os.path.exists(config_dir)
+  download_config = None
+  if manual_dir is not None:
+    download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+  try:
+    builder.download_and_prepare(download_config=download_config)
+  except BaseException:
+    if created and os.path.isdir(config_dir) and not os.listdir(config_dir):
+      os.rmdir(config_dir)
+    raise
+
+
+def _source_check(name: str, builder, data_dir: str, manual_dir: str | None) -> None:
+  """Raises provenance.SourceChangedError when a built data set's source files changed."""
+  source = builder.info.metadata.get(provenance.RECORD_KEY)
+  if source is None and builder.builder_config.source in ("nwb", "ibl"):
+    logging.warning("%s: built without a record of its source files, so they cannot be checked; %s", name,
+                    provenance.rebuild_hint(name, data_dir, manual_dir))
+  provenance.check(name, data_dir, source, manual_dir)
+
+
+def build(datasets: list[str], data_dir: str, manual_dir: str | None = None, keep_going: bool = False,
+          rebuild=()) -> list[str]:
   """Prepares each data set (skipping finished ones); returns their directories.
 
   manual_dir: where NWB configs find their files and IBL configs their ONE cache (default
   <data_dir>/downloads/manual). TFDS writes into a temporary directory and renames it when
   complete, so a failed or interrupted build never leaves a data set that reads would take
-  for finished, and data sets built before stay as they are. keep_going: build the other
-  data sets when one fails, then raise BuildError naming every failure."""
+  for finished, and data sets built before stay as they are. A finished data set whose
+  source files changed (mtm_jax.datasets.provenance) is a failure, unless it is in
+  `rebuild`: those are built again (the previous version is kept until the new one is
+  complete). keep_going: build the other data sets when one fails, then raise BuildError
+  naming every failure."""
   data_dir = os.path.abspath(os.path.expanduser(data_dir))
+  if manual_dir is not None:
+    manual_dir = os.path.abspath(os.path.expanduser(manual_dir))
+  unknown = sorted(set(rebuild) - set(datasets))
+  if unknown:
+    raise ValueError(f"--rebuild: {unknown} are not among the data sets to build {datasets}")
   registered = set(tfds.list_builders(with_community_datasets=False))
   out, failures = [], []
   for name in tqdm.tqdm(datasets, desc="data sets", unit="set", disable=len(datasets) < 2):
     builder = _builder(name, data_dir, registered)
-    if builder.is_prepared():
-      logging.info("%s: already built in %s", name, builder.data_dir)
-      out.append(builder.data_dir)
-      continue
-    download_config = None
-    if manual_dir is not None:
-      download_config = tfds.download.DownloadConfig(manual_dir=os.path.abspath(os.path.expanduser(manual_dir)))
     try:
-      builder.download_and_prepare(download_config=download_config)
+      if _clear_leftovers(builder):
+        builder = _builder(name, data_dir, registered)
+      if not builder.is_prepared():
+        _prepare(builder, manual_dir)
+      elif name in rebuild:
+        with _kept_aside(builder.data_dir):
+          builder = _builder(name, data_dir, registered)  # made without the previous version's info
+          _prepare(builder, manual_dir)
+      else:
+        _source_check(name, builder, data_dir, manual_dir)
+        logging.info("%s: already built in %s", name, builder.data_dir)
     except Exception as e:  # pylint: disable=broad-except  (reported with the data set's name)
       if not keep_going:
         raise
@@ -65,8 +155,7 @@ def build(datasets: list[str], data_dir: str, manual_dir: str | None = None, kee
       continue
     out.append(builder.data_dir)
   if failures:
-    raise BuildError(f"{len(failures)} of {len(datasets)} data sets failed to build (the others were built):\n"
-                     + "\n".join(failures))
+    raise BuildError(failure_summary(failures, len(datasets)))
   return out
 
 
@@ -75,7 +164,8 @@ def ibl_dataset_names(manual_dir: str, sessions: list[str], builders=tuple(_IBL_
   """`<builder>/<eid>[_options]` names of IBL sessions of the ONE cache at manual_dir.
 
   sessions: eids, or ["all"] for every session whose folder is in the cache; options:
-  config name options, e.g. ["beryl", "rate2", "good"] (see mtm_jax.datasets.ibl)."""
+  config name options, e.g. ["beryl", "rate2", "good"] (see mtm_jax.datasets.ibl), in any
+  order, repeats ignored: the names are canonical (ibl.canonical_config_name)."""
   unknown = [b for b in builders if b not in _IBL_CONFIGS]
   if unknown:
     raise ValueError(f"--ibl_builders: unknown builder(s) {unknown}; expected some of {list(_IBL_CONFIGS)}")
@@ -83,10 +173,11 @@ def ibl_dataset_names(manual_dir: str, sessions: list[str], builders=tuple(_IBL_
     sessions = [s["eid"] for s in ibl.list_sessions(manual_dir)]
     if not sessions:
       raise ValueError(f"--ibl_sessions=all: no session folders in the ONE cache {manual_dir}")
-  suffix = "".join(f"_{o}" for o in options)
+  suffix = "".join(f"_{o}" for o in dict.fromkeys(options))  # each option once
   names = []
   for eid in sessions:
-    if ibl.parse_config_name(f"{eid}{suffix}") is None:
+    config = ibl.canonical_config_name(f"{eid}{suffix}")
+    if config is None:
       raise ValueError(f"--ibl_sessions: {eid!r} is not an IBL session id (eid, a UUID)")
-    names += [f"{b}/{eid}{suffix}" for b in builders]
+    names += [f"{b}/{config}" for b in builders]
   return names

@@ -8,6 +8,7 @@ network.
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import socket
 
@@ -17,7 +18,7 @@ import pytest
 
 import ibl_alf
 from data_builders import prepare
-from mtm_jax.datasets import events, ibl, pipeline, schema
+from mtm_jax.datasets import events, ibl, pipeline, provenance, schema
 
 
 @contextlib.contextmanager
@@ -136,6 +137,53 @@ def test_region_levels_and_unit_filters(ibl_cache):
     ibl.load_session(root, eid, ibl.IblOptions(min_firing_rate=ibl_alf.RATE + 1))
 
 
+def test_cluster_metrics_are_matched_by_cluster_id(tmp_path):
+  root = str(tmp_path / "cache")
+  session = ibl_alf.write_session(root)
+  for probe in ibl_alf.PROBES:  # rows in reverse order: only cluster_id says which cluster a row is
+    _edit_metrics(probe, lambda m: m.iloc[::-1])(session)
+  (eid,) = ibl_alf.eids(root).values()
+  good = ibl.load_session(root, eid, ibl.IblOptions(good_units_only=True))
+  assert list(good["unit_ids"]) == ["probe00/0", "probe00/2", "probe01/0", "probe01/1", "probe01/3"]
+  rate = ibl.load_session(root, eid, ibl.IblOptions(min_firing_rate=1.0))
+  assert "probe00/5" in rate["unit_ids"] and len(rate["unit_ids"]) == 9
+
+
+def test_session_ids_survive_a_rebuild_of_the_cache_tables(tmp_path):
+  root = str(tmp_path / "cache")
+  ibl_alf.write_session(root)
+  ibl_alf.write_session(root, subject="KS002")
+  first = ibl_alf.eids(root)
+  for table in ibl.CACHE_TABLES:
+    os.remove(os.path.join(root, table))
+  assert ibl_alf.eids(root) == first
+  assert len(set(first.values())) == 2
+  elsewhere = str(tmp_path / "copy")
+  shutil.copytree(os.path.join(root, "testlab"), os.path.join(elsewhere, "testlab"))  # another machine's copy
+  assert ibl_alf.eids(elsewhere) == first
+  ibl_alf.write_session(root, subject="KS003")  # a session added: delete the tables, the others keep their ids
+  for table in ibl.CACHE_TABLES:
+    os.remove(os.path.join(root, table))
+  added = ibl_alf.eids(root)
+  assert {k: added[k] for k in first} == first and len(added) == 3
+
+
+def test_existing_cache_tables_are_not_rewritten(ibl_cache):
+  root, eid = ibl_cache
+  digests = [_tree_digest_file(os.path.join(root, t)) for t in ibl.CACHE_TABLES]
+  assert ibl_alf.eids(root) == {"testlab/Subjects/KS001/2024-01-02/001": eid}
+  assert [_tree_digest_file(os.path.join(root, t)) for t in ibl.CACHE_TABLES] == digests
+
+
+def test_option_order_and_repeats_give_one_data_set_name(ibl_cache):
+  root, eid = ibl_cache
+  expected = [f"ibl_binned/{eid}_beryl_rate2_good", f"spike_events/{eid}_beryl_rate2_good"]
+  for options in (["beryl", "rate2", "good"], ["good", "beryl", "rate2"], ["rate2", "good", "beryl", "good"]):
+    assert prepare.ibl_dataset_names(root, [eid], options=options) == expected
+  with pytest.raises(ValueError, match=rf"'{eid}_good_beryl'.*named '{eid}_beryl_good'"):
+    prepare.build([f"ibl_binned/{eid}_good_beryl"], "unused", manual_dir=root)
+
+
 def test_config_names_round_trip():
   eid = "4b00df29-3769-43be-bb40-128b1cba6d35"
   options = ibl.IblOptions(regions="beryl", min_firing_rate=2.0, good_units_only=True)
@@ -180,6 +228,27 @@ def test_built_data_sets_read_back(ibl_cache, ibl_data_dir):
   assert len(ev["spike_times"]) == int(expected["spikes"].sum())
   np.testing.assert_allclose(ev["behaviour_values"][:, 0], ibl_alf.WHEEL_SLOPE, rtol=1e-5)
   assert ev["behaviour_values"].shape == (20 * schema.N_BINS, 2)
+
+
+def test_poyo_scores_of_an_ibl_session_are_named_after_its_behaviours(ibl_cache, ibl_data_dir):
+  import jax  # pylint: disable=g-import-not-at-top
+  from mtm_jax.evaluation import poyo_eval  # pylint: disable=g-import-not-at-top
+
+  _, eid = ibl_cache
+  ev = events.load_event_session(f"spike_events/{eid}", ibl_data_dir)
+  data = events.prepare([ev], "test", events.WindowConfig(bucket_lengths=(512,)))
+  mesh = jax.make_mesh((2, 1), ("data", "model"), axis_types=(jax.sharding.AxisType.Auto,) * 2,
+                       devices=jax.devices()[:2])
+  perfect = lambda params, batch: batch["output_values"]
+  scores, stitched = poyo_eval.evaluate_data(None, None, data, task="behaviour", batch_size=2, mesh=mesh,
+                                             predictor=perfect)
+  names = list(ibl.BEHAVIOUR_NAMES)
+  assert names == ["wheel_speed", "whisker_motion_energy"]
+  assert sorted(k for k in scores if k != "sessions") == sorted(["behaviour_r2"] + [f"behaviour_r2_{n}" for n in names])
+  assert set(scores["sessions"][eid]) == {"behaviour_r2"} | {f"behaviour_r2_{n}" for n in names}
+  np.testing.assert_allclose(scores["behaviour_r2_whisker_motion_energy"], 1.0, atol=1e-5)
+  baseline = poyo_eval.baseline_scores(data, stitched, bin_size=0.02, lags=2)
+  assert {f"baseline_r2_{n}" for n in names} <= set(baseline)
 
 
 def test_pretrain_runs_on_the_built_session(ibl_cache, ibl_data_dir, tmp_path):
@@ -312,6 +381,13 @@ def _edit_trials(fn):
   return edit
 
 
+def _edit_metrics(probe, fn):
+  def edit(session):
+    path = _probe_file(session, probe, "clusters.metrics.pqt")
+    fn(pd.read_parquet(path)).to_parquet(path)
+  return edit
+
+
 def _nogo(t):
   t["choice"] = 0.0
   return t
@@ -347,6 +423,13 @@ BAD_SESSIONS = {
                           r"channels\.brainLocationIds_ccf_2017\.npy has atlas ids \[123456789\] that are not Allen"),
     "metrics rows": (lambda s: pd.DataFrame({"firing_rate": [1.0]}).to_parquet(
         _probe_file(s, "probe01", "clusters.metrics.pqt")), r"clusters\.metrics\.pqt has 1 rows but \S+ has 4 clusters"),
+    "metrics duplicated id": (_edit_metrics("probe01", lambda m: m.assign(cluster_id=[0, 1, 1, 3])),
+                              r"probe01/clusters\.metrics\.pqt: duplicated cluster_id\(s\) \[1\]; .*no row for "
+                              r"cluster_id\(s\) \[2\]"),
+    "metrics missing id": (_edit_metrics("probe00", lambda m: m[m["cluster_id"] != 5]),
+                           r"pykilosort/clusters\.metrics\.pqt: no row for cluster_id\(s\) \[5\] \(1 of the 6 clusters"),
+    "metrics id out of range": (_edit_metrics("probe01", lambda m: m.assign(cluster_id=[0, 1, 2, 9])),
+                                r"cluster_id\(s\) \[9\] outside the 4 clusters of \S+clusters\.channels\.npy"),
     "no usable trials": (_edit_trials(_nogo), r"no usable trials in \S+_ibl_trials\.table\.pqt .*dropped_no_choice=22"),
     "empty probe": (_empty_probe, r"empty probe alf/probe01: \S+spikes\.times\.npy holds no spikes"),
 }
@@ -396,6 +479,10 @@ def _tree_digest(path):
   return digest.hexdigest()
 
 
+def _tree_digest_file(path):
+  return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
 def _left_behind(path):
   """Files and folders under a data set's directory (none after a failed build)."""
   return [os.path.join(d, f) for d, dirs, files in os.walk(path) for f in dirs + files]
@@ -410,12 +497,16 @@ def test_failed_and_interrupted_builds_leave_no_data_set(tmp_path, monkeypatch):
   good_eid, bad_eid = found["testlab/Subjects/KS001/2024-01-02/001"], found["testlab/Subjects/KS002/2024-01-02/001"]
   data_dir = str(tmp_path / "tfds")
   names = [f"ibl_binned/{bad_eid}", f"ibl_binned/{good_eid}"]
-  with pytest.raises(prepare.BuildError, match=rf"(?s)1 of 2 data sets failed.*ibl_binned/{bad_eid}: IblDataError: .*"
-                     r"spikes\.times\.npy times are not sorted"):
+  with pytest.raises(prepare.BuildError, match=rf"(?s)^1 of 2 data sets failed to build; the other 1 was built:\n"
+                     rf"ibl_binned/{bad_eid}: IblDataError: .*spikes\.times\.npy times are not sorted"):
     prepare.build(names, data_dir, manual_dir=root, keep_going=True)
   good_dir = os.path.join(data_dir, "ibl_binned", good_eid)
   before = _tree_digest(good_dir)
-  assert _left_behind(os.path.join(data_dir, "ibl_binned", bad_eid)) == []
+  assert not os.path.exists(os.path.join(data_dir, "ibl_binned", bad_eid))  # not even an empty folder
+  with pytest.raises(prepare.BuildError, match=r"^2 of 2 data sets failed to build:\n") as raised:
+    prepare.build([names[0], f"spike_events/{bad_eid}"], data_dir, manual_dir=root, keep_going=True)
+  assert "were built" not in str(raised.value) and "others" not in str(raised.value)
+  assert not os.path.exists(os.path.join(data_dir, "spike_events", bad_eid))
   with pytest.raises(FileNotFoundError, match=r"not (found|prepared) under .*build it"):
     pipeline.session_info(names[0], data_dir)
 
@@ -438,6 +529,77 @@ def test_failed_and_interrupted_builds_leave_no_data_set(tmp_path, monkeypatch):
     events.load_event_session(f"spike_events/{good_eid}", data_dir)
   assert _tree_digest(good_dir) == before
   assert len(pipeline.load_split(names[1], data_dir, "test")["spikes"]) == 4
+
+
+def test_failure_summary_counts_what_was_built():
+  assert prepare.failure_summary(["a: E: x"], 3) == "1 of 3 data sets failed to build; the other 2 were built:\na: E: x"
+  assert prepare.failure_summary(["a: E: x", "b: E: y"], 2) == "2 of 2 data sets failed to build:\na: E: x\nb: E: y"
+
+
+def test_a_killed_build_leaves_nothing_the_next_build_keeps(tmp_path):
+  """SIGKILL leaves TFDS's incomplete.* folder (its `finally` never runs) or, during a
+  rebuild, the previous version moved aside; the next build clears or restores them."""
+  root = str(tmp_path / "cache")
+  session = ibl_alf.write_session(root)
+  (eid,) = ibl_alf.eids(root).values()
+  data_dir = str(tmp_path / "tfds")
+  config_dir = os.path.join(data_dir, "spike_events", eid)
+  stale = os.path.join(config_dir, "incomplete.ABC123_1.0.0")
+  os.makedirs(stale)
+  open(os.path.join(stale, "spike_events-train.array_record-00000-of-00001"), "wb").close()
+  (path,) = prepare.build([f"spike_events/{eid}"], data_dir, manual_dir=root)
+  assert sorted(os.listdir(config_dir)) == ["1.0.0"] and path == os.path.join(config_dir, "1.0.0")
+  before = _tree_digest(path)
+  os.rename(path, os.path.join(config_dir, "replaced.1.0.0"))  # killed while rebuilding
+  os.makedirs(stale)
+  assert prepare.build([f"spike_events/{eid}"], data_dir, manual_dir=root) == [path]
+  assert sorted(os.listdir(config_dir)) == ["1.0.0"] and _tree_digest(path) == before
+  os.rename(path, os.path.join(config_dir, "replaced.1.0.0"))
+  _edit_metrics("probe00", lambda m: m.assign(label=0.0))(session)  # the restored data set is checked too
+  with pytest.raises(provenance.SourceChangedError, match=r"clusters\.metrics\.pqt: (content changed|size)"):
+    prepare.build([f"spike_events/{eid}"], data_dir, manual_dir=root)
+  assert sorted(os.listdir(config_dir)) == ["1.0.0"] and _tree_digest(path) == before
+
+
+def test_changed_session_files_are_refused_until_rebuilt(tmp_path):
+  root = str(tmp_path / "cache")
+  session = ibl_alf.write_session(root)
+  (eid,) = ibl_alf.eids(root).values()
+  data_dir = str(tmp_path / "tfds")
+  names = [f"ibl_binned/{eid}", f"spike_events/{eid}"]
+  prepare.build(names + ["ibl_binned/synthetic_001"], data_dir, manual_dir=root)
+  synthetic = _tree_digest(os.path.join(data_dir, "ibl_binned", "synthetic_001"))
+  assert prepare.build(names, data_dir, manual_dir=root)  # unchanged: reused
+  os.utime(os.path.join(session, "alf", "_ibl_trials.table.pqt"))  # touched, same content: unchanged
+  assert pipeline.session_info(names[0], data_dir).session_id == eid
+  metrics = _probe_file(session, "probe01", "clusters.metrics.pqt")
+  _edit_metrics("probe01", lambda m: m.assign(label=[0.0, 0.0, 0.0, 1.0]))(session)
+  changed = rf"its source changed since it was built: {re.escape(metrics)}: (content changed|size)"
+  with pytest.raises(provenance.SourceChangedError, match=changed + rf".*--rebuild=ibl_binned/{eid}"):
+    prepare.build(names[:1], data_dir, manual_dir=root)
+  with pytest.raises(provenance.SourceChangedError, match=changed):
+    pipeline.load_split(names[0], data_dir, "train")
+  with pytest.raises(provenance.SourceChangedError, match=changed):
+    events.load_event_session(names[1], data_dir)
+  # A rebuild that fails keeps the previous version; one that succeeds replaces it.
+  binned_dir = os.path.join(data_dir, "ibl_binned", eid, "1.0.0")
+  before = _tree_digest(binned_dir)
+  trials = os.path.join(session, "alf", "_ibl_trials.table.pqt")
+  os.rename(trials, trials + ".away")
+  with pytest.raises(ibl.IblDataError, match="missing required file"):
+    prepare.build(names[:1], data_dir, manual_dir=root, rebuild=names[:1])
+  assert _tree_digest(binned_dir) == before
+  os.rename(trials + ".away", trials)
+  prepare.build(names[:1], data_dir, manual_dir=root, rebuild=names[:1])
+  assert len(pipeline.session_info(names[0], data_dir).region_names) == 9
+  assert _tree_digest(binned_dir) != before
+  with pytest.raises(provenance.SourceChangedError):  # the other data set of the session was not rebuilt
+    events.load_event_session(names[1], data_dir)
+  assert _tree_digest(os.path.join(data_dir, "ibl_binned", "synthetic_001")) == synthetic
+  # Data moved to a machine without the cache: read, with a warning.
+  os.rename(root, root + ".moved")
+  with pytest.warns(provenance.SourceUnavailableWarning, match="is not here"):
+    assert len(pipeline.load_split(names[0], data_dir, "test")["spikes"]) == 4
 
 
 def test_latest_revision_of_a_file_is_read(tmp_path):

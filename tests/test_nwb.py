@@ -12,7 +12,7 @@ from data_builders import prepare
 from mtm_jax.configs import poyo as poyo_config
 from mtm_jax.evaluation import poyo_eval
 from mtm_jax.training import poyo_loop
-from mtm_jax.datasets import events, nwb
+from mtm_jax.datasets import events, nwb, provenance
 
 N_TRIALS = 10
 LABELS = ["train"] * 6 + ["val"] * 2 + ["test"] * 2
@@ -26,7 +26,7 @@ def _spikes(seed: int = 0) -> list[np.ndarray]:
 
 
 def write_nwb(path, *, units=True, electrodes=True, trials=True, split=True, behaviour="hand_vel",
-              rate=None, unsorted=False, overlap=False):
+              rate=None, unsorted=False, overlap=False, seed=0):
   """A small NLB-like NWB file: 3 units, 10 trials of 2 s, hand velocity at 100 Hz."""
   f = pynwb.NWBFile(session_description="test", identifier=os.path.basename(str(path)),
                     session_start_time=datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc))
@@ -36,7 +36,7 @@ def write_nwb(path, *, units=True, electrodes=True, trials=True, split=True, beh
       group = f.create_electrode_group(name="g", description="", location="motor cortex", device=device)
       for loc in LOCATIONS:
         f.add_electrode(location=loc, group=group)
-    for u, times in enumerate(_spikes()):
+    for u, times in enumerate(_spikes(seed)):
       if unsorted and u == 1:
         times = times[::-1]
       f.add_unit(spike_times=times, **({"electrodes": [u]} if electrodes else {}))
@@ -134,6 +134,43 @@ def test_build_nwb_directory_end_to_end(tmp_path):
   write_nwb(manual / "other.nwb")
   with pytest.raises(ValueError, match="2 files match"):
     prepare.build(["spike_events/nwb"], str(tmp_path / "tfds2"), manual_dir=str(manual))
+
+
+def _files_and_mtimes(path):
+  return sorted((os.path.join(d, f), os.stat(os.path.join(d, f)).st_mtime_ns) for d, _, fs in os.walk(path) for f in fs)
+
+
+def test_a_replaced_nwb_file_is_refused_until_rebuilt(tmp_path):
+  manual = tmp_path / "manual"
+  manual.mkdir()
+  first = write_nwb(manual / "first_session.nwb")
+  data_dir = str(tmp_path / "tfds")
+  other = tmp_path / "nlb"
+  (other / "sub").mkdir(parents=True)
+  write_nwb(other / "sub" / "sub-Jenkins_ses-small_desc-train_behavior+ecephys.nwb", seed=2)
+  prepare.build(["spike_events/nlb_mc_maze_small"], data_dir, manual_dir=str(other))
+  untouched = _files_and_mtimes(os.path.join(data_dir, "spike_events", "nlb_mc_maze_small"))
+  prepare.build(["spike_events/nwb"], data_dir, manual_dir=str(manual))
+  assert prepare.build(["spike_events/nwb"], data_dir, manual_dir=str(manual))  # the same file: reused
+  os.remove(first)
+  second = write_nwb(manual / "second_session.nwb", seed=1)
+  changed = (rf"{re.escape(first)}: removed; .*matching '\*\.nwb' are now \['second_session\.nwb'\], the data set "
+             r"was built from \['first_session\.nwb'\]; rebuild it with `python -m data_builders\.build "
+             r"--rebuild=spike_events/nwb")
+  with pytest.raises(provenance.SourceChangedError, match=changed):
+    prepare.build(["spike_events/nwb"], data_dir, manual_dir=str(manual))
+  with pytest.raises(provenance.SourceChangedError, match=changed):
+    events.load_event_session("spike_events/nwb", data_dir)
+  prepare.build(["spike_events/nwb"], data_dir, manual_dir=str(manual), rebuild=["spike_events/nwb"])
+  back = events.load_event_session("spike_events/nwb", data_dir)
+  assert back["session_id"] == "second_session"
+  np.testing.assert_array_equal(back["spike_times"], nwb.read_nwb(second)["spike_times"])
+  # The same file name, other contents.
+  write_nwb(manual / "second_session.nwb", seed=3)
+  with pytest.raises(provenance.SourceChangedError, match=rf"{re.escape(second)}: content changed"):
+    events.load_event_session("spike_events/nwb", data_dir)
+  assert _files_and_mtimes(os.path.join(data_dir, "spike_events", "nlb_mc_maze_small")) == untouched
+  assert events.load_event_session("spike_events/nlb_mc_maze_small", data_dir)["session_id"] == "nlb_mc_maze_small"
 
 
 def test_nlb_configs_find_their_training_file(tmp_path):

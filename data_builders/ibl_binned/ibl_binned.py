@@ -3,7 +3,8 @@
 One builder config per session; splits train/val/test hold 70/10/20 % of the trials,
 drawn with a fixed seed. Written as array_record, read with `tfds.data_source` (no
 TensorFlow needed). Session-level facts (session id, region of every neuron, whether
-true rates are present) are in `info.metadata`.
+true rates are present; for IBL sessions the files read, mtm_jax.datasets.provenance) are
+in `info.metadata`.
 
 Sources: `synthetic_NNN` configs simulate session NNN of the synthetic brain
 (mtm_jax.datasets.synthetic). `<eid>[_beryl|_cosmos][_rate<Hz>][_good]` configs read IBL
@@ -19,6 +20,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from mtm_jax.datasets import ibl
+from mtm_jax.datasets import provenance
 from mtm_jax.datasets import schema
 from mtm_jax.datasets import synthetic
 
@@ -115,7 +117,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     if config.source == "ibl":
       self.info.metadata.update(source="ibl", eid=config.eid, unit_ids=[str(u) for u in session["unit_ids"]],
                                 ibl_options=dataclasses.asdict(config.ibl_options),
-                                source_info=session["source_info"])
+                                source_info=session["source_info"],
+                                **{provenance.RECORD_KEY: provenance.record(dl_manager.manual_dir,
+                                                                            session["source_files"])})
       splits = {name: np.flatnonzero(session["trial_split"] == name) for name in schema.SPLIT_FRACTIONS}
     else:
       splits = schema.split_trials(session["spikes"].shape[0], seed=config.split_seed)

@@ -6,7 +6,8 @@ trials drawn 70/10/20 with a fixed seed, unless an NWB file's trials table carri
 times (float64 seconds, sorted) and unit indices, and its behaviour timestamps, values and
 weights. Spikes and behaviour outside every split interval are not stored. Session-level
 facts (unit ids and regions, behaviour name and dimension, trial and split intervals, the
-training split's behaviour std) are in `info.metadata`. Written as array_record and read
+training split's behaviour std; for NWB and IBL sources the files read,
+mtm_jax.datasets.provenance) are in `info.metadata`. Written as array_record and read
 with `builder.as_data_source()` (no TensorFlow needed); mtm_jax.datasets.events.
 load_event_session turns a built data set back into an event session.
 
@@ -32,6 +33,7 @@ import tensorflow_datasets as tfds
 
 from mtm_jax.datasets import events
 from mtm_jax.datasets import ibl
+from mtm_jax.datasets import provenance
 from mtm_jax.datasets import reaching
 
 N_REACHING_SESSIONS = 40  # the POYO study pretrains on 001-032 and holds out 000, see docs/event_data.md
@@ -184,6 +186,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         split_seed=config.split_seed,
         source_info=dict(session.get("source_info", {})),
     )
+    if "source_files" in session:  # NWB and IBL: the files read, checked when the data set is used
+      pattern = config.nwb_pattern if config.source == "nwb" else None
+      self.info.metadata[provenance.RECORD_KEY] = provenance.record(dl_manager.manual_dir, session["source_files"],
+                                                                    pattern)
     return {name: self._generate_examples(session, session["splits"][name]) for name in events.SPLITS}
 
   def _generate_examples(self, session, intervals):

@@ -6,7 +6,7 @@ A session (host only, NumPy) is a dict:
   spike_units           [S] int32, index into the units of each spike
   unit_ids              [U] str, unique across sessions
   unit_regions          [U] str, brain region of each unit ("unknown" when not recorded)
-  behaviour_name        str, e.g. "hand_vel"
+  behaviour_name        str, e.g. "hand_vel"; "a,b" names each of D = 2 dimensions (output_names)
   behaviour_timestamps  [T] float64 seconds, strictly increasing
   behaviour_values      [T, D] float32
   behaviour_weights     [T] float32 >= 0, loss weight per timestamp (e.g. reach 5.0, hold 0.1)
@@ -25,13 +25,13 @@ Training batches form a grain `MapDataset` indexed by step: batch i is a pure fu
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 from typing import Sequence
 
 import grain
 import numpy as np
 
+from mtm_jax.datasets import provenance
 from mtm_jax.datasets import schema
 
 SPLITS = ("train", "val", "test")
@@ -304,6 +304,19 @@ def behaviour_scale(sessions: Sequence[dict], split: str = "train") -> np.ndarra
     raise ValueError(f"split {split!r} holds no behaviour samples to compute the behaviour scale from")
   std = values.std(axis=0)
   return np.where(std > 0, std, 1.0).astype(np.float32)
+
+
+def output_names(sessions: Sequence[dict]) -> list[str]:
+  """Names of the D behaviour dimensions: the comma-separated parts of behaviour_name when
+  it names each dimension and every session agrees (IBL: wheel_speed,
+  whisker_motion_energy), else dim0 ... dim{D-1}."""
+  dims = {int(np.shape(s["behaviour_values"])[1]) for s in sessions}
+  named = {tuple(str(s["behaviour_name"]).split(",")) for s in sessions}
+  if len(dims) == 1 and len(named) == 1:
+    (parts,), (d,) = named, dims
+    if len(parts) == d and d > 1 and len(set(parts)) == d and all(parts):
+      return list(parts)
+  return [f"dim{d}" for d in range(max(dims, default=0))]
 
 
 def max_outputs_needed(sessions: Sequence[dict], split: str, window_length: float) -> int:
@@ -648,25 +661,11 @@ def stitch_predictions(data: EventData, metas: Sequence[dict], predictions: Sequ
 # ------------------------------------------------------------------------------------------
 
 
-def _prepared_builder(dataset: str, data_dir: str):
-  import tensorflow_datasets as tfds  # imported here: the schema and windows need no TFDS
-
-  data_dir = os.path.abspath(os.path.expanduser(data_dir))
-  hint = f"build it with `python -m data_builders.build --dataset={dataset} --data_dir={data_dir}`"
-  try:
-    builder = tfds.builder(dataset, data_dir=data_dir)
-  except Exception as e:  # tfds raises several types for unknown names and configs
-    raise FileNotFoundError(f"data set {dataset!r} not found under {data_dir}: {hint} ({e})") from e
-  if not builder.is_prepared():
-    raise FileNotFoundError(f"data set {dataset!r} is not prepared under {data_dir}: {hint}")
-  return builder
-
-
 def load_event_session(dataset: str, data_dir: str, splits: Sequence[str] = SPLITS) -> dict:
   """A session read back from a built spike_events data set, holding the data of `splits`.
 
   The result follows the session schema; its 'splits' holds only the splits read."""
-  builder = _prepared_builder(dataset, data_dir)
+  builder = provenance.open_built(dataset, data_dir)
   meta = builder.info.metadata
   for field in ("session_id", "unit_ids", "unit_regions", "behaviour_name", "behaviour_dim", "trial_intervals",
                 "split_intervals"):

@@ -3,7 +3,9 @@
 A ONE cache root holds sessions as `<lab>/Subjects/<subject>/<date>/<number>/` folders and
 the cache tables `sessions.pqt` + `datasets.pqt`. It is read with one-api in local mode
 (`one.api.One(cache_dir=root, mode='local')`: never the network); when the tables are
-missing they are built with one-api's `one.alf.cache.make_parquet_db`. Files read per
+missing they are built with one-api's `one.alf.cache.make_parquet_db`, each session's eid
+then a uuid3 (like one-api's own ids) of its `<lab>/<subject>/<date>/<number>`
+(session_eid: the same at every rebuild of the tables). Files read per
 session (collection `alf`):
 
   _ibl_trials.table.pqt                       trials: stimOn_times, firstMovement_times,
@@ -39,6 +41,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import tempfile
+import uuid
 
 from absl import logging
 import numpy as np
@@ -59,6 +63,9 @@ TRIAL_COLUMNS = ("stimOn_times", "firstMovement_times", "feedback_times", "choic
 # Events whose NaN drops a trial (contrasts are NaN on the side without a stimulus).
 NAN_EXCLUDE = ("stimOn_times", "firstMovement_times", "feedback_times", "choice", "feedbackType", "probabilityLeft")
 REGION_LEVELS = {"allen": "Allen", "beryl": "Beryl", "cosmos": "Cosmos"}
+CACHE_TABLES = ("sessions.pqt", "datasets.pqt")
+# Namespace of the eids of sessions in cache tables this project builds (session_eid).
+SESSION_NAMESPACE = uuid.uuid3(uuid.NAMESPACE_URL, "mtm_jax/ibl-session")
 BEHAVIOUR_NAMES = ("wheel_speed", "whisker_motion_energy")  # event sessions: behaviour dims in this order
 _EID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 
@@ -117,13 +124,24 @@ def parse_config_name(name: str) -> tuple[str, IblOptions] | None:
   return match.group(1).lower(), IblOptions(**kwargs)
 
 
+def canonical_config_name(name: str) -> str | None:
+  """The one name of the data set `name` stands for (options in config_name's order, lower
+  case eid); None if `name` is not an IBL config name."""
+  parsed = parse_config_name(name)
+  return None if parsed is None else config_name(*parsed)
+
+
 def builder_config_kwargs(name: str) -> dict | None:
   """Keyword arguments of the TFDS builder config of IBL config name `name` (both IBL
-  builders take them); None when `name` is not an IBL config name."""
+  builders take them); None when `name` is not an IBL config name. A name that is not
+  canonical (canonical_config_name) is refused, so one data set has one name."""
   parsed = parse_config_name(name)
   if parsed is None:
     return None
   eid, options = parsed
+  if name != config_name(eid, options):
+    raise ValueError(f"IBL config {name!r}: this data set is named {config_name(eid, options)!r} (lower-case eid, "
+                     f"options in the order _beryl/_cosmos, _rate<Hz>, _good)")
   return dict(name=name, source="ibl", eid=eid, ibl_options=options, split_seed=options.split_seed,
               description=f"IBL session {eid} from the ONE cache in manual_dir ({options}).")
 
@@ -134,19 +152,46 @@ def builder_config_kwargs(name: str) -> dict | None:
 
 
 def open_cache(root: str):
-  """one.api.One on a local cache root, offline; builds the cache tables when missing."""
-  from one.alf import cache as one_cache  # one-api is imported only for IBL sources
-  from one import api as one_api
+  """one.api.One on a local cache root, offline; builds the cache tables when missing
+  (make_cache_tables). Tables that exist are used as they are."""
+  from one import api as one_api  # one-api is imported only for IBL sources
 
   root = os.path.abspath(os.path.expanduser(str(root)))
   if not os.path.isdir(root):
     raise IblDataError(f"{root}: not a directory; expected a ONE cache root holding "
                        f"<lab>/Subjects/<subject>/<date>/<number>/alf/ session folders")
-  tables = [os.path.join(root, f) for f in ("sessions.pqt", "datasets.pqt")]
-  if not all(os.path.isfile(t) for t in tables):
+  if not all(os.path.isfile(os.path.join(root, t)) for t in CACHE_TABLES):
     logging.info("%s: no ONE cache tables; building them with one.alf.cache.make_parquet_db", root)
-    one_cache.make_parquet_db(root, hash_ids=True)
+    make_cache_tables(root)
   return one_api.One(cache_dir=root, mode="local")
+
+
+def session_eid(session_id: str) -> str:
+  """The eid given to a session when this project builds the cache tables: a uuid3 (like
+  one-api's own ids) of one-api's relative session id `<lab>/<subject>/<date>/<number>`,
+  so the same on every machine and at every rebuild of the tables."""
+  return str(uuid.uuid3(SESSION_NAMESPACE, session_id))
+
+
+def make_cache_tables(root: str) -> None:
+  """Writes the cache tables of root with one-api's make_parquet_db (its session ids are
+  relative session paths), then gives sessions their session_eid and datasets a uuid3 of
+  (eid, relative path). Each table is written to a temporary file and renamed."""
+  from iblutil.io import parquet  # pylint: disable=g-import-not-at-top  (a one-api dependency)
+  from one.alf import cache as one_cache  # pylint: disable=g-import-not-at-top
+
+  with tempfile.TemporaryDirectory(dir=root, prefix=".cache_tables.") as tmp:
+    one_cache.make_parquet_db(root, out_dir=tmp, hash_ids=False)
+    (sessions, ses_meta), (datasets, dsets_meta) = (parquet.load(os.path.join(tmp, t)) for t in CACHE_TABLES)
+    eids = {i: session_eid(i) for i in sessions["id"]}
+    sessions = sessions.assign(id=sessions["id"].map(eids)).set_index("id").sort_index()
+    eid = datasets["eid"].map(eids)
+    ids = [str(uuid.uuid3(uuid.UUID(e), r)) for e, r in zip(eid, datasets["rel_path"])]
+    datasets = datasets.assign(eid=eid, id=ids).set_index(["eid", "id"]).sort_index()
+    for name, table, meta in zip(CACHE_TABLES, (sessions, datasets), (ses_meta, dsets_meta)):
+      parquet.save(os.path.join(tmp, f"{name}.new"), table, meta)
+    for name in CACHE_TABLES:
+      os.replace(os.path.join(tmp, f"{name}.new"), os.path.join(root, name))
 
 
 def _session_where(one, eid) -> str:
@@ -265,6 +310,35 @@ def _increasing_times(times: np.ndarray, path: str, where: str, strict: bool = F
 # ------------------------------------------------------------------------------------------
 
 
+def _cluster_metrics(path: str, n_clusters: int, channels_path: str, where: str) -> pd.DataFrame:
+  """clusters.metrics.pqt with row c = cluster c: ordered by its `cluster_id` column when it
+  has one (each of 0 .. n_clusters - 1 exactly once), else taken row by row."""
+  metrics = _load_pqt(path, where)
+  if "cluster_id" not in metrics.columns:
+    if len(metrics) != n_clusters:
+      raise IblDataError(f"{where}: {path} has {len(metrics)} rows but {channels_path} has {n_clusters} clusters; "
+                         f"they must have one row per cluster (or a cluster_id column)")
+    return metrics.reset_index(drop=True)
+  ids = metrics["cluster_id"].to_numpy()
+  if not np.issubdtype(ids.dtype, np.integer):
+    raise IblDataError(f"{where}: {path}: column cluster_id must hold integers, got dtype {ids.dtype}")
+  values, counts = np.unique(ids, return_counts=True)
+  problems = []
+  if np.any(counts > 1):
+    problems.append(f"duplicated cluster_id(s) {values[counts > 1][:5].tolist()}")
+  outside = values[(values < 0) | (values >= n_clusters)]
+  if len(outside):
+    problems.append(f"cluster_id(s) {outside[:5].tolist()} outside the {n_clusters} clusters of {channels_path}")
+  missing = np.setdiff1d(np.arange(n_clusters), values)
+  if len(missing):
+    problems.append(f"no row for cluster_id(s) {missing[:5].tolist()} ({len(missing)} of the {n_clusters} clusters "
+                    f"of {channels_path})")
+  if problems:
+    raise IblDataError(f"{where}: {path}: {'; '.join(problems)}; expected one row per cluster id 0 .. "
+                       f"{n_clusters - 1}")
+  return metrics.set_index("cluster_id").loc[np.arange(n_clusters)].reset_index()
+
+
 def _read_probe(files: dict[str, str], collection: str, where: str, regions) -> dict:
   """One probe's spikes and units, validated (regions: a _Regions)."""
   p = {name: _require(files, f"{collection}/{name}", where) for name in PROBE_FILES}
@@ -283,10 +357,7 @@ def _read_probe(files: dict[str, str], collection: str, where: str, regions) -> 
     raise IblDataError(f"{where}: {p['spikes.clusters.npy']}: spike {bad[0]} has cluster index {clusters[bad[0]]}, "
                        f"outside the clusters table of {n_clusters} clusters ({p['clusters.channels.npy']}); "
                        f"{len(bad)} spikes are out of range")
-  metrics = _load_pqt(p["clusters.metrics.pqt"], where)
-  if len(metrics) != n_clusters:
-    raise IblDataError(f"{where}: {p['clusters.metrics.pqt']} has {len(metrics)} rows but "
-                       f"{p['clusters.channels.npy']} has {n_clusters} clusters; they must have one row per cluster")
+  metrics = _cluster_metrics(p["clusters.metrics.pqt"], n_clusters, p["clusters.channels.npy"], where)
   atlas_ids = _integers(p["channels.brainLocationIds_ccf_2017.npy"], where, "Allen atlas ids")
   bad = np.flatnonzero((channels < 0) | (channels >= len(atlas_ids)))
   if len(bad):
@@ -339,7 +410,7 @@ def _read_camera(files: dict[str, str], where: str) -> tuple[np.ndarray, np.ndar
 
 def read_session(one, eid: str, options: IblOptions = IblOptions()) -> dict:
   """A session's ALF files, read and validated (no preprocessing): trials table, wheel,
-  camera, and per probe spikes and units with region acronyms."""
+  camera, per probe spikes and units with region acronyms, and `files`: the paths read."""
   eid = str(eid)
   try:
     path = one.eid2path(eid)
@@ -374,9 +445,11 @@ def read_session(one, eid: str, options: IblOptions = IblOptions()) -> dict:
   for name, p in probe_data.items():
     p["collection"] = probes[name]
     p["regions"] = regions.acronyms(p["atlas_ids"])
+  read = [trials_path, wheel_pos_path, wheel_time_path] + [files[k] for k in CAMERA_FILES[camera]]
+  read += [path for p in probe_data.values() for path in p["paths"].values()]
   return dict(eid=eid, where=where, trials=trials, trials_path=trials_path, wheel_times=wheel_times,
               wheel_position=wheel_pos, camera_times=camera_times, motion_energy=motion_energy, camera=camera,
-              probes=probe_data)
+              probes=probe_data, files=sorted(read))
 
 
 # ------------------------------------------------------------------------------------------
@@ -470,7 +543,8 @@ def select_units(probe: dict, options: IblOptions, where: str) -> tuple[np.ndarr
 def preprocess(raw: dict, options: IblOptions = IblOptions()) -> dict:
   """A read session (read_session) -> binned session in the schema of
   mtm_jax.datasets.schema, plus trial_index [K] (trials table rows), trial_split [K] str,
-  unit_ids [N], spike_times/spike_units of the kept units, and source_info (counts)."""
+  unit_ids [N], spike_times/spike_units of the kept units, source_info (counts) and
+  source_files (the paths read)."""
   where = raw["where"]
   trials = raw["trials"]
   kept, info = select_trials(trials, options)
@@ -539,6 +613,7 @@ def preprocess(raw: dict, options: IblOptions = IblOptions()) -> dict:
       spike_times=times[order],
       spike_units=np.concatenate(spike_units)[order].astype(np.int32),
       source_info=info,
+      source_files=raw["files"],
   )
 
 
@@ -579,6 +654,7 @@ def event_session(binned: dict, session_id: str) -> dict:
       trial_ends=ends,
       splits=splits,
       source_info=info,
+      source_files=binned["source_files"],
   )
 
 

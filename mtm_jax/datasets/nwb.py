@@ -160,7 +160,7 @@ def read_nwb(path: str, behaviour: str = "hand_vel", session_id: str | None = No
   file name without extension (it prefixes the unit ids, so keep it unique across
   sessions); behaviour_stride: keep every n-th behaviour sample (10 takes NLB's 1 kHz to
   100 Hz). The result also has source_info: file name, split_source ('column' or
-  'seeded'), trial and sample counts left out."""
+  'seeded'), trial and sample counts left out; and source_files: [the file's path]."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path}: no such NWB file")
   if behaviour_stride < 1:
@@ -193,6 +193,7 @@ def read_nwb(path: str, behaviour: str = "hand_vel", session_id: str | None = No
       trial_ends=ends,
       splits=splits,
       source_info=info,
+      source_files=[os.path.abspath(path)],
   )
   events.validate_event_session(session, where=path)
   return session

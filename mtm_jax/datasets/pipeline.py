@@ -11,35 +11,19 @@ exactly the batches an uninterrupted run would.
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import grain
 import numpy as np
-import tensorflow_datasets as tfds
 
+from mtm_jax.datasets import provenance
 from mtm_jax.datasets import schema
 
 MODEL_FIELDS = ("spikes", "trial_index")
 
 
-def _prepared_builder(dataset: str, data_dir: str):
-  data_dir = os.path.abspath(os.path.expanduser(data_dir))
-  try:
-    builder = tfds.builder(dataset, data_dir=data_dir)
-  except Exception as e:  # tfds raises several types for unknown names and configs
-    raise FileNotFoundError(
-        f"data set {dataset!r} not found under {data_dir}: build it first with "
-        f"`python -m data_builders.build --dataset={dataset} --data_dir={data_dir}` ({e})") from e
-  if not builder.is_prepared():
-    raise FileNotFoundError(
-        f"data set {dataset!r} is not prepared under {data_dir}: build it with "
-        f"`python -m data_builders.build --dataset={dataset} --data_dir={data_dir}`")
-  return builder
-
-
 def session_info(dataset: str, data_dir: str) -> schema.SessionInfo:
   """Session id and neuron regions from the data set's metadata."""
-  meta = _prepared_builder(dataset, data_dir).info.metadata
+  meta = provenance.open_built(dataset, data_dir).info.metadata
   for field in ("session_id", "region_names"):
     if field not in meta:
       raise ValueError(f"data set {dataset!r}: metadata has no {field!r}; was it built by data_builders?")
@@ -48,7 +32,7 @@ def session_info(dataset: str, data_dir: str) -> schema.SessionInfo:
 
 def load_split(dataset: str, data_dir: str, split: str, fields=None) -> dict[str, np.ndarray]:
   """All examples of a split, stacked: {field: [trials, ...]}, in trial order."""
-  builder = _prepared_builder(dataset, data_dir)
+  builder = provenance.open_built(dataset, data_dir)
   if split not in builder.info.splits:
     raise ValueError(f"data set {dataset!r}: no split {split!r}; it has {sorted(builder.info.splits)}")
   source = builder.as_data_source(split=split)

@@ -46,19 +46,22 @@ def r2_per_dim(prediction: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 
 def summarise(per_session: dict[str, np.ndarray], key: str = "behaviour_r2",
-              skipped: dict[str, str] | None = None) -> dict:
+              skipped: dict[str, str] | None = None, names=None) -> dict:
   """{session id: [D] R^2} -> {key: mean over sessions of the dimension mean,
-  f"{key}_dim{d}": mean over sessions of dimension d, "sessions": {id: {key, ...}}}.
+  f"{key}_{names[d]}": mean over sessions of dimension d, "sessions": {id: {key, ...}}}.
+  names: the D output names (events.output_names; default dim0 ... dim{D-1}).
   skipped {session id: reason} (sessions without a score) become {"skipped": {key: reason}}
   under "sessions", and the top-level "skipped" {key: reasons} when no session has a score."""
   out = {}
+  dims = len(next(iter(per_session.values()))) if per_session else 0
+  names = [f"dim{d}" for d in range(dims)] if names is None else list(names)
   if per_session:
     table = np.stack(list(per_session.values()))  # [S, D]
     out = {key: float(np.mean(table.mean(axis=1)))}
-    out.update({f"{key}_dim{d}": float(v) for d, v in enumerate(table.mean(axis=0))})
+    out.update({f"{key}_{n}": float(v) for n, v in zip(names, table.mean(axis=0))})
   elif skipped:
     out["skipped"] = {key: "; ".join(f"{sid}: {reason}" for sid, reason in skipped.items())}
-  out["sessions"] = {sid: {key: float(np.mean(r)), **{f"{key}_dim{d}": float(v) for d, v in enumerate(r)}}
+  out["sessions"] = {sid: {key: float(np.mean(r)), **{f"{key}_{n}": float(v) for n, v in zip(names, r)}}
                      for sid, r in per_session.items()}
   out["sessions"].update({sid: {"skipped": {key: reason}} for sid, reason in (skipped or {}).items()})
   return out
@@ -121,7 +124,7 @@ def evaluate_data(graphdef, params, data: events.EventData, *, task: str, batch_
   predictor = make_predictor(graphdef, task) if predictor is None else predictor
   metas, predictions = predict_windows(predictor, params, data, batch_size, mesh)
   per_session, skipped, stitched = stitched_scores(data, metas, predictions)
-  return summarise(per_session, skipped=skipped), stitched
+  return summarise(per_session, skipped=skipped, names=events.output_names(data.sessions)), stitched
 
 
 # ------------------------------------------------------------------------------------------
@@ -182,7 +185,7 @@ def baseline_scores(data: events.EventData, stitched: Sequence[dict], *, bin_siz
     return r2_per_dim(*ridge_baseline(s, st["timestamps"], split=data.split, bin_size=bin_size, lags=lags))
 
   per_session, skipped = scored_sessions(score, [(s["session_id"], (s, st)) for s, st in zip(data.sessions, stitched)])
-  return summarise(per_session, "baseline_r2", skipped)
+  return summarise(per_session, "baseline_r2", skipped, names=events.output_names(data.sessions))
 
 
 # ------------------------------------------------------------------------------------------
@@ -202,9 +205,10 @@ def evaluate_workdir(workdir: str, split: str = "test", step: int | None = None,
   """Scores the POYO model in `workdir` on `split` of its training sessions
   (config.data.datasets, read from TFDS; or the given event `sessions`, which must be in
   the model's vocabulary) and writes <workdir>/metrics.json:
-    behaviour_r2, behaviour_r2_dim{d}  means over sessions;
-    baseline_r2, baseline_r2_dim{d}    the ridge baseline on the same timestamps;
-    sessions {id: {behaviour_r2, behaviour_r2_dim{d}, baseline_r2, ...}}, split, step."""
+    behaviour_r2, behaviour_r2_<output>  means over sessions (outputs: events.output_names,
+                                         e.g. wheel_speed; dim0, dim1, ... when unnamed);
+    baseline_r2, baseline_r2_<output>    the ridge baseline on the same timestamps;
+    sessions {id: {behaviour_r2, behaviour_r2_<output>, baseline_r2, ...}}, split, step."""
   from mtm_jax.training import poyo_loop  # pylint: disable=g-import-not-at-top  (the loop imports this module)
 
   trained = poyo_loop.load_trained(workdir, step)
