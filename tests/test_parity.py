@@ -10,6 +10,7 @@ environment these tests are skipped, with the reason.
 """
 
 import os
+import shutil
 import subprocess
 
 import jax
@@ -132,18 +133,23 @@ def test_poyo_computed_rotary_frequencies_are_not_torch_brains(reference):
   assert _rel(out[mask], io["output/behaviour"][mask]) > 1e-5
 
 
-def _import(reference, tmp_path, case, kind, **kwargs):
+def _import(reference, tmp_path, case, kind, code_path=None, **kwargs):
+  """Imports the trainer's file of `case` (.pt: the authors' pickled module, needing their
+  code, reference/mtm_checkout/src) into tmp_path/case."""
   from experiments import import_checkpoint  # pylint: disable=import-outside-toplevel
   source = os.path.join(reference, f"{case}.{'pt' if kind == 'ndt1' else 'ckpt'}")
   workdir = str(tmp_path / case)
-  import_checkpoint.run(source, kind, workdir, torch_python=_parity_python(), code_path=os.path.join(ROOT, "parity"),
-                        **kwargs)
+  code_path = os.path.join(reference, "mtm_checkout", "src") if code_path is None else code_path
+  import_checkpoint.run(source, kind, workdir, torch_python=_parity_python(), code_path=code_path, **kwargs)
   return workdir
 
 
-def test_trainer_checkpoints_import_like_their_state_dicts(reference, data_dir, tmp_path):
+def test_trainer_checkpoints_import_like_their_state_dicts(reference, data_dir, tmp_path, monkeypatch):
   """The reference trainers' own files (.pt with a pickled NDT1; torch_brain's Lightning
-  .ckpt) go through export in the PyTorch environment and import to the same weights."""
+  .ckpt) go through export in the PyTorch environment and import to the same weights,
+  from a working directory that is not the authors' checkout (their code opens
+  data/target_eids.txt relative to it when it is imported)."""
+  monkeypatch.chdir(tmp_path)
   from mtm_jax.datasets import pipeline  # pylint: disable=import-outside-toplevel
   from mtm_jax.training import loop, poyo_loop  # pylint: disable=import-outside-toplevel
   from tests.conftest import DATASET  # pylint: disable=import-outside-toplevel
@@ -163,3 +169,19 @@ def test_trainer_checkpoints_import_like_their_state_dicts(reference, data_dir, 
   assert n != 13
   with pytest.raises(ValueError, match="single-session model of 13 neurons"):
     _import(reference, tmp_path, "ndt1_temporal", "ndt1", datasets=[DATASET], data_dir=data_dir)
+
+
+def test_authors_pickle_needs_their_code_with_a_clear_error(reference, data_dir, tmp_path, monkeypatch):
+  from tests.conftest import DATASET  # pylint: disable=import-outside-toplevel
+
+  monkeypatch.chdir(tmp_path)
+  kwargs = dict(datasets=[DATASET], data_dir=data_dir)
+  with pytest.raises(RuntimeError, match="needs --code_path"):
+    _import(reference, tmp_path, "ndt1_temporal", "ndt1", code_path="", **kwargs)
+  with pytest.raises(RuntimeError, match="No module named 'models'"):
+    _import(reference, tmp_path, "ndt1_temporal", "ndt1", code_path=str(tmp_path), **kwargs)
+  # Their code, but in a checkout without its eid list: the import-time read fails.
+  src = tmp_path / "checkout" / "src"
+  shutil.copytree(os.path.join(reference, "mtm_checkout", "src"), src)
+  with pytest.raises(RuntimeError, match="target_eids.txt"):
+    _import(reference, tmp_path, "ndt1_temporal", "ndt1", code_path=str(src), **kwargs)
