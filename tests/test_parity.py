@@ -74,11 +74,12 @@ def _ndt1_errors(ckpt, io, **config_overrides) -> dict:
   return errors
 
 
-@pytest.mark.parametrize("case", ["ndt1_mtm", "ndt1_temporal", "ndt1_stitch"])
+@pytest.mark.parametrize("case", ["ndt1_mtm", "ndt1_temporal", "ndt1_stitch", "ndt1_deep", "ndt1_wide"])
 def test_ndt1_matches_the_reference_in_every_masking_mode(reference, case):
+  """Every size converts (ndt1_deep: 4 layers, no row of ndt1.SIZES; ndt1_wide: two rows)."""
   ckpt, io = _case(reference, case)
   errors = _ndt1_errors(ckpt, io)
-  expected = {"ndt1_mtm": 4, "ndt1_temporal": 2, "ndt1_stitch": 12}[case]  # sessions x modes
+  expected = {"ndt1_mtm": 4, "ndt1_temporal": 2, "ndt1_stitch": 12, "ndt1_deep": 4, "ndt1_wide": 2}[case]
   assert len(errors) == expected
   assert max(errors.values()) < TOLERANCE, errors
 
@@ -185,3 +186,24 @@ def test_authors_pickle_needs_their_code_with_a_clear_error(reference, data_dir,
   shutil.copytree(os.path.join(reference, "mtm_checkout", "src"), src)
   with pytest.raises(RuntimeError, match="target_eids.txt"):
     _import(reference, tmp_path, "ndt1_temporal", "ndt1", code_path=str(src), **kwargs)
+
+
+def test_authors_pickle_of_any_size_imports_and_evaluates_as_the_reference(reference, data_dir, tmp_path,
+                                                                            monkeypatch):
+  """The authors' .pt of a 4-layer NDT1 (heads from the pickled module), imported from
+  another working directory onto our 114-neuron session, gives the reference's outputs
+  through the evaluation's predictor."""
+  from mtm_jax.evaluation import run  # pylint: disable=import-outside-toplevel
+  from mtm_jax.training import loop  # pylint: disable=import-outside-toplevel
+  from tests.conftest import DATASET  # pylint: disable=import-outside-toplevel
+
+  monkeypatch.chdir(tmp_path)
+  ckpt, io = _case(reference, "ndt1_deep")
+  workdir = _import(reference, tmp_path, "ndt1_deep", "ndt1", datasets=[DATASET], data_dir=data_dir,
+                    session_rows=[str(r) for r in ckpt.meta["session_rows"]])
+  trained = loop.load_trained(workdir)
+  assert trained.config.model.size == "64x4x4x128" and trained.n_neurons == ckpt.meta["num_neurons"][0]
+  for mode in ("neuron", "inter-region", "intra-region"):
+    x = io[f"input/0/{mode}"]
+    rates = run.unmasked_log_rates(trained, x, prompt=mode, session=0)
+    assert _rel(rates, io[f"output/0/{mode}"]) < TOLERANCE, mode

@@ -70,12 +70,63 @@ def test_ndt1_conversion_errors_name_what_is_wrong():
     ndt1_interop.convert(ckpt, config, neurons, None)
   with pytest.raises(ValueError, match=r"rows \[7\] are outside"):
     ndt1_interop.convert(ckpt, config, neurons, [0, 7])
-  with pytest.raises(ValueError, match="SIZES"):
+  with pytest.raises(ValueError, match="has 2 attention heads, but 3 were given"):
     ndt1_interop.architecture(ckpt, n_heads=3)
+  headless = state_dict.TorchCheckpoint(ckpt.arrays, {}, "authors.npz")
+  with pytest.raises(ValueError, match=r"authors.npz: the number of attention heads .* give it \(--n_heads\)"):
+    ndt1_interop.architecture(headless)
+  with pytest.raises(ValueError, match="width 32 is not a multiple of 3 attention heads"):
+    ndt1_interop.architecture(headless, n_heads=3)
   _, other = _stitch_model([5, 5], seed=1)
   other.stitch_in.bias[...] = other.stitch_in.bias[...].at[1].add(1.0)
   with pytest.raises(ValueError, match="keys its per-session layers by neuron count"):
     ndt1_interop.to_torch(_pure(other), [5, 5], session_rows=[0, 1])
+
+
+def _random_ndt1(neurons, dims, seed):
+  """An NDT1 (prompt and session tokens, no stitching) of dims (width, layers, heads, MLP
+  width), every parameter random (LayerNorms too)."""
+  width, n_layers, n_heads, mlp_width = dims
+  model = ndt1.NDT1(neurons, width=width, n_layers=n_layers, n_heads=n_heads, mlp_width=mlp_width, stitch_dim=0,
+                    max_bins=100, embed_mult=2, dropout=0.0, attention_dropout=0.0, embed_dropout=0.0,
+                    use_prompt=True, use_session=True, special_tokens_see_future=True, rngs=nnx.Rngs(seed))
+  state = nnx.state(model, nnx.Param)
+  rng = np.random.default_rng(seed)
+  nnx.replace_by_pure_dict(state, jax.tree.map(lambda x: rng.normal(0, 0.3, x.shape).astype(np.float32),
+                                               nnx.to_pure_dict(state)))
+  nnx.update(model, state)
+  return model
+
+
+@pytest.mark.parametrize("dims, size", [((32, 4, 2, 64), "32x4x2x64"),  # 4 layers: no row of SIZES
+                                        ((128, 2, 4, 256), "small")])  # two rows ("small", "demo")
+def test_ndt1_of_any_size_converts_from_its_state_dict(dims, size):
+  """Layers, widths and MLP width come from the state dict, heads from the pickled module
+  (or the caller): sizes that are no row of SIZES, or that are several, convert too."""
+  model = _random_ndt1(17, dims, seed=dims[1])
+  ckpt = ndt1_interop.to_torch(_pure(model), [17], session_rows=[1], n_session_rows=3, n_heads=dims[2])
+  arch = ndt1_interop.architecture(ckpt)
+  assert arch["size"] == size and ndt1.size_dims(arch["size"]) == dims
+  back, unused = ndt1_interop.convert(ckpt, ndt1_interop.model_config(arch), [17], [1])
+  assert unused == []
+  _assert_same(_pure(back), _pure(model))
+  spikes = np.random.default_rng(0).poisson(1.0, (2, 24, 17)).astype(np.float32)
+  for causal in (False, True):
+    _assert_same(back(spikes, prompt=1, session=0, causal=causal), model(spikes, prompt=1, session=0, causal=causal))
+  headless = state_dict.TorchCheckpoint(ckpt.arrays, {})
+  assert ndt1_interop.architecture(headless, n_heads=dims[2])["size"] == size
+  gap = state_dict.TorchCheckpoint({k: v for k, v in ckpt.arrays.items() if not k.startswith("encoder.layers.0.")},
+                                   ckpt.meta, "authors.npz")
+  with pytest.raises(ValueError, match=rf"encoder layers \[1[0-9, ]*\] are not numbered 0..{dims[1] - 2}"):
+    ndt1_interop.architecture(gap)
+
+
+def test_ndt1_explicit_size_is_read_back_and_checked():
+  assert ndt1.size_dims("paper") == ndt1.SIZES["paper"]
+  assert ndt1.size_dims(ndt1.size_name(48, 3, 6, 96)) == (48, 3, 6, 96)
+  assert ndt1.size_name(*ndt1.SIZES["mini"]) == "mini"
+  with pytest.raises(ValueError, match=r"config.model.size: unknown '48x3x6'"):
+    ndt1.size_dims("48x3x6")
 
 
 def test_t_fixup_scales_the_blocks_as_the_reference():
@@ -160,6 +211,26 @@ def test_imported_ndt1_loads_as_evaluation_and_finetuning_load_it(data_dir, tmp_
   fresh = ndt1.from_config(config, [11], rngs=nnx.Rngs(0))
   grafted = loop.graft_shared(nnx.state(fresh, nnx.Param), trained.params)
   _assert_same(nnx.to_pure_dict(grafted)["layers"], _pure(model)["layers"])
+
+
+def test_imported_ndt1_of_a_size_without_preset_loads(data_dir, tmp_path):
+  """A 4-layer checkpoint without its number of heads: refused with the flag to give, then
+  imported with it; the workdir's config holds the explicit size and loads."""
+  info = pipeline.session_info(DATASET, data_dir)
+  model = _random_ndt1(info.n_neurons, (32, 4, 2, 64), seed=7)
+  source = str(tmp_path / "authors.npz")
+  state_dict.save(ndt1_interop.to_torch(_pure(model), [info.n_neurons], session_rows=[0], n_session_rows=2), source)
+  base = ndt1_config.get_config("tiny")
+  kwargs = dict(datasets=[DATASET], data_dir=data_dir, session_rows=["0"], config=base)
+  with pytest.raises(ValueError, match="--n_heads"):
+    import_checkpoint.run(source, "ndt1", str(tmp_path / "refused"), **kwargs)
+  assert not (tmp_path / "refused").exists()
+  workdir = str(tmp_path / "imported")
+  summary = import_checkpoint.run(source, "ndt1", workdir, n_heads=2, **kwargs)
+  assert summary["architecture"]["size"] == "32x4x2x64"
+  trained = loop.load_trained(workdir)
+  assert trained.config.model.size == "32x4x2x64"
+  _assert_same(nnx.to_pure_dict(trained.params), _pure(model))
 
 
 def test_imported_poyo_loads_as_evaluation_and_finetuning_load_it(tmp_path):
