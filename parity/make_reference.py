@@ -136,6 +136,24 @@ def ndt1_case(out_dir: str, case: str, reference, *, num_neurons, stitch: int, u
   torch.save({"model": model, "epoch": 0}, os.path.join(out_dir, f"{case}.pt"))
 
 
+def _torch_brain_pipeline(model, samples, sessions) -> dict[str, np.ndarray]:
+  """The windows `samples` (session, local unit indices, spike and output times) through
+  torch_brain's POYO.tokenize and collate: its model's keyword arguments, float64 times."""
+  # pylint: disable=import-outside-toplevel
+  from torch_brain.batching import collate, pad, track_mask
+  from torch_brain.data import ArrayDict, Data, Interval, IrregularTimeSeries
+
+  items = []
+  for s in samples:
+    data = Data(session=Data(id=s["session"]), units=ArrayDict(id=np.array(sessions[s["session"]])),
+                spikes=IrregularTimeSeries(timestamps=s["times"], unit_index=s["local"], domain=Interval(0.0, 1.0)),
+                domain=Interval(0.0, 1.0))
+    item = model.tokenize(data)
+    item.update(output_timestamps=pad(s["output_timestamps"]), output_mask=track_mask(s["output_timestamps"]))
+    items.append(item)
+  return {k: np.asarray(v) for k, v in collate(items).items()}
+
+
 def poyo_case(out_dir: str, case: str, *, dim, depth, cross_heads, self_heads, latents_per_step, seed: int) -> None:
   from torch_brain.models import poyo as tb_poyo  # pylint: disable=import-outside-toplevel
 
@@ -161,7 +179,8 @@ def poyo_case(out_dir: str, case: str, *, dim, depth, cross_heads, self_heads, l
     times = np.sort(rng.random(n_spikes))
     se_type, se_unit, se_time = tb_poyo.create_start_end_unit_tokens(units, 0.0, 1.0)
     unit_index = np.array(model.unit_emb.tokenizer(units))[np.concatenate([se_unit, local])]
-    samples.append(dict(unit_index=unit_index, timestamps=np.concatenate([se_time, times]),
+    samples.append(dict(session=session, local=local, times=times,
+                        unit_index=unit_index, timestamps=np.concatenate([se_time, times]),
                         token_type=np.concatenate([se_type, np.zeros(n_spikes, np.int64)]),
                         session_index=model.session_emb.tokenizer(session),
                         output_timestamps=np.sort(rng.random(q)), n_queries=q))
@@ -191,6 +210,12 @@ def poyo_case(out_dir: str, case: str, *, dim, depth, cross_heads, self_heads, l
               output_mask=t(batch["output_mask"]))
   meta = dict(kind="poyo", hparams=hparams, sessions=sessions)
   _save(out_dir, case, model, meta, batch, {"behaviour": y.numpy()})
+  # The same windows through torch_brain's own pipeline: float64 timestamps.
+  tokenized = _torch_brain_pipeline(model, samples, sessions)
+  with torch.no_grad():
+    y = model(**{k: torch.from_numpy(v) for k, v in tokenized.items()})
+  np.savez(os.path.join(out_dir, f"{case}.tokenized.npz"), **{f"input/{k}": v for k, v in tokenized.items()},
+           **{"output/behaviour": y.numpy()})
   # As torch_brain's Lightning trainer saves it (what POYO.load_pretrained reads).
   torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
               "hyper_parameters": {"model": dict(hparams, _target_="torch_brain.models.POYO")}},

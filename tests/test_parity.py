@@ -93,13 +93,17 @@ def test_ndt1_default_causal_mode_differs_from_the_reference(reference):
   assert max(v for k, v in errors.items() if k != "0/causal") < TOLERANCE
 
 
-def _poyo_outputs(ckpt, io, **config_overrides):
-  arch = poyo_interop.architecture(ckpt)
-  config = poyo_interop.model_config(arch, "behaviour")
+def _poyo_model(ckpt, **config_overrides):
+  config = poyo_interop.model_config(poyo_interop.architecture(ckpt), "behaviour")
   config.model.update(config_overrides)
   records = poyo_interop.default_sessions(ckpt)
   model, unused = poyo_interop.convert(ckpt, config, records)
   assert unused == []
+  return model, records
+
+
+def _poyo_outputs(ckpt, io, **config_overrides):
+  model, records = _poyo_model(ckpt, **config_overrides)
   # Their token indices -> our rows (ours group the units by session).
   ours = poyo_interop.poyo_vocabulary(records)
   unit_row = {u: i + 1 for i, u in enumerate(ours.unit_ids)}
@@ -124,6 +128,26 @@ def test_poyo_matches_torch_brain_with_padding(reference, case):
   out, mask = _poyo_outputs(ckpt, io)
   assert _rel(out[mask], io["output/behaviour"][mask]) < TOLERANCE
   assert np.all(out[~mask] == 0.0)
+
+
+@pytest.mark.parametrize("case", ["poyo_tiny", "poyo_small"])
+def test_poyo_matches_torch_brains_own_pipeline_with_float64_timestamps(reference, case):
+  """torch_brain's POYO.tokenize + collate give float64 timestamps, and float64 rotary
+  angles: torch_brain_batch computes the angles as it does (float32 angles of the same
+  batch are off by ~1e-4 relative)."""
+  ckpt, _ = _case(reference, case)
+  io = dict(np.load(os.path.join(reference, f"{case}.tokenized.npz")))
+  theirs = io.pop("output/behaviour")
+  inputs = {k[len("input/"):]: v for k, v in io.items()}
+  assert inputs["input_timestamps"].dtype == np.float64 and inputs["output_timestamps"].dtype == np.float64
+  model, records = _poyo_model(ckpt)
+  batch, angles = poyo_interop.torch_brain_batch(ckpt, records, inputs, model.frequencies())
+  mask = batch["output_mask"]
+  out = nnx.jit(lambda m, b, a: m(b, angles=a))(model, batch, angles)["behaviour"]
+  assert _rel(np.asarray(out)[mask], theirs[mask]) < TOLERANCE
+  latent_timestamps = inputs["latent_timestamps"].astype(np.float32)
+  float32 = nnx.jit(lambda m, b, t: m(b, latent_timestamps=t))(model, batch, latent_timestamps)["behaviour"]
+  assert _rel(np.asarray(float32)[mask], theirs[mask]) > 1e-5
 
 
 def test_poyo_computed_rotary_frequencies_are_not_torch_brains(reference):

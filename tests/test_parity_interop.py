@@ -17,7 +17,7 @@ from mtm_jax.evaluation import run
 from mtm_jax.interop import ndt1 as ndt1_interop
 from mtm_jax.interop import poyo as poyo_interop
 from mtm_jax.interop import state_dict
-from mtm_jax.models import ndt1, poyo
+from mtm_jax.models import ndt1, poyo, rotary
 from mtm_jax.training import loop, poyo_loop
 from tests.conftest import DATASET, STUDY_DATASETS
 
@@ -175,6 +175,68 @@ def test_poyo_round_trip_reorders_the_vocabularies():
   missing = [dict(POYO_RECORDS[0], unit_ids=["a/u0", "a/u9"])]
   with pytest.raises(ValueError, match="a/u9"):
     poyo_interop.convert(shuffled, back_config, missing)
+
+
+def test_host_angles_keep_the_precision_of_float64_timestamps():
+  """torch_brain multiplies float64 timestamps by its float32 frequencies in float64; the
+  float32 angle of the same time is off by up to ~4e-3 rad at 2 pi / 1e-4 s."""
+  t = np.random.default_rng(0).random((3, 200))  # float64 seconds in a 1 s window
+  freqs = rotary.rotary_frequencies()
+  exact = t[..., None] * freqs.astype(np.float64)
+  host = rotary.host_angles(t, freqs)
+  assert host.dtype == np.float32 and host.shape == (3, 200, 16)
+  for fn in (np.cos, np.sin):
+    assert np.max(np.abs(fn(host.astype(np.float64)) - fn(exact))) < 1e-6
+    assert np.max(np.abs(fn(np.asarray(rotary.rotary_angles(t, freqs), np.float64)) - fn(exact))) > 1e-4
+  t32 = t.astype(np.float32)  # float32 timestamps: exactly the model's own float32 angles
+  np.testing.assert_array_equal(rotary.host_angles(t32, freqs), np.asarray(rotary.rotary_angles(t32, freqs)))
+
+
+def _their_batch(ckpt, rng):
+  """A collated batch as torch_brain's pipeline gives it (its indices, float64 times), of
+  two windows of the checkpoint's sessions a and b."""
+  units = ckpt.meta["vocab"]["unit_emb.vocab"]
+  sessions = ckpt.meta["vocab"]["session_emb.vocab"]
+  b, l, q, n_lat = 2, 16, 8, 8 * 2  # 8 latent steps of 2 latents (tiny)
+  unit_index = np.zeros((b, l), np.int64)
+  mask = np.zeros((b, l), bool)
+  for i, (session, n) in enumerate((("a", 11), ("b", 16))):
+    own = [units.index(u) for u in units if u.startswith(f"{session}/")]
+    unit_index[i, :n], mask[i, :n] = rng.choice(own, n), True
+  return dict(input_unit_index=unit_index, input_timestamps=np.where(mask, rng.random((b, l)), 0.0),
+              input_token_type=np.zeros((b, l), np.int64), input_mask=mask,
+              latent_index=np.tile(np.arange(2), (b, n_lat // 2)),
+              latent_timestamps=np.tile(np.repeat((np.arange(8) + 0.5) * 0.125, 2), (b, 1)),
+              session_index=np.array([sessions.index("a"), sessions.index("b")]),
+              output_timestamps=rng.random((b, q)), output_mask=np.ones((b, q), bool))
+
+
+def test_torch_brain_batches_map_to_ours_with_their_precision():
+  config, model = _tiny_poyo(seed=2)
+  ckpt = poyo_interop.to_torch(model, POYO_RECORDS)
+  theirs = _their_batch(ckpt, np.random.default_rng(1))
+  ours, angles = poyo_interop.torch_brain_batch(ckpt, POYO_RECORDS, theirs, model.frequencies())
+  vocab = ckpt.meta["vocab"]
+  ids = ("NA",) + poyo_interop.poyo_vocabulary(POYO_RECORDS).unit_ids  # our rows
+  np.testing.assert_array_equal([[ids[r] for r in row] for row in ours["unit_index"]],
+                                [[vocab["unit_emb.vocab"][r] for r in row] for row in theirs["input_unit_index"]])
+  np.testing.assert_array_equal(ours["session_index"], [1, 2])
+  np.testing.assert_array_equal(angles["tokens"], rotary.host_angles(theirs["input_timestamps"], model.frequencies()))
+  assert angles["latents"].shape == (2, 16, 16) and angles["queries"].shape == (2, 8, 16)
+  out = model(ours, angles=angles)["hand_velocity"]
+  assert out.shape == (2, 8, 2) and np.all(np.isfinite(out))
+  # float32 timestamps: the same numbers as the model's own float32 angles.
+  theirs32 = dict(theirs, **{k: theirs[k].astype(np.float32) for k in
+                             ("input_timestamps", "latent_timestamps", "output_timestamps")})
+  ours32, angles32 = poyo_interop.torch_brain_batch(ckpt, POYO_RECORDS, theirs32, model.frequencies())
+  _assert_same(model(ours32, angles=angles32), model(ours32, latent_timestamps=theirs32["latent_timestamps"]))
+  with pytest.raises(ValueError, match=r"angles\['queries'\] must have shape \(2, 8, 16\)"):
+    model(ours, angles=dict(angles, queries=angles["tokens"]))
+  with pytest.raises(ValueError, match="outside the sessions"):
+    poyo_interop.torch_brain_batch(ckpt, POYO_RECORDS[:1], theirs, model.frequencies())
+  with pytest.raises(ValueError, match="latent_index"):
+    poyo_interop.torch_brain_batch(ckpt, POYO_RECORDS, dict(theirs, latent_index=theirs["latent_index"][:, ::-1]),
+                                   model.frequencies())
 
 
 def test_imported_ndt1_loads_as_evaluation_and_finetuning_load_it(data_dir, tmp_path):
