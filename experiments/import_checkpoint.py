@@ -15,8 +15,9 @@ experiments.finetune (--pretrained) and experiments.pretrain (resuming) load unc
 with encoder.bin and decoder.bin) that is first exported with that script in the PyTorch
 environment (--torch_python, default parity/.venv/bin/python; `make parity-env`).
 
-NDT1: --datasets names our built sessions (ibl_binned) in model-row order; their neuron
-counts select the checkpoint's per-session layers. With a session token, each session's
+NDT1: the architecture is read from the state dict (any size), the number of heads from the
+pickled module or --n_heads. --datasets names our built sessions (ibl_binned) in model-row
+order; their neuron counts select the checkpoint's per-session layers. With a session token, each session's
 row in the authors' session table comes from --session_rows, or from --eids (their eid
 list; a session's eid is its session_id). POYO: sessions are the checkpoint's (units by
 their "<session>/" prefix), or --datasets (built spike_events sets whose unit ids are in
