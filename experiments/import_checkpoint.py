@@ -15,8 +15,9 @@ experiments.finetune (--pretrained) and experiments.pretrain (resuming) load unc
 with encoder.bin and decoder.bin) that is first exported with that script in the PyTorch
 environment (--torch_python, default parity/.venv/bin/python; `make parity-env`).
 
-NDT1: --datasets names our built sessions (ibl_binned) in model-row order; their neuron
-counts select the checkpoint's per-session layers. With a session token, each session's
+NDT1: the architecture is read from the state dict (any size), the number of heads from the
+pickled module or --n_heads. --datasets names our built sessions (ibl_binned) in model-row
+order; their neuron counts select the checkpoint's per-session layers. With a session token, each session's
 row in the authors' session table comes from --session_rows, or from --eids (their eid
 list; a session's eid is its session_id). POYO: sessions are the checkpoint's (units by
 their "<session>/" prefix), or --datasets (built spike_events sets whose unit ids are in
@@ -56,7 +57,9 @@ _DATASETS = flags.DEFINE_list("datasets", [], "Our sessions (TFDS names), in mod
 _DATA_DIR = flags.DEFINE_string("data_dir", "data/tfds", "TFDS data_dir of --datasets.")
 _SESSION_ROWS = flags.DEFINE_list("session_rows", [], "NDT1: each session's row in the authors' session table.")
 _EIDS = flags.DEFINE_string("eids", None, "NDT1: file of the authors' eids, one per line (their session table order).")
-_N_HEADS = flags.DEFINE_integer("n_heads", None, "NDT1: attention heads, if the checkpoint does not tell.")
+_N_HEADS = flags.DEFINE_integer("n_heads", None, "NDT1: attention heads, if the checkpoint does not tell "
+                                "(a state dict does not; the authors' pickled module does).")
+flags.DEFINE_alias("heads", "n_heads")
 _TASK = flags.DEFINE_string("task", "hand_velocity", "POYO: name of the readout task.")
 _SCALE = flags.DEFINE_list("scale", [], "POYO: behaviour divisor per output dimension (default ones).")
 _CODE_PATH = flags.DEFINE_string("code_path", "", "Folder with the authors' code, to unpickle whole-module checkpoints.")

@@ -9,7 +9,10 @@ Sources understood:
 - a torch_brain / Lightning checkpoint (.ckpt): {"state_dict": {"model.<name>": ...},
   "hyper_parameters": {"model": {...}}}; the hyper-parameters are kept;
 - the MtM authors' trainer checkpoint (model_<name>.pt): {"model": <NDT1 module>, "epoch"};
-  unpickling the module needs their code importable: --code_path=<their src folder>;
+  unpickling the module needs their code importable: --code_path=<their src folder>. Their
+  `models/ndt1.py` opens `data/target_eids.txt` by a relative path when it is imported, so
+  the unpickling runs with the working directory set to their checkout root (see
+  `checkout_root`), from wherever this script is started;
 - a directory holding their encoder.bin and decoder.bin (state dicts);
 - a bare state dict or an nn.Module.
 
@@ -22,8 +25,10 @@ NDT1 attention, read from a pickled module) and "skipped" (entries that are not 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import pathlib
 import sys
 
 import numpy as np
@@ -49,6 +54,41 @@ def module_attributes(module: torch.nn.Module) -> dict:
   return out
 
 
+def checkout_root(code_path: str) -> str:
+  """The working directory the authors' code expects: the parent of a `src` code_path, else
+  the first of code_path and its parents that holds data/target_eids.txt, else code_path."""
+  path = pathlib.Path(code_path).resolve()
+  if path.name == "src":
+    return str(path.parent)
+  return str(next((f for f in (path, *path.parents) if (f / "data" / "target_eids.txt").is_file()), path))
+
+
+def _unpickle(source: str, code_path: str):
+  """torch.load of `source`, importing pickled classes from `code_path` (if given) with the
+  working directory at its checkout root; the previous working directory is restored."""
+  source = os.path.abspath(source)
+  if not code_path:
+    try:
+      return torch.load(source, map_location="cpu", weights_only=False)
+    except ModuleNotFoundError as e:
+      raise ModuleNotFoundError(f"{source}: unpickling needs the module {e.name!r}, which is not importable; a "
+                                "whole-module checkpoint of the MtM authors needs --code_path=<their checkout>/src") from e
+  code_path = os.path.abspath(code_path)
+  if not os.path.isdir(code_path):
+    raise FileNotFoundError(f"--code_path: {code_path} is not a directory (expected <their checkout>/src)")
+  root = checkout_root(code_path)
+  if code_path not in sys.path:
+    sys.path.insert(0, code_path)
+  try:
+    with contextlib.chdir(root):
+      return torch.load(source, map_location="cpu", weights_only=False)
+  except (ImportError, OSError) as e:
+    raise ImportError(f"--code_path: unpickling {source} imports the authors' code from {code_path} with the working "
+                      f"directory {root}, and that failed: {type(e).__name__}: {e}. Give --code_path=<their "
+                      "checkout>/src of a checkout that holds data/target_eids.txt, with their dependencies "
+                      "installed in this environment") from e
+
+
 def save_state_dict(state_dict, path: str, meta: dict | None = None) -> dict:
   """Writes `state_dict` (name -> tensor; vocabularies as ordered dicts) to `path` (.npz)."""
   meta = dict(meta or {})
@@ -70,8 +110,9 @@ def save_state_dict(state_dict, path: str, meta: dict | None = None) -> dict:
   return meta
 
 
-def load_source(source: str):
-  """(state dict, meta) of a checkpoint file or directory (see the module docstring)."""
+def load_source(source: str, code_path: str = ""):
+  """(state dict, meta) of a checkpoint file or directory (see the module docstring);
+  code_path: the folder of the authors' code for whole-module pickles."""
   meta = {"source": os.path.basename(os.path.normpath(source))}
   if os.path.isdir(source):
     state = {}
@@ -82,7 +123,7 @@ def load_source(source: str):
                                 f"{part}.bin is missing")
       state.update({f"{part}.{k}": v for k, v in torch.load(path, map_location="cpu").items()})
     return state, meta
-  obj = torch.load(source, map_location="cpu", weights_only=False)
+  obj = _unpickle(source, code_path)
   if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], torch.nn.Module):
     obj = obj["model"]
   if isinstance(obj, torch.nn.Module):
@@ -104,14 +145,15 @@ def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--source", required=True, help=".pt/.ckpt file, or a directory with encoder.bin, decoder.bin")
   parser.add_argument("--out", required=True, help="the .npz to write")
-  parser.add_argument("--code_path", default="", help="folder to put on sys.path to unpickle whole modules")
+  parser.add_argument("--code_path", default="", help="the authors' src folder, to unpickle whole modules")
   args = parser.parse_args(argv)
-  if args.code_path:
-    sys.path.insert(0, os.path.abspath(args.code_path))
-  if not os.path.exists(args.source):
-    raise FileNotFoundError(f"--source: {args.source} does not exist")
-  state, meta = load_source(args.source)
-  meta = save_state_dict(state, args.out, meta)
+  try:
+    if not os.path.exists(args.source):
+      raise FileNotFoundError(f"--source: {args.source} does not exist")
+    state, meta = load_source(args.source, args.code_path)
+    meta = save_state_dict(state, args.out, meta)
+  except (ImportError, OSError, ValueError) as e:
+    sys.exit(f"export_torch: {e}")  # one line on stderr, exit status 1
   print(f"wrote {args.out}: {len(state) - len(meta['skipped']) - len(meta['vocab'])} tensors, "
         f"vocabularies {sorted(meta['vocab'])}, skipped {meta['skipped']}")
 

@@ -4,6 +4,12 @@ writes it, with the case's facts in `__meta__`) and <case>.io.npz (`input/<name>
 `output/<name>` arrays), and the checkpoint as the reference's trainer writes it: <case>.pt
 (NDT1: {"model": pickled module, "epoch"}) or <case>.ckpt (POYO: Lightning layout).
 
+The NDT1 definition (reference_ndt1.py) is laid out as the authors' checkout,
+<out>/mtm_checkout/src/models/ndt1.py with <out>/mtm_checkout/data/target_eids.txt, and
+imported from there as `models.ndt1`: its pickles unpickle only with that code on the path
+and the checkout root as working directory, as theirs (export with
+--code_path=<out>/mtm_checkout/src).
+
 Runs in the parity environment (Python 3.11 + torch + torch_brain; `make parity-env`):
 
   parity/.venv/bin/python parity/make_reference.py --out=<dir>
@@ -17,6 +23,10 @@ Cases:
 - ndt1_stitch: NDT1-stitch over sessions of 7, 11 and 7 neurons (the two 7-neuron sessions
   share their stitchers, keyed by neuron count as in the authors' code), session table of
   4 rows; every masking scheme on every session.
+- ndt1_deep: 4 layers (64 wide, 4 heads, MLP 128), one session of 114 neurons (the test
+  data set's count) with prompt and session tokens; every masking scheme.
+- ndt1_wide: 128 wide, 2 layers, 4 heads, MLP 256 (two rows of mtm_jax's sizes have it),
+  the temporal baseline.
 - poyo_tiny, poyo_small (1.3M): torch_brain's POYO with unit and session vocabularies,
   3 windows of different token counts padded to a multiple of 8, padded output queries.
 
@@ -27,20 +37,39 @@ does); mtm_jax feeds the same arrays, so only the models are compared.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import json
 import os
+import shutil
 import sys
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
 import export_torch  # noqa: E402
-import reference_ndt1  # noqa: E402
 
-SCHEMES = reference_ndt1.MASK_TYPES
 N_BINS = 24
 NDT1_SIZE = dict(hidden=64, n_layers=2, n_heads=4, inter=128)  # mtm_jax's "mini" size
+CHECKOUT = "mtm_checkout"  # <out>/mtm_checkout: reference_ndt1.py laid out as the authors' checkout
+EIDS = ("eid-0a", "eid-1b", "eid-2c", "eid-3d")  # its data/target_eids.txt
+
+
+def authors_code(out_dir: str):
+  """reference_ndt1.py as the authors' `models.ndt1`, in <out_dir>/mtm_checkout (src/models/
+  ndt1.py, data/target_eids.txt), imported with the checkout root as working directory."""
+  root = os.path.join(out_dir, CHECKOUT)
+  os.makedirs(os.path.join(root, "src", "models"), exist_ok=True)
+  os.makedirs(os.path.join(root, "data"), exist_ok=True)
+  shutil.copyfile(os.path.join(HERE, "reference_ndt1.py"), os.path.join(root, "src", "models", "ndt1.py"))
+  open(os.path.join(root, "src", "models", "__init__.py"), "w", encoding="utf-8").close()
+  with open(os.path.join(root, "data", "target_eids.txt"), "w", encoding="utf-8") as f:
+    f.write("".join(f"{e}\n" for e in EIDS))
+  sys.path.insert(0, os.path.join(root, "src"))
+  with contextlib.chdir(root):
+    return importlib.import_module("models.ndt1")
 
 
 def _perturb_norms(model: torch.nn.Module, gen: torch.Generator) -> None:
@@ -79,13 +108,15 @@ def _save(out_dir: str, case: str, model: torch.nn.Module, meta: dict, inputs: d
   print(f"{path}: {len(inputs)} inputs, {len(outputs)} outputs")
 
 
-def ndt1_case(out_dir: str, case: str, *, num_neurons, stitch: int, use_prompt: bool, session_rows,
-              n_session_rows: int, modes, seed: int) -> None:
+def ndt1_case(out_dir: str, case: str, reference, *, num_neurons, stitch: int, use_prompt: bool, session_rows,
+              n_session_rows: int, modes, seed: int, size=None) -> None:
+  """reference: the module of `authors_code`; size: NDT1_SIZE's fields (default NDT1_SIZE)."""
   torch.manual_seed(seed)
   gen = torch.Generator().manual_seed(seed)
   rng = np.random.default_rng(seed)
-  model = reference_ndt1.NDT1(num_neurons, **NDT1_SIZE, stitch_channels=stitch, use_prompt=use_prompt,
-                              n_session_rows=n_session_rows, fixup_init=True)
+  size = dict(size or NDT1_SIZE)
+  model = reference.NDT1(num_neurons, **size, stitch_channels=stitch, use_prompt=use_prompt,
+                         n_session_rows=n_session_rows, fixup_init=True)
   _perturb_norms(model, gen)
   model.eval()
   inputs, outputs = {}, {}
@@ -99,10 +130,28 @@ def ndt1_case(out_dir: str, case: str, *, num_neurons, stitch: int, use_prompt: 
       inputs[f"{s}/{mode}"] = x
       outputs[f"{s}/{mode}"] = y.numpy()
   meta = dict(kind="ndt1", num_neurons=list(num_neurons), session_rows=list(session_rows), modes=list(modes),
-              attributes=dict(n_heads=NDT1_SIZE["n_heads"]), use_prompt=use_prompt, stitch=stitch)
+              attributes=dict(n_heads=size["n_heads"]), use_prompt=use_prompt, stitch=stitch)
   _save(out_dir, case, model, meta, inputs, outputs)
-  # As the authors' trainer saves it: the whole module pickled (unpickled with this folder on the path).
+  # As the authors' trainer saves it: the whole module pickled (classes of models.ndt1).
   torch.save({"model": model, "epoch": 0}, os.path.join(out_dir, f"{case}.pt"))
+
+
+def _torch_brain_pipeline(model, samples, sessions) -> dict[str, np.ndarray]:
+  """The windows `samples` (session, local unit indices, spike and output times) through
+  torch_brain's POYO.tokenize and collate: its model's keyword arguments, float64 times."""
+  # pylint: disable=import-outside-toplevel
+  from torch_brain.batching import collate, pad, track_mask
+  from torch_brain.data import ArrayDict, Data, Interval, IrregularTimeSeries
+
+  items = []
+  for s in samples:
+    data = Data(session=Data(id=s["session"]), units=ArrayDict(id=np.array(sessions[s["session"]])),
+                spikes=IrregularTimeSeries(timestamps=s["times"], unit_index=s["local"], domain=Interval(0.0, 1.0)),
+                domain=Interval(0.0, 1.0))
+    item = model.tokenize(data)
+    item.update(output_timestamps=pad(s["output_timestamps"]), output_mask=track_mask(s["output_timestamps"]))
+    items.append(item)
+  return {k: np.asarray(v) for k, v in collate(items).items()}
 
 
 def poyo_case(out_dir: str, case: str, *, dim, depth, cross_heads, self_heads, latents_per_step, seed: int) -> None:
@@ -130,7 +179,8 @@ def poyo_case(out_dir: str, case: str, *, dim, depth, cross_heads, self_heads, l
     times = np.sort(rng.random(n_spikes))
     se_type, se_unit, se_time = tb_poyo.create_start_end_unit_tokens(units, 0.0, 1.0)
     unit_index = np.array(model.unit_emb.tokenizer(units))[np.concatenate([se_unit, local])]
-    samples.append(dict(unit_index=unit_index, timestamps=np.concatenate([se_time, times]),
+    samples.append(dict(session=session, local=local, times=times,
+                        unit_index=unit_index, timestamps=np.concatenate([se_time, times]),
                         token_type=np.concatenate([se_type, np.zeros(n_spikes, np.int64)]),
                         session_index=model.session_emb.tokenizer(session),
                         output_timestamps=np.sort(rng.random(q)), n_queries=q))
@@ -160,6 +210,12 @@ def poyo_case(out_dir: str, case: str, *, dim, depth, cross_heads, self_heads, l
               output_mask=t(batch["output_mask"]))
   meta = dict(kind="poyo", hparams=hparams, sessions=sessions)
   _save(out_dir, case, model, meta, batch, {"behaviour": y.numpy()})
+  # The same windows through torch_brain's own pipeline: float64 timestamps.
+  tokenized = _torch_brain_pipeline(model, samples, sessions)
+  with torch.no_grad():
+    y = model(**{k: torch.from_numpy(v) for k, v in tokenized.items()})
+  np.savez(os.path.join(out_dir, f"{case}.tokenized.npz"), **{f"input/{k}": v for k, v in tokenized.items()},
+           **{"output/behaviour": y.numpy()})
   # As torch_brain's Lightning trainer saves it (what POYO.load_pretrained reads).
   torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
               "hyper_parameters": {"model": dict(hparams, _target_="torch_brain.models.POYO")}},
@@ -175,12 +231,18 @@ def main(argv=None) -> None:
   torch.set_num_threads(1)
   families = set(args.cases.split(","))
   if "ndt1" in families:
-    ndt1_case(args.out, "ndt1_mtm", num_neurons=[13], stitch=0, use_prompt=True, session_rows=[1],
-              n_session_rows=3, modes=SCHEMES, seed=0)
-    ndt1_case(args.out, "ndt1_temporal", num_neurons=[13], stitch=0, use_prompt=False, session_rows=[0],
+    ref = authors_code(args.out)
+    ndt1_case(args.out, "ndt1_mtm", ref, num_neurons=[13], stitch=0, use_prompt=True, session_rows=[1],
+              n_session_rows=3, modes=ref.MASK_TYPES, seed=0)
+    ndt1_case(args.out, "ndt1_temporal", ref, num_neurons=[13], stitch=0, use_prompt=False, session_rows=[0],
               n_session_rows=0, modes=("temporal", "causal"), seed=1)
-    ndt1_case(args.out, "ndt1_stitch", num_neurons=[7, 11, 7], stitch=16, use_prompt=True, session_rows=[2, 0, 3],
-              n_session_rows=4, modes=SCHEMES, seed=2)
+    ndt1_case(args.out, "ndt1_stitch", ref, num_neurons=[7, 11, 7], stitch=16, use_prompt=True,
+              session_rows=[2, 0, 3], n_session_rows=4, modes=ref.MASK_TYPES, seed=2)
+    ndt1_case(args.out, "ndt1_deep", ref, num_neurons=[114], stitch=0, use_prompt=True, session_rows=[2],
+              n_session_rows=len(EIDS), modes=ref.MASK_TYPES, seed=5, size=dict(NDT1_SIZE, n_layers=4))
+    ndt1_case(args.out, "ndt1_wide", ref, num_neurons=[13], stitch=0, use_prompt=False, session_rows=[0],
+              n_session_rows=0, modes=("temporal", "causal"), seed=6,
+              size=dict(hidden=128, n_layers=2, n_heads=4, inter=256))
   if "poyo" in families:
     poyo_case(args.out, "poyo_tiny", dim=32, depth=1, cross_heads=1, self_heads=2, latents_per_step=2, seed=3)
     poyo_case(args.out, "poyo_small", dim=64, depth=6, cross_heads=2, self_heads=8, latents_per_step=16, seed=4)

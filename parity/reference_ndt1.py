@@ -21,6 +21,12 @@ and session tokens prepended (session first), bidirectional or causal context (t
 special tokens see every bin and every bin sees them), the self-mask, pre-LayerNorm
 layers, T-Fixup initialisation, stitching keyed by neuron count. Not covered (unused by
 the MtM configs): stacking, rotary positions, ScaleNorm, the "embed" mode, factors.
+
+As their module does, this one reads the eid list `data/target_eids.txt` by a path relative
+to the working directory when it is imported (their checkout root; the session table has
+one row per eid there). parity/make_reference.py lays it out as their checkout does,
+`<root>/src/models/ndt1.py` + `<root>/data/target_eids.txt`, so that its pickles name the
+classes `models.ndt1.*` and unpickling them meets the same import-time read.
 """
 
 from __future__ import annotations
@@ -30,6 +36,9 @@ from torch import nn
 from torch.nn import functional as F
 
 MASK_TYPES = ("neuron", "causal", "inter-region", "intra-region")  # prompt row order
+
+with open("data/target_eids.txt", encoding="utf-8") as file:  # relative, as in their models/ndt1.py
+  include_eids = [line.rstrip() for line in file]
 
 
 def context_mask(n_bins: int, causal: bool) -> torch.Tensor:

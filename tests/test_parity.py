@@ -10,6 +10,7 @@ environment these tests are skipped, with the reason.
 """
 
 import os
+import shutil
 import subprocess
 
 import jax
@@ -73,11 +74,12 @@ def _ndt1_errors(ckpt, io, **config_overrides) -> dict:
   return errors
 
 
-@pytest.mark.parametrize("case", ["ndt1_mtm", "ndt1_temporal", "ndt1_stitch"])
+@pytest.mark.parametrize("case", ["ndt1_mtm", "ndt1_temporal", "ndt1_stitch", "ndt1_deep", "ndt1_wide"])
 def test_ndt1_matches_the_reference_in_every_masking_mode(reference, case):
+  """Every size converts (ndt1_deep: 4 layers, no row of ndt1.SIZES; ndt1_wide: two rows)."""
   ckpt, io = _case(reference, case)
   errors = _ndt1_errors(ckpt, io)
-  expected = {"ndt1_mtm": 4, "ndt1_temporal": 2, "ndt1_stitch": 12}[case]  # sessions x modes
+  expected = {"ndt1_mtm": 4, "ndt1_temporal": 2, "ndt1_stitch": 12, "ndt1_deep": 4, "ndt1_wide": 2}[case]
   assert len(errors) == expected
   assert max(errors.values()) < TOLERANCE, errors
 
@@ -91,13 +93,17 @@ def test_ndt1_default_causal_mode_differs_from_the_reference(reference):
   assert max(v for k, v in errors.items() if k != "0/causal") < TOLERANCE
 
 
-def _poyo_outputs(ckpt, io, **config_overrides):
-  arch = poyo_interop.architecture(ckpt)
-  config = poyo_interop.model_config(arch, "behaviour")
+def _poyo_model(ckpt, **config_overrides):
+  config = poyo_interop.model_config(poyo_interop.architecture(ckpt), "behaviour")
   config.model.update(config_overrides)
   records = poyo_interop.default_sessions(ckpt)
   model, unused = poyo_interop.convert(ckpt, config, records)
   assert unused == []
+  return model, records
+
+
+def _poyo_outputs(ckpt, io, **config_overrides):
+  model, records = _poyo_model(ckpt, **config_overrides)
   # Their token indices -> our rows (ours group the units by session).
   ours = poyo_interop.poyo_vocabulary(records)
   unit_row = {u: i + 1 for i, u in enumerate(ours.unit_ids)}
@@ -124,6 +130,26 @@ def test_poyo_matches_torch_brain_with_padding(reference, case):
   assert np.all(out[~mask] == 0.0)
 
 
+@pytest.mark.parametrize("case", ["poyo_tiny", "poyo_small"])
+def test_poyo_matches_torch_brains_own_pipeline_with_float64_timestamps(reference, case):
+  """torch_brain's POYO.tokenize + collate give float64 timestamps, and float64 rotary
+  angles: torch_brain_batch computes the angles as it does (float32 angles of the same
+  batch are off by ~1e-4 relative)."""
+  ckpt, _ = _case(reference, case)
+  io = dict(np.load(os.path.join(reference, f"{case}.tokenized.npz")))
+  theirs = io.pop("output/behaviour")
+  inputs = {k[len("input/"):]: v for k, v in io.items()}
+  assert inputs["input_timestamps"].dtype == np.float64 and inputs["output_timestamps"].dtype == np.float64
+  model, records = _poyo_model(ckpt)
+  batch, angles = poyo_interop.torch_brain_batch(ckpt, records, inputs, model.frequencies())
+  mask = batch["output_mask"]
+  out = nnx.jit(lambda m, b, a: m(b, angles=a))(model, batch, angles)["behaviour"]
+  assert _rel(np.asarray(out)[mask], theirs[mask]) < TOLERANCE
+  latent_timestamps = inputs["latent_timestamps"].astype(np.float32)
+  float32 = nnx.jit(lambda m, b, t: m(b, latent_timestamps=t))(model, batch, latent_timestamps)["behaviour"]
+  assert _rel(np.asarray(float32)[mask], theirs[mask]) > 1e-5
+
+
 def test_poyo_computed_rotary_frequencies_are_not_torch_brains(reference):
   """torch_brain's float32 frequencies differ from ours by a few ulps, enough to break
   parity: the converter takes them from the checkpoint."""
@@ -132,18 +158,23 @@ def test_poyo_computed_rotary_frequencies_are_not_torch_brains(reference):
   assert _rel(out[mask], io["output/behaviour"][mask]) > 1e-5
 
 
-def _import(reference, tmp_path, case, kind, **kwargs):
+def _import(reference, tmp_path, case, kind, code_path=None, **kwargs):
+  """Imports the trainer's file of `case` (.pt: the authors' pickled module, needing their
+  code, reference/mtm_checkout/src) into tmp_path/case."""
   from experiments import import_checkpoint  # pylint: disable=import-outside-toplevel
   source = os.path.join(reference, f"{case}.{'pt' if kind == 'ndt1' else 'ckpt'}")
   workdir = str(tmp_path / case)
-  import_checkpoint.run(source, kind, workdir, torch_python=_parity_python(), code_path=os.path.join(ROOT, "parity"),
-                        **kwargs)
+  code_path = os.path.join(reference, "mtm_checkout", "src") if code_path is None else code_path
+  import_checkpoint.run(source, kind, workdir, torch_python=_parity_python(), code_path=code_path, **kwargs)
   return workdir
 
 
-def test_trainer_checkpoints_import_like_their_state_dicts(reference, data_dir, tmp_path):
+def test_trainer_checkpoints_import_like_their_state_dicts(reference, data_dir, tmp_path, monkeypatch):
   """The reference trainers' own files (.pt with a pickled NDT1; torch_brain's Lightning
-  .ckpt) go through export in the PyTorch environment and import to the same weights."""
+  .ckpt) go through export in the PyTorch environment and import to the same weights,
+  from a working directory that is not the authors' checkout (their code opens
+  data/target_eids.txt relative to it when it is imported)."""
+  monkeypatch.chdir(tmp_path)
   from mtm_jax.datasets import pipeline  # pylint: disable=import-outside-toplevel
   from mtm_jax.training import loop, poyo_loop  # pylint: disable=import-outside-toplevel
   from tests.conftest import DATASET  # pylint: disable=import-outside-toplevel
@@ -163,3 +194,40 @@ def test_trainer_checkpoints_import_like_their_state_dicts(reference, data_dir, 
   assert n != 13
   with pytest.raises(ValueError, match="single-session model of 13 neurons"):
     _import(reference, tmp_path, "ndt1_temporal", "ndt1", datasets=[DATASET], data_dir=data_dir)
+
+
+def test_authors_pickle_needs_their_code_with_a_clear_error(reference, data_dir, tmp_path, monkeypatch):
+  from tests.conftest import DATASET  # pylint: disable=import-outside-toplevel
+
+  monkeypatch.chdir(tmp_path)
+  kwargs = dict(datasets=[DATASET], data_dir=data_dir)
+  with pytest.raises(RuntimeError, match="needs --code_path"):
+    _import(reference, tmp_path, "ndt1_temporal", "ndt1", code_path="", **kwargs)
+  with pytest.raises(RuntimeError, match="No module named 'models'"):
+    _import(reference, tmp_path, "ndt1_temporal", "ndt1", code_path=str(tmp_path), **kwargs)
+  # Their code, but in a checkout without its eid list: the import-time read fails.
+  src = tmp_path / "checkout" / "src"
+  shutil.copytree(os.path.join(reference, "mtm_checkout", "src"), src)
+  with pytest.raises(RuntimeError, match="target_eids.txt"):
+    _import(reference, tmp_path, "ndt1_temporal", "ndt1", code_path=str(src), **kwargs)
+
+
+def test_authors_pickle_of_any_size_imports_and_evaluates_as_the_reference(reference, data_dir, tmp_path,
+                                                                            monkeypatch):
+  """The authors' .pt of a 4-layer NDT1 (heads from the pickled module), imported from
+  another working directory onto our 114-neuron session, gives the reference's outputs
+  through the evaluation's predictor."""
+  from mtm_jax.evaluation import run  # pylint: disable=import-outside-toplevel
+  from mtm_jax.training import loop  # pylint: disable=import-outside-toplevel
+  from tests.conftest import DATASET  # pylint: disable=import-outside-toplevel
+
+  monkeypatch.chdir(tmp_path)
+  ckpt, io = _case(reference, "ndt1_deep")
+  workdir = _import(reference, tmp_path, "ndt1_deep", "ndt1", datasets=[DATASET], data_dir=data_dir,
+                    session_rows=[str(r) for r in ckpt.meta["session_rows"]])
+  trained = loop.load_trained(workdir)
+  assert trained.config.model.size == "64x4x4x128" and trained.n_neurons == ckpt.meta["num_neurons"][0]
+  for mode in ("neuron", "inter-region", "intra-region"):
+    x = io[f"input/0/{mode}"]
+    rates = run.unmasked_log_rates(trained, x, prompt=mode, session=0)
+    assert _rel(rates, io[f"output/0/{mode}"]) < TOLERANCE, mode

@@ -17,7 +17,7 @@ from mtm_jax.evaluation import run
 from mtm_jax.interop import ndt1 as ndt1_interop
 from mtm_jax.interop import poyo as poyo_interop
 from mtm_jax.interop import state_dict
-from mtm_jax.models import ndt1, poyo
+from mtm_jax.models import ndt1, poyo, rotary
 from mtm_jax.training import loop, poyo_loop
 from tests.conftest import DATASET, STUDY_DATASETS
 
@@ -70,12 +70,63 @@ def test_ndt1_conversion_errors_name_what_is_wrong():
     ndt1_interop.convert(ckpt, config, neurons, None)
   with pytest.raises(ValueError, match=r"rows \[7\] are outside"):
     ndt1_interop.convert(ckpt, config, neurons, [0, 7])
-  with pytest.raises(ValueError, match="SIZES"):
+  with pytest.raises(ValueError, match="has 2 attention heads, but 3 were given"):
     ndt1_interop.architecture(ckpt, n_heads=3)
+  headless = state_dict.TorchCheckpoint(ckpt.arrays, {}, "authors.npz")
+  with pytest.raises(ValueError, match=r"authors.npz: the number of attention heads .* give it \(--n_heads\)"):
+    ndt1_interop.architecture(headless)
+  with pytest.raises(ValueError, match="width 32 is not a multiple of 3 attention heads"):
+    ndt1_interop.architecture(headless, n_heads=3)
   _, other = _stitch_model([5, 5], seed=1)
   other.stitch_in.bias[...] = other.stitch_in.bias[...].at[1].add(1.0)
   with pytest.raises(ValueError, match="keys its per-session layers by neuron count"):
     ndt1_interop.to_torch(_pure(other), [5, 5], session_rows=[0, 1])
+
+
+def _random_ndt1(neurons, dims, seed):
+  """An NDT1 (prompt and session tokens, no stitching) of dims (width, layers, heads, MLP
+  width), every parameter random (LayerNorms too)."""
+  width, n_layers, n_heads, mlp_width = dims
+  model = ndt1.NDT1(neurons, width=width, n_layers=n_layers, n_heads=n_heads, mlp_width=mlp_width, stitch_dim=0,
+                    max_bins=100, embed_mult=2, dropout=0.0, attention_dropout=0.0, embed_dropout=0.0,
+                    use_prompt=True, use_session=True, special_tokens_see_future=True, rngs=nnx.Rngs(seed))
+  state = nnx.state(model, nnx.Param)
+  rng = np.random.default_rng(seed)
+  nnx.replace_by_pure_dict(state, jax.tree.map(lambda x: rng.normal(0, 0.3, x.shape).astype(np.float32),
+                                               nnx.to_pure_dict(state)))
+  nnx.update(model, state)
+  return model
+
+
+@pytest.mark.parametrize("dims, size", [((32, 4, 2, 64), "32x4x2x64"),  # 4 layers: no row of SIZES
+                                        ((128, 2, 4, 256), "small")])  # two rows ("small", "demo")
+def test_ndt1_of_any_size_converts_from_its_state_dict(dims, size):
+  """Layers, widths and MLP width come from the state dict, heads from the pickled module
+  (or the caller): sizes that are no row of SIZES, or that are several, convert too."""
+  model = _random_ndt1(17, dims, seed=dims[1])
+  ckpt = ndt1_interop.to_torch(_pure(model), [17], session_rows=[1], n_session_rows=3, n_heads=dims[2])
+  arch = ndt1_interop.architecture(ckpt)
+  assert arch["size"] == size and ndt1.size_dims(arch["size"]) == dims
+  back, unused = ndt1_interop.convert(ckpt, ndt1_interop.model_config(arch), [17], [1])
+  assert unused == []
+  _assert_same(_pure(back), _pure(model))
+  spikes = np.random.default_rng(0).poisson(1.0, (2, 24, 17)).astype(np.float32)
+  for causal in (False, True):
+    _assert_same(back(spikes, prompt=1, session=0, causal=causal), model(spikes, prompt=1, session=0, causal=causal))
+  headless = state_dict.TorchCheckpoint(ckpt.arrays, {})
+  assert ndt1_interop.architecture(headless, n_heads=dims[2])["size"] == size
+  gap = state_dict.TorchCheckpoint({k: v for k, v in ckpt.arrays.items() if not k.startswith("encoder.layers.0.")},
+                                   ckpt.meta, "authors.npz")
+  with pytest.raises(ValueError, match=rf"encoder layers \[1[0-9, ]*\] are not numbered 0..{dims[1] - 2}"):
+    ndt1_interop.architecture(gap)
+
+
+def test_ndt1_explicit_size_is_read_back_and_checked():
+  assert ndt1.size_dims("paper") == ndt1.SIZES["paper"]
+  assert ndt1.size_dims(ndt1.size_name(48, 3, 6, 96)) == (48, 3, 6, 96)
+  assert ndt1.size_name(*ndt1.SIZES["mini"]) == "mini"
+  with pytest.raises(ValueError, match=r"config.model.size: unknown '48x3x6'"):
+    ndt1.size_dims("48x3x6")
 
 
 def test_t_fixup_scales_the_blocks_as_the_reference():
@@ -126,6 +177,68 @@ def test_poyo_round_trip_reorders_the_vocabularies():
     poyo_interop.convert(shuffled, back_config, missing)
 
 
+def test_host_angles_keep_the_precision_of_float64_timestamps():
+  """torch_brain multiplies float64 timestamps by its float32 frequencies in float64; the
+  float32 angle of the same time is off by up to ~4e-3 rad at 2 pi / 1e-4 s."""
+  t = np.random.default_rng(0).random((3, 200))  # float64 seconds in a 1 s window
+  freqs = rotary.rotary_frequencies()
+  exact = t[..., None] * freqs.astype(np.float64)
+  host = rotary.host_angles(t, freqs)
+  assert host.dtype == np.float32 and host.shape == (3, 200, 16)
+  for fn in (np.cos, np.sin):
+    assert np.max(np.abs(fn(host.astype(np.float64)) - fn(exact))) < 1e-6
+    assert np.max(np.abs(fn(np.asarray(rotary.rotary_angles(t, freqs), np.float64)) - fn(exact))) > 1e-4
+  t32 = t.astype(np.float32)  # float32 timestamps: exactly the model's own float32 angles
+  np.testing.assert_array_equal(rotary.host_angles(t32, freqs), np.asarray(rotary.rotary_angles(t32, freqs)))
+
+
+def _their_batch(ckpt, rng):
+  """A collated batch as torch_brain's pipeline gives it (its indices, float64 times), of
+  two windows of the checkpoint's sessions a and b."""
+  units = ckpt.meta["vocab"]["unit_emb.vocab"]
+  sessions = ckpt.meta["vocab"]["session_emb.vocab"]
+  b, l, q, n_lat = 2, 16, 8, 8 * 2  # 8 latent steps of 2 latents (tiny)
+  unit_index = np.zeros((b, l), np.int64)
+  mask = np.zeros((b, l), bool)
+  for i, (session, n) in enumerate((("a", 11), ("b", 16))):
+    own = [units.index(u) for u in units if u.startswith(f"{session}/")]
+    unit_index[i, :n], mask[i, :n] = rng.choice(own, n), True
+  return dict(input_unit_index=unit_index, input_timestamps=np.where(mask, rng.random((b, l)), 0.0),
+              input_token_type=np.zeros((b, l), np.int64), input_mask=mask,
+              latent_index=np.tile(np.arange(2), (b, n_lat // 2)),
+              latent_timestamps=np.tile(np.repeat((np.arange(8) + 0.5) * 0.125, 2), (b, 1)),
+              session_index=np.array([sessions.index("a"), sessions.index("b")]),
+              output_timestamps=rng.random((b, q)), output_mask=np.ones((b, q), bool))
+
+
+def test_torch_brain_batches_map_to_ours_with_their_precision():
+  config, model = _tiny_poyo(seed=2)
+  ckpt = poyo_interop.to_torch(model, POYO_RECORDS)
+  theirs = _their_batch(ckpt, np.random.default_rng(1))
+  ours, angles = poyo_interop.torch_brain_batch(ckpt, POYO_RECORDS, theirs, model.frequencies())
+  vocab = ckpt.meta["vocab"]
+  ids = ("NA",) + poyo_interop.poyo_vocabulary(POYO_RECORDS).unit_ids  # our rows
+  np.testing.assert_array_equal([[ids[r] for r in row] for row in ours["unit_index"]],
+                                [[vocab["unit_emb.vocab"][r] for r in row] for row in theirs["input_unit_index"]])
+  np.testing.assert_array_equal(ours["session_index"], [1, 2])
+  np.testing.assert_array_equal(angles["tokens"], rotary.host_angles(theirs["input_timestamps"], model.frequencies()))
+  assert angles["latents"].shape == (2, 16, 16) and angles["queries"].shape == (2, 8, 16)
+  out = model(ours, angles=angles)["hand_velocity"]
+  assert out.shape == (2, 8, 2) and np.all(np.isfinite(out))
+  # float32 timestamps: the same numbers as the model's own float32 angles.
+  theirs32 = dict(theirs, **{k: theirs[k].astype(np.float32) for k in
+                             ("input_timestamps", "latent_timestamps", "output_timestamps")})
+  ours32, angles32 = poyo_interop.torch_brain_batch(ckpt, POYO_RECORDS, theirs32, model.frequencies())
+  _assert_same(model(ours32, angles=angles32), model(ours32, latent_timestamps=theirs32["latent_timestamps"]))
+  with pytest.raises(ValueError, match=r"angles\['queries'\] must have shape \(2, 8, 16\)"):
+    model(ours, angles=dict(angles, queries=angles["tokens"]))
+  with pytest.raises(ValueError, match="outside the sessions"):
+    poyo_interop.torch_brain_batch(ckpt, POYO_RECORDS[:1], theirs, model.frequencies())
+  with pytest.raises(ValueError, match="latent_index"):
+    poyo_interop.torch_brain_batch(ckpt, POYO_RECORDS, dict(theirs, latent_index=theirs["latent_index"][:, ::-1]),
+                                   model.frequencies())
+
+
 def test_imported_ndt1_loads_as_evaluation_and_finetuning_load_it(data_dir, tmp_path):
   """An authors'-layout NDT1-stitch (random weights) imported, then loaded the way
   experiments.evaluate (loop.load_trained + the evaluation predictor) and
@@ -160,6 +273,26 @@ def test_imported_ndt1_loads_as_evaluation_and_finetuning_load_it(data_dir, tmp_
   fresh = ndt1.from_config(config, [11], rngs=nnx.Rngs(0))
   grafted = loop.graft_shared(nnx.state(fresh, nnx.Param), trained.params)
   _assert_same(nnx.to_pure_dict(grafted)["layers"], _pure(model)["layers"])
+
+
+def test_imported_ndt1_of_a_size_without_preset_loads(data_dir, tmp_path):
+  """A 4-layer checkpoint without its number of heads: refused with the flag to give, then
+  imported with it; the workdir's config holds the explicit size and loads."""
+  info = pipeline.session_info(DATASET, data_dir)
+  model = _random_ndt1(info.n_neurons, (32, 4, 2, 64), seed=7)
+  source = str(tmp_path / "authors.npz")
+  state_dict.save(ndt1_interop.to_torch(_pure(model), [info.n_neurons], session_rows=[0], n_session_rows=2), source)
+  base = ndt1_config.get_config("tiny")
+  kwargs = dict(datasets=[DATASET], data_dir=data_dir, session_rows=["0"], config=base)
+  with pytest.raises(ValueError, match="--n_heads"):
+    import_checkpoint.run(source, "ndt1", str(tmp_path / "refused"), **kwargs)
+  assert not (tmp_path / "refused").exists()
+  workdir = str(tmp_path / "imported")
+  summary = import_checkpoint.run(source, "ndt1", workdir, n_heads=2, **kwargs)
+  assert summary["architecture"]["size"] == "32x4x2x64"
+  trained = loop.load_trained(workdir)
+  assert trained.config.model.size == "32x4x2x64"
+  _assert_same(nnx.to_pure_dict(trained.params), _pure(model))
 
 
 def test_imported_poyo_loads_as_evaluation_and_finetuning_load_it(tmp_path):

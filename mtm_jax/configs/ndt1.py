@@ -44,7 +44,7 @@ def get_config(arg: str = "paper") -> ml_collections.ConfigDict:
   c.data.shuffle_seed = 0
 
   c.model = ml_collections.ConfigDict()
-  c.model.size = preset  # a row of mtm_jax.models.ndt1.SIZES
+  c.model.size = preset  # a row of mtm_jax.models.ndt1.SIZES, or "<width>x<layers>x<heads>x<mlp width>"
   c.model.stitch_dim = 0  # > 0: per-session Linear(N_s, stitch_dim) in and Linear(D, N_s) out
   c.model.max_bins = 100
   c.model.embed_mult = 2  # input embedding Linear(N, mult * N)

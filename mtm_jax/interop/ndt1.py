@@ -19,9 +19,11 @@ eids; ours are rows in the order of the model's sessions, so a conversion takes 
 session's neuron count and its row in their session table. With stitching their
 `decoder.0` (Linear(hidden, n_channels)) is never used; it is not converted.
 
-The state dict does not hold the number of attention heads: it comes from the exported
-module (`meta["attributes"]["n_heads"]`), from the caller, or from the one row of
-`ndt1.SIZES` with the checkpoint's width, depth and MLP width.
+The architecture is read from the state dict (layers from the indices of encoder.layers.<i>,
+widths from the weights' shapes), so any size converts: a row of `ndt1.SIZES` when one has
+those dims, else the explicit size "<width>x<layers>x<heads>x<mlp width>". The state dict
+does not hold the number of attention heads: it comes from the exported module
+(`meta["attributes"]["n_heads"]`) or from the caller.
 """
 
 from __future__ import annotations
@@ -42,30 +44,47 @@ STITCH_IN = "encoder.stitcher.stitcher_dict"
 STITCH_OUT = "stitch_decoder.stitch_decoder_dict"
 
 
+def _layer_count(ckpt: sd.TorchCheckpoint) -> int:
+  """Number of encoder layers: the indices i of encoder.layers.<i>.*, which must be 0..n-1."""
+  indices = sorted({int(n.split(".")[2]) for n in ckpt.names("encoder.layers.") if n.split(".")[2].isdigit()})
+  if not indices:
+    raise ValueError(f"{ckpt.path}: no encoder.layers.<i>.*; not an NDT1 state dict")
+  if indices != list(range(len(indices))):
+    raise ValueError(f"{ckpt.path}: encoder layers {indices} are not numbered 0..{len(indices) - 1}")
+  return len(indices)
+
+
+def _heads(ckpt: sd.TorchCheckpoint, n_heads: int | None, width: int) -> int:
+  """Attention heads: the pickled module's (meta attributes, see parity/export_torch.py), or
+  `n_heads`; an error if neither tells or they disagree, or width is not a multiple."""
+  pickled = ckpt.meta.get("attributes", {}).get("n_heads")
+  if pickled is not None and n_heads is not None and int(pickled) != int(n_heads):
+    raise ValueError(f"{ckpt.path}: the pickled module has {pickled} attention heads, but {n_heads} were given")
+  heads = pickled if pickled is not None else n_heads
+  if heads is None:
+    raise ValueError(f"{ckpt.path}: the number of attention heads is not in the checkpoint (a state dict does not "
+                     "hold it; a pickled module does); give it (--n_heads)")
+  if int(heads) < 1 or width % int(heads):
+    raise ValueError(f"{ckpt.path}: width {width} is not a multiple of {heads} attention heads")
+  return int(heads)
+
+
 def architecture(ckpt: sd.TorchCheckpoint, n_heads: int | None = None) -> dict:
-  """The model facts of a checkpoint: size (a row of ndt1.SIZES), stitch_dim, embed_mult,
-  max_bins, use_prompt, use_session, n_session_rows and neuron counts of the stitchers."""
+  """The model facts of a checkpoint, read from its state dict: size (`ndt1.size_name` of
+  width, layers, heads, MLP width), stitch_dim, embed_mult, max_bins, use_prompt,
+  use_session, n_session_rows and the neuron counts of the stitchers. Heads come from the
+  pickled module (meta attributes) or `n_heads`."""
   width, n_embed = ckpt.get(f"{EMBED}.projection.weight").shape
   embed_out, n_in = ckpt.get(f"{EMBED}.embed_spikes.weight").shape
-  n_layers = 0
-  while f"encoder.layers.{n_layers}.ln1.weight" in ckpt:
-    n_layers += 1
-  if n_layers == 0:
-    raise ValueError(f"{ckpt.path}: no encoder.layers.0.*; not an NDT1 state dict")
+  n_layers = _layer_count(ckpt)
   mlp_width = ckpt.get("encoder.layers.0.mlp.up_proj.weight").shape[0]
   if embed_out % n_in or n_embed != embed_out:
     raise ValueError(f"{ckpt.path}: embed_spikes {embed_out}x{n_in} and projection input {n_embed} are not "
                      "Linear(n, mult * n) -> Linear(mult * n, hidden)")
-  n_heads = n_heads or ckpt.meta.get("attributes", {}).get("n_heads")
-  rows = [name for name, (w, l, h, m) in ndt1.SIZES.items()
-          if (w, l, m) == (width, n_layers, mlp_width) and (n_heads is None or h == int(n_heads))]
-  if len(rows) != 1:
-    raise ValueError(f"{ckpt.path}: width {width}, {n_layers} layers, MLP {mlp_width}, heads {n_heads} match "
-                     f"{'several' if rows else 'no'} row(s) of mtm_jax.models.ndt1.SIZES {ndt1.SIZES}"
-                     + ("; give the number of heads" if rows else "; add a size there"))
+  size = ndt1.size_name(int(width), n_layers, _heads(ckpt, n_heads, int(width)), int(mlp_width))
   stitched = sorted(int(n.split(".")[3]) for n in ckpt.names(STITCH_IN) if n.endswith(".weight"))
   session = f"{EMBED}.embed_session.weight"
-  return dict(size=rows[0], stitch_dim=n_in if stitched else 0, embed_mult=embed_out // n_in,
+  return dict(size=size, stitch_dim=n_in if stitched else 0, embed_mult=embed_out // n_in,
               max_bins=ckpt.get(f"{EMBED}.embed_pos.weight").shape[0],
               use_prompt=f"{EMBED}.embed_prompt.weight" in ckpt, use_session=session in ckpt,
               n_session_rows=ckpt.get(session).shape[0] if session in ckpt else 0,

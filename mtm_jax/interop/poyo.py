@@ -19,6 +19,10 @@ rotary frequencies are taken from the checkpoint because torch_brain computes th
 float32 (periods through float32 exp/log): they differ from ours by a few ulps, and at
 the 1e-4 s period a few ulps turn into angle errors of ~1e-2 rad over a 1 s window.
 
+Batches of torch_brain's own pipeline (POYO.tokenize + collate) carry float64 timestamps,
+and torch_brain's rotary angles are then float64 products: `torch_brain_batch` maps such a
+batch to ours with angles computed the same way on the host (`rotary.host_angles`).
+
 Sessions: each of ours is (name, session id, unit ids in the session's order); by default
 they are the checkpoint's sessions, with the units whose ids start with "<session id>/"
 (torch_brain's naming), in vocabulary order.
@@ -35,7 +39,7 @@ from flax import nnx
 from mtm_jax.configs import poyo as poyo_config
 from mtm_jax.datasets import events
 from mtm_jax.interop import state_dict as sd
-from mtm_jax.models import poyo
+from mtm_jax.models import poyo, rotary
 
 UNIT_VOCAB, SESSION_VOCAB = "unit_emb.vocab", "session_emb.vocab"
 PAD_WORD = "NA"
@@ -149,6 +153,47 @@ def _rows(ckpt: sd.TorchCheckpoint, records: Sequence[dict]) -> tuple[list[int],
                      "vocabulary")
   unit_rows += [units[u] for u in ours.unit_ids]
   return unit_rows, session_rows
+
+
+def _our_rows(rows: Sequence[int], n_theirs: int) -> np.ndarray:
+  """[n_theirs] our row of each row of their table (-1: none of our sessions has it)."""
+  table = np.full(n_theirs, -1, np.int64)
+  table[list(rows)] = np.arange(len(rows))
+  return table
+
+
+def torch_brain_batch(ckpt: sd.TorchCheckpoint, records: Sequence[dict], batch: Mapping[str, np.ndarray],
+                      frequencies) -> tuple[dict, dict]:
+  """(our batch, rotary angles) of a batch of torch_brain's own pipeline (POYO.tokenize +
+  collate: the keyword arguments of its POYO.forward, as numpy; timestamps usually
+  float64), for `model(ours, angles=angles)` with the model of `convert(ckpt, ..., records)`.
+
+  Unit and session indices are mapped to our rows; the angles are `rotary.host_angles` of
+  its input, latent and output timestamps (float64 products, as torch_brain computes them,
+  where float32 angles would differ by ~1e-4 relative in the outputs)."""
+  latents = ckpt.get("latent_emb.weight").shape[0]
+  latent_index = np.asarray(batch["latent_index"])
+  if np.any(latent_index != np.arange(latent_index.shape[-1]) % latents):
+    raise ValueError(f"torch_brain batch: latent_index is not 0..{latents - 1} repeated per latent step, the "
+                     "order of our latents")
+  unit_rows, session_rows = _rows(ckpt, records)
+  units = _our_rows(unit_rows, ckpt.get("unit_emb.weight").shape[0])[np.asarray(batch["input_unit_index"])]
+  sessions = _our_rows(session_rows, ckpt.get("session_emb.weight").shape[0])[np.asarray(batch["session_index"])]
+  mask = np.asarray(batch["input_mask"], bool)
+  if np.any(units[mask] < 0) or np.any(sessions < 0):
+    raise ValueError(f"torch_brain batch: it holds units or sessions of {ckpt.path} outside the sessions "
+                     f"{[r['session_id'] for r in records]}")
+  out_mask = np.asarray(batch["output_mask"], bool)
+  ours = dict(unit_index=np.where(mask, units, 0).astype(np.int32),
+              timestamps=np.asarray(batch["input_timestamps"], np.float32),
+              token_type=np.asarray(batch["input_token_type"], np.int32), input_mask=mask,
+              session_index=sessions.astype(np.int32),
+              output_timestamps=np.asarray(batch["output_timestamps"], np.float32),
+              output_task=np.zeros(out_mask.shape, np.int32), output_mask=out_mask)
+  angles = {name: rotary.host_angles(batch[key], frequencies)
+            for name, key in (("tokens", "input_timestamps"), ("latents", "latent_timestamps"),
+                              ("queries", "output_timestamps"))}
+  return ours, angles
 
 
 def poyo_vocabulary(records: Sequence[dict]) -> events.Vocabulary:

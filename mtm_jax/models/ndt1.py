@@ -23,6 +23,8 @@ see only each other in causal mode unless `special_tokens_see_future=True`.
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -225,12 +227,28 @@ def _apply_layer(layer, x, mask, key):
 _apply_layer_remat = nnx.remat(_apply_layer)
 
 
+def size_dims(size: str) -> tuple[int, int, int, int]:
+  """(width, n_layers, n_heads, mlp_width) of `size`: a row of SIZES, or explicit dims
+  "<width>x<layers>x<heads>x<mlp width>" (e.g. "256x4x8x512", see `size_name`)."""
+  if size in SIZES:
+    return SIZES[size]
+  match = re.fullmatch(r"(\d+)x(\d+)x(\d+)x(\d+)", str(size))
+  if match is None:
+    raise ValueError(f"config.model.size: unknown {size!r}; expected one of {sorted(SIZES)} or "
+                     "'<width>x<layers>x<heads>x<mlp width>'")
+  return tuple(int(g) for g in match.groups())
+
+
+def size_name(width: int, n_layers: int, n_heads: int, mlp_width: int) -> str:
+  """The first row of SIZES with these dims, else the explicit size that `size_dims` reads."""
+  dims = (width, n_layers, n_heads, mlp_width)
+  return next((name for name, row in SIZES.items() if row == dims), "x".join(str(d) for d in dims))
+
+
 def from_config(config: ml_collections.ConfigDict, session_neurons, *, rngs: nnx.Rngs) -> NDT1:
   """The model of `config.model` for sessions of these neuron counts (an int = one)."""
   m = config.model
-  if m.size not in SIZES:
-    raise ValueError(f"config.model.size: unknown {m.size!r}; expected one of {sorted(SIZES)}")
-  width, n_layers, n_heads, mlp_width = SIZES[m.size]
+  width, n_layers, n_heads, mlp_width = size_dims(m.size)
   return NDT1(
       session_neurons, width=width, n_layers=n_layers, n_heads=n_heads, mlp_width=mlp_width,
       stitch_dim=m.stitch_dim, max_bins=m.max_bins, embed_mult=m.embed_mult, dropout=m.dropout,

@@ -181,13 +181,27 @@ class POYO(nnx.Module):
       if jnp.result_type(batch[k]) != jnp.bool_:
         raise ValueError(f"POYO batch: {k} must be bool (True = real), got {jnp.result_type(batch[k])}")
 
+  def _check_angles(self, batch: Mapping[str, jax.Array], angles: Mapping[str, jax.Array], n_latents: int) -> None:
+    """Raises ValueError naming the first rotary angle array of the wrong shape."""
+    b, l = np.shape(batch["unit_index"])
+    f = self.head_dim // 4
+    expected = {"tokens": [(b, l, f)], "latents": [(b, n_latents, f), (1, n_latents, f)],
+                "queries": [tuple(np.shape(batch["output_timestamps"])) + (f,)]}
+    for name, shapes in expected.items():
+      if name not in angles or tuple(np.shape(angles[name])) not in shapes:
+        got = tuple(np.shape(angles[name])) if name in angles else "missing"
+        raise ValueError(f"POYO: angles[{name!r}] must have shape {' or '.join(map(str, shapes))}, got {got}")
+
   def __call__(self, batch: Mapping[str, jax.Array], *, key: jax.Array | None = None,
-               latent_timestamps=None) -> dict[str, jax.Array]:
+               latent_timestamps=None, angles: Mapping[str, jax.Array] | None = None) -> dict[str, jax.Array]:
     """batch (see the module docstring) -> {task name: [B, Q, task dim]}.
 
     key: dropout key (None = deterministic). latent_timestamps: [N_lat] or [B, N_lat]
     times of the latents (default `self.latent_timestamps()`); N_lat must be
-    n_latent_steps * latents_per_step.
+    n_latent_steps * latents_per_step. angles: the rotary angles {"tokens": [B, L, F],
+    "latents": [B|1, N_lat, F], "queries": [B, Q, F]} computed by the caller (e.g.
+    `rotary.host_angles` of float64 timestamps, as torch_brain's pipeline has them); None
+    = float32 angles of the batch's timestamps and of latent_timestamps.
     """
     self.check_batch(batch)
     if latent_timestamps is None:
@@ -199,6 +213,11 @@ class POYO(nnx.Module):
     keys = _split(key, self.depth + 2)
     freqs = self.frequencies()
     b = np.shape(batch["unit_index"])[0]
+    if angles is None:
+      angles = {"tokens": rotary.rotary_angles(batch["timestamps"], freqs),  # [B, L, F]
+                "latents": rotary.rotary_angles(jnp.atleast_2d(latent_timestamps), freqs),  # [B|1, N, F]
+                "queries": rotary.rotary_angles(batch["output_timestamps"], freqs)}  # [B, Q, F]
+    self._check_angles(batch, angles, n_latents)
 
     # The compute dtype is that of the parameters (training.precision casts them); nnx.Embed
     # returns its init dtype, so the looked-up rows are cast to it.
@@ -206,10 +225,8 @@ class POYO(nnx.Module):
 
     # Input tokens [B, L, D].
     tokens = (self.unit_emb(batch["unit_index"]) + self.token_type_emb(batch["token_type"])).astype(dtype)
-    token_angles = rotary.rotary_angles(batch["timestamps"], freqs)  # [B, L, F]
 
     # Latents [B, N, D], N = steps * latents_per_step.
-    latent_angles = rotary.rotary_angles(jnp.atleast_2d(latent_timestamps), freqs)  # [B|1, N, F]
     latents = jnp.tile(self.latent_emb.embedding[...], (self.n_latent_steps, 1))  # [N, D]
     latents = jnp.broadcast_to(latents[None], (b,) + latents.shape)
 
@@ -219,13 +236,12 @@ class POYO(nnx.Module):
                                (b, n_queries, self.dim))
     if self.task_emb is not None:
       queries = queries + self.task_emb(batch["output_task"]).astype(dtype)
-    query_angles = rotary.rotary_angles(batch["output_timestamps"], freqs)  # [B, Q, F]
 
-    latents = self.encoder(latents, tokens, latent_angles, token_angles, batch["input_mask"], key=keys[0])
+    latents = self.encoder(latents, tokens, angles["latents"], angles["tokens"], batch["input_mask"], key=keys[0])
     apply = _apply_latent_layer_remat if self.remat else _apply_latent_layer
     for layer, k in zip(self.processor, keys[1:-1]):
-      latents = apply(layer, latents, latent_angles, k)
-    queries = self.decoder(queries, latents, query_angles, latent_angles, key=keys[-1])
+      latents = apply(layer, latents, angles["latents"], k)
+    queries = self.decoder(queries, latents, angles["queries"], angles["latents"], key=keys[-1])
 
     outputs = {}
     for i, (name, _) in enumerate(self.tasks):

@@ -9,6 +9,9 @@ setting (2.0627 s is the largest period of the original `t_max=4` formula
 t_min * (t_max / t_min) ** (i / 16), i < 16, written as an inclusive end).
 
 Angles are computed in float32 whatever the timestamp dtype (host data is often float64).
+`host_angles` keeps float64 timestamps' precision, as torch_brain does with them: at the
+fastest frequency (2 pi / 1e-4 s) a float32 angle t * omega is off by up to ~4e-3 rad at
+t = 1 s, which moves POYO's outputs by ~1e-4 relative.
 Shapes: L tokens, H heads, E head dim, F = rotate_dim // 2 frequencies.
 """
 
@@ -47,6 +50,22 @@ def rotary_angles(timestamps, frequencies=None) -> jax.Array:
     frequencies = rotary_frequencies()
   t = jnp.asarray(timestamps, jnp.float32)
   return t[..., None] * jnp.asarray(frequencies, jnp.float32)
+
+
+def host_angles(timestamps, frequencies) -> np.ndarray:
+  """Host timestamps [..., L] (numpy, seconds) -> angles [..., L, F] float32, in the
+  timestamps' own precision: float64 timestamps give float64 products t * omega, reduced
+  modulo 2 pi before the cast (cos and sin then equal those of the float64 angle to
+  float32 rounding: torch_brain's float64 path); other dtypes give `rotary_angles`'s
+  float32 angles exactly.
+
+  frequencies: [F] (float32, e.g. POYO.frequencies()). Pass the result as POYO's `angles`.
+  """
+  t = np.asarray(timestamps)
+  if t.dtype != np.float64:
+    return np.asarray(rotary_angles(t, frequencies))
+  angles = t[..., None] * np.asarray(frequencies, np.float32).astype(np.float64)
+  return np.remainder(angles, 2.0 * np.pi).astype(np.float32)
 
 
 def rotate(x, angles, inverse: bool = False, *, time_minor: bool = False) -> jax.Array:
