@@ -72,3 +72,14 @@ def test_dry_run_demo_stage(tmp_path):
 def test_unknown_stage_is_an_error(tmp_path):
   with pytest.raises(ValueError, match="--stages: unknown"):
     accelerator.run_all(str(tmp_path), ["matmul", "gpu_magic"], 10, True, str(tmp_path / "none"))
+
+
+def test_project_imports_without_the_uncarried_packages():
+  """pynwb, ONE-api and iblatlas are not carried to the GPU machine: the programs the
+  check runs must import without them (they are imported only for NWB / IBL sources)."""
+  blocked = ("pynwb", "hdmf", "one", "iblatlas")
+  code = (f"import sys\nfor m in {blocked!r}:\n  sys.modules[m] = None\n"
+          "import experiments.demo, data_builders.prepare, mtm_jax.training.loop, mtm_jax.training.poyo_loop\n"
+          "import mtm_jax.evaluation.run, benchmarks.accelerator_stages\n")
+  proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]

@@ -32,7 +32,9 @@ def test_selector_env_override(monkeypatch):
     attention.attention_implementation(jnp.bfloat16, 64, 102, 102, **CUDA)
 
 
-def test_cpu_backend_keeps_the_einsum_path():
+@pytest.mark.gpu
+def test_lowering_uses_cudnn_only_on_a_cuda_gpu():
+  """On the CPU no cuDNN call is lowered; on a CUDA GPU (pytest -m gpu there) one is."""
   if jax.default_backend() == "cpu":
     assert not attention.cudnn_backend()
   q = jax.random.normal(jax.random.key(0), (2, 6, 2, 8), jnp.bfloat16)
