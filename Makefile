@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 PYTHON ?= $(shell for p in python3.12 $$(command -v pyenv >/dev/null 2>&1 && ls -d "$$(pyenv root)"/versions/3.12*/bin/python3.12 2>/dev/null); do \
   "$$p" -c 'import sys; assert sys.version_info[:2] == (3, 12)' >/dev/null 2>&1 && { echo "$$p"; break; }; done)
 
-.PHONY: install demo test clean
+.PHONY: install demo test clean accelerator-wheels
 
 install: $(STAMP)
 
@@ -39,6 +39,11 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs *.egg-info .pytest_cache
+
+# The wheels of the packages the GPU machine's image lacks, into .whl/ (git-ignored; the
+# device tool carries it: docs/accelerators.md).
+accelerator-wheels: $(STAMP)
+	$(PY) -m benchmarks.accelerator --fetch_wheels --wheels=.whl
 
 # The PyTorch side of the parity tests (docs/parity.md): a Python 3.11 environment in
 # parity/.venv with CPU PyTorch and torch_brain. tests/test_parity.py uses it when present.

@@ -17,15 +17,24 @@ import jax
 import numpy as np
 
 
-def time_calls(fn: Callable[[], object], *, steps: int, warmup: int = 1) -> dict:
+def time_calls(fn: Callable[[], object], *, steps: int, warmup: int = 1, block_each: bool = True) -> dict:
   """Seconds per call of `fn` (which returns arrays to block on): median and min over
-  `steps` timed calls, after `warmup` untimed calls (compilation happens there)."""
+  `steps` timed calls, after `warmup` untimed calls (compilation happens there).
+
+  block_each=False dispatches the `steps` calls back to back and blocks once, after the
+  last (no host sync between steps, as an accelerator's step loop runs): seconds and
+  seconds_min are then both the mean over the loop."""
   if steps < 1 or warmup < 0:
     raise ValueError(f"time_calls: steps must be >= 1 and warmup >= 0, got {steps}, {warmup}")
   t0 = time.perf_counter()
   for _ in range(warmup):
     jax.block_until_ready(fn())
   first = time.perf_counter() - t0
+  if not block_each:
+    t = time.perf_counter()
+    jax.block_until_ready([fn() for _ in range(steps)])
+    mean = (time.perf_counter() - t) / steps
+    return dict(seconds=mean, seconds_min=mean, steps=steps, warmup_seconds=first)
   times = []
   for _ in range(steps):
     t = time.perf_counter()

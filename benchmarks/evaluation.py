@@ -43,32 +43,37 @@ _PEAK = flags.DEFINE_string("peak", None, "benchmarks.matmul JSON: adds each tas
 _OUT = flags.DEFINE_string("out", None, "JSON output path")
 
 
-def main(argv):
-  del argv
+def measure(size: str, neurons: int, trials: int, regions: int, *, max_batch: int = 2048,
+            shortcuts=("true",), task_names=None, max_masks: int = 0, warm: bool = False, peak: dict | None = None,
+            seed: int = 0) -> list[dict]:
+  """One row per (shortcut setting, task) and a "total" row per setting: seconds of the
+  evaluation of an untrained NDT1 of `size` on `trials` synthetic trials of 100 bins x
+  `neurons` neurons in `regions` regions (compilation included unless `warm`; see the
+  module doc for max_masks). task_names: the tasks to time (None: all four)."""
   config = ndt1_config.get_config("paper")
-  config.model.size = _SIZE.value
-  n, k = _NEURONS.value, _TRIALS.value
-  model = ndt1.from_config(config, n, rngs=nnx.Rngs(0))
+  config.model.size = size
+  n, k = neurons, trials
+  model = ndt1.from_config(config, n, rngs=nnx.Rngs(seed))
   graphdef, params = nnx.split(model, nnx.Param)
-  rng = np.random.default_rng(0)
+  rng = np.random.default_rng(seed)
   spikes = rng.poisson(0.2, (k, 100, n)).astype(np.float32)
-  region_ids = (np.arange(n) * _REGIONS.value // n).astype(np.int32)
+  region_ids = (np.arange(n) * regions // n).astype(np.int32)
   predictor = tasks.make_predictor(graphdef)
-  peak = common.load_peak(_PEAK.value)
+  peak = peak or {}
   rows = []
-  for shortcut in _SHORTCUTS.value:
+  for shortcut in shortcuts:
     total, total_flops = 0.0, 0
     for task in masking.evaluation_tasks(region_ids, 100):
-      if task.name not in _TASKS.value:
+      if task_names is not None and task.name not in task_names:
         continue
       n_masks = task.hide_neurons.shape[0]
       timed = task
-      if 0 < _MAX_MASKS.value < n_masks:
-        timed = dataclasses.replace(task, hide_neurons=task.hide_neurons[: _MAX_MASKS.value],
-                                    score_neurons=task.score_neurons[: _MAX_MASKS.value])
+      if 0 < max_masks < n_masks:
+        timed = dataclasses.replace(task, hide_neurons=task.hide_neurons[:max_masks],
+                                    score_neurons=task.score_neurons[:max_masks])
       run = lambda: tasks.predict_task(predictor, params, spikes, timed, causal=task.prompt == "causal",
-                                       max_batch=_MAX_BATCH.value, shortcut=shortcut == "true")
-      if _WARM.value:
+                                       max_batch=max_batch, shortcut=shortcut == "true")
+      if warm:
         run()
       t0 = time.perf_counter()
       log_rates = run()
@@ -88,11 +93,22 @@ def main(argv):
     rows.append(dict(shortcut=shortcut, task="total", seconds=total, model_gflop=total_flops / 1e9,
                      achieved_gflops_per_s=total_flops / total / 1e9, **_floor(total_flops, peak),
                      extrapolated=any(r["extrapolated"] for r in rows if r["shortcut"] == shortcut)))
-  common.report(f"evaluation: NDT1 {_SIZE.value}, {n} neurons x {k} trials x 100 bins, {_REGIONS.value} regions",
-                rows, ["shortcut", "task", "masks", "timed_masks", "sequences", "seconds", "extrapolated",
-                        "sequences_per_s", "model_gflop", "achieved_gflops_per_s"]
-                + (["floor_seconds_at_fp32_peak"] if peak else []), _OUT.value,
-                warm=_WARM.value, peak_flops_per_s=peak)
+  return rows
+
+
+COLUMNS = ["shortcut", "task", "masks", "timed_masks", "sequences", "seconds", "extrapolated", "sequences_per_s",
+           "model_gflop", "achieved_gflops_per_s"]
+
+
+def main(argv):
+  del argv
+  peak = common.load_peak(_PEAK.value)
+  rows = measure(_SIZE.value, _NEURONS.value, _TRIALS.value, _REGIONS.value, max_batch=_MAX_BATCH.value,
+                 shortcuts=_SHORTCUTS.value, task_names=_TASKS.value, max_masks=_MAX_MASKS.value, warm=_WARM.value,
+                 peak=peak)
+  common.report(f"evaluation: NDT1 {_SIZE.value}, {_NEURONS.value} neurons x {_TRIALS.value} trials x 100 bins, "
+                f"{_REGIONS.value} regions", rows, COLUMNS + (["floor_seconds_at_fp32_peak"] if peak else []),
+                _OUT.value, warm=_WARM.value, peak_flops_per_s=peak)
 
 
 def _embedded_bins(spikes: np.ndarray, task, groups) -> int | None:

@@ -15,10 +15,9 @@ from __future__ import annotations
 from absl import app, flags
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
-from benchmarks import common, flops
+from benchmarks import common, flops, synthetic
 from mtm_jax import masking
 from mtm_jax.configs import ndt1 as ndt1_config
 from mtm_jax.models import ndt1
@@ -41,23 +40,14 @@ _PEAK = flags.DEFINE_string("peak", None, "benchmarks.matmul JSON: adds fraction
 _OUT = flags.DEFINE_string("out", None, "JSON output path")
 
 
-def synthetic_batch(batch: int, bins: int, neurons: int, regions: int, seed: int = 0):
-  """({"spikes": [B, T, N] int32}, regions [1, N] int32): Poisson(0.2) counts, neurons in
-  `regions` contiguous regions."""
-  rng = np.random.default_rng(seed)
-  spikes = rng.poisson(0.2, (batch, bins, neurons)).astype(np.int32)
-  region_ids = (np.arange(neurons) * regions // neurons).astype(np.int32)
-  return {"spikes": jnp.asarray(spikes)}, jnp.asarray(region_ids[None])
-
-
 def measure(config, mode: str, batch: int, bins: int, neurons: int, regions: int, steps: int, warmup: int,
-            compiler_options: dict | None = None) -> dict:
+            compiler_options: dict | None = None, *, block_each: bool = True) -> dict:
   """One row: timing and FLOPs of the train step (compiled with `compiler_options`) or
-  the eval forward pass of `config`."""
+  the eval forward pass of `config` (block_each: see common.time_calls)."""
   dtype = precision.compute_dtype(config.model.dtype)
   model = ndt1.from_config(config, neurons, rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(model, nnx.Param)
-  data, region_table = synthetic_batch(batch, bins, neurons, regions)
+  data, region_table = synthetic.ndt1_batch(batch, bins, neurons, regions)
   width, n_layers, _, mlp_width = ndt1.SIZES[config.model.size]
   forward = flops.ndt1_forward_flops(batch=batch, bins=bins, neurons=neurons, width=width, layers=n_layers,
                                      mlp_width=mlp_width, n_special=model.n_special,
@@ -84,7 +74,7 @@ def measure(config, mode: str, batch: int, bins: int, neurons: int, regions: int
     model_flops = forward
   else:
     raise ValueError(f"--modes: unknown {mode!r}; expected train or eval")
-  t = common.time_calls(call, steps=steps, warmup=warmup)
+  t = common.time_calls(call, steps=steps, warmup=warmup, block_each=block_each)
   xla = xla[0] if isinstance(xla, (list, tuple)) else xla
   return dict(mode=mode, dtype=dtype.name, remat=bool(config.model.remat),
               onednn=bool(compiler_options) and mode == "train", seconds=t["seconds"],

@@ -14,10 +14,9 @@ from __future__ import annotations
 from absl import app, flags
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
-from benchmarks import common, flops
+from benchmarks import common, flops, synthetic
 from mtm_jax.configs import poyo as poyo_config
 from mtm_jax.datasets import events
 from mtm_jax.models import poyo
@@ -41,35 +40,19 @@ _PEAK = flags.DEFINE_string("peak", None, "benchmarks.matmul JSON: adds fraction
 _OUT = flags.DEFINE_string("out", None, "JSON output path")
 
 
-def synthetic_batch(batch: int, units: int, spikes: int, length: int, queries: int, seed: int = 0) -> dict:
-  """A POYO batch (models/poyo.py) of `batch` 1 s windows: spikes at uniform times from
-  uniformly drawn units, start/end tokens per unit, padded to `length` tokens."""
-  rng = np.random.default_rng(seed)
-  n = spikes + 2 * units
-  if n > length:
-    raise ValueError(f"--tokens: {n} tokens per window do not fit in {length}")
-  unit = np.concatenate([rng.integers(1, units + 1, (batch, spikes)), np.tile(np.arange(1, units + 1), (batch, 2))], 1)
-  times = np.concatenate([rng.uniform(0, 1, (batch, spikes)), np.zeros((batch, units)), np.ones((batch, units))], 1)
-  kind = np.concatenate([np.full((batch, spikes), poyo.TOKEN_SPIKE), np.full((batch, units), poyo.TOKEN_START),
-                         np.full((batch, units), poyo.TOKEN_END)], 1)
-  pad = lambda x, dtype: np.pad(x, ((0, 0), (0, length - n))).astype(dtype)
-  return dict(unit_index=pad(unit, np.int32), timestamps=pad(times, np.float32), token_type=pad(kind, np.int32),
-              input_mask=pad(np.ones((batch, n)), bool), session_index=np.ones(batch, np.int32),
-              output_timestamps=np.tile(np.linspace(0, 1, queries, dtype=np.float32), (batch, 1)),
-              output_values=rng.normal(size=(batch, queries, 2)).astype(np.float32),
-              output_weights=np.ones((batch, queries), np.float32), output_task=np.zeros((batch, queries), np.int32),
-              output_mask=np.ones((batch, queries), bool))
-
-
-def measure(config, batch_size: int, length: int, compiler_options: dict | None = None) -> dict:
+def measure(config, batch_size: int, length: int, compiler_options: dict | None = None, *, units: int = 100,
+            spikes: int = 2000, queries: int = 100, steps: int = 3, warmup: int = 2, block_each: bool = True) -> dict:
+  """One row: timing and model FLOPs of `config`'s train step on `batch_size` synthetic
+  windows of `units` units and `spikes` spikes padded to `length` tokens, `queries`
+  behaviour queries each (block_each: see common.time_calls)."""
   dtype = precision.compute_dtype(config.model.dtype)
-  model = poyo.from_config(config, _UNITS.value, 1, rngs=nnx.Rngs(0))
+  model = poyo.from_config(config, units, 1, rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(model, nnx.Param)
   tx = optimizer.make_poyo_optimizer(config, params)
   tasks = dict(config.model.tasks)
   step = jax.jit(poyo_step.make_train_step(graphdef, tx, tasks=tasks, dtype=dtype), donate_argnums=0,
                  compiler_options=compiler_options)
-  batch = jax.tree.map(jnp.asarray, synthetic_batch(batch_size, _UNITS.value, _SPIKES.value, length, _QUERIES.value))
+  batch = jax.tree.map(jnp.asarray, synthetic.poyo_batch(batch_size, units, spikes, length, queries))
   key = jax.random.key(0)
   holder = [poyo_step.init_state(params, tx)]
 
@@ -77,10 +60,10 @@ def measure(config, batch_size: int, length: int, compiler_options: dict | None 
     holder[0], metrics = step(holder[0], batch, key)
     return metrics["loss"]
 
-  t = common.time_calls(call, steps=_STEPS.value, warmup=_WARMUP.value)
+  t = common.time_calls(call, steps=steps, warmup=warmup, block_each=block_each)
   size = poyo.SIZES[config.model.size]
   forward = flops.poyo_forward_flops(
-      batch=batch_size, tokens=length, queries=_QUERIES.value, latents=model.n_latent_steps * size["latents_per_step"],
+      batch=batch_size, tokens=length, queries=queries, latents=model.n_latent_steps * size["latents_per_step"],
       dim=size["dim"], depth=size["depth"], cross_heads=size["cross_heads"], self_heads=size["self_heads"],
       head_dim=config.model.head_dim, n_outputs=sum(tasks.values()))
   model_flops = flops.train_flops(forward)
@@ -104,7 +87,8 @@ def main(argv):
           config = poyo_config.get_config(size)
           config.model.dtype, config.model.remat = dtype, remat
           length = _TOKENS.value or events.bucket_length(_SPIKES.value + 2 * _UNITS.value, config.data.token_buckets)
-          row = measure(config, int(batch_size), length, options)
+          row = measure(config, int(batch_size), length, options, units=_UNITS.value, spikes=_SPIKES.value,
+                        queries=_QUERIES.value, steps=_STEPS.value, warmup=_WARMUP.value)
           rows.append(common.add_peak_fractions(row, peak))
           print(row, flush=True)
   columns = ["size", "params_m", "batch", "tokens", "dtype", "remat", "onednn", "seconds", "windows_per_s",

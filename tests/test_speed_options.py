@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from benchmarks import poyo_step as poyo_benchmark
+from benchmarks import synthetic
 from mtm_jax import masking
 from mtm_jax.configs import ndt1 as ndt1_config
 from mtm_jax.configs import poyo as poyo_config
@@ -100,6 +100,6 @@ def test_bfloat16_reaches_every_matrix_product():
   graphdef, params = nnx.split(model, nnx.Param)
   tx = optimizer.make_poyo_optimizer(config, params)
   step = poyo_step.make_train_step(graphdef, tx, tasks=dict(config.model.tasks), dtype=jnp.bfloat16)
-  batch = jax.tree.map(jnp.asarray, poyo_benchmark.synthetic_batch(2, 5, 20, 32, 8))
+  batch = jax.tree.map(jnp.asarray, synthetic.poyo_batch(2, 5, 20, 32, 8))
   lowered = jax.jit(step).lower(poyo_step.init_state(params, tx), batch, jax.random.key(0)).as_text()
   assert _dot_dtypes(lowered) == {"bf16"}

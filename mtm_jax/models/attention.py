@@ -7,6 +7,8 @@ lengths, H heads, E head dim, D model width.
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -36,6 +38,58 @@ def dropout(x, rate: float, key: jax.Array | None):
   return jnp.where(keep, x * (levels / (levels - threshold)), jnp.zeros((), x.dtype)).astype(x.dtype)
 
 
+# MTM_JAX_ATTENTION: "auto" (cuDNN where attention_implementation allows) or "xla" (always
+# the einsum path; for comparisons on a GPU).
+ATTENTION_ENV = "MTM_JAX_ATTENTION"
+_CUDNN_DTYPES = ("bfloat16", "float16")
+
+
+def cudnn_backend() -> bool:
+  """Whether JAX's default backend is a CUDA GPU that cuDNN's flash attention runs on
+  (compute capability 8.0 or newer: Ampere, Hopper, ...)."""
+  if jax.default_backend() != "gpu":
+    return False
+  device = jax.devices()[0]
+  platform = getattr(getattr(device, "client", None), "platform_version", "")
+  return "cuda" in platform.lower() and float(getattr(device, "compute_capability", "0")) >= 8.0
+
+
+def attention_implementation(dtype, head_dim: int, q_len: int, k_len: int, *, masked: bool, dropout: bool,
+                             cudnn: bool) -> str | None:
+  """"cudnn" where `jax.nn.dot_product_attention(implementation="cudnn")` takes attention
+  of these inputs, None (attend's einsum path) otherwise.
+
+  cuDNN's flash attention needs (jax/_src/cudnn/fused_attention_stablehlo.py):
+  bfloat16 or float16 q, k and v; a head dim E that is a multiple of 8 and at most 128
+  (256 on Hopper; 128 holds on every GPU it supports); even Q and K lengths when a mask
+  (an additive bias to cuDNN) takes part in training. jax.nn's call has no dropout, so
+  attention-probability dropout keeps the einsum path (and its random bits). `cudnn`:
+  cudnn_backend(). The MTM_JAX_ATTENTION environment variable "xla" forces the einsum
+  path; "auto" (or unset) chooses as above.
+  """
+  choice = os.environ.get(ATTENTION_ENV, "auto").lower()
+  if choice not in ("auto", "xla"):
+    raise ValueError(f"{ATTENTION_ENV}: expected 'auto' or 'xla', got {choice!r}")
+  if choice == "xla" or not cudnn or dropout:
+    return None
+  if jnp.dtype(dtype).name not in _CUDNN_DTYPES or head_dim % 8 or head_dim > 128:
+    return None
+  if masked and (q_len % 2 or k_len % 2):
+    return None
+  return "cudnn"
+
+
+def attend_fused(q, k, v, mask, kv_layout: str, implementation: str = "cudnn"):
+  """attend() through `jax.nn.dot_product_attention` ("cudnn" on the GPU; "xla" checks
+  this wrapper on the CPU): q [B, Q, H, E], k and v in `kv_layout`, mask broadcastable
+  to [B, H, Q, K] -> [B, Q, H, E]. cuDNN takes a mask only at full [B|1, H|1, Q, K]."""
+  if kv_layout == "bhek":
+    k, v = jnp.moveaxis(k, -1, 1), jnp.moveaxis(v, -1, 1)  # [B, K, H, E]
+  if mask is not None:
+    mask = jnp.broadcast_to(mask, mask.shape[:2] + (q.shape[1], k.shape[1]))
+  return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+
+
 def attend(q, k, v, mask=None, *, dropout_rate: float = 0.0, key: jax.Array | None = None,
            kv_layout: str = "bkhe"):
   """Scaled dot-product attention.
@@ -48,10 +102,25 @@ def attend(q, k, v, mask=None, *, dropout_rate: float = 0.0, key: jax.Array | No
   Written as einsum -> softmax -> einsum: XLA fuses it on every backend, and on CPU it is
   1.6-1.8x faster than `jax.nn.dot_product_attention` at NDT1's shapes (measured with
   2048 x 102 tokens, 4 heads of 16), with identical outputs. The softmax runs in float32
-  whatever the compute dtype; the probabilities are cast back to v's dtype.
+  whatever the compute dtype; the probabilities are cast back to v's dtype. On a CUDA GPU,
+  where attention_implementation allows, the attention runs in cuDNN's fused kernel
+  instead (lowered for the GPU only; the same program lowered for the CPU keeps the
+  einsums).
   """
   if kv_layout not in ("bkhe", "bhek"):
     raise ValueError(f"attend: kv_layout must be 'bkhe' or 'bhek', got {kv_layout!r}")
+  dropout_on = key is not None and dropout_rate > 0.0
+  k_len = k.shape[-1] if kv_layout == "bhek" else k.shape[1]
+  implementation = attention_implementation(q.dtype, q.shape[-1], q.shape[1], k_len, masked=mask is not None,
+                                            dropout=dropout_on, cudnn=cudnn_backend())
+  plain = lambda q, k, v, mask: _attend_xla(q, k, v, mask, dropout_rate=dropout_rate, key=key, kv_layout=kv_layout)
+  if implementation is None:
+    return plain(q, k, v, mask)
+  return jax.lax.platform_dependent(q, k, v, mask, cuda=lambda *a: attend_fused(*a, kv_layout), default=plain)
+
+
+def _attend_xla(q, k, v, mask, *, dropout_rate: float, key: jax.Array | None, kv_layout: str):
+  """attend()'s einsum -> float32 softmax -> einsum path (see attend)."""
   logits = jnp.einsum(f"bqhe,{kv_layout}->bhqk", q, k) / jnp.sqrt(q.shape[-1]).astype(q.dtype)
   if mask is not None:
     logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
