@@ -215,18 +215,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   writer = MetricWriter(workdir)
   try:
-    with jax.set_mesh(mesh):
+    with checkpoint.saving(mngr, config, records, key) as saver, jax.set_mesh(mesh):
       return run_steps(
           state, config.train, batches,
           update=lambda step, state, batch: train_step(
               state, mesh_lib.shard_batch(batch, mesh, config.data.batch_size), regions, key),
           summarise=summarise, learning_rate=schedule,
-          evaluate=lambda state: validate(state.params),
-          save=lambda step, state, progress: checkpoint.save(mngr, step, state, config, records, key=key, **progress),
+          evaluate=lambda state: validate(state.params), save=saver.save, check_saves=saver.failure,
           writer=writer, data_state=data_state, nonfinite_in_a_row=nonfinite)
   finally:
-    mngr.wait_until_finished()
-    mngr.close()
     writer.close()
 
 
@@ -258,15 +255,33 @@ def _sigterm_flag():
     signal.signal(signal.SIGTERM, previous)
 
 
-def _any_process(flag: bool) -> bool:
-  """True on every process when `flag` is True on any (all processes stop together). A
-  collective: every process must call it at the same steps."""
+def _any_process(*flags: bool) -> tuple[bool, ...]:
+  """Each flag True on every process when it is True on any (all processes stop
+  together). A collective: every process must call it at the same steps."""
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  return bool(np.any(multihost_utils.process_allgather(np.asarray([flag]))))
+  gathered = multihost_utils.process_allgather(np.asarray(flags))  # [processes, flags]
+  return tuple(bool(x) for x in np.any(np.reshape(gathered, (-1, len(flags))), axis=0))
+
+
+def _stop_signals(sigterm: threading.Event, check_saves, done: int, sync: bool):
+  """(SIGTERM arrived, a failed save's exception or None) after step `done`. One process
+  looks every step (without waiting for a save); several agree at the sync steps only,
+  so that the hot path has no per-step collective."""
+  if jax.process_count() == 1:
+    return sigterm.is_set(), check_saves(done, False)
+  if not sync:
+    return False, None
+  failed = check_saves(done, False)
+  stop, failed_anywhere = _any_process(sigterm.is_set(), failed is not None)
+  if failed_anywhere and failed is None:
+    failed = SystemExit(f"error: another process could not write its checkpoint; stopped at step {done} "
+                        "(re-run to resume)")
+  return stop, failed
 
 
 def run_steps(state, train_config, batches, *, update, summarise, learning_rate, evaluate, save,
-              writer: MetricWriter, data_state: dict | None = None, nonfinite_in_a_row: int = 0) -> dict:
+              writer: MetricWriter, data_state: dict | None = None, nonfinite_in_a_row: int = 0,
+              check_saves=lambda step, wait: None) -> dict:
   """The training loop every model family shares: from state.step to train_config.steps,
   batch i = batches[i] (so a resumed run reads what an uninterrupted one would).
 
@@ -275,13 +290,17 @@ def run_steps(state, train_config, batches, *, update, summarise, learning_rate,
   -> scalars is logged with steps/s, the learning rate and the skipped steps; every
   eval_every steps evaluate(state) -> scalars; every checkpoint_every steps (and at the
   end) save(step, state, progress) with progress = dict(data_state=the grain iterator
-  state, nonfinite_in_a_row=...).
+  state, nonfinite_in_a_row=...). One line per log step (with the evaluation's scores
+  when it evaluates too).
 
   Faults: a step whose update was skipped as non-finite is logged with its number; after
   train_config.max_nonfinite_steps of them in a row the state (whose parameters are
   those of the last finite update) is saved and FloatingPointError raised. SIGTERM
-  saves the current step and raises Preempted. data_state (a restored iterator state)
-  must be at state.step. Returns the last logged scalars."""
+  saves the current step and raises Preempted. check_saves(step, wait) -> the
+  exception of a background save that failed, or None (checkpoint.Saver.failure; without
+  `wait` it must not block): it is raised at the first step boundary after the failure.
+  data_state (a restored iterator state) must be at state.step. Returns the last logged
+  scalars."""
   first, total = int(state.step), train_config.steps
   limit = train_config.max_nonfinite_steps
   if data_state is not None and data_state.get("next_index") != first:
@@ -298,10 +317,11 @@ def run_steps(state, train_config, batches, *, update, summarise, learning_rate,
       done = step + 1
       log_now = done % train_config.log_every == 0 or done == total
       save_now = done % train_config.checkpoint_every == 0 or done == total
+      eval_now = done % train_config.eval_every == 0 or done == total
       sync = log_now or save_now or done % limit == 0  # steps where the host waits for the device anyway
-      # One process checks SIGTERM every step; several agree on it only at the sync steps,
-      # so that the hot path has no per-step collective.
-      stop = sigterm.is_set() if jax.process_count() == 1 else sync and _any_process(sigterm.is_set())
+      stop, failed = _stop_signals(sigterm, check_saves, done, sync)
+      if failed is not None:
+        raise failed
       if sync or stop:  # count the non-finite steps so far
         for i, finite in enumerate(jax.device_get([m["finite"] for m in window[checked:]])):
           bad = 0 if finite else bad + 1
@@ -315,6 +335,7 @@ def run_steps(state, train_config, batches, *, update, summarise, learning_rate,
               f"step {done}: {bad} steps in a row had a non-finite loss or gradient (config.train."
               f"max_nonfinite_steps = {limit}); their updates were skipped, and the state of the last finite update "
               f"(step {done - bad}) is saved as the checkpoint of step {done}. Lower the learning rate or check the data.")
+      line = []
       if log_now:
         fetched = jax.device_get(window)
         good = [m for m in fetched if m["finite"]]
@@ -322,19 +343,25 @@ def run_steps(state, train_config, batches, *, update, summarise, learning_rate,
         last = {k: float(v) for k, v in summarise(good).items()} if good else dict(loss=float("nan"))
         last.update(steps_per_second=rate, learning_rate=float(learning_rate(done)),
                     skipped_steps=float(len(fetched) - len(good)))
-        logging.info("step %d/%d  loss %.4f  %.2f steps/s  ETA %.0fs", done, total, last["loss"], rate,
-                     (total - done) / max(rate, 1e-9))
+        line.append(f"step {done}/{total}  loss {last['loss']:.4f}  {rate:.2f} steps/s  "
+                    f"ETA {(total - done) / max(rate, 1e-9):.0f}s")
         writer.write(done, last)
-        t0, window, window_start, checked = time.time(), [], done, 0
-      if done % train_config.eval_every == 0 or done == total:
+      if eval_now:
         scores = {k: float(v) for k, v in evaluate(state).items()}
         if scores:
-          logging.info("step %d  %s", done, "  ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+          line.append(("" if log_now else f"step {done}") + "".join(f"  {k} {v:.4f}" for k, v in scores.items()))
           writer.write(done, scores)
           last.update(scores)
+      if line:
+        logging.info("%s", "".join(line))
+      if log_now:
+        t0, window, window_start, checked = time.time(), [], done, 0
       if save_now or stop:
         save(done, state, progress())
       if stop:
+        failed = check_saves(done, True)
+        if failed is not None:
+          raise failed
         logging.warning("SIGTERM: saved the checkpoint of step %d and stopping; re-run to resume", done)
         raise Preempted(done)
   return last
