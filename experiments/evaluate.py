@@ -17,10 +17,9 @@ A POYO workdir (config.family = "poyo") is scored by behaviour R^2 on sliding 1 
 import os
 
 from absl import app, flags
-import jax
 
 from mtm_jax.evaluation import decoding, poyo_eval, run
-from mtm_jax.training import checkpoint, host_memory
+from mtm_jax.training import checkpoint, entry
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a trained model.")
 _SPLIT = flags.DEFINE_string("split", None, "Split to score (default: the config's eval.split).")
@@ -61,6 +60,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  host_memory.use_huge_pages()
-  jax.config.config_with_absl()
-  app.run(main)
+  entry.run(main)
