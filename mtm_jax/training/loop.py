@@ -3,13 +3,10 @@ or from the shared weights of a pretrained model (fine-tuning on new sessions)."
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import json
 import os
-import signal
-import threading
 import time
 
 import jax
@@ -24,6 +21,7 @@ from mtm_jax.configs import ndt1 as ndt1_config
 from mtm_jax.datasets import pipeline, schema
 from mtm_jax.models import ndt1
 from mtm_jax.training import checkpoint, mesh as mesh_lib, optimizer, sharding, step as step_lib
+from mtm_jax.training.stopping import PREEMPTED_EXIT_CODE, Preempted, sigterm_flag, stop_signals  # noqa: F401
 
 
 class MetricWriter:
@@ -124,6 +122,17 @@ def _mask_config(config) -> masking.MaskConfig:
 
 
 
+def padded_batches(n: int, batch_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+  """Batches of trial indices 0..n-1 in order: (indices [batch_size] int, valid
+  [batch_size] bool). The last one is filled up with trials of its own (their rows
+  invalid), so every trial counts once and every batch has the compiled shape."""
+  out = []
+  for start in range(0, n, batch_size):
+    indices = np.arange(start, min(start + batch_size, n))
+    out.append((np.resize(indices, batch_size), np.arange(batch_size) < len(indices)))
+  return out
+
+
 def prepare_run(config: ml_collections.ConfigDict, workdir: str) -> tuple[ml_collections.ConfigDict, str]:
   """The run's own copy of the config (saved with its checkpoints) with absolute data
   and pretrained paths, and the absolute workdir, created."""
@@ -183,20 +192,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                       mask_config=mask_config, train=False))
   shard = lambda batch: mesh_lib.shard_global_batch(batch, mesh)
 
-  b = config.data.batch_size
-  for s in sessions:
-    if len(s.splits["val"]["spikes"]) % b:
-      logging.warning("session %s: %d validation trials; the last %d (less than a batch of %d) are left out of "
-                      "val_loss", s.name, len(s.splits["val"]["spikes"]), len(s.splits["val"]["spikes"]) % b, b)
-
   def validate(params) -> dict:
-    """{val_loss: masked NLL per target entry over every session's validation trials in
-    whole batches}, or {} when no session has a whole batch of them."""
+    """{val_loss: masked NLL per target entry over every validation trial of every
+    session} ({} without validation trials)."""
     sums = []  # (nll sum, target count) per batch, on device; fetched once at the end
     for row, s in enumerate(sessions):
       val = s.splits["val"]
-      for start in range(0, len(val["spikes"]) // b * b, b):
-        rows = pipeline.Batches(val, row, n_neurons)(np.arange(start, start + b))
+      for indices, valid in padded_batches(len(val["spikes"]), config.data.batch_size):
+        rows = dict(pipeline.Batches(val, row, n_neurons)(indices), valid=valid)
         out, c = val_nll(params, shard(rows), regions,
                          jax.random.fold_in(jax.random.key(config.seed + 1), len(sums)))
         sums.append((out, c["n_targets"]))
@@ -225,58 +228,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
           writer=writer, data_state=data_state, nonfinite_in_a_row=nonfinite)
   finally:
     writer.close()
-
-
-PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: a preempted run saved its checkpoint; re-run to resume
-
-
-class Preempted(SystemExit):
-  """SIGTERM reached a training run, which saved a checkpoint of its current step and
-  stopped. A SystemExit, so the programs exit with PREEMPTED_EXIT_CODE without a
-  traceback (a scheduler sees a failed job and restarts it; re-running resumes)."""
-
-  def __init__(self, step: int):
-    super().__init__(PREEMPTED_EXIT_CODE)
-    self.step = step
-
-
-@contextlib.contextmanager
-def _sigterm_flag():
-  """A threading.Event set when SIGTERM arrives while the block runs (handled in the
-  main thread only; elsewhere the event never sets and SIGTERM keeps its handler)."""
-  flag = threading.Event()
-  if threading.current_thread() is not threading.main_thread():
-    yield flag
-    return
-  previous = signal.signal(signal.SIGTERM, lambda signum, frame: flag.set())
-  try:
-    yield flag
-  finally:
-    signal.signal(signal.SIGTERM, previous)
-
-
-def _any_process(*flags: bool) -> tuple[bool, ...]:
-  """Each flag True on every process when it is True on any (all processes stop
-  together). A collective: every process must call it at the same steps."""
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  gathered = multihost_utils.process_allgather(np.asarray(flags))  # [processes, flags]
-  return tuple(bool(x) for x in np.any(np.reshape(gathered, (-1, len(flags))), axis=0))
-
-
-def _stop_signals(sigterm: threading.Event, check_saves, done: int, sync: bool):
-  """(SIGTERM arrived, a failed save's exception or None) after step `done`. One process
-  looks every step (without waiting for a save); several agree at the sync steps only,
-  so that the hot path has no per-step collective."""
-  if jax.process_count() == 1:
-    return sigterm.is_set(), check_saves(done, False)
-  if not sync:
-    return False, None
-  failed = check_saves(done, False)
-  stop, failed_anywhere = _any_process(sigterm.is_set(), failed is not None)
-  if failed_anywhere and failed is None:
-    failed = SystemExit(f"error: another process could not write its checkpoint; stopped at step {done} "
-                        "(re-run to resume)")
-  return stop, failed
 
 
 def run_steps(state, train_config, batches, *, update, summarise, learning_rate, evaluate, save,
@@ -310,7 +261,7 @@ def run_steps(state, train_config, batches, *, update, summarise, learning_rate,
   bad, last = nonfinite_in_a_row, {}
   t0, window, window_start, checked = time.time(), [], first, 0
   progress = lambda: dict(data_state=data.get_state(), nonfinite_in_a_row=bad)
-  with _sigterm_flag() as sigterm:
+  with sigterm_flag() as sigterm:
     for step in range(first, total):
       state, metrics = update(step, state, next(data))
       window.append(metrics)
@@ -319,7 +270,7 @@ def run_steps(state, train_config, batches, *, update, summarise, learning_rate,
       save_now = done % train_config.checkpoint_every == 0 or done == total
       eval_now = done % train_config.eval_every == 0 or done == total
       sync = log_now or save_now or done % limit == 0  # steps where the host waits for the device anyway
-      stop, failed = _stop_signals(sigterm, check_saves, done, sync)
+      stop, failed = stop_signals(sigterm, check_saves, done, sync)
       if failed is not None:
         raise failed
       if sync or stop:  # count the non-finite steps so far
