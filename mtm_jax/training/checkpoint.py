@@ -18,8 +18,9 @@ newer one.
 Checkpoints are written in the background (Orbax async). A Saver reports each one when
 it has finished ("saved checkpoint of step N"), and a failed write (a full disk) at the
 first step boundary after it failed: SaveFailed, a one-line exit naming the step, the
-directory and the OS error. The failed step's tmp directory is removed; the checkpoints
-before it are untouched, so a re-run resumes from the newest of them.
+directory and the OS error. The failed step's tmp directory is removed where it can be
+(else a re-run moves it aside); the checkpoints before it are untouched, so a re-run
+resumes from the newest of them.
 """
 
 from __future__ import annotations
@@ -142,8 +143,9 @@ class Saver:
     return None
 
   def close(self) -> None:
-    """Closes the manager, then removes the tmp directories of the failed saves (the
-    checkpoints before them are untouched). After a failed save, Orbax's background
+    """Closes the manager, then removes the tmp directories of the failed saves where it
+    can (Orbax's abandoned writes may still add to one; a re-run moves it aside). The
+    checkpoints before them are untouched. After a failed save, Orbax's background
     writer may raise its error once more (already reported); closing again finishes."""
     try:
       self.mngr.close()
