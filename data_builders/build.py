@@ -19,6 +19,7 @@ import sys
 from absl import app, flags
 
 from data_builders import prepare
+from mtm_jax.training import entry
 
 _DATASET = flags.DEFINE_list("dataset", [], "Data sets to build, NAME/CONFIG, comma-separated.")
 _DATA_DIR = flags.DEFINE_string("data_dir", "data/tfds", "TFDS data directory.")
@@ -68,4 +69,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  entry.run(main)

@@ -16,7 +16,7 @@ import jax
 from data_builders import prepare
 from mtm_jax.configs import ndt1 as ndt1_config
 from mtm_jax.evaluation import run
-from mtm_jax.training import host_memory, loop
+from mtm_jax.training import entry, loop
 
 _DATASET = flags.DEFINE_string("dataset", "ibl_binned/synthetic_000", "Session to train and score on.")
 _DATA_DIR = flags.DEFINE_string("data_dir", "data/tfds", "TFDS data directory.")
@@ -66,6 +66,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  host_memory.use_huge_pages()
-  jax.config.config_with_absl()
-  app.run(main)
+  entry.run(main)

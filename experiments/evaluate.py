@@ -22,10 +22,9 @@ small for a score is left out of its mean, the reason under "skipped".
 import os
 
 from absl import app, flags
-import jax
 
 from mtm_jax.evaluation import decoding, poyo_eval, run
-from mtm_jax.training import checkpoint, host_memory
+from mtm_jax.training import checkpoint, entry
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a trained model.")
 _SPLIT = flags.DEFINE_string("split", None, "Split to score (default: the config's eval.split).")
@@ -70,6 +69,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  host_memory.use_huge_pages()
-  jax.config.config_with_absl()
-  app.run(main)
+  entry.run(main)

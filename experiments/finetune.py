@@ -15,11 +15,10 @@ warm-up of config.finetune.warmup_steps.
 """
 
 from absl import app, flags, logging
-import jax
 from ml_collections import config_flags
 
 from experiments import multihost
-from mtm_jax.training import host_memory, loop, poyo_loop
+from mtm_jax.training import entry, loop, poyo_loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Fine-tuning config file (get_config(arg)).")
 _PRETRAINED = flags.DEFINE_string("pretrained", None, "Workdir of the pretrained model (none: from scratch).")
@@ -48,6 +47,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  host_memory.use_huge_pages()
-  jax.config.config_with_absl()
-  app.run(main)
+  entry.run(main)

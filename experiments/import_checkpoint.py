@@ -43,7 +43,7 @@ from mtm_jax.datasets import events, pipeline
 from mtm_jax.interop import ndt1 as ndt1_interop
 from mtm_jax.interop import poyo as poyo_interop
 from mtm_jax.interop import state_dict
-from mtm_jax.training import checkpoint, host_memory, loop, optimizer, poyo_loop, step as step_lib
+from mtm_jax.training import checkpoint, entry, loop, optimizer, poyo_loop, step as step_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_TORCH_PYTHON = os.path.join("parity", ".venv", "bin", "python")
@@ -188,6 +188,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  host_memory.use_huge_pages()
-  jax.config.config_with_absl()
-  app.run(main)
+  entry.run(main)

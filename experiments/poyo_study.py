@@ -9,12 +9,10 @@ re-running resumes; --only_analyse trains nothing. Compiled XLA programs are cac
 <workdir>/jax_cache.
 """
 
-from absl import app
-import jax
 
 from experiments import study
 from mtm_jax.evaluation import poyo_study
-from mtm_jax.training import host_memory
+from mtm_jax.training import entry
 
 _CONFIG, _WORKDIR, _ONLY_ANALYSE = study.define_flags("mtm_jax/configs/poyo_study.py:small")
 
@@ -25,6 +23,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  host_memory.use_huge_pages()
-  jax.config.config_with_absl()
-  app.run(main)
+  entry.run(main)

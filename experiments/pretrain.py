@@ -22,7 +22,7 @@ import jax
 from ml_collections import config_flags
 
 from experiments import multihost
-from mtm_jax.training import host_memory, loop, poyo_loop
+from mtm_jax.training import entry, loop, poyo_loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (get_config(arg)).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and logs.")
@@ -52,6 +52,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  host_memory.use_huge_pages()
-  jax.config.config_with_absl()
-  app.run(main)
+  entry.run(main)

@@ -10,12 +10,10 @@ have no metrics yet and re-plots. Compiled XLA programs are cached in <workdir>/
 (JAX's persistent compilation cache), so runs of the same shapes compile once.
 """
 
-from absl import app
-import jax
 
 from experiments import study
 from mtm_jax.evaluation import plots, scaling
-from mtm_jax.training import host_memory
+from mtm_jax.training import entry
 
 _CONFIG, _WORKDIR, _ONLY_ANALYSE = study.define_flags("mtm_jax/configs/scaling.py:small")
 
@@ -27,6 +25,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  host_memory.use_huge_pages()
-  jax.config.config_with_absl()
-  app.run(main)
+  entry.run(main)

@@ -18,6 +18,35 @@ def _run(*args):
   return result.stdout
 
 
+def _output(*args) -> list[str]:
+  """The lines a program prints (stdout and stderr together); it must succeed."""
+  result = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, timeout=600)
+  assert result.returncode == 0, result.stdout[-3000:]
+  return result.stdout.splitlines()
+
+
+def test_a_short_run_prints_a_line_per_log_step_and_checkpoint_and_verbosity_brings_library_logs_back(data_dir,
+                                                                                                     tmp_path):
+  common = ["experiments.pretrain", "--config=mtm_jax/configs/ndt1.py:tiny", f"--config.data.datasets={DATASET}",
+            f"--config.data.data_dir={data_dir}", "--config.mesh.data=1"]
+  steps, log_every, checkpoints = 20, 5, 2
+  lines = _output(*common, f"--workdir={tmp_path / 'quiet'}", f"--config.train.steps={steps}",
+                  f"--config.train.log_every={log_every}", "--config.train.checkpoint_every=10",
+                  "--config.train.eval_every=10")
+  text = "\n".join(lines)
+  assert len(lines) <= steps // log_every + checkpoints + 4, text  # + devices, session, parameters, one spare
+  assert [l.split("] ")[-1] for l in lines if "saved checkpoint" in l] == [
+      "saved checkpoint of step 10", "saved checkpoint of step 20"]
+  assert len([l for l in lines if f"/{steps}  loss" in l]) == steps // log_every
+  assert "CheckpointManagerOptions" not in text and "orbax" not in text.lower()
+
+  lines = _output(*common, f"--workdir={tmp_path / 'verbose'}", "--config.train.steps=2",
+                  "--config.train.checkpoint_every=2", "--verbosity=1")
+  assert any("CheckpointManagerOptions" in l for l in lines)  # Orbax's INFO is back
+  assert not any(l.startswith("D") for l in lines)  # and not DEBUG (absl's own 1)
+
+
 def test_pretrain_finetune_evaluate_from_flagfiles(study_data_dir, tmp_path):
   workdir = tmp_path / "run"
   flagfile = tmp_path / "tiny.flags"

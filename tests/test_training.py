@@ -12,6 +12,7 @@ from flax import nnx
 
 from mtm_jax import masking
 from mtm_jax.configs import ndt1 as ndt1_config
+from mtm_jax.datasets import pipeline
 from mtm_jax.evaluation import decoding, run
 from mtm_jax.models import ndt1
 from mtm_jax.training import checkpoint, loop, mesh as mesh_lib, optimizer, step as step_lib
@@ -94,14 +95,56 @@ def test_resume_continues_exactly(data_dir, tmp_path):
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(full, "tensorboard")))
 
 
-def test_val_loss_is_left_out_not_zero_when_no_whole_validation_batch(data_dir, tmp_path):
+def _with_val_trials(n):
+  """pipeline.load_sessions whose validation splits keep only their first n trials."""
+  load = pipeline.load_sessions
+
+  def loaded(*args, **kwargs):
+    sessions = load(*args, **kwargs)
+    for s in sessions:
+      s.splits["val"] = {k: v[:n] for k, v in s.splits["val"].items()}
+    return sessions
+  return loaded
+
+
+@pytest.mark.parametrize("val_trials, batch_size", [(4, 8), (None, 64)])  # None: all 54 of the session
+def test_val_loss_covers_a_validation_split_smaller_than_a_batch(data_dir, tmp_path, monkeypatch, val_trials,
+                                                                 batch_size):
+  if val_trials:
+    monkeypatch.setattr(pipeline, "load_sessions", _with_val_trials(val_trials))
   workdir = str(tmp_path / "run")
   config = _config(data_dir, steps=2, checkpoint_every=2, eval_every=1)
-  config.data.batch_size = 64  # the session has 54 validation trials
+  config.data.batch_size = batch_size
   last = loop.train(config, workdir)
   lines = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
-  assert "val_loss" not in last and not any("val_loss" in l for l in lines)
-  assert any("loss" in l for l in lines)
+  assert np.isfinite(last["val_loss"]) and last["val_loss"] > 0  # a real loss, not 0 and not left out
+  assert [l["step"] for l in lines if "val_loss" in l] == [1, 2]
+
+
+def test_padded_batches_hold_every_trial_once():
+  batches = loop.padded_batches(11, 4)
+  assert [len(i) for i, _ in batches] == [4, 4, 4] and [int(v.sum()) for _, v in batches] == [4, 4, 3]
+  assert sorted(np.concatenate([i[v] for i, v in batches]).tolist()) == list(range(11))
+  assert loop.padded_batches(0, 4) == []
+
+
+def test_padding_rows_of_a_validation_batch_carry_no_targets():
+  config = ndt1_config.get_config("tiny")
+  graphdef, params = nnx.split(ndt1.from_config(config, 12, rngs=nnx.Rngs(0)), nnx.Param)
+  regions = jnp.asarray((np.arange(12) % 3)[None], jnp.int32)
+  spikes = np.random.default_rng(0).poisson(0.5, (8, 100, 12)).astype(np.float32)
+  valid = np.arange(8) < 5
+  nll = jax.jit(lambda batch: step_lib.masked_nll(graphdef, params, batch, regions, jax.random.key(3),
+                                                  mode=masking.MTM, mask_config=masking.MaskConfig(), train=False))
+  total, aux = nll({"spikes": spikes, "valid": valid})
+  other = spikes.copy()
+  other[5:] = np.random.default_rng(1).poisson(2.0, (3, 100, 12))  # other padding rows: nothing changes
+  total_other, aux_other = nll({"spikes": other, "valid": valid})
+  assert float(total_other) == float(total) and int(aux_other["n_targets"]) == int(aux["n_targets"])
+  all_total, all_aux = nll({"spikes": spikes})  # every row counted
+  assert 0 < int(aux["n_targets"]) < int(all_aux["n_targets"]) and float(total) < float(all_total)
+  other[0] += 1  # a real row does count
+  assert float(nll({"spikes": other, "valid": valid})[0]) != float(total)
 
 
 def test_evaluate_writes_the_four_metrics(data_dir, tmp_path):

@@ -3,13 +3,10 @@ or from the shared weights of a pretrained model (fine-tuning on new sessions)."
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import json
 import os
-import signal
-import threading
 import time
 
 import jax
@@ -24,6 +21,7 @@ from mtm_jax.configs import ndt1 as ndt1_config
 from mtm_jax.datasets import pipeline, schema
 from mtm_jax.models import ndt1
 from mtm_jax.training import checkpoint, mesh as mesh_lib, optimizer, sharding, step as step_lib
+from mtm_jax.training.stopping import PREEMPTED_EXIT_CODE, Preempted, sigterm_flag, stop_signals  # noqa: F401
 
 
 class MetricWriter:
@@ -124,6 +122,17 @@ def _mask_config(config) -> masking.MaskConfig:
 
 
 
+def padded_batches(n: int, batch_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+  """Batches of trial indices 0..n-1 in order: (indices [batch_size] int, valid
+  [batch_size] bool). The last one is filled up with trials of its own (their rows
+  invalid), so every trial counts once and every batch has the compiled shape."""
+  out = []
+  for start in range(0, n, batch_size):
+    indices = np.arange(start, min(start + batch_size, n))
+    out.append((np.resize(indices, batch_size), np.arange(batch_size) < len(indices)))
+  return out
+
+
 def prepare_run(config: ml_collections.ConfigDict, workdir: str) -> tuple[ml_collections.ConfigDict, str]:
   """The run's own copy of the config (saved with its checkpoints) with absolute data
   and pretrained paths, and the absolute workdir, created."""
@@ -183,20 +192,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                       mask_config=mask_config, train=False))
   shard = lambda batch: mesh_lib.shard_global_batch(batch, mesh)
 
-  b = config.data.batch_size
-  for s in sessions:
-    if len(s.splits["val"]["spikes"]) % b:
-      logging.warning("session %s: %d validation trials; the last %d (less than a batch of %d) are left out of "
-                      "val_loss", s.name, len(s.splits["val"]["spikes"]), len(s.splits["val"]["spikes"]) % b, b)
-
   def validate(params) -> dict:
-    """{val_loss: masked NLL per target entry over every session's validation trials in
-    whole batches}, or {} when no session has a whole batch of them."""
+    """{val_loss: masked NLL per target entry over every validation trial of every
+    session} ({} without validation trials)."""
     sums = []  # (nll sum, target count) per batch, on device; fetched once at the end
     for row, s in enumerate(sessions):
       val = s.splits["val"]
-      for start in range(0, len(val["spikes"]) // b * b, b):
-        rows = pipeline.Batches(val, row, n_neurons)(np.arange(start, start + b))
+      for indices, valid in padded_batches(len(val["spikes"]), config.data.batch_size):
+        rows = dict(pipeline.Batches(val, row, n_neurons)(indices), valid=valid)
         out, c = val_nll(params, shard(rows), regions,
                          jax.random.fold_in(jax.random.key(config.seed + 1), len(sums)))
         sums.append((out, c["n_targets"]))
@@ -215,58 +218,21 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   writer = MetricWriter(workdir)
   try:
-    with jax.set_mesh(mesh):
+    with checkpoint.saving(mngr, config, records, key) as saver, jax.set_mesh(mesh):
       return run_steps(
           state, config.train, batches,
           update=lambda step, state, batch: train_step(
               state, mesh_lib.shard_batch(batch, mesh, config.data.batch_size), regions, key),
           summarise=summarise, learning_rate=schedule,
-          evaluate=lambda state: validate(state.params),
-          save=lambda step, state, progress: checkpoint.save(mngr, step, state, config, records, key=key, **progress),
+          evaluate=lambda state: validate(state.params), save=saver.save, check_saves=saver.failure,
           writer=writer, data_state=data_state, nonfinite_in_a_row=nonfinite)
   finally:
-    mngr.wait_until_finished()
-    mngr.close()
     writer.close()
 
 
-PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: a preempted run saved its checkpoint; re-run to resume
-
-
-class Preempted(SystemExit):
-  """SIGTERM reached a training run, which saved a checkpoint of its current step and
-  stopped. A SystemExit, so the programs exit with PREEMPTED_EXIT_CODE without a
-  traceback (a scheduler sees a failed job and restarts it; re-running resumes)."""
-
-  def __init__(self, step: int):
-    super().__init__(PREEMPTED_EXIT_CODE)
-    self.step = step
-
-
-@contextlib.contextmanager
-def _sigterm_flag():
-  """A threading.Event set when SIGTERM arrives while the block runs (handled in the
-  main thread only; elsewhere the event never sets and SIGTERM keeps its handler)."""
-  flag = threading.Event()
-  if threading.current_thread() is not threading.main_thread():
-    yield flag
-    return
-  previous = signal.signal(signal.SIGTERM, lambda signum, frame: flag.set())
-  try:
-    yield flag
-  finally:
-    signal.signal(signal.SIGTERM, previous)
-
-
-def _any_process(flag: bool) -> bool:
-  """True on every process when `flag` is True on any (all processes stop together). A
-  collective: every process must call it at the same steps."""
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  return bool(np.any(multihost_utils.process_allgather(np.asarray([flag]))))
-
-
 def run_steps(state, train_config, batches, *, update, summarise, learning_rate, evaluate, save,
-              writer: MetricWriter, data_state: dict | None = None, nonfinite_in_a_row: int = 0) -> dict:
+              writer: MetricWriter, data_state: dict | None = None, nonfinite_in_a_row: int = 0,
+              check_saves=lambda step, wait: None) -> dict:
   """The training loop every model family shares: from state.step to train_config.steps,
   batch i = batches[i] (so a resumed run reads what an uninterrupted one would).
 
@@ -275,13 +241,17 @@ def run_steps(state, train_config, batches, *, update, summarise, learning_rate,
   -> scalars is logged with steps/s, the learning rate and the skipped steps; every
   eval_every steps evaluate(state) -> scalars; every checkpoint_every steps (and at the
   end) save(step, state, progress) with progress = dict(data_state=the grain iterator
-  state, nonfinite_in_a_row=...).
+  state, nonfinite_in_a_row=...). One line per log step (with the evaluation's scores
+  when it evaluates too).
 
   Faults: a step whose update was skipped as non-finite is logged with its number; after
   train_config.max_nonfinite_steps of them in a row the state (whose parameters are
   those of the last finite update) is saved and FloatingPointError raised. SIGTERM
-  saves the current step and raises Preempted. data_state (a restored iterator state)
-  must be at state.step. Returns the last logged scalars."""
+  saves the current step and raises Preempted. check_saves(step, wait) -> the
+  exception of a background save that failed, or None (checkpoint.Saver.failure; without
+  `wait` it must not block): it is raised at the first step boundary after the failure.
+  data_state (a restored iterator state) must be at state.step. Returns the last logged
+  scalars."""
   first, total = int(state.step), train_config.steps
   limit = train_config.max_nonfinite_steps
   if data_state is not None and data_state.get("next_index") != first:
@@ -291,17 +261,18 @@ def run_steps(state, train_config, batches, *, update, summarise, learning_rate,
   bad, last = nonfinite_in_a_row, {}
   t0, window, window_start, checked = time.time(), [], first, 0
   progress = lambda: dict(data_state=data.get_state(), nonfinite_in_a_row=bad)
-  with _sigterm_flag() as sigterm:
+  with sigterm_flag() as sigterm:
     for step in range(first, total):
       state, metrics = update(step, state, next(data))
       window.append(metrics)
       done = step + 1
       log_now = done % train_config.log_every == 0 or done == total
       save_now = done % train_config.checkpoint_every == 0 or done == total
+      eval_now = done % train_config.eval_every == 0 or done == total
       sync = log_now or save_now or done % limit == 0  # steps where the host waits for the device anyway
-      # One process checks SIGTERM every step; several agree on it only at the sync steps,
-      # so that the hot path has no per-step collective.
-      stop = sigterm.is_set() if jax.process_count() == 1 else sync and _any_process(sigterm.is_set())
+      stop, failed = stop_signals(sigterm, check_saves, done, sync)
+      if failed is not None:
+        raise failed
       if sync or stop:  # count the non-finite steps so far
         for i, finite in enumerate(jax.device_get([m["finite"] for m in window[checked:]])):
           bad = 0 if finite else bad + 1
@@ -315,6 +286,7 @@ def run_steps(state, train_config, batches, *, update, summarise, learning_rate,
               f"step {done}: {bad} steps in a row had a non-finite loss or gradient (config.train."
               f"max_nonfinite_steps = {limit}); their updates were skipped, and the state of the last finite update "
               f"(step {done - bad}) is saved as the checkpoint of step {done}. Lower the learning rate or check the data.")
+      line = []
       if log_now:
         fetched = jax.device_get(window)
         good = [m for m in fetched if m["finite"]]
@@ -322,19 +294,25 @@ def run_steps(state, train_config, batches, *, update, summarise, learning_rate,
         last = {k: float(v) for k, v in summarise(good).items()} if good else dict(loss=float("nan"))
         last.update(steps_per_second=rate, learning_rate=float(learning_rate(done)),
                     skipped_steps=float(len(fetched) - len(good)))
-        logging.info("step %d/%d  loss %.4f  %.2f steps/s  ETA %.0fs", done, total, last["loss"], rate,
-                     (total - done) / max(rate, 1e-9))
+        line.append(f"step {done}/{total}  loss {last['loss']:.4f}  {rate:.2f} steps/s  "
+                    f"ETA {(total - done) / max(rate, 1e-9):.0f}s")
         writer.write(done, last)
-        t0, window, window_start, checked = time.time(), [], done, 0
-      if done % train_config.eval_every == 0 or done == total:
+      if eval_now:
         scores = {k: float(v) for k, v in evaluate(state).items()}
         if scores:
-          logging.info("step %d  %s", done, "  ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+          line.append(("" if log_now else f"step {done}") + "".join(f"  {k} {v:.4f}" for k, v in scores.items()))
           writer.write(done, scores)
           last.update(scores)
+      if line:
+        logging.info("%s", "".join(line))
+      if log_now:
+        t0, window, window_start, checked = time.time(), [], done, 0
       if save_now or stop:
         save(done, state, progress())
       if stop:
+        failed = check_saves(done, True)
+        if failed is not None:
+          raise failed
         logging.warning("SIGTERM: saved the checkpoint of step %d and stopping; re-run to resume", done)
         raise Preempted(done)
   return last

@@ -181,14 +181,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, sessions: Sequence[di
 
   writer = loop.MetricWriter(workdir)
   try:
-    with jax.set_mesh(mesh):
+    with checkpoint.saving(mngr, config, records, key) as saver, jax.set_mesh(mesh):
       return loop.run_steps(state, config.train, batches, update=update, summarise=summarise, learning_rate=lr,
                             evaluate=evaluate, writer=writer, data_state=data_state, nonfinite_in_a_row=nonfinite,
-                            save=lambda step, state, progress: checkpoint.save(mngr, step, state, config, records,
-                                                                               key=key, **progress))
+                            save=saver.save, check_saves=saver.failure)
   finally:
-    mngr.wait_until_finished()
-    mngr.close()
     writer.close()
 
 

@@ -56,10 +56,11 @@ def masked_nll(graphdef, params, batch, regions, key, *, mode: str, mask_config:
   """Summed masked Poisson NLL of one batch (the reference backpropagates the sum).
 
   batch["spikes"] [B, T, N] (zero-padded to the model's N), batch["session"] [B] int32
-  (optional, default row 0); regions [S, N] int32 region id of each session's neurons
-  (-1 = padding). The key draws the scheme (for "mtm"), the mask and, when `train`,
-  dropout. dtype: compute dtype of the forward pass (params and the loss stay float32;
-  see training.precision). Returns (sum, dict(n_targets, scheme)).
+  (optional, default row 0), batch["valid"] [B] bool (optional: rows that only pad a
+  partial batch are False and carry no targets); regions [S, N] int32 region id of each
+  session's neurons (-1 = padding). The key draws the scheme (for "mtm"), the mask and,
+  when `train`, dropout. dtype: compute dtype of the forward pass (params and the loss
+  stay float32; see training.precision). Returns (sum, dict(n_targets, scheme)).
   """
   k_scheme, k_mask, k_dropout = jax.random.split(key, 3)
   spikes = batch["spikes"].astype(jnp.float32)
@@ -70,7 +71,8 @@ def masked_nll(graphdef, params, batch, regions, key, *, mode: str, mask_config:
   prompt = jnp.minimum(masked.scheme, len(masking.SCHEMES) - 1)  # unused for temporal
   log_rates = model(masked.inputs, prompt=prompt, session=session, causal=masked.causal,
                     key=k_dropout if train else None).astype(jnp.float32)
-  total, count = masked_poisson_nll(log_rates, spikes, masked.targets)
+  targets = masked.targets & batch["valid"][:, None, None] if "valid" in batch else masked.targets
+  total, count = masked_poisson_nll(log_rates, spikes, targets)
   return total, dict(n_targets=count, scheme=scheme)
 
 

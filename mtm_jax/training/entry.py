@@ -1,0 +1,101 @@
+"""What every program's `if __name__ == "__main__"` does (experiments/*, data_builders.build):
+
+  entry.run(main)
+
+re-runs with huge pages (host_memory.use_huge_pages), reads JAX's flags from absl, sets
+up quiet logging, and runs `main` with absl's app.run.
+
+Quiet by default (--verbosity=0): the programs' own lines (one per log step, one per
+checkpoint, a few at the start) and every library's warnings and errors, one line each.
+--verbosity=1 (-v 1) brings back the libraries' INFO (Orbax, TFDS, grain, JAX,
+TensorBoard), their tracebacks and TFDS's progress bars; -v 2 and above is absl's DEBUG.
+A checkpoint that cannot be written (checkpoint.SaveFailed) ends the program with its
+one line and status 1.
+"""
+
+from __future__ import annotations
+
+import logging as std_logging
+import os
+import sys
+
+from absl import app, flags, logging
+import jax
+
+from mtm_jax.training import checkpoint, host_memory
+
+OWN_PACKAGES = ("mtm_jax", "experiments", "data_builders", "benchmarks")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def is_own(pathname: str, root: str = ROOT) -> bool:
+  """Whether a log record's source file belongs to this project's packages under `root`."""
+  relative = os.path.relpath(os.path.abspath(pathname), root)
+  return relative.split(os.sep)[0] in OWN_PACKAGES
+
+
+class QuietLibraries(std_logging.Filter):
+  """Passes this project's records, and the libraries' warnings and errors without their
+  tracebacks (one line each); drops the libraries' INFO and DEBUG."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    if is_own(record.pathname):
+      return True
+    if record.levelno < std_logging.WARNING:
+      return False
+    record.exc_info, record.exc_text, record.stack_info = None, None, None
+    return True
+
+
+def quiet_unraisable():
+  """A sys.unraisablehook that logs exceptions nobody can catch (raised in a library's
+  abandoned background callbacks, e.g. Orbax's after a failed save) as one warning line
+  per kind, without traceback."""
+  shown = set()
+
+  def hook(unraisable) -> None:
+    kind = f"{type(unraisable.exc_value).__name__}: {_first_line(unraisable.exc_value)}"
+    if kind not in shown:
+      shown.add(kind)
+      logging.warning("ignored in a background callback: %s (repeats are not shown; --verbosity=1 shows each)",
+                      kind)
+
+  return hook
+
+
+def _first_line(error: BaseException) -> str:
+  lines = str(error).strip().splitlines()
+  return lines[0][:300] if lines else ""
+
+
+def set_up_logging(verbosity: int) -> None:
+  """Quiet logging for `verbosity` (absl's --verbosity): <= 0 quiet (see the module
+  docstring), 1 every INFO, >= 2 absl's levels (DEBUG and vlog)."""
+  handler = logging.get_absl_handler()
+  if verbosity <= 0:
+    handler.addFilter(QuietLibraries())
+    sys.unraisablehook = quiet_unraisable()
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    tfds.disable_progress_bar()
+  elif verbosity == 1:
+    logging.set_verbosity(logging.INFO)  # absl's 1 is DEBUG; here it is the libraries' INFO
+
+
+def _main(main, argv):
+  set_up_logging(flags.FLAGS.verbosity)
+  try:
+    return main(argv)
+  except checkpoint.SaveFailed as error:
+    # The run's writers and checkpoint manager are closed; Orbax's abandoned background
+    # writes would only add tracebacks at interpreter shutdown, so it is skipped.
+    logging.flush()
+    print(error.code, file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(1)  # pylint: disable=protected-access
+
+
+def run(main) -> None:
+  """The program's start: huge pages, JAX's absl flags, quiet logging, app.run(main)."""
+  host_memory.use_huge_pages()
+  jax.config.config_with_absl()
+  app.run(lambda argv: _main(main, argv))
