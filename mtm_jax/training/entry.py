@@ -2,7 +2,8 @@
 
   entry.run(main)
 
-re-runs with huge pages (host_memory.use_huge_pages), reads JAX's flags from absl, sets
+re-runs with huge pages on the CPU (host_memory.use_huge_pages; a program started with
+`python -m` has re-run already, when its package was imported) and logs it, reads JAX's flags from absl, sets
 up quiet logging, and runs `main` with absl's app.run.
 
 Quiet by default (--verbosity=0): the programs' own lines (one per log step, one per
@@ -83,6 +84,9 @@ def set_up_logging(verbosity: int) -> None:
 
 def _main(main, argv):
   set_up_logging(flags.FLAGS.verbosity)
+  if host_memory.reran():
+    logging.info("re-ran with %s=1: huge pages for XLA's host buffers (%s=0 turns it off)", host_memory.TUNABLE,
+                 host_memory.OPT_OUT)
   try:
     return main(argv)
   except checkpoint.SaveFailed as error:
