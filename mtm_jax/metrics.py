@@ -15,6 +15,13 @@ from scipy.special import gammaln
 _MIN_RATE = 1e-9
 
 
+class Undecodable(ValueError):
+  """The trials cannot score this metric (too few trials of a class, a single class, a
+  constant target): a property of a small split, not malformed input. Evaluation records
+  the metric as skipped with this message as the reason. (Here, not with the decoders,
+  so that scoring code can raise it without importing scikit-learn.)"""
+
+
 def _check(rates, spikes):
   rates = np.asarray(rates, np.float64)
   spikes = np.asarray(spikes, np.float64)

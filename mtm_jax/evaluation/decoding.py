@@ -36,6 +36,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+from mtm_jax import metrics
+
 BEHAVIOUR_METRICS = ("choice_accuracy", "whisker_motion_energy_r2", "wheel_speed_r2")
 
 # Inverse regularisation strengths of the logistic regression, searched by inner CV.
@@ -51,10 +53,7 @@ LOGISTIC_MAX_ITER = 2000
 _CONTINUOUS = {"whisker_motion_energy": "whisker_motion_energy_r2", "wheel_speed": "wheel_speed_r2"}
 
 
-class Undecodable(ValueError):
-  """The trials cannot score this metric (too few trials of a class, a single class, a
-  constant target): a property of a small split, not malformed input. Evaluation records
-  the metric as skipped with this message as the reason."""
+Undecodable = metrics.Undecodable  # a split too small for a decoder (defined with the metrics)
 
 
 class Decoded(NamedTuple):

@@ -26,20 +26,20 @@ from typing import Sequence
 import jax
 import numpy as np
 
+from mtm_jax import metrics
 from mtm_jax.datasets import events
-from mtm_jax.evaluation import decoding
 from mtm_jax.training import mesh as mesh_lib
 from mtm_jax.training import poyo_step
 
 
 def r2_per_dim(prediction: np.ndarray, target: np.ndarray) -> np.ndarray:
   """[D] coefficient of determination 1 - SS_res / SS_tot of each column of [T, D] arrays.
-  Raises decoding.Undecodable for T < 2 (R^2 undefined), ValueError for other shapes."""
+  Raises metrics.Undecodable for T < 2 (R^2 undefined), ValueError for other shapes."""
   prediction, target = np.asarray(prediction, np.float64), np.asarray(target, np.float64)
   if prediction.shape != target.shape or prediction.ndim != 2:
     raise ValueError(f"r2: expected two [T >= 2, D] arrays of one shape, got {prediction.shape} and {target.shape}")
   if len(target) < 2:
-    raise decoding.Undecodable(f"r2: needs at least 2 behaviour samples, got {len(target)}")
+    raise metrics.Undecodable(f"r2: needs at least 2 behaviour samples, got {len(target)}")
   ss_res = np.sum((target - prediction) ** 2, axis=0)
   ss_tot = np.sum((target - target.mean(axis=0)) ** 2, axis=0)
   return 1.0 - ss_res / np.where(ss_tot > 0, ss_tot, 1.0)
@@ -69,12 +69,12 @@ def summarise(per_session: dict[str, np.ndarray], key: str = "behaviour_r2",
 
 def scored_sessions(score, sessions: Sequence) -> tuple[dict[str, np.ndarray], dict[str, str]]:
   """({session id: score(item)}, {session id: reason}) over (session id, item) pairs; an
-  item whose score raises decoding.Undecodable is skipped with its reason."""
+  item whose score raises metrics.Undecodable is skipped with its reason."""
   scores, skipped = {}, {}
   for sid, item in sessions:
     try:
       scores[sid] = score(item)
-    except decoding.Undecodable as e:
+    except metrics.Undecodable as e:
       skipped[sid] = str(e)
   return scores, skipped
 
@@ -106,7 +106,7 @@ def stitched_r2(data: events.EventData, metas, predictions) -> tuple[dict[str, n
   see stitched_scores to skip those too small to score)."""
   per_session, skipped, stitched = stitched_scores(data, metas, predictions)
   if skipped:
-    raise decoding.Undecodable("; ".join(f"session {sid!r}: {r}" for sid, r in skipped.items()))
+    raise metrics.Undecodable("; ".join(f"session {sid!r}: {r}" for sid, r in skipped.items()))
   return per_session, stitched
 
 
@@ -161,10 +161,10 @@ def ridge_baseline(session: dict, test_timestamps: np.ndarray, *, split: str = "
   train = events.restrict_to_splits(session, [train_split])
   test = events.restrict_to_splits(session, [split])
   if len(test_timestamps) == 0:
-    raise decoding.Undecodable(f"ridge baseline: no {split} timestamps of session {session['session_id']!r} to "
+    raise metrics.Undecodable(f"ridge baseline: no {split} timestamps of session {session['session_id']!r} to "
                                "predict")
   if len(train["behaviour_timestamps"]) < 2:
-    raise decoding.Undecodable(f"ridge baseline: the {train_split} split of session {session['session_id']!r} "
+    raise metrics.Undecodable(f"ridge baseline: the {train_split} split of session {session['session_id']!r} "
                                f"has {len(train['behaviour_timestamps'])} behaviour samples; fitting needs 2")
   x_train = lagged_counts(train, train["behaviour_timestamps"], bin_size, lags)
   model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-1, 5, 13)))
