@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import io
 import os
 import shutil
+import time
 
 from absl import logging
 import tensorflow_datasets as tfds
@@ -96,12 +98,19 @@ def _prepare(builder, manual_dir: str | None) -> None:
   download_config = None
   if manual_dir is not None:
     download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+  start = time.monotonic()
   try:
-    builder.download_and_prepare(download_config=download_config)
+    # TFDS prints two lines of its own per build (sizes it does not know yet: "Unknown
+    # size"); one log line below says what was built instead.
+    with contextlib.redirect_stdout(io.StringIO()):
+      builder.download_and_prepare(download_config=download_config)
   except BaseException:
     if created and os.path.isdir(config_dir) and not os.listdir(config_dir):
       os.rmdir(config_dir)
     raise
+  splits = ", ".join(f"{n} {s.num_examples}" for n, s in builder.info.splits.items())
+  logging.info("built %s/%s (%s examples) in %s, %.0f s", builder.name, builder.builder_config.name, splits,
+               builder.data_dir, time.monotonic() - start)
 
 
 def _source_check(name: str, builder, data_dir: str, manual_dir: str | None) -> None:
@@ -138,7 +147,7 @@ def build(datasets: list[str], data_dir: str, manual_dir: str | None = None, kee
     try:
       if _clear_leftovers(builder):
         builder = _builder(name, data_dir, registered)
-      if not builder.is_prepared():
+      if not provenance.is_built(builder):
         _prepare(builder, manual_dir)
       elif name in rebuild:
         with _kept_aside(builder.data_dir):

@@ -1,6 +1,7 @@
 """The NWB reader (Neural Latents Benchmark layout) and building NWB files into spike_events."""
 
 import datetime
+import logging
 import os
 import re
 
@@ -106,12 +107,18 @@ def test_reader_errors_name_the_file(tmp_path, kwargs, message):
     nwb.read_nwb(path)
 
 
-def test_build_nwb_directory_end_to_end(tmp_path):
+def test_build_nwb_directory_end_to_end(tmp_path, capsys, caplog):
   manual = tmp_path / "manual"
   manual.mkdir()
   path = write_nwb(manual / "sub-Test_desc-train_behavior+ecephys.nwb")
   data_dir = str(tmp_path / "tfds")
+  caplog.set_level(logging.INFO)
   prepare.build(["spike_events/nwb"], data_dir, manual_dir=str(manual))
+  # One line says what was built; TFDS's own prints ("Unknown size") and its warning about
+  # a version folder that does not exist yet are not shown.
+  assert capsys.readouterr().out == ""
+  assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+  assert [r.getMessage().split(" (")[0] for r in caplog.records if "built " in r.getMessage()] == ["built spike_events/nwb"]
   back = events.load_event_session("spike_events/nwb", data_dir)
   source = nwb.read_nwb(path)
   assert back["session_id"] == "sub-Test_desc-train_behavior+ecephys"

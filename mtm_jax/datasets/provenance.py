@@ -104,6 +104,12 @@ def check(dataset: str, data_dir: str, source: dict | None, root: str | None = N
                              f"{'; '.join(changed)}; {rebuild_hint(dataset, data_dir, where)}")
 
 
+def is_built(builder) -> bool:
+  """Whether TFDS `builder`'s data set is prepared (TFDS's own test warns about a
+  version folder without dataset_info.json when the folder does not even exist)."""
+  return os.path.isdir(builder.data_dir) and builder.is_prepared()
+
+
 def open_built(dataset: str, data_dir: str):
   """The TFDS builder of built data set `dataset` (NAME/CONFIG) under data_dir, its source
   files checked (check). FileNotFoundError when it is not built."""
@@ -115,7 +121,7 @@ def open_built(dataset: str, data_dir: str):
     builder = tfds.builder(dataset, data_dir=data_dir)
   except Exception as e:  # tfds raises several types for unknown names and configs
     raise FileNotFoundError(f"data set {dataset!r} not found under {data_dir}: {hint} ({e})") from e
-  if not builder.is_prepared():
+  if not is_built(builder):
     raise FileNotFoundError(f"data set {dataset!r} is not prepared under {data_dir}: {hint}")
   check(dataset, data_dir, builder.info.metadata.get(RECORD_KEY))
   return builder
