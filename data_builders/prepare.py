@@ -55,7 +55,7 @@ def _clear_leftovers(builder) -> bool:
   removes the temporary folders (TFDS incomplete.*) of killed builds of this config.
   Returns whether a data set was restored (the builder must then be made again)."""
   config_dir, version = os.path.split(builder.data_dir)
-  aside, restored = _aside(builder.data_dir), False
+  aside, restored = provenance.aside_dir(builder.data_dir), False
   if os.path.isdir(aside):
     if not os.path.exists(builder.data_dir):
       logging.warning("%s: restoring the data set an interrupted rebuild had moved aside", builder.data_dir)
@@ -70,25 +70,19 @@ def _clear_leftovers(builder) -> bool:
   return restored
 
 
-def _aside(data_dir: str) -> str:
-  """Where a rebuild keeps the previous version: <config>/replaced.<version>."""
-  config_dir, version = os.path.split(data_dir)
-  return os.path.join(config_dir, f"replaced.{version}")
-
-
 @contextlib.contextmanager
 def _kept_aside(data_dir: str):
   """Moves a built version aside for the block: deleted if the block succeeds, put back if
   it fails (a kill leaves it for _clear_leftovers)."""
-  os.rename(data_dir, _aside(data_dir))
+  os.rename(data_dir, provenance.aside_dir(data_dir))
   try:
     yield
   except BaseException:
     if os.path.exists(data_dir):
       shutil.rmtree(data_dir)
-    os.rename(_aside(data_dir), data_dir)
+    os.rename(provenance.aside_dir(data_dir), data_dir)
     raise
-  shutil.rmtree(_aside(data_dir))
+  shutil.rmtree(provenance.aside_dir(data_dir))
 
 
 def _prepare(builder, manual_dir: str | None) -> None:

@@ -43,6 +43,10 @@ def test_split_is_fixed_by_seed():
 def test_missing_data_set_is_a_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError, match="python -m data_builders.build"):
     pipeline.load_split(DATASET, str(tmp_path), "train")
+  # An unknown builder: one line, not TFDS's catalogue of every data set it knows.
+  with pytest.raises(FileNotFoundError, match=r"'nosuch/x' not found") as error:
+    pipeline.load_split("nosuch/x", str(tmp_path), "train")
+  assert "\n" not in str(error.value) and len(str(error.value)) < 400, str(error.value)[:2000]
 
 
 def test_unknown_dataset_in_build_is_a_clear_error(tmp_path):

@@ -551,6 +551,8 @@ def test_a_killed_build_leaves_nothing_the_next_build_keeps(tmp_path):
   assert sorted(os.listdir(config_dir)) == ["1.0.0"] and path == os.path.join(config_dir, "1.0.0")
   before = _tree_digest(path)
   os.rename(path, os.path.join(config_dir, "replaced.1.0.0"))  # killed while rebuilding
+  with pytest.raises(FileNotFoundError, match=r"rebuild of it was interrupted.*replaced\.1\.0\.0.*puts it back"):
+    events.load_event_session(f"spike_events/{eid}", data_dir)
   os.makedirs(stale)
   assert prepare.build([f"spike_events/{eid}"], data_dir, manual_dir=root) == [path]
   assert sorted(os.listdir(config_dir)) == ["1.0.0"] and _tree_digest(path) == before

@@ -104,6 +104,13 @@ def check(dataset: str, data_dir: str, source: dict | None, root: str | None = N
                              f"{'; '.join(changed)}; {rebuild_hint(dataset, data_dir, where)}")
 
 
+def aside_dir(data_dir: str) -> str:
+  """Where a rebuild keeps the previous version of data set folder `data_dir`
+  (<config>/<version>) until the new one is complete: <config>/replaced.<version>."""
+  config_dir, version = os.path.split(data_dir)
+  return os.path.join(config_dir, f"replaced.{version}")
+
+
 def is_built(builder) -> bool:
   """Whether TFDS `builder`'s data set is prepared (TFDS's own test warns about a
   version folder without dataset_info.json when the folder does not even exist)."""
@@ -117,10 +124,16 @@ def open_built(dataset: str, data_dir: str):
 
   data_dir = os.path.abspath(os.path.expanduser(data_dir))
   hint = f"build it with `python -m data_builders.build --dataset={dataset} --data_dir={data_dir}`"
+  aside = sorted(glob.glob(os.path.join(data_dir, *dataset.split("/", 1), "replaced.*")))
+  if aside:
+    hint = (f"a rebuild of it was interrupted, and its previous version is in {aside[0]}: the next "
+            f"`python -m data_builders.build --dataset={dataset} --data_dir={data_dir}` puts it back")
   try:
     builder = tfds.builder(dataset, data_dir=data_dir)
   except Exception as e:  # tfds raises several types for unknown names and configs
-    raise FileNotFoundError(f"data set {dataset!r} not found under {data_dir}: {hint} ({e})") from e
+    # TFDS's message goes on with its whole catalogue of data sets: its first line only.
+    reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    raise FileNotFoundError(f"data set {dataset!r} not found under {data_dir}: {hint} ({reason})") from None
   if not is_built(builder):
     raise FileNotFoundError(f"data set {dataset!r} is not prepared under {data_dir}: {hint}")
   check(dataset, data_dir, builder.info.metadata.get(RECORD_KEY))
