@@ -176,11 +176,12 @@ def ibl_dataset_names(manual_dir: str, sessions: list[str], builders=tuple(_IBL_
     sessions = [s["eid"] for s in ibl.list_sessions(manual_dir)]
     if not sessions:
       raise ValueError(f"--ibl_sessions=all: no session folders in the ONE cache {manual_dir}")
-  suffix = "".join(f"_{o}" for o in dict.fromkeys(options))  # each option once
-  names = []
   for eid in sessions:
-    config = ibl.canonical_config_name(f"{eid}{suffix}")
-    if config is None:
+    if ibl.parse_config_name(eid) is None:
       raise ValueError(f"--ibl_sessions: {eid!r} is not an IBL session id (eid, a UUID)")
-    names += [f"{b}/{config}" for b in builders]
-  return names
+  for option in options if sessions else ():
+    if ibl.parse_config_name(f"{sessions[0]}_{option}") is None:  # not even of an option's form
+      raise ValueError(f"--ibl_options: {option!r} is not an option; options are beryl or cosmos (region level), "
+                       "rate<Hz> (minimum firing rate, e.g. rate2 or rate0.5), good (label == 1 units)")
+  suffix = "".join(f"_{o}" for o in dict.fromkeys(options))  # each option once
+  return [f"{b}/{ibl.canonical_config_name(f'{eid}{suffix}')}" for eid in sessions for b in builders]

@@ -182,6 +182,12 @@ def test_option_order_and_repeats_give_one_data_set_name(ibl_cache):
     assert prepare.ibl_dataset_names(root, [eid], options=options) == expected
   with pytest.raises(ValueError, match=rf"'{eid}_good_beryl'.*named '{eid}_beryl_good'"):
     prepare.build([f"ibl_binned/{eid}_good_beryl"], "unused", manual_dir=root)
+  # A malformed option is named as such (it was reported as a bad session id).
+  for bad in ("rate-1", "RATE2", "rate1e3", ""):
+    with pytest.raises(ValueError, match=rf"--ibl_options: '{re.escape(bad)}' is not an option"):
+      prepare.ibl_dataset_names(root, [eid], options=["beryl", bad])
+  with pytest.raises(ValueError, match="--ibl_sessions: 'nope' is not an IBL session id"):
+    prepare.ibl_dataset_names(root, ["nope"], options=["good"])
 
 
 def test_config_names_round_trip():
