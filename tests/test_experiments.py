@@ -85,6 +85,19 @@ def test_unknown_config_key_is_a_clear_error(tmp_path):
   assert "stepz" in result.stderr
 
 
+def test_a_bad_input_is_one_error_line_and_its_traceback_is_behind_verbosity(tmp_path):
+  missing = tmp_path / "no_run"
+  args = [sys.executable, "-m", "experiments.evaluate", f"--workdir={missing}"]
+  result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 1
+  lines = result.stderr.strip().splitlines()
+  assert lines[-2:] == [f"error: FileNotFoundError: {missing}: no checkpoints directory ({missing}/checkpoints); "
+                        "was a model trained there?", "(--verbosity=1 shows the traceback)"], result.stderr
+  assert "Traceback" not in result.stderr and len(lines) <= 3, result.stderr
+  result = subprocess.run(args + ["--verbosity=1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 1 and "Traceback (most recent call last)" in result.stderr
+
+
 def test_poyo_through_the_same_programs(data_dir, tmp_path):
   """POYO configs dispatch to POYO: pretrain on one reaching session, adapt to another by
   unit identification, and evaluate the behaviour R^2 with the ridge baseline."""

@@ -11,7 +11,8 @@ checkpoint, a few at the start) and every library's warnings and errors, one lin
 --verbosity=1 (-v 1) brings back the libraries' INFO (Orbax, TFDS, grain, JAX,
 TensorBoard), their tracebacks and TFDS's progress bars; -v 2 and above is absl's DEBUG.
 A checkpoint that cannot be written (checkpoint.SaveFailed) ends the program with its
-one line and status 1.
+one line and status 1; any other exception (bad input: a missing data set, an unknown
+split) with `error: <type>: <message>` and status 1, its traceback behind --verbosity=1.
 """
 
 from __future__ import annotations
@@ -83,7 +84,8 @@ def set_up_logging(verbosity: int) -> None:
 
 
 def _main(main, argv):
-  set_up_logging(flags.FLAGS.verbosity)
+  verbosity = flags.FLAGS.verbosity  # set_up_logging may change the flag (absl's INFO is 0)
+  set_up_logging(verbosity)
   if host_memory.reran():
     logging.info("re-ran with %s=1: huge pages for XLA's host buffers (%s=0 turns it off)", host_memory.TUNABLE,
                  host_memory.OPT_OUT)
@@ -96,6 +98,21 @@ def _main(main, argv):
     print(error.code, file=sys.stderr, flush=True)
     sys.stdout.flush()
     os._exit(1)  # pylint: disable=protected-access
+  except app.UsageError:
+    raise  # absl prints the usage
+  except Exception as error:  # pylint: disable=broad-except
+    if verbosity > 0:
+      raise
+    # Bad input: our errors name the file or field, so their message is what a user needs.
+    logging.flush()
+    print(error_lines(error), file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+def error_lines(error: BaseException) -> str:
+  """What a program prints for an exception it stops on, without --verbosity: the
+  exception's type and message, and how to see the traceback."""
+  return f"error: {type(error).__name__}: {str(error).strip()}\n(--verbosity=1 shows the traceback)"
 
 
 def run(main) -> None:
