@@ -66,9 +66,18 @@ def test_heading_names_one_session_or_the_sessions_of_a_mean():
 
 def test_a_scored_run_with_skipped_metrics_is_not_scored_again(tmp_path):
   import json
-  from mtm_jax.evaluation import scaling
+  from mtm_jax.evaluation import run, scaling
   results = {"step": 4, "co_smoothing_bps": 0.2, "skipped": {"choice_accuracy": "one class"}}
   (tmp_path / "metrics.json").write_text(json.dumps(results))
   assert scaling.scored(str(tmp_path), 4, ("co_smoothing_bps", "choice_accuracy")) == results
   assert scaling.scored(str(tmp_path), 4, ("co_smoothing_bps", "wheel_speed_r2")) is None
   assert scaling.scored(str(tmp_path), 6, ("co_smoothing_bps",)) is None
+  # Scores of another split, or with decoding turned off (experiments.evaluate --split=val
+  # or --nodecoding in a study's run folder), are not taken for the study's.
+  results = {"step": 4, "split": "val", "co_smoothing_bps": 0.2, "choice_accuracy": 0.9}
+  (tmp_path / "metrics.json").write_text(json.dumps(results))
+  assert scaling.scored(str(tmp_path), 4, ("co_smoothing_bps", "choice_accuracy"), "val") == results
+  assert scaling.scored(str(tmp_path), 4, ("co_smoothing_bps", "choice_accuracy"), "test") is None
+  results = {"step": 4, "split": "test", "co_smoothing_bps": 0.2, "skipped": {"choice_accuracy": run.DECODING_OFF}}
+  (tmp_path / "metrics.json").write_text(json.dumps(results))
+  assert scaling.scored(str(tmp_path), 4, ("co_smoothing_bps", "choice_accuracy"), "test") is None

@@ -75,7 +75,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str, *, only_analyse: 
     run_dir = os.path.join(workdir, name)
     if not scaling.train_run(run_config, run_dir, only_analyse, poyo_loop.train):
       continue
-    results = scaling.scored(run_dir, run_config.train.steps, SCORES)
+    results = scaling.scored(run_dir, run_config.train.steps, SCORES, config.study.split)
     if results is None:
       results = poyo_eval.evaluate_workdir(run_dir, config.study.split)
     summary[name] = {k: float(results[k]) for k in SCORES}

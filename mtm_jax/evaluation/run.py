@@ -16,6 +16,8 @@ from mtm_jax.training import loop
 METRICS = ("co_smoothing_bps", "forward_prediction_bps", "inter_region_bps", "intra_region_bps")
 HEAD_METRICS = tuple(f"head_{m}" for m in decoding.BEHAVIOUR_METRICS)
 
+DECODING_OFF = "decoding turned off"  # the reason of every decoder skipped by decode=False
+
 
 def unmasked_log_rates(trained: loop.Trained, spikes: np.ndarray, *, prompt: str, session: int) -> np.ndarray:
   """[K, T, N] log-rates of the frozen model on unmasked input, given `prompt`."""
@@ -68,7 +70,7 @@ def evaluate_session(trained: loop.Trained, name: str, split: str, *, keep_predi
     decoded = decode_session(trained, name, split, data, row=row)
   else:
     off = decoding.BEHAVIOUR_METRICS + (HEAD_METRICS if config.eval.head_steps > 0 else ())
-    decoded = decoding.Decoded({}, {}, dict.fromkeys(off, "decoding turned off"))
+    decoded = decoding.Decoded({}, {}, dict.fromkeys(off, DECODING_OFF))
   results.update(decoded.scores, decoding_folds=decoded.folds, skipped=decoded.skipped)
   results.update(session=name, session_id=info.session_id, split=split, step=trained.step,
                  masking_mode=config.masking.mode, n_trials=int(data["spikes"].shape[0]), n_neurons=info.n_neurons)

@@ -56,16 +56,19 @@ def expected_metrics(finetune: ml_collections.ConfigDict) -> tuple[str, ...]:
   return run.METRICS + decoding.BEHAVIOUR_METRICS + (run.HEAD_METRICS if finetune.eval.head_steps > 0 else ())
 
 
-def scored(workdir: str, steps: int, metrics) -> dict | None:
-  """metrics.json of the run's last step, if it has every expected metric (scored, or
-  skipped as one the split cannot score)."""
+def scored(workdir: str, steps: int, metrics, split: str | None = None) -> dict | None:
+  """metrics.json of the run's last step on `split` (any split when None), if it has every
+  expected metric: scored, or skipped as one the split cannot score (not one skipped
+  because decoding was turned off, e.g. by `experiments.evaluate --nodecoding`)."""
   path = os.path.join(workdir, "metrics.json")
   if not os.path.exists(path):
     return None
   with open(path, encoding="utf-8") as f:
     results = json.load(f)
-  done = {*results, *results.get("skipped", {})}
-  return results if results.get("step") == steps and all(m in done for m in metrics) else None
+  done = {*results, *(m for m, why in results.get("skipped", {}).items() if why != run.DECODING_OFF)}
+  if results.get("step") != steps or (split is not None and results.get("split") != split):
+    return None
+  return results if all(m in done for m in metrics) else None
 
 
 def train_run(config, workdir: str, only_analyse: bool, trainer=loop.train) -> bool:
@@ -82,7 +85,7 @@ def train_run(config, workdir: str, only_analyse: bool, trainer=loop.train) -> b
 
 
 def _score(workdir: str, steps: int, split: str, metrics) -> dict | None:
-  results = scored(workdir, steps, metrics)
+  results = scored(workdir, steps, metrics, split)
   if results is None and finished(workdir, steps):
     results = run.evaluate_workdir(workdir, split)
   return results
