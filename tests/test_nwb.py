@@ -178,6 +178,10 @@ def test_a_replaced_nwb_file_is_refused_until_rebuilt(tmp_path):
     events.load_event_session("spike_events/nwb", data_dir)
   assert _files_and_mtimes(os.path.join(data_dir, "spike_events", "nlb_mc_maze_small")) == untouched
   assert events.load_event_session("spike_events/nlb_mc_maze_small", data_dir)["session_id"] == "nlb_mc_maze_small"
+  # Building it with another --manual_dir: the error says which folder it was built from.
+  with pytest.raises(provenance.SourceChangedError,
+                     match=rf"built from {re.escape(str(other))}; the files are now read from {re.escape(str(manual))}"):
+    prepare.build(["spike_events/nlb_mc_maze_small"], data_dir, manual_dir=str(manual))
 
 
 def test_nlb_configs_find_their_training_file(tmp_path):

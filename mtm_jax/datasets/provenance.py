@@ -100,7 +100,11 @@ def check(dataset: str, data_dir: str, source: dict | None, root: str | None = N
     warnings.warn(f"data set {dataset!r}: its source folder {where} is not here; its files were not checked",
                   SourceUnavailableWarning, stacklevel=3)
   elif changed:
-    raise SourceChangedError(f"data set {dataset!r} in {data_dir}: its source changed since it was built: "
+    built_from = (source or {}).get("root")
+    moved = ""
+    if root is not None and built_from and os.path.abspath(os.path.expanduser(root)) != built_from:
+      moved = f" (it was built from {built_from}; the files are now read from {root}, e.g. another --manual_dir)"
+    raise SourceChangedError(f"data set {dataset!r} in {data_dir}: its source changed since it was built{moved}: "
                              f"{'; '.join(changed)}; {rebuild_hint(dataset, data_dir, where)}")
 
 
