@@ -34,6 +34,8 @@ _DECODING = flags.DEFINE_bool("decoding", True, "Also decode behaviour (frozen-m
 _PLOTS = flags.DEFINE_bool("plots", False, "Also write rasters.png (MtM paper Figure 2).")
 _COMPARE = flags.DEFINE_list("compare", [], "label=workdir of other models for the rasters.")
 _PLOT_REGION = flags.DEFINE_string("plot_region", None, "Region of the rasters (default: the largest).")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data_dir of the sessions, when they moved "
+                                "(default: the one the model was trained from).")
 flags.mark_flag_as_required("workdir")
 
 
@@ -42,14 +44,15 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   config, _ = checkpoint.load_metadata(_WORKDIR.value, _STEP.value)
   if config.get("family") == "poyo":
-    results = poyo_eval.evaluate_workdir(_WORKDIR.value, _SPLIT.value or "test", _STEP.value)
+    results = poyo_eval.evaluate_workdir(_WORKDIR.value, _SPLIT.value or "test", _STEP.value,
+                                         data_dir=_DATA_DIR.value)
     print(f"POYO, {results['split']} split, step {results['step']}")
     print("\n".join(f"{k}: {v:.4f}" for k, v in results.items() if isinstance(v, float)))
     for k in results["skipped"]:
       print(f"{k}: skipped")
     return
   results = run.evaluate_workdir(_WORKDIR.value, _SPLIT.value, _STEP.value, _SESSIONS.value,
-                                 decode=_DECODING.value)
+                                 decode=_DECODING.value, data_dir=_DATA_DIR.value)
   columns = {results["masking_mode"]: results}
   oracle = run.oracle_column(results)
   if oracle:
@@ -64,7 +67,8 @@ def main(argv):
         raise app.UsageError(f"--compare: expected label=workdir, got {item!r}")
       workdirs[label] = path
     path = os.path.join(_WORKDIR.value, "rasters.png")
-    region = run.raster_plot(workdirs, path, split=_SPLIT.value, region=_PLOT_REGION.value)
+    region = run.raster_plot(workdirs, path, split=_SPLIT.value, region=_PLOT_REGION.value,
+                             data_dir=_DATA_DIR.value)
     print(f"rasters of {region}: {path}")
 
 

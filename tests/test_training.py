@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 
 import jax
@@ -159,6 +160,13 @@ def test_evaluate_writes_the_four_metrics(data_dir, tmp_path):
   for m in decoding.BEHAVIOUR_METRICS + run.HEAD_METRICS:
     assert np.isfinite(saved[m]), m
   assert 0.0 <= saved["choice_accuracy"] <= 1.0 and 0.0 <= saved["head_choice_accuracy"] <= 1.0
+  # Its data sets moved (or the workdir was copied to another machine): data_dir says where.
+  moved = tmp_path / "moved"
+  shutil.copytree(os.path.join(data_dir, "ibl_binned", "synthetic_000"), moved / "ibl_binned" / "synthetic_000")
+  again = run.evaluate_workdir(workdir, decode=False, data_dir=str(moved))
+  assert [again[m] for m in run.METRICS] == [results[m] for m in run.METRICS]
+  with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "empty"))):
+    run.evaluate_workdir(workdir, decode=False, data_dir=str(tmp_path / "empty"))
 
 
 def test_load_config_of_missing_run_is_a_clear_error(tmp_path):

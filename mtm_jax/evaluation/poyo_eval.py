@@ -201,7 +201,7 @@ def merged(a: dict, b: dict) -> dict:
 
 
 def evaluate_workdir(workdir: str, split: str = "test", step: int | None = None,
-                     sessions: Sequence[dict] | None = None, baseline: bool = True) -> dict:
+                     sessions: Sequence[dict] | None = None, baseline: bool = True, data_dir: str | None = None) -> dict:
   """Scores the POYO model in `workdir` on `split` of its training sessions
   (config.data.datasets, read from TFDS; or the given event `sessions`, which must be in
   the model's vocabulary) and writes <workdir>/metrics.json:
@@ -209,9 +209,10 @@ def evaluate_workdir(workdir: str, split: str = "test", step: int | None = None,
                                          e.g. wheel_speed; dim0, dim1, ... when unnamed);
     baseline_r2, baseline_r2_<output>    the ridge baseline on the same timestamps;
     sessions {id: {behaviour_r2, behaviour_r2_<output>, baseline_r2, ...}}, split, step."""
-  from mtm_jax.training import poyo_loop  # pylint: disable=g-import-not-at-top  (the loop imports this module)
+  from mtm_jax.training import checkpoint, poyo_loop  # pylint: disable=g-import-not-at-top  (the loop imports this module)
 
   trained = poyo_loop.load_trained(workdir, step)
+  checkpoint.relocate_data(trained.config, data_dir)  # data_dir: where the data sets are now (None: recorded)
   config = trained.config
   if sessions is None:
     sessions = poyo_loop.load_sessions(config, (split, "train"))

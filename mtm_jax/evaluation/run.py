@@ -11,7 +11,7 @@ import numpy as np
 from mtm_jax import masking
 from mtm_jax.datasets import pipeline
 from mtm_jax.evaluation import decoding, heads, plots, tasks
-from mtm_jax.training import loop
+from mtm_jax.training import checkpoint, loop
 
 METRICS = ("co_smoothing_bps", "forward_prediction_bps", "inter_region_bps", "intra_region_bps")
 HEAD_METRICS = tuple(f"head_{m}" for m in decoding.BEHAVIOUR_METRICS)
@@ -92,12 +92,14 @@ def session_means(per_session: dict[str, dict]) -> dict:
 
 
 def evaluate_workdir(workdir: str, split: str | None = None, step: int | None = None,
-                     sessions: list[str] | None = None, decode: bool = True) -> dict:
+                     sessions: list[str] | None = None, decode: bool = True, data_dir: str | None = None) -> dict:
   """Scores the model in `workdir` on a split of its sessions (default all); writes
   <workdir>/metrics.json and per_neuron_bps.npz. One session: the metrics at the top
   level; several: their means at the top level (over the sessions that scored each) and
-  each session's under "sessions". decode=False skips the behaviour decoders and heads."""
+  each session's under "sessions". decode=False skips the behaviour decoders and heads.
+  data_dir: where the data sets are now (default: the run's config.data.data_dir)."""
   trained = loop.load_trained(workdir, step)
+  checkpoint.relocate_data(trained.config, data_dir)
   split = split or trained.config.eval.split
   names = sessions or trained.names
   per_session = {}
@@ -147,12 +149,14 @@ def _region_rates(trained: loop.Trained, name: str, split: str, task_names) -> t
 
 
 def raster_plot(workdirs: dict[str, str], path: str, *, split: str | None = None, session: str | None = None,
-                region: str | None = None) -> str:
+                region: str | None = None, data_dir: str | None = None) -> str:
   """The MtM paper's Figure 2 as a PNG: trial-averaged rasters of one region's neurons,
   ground truth vs each model (workdirs: {column label: workdir}) under inter-region and
   intra-region masking. Default: the first model's first session and its largest
   region. Returns the region shown."""
   models = {label: loop.load_trained(w) for label, w in workdirs.items()}
+  for model in models.values():
+    checkpoint.relocate_data(model.config, data_dir)
   first = next(iter(models.values()))
   session = session or first.names[0]
   split = split or first.config.eval.split

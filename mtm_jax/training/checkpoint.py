@@ -316,6 +316,14 @@ def load_metadata(workdir: str, step: int | None = None) -> tuple[ml_collections
     mngr.close()
 
 
+def relocate_data(config: ml_collections.ConfigDict, data_dir: str | None) -> None:
+  """Points a restored run's `config.data.data_dir` at `data_dir` (its data sets moved,
+  or the workdir was copied to another machine); None keeps the recorded one."""
+  if data_dir is not None:
+    with config.unlocked():
+      config.data.data_dir = os.path.abspath(os.path.expanduser(data_dir))
+
+
 def with_defaults(saved: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """A config section as a checkpoint saved it, plus the fields of `defaults` it lacks
   (options added to the library after the checkpoint was written keep their defaults,
