@@ -58,7 +58,8 @@ def main(argv):
   if oracle:
     columns["oracle"] = oracle
   print(run.heading(results))
-  print(run.table(columns, run.METRICS + decoding.BEHAVIOUR_METRICS))
+  heads = [m for m in run.HEAD_METRICS if m in results or m in results.get("skipped", {})]
+  print(run.table(columns, run.METRICS + decoding.BEHAVIOUR_METRICS + tuple(heads)))
   if _PLOTS.value:
     workdirs = {results["masking_mode"]: _WORKDIR.value}
     for item in _COMPARE.value:

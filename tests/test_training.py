@@ -78,7 +78,7 @@ def _params(workdir, step=None):
   return jax.device_get(loop.load_trained(workdir, step).params)
 
 
-def test_resume_continues_exactly(data_dir, tmp_path):
+def test_resume_continues_exactly(data_dir, tmp_path, caplog):
   full, resumed = str(tmp_path / "full"), str(tmp_path / "resumed")
   loop.train(_config(data_dir, steps=12, checkpoint_every=6, eval_every=6), full)
   # A run "interrupted" after step 6: only that checkpoint exists, then it is re-run.
@@ -94,6 +94,10 @@ def test_resume_continues_exactly(data_dir, tmp_path):
   lines = [json.loads(l) for l in open(os.path.join(full, "metrics.jsonl"))]
   assert {"loss", "steps_per_second", "val_loss"} <= set().union(*lines)
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(full, "tensorboard")))
+  # Re-run with fewer steps than were trained: it says so, and changes nothing.
+  loop.train(_config(data_dir, steps=6, checkpoint_every=6, eval_every=6), full)
+  assert "the run is at step 12 and config.train.steps is 6: nothing to train" in caplog.text
+  jax.tree.map(np.testing.assert_array_equal, a, _params(full))
 
 
 def _with_val_trials(n):
@@ -148,7 +152,7 @@ def test_padding_rows_of_a_validation_batch_carry_no_targets():
   assert float(nll({"spikes": other, "valid": valid})[0]) != float(total)
 
 
-def test_evaluate_writes_the_four_metrics(data_dir, tmp_path):
+def test_evaluate_writes_the_four_metrics(data_dir, tmp_path, monkeypatch):
   workdir = str(tmp_path / "run")
   loop.train(_config(data_dir, steps=4, checkpoint_every=4, eval_every=4), workdir)
   results = run.evaluate_workdir(workdir)
@@ -167,6 +171,12 @@ def test_evaluate_writes_the_four_metrics(data_dir, tmp_path):
   assert [again[m] for m in run.METRICS] == [results[m] for m in run.METRICS]
   with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "empty"))):
     run.evaluate_workdir(workdir, decode=False, data_dir=str(tmp_path / "empty"))
+  with pytest.raises(ValueError, match=r"--sessions: \['ibl_binned/synthetic_000'\] given more than once"):
+    run.evaluate_workdir(workdir, decode=False, sessions=[DATASET, DATASET])
+  # A read-only workdir (a read-only mount: root's os.access sees it) is refused before scoring.
+  monkeypatch.setattr(os, "access", lambda path, mode: False)
+  with pytest.raises(PermissionError, match=rf"{re.escape(workdir)}: not writable, so metrics.json"):
+    run.evaluate_workdir(workdir, decode=False)
 
 
 def test_load_config_of_missing_run_is_a_clear_error(tmp_path):

@@ -213,6 +213,7 @@ def evaluate_workdir(workdir: str, split: str = "test", step: int | None = None,
 
   trained = poyo_loop.load_trained(workdir, step)
   checkpoint.relocate_data(trained.config, data_dir)  # data_dir: where the data sets are now (None: recorded)
+  checkpoint.check_writable(workdir, "metrics.json")
   config = trained.config
   if sessions is None:
     sessions = poyo_loop.load_sessions(config, (split, "train"))

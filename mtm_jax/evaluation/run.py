@@ -100,8 +100,12 @@ def evaluate_workdir(workdir: str, split: str | None = None, step: int | None = 
   data_dir: where the data sets are now (default: the run's config.data.data_dir)."""
   trained = loop.load_trained(workdir, step)
   checkpoint.relocate_data(trained.config, data_dir)
+  checkpoint.check_writable(workdir, "metrics.json")
   split = split or trained.config.eval.split
   names = sessions or trained.names
+  repeated = sorted({n for n in names if names.count(n) > 1})
+  if repeated:
+    raise ValueError(f"--sessions: {repeated} given more than once")
   per_session = {}
   arrays = {}
   for name in names:

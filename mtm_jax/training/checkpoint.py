@@ -88,9 +88,10 @@ class SaveFailed(SystemExit):
 
   def __init__(self, step: int, directory: str, reason: str, stopped_at: int | None, newest: int | None):
     stopped = f"; training stopped at step {stopped_at}" if stopped_at is not None else ""
-    resume = f"the newest checkpoint is step {newest}" if newest is not None else "no checkpoint was written"
+    resume = (f"the newest checkpoint is step {newest} (re-run to resume once the cause is fixed)" if newest is not None
+              else "no checkpoint was written (re-run to start again once the cause is fixed)")
     super().__init__(f"error: checkpoint of step {step} could not be written to {directory}: {reason}{stopped}; "
-                     f"{resume} (re-run to resume once the cause is fixed)")
+                     f"{resume}")
     self.step, self.directory, self.reason, self.stopped_at = step, directory, reason, stopped_at
 
 
@@ -314,6 +315,14 @@ def load_metadata(workdir: str, step: int | None = None) -> tuple[ml_collections
                             f"new workdir (this one is left as it is)")
   finally:
     mngr.close()
+
+
+def check_writable(workdir: str, what: str) -> None:
+  """Raises PermissionError naming `workdir` when `what` (e.g. "metrics.json") cannot be
+  written there: before the work that produces it, not after."""
+  if not os.access(os.path.abspath(os.path.expanduser(workdir)), os.W_OK):
+    raise PermissionError(f"{workdir}: not writable, so {what} cannot be written there (a read-only copy of the run? "
+                          "copy the workdir somewhere writable)")
 
 
 def relocate_data(config: ml_collections.ConfigDict, data_dir: str | None) -> None:
