@@ -37,6 +37,9 @@ def failure_summary(failures: list[str], n_datasets: int) -> str:
 
 def _builder(name: str, data_dir: str, registered: set[str]):
   builder_name, _, config = name.partition("/")
+  if not config:
+    raise ValueError(f"--dataset: {name!r} names no config; expected <builder>/<config>, e.g. "
+                     f"'ibl_binned/synthetic_000' or 'spike_events/<eid>'")
   if builder_name not in registered:
     raise ValueError(f"--dataset: unknown data set {builder_name!r} in {name!r}; this project builds "
                      f"'ibl_binned/<config>' and 'spike_events/<config>'")

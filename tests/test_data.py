@@ -52,6 +52,8 @@ def test_missing_data_set_is_a_clear_error(tmp_path):
 def test_unknown_dataset_in_build_is_a_clear_error(tmp_path):
   with pytest.raises(ValueError, match="unknown data set 'nope'"):
     prepare.build(["nope/x"], str(tmp_path))
+  with pytest.raises(ValueError, match="'ibl_binned' names no config"):  # it built synthetic_000 silently
+    prepare.build(["ibl_binned"], str(tmp_path))
   with pytest.raises(ValueError, match="not a known config"):
     prepare.build(["ibl_binned/synthetic_999"], str(tmp_path))
 

@@ -312,6 +312,12 @@ def test_unknown_config_key_in_an_override_names_the_key():
 # ------------------------------------------------------------------------------------------
 
 
+def test_a_failed_save_without_an_earlier_checkpoint_says_to_start_again():
+  from mtm_jax.training import checkpoint  # pylint: disable=g-import-not-at-top
+  failed = checkpoint.SaveFailed(10, "/w/checkpoints", "[Errno 28] No space left on device", 11, None)
+  assert failed.code.endswith("no checkpoint was written (re-run to start again once the cause is fixed)")
+
+
 def test_a_nonfinite_batch_skips_the_update_and_keeps_the_optimizer_state():
   config = ndt1_config.get_config("tiny")
   model = ndt1.from_config(config, 12, rngs=nnx.Rngs(0))

@@ -257,6 +257,9 @@ def run_steps(state, train_config, batches, *, update, summarise, learning_rate,
   if data_state is not None and data_state.get("next_index") != first:
     raise ValueError(f"checkpoint of step {first}: its data iterator state {data_state} is not at batch {first}; "
                      "the checkpoint is inconsistent")
+  if first >= total:
+    logging.warning("the run is at step %d and config.train.steps is %d: nothing to train (raise "
+                    "--config.train.steps to train on)", first, total)
   data = pipeline.iterate_from(batches, first, data_state)
   bad, last = nonfinite_in_a_row, {}
   t0, window, window_start, checked = time.time(), [], first, 0
