@@ -82,13 +82,14 @@ def test_reader_returns_the_arrays(tmp_path):
   assert strided["unit_ids"][0] == "x/0"
 
 
-def test_reader_fallbacks(tmp_path):
+def test_reader_fallbacks(tmp_path, caplog):
   """No electrodes -> region 'unknown'; no split column -> seeded 70/10/20; rate-based
   behaviour; a trial overlapping the previous one is left out."""
   path = write_nwb(tmp_path / "plain.nwb", electrodes=False, split=False, rate=100.0, overlap=True)
   s = nwb.read_nwb(path, split_seed=3)
   assert list(s["unit_regions"]) == ["unknown"] * 3
   assert s["source_info"]["split_source"] == "seeded" and s["source_info"]["dropped_overlapping_trials"] == 1
+  assert f"{path}: 1 of {N_TRIALS} trials overlap an earlier trial and are left out" in caplog.text  # not silently
   assert len(s["trial_starts"]) == N_TRIALS - 1
   assert [len(s["splits"][n]) for n in events.SPLITS] == [6, 1, 2]  # 70/10/20 of 9 trials
   np.testing.assert_allclose(s["behaviour_timestamps"], np.arange(2000) / 100.0)

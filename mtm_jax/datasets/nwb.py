@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 
+from absl import logging
 import numpy as np
 import pynwb
 
@@ -99,6 +100,10 @@ def _read_trials(path: str, nwbfile, split_seed: int):
       last_end = stops[k]
   kept = np.array(kept, np.int64)
   info = dict(n_trials=int(len(starts)), dropped_overlapping_trials=int(len(starts) - len(kept)))
+  if info["dropped_overlapping_trials"]:
+    dropped = sorted(set(range(len(starts))) - set(kept.tolist()))
+    logging.warning("%s: %d of %d trials overlap an earlier trial and are left out (trial rows %s)", path,
+                    len(dropped), len(starts), dropped[:10])
 
   if labels is not None:
     labels = np.array(labels, dtype=object)[kept]
