@@ -23,7 +23,7 @@ import os
 
 from absl import app, flags
 
-from mtm_jax.evaluation import decoding, poyo_eval, run
+from mtm_jax.evaluation import decoding, poyo_run, run
 from mtm_jax.training import checkpoint, entry
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a trained model.")
@@ -44,7 +44,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   config, _ = checkpoint.load_metadata(_WORKDIR.value, _STEP.value)
   if config.get("family") == "poyo":
-    results = poyo_eval.evaluate_workdir(_WORKDIR.value, _SPLIT.value or "test", _STEP.value,
+    results = poyo_run.evaluate_workdir(_WORKDIR.value, _SPLIT.value or "test", _STEP.value,
                                          data_dir=_DATA_DIR.value)
     print(f"POYO, {results['split']} split, step {results['step']}")
     print("\n".join(f"{k}: {v:.4f}" for k, v in results.items() if isinstance(v, float)))

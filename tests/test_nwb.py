@@ -11,7 +11,7 @@ import pytest
 
 from data_builders import prepare
 from mtm_jax.configs import poyo as poyo_config
-from mtm_jax.evaluation import poyo_eval
+from mtm_jax.evaluation import poyo_run
 from mtm_jax.training import poyo_loop
 from mtm_jax.datasets import events, nwb, provenance
 
@@ -136,7 +136,7 @@ def test_build_nwb_directory_end_to_end(tmp_path, capsys, caplog):
   config.data.datasets, config.data.data_dir = "spike_events/nwb", data_dir
   config.train.steps = config.train.eval_every = config.train.checkpoint_every = 4
   poyo_loop.train(config, str(tmp_path / "run"))
-  scores = poyo_eval.evaluate_workdir(str(tmp_path / "run"), "test")
+  scores = poyo_run.evaluate_workdir(str(tmp_path / "run"), "test")
   assert scores["step"] == 4 and np.isfinite(scores["behaviour_r2"]) and np.isfinite(scores["baseline_r2"])
   # A second NWB file makes the generic config ambiguous.
   write_nwb(manual / "other.nwb")

@@ -14,7 +14,7 @@ from jax.experimental.compilation_cache import compilation_cache
 
 from mtm_jax.configs import poyo as poyo_config
 from mtm_jax.datasets import events, reaching
-from mtm_jax.evaluation import poyo_eval
+from mtm_jax.evaluation import poyo_eval, poyo_run
 from mtm_jax.models import poyo
 from mtm_jax.training import optimizer, poyo_loop, poyo_step
 
@@ -235,7 +235,7 @@ def test_r2_and_summary_by_hand():
 
 def test_evaluate_workdir_writes_metrics_with_the_baseline(pretrained, sessions):
   workdir, _ = pretrained
-  results = poyo_eval.evaluate_workdir(workdir, "test", sessions=sessions[:2])
+  results = poyo_run.evaluate_workdir(workdir, "test", sessions=sessions[:2])
   with open(os.path.join(workdir, "metrics.json"), encoding="utf-8") as f:
     import json  # pylint: disable=g-import-not-at-top
     saved = json.load(f)
@@ -247,7 +247,7 @@ def test_evaluate_workdir_writes_metrics_with_the_baseline(pretrained, sessions)
   assert set(saved["sessions"]) == {"reaching_000", "reaching_001"}
   assert {"behaviour_r2", "baseline_r2", "baseline_r2_dim1"} <= set(saved["sessions"]["reaching_000"])
   with pytest.raises(ValueError, match="vocabulary"):
-    poyo_eval.evaluate_workdir(workdir, "test", sessions=sessions[2:], baseline=False)
+    poyo_run.evaluate_workdir(workdir, "test", sessions=sessions[2:], baseline=False)
 
 
 def _thinned(session: dict, split: str, keep: int) -> dict:
@@ -265,7 +265,7 @@ def test_evaluate_workdir_skips_sessions_too_small_to_score(pretrained, sessions
   import json  # pylint: disable=g-import-not-at-top
   workdir, _ = pretrained
   one_test, one_train = _thinned(sessions[0], "test", 1), _thinned(sessions[1], "train", 1)
-  results = poyo_eval.evaluate_workdir(workdir, "test", sessions=[one_test, one_train])
+  results = poyo_run.evaluate_workdir(workdir, "test", sessions=[one_test, one_train])
   with open(os.path.join(workdir, "metrics.json"), encoding="utf-8") as f:
     saved = json.load(f)
   assert saved == results

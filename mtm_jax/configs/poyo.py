@@ -13,7 +13,7 @@ gradient in a batch are left alone (the reference's SparseLamb).
 
 Training: mtm_jax.training.poyo_loop.train(config, workdir); new sessions:
 poyo_loop.finetune_config(config, pretrained_workdir, "unit_id" | "full") then train;
-evaluation: mtm_jax.evaluation.poyo_eval.evaluate_workdir(workdir, split).
+evaluation: mtm_jax.evaluation.poyo_run.evaluate_workdir(workdir, split).
 """
 
 import ml_collections

@@ -17,7 +17,7 @@ from absl import logging
 
 from mtm_jax.configs import poyo_study as study_config
 from mtm_jax.datasets import schema
-from mtm_jax.evaluation import poyo_eval, scaling
+from mtm_jax.evaluation import poyo_run, scaling
 from mtm_jax.training import poyo_loop
 
 ADAPTED = ("unit_id", "full")
@@ -77,7 +77,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str, *, only_analyse: 
       continue
     results = scaling.scored(run_dir, run_config.train.steps, SCORES, config.study.split)
     if results is None:
-      results = poyo_eval.evaluate_workdir(run_dir, config.study.split)
+      results = poyo_run.evaluate_workdir(run_dir, config.study.split)
     summary[name] = {k: float(results[k]) for k in SCORES}
   if "unit_id" in summary and "full" in summary:
     summary["unit_id_over_full"] = summary["unit_id"]["behaviour_r2"] / summary["full"]["behaviour_r2"]
