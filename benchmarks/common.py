@@ -55,8 +55,8 @@ def bools(values: list[str], flag: str) -> list[bool]:
 
 def compile_variants(dtype, onednn_flag: list[str]) -> list[dict | None]:
   """The distinct XLA compile options of --onednn=true/false for `dtype`: the programs'
-  options (training.sharding.compiler_options) for true, None for false."""
-  from mtm_jax.training import sharding  # pylint: disable=import-outside-toplevel
+  options (parallel.sharding.compiler_options) for true, None for false."""
+  from mtm_jax.parallel import sharding  # pylint: disable=import-outside-toplevel
   variants = []
   for on in bools(onednn_flag, "onednn"):
     options = sharding.compiler_options(jax.devices(), dtype) if on else None

@@ -4,7 +4,7 @@
 
 This is the reference line of the other benchmarks (their `--peak` flag reads this file
 and takes, per dtype, the fastest row): XLA's own dot and oneDNN's (the train steps'
-CPU compile option, mtm_jax.training.sharding.compiler_options).
+CPU compile option, mtm_jax.parallel.sharding.compiler_options).
 """
 
 from __future__ import annotations

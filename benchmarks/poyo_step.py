@@ -33,7 +33,7 @@ _QUERIES = flags.DEFINE_integer("queries", 100, "behaviour queries per window")
 _DTYPES = flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "compute dtypes")
 _REMAT = flags.DEFINE_list("remat", ["false"], "remat settings (true/false) of the rows without ':remat'")
 _ONEDNN = flags.DEFINE_list("onednn", ["true"], "train step compiled with the programs' CPU options "
-                            "(training.sharding.compiler_options: oneDNN matmuls in bfloat16) and/or without")
+                            "(parallel.sharding.compiler_options: oneDNN matmuls in bfloat16) and/or without")
 _STEPS = flags.DEFINE_integer("steps", 3, "timed steps per row")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "untimed steps per row (compilation)")
 _PEAK = flags.DEFINE_string("peak", None, "benchmarks.matmul JSON: adds fraction-of-peak columns")

@@ -9,7 +9,8 @@ import jax
 import numpy as np
 
 from experiments import pretrain
-from mtm_jax.training import checkpoint, sharding
+from mtm_jax.parallel import sharding
+from mtm_jax.training import checkpoint
 
 
 def _local_copy(x: jax.Array) -> np.ndarray:

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from mtm_jax.configs import ndt1 as ndt1_config
-from mtm_jax.training import checkpoint, loop, mesh as mesh_lib, sharding
+from mtm_jax.parallel import mesh as mesh_lib, sharding
+from mtm_jax.training import checkpoint, loop
 from tests.conftest import DATASET
 from tests.test_sharding import comparable
 

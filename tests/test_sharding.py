@@ -12,7 +12,8 @@ from jax.sharding import PartitionSpec as P
 from mtm_jax import masking
 from mtm_jax.configs import ndt1 as ndt1_config, poyo as poyo_config
 from mtm_jax.models import ndt1, poyo
-from mtm_jax.training import mesh as mesh_lib, optimizer, poyo_step, sharding, step as step_lib
+from mtm_jax.parallel import mesh as mesh_lib, sharding
+from mtm_jax.training import optimizer, poyo_step, step as step_lib
 
 STEPS, BATCH, NEURONS, BINS = 20, 8, 12, 20
 MODE = "neuron"

@@ -8,7 +8,7 @@ from flax import nnx
 from mtm_jax import masking, metrics
 from mtm_jax.evaluation import tasks
 from mtm_jax.models import ndt1
-from mtm_jax.training import mesh as mesh_lib
+from mtm_jax.parallel import mesh as mesh_lib
 
 
 def _definition(model, spikes, region_ids, *, session, n_model):

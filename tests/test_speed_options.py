@@ -14,7 +14,8 @@ from mtm_jax import masking
 from mtm_jax.configs import ndt1 as ndt1_config
 from mtm_jax.configs import poyo as poyo_config
 from mtm_jax.models import ndt1, poyo
-from mtm_jax.training import optimizer, poyo_step, precision, sharding
+from mtm_jax.parallel import sharding
+from mtm_jax.training import optimizer, poyo_step, precision
 from mtm_jax.training import step as step_lib
 
 

@@ -16,7 +16,8 @@ from mtm_jax.configs import ndt1 as ndt1_config
 from mtm_jax.datasets import pipeline
 from mtm_jax.evaluation import decoding, run
 from mtm_jax.models import ndt1
-from mtm_jax.training import checkpoint, loop, mesh as mesh_lib, optimizer, step as step_lib
+from mtm_jax.parallel import mesh as mesh_lib
+from mtm_jax.training import checkpoint, loop, optimizer, step as step_lib
 from tests.conftest import DATASET
 
 

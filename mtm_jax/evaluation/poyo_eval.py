@@ -26,7 +26,7 @@ import numpy as np
 
 from mtm_jax import metrics
 from mtm_jax.datasets import events
-from mtm_jax.training import mesh as mesh_lib
+from mtm_jax.parallel import mesh as mesh_lib
 from mtm_jax.training import poyo_step
 
 

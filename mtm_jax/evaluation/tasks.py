@@ -20,7 +20,7 @@ from flax import nnx
 
 from mtm_jax import masking, metrics
 from mtm_jax.datasets import pipeline
-from mtm_jax.training import mesh as mesh_lib
+from mtm_jax.parallel import mesh as mesh_lib
 
 
 class Predictor(NamedTuple):

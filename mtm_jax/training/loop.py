@@ -20,7 +20,8 @@ from mtm_jax import masking
 from mtm_jax.configs import ndt1 as ndt1_config
 from mtm_jax.datasets import pipeline, schema
 from mtm_jax.models import ndt1
-from mtm_jax.training import checkpoint, mesh as mesh_lib, optimizer, sharding, step as step_lib
+from mtm_jax.parallel import mesh as mesh_lib, sharding
+from mtm_jax.training import checkpoint, optimizer, step as step_lib
 from mtm_jax.training.stopping import PREEMPTED_EXIT_CODE, Preempted, sigterm_flag, stop_signals  # noqa: F401
 
 

@@ -22,7 +22,8 @@ from mtm_jax.configs import poyo as poyo_config
 from mtm_jax.datasets import events
 from mtm_jax.evaluation import poyo_eval
 from mtm_jax.models import poyo
-from mtm_jax.training import checkpoint, loop, mesh as mesh_lib, optimizer, poyo_step, sharding
+from mtm_jax.parallel import mesh as mesh_lib, sharding
+from mtm_jax.training import checkpoint, loop, optimizer, poyo_step
 from mtm_jax.training.step import init_state
 
 

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from mtm_jax.training.mesh import MODEL, replicated
+from mtm_jax.parallel.mesh import MODEL, replicated
 
 # (pattern matched at the end of a leaf's path, PartitionSpec of that leaf)
 RULES = (
