@@ -18,11 +18,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from benchmarks import common, flops, synthetic
+from mtm_jax.tasks import ndt1 as ndt1_task
 from mtm_jax import masking
 from mtm_jax.configs import ndt1 as ndt1_config
 from mtm_jax.models import ndt1
-from mtm_jax.training import host_memory, optimizer, precision
-from mtm_jax.training import step as step_lib
+from mtm_jax.training import host_memory, optimizer, precision, step as step_lib
 
 _SIZE = flags.DEFINE_enum("size", "paper", sorted(ndt1.SIZES), "model size (mtm_jax.models.ndt1.SIZES)")
 _BATCH = flags.DEFINE_integer("batch", 16, "trials per step")
@@ -56,7 +56,7 @@ def measure(config, mode: str, batch: int, bins: int, neurons: int, regions: int
   if mode == "train":
     tx = optimizer.make_optimizer(config)
     mask_config = masking.MaskConfig(config.masking.ratio, config.masking.causal_ratio)
-    fn = jax.jit(step_lib.make_train_step(graphdef, tx, config.masking.mode, mask_config, dtype=dtype),
+    fn = jax.jit(ndt1_task.make_train_step(graphdef, tx, config.masking.mode, mask_config, dtype=dtype),
                  donate_argnums=0, compiler_options=compiler_options)
     state = step_lib.init_state(params, tx)
     xla = fn.lower(state, data, region_table, key).compile().cost_analysis()

@@ -24,9 +24,10 @@ import numpy as np
 
 from benchmarks import common
 from data_builders import prepare
+from mtm_jax.tasks import poyo as poyo_task
 from mtm_jax.configs import poyo as poyo_config
 from mtm_jax.datasets import events, pipeline, provenance
-from mtm_jax.training import host_memory, poyo_loop
+from mtm_jax.training import host_memory
 
 _DATA_DIR = flags.DEFINE_string("data_dir", "/tmp/mtm_jax_bench_tfds", "TFDS data_dir (built if missing)")
 _BINNED = flags.DEFINE_string("binned", "ibl_binned/synthetic_000", "binned session")
@@ -82,7 +83,7 @@ def main(argv):
 
   config = poyo_config.get_config("small")
   sessions = [events.load_event_session(_EVENTS.value, _DATA_DIR.value)]
-  data = events.prepare(sessions, "train", poyo_loop.window_config(config, train=True))
+  data = events.prepare(sessions, "train", poyo_task.window_config(config, train=True))
   poyo_batch = config.data.batch_size
   poyo_rate = _consumption(_POYO.value, dict(size="small", dtype="float32", remat=False), "windows_per_s")
   ds = pipeline.iterate_from(events.training_batches(data, poyo_batch, 0), 0)

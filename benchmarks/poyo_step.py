@@ -17,11 +17,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from benchmarks import common, flops, synthetic
+from mtm_jax.tasks import poyo as poyo_task
 from mtm_jax.configs import poyo as poyo_config
 from mtm_jax.datasets import events
 from mtm_jax.models import poyo
-from mtm_jax.training import host_memory, optimizer, precision
-from mtm_jax.training import poyo_step
+from mtm_jax.training import host_memory, optimizer, precision, step as step_lib
 
 _CONFIGS = flags.DEFINE_list("configs", ["small:128", "large:64:remat"],
                              "size:batch[:remat]; a ':remat' row always recomputes its layers (the large config at "
@@ -50,14 +50,14 @@ def measure(config, batch_size: int, length: int, compiler_options: dict | None 
   graphdef, params = nnx.split(model, nnx.Param)
   tx = optimizer.make_poyo_optimizer(config, params)
   tasks = dict(config.model.tasks)
-  step = jax.jit(poyo_step.make_train_step(graphdef, tx, tasks=tasks, dtype=dtype), donate_argnums=0,
+  step = jax.jit(poyo_task.make_train_step(graphdef, tx, tasks=tasks, dtype=dtype), donate_argnums=0,
                  compiler_options=compiler_options)
   batch = jax.tree.map(jnp.asarray, synthetic.poyo_batch(batch_size, units, spikes, length, queries))
   key = jax.random.key(0)
-  holder = [poyo_step.init_state(params, tx)]
+  holder = [step_lib.init_state(params, tx)]
 
   def call():
-    holder[0], metrics = step(holder[0], batch, key)
+    holder[0], metrics = step(holder[0], batch, None, key)
     return metrics["loss"]
 
   t = common.time_calls(call, steps=steps, warmup=warmup, block_each=block_each)

@@ -16,7 +16,8 @@ import jax
 from data_builders import prepare
 from mtm_jax.configs import ndt1 as ndt1_config
 from mtm_jax.evaluation import run
-from mtm_jax.training import entry, loop
+from mtm_jax.tasks import registry
+from mtm_jax.training import entry, trainer
 
 _DATASET = flags.DEFINE_string("dataset", "ibl_binned/synthetic_000", "Session to train and score on.")
 _DATA_DIR = flags.DEFINE_string("data_dir", "data/tfds", "TFDS data directory.")
@@ -37,8 +38,8 @@ def run_demo(dataset: str, data_dir: str, workdir: str, preset: str, steps: int 
       config.train.steps = steps
     model_dir = os.path.join(workdir, name)
     logging.info("training %s in %s", name, model_dir)
-    loop.train(config, model_dir)
-    results[name] = run.evaluate_workdir(model_dir)
+    trainer.train(registry.of(config), config, model_dir)
+    results[name] = registry.evaluate_workdir(model_dir)
   oracle = run.oracle_column(results["mtm"])
   fraction = {m: results["mtm"][m] / oracle[m] for m in oracle}
   columns = {"MtM": results["mtm"], "temporal": results["temporal"], "oracle": oracle,

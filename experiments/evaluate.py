@@ -23,7 +23,7 @@ import os
 
 from absl import app, flags
 
-from mtm_jax.evaluation import decoding, poyo_run, run
+from mtm_jax.tasks import registry
 from mtm_jax.training import checkpoint, entry
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a trained model.")
@@ -42,34 +42,22 @@ flags.mark_flag_as_required("workdir")
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  config, _ = checkpoint.load_metadata(_WORKDIR.value, _STEP.value)
-  if config.get("family") == "poyo":
-    results = poyo_run.evaluate_workdir(_WORKDIR.value, _SPLIT.value or "test", _STEP.value,
-                                         data_dir=_DATA_DIR.value)
-    print(f"POYO, {results['split']} split, step {results['step']}")
-    print("\n".join(f"{k}: {v:.4f}" for k, v in results.items() if isinstance(v, float)))
-    for k in results["skipped"]:
-      print(f"{k}: skipped")
-    return
-  results = run.evaluate_workdir(_WORKDIR.value, _SPLIT.value, _STEP.value, _SESSIONS.value,
-                                 decode=_DECODING.value, data_dir=_DATA_DIR.value)
-  columns = {results["masking_mode"]: results}
-  oracle = run.oracle_column(results)
-  if oracle:
-    columns["oracle"] = oracle
-  print(run.heading(results))
-  heads = [m for m in run.HEAD_METRICS if m in results or m in results.get("skipped", {})]
-  print(run.table(columns, run.METRICS + decoding.BEHAVIOUR_METRICS + tuple(heads)))
+  task = registry.of_workdir(_WORKDIR.value, _STEP.value)
+  results = registry.evaluate_workdir(_WORKDIR.value, _SPLIT.value, _STEP.value, _SESSIONS.value,
+                                      decode=_DECODING.value, data_dir=_DATA_DIR.value)
+  print(task.report(results))
   if _PLOTS.value:
-    workdirs = {results["masking_mode"]: _WORKDIR.value}
+    workdirs = {results.get("masking_mode", "model"): _WORKDIR.value}
     for item in _COMPARE.value:
       label, sep, path = item.partition("=")
       if not sep or not label or not path:
         raise app.UsageError(f"--compare: expected label=workdir, got {item!r}")
       workdirs[label] = path
+    models = {label: registry.load_trained(w) for label, w in workdirs.items()}
+    for model in models.values():
+      checkpoint.relocate_data(model.config, _DATA_DIR.value)
     path = os.path.join(_WORKDIR.value, "rasters.png")
-    region = run.raster_plot(workdirs, path, split=_SPLIT.value, region=_PLOT_REGION.value,
-                             data_dir=_DATA_DIR.value)
+    region = task.plot(models, path, split=_SPLIT.value, region=_PLOT_REGION.value)
     print(f"rasters of {region}: {path}")
 
 

@@ -18,13 +18,15 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments import multihost
-from mtm_jax.training import entry, loop, poyo_loop
+from mtm_jax.tasks import registry
+from mtm_jax.training import entry, trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Fine-tuning config file (get_config(arg)).")
 _PRETRAINED = flags.DEFINE_string("pretrained", None, "Workdir of the pretrained model (none: from scratch).")
 _DATASET = flags.DEFINE_string("dataset", None, "Held-out session(s), comma-separated (default: the config's).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and logs.")
-_MODE = flags.DEFINE_enum("mode", "unit_id", ["unit_id", "full"], "POYO: what fine-tuning trains.")
+_MODE = flags.DEFINE_enum("mode", None, ["unit_id", "full"], "What fine-tuning trains (default: the family's: "
+                          "POYO unit_id, NDT1 full).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -33,17 +35,12 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   multihost.initialize()
   config = _CONFIG.value
-  poyo = config.get("family") == "poyo"
+  task = registry.of(config)
   if _DATASET.value:
-    config.data.datasets = _DATASET.value
-    if not poyo:
-      config.data.n_sessions = 0
-  if poyo:
-    config = poyo_loop.finetune_config(config, _PRETRAINED.value, _MODE.value)
-  else:
-    config = loop.finetune_config(config, _PRETRAINED.value)
+    task.select_sessions(config, _DATASET.value)
+  config = task.finetune_config(config, _PRETRAINED.value, _MODE.value)
   logging.info("fine-tuning %s on %s", config.init.pretrained or "from scratch", config.data.datasets)
-  (poyo_loop if poyo else loop).train(config, _WORKDIR.value)
+  trainer.train(task, config, _WORKDIR.value)
 
 
 if __name__ == "__main__":

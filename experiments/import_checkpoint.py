@@ -38,12 +38,13 @@ import jax
 import ml_collections
 from ml_collections import config_flags
 
+from mtm_jax.tasks import ndt1 as ndt1_task, poyo as poyo_task
 from mtm_jax.configs import ndt1 as ndt1_config
 from mtm_jax.datasets import events, pipeline
 from mtm_jax.interop import ndt1 as ndt1_interop
 from mtm_jax.interop import poyo as poyo_interop
 from mtm_jax.interop import state_dict
-from mtm_jax.training import checkpoint, entry, loop, optimizer, poyo_loop, step as step_lib
+from mtm_jax.training import checkpoint, entry, optimizer, step as step_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_TORCH_PYTHON = os.path.join("parity", ".venv", "bin", "python")
@@ -111,7 +112,7 @@ def import_ndt1(ckpt: state_dict.TorchCheckpoint, workdir: str, datasets: list[s
   infos = [pipeline.session_info(n, config.data.data_dir) for n in datasets]
   rows = _session_rows(arch, infos, list(session_rows), eids_file)
   model, unused = ndt1_interop.convert(ckpt, config, [i.n_neurons for i in infos], rows)
-  records = loop.session_records(datasets, infos)
+  records = ndt1_task.session_records(datasets, infos)
   _save(workdir, model, optimizer.make_optimizer(config), config, records)
   return dict(kind="ndt1", architecture=arch, session_rows=rows, unused=unused)
 
@@ -124,7 +125,7 @@ def import_poyo(ckpt: state_dict.TorchCheckpoint, workdir: str, datasets: list[s
   if datasets:
     config.data.datasets, config.data.data_dir = ",".join(datasets), os.path.abspath(data_dir)
     sessions = [events.load_event_session(n, config.data.data_dir, ("train",)) for n in datasets]
-    records = poyo_loop.session_records(datasets, sessions)
+    records = poyo_task.session_records(datasets, sessions)
   else:
     records = poyo_interop.default_sessions(ckpt)
     config.data.datasets = ",".join(r["name"] for r in records)

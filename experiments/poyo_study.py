@@ -11,7 +11,7 @@ re-running resumes; --only_analyse trains nothing. Compiled XLA programs are cac
 
 
 from experiments import study
-from mtm_jax.evaluation import poyo_study
+from mtm_jax.studies import poyo as poyo_study
 from mtm_jax.training import entry
 
 _CONFIG, _WORKDIR, _ONLY_ANALYSE = study.define_flags("mtm_jax/configs/poyo_study.py:small")

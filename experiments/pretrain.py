@@ -22,7 +22,8 @@ import jax
 from ml_collections import config_flags
 
 from experiments import multihost
-from mtm_jax.training import entry, loop, poyo_loop
+from mtm_jax.tasks import registry
+from mtm_jax.training import entry, trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (get_config(arg)).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and logs.")
@@ -38,17 +39,10 @@ def main(argv):
   multihost.initialize()
   logging.info("JAX devices: %s", jax.devices())
   config = _CONFIG.value
-  poyo = config.get("family") == "poyo"
+  task = registry.of(config)
   if _SESSIONS.value:
-    if _SESSIONS.value.strip().isdigit():
-      if poyo:
-        raise app.UsageError("--sessions: POYO configs take session names, not a count")
-      config.data.n_sessions = int(_SESSIONS.value)
-    else:
-      config.data.datasets = _SESSIONS.value
-      if not poyo:
-        config.data.n_sessions = 0
-  (poyo_loop if poyo else loop).train(config, _WORKDIR.value)
+    task.select_sessions(config, _SESSIONS.value)
+  trainer.train(task, config, _WORKDIR.value)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ have no metrics yet and re-plots. Compiled XLA programs are cached in <workdir>/
 
 
 from experiments import study
-from mtm_jax.evaluation import plots, scaling
+from mtm_jax.evaluation import plots
+from mtm_jax.studies import scaling
 from mtm_jax.training import entry
 
 _CONFIG, _WORKDIR, _ONLY_ANALYSE = study.define_flags("mtm_jax/configs/scaling.py:small")

@@ -13,13 +13,13 @@ import pytest
 from flax import nnx
 
 from benchmarks import synthetic
+from mtm_jax.tasks import ndt1 as ndt1_task
 from mtm_jax import masking
 from mtm_jax.configs import ndt1 as ndt1_config
 from mtm_jax.configs import poyo as poyo_config
 from mtm_jax.evaluation import tasks
 from mtm_jax.models import attention, ndt1, poyo
-from mtm_jax.training import checkpoint, optimizer, precision
-from mtm_jax.training import step as step_lib
+from mtm_jax.training import checkpoint, optimizer, precision, step as step_lib
 
 pytestmark = pytest.mark.gpu
 
@@ -111,7 +111,7 @@ def test_train_step_same_on_device_and_cpu():
   config, graphdef, params = _ndt1("bfloat16", size="tiny", neurons=16)
   tx = optimizer.make_optimizer(config)
   mask_config = masking.MaskConfig(config.masking.ratio, config.masking.causal_ratio)
-  step = jax.jit(step_lib.make_train_step(graphdef, tx, "mtm", mask_config, dtype="bfloat16"))
+  step = jax.jit(ndt1_task.make_train_step(graphdef, tx, "mtm", mask_config, dtype="bfloat16"))
   data, regions = synthetic.ndt1_batch(4, 100, 16, 3)
   args = (step_lib.init_state(params, tx), data, regions, jax.random.key(1))
   (got_state, got), (want_state, want) = on_both(step, *args)

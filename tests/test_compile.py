@@ -8,13 +8,13 @@ import jax
 import numpy as np
 from flax import nnx
 
+from mtm_jax.tasks import ndt1 as ndt1_task, poyo as poyo_task
 from mtm_jax import masking
 from mtm_jax.configs import ndt1 as ndt1_config
 from mtm_jax.configs import poyo as poyo_config
 from mtm_jax.datasets import events, pipeline, reaching
 from mtm_jax.models import ndt1, poyo
-from mtm_jax.training import optimizer, poyo_loop, poyo_step
-from mtm_jax.training import step as step_lib
+from mtm_jax.training import optimizer, step as step_lib
 
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # one per XLA compilation
 
@@ -48,7 +48,7 @@ def test_ndt1_stitch_steps_compile_once_over_sessions():
   regions = np.full((len(sizes), max(sizes)), -1, np.int32)  # two regions per session, -1 = padding
   for row, n in enumerate(sizes):
     regions[row, :n] = np.arange(n) % 2
-  step = jax.jit(step_lib.make_train_step(graphdef, tx, config.masking.mode, masking.MaskConfig()), donate_argnums=0)
+  step = jax.jit(ndt1_task.make_train_step(graphdef, tx, config.masking.mode, masking.MaskConfig()), donate_argnums=0)
   key = jax.random.key(0)
   state = step_lib.init_state(params, tx)
   state, _ = step(state, batches[0], regions, key)  # compiles
@@ -70,19 +70,19 @@ def test_poyo_steps_compile_once_per_token_bucket():
   config.data.token_buckets = (96, 128)  # these windows hold 50-115 tokens: two buckets
   sessions = [reaching.simulate_reaching_session(i, min_units=10, max_units=40, min_trials=6, max_trials=8)
               for i in (0, 1)]
-  data = events.prepare(sessions, "train", poyo_loop.window_config(config, train=True))
+  data = events.prepare(sessions, "train", poyo_task.window_config(config, train=True))
   model = poyo.from_config(config, len(data.vocab.unit_ids), len(data.vocab.session_ids), rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(model, nnx.Param)
   tx = optimizer.make_poyo_optimizer(config, params)
-  step = jax.jit(poyo_step.make_train_step(graphdef, tx, tasks=dict(config.model.tasks)), donate_argnums=0)
+  step = jax.jit(poyo_task.make_train_step(graphdef, tx, tasks=dict(config.model.tasks)), donate_argnums=0)
   batches = events.training_batches(data, 4, seed=0)
-  state, key = poyo_step.init_state(params, tx), jax.random.key(0, impl=config.train.prng_impl)
+  state, key = step_lib.init_state(params, tx), jax.random.key(0, impl=config.train.prng_impl)
   lengths, new_compilations = [], []
   with count_compilations() as compiled:
     for i in range(6):
       batch = batches[i]
       before = len(compiled)
-      state, metrics = step(state, batch, key)
+      state, metrics = step(state, batch, None, key)
       assert np.isfinite(float(metrics["loss"]))
       lengths.append(batch["unit_index"].shape[1])
       new_compilations.append(len(compiled) - before)

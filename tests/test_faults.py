@@ -24,10 +24,11 @@ from flax import nnx
 from ml_collections import config_flags
 import ml_collections
 
+from mtm_jax.tasks import registry, ndt1 as ndt1_task
 from mtm_jax import masking
 from mtm_jax.configs import ndt1 as ndt1_config
 from mtm_jax.models import ndt1
-from mtm_jax.training import checkpoint, loop, optimizer, step as step_lib
+from mtm_jax.training import checkpoint, optimizer, step as step_lib, stopping, trainer
 from tests.conftest import DATASET
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,7 +86,7 @@ def _wait_for_checkpoint_after(process, workdir, step, timeout=600) -> None:
 
 
 def _params(workdir, step=None):
-  return jax.device_get(nnx.to_pure_dict(loop.load_trained(workdir, step).params))
+  return jax.device_get(nnx.to_pure_dict(registry.load_trained(workdir, step).params))
 
 
 def _assert_bitwise_equal(a, b):
@@ -132,7 +133,7 @@ def test_sigterm_then_sigkill_resume_bit_for_bit(data_dir, cache_dir, reference,
   _wait_for_checkpoint_after(run, workdir, 0)
   run.send_signal(signal.SIGTERM)
   code, err = _finish(run)
-  assert code == loop.PREEMPTED_EXIT_CODE, err[-3000:]
+  assert code == stopping.PREEMPTED_EXIT_CODE, err[-3000:]
   assert "SIGTERM: saved the checkpoint of step" in err
   stopped = max(_steps(workdir))
   assert EVERY <= stopped < STEPS
@@ -176,7 +177,7 @@ def test_a_full_disk_stops_the_run_at_the_next_step_in_one_line_and_a_rerun_resu
   # The failed save's tmp directory is removed, or (still written to by Orbax's abandoned
   # writes) left to be moved aside by the re-run; no finished step but 10.
   assert [n for n in os.listdir(directory) if checkpoint._TMP_MARK not in n] == ["10"]  # pylint: disable=protected-access
-  assert loop.load_trained(workdir).step == 10
+  assert registry.load_trained(workdir).step == 10
 
   code, err = _finish(_pretrain(data_dir, workdir, env, every))
   assert code == 0, err[-3000:]
@@ -209,7 +210,7 @@ def test_damaged_latest_checkpoint_is_reported_and_skipped(reference, tmp_path, 
   shutil.copytree(reference, workdir)
   DAMAGES[damage](os.path.join(workdir, "checkpoints", str(STEPS)))
   with caplog.at_level(logging.WARNING):
-    trained = loop.load_trained(workdir)
+    trained = registry.load_trained(workdir)
   assert trained.step == STEPS - EVERY
   _assert_bitwise_equal(jax.device_get(nnx.to_pure_dict(trained.params)), _params(reference, STEPS - EVERY))
   warning = " ".join(r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
@@ -241,9 +242,9 @@ def test_no_readable_checkpoint_is_a_clear_error(reference, tmp_path):
   for step in _steps(workdir):
     _truncate_array_file(os.path.join(workdir, "checkpoints", str(step)))
   with pytest.raises(FileNotFoundError, match="no readable checkpoint"):
-    loop.load_trained(workdir)
+    registry.load_trained(workdir)
   with pytest.raises(ValueError, match=f"checkpoint of step {STEPS} is damaged"):
-    loop.load_trained(workdir, STEPS)
+    registry.load_trained(workdir, STEPS)
 
 
 # ------------------------------------------------------------------------------------------
@@ -286,7 +287,7 @@ def test_bad_config_fails_before_touching_the_run(data_dir, reference, tmp_path,
   config = _config(data_dir)
   change(config)
   with pytest.raises(ValueError, match=message):
-    loop.train(config, workdir)
+    trainer.train(registry.get("mtm"), config, workdir)
   assert _snapshot(workdir) == before
 
 
@@ -296,7 +297,7 @@ def test_data_set_with_other_neurons_than_the_checkpoint_is_a_clear_error(data_d
   _edit_sessions(workdir, lambda records: records[0]["region_names"].pop())  # as if rebuilt with 113 neurons
   before = _snapshot(workdir)
   with pytest.raises(ValueError, match="region_names = 113 entries in the checkpoint but 114 entries in the data set"):
-    loop.train(_config(data_dir), workdir)
+    trainer.train(registry.get("mtm"), _config(data_dir), workdir)
   assert _snapshot(workdir) == before
 
 
@@ -323,7 +324,7 @@ def test_a_nonfinite_batch_skips_the_update_and_keeps_the_optimizer_state():
   model = ndt1.from_config(config, 12, rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(model, nnx.Param)
   tx = optimizer.make_optimizer(config)
-  train_step = jax.jit(step_lib.make_train_step(graphdef, tx, masking.MTM, masking.MaskConfig()))
+  train_step = jax.jit(ndt1_task.make_train_step(graphdef, tx, masking.MTM, masking.MaskConfig()))
   regions = jnp.asarray((np.arange(12) % 3)[None], jnp.int32)
   spikes = np.random.default_rng(0).poisson(0.5, (8, 100, 12)).astype(np.float32)
   state = step_lib.init_state(params, tx)
@@ -355,9 +356,9 @@ def _fake_run(tmp_path, finite_at, saves, steps=20, limit=3, on_step=None):
       on_step(step)
     return step_lib.TrainState(state.step + 1, None, None), dict(loss=1.0, finite=finite_at(step + 1))
 
-  writer = loop.MetricWriter(str(tmp_path))
+  writer = trainer.MetricWriter(str(tmp_path))
   try:
-    last = loop.run_steps(step_lib.TrainState(jnp.zeros((), jnp.int32), None, None), train,
+    last = trainer.run_steps(step_lib.TrainState(jnp.zeros((), jnp.int32), None, None), train,
                           grain.MapDataset.range(1000), update=update, summarise=lambda w: dict(loss=1.0),
                           learning_rate=lambda s: 0.1, evaluate=lambda s: {}, save=saves, writer=writer)
   finally:
@@ -394,9 +395,9 @@ def test_sigterm_saves_the_current_step_and_raises_preempted(tmp_path):
       os.kill(os.getpid(), signal.SIGTERM)
 
   previous = signal.getsignal(signal.SIGTERM)
-  with pytest.raises(loop.Preempted) as error:
+  with pytest.raises(stopping.Preempted) as error:
     _fake_run(tmp_path, lambda s: True, saves, on_step=on_step)
-  assert error.value.step == 7 and error.value.code == loop.PREEMPTED_EXIT_CODE
+  assert error.value.step == 7 and error.value.code == stopping.PREEMPTED_EXIT_CODE
   assert calls[-1] == 6 and saves.saved[-1][:2] == (7, 7)
   assert signal.getsignal(signal.SIGTERM) is previous  # the handler is gone again
 
@@ -404,7 +405,7 @@ def test_sigterm_saves_the_current_step_and_raises_preempted(tmp_path):
 def test_evaluating_on_a_data_set_with_other_neurons_is_a_clear_error(reference, monkeypatch):
   from mtm_jax.datasets import pipeline  # pylint: disable=g-import-not-at-top
   from mtm_jax.evaluation import run  # pylint: disable=g-import-not-at-top
-  trained = loop.load_trained(reference)
+  trained = registry.load_trained(reference)
   rebuilt = lambda *args, **kwargs: dict(spikes=np.zeros((4, 100, 113), np.int32))  # one neuron fewer
   monkeypatch.setattr(pipeline, "load_split", rebuilt)
   with pytest.raises(ValueError, match="113 neurons, the model's session row 0 has 114; was the data set rebuilt"):

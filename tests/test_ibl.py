@@ -18,6 +18,8 @@ import pytest
 
 import ibl_alf
 from data_builders import prepare
+from mtm_jax.tasks import registry
+from mtm_jax.training import trainer
 from mtm_jax.datasets import events, ibl, pipeline, provenance, schema
 
 
@@ -259,7 +261,6 @@ def test_poyo_scores_of_an_ibl_session_are_named_after_its_behaviours(ibl_cache,
 
 def test_pretrain_runs_on_the_built_session(ibl_cache, ibl_data_dir, tmp_path):
   from mtm_jax.configs import ndt1 as ndt1_config
-  from mtm_jax.training import loop
 
   _, eid = ibl_cache
   config = ndt1_config.get_config("tiny")
@@ -268,7 +269,7 @@ def test_pretrain_runs_on_the_built_session(ibl_cache, ibl_data_dir, tmp_path):
   config.masking.mode = "neuron"  # one scheme: one compilation (MtM's draw is tested elsewhere)
   config.train.steps = config.train.log_every = 2
   config.train.eval_every = config.train.checkpoint_every = 2
-  result = loop.train(config, str(tmp_path / "run"))
+  result = trainer.train(registry.get("mtm"), config, str(tmp_path / "run"))
   assert result
   metrics = [line for line in open(tmp_path / "run" / "metrics.jsonl", encoding="utf-8")]
   assert metrics and all("nan" not in line.lower() for line in metrics)
@@ -303,7 +304,6 @@ def test_evaluate_a_small_session_keeps_the_activity_metrics_and_skips_what_cann
   import sys  # pylint: disable=g-import-not-at-top
   from mtm_jax.configs import ndt1 as ndt1_config  # pylint: disable=g-import-not-at-top
   from mtm_jax.evaluation import run  # pylint: disable=g-import-not-at-top
-  from mtm_jax.training import loop  # pylint: disable=g-import-not-at-top
 
   data_dir, name = _small_test_split_session(tmp_path)
   test = pipeline.load_split(name, data_dir, "test", ("spikes", "choice"))
@@ -314,9 +314,9 @@ def test_evaluate_a_small_session_keeps_the_activity_metrics_and_skips_what_cann
   config.masking.mode = "neuron"
   config.train.steps = config.train.log_every = config.train.eval_every = config.train.checkpoint_every = 2
   workdir = str(tmp_path / "run")
-  loop.train(config, workdir)
+  trainer.train(registry.get("mtm"), config, workdir)
 
-  results = run.evaluate_workdir(workdir)
+  results = registry.evaluate_workdir(workdir)
   with open(os.path.join(workdir, "metrics.json"), encoding="utf-8") as f:
     saved = json.load(f)
   assert saved == results and saved["n_trials"] == 8

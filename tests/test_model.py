@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from mtm_jax.tasks import ndt1 as ndt1_task
 from mtm_jax.models import attention, ndt1
-from mtm_jax.training import step as step_lib
 
 
 def _model(**kw):
@@ -70,7 +70,7 @@ def test_masked_poisson_nll():
   log_rates = rng.normal(size=(2, 5, 3))
   spikes = rng.poisson(1.0, size=(2, 5, 3)).astype(float)
   targets = rng.uniform(size=(2, 5, 3)) < 0.4
-  total, count = step_lib.masked_poisson_nll(jnp.asarray(log_rates), jnp.asarray(spikes), jnp.asarray(targets))
+  total, count = ndt1_task.masked_poisson_nll(jnp.asarray(log_rates), jnp.asarray(spikes), jnp.asarray(targets))
   expected = sum(np.exp(l) - y * l for l, y, m in zip(log_rates.ravel(), spikes.ravel(), targets.ravel()) if m)
   assert float(total) == pytest.approx(expected, rel=1e-5)
   assert int(count) == targets.sum()

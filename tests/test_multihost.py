@@ -13,9 +13,10 @@ import jax
 import numpy as np
 import pytest
 
+from mtm_jax.tasks import registry
 from mtm_jax.configs import ndt1 as ndt1_config
 from mtm_jax.parallel import mesh as mesh_lib, sharding
-from mtm_jax.training import checkpoint, loop
+from mtm_jax.training import checkpoint
 from tests.conftest import DATASET
 from tests.test_sharding import comparable
 
@@ -76,7 +77,7 @@ def test_two_processes_train_like_one(data_dir, tmp_path):
 
   # One checkpoint directory, written once, loadable here (one process, 8 devices).
   assert checkpoint.latest_step(workdir) == STEPS
-  trained = loop.load_trained(workdir)
+  trained = registry.load_trained(workdir)
   assert trained.step == STEPS and dict(trained.mesh.shape) == {"data": 2, "model": 2}
   for path, x in jax.tree_util.tree_flatten_with_path(trained.params)[0]:
     name = sharding.path_name(path)

@@ -10,13 +10,14 @@ import pytest
 from flax import nnx
 from jax.experimental.compilation_cache import compilation_cache
 
+from mtm_jax.tasks import registry, ndt1 as ndt1_task
 from mtm_jax import masking
 from mtm_jax.configs import ndt1 as ndt1_config
 from mtm_jax.configs import scaling as scaling_config
 from mtm_jax.datasets import pipeline
 from mtm_jax.evaluation import scaling
 from mtm_jax.models import ndt1
-from mtm_jax.training import checkpoint, loop, optimizer, step as step_lib
+from mtm_jax.training import checkpoint, optimizer, step as step_lib, trainer
 
 
 def _stitched(sessions, seed=0, **kw):
@@ -60,7 +61,7 @@ def test_a_step_changes_only_the_batch_sessions_rows():
   config = ndt1_config.get_config("tiny")
   tx = optimizer.make_optimizer(config)
   state = step_lib.init_state(params, tx)
-  step = jax.jit(step_lib.make_train_step(graphdef, tx, masking.MTM, masking.MaskConfig()))
+  step = jax.jit(ndt1_task.make_train_step(graphdef, tx, masking.MTM, masking.MaskConfig()))
   regions = jnp.asarray([[0, 0, 1, 1, 2, 2, -1, -1, -1], [0, 1, 2, 0, 1, 2, 0, 1, 2]], jnp.int32)
   rng = np.random.default_rng(0)
   before = jax.device_get(state)
@@ -83,7 +84,7 @@ def test_a_step_changes_only_the_batch_sessions_rows():
 def test_graft_takes_shared_weights_and_keeps_fresh_session_layers():
   pre = nnx.state(_stitched((6, 9), seed=1), nnx.Param)
   fresh = nnx.state(_stitched((7,), seed=2), nnx.Param)
-  out = loop.graft_shared(fresh, pre)
+  out = ndt1_task.graft_shared(fresh, pre)
   np.testing.assert_array_equal(out["embed_spikes"]["kernel"][...], pre["embed_spikes"]["kernel"][...])
   np.testing.assert_array_equal(out["layers"][0]["attn"]["query"]["kernel"][...],
                                 pre["layers"][0]["attn"]["query"]["kernel"][...])
@@ -92,7 +93,7 @@ def test_graft_takes_shared_weights_and_keeps_fresh_session_layers():
       np.testing.assert_array_equal(a, b)
   wider = nnx.state(_stitched((7,), width=32), nnx.Param)
   with pytest.raises(ValueError, match="parameter 'embed_project/(kernel|bias)' has shape"):
-    loop.graft_shared(wider, pre)
+    ndt1_task.graft_shared(wider, pre)
 
 
 def test_interleaved_batches_hold_one_padded_session_each():
@@ -117,8 +118,8 @@ def test_pretrain_two_sessions_then_finetune_on_a_third(study_data_dir, tmp_path
   config.data.data_dir = study_data_dir
   config.train.steps = config.train.checkpoint_every = config.train.eval_every = 4
   pre_dir = str(tmp_path / "pre")
-  loop.train(config, pre_dir)
-  pre = loop.load_trained(pre_dir)
+  trainer.train(registry.get("mtm"), config, pre_dir)
+  pre = registry.load_trained(pre_dir)
   assert pre.names == ["ibl_binned/synthetic_000", "ibl_binned/synthetic_007"]
   assert [i.n_neurons for i in pre.sessions] == [114, 134] and pre.n_neurons == 134
 
@@ -127,18 +128,18 @@ def test_pretrain_two_sessions_then_finetune_on_a_third(study_data_dir, tmp_path
   ft_config.data.data_dir = study_data_dir
   ft_config.model.size = "mini"  # replaced by the pretrained architecture
   ft_config.train.steps = ft_config.train.checkpoint_every = ft_config.train.eval_every = 2
-  ft_config = loop.finetune_config(ft_config, pre_dir)
+  ft_config = registry.get("mtm").finetune_config(ft_config, pre_dir)
   assert ft_config.model.size == "tiny" and ft_config.init.pretrained == os.path.abspath(pre_dir)
   ft_dir = str(tmp_path / "ft")
-  loop.train(ft_config, ft_dir)
-  ft = loop.load_trained(ft_dir)
+  trainer.train(registry.get("mtm"), ft_config, ft_dir)
+  ft = registry.load_trained(ft_dir)
   assert ft.names == ["ibl_binned/synthetic_027"] and ft.n_neurons == 138
   assert ft.params["stitch_in"]["kernel"][...].shape == (1, 138, 16)
   # A workdir holding another run's sessions is refused before any work.
   other = ndt1_config.get_config("tiny,stitch")
   other.data.datasets, other.data.data_dir = "ibl_binned/synthetic_000", study_data_dir
   with pytest.raises(ValueError, match="holds a run on sessions"):
-    loop.train(other, ft_dir)
+    trainer.train(registry.get("mtm"), other, ft_dir)
 
 
 @pytest.fixture

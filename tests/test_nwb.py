@@ -10,9 +10,9 @@ import pynwb
 import pytest
 
 from data_builders import prepare
+from mtm_jax.tasks import registry
 from mtm_jax.configs import poyo as poyo_config
-from mtm_jax.evaluation import poyo_run
-from mtm_jax.training import poyo_loop
+from mtm_jax.training import trainer
 from mtm_jax.datasets import events, nwb, provenance
 
 N_TRIALS = 10
@@ -135,8 +135,8 @@ def test_build_nwb_directory_end_to_end(tmp_path, capsys, caplog):
   config = poyo_config.get_config("tiny")
   config.data.datasets, config.data.data_dir = "spike_events/nwb", data_dir
   config.train.steps = config.train.eval_every = config.train.checkpoint_every = 4
-  poyo_loop.train(config, str(tmp_path / "run"))
-  scores = poyo_run.evaluate_workdir(str(tmp_path / "run"), "test")
+  trainer.train(registry.get("poyo"), config, str(tmp_path / "run"))
+  scores = registry.evaluate_workdir(str(tmp_path / "run"), "test")
   assert scores["step"] == 4 and np.isfinite(scores["behaviour_r2"]) and np.isfinite(scores["baseline_r2"])
   # A second NWB file makes the generic config ambiguous.
   write_nwb(manual / "other.nwb")

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from mtm_jax.tasks import registry
 from mtm_jax import masking
 from mtm_jax.interop import ndt1 as ndt1_interop
 from mtm_jax.interop import poyo as poyo_interop
@@ -176,12 +177,11 @@ def test_trainer_checkpoints_import_like_their_state_dicts(reference, data_dir, 
   data/target_eids.txt relative to it when it is imported)."""
   monkeypatch.chdir(tmp_path)
   from mtm_jax.datasets import pipeline  # pylint: disable=import-outside-toplevel
-  from mtm_jax.training import loop, poyo_loop  # pylint: disable=import-outside-toplevel
   from tests.conftest import DATASET  # pylint: disable=import-outside-toplevel
 
   ckpt, _ = _case(reference, "poyo_tiny")
   workdir = _import(reference, tmp_path, "poyo_tiny", "poyo", task="behaviour")
-  trained = poyo_loop.load_trained(workdir)
+  trained = registry.load_trained(workdir)
   config = poyo_interop.model_config(poyo_interop.architecture(ckpt), "behaviour")
   model, _ = poyo_interop.convert(ckpt, config, poyo_interop.default_sessions(ckpt))
   jax.tree.map(np.testing.assert_array_equal, nnx.to_pure_dict(trained.params),
@@ -218,14 +218,13 @@ def test_authors_pickle_of_any_size_imports_and_evaluates_as_the_reference(refer
   another working directory onto our 114-neuron session, gives the reference's outputs
   through the evaluation's predictor."""
   from mtm_jax.evaluation import run  # pylint: disable=import-outside-toplevel
-  from mtm_jax.training import loop  # pylint: disable=import-outside-toplevel
   from tests.conftest import DATASET  # pylint: disable=import-outside-toplevel
 
   monkeypatch.chdir(tmp_path)
   ckpt, io = _case(reference, "ndt1_deep")
   workdir = _import(reference, tmp_path, "ndt1_deep", "ndt1", datasets=[DATASET], data_dir=data_dir,
                     session_rows=[str(r) for r in ckpt.meta["session_rows"]])
-  trained = loop.load_trained(workdir)
+  trained = registry.load_trained(workdir)
   assert trained.config.model.size == "64x4x4x128" and trained.n_neurons == ckpt.meta["num_neurons"][0]
   for mode in ("neuron", "inter-region", "intra-region"):
     x = io[f"input/0/{mode}"]

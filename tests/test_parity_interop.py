@@ -10,6 +10,7 @@ import pytest
 from flax import nnx
 
 from experiments import import_checkpoint
+from mtm_jax.tasks import registry, ndt1 as ndt1_task
 from mtm_jax.configs import ndt1 as ndt1_config
 from mtm_jax.configs import poyo as poyo_config
 from mtm_jax.datasets import pipeline
@@ -18,7 +19,7 @@ from mtm_jax.interop import ndt1 as ndt1_interop
 from mtm_jax.interop import poyo as poyo_interop
 from mtm_jax.interop import state_dict
 from mtm_jax.models import ndt1, poyo, rotary
-from mtm_jax.training import loop, poyo_loop
+
 from tests.conftest import DATASET, STUDY_DATASETS
 
 
@@ -258,7 +259,7 @@ def test_imported_ndt1_loads_as_evaluation_and_finetuning_load_it(data_dir, tmp_
   with pytest.raises(FileExistsError):
     import_checkpoint.run(source, "ndt1", workdir, datasets=[DATASET], data_dir=data_dir, session_rows=["2"])
 
-  trained = loop.load_trained(workdir)
+  trained = registry.load_trained(workdir)
   assert trained.config.model.special_tokens_see_future and trained.config.model.fixup_init
   assert trained.names == [DATASET] and trained.step == 0 and trained.config.eval.head_steps == 0
   _assert_same(nnx.to_pure_dict(trained.params), _pure(model))
@@ -268,10 +269,10 @@ def test_imported_ndt1_loads_as_evaluation_and_finetuning_load_it(data_dir, tmp_
 
   config = ndt1_config.get_config("tiny,stitch")
   config.data.datasets = STUDY_DATASETS[0]
-  config = loop.finetune_config(config, workdir)
+  config = registry.get("mtm").finetune_config(config, workdir)
   assert config.model.to_dict() == trained.config.model.to_dict()
   fresh = ndt1.from_config(config, [11], rngs=nnx.Rngs(0))
-  grafted = loop.graft_shared(nnx.state(fresh, nnx.Param), trained.params)
+  grafted = ndt1_task.graft_shared(nnx.state(fresh, nnx.Param), trained.params)
   _assert_same(nnx.to_pure_dict(grafted)["layers"], _pure(model)["layers"])
 
 
@@ -290,7 +291,7 @@ def test_imported_ndt1_of_a_size_without_preset_loads(data_dir, tmp_path):
   workdir = str(tmp_path / "imported")
   summary = import_checkpoint.run(source, "ndt1", workdir, n_heads=2, **kwargs)
   assert summary["architecture"]["size"] == "32x4x2x64"
-  trained = loop.load_trained(workdir)
+  trained = registry.load_trained(workdir)
   assert trained.config.model.size == "32x4x2x64"
   _assert_same(nnx.to_pure_dict(trained.params), _pure(model))
 
@@ -303,11 +304,11 @@ def test_imported_poyo_loads_as_evaluation_and_finetuning_load_it(tmp_path):
   workdir = str(tmp_path / "imported")
   summary = import_checkpoint.run(source, "poyo", workdir, scale=["2.0", "3.0"], config=base)
   assert summary["sessions"] == ["a", "b"]
-  trained = poyo_loop.load_trained(workdir)
+  trained = registry.load_trained(workdir)
   np.testing.assert_array_equal(trained.scale, [2.0, 3.0])
   assert trained.vocab.unit_ids == tuple(u for r in POYO_RECORDS for u in r["unit_ids"])
   _assert_same(nnx.to_pure_dict(trained.params), _pure(model))
-  config = poyo_loop.finetune_config(base, workdir, "unit_id")
+  config = registry.get("poyo").finetune_config(base, workdir, "unit_id")
   assert list(config.model.rotary_frequencies) == model.frequencies().tolist()
   with pytest.raises(ValueError, match="cannot hold"):
     import_checkpoint.run(source, "ndt1", str(tmp_path / "other"), config=base)

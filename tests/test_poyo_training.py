@@ -12,11 +12,12 @@ import pytest
 from flax import nnx
 from jax.experimental.compilation_cache import compilation_cache
 
+from mtm_jax.tasks import registry, poyo as poyo_task
 from mtm_jax.configs import poyo as poyo_config
 from mtm_jax.datasets import events, reaching
-from mtm_jax.evaluation import poyo_eval, poyo_run
+from mtm_jax.evaluation import poyo_eval
 from mtm_jax.models import poyo
-from mtm_jax.training import optimizer, poyo_loop, poyo_step
+from mtm_jax.training import optimizer, trainer
 
 SMALL = dict(min_units=20, max_units=30, min_trials=10, max_trials=12)
 STEPS = 6
@@ -58,7 +59,7 @@ def tiny_config():
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory, sessions):
   workdir = str(tmp_path_factory.mktemp("pretrain"))
-  metrics = poyo_loop.train(tiny_config(), workdir, sessions[:2])
+  metrics = trainer.train(registry.get("poyo"), tiny_config(), workdir, sessions[:2])
   return workdir, metrics
 
 
@@ -78,14 +79,14 @@ def test_weighted_mse_by_hand():
   batch = dict(output_values=jnp.array([[[0.0, 5.0], [0.0, 0.0], [1.0, 1.0], [9.0, 9.0]]]),
                output_weights=jnp.array([[1.0, 2.0, 0.5, 3.0]]), output_task=jnp.array([[0, 1, 1, 0]]),
                output_mask=jnp.array([[True, True, True, False]]))
-  loss, aux = poyo_step.weighted_mse(outputs, batch, tasks)
+  loss, aux = poyo_task.weighted_mse(outputs, batch, tasks)
   # a: (1 - 0)^2 with weight 1 -> 1.  b: (2 * mean(1, 9) + 0.5 * mean(1, 1)) / 2.5 = 4.2.
   np.testing.assert_allclose(aux["loss/a"], 1.0, rtol=1e-6)
   np.testing.assert_allclose(aux["loss/b"], 4.2, rtol=1e-6)
   np.testing.assert_allclose(aux["weight/b"], 2.5, rtol=1e-6)
   np.testing.assert_allclose(loss, 5.2, rtol=1e-6)
   # A task without weight contributes 0, not NaN.
-  loss, _ = poyo_step.weighted_mse(outputs, dict(batch, output_weights=jnp.zeros((1, 4))), tasks)
+  loss, _ = poyo_task.weighted_mse(outputs, dict(batch, output_weights=jnp.zeros((1, 4))), tasks)
   assert float(loss) == 0.0
 
 
@@ -134,13 +135,13 @@ def test_learning_rate_schedule():
 def test_training_reduces_the_loss(pretrained, sessions):
   workdir, metrics = pretrained
   assert np.isfinite(metrics["loss"]) and np.isfinite(metrics["val_r2"])
-  trained = poyo_loop.load_trained(workdir)
+  trained = registry.load_trained(workdir)
   assert trained.step == STEPS and trained.vocab.session_ids == ("reaching_000", "reaching_001")
   config = trained.config
-  data = events.prepare(sessions[:2], "train", poyo_loop.window_config(config, train=False), vocab=trained.vocab,
+  data = events.prepare(sessions[:2], "train", poyo_task.window_config(config, train=False), vocab=trained.vocab,
                         scale=trained.scale)
-  _, _, fresh = poyo_loop._model_state(config, trained.vocab, trained.mesh)  # the run's initial parameters
-  loss = jax.jit(lambda params, batch: poyo_step.loss_fn(trained.graphdef, params, batch, None,
+  _, _, fresh = registry.get("poyo").create(config, trained.records, trained.mesh)  # the run's initial parameters
+  loss = jax.jit(lambda params, batch: poyo_task.loss_fn(trained.graphdef, params, batch, None,
                                                          tasks=dict(config.model.tasks))[0])
   batches = [events.training_batches(data, 16, seed=1)[i] for i in range(2)]
   before = np.mean([loss(fresh.params, b) for b in batches])
@@ -153,8 +154,8 @@ def test_resume_gives_the_uninterrupted_parameters(pretrained, sessions, tmp_pat
   resumed = str(tmp_path / "resumed")
   shutil.copytree(workdir, resumed)
   shutil.rmtree(os.path.join(resumed, "checkpoints", str(STEPS)))  # interrupted after step 3
-  poyo_loop.train(tiny_config(), resumed, sessions[:2])
-  a, b = _flat(poyo_loop.load_trained(workdir).params), _flat(poyo_loop.load_trained(resumed).params)
+  trainer.train(registry.get("poyo"), tiny_config(), resumed, sessions[:2])
+  a, b = _flat(registry.load_trained(workdir).params), _flat(registry.load_trained(resumed).params)
   assert a.keys() == b.keys()
   for k in a:
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)
@@ -162,10 +163,10 @@ def test_resume_gives_the_uninterrupted_parameters(pretrained, sessions, tmp_pat
 
 def test_unit_identification_changes_only_the_new_rows(pretrained, sessions, tmp_path):
   workdir, _ = pretrained
-  config = poyo_loop.finetune_config(tiny_config(), workdir, "unit_id")
+  config = registry.get("poyo").finetune_config(tiny_config(), workdir, "unit_id")
   config.train.steps = 3
-  poyo_loop.train(config, str(tmp_path / "unit_id"), sessions[2:])
-  pre, new = poyo_loop.load_trained(workdir), poyo_loop.load_trained(str(tmp_path / "unit_id"))
+  trainer.train(registry.get("poyo"), config, str(tmp_path / "unit_id"), sessions[2:])
+  pre, new = registry.load_trained(workdir), registry.load_trained(str(tmp_path / "unit_id"))
   assert new.vocab.session_ids == pre.vocab.session_ids + ("reaching_002",)
   np.testing.assert_array_equal(new.scale, pre.scale)
   n_new = len(sessions[2]["unit_ids"])
@@ -188,7 +189,7 @@ def test_unit_identification_changes_only_the_new_rows(pretrained, sessions, tmp
 def test_new_rows_mask():
   params = {"unit_emb": {"embedding": jnp.ones((5, 2))}, "session_emb": {"embedding": jnp.ones((3, 2))},
             "readout": {"kernel": jnp.ones((2, 2))}}
-  mask = poyo_step.new_rows_mask(params, 3, 2)
+  mask = poyo_task.new_rows_mask(3, 2)(params, None)
   np.testing.assert_array_equal(mask["unit_emb"]["embedding"][:, 0], [False, False, False, True, True])
   np.testing.assert_array_equal(mask["session_emb"]["embedding"][:, 0], [False, False, True])
   assert not bool(mask["readout"]["kernel"])
@@ -199,7 +200,7 @@ def test_new_rows_mask():
 
 def test_overlapping_windows_are_averaged(sessions):
   config = tiny_config()
-  data = events.prepare(sessions[:1], "test", poyo_loop.window_config(config, train=False))
+  data = events.prepare(sessions[:1], "test", poyo_task.window_config(config, train=False))
   mesh = jax.make_mesh((2, 1), ("data", "model"), axis_types=(jax.sharding.AxisType.Auto,) * 2,
                        devices=jax.devices()[:2])
   # Each window predicts, at every query, its time from the window start.
@@ -235,7 +236,7 @@ def test_r2_and_summary_by_hand():
 
 def test_evaluate_workdir_writes_metrics_with_the_baseline(pretrained, sessions):
   workdir, _ = pretrained
-  results = poyo_run.evaluate_workdir(workdir, "test", sessions=sessions[:2])
+  results = registry.evaluate_workdir(workdir, "test", sessions=sessions[:2])
   with open(os.path.join(workdir, "metrics.json"), encoding="utf-8") as f:
     import json  # pylint: disable=g-import-not-at-top
     saved = json.load(f)
@@ -247,7 +248,7 @@ def test_evaluate_workdir_writes_metrics_with_the_baseline(pretrained, sessions)
   assert set(saved["sessions"]) == {"reaching_000", "reaching_001"}
   assert {"behaviour_r2", "baseline_r2", "baseline_r2_dim1"} <= set(saved["sessions"]["reaching_000"])
   with pytest.raises(ValueError, match="vocabulary"):
-    poyo_run.evaluate_workdir(workdir, "test", sessions=sessions[2:], baseline=False)
+    registry.evaluate_workdir(workdir, "test", sessions=sessions[2:], decode=False)
 
 
 def _thinned(session: dict, split: str, keep: int) -> dict:
@@ -265,7 +266,7 @@ def test_evaluate_workdir_skips_sessions_too_small_to_score(pretrained, sessions
   import json  # pylint: disable=g-import-not-at-top
   workdir, _ = pretrained
   one_test, one_train = _thinned(sessions[0], "test", 1), _thinned(sessions[1], "train", 1)
-  results = poyo_run.evaluate_workdir(workdir, "test", sessions=[one_test, one_train])
+  results = registry.evaluate_workdir(workdir, "test", sessions=[one_test, one_train])
   with open(os.path.join(workdir, "metrics.json"), encoding="utf-8") as f:
     saved = json.load(f)
   assert saved == results

@@ -9,11 +9,12 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
+from mtm_jax.tasks import ndt1 as ndt1_task, poyo as poyo_task
 from mtm_jax import masking
 from mtm_jax.configs import ndt1 as ndt1_config, poyo as poyo_config
 from mtm_jax.models import ndt1, poyo
 from mtm_jax.parallel import mesh as mesh_lib, sharding
-from mtm_jax.training import optimizer, poyo_step, step as step_lib
+from mtm_jax.training import optimizer, step as step_lib
 
 STEPS, BATCH, NEURONS, BINS = 20, 8, 12, 20
 MODE = "neuron"
@@ -29,7 +30,7 @@ def _ndt1():
                     attention_dropout=0.1, embed_dropout=0.1, rngs=nnx.Rngs(0))
   tx = optimizer.make_optimizer(config)
   graphdef, params = nnx.split(model, nnx.Param)
-  step = step_lib.make_train_step(graphdef, tx, MODE, masking.MaskConfig())
+  step = ndt1_task.make_train_step(graphdef, tx, MODE, masking.MaskConfig())
   regions = jnp.asarray((np.arange(NEURONS) % 3)[None], jnp.int32)  # [S=1, N]
   rng = np.random.default_rng(0)
   batches = [{"spikes": rng.poisson(0.5, (BATCH, BINS, NEURONS)).astype(np.int32)} for _ in range(STEPS)]
@@ -46,7 +47,7 @@ def _poyo():
                     head_dim=8, window_length=0.5, rngs=nnx.Rngs(0))
   tx = optimizer.make_poyo_optimizer(config, nnx.state(model, nnx.Param))
   graphdef, params = nnx.split(model, nnx.Param)
-  step = poyo_step.make_train_step(graphdef, tx, tasks={"velocity": 2})
+  step = poyo_task.make_train_step(graphdef, tx, tasks={"velocity": 2})
   rng = np.random.default_rng(1)
   tokens, queries = 24, 6
 
@@ -60,7 +61,7 @@ def _poyo():
                 output_values=rng.normal(size=(BATCH, queries, 2)).astype(np.float32),
                 output_weights=np.ones((BATCH, queries), np.float32))
 
-  return model, params, tx, lambda mesh: lambda state, b: step(state, b, jax.random.key(0)), [
+  return model, params, tx, lambda mesh: lambda state, b: step(state, b, None, jax.random.key(0)), [
       batch() for _ in range(STEPS)]
 
 

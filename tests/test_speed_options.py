@@ -10,13 +10,13 @@ import pytest
 from flax import nnx
 
 from benchmarks import synthetic
+from mtm_jax.tasks import ndt1 as ndt1_task, poyo as poyo_task
 from mtm_jax import masking
 from mtm_jax.configs import ndt1 as ndt1_config
 from mtm_jax.configs import poyo as poyo_config
 from mtm_jax.models import ndt1, poyo
 from mtm_jax.parallel import sharding
-from mtm_jax.training import optimizer, poyo_step, precision
-from mtm_jax.training import step as step_lib
+from mtm_jax.training import optimizer, precision, step as step_lib
 
 
 def _loss_and_grads(remat: bool, dtype: str, compiler_options=None, hlo: list | None = None, width: int = 16):
@@ -27,7 +27,7 @@ def _loss_and_grads(remat: bool, dtype: str, compiler_options=None, hlo: list | 
   batch = {"spikes": jnp.asarray(rng.poisson(1.0, (4, 20, 12)), jnp.int32)}
   regions = jnp.asarray((np.arange(12) % 3)[None], jnp.int32)
   fn = jax.jit(jax.value_and_grad(
-      lambda p: step_lib.masked_nll(graphdef, p, batch, regions, jax.random.key(1), mode=masking.MTM,
+      lambda p: ndt1_task.masked_nll(graphdef, p, batch, regions, jax.random.key(1), mode=masking.MTM,
                                     mask_config=masking.MaskConfig(), train=True, dtype=dtype)[0]),
                compiler_options=compiler_options)
   if hlo is not None:
@@ -91,7 +91,7 @@ def test_bfloat16_reaches_every_matrix_product():
   graphdef, params = nnx.split(model, nnx.Param)
   batch = {"spikes": jnp.ones((2, 20, 12), jnp.int32)}
   regions = jnp.zeros((1, 12), jnp.int32)
-  loss = lambda p: step_lib.masked_nll(graphdef, p, batch, regions, jax.random.key(1), mode=masking.MTM,
+  loss = lambda p: ndt1_task.masked_nll(graphdef, p, batch, regions, jax.random.key(1), mode=masking.MTM,
                                        mask_config=masking.MaskConfig(), train=True, dtype="bfloat16")[0]
   assert _dot_dtypes(jax.jit(jax.grad(loss)).lower(params).as_text()) == {"bf16"}
 
@@ -100,7 +100,7 @@ def test_bfloat16_reaches_every_matrix_product():
   model = poyo.from_config(config, 5, 1, rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(model, nnx.Param)
   tx = optimizer.make_poyo_optimizer(config, params)
-  step = poyo_step.make_train_step(graphdef, tx, tasks=dict(config.model.tasks), dtype=jnp.bfloat16)
+  step = poyo_task.make_train_step(graphdef, tx, tasks=dict(config.model.tasks), dtype=jnp.bfloat16)
   batch = jax.tree.map(jnp.asarray, synthetic.poyo_batch(2, 5, 20, 32, 8))
-  lowered = jax.jit(step).lower(poyo_step.init_state(params, tx), batch, jax.random.key(0)).as_text()
+  lowered = jax.jit(step).lower(step_lib.init_state(params, tx), batch, None, jax.random.key(0)).as_text()
   assert _dot_dtypes(lowered) == {"bf16"}

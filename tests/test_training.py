@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from mtm_jax.tasks import registry, ndt1 as ndt1_task
 from mtm_jax import masking
 from mtm_jax.configs import ndt1 as ndt1_config
 from mtm_jax.datasets import pipeline
 from mtm_jax.evaluation import decoding, run
 from mtm_jax.models import ndt1
 from mtm_jax.parallel import mesh as mesh_lib
-from mtm_jax.training import checkpoint, loop, optimizer, step as step_lib
+from mtm_jax.training import checkpoint, optimizer, step as step_lib, trainer
 from tests.conftest import DATASET
 
 
@@ -35,7 +36,7 @@ def _losses_on(devices: int, n_steps: int = 4) -> np.ndarray:
   graphdef, params = nnx.split(model, nnx.Param)
   tx = optimizer.make_optimizer(config)
   state = jax.device_put(step_lib.init_state(params, tx), mesh_lib.replicated(mesh))
-  train_step = jax.jit(step_lib.make_train_step(graphdef, tx, masking.MTM, masking.MaskConfig()), donate_argnums=0)
+  train_step = jax.jit(ndt1_task.make_train_step(graphdef, tx, masking.MTM, masking.MaskConfig()), donate_argnums=0)
   regions = jax.device_put(jnp.asarray((np.arange(12) % 3)[None], jnp.int32), mesh_lib.replicated(mesh))  # [S=1, N]
   rng = np.random.default_rng(0)
   losses = []
@@ -76,18 +77,18 @@ def test_config_validation():
 
 
 def _params(workdir, step=None):
-  return jax.device_get(loop.load_trained(workdir, step).params)
+  return jax.device_get(registry.load_trained(workdir, step).params)
 
 
 def test_resume_continues_exactly(data_dir, tmp_path, caplog):
   full, resumed = str(tmp_path / "full"), str(tmp_path / "resumed")
-  loop.train(_config(data_dir, steps=12, checkpoint_every=6, eval_every=6), full)
+  trainer.train(registry.get("mtm"), _config(data_dir, steps=12, checkpoint_every=6, eval_every=6), full)
   # A run "interrupted" after step 6: only that checkpoint exists, then it is re-run.
   os.makedirs(os.path.join(resumed, "checkpoints"))
   shutil.copytree(os.path.join(full, "checkpoints", "6"), os.path.join(resumed, "checkpoints", "6"))
-  loop.train(_config(data_dir, steps=12, checkpoint_every=6, eval_every=6), resumed)
+  trainer.train(registry.get("mtm"), _config(data_dir, steps=12, checkpoint_every=6, eval_every=6), resumed)
   a, b = _params(full), _params(resumed)
-  assert loop.load_trained(resumed).step == 12
+  assert registry.load_trained(resumed).step == 12
   jax.tree.map(np.testing.assert_array_equal, a, b)
   # And it did train: step-12 parameters differ from step 6.
   assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, _params(full, 6), a)))
@@ -96,7 +97,7 @@ def test_resume_continues_exactly(data_dir, tmp_path, caplog):
   assert {"loss", "steps_per_second", "val_loss"} <= set().union(*lines)
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(full, "tensorboard")))
   # Re-run with fewer steps than were trained: it says so, and changes nothing.
-  loop.train(_config(data_dir, steps=6, checkpoint_every=6, eval_every=6), full)
+  trainer.train(registry.get("mtm"), _config(data_dir, steps=6, checkpoint_every=6, eval_every=6), full)
   assert "the run is at step 12 and config.train.steps is 6: nothing to train" in caplog.text
   jax.tree.map(np.testing.assert_array_equal, a, _params(full))
 
@@ -121,17 +122,17 @@ def test_val_loss_covers_a_validation_split_smaller_than_a_batch(data_dir, tmp_p
   workdir = str(tmp_path / "run")
   config = _config(data_dir, steps=2, checkpoint_every=2, eval_every=1)
   config.data.batch_size = batch_size
-  last = loop.train(config, workdir)
+  last = trainer.train(registry.get("mtm"), config, workdir)
   lines = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
   assert np.isfinite(last["val_loss"]) and last["val_loss"] > 0  # a real loss, not 0 and not left out
   assert [l["step"] for l in lines if "val_loss" in l] == [1, 2]
 
 
 def test_padded_batches_hold_every_trial_once():
-  batches = loop.padded_batches(11, 4)
+  batches = ndt1_task.padded_batches(11, 4)
   assert [len(i) for i, _ in batches] == [4, 4, 4] and [int(v.sum()) for _, v in batches] == [4, 4, 3]
   assert sorted(np.concatenate([i[v] for i, v in batches]).tolist()) == list(range(11))
-  assert loop.padded_batches(0, 4) == []
+  assert ndt1_task.padded_batches(0, 4) == []
 
 
 def test_padding_rows_of_a_validation_batch_carry_no_targets():
@@ -140,7 +141,7 @@ def test_padding_rows_of_a_validation_batch_carry_no_targets():
   regions = jnp.asarray((np.arange(12) % 3)[None], jnp.int32)
   spikes = np.random.default_rng(0).poisson(0.5, (8, 100, 12)).astype(np.float32)
   valid = np.arange(8) < 5
-  nll = jax.jit(lambda batch: step_lib.masked_nll(graphdef, params, batch, regions, jax.random.key(3),
+  nll = jax.jit(lambda batch: ndt1_task.masked_nll(graphdef, params, batch, regions, jax.random.key(3),
                                                   mode=masking.MTM, mask_config=masking.MaskConfig(), train=False))
   total, aux = nll({"spikes": spikes, "valid": valid})
   other = spikes.copy()
@@ -155,8 +156,8 @@ def test_padding_rows_of_a_validation_batch_carry_no_targets():
 
 def test_evaluate_writes_the_four_metrics(data_dir, tmp_path, monkeypatch):
   workdir = str(tmp_path / "run")
-  loop.train(_config(data_dir, steps=4, checkpoint_every=4, eval_every=4), workdir)
-  results = run.evaluate_workdir(workdir)
+  trainer.train(registry.get("mtm"), _config(data_dir, steps=4, checkpoint_every=4, eval_every=4), workdir)
+  results = registry.evaluate_workdir(workdir)
   saved = json.load(open(os.path.join(workdir, "metrics.json")))
   for m in run.METRICS:
     assert np.isfinite(saved[m]) and saved[m] == results[m]
@@ -168,16 +169,16 @@ def test_evaluate_writes_the_four_metrics(data_dir, tmp_path, monkeypatch):
   # Its data sets moved (or the workdir was copied to another machine): data_dir says where.
   moved = tmp_path / "moved"
   shutil.copytree(os.path.join(data_dir, "ibl_binned", "synthetic_000"), moved / "ibl_binned" / "synthetic_000")
-  again = run.evaluate_workdir(workdir, decode=False, data_dir=str(moved))
+  again = registry.evaluate_workdir(workdir, decode=False, data_dir=str(moved))
   assert [again[m] for m in run.METRICS] == [results[m] for m in run.METRICS]
   with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "empty"))):
-    run.evaluate_workdir(workdir, decode=False, data_dir=str(tmp_path / "empty"))
+    registry.evaluate_workdir(workdir, decode=False, data_dir=str(tmp_path / "empty"))
   with pytest.raises(ValueError, match=r"--sessions: \['ibl_binned/synthetic_000'\] given more than once"):
-    run.evaluate_workdir(workdir, decode=False, sessions=[DATASET, DATASET])
+    registry.evaluate_workdir(workdir, decode=False, sessions=[DATASET, DATASET])
   # A read-only workdir (a read-only mount: root's os.access sees it) is refused before scoring.
   monkeypatch.setattr(os, "access", lambda path, mode: False)
   with pytest.raises(PermissionError, match=rf"{re.escape(workdir)}: not writable, so metrics.json"):
-    run.evaluate_workdir(workdir, decode=False)
+    registry.evaluate_workdir(workdir, decode=False)
 
 
 def test_load_config_of_missing_run_is_a_clear_error(tmp_path):

@@ -19,7 +19,6 @@ reaching sessions) | "tiny" (tests).
 import ml_collections
 
 from mtm_jax.configs import poyo as poyo_config
-from mtm_jax.datasets import schema
 
 
 def _stage(steps: int) -> ml_collections.ConfigDict:
@@ -68,42 +67,3 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
   c.grow.finetune.warmup_steps = c.grow.train.steps // 5  # the new sessions' rows first, in every grow stage
   c.finetune.finetune.warmup_steps = c.finetune.train.steps // 4  # "full": unit-id steps first
   return c
-
-
-def pretrain_stages(c: ml_collections.ConfigDict) -> list[int]:
-  """Numbers of pool sessions of the pretraining stages (the last is the whole pool)."""
-  n_pool = len(schema.parse_datasets(c.study.pool, "config.study.pool"))
-  return list(c.study.get("pool_stages", ())) or [n_pool]
-
-
-def stage_steps(c: ml_collections.ConfigDict) -> list[int]:
-  """Training steps of each pretraining stage (study.stage_steps, or pretrain.train.steps
-  for the first and grow.train.steps for the others)."""
-  steps = list(c.study.get("stage_steps", ()))
-  if steps:
-    return steps
-  n = len(pretrain_stages(c))
-  return [c.pretrain.train.steps] + [c.grow.train.steps] * (n - 1) if "grow" in c or n == 1 else []
-
-
-def validate(c: ml_collections.ConfigDict) -> None:
-  """Raises ValueError naming the field when the study is inconsistent."""
-  pool = schema.parse_datasets(c.study.pool, "config.study.pool")
-  heldout = schema.parse_datasets(c.study.heldout, "config.study.heldout")
-  if len(heldout) != 1:
-    raise ValueError(f"config.study.heldout: expected one session, got {heldout}")
-  if heldout[0] in pool:
-    raise ValueError(f"config.study.heldout: {heldout[0]} is also in config.study.pool")
-  stages = pretrain_stages(c)
-  if stages[-1] != len(pool) or any(b <= a for a, b in zip([0] + stages, stages)):
-    raise ValueError(f"config.study.pool_stages: expected increasing session counts ending at the pool's "
-                     f"{len(pool)}, got {tuple(stages)}")
-  if len(stages) > 1 and "grow" not in c:
-    raise ValueError("config.grow: needed to continue pretraining when config.study.pool_stages has several stages")
-  steps = stage_steps(c)
-  if len(steps) != len(stages) or any(not isinstance(n, int) or n < 1 for n in steps):
-    raise ValueError(f"config.study.stage_steps: expected one positive step count per stage of "
-                     f"config.study.pool_stages {tuple(stages)}, got {tuple(steps)}")
-  for stage in ("scratch", "pretrain", "grow", "finetune"):
-    if stage in c:
-      poyo_config.validate(c[stage])

@@ -71,20 +71,3 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
       stage.eval.decoding_folds = 3
     c.finetune.eval.head_steps = 0
   return c
-
-
-def validate(c: ml_collections.ConfigDict) -> None:
-  """Raises ValueError naming the field when the study is inconsistent."""
-  pool = [n for n in c.study.pool.split(",") if n]
-  heldout = [n for n in c.study.heldout.split(",") if n]
-  if not heldout:
-    raise ValueError("config.study.heldout: no held-out session")
-  if set(pool) & set(heldout):
-    raise ValueError(f"config.study.heldout: {sorted(set(pool) & set(heldout))} are also in config.study.pool")
-  sizes = list(c.study.sizes)
-  if not sizes or min(sizes) < 1 or max(sizes) > len(pool) or sizes != sorted(set(sizes)):
-    raise ValueError(f"config.study.sizes: {sizes} must be increasing counts in 1..{len(pool)} "
-                     "(the sessions of config.study.pool)")
-  for mode in c.study.modes:
-    if mode not in masking.MODES:
-      raise ValueError(f"config.study.modes: unknown {mode!r}; expected some of {masking.MODES}")

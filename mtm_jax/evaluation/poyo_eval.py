@@ -23,11 +23,11 @@ from typing import Sequence
 
 import jax
 import numpy as np
+from flax import nnx
 
 from mtm_jax import metrics
 from mtm_jax.datasets import events
 from mtm_jax.parallel import mesh as mesh_lib
-from mtm_jax.training import poyo_step
 
 
 def r2_per_dim(prediction: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -84,7 +84,7 @@ def scored_sessions(score, sessions: Sequence) -> tuple[dict[str, np.ndarray], d
 
 def make_predictor(graphdef, task: str):
   """jitted (params, batch) -> [B, Q, d] predictions of `task` (scaled units)."""
-  return jax.jit(lambda params, batch: poyo_step.predict(graphdef, params, batch)[task])
+  return jax.jit(lambda params, batch: nnx.merge(graphdef, params)(batch)[task])
 
 
 def predict_windows(predictor, params, data: events.EventData, batch_size: int, mesh) -> tuple[list, list]:

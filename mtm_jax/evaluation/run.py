@@ -1,9 +1,7 @@
-"""Evaluation of a trained workdir: metrics.json and printable tables."""
+"""NDT1 evaluation of a trained model (tasks.base.Trained): the four activity metrics
+and behaviour decoding per session, their means, printable tables and rasters."""
 
 from __future__ import annotations
-
-import json
-import os
 
 from absl import logging
 import numpy as np
@@ -11,7 +9,6 @@ import numpy as np
 from mtm_jax import masking
 from mtm_jax.datasets import pipeline
 from mtm_jax.evaluation import decoding, heads, plots, tasks
-from mtm_jax.training import checkpoint, loop
 
 METRICS = ("co_smoothing_bps", "forward_prediction_bps", "inter_region_bps", "intra_region_bps")
 HEAD_METRICS = tuple(f"head_{m}" for m in decoding.BEHAVIOUR_METRICS)
@@ -19,7 +16,7 @@ HEAD_METRICS = tuple(f"head_{m}" for m in decoding.BEHAVIOUR_METRICS)
 DECODING_OFF = "decoding turned off"  # the reason of every decoder skipped by decode=False
 
 
-def unmasked_log_rates(trained: loop.Trained, spikes: np.ndarray, *, prompt: str, session: int) -> np.ndarray:
+def unmasked_log_rates(trained, spikes: np.ndarray, *, prompt: str, session: int) -> np.ndarray:
   """[K, T, N] log-rates of the frozen model on unmasked input, given `prompt`."""
   k, t, n = spikes.shape
   task = masking.EvalTask("unmasked", prompt, np.zeros((1, n), bool), np.ones((1, n), bool), np.zeros(t, bool),
@@ -29,7 +26,7 @@ def unmasked_log_rates(trained: loop.Trained, spikes: np.ndarray, *, prompt: str
                             n_neurons=trained.n_neurons)
 
 
-def decode_session(trained: loop.Trained, name: str, split: str, data: dict, *, row: int) -> decoding.Decoded:
+def decode_session(trained, name: str, split: str, data: dict, *, row: int) -> decoding.Decoded:
   """The frozen-model decoders (and, if config.eval.head_steps > 0, the fine-tuned heads)
   of one session's split `data`; decoders the split cannot run are skipped, one warning
   line each."""
@@ -46,7 +43,7 @@ def decode_session(trained: loop.Trained, name: str, split: str, data: dict, *, 
   return decoded
 
 
-def evaluate_session(trained: loop.Trained, name: str, split: str, *, keep_predictions: bool = False,
+def evaluate_session(trained, name: str, split: str, *, keep_predictions: bool = False,
                      decode: bool = True) -> dict:
   """The four activity metrics and behaviour decoding of one of the model's sessions.
 
@@ -91,17 +88,12 @@ def session_means(per_session: dict[str, dict]) -> dict:
   return {**means, "skipped": {m: "; ".join(v) for m, v in reasons.items() if m not in means}}
 
 
-def evaluate_workdir(workdir: str, split: str | None = None, step: int | None = None,
-                     sessions: list[str] | None = None, decode: bool = True, data_dir: str | None = None) -> dict:
-  """Scores the model in `workdir` on a split of its sessions (default all); writes
-  <workdir>/metrics.json and per_neuron_bps.npz. One session: the metrics at the top
-  level; several: their means at the top level (over the sessions that scored each) and
-  each session's under "sessions". decode=False skips the behaviour decoders and heads.
-  data_dir: where the data sets are now (default: the run's config.data.data_dir)."""
-  trained = loop.load_trained(workdir, step)
-  checkpoint.relocate_data(trained.config, data_dir)
-  checkpoint.check_writable(workdir, "metrics.json")
-  split = split or trained.config.eval.split
+def evaluate_sessions(trained, split: str, sessions: list[str] | None = None,
+                      decode: bool = True) -> tuple[dict, dict]:
+  """Scores a trained NDT1 (tasks.base.Trained) on a split of its sessions (default all):
+  (results, {name: [N] per-neuron bps}). One session: the metrics at the top level;
+  several: their means at the top level (over the sessions that scored each) and each
+  session's under "sessions". decode=False skips the behaviour decoders and heads."""
   names = sessions or trained.names
   repeated = sorted({n for n in names if names.count(n) > 1})
   if repeated:
@@ -118,10 +110,7 @@ def evaluate_workdir(workdir: str, split: str | None = None, step: int | None = 
   else:
     results = session_means(per_session)
     results.update(split=split, step=trained.step, masking_mode=trained.config.masking.mode, sessions=per_session)
-  with open(os.path.join(os.path.abspath(workdir), "metrics.json"), "w", encoding="utf-8") as f:
-    json.dump(results, f, indent=2)
-  np.savez(os.path.join(os.path.abspath(workdir), "per_neuron_bps.npz"), **arrays)
-  return results
+  return results, arrays
 
 
 def heading(results: dict) -> str:
@@ -136,7 +125,7 @@ def heading(results: dict) -> str:
 RASTER_TASKS = {"inter-region": "inter_region", "intra-region": "intra_region"}
 
 
-def _region_rates(trained: loop.Trained, name: str, split: str, task_names) -> tuple[np.ndarray, dict]:
+def _region_rates(trained, name: str, split: str, task_names) -> tuple[np.ndarray, dict]:
   """(spikes [K, T, N], {task: [K, T, N] expected counts}) of one session's split."""
   data = pipeline.load_split(name, trained.config.data.data_dir, split, ("spikes", "trial_index"))
   row = trained.row(name)
@@ -152,15 +141,12 @@ def _region_rates(trained: loop.Trained, name: str, split: str, task_names) -> t
   return data["spikes"], out
 
 
-def raster_plot(workdirs: dict[str, str], path: str, *, split: str | None = None, session: str | None = None,
-                region: str | None = None, data_dir: str | None = None) -> str:
+def raster_plot(models: dict, path: str, *, split: str | None = None, session: str | None = None,
+                region: str | None = None) -> str:
   """The MtM paper's Figure 2 as a PNG: trial-averaged rasters of one region's neurons,
-  ground truth vs each model (workdirs: {column label: workdir}) under inter-region and
-  intra-region masking. Default: the first model's first session and its largest
-  region. Returns the region shown."""
-  models = {label: loop.load_trained(w) for label, w in workdirs.items()}
-  for model in models.values():
-    checkpoint.relocate_data(model.config, data_dir)
+  ground truth vs each model (models: {column label: tasks.base.Trained}) under
+  inter-region and intra-region masking. Default: the first model's first session and
+  its largest region. Returns the region shown."""
   first = next(iter(models.values()))
   session = session or first.names[0]
   split = split or first.config.eval.split

@@ -10,6 +10,7 @@ import ml_collections
 import optax
 
 from mtm_jax.models import poyo
+from mtm_jax.training import rows
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
@@ -93,15 +94,15 @@ def sparse_lamb(learning_rate: optax.ScalarOrSchedule, b1: optax.ScalarOrSchedul
       m = beta1 * m + (1 - beta1) * g32
       v = b2 * v + (1 - b2) * g32 * g32
       if is_sparse:  # [rows, dim]: rows without gradient keep their values, moments reset
-        used = (jnp.sum(jnp.abs(g32), axis=-1, keepdims=True) > 0)
-        m, v = jnp.where(used, m, 0.0), jnp.where(used, v, 0.0)
+        used = rows.rows_with_gradient(g32)
+        m, v = rows.where(used, m, jnp.zeros_like(m)), rows.where(used, v, jnp.zeros_like(v))
       step = m / (jnp.sqrt(v) + eps) + weight_decay * p
       w_norm = jnp.minimum(jnp.linalg.norm(p.astype(jnp.float32)), trust_clip)
       s_norm = jnp.linalg.norm(step)
       trust = jnp.where((w_norm > 0) & (s_norm > 0), w_norm / jnp.where(s_norm > 0, s_norm, 1.0), 1.0)
       u = -lr * trust * step
       if is_sparse:
-        u = jnp.where(used, u, 0.0)
+        u = rows.where(used, u, jnp.zeros_like(u))
       return u.astype(p.dtype), m, v
 
     flat_g, tree = jax.tree.flatten(grads)
@@ -122,11 +123,6 @@ def make_poyo_optimizer(config: ml_collections.ConfigDict, params) -> optax.Grad
     raise ValueError(f"config.optimizer.name: expected 'lamb', got {o.name!r}")
   tables = {p[0] for p in poyo.embedding_paths().values()}
   sparse = jax.tree_util.tree_map_with_path(
-      lambda path, _: bool(o.sparse_embeddings) and _path_head(path) in tables, params)
+      lambda path, _: bool(o.sparse_embeddings) and rows.path_head(path) in tables, params)
   return sparse_lamb(poyo_learning_rate_schedule(config), poyo_momentum_schedule(config), o.b2, o.eps,
                      o.weight_decay, o.trust_clip, sparse)
-
-
-def _path_head(path) -> str:
-  first = path[0]
-  return str(getattr(first, "key", getattr(first, "name", first)))

@@ -1,4 +1,4 @@
-"""The POYO new-session study (mtm_jax/configs/poyo_study.py): trains, adapts, scores.
+"""The POYO new-session study (its config: mtm_jax/configs/poyo_study.py): trains, adapts, scores.
 
 Layout of a study workdir: scratch/, pretrain/ (or pretrain_<n>/ per stage), unit_id/, full/ (POYO workdirs, each
 scored run with its metrics.json), poyo_study.json (the summary) and poyo_study.md.
@@ -15,13 +15,51 @@ import time
 import ml_collections
 from absl import logging
 
-from mtm_jax.configs import poyo_study as study_config
 from mtm_jax.datasets import schema
-from mtm_jax.evaluation import poyo_run, scaling
-from mtm_jax.training import poyo_loop
+from mtm_jax.studies import scaling
+from mtm_jax.tasks import registry
 
 ADAPTED = ("unit_id", "full")
 SCORES = ("behaviour_r2", "baseline_r2")
+
+
+def pretrain_stages(c: ml_collections.ConfigDict) -> list[int]:
+  """Numbers of pool sessions of the pretraining stages (the last is the whole pool)."""
+  n_pool = len(schema.parse_datasets(c.study.pool, "config.study.pool"))
+  return list(c.study.get("pool_stages", ())) or [n_pool]
+
+
+def stage_steps(c: ml_collections.ConfigDict) -> list[int]:
+  """Training steps of each pretraining stage (study.stage_steps, or pretrain.train.steps
+  for the first and grow.train.steps for the others)."""
+  steps = list(c.study.get("stage_steps", ()))
+  if steps:
+    return steps
+  n = len(pretrain_stages(c))
+  return [c.pretrain.train.steps] + [c.grow.train.steps] * (n - 1) if "grow" in c or n == 1 else []
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the field when the study is inconsistent."""
+  pool = schema.parse_datasets(c.study.pool, "config.study.pool")
+  heldout = schema.parse_datasets(c.study.heldout, "config.study.heldout")
+  if len(heldout) != 1:
+    raise ValueError(f"config.study.heldout: expected one session, got {heldout}")
+  if heldout[0] in pool:
+    raise ValueError(f"config.study.heldout: {heldout[0]} is also in config.study.pool")
+  stages = pretrain_stages(c)
+  if stages[-1] != len(pool) or any(b <= a for a, b in zip([0] + stages, stages)):
+    raise ValueError(f"config.study.pool_stages: expected increasing session counts ending at the pool's "
+                     f"{len(pool)}, got {tuple(stages)}")
+  if len(stages) > 1 and "grow" not in c:
+    raise ValueError("config.grow: needed to continue pretraining when config.study.pool_stages has several stages")
+  steps = stage_steps(c)
+  if len(steps) != len(stages) or any(not isinstance(n, int) or n < 1 for n in steps):
+    raise ValueError(f"config.study.stage_steps: expected one positive step count per stage of "
+                     f"config.study.pool_stages {tuple(stages)}, got {tuple(steps)}")
+  for stage in ("scratch", "pretrain", "grow", "finetune"):
+    if stage in c:
+      registry.get("poyo").check(c[stage])
 
 
 def _stage(base: ml_collections.ConfigDict, datasets: list[str], data_dir: str) -> ml_collections.ConfigDict:
@@ -34,18 +72,18 @@ def _pretrain(config: ml_collections.ConfigDict, pool: list[str], data_dir: str,
               only_analyse: bool) -> str | None:
   """Runs (or reuses) the pretraining stages; the last stage's workdir, or None when a
   stage is missing (only_analyse) or unfinished."""
-  stages = study_config.pretrain_stages(config)
+  stages = pretrain_stages(config)
   previous = None
-  for n, steps in zip(stages, study_config.stage_steps(config)):
+  for n, steps in zip(stages, stage_steps(config)):
     run_dir = os.path.join(workdir, "pretrain" if len(stages) == 1 else f"pretrain_{n}")
     if previous is None:
       run_config = _stage(config.pretrain, pool[:n], data_dir)
     else:
-      run_config = poyo_loop.finetune_config(_stage(config.grow, pool[:n], data_dir), previous, "full")
+      run_config = registry.get("poyo").finetune_config(_stage(config.grow, pool[:n], data_dir), previous, "full")
     if steps != run_config.train.steps:
       run_config.train.steps = steps
       run_config.train.eval_every = run_config.train.checkpoint_every = max(steps // 4, 1)
-    if not scaling.train_run(run_config, run_dir, only_analyse, poyo_loop.train):
+    if not scaling.train_run(run_config, run_dir, only_analyse):
       return None
     previous = run_dir
   return previous
@@ -55,7 +93,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str, *, only_analyse: 
   """Runs (or reuses) every run; writes poyo_study.json/.md in `workdir`; returns the summary:
   {run: {behaviour_r2, baseline_r2}} for scratch, unit_id and full, plus
   unit_id_over_full (R^2 ratio) and scratch_minus_baseline."""
-  study_config.validate(config)
+  validate(config)
   workdir = os.path.abspath(os.path.expanduser(workdir))
   data_dir = os.path.abspath(os.path.expanduser(config.study.data_dir))
   pool = schema.parse_datasets(config.study.pool, "config.study.pool")
@@ -69,15 +107,15 @@ def run_study(config: ml_collections.ConfigDict, workdir: str, *, only_analyse: 
   pretrained = _pretrain(config, pool, data_dir, workdir, only_analyse)
   if pretrained is not None:
     for mode in ADAPTED:
-      runs[mode] = poyo_loop.finetune_config(_stage(config.finetune, heldout, data_dir), pretrained, mode)
+      runs[mode] = registry.get("poyo").finetune_config(_stage(config.finetune, heldout, data_dir), pretrained, mode)
   summary = {}
   for name, run_config in runs.items():
     run_dir = os.path.join(workdir, name)
-    if not scaling.train_run(run_config, run_dir, only_analyse, poyo_loop.train):
+    if not scaling.train_run(run_config, run_dir, only_analyse):
       continue
     results = scaling.scored(run_dir, run_config.train.steps, SCORES, config.study.split)
     if results is None:
-      results = poyo_run.evaluate_workdir(run_dir, config.study.split)
+      results = registry.evaluate_workdir(run_dir, config.study.split)
     summary[name] = {k: float(results[k]) for k in SCORES}
   if "unit_id" in summary and "full" in summary:
     summary["unit_id_over_full"] = summary["unit_id"]["behaviour_r2"] / summary["full"]["behaviour_r2"]

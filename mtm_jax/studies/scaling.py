@@ -22,9 +22,9 @@ import ml_collections
 from absl import logging
 
 from mtm_jax import masking
-from mtm_jax.configs import scaling as scaling_config
 from mtm_jax.evaluation import decoding, plots, run
-from mtm_jax.training import checkpoint, loop
+from mtm_jax.tasks import registry
+from mtm_jax.training import checkpoint, trainer
 
 METRICS = run.METRICS + decoding.BEHAVIOUR_METRICS + run.HEAD_METRICS
 CSV_FIELDS = ("pretrain_sessions", "mode", "session", "metric", "value")
@@ -36,6 +36,23 @@ def _names(text: str) -> list[str]:
 
 def _short(name: str) -> str:
   return name.replace("/", "_")
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the field when the study is inconsistent."""
+  pool = [n for n in c.study.pool.split(",") if n]
+  heldout = [n for n in c.study.heldout.split(",") if n]
+  if not heldout:
+    raise ValueError("config.study.heldout: no held-out session")
+  if set(pool) & set(heldout):
+    raise ValueError(f"config.study.heldout: {sorted(set(pool) & set(heldout))} are also in config.study.pool")
+  sizes = list(c.study.sizes)
+  if not sizes or min(sizes) < 1 or max(sizes) > len(pool) or sizes != sorted(set(sizes)):
+    raise ValueError(f"config.study.sizes: {sizes} must be increasing counts in 1..{len(pool)} "
+                     "(the sessions of config.study.pool)")
+  for mode in c.study.modes:
+    if mode not in masking.MODES:
+      raise ValueError(f"config.study.modes: unknown {mode!r}; expected some of {masking.MODES}")
 
 
 def stage_config(base: ml_collections.ConfigDict, mode: str, datasets: list[str], data_dir: str):
@@ -71,29 +88,29 @@ def scored(workdir: str, steps: int, metrics, split: str | None = None) -> dict 
   return results if all(m in done for m in metrics) else None
 
 
-def train_run(config, workdir: str, only_analyse: bool, trainer=loop.train) -> bool:
-  """Trains with `trainer(config, workdir)` unless finished (or only analysing); returns
-  whether the run is complete."""
+def train_run(config, workdir: str, only_analyse: bool) -> bool:
+  """Trains `config` (any family) in `workdir` unless finished (or only analysing);
+  returns whether the run is complete."""
   if finished(workdir, config.train.steps):
     return True
   if only_analyse:
     logging.warning("%s: not trained to step %d; skipped (--only_analyse)", workdir, config.train.steps)
     return False
   logging.info("training %s", workdir)
-  trainer(config, workdir)
+  trainer.train(registry.of(config), config, workdir)
   return True
 
 
 def _score(workdir: str, steps: int, split: str, metrics) -> dict | None:
   results = scored(workdir, steps, metrics, split)
   if results is None and finished(workdir, steps):
-    results = run.evaluate_workdir(workdir, split)
+    results = registry.evaluate_workdir(workdir, split)
   return results
 
 
 def run_study(config: ml_collections.ConfigDict, workdir: str, *, only_analyse: bool = False) -> list[dict]:
   """Runs (or reuses) every run of the study; writes scaling.csv/.png/.md; returns the rows."""
-  scaling_config.validate(config)
+  validate(config)
   workdir = os.path.abspath(os.path.expanduser(workdir))
   data_dir = os.path.abspath(os.path.expanduser(config.study.data_dir))
   pool, heldout = _names(config.study.pool), _names(config.study.heldout)
@@ -113,7 +130,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str, *, only_analyse: 
           continue
       for session in heldout:
         run_dir = os.path.join(workdir, "finetune", mode, f"n{n:02d}", _short(session))
-        ft = loop.finetune_config(stage_config(config.finetune, mode, [session], data_dir), pretrained)
+        ft = registry.get("mtm").finetune_config(stage_config(config.finetune, mode, [session], data_dir), pretrained)
         if not train_run(ft, run_dir, only_analyse):
           continue
         results = _score(run_dir, ft.train.steps, config.study.split, expected_metrics(config.finetune))

@@ -1,0 +1,216 @@
+"""The Task interface of a model family, the model restored from a workdir (Trained),
+and what a task hands the trainer for one run (Input, Phase).
+
+training.trainer.train(task, config, workdir) runs every family in one order; a family
+supplies only what differs (see Task). A checkpoint records the config (with
+config.family) and one JSON record per session row, so `Task.load(workdir)` needs the
+path alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from mtm_jax.datasets import events, schema
+from mtm_jax.parallel import mesh as mesh_lib
+from mtm_jax.training import checkpoint
+
+FOREVER = 2**62  # the `until` of a phase that lasts to the end of the run
+
+
+@dataclasses.dataclass
+class Trained:
+  """A model restored from a workdir: its config, one record per session row, the
+  parameters on `mesh` (laid out by parallel.sharding.RULES) and the step."""
+
+  config: ml_collections.ConfigDict
+  records: list[dict]  # the checkpoint's session records (task.records)
+  graphdef: nnx.GraphDef
+  params: nnx.State
+  step: int
+  mesh: jax.sharding.Mesh
+  workdir: str = ""
+
+  @property
+  def names(self) -> list[str]:
+    """The TFDS name of each session row."""
+    return [r["name"] for r in self.records]
+
+  def row(self, name: str) -> int:
+    if name not in self.names:
+      raise ValueError(f"session {name!r} is not one of the model's sessions {self.names}")
+    return self.names.index(name)
+
+  # NDT1 (records with region_names) ------------------------------------------------------
+  @property
+  def sessions(self) -> list[schema.SessionInfo]:
+    return [schema.SessionInfo(session_id=r["session_id"], region_names=tuple(r["region_names"]))
+            for r in self.records]
+
+  @property
+  def info(self) -> schema.SessionInfo:
+    """The first session (the only one of a single-session model)."""
+    return self.sessions[0]
+
+  @property
+  def n_neurons(self) -> int:
+    """The model's input width: the largest session's neuron count."""
+    return max(i.n_neurons for i in self.sessions)
+
+  # POYO (records with unit_ids) ----------------------------------------------------------
+  @property
+  def vocab(self) -> events.Vocabulary:
+    return vocabulary(self.records)
+
+  @property
+  def scale(self) -> np.ndarray:
+    """[D] float32 behaviour divisor the model was trained with."""
+    return np.asarray(self.config.data.scale, np.float32)
+
+
+def vocabulary(records: Sequence[dict]) -> events.Vocabulary:
+  """POYO: the vocabulary of the session records (one per session row, with unit_ids)."""
+  return events.Vocabulary(tuple(r["session_id"] for r in records), tuple(len(r["unit_ids"]) for r in records),
+                           tuple(u for r in records for u in r["unit_ids"]))
+
+
+class Pretrained(NamedTuple):
+  """The metadata of config.init.pretrained's checkpoint (its parameters are read only
+  when a run starts from them)."""
+
+  path: str
+  step: int | None
+  config: ml_collections.ConfigDict
+  records: list[dict]
+
+
+@dataclasses.dataclass
+class Phase:
+  """Steps [previous phase's until, until) update with `row_mask` (training.rows; None:
+  every parameter trains)."""
+
+  until: int
+  row_mask: Callable[[Any, dict], Any] | None
+
+
+@dataclasses.dataclass
+class Input:
+  """What a task reads for one run: the session records its checkpoints keep, the
+  training batches (batch i of step i: this process's rows), the arrays every step reads
+  (`consts`, on the mesh, or None), and task data its other methods use (`data`)."""
+
+  records: list[dict]
+  batches: Any  # a grain MapDataset
+  consts: Any
+  data: Any
+
+
+class Task:
+  """A model family. Subclasses set `family` (config.family) and `name`, and implement
+  the methods that raise NotImplementedError."""
+
+  family: str = ""
+  name: str = ""
+
+  # ---- Configs -----------------------------------------------------------------------------
+  def check(self, config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming the config field of an inconsistent setting."""
+    raise NotImplementedError
+
+  def select_sessions(self, config: ml_collections.ConfigDict, sessions: str) -> None:
+    """Applies a program's --sessions (comma-separated TFDS names; a count where the
+    family allows it) to `config`."""
+    if sessions.strip().isdigit():
+      raise ValueError(f"--sessions: {self.name} configs take session names, not a count")
+    config.data.datasets = sessions
+
+  def finetune_config(self, config: ml_collections.ConfigDict, pretrained: str | None,
+                      mode: str | None = None) -> ml_collections.ConfigDict:
+    """`config` set up to adapt the model in workdir `pretrained` (its checkpoint alone is
+    read) to config.data.datasets; pretrained None or "" leaves it as it is (training
+    from scratch). mode: what fine-tuning trains (None: the family's default)."""
+    raise NotImplementedError
+
+  def pretrained_config(self, pretrained: str) -> ml_collections.ConfigDict:
+    """The config of the pretrained run in `pretrained`, checked to be of this family."""
+    pre, _ = checkpoint.load_metadata(pretrained)
+    if pre.get("family", "mtm") != self.family:
+      raise ValueError(f"{pretrained}: holds a {pre.get('family', 'mtm')!r} model, not {self.name}")
+    return pre
+
+  # ---- Training ---------------------------------------------------------------------------
+  def check_mesh(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
+    mesh_lib.check_batch_size(config.data.batch_size, mesh)
+
+  def input(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, pretrained: Pretrained | None,
+            sessions: Sequence | None = None) -> Input:
+    """Reads the sessions (config.data.datasets, or the given in-memory `sessions`) and
+    sets config.data.datasets (and what the run resolves, e.g. a behaviour scale) to what
+    is saved. pretrained: config.init.pretrained's checkpoint metadata (or None)."""
+    raise NotImplementedError
+
+  def create(self, config: ml_collections.ConfigDict, records: list[dict], mesh: jax.sharding.Mesh, params=None):
+    """(graphdef, optax transformation, fresh TrainState laid out on `mesh`); `params`
+    (a pure dict or State) replaces the fresh initialisation."""
+    raise NotImplementedError
+
+  def merge_pretrained(self, config, graphdef, tx, state, pretrained: Trained, records: list[dict], mesh):
+    """(graphdef, tx, state): a fresh state whose parameters take the pretrained model's
+    weights, its new parts (layers or rows of new sessions) left fresh."""
+    raise NotImplementedError
+
+  def loss(self, config: ml_collections.ConfigDict, graphdef):
+    """loss(params, batch, consts, key) -> (differentiated loss, metrics) (training.step.Loss)."""
+    raise NotImplementedError
+
+  def phases(self, config: ml_collections.ConfigDict, inputs: Input, pretrained: Pretrained | None) -> list[Phase]:
+    return [Phase(FOREVER, None)]
+
+  def validator(self, config: ml_collections.ConfigDict, graphdef, inputs: Input, mesh) -> Callable[[Any], dict]:
+    """validate(params) -> {score name: value} on the validation split ({} without one)."""
+    raise NotImplementedError
+
+  def learning_rate(self, config: ml_collections.ConfigDict):
+    """The optax schedule of the learning rate (logged)."""
+    raise NotImplementedError
+
+  def summarise(self, window: list[dict]) -> dict:
+    """Logged scalars (with "loss") of the finite steps' metrics of one log window."""
+    raise NotImplementedError
+
+  def describe(self, config: ml_collections.ConfigDict, graphdef, state) -> str:
+    """One log line: the model and its parameter count."""
+    return f"{self.name} {config.model.size}: {sum(x.size for x in jax.tree.leaves(state.params))} parameters"
+
+  # ---- Loading ----------------------------------------------------------------------------
+  def load(self, workdir: str, step: int | None = None, mesh: jax.sharding.Mesh | None = None) -> Trained:
+    """The model trained in `workdir` (its checkpoint alone: no data set is read)."""
+    config, records = checkpoint.load_metadata(workdir, step)
+    mesh = mesh_lib.from_config(config, fit=True) if mesh is None else mesh
+    graphdef, _, state = self.create(config, records, mesh)
+    mngr = checkpoint.manager(workdir, create=False)
+    restored = checkpoint.restore(mngr, state, step)
+    mngr.close()
+    return Trained(config, records, graphdef, restored.state.params, restored.step, mesh, workdir)
+
+  # ---- Evaluation -------------------------------------------------------------------------
+  def evaluate(self, trained: Trained, split: str, sessions=None, decode: bool = True) -> tuple[dict, dict]:
+    """(results for metrics.json, {name: array} for an .npz beside it, or {})."""
+    raise NotImplementedError
+
+  def report(self, results: dict) -> str:
+    """The printed summary of `evaluate`'s results."""
+    raise NotImplementedError
+
+  def plot(self, models: dict[str, Trained], path: str, **options) -> str:
+    raise ValueError(f"--plots: {self.name} models have no rasters (NDT1 models do)")
+
+  def arrays_file(self) -> str | None:
+    """The .npz file `evaluate`'s arrays are written to (None: it returns none)."""
+    return None

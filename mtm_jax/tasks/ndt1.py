@@ -1,0 +1,262 @@
+"""NDT1 with MtM masking on binned spike counts (the MtM paper's model family).
+
+Sessions are TFDS `ibl_binned` data sets ([trials, bins, neurons] counts); every batch
+holds trials of one session, which selects its row of the per-session layers
+(ndt1.SESSION_PARAMS) and of the region table. The loss is the masked Poisson NLL
+summed over the targets of the batch's masking scheme; a step changes only the batch's
+session row of the per-session layers (training.rows.only_row). A checkpoint records,
+per session row, its TFDS name, session id and the region of each neuron.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from mtm_jax import masking
+from mtm_jax.configs import ndt1 as ndt1_config
+from mtm_jax.datasets import pipeline, schema
+from mtm_jax.evaluation import decoding, run as evaluation
+from mtm_jax.models import ndt1
+from mtm_jax.parallel import mesh as mesh_lib, sharding
+from mtm_jax.tasks import base
+from mtm_jax.training import checkpoint, optimizer, precision, rows, step as step_lib
+
+
+def masked_poisson_nll(log_rates, spikes, targets):
+  """Poisson NLL on log-rates, exp(y_hat) - y * y_hat, summed over target entries.
+
+  log_rates, spikes [B, T, N]; targets [B, T, N] bool. Returns (sum, number of targets).
+  """
+  nll = jnp.exp(log_rates) - spikes * log_rates
+  return jnp.sum(jnp.where(targets, nll, 0.0)), jnp.sum(targets)
+
+
+def batch_session(batch) -> jax.Array:
+  """[] int32 session row of a batch (all its trials come from one session)."""
+  return batch["session"][0] if "session" in batch else jnp.zeros((), jnp.int32)
+
+
+def masked_nll(graphdef, params, batch, regions, key, *, mode: str, mask_config: masking.MaskConfig,
+               train: bool, dtype="float32"):
+  """Summed masked Poisson NLL of one batch (the reference backpropagates the sum).
+
+  batch["spikes"] [B, T, N] (zero-padded to the model's N), batch["session"] [B] int32
+  (optional, default row 0), batch["valid"] [B] bool (optional: rows that only pad a
+  partial batch are False and carry no targets); regions [S, N] int32 region id of each
+  session's neurons (-1 = padding). The key draws the scheme (for "mtm"), the mask and,
+  when `train`, dropout. dtype: compute dtype of the forward pass (params and the loss
+  stay float32; see training.precision). Returns (sum, dict(n_targets, scheme)).
+  """
+  k_scheme, k_mask, k_dropout = jax.random.split(key, 3)
+  spikes = batch["spikes"].astype(jnp.float32)
+  session = batch_session(batch)
+  scheme = masking.sample_scheme(k_scheme, mode)
+  masked = masking.apply_scheme(k_mask, spikes, regions[session], scheme, mask_config)
+  model = nnx.merge(graphdef, precision.compute_params(params, dtype))
+  prompt = jnp.minimum(masked.scheme, len(masking.SCHEMES) - 1)  # unused for temporal
+  log_rates = model(masked.inputs, prompt=prompt, session=session, causal=masked.causal,
+                    key=k_dropout if train else None).astype(jnp.float32)
+  targets = masked.targets & batch["valid"][:, None, None] if "valid" in batch else masked.targets
+  total, count = masked_poisson_nll(log_rates, spikes, targets)
+  return total, dict(n_targets=count, scheme=scheme)
+
+
+def loss(graphdef, mode: str, mask_config: masking.MaskConfig, dtype="float32") -> step_lib.Loss:
+  """The training loss (step_lib.Loss; consts = the region table [S, N]): the summed NLL
+  is differentiated, the logged loss is its mean over the targets."""
+
+  def fn(params, batch, regions, key):
+    total, aux = masked_nll(graphdef, params, batch, regions, key, mode=mode, mask_config=mask_config, train=True,
+                            dtype=dtype)
+    return total, dict(loss=total / jnp.maximum(aux["n_targets"], 1), nll_sum=total, **aux)
+
+  return fn
+
+
+def session_row_mask(params, batch):
+  """Only the batch's session row of the per-session layers changes (and the shared
+  weights), in the parameters and the optimiser state, as PyTorch's optimisers skip
+  parameters without gradients: other sessions' stitchers keep their values and moments
+  instead of drifting on momentum and weight decay."""
+  return rows.only_row(params, ndt1.SESSION_PARAMS, batch_session(batch))
+
+
+def make_train_step(graphdef, tx, mode: str, mask_config: masking.MaskConfig, *, dtype="float32"):
+  """(state, batch, regions [S, N], key) -> (state, metrics): step_lib.make_train_step
+  of the NDT1 loss with the session-row mask."""
+  return step_lib.make_train_step(loss(graphdef, mode, mask_config, dtype), tx, row_mask=session_row_mask)
+
+
+def session_records(names, infos) -> list[dict]:
+  """What a checkpoint keeps of each session row (JSON)."""
+  return [dict(name=n, session_id=i.session_id, region_names=list(i.region_names)) for n, i in zip(names, infos)]
+
+
+def graft_shared(params, pretrained_params, where: str = "pretrained model"):
+  """`params` with every shared parameter (all but ndt1.SESSION_PARAMS) taken from
+  `pretrained_params`; the per-session layers of `params` stay as they are (fresh).
+  Raises ValueError naming the parameter when the pretrained one is missing or has
+  another shape (a different architecture)."""
+  source = {sharding.path_name(p): v for p, v in jax.tree_util.tree_flatten_with_path(pretrained_params)[0]}
+
+  def take(path, fresh):
+    name = sharding.path_name(path)
+    if name.split("/")[0] in ndt1.SESSION_PARAMS:
+      return fresh
+    if name not in source:
+      raise ValueError(f"{where}: has no parameter {name!r}; its architecture differs (compare config.model)")
+    if source[name].shape != fresh.shape:
+      raise ValueError(f"{where}: parameter {name!r} has shape {source[name].shape}, this model needs "
+                       f"{fresh.shape}; its architecture differs (compare config.model)")
+    return source[name]
+
+  return jax.tree_util.tree_map_with_path(take, params)
+
+
+def mask_config(config) -> masking.MaskConfig:
+  return masking.MaskConfig(ratio=config.masking.ratio, causal_ratio=config.masking.causal_ratio)
+
+
+def padded_batches(n: int, batch_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+  """Batches of trial indices 0..n-1 in order: (indices [batch_size] int, valid
+  [batch_size] bool). The last one is filled up with trials of its own (their rows
+  invalid), so every trial counts once and every batch has the compiled shape."""
+  out = []
+  for start in range(0, n, batch_size):
+    indices = np.arange(start, min(start + batch_size, n))
+    out.append((np.resize(indices, batch_size), np.arange(batch_size) < len(indices)))
+  return out
+
+
+class NDT1Task(base.Task):
+  family, name = "mtm", "NDT1"
+
+  # ---- Configs -----------------------------------------------------------------------------
+  def check(self, config):
+    ndt1_config.validate(config)
+
+  def select_sessions(self, config, sessions: str) -> None:
+    if sessions.strip().isdigit():
+      config.data.n_sessions = int(sessions)
+    else:
+      config.data.datasets, config.data.n_sessions = sessions, 0
+
+  def finetune_config(self, config, pretrained, mode=None):
+    """The architecture (config.model) is the pretrained one, and training starts from
+    its shared weights with fresh per-session layers for config.data.datasets; every
+    parameter trains (mode None or "full")."""
+    if mode not in (None, "full"):
+      raise ValueError(f"--mode: NDT1 fine-tuning trains every parameter (new stitching layers and the shared "
+                       f"weights): expected 'full', got {mode!r} (unit identification is POYO's)")
+    config = ml_collections.ConfigDict(config.to_dict())
+    if not pretrained:
+      return config
+    pre = self.pretrained_config(pretrained)
+    if pre.model.stitch_dim <= 0:
+      raise ValueError(f"{pretrained}: the pretrained model has no per-session stitching layers "
+                       "(config.model.stitch_dim = 0), so its input layer fits only its own session")
+    config.model = checkpoint.with_defaults(pre.model, config.model)
+    config.init.pretrained = os.path.abspath(os.path.expanduser(pretrained))
+    if config.masking.mode == masking.TEMPORAL:
+      config.model.use_prompt = False
+    return config
+
+  # ---- Training ---------------------------------------------------------------------------
+  def input(self, config, mesh, pretrained, sessions=None):
+    if sessions is not None:
+      raise ValueError("NDT1 trains on built ibl_binned data sets (config.data.datasets), not in-memory sessions")
+    names = ndt1_config.dataset_names(config)
+    config.data.datasets, config.data.n_sessions = ",".join(names), 0  # resolved, as saved
+    loaded = pipeline.load_sessions(names, config.data.data_dir)
+    infos = [s.info for s in loaded]
+    n_neurons = max(i.n_neurons for i in infos)
+    batches = pipeline.multi_session_batches([s.splits["train"] for s in loaded], config.data.batch_size,
+                                             config.data.shuffle_seed, n_neurons,
+                                             rows=mesh_lib.process_rows(config.data.batch_size, mesh))
+    regions = jax.device_put(jnp.asarray(pipeline.region_table(infos, n_neurons)), mesh_lib.replicated(mesh))
+    for s in loaded:
+      logging.info("session %s (%s): %d neurons in %s, %d train / %d val trials", s.name, s.info.session_id,
+                   s.info.n_neurons, s.info.regions, len(s.splits["train"]["spikes"]), len(s.splits["val"]["spikes"]))
+    return base.Input(session_records(names, infos), batches, regions, dict(sessions=loaded, n_neurons=n_neurons))
+
+  def create(self, config, records, mesh, params=None):
+    infos = [schema.SessionInfo(session_id=r["session_id"], region_names=tuple(r["region_names"])) for r in records]
+    model = ndt1.from_config(config, [i.n_neurons for i in infos], rngs=nnx.Rngs(config.seed))
+    graphdef, fresh = nnx.split(model, nnx.Param)
+    tx = optimizer.make_optimizer(config)
+    state = sharding.place_state(step_lib.init_state(fresh if params is None else params, tx), mesh, model)
+    return graphdef, tx, state
+
+  def merge_pretrained(self, config, graphdef, tx, state, pretrained, records, mesh):
+    params = graft_shared(state.params, pretrained.params, where=f"pretrained model {config.init.pretrained}")
+    logging.info("shared weights from %s (step %d, sessions %s); fresh %s for %s", config.init.pretrained,
+                 pretrained.step, pretrained.names, ", ".join(ndt1.SESSION_PARAMS), [r["name"] for r in records])
+    return graphdef, tx, sharding.place_state(step_lib.init_state(params, tx), mesh)
+
+  def describe(self, config, graphdef, state):
+    return (f"NDT1 {config.model.size} on {len(config.data.datasets.split(','))} session(s): "
+            f"{sum(x.size for x in jax.tree.leaves(state.params))} parameters")
+
+  def loss(self, config, graphdef):
+    return loss(graphdef, config.masking.mode, mask_config(config), config.model.get("dtype", "float32"))
+
+  def phases(self, config, inputs, pretrained):
+    return [base.Phase(base.FOREVER, session_row_mask)]
+
+  def learning_rate(self, config):
+    return optimizer.learning_rate_schedule(config)
+
+  def validator(self, config, graphdef, inputs, mesh):
+    val_nll = jax.jit(functools.partial(masked_nll, graphdef, mode=config.masking.mode,
+                                        mask_config=mask_config(config), train=False))
+    loaded, n_neurons = inputs.data["sessions"], inputs.data["n_neurons"]
+
+    def validate(params) -> dict:
+      """{val_loss: masked NLL per target entry over every validation trial of every
+      session} ({} without validation trials)."""
+      sums = []  # (nll sum, target count) per batch, on device; fetched once at the end
+      for row, s in enumerate(loaded):
+        val = s.splits["val"]
+        for indices, valid in padded_batches(len(val["spikes"]), config.data.batch_size):
+          batch = dict(pipeline.Batches(val, row, n_neurons)(indices), valid=valid)
+          out, c = val_nll(params, mesh_lib.shard_global_batch(batch, mesh), inputs.consts,
+                           jax.random.fold_in(jax.random.key(config.seed + 1), len(sums)))
+          sums.append((out, c["n_targets"]))
+      total, count = 0.0, 0
+      for out, n in jax.device_get(sums):
+        total, count = total + float(out), count + int(n)
+      return dict(val_loss=total / count) if count else {}
+
+    return validate
+
+  def summarise(self, window):
+    n_targets = max(np.sum([m["n_targets"] for m in window]), 1)
+    return dict(loss=np.sum([m["nll_sum"] for m in window]) / n_targets,
+                grad_norm=np.mean([m["grad_norm"] for m in window]))
+
+  # ---- Evaluation -------------------------------------------------------------------------
+  def evaluate(self, trained, split, sessions=None, decode=True):
+    return evaluation.evaluate_sessions(trained, split, sessions, decode=decode)
+
+  def arrays_file(self):
+    return "per_neuron_bps.npz"
+
+  def report(self, results):
+    columns = {results["masking_mode"]: results}
+    oracle = evaluation.oracle_column(results)
+    if oracle:
+      columns["oracle"] = oracle
+    heads = [m for m in evaluation.HEAD_METRICS if m in results or m in results.get("skipped", {})]
+    return evaluation.heading(results) + "\n" + evaluation.table(
+        columns, evaluation.METRICS + decoding.BEHAVIOUR_METRICS + tuple(heads))
+
+  def plot(self, models, path, **options):
+    return evaluation.raster_plot(models, path, **options)

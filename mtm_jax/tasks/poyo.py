@@ -1,0 +1,248 @@
+"""POYO on spike-event sessions (the POYO paper's model family): behaviour decoding from
+spike tokens, new sessions by unit identification.
+
+Sessions are built `spike_events` data sets (or event sessions in memory); the loss is
+the weighted MSE of the behaviour queries. A checkpoint holds the config (with the
+behaviour scale resolved into config.data.scale) and one record per session row of the
+vocabulary (name, session id, unit ids). Fine-tuning from a pretrained POYO appends the
+new sessions' unit and session rows; "unit_id" trains only those rows (training.rows),
+"full" trains only them for config.finetune.warmup_steps, then everything.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from mtm_jax.configs import poyo as poyo_config
+from mtm_jax.datasets import events
+from mtm_jax.evaluation import poyo_eval
+from mtm_jax.models import poyo
+from mtm_jax.parallel import mesh as mesh_lib, sharding
+from mtm_jax.tasks import base
+from mtm_jax.training import checkpoint, optimizer, precision, rows, step as step_lib
+
+
+def weighted_mse(outputs: dict, batch, tasks) -> tuple[jax.Array, dict]:
+  """Per task: sum_q w_q * mean_d (pred - target)^2 / sum_q w_q over its real queries
+  (output_mask & output_task == task id); the loss is the sum over tasks.
+
+  outputs {task: [B, Q, d_t]}; batch output_values [B, Q, D >= d_t], output_weights [B, Q],
+  output_mask [B, Q], output_task [B, Q]; tasks {name: dim}. Returns (loss, aux) with
+  aux[f"loss/{task}"] and aux[f"weight/{task}"] (the weight sum)."""
+  total, aux = jnp.zeros((), jnp.float32), {}
+  for name, i in poyo.task_ids(tasks).items():
+    pred = outputs[name].astype(jnp.float32)  # [B, Q, d]
+    target = batch["output_values"][..., : pred.shape[-1]].astype(jnp.float32)
+    mine = batch["output_mask"] & (batch["output_task"] == i)  # [B, Q]
+    w = jnp.where(mine, batch["output_weights"].astype(jnp.float32), 0.0)
+    err = jnp.mean(jnp.square(pred - target), axis=-1)  # [B, Q]
+    w_sum = jnp.sum(w)
+    loss = jnp.where(w_sum > 0, jnp.sum(w * err) / jnp.where(w_sum > 0, w_sum, 1.0), 0.0)
+    total = total + loss
+    aux[f"loss/{name}"], aux[f"weight/{name}"] = loss, w_sum
+  return total, aux
+
+
+def loss_fn(graphdef, params, batch, key, *, tasks, dtype="float32") -> tuple[jax.Array, dict]:
+  """Weighted MSE of the model `graphdef`/`params` on `batch`; key: dropout (None = off);
+  dtype: compute dtype of the model (float32 params and loss; see training.precision)."""
+  model = nnx.merge(graphdef, precision.compute_params(params, dtype))
+  return weighted_mse(model(batch, key=key), batch, tasks)
+
+
+def loss(graphdef, tasks, dtype="float32") -> step_lib.Loss:
+  """The training loss (step_lib.Loss; no consts)."""
+  return lambda params, batch, consts, key: loss_fn(graphdef, params, batch, key, tasks=tasks, dtype=dtype)
+
+
+def new_rows_mask(n_unit_rows: int, n_session_rows: int):
+  """row_mask(params, batch) of unit identification: only rows >= n_unit_rows of the
+  unit table and >= n_session_rows of the session table (the rows grow_vocab appended)."""
+  firsts = {paths[0]: n for paths, n in zip(poyo.embedding_paths().values(), (n_unit_rows, n_session_rows))}
+  return lambda params, batch: rows.rows_from(params, firsts)
+
+
+def make_train_step(graphdef, tx, *, tasks, row_mask=None, dtype="float32"):
+  """(state, batch, None, key) -> (state, metrics): step_lib.make_train_step of the POYO loss."""
+  return step_lib.make_train_step(loss(graphdef, tasks, dtype), tx, row_mask=row_mask)
+
+
+def behaviour_task(config) -> str:
+  """The task the event batches' behaviour is read out by (output_task 0: first sorted name)."""
+  return sorted(dict(config.model.tasks))[0]
+
+
+def window_config(config, train: bool) -> events.WindowConfig:
+  """How windows are cut: unit dropout only when `train`."""
+  d = config.data
+  dropout = (d.unit_dropout_min, d.unit_dropout_mode, d.unit_dropout_max) if (train and d.unit_dropout) else None
+  return events.WindowConfig(window_length=d.window_length, bucket_lengths=tuple(d.token_buckets),
+                             unit_dropout=dropout, max_outputs=d.max_queries, eval_step=config.eval.window_step)
+
+
+def load_sessions(config, splits: Sequence[str] = ("train", "val")) -> list[dict]:
+  """The event sessions of config.data.datasets (built spike_events data sets)."""
+  return [events.load_event_session(n, config.data.data_dir, splits) for n in poyo_config.dataset_names(config)]
+
+
+def session_records(names: Sequence[str], sessions: Sequence[dict]) -> list[dict]:
+  """What a checkpoint keeps of each session row (JSON)."""
+  return [dict(name=n, session_id=str(s["session_id"]), unit_ids=[str(u) for u in s["unit_ids"]])
+          for n, s in zip(names, sessions)]
+
+
+class POYOTask(base.Task):
+  family, name = "poyo", "POYO"
+
+  # ---- Configs -----------------------------------------------------------------------------
+  def check(self, config):
+    poyo_config.validate(config)
+
+  def finetune_config(self, config, pretrained, mode=None):
+    """The architecture (config.model) and the behaviour scale are the pretrained ones;
+    new unit and session rows are appended. mode "unit_id" (default) trains only those
+    rows; "full" trains only them for config.finetune.warmup_steps, then everything."""
+    mode = "unit_id" if mode is None else mode
+    if mode not in poyo_config.FINETUNE_MODES:
+      raise ValueError(f"finetune mode: expected one of {poyo_config.FINETUNE_MODES}, got {mode!r}")
+    config = ml_collections.ConfigDict(config.to_dict())
+    if not pretrained:
+      return config
+    pre = self.pretrained_config(pretrained)
+    config.model = checkpoint.with_defaults(pre.model, config.model)
+    config.data.window_length = pre.data.window_length
+    config.data.scale = list(pre.data.scale)
+    config.init.pretrained = os.path.abspath(os.path.expanduser(pretrained))
+    config.finetune.mode = mode
+    return config
+
+  # ---- Training ---------------------------------------------------------------------------
+  def check_mesh(self, config, mesh):
+    mesh_lib.check_batch_size(config.data.batch_size, mesh)
+    mesh_lib.check_batch_size(config.eval.batch_size, mesh)
+
+  def input(self, config, mesh, pretrained, sessions=None):
+    if sessions is None:
+      sessions, names = load_sessions(config), poyo_config.dataset_names(config)
+    else:
+      sessions = list(sessions)
+      names = [str(s["session_id"]) for s in sessions]
+      config.data.datasets = ",".join(names)
+    if pretrained is not None:
+      known = {r["session_id"] for r in pretrained.records}
+      records = list(pretrained.records) + [r for r in session_records(names, sessions)
+                                            if r["session_id"] not in known]
+      scale = np.asarray(pretrained.config.data.scale, np.float32)
+    else:
+      records = session_records(names, sessions)
+      scale = np.asarray(config.data.scale, np.float32) if config.data.scale else events.behaviour_scale(sessions)
+    vocab = base.vocabulary(records)
+    config.data.scale = [float(x) for x in scale]
+    train = events.prepare(sessions, "train", window_config(config, train=True), vocab=vocab, scale=scale)
+    val = events.prepare(sessions, "val", window_config(config, train=False), vocab=vocab, scale=scale)
+    rows_here = mesh_lib.process_rows(config.data.batch_size, mesh)
+    batches = events.training_batches(train, config.data.batch_size, config.data.shuffle_seed).map(
+        lambda batch: {k: v[rows_here] for k, v in batch.items()})
+    for s in sessions:
+      logging.info("session %s: %d units, %d train / %d val intervals", s["session_id"], len(s["unit_ids"]),
+                   len(s["splits"]["train"]), len(s["splits"]["val"]))
+    return base.Input(records, batches, None, dict(val=val))
+
+  def create(self, config, records, mesh, params=None):
+    vocab = base.vocabulary(records)
+    model = poyo.from_config(config, len(vocab.unit_ids), len(vocab.session_ids), rngs=nnx.Rngs(config.seed))
+    graphdef, state = nnx.split(model, nnx.Param)
+    if params is not None:
+      nnx.replace_by_pure_dict(state, params if isinstance(params, dict) else nnx.to_pure_dict(params))
+    tx = optimizer.make_poyo_optimizer(config, state)
+    return graphdef, tx, sharding.place_state(step_lib.init_state(state, tx), mesh, model)
+
+  def merge_pretrained(self, config, graphdef, tx, state, pretrained, records, mesh):
+    vocab, old = base.vocabulary(records), pretrained.vocab
+    grown = poyo.grow_vocab(nnx.to_pure_dict(jax.device_get(pretrained.params)), vocab.n_unit_rows - old.n_unit_rows,
+                            vocab.n_session_rows - old.n_session_rows, jax.random.key(config.seed + 7),
+                            init_scale=config.model.emb_init_scale)
+    logging.info("from %s (step %d): %d new unit rows, %d new session rows", config.init.pretrained,
+                 pretrained.step, vocab.n_unit_rows - old.n_unit_rows, vocab.n_session_rows - old.n_session_rows)
+    return self.create(config, records, mesh, grown)
+
+  def describe(self, config, graphdef, state):
+    return (f"POYO {config.model.size}: {sum(x.size for x in jax.tree.leaves(state.params))} parameters "
+            f"({poyo.count_params(nnx.merge(graphdef, state.params), embeddings=False)} outside the unit/session tables)")
+
+  def loss(self, config, graphdef):
+    return loss(graphdef, dict(config.model.tasks), config.model.get("dtype", "float32"))
+
+  def phases(self, config, inputs, pretrained):
+    if pretrained is None:
+      return [base.Phase(base.FOREVER, None)]
+    old = base.vocabulary(pretrained.records)
+    warmup = config.train.steps if config.finetune.mode == "unit_id" else config.finetune.warmup_steps
+    logging.info("unit identification for %d steps%s", warmup, ", then everything" if warmup < config.train.steps
+                 else "")
+    return [base.Phase(warmup, new_rows_mask(old.n_unit_rows, old.n_session_rows)), base.Phase(base.FOREVER, None)]
+
+  def learning_rate(self, config):
+    return optimizer.poyo_learning_rate_schedule(config)
+
+  def validator(self, config, graphdef, inputs, mesh):
+    predictor = poyo_eval.make_predictor(graphdef, behaviour_task(config))
+
+    def validate(params) -> dict:
+      val, _ = poyo_eval.evaluate_data(graphdef, params, inputs.data["val"], task=behaviour_task(config),
+                                       batch_size=config.eval.batch_size, mesh=mesh, predictor=predictor)
+      return dict(val_r2=val["behaviour_r2"])
+
+    return validate
+
+  def summarise(self, window):
+    return dict(loss=np.mean([m["loss"] for m in window]), grad_norm=np.mean([m["grad_norm"] for m in window]),
+                param_norm=float(window[-1]["param_norm"]))
+
+  # ---- Evaluation -------------------------------------------------------------------------
+  def evaluate(self, trained, split, sessions=None, decode=True):
+    """Behaviour R^2 on `split` of the model's sessions (config.data.datasets, read from
+    TFDS; or the given event `sessions`, which must be in the model's vocabulary) and,
+    with `decode`, the ridge baseline on the same timestamps:
+      behaviour_r2, behaviour_r2_<output>  means over sessions (outputs: events.output_names,
+                                           e.g. wheel_speed; dim0, dim1, ... when unnamed);
+      baseline_r2, baseline_r2_<output>    the ridge baseline;
+      sessions {id: {behaviour_r2, behaviour_r2_<output>, baseline_r2, ...}}, split, step."""
+    config = trained.config
+    if sessions is None:
+      sessions = load_sessions(config, (split, "train"))
+    data = events.prepare(sessions, split, window_config(config, train=False), vocab=trained.vocab,
+                          scale=trained.scale)
+    if data.vocab != trained.vocab:
+      unknown = [s["session_id"] for s in sessions if s["session_id"] not in trained.vocab.session_ids]
+      raise ValueError(f"{trained.workdir}: sessions {unknown} are not in the model's vocabulary; fine-tune on them first")
+    results, stitched = poyo_eval.evaluate_data(trained.graphdef, trained.params, data, task=behaviour_task(config),
+                                                batch_size=config.eval.batch_size, mesh=trained.mesh)
+    if decode:
+      base_scores = poyo_eval.baseline_scores(data, stitched, bin_size=config.eval.baseline_bin,
+                                              lags=config.eval.baseline_lags)
+      per_session = {sid: merged(r, base_scores["sessions"][sid]) for sid, r in results["sessions"].items()}
+      results = merged(results, base_scores)
+      results["sessions"] = per_session
+    return {**results, "skipped": results.get("skipped", {}), "split": split, "step": trained.step}, {}
+
+  def report(self, results):
+    lines = [f"POYO, {results['split']} split, step {results['step']}"]
+    lines += [f"{k}: {v:.4f}" for k, v in results.items() if isinstance(v, float)]
+    lines += [f"{k}: skipped" for k in results["skipped"]]
+    return "\n".join(lines)
+
+
+def merged(a: dict, b: dict) -> dict:
+  """The keys of results a and b together, their "skipped" mappings joined (no "skipped"
+  when neither has one)."""
+  skipped = {**a.get("skipped", {}), **b.get("skipped", {})}
+  return {**a, **b, **({"skipped": skipped} if skipped else {})}

@@ -1,0 +1,54 @@
+"""The model families by config.family, and what every program does with a workdir
+whatever its family: load the model, score it."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from mtm_jax.tasks import base, ndt1, poyo
+from mtm_jax.training import checkpoint
+
+TASKS = {task.family: task for task in (ndt1.NDT1Task(), poyo.POYOTask())}
+
+
+def get(family: str) -> base.Task:
+  """The task of config.family `family`."""
+  if family not in TASKS:
+    raise ValueError(f"config.family: unknown {family!r}; expected one of {sorted(TASKS)}")
+  return TASKS[family]
+
+
+def of(config) -> base.Task:
+  """The task of a config (configs saved before config.family existed are NDT1's)."""
+  return get(config.get("family", "mtm"))
+
+
+def of_workdir(workdir: str, step: int | None = None) -> base.Task:
+  return of(checkpoint.load_metadata(workdir, step)[0])
+
+
+def load_trained(workdir: str, step: int | None = None, mesh=None) -> base.Trained:
+  """The model trained in `workdir`, any family (its checkpoint alone: no data set is read)."""
+  return of_workdir(workdir, step).load(workdir, step, mesh)
+
+
+def evaluate_workdir(workdir: str, split: str | None = None, step: int | None = None, sessions=None,
+                     decode: bool = True, data_dir: str | None = None) -> dict:
+  """Scores the model in `workdir` on `split` (default: its config.eval.split) with its
+  family's evaluation (task.evaluate; sessions: which of them, see there) and writes
+  <workdir>/metrics.json (and the task's arrays file). data_dir: where the data sets are
+  now (default: the run's config.data.data_dir). Returns the results."""
+  trained = load_trained(workdir, step)
+  checkpoint.relocate_data(trained.config, data_dir)
+  checkpoint.check_writable(workdir, "metrics.json")
+  task = of(trained.config)
+  results, arrays = task.evaluate(trained, split or trained.config.eval.split, sessions, decode=decode)
+  folder = os.path.abspath(os.path.expanduser(workdir))
+  with open(os.path.join(folder, "metrics.json"), "w", encoding="utf-8") as f:
+    json.dump(results, f, indent=2)
+  if task.arrays_file():
+    np.savez(os.path.join(folder, task.arrays_file()), **arrays)
+  return results
