@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 PYTHON ?= $(shell for p in python3.12 $$(command -v pyenv >/dev/null 2>&1 && ls -d "$$(pyenv root)"/versions/3.12*/bin/python3.12 2>/dev/null); do \
   "$$p" -c 'import sys; assert sys.version_info[:2] == (3, 12)' >/dev/null 2>&1 && { echo "$$p"; break; }; done)
 
-.PHONY: install demo test clean accelerator-wheels
+.PHONY: install demo test lint format clean accelerator-wheels
 
 install: $(STAMP)
 
@@ -36,6 +36,15 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 tests
+
+# The code's format (ruff format, line length 120, 2-space indents: ruff.toml) and
+# pyflakes' checks; `make format` rewrites the files into that format.
+lint: $(STAMP)
+	$(PY) -m ruff format --check --quiet .
+	$(PY) -m ruff check --quiet .
+
+format: $(STAMP)
+	$(PY) -m ruff format --quiet .
 
 clean:
 	rm -rf $(VENV) runs *.egg-info .pytest_cache

@@ -66,7 +66,8 @@ def test_heading_names_one_session_or_the_sessions_of_a_mean():
 
 def test_a_scored_run_with_skipped_metrics_is_not_scored_again(tmp_path):
   import json
-  from mtm_jax.evaluation import run, scaling
+  from mtm_jax.evaluation import run
+  from mtm_jax.studies import scaling
   results = {"step": 4, "co_smoothing_bps": 0.2, "skipped": {"choice_accuracy": "one class"}}
   (tmp_path / "metrics.json").write_text(json.dumps(results))
   assert scaling.scored(str(tmp_path), 4, ("co_smoothing_bps", "choice_accuracy")) == results

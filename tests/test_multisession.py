@@ -15,7 +15,7 @@ from mtm_jax import masking
 from mtm_jax.configs import ndt1 as ndt1_config
 from mtm_jax.configs import scaling as scaling_config
 from mtm_jax.datasets import pipeline
-from mtm_jax.evaluation import scaling
+from mtm_jax.studies import scaling
 from mtm_jax.models import ndt1
 from mtm_jax.training import checkpoint, optimizer, step as step_lib, trainer
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from mtm_jax.configs import poyo_study as study_config
-from mtm_jax.evaluation import poyo_study
-from mtm_jax.training import checkpoint, poyo_loop
+from mtm_jax.studies import poyo as poyo_study
+from mtm_jax.training import checkpoint, trainer
 
 
 @pytest.mark.slow  # ~1.5 min on an idle 2-core CPU: four trainings and three sliding-window evaluations
@@ -33,7 +33,7 @@ def test_study_runs_scores_and_resumes(data_dir, tmp_path, monkeypatch):
   def no_training(*args, **kwargs):
     raise AssertionError("a finished run was trained again")
 
-  monkeypatch.setattr(poyo_loop, "train", no_training)
+  monkeypatch.setattr(trainer, "train", no_training)
   again = poyo_study.run_study(config, str(tmp_path))
   assert {k: again[k] for k in ("scratch", "unit_id", "full")} == {k: summary[k] for k in ("scratch", "unit_id", "full")}
 
@@ -51,4 +51,4 @@ def test_bad_study_configs_name_the_field(field, value, message):
   config = study_config.get_config("tiny")
   config.study[field] = value
   with pytest.raises(ValueError, match=message):
-    study_config.validate(config)
+    poyo_study.validate(config)

@@ -17,7 +17,6 @@ on 2 CPU cores) | "paper" (paper-size NDT1, 1/4/12/24 sessions, 4 held out) | "t
 
 import ml_collections
 
-from mtm_jax import masking
 from mtm_jax.configs import ndt1 as ndt1_config
 
 
@@ -37,7 +36,7 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.study = ml_collections.ConfigDict()
   c.study.sizes = (1, 4, 12, 24)  # numbers of pretraining sessions (first n of study.pool)
-  c.study.modes = (masking.MTM, masking.TEMPORAL)  # masking of pretraining and fine-tuning
+  c.study.modes = ("mtm", "temporal")  # masking of pretraining and fine-tuning (mtm_jax.masking.MODES)
   c.study.pool = ",".join(ndt1_config.SYNTHETIC_PRETRAIN)  # pretraining sessions, in order
   c.study.heldout = ",".join(ndt1_config.SYNTHETIC_HELDOUT)  # fine-tuned and scored
   c.study.scratch = True  # also train each held-out session alone (n = 0)

@@ -61,12 +61,16 @@ def check_scorable(target: str, y_train: np.ndarray, y_test: np.ndarray, *, trai
                                "so R^2 is undefined")
 
 
-def finetune_head(trained, name: str, target: str, *, steps: int = 300, learning_rate: float = 1e-3,
-                  batch_size: int = 16, seed: int = 0, train_split: str = "train", eval_split: str = "test") -> float:
+def finetune_head(trained, name: str, target: str, *, make_step, init_state, steps: int = 300,
+                  learning_rate: float = 1e-3, batch_size: int = 16, seed: int = 0, train_split: str = "train",
+                  eval_split: str = "test") -> float:
   """Fine-tunes model + head for `target` of session `name` on train_split; returns the
   score on eval_split (choice accuracy, or pooled R^2 of a trace). `trained`: a
-  loop.Trained holding the session. The trained parameters are not changed. Raises
-  decoding.Undecodable (before any training) when the splits cannot give the score."""
+  tasks.base.Trained holding the session. The trained parameters are not changed. Raises
+  decoding.Undecodable (before any training) when the splits cannot give the score.
+  make_step(loss, tx) and init_state(params, tx): the train step factory and its state
+  (training.step's, handed in by the task: evaluation does not import training); step i
+  draws its dropout from fold_in(key(seed), i)."""
   if target not in TARGETS:
     raise ValueError(f"decoding head: unknown target {target!r}; expected one of {sorted(TARGETS)}")
   config, row = trained.config, trained.row(name)
@@ -85,30 +89,26 @@ def finetune_head(trained, name: str, target: str, *, steps: int = 300, learning
   head = BehaviourHead(model.final_norm.num_features, per_bin, rngs=nnx.Rngs(seed))
   graphdef, params = nnx.split((model, head), nnx.Param)
   tx = optax.adamw(learning_rate, weight_decay=0.01)
-  opt_state = tx.init(params)
 
   def predict(params, x, key):
     m, h = nnx.merge(graphdef, params)
     return h(m.encode(x, prompt=prompt, session=row, key=key))
 
-  def loss_fn(params, x, y, key):
-    out = predict(params, x, key)
+  def loss(params, batch, consts, key):
+    out = predict(params, batch["x"], key)
     if per_bin:
-      return jnp.mean(jnp.square(out - (y - mean) / scale))
-    return jnp.mean(optax.sigmoid_binary_cross_entropy(out, y))
+      return jnp.mean(jnp.square(out - (batch["y"] - mean) / scale)), {}
+    return jnp.mean(optax.sigmoid_binary_cross_entropy(out, batch["y"])), {}
 
-  @jax.jit
-  def step(params, opt_state, x, y, key):
-    loss, grads = jax.value_and_grad(loss_fn)(params, x, y, key)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
+  step = jax.jit(make_step(loss, tx))
+  state = init_state(params, tx)
   rng = np.random.default_rng(seed)
   key = jax.random.key(seed)
   batch_size = min(batch_size, len(y_train))
-  for i in range(steps):
+  for _ in range(steps):
     idx = rng.choice(len(y_train), batch_size, replace=False)
-    params, opt_state, _ = step(params, opt_state, x_train[idx], jnp.asarray(y_train[idx]), jax.random.fold_in(key, i))
+    state, _ = step(state, dict(x=x_train[idx], y=jnp.asarray(y_train[idx])), None, key)
+  params = state.params
   predict_test = jax.jit(predict)  # one compiled function for every test chunk
   out = np.concatenate([np.asarray(predict_test(params, x_test[i : i + 64], None))
                         for i in range(0, len(y_test), 64)])
@@ -117,13 +117,16 @@ def finetune_head(trained, name: str, target: str, *, steps: int = 300, learning
   return float(accuracy_score(y_test, (out > 0).astype(np.float32)))
 
 
-def head_metrics(trained, name: str, *, steps: int, seed: int = 0, eval_split: str = "test") -> decoding.Decoded:
+def head_metrics(trained, name: str, *, steps: int, seed: int = 0, eval_split: str = "test",
+                 trainer: dict) -> decoding.Decoded:
   """Decoded({"head_<metric>": score}, {}, {"head_<metric>": reason}) over every target,
-  each score from its own fine-tuned head; a target the splits cannot score is skipped."""
+  each score from its own fine-tuned head; a target the splits cannot score is skipped.
+  trainer: dict(make_step=, init_state=) (see finetune_head)."""
   scores, skipped = {}, {}
   for target, metric in TARGETS.items():
     try:
-      scores[f"head_{metric}"] = finetune_head(trained, name, target, steps=steps, seed=seed, eval_split=eval_split)
+      scores[f"head_{metric}"] = finetune_head(trained, name, target, steps=steps, seed=seed, eval_split=eval_split,
+                                                  **trainer)
     except decoding.Undecodable as e:
       skipped[f"head_{metric}"] = str(e)
   return decoding.Decoded(scores, {}, skipped)

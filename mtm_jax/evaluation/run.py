@@ -26,7 +26,7 @@ def unmasked_log_rates(trained, spikes: np.ndarray, *, prompt: str, session: int
                             n_neurons=trained.n_neurons)
 
 
-def decode_session(trained, name: str, split: str, data: dict, *, row: int) -> decoding.Decoded:
+def decode_session(trained, name: str, split: str, data: dict, *, row: int, trainer: dict) -> decoding.Decoded:
   """The frozen-model decoders (and, if config.eval.head_steps > 0, the fine-tuned heads)
   of one session's split `data`; decoders the split cannot run are skipped, one warning
   line each."""
@@ -36,7 +36,7 @@ def decode_session(trained, name: str, split: str, data: dict, *, row: int) -> d
   decoded = decoding.decode_split(features, data, folds=config.eval.decoding_folds, seed=config.eval.decoding_seed)
   if config.eval.head_steps > 0:
     head = heads.head_metrics(trained, name, steps=config.eval.head_steps, seed=config.eval.decoding_seed,
-                              eval_split=split)
+                              eval_split=split, trainer=trainer)
     decoded = decoding.Decoded({**decoded.scores, **head.scores}, decoded.folds, {**decoded.skipped, **head.skipped})
   for metric, reason in decoded.skipped.items():
     logging.warning("%s, %s split: %s skipped: %s", name, split, metric, reason)
@@ -44,12 +44,13 @@ def decode_session(trained, name: str, split: str, data: dict, *, row: int) -> d
 
 
 def evaluate_session(trained, name: str, split: str, *, keep_predictions: bool = False,
-                     decode: bool = True) -> dict:
+                     decode: bool = True, trainer: dict | None = None) -> dict:
   """The four activity metrics and behaviour decoding of one of the model's sessions.
 
   Returns the metrics dict, with "decoding_folds" ({metric: outer folds used}),
   "skipped" ({metric: reason}, behaviour metrics the split cannot score, or all of them
-  when not `decode`), "per_neuron" ({task: [N] bps}) and, if keep_predictions,
+  when not `decode`; trainer: dict(make_step=, init_state=) that fits the heads, see
+  heads.finetune_head), "per_neuron" ({task: [N] bps}) and, if keep_predictions,
   "predictions" ({task: [K, T, N] expected counts}) and "spikes"."""
   config = trained.config
   row = trained.row(name)
@@ -64,7 +65,7 @@ def evaluate_session(trained, name: str, split: str, *, keep_predictions: bool =
       max_batch=config.eval.max_batch, mesh=trained.mesh, session=row, n_neurons=trained.n_neurons,
       keep_predictions=keep_predictions)
   if decode:
-    decoded = decode_session(trained, name, split, data, row=row)
+    decoded = decode_session(trained, name, split, data, row=row, trainer=trainer)
   else:
     off = decoding.BEHAVIOUR_METRICS + (HEAD_METRICS if config.eval.head_steps > 0 else ())
     decoded = decoding.Decoded({}, {}, dict.fromkeys(off, DECODING_OFF))
@@ -88,8 +89,8 @@ def session_means(per_session: dict[str, dict]) -> dict:
   return {**means, "skipped": {m: "; ".join(v) for m, v in reasons.items() if m not in means}}
 
 
-def evaluate_sessions(trained, split: str, sessions: list[str] | None = None,
-                      decode: bool = True) -> tuple[dict, dict]:
+def evaluate_sessions(trained, split: str, sessions: list[str] | None = None, decode: bool = True,
+                      trainer: dict | None = None) -> tuple[dict, dict]:
   """Scores a trained NDT1 (tasks.base.Trained) on a split of its sessions (default all):
   (results, {name: [N] per-neuron bps}). One session: the metrics at the top level;
   several: their means at the top level (over the sessions that scored each) and each
@@ -101,7 +102,7 @@ def evaluate_sessions(trained, split: str, sessions: list[str] | None = None,
   per_session = {}
   arrays = {}
   for name in names:
-    r = evaluate_session(trained, name, split, decode=decode)
+    r = evaluate_session(trained, name, split, decode=decode, trainer=trainer)
     for task, bps in r.pop("per_neuron").items():
       arrays[task if len(names) == 1 else f"{name}/{task}"] = bps
     per_session[name] = r

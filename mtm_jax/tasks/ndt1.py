@@ -244,7 +244,8 @@ class NDT1Task(base.Task):
 
   # ---- Evaluation -------------------------------------------------------------------------
   def evaluate(self, trained, split, sessions=None, decode=True):
-    return evaluation.evaluate_sessions(trained, split, sessions, decode=decode)
+    return evaluation.evaluate_sessions(trained, split, sessions, decode=decode, trainer=dict(
+        make_step=step_lib.make_train_step, init_state=step_lib.init_state))
 
   def arrays_file(self):
     return "per_neuron_bps.npz"
