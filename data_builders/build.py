@@ -46,9 +46,9 @@ def main(argv):
   if (_LIST_IBL.value or _IBL_SESSIONS.value) and not _MANUAL_DIR.value:
     raise app.UsageError("--list_ibl and --ibl_sessions need --manual_dir=<ONE cache root>")
   if _LIST_IBL.value:
-    from mtm_jax.datasets import ibl  # pylint: disable=g-import-not-at-top
+    from mtm_jax.datasets.ibl import cache  # pylint: disable=g-import-not-at-top
 
-    for s in ibl.list_sessions(_MANUAL_DIR.value):
+    for s in cache.list_sessions(_MANUAL_DIR.value):
       print(f"{s['eid']}  {s['path']}  {','.join(s['probes']) or '(no probe)'}")
     return
   datasets = list(_DATASET.value)

@@ -15,8 +15,9 @@ import tqdm
 
 from data_builders.ibl_binned import ibl_binned  # registers the builder
 from data_builders.spike_events import spike_events  # registers the builder
-from mtm_jax.datasets import ibl
 from mtm_jax.datasets import provenance
+from mtm_jax.datasets.ibl import cache
+from mtm_jax.datasets.ibl import configs
 
 # Builders whose configs for IBL sessions (`<eid>[_options]`) are made on demand.
 _IBL_CONFIGS = {"ibl_binned": ibl_binned.ibl_config, "spike_events": spike_events.ibl_config}
@@ -170,21 +171,21 @@ def ibl_dataset_names(manual_dir: str, sessions: list[str], builders=tuple(_IBL_
   """`<builder>/<eid>[_options]` names of IBL sessions of the ONE cache at manual_dir.
 
   sessions: eids, or ["all"] for every session whose folder is in the cache; options:
-  config name options, e.g. ["beryl", "rate2", "good"] (see mtm_jax.datasets.ibl), in any
-  order, repeats ignored: the names are canonical (ibl.canonical_config_name)."""
+  config name options, e.g. ["beryl", "rate2", "good"] (see mtm_jax.datasets.ibl.configs), in any
+  order, repeats ignored: the names are canonical (configs.canonical_config_name)."""
   unknown = [b for b in builders if b not in _IBL_CONFIGS]
   if unknown:
     raise ValueError(f"--ibl_builders: unknown builder(s) {unknown}; expected some of {list(_IBL_CONFIGS)}")
   if list(sessions) == ["all"]:
-    sessions = [s["eid"] for s in ibl.list_sessions(manual_dir)]
+    sessions = [s["eid"] for s in cache.list_sessions(manual_dir)]
     if not sessions:
       raise ValueError(f"--ibl_sessions=all: no session folders in the ONE cache {manual_dir}")
   for eid in sessions:
-    if ibl.parse_config_name(eid) is None:
+    if configs.parse_config_name(eid) is None:
       raise ValueError(f"--ibl_sessions: {eid!r} is not an IBL session id (eid, a UUID)")
   for option in options if sessions else ():
-    if ibl.parse_config_name(f"{sessions[0]}_{option}") is None:  # not even of an option's form
+    if configs.parse_config_name(f"{sessions[0]}_{option}") is None:  # not even of an option's form
       raise ValueError(f"--ibl_options: {option!r} is not an option; options are beryl or cosmos (region level), "
                        "rate<Hz> (minimum firing rate, e.g. rate2 or rate0.5), good (label == 1 units)")
   suffix = "".join(f"_{o}" for o in dict.fromkeys(options))  # each option once
-  return [f"{b}/{ibl.canonical_config_name(f'{eid}{suffix}')}" for eid in sessions for b in builders]
+  return [f"{b}/{configs.canonical_config_name(f'{eid}{suffix}')}" for eid in sessions for b in builders]

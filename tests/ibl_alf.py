@@ -92,6 +92,6 @@ def write_session(root, seed: int = 0, n_trials: int = N_TRIALS, **where) -> str
 
 def eids(root) -> dict[str, str]:
   """{relative session path: eid} of a cache root (builds its tables when missing)."""
-  from mtm_jax.datasets import ibl
+  from mtm_jax.datasets.ibl import cache
 
-  return {s["path"]: s["eid"] for s in ibl.list_sessions(str(root))}
+  return {s["path"]: s["eid"] for s in cache.list_sessions(str(root))}

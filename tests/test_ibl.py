@@ -18,9 +18,10 @@ import pytest
 
 import ibl_alf
 from data_builders import prepare
+from mtm_jax.datasets import events, pipeline, provenance, schema
+from mtm_jax.datasets.ibl import alf, cache, configs, convert, preprocess
 from mtm_jax.tasks import registry
 from mtm_jax.training import trainer
-from mtm_jax.datasets import events, ibl, pipeline, provenance, schema
 
 
 @contextlib.contextmanager
@@ -76,15 +77,15 @@ def test_reader_is_offline_one_and_lists_the_session(ibl_cache):
   from one import api as one_api
 
   root, eid = ibl_cache
-  assert type(ibl.open_cache(root)) is one_api.One  # pylint: disable=unidiomatic-typecheck
-  (listed,) = ibl.list_sessions(root)
+  assert type(cache.open_cache(root)) is one_api.One  # pylint: disable=unidiomatic-typecheck
+  (listed,) = cache.list_sessions(root)
   assert listed == dict(eid=eid, path="testlab/Subjects/KS001/2024-01-02/001",
                         probes=["alf/probe00/pykilosort", "alf/probe01"])
 
 
 def test_preprocessing_matches_the_files(ibl_cache):
   root, eid = ibl_cache
-  s = ibl.load_session(root, eid)
+  s = preprocess.load_session(root, eid)
   schema.validate_session(s, "test")
   kept = [k for k in range(ibl_alf.N_TRIALS) if k not in ibl_alf.DROPPED_ROWS]
   np.testing.assert_array_equal(s["trial_index"], kept)
@@ -123,20 +124,20 @@ def test_preprocessing_matches_the_files(ibl_cache):
   # 70/10/20 split of the 20 kept trials, fixed by the seed.
   counts = {name: int(np.sum(s["trial_split"] == name)) for name in ("train", "val", "test")}
   assert counts == {"train": 14, "val": 2, "test": 4}
-  np.testing.assert_array_equal(s["trial_split"], ibl.load_session(root, eid)["trial_split"])
+  np.testing.assert_array_equal(s["trial_split"], preprocess.load_session(root, eid)["trial_split"])
 
 
 def test_region_levels_and_unit_filters(ibl_cache):
   root, eid = ibl_cache
-  cosmos = ibl.load_session(root, eid, ibl.IblOptions(regions="cosmos"))
+  cosmos = preprocess.load_session(root, eid, configs.IblOptions(regions="cosmos"))
   assert list(cosmos["regions"]) == ["HPF", "HPF", "HPF", "HPF", "void", "root", "HPF", "MB", "MB"]
-  beryl = ibl.load_session(root, eid, ibl.IblOptions(regions="beryl"))
+  beryl = preprocess.load_session(root, eid, configs.IblOptions(regions="beryl"))
   assert list(beryl["regions"]) == ["CA1", "CA1", "CA2", "CA2", "void", "root", "CA1", "APN", "APN"]
-  good = ibl.load_session(root, eid, ibl.IblOptions(good_units_only=True))
+  good = preprocess.load_session(root, eid, configs.IblOptions(good_units_only=True))
   assert list(good["unit_ids"]) == ["probe00/0", "probe00/2", "probe01/0", "probe01/1", "probe01/3"]
   assert good["source_info"]["dropped_by_unit_filter"] == 4
-  with pytest.raises(ibl.IblDataError, match="no units left after the unit filter"):
-    ibl.load_session(root, eid, ibl.IblOptions(min_firing_rate=ibl_alf.RATE + 1))
+  with pytest.raises(alf.IblDataError, match="no units left after the unit filter"):
+    preprocess.load_session(root, eid, configs.IblOptions(min_firing_rate=ibl_alf.RATE + 1))
 
 
 def test_cluster_metrics_are_matched_by_cluster_id(tmp_path):
@@ -145,9 +146,9 @@ def test_cluster_metrics_are_matched_by_cluster_id(tmp_path):
   for probe in ibl_alf.PROBES:  # rows in reverse order: only cluster_id says which cluster a row is
     _edit_metrics(probe, lambda m: m.iloc[::-1])(session)
   (eid,) = ibl_alf.eids(root).values()
-  good = ibl.load_session(root, eid, ibl.IblOptions(good_units_only=True))
+  good = preprocess.load_session(root, eid, configs.IblOptions(good_units_only=True))
   assert list(good["unit_ids"]) == ["probe00/0", "probe00/2", "probe01/0", "probe01/1", "probe01/3"]
-  rate = ibl.load_session(root, eid, ibl.IblOptions(min_firing_rate=1.0))
+  rate = preprocess.load_session(root, eid, configs.IblOptions(min_firing_rate=1.0))
   assert "probe00/5" in rate["unit_ids"] and len(rate["unit_ids"]) == 9
 
 
@@ -156,7 +157,7 @@ def test_session_ids_survive_a_rebuild_of_the_cache_tables(tmp_path):
   ibl_alf.write_session(root)
   ibl_alf.write_session(root, subject="KS002")
   first = ibl_alf.eids(root)
-  for table in ibl.CACHE_TABLES:
+  for table in cache.CACHE_TABLES:
     os.remove(os.path.join(root, table))
   assert ibl_alf.eids(root) == first
   assert len(set(first.values())) == 2
@@ -164,7 +165,7 @@ def test_session_ids_survive_a_rebuild_of_the_cache_tables(tmp_path):
   shutil.copytree(os.path.join(root, "testlab"), os.path.join(elsewhere, "testlab"))  # another machine's copy
   assert ibl_alf.eids(elsewhere) == first
   ibl_alf.write_session(root, subject="KS003")  # a session added: delete the tables, the others keep their ids
-  for table in ibl.CACHE_TABLES:
+  for table in cache.CACHE_TABLES:
     os.remove(os.path.join(root, table))
   added = ibl_alf.eids(root)
   assert {k: added[k] for k in first} == first and len(added) == 3
@@ -172,9 +173,9 @@ def test_session_ids_survive_a_rebuild_of_the_cache_tables(tmp_path):
 
 def test_existing_cache_tables_are_not_rewritten(ibl_cache):
   root, eid = ibl_cache
-  digests = [_tree_digest_file(os.path.join(root, t)) for t in ibl.CACHE_TABLES]
+  digests = [_tree_digest_file(os.path.join(root, t)) for t in cache.CACHE_TABLES]
   assert ibl_alf.eids(root) == {"testlab/Subjects/KS001/2024-01-02/001": eid}
-  assert [_tree_digest_file(os.path.join(root, t)) for t in ibl.CACHE_TABLES] == digests
+  assert [_tree_digest_file(os.path.join(root, t)) for t in cache.CACHE_TABLES] == digests
 
 
 def test_option_order_and_repeats_give_one_data_set_name(ibl_cache):
@@ -194,14 +195,14 @@ def test_option_order_and_repeats_give_one_data_set_name(ibl_cache):
 
 def test_config_names_round_trip():
   eid = "4b00df29-3769-43be-bb40-128b1cba6d35"
-  options = ibl.IblOptions(regions="beryl", min_firing_rate=2.0, good_units_only=True)
-  name = ibl.config_name(eid, options)
+  options = configs.IblOptions(regions="beryl", min_firing_rate=2.0, good_units_only=True)
+  name = configs.config_name(eid, options)
   assert name == f"{eid}_beryl_rate2_good"
-  assert ibl.parse_config_name(name) == (eid, options)
-  assert ibl.parse_config_name(eid) == (eid, ibl.IblOptions())
-  assert ibl.parse_config_name("synthetic_000") is None
+  assert configs.parse_config_name(name) == (eid, options)
+  assert configs.parse_config_name(eid) == (eid, configs.IblOptions())
+  assert configs.parse_config_name("synthetic_000") is None
   with pytest.raises(ValueError, match="unknown or repeated option 'allen2'"):
-    ibl.parse_config_name(f"{eid}_allen2")
+    configs.parse_config_name(f"{eid}_allen2")
 
 
 # ------------------------------------------------------------------------------------------
@@ -211,7 +212,7 @@ def test_config_names_round_trip():
 
 def test_built_data_sets_read_back(ibl_cache, ibl_data_dir):
   root, eid = ibl_cache
-  expected = ibl.load_session(root, eid)
+  expected = preprocess.load_session(root, eid)
   name = f"ibl_binned/{eid}"
   info = pipeline.session_info(name, ibl_data_dir)
   assert info.session_id == eid and info.region_names == tuple(expected["regions"])
@@ -250,7 +251,7 @@ def test_poyo_scores_of_an_ibl_session_are_named_after_its_behaviours(ibl_cache,
   perfect = lambda params, batch: batch["output_values"]
   scores, stitched = poyo_eval.evaluate_data(None, None, data, task="behaviour", batch_size=2, mesh=mesh,
                                              predictor=perfect)
-  names = list(ibl.BEHAVIOUR_NAMES)
+  names = list(convert.BEHAVIOUR_NAMES)
   assert names == ["wheel_speed", "whisker_motion_energy"]
   assert sorted(k for k in scores if k != "sessions") == sorted(["behaviour_r2"] + [f"behaviour_r2_{n}" for n in names])
   assert set(scores["sessions"][eid]) == {"behaviour_r2"} | {f"behaviour_r2_{n}" for n in names}
@@ -357,8 +358,8 @@ def test_build_lists_and_names_many_sessions(tmp_path):
   with pytest.raises(ValueError, match="not an IBL session id"):
     prepare.ibl_dataset_names(root, ["KS001"])
   absent = "4b00df29-3769-43be-bb40-128b1cba6d35"
-  with pytest.raises(ibl.IblDataError, match=f"session {absent}: not in the ONE cache tables .* lists 2 sessions"):
-    ibl.read_session(ibl.open_cache(root), absent)
+  with pytest.raises(alf.IblDataError, match=f"session {absent}: not in the ONE cache tables .* lists 2 sessions"):
+    alf.read_session(cache.open_cache(root), absent)
 
 
 # ------------------------------------------------------------------------------------------
@@ -448,8 +449,8 @@ def test_bad_sessions_raise_their_own_error(tmp_path, case):
   session = ibl_alf.write_session(root)
   edit(session)
   (eid,) = ibl_alf.eids(root).values()
-  with pytest.raises(ibl.IblDataError, match=message) as raised:
-    ibl.load_session(root, eid)
+  with pytest.raises(alf.IblDataError, match=message) as raised:
+    preprocess.load_session(root, eid)
   assert eid in str(raised.value)
 
 
@@ -460,17 +461,17 @@ def test_file_deleted_after_indexing_and_right_camera_fallback(tmp_path):
     src = os.path.join(session, "alf", f"_ibl_leftCamera.{side}.npy" if side == "times" else f"leftCamera.{side}.npy")
     shutil.move(src, src.replace("left", "right"))
   (eid,) = ibl_alf.eids(root).values()  # the tables now list the right camera only
-  assert ibl.load_session(root, eid)["source_info"]["camera"] == "right"
+  assert preprocess.load_session(root, eid)["source_info"]["camera"] == "right"
   os.remove(os.path.join(session, "alf", "_ibl_wheel.position.npy"))
-  with pytest.raises(ibl.IblDataError, match=r"missing required file \S+_ibl_wheel\.position\.npy \(listed in the "
+  with pytest.raises(alf.IblDataError, match=r"missing required file \S+_ibl_wheel\.position\.npy \(listed in the "
                      r"ONE cache tables, not on disk\)"):
-    ibl.load_session(root, eid)
+    preprocess.load_session(root, eid)
 
 
 def test_nan_alignment_trials_are_dropped_and_logged(ibl_cache, caplog):
   root, eid = ibl_cache
   with caplog.at_level("WARNING"):
-    s = ibl.load_session(root, eid)
+    s = preprocess.load_session(root, eid)
   assert s["source_info"]["dropped_nan_stim_on"] == 1
   assert any("1 of 24 trials have NaN stimOn_times" in r.getMessage() for r in caplog.records)
   assert 2 not in s["trial_index"]
@@ -594,7 +595,7 @@ def test_changed_session_files_are_refused_until_rebuilt(tmp_path):
   before = _tree_digest(binned_dir)
   trials = os.path.join(session, "alf", "_ibl_trials.table.pqt")
   os.rename(trials, trials + ".away")
-  with pytest.raises(ibl.IblDataError, match="missing required file"):
+  with pytest.raises(alf.IblDataError, match="missing required file"):
     prepare.build(names[:1], data_dir, manual_dir=root, rebuild=names[:1])
   assert _tree_digest(binned_dir) == before
   os.rename(trials + ".away", trials)
@@ -619,7 +620,7 @@ def test_latest_revision_of_a_file_is_read(tmp_path):
   shutil.copy(original, revised)
   _edit_npy("probe01", "spikes.clusters.npy", lambda a: a + 100)(session)  # the older revision is broken
   (eid,) = ibl_alf.eids(root).values()
-  assert ibl.load_session(root, eid)["spikes"].shape[2] == 9
+  assert preprocess.load_session(root, eid)["spikes"].shape[2] == 9
   os.remove(revised)
-  with pytest.raises(ibl.IblDataError, match=r"#2099-01-01#/spikes\.clusters\.npy \(listed in the ONE cache tables"):
-    ibl.load_session(root, eid)
+  with pytest.raises(alf.IblDataError, match=r"#2099-01-01#/spikes\.clusters\.npy \(listed in the ONE cache tables"):
+    preprocess.load_session(root, eid)

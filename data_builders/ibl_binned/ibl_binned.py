@@ -19,10 +19,11 @@ import dataclasses
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mtm_jax.datasets import ibl
 from mtm_jax.datasets import provenance
 from mtm_jax.datasets import schema
 from mtm_jax.datasets import synthetic
+from mtm_jax.datasets.ibl import configs
+from mtm_jax.datasets.ibl import preprocess
 
 N_SYNTHETIC_SESSIONS = 28  # 24 for pretraining + 4 held out, see docs/synthetic_data.md
 
@@ -37,12 +38,12 @@ class IblBinnedConfig(tfds.core.BuilderConfig):
   split_seed: int = 0
   # ibl: the session id in the ONE cache and its preprocessing
   eid: str = ""
-  ibl_options: ibl.IblOptions = ibl.IblOptions()
+  ibl_options: configs.IblOptions = configs.IblOptions()
 
   def load_session(self, manual_dir: str | None = None) -> dict:
     """The session's arrays in the schema of mtm_jax.datasets.schema."""
     if self.source == "ibl":
-      return ibl.load_session(manual_dir, self.eid, self.ibl_options)
+      return preprocess.load_session(manual_dir, self.eid, self.ibl_options)
     if self.source != "synthetic":
       raise ValueError(f"ibl_binned/{self.name}: unknown source {self.source!r}; expected 'synthetic' or 'ibl'")
     brain = synthetic.Brain(synthetic.BrainConfig(seed=self.brain_seed))
@@ -50,8 +51,8 @@ class IblBinnedConfig(tfds.core.BuilderConfig):
 
 
 def ibl_config(name: str) -> IblBinnedConfig | None:
-  """The config of IBL session name `<eid>[_options]` (ibl.parse_config_name); None if not one."""
-  kwargs = ibl.builder_config_kwargs(name)
+  """The config of IBL session name `<eid>[_options]` (configs.parse_config_name); None if not one."""
+  kwargs = configs.builder_config_kwargs(name)
   return None if kwargs is None else IblBinnedConfig(**kwargs)
 
 

@@ -32,9 +32,11 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from mtm_jax.datasets import events
-from mtm_jax.datasets import ibl
 from mtm_jax.datasets import provenance
 from mtm_jax.datasets import reaching
+from mtm_jax.datasets.ibl import configs
+from mtm_jax.datasets.ibl import convert
+from mtm_jax.datasets.ibl import preprocess
 
 N_REACHING_SESSIONS = 40  # the POYO study pretrains on 001-032 and holds out 000, see docs/event_data.md
 
@@ -59,7 +61,7 @@ class SpikeEventsConfig(tfds.core.BuilderConfig):
   session_id: str | None = None
   # ibl: the session id in the ONE cache and its preprocessing
   eid: str = ""
-  ibl_options: ibl.IblOptions = ibl.IblOptions()
+  ibl_options: configs.IblOptions = configs.IblOptions()
 
   def load_session(self, manual_dir: str | None = None) -> dict:
     """The session in the event schema of mtm_jax.datasets.events."""
@@ -73,7 +75,8 @@ class SpikeEventsConfig(tfds.core.BuilderConfig):
       return nwb.read_nwb(self.nwb_file(manual_dir), behaviour=self.behaviour, session_id=self.session_id,
                           split_seed=self.split_seed, behaviour_stride=self.behaviour_stride)
     if self.source == "ibl":
-      return ibl.event_session(ibl.load_session(manual_dir, self.eid, self.ibl_options), session_id=self.name)
+      binned = preprocess.load_session(manual_dir, self.eid, self.ibl_options)
+      return convert.event_session(binned, session_id=self.name)
     raise ValueError(f"spike_events/{self.name}: unknown source {self.source!r}; expected 'reaching', 'nwb' or "
                      f"'ibl'")
 
@@ -93,8 +96,8 @@ class SpikeEventsConfig(tfds.core.BuilderConfig):
 
 
 def ibl_config(name: str) -> SpikeEventsConfig | None:
-  """The config of IBL session name `<eid>[_options]` (ibl.parse_config_name); None if not one."""
-  kwargs = ibl.builder_config_kwargs(name)
+  """The config of IBL session name `<eid>[_options]` (configs.parse_config_name); None if not one."""
+  kwargs = configs.builder_config_kwargs(name)
   return None if kwargs is None else SpikeEventsConfig(**kwargs)
 
 
