@@ -23,6 +23,7 @@ import os
 
 from absl import app, flags
 
+from experiments import multihost
 from mtm_jax.tasks import registry
 from mtm_jax.training import checkpoint, entry
 
@@ -42,6 +43,7 @@ flags.mark_flag_as_required("workdir")
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  multihost.initialize()
   task = registry.of_workdir(_WORKDIR.value, _STEP.value)
   results = registry.evaluate_workdir(_WORKDIR.value, _SPLIT.value, _STEP.value, _SESSIONS.value,
                                       decode=_DECODING.value, data_dir=_DATA_DIR.value)

@@ -1,14 +1,16 @@
-"""One process of test_multihost: experiments.pretrain exactly as it runs, plus a record of
+"""One process of test_multihost: `python -m tests.multihost_worker <program> <flags>` runs
+experiments.<program> (pretrain or evaluate) exactly as it runs. pretrain also records
 the parameters this process holds when the run saves its last checkpoint
 (<workdir>/params_process<i>.npz, each array assembled from this process's shards)."""
 
+import importlib
 import os
+import sys
 
 from absl import app, flags
 import jax
 import numpy as np
 
-from experiments import pretrain
 from mtm_jax.parallel import sharding
 from mtm_jax.training import checkpoint
 
@@ -32,6 +34,7 @@ def _recording_save(save):
 
 
 if __name__ == "__main__":
+  program = importlib.import_module(f"experiments.{sys.argv.pop(1)}")
   checkpoint.save = _recording_save(checkpoint.save)
   jax.config.config_with_absl()
-  app.run(pretrain.main)
+  app.run(program.main)

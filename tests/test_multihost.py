@@ -5,6 +5,7 @@ end with the same parameters, those of the same run in one process, in one check
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -31,20 +32,19 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _launch(data_dir, workdir, single):
-  """Runs the two processes of a multi-host job in `workdir` and, alongside, the same run
-  in one process with 4 devices in `single`; returns their outputs."""
+def _run_programs(program: str, args, workdir, single):
+  """Runs experiments.<program> as the two processes of a multi-host job (2 CPU devices
+  each) in `workdir` and, alongside, in one process with 4 devices in `single`; returns
+  their outputs."""
   port = _free_port()
-  args = ["--config=mtm_jax/configs/ndt1.py:tiny", f"--config.data.datasets={DATASET}",
-          f"--config.data.data_dir={data_dir}", "--config.mesh.data=2", "--config.mesh.model=2",
-          *(f"--config.train.{k}={v}" for k, v in OVERRIDES.items()), "--jax_cpu_collectives_implementation=gloo"]
+  args = list(args) + ["--jax_cpu_collectives_implementation=gloo"]
   job = [f"--workdir={workdir}", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
          "--jax_num_cpu_devices=2"]
   commands = [job + [f"--process_id={i}"] for i in (0, 1)] + [[f"--workdir={single}", "--jax_num_cpu_devices=4"]]
   # Compiled without LLVM optimisations: much faster to compile, the same arithmetic.
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT] + os.environ.get("PYTHONPATH", "").split(os.pathsep)),
              XLA_FLAGS="--xla_backend_optimization_level=0")
-  procs = [subprocess.Popen([sys.executable, "-m", "tests.multihost_worker", *args, *c], cwd=ROOT, env=env,
+  procs = [subprocess.Popen([sys.executable, "-m", "tests.multihost_worker", program, *args, *c], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for c in commands]
   outputs = []
   try:
@@ -57,6 +57,14 @@ def _launch(data_dir, workdir, single):
   for c, p, out in zip(commands, procs, outputs):
     assert p.returncode == 0, f"{c} failed:\n{out[-5000:]}"
   return outputs
+
+
+def _launch(data_dir, workdir, single):
+  """The NDT1 pretraining of test_two_processes_train_like_one (see _run_programs)."""
+  args = ["--config=mtm_jax/configs/ndt1.py:tiny", f"--config.data.datasets={DATASET}",
+          f"--config.data.data_dir={data_dir}", "--config.mesh.data=2", "--config.mesh.model=2",
+          *(f"--config.train.{k}={v}" for k, v in OVERRIDES.items())]
+  return _run_programs("pretrain", args, workdir, single)
 
 
 def _params(workdir, process=0) -> dict:
@@ -118,3 +126,38 @@ def test_mesh_of_a_bigger_run_fits_this_machine():
     mesh_lib.from_config(config)  # training must not shrink a mesh silently
   config.mesh.model = 16
   assert dict(mesh_lib.from_config(config, fit=True).shape) == {"data": 8, "model": 1}
+
+
+POYO_STEPS = 6
+
+
+def test_two_processes_train_and_evaluate_poyo_like_one(data_dir, tmp_path):
+  """POYO through experiments.pretrain and experiments.evaluate on two processes (a data
+  axis of 4 over both): each builds only its rows of every training and evaluation batch;
+  the parameters and the scores are those of one process with 4 devices."""
+  from data_builders import prepare  # pylint: disable=g-import-not-at-top
+  session = "spike_events/reaching_001"
+  prepare.build([session], data_dir)
+  workdir, single = str(tmp_path / "two"), str(tmp_path / "one")
+  args = ["--config=mtm_jax/configs/poyo.py:tiny", f"--config.data.datasets={session}",
+          f"--config.data.data_dir={data_dir}", "--config.mesh.data=4", "--config.mesh.model=1",
+          f"--config.train.steps={POYO_STEPS}", "--config.train.log_every=3", f"--config.train.eval_every={POYO_STEPS}",
+          "--config.train.checkpoint_every=3"]
+  outputs = _run_programs("pretrain", args, workdir, single)
+  for out in outputs[:2]:
+    assert "of 2: 2 local of 4 devices" in out, out[-3000:]
+  p0, p1, reference = _params(workdir, 0), _params(workdir, 1), _params(single)
+  assert p0.keys() == p1.keys() and "unit_emb/embedding" in p0
+  for name in p0:
+    np.testing.assert_array_equal(p0[name], p1[name], err_msg=name)
+    np.testing.assert_allclose(p0[name], reference[name], rtol=1e-4, atol=1e-6, err_msg=name)
+
+  # The two-process model scored by two processes and, a copy of it, by one.
+  copy = str(tmp_path / "copy")
+  shutil.copytree(workdir, copy)
+  outputs = _run_programs("evaluate", ["--nodecoding"], workdir, copy)
+  two = json.loads(open(os.path.join(workdir, "metrics.json"), encoding="utf-8").read())
+  one = json.loads(open(os.path.join(copy, "metrics.json"), encoding="utf-8").read())
+  assert two["step"] == one["step"] == POYO_STEPS and np.isfinite(one["behaviour_r2"])
+  np.testing.assert_allclose(two["behaviour_r2"], one["behaviour_r2"], rtol=1e-5)
+  assert f"behaviour_r2: {two['behaviour_r2']:.4f}" in outputs[1]  # process 1 reports the same scores

@@ -75,10 +75,10 @@ def _run(make, layout):
   with jax.set_mesh(mesh):
     # The jitted step with its shardings, compiled without LLVM optimisations: 3x faster to
     # compile on CPU, the same arithmetic.
-    train_step = train_step.lower(state, mesh_lib.shard_global_batch(batches[0], mesh)).compile(
+    train_step = train_step.lower(state, mesh_lib.shard_batch(batches[0], mesh)).compile(
         {"xla_backend_optimization_level": 0})
     for b in batches:
-      state, metrics = train_step(state, mesh_lib.shard_global_batch(b, mesh))
+      state, metrics = train_step(state, mesh_lib.shard_batch(b, mesh))
       losses.append(metrics["loss"])
   # Each parameter and Adam/LAMB moment keeps the layout its rule gives.
   flat = jax.tree_util.tree_flatten_with_path(state)[0]

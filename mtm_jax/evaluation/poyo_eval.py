@@ -23,6 +23,7 @@ from typing import Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from flax import nnx
 
 from mtm_jax import metrics
@@ -90,11 +91,12 @@ def make_predictor(graphdef, task: str):
 def predict_windows(predictor, params, data: events.EventData, batch_size: int, mesh) -> tuple[list, list]:
   """(metas, predictions) over the sliding evaluation windows of `data`."""
   mesh_lib.check_batch_size(batch_size, mesh)
+  rows = mesh_lib.process_rows(batch_size, mesh)  # this process's rows of every batch
   metas, predictions = [], []
   with jax.set_mesh(mesh):
     for batch, meta in events.evaluation_batches(data, batch_size):
-      out = predictor(params, mesh_lib.shard_batch(batch, mesh))
-      predictions.append(np.asarray(jax.device_get(out)))
+      out = predictor(params, mesh_lib.shard_batch({k: v[rows] for k, v in batch.items()}, mesh, batch_size))
+      predictions.append(np.asarray(multihost_utils.process_allgather(out, tiled=True)))  # every process: all rows
       metas.append(meta)
   return metas, predictions
 

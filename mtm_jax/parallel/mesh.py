@@ -77,10 +77,3 @@ def shard_batch(batch: dict[str, np.ndarray], mesh, global_batch: int | None = N
 
   return {k: make(v) for k, v in batch.items()}
 
-
-def shard_global_batch(batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
-  """A global host batch (every process holds all of it) -> global arrays split over
-  "data": each process contributes its rows (process_rows)."""
-  n = len(next(iter(batch.values())))
-  rows = process_rows(n, mesh)
-  return shard_batch({k: v[rows] for k, v in batch.items()}, mesh, n)

@@ -218,6 +218,7 @@ class NDT1Task(base.Task):
     val_nll = jax.jit(functools.partial(masked_nll, graphdef, mode=config.masking.mode,
                                         mask_config=mask_config(config), train=False))
     loaded, n_neurons = inputs.data["sessions"], inputs.data["n_neurons"]
+    mine = mesh_lib.process_rows(config.data.batch_size, mesh)  # the rows of each batch this process builds
 
     def validate(params) -> dict:
       """{val_loss: masked NLL per target entry over every validation trial of every
@@ -226,8 +227,8 @@ class NDT1Task(base.Task):
       for row, s in enumerate(loaded):
         val = s.splits["val"]
         for indices, valid in padded_batches(len(val["spikes"]), config.data.batch_size):
-          batch = dict(pipeline.Batches(val, row, n_neurons)(indices), valid=valid)
-          out, c = val_nll(params, mesh_lib.shard_global_batch(batch, mesh), inputs.consts,
+          batch = dict(pipeline.Batches(val, row, n_neurons, rows=mine)(indices), valid=valid[mine])
+          out, c = val_nll(params, mesh_lib.shard_batch(batch, mesh, config.data.batch_size), inputs.consts,
                            jax.random.fold_in(jax.random.key(config.seed + 1), len(sums)))
           sums.append((out, c["n_targets"]))
       total, count = 0.0, 0

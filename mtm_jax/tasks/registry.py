@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 
+import jax
 import numpy as np
 
 from mtm_jax.tasks import base, ndt1, poyo
@@ -39,14 +40,17 @@ def evaluate_workdir(workdir: str, split: str | None = None, step: int | None = 
                      decode: bool = True, data_dir: str | None = None) -> dict:
   """Scores the model in `workdir` on `split` (default: its config.eval.split) with its
   family's evaluation (task.evaluate; sessions: which of them, see there) and writes
-  <workdir>/metrics.json (and the task's arrays file). data_dir: where the data sets are
-  now (default: the run's config.data.data_dir). Returns the results."""
+  <workdir>/metrics.json (and the task's arrays file; process 0 of a multi-host job
+  writes them). data_dir: where the data sets are now (default: the run's
+  config.data.data_dir). Returns the results (on every process)."""
   trained = load_trained(workdir, step)
   checkpoint.relocate_data(trained.config, data_dir)
   checkpoint.check_writable(workdir, "metrics.json")
   task = of(trained.config)
   results, arrays = task.evaluate(trained, split or trained.config.eval.split, sessions, decode=decode)
   folder = os.path.abspath(os.path.expanduser(workdir))
+  if jax.process_index() != 0:
+    return results
   with open(os.path.join(folder, "metrics.json"), "w", encoding="utf-8") as f:
     json.dump(results, f, indent=2)
   if task.arrays_file():
