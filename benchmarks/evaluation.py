@@ -15,8 +15,7 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from absl import app, flags
-import jax
+from absl import flags
 import numpy as np
 from flax import nnx
 
@@ -25,7 +24,7 @@ from mtm_jax import masking
 from mtm_jax.evaluation import tasks
 from mtm_jax.models import ndt1
 from mtm_jax.configs import ndt1 as ndt1_config
-from mtm_jax.training import host_memory
+from mtm_jax.training import entry
 
 _SIZE = flags.DEFINE_enum("size", "demo", sorted(ndt1.SIZES), "model size (mtm_jax.models.ndt1.SIZES)")
 _NEURONS = flags.DEFINE_integer("neurons", 700, "neurons of the session")
@@ -139,5 +138,4 @@ def _floor(model_flops: int, peak: dict) -> dict:
 
 
 if __name__ == "__main__":
-  host_memory.use_huge_pages()
-  app.run(main)
+  entry.run(main)

@@ -9,12 +9,12 @@ CPU compile option, mtm_jax.parallel.sharding.compiler_options).
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 import jax
 import jax.numpy as jnp
 
 from benchmarks import common
-from mtm_jax.training import host_memory
+from mtm_jax.training import entry
 
 _SIZE = flags.DEFINE_integer("size", 4096, "square matrix size")
 _STEPS = flags.DEFINE_integer("steps", 5, "timed calls per dtype")
@@ -51,5 +51,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  host_memory.use_huge_pages()
-  app.run(main)
+  entry.run(main)

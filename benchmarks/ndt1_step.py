@@ -12,7 +12,7 @@ XLA's own count, achieved FLOP/s and its fraction of the measured peak of that d
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -22,7 +22,7 @@ from mtm_jax.tasks import ndt1 as ndt1_task
 from mtm_jax import masking
 from mtm_jax.configs import ndt1 as ndt1_config
 from mtm_jax.models import ndt1
-from mtm_jax.training import host_memory, optimizer, precision, step as step_lib
+from mtm_jax.training import entry, optimizer, precision, step as step_lib
 
 _SIZE = flags.DEFINE_enum("size", "paper", sorted(ndt1.SIZES), "model size (mtm_jax.models.ndt1.SIZES)")
 _BATCH = flags.DEFINE_integer("batch", 16, "trials per step")
@@ -107,5 +107,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  host_memory.use_huge_pages()
-  app.run(main)
+  entry.run(main)

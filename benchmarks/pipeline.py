@@ -18,16 +18,15 @@ from __future__ import annotations
 import json
 import time
 
-from absl import app, flags
+from absl import flags
 import grain
-import numpy as np
 
 from benchmarks import common
 from data_builders import prepare
 from mtm_jax.tasks import poyo as poyo_task
 from mtm_jax.configs import poyo as poyo_config
 from mtm_jax.datasets import events, pipeline, provenance
-from mtm_jax.training import host_memory
+from mtm_jax.training import entry
 
 _DATA_DIR = flags.DEFINE_string("data_dir", "/tmp/mtm_jax_bench_tfds", "TFDS data_dir (built if missing)")
 _BINNED = flags.DEFINE_string("binned", "ibl_binned/synthetic_000", "binned session")
@@ -98,5 +97,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  host_memory.use_huge_pages()
-  app.run(main)
+  entry.run(main)

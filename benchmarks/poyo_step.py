@@ -11,7 +11,7 @@ training. Model FLOPs count the padded tokens (the model computes them).
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -21,7 +21,7 @@ from mtm_jax.tasks import poyo as poyo_task
 from mtm_jax.configs import poyo as poyo_config
 from mtm_jax.datasets import events
 from mtm_jax.models import poyo
-from mtm_jax.training import host_memory, optimizer, precision, step as step_lib
+from mtm_jax.training import entry, optimizer, precision, step as step_lib
 
 _CONFIGS = flags.DEFINE_list("configs", ["small:128", "large:64:remat"],
                              "size:batch[:remat]; a ':remat' row always recomputes its layers (the large config at "
@@ -98,5 +98,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  host_memory.use_huge_pages()
-  app.run(main)
+  entry.run(main)
