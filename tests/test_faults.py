@@ -14,9 +14,7 @@ import subprocess
 import sys
 import time
 
-import grain
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from absl import flags
@@ -24,11 +22,9 @@ from flax import nnx
 from ml_collections import config_flags
 import ml_collections
 
-from mtm_jax.tasks import registry, ndt1 as ndt1_task
-from mtm_jax import masking
+from mtm_jax.tasks import registry
 from mtm_jax.configs import ndt1 as ndt1_config
-from mtm_jax.models import ndt1
-from mtm_jax.training import checkpoint, optimizer, step as step_lib, stopping, trainer
+from mtm_jax.training import checkpoint, stopping, trainer
 from tests.conftest import DATASET
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -311,95 +307,6 @@ def test_unknown_config_key_in_an_override_names_the_key():
 # ------------------------------------------------------------------------------------------
 # Non-finite steps
 # ------------------------------------------------------------------------------------------
-
-
-def test_a_failed_save_without_an_earlier_checkpoint_says_to_start_again():
-  from mtm_jax.training import checkpoint  # pylint: disable=g-import-not-at-top
-  failed = checkpoint.SaveFailed(10, "/w/checkpoints", "[Errno 28] No space left on device", 11, None)
-  assert failed.code.endswith("no checkpoint was written (re-run to start again once the cause is fixed)")
-
-
-def test_a_nonfinite_batch_skips_the_update_and_keeps_the_optimizer_state():
-  config = ndt1_config.get_config("tiny")
-  model = ndt1.from_config(config, 12, rngs=nnx.Rngs(0))
-  graphdef, params = nnx.split(model, nnx.Param)
-  tx = optimizer.make_optimizer(config)
-  train_step = jax.jit(ndt1_task.make_train_step(graphdef, tx, masking.MTM, masking.MaskConfig()))
-  regions = jnp.asarray((np.arange(12) % 3)[None], jnp.int32)
-  spikes = np.random.default_rng(0).poisson(0.5, (8, 100, 12)).astype(np.float32)
-  state = step_lib.init_state(params, tx)
-  state, metrics = train_step(state, {"spikes": spikes}, regions, jax.random.key(0))
-  assert bool(metrics["finite"])
-  before = jax.device_get(state)
-  spikes[0, 3, 5] = np.nan
-  after, metrics = train_step(state, {"spikes": spikes}, regions, jax.random.key(0))
-  assert not bool(metrics["finite"]) and int(after.step) == 2
-  _assert_bitwise_equal(jax.device_get(after.params), before.params)
-  _assert_bitwise_equal(jax.device_get(after.opt_state), before.opt_state)
-
-
-class _Recorder:
-  def __init__(self):
-    self.saved = []
-
-  def __call__(self, step, state, progress):
-    self.saved.append((step, int(state.step), progress))
-
-
-def _fake_run(tmp_path, finite_at, saves, steps=20, limit=3, on_step=None):
-  """run_steps with an update that only counts and reports finite_at(step)."""
-  train = ndt1_config.get_config("tiny").train
-  train.update(steps=steps, log_every=4, eval_every=steps, checkpoint_every=10, max_nonfinite_steps=limit)
-
-  def update(step, state, batch):
-    if on_step:
-      on_step(step)
-    return step_lib.TrainState(state.step + 1, None, None), dict(loss=1.0, finite=finite_at(step + 1))
-
-  writer = trainer.MetricWriter(str(tmp_path))
-  try:
-    last = trainer.run_steps(step_lib.TrainState(jnp.zeros((), jnp.int32), None, None), train,
-                          grain.MapDataset.range(1000), update=update, summarise=lambda w: dict(loss=1.0),
-                          learning_rate=lambda s: 0.1, evaluate=lambda s: {}, save=saves, writer=writer)
-  finally:
-    writer.close()
-  return last
-
-
-def test_isolated_nonfinite_steps_are_skipped_and_logged(tmp_path, caplog):
-  saves = _Recorder()
-  with caplog.at_level(logging.WARNING):
-    last = _fake_run(tmp_path, lambda s: s not in (3, 9, 10), saves)
-  saved = saves.saved
-  assert last["loss"] == 1.0
-  warnings = [r.getMessage() for r in caplog.records if "update skipped" in r.getMessage()]
-  assert [w.split(":")[0] for w in warnings] == ["step 3", "step 9", "step 10"]
-  assert "(2 in a row)" in warnings[-1]
-  assert [s[0] for s in saved] == [10, 20]
-  assert saved[0][2] == dict(data_state={"next_index": 10}, nonfinite_in_a_row=2)
-
-
-def test_k_nonfinite_steps_in_a_row_stop_with_a_checkpoint(tmp_path):
-  saves = _Recorder()
-  with pytest.raises(FloatingPointError, match=r"step 8: 3 steps in a row .*max_nonfinite_steps = 3.*\(step 5\)"):
-    _fake_run(tmp_path, lambda s: s <= 5, saves, limit=3)  # steps 6, 7, 8 fail; counted at step 8 (log)
-  assert saves.saved == [(8, 8, dict(data_state={"next_index": 8}, nonfinite_in_a_row=3))]
-
-
-def test_sigterm_saves_the_current_step_and_raises_preempted(tmp_path):
-  calls, saves = [], _Recorder()
-
-  def on_step(step):
-    calls.append(step)
-    if step == 6:
-      os.kill(os.getpid(), signal.SIGTERM)
-
-  previous = signal.getsignal(signal.SIGTERM)
-  with pytest.raises(stopping.Preempted) as error:
-    _fake_run(tmp_path, lambda s: True, saves, on_step=on_step)
-  assert error.value.step == 7 and error.value.code == stopping.PREEMPTED_EXIT_CODE
-  assert calls[-1] == 6 and saves.saved[-1][:2] == (7, 7)
-  assert signal.getsignal(signal.SIGTERM) is previous  # the handler is gone again
 
 
 def test_evaluating_on_a_data_set_with_other_neurons_is_a_clear_error(reference, monkeypatch):
