@@ -70,7 +70,7 @@ def save(mngr: ocp.CheckpointManager, step: int, state, config: ml_collections.C
          sessions: list[dict], *, key: jax.Array, data_state: dict | None, nonfinite_in_a_row: int = 0) -> None:
   """Saves (asynchronously) the checkpoint of `step`.
 
-  sessions: one JSON-able dict per session row (see loop.session_records); key: the run's
+  sessions: one JSON-able dict per session row (the task's records); key: the run's
   PRNG key (step keys are fold_in(key, step)); data_state: the grain iterator state of
   the training batches after `step` batches."""
   progress = dict(step=int(step), rng=key_record(key), nonfinite_in_a_row=int(nonfinite_in_a_row))
