@@ -26,7 +26,7 @@ from mtm_jax.models import ndt1
 from mtm_jax.configs import ndt1 as ndt1_config
 from mtm_jax.training import entry
 
-_SIZE = flags.DEFINE_enum("size", "demo", sorted(ndt1.SIZES), "model size (mtm_jax.models.ndt1.SIZES)")
+_SIZE = flags.DEFINE_enum("size", "demo", sorted(ndt1.PRESETS), "model size (mtm_jax.models.ndt1.PRESETS)")
 _NEURONS = flags.DEFINE_integer("neurons", 700, "neurons of the session")
 _TRIALS = flags.DEFINE_integer("trials", 180, "test trials")
 _REGIONS = flags.DEFINE_integer("regions", 5, "brain regions")
@@ -123,7 +123,7 @@ def _embedded_bins(spikes: np.ndarray, task, groups) -> int | None:
 def _task_flops(config, neurons: int, sequences: int, embedded_bins: int | None) -> int:
   """Model FLOPs of a task's `sequences` passes: through the one-neuron shortcut
   (`embedded_bins` from _embedded_bins), or full (None)."""
-  width, layers, _, mlp = ndt1.SIZES[config.model.size]
+  width, layers, _, mlp = ndt1.size_dims(config.model.size)
   shape = dict(bins=100, neurons=neurons, width=width, layers=layers, mlp_width=mlp,
                embed_mult=config.model.embed_mult, stitch_dim=config.model.stitch_dim)
   if embedded_bins is not None:

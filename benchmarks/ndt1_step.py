@@ -24,7 +24,7 @@ from mtm_jax.configs import ndt1 as ndt1_config
 from mtm_jax.models import ndt1
 from mtm_jax.training import entry, optimizer, precision, step as step_lib
 
-_SIZE = flags.DEFINE_enum("size", "paper", sorted(ndt1.SIZES), "model size (mtm_jax.models.ndt1.SIZES)")
+_SIZE = flags.DEFINE_enum("size", "paper", sorted(ndt1.PRESETS), "model size (mtm_jax.models.ndt1.PRESETS)")
 _BATCH = flags.DEFINE_integer("batch", 16, "trials per step")
 _BINS = flags.DEFINE_integer("bins", 100, "bins per trial")
 _NEURONS = flags.DEFINE_integer("neurons", 668, "neurons of the session")
@@ -48,7 +48,7 @@ def measure(config, mode: str, batch: int, bins: int, neurons: int, regions: int
   model = ndt1.from_config(config, neurons, rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(model, nnx.Param)
   data, region_table = synthetic.ndt1_batch(batch, bins, neurons, regions)
-  width, n_layers, _, mlp_width = ndt1.SIZES[config.model.size]
+  width, n_layers, _, mlp_width = ndt1.size_dims(config.model.size)
   forward = flops.ndt1_forward_flops(batch=batch, bins=bins, neurons=neurons, width=width, layers=n_layers,
                                      mlp_width=mlp_width, n_special=model.n_special,
                                      embed_mult=config.model.embed_mult)

@@ -1,4 +1,6 @@
-"""NDT1: shapes, causal attention, tokens, loss."""
+"""NDT1: shapes, causal attention, tokens, loss, hyper-parameters, loading pretrained weights."""
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -99,3 +101,37 @@ def test_dropout_keeps_the_rate_and_the_mean(rate):
                                 attention.dropout(x, rate, jax.random.key(3)))
   with pytest.raises(ValueError, match="dropout: expected a rate"):
     attention.dropout(x, 1.0, jax.random.key(0))
+
+
+def test_hparams_presets_config_and_errors():
+  from mtm_jax.configs import ndt1 as ndt1_config  # pylint: disable=g-import-not-at-top
+  assert sorted(ndt1.PRESETS) == ["demo", "mini", "paper", "tiny"]
+  config = ndt1_config.get_config("demo,stitch")
+  hp = ndt1.Hparams.from_config(config.model)
+  assert hp == dataclasses.replace(ndt1.PRESETS["demo"], stitch_dim=256, dropout=0.2, attention_dropout=0.0)
+  assert hp.size == "demo" and ndt1.from_config(config, [5, 6], rngs=nnx.Rngs(0)).hparams == hp
+  config.model.size = "48x3x6x96"
+  assert dataclasses.astuple(ndt1.Hparams.from_config(config.model))[:4] == (48, 3, 6, 96)
+  model = ndt1.NDT1(7, ndt1.PRESETS["tiny"], max_bins=20, rngs=nnx.Rngs(0))
+  assert model.hparams == dataclasses.replace(ndt1.PRESETS["tiny"], max_bins=20) and model.max_bins == 20
+  with pytest.raises(ValueError, match="config.model.dropout: must be in"):
+    dataclasses.replace(ndt1.PRESETS["tiny"], dropout=1.0)
+  with pytest.raises(ValueError, match="config.model.size: width, layers"):
+    ndt1.Hparams(width=0, n_layers=1, n_heads=1, mlp_width=4)
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    ndt1.PRESETS["tiny"].width = 4
+
+
+def test_load_takes_the_shared_parameters_and_leaves_the_session_layers_fresh():
+  hp = dataclasses.replace(ndt1.PRESETS["tiny"], stitch_dim=8)
+  pre = nnx.to_pure_dict(nnx.state(ndt1.NDT1([5, 9], hp, rngs=nnx.Rngs(1)), nnx.Param))
+  init = nnx.to_pure_dict(nnx.state(ndt1.NDT1([6], hp, rngs=nnx.Rngs(2)), nnx.Param))
+  out = ndt1.load(init, pre, where="pre")
+  for name in out:
+    source = init if name in ndt1.SESSION_PARAMS else pre
+    jax.tree.map(np.testing.assert_array_equal, out[name], source[name])
+  wider = nnx.to_pure_dict(nnx.state(ndt1.NDT1([6], dataclasses.replace(hp, width=64), rngs=nnx.Rngs(2)), nnx.Param))
+  with pytest.raises(ValueError, match=r"pre: parameter 'embed_project/bias' has shape \(32,\), this model needs"):
+    ndt1.load(wider, pre, where="pre")
+  with pytest.raises(ValueError, match="pre: has no parameter 'prompt/embedding'"):
+    ndt1.load(init, {k: v for k, v in pre.items() if k != "prompt"}, where="pre")

@@ -77,7 +77,7 @@ def _ndt1_errors(ckpt, io, **config_overrides) -> dict:
 
 @pytest.mark.parametrize("case", ["ndt1_mtm", "ndt1_temporal", "ndt1_stitch", "ndt1_deep", "ndt1_wide"])
 def test_ndt1_matches_the_reference_in_every_masking_mode(reference, case):
-  """Every size converts (ndt1_deep: 4 layers, no row of ndt1.SIZES; ndt1_wide: two rows)."""
+  """Every size converts (ndt1_deep: 4 layers, no row of ndt1.PRESETS; ndt1_wide: the demo row)."""
   ckpt, io = _case(reference, case)
   errors = _ndt1_errors(ckpt, io)
   expected = {"ndt1_mtm": 4, "ndt1_temporal": 2, "ndt1_stitch": 12, "ndt1_deep": 4, "ndt1_wide": 2}[case]

@@ -2,6 +2,7 @@
 round trips, errors, T-Fixup, and imported checkpoints through evaluation and fine-tuning.
 (The comparison with PyTorch itself is tests/test_parity.py.)"""
 
+import dataclasses
 import json
 
 import jax
@@ -99,11 +100,11 @@ def _random_ndt1(neurons, dims, seed):
   return model
 
 
-@pytest.mark.parametrize("dims, size", [((32, 4, 2, 64), "32x4x2x64"),  # 4 layers: no row of SIZES
-                                        ((128, 2, 4, 256), "small")])  # two rows ("small", "demo")
+@pytest.mark.parametrize("dims, size", [((32, 4, 2, 64), "32x4x2x64"),  # 4 layers: no row of PRESETS
+                                        ((128, 2, 4, 256), "demo")])  # a row of PRESETS
 def test_ndt1_of_any_size_converts_from_its_state_dict(dims, size):
   """Layers, widths and MLP width come from the state dict, heads from the pickled module
-  (or the caller): sizes that are no row of SIZES, or that are several, convert too."""
+  (or the caller): sizes that are no row of PRESETS convert too."""
   model = _random_ndt1(17, dims, seed=dims[1])
   ckpt = ndt1_interop.to_torch(_pure(model), [17], session_rows=[1], n_session_rows=3, n_heads=dims[2])
   arch = ndt1_interop.architecture(ckpt)
@@ -123,9 +124,9 @@ def test_ndt1_of_any_size_converts_from_its_state_dict(dims, size):
 
 
 def test_ndt1_explicit_size_is_read_back_and_checked():
-  assert ndt1.size_dims("paper") == ndt1.SIZES["paper"]
+  assert ndt1.size_dims("paper") == dataclasses.astuple(ndt1.PRESETS["paper"])[:4]
   assert ndt1.size_dims(ndt1.size_name(48, 3, 6, 96)) == (48, 3, 6, 96)
-  assert ndt1.size_name(*ndt1.SIZES["mini"]) == "mini"
+  assert ndt1.size_name(*dataclasses.astuple(ndt1.PRESETS["mini"])[:4]) == "mini"
   with pytest.raises(ValueError, match=r"config.model.size: unknown '48x3x6'"):
     ndt1.size_dims("48x3x6")
 

@@ -20,7 +20,7 @@ session's neuron count and its row in their session table. With stitching their
 `decoder.0` (Linear(hidden, n_channels)) is never used; it is not converted.
 
 The architecture is read from the state dict (layers from the indices of encoder.layers.<i>,
-widths from the weights' shapes), so any size converts: a row of `ndt1.SIZES` when one has
+widths from the weights' shapes), so any size converts: a row of `ndt1.PRESETS` when one has
 those dims, else the explicit size "<width>x<layers>x<heads>x<mlp width>". The state dict
 does not hold the number of attention heads: it comes from the exported module
 (`meta["attributes"]["n_heads"]`) or from the caller.

@@ -13,7 +13,7 @@ everything in between, and the embedding, is shared. The per-session layers are 
 padded tables indexed by the session row, so one compiled step serves every session:
 inputs are padded with zero neurons up to the largest session, and the outputs of padding
 neurons are meaningless (masking never makes them targets). `SESSION_PARAMS` names the
-per-session parameters; fine-tuning on a new session replaces exactly those.
+per-session parameters; fine-tuning on a new session replaces exactly those (`load`).
 
 Causal mode: bins attend to bins up to their own and to the special tokens. The
 reference code also lets the special tokens attend to every bin in causal mode, which
@@ -23,6 +23,7 @@ see only each other in causal mode unless `special_tokens_see_future=True`.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import jax
@@ -31,18 +32,68 @@ import ml_collections
 from flax import nnx
 
 from mtm_jax import masking
-from mtm_jax.models import attention
+from mtm_jax.models import attention, loading
 
 # Parameters that belong to sessions (rows of per-session tables); the rest is shared.
 SESSION_PARAMS = ("stitch_in", "stitch_out", "session")
 
-# Named sizes: (width D, layers, heads, MLP width).
-SIZES = {
-    "tiny": (32, 1, 2, 64),
-    "mini": (64, 2, 4, 128),
-    "small": (128, 2, 4, 256),
-    "demo": (128, 2, 4, 256),
-    "paper": (512, 5, 8, 1024),
+
+
+@dataclasses.dataclass(frozen=True)
+class Hparams:
+  """NDT1's hyper-parameters: `NDT1(session_neurons, hparams, rngs=...)`.
+
+  The session neuron counts are not among them: they come from the data. Raises
+  ValueError naming the config.model field of an invalid value."""
+
+  width: int  # D
+  n_layers: int
+  n_heads: int
+  mlp_width: int
+  stitch_dim: int = 0  # > 0: per-session Linear(N_s, stitch_dim) in and Linear(D, N_s) out
+  max_bins: int = 100  # rows of the position embedding
+  embed_mult: int = 2  # input embedding Linear(N, mult * N)
+  dropout: float = 0.4  # transformer (MLP, attention output) dropout
+  attention_dropout: float = 0.4  # dropout on attention probabilities
+  embed_dropout: float = 0.2
+  use_prompt: bool = True  # prepend the prompt token of the masking scheme
+  use_session: bool = True  # prepend the session token
+  special_tokens_see_future: bool = False  # True = the reference's causal-mode leak
+  layer_norm_eps: float = 1e-5
+  remat: bool = False  # recompute each transformer layer's activations in the backward pass
+  fixup_init: bool = False  # T-Fixup initialisation of the blocks (`t_fixup`)
+
+  def __post_init__(self):
+    dims = (self.width, self.n_layers, self.n_heads, self.mlp_width)
+    if min(dims) < 1:
+      raise ValueError(f"config.model.size: width, layers, heads and MLP width must be positive, got {dims}")
+    for field in ("stitch_dim", "max_bins", "embed_mult"):
+      if getattr(self, field) < (0 if field == "stitch_dim" else 1):
+        raise ValueError(f"config.model.{field}: must be {'>= 0' if field == 'stitch_dim' else '>= 1'}, "
+                         f"got {getattr(self, field)}")
+    for field in ("dropout", "attention_dropout", "embed_dropout"):
+      if not 0.0 <= getattr(self, field) < 1.0:
+        raise ValueError(f"config.model.{field}: must be in [0, 1), got {getattr(self, field)}")
+
+  @property
+  def size(self) -> str:
+    """The preset of these dims, else the explicit "<width>x<layers>x<heads>x<mlp width>"."""
+    return size_name(self.width, self.n_layers, self.n_heads, self.mlp_width)
+
+  @classmethod
+  def from_config(cls, m: ml_collections.ConfigDict) -> Hparams:
+    """The hyper-parameters of `config.model`: the dims of m.size (a preset or explicit
+    dims, see `size_dims`), every other field from the field of the same name."""
+    names = [f.name for f in dataclasses.fields(cls)][4:]
+    return cls(*size_dims(m.size), **{name: m[name] for name in names if name in m})
+
+
+# Named sizes; the other fields keep their defaults (the configs set them).
+PRESETS = {
+    "tiny": Hparams(width=32, n_layers=1, n_heads=2, mlp_width=64),
+    "mini": Hparams(width=64, n_layers=2, n_heads=4, mlp_width=128),
+    "demo": Hparams(width=128, n_layers=2, n_heads=4, mlp_width=256),
+    "paper": Hparams(width=512, n_layers=5, n_heads=8, mlp_width=1024),
 }
 
 
@@ -84,47 +135,52 @@ def t_fixup(layer: attention.SelfAttentionBlock, n_layers: int) -> None:
 class NDT1(nnx.Module):
   """NDT1 with MtM's prompt and session tokens; see the module docstring."""
 
-  def __init__(self, session_neurons, *, width: int, n_layers: int, n_heads: int, mlp_width: int,
-               stitch_dim: int = 0, max_bins: int = 100, embed_mult: int = 2, dropout: float = 0.4,
-               attention_dropout: float = 0.4, embed_dropout: float = 0.2, use_prompt: bool = True,
-               use_session: bool = True, special_tokens_see_future: bool = False,
-               layer_norm_eps: float = 1e-5, remat: bool = False, fixup_init: bool = False, rngs: nnx.Rngs):
+  def __init__(self, session_neurons, hparams: Hparams | None = None, *, rngs: nnx.Rngs, **fields):
     """session_neurons: neuron count of each session (an int = one session). Without
-    stitching (stitch_dim=0) the model takes exactly one session. remat: recompute each
-    transformer layer's activations in the backward pass instead of storing them (less
-    memory, about a third more compute). fixup_init: T-Fixup as in the reference
-    (`t_fixup`); it changes the initial weights only."""
+    stitching (stitch_dim=0) the model takes exactly one session. hparams: an `Hparams`
+    (e.g. a row of PRESETS); `fields` replace some of its fields, or give them all when
+    hparams is None (`NDT1(7, width=32, n_layers=1, n_heads=2, mlp_width=64, rngs=...)`)."""
+    hp = dataclasses.replace(hparams, **fields) if hparams is not None else Hparams(**fields)
     sizes = (session_neurons,) if isinstance(session_neurons, int) else tuple(int(n) for n in session_neurons)
     if not sizes or min(sizes) < 1:
       raise ValueError(f"NDT1: session neuron counts must be positive, got {sizes}")
-    if stitch_dim == 0 and len(sizes) > 1:
+    if hp.stitch_dim == 0 and len(sizes) > 1:
       raise ValueError(f"NDT1: {len(sizes)} sessions need per-session stitching layers; set stitch_dim > 0")
-    self.session_neurons, self.n_neurons, self.max_bins = sizes, max(sizes), max_bins
-    n_sessions = len(sizes)
-    self.embed_dropout = embed_dropout
-    self.use_prompt, self.use_session = use_prompt, use_session
-    self.special_tokens_see_future = special_tokens_see_future
-    self.remat = remat
+    # Kept as its tuple: nnx.iter_graph yields static values too, and sharding.check_heads
+    # takes any value with an `n_heads` it meets for an attention (`hparams` rebuilds it).
+    self._hparams = dataclasses.astuple(hp)
+    self.session_neurons, self.n_neurons, self.max_bins = sizes, max(sizes), hp.max_bins
+    n_sessions, width, stitch_dim = len(sizes), hp.width, hp.stitch_dim
+    self.embed_dropout = hp.embed_dropout
+    self.use_prompt, self.use_session = hp.use_prompt, hp.use_session
+    self.special_tokens_see_future = hp.special_tokens_see_future
+    self.remat = hp.remat
     n_in = stitch_dim or sizes[0]
     self.stitch_in = SessionLinear(sizes, (stitch_dim,) * n_sessions, rngs=rngs) if stitch_dim else None
-    self.embed_spikes = nnx.Linear(n_in, embed_mult * n_in, rngs=rngs)
-    self.embed_project = nnx.Linear(embed_mult * n_in, width, rngs=rngs)
-    self.position = nnx.Embed(max_bins, width, rngs=rngs)
-    self.prompt = nnx.Embed(len(masking.SCHEMES), width, rngs=rngs) if use_prompt else None
-    self.session = nnx.Embed(n_sessions, width, rngs=rngs) if use_session else None
+    self.embed_spikes = nnx.Linear(n_in, hp.embed_mult * n_in, rngs=rngs)
+    self.embed_project = nnx.Linear(hp.embed_mult * n_in, width, rngs=rngs)
+    self.position = nnx.Embed(hp.max_bins, width, rngs=rngs)
+    self.prompt = nnx.Embed(len(masking.SCHEMES), width, rngs=rngs) if hp.use_prompt else None
+    self.session = nnx.Embed(n_sessions, width, rngs=rngs) if hp.use_session else None
     self.layers = nnx.List([
-        attention.SelfAttentionBlock(width, n_heads, mlp_width, dropout=dropout, attention_dropout=attention_dropout,
-                                     layer_norm_eps=layer_norm_eps, rngs=rngs)
-        for _ in range(n_layers)
+        attention.SelfAttentionBlock(width, hp.n_heads, hp.mlp_width, dropout=hp.dropout,
+                                     attention_dropout=hp.attention_dropout, layer_norm_eps=hp.layer_norm_eps,
+                                     rngs=rngs)
+        for _ in range(hp.n_layers)
     ])
-    if fixup_init:
+    if hp.fixup_init:
       for layer in self.layers:
-        t_fixup(layer, n_layers)
-    self.final_norm = nnx.LayerNorm(width, epsilon=layer_norm_eps, rngs=rngs)
+        t_fixup(layer, hp.n_layers)
+    self.final_norm = nnx.LayerNorm(width, epsilon=hp.layer_norm_eps, rngs=rngs)
     if stitch_dim:
       self.readout, self.stitch_out = None, SessionLinear((width,) * n_sessions, sizes, rngs=rngs)
     else:
       self.readout, self.stitch_out = nnx.Linear(width, sizes[0], rngs=rngs), None
+
+  @property
+  def hparams(self) -> Hparams:
+    """The model's hyper-parameters: NDT1(model.session_neurons, model.hparams, rngs=...) rebuilds it."""
+    return Hparams(*self._hparams)
 
   @property
   def n_special(self) -> int:
@@ -163,7 +219,7 @@ class NDT1(nnx.Module):
   def input_preactivation(self, spikes, session=0):
     """spikes [B, T, N] -> the input embedding before its softsign [B, T, mult * n_in].
 
-    An affine function of the counts (the stitcher and the first embedding Linear), so
+    An affine function of the counts (stitch_in and the first embedding Linear), so
     hiding neuron i changes it by -count_i * (row i of the input map); the batched
     evaluation uses this to hide one neuron at a time cheaply."""
     n = spikes.shape[-1]
@@ -228,31 +284,36 @@ _apply_layer_remat = nnx.remat(_apply_layer)
 
 
 def size_dims(size: str) -> tuple[int, int, int, int]:
-  """(width, n_layers, n_heads, mlp_width) of `size`: a row of SIZES, or explicit dims
+  """(width, n_layers, n_heads, mlp_width) of `size`: a row of PRESETS, or explicit dims
   "<width>x<layers>x<heads>x<mlp width>" (e.g. "256x4x8x512", see `size_name`)."""
-  if size in SIZES:
-    return SIZES[size]
+  if size in PRESETS:
+    p = PRESETS[size]
+    return p.width, p.n_layers, p.n_heads, p.mlp_width
   match = re.fullmatch(r"(\d+)x(\d+)x(\d+)x(\d+)", str(size))
   if match is None:
-    raise ValueError(f"config.model.size: unknown {size!r}; expected one of {sorted(SIZES)} or "
+    raise ValueError(f"config.model.size: unknown {size!r}; expected one of {sorted(PRESETS)} or "
                      "'<width>x<layers>x<heads>x<mlp width>'")
   return tuple(int(g) for g in match.groups())
 
 
 def size_name(width: int, n_layers: int, n_heads: int, mlp_width: int) -> str:
-  """The first row of SIZES with these dims, else the explicit size that `size_dims` reads."""
+  """The row of PRESETS with these dims, else the explicit size that `size_dims` reads."""
   dims = (width, n_layers, n_heads, mlp_width)
-  return next((name for name, row in SIZES.items() if row == dims), "x".join(str(d) for d in dims))
+  return next((name for name in PRESETS if size_dims(name) == dims), "x".join(str(d) for d in dims))
 
 
 def from_config(config: ml_collections.ConfigDict, session_neurons, *, rngs: nnx.Rngs) -> NDT1:
   """The model of `config.model` for sessions of these neuron counts (an int = one)."""
-  m = config.model
-  width, n_layers, n_heads, mlp_width = size_dims(m.size)
-  return NDT1(
-      session_neurons, width=width, n_layers=n_layers, n_heads=n_heads, mlp_width=mlp_width,
-      stitch_dim=m.stitch_dim, max_bins=m.max_bins, embed_mult=m.embed_mult, dropout=m.dropout,
-      attention_dropout=m.attention_dropout, embed_dropout=m.embed_dropout, use_prompt=m.use_prompt,
-      use_session=m.use_session, special_tokens_see_future=m.special_tokens_see_future,
-      layer_norm_eps=m.layer_norm_eps, remat=m.get("remat", False), fixup_init=m.get("fixup_init", False),
-      rngs=rngs)
+  return NDT1(session_neurons, Hparams.from_config(config.model), rngs=rngs)
+
+
+def load(init_params, pretrained_params, *, where: str):
+  """`init_params` with every shared parameter (all but SESSION_PARAMS) taken from
+  `pretrained_params`; the per-session layers of `init_params` stay as they are (fresh).
+
+  Both are parameter trees of an NDT1 (`nnx.state(model, nnx.Param)` or their pure
+  dicts); the result has the structure of `init_params`. Raises ValueError, prefixed by
+  `where` (e.g. "pretrained model <workdir>"), naming the parameter when the pretrained one
+  is missing or has another shape (a different architecture)."""
+  return loading.merge(init_params, pretrained_params, where=where,
+                       keep_fresh=lambda name: name.split("/")[0] in SESSION_PARAMS)

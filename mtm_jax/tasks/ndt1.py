@@ -101,24 +101,8 @@ def session_records(names, infos) -> list[dict]:
 
 
 def graft_shared(params, pretrained_params, where: str = "pretrained model"):
-  """`params` with every shared parameter (all but ndt1.SESSION_PARAMS) taken from
-  `pretrained_params`; the per-session layers of `params` stay as they are (fresh).
-  Raises ValueError naming the parameter when the pretrained one is missing or has
-  another shape (a different architecture)."""
-  source = {sharding.path_name(p): v for p, v in jax.tree_util.tree_flatten_with_path(pretrained_params)[0]}
-
-  def take(path, fresh):
-    name = sharding.path_name(path)
-    if name.split("/")[0] in ndt1.SESSION_PARAMS:
-      return fresh
-    if name not in source:
-      raise ValueError(f"{where}: has no parameter {name!r}; its architecture differs (compare config.model)")
-    if source[name].shape != fresh.shape:
-      raise ValueError(f"{where}: parameter {name!r} has shape {source[name].shape}, this model needs "
-                       f"{fresh.shape}; its architecture differs (compare config.model)")
-    return source[name]
-
-  return jax.tree_util.tree_map_with_path(take, params)
+  """`ndt1.load`: the shared parameters from `pretrained_params`, the per-session layers fresh."""
+  return ndt1.load(params, pretrained_params, where=where)
 
 
 def mask_config(config) -> masking.MaskConfig:
