@@ -61,11 +61,11 @@ def measure(config, batch_size: int, length: int, compiler_options: dict | None 
     return metrics["loss"]
 
   t = common.time_calls(call, steps=steps, warmup=warmup, block_each=block_each)
-  size = poyo.SIZES[config.model.size]
+  hp = model.hparams
   forward = flops.poyo_forward_flops(
-      batch=batch_size, tokens=length, queries=queries, latents=model.n_latent_steps * size["latents_per_step"],
-      dim=size["dim"], depth=size["depth"], cross_heads=size["cross_heads"], self_heads=size["self_heads"],
-      head_dim=config.model.head_dim, n_outputs=sum(tasks.values()))
+      batch=batch_size, tokens=length, queries=queries, latents=model.n_latent_steps * hp.latents_per_step,
+      dim=hp.dim, depth=hp.depth, cross_heads=hp.cross_heads, self_heads=hp.self_heads,
+      head_dim=hp.head_dim, n_outputs=sum(tasks.values()))
   model_flops = flops.train_flops(forward)
   return dict(size=config.model.size, params_m=poyo.count_params(model) / 1e6, batch=batch_size, tokens=length,
               dtype=dtype.name, remat=bool(config.model.remat), onednn=bool(compiler_options), seconds=t["seconds"],

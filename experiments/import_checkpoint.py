@@ -39,12 +39,11 @@ import ml_collections
 from ml_collections import config_flags
 
 from mtm_jax.tasks import ndt1 as ndt1_task, poyo as poyo_task
-from mtm_jax.configs import ndt1 as ndt1_config
 from mtm_jax.datasets import events, pipeline
 from mtm_jax.interop import ndt1 as ndt1_interop
 from mtm_jax.interop import poyo as poyo_interop
 from mtm_jax.interop import state_dict
-from mtm_jax.training import checkpoint, entry, optimizer, step as step_lib
+from mtm_jax.training import checkpoint, config_checks, entry, optimizer, step as step_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_TORCH_PYTHON = os.path.join("parity", ".venv", "bin", "python")
@@ -108,7 +107,7 @@ def import_ndt1(ckpt: state_dict.TorchCheckpoint, workdir: str, datasets: list[s
   arch = ndt1_interop.architecture(ckpt, n_heads)
   config = ndt1_interop.model_config(arch, base)
   config.data.datasets, config.data.data_dir = ",".join(datasets), os.path.abspath(data_dir)
-  ndt1_config.validate(config)
+  config_checks.ndt1(config)
   infos = [pipeline.session_info(n, config.data.data_dir) for n in datasets]
   rows = _session_rows(arch, infos, list(session_rows), eids_file)
   model, unused = ndt1_interop.convert(ckpt, config, [i.n_neurons for i in infos], rows)

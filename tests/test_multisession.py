@@ -17,7 +17,7 @@ from mtm_jax.configs import scaling as scaling_config
 from mtm_jax.datasets import pipeline
 from mtm_jax.studies import scaling
 from mtm_jax.models import ndt1
-from mtm_jax.training import checkpoint, optimizer, step as step_lib, trainer
+from mtm_jax.training import checkpoint, config_checks, optimizer, step as step_lib, trainer
 
 
 def _stitched(sessions, seed=0, **kw):
@@ -47,12 +47,12 @@ def test_many_sessions_need_stitching():
   config = ndt1_config.get_config("tiny")
   config.data.datasets = "a/x,a/y"
   with pytest.raises(ValueError, match="config.model.stitch_dim"):
-    ndt1_config.validate(config)
+    config_checks.ndt1(config)
   config.data.n_sessions = 3
   with pytest.raises(ValueError, match="config.data.n_sessions"):
-    ndt1_config.dataset_names(config)
+    config_checks.dataset_names(config)
   config.data.n_sessions = 1
-  assert ndt1_config.dataset_names(config) == ["a/x"]
+  assert config_checks.dataset_names(config) == ["a/x"]
 
 
 def test_a_step_changes_only_the_batch_sessions_rows():

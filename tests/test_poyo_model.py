@@ -1,6 +1,7 @@
 """POYO: rotary time embedding vs its definition, attention masking, model invariances,
 vocabulary growth, preset sizes and config."""
 
+import dataclasses
 import functools
 
 import jax
@@ -14,6 +15,7 @@ from mtm_jax.models import attention
 from mtm_jax.models import perceiver
 from mtm_jax.models import poyo
 from mtm_jax.models import rotary
+from mtm_jax.training import config_checks
 
 N_UNITS, N_SESSIONS = 12, 3
 TASKS = {"vel": 2, "pos": 3}  # task ids follow sorted names: pos = 0, vel = 1
@@ -112,7 +114,7 @@ def model():
   # t_min = 10 ms instead of 0.1 ms: the relative-time test then checks the architecture
   # rather than float32 rounding of t * omega (up to 5e-3 rad at a 0.1 ms period, which
   # moves outputs by ~1e-3 under a time shift).
-  return poyo.POYO(N_UNITS, N_SESSIONS, tasks=TASKS, **poyo.SIZES["tiny"], t_min=1e-2, rngs=nnx.Rngs(KEY(0)))
+  return poyo.POYO(N_UNITS, N_SESSIONS, poyo.PRESETS["tiny"], tasks=TASKS, t_min=1e-2, rngs=nnx.Rngs(KEY(0)))
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -155,7 +157,7 @@ def test_output_shapes_task_routing_and_latent_layout(model):
     assert poyo.task_ids(TASKS)[name] == i
     mine = batch["output_mask"] & (batch["output_task"] == i)
     assert np.all(out[name][~mine] == 0) and np.all(np.abs(out[name][mine]).sum(-1) > 0)
-  p = poyo.SIZES["tiny"]["latents_per_step"]
+  p = poyo.PRESETS["tiny"].latents_per_step
   np.testing.assert_allclose(model.latent_timestamps(), np.repeat(np.arange(8) * 0.125 + 0.0625, p))
 
 
@@ -273,10 +275,10 @@ def _expected_params(dim, depth, cross, self_heads, per_step, n_units, n_session
 @pytest.mark.parametrize("size,low,high", [("small", 1.2e6, 1.35e6), ("large", 11.6e6, 11.9e6)])
 def test_preset_parameter_counts(size, low, high):
   config = poyo_config.get_config(size)
-  poyo_config.validate(config)
+  config_checks.poyo(config)
   abstract = nnx.eval_shape(lambda: poyo.from_config(config, 1, 1, rngs=nnx.Rngs(0)))
-  s = poyo.SIZES[size]
-  body, tables = _expected_params(s["dim"], s["depth"], s["cross_heads"], s["self_heads"], s["latents_per_step"],
+  s = poyo.PRESETS[size]
+  body, tables = _expected_params(s.dim, s.depth, s.cross_heads, s.self_heads, s.latents_per_step,
                                   1, 1, [2])
   assert poyo.count_params(abstract, embeddings=False) == body
   assert poyo.count_params(abstract) == body + tables
@@ -285,14 +287,58 @@ def test_preset_parameter_counts(size, low, high):
 
 def test_config_presets_and_validation():
   for preset in ("small", "large", "tiny"):
-    poyo_config.validate(poyo_config.get_config(preset))
+    config_checks.poyo(poyo_config.get_config(preset))
   config = poyo_config.get_config("tiny")
   config.data.window_length = 2.0  # shared with the model
   assert config.model.window_length == 2.0
   abstract = nnx.eval_shape(lambda: poyo.from_config(config, N_UNITS, N_SESSIONS, rngs=nnx.Rngs(0)))
-  assert abstract.n_latent_steps == 16 and abstract.dim == poyo.SIZES["tiny"]["dim"]
+  assert abstract.n_latent_steps == 16 and abstract.dim == poyo.PRESETS["tiny"].dim
   config.data.token_buckets = (64, 100)
   with pytest.raises(ValueError, match="token_buckets"):
-    poyo_config.validate(config)
+    config_checks.poyo(config)
   with pytest.raises(ValueError, match="unknown preset"):
     poyo_config.get_config("medium")
+
+
+def test_load_equals_grow_vocab_with_the_fresh_rows(model):
+  """load(fresh, pretrained) is grow_vocab + replace_by_pure_dict bit for bit, except that
+  the new table rows are the fresh model's."""
+  pre = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  big = poyo.POYO(N_UNITS + 5, N_SESSIONS + 2, model.hparams, rngs=nnx.Rngs(KEY(3)))
+  init = nnx.to_pure_dict(nnx.state(big, nnx.Param))
+  out = poyo.load(nnx.state(big, nnx.Param), nnx.state(model, nnx.Param), where="pre")
+  state = nnx.state(big, nnx.Param)
+  nnx.replace_by_pure_dict(state, poyo.grow_vocab(pre, 5, 2, KEY(7)))
+  grown = nnx.to_pure_dict(state)
+  paths = poyo.embedding_paths()
+  for (outer, leaf), n_old in ((paths["unit"], N_UNITS + 1), (paths["session"], N_SESSIONS + 1)):
+    np.testing.assert_array_equal(out[outer][leaf][:n_old], grown[outer][leaf][:n_old])
+    np.testing.assert_array_equal(out[outer][leaf][n_old:], init[outer][leaf][n_old:])
+  rest = lambda p: {k: v for k, v in p.items() if k not in ("unit_emb", "session_emb")}
+  jax.tree.map(np.testing.assert_array_equal, rest(out), rest(grown))
+  assert jax.tree.structure(out) == jax.tree.structure(init)
+  with pytest.raises(ValueError, match=r"pre: the unit table unit_emb/embedding has shape \(18, 32\)"):
+    poyo.load(pre, init, where="pre")
+  other = poyo.POYO(N_UNITS, N_SESSIONS, model.hparams, depth=2, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="pre: has no parameter 'processor/1/"):
+    poyo.load(nnx.state(other, nnx.Param), pre, where="pre")
+
+
+def test_hparams_presets_config_and_errors(model):
+  assert sorted(poyo.PRESETS) == ["compact", "large", "small", "tiny"]
+  assert model.hparams.tasks == (("pos", 3), ("vel", 2)) and model.tasks == model.hparams.tasks
+  config = poyo_config.get_config("tiny")
+  hp = poyo.Hparams.from_config(config.model)
+  assert hp == dataclasses.replace(poyo.PRESETS["tiny"], ffn_dropout=0.1, lin_dropout=0.1, attn_dropout=0.1)
+  assert poyo.from_config(config, 3, 1, rngs=nnx.Rngs(0)).hparams == hp
+  for field, value in (("head_dim", 30), ("latent_step", 2.0), ("tasks", {}), ("t_min", 3.0), ("ffn_dropout", 1.0),
+                       ("rotary_frequencies", (1.0,))):
+    with pytest.raises(ValueError, match=f"config.model.{field}"):
+      dataclasses.replace(hp, **{field: value})
+    bad = poyo_config.get_config("tiny")
+    bad.model[field] = value
+    with pytest.raises(ValueError, match=f"config.model.{field}"):
+      config_checks.poyo(bad)
+  config.model.size = "medium"
+  with pytest.raises(ValueError, match="config.model.size: unknown 'medium'"):
+    poyo.Hparams.from_config(config.model)

@@ -16,7 +16,7 @@ from mtm_jax.configs import ndt1 as ndt1_config
 from mtm_jax.configs import poyo as poyo_config
 from mtm_jax.models import ndt1, poyo
 from mtm_jax.parallel import sharding
-from mtm_jax.training import optimizer, precision, step as step_lib
+from mtm_jax.training import config_checks, optimizer, precision, step as step_lib
 
 
 def _loss_and_grads(remat: bool, dtype: str, compiler_options=None, hlo: list | None = None, width: int = 16):
@@ -54,7 +54,7 @@ def test_compute_dtype_is_validated():
   config = ndt1_config.get_config("tiny")
   config.model.dtype = "float16"
   with pytest.raises(ValueError, match="config.model.dtype"):
-    ndt1_config.validate(config)
+    config_checks.ndt1(config)
   params = {"w": jnp.ones(2), "i": jnp.ones(2, jnp.int32)}
   cast = precision.compute_params(params, "bfloat16")
   assert cast["w"].dtype == jnp.bfloat16 and cast["i"].dtype == jnp.int32

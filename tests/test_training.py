@@ -18,7 +18,7 @@ from mtm_jax.datasets import pipeline
 from mtm_jax.evaluation import decoding, run
 from mtm_jax.models import ndt1
 from mtm_jax.parallel import mesh as mesh_lib
-from mtm_jax.training import checkpoint, optimizer, step as step_lib, trainer
+from mtm_jax.training import checkpoint, config_checks, optimizer, step as step_lib, trainer
 from tests.conftest import DATASET
 
 
@@ -67,13 +67,36 @@ def test_config_validation():
   c = ndt1_config.get_config("tiny")
   c.masking.mode = "space"
   with pytest.raises(ValueError, match="config.masking.mode"):
-    ndt1_config.validate(c)
+    config_checks.ndt1(c)
   c = ndt1_config.get_config("tiny")
   c.masking.mode = "temporal"
   with pytest.raises(ValueError, match="config.model.use_prompt"):
-    ndt1_config.validate(c)
+    config_checks.ndt1(c)
   with pytest.raises(ValueError, match="unknown preset"):
     ndt1_config.get_config("huge")
+
+
+def _tagged(x):
+  """A to_dict() value in the JSON form of tests/config_snapshot.json: tuples tagged."""
+  if isinstance(x, dict):
+    return {k: _tagged(v) for k, v in x.items()}
+  if isinstance(x, (tuple, list)):
+    items = [_tagged(v) for v in x]
+    return {"tuple": items} if isinstance(x, tuple) else items
+  return x
+
+
+def test_config_presets_are_the_snapshot():
+  """Every preset and option of the NDT1 and POYO configs, field for field, as before the
+  configs became data (tests/config_snapshot.json)."""
+  from mtm_jax.configs import poyo as poyo_config  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(os.path.dirname(__file__), "config_snapshot.json"), encoding="utf-8") as f:
+    snapshot = json.load(f)
+  assert len(snapshot["ndt1"]) == 12 and len(snapshot["poyo"]) == 3
+  for family, module in (("ndt1", ndt1_config), ("poyo", poyo_config)):
+    for arg, expected in snapshot[family].items():
+      got = json.loads(json.dumps(_tagged(module.get_config(arg).to_dict())))
+      assert json.dumps(got, sort_keys=True) == json.dumps(expected, sort_keys=True), (family, arg)
 
 
 def _params(workdir, step=None):

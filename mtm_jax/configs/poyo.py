@@ -3,7 +3,7 @@
 "small" is the 1.3M single-session model (D=64, 6 latent layers, 2/8 heads, 16 latents
 per 125 ms step), trained like the reference's NLB MC_Maze example (batch 128, 1000
 epochs); "large" is the 11.8M POYO-MP / POYO-1 model (D=128, 24 layers, 4/8 heads, 32
-latents per step, batch 1024); "tiny" is for tests. Sizes: mtm_jax.models.poyo.SIZES.
+latents per step, batch 1024); "tiny" is for tests. Sizes: mtm_jax.models.poyo.PRESETS.
 
 Optimiser (reference): LAMB without bias correction, trust-ratio clamp 10, weight decay
 1e-4 on every parameter; peak lr = base_learning_rate x data.batch_size, held for the
@@ -14,18 +14,12 @@ gradient in a batch are left alone (the reference's SparseLamb).
 Training: mtm_jax.training.poyo_loop.train(config, workdir); new sessions:
 poyo_loop.finetune_config(config, pretrained_workdir, "unit_id" | "full") then train;
 evaluation: mtm_jax.evaluation.poyo_run.evaluate_workdir(workdir, split).
+
+Data only: the checks are mtm_jax.training.config_checks.poyo, the model's fields
+mtm_jax.models.poyo.Hparams (`Hparams.from_config(config.model)`).
 """
 
 import ml_collections
-
-from mtm_jax.configs import ndt1 as ndt1_config
-from mtm_jax.datasets import schema
-from mtm_jax.training import precision
-from mtm_jax.models import poyo
-from mtm_jax.models import rotary
-
-
-FINETUNE_MODES = ("unit_id", "full")
 
 
 def get_config(arg: str = "small") -> ml_collections.ConfigDict:
@@ -54,7 +48,7 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
   c.data.scale = ()  # per-dimension divisor of the behaviour; () = training-split std, resolved (and saved) at run time
 
   c.model = ml_collections.ConfigDict()
-  c.model.size = preset  # a row of mtm_jax.models.poyo.SIZES
+  c.model.size = preset  # a row of mtm_jax.models.poyo.PRESETS
   c.model.tasks = {"hand_velocity": 2}  # task name -> output dim; output_task ids follow sorted names
   c.model.head_dim = 64  # attention head width (the first half is rotated)
   c.model.window_length = window  # seconds covered by the latents
@@ -63,8 +57,8 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
   c.model.lin_dropout = 0.4  # residual dropout of the latent self-attention layers
   c.model.attn_dropout = 0.2  # dropout on attention probabilities
   c.model.emb_init_scale = 0.02  # std of the embedding initialisation
-  c.model.t_min = rotary.T_MIN  # shortest rotary period (s)
-  c.model.t_max = rotary.T_MAX  # longest rotary period (s)
+  c.model.t_min = 1e-4  # shortest rotary period (s), mtm_jax.models.rotary.T_MIN
+  c.model.t_max = 2.0627  # longest rotary period (s), mtm_jax.models.rotary.T_MAX
   c.model.layer_norm_eps = 1e-5
   c.model.dtype = "float32"  # compute dtype: "float32" or "bfloat16" (params, optimiser and loss stay float32)
   c.model.remat = False  # recompute transformer-layer activations in the backward pass (large models)
@@ -131,52 +125,3 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
     c.eval.batch_size = 16
   return c
 
-
-def validate(c: ml_collections.ConfigDict) -> None:
-  """Raises ValueError on inconsistent settings, naming the field."""
-  precision.compute_dtype(c.model.dtype, "config.model.dtype")
-  m, d = c.model, c.data
-  if m.size not in poyo.SIZES:
-    raise ValueError(f"config.model.size: unknown {m.size!r}; expected one of {sorted(poyo.SIZES)}")
-  if not m.tasks or any(int(v) < 1 for v in dict(m.tasks).values()):
-    raise ValueError(f"config.model.tasks: expected task name -> output dim >= 1, got {dict(m.tasks)}")
-  if m.head_dim % 4:
-    raise ValueError(f"config.model.head_dim: must be a multiple of 4, got {m.head_dim}")
-  if not 0.0 < m.latent_step <= m.window_length:
-    raise ValueError(f"config.model.latent_step: must be in (0, window_length={m.window_length}], got {m.latent_step}")
-  if d.window_length != m.window_length:
-    raise ValueError(f"config.data.window_length ({d.window_length}) must equal config.model.window_length "
-                     f"({m.window_length})")
-  if not 0.0 < m.t_min < m.t_max:
-    raise ValueError(f"config.model.t_min/t_max: expected 0 < t_min < t_max, got {m.t_min}, {m.t_max}")
-  for field in ("ffn_dropout", "lin_dropout", "attn_dropout"):
-    if not 0.0 <= m[field] < 1.0:
-      raise ValueError(f"config.model.{field}: must be in [0, 1), got {m[field]}")
-  if not d.token_buckets or any(b < 1 or b % 8 for b in d.token_buckets) or list(d.token_buckets) != sorted(
-      d.token_buckets):
-    raise ValueError(f"config.data.token_buckets: expected increasing positive multiples of 8, got {d.token_buckets}")
-  if not 0 < d.unit_dropout_min <= d.unit_dropout_mode <= d.unit_dropout_max:
-    raise ValueError("config.data.unit_dropout_min/mode/max: expected 0 < min <= mode <= max, got "
-                     f"{d.unit_dropout_min}, {d.unit_dropout_mode}, {d.unit_dropout_max}")
-  if not 0.0 <= c.optimizer.constant_fraction <= 1.0:
-    raise ValueError(f"config.optimizer.constant_fraction: must be in [0, 1], got {c.optimizer.constant_fraction}")
-  if c.optimizer.name != "lamb":
-    raise ValueError(f"config.optimizer.name: expected 'lamb', got {c.optimizer.name!r}")
-  if d.batch_size < 1 or c.train.steps < 1 or d.max_queries < 1:
-    raise ValueError("config.data.batch_size, config.data.max_queries and config.train.steps must be positive")
-  ndt1_config.validate_train(c)
-  if c.eval.window_step <= 0 or c.eval.window_step > d.window_length:
-    raise ValueError(f"config.eval.window_step: must be in (0, window_length], got {c.eval.window_step}")
-  if c.finetune.mode not in FINETUNE_MODES:
-    raise ValueError(f"config.finetune.mode: expected one of {FINETUNE_MODES}, got {c.finetune.mode!r}")
-  if c.finetune.warmup_steps < 0:
-    raise ValueError(f"config.finetune.warmup_steps: must be >= 0, got {c.finetune.warmup_steps}")
-  if c.data.scale and len(c.data.scale) != sum(int(v) for v in dict(m.tasks).values()):
-    raise ValueError(f"config.data.scale: expected one entry per output dimension of config.model.tasks, "
-                     f"got {len(c.data.scale)}")
-  dataset_names(c)
-
-
-def dataset_names(c: ml_collections.ConfigDict) -> list[str]:
-  """The sessions (TFDS names) of config.data.datasets, in order."""
-  return schema.parse_datasets(c.data.datasets)

@@ -46,7 +46,7 @@ PAD_WORD = "NA"
 
 
 def architecture(ckpt: sd.TorchCheckpoint) -> dict:
-  """The checkpoint's model: size (a row of poyo.SIZES), head_dim, dim_out, window and
+  """The checkpoint's model: size (a row of poyo.PRESETS), head_dim, dim_out, window and
   latent step, dropouts, t_min/t_max and the rotary frequencies."""
   hp = dict(ckpt.meta.get("hparams") or {})
   latents, dim = ckpt.get("latent_emb.weight").shape
@@ -61,9 +61,10 @@ def architecture(ckpt: sd.TorchCheckpoint) -> dict:
                      f"dim {head_dim} (hparams dim_head)")
   size = dict(dim=dim, depth=depth, cross_heads=inner_cross // head_dim, self_heads=inner_self // head_dim,
               latents_per_step=latents)
-  rows = [name for name, row in poyo.SIZES.items() if row == size]
+  rows = [name for name, p in poyo.PRESETS.items() if all(getattr(p, k) == v for k, v in size.items())]
   if not rows:
-    raise ValueError(f"{ckpt.path}: a POYO of {size} is none of mtm_jax.models.poyo.SIZES {poyo.SIZES}; "
+    presets = {name: {k: getattr(p, k) for k in size} for name, p in poyo.PRESETS.items()}
+    raise ValueError(f"{ckpt.path}: a POYO of {size} is none of mtm_jax.models.poyo.PRESETS {presets}; "
                      "add a size there")
   omega = ckpt.get("rotary_emb.omega")
   n_freq = head_dim // 4
@@ -244,11 +245,12 @@ def to_torch(model: poyo.POYO, records: Sequence[dict], hparams_extra: Mapping |
   omega = np.zeros(model.head_dim // 2, np.float32)
   omega[: model.head_dim // 4] = model.frequencies()
   arrays["rotary_emb.omega"] = omega
-  hparams = dict(sequence_length=model.window_length, latent_step=model.latent_step,
-                 num_latents_per_step=model.latents_per_step, dim=model.dim, depth=model.depth,
-                 dim_head=model.head_dim, cross_heads=model.cross_heads, self_heads=model.self_heads,
-                 ffn_dropout=model.ffn_dropout, lin_dropout=model.lin_dropout, atn_dropout=model.attn_dropout,
-                 emb_init_scale=model.emb_init_scale, t_min=model.t_min, t_max=model.t_max, **(hparams_extra or {}))
+  hp = model.hparams
+  hparams = dict(sequence_length=float(hp.window_length), latent_step=float(hp.latent_step),
+                 num_latents_per_step=hp.latents_per_step, dim=hp.dim, depth=hp.depth,
+                 dim_head=hp.head_dim, cross_heads=hp.cross_heads, self_heads=hp.self_heads,
+                 ffn_dropout=hp.ffn_dropout, lin_dropout=hp.lin_dropout, atn_dropout=hp.attn_dropout,
+                 emb_init_scale=hp.emb_init_scale, t_min=hp.t_min, t_max=hp.t_max, **(hparams_extra or {}))
   meta = {"source": "mtm_jax", "hparams": hparams,
           "vocab": {UNIT_VOCAB: [PAD_WORD] + list(vocab.unit_ids), SESSION_VOCAB: [PAD_WORD] + list(vocab.session_ids)}}
   return sd.TorchCheckpoint({k: np.asarray(v, np.float32) for k, v in arrays.items()}, meta)

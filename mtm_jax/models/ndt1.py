@@ -38,7 +38,6 @@ from mtm_jax.models import attention, loading
 SESSION_PARAMS = ("stitch_in", "stitch_out", "session")
 
 
-
 @dataclasses.dataclass(frozen=True)
 class Hparams:
   """NDT1's hyper-parameters: `NDT1(session_neurons, hparams, rngs=...)`.

@@ -32,7 +32,8 @@ The output is {task name: [B, Q, task dim]}, zero wherever the query is padding 
 belongs to another task.
 
 Embedding tables (`embedding_paths()`): row 0 of the unit and session tables is padding
-(zero); rows are appended for new units and sessions with `grow_vocab`.
+(zero); rows are appended for new units and sessions with `grow_vocab`, and `load`
+puts a pretrained model's rows in front of a larger fresh model's.
 
 Parameters are initialised with Flax defaults (LeCun-normal kernels, zero biases) except
 embeddings, N(0, emb_init_scale); the reference uses PyTorch's defaults for Linear.
@@ -40,6 +41,7 @@ embeddings, N(0, emb_init_scale); the reference uses PyTorch's defaults for Line
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 import jax
@@ -48,8 +50,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from mtm_jax.models import perceiver
-from mtm_jax.models import rotary
+from mtm_jax.models import loading, perceiver, rotary
 
 TOKEN_SPIKE, TOKEN_START, TOKEN_END = 0, 1, 2
 N_TOKEN_TYPES = 4  # rows of the token-type table (3 used; the reference allocates 4)
@@ -58,12 +59,77 @@ INPUT_KEYS = ("unit_index", "timestamps", "token_type", "input_mask")  # [B, L]
 QUERY_KEYS = ("output_timestamps", "output_task", "output_mask")  # [B, Q]
 BATCH_KEYS = INPUT_KEYS + ("session_index",) + QUERY_KEYS
 
-# Named sizes: width D, latent self-attention layers, cross / self heads, latents per step.
-SIZES = {
-    "tiny": dict(dim=32, depth=1, cross_heads=1, self_heads=2, latents_per_step=2),
-    "compact": dict(dim=32, depth=1, cross_heads=2, self_heads=2, latents_per_step=4),  # POYO study (small)
-    "small": dict(dim=64, depth=6, cross_heads=2, self_heads=8, latents_per_step=16),  # 1.3M
-    "large": dict(dim=128, depth=24, cross_heads=4, self_heads=8, latents_per_step=32),  # 11.8M (POYO-1)
+
+@dataclasses.dataclass(frozen=True)
+class Hparams:
+  """POYO's hyper-parameters: `POYO(n_units, n_sessions, hparams, rngs=...)`.
+
+  The table sizes (units, sessions) are not among them: they come from the data. tasks
+  (a mapping task name -> output dim) is kept as ((name, dim), ...) in task-id order.
+  Raises ValueError naming the config.model field of an invalid value."""
+
+  dim: int  # D
+  depth: int  # latent self-attention layers
+  cross_heads: int
+  self_heads: int
+  latents_per_step: int
+  tasks: tuple[tuple[str, int], ...] = (("hand_velocity", 2),)
+  head_dim: int = 64  # attention head width (the first half is rotated)
+  window_length: float = 1.0  # seconds covered by the latents
+  latent_step: float = 0.125  # seconds between latent groups
+  ffn_dropout: float = 0.2
+  lin_dropout: float = 0.4  # residual dropout of the latent self-attention layers
+  attn_dropout: float = 0.2
+  emb_init_scale: float = 0.02  # std of the embedding initialisation
+  t_min: float = rotary.T_MIN  # shortest rotary period (s)
+  t_max: float = rotary.T_MAX  # longest rotary period (s)
+  layer_norm_eps: float = 1e-5
+  remat: bool = False  # recompute the latent layers' activations in the backward pass
+  # Explicit angular frequencies [head_dim // 4] (rad/s) instead of those computed from
+  # t_min and t_max, e.g. the float32 values of an imported checkpoint; () = computed.
+  rotary_frequencies: tuple[float, ...] = ()
+
+  def __post_init__(self):
+    tasks = dict(self.tasks)
+    if not tasks or any(int(d) < 1 for d in tasks.values()):
+      raise ValueError(f"config.model.tasks: expected task name -> output dim >= 1, got {tasks}")
+    object.__setattr__(self, "tasks", tuple((name, int(tasks[name])) for name in sorted(tasks)))
+    object.__setattr__(self, "rotary_frequencies", tuple(float(f) for f in self.rotary_frequencies))
+    dims = (self.dim, self.cross_heads, self.self_heads, self.latents_per_step)
+    if min(dims) < 1 or self.depth < 0:
+      raise ValueError(f"config.model.size: expected positive dim, heads and latents per step and depth >= 0, "
+                       f"got {dims} and depth {self.depth}")
+    if self.head_dim < 4 or self.head_dim % 4:
+      raise ValueError(f"config.model.head_dim: must be a multiple of 4 (half of it is rotated in pairs), "
+                       f"got {self.head_dim}")
+    if not 0.0 < self.latent_step <= self.window_length:
+      raise ValueError(f"config.model.latent_step: must be in (0, window_length={self.window_length}], "
+                       f"got {self.latent_step}")
+    if not 0.0 < self.t_min < self.t_max:
+      raise ValueError(f"config.model.t_min/t_max: expected 0 < t_min < t_max, got {self.t_min}, {self.t_max}")
+    for field in ("ffn_dropout", "lin_dropout", "attn_dropout"):
+      if not 0.0 <= getattr(self, field) < 1.0:
+        raise ValueError(f"config.model.{field}: must be in [0, 1), got {getattr(self, field)}")
+    if self.rotary_frequencies and len(self.rotary_frequencies) != self.head_dim // 4:
+      raise ValueError(f"config.model.rotary_frequencies: must hold head_dim // 4 = {self.head_dim // 4} values, "
+                       f"got {len(self.rotary_frequencies)}")
+
+  @classmethod
+  def from_config(cls, m: ml_collections.ConfigDict) -> Hparams:
+    """The hyper-parameters of `config.model`: the sizes of the preset m.size, every
+    other field from the field of the same name."""
+    if m.size not in PRESETS:
+      raise ValueError(f"config.model.size: unknown {m.size!r}; expected one of {sorted(PRESETS)}")
+    fields = {f.name: m[f.name] for f in dataclasses.fields(cls) if f.name in m}
+    return dataclasses.replace(PRESETS[m.size], **fields)
+
+
+# Named sizes; the other fields keep their defaults (the configs set them).
+PRESETS = {
+    "tiny": Hparams(dim=32, depth=1, cross_heads=1, self_heads=2, latents_per_step=2),
+    "compact": Hparams(dim=32, depth=1, cross_heads=2, self_heads=2, latents_per_step=4),  # POYO study (small)
+    "small": Hparams(dim=64, depth=6, cross_heads=2, self_heads=8, latents_per_step=16),  # 1.3M
+    "large": Hparams(dim=128, depth=24, cross_heads=4, self_heads=8, latents_per_step=32),  # 11.8M (POYO-1)
 }
 
 
@@ -85,37 +151,28 @@ def embedding_filter():
 class POYO(nnx.Module):
   """POYO PerceiverIO decoder of behaviour from spike tokens; see the module docstring."""
 
-  def __init__(self, n_units: int, n_sessions: int, *, tasks: Mapping[str, int], dim: int, depth: int,
-               cross_heads: int, self_heads: int, latents_per_step: int, head_dim: int = 64,
-               window_length: float = 1.0, latent_step: float = 0.125, ffn_dropout: float = 0.2,
-               lin_dropout: float = 0.4, attn_dropout: float = 0.2, emb_init_scale: float = 0.02,
-               t_min: float = rotary.T_MIN, t_max: float = rotary.T_MAX, layer_norm_eps: float = 1e-5,
-               remat: bool = False, rotary_frequencies=(), rngs: nnx.Rngs):
-    """rotary_frequencies: explicit angular frequencies [head_dim // 4] (rad/s) instead of
-    those computed from t_min and t_max, e.g. the float32 values a PyTorch checkpoint
-    holds (its `rotary_emb.omega`); () = computed."""
+  def __init__(self, n_units: int, n_sessions: int, hparams: Hparams | None = None, *, rngs: nnx.Rngs,
+               **fields):
+    """n_units, n_sessions: rows of the unit and session tables besides the padding row.
+    hparams: an `Hparams` (e.g. a row of PRESETS); `fields` replace some of its fields, or
+    give them all when hparams is None."""
+    hp = dataclasses.replace(hparams, **fields) if hparams is not None else Hparams(**fields)
     if n_units < 1 or n_sessions < 1:
       raise ValueError(f"POYO: n_units and n_sessions must be >= 1, got {n_units} and {n_sessions}")
-    if not tasks or any(int(d) < 1 for d in tasks.values()):
-      raise ValueError(f"POYO: tasks must map each task name to an output dim >= 1, got {dict(tasks)}")
-    if not 0.0 < latent_step <= window_length:
-      raise ValueError(f"POYO: expected 0 < latent_step <= window_length, got {latent_step} and {window_length}")
-    if head_dim % 4:
-      raise ValueError(f"POYO: head_dim must be a multiple of 4 (half of it is rotated in pairs), got {head_dim}")
+    rotary.rotary_frequencies(hp.head_dim, hp.head_dim // 2, hp.t_min, hp.t_max)  # validates
+    self.hparams = hp
     self.n_units, self.n_sessions = n_units, n_sessions
-    self.tasks = tuple((name, int(tasks[name])) for name in sorted(tasks))  # (name, dim), in task-id order
-    self.dim, self.depth, self.head_dim = dim, depth, head_dim
-    self.cross_heads, self.self_heads, self.latents_per_step = cross_heads, self_heads, latents_per_step
-    self.window_length, self.latent_step = float(window_length), float(latent_step)
-    self.ffn_dropout, self.lin_dropout, self.attn_dropout = ffn_dropout, lin_dropout, attn_dropout
-    self.emb_init_scale, self.t_min, self.t_max = emb_init_scale, t_min, t_max
-    self.layer_norm_eps = layer_norm_eps
-    self.remat = remat  # recompute the latent layers' activations in the backward pass
-    rotary.rotary_frequencies(head_dim, head_dim // 2, t_min, t_max)  # validates
-    self.rotary_frequencies = tuple(float(f) for f in rotary_frequencies)
-    if self.rotary_frequencies and len(self.rotary_frequencies) != head_dim // 4:
-      raise ValueError(f"POYO: rotary_frequencies must hold head_dim // 4 = {head_dim // 4} values, "
-                       f"got {len(self.rotary_frequencies)}")
+    self.tasks = hp.tasks  # (name, dim), in task-id order
+    self.dim, self.depth, self.head_dim = hp.dim, hp.depth, hp.head_dim
+    self.cross_heads, self.self_heads, self.latents_per_step = hp.cross_heads, hp.self_heads, hp.latents_per_step
+    self.window_length, self.latent_step = float(hp.window_length), float(hp.latent_step)
+    self.ffn_dropout, self.lin_dropout, self.attn_dropout = hp.ffn_dropout, hp.lin_dropout, hp.attn_dropout
+    self.emb_init_scale, self.t_min, self.t_max = hp.emb_init_scale, hp.t_min, hp.t_max
+    self.layer_norm_eps = hp.layer_norm_eps
+    self.remat = hp.remat  # recompute the latent layers' activations in the backward pass
+    self.rotary_frequencies = hp.rotary_frequencies
+    dim, depth, head_dim = hp.dim, hp.depth, hp.head_dim
+    emb_init_scale, latents_per_step = hp.emb_init_scale, hp.latents_per_step
 
     init = nnx.initializers.normal(emb_init_scale)
     self.unit_emb = nnx.Embed(n_units + 1, dim, embedding_init=init, rngs=rngs)
@@ -126,23 +183,15 @@ class POYO(nnx.Module):
     self.latent_emb = nnx.Embed(latents_per_step, dim, embedding_init=init, rngs=rngs)
     self.task_emb = nnx.Embed(len(self.tasks), dim, embedding_init=init, rngs=rngs) if len(self.tasks) > 1 else None
 
-    blocks = dict(head_dim=head_dim, ffn_dropout=ffn_dropout, attention_dropout=attn_dropout,
-                  layer_norm_eps=layer_norm_eps, rngs=rngs)
-    self.encoder = perceiver.CrossAttentionBlock(dim, cross_heads, rotate_value=True, **blocks)
+    blocks = dict(head_dim=head_dim, ffn_dropout=hp.ffn_dropout, attention_dropout=hp.attn_dropout,
+                  layer_norm_eps=hp.layer_norm_eps, rngs=rngs)
+    self.encoder = perceiver.CrossAttentionBlock(dim, hp.cross_heads, rotate_value=True, **blocks)
     self.processor = nnx.List([
-        perceiver.SelfAttentionBlock(dim, self_heads, rotate_value=True, residual_dropout=lin_dropout, **blocks)
+        perceiver.SelfAttentionBlock(dim, hp.self_heads, rotate_value=True, residual_dropout=hp.lin_dropout, **blocks)
         for _ in range(depth)
     ])
-    self.decoder = perceiver.CrossAttentionBlock(dim, cross_heads, rotate_value=False, **blocks)
+    self.decoder = perceiver.CrossAttentionBlock(dim, hp.cross_heads, rotate_value=False, **blocks)
     self.readout = nnx.Dict({name: nnx.Linear(dim, d, rngs=rngs) for name, d in self.tasks})
-
-  @property
-  def hparams(self) -> dict:
-    """Constructor arguments (without rngs): POYO(**model.hparams, rngs=...) rebuilds it."""
-    names = ("n_units", "n_sessions", "dim", "depth", "cross_heads", "self_heads", "latents_per_step", "head_dim",
-             "window_length", "latent_step", "ffn_dropout", "lin_dropout", "attn_dropout", "emb_init_scale", "t_min",
-             "t_max", "layer_norm_eps", "remat", "rotary_frequencies")
-    return dict({n: getattr(self, n) for n in names}, tasks=dict(self.tasks))
 
   @property
   def n_latent_steps(self) -> int:
@@ -278,15 +327,15 @@ def grow_vocab(model_or_params, n_new_units: int, n_new_sessions: int, key: jax.
   their values and indices: new units are rows n_units + 1 ... n_units + n_new_units,
   new sessions likewise. To train only the tables (unit identification) use
   `embedding_filter()`; to train only the new rows, mask the gradient rows below
-  the old sizes.
+  the old sizes. `load` does the same into a fresh model's parameters (its new rows).
   """
   if n_new_units < 0 or n_new_sessions < 0:
     raise ValueError(f"grow_vocab: n_new_units and n_new_sessions must be >= 0, got {n_new_units}, {n_new_sessions}")
   if isinstance(model_or_params, POYO):
     model = model_or_params
     params = _grow(nnx.to_pure_dict(nnx.state(model)), n_new_units, n_new_sessions, key, init_scale)
-    hparams = dict(model.hparams, n_units=model.n_units + n_new_units, n_sessions=model.n_sessions + n_new_sessions)
-    new = nnx.eval_shape(lambda: POYO(**hparams, rngs=nnx.Rngs(0)))
+    new = nnx.eval_shape(lambda: POYO(model.n_units + n_new_units, model.n_sessions + n_new_sessions, model.hparams,
+                                      rngs=nnx.Rngs(0)))
     state = nnx.state(new)
     nnx.replace_by_pure_dict(state, params)
     nnx.update(new, state)
@@ -297,25 +346,47 @@ def grow_vocab(model_or_params, n_new_units: int, n_new_sessions: int, key: jax.
 
 
 def _grow(params: Mapping, n_new_units: int, n_new_sessions: int, key: jax.Array, init_scale: float) -> dict:
+  n_new = dict(zip(embedding_paths(), (n_new_units, n_new_sessions)))
+  keys = dict(zip(embedding_paths(), jax.random.split(key)))
+  return _append_rows(params, lambda what, table: init_scale * jax.random.normal(
+      keys[what], (n_new[what], table.shape[1]), table.dtype), "grow_vocab")
+
+
+def _append_rows(params: Mapping, new_rows, where: str) -> dict:
+  """`params` (a pure dict) with rows `new_rows(what, table)` appended to its unit and
+  session tables (what: "unit" or "session"); the other entries are shared."""
   params = dict(params)
-  for (what, path), n_new, k in zip(embedding_paths().items(), (n_new_units, n_new_sessions), jax.random.split(key)):
-    outer, leaf = path
+  for what, (outer, leaf) in embedding_paths().items():
     if outer not in params or leaf not in params[outer]:
-      raise ValueError(f"grow_vocab: parameters have no {what} table at {'/'.join(path)}")
+      raise ValueError(f"{where}: parameters have no {what} table at {outer}/{leaf}")
     table = jnp.asarray(params[outer][leaf])
-    fresh = init_scale * jax.random.normal(k, (n_new, table.shape[1]), table.dtype)
-    params[outer] = dict(params[outer], **{leaf: jnp.concatenate([table, fresh], axis=0)})
+    params[outer] = dict(params[outer], **{leaf: jnp.concatenate([table, new_rows(what, table)], axis=0)})
   return params
+
+
+def load(init_params, pretrained_params, *, where: str) -> dict:
+  """`init_params` of a POYO with larger (or equal) unit and session tables, holding the
+  pretrained model: its table rows in front of the fresh tables' remaining rows (the new
+  units and sessions, left fresh) and every other parameter from `pretrained_params`.
+
+  Both are parameter trees of a POYO (pure dicts, e.g. `nnx.to_pure_dict(nnx.state(model))`
+  or a restored checkpoint's, or nnx.State); returns a pure dict of `init_params`' shapes,
+  for `nnx.replace_by_pure_dict`. Raises ValueError, prefixed by `where`, naming a
+  parameter missing from the pretrained model or of another shape, or a pretrained table
+  with more rows than the fresh one (a different architecture)."""
+  init, pre = (p if isinstance(p, dict) else nnx.to_pure_dict(p) for p in (init_params, pretrained_params))
+
+  def rest(what, table):
+    outer, leaf = embedding_paths()[what]
+    fresh = init[outer][leaf]
+    if table.shape[0] > fresh.shape[0] or table.shape[1:] != fresh.shape[1:]:
+      raise ValueError(f"{where}: the {what} table {outer}/{leaf} has shape {table.shape}, this model's has "
+                       f"{fresh.shape} (at least as many rows, the same width)")
+    return jnp.asarray(fresh[table.shape[0]:], table.dtype)
+
+  return loading.merge(init, _append_rows(pre, rest, where), where=where)
 
 
 def from_config(config: ml_collections.ConfigDict, n_units: int, n_sessions: int, *, rngs: nnx.Rngs) -> POYO:
   """The model of `config.model` with tables for `n_units` units and `n_sessions` sessions."""
-  m = config.model
-  if m.size not in SIZES:
-    raise ValueError(f"config.model.size: unknown {m.size!r}; expected one of {sorted(SIZES)}")
-  return POYO(
-      n_units, n_sessions, tasks=dict(m.tasks), **SIZES[m.size], head_dim=m.head_dim,
-      window_length=m.window_length, latent_step=m.latent_step, ffn_dropout=m.ffn_dropout,
-      lin_dropout=m.lin_dropout, attn_dropout=m.attn_dropout, emb_init_scale=m.emb_init_scale,
-      t_min=m.t_min, t_max=m.t_max, layer_norm_eps=m.layer_norm_eps, remat=m.get("remat", False),
-      rotary_frequencies=tuple(m.get("rotary_frequencies", ())), rngs=rngs)
+  return POYO(n_units, n_sessions, Hparams.from_config(config.model), rngs=rngs)

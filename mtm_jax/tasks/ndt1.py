@@ -21,13 +21,12 @@ from absl import logging
 from flax import nnx
 
 from mtm_jax import masking
-from mtm_jax.configs import ndt1 as ndt1_config
 from mtm_jax.datasets import pipeline, schema
 from mtm_jax.evaluation import decoding, run as evaluation
 from mtm_jax.models import ndt1
 from mtm_jax.parallel import mesh as mesh_lib, sharding
 from mtm_jax.tasks import base
-from mtm_jax.training import checkpoint, optimizer, precision, rows, step as step_lib
+from mtm_jax.training import checkpoint, config_checks, optimizer, precision, rows, step as step_lib
 
 
 def masked_poisson_nll(log_rates, spikes, targets):
@@ -125,7 +124,7 @@ class NDT1Task(base.Task):
 
   # ---- Configs -----------------------------------------------------------------------------
   def check(self, config):
-    ndt1_config.validate(config)
+    config_checks.ndt1(config)
 
   def select_sessions(self, config, sessions: str) -> None:
     if sessions.strip().isdigit():
@@ -157,7 +156,7 @@ class NDT1Task(base.Task):
   def input(self, config, mesh, pretrained, sessions=None):
     if sessions is not None:
       raise ValueError("NDT1 trains on built ibl_binned data sets (config.data.datasets), not in-memory sessions")
-    names = ndt1_config.dataset_names(config)
+    names = config_checks.dataset_names(config)
     config.data.datasets, config.data.n_sessions = ",".join(names), 0  # resolved, as saved
     loaded = pipeline.load_sessions(names, config.data.data_dir)
     infos = [s.info for s in loaded]

@@ -21,13 +21,12 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from mtm_jax.configs import poyo as poyo_config
 from mtm_jax.datasets import events
 from mtm_jax.evaluation import poyo_eval
 from mtm_jax.models import poyo
 from mtm_jax.parallel import mesh as mesh_lib, sharding
 from mtm_jax.tasks import base
-from mtm_jax.training import checkpoint, optimizer, precision, rows, step as step_lib
+from mtm_jax.training import checkpoint, config_checks, optimizer, precision, rows, step as step_lib
 
 
 def weighted_mse(outputs: dict, batch, tasks) -> tuple[jax.Array, dict]:
@@ -90,7 +89,7 @@ def window_config(config, train: bool) -> events.WindowConfig:
 
 def load_sessions(config, splits: Sequence[str] = ("train", "val")) -> list[dict]:
   """The event sessions of config.data.datasets (built spike_events data sets)."""
-  return [events.load_event_session(n, config.data.data_dir, splits) for n in poyo_config.dataset_names(config)]
+  return [events.load_event_session(n, config.data.data_dir, splits) for n in config_checks.dataset_names(config)]
 
 
 def session_records(names: Sequence[str], sessions: Sequence[dict]) -> list[dict]:
@@ -104,15 +103,15 @@ class POYOTask(base.Task):
 
   # ---- Configs -----------------------------------------------------------------------------
   def check(self, config):
-    poyo_config.validate(config)
+    config_checks.poyo(config)
 
   def finetune_config(self, config, pretrained, mode=None):
     """The architecture (config.model) and the behaviour scale are the pretrained ones;
     new unit and session rows are appended. mode "unit_id" (default) trains only those
     rows; "full" trains only them for config.finetune.warmup_steps, then everything."""
     mode = "unit_id" if mode is None else mode
-    if mode not in poyo_config.FINETUNE_MODES:
-      raise ValueError(f"finetune mode: expected one of {poyo_config.FINETUNE_MODES}, got {mode!r}")
+    if mode not in config_checks.FINETUNE_MODES:
+      raise ValueError(f"finetune mode: expected one of {config_checks.FINETUNE_MODES}, got {mode!r}")
     config = ml_collections.ConfigDict(config.to_dict())
     if not pretrained:
       return config
@@ -131,7 +130,7 @@ class POYOTask(base.Task):
 
   def input(self, config, mesh, pretrained, sessions=None):
     if sessions is None:
-      sessions, names = load_sessions(config), poyo_config.dataset_names(config)
+      sessions, names = load_sessions(config), config_checks.dataset_names(config)
     else:
       sessions = list(sessions)
       names = [str(s["session_id"]) for s in sessions]

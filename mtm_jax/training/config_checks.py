@@ -1,0 +1,90 @@
+"""Checks of a whole training config (the configs themselves are data: mtm_jax/configs/).
+
+Each raises ValueError naming the config field. The model fields are checked by the
+models' hyper-parameters (`ndt1.Hparams`, `poyo.Hparams`), made here from config.model."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from mtm_jax import masking
+from mtm_jax.datasets import schema
+from mtm_jax.models import ndt1 as ndt1_model, poyo as poyo_model
+from mtm_jax.training import precision
+
+# POYO's ways to adapt a pretrained model (config.finetune.mode).
+FINETUNE_MODES = ("unit_id", "full")
+
+
+def ndt1(c: ml_collections.ConfigDict) -> None:
+  """An NDT1 + MtM config (mtm_jax/configs/ndt1.py)."""
+  precision.compute_dtype(c.model.dtype, "config.model.dtype")
+  if c.masking.mode not in masking.MODES:
+    raise ValueError(f"config.masking.mode: unknown {c.masking.mode!r}; expected one of {masking.MODES}")
+  if c.masking.mode == masking.TEMPORAL and c.model.use_prompt:
+    raise ValueError("config.model.use_prompt: temporal masking has no prompt token; set it to False")
+  if c.eval.decoding_prompt not in masking.SCHEMES or c.eval.decoding_prompt == "causal":
+    raise ValueError(f"config.eval.decoding_prompt: {c.eval.decoding_prompt!r}; expected one of "
+                     f"{[s for s in masking.SCHEMES if s != 'causal']}")
+  for field in ("ratio", "causal_ratio"):
+    if not 0.0 < c.masking[field] < 1.0:
+      raise ValueError(f"config.masking.{field}: must be in (0, 1), got {c.masking[field]}")
+  if c.data.batch_size < 1 or c.train.steps < 1:
+    raise ValueError("config.data.batch_size and config.train.steps must be positive")
+  train(c)
+  ndt1_model.Hparams.from_config(c.model)
+  names = dataset_names(c)
+  if len(names) > 1 and c.model.stitch_dim <= 0:
+    raise ValueError(f"config.model.stitch_dim: {len(names)} sessions need per-session stitching layers "
+                     "(stitch_dim > 0, e.g. the ',stitch' option)")
+
+
+def poyo(c: ml_collections.ConfigDict) -> None:
+  """A POYO config (mtm_jax/configs/poyo.py)."""
+  precision.compute_dtype(c.model.dtype, "config.model.dtype")
+  poyo_model.Hparams.from_config(c.model)
+  m, d = c.model, c.data
+  if d.window_length != m.window_length:
+    raise ValueError(f"config.data.window_length ({d.window_length}) must equal config.model.window_length "
+                     f"({m.window_length})")
+  if not d.token_buckets or any(b < 1 or b % 8 for b in d.token_buckets) or list(d.token_buckets) != sorted(
+      d.token_buckets):
+    raise ValueError(f"config.data.token_buckets: expected increasing positive multiples of 8, got {d.token_buckets}")
+  if not 0 < d.unit_dropout_min <= d.unit_dropout_mode <= d.unit_dropout_max:
+    raise ValueError("config.data.unit_dropout_min/mode/max: expected 0 < min <= mode <= max, got "
+                     f"{d.unit_dropout_min}, {d.unit_dropout_mode}, {d.unit_dropout_max}")
+  if not 0.0 <= c.optimizer.constant_fraction <= 1.0:
+    raise ValueError(f"config.optimizer.constant_fraction: must be in [0, 1], got {c.optimizer.constant_fraction}")
+  if c.optimizer.name != "lamb":
+    raise ValueError(f"config.optimizer.name: expected 'lamb', got {c.optimizer.name!r}")
+  if d.batch_size < 1 or c.train.steps < 1 or d.max_queries < 1:
+    raise ValueError("config.data.batch_size, config.data.max_queries and config.train.steps must be positive")
+  train(c)
+  if c.eval.window_step <= 0 or c.eval.window_step > d.window_length:
+    raise ValueError(f"config.eval.window_step: must be in (0, window_length], got {c.eval.window_step}")
+  if c.finetune.mode not in FINETUNE_MODES:
+    raise ValueError(f"config.finetune.mode: expected one of {FINETUNE_MODES}, got {c.finetune.mode!r}")
+  if c.finetune.warmup_steps < 0:
+    raise ValueError(f"config.finetune.warmup_steps: must be >= 0, got {c.finetune.warmup_steps}")
+  if c.data.scale and len(c.data.scale) != sum(int(v) for v in dict(m.tasks).values()):
+    raise ValueError(f"config.data.scale: expected one entry per output dimension of config.model.tasks, "
+                     f"got {len(c.data.scale)}")
+  dataset_names(c)
+
+
+def train(c: ml_collections.ConfigDict) -> None:
+  """The config.train fields every model family has."""
+  for field in ("steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "max_nonfinite_steps"):
+    value = c.train.get(field)
+    if not isinstance(value, int) or value < 1:
+      raise ValueError(f"config.train.{field}: expected a positive integer, got {value!r}")
+
+
+def dataset_names(c: ml_collections.ConfigDict) -> list[str]:
+  """The sessions a config trains on: data.datasets, cut to data.n_sessions if > 0 (a
+  field of NDT1 configs only)."""
+  names = schema.parse_datasets(c.data.datasets)
+  n = c.data.get("n_sessions", 0)
+  if n < 0 or n > len(names):
+    raise ValueError(f"config.data.n_sessions: {n} is not in 0..{len(names)} (the number of data.datasets)")
+  return names[:n] if n else names
