@@ -7,7 +7,7 @@ Builds (once, if missing) a synthetic binned session and a synthetic event sessi
 --data_dir, then measures trials (windows) per second of:
 - ndt1 source: the TFDS array_record data source read through grain, batched (no preloading);
 - ndt1 training: the training pipeline (split loaded once, then shuffled, padded
-  batches from grain, as mtm_jax.training.loop reads them), with the load time apart;
+  batches from grain, as mtm_jax.training.trainer reads them), with the load time apart;
 - poyo training: POYO's training windows (unit dropout, tokenisation, buckets).
 With --ndt1/--poyo (the benchmarks' JSON) each row also shows how many times faster it
 is than the float32 train step consumes examples.

@@ -11,9 +11,10 @@ first half of the steps, then cosine down to peak / 1e4 (beta1 cycled 0.95 -> 0.
 as PyTorch's OneCycleLR does by default). Rows of the unit and session tables without
 gradient in a batch are left alone (the reference's SparseLamb).
 
-Training: mtm_jax.training.poyo_loop.train(config, workdir); new sessions:
-poyo_loop.finetune_config(config, pretrained_workdir, "unit_id" | "full") then train;
-evaluation: mtm_jax.evaluation.poyo_run.evaluate_workdir(workdir, split).
+Training: python -m experiments.pretrain --config=mtm_jax/configs/poyo.py:small ... (the task
+mtm_jax.tasks.poyo through mtm_jax.training.trainer); new sessions: experiments.finetune
+--mode=unit_id | full (tasks.poyo.POYOTask.finetune_config); evaluation:
+experiments.evaluate (tasks.registry.evaluate_workdir).
 
 Data only: the checks are mtm_jax.training.config_checks.poyo, the model's fields
 mtm_jax.models.poyo.Hparams (`Hparams.from_config(config.model)`).
@@ -89,7 +90,7 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
   c.train.prng_impl = "threefry2x32"  # PRNG of the dropout keys ("rbg" compiles faster on CPU)
 
   c.init = ml_collections.ConfigDict()
-  c.init.pretrained = ""  # workdir of a pretrained POYO to start from ("" = from scratch); see poyo_loop.finetune_config
+  c.init.pretrained = ""  # workdir of a pretrained POYO to start from ("" = from scratch); see tasks.poyo.POYOTask.finetune_config
   c.init.step = -1  # its checkpoint step (-1 = latest)
 
   c.finetune = ml_collections.ConfigDict()

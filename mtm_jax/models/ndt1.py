@@ -145,9 +145,7 @@ class NDT1(nnx.Module):
       raise ValueError(f"NDT1: session neuron counts must be positive, got {sizes}")
     if hp.stitch_dim == 0 and len(sizes) > 1:
       raise ValueError(f"NDT1: {len(sizes)} sessions need per-session stitching layers; set stitch_dim > 0")
-    # Kept as its tuple: nnx.iter_graph yields static values too, and sharding.check_heads
-    # takes any value with an `n_heads` it meets for an attention (`hparams` rebuilds it).
-    self._hparams = dataclasses.astuple(hp)
+    self.hparams = hp  # NDT1(model.session_neurons, model.hparams, rngs=...) rebuilds it
     self.session_neurons, self.n_neurons, self.max_bins = sizes, max(sizes), hp.max_bins
     n_sessions, width, stitch_dim = len(sizes), hp.width, hp.stitch_dim
     self.embed_dropout = hp.embed_dropout
@@ -175,11 +173,6 @@ class NDT1(nnx.Module):
       self.readout, self.stitch_out = None, SessionLinear((width,) * n_sessions, sizes, rngs=rngs)
     else:
       self.readout, self.stitch_out = nnx.Linear(width, sizes[0], rngs=rngs), None
-
-  @property
-  def hparams(self) -> Hparams:
-    """The model's hyper-parameters: NDT1(model.session_neurons, model.hparams, rngs=...) rebuilds it."""
-    return Hparams(*self._hparams)
 
   @property
   def n_special(self) -> int:

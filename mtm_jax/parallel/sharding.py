@@ -40,10 +40,15 @@ RULES = (
 _COMPILED = tuple((re.compile(rf"(^|/){pattern}$"), spec) for pattern, spec in RULES)
 
 
+def key_name(key) -> str:
+  """The name of one entry of a pytree path ('attn' of DictKey('attn'), '0' of an index)."""
+  return str(getattr(key, "key", getattr(key, "name", getattr(key, "idx", key))))
+
+
 def path_name(path) -> str:
   """'layers/0/attn/query/kernel' for a leaf's pytree path (a trailing Variable 'value'
   dropped)."""
-  names = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
+  names = [key_name(k) for k in path]
   return "/".join(names[:-1] if names and names[-1] == "value" else names)
 
 
@@ -76,7 +81,7 @@ def check_heads(model: nnx.Module, model_size: int) -> None:
   """Raises ValueError naming the attention whose heads the model axis does not divide
   (a split may not cut a head in two)."""
   for path, node in nnx.iter_graph(model):
-    heads = getattr(node, "n_heads", None)
+    heads = getattr(node, "n_heads", None) if isinstance(node, nnx.Module) else None  # not a model's hparams
     if isinstance(heads, int) and heads % model_size:
       name = "/".join(str(p) for p in path) or "model"
       raise ValueError(f"config.mesh.model: {model_size} does not divide the {heads} attention heads of {name!r}; "

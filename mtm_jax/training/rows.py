@@ -16,11 +16,12 @@ from typing import Mapping
 import jax
 import jax.numpy as jnp
 
+from mtm_jax.parallel import sharding
+
 
 def path_head(path) -> str:
   """The first key of a parameter's pytree path ('stitch_in' of 'stitch_in/kernel')."""
-  first = path[0]
-  return str(getattr(first, "key", getattr(first, "name", first)))
+  return sharding.key_name(path[0])
 
 
 def _row_vector(rows, ndim: int) -> jax.Array:
