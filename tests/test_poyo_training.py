@@ -14,7 +14,11 @@ from jax.experimental.compilation_cache import compilation_cache
 
 from mtm_jax.tasks import registry, poyo as poyo_task
 from mtm_jax.configs import poyo as poyo_config
-from mtm_jax.datasets import events, reaching
+from mtm_jax.datasets import reaching
+from mtm_jax.datasets.events import batches as batches_lib
+from mtm_jax.datasets.events import session as session_lib
+from mtm_jax.datasets.events import stitching
+from mtm_jax.datasets.events import windows as windows_lib
 from mtm_jax.evaluation import poyo_eval
 from mtm_jax.models import poyo
 from mtm_jax.training import optimizer, trainer
@@ -138,12 +142,12 @@ def test_training_reduces_the_loss(pretrained, sessions):
   trained = registry.load_trained(workdir)
   assert trained.step == STEPS and trained.vocab.session_ids == ("reaching_000", "reaching_001")
   config = trained.config
-  data = events.prepare(sessions[:2], "train", poyo_task.window_config(config, train=False), vocab=trained.vocab,
+  data = windows_lib.prepare(sessions[:2], "train", poyo_task.window_config(config, train=False), vocab=trained.vocab,
                         scale=trained.scale)
   _, _, fresh = registry.get("poyo").create(config, trained.records, trained.mesh)  # the run's initial parameters
   loss = jax.jit(lambda params, batch: poyo_task.loss_fn(trained.graphdef, params, batch, None,
                                                          tasks=dict(config.model.tasks))[0])
-  batches = [events.training_batches(data, 16, seed=1)[i] for i in range(2)]
+  batches = [batches_lib.training_batches(data, 16, seed=1)[i] for i in range(2)]
   before = np.mean([loss(fresh.params, b) for b in batches])
   after = np.mean([loss(trained.params, b) for b in batches])
   assert after < 0.95 * before, (before, after)
@@ -200,15 +204,15 @@ def test_new_rows_mask():
 
 def test_overlapping_windows_are_averaged(sessions):
   config = tiny_config()
-  data = events.prepare(sessions[:1], "test", poyo_task.window_config(config, train=False))
+  data = windows_lib.prepare(sessions[:1], "test", poyo_task.window_config(config, train=False))
   mesh = jax.make_mesh((2, 1), ("data", "model"), axis_types=(jax.sharding.AxisType.Auto,) * 2,
                        devices=jax.devices()[:2])
   # Each window predicts, at every query, its time from the window start.
   relative_time = lambda params, batch: jnp.broadcast_to(batch["output_timestamps"][..., None],
                                                          batch["output_timestamps"].shape + (data.n_dims,))
   metas, predictions = poyo_eval.predict_windows(relative_time, None, data, 16, mesh)
-  (stitched,) = events.stitch_predictions(data, metas, predictions)
-  windows = events.evaluation_windows(data)
+  (stitched,) = stitching.stitch_predictions(data, metas, predictions)
+  windows = windows_lib.evaluation_windows(data)
   assert len(windows) > len(data.intervals)  # some intervals hold several overlapping windows
   s = sessions[0]
   for t, pred in zip(stitched["timestamps"][::7], stitched["prediction"][::7]):
@@ -283,7 +287,7 @@ def test_evaluate_workdir_skips_sessions_too_small_to_score(pretrained, sessions
 
 def test_ridge_baseline_decodes_a_larger_session():
   session = reaching.simulate_reaching_session(5, min_units=50, max_units=50, min_trials=30, max_trials=30)
-  test = events.restrict_to_splits(session, ["test"])
+  test = session_lib.restrict_to_splits(session, ["test"])
   prediction, target = poyo_eval.ridge_baseline(session, test["behaviour_timestamps"], bin_size=0.02, lags=10)
   assert prediction.shape == target.shape == test["behaviour_values"].shape
   assert poyo_eval.r2_per_dim(prediction, target).mean() > 0.3

@@ -31,7 +31,7 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mtm_jax.datasets import events
+from mtm_jax.datasets.events import session as session_lib
 from mtm_jax.datasets import provenance
 from mtm_jax.datasets import reaching
 from mtm_jax.datasets.ibl import configs
@@ -169,8 +169,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     config = self.builder_config
     session = config.load_session(str(dl_manager.manual_dir) if config.source in ("nwb", "ibl") else None)
     where = f"spike_events/{config.name}"
-    events.validate_event_session(session, where=where)
-    missing = [s for s in events.SPLITS if s not in session["splits"]]
+    session_lib.validate_event_session(session, where=where)
+    missing = [s for s in session_lib.SPLITS if s not in session["splits"]]
     if missing:
       raise ValueError(f"{where}: the session has no {missing} split(s)")
     trials = np.stack([session["trial_starts"], session["trial_ends"]], axis=1)
@@ -182,7 +182,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         n_spikes=int(len(session["spike_times"])),
         behaviour_name=str(session["behaviour_name"]),
         behaviour_dim=int(np.shape(session["behaviour_values"])[1]),
-        behaviour_scale=events.behaviour_scale([session]).tolist(),
+        behaviour_scale=session_lib.behaviour_scale([session]).tolist(),
         trial_intervals=trials.tolist(),
         split_intervals={s: np.asarray(iv, np.float64).reshape(-1, 2).tolist() for s, iv in session["splits"].items()},
         source=config.source,
@@ -193,11 +193,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       pattern = config.nwb_pattern if config.source == "nwb" else None
       self.info.metadata[provenance.RECORD_KEY] = provenance.record(dl_manager.manual_dir, session["source_files"],
                                                                     pattern)
-    return {name: self._generate_examples(session, session["splits"][name]) for name in events.SPLITS}
+    return {name: self._generate_examples(session, session["splits"][name]) for name in session_lib.SPLITS}
 
   def _generate_examples(self, session, intervals):
     for j, (start, end) in enumerate(np.asarray(intervals, np.float64).reshape(-1, 2)):
-      part = events.interval_data(session, start, end)
+      part = session_lib.interval_data(session, start, end)
       n = len(part["behaviour_timestamps"])
       yield j, {
           "interval_index": j,

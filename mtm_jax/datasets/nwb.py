@@ -27,7 +27,7 @@ from absl import logging
 import numpy as np
 import pynwb
 
-from mtm_jax.datasets import events
+from mtm_jax.datasets.events import session as session_lib
 
 
 def _text(values) -> list[str]:
@@ -107,18 +107,18 @@ def _read_trials(path: str, nwbfile, split_seed: int):
 
   if labels is not None:
     labels = np.array(labels, dtype=object)[kept]
-    parts = {name: kept[labels == name] for name in events.SPLITS}
+    parts = {name: kept[labels == name] for name in session_lib.SPLITS}
     if all(len(p) for p in parts.values()):
       info["split_source"] = "column"
       splits = {name: np.stack([starts[p], stops[p]], 1).reshape(-1, 2) for name, p in parts.items()}
       return starts[kept], stops[kept], splits, info
-    labelled = kept[np.isin(labels, events.SPLITS)]
+    labelled = kept[np.isin(labels, session_lib.SPLITS)]
   else:
     labelled = kept
-  if len(labelled) < len(events.SPLITS):
-    raise ValueError(f"{path}: {len(labelled)} usable trials; need at least {len(events.SPLITS)} for train/val/test")
+  if len(labelled) < len(session_lib.SPLITS):
+    raise ValueError(f"{path}: {len(labelled)} usable trials; need at least {len(session_lib.SPLITS)} for train/val/test")
   info["split_source"] = "seeded"
-  splits = events.split_intervals(starts[labelled], stops[labelled], seed=split_seed)
+  splits = session_lib.split_intervals(starts[labelled], stops[labelled], seed=split_seed)
   return starts[kept], stops[kept], splits, info
 
 
@@ -200,5 +200,5 @@ def read_nwb(path: str, behaviour: str = "hand_vel", session_id: str | None = No
       source_info=info,
       source_files=[os.path.abspath(path)],
   )
-  events.validate_event_session(session, where=path)
+  session_lib.validate_event_session(session, where=path)
   return session

@@ -27,7 +27,8 @@ import dataclasses
 
 import numpy as np
 
-from mtm_jax.datasets import events, synthetic
+from mtm_jax.datasets import synthetic
+from mtm_jax.datasets.events import session as session_lib
 
 PERIODS = ("hold", "reach", "return")
 PERIOD_WEIGHTS = (0.1, 5.0, 1.0)  # loss weight of a behaviour sample in each period (POYO)
@@ -151,7 +152,7 @@ class ReachingBrain:
         behaviour_weights=np.asarray(PERIOD_WEIGHTS, np.float32)[period],
         trial_starts=starts,
         trial_ends=ends,
-        splits=events.split_intervals(starts, ends, seed=split_seed),
+        splits=session_lib.split_intervals(starts, ends, seed=split_seed),
         trial_direction=trials["direction"].astype(np.int32),
         go_times=trials["go"] * c.step,
         behaviour_period=period.astype(np.int8),
