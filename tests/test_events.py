@@ -29,21 +29,21 @@ def sessions():
 def test_reaching_is_deterministic_and_sessions_differ(sessions):
   again = reaching.simulate_reaching_session(0, **SMALL)
   for key in ("spike_times", "spike_units", "behaviour_values", "trial_starts"):
-    np.testing.assert_array_equal(again[key], sessions[0][key], err_msg=key)
+    np.testing.assert_array_equal(getattr(again, key), getattr(sessions[0], key), err_msg=key)
   a, b = sessions
-  assert not set(a["unit_ids"]) & set(b["unit_ids"])  # unit ids unique across sessions
-  assert a["spike_times"].dtype == np.float64 and a["spike_units"].dtype == np.int32
+  assert not set(a.unit_ids) & set(b.unit_ids)  # unit ids unique across sessions
+  assert a.spike_times.dtype == np.float64 and a.spike_units.dtype == np.int32
   # Spike times are continuous (jittered within 1 ms steps), not on a grid.
-  assert np.mean(np.abs(a["spike_times"] * 1000 - np.round(a["spike_times"] * 1000)) > 1e-3) > 0.9
+  assert np.mean(np.abs(a.spike_times * 1000 - np.round(a.spike_times * 1000)) > 1e-3) > 0.9
   spec = reaching.ReachingBrain().session_spec(3)
   assert 40 <= len(spec.neuron_ids) <= 200 and 100 <= spec.n_trials <= 200
   for s in sessions:
-    session_lib.validate_event_session(s, where=s["session_id"])
-    period, speed = s["behaviour_period"], np.linalg.norm(s["behaviour_values"], axis=1)
-    np.testing.assert_array_equal(s["behaviour_weights"], np.asarray(reaching.PERIOD_WEIGHTS, np.float32)[period])
+    s.validate(where=s.session_id)
+    period, speed = s.extras["behaviour_period"], np.linalg.norm(s.behaviour_values, axis=1)
+    np.testing.assert_array_equal(s.behaviour_weights, np.asarray(reaching.PERIOD_WEIGHTS, np.float32)[period])
     assert speed[period == 1].mean() > 5 * speed[period == 0].mean()  # the hand moves when reaching
-    sizes = {k: len(v) for k, v in s["splits"].items()}
-    assert sum(sizes.values()) == len(s["trial_starts"]) and sizes["train"] > sizes["test"] > 0
+    sizes = {k: len(v) for k, v in s.splits.items()}
+    assert sum(sizes.values()) == len(s.trial_starts) and sizes["train"] > sizes["test"] > 0
 
 
 # ------------------------------------------------------------------------------ validation
@@ -66,7 +66,7 @@ def test_reaching_is_deterministic_and_sessions_differ(sessions):
 ])
 def test_validate_event_session_names_the_problem(sessions, change, message):
   with pytest.raises(ValueError, match=f"where: .*{message}"):
-    session_lib.validate_event_session(change(sessions[0]), where="where")
+    session_lib.EventSession.from_dict(change(vars(sessions[0])), where="where")
 
 
 # ------------------------------------------------------------------------------ builder
@@ -78,11 +78,11 @@ def test_builder_round_trip(tmp_path):
   builder = spike_events.Builder(config=config, data_dir=str(tmp_path), file_format="array_record")
   builder.download_and_prepare()
   meta = builder.info.metadata
-  assert meta["unit_ids"] == list(session["unit_ids"]) and meta["unit_regions"] == list(session["unit_regions"])
+  assert meta["unit_ids"] == list(session.unit_ids) and meta["unit_regions"] == list(session.unit_regions)
   assert meta["behaviour_name"] == "hand_vel" and meta["behaviour_dim"] == 2
   for split in session_lib.SPLITS:
     source = builder.as_data_source(split=split)
-    intervals = session["splits"][split]
+    intervals = session.splits[split]
     assert len(source) == len(intervals) > 0
     np.testing.assert_array_equal(np.asarray(meta["split_intervals"][split]), intervals)
     for example in source.__getitems__(list(range(len(source)))):
@@ -96,13 +96,13 @@ def test_builder_round_trip(tmp_path):
         assert example[key].dtype == value.dtype, key
   # The whole session comes back (its trials tile the session, so every spike is stored).
   back = tfds.load_event_session("spike_events/reaching_test", str(tmp_path))
-  session_lib.validate_event_session(back, where="read back")
+  back.validate(where="read back")
   for key in ("spike_times", "spike_units", "behaviour_timestamps", "behaviour_values", "behaviour_weights",
               "trial_starts", "trial_ends"):
-    np.testing.assert_array_equal(back[key], session[key], err_msg=key)
+    np.testing.assert_array_equal(getattr(back, key), getattr(session, key), err_msg=key)
   train = tfds.load_event_session("spike_events/reaching_test", str(tmp_path), splits=("train",))
-  assert list(train["splits"]) == ["train"]
-  assert len(train["spike_times"]) == len(session_lib.restrict_to_splits(session, ["train"])["spike_times"])
+  assert list(train.splits) == ["train"]
+  assert len(train.spike_times) == len(session_lib.restrict_to_splits(session, ["train"]).spike_times)
 
 
 def test_registered_configs():
@@ -158,9 +158,9 @@ def test_training_batches(sessions):
     assert set(batch["session_index"]) <= {1, 2}
   assert len({len(b["unit_index"][0]) for b in batches}) <= len(config.bucket_lengths)
   # Global vocabulary: session 2's units follow session 1's.
-  u0 = len(sessions[0]["unit_ids"])
-  np.testing.assert_array_equal(data.vocab.unit_rows(sessions[1]["session_id"]),
-                                1 + u0 + np.arange(len(sessions[1]["unit_ids"])))
+  u0 = len(sessions[0].unit_ids)
+  np.testing.assert_array_equal(data.vocab.unit_rows(sessions[1].session_id),
+                                1 + u0 + np.arange(len(sessions[1].unit_ids)))
   for batch in batches:
     rows = batch["unit_index"][batch["input_mask"]].reshape(-1)
     sess = np.repeat(batch["session_index"], batch["input_mask"].sum(1))
@@ -182,7 +182,7 @@ def test_training_batches(sessions):
   assert [(s[0], s[2]) for s in epoch0] != [(s[0], s[2]) for s in epoch1]  # in a fresh order
   for _, start, end in epoch0:
     assert any(a - 1e-9 <= start and (start + 1.0 <= b + 1e-9 or (b - a < 1.0 and start == a))
-               for a, b in sessions[0]["splits"]["train"].tolist() + sessions[1]["splits"]["train"].tolist())
+               for a, b in sessions[0].splits["train"].tolist() + sessions[1].splits["train"].tolist())
 
 
 def test_unit_dropout_caps_at_session_units(sessions):
@@ -192,13 +192,13 @@ def test_unit_dropout_caps_at_session_units(sessions):
   assert {windows_lib.sample_unit_count(rng, 25, (30, 100, 300)) for _ in range(20)} == {25}
   data = windows_lib.prepare(sessions[:1], "train", windows_lib.WindowConfig())  # 30/100/300: a small session keeps all
   batch = batches_lib.training_batches(data, batch_size=2, seed=0)[0]
-  assert ((batch["token_type"] == 1).sum(1) == len(sessions[0]["unit_ids"])).all()
+  assert ((batch["token_type"] == 1).sum(1) == len(sessions[0].unit_ids)).all()
 
 
 def test_outputs_scaled_and_truncation_counted(sessions):
   config = windows_lib.WindowConfig(unit_dropout=None, bucket_lengths=(80, 96))
   data = windows_lib.prepare(sessions[:1], "train", config)
-  n_units = len(sessions[0]["unit_ids"])
+  n_units = len(sessions[0].unit_ids)
   assert 100 <= data.max_outputs <= 101  # 1 s of 100 Hz behaviour (+1 for rounding at the edge)
   scale = session_lib.behaviour_scale(sessions[:1])
   np.testing.assert_allclose(data.scale, scale)
@@ -232,7 +232,7 @@ def test_evaluation_windows_cover_and_stitch(sessions):
   stitched = stitching.stitch_predictions(data, metas, predictions)
   for s, out in zip(sessions, stitched):
     test = session_lib.restrict_to_splits(s, ["test"])
-    np.testing.assert_array_equal(out["timestamps"], test["behaviour_timestamps"])  # every test sample covered
+    np.testing.assert_array_equal(out["timestamps"], test.behaviour_timestamps)  # every test sample covered
     np.testing.assert_allclose(out["prediction"], out["target"], rtol=1e-5, atol=1e-4)
 
 
@@ -242,13 +242,13 @@ def test_evaluation_windows_cover_and_stitch(sessions):
 def test_vocabulary_records_round_trip_and_new_rows(sessions):
   vocab = vocabulary.build_vocabulary(sessions[:1])
   records = vocab.records(["first"])
-  assert records == [dict(name="first", session_id=sessions[0]["session_id"],
-                          unit_ids=[str(u) for u in sessions[0]["unit_ids"]])]
+  assert records == [dict(name="first", session_id=sessions[0].session_id,
+                          unit_ids=[str(u) for u in sessions[0].unit_ids])]
   assert vocabulary.Vocabulary.from_records(records) == vocab
   grown = vocab.extend(sessions[1:])
   assert grown.records(["first", "second"])[0] == records[0]
   new = grown.new_rows(vocab)
-  u0, u1 = len(sessions[0]["unit_ids"]), len(sessions[1]["unit_ids"])
+  u0, u1 = len(sessions[0].unit_ids), len(sessions[1].unit_ids)
   np.testing.assert_array_equal(new["units"], np.arange(1 + u0 + u1) > u0)
   np.testing.assert_array_equal(new["sessions"], [False, False, True])
   assert not grown.new_rows(grown)["units"].any()

@@ -83,7 +83,7 @@ def test_event_session_validation(changes, splits):
   if splits is not None:
     session["splits"] = splits
   try:
-    session_lib.validate_event_session(session, WHERE)
+    session_lib.EventSession.from_dict(session, WHERE)
   except ValueError as e:
     _check_error(e)
     return
@@ -142,5 +142,5 @@ def test_nwb_reader(units, trials, behaviour, stamps):
     except ValueError as e:
       _check_error(e, path)
       return
-  session_lib.validate_event_session(session, "again")
-  assert len(session["unit_ids"]) == len(units)
+  session.validate("again")
+  assert len(session.unit_ids) == len(units)

@@ -228,17 +228,17 @@ def test_built_data_sets_read_back(ibl_cache, ibl_data_dir):
   assert "rates" not in arrays
 
   ev = tfds_lib.load_event_session(f"spike_events/{eid}", ibl_data_dir)
-  assert ev["session_id"] == eid and ev["behaviour_name"] == "wheel_speed,whisker_motion_energy"
-  assert list(ev["unit_regions"]) == list(expected["regions"])
-  assert ev["unit_ids"][0] == f"{eid}/probe00/0"
-  assert len(ev["trial_starts"]) == 20  # 3 s apart: no 2 s window overlaps another
-  np.testing.assert_allclose(ev["trial_starts"], np.sort(expected["align_times"]) - 0.5)
-  test = ev["splits"]["test"]
+  assert ev.session_id == eid and ev.behaviour_name == "wheel_speed,whisker_motion_energy"
+  assert list(ev.unit_regions) == list(expected["regions"])
+  assert ev.unit_ids[0] == f"{eid}/probe00/0"
+  assert len(ev.trial_starts) == 20  # 3 s apart: no 2 s window overlaps another
+  np.testing.assert_allclose(ev.trial_starts, np.sort(expected["align_times"]) - 0.5)
+  test = ev.splits["test"]
   np.testing.assert_allclose(np.sort(test[:, 0]), expected["align_times"][expected["trial_split"] == "test"] - 0.5)
   # Spikes of the windows: the binned counts of the same trials, summed.
-  assert len(ev["spike_times"]) == int(expected["spikes"].sum())
-  np.testing.assert_allclose(ev["behaviour_values"][:, 0], ibl_alf.WHEEL_SLOPE, rtol=1e-5)
-  assert ev["behaviour_values"].shape == (20 * schema.N_BINS, 2)
+  assert len(ev.spike_times) == int(expected["spikes"].sum())
+  np.testing.assert_allclose(ev.behaviour_values[:, 0], ibl_alf.WHEEL_SLOPE, rtol=1e-5)
+  assert ev.behaviour_values.shape == (20 * schema.N_BINS, 2)
 
 
 def test_poyo_scores_of_an_ibl_session_are_named_after_its_behaviours(ibl_cache, ibl_data_dir):

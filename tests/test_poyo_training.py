@@ -2,6 +2,7 @@
 definitions, a short run (loss goes down, exact resume), unit identification (only the
 new rows change), window averaging, the ridge baseline and metrics.json."""
 
+import dataclasses
 import os
 import shutil
 
@@ -173,7 +174,7 @@ def test_unit_identification_changes_only_the_new_rows(pretrained, sessions, tmp
   pre, new = registry.load_trained(workdir), registry.load_trained(str(tmp_path / "unit_id"))
   assert new.vocab.session_ids == pre.vocab.session_ids + ("reaching_002",)
   np.testing.assert_array_equal(new.scale, pre.scale)
-  n_new = len(sessions[2]["unit_ids"])
+  n_new = len(sessions[2].unit_ids)
   grown = _flat(poyo.grow_vocab(nnx.to_pure_dict(jax.device_get(pre.params)), n_new, 1,
                                 jax.random.key(config.seed + 7), init_scale=config.model.emb_init_scale))
   old, after = _flat(pre.params), _flat(new.params)
@@ -219,8 +220,8 @@ def test_overlapping_windows_are_averaged(sessions):
     covering = [a for _, a, end in windows if a <= t < min(a + 1.0, end)]
     expected = np.mean([t - a for a in covering]) * data.scale
     np.testing.assert_allclose(pred, expected, rtol=1e-4, atol=1e-4)
-  assert len(stitched["timestamps"]) == sum(np.sum((s["behaviour_timestamps"] >= a) & (s["behaviour_timestamps"] < b))
-                                            for a, b in s["splits"]["test"])
+  assert len(stitched["timestamps"]) == sum(np.sum((s.behaviour_timestamps >= a) & (s.behaviour_timestamps < b))
+                                            for a, b in s.splits["test"])
   # A perfect predictor scores R^2 = 1 in every dimension.
   perfect = lambda params, batch: batch["output_values"]
   per_session, _ = poyo_eval.stitched_r2(data, *poyo_eval.predict_windows(perfect, None, data, 16, mesh))
@@ -255,13 +256,13 @@ def test_evaluate_workdir_writes_metrics_with_the_baseline(pretrained, sessions)
     registry.evaluate_workdir(workdir, "test", sessions=sessions[2:], decode=False)
 
 
-def _thinned(session: dict, split: str, keep: int) -> dict:
+def _thinned(session: session_lib.EventSession, split: str, keep: int) -> session_lib.EventSession:
   """`session` keeping only the first `keep` behaviour samples inside its `split` intervals."""
-  stamps = session["behaviour_timestamps"]
-  inside = np.any([(stamps >= a) & (stamps < b) for a, b in session["splits"][split]], axis=0)
+  stamps = session.behaviour_timestamps
+  inside = np.any([(stamps >= a) & (stamps < b) for a, b in session.splits[split]], axis=0)
   drop = np.flatnonzero(inside)[keep:]
-  return {**session, **{k: np.delete(session[k], drop, axis=0)
-                        for k in ("behaviour_timestamps", "behaviour_values", "behaviour_weights")}}
+  return dataclasses.replace(session, **{k: np.delete(getattr(session, k), drop, axis=0)
+                                         for k in ("behaviour_timestamps", "behaviour_values", "behaviour_weights")})
 
 
 def test_evaluate_workdir_skips_sessions_too_small_to_score(pretrained, sessions):
@@ -288,6 +289,6 @@ def test_evaluate_workdir_skips_sessions_too_small_to_score(pretrained, sessions
 def test_ridge_baseline_decodes_a_larger_session():
   session = reaching.simulate_reaching_session(5, min_units=50, max_units=50, min_trials=30, max_trials=30)
   test = session_lib.restrict_to_splits(session, ["test"])
-  prediction, target = poyo_eval.ridge_baseline(session, test["behaviour_timestamps"], bin_size=0.02, lags=10)
-  assert prediction.shape == target.shape == test["behaviour_values"].shape
+  prediction, target = poyo_eval.ridge_baseline(session, test.behaviour_timestamps, bin_size=0.02, lags=10)
+  assert prediction.shape == target.shape == test.behaviour_values.shape
   assert poyo_eval.r2_per_dim(prediction, target).mean() > 0.3

@@ -1,6 +1,6 @@
 """Neurodata Without Borders (NWB) files in the Neural Latents Benchmark layout -> event sessions.
 
-Reads with pynwb, into the session schema of mtm_jax.datasets.events:
+Reads with pynwb, into an event session (mtm_jax.datasets.events.session):
   units                        Units table (required): spike_times of every unit. Region of a
                                unit: `location` of its first electrode (`electrodes` column),
                                else a `location` column, else "unknown". Held-out units of NLB
@@ -158,8 +158,8 @@ def _read_behaviour(path: str, nwbfile, name: str, stride: int):
 
 
 def read_nwb(path: str, behaviour: str = "hand_vel", session_id: str | None = None, split_seed: int = 0,
-             behaviour_stride: int = 1) -> dict:
-  """One NWB file as an event session (mtm_jax.datasets.events schema).
+             behaviour_stride: int = 1) -> session_lib.EventSession:
+  """One NWB file as an event session (mtm_jax.datasets.events.session).
 
   behaviour: name of the TimeSeries in processing/behavior; session_id: defaults to the
   file name without extension (it prefixes the unit ids, so keep it unique across
@@ -184,7 +184,7 @@ def read_nwb(path: str, behaviour: str = "hand_vel", session_id: str | None = No
   finally:
     io.close()
   info.update(file=os.path.basename(path), dropped_nan_behaviour=dropped, n_heldout_units=int(np.sum(heldout)))
-  session = dict(
+  session = session_lib.EventSession(
       session_id=session_id,
       spike_times=spike_times,
       spike_units=spike_units,
@@ -200,5 +200,5 @@ def read_nwb(path: str, behaviour: str = "hand_vel", session_id: str | None = No
       source_info=info,
       source_files=[os.path.abspath(path)],
   )
-  session_lib.validate_event_session(session, where=path)
+  session.validate(where=path)
   return session

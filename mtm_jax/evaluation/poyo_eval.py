@@ -116,7 +116,7 @@ def stitched_r2(data: windows_lib.EventData, metas, predictions) -> tuple[dict[s
 def stitched_scores(data: windows_lib.EventData, metas, predictions) -> tuple[dict, dict, list[dict]]:
   """({session id: [D] R^2}, {session id: reason it has none}, stitched per session)."""
   stitched = stitching.stitch_predictions(data, metas, predictions)
-  pairs = [(s["session_id"], st) for s, st in zip(data.sessions, stitched)]
+  pairs = [(s.session_id, st) for s, st in zip(data.sessions, stitched)]
   per_session, skipped = scored_sessions(lambda st: r2_per_dim(st["prediction"], st["target"]), pairs)
   return per_session, skipped, stitched
 
@@ -135,11 +135,11 @@ def evaluate_data(graphdef, params, data: windows_lib.EventData, *, task: str, b
 # ------------------------------------------------------------------------------------------
 
 
-def lagged_counts(session: dict, timestamps: np.ndarray, bin_size: float, lags: int) -> np.ndarray:
+def lagged_counts(session: session_lib.EventSession, timestamps: np.ndarray, bin_size: float, lags: int) -> np.ndarray:
   """[T, lags * U] float32 spike counts of each unit in bins [t + bin/2 - (k+1) bin,
   t + bin/2 - k bin), k = 0 ... lags - 1, around each timestamp t (lag-major order)."""
-  times, units = session["spike_times"], session["spike_units"]
-  n_units = len(session["unit_ids"])
+  times, units = session.spike_times, session.spike_units
+  n_units = len(session.unit_ids)
   t = np.asarray(timestamps, np.float64)
   edges = t[:, None] + bin_size / 2 - bin_size * np.arange(lags + 1)[None, :]  # [T, lags + 1], newest first
   out = np.zeros((len(t), lags, n_units), np.float32)
@@ -152,8 +152,8 @@ def lagged_counts(session: dict, timestamps: np.ndarray, bin_size: float, lags: 
   return out.reshape(len(t), lags * n_units)
 
 
-def ridge_baseline(session: dict, test_timestamps: np.ndarray, *, split: str = "test", bin_size: float = 0.02,
-                   lags: int = 10, train_split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+def ridge_baseline(session: session_lib.EventSession, test_timestamps: np.ndarray, *, split: str = "test",
+                   bin_size: float = 0.02, lags: int = 10, train_split: str = "train") -> tuple[np.ndarray, np.ndarray]:
   """Fits RidgeCV on the training split of `session` and predicts at `test_timestamps`
   (which must be behaviour timestamps of `split`). Each split sees only its own spikes.
   Returns ([T, D] prediction, [T, D] target)."""
@@ -164,20 +164,20 @@ def ridge_baseline(session: dict, test_timestamps: np.ndarray, *, split: str = "
   train = session_lib.restrict_to_splits(session, [train_split])
   test = session_lib.restrict_to_splits(session, [split])
   if len(test_timestamps) == 0:
-    raise metrics.Undecodable(f"ridge baseline: no {split} timestamps of session {session['session_id']!r} to "
+    raise metrics.Undecodable(f"ridge baseline: no {split} timestamps of session {session.session_id!r} to "
                                "predict")
-  if len(train["behaviour_timestamps"]) < 2:
-    raise metrics.Undecodable(f"ridge baseline: the {train_split} split of session {session['session_id']!r} "
-                               f"has {len(train['behaviour_timestamps'])} behaviour samples; fitting needs 2")
-  x_train = lagged_counts(train, train["behaviour_timestamps"], bin_size, lags)
+  if len(train.behaviour_timestamps) < 2:
+    raise metrics.Undecodable(f"ridge baseline: the {train_split} split of session {session.session_id!r} "
+                               f"has {len(train.behaviour_timestamps)} behaviour samples; fitting needs 2")
+  x_train = lagged_counts(train, train.behaviour_timestamps, bin_size, lags)
   model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-1, 5, 13)))
-  model.fit(x_train, np.asarray(train["behaviour_values"], np.float64))
-  idx = np.searchsorted(test["behaviour_timestamps"], test_timestamps)
-  if np.any(idx >= len(test["behaviour_timestamps"])) or not np.allclose(test["behaviour_timestamps"][idx],
+  model.fit(x_train, np.asarray(train.behaviour_values, np.float64))
+  idx = np.searchsorted(test.behaviour_timestamps, test_timestamps)
+  if np.any(idx >= len(test.behaviour_timestamps)) or not np.allclose(test.behaviour_timestamps[idx],
                                                                           test_timestamps):
     raise ValueError(f"ridge baseline: the timestamps are not behaviour samples of split {split!r}")
   prediction = model.predict(lagged_counts(test, test_timestamps, bin_size, lags))
-  return prediction.astype(np.float32), np.asarray(test["behaviour_values"][idx], np.float32)
+  return prediction.astype(np.float32), np.asarray(test.behaviour_values[idx], np.float32)
 
 
 def baseline_scores(data: windows_lib.EventData, stitched: Sequence[dict], *, bin_size: float, lags: int) -> dict:
@@ -187,5 +187,5 @@ def baseline_scores(data: windows_lib.EventData, stitched: Sequence[dict], *, bi
     s, st = pair
     return r2_per_dim(*ridge_baseline(s, st["timestamps"], split=data.split, bin_size=bin_size, lags=lags))
 
-  per_session, skipped = scored_sessions(score, [(s["session_id"], (s, st)) for s, st in zip(data.sessions, stitched)])
+  per_session, skipped = scored_sessions(score, [(s.session_id, (s, st)) for s, st in zip(data.sessions, stitched)])
   return summarise(per_session, "baseline_r2", skipped, names=session_lib.output_names(data.sessions))

@@ -91,7 +91,7 @@ def window_config(config, train: bool) -> windows_lib.WindowConfig:
                              unit_dropout=dropout, max_outputs=d.max_queries, eval_step=config.eval.window_step)
 
 
-def load_sessions(config, splits: Sequence[str] = ("train", "val")) -> list[dict]:
+def load_sessions(config, splits: Sequence[str] = ("train", "val")) -> list[session_lib.EventSession]:
   """The event sessions of config.data.datasets (built spike_events data sets)."""
   return [tfds.load_event_session(n, config.data.data_dir, splits) for n in config_checks.dataset_names(config)]
 
@@ -131,7 +131,7 @@ class POYOTask(base.Task):
       sessions, names = load_sessions(config), config_checks.dataset_names(config)
     else:
       sessions = list(sessions)
-      names = [str(s["session_id"]) for s in sessions]
+      names = [str(s.session_id) for s in sessions]
       config.data.datasets = ",".join(names)
     if pretrained is not None:
       known = {r["session_id"] for r in pretrained.records}
@@ -149,8 +149,8 @@ class POYOTask(base.Task):
     batches = batches_lib.training_batches(train, config.data.batch_size, config.data.shuffle_seed).map(
         lambda batch: {k: v[rows_here] for k, v in batch.items()})
     for s in sessions:
-      logging.info("session %s: %d units, %d train / %d val intervals", s["session_id"], len(s["unit_ids"]),
-                   len(s["splits"]["train"]), len(s["splits"]["val"]))
+      logging.info("session %s: %d units, %d train / %d val intervals", s.session_id, len(s.unit_ids),
+                   len(s.splits["train"]), len(s.splits["val"]))
     return base.Input(records, batches, None, dict(val=val))
 
   def create(self, config, records, mesh, params=None):
@@ -219,7 +219,7 @@ class POYOTask(base.Task):
     data = windows_lib.prepare(sessions, split, window_config(config, train=False), vocab=trained.vocab,
                           scale=trained.scale)
     if data.vocab != trained.vocab:
-      unknown = [s["session_id"] for s in sessions if s["session_id"] not in trained.vocab.session_ids]
+      unknown = [s.session_id for s in sessions if s.session_id not in trained.vocab.session_ids]
       raise ValueError(f"{trained.workdir}: sessions {unknown} are not in the model's vocabulary; fine-tune on them first")
     results, stitched = poyo_eval.evaluate_data(trained.graphdef, trained.params, data, task=behaviour_task(config),
                                                 batch_size=config.eval.batch_size, mesh=trained.mesh)

@@ -17,8 +17,8 @@ def stitch_predictions(data: windows_lib.EventData, metas: Sequence[dict],
   outputs them). Returns, per session of data.sessions, a dict with timestamps [T] float64,
   prediction [T, D] float32 (rescaled to the original units), target [T, D] float32 and
   weights [T] float32 over the behaviour samples the windows covered."""
-  sums = [np.zeros((len(s["behaviour_timestamps"]), data.n_dims)) for s in data.sessions]
-  counts = [np.zeros(len(s["behaviour_timestamps"]), np.int64) for s in data.sessions]
+  sums = [np.zeros((len(s.behaviour_timestamps), data.n_dims)) for s in data.sessions]
+  counts = [np.zeros(len(s.behaviour_timestamps), np.int64) for s in data.sessions]
   for meta, pred in zip(metas, predictions):
     pred = np.asarray(pred, np.float64)
     for j, s in enumerate(meta["session_position"]):
@@ -32,9 +32,9 @@ def stitch_predictions(data: windows_lib.EventData, metas: Sequence[dict],
   for s, total, count in zip(data.sessions, sums, counts):
     seen = count > 0
     out.append(dict(
-        timestamps=s["behaviour_timestamps"][seen],
+        timestamps=s.behaviour_timestamps[seen],
         prediction=(total[seen] / count[seen][:, None] * data.scale).astype(np.float32),
-        target=np.asarray(s["behaviour_values"][seen], np.float32),
-        weights=np.asarray(s["behaviour_weights"][seen], np.float32),
+        target=np.asarray(s.behaviour_values[seen], np.float32),
+        weights=np.asarray(s.behaviour_weights[seen], np.float32),
     ))
   return out

@@ -10,10 +10,11 @@ from mtm_jax.datasets import provenance
 from mtm_jax.datasets.events import session as session_lib
 
 
-def load_event_session(dataset: str, data_dir: str, splits: Sequence[str] = session_lib.SPLITS) -> dict:
+def load_event_session(dataset: str, data_dir: str,
+                       splits: Sequence[str] = session_lib.SPLITS) -> session_lib.EventSession:
   """A session read back from a built spike_events data set, holding the data of `splits`.
 
-  The result follows the session schema; its 'splits' holds only the splits read."""
+  Its `splits` holds only the splits read."""
   builder = provenance.open_built(dataset, data_dir)
   meta = builder.info.metadata
   for field in ("session_id", "unit_ids", "unit_regions", "behaviour_name", "behaviour_dim", "trial_intervals",
@@ -34,7 +35,7 @@ def load_event_session(dataset: str, data_dir: str, splits: Sequence[str] = sess
     return np.concatenate(arrays) if arrays else np.zeros(shape, dtype)
 
   trials = np.asarray(meta["trial_intervals"], np.float64).reshape(-1, 2)
-  return dict(
+  return session_lib.EventSession(
       session_id=str(meta["session_id"]),
       spike_times=cat("spike_times", np.float64),
       spike_units=cat("spike_units", np.int32),

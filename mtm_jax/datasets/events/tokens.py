@@ -56,7 +56,7 @@ def make_window(data: windows_lib.EventData, session_position: int, start: float
   s = data.sessions[session_position]
   length = data.config.window_length
   stop = min(start + length, interval_end)
-  n_units = len(s["unit_ids"])
+  n_units = len(s.unit_ids)
   keep = np.arange(n_units)
   if unit_dropout:
     k = windows_lib.sample_unit_count(rng, n_units, data.config.unit_dropout)
@@ -64,8 +64,8 @@ def make_window(data: windows_lib.EventData, session_position: int, start: float
   kept = np.zeros(n_units, bool)
   kept[keep] = True
 
-  lo, hi = np.searchsorted(s["spike_times"], [start, stop], side="left")
-  times, units = s["spike_times"][lo:hi], s["spike_units"][lo:hi]
+  lo, hi = np.searchsorted(s.spike_times, [start, stop], side="left")
+  times, units = s.spike_times[lo:hi], s.spike_units[lo:hi]
   on = kept[units]
   times, units = times[on], units[on]
   room = data.config.bucket_lengths[-1] - 2 * len(keep)
@@ -73,22 +73,22 @@ def make_window(data: windows_lib.EventData, session_position: int, start: float
   if dropped:
     chosen = np.sort(rng.choice(len(times), size=room, replace=False))
     times, units = times[chosen], units[chosen]
-  rows = data.vocab.unit_rows(s["session_id"])
+  rows = data.vocab.unit_rows(s.session_id)
   k = len(keep)
   unit_index = np.concatenate([rows[keep], rows[units], rows[keep]]).astype(np.int32)
   timestamps = np.concatenate([np.zeros(k), times - start, np.full(k, length)]).astype(np.float32)
   token_type = np.concatenate([np.full(k, START), np.full(len(times), SPIKE), np.full(k, END)]).astype(np.int32)
 
-  blo, bhi = np.searchsorted(s["behaviour_timestamps"], [start, stop], side="left")
+  blo, bhi = np.searchsorted(s.behaviour_timestamps, [start, stop], side="left")
   return Window(
       unit_index=unit_index,
       timestamps=timestamps,
       token_type=token_type,
-      output_timestamps=(s["behaviour_timestamps"][blo:bhi] - start).astype(np.float32),
-      output_values=(np.asarray(s["behaviour_values"][blo:bhi], np.float32) / data.scale).astype(np.float32),
-      output_weights=np.asarray(s["behaviour_weights"][blo:bhi], np.float32),
+      output_timestamps=(s.behaviour_timestamps[blo:bhi] - start).astype(np.float32),
+      output_values=(np.asarray(s.behaviour_values[blo:bhi], np.float32) / data.scale).astype(np.float32),
+      output_weights=np.asarray(s.behaviour_weights[blo:bhi], np.float32),
       behaviour_index=np.arange(blo, bhi, dtype=np.int64),
-      session_row=data.vocab.session_row(s["session_id"]),
+      session_row=data.vocab.session_row(s.session_id),
       dropped_spikes=int(dropped),
   )
 

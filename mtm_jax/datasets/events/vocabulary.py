@@ -12,6 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
+from mtm_jax.datasets.events import session as session_lib
+
 
 @dataclasses.dataclass(frozen=True)
 class Vocabulary:
@@ -43,19 +45,19 @@ class Vocabulary:
     offset = 1 + sum(self.session_unit_counts[:i])
     return np.arange(offset, offset + self.session_unit_counts[i], dtype=np.int32)
 
-  def extend(self, sessions: Sequence[dict]) -> Vocabulary:
+  def extend(self, sessions: Sequence[session_lib.EventSession]) -> Vocabulary:
     """This vocabulary with the sessions it does not hold yet appended (in order)."""
     ids, counts, units = list(self.session_ids), list(self.session_unit_counts), list(self.unit_ids)
     for s in sessions:
-      if s["session_id"] in ids:
-        i = ids.index(s["session_id"])
+      if s.session_id in ids:
+        i = ids.index(s.session_id)
         offset = sum(counts[:i])
-        if tuple(units[offset : offset + counts[i]]) != tuple(str(u) for u in s["unit_ids"]):
-          raise ValueError(f"vocabulary: session {s['session_id']!r} has different unit ids than the vocabulary")
+        if tuple(units[offset : offset + counts[i]]) != tuple(str(u) for u in s.unit_ids):
+          raise ValueError(f"vocabulary: session {s.session_id!r} has different unit ids than the vocabulary")
         continue
-      ids.append(s["session_id"])
-      counts.append(len(s["unit_ids"]))
-      units.extend(str(u) for u in s["unit_ids"])
+      ids.append(s.session_id)
+      counts.append(len(s.unit_ids))
+      units.extend(str(u) for u in s.unit_ids)
     if len(set(units)) != len(units):
       raise ValueError("vocabulary: unit ids are not unique across sessions")
     return Vocabulary(tuple(ids), tuple(counts), tuple(units))
@@ -97,7 +99,7 @@ class Vocabulary:
                 sessions=np.arange(self.n_session_rows) >= since.n_session_rows)
 
 
-def build_vocabulary(sessions: Sequence[dict]) -> Vocabulary:
+def build_vocabulary(sessions: Sequence[session_lib.EventSession]) -> Vocabulary:
   """The vocabulary of `sessions`, in the given order."""
   return Vocabulary((), (), ()).extend(sessions)
 

@@ -35,7 +35,7 @@ class EventData:
   scale: [D] float32 divisor of the behaviour values (std over the training split); multiply
   predictions by it to get the original units. max_outputs: Q, output queries per window."""
 
-  sessions: tuple[dict, ...]
+  sessions: tuple[session_lib.EventSession, ...]
   split: str
   vocab: vocabulary_lib.Vocabulary
   scale: np.ndarray
@@ -49,12 +49,12 @@ class EventData:
 
 
 
-def max_outputs_needed(sessions: Sequence[dict], split: str, window_length: float) -> int:
+def max_outputs_needed(sessions: Sequence[session_lib.EventSession], split: str, window_length: float) -> int:
   """The most behaviour timestamps any [t, t + window_length) window inside `split` holds
   (counted over [t, t + window_length + 1 us) so that rounding never makes it too small)."""
   best = 1
   for s in sessions:
-    for a, b in s["splits"][split]:
+    for a, b in s.splits[split]:
       stamps = session_lib.interval_data(s, a, b)["behaviour_timestamps"]
       if len(stamps):
         ends = np.searchsorted(stamps, stamps + window_length + 1e-6, side="left")
@@ -62,7 +62,7 @@ def max_outputs_needed(sessions: Sequence[dict], split: str, window_length: floa
   return best
 
 
-def prepare(sessions: Sequence[dict], split: str, config: WindowConfig = WindowConfig(),
+def prepare(sessions: Sequence[session_lib.EventSession], split: str, config: WindowConfig = WindowConfig(),
             vocab: vocabulary_lib.Vocabulary | None = None, scale: np.ndarray | None = None) -> EventData:
   """Checks the sessions and collects the intervals of `split`.
 
@@ -80,18 +80,18 @@ def prepare(sessions: Sequence[dict], split: str, config: WindowConfig = WindowC
                        f"got {config.unit_dropout}")
   sessions = tuple(sessions)
   vocab = vocabulary_lib.build_vocabulary(sessions) if vocab is None else vocab.extend(sessions)
-  dims = {int(np.shape(s["behaviour_values"])[1]) for s in sessions}
+  dims = {int(np.shape(s.behaviour_values)[1]) for s in sessions}
   if len(dims) != 1:
     raise ValueError(f"prepare: sessions have behaviours of different dimensions {sorted(dims)}")
   rows = []
   for i, s in enumerate(sessions):
-    if split not in s["splits"]:
-      raise ValueError(f"session {s['session_id']!r}: no split {split!r}; it has {sorted(s['splits'])}")
-    n_units = len(s["unit_ids"])  # evaluation windows keep every unit
+    if split not in s.splits:
+      raise ValueError(f"session {s.session_id!r}: no split {split!r}; it has {sorted(s.splits)}")
+    n_units = len(s.unit_ids)  # evaluation windows keep every unit
     if 2 * n_units > config.bucket_lengths[-1]:
-      raise ValueError(f"session {s['session_id']!r}: {n_units} units need {2 * n_units} start/end tokens, more "
+      raise ValueError(f"session {s.session_id!r}: {n_units} units need {2 * n_units} start/end tokens, more "
                        f"than the largest bucket {config.bucket_lengths[-1]}; raise WindowConfig.bucket_lengths")
-    for a, b in s["splits"][split]:
+    for a, b in s.splits[split]:
       rows.append((i, a, b))
   if not rows:
     raise ValueError(f"split {split!r} has no intervals in any session")

@@ -12,7 +12,7 @@ from mtm_jax.datasets.ibl.preprocess import T_AFTER, bin_centres
 BEHAVIOUR_NAMES = ("wheel_speed", "whisker_motion_energy")  # event sessions: behaviour dims in this order
 
 
-def event_session(binned: dict, session_id: str) -> dict:
+def event_session(binned: dict, session_id: str) -> session_lib.EventSession:
   """A preprocessed session (preprocess) -> event session (mtm_jax.datasets.events schema).
 
   Trials are the aligned windows [stimOn - 0.5, stimOn + 1.5) s, in their binned split;
@@ -35,7 +35,7 @@ def event_session(binned: dict, session_id: str) -> dict:
                        f"trial windows; the event data set needs all of {list(session_lib.SPLITS)}")
   values = np.stack([binned[name][kept] for name in BEHAVIOUR_NAMES], axis=-1)  # [K, N_BINS, 2]
   info = dict(binned["source_info"], dropped_overlapping_windows=int(len(align) - len(kept)))
-  return dict(
+  return session_lib.EventSession(
       session_id=session_id,
       spike_times=binned["spike_times"],
       spike_units=binned["spike_units"],
