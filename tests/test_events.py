@@ -258,3 +258,39 @@ def test_vocabulary_records_round_trip_and_new_rows(sessions):
     grown.new_rows(vocabulary.build_vocabulary(sessions[1:]))
   with pytest.raises(ValueError, match="2 names for 1 sessions"):
     vocab.records(["a", "b"])
+
+
+# ------------------------------------------------------------------------------ multi-host rows
+
+
+def _process_rows(batch_size, n_processes):
+  return [slice(p * batch_size // n_processes, (p + 1) * batch_size // n_processes) for p in range(n_processes)]
+
+
+def _assert_rows_make_the_batch(parts, whole, keys, where):
+  for key in keys:
+    np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), whole[key], err_msg=f"{where} {key}")
+    assert all(p[key].dtype == whole[key].dtype for p in parts), key
+
+
+@pytest.mark.parametrize("n_processes", [2, 4])
+def test_process_rows_concatenate_to_the_global_batch(sessions, n_processes):
+  config = windows_lib.WindowConfig(unit_dropout=(5, 10, 15), bucket_lengths=(64, 128, 256, 512, 1024))
+  data = windows_lib.prepare(sessions, "train", config)
+  whole = batches_lib.training_batches(data, batch_size=8, seed=3)
+  mine = [batches_lib.training_batches(data, batch_size=8, seed=3, rows=r) for r in _process_rows(8, n_processes)]
+  smaller = 0  # rows whose own windows would fit a smaller bucket than the global batch's
+  for step in range(5):
+    parts = [m[step] for m in mine]
+    _assert_rows_make_the_batch(parts, whole[step], tokens_lib.BATCH_KEYS, f"training step {step}")
+    smaller += sum(tokens_lib.bucket_length(int(p["input_mask"].sum(1).max()), config.bucket_lengths)
+                   < p["unit_index"].shape[1] for p in parts)
+  assert smaller > 0  # the bucket is the global batch's, not the rows'
+
+  test = windows_lib.prepare(sessions, "test", config, vocab=data.vocab, scale=data.scale)
+  whole = list(batches_lib.evaluation_batches(test, batch_size=8))
+  mine = [list(batches_lib.evaluation_batches(test, batch_size=8, rows=r)) for r in _process_rows(8, n_processes)]
+  assert (whole[-1][1]["session_position"] < 0).any()  # the last batch has padding rows
+  for i, (batch, meta) in enumerate(whole):
+    _assert_rows_make_the_batch([m[i][0] for m in mine], batch, tokens_lib.BATCH_KEYS, f"evaluation batch {i}")
+    _assert_rows_make_the_batch([m[i][1] for m in mine], meta, meta.keys(), f"evaluation meta {i}")

@@ -4,6 +4,13 @@ Training batches form a MapDataset indexed by step: batch i is a pure function o
 (seed, i), with fresh window offsets every epoch, so a resumed run reads the same batches.
 Evaluation batches slide over the intervals of the split without unit dropout and carry
 what stitching needs (stitching.py).
+
+Multi-host: with `rows` (a slice of the global batch, mtm_jax.parallel.mesh.process_rows),
+a process builds only those rows of every batch, bit for bit the same as the rows of the
+global batch: the windows and their random draws depend only on the row's position in the
+global batch, and the bucket is the one of the whole global batch (chosen from the token
+counts of the other rows, `tokens.token_count`, which build no tokens), so every process
+compiles the same shapes.
 """
 
 from __future__ import annotations
@@ -51,29 +58,57 @@ class _TrainingWindows:
     return out
 
   def windows(self, gs: Sequence[int]) -> list[tokens_lib.Window]:
+    return self.build(gs, None)[0]
+
+  def build(self, gs: Sequence[int], rows: slice | None) -> tuple[list[tokens_lib.Window], int]:
+    """The windows of `rows` of the batch of windows gs (all of them when rows is None) and
+    the most tokens any window of gs holds."""
     dropout = self.data.config.unit_dropout is not None
-    return [tokens_lib.make_window(self.data, session, start, end, np.random.default_rng([self.seed, 2, int(g)]),
-                                   dropout) for g, (session, start, end) in zip(gs, self.starts(gs))]
+    starts = self.starts(gs)
+
+    def args(j):
+      session, start, end = starts[j]
+      return self.data, session, start, end, np.random.default_rng([self.seed, 2, int(gs[j])]), dropout
+    return _build_rows(len(gs), _row_range(len(gs), rows), lambda j: tokens_lib.make_window(*args(j)),
+                       lambda j: tokens_lib.token_count(*args(j)))
+
+
+def _row_range(n_rows: int, rows: slice | None) -> range:
+  """The rows of a batch of n_rows that `rows` selects (all of them when None)."""
+  return range(n_rows) if rows is None else range(n_rows)[rows]
+
+
+def _build_rows(n_rows: int, mine: range, make, count) -> tuple[list, int]:
+  """([make(j) for j in mine], the most tokens of any row j < n_rows), counting the rows
+  not made with count(j) (a None made row holds no tokens)."""
+  made = [make(j) for j in mine]
+  others = sorted(set(range(n_rows)) - set(mine))
+  n = max([len(w.unit_index) for w in made if w is not None] + [count(j) for j in others] + [1])
+  return made, n
 
 
 class _TrainingBatch:
-  """Batch i of the training stream: windows i*B ... i*B + B - 1."""
+  """Batch i of the training stream: windows i*B ... i*B + B - 1 (only `rows` of them)."""
 
-  def __init__(self, data: windows_lib.EventData, batch_size: int, seed: int):
-    self.windows, self.batch_size, self.data = _TrainingWindows(data, seed), batch_size, data
+  def __init__(self, data: windows_lib.EventData, batch_size: int, seed: int, rows: slice | None = None):
+    self.windows, self.batch_size, self.data, self.rows = _TrainingWindows(data, seed), batch_size, data, rows
 
   def __call__(self, i: int) -> dict[str, np.ndarray]:
     b = self.batch_size
-    return tokens_lib.collate(self.windows.windows(range(int(i) * b, (int(i) + 1) * b)), self.data)
+    made, n_tokens = self.windows.build(range(int(i) * b, (int(i) + 1) * b), self.rows)
+    return tokens_lib.collate(made, self.data, n_tokens)
 
 
-def training_batches(data: windows_lib.EventData, batch_size: int, seed: int) -> grain.MapDataset:
+def training_batches(data: windows_lib.EventData, batch_size: int, seed: int,
+                     rows: slice | None = None) -> grain.MapDataset:
   """Infinite MapDataset of batches (see tokens.BATCH_KEYS); batch i depends only on (seed, i).
 
-  Iterate from a step with mtm_jax.datasets.pipeline.iterate_from(ds, step)."""
+  rows: the rows of each global batch of batch_size this process builds (multi-host,
+  mtm_jax.parallel.mesh.process_rows); they are those rows of the global batch, bit for bit,
+  padded to its bucket. Iterate from a step with mtm_jax.datasets.pipeline.iterate_from(ds, step)."""
   if batch_size < 1:
     raise ValueError(f"batch size must be >= 1, got {batch_size}")
-  return grain.MapDataset.range(sys.maxsize).map(_TrainingBatch(data, batch_size, seed))
+  return grain.MapDataset.range(sys.maxsize).map(_TrainingBatch(data, batch_size, seed, rows))
 
 
 def token_length_report(data: windows_lib.EventData, batch_size: int, seed: int, n_batches: int) -> dict:
@@ -96,32 +131,45 @@ def token_length_report(data: windows_lib.EventData, batch_size: int, seed: int,
 
 
 
-def evaluation_batches(data: windows_lib.EventData, batch_size: int) -> grain.MapDataset:
+def evaluation_batches(data: windows_lib.EventData, batch_size: int, rows: slice | None = None) -> grain.MapDataset:
   """MapDataset of (batch, meta) over the sliding windows, without unit dropout.
 
   batch: see tokens.BATCH_KEYS (the last batch is padded with all-padding rows). meta:
     session_position [B] int32 position in data.sessions (-1 on padding rows),
     window_start [B] float64 absolute start time of each window (seconds),
     behaviour_index [B, Q] int64 index into the session's behaviour arrays (-1 on padding),
-    dropped_spikes [B] int32 spikes dropped to fit the largest bucket."""
+    dropped_spikes [B] int32 spikes dropped to fit the largest bucket.
+  rows: the rows of each global batch of batch_size this process builds (see
+  training_batches); batch and meta then hold only those rows."""
   windows = windows_lib.evaluation_windows(data)
 
   def make_batch(i):
-    rows = windows[i * batch_size : (i + 1) * batch_size]
-    made = [tokens_lib.make_window(data, int(s), float(a), float(b), np.random.default_rng([0, 3, i * batch_size + j]),
-                                   False) for j, (s, a, b) in enumerate(rows)]
-    padded = made + [None] * (batch_size - len(made))
+    placed = windows[i * batch_size : (i + 1) * batch_size]
+
+    def args(j):
+      s, a, b = placed[j]
+      return data, int(s), float(a), float(b), np.random.default_rng([0, 3, i * batch_size + j]), False
+
+    def make(j):  # rows past the last window are padding
+      return tokens_lib.make_window(*args(j)) if j < len(placed) else None
+
+    def count(j):
+      return tokens_lib.token_count(*args(j)) if j < len(placed) else 0
+    mine = _row_range(batch_size, rows)
+    made, n_tokens = _build_rows(batch_size, mine, make, count)
     meta = dict(
-        session_position=np.full(batch_size, -1, np.int32),
-        window_start=np.zeros(batch_size, np.float64),
-        behaviour_index=np.full((batch_size, data.max_outputs), -1, np.int64),
-        dropped_spikes=np.zeros(batch_size, np.int32),
+        session_position=np.full(len(mine), -1, np.int32),
+        window_start=np.zeros(len(mine), np.float64),
+        behaviour_index=np.full((len(mine), data.max_outputs), -1, np.int64),
+        dropped_spikes=np.zeros(len(mine), np.int32),
     )
-    for j, ((s, a, _), w) in enumerate(zip(rows, made)):
-      meta["session_position"][j], meta["window_start"][j] = int(s), a
-      meta["behaviour_index"][j, : len(w.behaviour_index)] = w.behaviour_index
-      meta["dropped_spikes"][j] = w.dropped_spikes
-    return tokens_lib.collate(padded, data), meta
+    for r, (j, w) in enumerate(zip(mine, made)):
+      if w is None:
+        continue
+      meta["session_position"][r], meta["window_start"][r] = int(placed[j][0]), placed[j][1]
+      meta["behaviour_index"][r, : len(w.behaviour_index)] = w.behaviour_index
+      meta["dropped_spikes"][r] = w.dropped_spikes
+    return tokens_lib.collate(made, data, n_tokens), meta
 
   n_batches = -(-len(windows) // batch_size)
   return grain.MapDataset.range(n_batches).map(make_batch)

@@ -46,6 +46,35 @@ class Window:
   dropped_spikes: int  # spikes dropped to fit the largest bucket
 
 
+def _kept_spikes(data: windows_lib.EventData, session_position: int, start: float, stop: float,
+                 rng: np.random.Generator, unit_dropout: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+  """The units a window keeps (unit dropout draws from `rng`) and their spikes in [start, stop):
+  keep [k] sorted unit indices, times [s], units [s], and room: the spike tokens the largest
+  bucket has left beside the 2 k start/end tokens."""
+  s = data.sessions[session_position]
+  n_units = len(s.unit_ids)
+  keep = np.arange(n_units)
+  if unit_dropout:
+    k = windows_lib.sample_unit_count(rng, n_units, data.config.unit_dropout)
+    keep = np.sort(rng.choice(n_units, size=k, replace=False))
+  kept = np.zeros(n_units, bool)
+  kept[keep] = True
+  lo, hi = np.searchsorted(s.spike_times, [start, stop], side="left")
+  times, units = s.spike_times[lo:hi], s.spike_units[lo:hi]
+  on = kept[units]
+  return keep, times[on], units[on], data.config.bucket_lengths[-1] - 2 * len(keep)
+
+
+def token_count(data: windows_lib.EventData, session_position: int, start: float, interval_end: float,
+                rng: np.random.Generator, unit_dropout: bool) -> int:
+  """len(make_window(...).unit_index) for the same arguments (and an `rng` in the same
+  state), without building the tokens: what a process needs of the rows of a batch that
+  it does not build, to pad its own rows to the bucket of the whole batch."""
+  stop = min(start + data.config.window_length, interval_end)
+  keep, times, _, room = _kept_spikes(data, session_position, start, stop, rng, unit_dropout)
+  return 2 * len(keep) + min(len(times), room)
+
+
 def make_window(data: windows_lib.EventData, session_position: int, start: float, interval_end: float,
                 rng: np.random.Generator, unit_dropout: bool) -> Window:
   """Tokens of [start, min(start + L, interval_end)) of a session (L = window length).
@@ -56,19 +85,7 @@ def make_window(data: windows_lib.EventData, session_position: int, start: float
   s = data.sessions[session_position]
   length = data.config.window_length
   stop = min(start + length, interval_end)
-  n_units = len(s.unit_ids)
-  keep = np.arange(n_units)
-  if unit_dropout:
-    k = windows_lib.sample_unit_count(rng, n_units, data.config.unit_dropout)
-    keep = np.sort(rng.choice(n_units, size=k, replace=False))
-  kept = np.zeros(n_units, bool)
-  kept[keep] = True
-
-  lo, hi = np.searchsorted(s.spike_times, [start, stop], side="left")
-  times, units = s.spike_times[lo:hi], s.spike_units[lo:hi]
-  on = kept[units]
-  times, units = times[on], units[on]
-  room = data.config.bucket_lengths[-1] - 2 * len(keep)
+  keep, times, units, room = _kept_spikes(data, session_position, start, stop, rng, unit_dropout)
   dropped = max(0, len(times) - room)
   if dropped:
     chosen = np.sort(rng.choice(len(times), size=room, replace=False))
@@ -101,12 +118,14 @@ def bucket_length(n_tokens: int, buckets: Sequence[int]) -> int:
   return int(buckets[-1])
 
 
-def collate(windows: Sequence[Window | None], data: windows_lib.EventData) -> dict[str, np.ndarray]:
+def collate(windows: Sequence[Window | None], data: windows_lib.EventData,
+            n_tokens: int | None = None) -> dict[str, np.ndarray]:
   """Pads windows into one batch (see BATCH_KEYS); None entries become all-padding rows.
 
-  Token arrays are [B, L] with L the smallest bucket holding the longest window; output
-  arrays are [B, Q] with Q = data.max_outputs."""
-  n = max([len(w.unit_index) for w in windows if w is not None] + [1])
+  Token arrays are [B, L] with L the smallest bucket holding n_tokens (default: the tokens
+  of the longest window; a process building some rows of a batch passes the longest of the
+  whole batch); output arrays are [B, Q] with Q = data.max_outputs."""
+  n = max([len(w.unit_index) for w in windows if w is not None] + [1]) if n_tokens is None else n_tokens
   length = bucket_length(n, data.config.bucket_lengths)
   b, q, d = len(windows), data.max_outputs, data.n_dims
   out = dict(
