@@ -25,7 +25,10 @@ from benchmarks import common
 from data_builders import prepare
 from mtm_jax.tasks import poyo as poyo_task
 from mtm_jax.configs import poyo as poyo_config
-from mtm_jax.datasets import events, pipeline, provenance
+from mtm_jax.datasets import pipeline, provenance
+from mtm_jax.datasets.events import batches as batches_lib
+from mtm_jax.datasets.events import tfds
+from mtm_jax.datasets.events import windows as windows_lib
 from mtm_jax.training import entry
 
 _DATA_DIR = flags.DEFINE_string("data_dir", "/tmp/mtm_jax_bench_tfds", "TFDS data_dir (built if missing)")
@@ -81,11 +84,11 @@ def main(argv):
                    consumed_per_s=ndt1_rate, load_seconds=load, examples_loaded=len(arrays["spikes"])))
 
   config = poyo_config.get_config("small")
-  sessions = [events.load_event_session(_EVENTS.value, _DATA_DIR.value)]
-  data = events.prepare(sessions, "train", poyo_task.window_config(config, train=True))
+  sessions = [tfds.load_event_session(_EVENTS.value, _DATA_DIR.value)]
+  data = windows_lib.prepare(sessions, "train", poyo_task.window_config(config, train=True))
   poyo_batch = config.data.batch_size
   poyo_rate = _consumption(_POYO.value, dict(size="small", dtype="float32", remat=False), "windows_per_s")
-  ds = pipeline.iterate_from(events.training_batches(data, poyo_batch, 0), 0)
+  ds = pipeline.iterate_from(batches_lib.training_batches(data, poyo_batch, 0), 0)
   rows.append(dict(pipeline="poyo small training windows", examples_per_s=_rate(ds, max(5, _BATCHES.value // 10),
                                                                                  poyo_batch),
                    consumed_per_s=poyo_rate))

@@ -19,7 +19,7 @@ from flax import nnx
 from benchmarks import common, flops, synthetic
 from mtm_jax.tasks import poyo as poyo_task
 from mtm_jax.configs import poyo as poyo_config
-from mtm_jax.datasets import events
+from mtm_jax.datasets.events import tokens as tokens_lib
 from mtm_jax.models import poyo
 from mtm_jax.training import entry, optimizer, precision, step as step_lib
 
@@ -86,7 +86,7 @@ def main(argv):
         for options in common.compile_variants(dtype, _ONEDNN.value):
           config = poyo_config.get_config(size)
           config.model.dtype, config.model.remat = dtype, remat
-          length = _TOKENS.value or events.bucket_length(_SPIKES.value + 2 * _UNITS.value, config.data.token_buckets)
+          length = _TOKENS.value or tokens_lib.bucket_length(_SPIKES.value + 2 * _UNITS.value, config.data.token_buckets)
           row = measure(config, int(batch_size), length, options, units=_UNITS.value, spikes=_SPIKES.value,
                         queries=_QUERIES.value, steps=_STEPS.value, warmup=_WARMUP.value)
           rows.append(common.add_peak_fractions(row, peak))

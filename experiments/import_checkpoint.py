@@ -38,8 +38,10 @@ import jax
 import ml_collections
 from ml_collections import config_flags
 
-from mtm_jax.tasks import ndt1 as ndt1_task, poyo as poyo_task
-from mtm_jax.datasets import events, pipeline
+from mtm_jax.tasks import ndt1 as ndt1_task
+from mtm_jax.datasets import pipeline
+from mtm_jax.datasets.events import tfds as tfds_lib
+from mtm_jax.datasets.events import vocabulary
 from mtm_jax.interop import ndt1 as ndt1_interop
 from mtm_jax.interop import poyo as poyo_interop
 from mtm_jax.interop import state_dict
@@ -123,8 +125,8 @@ def import_poyo(ckpt: state_dict.TorchCheckpoint, workdir: str, datasets: list[s
   config = poyo_interop.model_config(arch, task, [float(s) for s in scale] if scale else None, base)
   if datasets:
     config.data.datasets, config.data.data_dir = ",".join(datasets), os.path.abspath(data_dir)
-    sessions = [events.load_event_session(n, config.data.data_dir, ("train",)) for n in datasets]
-    records = poyo_task.session_records(datasets, sessions)
+    sessions = [tfds_lib.load_event_session(n, config.data.data_dir, ("train",)) for n in datasets]
+    records = vocabulary.build_vocabulary(sessions).records(datasets)
   else:
     records = poyo_interop.default_sessions(ckpt)
     config.data.datasets = ",".join(r["name"] for r in records)

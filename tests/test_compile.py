@@ -12,7 +12,9 @@ from mtm_jax.tasks import ndt1 as ndt1_task, poyo as poyo_task
 from mtm_jax import masking
 from mtm_jax.configs import ndt1 as ndt1_config
 from mtm_jax.configs import poyo as poyo_config
-from mtm_jax.datasets import events, pipeline, reaching
+from mtm_jax.datasets import pipeline, reaching
+from mtm_jax.datasets.events import batches as batches_lib
+from mtm_jax.datasets.events import windows as windows_lib
 from mtm_jax.models import ndt1, poyo
 from mtm_jax.training import optimizer, step as step_lib
 
@@ -70,12 +72,12 @@ def test_poyo_steps_compile_once_per_token_bucket():
   config.data.token_buckets = (96, 128)  # these windows hold 50-115 tokens: two buckets
   sessions = [reaching.simulate_reaching_session(i, min_units=10, max_units=40, min_trials=6, max_trials=8)
               for i in (0, 1)]
-  data = events.prepare(sessions, "train", poyo_task.window_config(config, train=True))
+  data = windows_lib.prepare(sessions, "train", poyo_task.window_config(config, train=True))
   model = poyo.from_config(config, len(data.vocab.unit_ids), len(data.vocab.session_ids), rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(model, nnx.Param)
   tx = optimizer.make_poyo_optimizer(config, params)
   step = jax.jit(poyo_task.make_train_step(graphdef, tx, tasks=dict(config.model.tasks)), donate_argnums=0)
-  batches = events.training_batches(data, 4, seed=0)
+  batches = batches_lib.training_batches(data, 4, seed=0)
   state, key = step_lib.init_state(params, tx), jax.random.key(0, impl=config.train.prng_impl)
   lengths, new_compilations = [], []
   with count_compilations() as compiled:

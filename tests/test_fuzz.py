@@ -11,7 +11,8 @@ import numpy as np
 import pynwb
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
-from mtm_jax.datasets import events, nwb, schema
+from mtm_jax.datasets import nwb, schema
+from mtm_jax.datasets.events import session as session_lib
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 WHERE = "fuzzed_session"
@@ -74,15 +75,15 @@ _intervals = hnp.arrays(np.float64, hnp.array_shapes(min_dims=1, max_dims=2, min
 
 
 @FUZZ
-@given(changes=st.dictionaries(st.sampled_from(events.SESSION_FIELDS), _junk, max_size=3),
-       splits=st.none() | st.dictionaries(st.sampled_from(events.SPLITS + ("bogus",)), _intervals | _junk, max_size=3))
+@given(changes=st.dictionaries(st.sampled_from(session_lib.SESSION_FIELDS), _junk, max_size=3),
+       splits=st.none() | st.dictionaries(st.sampled_from(session_lib.SPLITS + ("bogus",)), _intervals | _junk, max_size=3))
 def test_event_session_validation(changes, splits):
   session = _event_session()
   session.update(changes)
   if splits is not None:
     session["splits"] = splits
   try:
-    events.validate_event_session(session, WHERE)
+    session_lib.EventSession.from_dict(session, WHERE)
   except ValueError as e:
     _check_error(e)
     return
@@ -141,5 +142,5 @@ def test_nwb_reader(units, trials, behaviour, stamps):
     except ValueError as e:
       _check_error(e, path)
       return
-  events.validate_event_session(session, "again")
-  assert len(session["unit_ids"]) == len(units)
+  session.validate("again")
+  assert len(session.unit_ids) == len(units)

@@ -18,7 +18,9 @@ import pytest
 
 import ibl_alf
 from data_builders import prepare
-from mtm_jax.datasets import events, pipeline, provenance, schema
+from mtm_jax.datasets import pipeline, provenance, schema
+from mtm_jax.datasets.events import tfds as tfds_lib
+from mtm_jax.datasets.events import windows as windows_lib
 from mtm_jax.datasets.ibl import alf, cache, configs, convert, preprocess
 from mtm_jax.tasks import registry
 from mtm_jax.training import trainer
@@ -225,18 +227,18 @@ def test_built_data_sets_read_back(ibl_cache, ibl_data_dir):
       np.testing.assert_allclose(arrays[field], expected[field][rows], rtol=1e-6)
   assert "rates" not in arrays
 
-  ev = events.load_event_session(f"spike_events/{eid}", ibl_data_dir)
-  assert ev["session_id"] == eid and ev["behaviour_name"] == "wheel_speed,whisker_motion_energy"
-  assert list(ev["unit_regions"]) == list(expected["regions"])
-  assert ev["unit_ids"][0] == f"{eid}/probe00/0"
-  assert len(ev["trial_starts"]) == 20  # 3 s apart: no 2 s window overlaps another
-  np.testing.assert_allclose(ev["trial_starts"], np.sort(expected["align_times"]) - 0.5)
-  test = ev["splits"]["test"]
+  ev = tfds_lib.load_event_session(f"spike_events/{eid}", ibl_data_dir)
+  assert ev.session_id == eid and ev.behaviour_name == "wheel_speed,whisker_motion_energy"
+  assert list(ev.unit_regions) == list(expected["regions"])
+  assert ev.unit_ids[0] == f"{eid}/probe00/0"
+  assert len(ev.trial_starts) == 20  # 3 s apart: no 2 s window overlaps another
+  np.testing.assert_allclose(ev.trial_starts, np.sort(expected["align_times"]) - 0.5)
+  test = ev.splits["test"]
   np.testing.assert_allclose(np.sort(test[:, 0]), expected["align_times"][expected["trial_split"] == "test"] - 0.5)
   # Spikes of the windows: the binned counts of the same trials, summed.
-  assert len(ev["spike_times"]) == int(expected["spikes"].sum())
-  np.testing.assert_allclose(ev["behaviour_values"][:, 0], ibl_alf.WHEEL_SLOPE, rtol=1e-5)
-  assert ev["behaviour_values"].shape == (20 * schema.N_BINS, 2)
+  assert len(ev.spike_times) == int(expected["spikes"].sum())
+  np.testing.assert_allclose(ev.behaviour_values[:, 0], ibl_alf.WHEEL_SLOPE, rtol=1e-5)
+  assert ev.behaviour_values.shape == (20 * schema.N_BINS, 2)
 
 
 def test_poyo_scores_of_an_ibl_session_are_named_after_its_behaviours(ibl_cache, ibl_data_dir):
@@ -244,8 +246,8 @@ def test_poyo_scores_of_an_ibl_session_are_named_after_its_behaviours(ibl_cache,
   from mtm_jax.evaluation import poyo_eval  # pylint: disable=g-import-not-at-top
 
   _, eid = ibl_cache
-  ev = events.load_event_session(f"spike_events/{eid}", ibl_data_dir)
-  data = events.prepare([ev], "test", events.WindowConfig(bucket_lengths=(512,)))
+  ev = tfds_lib.load_event_session(f"spike_events/{eid}", ibl_data_dir)
+  data = windows_lib.prepare([ev], "test", windows_lib.WindowConfig(bucket_lengths=(512,)))
   mesh = jax.make_mesh((2, 1), ("data", "model"), axis_types=(jax.sharding.AxisType.Auto,) * 2,
                        devices=jax.devices()[:2])
   perfect = lambda params, batch: batch["output_values"]
@@ -533,7 +535,7 @@ def test_failed_and_interrupted_builds_leave_no_data_set(tmp_path, monkeypatch):
     prepare.build([f"spike_events/{good_eid}"], data_dir, manual_dir=root)
   assert _left_behind(os.path.join(data_dir, "spike_events", good_eid)) == []
   with pytest.raises(FileNotFoundError, match=r"not (found|prepared) under .*build it"):
-    events.load_event_session(f"spike_events/{good_eid}", data_dir)
+    tfds_lib.load_event_session(f"spike_events/{good_eid}", data_dir)
   assert _tree_digest(good_dir) == before
   assert len(pipeline.load_split(names[1], data_dir, "test")["spikes"]) == 4
 
@@ -559,7 +561,7 @@ def test_a_killed_build_leaves_nothing_the_next_build_keeps(tmp_path):
   before = _tree_digest(path)
   os.rename(path, os.path.join(config_dir, "replaced.1.0.0"))  # killed while rebuilding
   with pytest.raises(FileNotFoundError, match=r"rebuild of it was interrupted.*replaced\.1\.0\.0.*puts it back"):
-    events.load_event_session(f"spike_events/{eid}", data_dir)
+    tfds_lib.load_event_session(f"spike_events/{eid}", data_dir)
   os.makedirs(stale)
   assert prepare.build([f"spike_events/{eid}"], data_dir, manual_dir=root) == [path]
   assert sorted(os.listdir(config_dir)) == ["1.0.0"] and _tree_digest(path) == before
@@ -589,7 +591,7 @@ def test_changed_session_files_are_refused_until_rebuilt(tmp_path):
   with pytest.raises(provenance.SourceChangedError, match=changed):
     pipeline.load_split(names[0], data_dir, "train")
   with pytest.raises(provenance.SourceChangedError, match=changed):
-    events.load_event_session(names[1], data_dir)
+    tfds_lib.load_event_session(names[1], data_dir)
   # A rebuild that fails keeps the previous version; one that succeeds replaces it.
   binned_dir = os.path.join(data_dir, "ibl_binned", eid, "1.0.0")
   before = _tree_digest(binned_dir)
@@ -603,7 +605,7 @@ def test_changed_session_files_are_refused_until_rebuilt(tmp_path):
   assert len(pipeline.session_info(names[0], data_dir).region_names) == 9
   assert _tree_digest(binned_dir) != before
   with pytest.raises(provenance.SourceChangedError):  # the other data set of the session was not rebuilt
-    events.load_event_session(names[1], data_dir)
+    tfds_lib.load_event_session(names[1], data_dir)
   assert _tree_digest(os.path.join(data_dir, "ibl_binned", "synthetic_001")) == synthetic
   # Data moved to a machine without the cache: read, with a warning.
   os.rename(root, root + ".moved")

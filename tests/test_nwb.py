@@ -13,7 +13,11 @@ from data_builders import prepare
 from mtm_jax.tasks import registry
 from mtm_jax.configs import poyo as poyo_config
 from mtm_jax.training import trainer
-from mtm_jax.datasets import events, nwb, provenance
+from mtm_jax.datasets import nwb, provenance
+from mtm_jax.datasets.events import batches
+from mtm_jax.datasets.events import session
+from mtm_jax.datasets.events import tfds as tfds_lib
+from mtm_jax.datasets.events import windows
 
 N_TRIALS = 10
 LABELS = ["train"] * 6 + ["val"] * 2 + ["test"] * 2
@@ -63,23 +67,23 @@ def test_reader_returns_the_arrays(tmp_path):
   s = nwb.read_nwb(path)
   spikes = _spikes()
   all_times = np.concatenate(spikes)
-  np.testing.assert_array_equal(s["spike_times"], np.sort(all_times))
-  assert s["spike_times"].dtype == np.float64 and s["spike_units"].dtype == np.int32
+  np.testing.assert_array_equal(s.spike_times, np.sort(all_times))
+  assert s.spike_times.dtype == np.float64 and s.spike_units.dtype == np.int32
   for u, times in enumerate(spikes):
-    np.testing.assert_array_equal(s["spike_times"][s["spike_units"] == u], times)
-  assert list(s["unit_ids"]) == ["sess/0", "sess/1", "sess/2"] and list(s["unit_regions"]) == LOCATIONS
-  np.testing.assert_array_equal(s["trial_starts"], 2.0 * np.arange(N_TRIALS))
-  np.testing.assert_array_equal(s["trial_ends"], 2.0 * np.arange(N_TRIALS) + 2.0)
-  for name in events.SPLITS:  # from the split column
+    np.testing.assert_array_equal(s.spike_times[s.spike_units == u], times)
+  assert list(s.unit_ids) == ["sess/0", "sess/1", "sess/2"] and list(s.unit_regions) == LOCATIONS
+  np.testing.assert_array_equal(s.trial_starts, 2.0 * np.arange(N_TRIALS))
+  np.testing.assert_array_equal(s.trial_ends, 2.0 * np.arange(N_TRIALS) + 2.0)
+  for name in session.SPLITS:  # from the split column
     expected = [[2.0 * k, 2.0 * k + 2.0] for k in range(N_TRIALS) if LABELS[k] == name]
-    np.testing.assert_array_equal(s["splits"][name], expected)
-  assert s["source_info"]["split_source"] == "column"
-  np.testing.assert_allclose(s["behaviour_timestamps"], np.arange(2000) * 0.01)
-  np.testing.assert_allclose(s["behaviour_values"][:, 0], np.sin(np.arange(2000) * 0.01), rtol=1e-6)
-  assert s["behaviour_values"].shape == (2000, 2) and (s["behaviour_weights"] == 1).all()
+    np.testing.assert_array_equal(s.splits[name], expected)
+  assert s.source_info["split_source"] == "column"
+  np.testing.assert_allclose(s.behaviour_timestamps, np.arange(2000) * 0.01)
+  np.testing.assert_allclose(s.behaviour_values[:, 0], np.sin(np.arange(2000) * 0.01), rtol=1e-6)
+  assert s.behaviour_values.shape == (2000, 2) and (s.behaviour_weights == 1).all()
   strided = nwb.read_nwb(path, behaviour_stride=10, session_id="x")
-  np.testing.assert_allclose(strided["behaviour_timestamps"], np.arange(200) * 0.1)
-  assert strided["unit_ids"][0] == "x/0"
+  np.testing.assert_allclose(strided.behaviour_timestamps, np.arange(200) * 0.1)
+  assert strided.unit_ids[0] == "x/0"
 
 
 def test_reader_fallbacks(tmp_path, caplog):
@@ -87,12 +91,12 @@ def test_reader_fallbacks(tmp_path, caplog):
   behaviour; a trial overlapping the previous one is left out."""
   path = write_nwb(tmp_path / "plain.nwb", electrodes=False, split=False, rate=100.0, overlap=True)
   s = nwb.read_nwb(path, split_seed=3)
-  assert list(s["unit_regions"]) == ["unknown"] * 3
-  assert s["source_info"]["split_source"] == "seeded" and s["source_info"]["dropped_overlapping_trials"] == 1
+  assert list(s.unit_regions) == ["unknown"] * 3
+  assert s.source_info["split_source"] == "seeded" and s.source_info["dropped_overlapping_trials"] == 1
   assert f"{path}: 1 of {N_TRIALS} trials overlap an earlier trial and are left out" in caplog.text  # not silently
-  assert len(s["trial_starts"]) == N_TRIALS - 1
-  assert [len(s["splits"][n]) for n in events.SPLITS] == [6, 1, 2]  # 70/10/20 of 9 trials
-  np.testing.assert_allclose(s["behaviour_timestamps"], np.arange(2000) / 100.0)
+  assert len(s.trial_starts) == N_TRIALS - 1
+  assert [len(s.splits[n]) for n in session.SPLITS] == [6, 1, 2]  # 70/10/20 of 9 trials
+  np.testing.assert_allclose(s.behaviour_timestamps, np.arange(2000) / 100.0)
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -120,17 +124,17 @@ def test_build_nwb_directory_end_to_end(tmp_path, capsys, caplog):
   assert capsys.readouterr().out == ""
   assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
   assert [r.getMessage().split(" (")[0] for r in caplog.records if "built " in r.getMessage()] == ["built spike_events/nwb"]
-  back = events.load_event_session("spike_events/nwb", data_dir)
+  back = tfds_lib.load_event_session("spike_events/nwb", data_dir)
   source = nwb.read_nwb(path)
-  assert back["session_id"] == "sub-Test_desc-train_behavior+ecephys"
-  assert list(back["unit_ids"]) == list(source["unit_ids"]) and list(back["unit_regions"]) == LOCATIONS
+  assert back.session_id == "sub-Test_desc-train_behavior+ecephys"
+  assert list(back.unit_ids) == list(source.unit_ids) and list(back.unit_regions) == LOCATIONS
   # The trials tile 0-20 s: every spike and behaviour sample is stored.
   for key in ("spike_times", "spike_units", "behaviour_timestamps", "behaviour_values", "trial_starts"):
-    np.testing.assert_array_equal(back[key], source[key], err_msg=key)
-  for name in events.SPLITS:
-    np.testing.assert_array_equal(back["splits"][name], source["splits"][name])
-  data = events.prepare([back], "train", events.WindowConfig(bucket_lengths=(256,)))
-  assert events.training_batches(data, batch_size=2, seed=0)[0]["unit_index"].shape == (2, 256)
+    np.testing.assert_array_equal(getattr(back, key), getattr(source, key), err_msg=key)
+  for name in session.SPLITS:
+    np.testing.assert_array_equal(back.splits[name], source.splits[name])
+  data = windows.prepare([back], "train", windows.WindowConfig(bucket_lengths=(256,)))
+  assert batches.training_batches(data, batch_size=2, seed=0)[0]["unit_index"].shape == (2, 256)
   # ... and POYO trains on it and scores its test trials.
   config = poyo_config.get_config("tiny")
   config.data.datasets, config.data.data_dir = "spike_events/nwb", data_dir
@@ -168,17 +172,17 @@ def test_a_replaced_nwb_file_is_refused_until_rebuilt(tmp_path):
   with pytest.raises(provenance.SourceChangedError, match=changed):
     prepare.build(["spike_events/nwb"], data_dir, manual_dir=str(manual))
   with pytest.raises(provenance.SourceChangedError, match=changed):
-    events.load_event_session("spike_events/nwb", data_dir)
+    tfds_lib.load_event_session("spike_events/nwb", data_dir)
   prepare.build(["spike_events/nwb"], data_dir, manual_dir=str(manual), rebuild=["spike_events/nwb"])
-  back = events.load_event_session("spike_events/nwb", data_dir)
-  assert back["session_id"] == "second_session"
-  np.testing.assert_array_equal(back["spike_times"], nwb.read_nwb(second)["spike_times"])
+  back = tfds_lib.load_event_session("spike_events/nwb", data_dir)
+  assert back.session_id == "second_session"
+  np.testing.assert_array_equal(back.spike_times, nwb.read_nwb(second).spike_times)
   # The same file name, other contents.
   write_nwb(manual / "second_session.nwb", seed=3)
   with pytest.raises(provenance.SourceChangedError, match=rf"{re.escape(second)}: content changed"):
-    events.load_event_session("spike_events/nwb", data_dir)
+    tfds_lib.load_event_session("spike_events/nwb", data_dir)
   assert _files_and_mtimes(os.path.join(data_dir, "spike_events", "nlb_mc_maze_small")) == untouched
-  assert events.load_event_session("spike_events/nlb_mc_maze_small", data_dir)["session_id"] == "nlb_mc_maze_small"
+  assert tfds_lib.load_event_session("spike_events/nlb_mc_maze_small", data_dir).session_id == "nlb_mc_maze_small"
   # Building it with another --manual_dir: the error says which folder it was built from.
   with pytest.raises(provenance.SourceChangedError,
                      match=rf"built from {re.escape(str(other))}; the files are now read from {re.escape(str(manual))}"):

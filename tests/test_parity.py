@@ -21,6 +21,7 @@ from flax import nnx
 
 from mtm_jax.tasks import registry
 from mtm_jax import masking
+from mtm_jax.datasets.events import vocabulary
 from mtm_jax.interop import ndt1 as ndt1_interop
 from mtm_jax.interop import poyo as poyo_interop
 from mtm_jax.interop import state_dict
@@ -106,7 +107,7 @@ def _poyo_model(ckpt, **config_overrides):
 def _poyo_outputs(ckpt, io, **config_overrides):
   model, records = _poyo_model(ckpt, **config_overrides)
   # Their token indices -> our rows (ours group the units by session).
-  ours = poyo_interop.poyo_vocabulary(records)
+  ours = vocabulary.Vocabulary.from_records(records)
   unit_row = {u: i + 1 for i, u in enumerate(ours.unit_ids)}
   session_row = {s: i + 1 for i, s in enumerate(ours.session_ids)}
   unit_row["NA"] = session_row["NA"] = 0

@@ -15,6 +15,7 @@ from mtm_jax.tasks import registry, ndt1 as ndt1_task
 from mtm_jax.configs import ndt1 as ndt1_config
 from mtm_jax.configs import poyo as poyo_config
 from mtm_jax.datasets import pipeline
+from mtm_jax.datasets.events import vocabulary
 from mtm_jax.evaluation import run
 from mtm_jax.interop import ndt1 as ndt1_interop
 from mtm_jax.interop import poyo as poyo_interop
@@ -150,7 +151,7 @@ POYO_RECORDS = [dict(name="a", session_id="a", unit_ids=["a/u0", "a/u1", "a/u2"]
 
 def _tiny_poyo(seed=0):
   config = poyo_config.get_config("tiny")
-  vocab = poyo_interop.poyo_vocabulary(POYO_RECORDS)
+  vocab = vocabulary.Vocabulary.from_records(POYO_RECORDS)
   return config, poyo.from_config(config, len(vocab.unit_ids), len(vocab.session_ids), rngs=nnx.Rngs(seed))
 
 
@@ -219,7 +220,7 @@ def test_torch_brain_batches_map_to_ours_with_their_precision():
   theirs = _their_batch(ckpt, np.random.default_rng(1))
   ours, angles = poyo_interop.torch_brain_batch(ckpt, POYO_RECORDS, theirs, model.frequencies())
   vocab = ckpt.meta["vocab"]
-  ids = ("NA",) + poyo_interop.poyo_vocabulary(POYO_RECORDS).unit_ids  # our rows
+  ids = ("NA",) + vocabulary.Vocabulary.from_records(POYO_RECORDS).unit_ids  # our rows
   np.testing.assert_array_equal([[ids[r] for r in row] for row in ours["unit_index"]],
                                 [[vocab["unit_emb.vocab"][r] for r in row] for row in theirs["input_unit_index"]])
   np.testing.assert_array_equal(ours["session_index"], [1, 2])

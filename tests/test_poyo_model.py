@@ -11,6 +11,7 @@ import pytest
 from flax import nnx
 
 from mtm_jax.configs import poyo as poyo_config
+from mtm_jax.datasets.events import tokens
 from mtm_jax.models import attention
 from mtm_jax.models import perceiver
 from mtm_jax.models import poyo
@@ -137,8 +138,8 @@ def make_batch(seed=0, b=2, units=4, spikes=16, q=6):
     ids = rng.choice(np.arange(1, N_UNITS + 1), units, replace=False)
     unit_index.append(np.concatenate([np.repeat(ids, 2), rng.choice(ids, spikes)]))
     timestamps.append(np.concatenate([np.tile([0.0, 1.0], units), rng.uniform(0, 1, spikes)]))
-    token_type.append(np.concatenate([np.tile([poyo.TOKEN_START, poyo.TOKEN_END], units),
-                                      np.full(spikes, poyo.TOKEN_SPIKE)]))
+    token_type.append(np.concatenate([np.tile([tokens.START, tokens.END], units),
+                                      np.full(spikes, tokens.SPIKE)]))
   return dict(
       unit_index=np.array(unit_index, np.int32), timestamps=np.array(timestamps),  # float64 from the host
       token_type=np.array(token_type, np.int32), input_mask=np.ones((b, 2 * units + spikes), bool),

@@ -2,6 +2,7 @@
 definitions, a short run (loss goes down, exact resume), unit identification (only the
 new rows change), window averaging, the ridge baseline and metrics.json."""
 
+import dataclasses
 import os
 import shutil
 
@@ -14,7 +15,11 @@ from jax.experimental.compilation_cache import compilation_cache
 
 from mtm_jax.tasks import registry, poyo as poyo_task
 from mtm_jax.configs import poyo as poyo_config
-from mtm_jax.datasets import events, reaching
+from mtm_jax.datasets import reaching
+from mtm_jax.datasets.events import batches as batches_lib
+from mtm_jax.datasets.events import session as session_lib
+from mtm_jax.datasets.events import stitching
+from mtm_jax.datasets.events import windows as windows_lib
 from mtm_jax.evaluation import poyo_eval
 from mtm_jax.models import poyo
 from mtm_jax.training import optimizer, trainer
@@ -138,12 +143,12 @@ def test_training_reduces_the_loss(pretrained, sessions):
   trained = registry.load_trained(workdir)
   assert trained.step == STEPS and trained.vocab.session_ids == ("reaching_000", "reaching_001")
   config = trained.config
-  data = events.prepare(sessions[:2], "train", poyo_task.window_config(config, train=False), vocab=trained.vocab,
+  data = windows_lib.prepare(sessions[:2], "train", poyo_task.window_config(config, train=False), vocab=trained.vocab,
                         scale=trained.scale)
   _, _, fresh = registry.get("poyo").create(config, trained.records, trained.mesh)  # the run's initial parameters
   loss = jax.jit(lambda params, batch: poyo_task.loss_fn(trained.graphdef, params, batch, None,
                                                          tasks=dict(config.model.tasks))[0])
-  batches = [events.training_batches(data, 16, seed=1)[i] for i in range(2)]
+  batches = [batches_lib.training_batches(data, 16, seed=1)[i] for i in range(2)]
   before = np.mean([loss(fresh.params, b) for b in batches])
   after = np.mean([loss(trained.params, b) for b in batches])
   assert after < 0.95 * before, (before, after)
@@ -169,7 +174,7 @@ def test_unit_identification_changes_only_the_new_rows(pretrained, sessions, tmp
   pre, new = registry.load_trained(workdir), registry.load_trained(str(tmp_path / "unit_id"))
   assert new.vocab.session_ids == pre.vocab.session_ids + ("reaching_002",)
   np.testing.assert_array_equal(new.scale, pre.scale)
-  n_new = len(sessions[2]["unit_ids"])
+  n_new = len(sessions[2].unit_ids)
   grown = _flat(poyo.grow_vocab(nnx.to_pure_dict(jax.device_get(pre.params)), n_new, 1,
                                 jax.random.key(config.seed + 7), init_scale=config.model.emb_init_scale))
   old, after = _flat(pre.params), _flat(new.params)
@@ -200,23 +205,23 @@ def test_new_rows_mask():
 
 def test_overlapping_windows_are_averaged(sessions):
   config = tiny_config()
-  data = events.prepare(sessions[:1], "test", poyo_task.window_config(config, train=False))
+  data = windows_lib.prepare(sessions[:1], "test", poyo_task.window_config(config, train=False))
   mesh = jax.make_mesh((2, 1), ("data", "model"), axis_types=(jax.sharding.AxisType.Auto,) * 2,
                        devices=jax.devices()[:2])
   # Each window predicts, at every query, its time from the window start.
   relative_time = lambda params, batch: jnp.broadcast_to(batch["output_timestamps"][..., None],
                                                          batch["output_timestamps"].shape + (data.n_dims,))
   metas, predictions = poyo_eval.predict_windows(relative_time, None, data, 16, mesh)
-  (stitched,) = events.stitch_predictions(data, metas, predictions)
-  windows = events.evaluation_windows(data)
+  (stitched,) = stitching.stitch_predictions(data, metas, predictions)
+  windows = windows_lib.evaluation_windows(data)
   assert len(windows) > len(data.intervals)  # some intervals hold several overlapping windows
   s = sessions[0]
   for t, pred in zip(stitched["timestamps"][::7], stitched["prediction"][::7]):
     covering = [a for _, a, end in windows if a <= t < min(a + 1.0, end)]
     expected = np.mean([t - a for a in covering]) * data.scale
     np.testing.assert_allclose(pred, expected, rtol=1e-4, atol=1e-4)
-  assert len(stitched["timestamps"]) == sum(np.sum((s["behaviour_timestamps"] >= a) & (s["behaviour_timestamps"] < b))
-                                            for a, b in s["splits"]["test"])
+  assert len(stitched["timestamps"]) == sum(np.sum((s.behaviour_timestamps >= a) & (s.behaviour_timestamps < b))
+                                            for a, b in s.splits["test"])
   # A perfect predictor scores R^2 = 1 in every dimension.
   perfect = lambda params, batch: batch["output_values"]
   per_session, _ = poyo_eval.stitched_r2(data, *poyo_eval.predict_windows(perfect, None, data, 16, mesh))
@@ -251,13 +256,13 @@ def test_evaluate_workdir_writes_metrics_with_the_baseline(pretrained, sessions)
     registry.evaluate_workdir(workdir, "test", sessions=sessions[2:], decode=False)
 
 
-def _thinned(session: dict, split: str, keep: int) -> dict:
+def _thinned(session: session_lib.EventSession, split: str, keep: int) -> session_lib.EventSession:
   """`session` keeping only the first `keep` behaviour samples inside its `split` intervals."""
-  stamps = session["behaviour_timestamps"]
-  inside = np.any([(stamps >= a) & (stamps < b) for a, b in session["splits"][split]], axis=0)
+  stamps = session.behaviour_timestamps
+  inside = np.any([(stamps >= a) & (stamps < b) for a, b in session.splits[split]], axis=0)
   drop = np.flatnonzero(inside)[keep:]
-  return {**session, **{k: np.delete(session[k], drop, axis=0)
-                        for k in ("behaviour_timestamps", "behaviour_values", "behaviour_weights")}}
+  return dataclasses.replace(session, **{k: np.delete(getattr(session, k), drop, axis=0)
+                                         for k in ("behaviour_timestamps", "behaviour_values", "behaviour_weights")})
 
 
 def test_evaluate_workdir_skips_sessions_too_small_to_score(pretrained, sessions):
@@ -283,7 +288,7 @@ def test_evaluate_workdir_skips_sessions_too_small_to_score(pretrained, sessions
 
 def test_ridge_baseline_decodes_a_larger_session():
   session = reaching.simulate_reaching_session(5, min_units=50, max_units=50, min_trials=30, max_trials=30)
-  test = events.restrict_to_splits(session, ["test"])
-  prediction, target = poyo_eval.ridge_baseline(session, test["behaviour_timestamps"], bin_size=0.02, lags=10)
-  assert prediction.shape == target.shape == test["behaviour_values"].shape
+  test = session_lib.restrict_to_splits(session, ["test"])
+  prediction, target = poyo_eval.ridge_baseline(session, test.behaviour_timestamps, bin_size=0.02, lags=10)
+  assert prediction.shape == target.shape == test.behaviour_values.shape
   assert poyo_eval.r2_per_dim(prediction, target).mean() > 0.3

@@ -31,7 +31,7 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mtm_jax.datasets import events
+from mtm_jax.datasets.events import session as session_lib
 from mtm_jax.datasets import provenance
 from mtm_jax.datasets import reaching
 from mtm_jax.datasets.ibl import configs
@@ -63,8 +63,8 @@ class SpikeEventsConfig(tfds.core.BuilderConfig):
   eid: str = ""
   ibl_options: configs.IblOptions = configs.IblOptions()
 
-  def load_session(self, manual_dir: str | None = None) -> dict:
-    """The session in the event schema of mtm_jax.datasets.events."""
+  def load_session(self, manual_dir: str | None = None) -> session_lib.EventSession:
+    """The event session of this config (mtm_jax.datasets.events.session)."""
     if self.source == "reaching":
       return reaching.simulate_reaching_session(
           self.session_index, brain_seed=self.brain_seed, split_seed=self.split_seed, min_units=self.min_units,
@@ -169,35 +169,35 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     config = self.builder_config
     session = config.load_session(str(dl_manager.manual_dir) if config.source in ("nwb", "ibl") else None)
     where = f"spike_events/{config.name}"
-    events.validate_event_session(session, where=where)
-    missing = [s for s in events.SPLITS if s not in session["splits"]]
+    session.validate(where=where)
+    missing = [s for s in session_lib.SPLITS if s not in session.splits]
     if missing:
       raise ValueError(f"{where}: the session has no {missing} split(s)")
-    trials = np.stack([session["trial_starts"], session["trial_ends"]], axis=1)
+    trials = np.stack([session.trial_starts, session.trial_ends], axis=1)
     self.info.metadata.update(
-        session_id=session["session_id"],
-        unit_ids=[str(u) for u in session["unit_ids"]],
-        unit_regions=[str(r) for r in session["unit_regions"]],
-        n_units=len(session["unit_ids"]),
-        n_spikes=int(len(session["spike_times"])),
-        behaviour_name=str(session["behaviour_name"]),
-        behaviour_dim=int(np.shape(session["behaviour_values"])[1]),
-        behaviour_scale=events.behaviour_scale([session]).tolist(),
+        session_id=session.session_id,
+        unit_ids=[str(u) for u in session.unit_ids],
+        unit_regions=[str(r) for r in session.unit_regions],
+        n_units=len(session.unit_ids),
+        n_spikes=int(len(session.spike_times)),
+        behaviour_name=str(session.behaviour_name),
+        behaviour_dim=int(np.shape(session.behaviour_values)[1]),
+        behaviour_scale=session_lib.behaviour_scale([session]).tolist(),
         trial_intervals=trials.tolist(),
-        split_intervals={s: np.asarray(iv, np.float64).reshape(-1, 2).tolist() for s, iv in session["splits"].items()},
+        split_intervals={s: np.asarray(iv, np.float64).reshape(-1, 2).tolist() for s, iv in session.splits.items()},
         source=config.source,
         split_seed=config.split_seed,
-        source_info=dict(session.get("source_info", {})),
+        source_info=dict(session.source_info),
     )
-    if "source_files" in session:  # NWB and IBL: the files read, checked when the data set is used
+    if session.source_files is not None:  # NWB and IBL: the files read, checked when the data set is used
       pattern = config.nwb_pattern if config.source == "nwb" else None
-      self.info.metadata[provenance.RECORD_KEY] = provenance.record(dl_manager.manual_dir, session["source_files"],
+      self.info.metadata[provenance.RECORD_KEY] = provenance.record(dl_manager.manual_dir, session.source_files,
                                                                     pattern)
-    return {name: self._generate_examples(session, session["splits"][name]) for name in events.SPLITS}
+    return {name: self._generate_examples(session, session.splits[name]) for name in session_lib.SPLITS}
 
   def _generate_examples(self, session, intervals):
     for j, (start, end) in enumerate(np.asarray(intervals, np.float64).reshape(-1, 2)):
-      part = events.interval_data(session, start, end)
+      part = session_lib.interval_data(session, start, end)
       n = len(part["behaviour_timestamps"])
       yield j, {
           "interval_index": j,

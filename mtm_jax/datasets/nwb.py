@@ -1,6 +1,6 @@
 """Neurodata Without Borders (NWB) files in the Neural Latents Benchmark layout -> event sessions.
 
-Reads with pynwb, into the session schema of mtm_jax.datasets.events:
+Reads with pynwb, into an event session (mtm_jax.datasets.events.session):
   units                        Units table (required): spike_times of every unit. Region of a
                                unit: `location` of its first electrode (`electrodes` column),
                                else a `location` column, else "unknown". Held-out units of NLB
@@ -27,7 +27,7 @@ from absl import logging
 import numpy as np
 import pynwb
 
-from mtm_jax.datasets import events
+from mtm_jax.datasets.events import session as session_lib
 
 
 def _text(values) -> list[str]:
@@ -107,18 +107,18 @@ def _read_trials(path: str, nwbfile, split_seed: int):
 
   if labels is not None:
     labels = np.array(labels, dtype=object)[kept]
-    parts = {name: kept[labels == name] for name in events.SPLITS}
+    parts = {name: kept[labels == name] for name in session_lib.SPLITS}
     if all(len(p) for p in parts.values()):
       info["split_source"] = "column"
       splits = {name: np.stack([starts[p], stops[p]], 1).reshape(-1, 2) for name, p in parts.items()}
       return starts[kept], stops[kept], splits, info
-    labelled = kept[np.isin(labels, events.SPLITS)]
+    labelled = kept[np.isin(labels, session_lib.SPLITS)]
   else:
     labelled = kept
-  if len(labelled) < len(events.SPLITS):
-    raise ValueError(f"{path}: {len(labelled)} usable trials; need at least {len(events.SPLITS)} for train/val/test")
+  if len(labelled) < len(session_lib.SPLITS):
+    raise ValueError(f"{path}: {len(labelled)} usable trials; need at least {len(session_lib.SPLITS)} for train/val/test")
   info["split_source"] = "seeded"
-  splits = events.split_intervals(starts[labelled], stops[labelled], seed=split_seed)
+  splits = session_lib.split_intervals(starts[labelled], stops[labelled], seed=split_seed)
   return starts[kept], stops[kept], splits, info
 
 
@@ -158,8 +158,8 @@ def _read_behaviour(path: str, nwbfile, name: str, stride: int):
 
 
 def read_nwb(path: str, behaviour: str = "hand_vel", session_id: str | None = None, split_seed: int = 0,
-             behaviour_stride: int = 1) -> dict:
-  """One NWB file as an event session (mtm_jax.datasets.events schema).
+             behaviour_stride: int = 1) -> session_lib.EventSession:
+  """One NWB file as an event session (mtm_jax.datasets.events.session).
 
   behaviour: name of the TimeSeries in processing/behavior; session_id: defaults to the
   file name without extension (it prefixes the unit ids, so keep it unique across
@@ -184,7 +184,7 @@ def read_nwb(path: str, behaviour: str = "hand_vel", session_id: str | None = No
   finally:
     io.close()
   info.update(file=os.path.basename(path), dropped_nan_behaviour=dropped, n_heldout_units=int(np.sum(heldout)))
-  session = dict(
+  session = session_lib.EventSession(
       session_id=session_id,
       spike_times=spike_times,
       spike_units=spike_units,
@@ -200,5 +200,5 @@ def read_nwb(path: str, behaviour: str = "hand_vel", session_id: str | None = No
       source_info=info,
       source_files=[os.path.abspath(path)],
   )
-  events.validate_event_session(session, where=path)
+  session.validate(where=path)
   return session

@@ -27,7 +27,8 @@ import dataclasses
 
 import numpy as np
 
-from mtm_jax.datasets import events, synthetic
+from mtm_jax.datasets import synthetic
+from mtm_jax.datasets.events import session as session_lib
 
 PERIODS = ("hold", "reach", "return")
 PERIOD_WEIGHTS = (0.1, 5.0, 1.0)  # loss weight of a behaviour sample in each period (POYO)
@@ -119,8 +120,8 @@ class ReachingBrain:
                                n_trials=int(rng.integers(min_trials, max_trials + 1)),
                                seed=int(rng.integers(2**31)))
 
-  def simulate_session(self, spec: ReachingSessionSpec, split_seed: int = 0) -> dict:
-    """One session in the event schema of mtm_jax.datasets.events, plus
+  def simulate_session(self, spec: ReachingSessionSpec, split_seed: int = 0) -> session_lib.EventSession:
+    """One event session, with the ground truth in its extras:
       trial_direction [K] int32 target index, go_times [K] float64 go cues (reach onsets),
       behaviour_period [T] int8 index into PERIODS, pool_ids [U] int32 neuron pool index.
     behaviour_values is the hand velocity [T, 2] in cm/s ("hand_vel")."""
@@ -139,7 +140,7 @@ class ReachingBrain:
     order = np.argsort(spike_times, kind="stable")
     step_times = np.arange(n_steps) * c.step
     starts, ends = trials["starts"] * c.step, trials["ends"] * c.step
-    return dict(
+    return session_lib.EventSession(
         session_id=spec.name,
         spike_times=spike_times[order],
         spike_units=spike_units[order].astype(np.int32),
@@ -151,11 +152,9 @@ class ReachingBrain:
         behaviour_weights=np.asarray(PERIOD_WEIGHTS, np.float32)[period],
         trial_starts=starts,
         trial_ends=ends,
-        splits=events.split_intervals(starts, ends, seed=split_seed),
-        trial_direction=trials["direction"].astype(np.int32),
-        go_times=trials["go"] * c.step,
-        behaviour_period=period.astype(np.int8),
-        pool_ids=ids.astype(np.int32),
+        splits=session_lib.split_intervals(starts, ends, seed=split_seed),
+        extras=dict(trial_direction=trials["direction"].astype(np.int32), go_times=trials["go"] * c.step,
+                    behaviour_period=period.astype(np.int8), pool_ids=ids.astype(np.int32)),
     )
 
   def _latents(self, rng, trials: dict, intended: np.ndarray, n_steps: int) -> np.ndarray:
@@ -181,7 +180,8 @@ class ReachingBrain:
     return np.concatenate([prep, vel, acc, speed, rot, private], axis=1)
 
 
-def simulate_reaching_session(index: int, brain_seed: int = 0, split_seed: int = 0, **spec_kwargs) -> dict:
+def simulate_reaching_session(index: int, brain_seed: int = 0, split_seed: int = 0,
+                              **spec_kwargs) -> session_lib.EventSession:
   """Session `index` of the reaching brain with seed `brain_seed` (spec_kwargs: unit and
   trial ranges of ReachingBrain.session_spec)."""
   brain = ReachingBrain(ReachingConfig(seed=brain_seed))

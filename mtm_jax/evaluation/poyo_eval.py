@@ -1,8 +1,8 @@
 """POYO evaluation: behaviour R^2 from sliding windows, and a ridge (Wiener filter) baseline.
 
 Windows of 1 s slide in 0.5 s steps over each interval of the split
-(events.evaluation_batches); the predictions of overlapping windows are averaged per
-behaviour timestamp and rescaled to the original units (events.stitch_predictions).
+(batches.evaluation_batches); the predictions of overlapping windows are averaged per
+behaviour timestamp and rescaled to the original units (stitching.stitch_predictions).
 R^2 is computed per session and output dimension over the covered timestamps, averaged
 over dimensions (a session's R^2), then over sessions.
 
@@ -27,7 +27,10 @@ from jax.experimental import multihost_utils
 from flax import nnx
 
 from mtm_jax import metrics
-from mtm_jax.datasets import events
+from mtm_jax.datasets.events import batches
+from mtm_jax.datasets.events import session as session_lib
+from mtm_jax.datasets.events import stitching
+from mtm_jax.datasets.events import windows as windows_lib
 from mtm_jax.parallel import mesh as mesh_lib
 
 
@@ -48,7 +51,7 @@ def summarise(per_session: dict[str, np.ndarray], key: str = "behaviour_r2",
               skipped: dict[str, str] | None = None, names=None) -> dict:
   """{session id: [D] R^2} -> {key: mean over sessions of the dimension mean,
   f"{key}_{names[d]}": mean over sessions of dimension d, "sessions": {id: {key, ...}}}.
-  names: the D output names (events.output_names; default dim0 ... dim{D-1}).
+  names: the D output names (events.session.output_names; default dim0 ... dim{D-1}).
   skipped {session id: reason} (sessions without a score) become {"skipped": {key: reason}}
   under "sessions", and the top-level "skipped" {key: reasons} when no session has a score."""
   out = {}
@@ -88,20 +91,20 @@ def make_predictor(graphdef, task: str):
   return jax.jit(lambda params, batch: nnx.merge(graphdef, params)(batch)[task])
 
 
-def predict_windows(predictor, params, data: events.EventData, batch_size: int, mesh) -> tuple[list, list]:
+def predict_windows(predictor, params, data: windows_lib.EventData, batch_size: int, mesh) -> tuple[list, list]:
   """(metas, predictions) over the sliding evaluation windows of `data`."""
   mesh_lib.check_batch_size(batch_size, mesh)
   rows = mesh_lib.process_rows(batch_size, mesh)  # this process's rows of every batch
   metas, predictions = [], []
   with jax.set_mesh(mesh):
-    for batch, meta in events.evaluation_batches(data, batch_size):
+    for batch, meta in batches.evaluation_batches(data, batch_size):
       out = predictor(params, mesh_lib.shard_batch({k: v[rows] for k, v in batch.items()}, mesh, batch_size))
       predictions.append(np.asarray(multihost_utils.process_allgather(out, tiled=True)))  # every process: all rows
       metas.append(meta)
   return metas, predictions
 
 
-def stitched_r2(data: events.EventData, metas, predictions) -> tuple[dict[str, np.ndarray], list[dict]]:
+def stitched_r2(data: windows_lib.EventData, metas, predictions) -> tuple[dict[str, np.ndarray], list[dict]]:
   """({session id: [D] R^2}, stitched per session) of window predictions (every session;
   see stitched_scores to skip those too small to score)."""
   per_session, skipped, stitched = stitched_scores(data, metas, predictions)
@@ -110,21 +113,21 @@ def stitched_r2(data: events.EventData, metas, predictions) -> tuple[dict[str, n
   return per_session, stitched
 
 
-def stitched_scores(data: events.EventData, metas, predictions) -> tuple[dict, dict, list[dict]]:
+def stitched_scores(data: windows_lib.EventData, metas, predictions) -> tuple[dict, dict, list[dict]]:
   """({session id: [D] R^2}, {session id: reason it has none}, stitched per session)."""
-  stitched = events.stitch_predictions(data, metas, predictions)
-  pairs = [(s["session_id"], st) for s, st in zip(data.sessions, stitched)]
+  stitched = stitching.stitch_predictions(data, metas, predictions)
+  pairs = [(s.session_id, st) for s, st in zip(data.sessions, stitched)]
   per_session, skipped = scored_sessions(lambda st: r2_per_dim(st["prediction"], st["target"]), pairs)
   return per_session, skipped, stitched
 
 
-def evaluate_data(graphdef, params, data: events.EventData, *, task: str, batch_size: int, mesh,
+def evaluate_data(graphdef, params, data: windows_lib.EventData, *, task: str, batch_size: int, mesh,
                   predictor=None) -> tuple[dict, list[dict]]:
   """(summarise(...) of the model's R^2 on `data`, the stitched per-session predictions)."""
   predictor = make_predictor(graphdef, task) if predictor is None else predictor
   metas, predictions = predict_windows(predictor, params, data, batch_size, mesh)
   per_session, skipped, stitched = stitched_scores(data, metas, predictions)
-  return summarise(per_session, skipped=skipped, names=events.output_names(data.sessions)), stitched
+  return summarise(per_session, skipped=skipped, names=session_lib.output_names(data.sessions)), stitched
 
 
 # ------------------------------------------------------------------------------------------
@@ -132,11 +135,11 @@ def evaluate_data(graphdef, params, data: events.EventData, *, task: str, batch_
 # ------------------------------------------------------------------------------------------
 
 
-def lagged_counts(session: dict, timestamps: np.ndarray, bin_size: float, lags: int) -> np.ndarray:
+def lagged_counts(session: session_lib.EventSession, timestamps: np.ndarray, bin_size: float, lags: int) -> np.ndarray:
   """[T, lags * U] float32 spike counts of each unit in bins [t + bin/2 - (k+1) bin,
   t + bin/2 - k bin), k = 0 ... lags - 1, around each timestamp t (lag-major order)."""
-  times, units = session["spike_times"], session["spike_units"]
-  n_units = len(session["unit_ids"])
+  times, units = session.spike_times, session.spike_units
+  n_units = len(session.unit_ids)
   t = np.asarray(timestamps, np.float64)
   edges = t[:, None] + bin_size / 2 - bin_size * np.arange(lags + 1)[None, :]  # [T, lags + 1], newest first
   out = np.zeros((len(t), lags, n_units), np.float32)
@@ -149,8 +152,8 @@ def lagged_counts(session: dict, timestamps: np.ndarray, bin_size: float, lags: 
   return out.reshape(len(t), lags * n_units)
 
 
-def ridge_baseline(session: dict, test_timestamps: np.ndarray, *, split: str = "test", bin_size: float = 0.02,
-                   lags: int = 10, train_split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+def ridge_baseline(session: session_lib.EventSession, test_timestamps: np.ndarray, *, split: str = "test",
+                   bin_size: float = 0.02, lags: int = 10, train_split: str = "train") -> tuple[np.ndarray, np.ndarray]:
   """Fits RidgeCV on the training split of `session` and predicts at `test_timestamps`
   (which must be behaviour timestamps of `split`). Each split sees only its own spikes.
   Returns ([T, D] prediction, [T, D] target)."""
@@ -158,31 +161,31 @@ def ridge_baseline(session: dict, test_timestamps: np.ndarray, *, split: str = "
   from sklearn.pipeline import make_pipeline  # pylint: disable=g-import-not-at-top
   from sklearn.preprocessing import StandardScaler  # pylint: disable=g-import-not-at-top
 
-  train = events.restrict_to_splits(session, [train_split])
-  test = events.restrict_to_splits(session, [split])
+  train = session_lib.restrict_to_splits(session, [train_split])
+  test = session_lib.restrict_to_splits(session, [split])
   if len(test_timestamps) == 0:
-    raise metrics.Undecodable(f"ridge baseline: no {split} timestamps of session {session['session_id']!r} to "
+    raise metrics.Undecodable(f"ridge baseline: no {split} timestamps of session {session.session_id!r} to "
                                "predict")
-  if len(train["behaviour_timestamps"]) < 2:
-    raise metrics.Undecodable(f"ridge baseline: the {train_split} split of session {session['session_id']!r} "
-                               f"has {len(train['behaviour_timestamps'])} behaviour samples; fitting needs 2")
-  x_train = lagged_counts(train, train["behaviour_timestamps"], bin_size, lags)
+  if len(train.behaviour_timestamps) < 2:
+    raise metrics.Undecodable(f"ridge baseline: the {train_split} split of session {session.session_id!r} "
+                               f"has {len(train.behaviour_timestamps)} behaviour samples; fitting needs 2")
+  x_train = lagged_counts(train, train.behaviour_timestamps, bin_size, lags)
   model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-1, 5, 13)))
-  model.fit(x_train, np.asarray(train["behaviour_values"], np.float64))
-  idx = np.searchsorted(test["behaviour_timestamps"], test_timestamps)
-  if np.any(idx >= len(test["behaviour_timestamps"])) or not np.allclose(test["behaviour_timestamps"][idx],
+  model.fit(x_train, np.asarray(train.behaviour_values, np.float64))
+  idx = np.searchsorted(test.behaviour_timestamps, test_timestamps)
+  if np.any(idx >= len(test.behaviour_timestamps)) or not np.allclose(test.behaviour_timestamps[idx],
                                                                           test_timestamps):
     raise ValueError(f"ridge baseline: the timestamps are not behaviour samples of split {split!r}")
   prediction = model.predict(lagged_counts(test, test_timestamps, bin_size, lags))
-  return prediction.astype(np.float32), np.asarray(test["behaviour_values"][idx], np.float32)
+  return prediction.astype(np.float32), np.asarray(test.behaviour_values[idx], np.float32)
 
 
-def baseline_scores(data: events.EventData, stitched: Sequence[dict], *, bin_size: float, lags: int) -> dict:
+def baseline_scores(data: windows_lib.EventData, stitched: Sequence[dict], *, bin_size: float, lags: int) -> dict:
   """summarise(...) of the ridge baseline under the key "baseline_r2", on the timestamps
   the model was scored on."""
   def score(pair):
     s, st = pair
     return r2_per_dim(*ridge_baseline(s, st["timestamps"], split=data.split, bin_size=bin_size, lags=lags))
 
-  per_session, skipped = scored_sessions(score, [(s["session_id"], (s, st)) for s, st in zip(data.sessions, stitched)])
-  return summarise(per_session, "baseline_r2", skipped, names=events.output_names(data.sessions))
+  per_session, skipped = scored_sessions(score, [(s.session_id, (s, st)) for s, st in zip(data.sessions, stitched)])
+  return summarise(per_session, "baseline_r2", skipped, names=session_lib.output_names(data.sessions))

@@ -37,7 +37,7 @@ import numpy as np
 from flax import nnx
 
 from mtm_jax.configs import poyo as poyo_config
-from mtm_jax.datasets import events
+from mtm_jax.datasets.events import vocabulary as vocabulary_lib
 from mtm_jax.interop import state_dict as sd
 from mtm_jax.models import poyo, rotary
 
@@ -142,7 +142,7 @@ def _rows(ckpt: sd.TorchCheckpoint, records: Sequence[dict]) -> tuple[list[int],
   vocab = ckpt.meta.get("vocab", {})
   units = {w: i for i, w in enumerate(vocab.get(UNIT_VOCAB, []))}
   sessions = {w: i for i, w in enumerate(vocab.get(SESSION_VOCAB, []))}
-  ours = poyo_vocabulary(records)
+  ours = vocabulary_lib.Vocabulary.from_records(records)
   unit_rows, session_rows = [units.get(PAD_WORD, 0)], [sessions.get(PAD_WORD, 0)]
   for sid in ours.session_ids:
     if sid not in sessions:
@@ -197,12 +197,6 @@ def torch_brain_batch(ckpt: sd.TorchCheckpoint, records: Sequence[dict], batch: 
   return ours, angles
 
 
-def poyo_vocabulary(records: Sequence[dict]) -> events.Vocabulary:
-  return events.Vocabulary(tuple(str(r["session_id"]) for r in records),
-                           tuple(len(r["unit_ids"]) for r in records),
-                           tuple(str(u) for r in records for u in r["unit_ids"]))
-
-
 def from_torch(ckpt: sd.TorchCheckpoint, target: Mapping, records: Sequence[dict]) -> tuple[dict, list[str]]:
   """Our pure parameter dict (shapes of `target`) for sessions `records`, and the unused
   tensor names (vocabulary rows of other sessions are dropped silently)."""
@@ -225,7 +219,7 @@ def from_torch(ckpt: sd.TorchCheckpoint, target: Mapping, records: Sequence[dict
 
 def convert(ckpt: sd.TorchCheckpoint, config: ml_collections.ConfigDict, records: Sequence[dict]):
   """(POYO of `config` for sessions `records` holding the checkpoint's weights, unused names)."""
-  vocab = poyo_vocabulary(records)
+  vocab = vocabulary_lib.Vocabulary.from_records(records)
 
   def build(seed=0):
     return poyo.from_config(config, len(vocab.unit_ids), len(vocab.session_ids), rngs=nnx.Rngs(seed))
@@ -239,7 +233,7 @@ def to_torch(model: poyo.POYO, records: Sequence[dict], hparams_extra: Mapping |
     raise ValueError(f"to_torch: torch_brain's POYO has one readout; this model has tasks {model.tasks}")
   params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
   arrays = sd.to_torch(params, _entries(model.depth, model.tasks[0][0]))
-  vocab = poyo_vocabulary(records)
+  vocab = vocabulary_lib.Vocabulary.from_records(records)
   arrays["unit_emb.weight"] = np.asarray(params["unit_emb"]["embedding"], np.float32)
   arrays["session_emb.weight"] = np.asarray(params["session_emb"]["embedding"], np.float32)
   omega = np.zeros(model.head_dim // 2, np.float32)

@@ -22,7 +22,7 @@ query time; the decoder does not. The input mask is used only in the encoder.
 Batch (a dict; B windows, L tokens, Q output queries):
   unit_index        [B, L] int    row of the unit table (0 = padding)
   timestamps        [B, L] float  seconds from the window start
-  token_type        [B, L] int    TOKEN_SPIKE, TOKEN_START or TOKEN_END
+  token_type        [B, L] int    SPIKE, START or END (mtm_jax.datasets.events.tokens)
   input_mask        [B, L] bool   True = real token
   session_index     [B] int       row of the session table (0 = padding)
   output_timestamps [B, Q] float  seconds from the window start
@@ -50,14 +50,10 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from mtm_jax.datasets.events import tokens as tokens_lib
 from mtm_jax.models import loading, perceiver, rotary
 
-TOKEN_SPIKE, TOKEN_START, TOKEN_END = 0, 1, 2
 N_TOKEN_TYPES = 4  # rows of the token-type table (3 used; the reference allocates 4)
-
-INPUT_KEYS = ("unit_index", "timestamps", "token_type", "input_mask")  # [B, L]
-QUERY_KEYS = ("output_timestamps", "output_task", "output_mask")  # [B, Q]
-BATCH_KEYS = INPUT_KEYS + ("session_index",) + QUERY_KEYS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,16 +206,17 @@ class POYO(nnx.Module):
 
   def check_batch(self, batch: Mapping[str, jax.Array]) -> None:
     """Raises ValueError naming the first missing or mis-shaped batch entry."""
-    missing = [k for k in BATCH_KEYS if k not in batch]
+    missing = [k for k in tokens_lib.MODEL_KEYS if k not in batch]
     if missing:
-      raise ValueError(f"POYO batch: missing {missing}; expected keys {list(BATCH_KEYS)}")
+      raise ValueError(f"POYO batch: missing {missing}; expected keys {list(tokens_lib.MODEL_KEYS)}")
     b, l = np.shape(batch["unit_index"])[:2] if np.ndim(batch["unit_index"]) == 2 else (None, None)
     if b is None:
       raise ValueError(f"POYO batch: unit_index must be [B, L], got shape {np.shape(batch['unit_index'])}")
     q_shape = np.shape(batch["output_timestamps"])
     if len(q_shape) != 2 or q_shape[0] != b:
       raise ValueError(f"POYO batch: output_timestamps must be [B={b}, Q], got shape {q_shape}")
-    expected = {**{k: (b, l) for k in INPUT_KEYS}, "session_index": (b,), **{k: q_shape for k in QUERY_KEYS}}
+    expected = {**{k: (b, l) for k in tokens_lib.INPUT_KEYS}, "session_index": (b,),
+                **{k: q_shape for k in tokens_lib.QUERY_KEYS}}
     for k, shape in expected.items():
       if tuple(np.shape(batch[k])) != tuple(shape):
         raise ValueError(f"POYO batch: {k} must have shape {tuple(shape)}, got {tuple(np.shape(batch[k]))}")

@@ -17,7 +17,8 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from mtm_jax.datasets import events, schema
+from mtm_jax.datasets import schema
+from mtm_jax.datasets.events import vocabulary as vocabulary_lib
 from mtm_jax.parallel import mesh as mesh_lib
 from mtm_jax.training import checkpoint
 
@@ -65,19 +66,13 @@ class Trained:
 
   # POYO (records with unit_ids) ----------------------------------------------------------
   @property
-  def vocab(self) -> events.Vocabulary:
-    return vocabulary(self.records)
+  def vocab(self) -> vocabulary_lib.Vocabulary:
+    return vocabulary_lib.Vocabulary.from_records(self.records)
 
   @property
   def scale(self) -> np.ndarray:
     """[D] float32 behaviour divisor the model was trained with."""
     return np.asarray(self.config.data.scale, np.float32)
-
-
-def vocabulary(records: Sequence[dict]) -> events.Vocabulary:
-  """POYO: the vocabulary of the session records (one per session row, with unit_ids)."""
-  return events.Vocabulary(tuple(r["session_id"] for r in records), tuple(len(r["unit_ids"]) for r in records),
-                           tuple(u for r in records for u in r["unit_ids"]))
 
 
 class Pretrained(NamedTuple):

@@ -21,7 +21,11 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from mtm_jax.datasets import events
+from mtm_jax.datasets.events import batches as batches_lib
+from mtm_jax.datasets.events import session as session_lib
+from mtm_jax.datasets.events import tfds
+from mtm_jax.datasets.events import vocabulary as vocabulary_lib
+from mtm_jax.datasets.events import windows as windows_lib
 from mtm_jax.evaluation import poyo_eval
 from mtm_jax.models import poyo
 from mtm_jax.parallel import mesh as mesh_lib, sharding
@@ -79,23 +83,17 @@ def behaviour_task(config) -> str:
   return sorted(dict(config.model.tasks))[0]
 
 
-def window_config(config, train: bool) -> events.WindowConfig:
+def window_config(config, train: bool) -> windows_lib.WindowConfig:
   """How windows are cut: unit dropout only when `train`."""
   d = config.data
   dropout = (d.unit_dropout_min, d.unit_dropout_mode, d.unit_dropout_max) if (train and d.unit_dropout) else None
-  return events.WindowConfig(window_length=d.window_length, bucket_lengths=tuple(d.token_buckets),
+  return windows_lib.WindowConfig(window_length=d.window_length, bucket_lengths=tuple(d.token_buckets),
                              unit_dropout=dropout, max_outputs=d.max_queries, eval_step=config.eval.window_step)
 
 
-def load_sessions(config, splits: Sequence[str] = ("train", "val")) -> list[dict]:
+def load_sessions(config, splits: Sequence[str] = ("train", "val")) -> list[session_lib.EventSession]:
   """The event sessions of config.data.datasets (built spike_events data sets)."""
-  return [events.load_event_session(n, config.data.data_dir, splits) for n in config_checks.dataset_names(config)]
-
-
-def session_records(names: Sequence[str], sessions: Sequence[dict]) -> list[dict]:
-  """What a checkpoint keeps of each session row (JSON)."""
-  return [dict(name=n, session_id=str(s["session_id"]), unit_ids=[str(u) for u in s["unit_ids"]])
-          for n, s in zip(names, sessions)]
+  return [tfds.load_event_session(n, config.data.data_dir, splits) for n in config_checks.dataset_names(config)]
 
 
 class POYOTask(base.Task):
@@ -133,30 +131,30 @@ class POYOTask(base.Task):
       sessions, names = load_sessions(config), config_checks.dataset_names(config)
     else:
       sessions = list(sessions)
-      names = [str(s["session_id"]) for s in sessions]
+      names = [str(s.session_id) for s in sessions]
       config.data.datasets = ",".join(names)
     if pretrained is not None:
       known = {r["session_id"] for r in pretrained.records}
-      records = list(pretrained.records) + [r for r in session_records(names, sessions)
+      records = list(pretrained.records) + [r for r in vocabulary_lib.build_vocabulary(sessions).records(names)
                                             if r["session_id"] not in known]
       scale = np.asarray(pretrained.config.data.scale, np.float32)
     else:
-      records = session_records(names, sessions)
-      scale = np.asarray(config.data.scale, np.float32) if config.data.scale else events.behaviour_scale(sessions)
-    vocab = base.vocabulary(records)
+      records = vocabulary_lib.build_vocabulary(sessions).records(names)
+      scale = np.asarray(config.data.scale, np.float32) if config.data.scale else session_lib.behaviour_scale(sessions)
+    vocab = vocabulary_lib.Vocabulary.from_records(records)
     config.data.scale = [float(x) for x in scale]
-    train = events.prepare(sessions, "train", window_config(config, train=True), vocab=vocab, scale=scale)
-    val = events.prepare(sessions, "val", window_config(config, train=False), vocab=vocab, scale=scale)
+    train = windows_lib.prepare(sessions, "train", window_config(config, train=True), vocab=vocab, scale=scale)
+    val = windows_lib.prepare(sessions, "val", window_config(config, train=False), vocab=vocab, scale=scale)
     rows_here = mesh_lib.process_rows(config.data.batch_size, mesh)
-    batches = events.training_batches(train, config.data.batch_size, config.data.shuffle_seed).map(
+    batches = batches_lib.training_batches(train, config.data.batch_size, config.data.shuffle_seed).map(
         lambda batch: {k: v[rows_here] for k, v in batch.items()})
     for s in sessions:
-      logging.info("session %s: %d units, %d train / %d val intervals", s["session_id"], len(s["unit_ids"]),
-                   len(s["splits"]["train"]), len(s["splits"]["val"]))
+      logging.info("session %s: %d units, %d train / %d val intervals", s.session_id, len(s.unit_ids),
+                   len(s.splits["train"]), len(s.splits["val"]))
     return base.Input(records, batches, None, dict(val=val))
 
   def create(self, config, records, mesh, params=None):
-    vocab = base.vocabulary(records)
+    vocab = vocabulary_lib.Vocabulary.from_records(records)
     model = poyo.from_config(config, len(vocab.unit_ids), len(vocab.session_ids), rngs=nnx.Rngs(config.seed))
     graphdef, state = nnx.split(model, nnx.Param)
     if params is not None:
@@ -165,7 +163,7 @@ class POYOTask(base.Task):
     return graphdef, tx, sharding.place_state(step_lib.init_state(state, tx), mesh, model)
 
   def merge_pretrained(self, config, graphdef, tx, state, pretrained, records, mesh):
-    vocab, old = base.vocabulary(records), pretrained.vocab
+    vocab, old = vocabulary_lib.Vocabulary.from_records(records), pretrained.vocab
     grown = poyo.grow_vocab(nnx.to_pure_dict(jax.device_get(pretrained.params)), vocab.n_unit_rows - old.n_unit_rows,
                             vocab.n_session_rows - old.n_session_rows, jax.random.key(config.seed + 7),
                             init_scale=config.model.emb_init_scale)
@@ -183,7 +181,7 @@ class POYOTask(base.Task):
   def phases(self, config, inputs, pretrained):
     if pretrained is None:
       return [base.Phase(base.FOREVER, None)]
-    old = base.vocabulary(pretrained.records)
+    old = vocabulary_lib.Vocabulary.from_records(pretrained.records)
     warmup = config.train.steps if config.finetune.mode == "unit_id" else config.finetune.warmup_steps
     logging.info("unit identification for %d steps%s", warmup, ", then everything" if warmup < config.train.steps
                  else "")
@@ -211,17 +209,17 @@ class POYOTask(base.Task):
     """Behaviour R^2 on `split` of the model's sessions (config.data.datasets, read from
     TFDS; or the given event `sessions`, which must be in the model's vocabulary) and,
     with `decode`, the ridge baseline on the same timestamps:
-      behaviour_r2, behaviour_r2_<output>  means over sessions (outputs: events.output_names,
+      behaviour_r2, behaviour_r2_<output>  means over sessions (outputs: session_lib.output_names,
                                            e.g. wheel_speed; dim0, dim1, ... when unnamed);
       baseline_r2, baseline_r2_<output>    the ridge baseline;
       sessions {id: {behaviour_r2, behaviour_r2_<output>, baseline_r2, ...}}, split, step."""
     config = trained.config
     if sessions is None:
       sessions = load_sessions(config, (split, "train"))
-    data = events.prepare(sessions, split, window_config(config, train=False), vocab=trained.vocab,
+    data = windows_lib.prepare(sessions, split, window_config(config, train=False), vocab=trained.vocab,
                           scale=trained.scale)
     if data.vocab != trained.vocab:
-      unknown = [s["session_id"] for s in sessions if s["session_id"] not in trained.vocab.session_ids]
+      unknown = [s.session_id for s in sessions if s.session_id not in trained.vocab.session_ids]
       raise ValueError(f"{trained.workdir}: sessions {unknown} are not in the model's vocabulary; fine-tune on them first")
     results, stitched = poyo_eval.evaluate_data(trained.graphdef, trained.params, data, task=behaviour_task(config),
                                                 batch_size=config.eval.batch_size, mesh=trained.mesh)
