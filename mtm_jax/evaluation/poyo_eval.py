@@ -92,16 +92,29 @@ def make_predictor(graphdef, task: str):
 
 
 def predict_windows(predictor, params, data: windows_lib.EventData, batch_size: int, mesh) -> tuple[list, list]:
-  """(metas, predictions) over the sliding evaluation windows of `data`."""
+  """(metas, predictions) over the sliding evaluation windows of `data`, every window's
+  on every process: each process builds and feeds only its rows of each batch (the
+  predictions and the window metadata are then gathered from all processes)."""
   mesh_lib.check_batch_size(batch_size, mesh)
   rows = mesh_lib.process_rows(batch_size, mesh)  # this process's rows of every batch
   metas, predictions = [], []
   with jax.set_mesh(mesh):
-    for batch, meta in batches.evaluation_batches(data, batch_size):
-      out = predictor(params, mesh_lib.shard_batch({k: v[rows] for k, v in batch.items()}, mesh, batch_size))
-      predictions.append(np.asarray(multihost_utils.process_allgather(out, tiled=True)))  # every process: all rows
-      metas.append(meta)
+    for batch, meta in batches.evaluation_batches(data, batch_size, rows=rows):
+      out = predictor(params, mesh_lib.shard_batch(batch, mesh, batch_size))
+      predictions.append(np.asarray(multihost_utils.process_allgather(out, tiled=True)))  # [B, Q, d], all rows
+      metas.append(gathered_rows(meta, rows))
   return metas, predictions
+
+
+def gathered_rows(local: dict[str, np.ndarray], rows: slice) -> dict[str, np.ndarray]:
+  """Host arrays of this process's `rows` of a batch -> those of the whole batch, every
+  process's rows in their order in the batch (itself with one process)."""
+  if jax.process_count() == 1:
+    return local
+  starts = np.asarray(multihost_utils.process_allgather(np.array([rows.start], np.int64), tiled=True))
+  parts = multihost_utils.process_allgather(local, tiled=False)  # [process, rows, ...] each
+  order = np.argsort(starts)
+  return {k: np.concatenate([np.asarray(v)[p] for p in order]) for k, v in parts.items()}
 
 
 def stitched_r2(data: windows_lib.EventData, metas, predictions) -> tuple[dict[str, np.ndarray], list[dict]]:

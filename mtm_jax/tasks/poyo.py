@@ -145,9 +145,8 @@ class POYOTask(base.Task):
     config.data.scale = [float(x) for x in scale]
     train = windows_lib.prepare(sessions, "train", window_config(config, train=True), vocab=vocab, scale=scale)
     val = windows_lib.prepare(sessions, "val", window_config(config, train=False), vocab=vocab, scale=scale)
-    rows_here = mesh_lib.process_rows(config.data.batch_size, mesh)
-    batches = batches_lib.training_batches(train, config.data.batch_size, config.data.shuffle_seed).map(
-        lambda batch: {k: v[rows_here] for k, v in batch.items()})
+    batches = batches_lib.training_batches(train, config.data.batch_size, config.data.shuffle_seed,
+                                           rows=mesh_lib.process_rows(config.data.batch_size, mesh))
     for s in sessions:
       logging.info("session %s: %d units, %d train / %d val intervals", s.session_id, len(s.unit_ids),
                    len(s.splits["train"]), len(s.splits["val"]))
