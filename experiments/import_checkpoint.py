@@ -34,18 +34,12 @@ import subprocess
 import tempfile
 
 from absl import app, flags, logging
-import jax
 import ml_collections
 from ml_collections import config_flags
 
-from mtm_jax.tasks import ndt1 as ndt1_task
-from mtm_jax.datasets import pipeline
-from mtm_jax.datasets.events import tfds as tfds_lib
-from mtm_jax.datasets.events import vocabulary
-from mtm_jax.interop import ndt1 as ndt1_interop
-from mtm_jax.interop import poyo as poyo_interop
 from mtm_jax.interop import state_dict
-from mtm_jax.training import checkpoint, config_checks, entry, optimizer, step as step_lib
+from mtm_jax.tasks import registry
+from mtm_jax.training import checkpoint, entry
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_TORCH_PYTHON = os.path.join("parity", ".venv", "bin", "python")
@@ -53,7 +47,8 @@ DEFAULT_TORCH_PYTHON = os.path.join("parity", ".venv", "bin", "python")
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Optional base config (training/evaluation settings); its model is replaced by the checkpoint's.")
 _SOURCE = flags.DEFINE_string("source", None, ".npz (parity/export_torch.py), .pt/.ckpt, or encoder.bin+decoder.bin dir.")
-_KIND = flags.DEFINE_enum("kind", None, ["ndt1", "poyo"], "Model family of the checkpoint.")
+FAMILIES = {"ndt1": "mtm", "poyo": "poyo"}  # --kind: the authors' model -> our config.family
+_KIND = flags.DEFINE_enum("kind", None, sorted(FAMILIES), "Model family of the checkpoint.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory to write the mtm_jax checkpoint to.")
 _DATASETS = flags.DEFINE_list("datasets", [], "Our sessions (TFDS names), in model-row order.")
 _DATA_DIR = flags.DEFINE_string("data_dir", "data/tfds", "TFDS data_dir of --datasets.")
@@ -84,78 +79,16 @@ def export_to_npz(source: str, out: str, torch_python: str = DEFAULT_TORCH_PYTHO
   return out
 
 
-def _session_rows(arch: dict, infos, rows: list[str], eids_file: str | None) -> list[int] | None:
-  if not arch["use_session"]:
-    return None
-  if rows:
-    return [int(r) for r in rows]
-  if eids_file:
-    with open(eids_file, encoding="utf-8") as f:
-      eids = [line.strip() for line in f if line.strip()]
-    missing = [i.session_id for i in infos if i.session_id not in eids]
-    if missing:
-      raise ValueError(f"--eids: {eids_file} does not list the sessions {missing}")
-    return [eids.index(i.session_id) for i in infos]
-  raise ValueError(f"the checkpoint has a session table of {arch['n_session_rows']} rows: give each session's row "
-                   "with --session_rows or --eids")
-
-
-def import_ndt1(ckpt: state_dict.TorchCheckpoint, workdir: str, datasets: list[str], data_dir: str, *,
-                session_rows: list[str] = (), eids_file: str | None = None, n_heads: int | None = None,
-                base: ml_collections.ConfigDict | None = None) -> dict:
-  """Writes the NDT1 checkpoint `ckpt` for our sessions `datasets` to `workdir`; returns a summary."""
-  if not datasets:
-    raise ValueError("--datasets: an NDT1 import needs our sessions (built ibl_binned data sets), in row order")
-  arch = ndt1_interop.architecture(ckpt, n_heads)
-  config = ndt1_interop.model_config(arch, base)
-  config.data.datasets, config.data.data_dir = ",".join(datasets), os.path.abspath(data_dir)
-  config_checks.ndt1(config)
-  infos = [pipeline.session_info(n, config.data.data_dir) for n in datasets]
-  rows = _session_rows(arch, infos, list(session_rows), eids_file)
-  model, unused = ndt1_interop.convert(ckpt, config, [i.n_neurons for i in infos], rows)
-  records = ndt1_task.session_records(datasets, infos)
-  _save(workdir, model, optimizer.make_optimizer(config), config, records)
-  return dict(kind="ndt1", architecture=arch, session_rows=rows, unused=unused)
-
-
-def import_poyo(ckpt: state_dict.TorchCheckpoint, workdir: str, datasets: list[str], data_dir: str, *,
-                task: str, scale: list[str] = (), base: ml_collections.ConfigDict | None = None) -> dict:
-  """Writes the POYO checkpoint `ckpt` (sessions: its own, or `datasets`) to `workdir`."""
-  arch = poyo_interop.architecture(ckpt)
-  config = poyo_interop.model_config(arch, task, [float(s) for s in scale] if scale else None, base)
-  if datasets:
-    config.data.datasets, config.data.data_dir = ",".join(datasets), os.path.abspath(data_dir)
-    sessions = [tfds_lib.load_event_session(n, config.data.data_dir, ("train",)) for n in datasets]
-    records = vocabulary.build_vocabulary(sessions).records(datasets)
-  else:
-    records = poyo_interop.default_sessions(ckpt)
-    config.data.datasets = ",".join(r["name"] for r in records)
-  model, unused = poyo_interop.convert(ckpt, config, records)
-  from flax import nnx  # pylint: disable=import-outside-toplevel
-  _save(workdir, model, optimizer.make_poyo_optimizer(config, nnx.state(model, nnx.Param)), config, records)
-  return dict(kind="poyo", architecture=arch, sessions=[r["session_id"] for r in records], unused=unused)
-
-
-def _save(workdir: str, model, tx, config, records) -> None:
-  from flax import nnx  # pylint: disable=import-outside-toplevel
-
-  if checkpoint.latest_step(workdir) is not None:
-    raise FileExistsError(f"{workdir}: already holds checkpoints; import into a new workdir")
-  state = step_lib.init_state(nnx.state(model, nnx.Param), tx)
-  mngr = checkpoint.manager(workdir)
-  key = jax.random.key(config.seed, impl=config.train.get("prng_impl", None))  # the run key a training from here uses
-  checkpoint.save(mngr, 0, state, config, records, key=key, data_state=None)
-  mngr.wait_until_finished()
-  mngr.close()
-
-
 def run(source: str, kind: str, workdir: str, *, datasets=(), data_dir: str = "data/tfds", session_rows=(),
         eids_file: str | None = None, n_heads: int | None = None, task: str = "hand_velocity", scale=(),
         torch_python: str = DEFAULT_TORCH_PYTHON, code_path: str = "",
         config: ml_collections.ConfigDict | None = None) -> dict:
   """The program without flags: converts `source` and writes the workdir; returns the summary.
   `config`: base config (its family must be `kind`'s); its model is the checkpoint's."""
-  if config is not None and (config.get("family") == "poyo") != (kind == "poyo"):
+  if kind not in FAMILIES:
+    raise ValueError(f"--kind: expected ndt1 or poyo, got {kind!r}")
+  family = registry.get(FAMILIES[kind])
+  if config is not None and config.get("family", "mtm") != family.family:
     raise ValueError(f"--config: a {config.get('family')!r} config cannot hold a {kind} checkpoint")
   if not os.path.exists(source):
     raise FileNotFoundError(f"--source: {source} does not exist")
@@ -164,13 +97,10 @@ def run(source: str, kind: str, workdir: str, *, datasets=(), data_dir: str = "d
     npz = source if source.endswith(".npz") else export_to_npz(source, os.path.join(tmp, "export.npz"),
                                                                  torch_python, code_path)
     ckpt = dataclasses.replace(state_dict.load(npz), path=source)  # errors name the source
-  if kind == "ndt1":
-    summary = import_ndt1(ckpt, workdir, list(datasets), data_dir, session_rows=list(session_rows),
-                          eids_file=eids_file, n_heads=n_heads, base=config)
-  elif kind == "poyo":
-    summary = import_poyo(ckpt, workdir, list(datasets), data_dir, task=task, scale=list(scale), base=config)
-  else:
-    raise ValueError(f"--kind: expected ndt1 or poyo, got {kind!r}")
+  if checkpoint.latest_step(workdir) is not None:
+    raise FileExistsError(f"{workdir}: already holds checkpoints; import into a new workdir")
+  options = dict(session_rows=list(session_rows), eids_file=eids_file, n_heads=n_heads, task=task, scale=list(scale))
+  summary = family.import_reference(ckpt, workdir, list(datasets), data_dir, options, config)
   summary["source"] = os.path.abspath(source)
   with open(os.path.join(workdir, "import.json"), "w", encoding="utf-8") as f:
     json.dump(summary, f, indent=1)

@@ -16,6 +16,11 @@ from flax import nnx
 from mtm_jax.models import random_bits
 
 
+def split_key(key: jax.Array | None, n: int) -> list:
+  """n keys from `key`, or n Nones when it is None (no dropout: a deterministic pass)."""
+  return list(jax.random.split(key, n)) if key is not None else [None] * n
+
+
 def dropout(x, rate: float, key: jax.Array | None):
   """Inverted dropout of x (any shape) with probability `rate`; x itself when key is None
   or rate is 0.

@@ -241,7 +241,7 @@ class NDT1(nnx.Module):
     b, t, _ = x.shape
     if t > self.max_bins:
       raise ValueError(f"NDT1: input has {t} bins, the position embedding holds {self.max_bins}")
-    keys = list(jax.random.split(key, len(self.layers) + 1)) if key is not None else [None] * (len(self.layers) + 1)
+    keys = attention.split_key(key, len(self.layers) + 1)
     x = x + self.position(jnp.arange(t))[None].astype(x.dtype)  # [B, T, D] (nnx.Embed returns its init dtype)
     special = []
     if self.use_session:

@@ -29,9 +29,6 @@ from mtm_jax.models import attention
 from mtm_jax.models import rotary
 
 
-def _split(key: jax.Array | None, n: int) -> list:
-  return list(jax.random.split(key, n)) if key is not None else [None] * n
-
 
 class RotaryAttention(nnx.Module):
   """Multi-head attention of queries over a context, with rotary time embeddings."""
@@ -110,7 +107,7 @@ class CrossAttentionBlock(nnx.Module):
 
   def __call__(self, x, context, x_angles, context_angles, mask=None, *, key=None):
     """x [B, Q, D], context [B, K, Dc], angles [B|1, Q|K, F], mask [B, K] -> [B, Q, D]."""
-    k_attn, k_res1, k_ffn, k_res2 = _split(key, 4)
+    k_attn, k_res1, k_ffn, k_res2 = attention.split_key(key, 4)
     h = self.attn(self.norm_query(x), self.norm_context(context), x_angles, context_angles, mask, key=k_attn)
     x = x + attention.dropout(h, self.residual_dropout, k_res1)
     return x + attention.dropout(self.ffn(self.norm_ffn(x), key=k_ffn), self.residual_dropout, k_res2)
@@ -131,7 +128,7 @@ class SelfAttentionBlock(nnx.Module):
 
   def __call__(self, x, angles, mask=None, *, key=None):
     """x [B, L, D], angles [B|1, L, F], mask [B, L] (True = real token) or None -> [B, L, D]."""
-    k_attn, k_res1, k_ffn, k_res2 = _split(key, 4)
+    k_attn, k_res1, k_ffn, k_res2 = attention.split_key(key, 4)
     h = self.norm_attn(x)
     x = x + attention.dropout(self.attn(h, h, angles, angles, mask, key=k_attn), self.residual_dropout, k_res1)
     return x + attention.dropout(self.ffn(self.norm_ffn(x), key=k_ffn), self.residual_dropout, k_res2)

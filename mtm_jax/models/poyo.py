@@ -51,7 +51,7 @@ import numpy as np
 from flax import nnx
 
 from mtm_jax.datasets.events import tokens as tokens_lib
-from mtm_jax.models import loading, perceiver, rotary
+from mtm_jax.models import attention, loading, perceiver, rotary
 
 N_TOKEN_TYPES = 4  # rows of the token-type table (3 used; the reference allocates 4)
 
@@ -256,7 +256,7 @@ class POYO(nnx.Module):
     if np.ndim(latent_timestamps) not in (1, 2) or np.shape(latent_timestamps)[-1] != n_latents:
       raise ValueError(f"POYO: latent_timestamps must be [{n_latents}] or [B, {n_latents}], "
                        f"got shape {np.shape(latent_timestamps)}")
-    keys = _split(key, self.depth + 2)
+    keys = attention.split_key(key, self.depth + 2)
     freqs = self.frequencies()
     b = np.shape(batch["unit_index"])[0]
     if angles is None:
@@ -303,9 +303,6 @@ def _apply_latent_layer(layer, latents, angles, key):
 
 _apply_latent_layer_remat = nnx.remat(_apply_latent_layer)
 
-
-def _split(key: jax.Array | None, n: int) -> list:
-  return list(jax.random.split(key, n)) if key is not None else [None] * n
 
 
 def count_params(model: POYO, *, embeddings: bool = True) -> int:

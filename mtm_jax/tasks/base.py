@@ -20,7 +20,7 @@ from flax import nnx
 from mtm_jax.datasets import schema
 from mtm_jax.datasets.events import vocabulary as vocabulary_lib
 from mtm_jax.parallel import mesh as mesh_lib
-from mtm_jax.training import checkpoint
+from mtm_jax.training import checkpoint, step as step_lib
 
 FOREVER = 2**62  # the `until` of a phase that lasts to the end of the run
 
@@ -193,6 +193,23 @@ class Task:
     restored = checkpoint.restore(mngr, state, step)
     mngr.close()
     return Trained(config, records, graphdef, restored.state.params, restored.step, mesh, workdir)
+
+  def import_reference(self, ckpt, workdir: str, datasets: list[str], data_dir: str, options: dict,
+                       base: ml_collections.ConfigDict | None) -> dict:
+    """Writes the authors' checkpoint `ckpt` (interop.state_dict.TorchCheckpoint) as the
+    step-0 checkpoint of `workdir` for our sessions `datasets` (experiments.import_checkpoint;
+    options: that program's family-specific flags); returns a summary for import.json."""
+    raise NotImplementedError(f"{self.name}: no reference checkpoints to import")
+
+  def save_initial(self, workdir: str, config: ml_collections.ConfigDict, records: list[dict], params, tx) -> None:
+    """`params` as the step-0 checkpoint of a run in `workdir` (a training from there
+    draws with the run key of config.seed)."""
+    state = step_lib.init_state(params, tx)
+    mngr = checkpoint.manager(workdir)
+    key = jax.random.key(config.seed, impl=config.train.get("prng_impl", None))
+    checkpoint.save(mngr, 0, state, config, records, key=key, data_state=None)
+    mngr.wait_until_finished()
+    mngr.close()
 
   # ---- Evaluation -------------------------------------------------------------------------
   def evaluate(self, trained: Trained, split: str, sessions=None, decode: bool = True) -> tuple[dict, dict]:

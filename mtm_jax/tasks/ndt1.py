@@ -23,6 +23,7 @@ from flax import nnx
 from mtm_jax import masking
 from mtm_jax.datasets import pipeline, schema
 from mtm_jax.evaluation import decoding, run as evaluation
+from mtm_jax.interop import ndt1 as ndt1_interop
 from mtm_jax.models import ndt1
 from mtm_jax.parallel import mesh as mesh_lib, sharding
 from mtm_jax.tasks import base
@@ -117,6 +118,22 @@ def padded_batches(n: int, batch_size: int) -> list[tuple[np.ndarray, np.ndarray
     indices = np.arange(start, min(start + batch_size, n))
     out.append((np.resize(indices, batch_size), np.arange(batch_size) < len(indices)))
   return out
+
+
+def reference_session_rows(arch: dict, infos, rows: list[str], eids_file: str | None) -> list[int] | None:
+  if not arch["use_session"]:
+    return None
+  if rows:
+    return [int(r) for r in rows]
+  if eids_file:
+    with open(eids_file, encoding="utf-8") as f:
+      eids = [line.strip() for line in f if line.strip()]
+    missing = [i.session_id for i in infos if i.session_id not in eids]
+    if missing:
+      raise ValueError(f"--eids: {eids_file} does not list the sessions {missing}")
+    return [eids.index(i.session_id) for i in infos]
+  raise ValueError(f"the checkpoint has a session table of {arch['n_session_rows']} rows: give each session's row "
+                   "with --session_rows or --eids")
 
 
 class NDT1Task(base.Task):
@@ -226,8 +243,27 @@ class NDT1Task(base.Task):
     return dict(loss=np.sum([m["nll_sum"] for m in window]) / n_targets,
                 grad_norm=np.mean([m["grad_norm"] for m in window]))
 
+  def import_reference(self, ckpt, workdir, datasets, data_dir, options, base_config):
+    """options: session_rows (each session's row in the authors' table), eids_file (their
+    eids in table order), n_heads (when the checkpoint does not tell)."""
+    if not datasets:
+      raise ValueError("--datasets: an NDT1 import needs our sessions (built ibl_binned data sets), in row order")
+    arch = ndt1_interop.architecture(ckpt, options.get("n_heads"))
+    config = ndt1_interop.model_config(arch, base_config)
+    config.data.datasets, config.data.data_dir = ",".join(datasets), os.path.abspath(data_dir)
+    config_checks.ndt1(config)
+    infos = [pipeline.session_info(n, config.data.data_dir) for n in datasets]
+    rows = reference_session_rows(arch, infos, list(options.get("session_rows", ())), options.get("eids_file"))
+    model, unused = ndt1_interop.convert(ckpt, config, [i.n_neurons for i in infos], rows)
+    self.save_initial(workdir, config, session_records(datasets, infos), nnx.state(model, nnx.Param),
+                      optimizer.make_optimizer(config))
+    return dict(kind="ndt1", architecture=arch, session_rows=rows, unused=unused)
+
   # ---- Evaluation -------------------------------------------------------------------------
   def evaluate(self, trained, split, sessions=None, decode=True):
+    if jax.process_count() > 1:
+      raise ValueError("NDT1 evaluation runs in one process (its masks are built and fetched whole): run "
+                       "experiments.evaluate without --coordinator_address; the checkpoint loads on one host")
     return evaluation.evaluate_sessions(trained, split, sessions, decode=decode, trainer=dict(
         make_step=step_lib.make_train_step, init_state=step_lib.init_state))
 

@@ -27,6 +27,7 @@ from mtm_jax.datasets.events import tfds
 from mtm_jax.datasets.events import vocabulary as vocabulary_lib
 from mtm_jax.datasets.events import windows as windows_lib
 from mtm_jax.evaluation import poyo_eval
+from mtm_jax.interop import poyo as poyo_interop
 from mtm_jax.models import poyo
 from mtm_jax.parallel import mesh as mesh_lib, sharding
 from mtm_jax.tasks import base
@@ -202,6 +203,24 @@ class POYOTask(base.Task):
   def summarise(self, window):
     return dict(loss=np.mean([m["loss"] for m in window]), grad_norm=np.mean([m["grad_norm"] for m in window]),
                 param_norm=float(window[-1]["param_norm"]))
+
+  def import_reference(self, ckpt, workdir, datasets, data_dir, options, base_config):
+    """Sessions: the checkpoint's own, or our `datasets`. options: task (the readout's
+    name), scale (behaviour divisor per output dimension; default ones)."""
+    arch = poyo_interop.architecture(ckpt)
+    scale = [float(s) for s in options.get("scale") or ()] or None
+    config = poyo_interop.model_config(arch, options.get("task", "hand_velocity"), scale, base_config)
+    if datasets:
+      config.data.datasets, config.data.data_dir = ",".join(datasets), os.path.abspath(data_dir)
+      sessions = [tfds.load_event_session(n, config.data.data_dir, ("train",)) for n in datasets]
+      records = vocabulary_lib.build_vocabulary(sessions).records(datasets)
+    else:
+      records = poyo_interop.default_sessions(ckpt)
+      config.data.datasets = ",".join(r["name"] for r in records)
+    model, unused = poyo_interop.convert(ckpt, config, records)
+    params = nnx.state(model, nnx.Param)
+    self.save_initial(workdir, config, records, params, optimizer.make_poyo_optimizer(config, params))
+    return dict(kind="poyo", architecture=arch, sessions=[r["session_id"] for r in records], unused=unused)
 
   # ---- Evaluation -------------------------------------------------------------------------
   def evaluate(self, trained, split, sessions=None, decode=True):
