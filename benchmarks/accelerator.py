@@ -42,12 +42,34 @@ MIN_STAGE_S = 15  # a stage with less time left than this is skipped
 # at least as new as theirs (6.31.1), which the image's may not be; this one is the
 # version tested here. pynwb, ONE-api and iblatlas (real data only) are imported lazily
 # by the project and are not carried.
-WHEELS = ("grain", "array_record", "portpicker", "tensorflow-datasets", "dm-tree", "immutabledict", "promise",
-          "simple-parsing", "docstring-parser", "tensorflow-metadata", "googleapis-common-protos", "termcolor",
-          "toml", "ml_collections", "tensorboardX", "importlib_resources", "protobuf")
+WHEELS = (
+  "grain",
+  "array_record",
+  "portpicker",
+  "tensorflow-datasets",
+  "dm-tree",
+  "immutabledict",
+  "promise",
+  "simple-parsing",
+  "docstring-parser",
+  "tensorflow-metadata",
+  "googleapis-common-protos",
+  "termcolor",
+  "toml",
+  "ml_collections",
+  "tensorboardX",
+  "importlib_resources",
+  "protobuf",
+)
 SDIST_ONLY = ("promise",)  # no wheel on the index: built here (pure Python)
-PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x86_64", "manylinux_2_17_x86_64",
-             "manylinux2014_x86_64", "manylinux1_x86_64")
+PLATFORMS = (
+  "manylinux_2_28_x86_64",
+  "manylinux_2_27_x86_64",
+  "manylinux_2_24_x86_64",
+  "manylinux_2_17_x86_64",
+  "manylinux2014_x86_64",
+  "manylinux1_x86_64",
+)
 WHEELS_MAX_MIB = 40
 
 _OUT = flags.DEFINE_string("out", os.environ.get("OUT") or "runs/accelerator", "output folder (default $OUT)")
@@ -71,8 +93,24 @@ def fetch_wheels(folder: str) -> float:
   binary = [n for n in WHEELS if n not in SDIST_ONLY]
   platforms = [a for p in PLATFORMS for a in ("--platform", p)]
   pip = [sys.executable, "-m", "pip"]
-  subprocess.run(pip + ["download", "-q", "--no-deps", "--only-binary=:all:", "--python-version", "3.12",
-                        "--implementation", "cp", *platforms, "-d", folder, *pinned(binary)], check=True)
+  subprocess.run(
+    pip
+    + [
+      "download",
+      "-q",
+      "--no-deps",
+      "--only-binary=:all:",
+      "--python-version",
+      "3.12",
+      "--implementation",
+      "cp",
+      *platforms,
+      "-d",
+      folder,
+      *pinned(binary),
+    ],
+    check=True,
+  )
   subprocess.run(pip + ["wheel", "-q", "--no-deps", "-w", folder, *pinned(SDIST_ONLY)], check=True)
   mib = sum(os.path.getsize(p) for p in glob.glob(os.path.join(folder, "*.whl"))) / 2**20
   if mib > WHEELS_MAX_MIB:
@@ -88,8 +126,24 @@ def install_wheels(folder: str, site: str) -> dict:
   if not wheels:
     return {}
   start = time.time()
-  subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
-                  "--no-cache-dir", "--upgrade", "--target", site, *wheels], check=True)
+  subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "pip",
+      "install",
+      "-q",
+      "--no-index",
+      "--no-deps",
+      "--no-compile",
+      "--no-cache-dir",
+      "--upgrade",
+      "--target",
+      site,
+      *wheels,
+    ],
+    check=True,
+  )
   return dict(site=site, wheels=[os.path.basename(w) for w in wheels], seconds=round(time.time() - start, 1))
 
 
@@ -105,8 +159,11 @@ def tests_result(log_text: str) -> dict:
   """{rows: [{outcome, count}]} from pytest's last summary line in `log_text`."""
   lines = [l for l in log_text.splitlines() if re.search(r"\b(passed|failed|error|errors|collected)\b", l)]
   counts = re.findall(r"(\d+) (passed|failed|errors?|skipped|deselected|tests? collected)", lines[-1] if lines else "")
-  return dict(title="gpu-marked tests (pytest -m gpu)", columns=["outcome", "count"],
-              rows=[dict(outcome=o, count=int(n)) for n, o in counts])
+  return dict(
+    title="gpu-marked tests (pytest -m gpu)",
+    columns=["outcome", "count"],
+    rows=[dict(outcome=o, count=int(n)) for n, o in counts],
+  )
 
 
 def run_stage(stage: str, seconds: float, scratch: str, log, env: dict, dry_run: bool) -> dict:
@@ -118,8 +175,14 @@ def run_stage(stage: str, seconds: float, scratch: str, log, env: dict, dry_run:
   log.write(f"\n===== {stage} (at most {seconds:.0f} s) =====\n")
   log.flush()
   try:
-    proc = subprocess.run(stage_command(stage, result, dry_run, peak), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=seconds, env=env)
+    proc = subprocess.run(
+      stage_command(stage, result, dry_run, peak),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+      timeout=seconds,
+      env=env,
+    )
     output, status = proc.stdout, "ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})"
   except subprocess.TimeoutExpired as e:
     output = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
@@ -141,15 +204,33 @@ def run_stage(stage: str, seconds: float, scratch: str, log, env: dict, dry_run:
 
 # (stage, label, rows' filter, value of a row, goal: "min" or "max", threshold)
 GOALS = (
-    ("ndt1", "NDT1 paper bf16 train step MFU", dict(mode="train", dtype="bfloat16"), "fraction_of_dtype_peak", "min",
-     0.35),
-    ("poyo", "POYO large bf16 train step MFU", dict(size="large", dtype="bfloat16"), "fraction_of_dtype_peak", "min",
-     0.25),
-    ("poyo", "POYO small bf16 train step MFU", dict(size="small", dtype="bfloat16"), "fraction_of_dtype_peak", "min",
-     0.15),
-    ("evaluation", "evaluation at paper size, s", dict(size="paper", task="total"), "seconds", "max", 60.0),
-    ("evaluation", "evaluation at demo size, s", dict(size="demo", task="total"), "seconds", "max", 10.0),
-    ("demo", "make demo's trainings and evaluations, s", dict(), "seconds", "max", None),
+  (
+    "ndt1",
+    "NDT1 paper bf16 train step MFU",
+    dict(mode="train", dtype="bfloat16"),
+    "fraction_of_dtype_peak",
+    "min",
+    0.35,
+  ),
+  (
+    "poyo",
+    "POYO large bf16 train step MFU",
+    dict(size="large", dtype="bfloat16"),
+    "fraction_of_dtype_peak",
+    "min",
+    0.25,
+  ),
+  (
+    "poyo",
+    "POYO small bf16 train step MFU",
+    dict(size="small", dtype="bfloat16"),
+    "fraction_of_dtype_peak",
+    "min",
+    0.15,
+  ),
+  ("evaluation", "evaluation at paper size, s", dict(size="paper", task="total"), "seconds", "max", 60.0),
+  ("evaluation", "evaluation at demo size, s", dict(size="demo", task="total"), "seconds", "max", 10.0),
+  ("demo", "make demo's trainings and evaluations, s", dict(), "seconds", "max", None),
 )
 
 
@@ -158,18 +239,28 @@ def goal_rows(results: dict) -> list[dict]:
   whether it meets the goal ("n/a" when nothing was measured)."""
   rows = []
   for stage, label, where, key, kind, threshold in GOALS:
-    values = [r[key] for r in results["stages"].get(stage, {}).get("rows", [])
-              if key in r and all(r.get(k) == v for k, v in where.items())]
+    values = [
+      r[key]
+      for r in results["stages"].get(stage, {}).get("rows", [])
+      if key in r and all(r.get(k) == v for k, v in where.items())
+    ]
     best = (max if kind == "min" else min)(values) if values else None
     met = "n/a" if best is None or threshold is None else (best >= threshold if kind == "min" else best <= threshold)
-    rows.append(dict(goal=label, target=f"{'>=' if kind == 'min' else '<'} {threshold}" if threshold else "-",
-                     best="not measured" if best is None else best, met=met))
+    rows.append(
+      dict(
+        goal=label,
+        target=f"{'>=' if kind == 'min' else '<'} {threshold}" if threshold else "-",
+        best="not measured" if best is None else best,
+        met=met,
+      )
+    )
   return rows
 
 
 def summary(results: dict, header: str) -> str:
   """summary.md: the goals, then each stage's status and table."""
   from benchmarks import common  # pylint: disable=import-outside-toplevel  # imports jax, not the project
+
   lines = [header, "", "## goals", "", common.format_table(goal_rows(results), ["goal", "target", "best", "met"]), ""]
   for stage, r in results["stages"].items():
     lines += [f"## {stage}: {r.get('title', '')}", "", f"status: {r['status']}, {r.get('seconds', 0)} s", ""]
@@ -193,10 +284,11 @@ def run_all(out: str, stages, budget_s: float, dry_run: bool, wheels: str) -> di
     raise ValueError(f"--stages: unknown {bad}; expected some of {STAGES}")
   deadline = time.time() + budget_s
   os.makedirs(out, exist_ok=True)
-  header = (f"# accelerator check{' (dry run: CPU, tiny sizes)' if dry_run else ''}\n\n"
-            f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}, budget {budget_s:.0f} s")
-  with tempfile.TemporaryDirectory(prefix="accelerator_") as scratch, \
-      open(os.path.join(out, "log.txt"), "w") as log:
+  header = (
+    f"# accelerator check{' (dry run: CPU, tiny sizes)' if dry_run else ''}\n\n"
+    f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}, budget {budget_s:.0f} s"
+  )
+  with tempfile.TemporaryDirectory(prefix="accelerator_") as scratch, open(os.path.join(out, "log.txt"), "w") as log:
     installed = install_wheels(wheels, os.path.join(scratch, "site")) if os.path.isdir(wheels) else {}
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if installed:

@@ -40,8 +40,7 @@ def time_calls(fn: Callable[[], object], *, steps: int, warmup: int = 1, block_e
     t = time.perf_counter()
     jax.block_until_ready(fn())
     times.append(time.perf_counter() - t)
-  return dict(seconds=float(np.median(times)), seconds_min=float(np.min(times)), steps=steps,
-              warmup_seconds=first)
+  return dict(seconds=float(np.median(times)), seconds_min=float(np.min(times)), steps=steps, warmup_seconds=first)
 
 
 def bools(values: list[str], flag: str) -> list[bool]:
@@ -57,6 +56,7 @@ def compile_variants(dtype, onednn_flag: list[str]) -> list[dict | None]:
   """The distinct XLA compile options of --onednn=true/false for `dtype`: the programs'
   options (parallel.sharding.compiler_options) for true, None for false."""
   from mtm_jax.parallel import sharding  # pylint: disable=import-outside-toplevel
+
   variants = []
   for on in bools(onednn_flag, "onednn"):
     options = sharding.compiler_options(jax.devices(), dtype) if on else None
@@ -67,10 +67,17 @@ def compile_variants(dtype, onednn_flag: list[str]) -> list[dict | None]:
 
 def machine() -> dict:
   """What the numbers were measured on, including the load average at the time."""
-  return dict(platform=platform.platform(), processor=platform.processor(), cpu_count=os.cpu_count(),
-              load_average=os.getloadavg(), jax=jax.__version__, backend=jax.default_backend(),
-              devices=len(jax.devices()), xla_flags=os.environ.get("XLA_FLAGS", ""),
-              glibc_tunables=os.environ.get("GLIBC_TUNABLES", ""))
+  return dict(
+    platform=platform.platform(),
+    processor=platform.processor(),
+    cpu_count=os.cpu_count(),
+    load_average=os.getloadavg(),
+    jax=jax.__version__,
+    backend=jax.default_backend(),
+    devices=len(jax.devices()),
+    xla_flags=os.environ.get("XLA_FLAGS", ""),
+    glibc_tunables=os.environ.get("GLIBC_TUNABLES", ""),
+  )
 
 
 def format_table(rows: list[dict], columns: list[str]) -> str:
@@ -106,8 +113,9 @@ def load_peak(path: str | None) -> dict:
       peak[r["dtype"]] = max(peak.get(r["dtype"], 0.0), float(r["flops_per_s"]))
     return peak
   except (OSError, KeyError, ValueError, TypeError) as e:
-    raise ValueError(f"--peak {path}: expected the JSON written by benchmarks.matmul (rows with dtype and "
-                     f"flops_per_s): {e}") from e
+    raise ValueError(
+      f"--peak {path}: expected the JSON written by benchmarks.matmul (rows with dtype and flops_per_s): {e}"
+    ) from e
 
 
 def add_peak_fractions(row: dict, peak: dict) -> dict:

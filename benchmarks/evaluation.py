@@ -32,19 +32,34 @@ _TRIALS = flags.DEFINE_integer("trials", 180, "test trials")
 _REGIONS = flags.DEFINE_integer("regions", 5, "brain regions")
 _MAX_BATCH = flags.DEFINE_integer("max_batch", 2048, "sequences per forward pass (config.eval.max_batch)")
 _SHORTCUTS = flags.DEFINE_list("shortcut", ["true"], "shortcut settings to time (true/false)")
-_TASKS = flags.DEFINE_list("tasks", [t.name for t in masking.evaluation_tasks(np.zeros(1, int), 100)],
-                           "tasks to time")
-_MAX_MASKS = flags.DEFINE_integer("max_masks", 0, "> 0: time only the first masks of each task and extrapolate "
-                                  "linearly to all of them (the 'extrapolated' column says so)")
+_TASKS = flags.DEFINE_list("tasks", [t.name for t in masking.evaluation_tasks(np.zeros(1, int), 100)], "tasks to time")
+_MAX_MASKS = flags.DEFINE_integer(
+  "max_masks",
+  0,
+  "> 0: time only the first masks of each task and extrapolate "
+  "linearly to all of them (the 'extrapolated' column says so)",
+)
 _WARM = flags.DEFINE_bool("warm", False, "time a second call (compilation excluded)")
-_PEAK = flags.DEFINE_string("peak", None, "benchmarks.matmul JSON: adds each task's floor (its model FLOPs at "
-                             "the measured float32 matmul peak)")
+_PEAK = flags.DEFINE_string(
+  "peak", None, "benchmarks.matmul JSON: adds each task's floor (its model FLOPs at the measured float32 matmul peak)"
+)
 _OUT = flags.DEFINE_string("out", None, "JSON output path")
 
 
-def measure(size: str, neurons: int, trials: int, regions: int, *, max_batch: int = 2048,
-            shortcuts=("true",), task_names=None, max_masks: int = 0, warm: bool = False, peak: dict | None = None,
-            seed: int = 0) -> list[dict]:
+def measure(
+  size: str,
+  neurons: int,
+  trials: int,
+  regions: int,
+  *,
+  max_batch: int = 2048,
+  shortcuts=("true",),
+  task_names=None,
+  max_masks: int = 0,
+  warm: bool = False,
+  peak: dict | None = None,
+  seed: int = 0,
+) -> list[dict]:
   """One row per (shortcut setting, task) and a "total" row per setting: seconds of the
   evaluation of an untrained NDT1 of `size` on `trials` synthetic trials of 100 bins x
   `neurons` neurons in `regions` regions (compilation included unless `warm`; see the
@@ -68,10 +83,18 @@ def measure(size: str, neurons: int, trials: int, regions: int, *, max_batch: in
       n_masks = task.hide_neurons.shape[0]
       timed = task
       if 0 < max_masks < n_masks:
-        timed = dataclasses.replace(task, hide_neurons=task.hide_neurons[:max_masks],
-                                    score_neurons=task.score_neurons[:max_masks])
-      run = lambda: tasks.predict_task(predictor, params, spikes, timed, causal=task.prompt == "causal",
-                                       max_batch=max_batch, shortcut=shortcut == "true")
+        timed = dataclasses.replace(
+          task, hide_neurons=task.hide_neurons[:max_masks], score_neurons=task.score_neurons[:max_masks]
+        )
+      run = lambda: tasks.predict_task(
+        predictor,
+        params,
+        spikes,
+        timed,
+        causal=task.prompt == "causal",
+        max_batch=max_batch,
+        shortcut=shortcut == "true",
+      )
       if warm:
         run()
       t0 = time.perf_counter()
@@ -84,30 +107,75 @@ def measure(size: str, neurons: int, trials: int, regions: int, *, max_batch: in
       groups = tasks.single_neuron_groups(task) if shortcut == "true" else None
       model_flops = _task_flops(config, n, n_masks * k, _embedded_bins(spikes, task, groups))
       total_flops += model_flops
-      rows.append(dict(shortcut=shortcut, task=task.name, masks=n_masks, timed_masks=done, sequences=n_masks * k,
-                       seconds=seconds, measured_seconds=measured, extrapolated=done < n_masks,
-                       sequences_per_s=done * k / measured, model_gflop=model_flops / 1e9,
-                       achieved_gflops_per_s=model_flops / seconds / 1e9, **_floor(model_flops, peak)))
+      rows.append(
+        dict(
+          shortcut=shortcut,
+          task=task.name,
+          masks=n_masks,
+          timed_masks=done,
+          sequences=n_masks * k,
+          seconds=seconds,
+          measured_seconds=measured,
+          extrapolated=done < n_masks,
+          sequences_per_s=done * k / measured,
+          model_gflop=model_flops / 1e9,
+          achieved_gflops_per_s=model_flops / seconds / 1e9,
+          **_floor(model_flops, peak),
+        )
+      )
       print(rows[-1], flush=True)
-    rows.append(dict(shortcut=shortcut, task="total", seconds=total, model_gflop=total_flops / 1e9,
-                     achieved_gflops_per_s=total_flops / total / 1e9, **_floor(total_flops, peak),
-                     extrapolated=any(r["extrapolated"] for r in rows if r["shortcut"] == shortcut)))
+    rows.append(
+      dict(
+        shortcut=shortcut,
+        task="total",
+        seconds=total,
+        model_gflop=total_flops / 1e9,
+        achieved_gflops_per_s=total_flops / total / 1e9,
+        **_floor(total_flops, peak),
+        extrapolated=any(r["extrapolated"] for r in rows if r["shortcut"] == shortcut),
+      )
+    )
   return rows
 
 
-COLUMNS = ["shortcut", "task", "masks", "timed_masks", "sequences", "seconds", "extrapolated", "sequences_per_s",
-           "model_gflop", "achieved_gflops_per_s"]
+COLUMNS = [
+  "shortcut",
+  "task",
+  "masks",
+  "timed_masks",
+  "sequences",
+  "seconds",
+  "extrapolated",
+  "sequences_per_s",
+  "model_gflop",
+  "achieved_gflops_per_s",
+]
 
 
 def main(argv):
   del argv
   peak = common.load_peak(_PEAK.value)
-  rows = measure(_SIZE.value, _NEURONS.value, _TRIALS.value, _REGIONS.value, max_batch=_MAX_BATCH.value,
-                 shortcuts=_SHORTCUTS.value, task_names=_TASKS.value, max_masks=_MAX_MASKS.value, warm=_WARM.value,
-                 peak=peak)
-  common.report(f"evaluation: NDT1 {_SIZE.value}, {_NEURONS.value} neurons x {_TRIALS.value} trials x 100 bins, "
-                f"{_REGIONS.value} regions", rows, COLUMNS + (["floor_seconds_at_fp32_peak"] if peak else []),
-                _OUT.value, warm=_WARM.value, peak_flops_per_s=peak)
+  rows = measure(
+    _SIZE.value,
+    _NEURONS.value,
+    _TRIALS.value,
+    _REGIONS.value,
+    max_batch=_MAX_BATCH.value,
+    shortcuts=_SHORTCUTS.value,
+    task_names=_TASKS.value,
+    max_masks=_MAX_MASKS.value,
+    warm=_WARM.value,
+    peak=peak,
+  )
+  common.report(
+    f"evaluation: NDT1 {_SIZE.value}, {_NEURONS.value} neurons x {_TRIALS.value} trials x 100 bins, "
+    f"{_REGIONS.value} regions",
+    rows,
+    COLUMNS + (["floor_seconds_at_fp32_peak"] if peak else []),
+    _OUT.value,
+    warm=_WARM.value,
+    peak_flops_per_s=peak,
+  )
 
 
 def _embedded_bins(spikes: np.ndarray, task, groups) -> int | None:
@@ -124,8 +192,15 @@ def _task_flops(config, neurons: int, sequences: int, embedded_bins: int | None)
   """Model FLOPs of a task's `sequences` passes: through the one-neuron shortcut
   (`embedded_bins` from _embedded_bins), or full (None)."""
   width, layers, _, mlp = ndt1.size_dims(config.model.size)
-  shape = dict(bins=100, neurons=neurons, width=width, layers=layers, mlp_width=mlp,
-               embed_mult=config.model.embed_mult, stitch_dim=config.model.stitch_dim)
+  shape = dict(
+    bins=100,
+    neurons=neurons,
+    width=width,
+    layers=layers,
+    mlp_width=mlp,
+    embed_mult=config.model.embed_mult,
+    stitch_dim=config.model.stitch_dim,
+  )
   if embedded_bins is not None:
     return flops.ndt1_single_neuron_flops(sequences=sequences, embedded_bins=embedded_bins, **shape)
   return flops.ndt1_forward_flops(batch=sequences, **shape)

@@ -8,8 +8,18 @@ forward pass (the backward pass computes gradients for activations and weights).
 from __future__ import annotations
 
 
-def ndt1_forward_flops(*, batch: int, bins: int, neurons: int, width: int, layers: int, mlp_width: int,
-                       n_special: int = 2, embed_mult: int = 2, stitch_dim: int = 0) -> int:
+def ndt1_forward_flops(
+  *,
+  batch: int,
+  bins: int,
+  neurons: int,
+  width: int,
+  layers: int,
+  mlp_width: int,
+  n_special: int = 2,
+  embed_mult: int = 2,
+  stitch_dim: int = 0,
+) -> int:
   """FLOPs of one NDT1 forward pass on [batch, bins, neurons] (models/ndt1.py).
 
   Per bin: [stitch Linear(N, s)], Linear(n, mult n), Linear(mult n, D); per token (bins
@@ -23,9 +33,19 @@ def ndt1_forward_flops(*, batch: int, bins: int, neurons: int, width: int, layer
   return 2 * batch * (bins * per_bin + layers * tokens * per_token_layer)
 
 
-def ndt1_single_neuron_flops(*, sequences: int, bins: int, neurons: int, width: int, layers: int, mlp_width: int,
-                             n_special: int = 2, embed_mult: int = 2, stitch_dim: int = 0,
-                             embedded_bins: int | None = None) -> int:
+def ndt1_single_neuron_flops(
+  *,
+  sequences: int,
+  bins: int,
+  neurons: int,
+  width: int,
+  layers: int,
+  mlp_width: int,
+  n_special: int = 2,
+  embed_mult: int = 2,
+  stitch_dim: int = 0,
+  embedded_bins: int | None = None,
+) -> int:
   """FLOPs of `sequences` evaluation passes through the one-neuron shortcut
   (evaluation/tasks.py `single`): the shared input pre-activation is computed once per
   trial (not counted); the projection Linear(mult n, D) runs at `embedded_bins` (sequence,
@@ -36,13 +56,25 @@ def ndt1_single_neuron_flops(*, sequences: int, bins: int, neurons: int, width: 
   tokens = bins + n_special
   embedded_bins = sequences * bins if embedded_bins is None else embedded_bins
   per_token_layer = 4 * width * width + 2 * tokens * width + 2 * width * mlp_width
-  return 2 * (embedded_bins * embed_mult * n_in * width
-              + sequences * (bins * width + layers * tokens * per_token_layer))
+  return 2 * (
+    embedded_bins * embed_mult * n_in * width + sequences * (bins * width + layers * tokens * per_token_layer)
+  )
 
 
-def poyo_forward_flops(*, batch: int, tokens: int, queries: int, latents: int, dim: int, depth: int,
-                       cross_heads: int, self_heads: int, head_dim: int = 64, n_outputs: int = 2,
-                       ffn_mult: int = 4) -> int:
+def poyo_forward_flops(
+  *,
+  batch: int,
+  tokens: int,
+  queries: int,
+  latents: int,
+  dim: int,
+  depth: int,
+  cross_heads: int,
+  self_heads: int,
+  head_dim: int = 64,
+  n_outputs: int = 2,
+  ffn_mult: int = 4,
+) -> int:
   """FLOPs of one POYO forward pass (models/poyo.py, models/perceiver.py) on `tokens`
   (padded) input tokens, `latents` latents and `queries` output queries per window.
 

@@ -19,8 +19,9 @@ from mtm_jax.training import entry
 _SIZE = flags.DEFINE_integer("size", 4096, "square matrix size")
 _STEPS = flags.DEFINE_integer("steps", 5, "timed calls per dtype")
 _DTYPES = flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "dtypes to measure")
-_ONEDNN = flags.DEFINE_list("onednn", ["false", "true"], "compiled without and/or with the train steps' CPU "
-                            "options (oneDNN matmuls in bfloat16)")
+_ONEDNN = flags.DEFINE_list(
+  "onednn", ["false", "true"], "compiled without and/or with the train steps' CPU options (oneDNN matmuls in bfloat16)"
+)
 _OUT = flags.DEFINE_string("out", None, "JSON output path")
 
 
@@ -37,17 +38,27 @@ def measure(size: int, dtype, steps: int, compiler_options: dict | None = None) 
   dot = jax.jit(jnp.dot, compiler_options=compiler_options)
   t = common.time_calls(lambda: dot(a, b), steps=steps, warmup=1)
   flops = matmul_flops(size, size, size)
-  return dict(dtype=jnp.dtype(dtype).name, size=size, onednn=bool(compiler_options), seconds=t["seconds"],
-              flops_per_s=flops / t["seconds"],
-              gflops_per_s=flops / t["seconds"] / 1e9, best_gflops_per_s=flops / t["seconds_min"] / 1e9)
+  return dict(
+    dtype=jnp.dtype(dtype).name,
+    size=size,
+    onednn=bool(compiler_options),
+    seconds=t["seconds"],
+    flops_per_s=flops / t["seconds"],
+    gflops_per_s=flops / t["seconds"] / 1e9,
+    best_gflops_per_s=flops / t["seconds_min"] / 1e9,
+  )
 
 
 def main(argv):
   del argv
-  rows = [measure(_SIZE.value, jnp.dtype(d), _STEPS.value, options)
-          for d in _DTYPES.value for options in common.compile_variants(d, _ONEDNN.value)]
-  common.report("matmul peak", rows, ["dtype", "size", "onednn", "seconds", "gflops_per_s", "best_gflops_per_s"],
-                _OUT.value)
+  rows = [
+    measure(_SIZE.value, jnp.dtype(d), _STEPS.value, options)
+    for d in _DTYPES.value
+    for options in common.compile_variants(d, _ONEDNN.value)
+  ]
+  common.report(
+    "matmul peak", rows, ["dtype", "size", "onednn", "seconds", "gflops_per_s", "best_gflops_per_s"], _OUT.value
+  )
 
 
 if __name__ == "__main__":

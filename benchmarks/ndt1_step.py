@@ -32,16 +32,31 @@ _REGIONS = flags.DEFINE_integer("regions", 5, "brain regions")
 _DTYPES = flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "compute dtypes to measure")
 _REMAT = flags.DEFINE_list("remat", ["false"], "remat settings to measure (true/false)")
 _MODES = flags.DEFINE_list("modes", ["train", "eval"], "train and/or eval")
-_ONEDNN = flags.DEFINE_list("onednn", ["true"], "train step compiled with the programs' CPU options "
-                            "(parallel.sharding.compiler_options: oneDNN matmuls in bfloat16) and/or without")
+_ONEDNN = flags.DEFINE_list(
+  "onednn",
+  ["true"],
+  "train step compiled with the programs' CPU options "
+  "(parallel.sharding.compiler_options: oneDNN matmuls in bfloat16) and/or without",
+)
 _STEPS = flags.DEFINE_integer("steps", 5, "timed steps per row")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "untimed steps per row (compilation)")
 _PEAK = flags.DEFINE_string("peak", None, "benchmarks.matmul JSON: adds fraction-of-peak columns")
 _OUT = flags.DEFINE_string("out", None, "JSON output path")
 
 
-def measure(config, mode: str, batch: int, bins: int, neurons: int, regions: int, steps: int, warmup: int,
-            compiler_options: dict | None = None, *, block_each: bool = True) -> dict:
+def measure(
+  config,
+  mode: str,
+  batch: int,
+  bins: int,
+  neurons: int,
+  regions: int,
+  steps: int,
+  warmup: int,
+  compiler_options: dict | None = None,
+  *,
+  block_each: bool = True,
+) -> dict:
   """One row: timing and FLOPs of the train step (compiled with `compiler_options`) or
   the eval forward pass of `config` (block_each: see common.time_calls)."""
   dtype = precision.compute_dtype(config.model.dtype)
@@ -49,15 +64,25 @@ def measure(config, mode: str, batch: int, bins: int, neurons: int, regions: int
   graphdef, params = nnx.split(model, nnx.Param)
   data, region_table = synthetic.ndt1_batch(batch, bins, neurons, regions)
   width, n_layers, _, mlp_width = ndt1.size_dims(config.model.size)
-  forward = flops.ndt1_forward_flops(batch=batch, bins=bins, neurons=neurons, width=width, layers=n_layers,
-                                     mlp_width=mlp_width, n_special=model.n_special,
-                                     embed_mult=config.model.embed_mult)
+  forward = flops.ndt1_forward_flops(
+    batch=batch,
+    bins=bins,
+    neurons=neurons,
+    width=width,
+    layers=n_layers,
+    mlp_width=mlp_width,
+    n_special=model.n_special,
+    embed_mult=config.model.embed_mult,
+  )
   key = jax.random.key(0)
   if mode == "train":
     tx = optimizer.make_optimizer(config)
     mask_config = masking.MaskConfig(config.masking.ratio, config.masking.causal_ratio)
-    fn = jax.jit(ndt1_task.make_train_step(graphdef, tx, config.masking.mode, mask_config, dtype=dtype),
-                 donate_argnums=0, compiler_options=compiler_options)
+    fn = jax.jit(
+      ndt1_task.make_train_step(graphdef, tx, config.masking.mode, mask_config, dtype=dtype),
+      donate_argnums=0,
+      compiler_options=compiler_options,
+    )
     state = step_lib.init_state(params, tx)
     xla = fn.lower(state, data, region_table, key).compile().cost_analysis()
     holder = [state]
@@ -76,11 +101,18 @@ def measure(config, mode: str, batch: int, bins: int, neurons: int, regions: int
     raise ValueError(f"--modes: unknown {mode!r}; expected train or eval")
   t = common.time_calls(call, steps=steps, warmup=warmup, block_each=block_each)
   xla = xla[0] if isinstance(xla, (list, tuple)) else xla
-  return dict(mode=mode, dtype=dtype.name, remat=bool(config.model.remat),
-              onednn=bool(compiler_options) and mode == "train", seconds=t["seconds"],
-              bins_per_s=batch * bins / t["seconds"], model_gflop=model_flops / 1e9,
-              xla_gflop=float(xla.get("flops", float("nan"))) / 1e9 if xla else float("nan"),
-              achieved_gflops_per_s=model_flops / t["seconds"] / 1e9, compile_seconds=t["warmup_seconds"])
+  return dict(
+    mode=mode,
+    dtype=dtype.name,
+    remat=bool(config.model.remat),
+    onednn=bool(compiler_options) and mode == "train",
+    seconds=t["seconds"],
+    bins_per_s=batch * bins / t["seconds"],
+    model_gflop=model_flops / 1e9,
+    xla_gflop=float(xla.get("flops", float("nan"))) / 1e9 if xla else float("nan"),
+    achieved_gflops_per_s=model_flops / t["seconds"] / 1e9,
+    compile_seconds=t["warmup_seconds"],
+  )
 
 
 def main(argv):
@@ -95,15 +127,38 @@ def main(argv):
             continue  # remat and the train step's compile options change only training
           config = ndt1_config.get_config("paper")
           config.model.size, config.model.dtype, config.model.remat = _SIZE.value, dtype, remat
-          row = measure(config, mode, _BATCH.value, _BINS.value, _NEURONS.value, _REGIONS.value, _STEPS.value,
-                        _WARMUP.value, options)
+          row = measure(
+            config,
+            mode,
+            _BATCH.value,
+            _BINS.value,
+            _NEURONS.value,
+            _REGIONS.value,
+            _STEPS.value,
+            _WARMUP.value,
+            options,
+          )
           rows.append(common.add_peak_fractions(row, peak))
           print(row, flush=True)
-  columns = ["mode", "dtype", "remat", "onednn", "seconds", "bins_per_s", "model_gflop", "xla_gflop",
-             "achieved_gflops_per_s"]
+  columns = [
+    "mode",
+    "dtype",
+    "remat",
+    "onednn",
+    "seconds",
+    "bins_per_s",
+    "model_gflop",
+    "xla_gflop",
+    "achieved_gflops_per_s",
+  ]
   columns += ["fraction_of_fp32_peak", "fraction_of_dtype_peak"] if peak else []
-  common.report(f"NDT1 {_SIZE.value}: batch {_BATCH.value} x {_BINS.value} bins x {_NEURONS.value} neurons", rows,
-                columns + ["compile_seconds"], _OUT.value, peak_flops_per_s=peak)
+  common.report(
+    f"NDT1 {_SIZE.value}: batch {_BATCH.value} x {_BINS.value} bins x {_NEURONS.value} neurons",
+    rows,
+    columns + ["compile_seconds"],
+    _OUT.value,
+    peak_flops_per_s=peak,
+  )
 
 
 if __name__ == "__main__":

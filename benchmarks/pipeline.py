@@ -70,18 +70,36 @@ def main(argv):
   ndt1_rate = None if ndt1_rate is None else ndt1_rate / 100  # trials per second (100 bins each)
 
   source = provenance.open_built(_BINNED.value, _DATA_DIR.value).as_data_source(split="train")
-  ds = (grain.MapDataset.source(source).seed(0).shuffle().repeat().batch(batch, drop_remainder=True)
-        .to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)))
-  rows.append(dict(pipeline="ndt1 source (TFDS data source -> grain)", examples_per_s=_rate(ds, _BATCHES.value, batch),
-                   consumed_per_s=ndt1_rate))
+  ds = (
+    grain.MapDataset.source(source)
+    .seed(0)
+    .shuffle()
+    .repeat()
+    .batch(batch, drop_remainder=True)
+    .to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))
+  )
+  rows.append(
+    dict(
+      pipeline="ndt1 source (TFDS data source -> grain)",
+      examples_per_s=_rate(ds, _BATCHES.value, batch),
+      consumed_per_s=ndt1_rate,
+    )
+  )
 
   t0 = time.perf_counter()
   session = pipeline.load_sessions([_BINNED.value], _DATA_DIR.value, splits=("train",))[0]
   load = time.perf_counter() - t0
   arrays = session.splits["train"]
   ds = pipeline.iterate_from(pipeline.training_batches(arrays, batch, 0, n_neurons=session.info.n_neurons), 0)
-  rows.append(dict(pipeline="ndt1 training batches (preloaded split)", examples_per_s=_rate(ds, _BATCHES.value, batch),
-                   consumed_per_s=ndt1_rate, load_seconds=load, examples_loaded=len(arrays["spikes"])))
+  rows.append(
+    dict(
+      pipeline="ndt1 training batches (preloaded split)",
+      examples_per_s=_rate(ds, _BATCHES.value, batch),
+      consumed_per_s=ndt1_rate,
+      load_seconds=load,
+      examples_loaded=len(arrays["spikes"]),
+    )
+  )
 
   config = poyo_config.get_config("small")
   sessions = [tfds.load_event_session(_EVENTS.value, _DATA_DIR.value)]
@@ -89,14 +107,19 @@ def main(argv):
   poyo_batch = config.data.batch_size
   poyo_rate = _consumption(_POYO.value, dict(size="small", dtype="float32", remat=False), "windows_per_s")
   ds = pipeline.iterate_from(batches_lib.training_batches(data, poyo_batch, 0), 0)
-  rows.append(dict(pipeline="poyo small training windows", examples_per_s=_rate(ds, max(5, _BATCHES.value // 10),
-                                                                                 poyo_batch),
-                   consumed_per_s=poyo_rate))
+  rows.append(
+    dict(
+      pipeline="poyo small training windows",
+      examples_per_s=_rate(ds, max(5, _BATCHES.value // 10), poyo_batch),
+      consumed_per_s=poyo_rate,
+    )
+  )
   for r in rows:
     if r.get("consumed_per_s"):
       r["ratio"] = r["examples_per_s"] / r["consumed_per_s"]
-  common.report("input pipeline", rows, ["pipeline", "examples_per_s", "consumed_per_s", "ratio", "load_seconds"],
-                _OUT.value)
+  common.report(
+    "input pipeline", rows, ["pipeline", "examples_per_s", "consumed_per_s", "ratio", "load_seconds"], _OUT.value
+  )
 
 
 if __name__ == "__main__":

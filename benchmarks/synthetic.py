@@ -30,12 +30,24 @@ def poyo_batch(batch: int, units: int, spikes: int, length: int, queries: int, s
     raise ValueError(f"--tokens: {n} tokens per window do not fit in {length}")
   unit = np.concatenate([rng.integers(1, units + 1, (batch, spikes)), np.tile(np.arange(1, units + 1), (batch, 2))], 1)
   times = np.concatenate([rng.uniform(0, 1, (batch, spikes)), np.zeros((batch, units)), np.ones((batch, units))], 1)
-  kind = np.concatenate([np.full((batch, spikes), tokens.SPIKE), np.full((batch, units), tokens.START),
-                         np.full((batch, units), tokens.END)], 1)
+  kind = np.concatenate(
+    [
+      np.full((batch, spikes), tokens.SPIKE),
+      np.full((batch, units), tokens.START),
+      np.full((batch, units), tokens.END),
+    ],
+    1,
+  )
   pad = lambda x, dtype: np.pad(x, ((0, 0), (0, length - n))).astype(dtype)
-  return dict(unit_index=pad(unit, np.int32), timestamps=pad(times, np.float32), token_type=pad(kind, np.int32),
-              input_mask=pad(np.ones((batch, n)), bool), session_index=np.ones(batch, np.int32),
-              output_timestamps=np.tile(np.linspace(0, 1, queries, dtype=np.float32), (batch, 1)),
-              output_values=rng.normal(size=(batch, queries, 2)).astype(np.float32),
-              output_weights=np.ones((batch, queries), np.float32), output_task=np.zeros((batch, queries), np.int32),
-              output_mask=np.ones((batch, queries), bool))
+  return dict(
+    unit_index=pad(unit, np.int32),
+    timestamps=pad(times, np.float32),
+    token_type=pad(kind, np.int32),
+    input_mask=pad(np.ones((batch, n)), bool),
+    session_index=np.ones(batch, np.int32),
+    output_timestamps=np.tile(np.linspace(0, 1, queries, dtype=np.float32), (batch, 1)),
+    output_values=rng.normal(size=(batch, queries, 2)).astype(np.float32),
+    output_weights=np.ones((batch, queries), np.float32),
+    output_task=np.zeros((batch, queries), np.int32),
+    output_mask=np.ones((batch, queries), bool),
+  )

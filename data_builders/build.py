@@ -23,21 +23,36 @@ from mtm_jax.training import entry
 
 _DATASET = flags.DEFINE_list("dataset", [], "Data sets to build, NAME/CONFIG, comma-separated.")
 _DATA_DIR = flags.DEFINE_string("data_dir", "data/tfds", "TFDS data directory.")
-_MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "Folder of NWB files for spike_events NWB configs, or the ONE "
-                                  "cache root for IBL configs (default <data_dir>/downloads/manual).")
-_LIST_IBL = flags.DEFINE_bool("list_ibl", False, "List the IBL sessions (eid, folder, probes) of the ONE cache in "
-                              "--manual_dir and exit.")
+_MANUAL_DIR = flags.DEFINE_string(
+  "manual_dir",
+  None,
+  "Folder of NWB files for spike_events NWB configs, or the ONE "
+  "cache root for IBL configs (default <data_dir>/downloads/manual).",
+)
+_LIST_IBL = flags.DEFINE_bool(
+  "list_ibl", False, "List the IBL sessions (eid, folder, probes) of the ONE cache in --manual_dir and exit."
+)
 _IBL_SESSIONS = flags.DEFINE_list("ibl_sessions", [], "IBL sessions of --manual_dir to build: eids, or 'all'.")
-_IBL_BUILDERS = flags.DEFINE_list("ibl_builders", ["ibl_binned", "spike_events"],
-                                  "Data sets made of each of --ibl_sessions.")
-_IBL_OPTIONS = flags.DEFINE_list("ibl_options", [], "Preprocessing options of --ibl_sessions, part of their config "
-                                 "names: beryl or cosmos (region level), rate<Hz> (minimum firing rate), good "
-                                 "(label == 1 units only).")
-_REBUILD = flags.DEFINE_list("rebuild", [], "Data sets to build again even if built, e.g. after their source files "
-                             "changed (NAME/CONFIG, comma-separated; built with the others of --dataset). Other data "
-                             "sets are not touched; the previous version is kept until the new one is complete.")
-_KEEP_GOING = flags.DEFINE_bool("keep_going", True, "When a data set fails, build the others, then report every "
-                                "failure and exit with status 1.")
+_IBL_BUILDERS = flags.DEFINE_list(
+  "ibl_builders", ["ibl_binned", "spike_events"], "Data sets made of each of --ibl_sessions."
+)
+_IBL_OPTIONS = flags.DEFINE_list(
+  "ibl_options",
+  [],
+  "Preprocessing options of --ibl_sessions, part of their config "
+  "names: beryl or cosmos (region level), rate<Hz> (minimum firing rate), good "
+  "(label == 1 units only).",
+)
+_REBUILD = flags.DEFINE_list(
+  "rebuild",
+  [],
+  "Data sets to build again even if built, e.g. after their source files "
+  "changed (NAME/CONFIG, comma-separated; built with the others of --dataset). Other data "
+  "sets are not touched; the previous version is kept until the new one is complete.",
+)
+_KEEP_GOING = flags.DEFINE_bool(
+  "keep_going", True, "When a data set fails, build the others, then report every failure and exit with status 1."
+)
 
 
 def main(argv):
@@ -53,14 +68,16 @@ def main(argv):
     return
   datasets = list(_DATASET.value)
   if _IBL_SESSIONS.value:
-    datasets += prepare.ibl_dataset_names(_MANUAL_DIR.value, _IBL_SESSIONS.value, _IBL_BUILDERS.value,
-                                          _IBL_OPTIONS.value)
+    datasets += prepare.ibl_dataset_names(
+      _MANUAL_DIR.value, _IBL_SESSIONS.value, _IBL_BUILDERS.value, _IBL_OPTIONS.value
+    )
   datasets += [r for r in _REBUILD.value if r not in datasets]
   if not datasets:
     raise app.UsageError("--dataset (or --ibl_sessions) is required, e.g. --dataset=ibl_binned/synthetic_000")
   try:
-    paths = prepare.build(datasets, _DATA_DIR.value, _MANUAL_DIR.value, keep_going=_KEEP_GOING.value,
-                          rebuild=_REBUILD.value)
+    paths = prepare.build(
+      datasets, _DATA_DIR.value, _MANUAL_DIR.value, keep_going=_KEEP_GOING.value, rebuild=_REBUILD.value
+    )
   except prepare.BuildError as e:
     print(e, file=sys.stderr)
     sys.exit(1)

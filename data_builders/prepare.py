@@ -39,11 +39,15 @@ def failure_summary(failures: list[str], n_datasets: int) -> str:
 def _builder(name: str, data_dir: str, registered: set[str]):
   builder_name, _, config = name.partition("/")
   if not config:
-    raise ValueError(f"--dataset: {name!r} names no config; expected <builder>/<config>, e.g. "
-                     f"'ibl_binned/synthetic_000' or 'spike_events/<eid>'")
+    raise ValueError(
+      f"--dataset: {name!r} names no config; expected <builder>/<config>, e.g. "
+      f"'ibl_binned/synthetic_000' or 'spike_events/<eid>'"
+    )
   if builder_name not in registered:
-    raise ValueError(f"--dataset: unknown data set {builder_name!r} in {name!r}; this project builds "
-                     f"'ibl_binned/<config>' and 'spike_events/<config>'")
+    raise ValueError(
+      f"--dataset: unknown data set {builder_name!r} in {name!r}; this project builds "
+      f"'ibl_binned/<config>' and 'spike_events/<config>'"
+    )
   try:
     if builder_name in _IBL_CONFIGS and config not in tfds.builder_cls(builder_name).builder_configs:
       ibl_config = _IBL_CONFIGS[builder_name](config)
@@ -107,21 +111,31 @@ def _prepare(builder, manual_dir: str | None) -> None:
       os.rmdir(config_dir)
     raise
   splits = ", ".join(f"{n} {s.num_examples}" for n, s in builder.info.splits.items())
-  logging.info("built %s/%s (%s examples) in %s, %.0f s", builder.name, builder.builder_config.name, splits,
-               builder.data_dir, time.monotonic() - start)
+  logging.info(
+    "built %s/%s (%s examples) in %s, %.0f s",
+    builder.name,
+    builder.builder_config.name,
+    splits,
+    builder.data_dir,
+    time.monotonic() - start,
+  )
 
 
 def _source_check(name: str, builder, data_dir: str, manual_dir: str | None) -> None:
   """Raises provenance.SourceChangedError when a built data set's source files changed."""
   source = builder.info.metadata.get(provenance.RECORD_KEY)
   if source is None and builder.builder_config.source in ("nwb", "ibl"):
-    logging.warning("%s: built without a record of its source files, so they cannot be checked; %s", name,
-                    provenance.rebuild_hint(name, data_dir, manual_dir))
+    logging.warning(
+      "%s: built without a record of its source files, so they cannot be checked; %s",
+      name,
+      provenance.rebuild_hint(name, data_dir, manual_dir),
+    )
   provenance.check(name, data_dir, source, manual_dir)
 
 
-def build(datasets: list[str], data_dir: str, manual_dir: str | None = None, keep_going: bool = False,
-          rebuild=()) -> list[str]:
+def build(
+  datasets: list[str], data_dir: str, manual_dir: str | None = None, keep_going: bool = False, rebuild=()
+) -> list[str]:
   """Prepares each data set (skipping finished ones); returns their directories.
 
   manual_dir: where NWB configs find their files and IBL configs their ONE cache (default
@@ -166,8 +180,9 @@ def build(datasets: list[str], data_dir: str, manual_dir: str | None = None, kee
   return out
 
 
-def ibl_dataset_names(manual_dir: str, sessions: list[str], builders=tuple(_IBL_CONFIGS),
-                      options: list[str] = ()) -> list[str]:
+def ibl_dataset_names(
+  manual_dir: str, sessions: list[str], builders=tuple(_IBL_CONFIGS), options: list[str] = ()
+) -> list[str]:
   """`<builder>/<eid>[_options]` names of IBL sessions of the ONE cache at manual_dir.
 
   sessions: eids, or ["all"] for every session whose folder is in the cache; options:
@@ -185,7 +200,9 @@ def ibl_dataset_names(manual_dir: str, sessions: list[str], builders=tuple(_IBL_
       raise ValueError(f"--ibl_sessions: {eid!r} is not an IBL session id (eid, a UUID)")
   for option in options if sessions else ():
     if configs.parse_config_name(f"{sessions[0]}_{option}") is None:  # not even of an option's form
-      raise ValueError(f"--ibl_options: {option!r} is not an option; options are beryl or cosmos (region level), "
-                       "rate<Hz> (minimum firing rate, e.g. rate2 or rate0.5), good (label == 1 units)")
+      raise ValueError(
+        f"--ibl_options: {option!r} is not an option; options are beryl or cosmos (region level), "
+        "rate<Hz> (minimum firing rate, e.g. rate2 or rate0.5), good (label == 1 units)"
+      )
   suffix = "".join(f"_{o}" for o in dict.fromkeys(options))  # each option once
   return [f"{b}/{configs.canonical_config_name(f'{eid}{suffix}')}" for eid in sessions for b in builders]

@@ -42,15 +42,25 @@ def run_demo(dataset: str, data_dir: str, workdir: str, preset: str, steps: int 
     results[name] = registry.evaluate_workdir(model_dir)
   oracle = run.oracle_column(results["mtm"])
   fraction = {m: results["mtm"][m] / oracle[m] for m in oracle}
-  columns = {"MtM": results["mtm"], "temporal": results["temporal"], "oracle": oracle,
-             "MtM / oracle": fraction}
-  report = dict(dataset=dataset, preset=preset, steps=results["mtm"]["step"], seconds=round(time.time() - start, 1),
-                n_neurons=results["mtm"]["n_neurons"], n_test_trials=results["mtm"]["n_trials"],
-                mtm=results["mtm"], temporal=results["temporal"], oracle=oracle, mtm_fraction_of_oracle=fraction,
-                devices=[str(d) for d in jax.devices()])
-  text = (f"# mtm_jax demo\n\nSession `{dataset}` ({report['n_neurons']} neurons, {report['n_test_trials']} test "
-          f"trials), NDT1 `{preset}`, {report['steps']} training steps per model, "
-          f"{report['seconds']:.0f} s in all.\n\n{run.table(columns)}\n")
+  columns = {"MtM": results["mtm"], "temporal": results["temporal"], "oracle": oracle, "MtM / oracle": fraction}
+  report = dict(
+    dataset=dataset,
+    preset=preset,
+    steps=results["mtm"]["step"],
+    seconds=round(time.time() - start, 1),
+    n_neurons=results["mtm"]["n_neurons"],
+    n_test_trials=results["mtm"]["n_trials"],
+    mtm=results["mtm"],
+    temporal=results["temporal"],
+    oracle=oracle,
+    mtm_fraction_of_oracle=fraction,
+    devices=[str(d) for d in jax.devices()],
+  )
+  text = (
+    f"# mtm_jax demo\n\nSession `{dataset}` ({report['n_neurons']} neurons, {report['n_test_trials']} test "
+    f"trials), NDT1 `{preset}`, {report['steps']} training steps per model, "
+    f"{report['seconds']:.0f} s in all.\n\n{run.table(columns)}\n"
+  )
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "report.md"), "w", encoding="utf-8") as f:
     f.write(text)

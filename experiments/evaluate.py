@@ -35,8 +35,9 @@ _DECODING = flags.DEFINE_bool("decoding", True, "Also decode behaviour (frozen-m
 _PLOTS = flags.DEFINE_bool("plots", False, "Also write rasters.png (MtM paper Figure 2).")
 _COMPARE = flags.DEFINE_list("compare", [], "label=workdir of other models for the rasters.")
 _PLOT_REGION = flags.DEFINE_string("plot_region", None, "Region of the rasters (default: the largest).")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data_dir of the sessions, when they moved "
-                                "(default: the one the model was trained from).")
+_DATA_DIR = flags.DEFINE_string(
+  "data_dir", None, "TFDS data_dir of the sessions, when they moved (default: the one the model was trained from)."
+)
 flags.mark_flag_as_required("workdir")
 
 
@@ -45,8 +46,9 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   multihost.initialize()
   task = registry.of_workdir(_WORKDIR.value, _STEP.value)
-  results = registry.evaluate_workdir(_WORKDIR.value, _SPLIT.value, _STEP.value, _SESSIONS.value,
-                                      decode=_DECODING.value, data_dir=_DATA_DIR.value)
+  results = registry.evaluate_workdir(
+    _WORKDIR.value, _SPLIT.value, _STEP.value, _SESSIONS.value, decode=_DECODING.value, data_dir=_DATA_DIR.value
+  )
   print(task.report(results))
   if _PLOTS.value:
     workdirs = {results.get("masking_mode", "model"): _WORKDIR.value}

@@ -25,8 +25,9 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Fine-tuning config fi
 _PRETRAINED = flags.DEFINE_string("pretrained", None, "Workdir of the pretrained model (none: from scratch).")
 _DATASET = flags.DEFINE_string("dataset", None, "Held-out session(s), comma-separated (default: the config's).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and logs.")
-_MODE = flags.DEFINE_enum("mode", None, ["unit_id", "full"], "What fine-tuning trains (default: the family's: "
-                          "POYO unit_id, NDT1 full).")
+_MODE = flags.DEFINE_enum(
+  "mode", None, ["unit_id", "full"], "What fine-tuning trains (default: the family's: POYO unit_id, NDT1 full)."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 

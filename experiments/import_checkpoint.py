@@ -45,8 +45,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_TORCH_PYTHON = os.path.join("parity", ".venv", "bin", "python")
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Optional base config (training/evaluation settings); its model is replaced by the checkpoint's.")
-_SOURCE = flags.DEFINE_string("source", None, ".npz (parity/export_torch.py), .pt/.ckpt, or encoder.bin+decoder.bin dir.")
+  "config", None, "Optional base config (training/evaluation settings); its model is replaced by the checkpoint's."
+)
+_SOURCE = flags.DEFINE_string(
+  "source", None, ".npz (parity/export_torch.py), .pt/.ckpt, or encoder.bin+decoder.bin dir."
+)
 FAMILIES = {"ndt1": "mtm", "poyo": "poyo"}  # --kind: the authors' model -> our config.family
 _KIND = flags.DEFINE_enum("kind", None, sorted(FAMILIES), "Model family of the checkpoint.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory to write the mtm_jax checkpoint to.")
@@ -54,12 +57,17 @@ _DATASETS = flags.DEFINE_list("datasets", [], "Our sessions (TFDS names), in mod
 _DATA_DIR = flags.DEFINE_string("data_dir", "data/tfds", "TFDS data_dir of --datasets.")
 _SESSION_ROWS = flags.DEFINE_list("session_rows", [], "NDT1: each session's row in the authors' session table.")
 _EIDS = flags.DEFINE_string("eids", None, "NDT1: file of the authors' eids, one per line (their session table order).")
-_N_HEADS = flags.DEFINE_integer("n_heads", None, "NDT1: attention heads, if the checkpoint does not tell "
-                                "(a state dict does not; the authors' pickled module does).")
+_N_HEADS = flags.DEFINE_integer(
+  "n_heads",
+  None,
+  "NDT1: attention heads, if the checkpoint does not tell (a state dict does not; the authors' pickled module does).",
+)
 flags.DEFINE_alias("heads", "n_heads")
 _TASK = flags.DEFINE_string("task", "hand_velocity", "POYO: name of the readout task.")
 _SCALE = flags.DEFINE_list("scale", [], "POYO: behaviour divisor per output dimension (default ones).")
-_CODE_PATH = flags.DEFINE_string("code_path", "", "Folder with the authors' code, to unpickle whole-module checkpoints.")
+_CODE_PATH = flags.DEFINE_string(
+  "code_path", "", "Folder with the authors' code, to unpickle whole-module checkpoints."
+)
 _TORCH_PYTHON = flags.DEFINE_string("torch_python", DEFAULT_TORCH_PYTHON, "Python of the PyTorch environment.")
 flags.mark_flags_as_required(["source", "kind", "workdir"])
 
@@ -68,8 +76,10 @@ def export_to_npz(source: str, out: str, torch_python: str = DEFAULT_TORCH_PYTHO
   """Runs parity/export_torch.py in the PyTorch environment: `source` -> `out` (.npz)."""
   python = torch_python if os.path.isabs(torch_python) else os.path.join(ROOT, torch_python)
   if not os.path.exists(python):
-    raise FileNotFoundError(f"--torch_python: {python} does not exist; create the PyTorch environment with "
-                            "`make parity-env`, or export the checkpoint to .npz with parity/export_torch.py")
+    raise FileNotFoundError(
+      f"--torch_python: {python} does not exist; create the PyTorch environment with "
+      "`make parity-env`, or export the checkpoint to .npz with parity/export_torch.py"
+    )
   cmd = [python, os.path.join(ROOT, "parity", "export_torch.py"), f"--source={source}", f"--out={out}"]
   if code_path:
     cmd.append(f"--code_path={code_path}")
@@ -79,10 +89,22 @@ def export_to_npz(source: str, out: str, torch_python: str = DEFAULT_TORCH_PYTHO
   return out
 
 
-def run(source: str, kind: str, workdir: str, *, datasets=(), data_dir: str = "data/tfds", session_rows=(),
-        eids_file: str | None = None, n_heads: int | None = None, task: str = "hand_velocity", scale=(),
-        torch_python: str = DEFAULT_TORCH_PYTHON, code_path: str = "",
-        config: ml_collections.ConfigDict | None = None) -> dict:
+def run(
+  source: str,
+  kind: str,
+  workdir: str,
+  *,
+  datasets=(),
+  data_dir: str = "data/tfds",
+  session_rows=(),
+  eids_file: str | None = None,
+  n_heads: int | None = None,
+  task: str = "hand_velocity",
+  scale=(),
+  torch_python: str = DEFAULT_TORCH_PYTHON,
+  code_path: str = "",
+  config: ml_collections.ConfigDict | None = None,
+) -> dict:
   """The program without flags: converts `source` and writes the workdir; returns the summary.
   `config`: base config (its family must be `kind`'s); its model is the checkpoint's."""
   if kind not in FAMILIES:
@@ -94,8 +116,11 @@ def run(source: str, kind: str, workdir: str, *, datasets=(), data_dir: str = "d
     raise FileNotFoundError(f"--source: {source} does not exist")
   workdir = os.path.abspath(os.path.expanduser(workdir))
   with tempfile.TemporaryDirectory() as tmp:
-    npz = source if source.endswith(".npz") else export_to_npz(source, os.path.join(tmp, "export.npz"),
-                                                                 torch_python, code_path)
+    npz = (
+      source
+      if source.endswith(".npz")
+      else export_to_npz(source, os.path.join(tmp, "export.npz"), torch_python, code_path)
+    )
     ckpt = dataclasses.replace(state_dict.load(npz), path=source)  # errors name the source
   if checkpoint.latest_step(workdir) is not None:
     raise FileExistsError(f"{workdir}: already holds checkpoints; import into a new workdir")
@@ -112,11 +137,25 @@ def run(source: str, kind: str, workdir: str, *, datasets=(), data_dir: str = "d
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  summary = run(_SOURCE.value, _KIND.value, _WORKDIR.value, datasets=_DATASETS.value, data_dir=_DATA_DIR.value,
-                session_rows=_SESSION_ROWS.value, eids_file=_EIDS.value, n_heads=_N_HEADS.value, task=_TASK.value,
-                scale=_SCALE.value, torch_python=_TORCH_PYTHON.value, code_path=_CODE_PATH.value, config=_CONFIG.value)
-  print(f"imported {summary['kind']} ({summary['architecture']['size']}) into {_WORKDIR.value}; "
-        f"unused tensors: {summary['unused'] or 'none'}")
+  summary = run(
+    _SOURCE.value,
+    _KIND.value,
+    _WORKDIR.value,
+    datasets=_DATASETS.value,
+    data_dir=_DATA_DIR.value,
+    session_rows=_SESSION_ROWS.value,
+    eids_file=_EIDS.value,
+    n_heads=_N_HEADS.value,
+    task=_TASK.value,
+    scale=_SCALE.value,
+    torch_python=_TORCH_PYTHON.value,
+    code_path=_CODE_PATH.value,
+    config=_CONFIG.value,
+  )
+  print(
+    f"imported {summary['kind']} ({summary['architecture']['size']}) into {_WORKDIR.value}; "
+    f"unused tensors: {summary['unused'] or 'none'}"
+  )
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ re-running resumes; --only_analyse trains nothing. Compiled XLA programs are cac
 <workdir>/jax_cache.
 """
 
-
 from experiments import study
 from mtm_jax.studies import poyo as poyo_study
 from mtm_jax.training import entry

@@ -28,8 +28,11 @@ from mtm_jax.training import entry, trainer
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (get_config(arg)).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and logs.")
 _SESSIONS = flags.DEFINE_string(
-    "sessions", None, "Sessions to train on: a count N (the first N of config.data.datasets) or "
-    "comma-separated TFDS names (replacing config.data.datasets).")
+  "sessions",
+  None,
+  "Sessions to train on: a count N (the first N of config.data.datasets) or "
+  "comma-separated TFDS names (replacing config.data.datasets).",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 

@@ -10,7 +10,6 @@ have no metrics yet and re-plots. Compiled XLA programs are cached in <workdir>/
 (JAX's persistent compilation cache), so runs of the same shapes compile once.
 """
 
-
 from experiments import study
 from mtm_jax.evaluation import plots
 from mtm_jax.studies import scaling

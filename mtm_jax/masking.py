@@ -113,19 +113,20 @@ def intra_region_mask(key, shape, regions, ratio):
   return hide, targets
 
 
-def apply_scheme(key: jax.Array, spikes: jax.Array, regions: jax.Array, scheme: jax.Array,
-                 config: MaskConfig = MaskConfig()) -> MaskedBatch:
+def apply_scheme(
+  key: jax.Array, spikes: jax.Array, regions: jax.Array, scheme: jax.Array, config: MaskConfig = MaskConfig()
+) -> MaskedBatch:
   """Masks `spikes` [B,T,N] with the scheme of index `scheme` (traced; see _SWITCH_ORDER).
 
   `regions` [N] int32 region id per neuron (< 0 = padding neuron).
   """
   shape = spikes.shape
   branches = [
-      lambda k: neuron_mask(k, shape, config.ratio),
-      lambda k: temporal_mask(k, shape, config.causal_ratio),
-      lambda k: inter_region_mask(k, shape, regions),
-      lambda k: intra_region_mask(k, shape, regions, config.ratio),
-      lambda k: temporal_mask(k, shape, config.ratio),
+    lambda k: neuron_mask(k, shape, config.ratio),
+    lambda k: temporal_mask(k, shape, config.causal_ratio),
+    lambda k: inter_region_mask(k, shape, regions),
+    lambda k: intra_region_mask(k, shape, regions, config.ratio),
+    lambda k: temporal_mask(k, shape, config.ratio),
   ]
   hide, targets = jax.lax.switch(scheme, branches, key)
   valid = (regions >= 0)[None, None, :]
@@ -196,5 +197,9 @@ def intra_region_task(region_ids: np.ndarray, n_bins: int) -> EvalTask:
 def evaluation_tasks(region_ids: np.ndarray, n_bins: int) -> list[EvalTask]:
   """The four MtM evaluations of a session with these neuron regions."""
   n = len(region_ids)
-  return [co_smoothing_task(n, n_bins), forward_prediction_task(n, n_bins), inter_region_task(region_ids, n_bins),
-          intra_region_task(region_ids, n_bins)]
+  return [
+    co_smoothing_task(n, n_bins),
+    forward_prediction_task(n, n_bins),
+    inter_region_task(region_ids, n_bins),
+    intra_region_task(region_ids, n_bins),
+  ]

@@ -26,8 +26,9 @@ def _check(rates, spikes):
   rates = np.asarray(rates, np.float64)
   spikes = np.asarray(spikes, np.float64)
   if rates.shape != spikes.shape or rates.ndim != 3:
-    raise ValueError(f"bits_per_spike: rates and spikes must both be [trials, time, neurons]; "
-                     f"got {rates.shape} and {spikes.shape}")
+    raise ValueError(
+      f"bits_per_spike: rates and spikes must both be [trials, time, neurons]; got {rates.shape} and {spikes.shape}"
+    )
   if np.isnan(rates[~np.isnan(spikes)]).any():
     raise ValueError("bits_per_spike: rates contain NaN where spikes are observed")
   if (rates < 0).any():

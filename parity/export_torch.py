@@ -71,8 +71,10 @@ def _unpickle(source: str, code_path: str):
     try:
       return torch.load(source, map_location="cpu", weights_only=False)
     except ModuleNotFoundError as e:
-      raise ModuleNotFoundError(f"{source}: unpickling needs the module {e.name!r}, which is not importable; a "
-                                "whole-module checkpoint of the MtM authors needs --code_path=<their checkout>/src") from e
+      raise ModuleNotFoundError(
+        f"{source}: unpickling needs the module {e.name!r}, which is not importable; a "
+        "whole-module checkpoint of the MtM authors needs --code_path=<their checkout>/src"
+      ) from e
   code_path = os.path.abspath(code_path)
   if not os.path.isdir(code_path):
     raise FileNotFoundError(f"--code_path: {code_path} is not a directory (expected <their checkout>/src)")
@@ -83,10 +85,12 @@ def _unpickle(source: str, code_path: str):
     with contextlib.chdir(root):
       return torch.load(source, map_location="cpu", weights_only=False)
   except (ImportError, OSError) as e:
-    raise ImportError(f"--code_path: unpickling {source} imports the authors' code from {code_path} with the working "
-                      f"directory {root}, and that failed: {type(e).__name__}: {e}. Give --code_path=<their "
-                      "checkout>/src of a checkout that holds data/target_eids.txt, with their dependencies "
-                      "installed in this environment") from e
+    raise ImportError(
+      f"--code_path: unpickling {source} imports the authors' code from {code_path} with the working "
+      f"directory {root}, and that failed: {type(e).__name__}: {e}. Give --code_path=<their "
+      "checkout>/src of a checkout that holds data/target_eids.txt, with their dependencies "
+      "installed in this environment"
+    ) from e
 
 
 def save_state_dict(state_dict, path: str, meta: dict | None = None) -> dict:
@@ -119,8 +123,9 @@ def load_source(source: str, code_path: str = ""):
     for part in ("encoder", "decoder"):
       path = os.path.join(source, f"{part}.bin")
       if not os.path.exists(path):
-        raise FileNotFoundError(f"{source}: a checkpoint directory must hold encoder.bin and decoder.bin; "
-                                f"{part}.bin is missing")
+        raise FileNotFoundError(
+          f"{source}: a checkpoint directory must hold encoder.bin and decoder.bin; {part}.bin is missing"
+        )
       state.update({f"{part}.{k}": v for k, v in torch.load(path, map_location="cpu").items()})
     return state, meta
   obj = _unpickle(source, code_path)
@@ -134,11 +139,13 @@ def load_source(source: str, code_path: str = ""):
     hparams.pop("_target_", None)
     meta["hparams"] = hparams
     prefix = "model."
-    return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in obj["state_dict"].items()}, meta
+    return {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in obj["state_dict"].items()}, meta
   if isinstance(obj, dict) and obj and all(isinstance(v, (torch.Tensor, dict)) for v in obj.values()):
     return obj, meta
-  raise ValueError(f"{source}: not a checkpoint this tool understands (got {type(obj).__name__}); "
-                   "expected a Lightning .ckpt, the MtM trainer's .pt, encoder.bin + decoder.bin, or a state dict")
+  raise ValueError(
+    f"{source}: not a checkpoint this tool understands (got {type(obj).__name__}); "
+    "expected a Lightning .ckpt, the MtM trainer's .pt, encoder.bin + decoder.bin, or a state dict"
+  )
 
 
 def main(argv=None) -> None:
@@ -154,8 +161,10 @@ def main(argv=None) -> None:
     meta = save_state_dict(state, args.out, meta)
   except (ImportError, OSError, ValueError) as e:
     sys.exit(f"export_torch: {e}")  # one line on stderr, exit status 1
-  print(f"wrote {args.out}: {len(state) - len(meta['skipped']) - len(meta['vocab'])} tensors, "
-        f"vocabularies {sorted(meta['vocab'])}, skipped {meta['skipped']}")
+  print(
+    f"wrote {args.out}: {len(state) - len(meta['skipped']) - len(meta['vocab'])} tensors, "
+    f"vocabularies {sorted(meta['vocab'])}, skipped {meta['skipped']}"
+  )
 
 
 if __name__ == "__main__":

@@ -108,15 +108,28 @@ def _save(out_dir: str, case: str, model: torch.nn.Module, meta: dict, inputs: d
   print(f"{path}: {len(inputs)} inputs, {len(outputs)} outputs")
 
 
-def ndt1_case(out_dir: str, case: str, reference, *, num_neurons, stitch: int, use_prompt: bool, session_rows,
-              n_session_rows: int, modes, seed: int, size=None) -> None:
+def ndt1_case(
+  out_dir: str,
+  case: str,
+  reference,
+  *,
+  num_neurons,
+  stitch: int,
+  use_prompt: bool,
+  session_rows,
+  n_session_rows: int,
+  modes,
+  seed: int,
+  size=None,
+) -> None:
   """reference: the module of `authors_code`; size: NDT1_SIZE's fields (default NDT1_SIZE)."""
   torch.manual_seed(seed)
   gen = torch.Generator().manual_seed(seed)
   rng = np.random.default_rng(seed)
   size = dict(size or NDT1_SIZE)
-  model = reference.NDT1(num_neurons, **size, stitch_channels=stitch, use_prompt=use_prompt,
-                         n_session_rows=n_session_rows, fixup_init=True)
+  model = reference.NDT1(
+    num_neurons, **size, stitch_channels=stitch, use_prompt=use_prompt, n_session_rows=n_session_rows, fixup_init=True
+  )
   _perturb_norms(model, gen)
   model.eval()
   inputs, outputs = {}, {}
@@ -129,8 +142,15 @@ def ndt1_case(out_dir: str, case: str, reference, *, num_neurons, stitch: int, u
         y = model(torch.from_numpy(x), masking_mode=mode, session_row=row)
       inputs[f"{s}/{mode}"] = x
       outputs[f"{s}/{mode}"] = y.numpy()
-  meta = dict(kind="ndt1", num_neurons=list(num_neurons), session_rows=list(session_rows), modes=list(modes),
-              attributes=dict(n_heads=size["n_heads"]), use_prompt=use_prompt, stitch=stitch)
+  meta = dict(
+    kind="ndt1",
+    num_neurons=list(num_neurons),
+    session_rows=list(session_rows),
+    modes=list(modes),
+    attributes=dict(n_heads=size["n_heads"]),
+    use_prompt=use_prompt,
+    stitch=stitch,
+  )
   _save(out_dir, case, model, meta, inputs, outputs)
   # As the authors' trainer saves it: the whole module pickled (classes of models.ndt1).
   torch.save({"model": model, "epoch": 0}, os.path.join(out_dir, f"{case}.pt"))
@@ -145,9 +165,12 @@ def _torch_brain_pipeline(model, samples, sessions) -> dict[str, np.ndarray]:
 
   items = []
   for s in samples:
-    data = Data(session=Data(id=s["session"]), units=ArrayDict(id=np.array(sessions[s["session"]])),
-                spikes=IrregularTimeSeries(timestamps=s["times"], unit_index=s["local"], domain=Interval(0.0, 1.0)),
-                domain=Interval(0.0, 1.0))
+    data = Data(
+      session=Data(id=s["session"]),
+      units=ArrayDict(id=np.array(sessions[s["session"]])),
+      spikes=IrregularTimeSeries(timestamps=s["times"], unit_index=s["local"], domain=Interval(0.0, 1.0)),
+      domain=Interval(0.0, 1.0),
+    )
     item = model.tokenize(data)
     item.update(output_timestamps=pad(s["output_timestamps"]), output_mask=track_mask(s["output_timestamps"]))
     items.append(item)
@@ -160,9 +183,22 @@ def poyo_case(out_dir: str, case: str, *, dim, depth, cross_heads, self_heads, l
   torch.manual_seed(seed)
   gen = torch.Generator().manual_seed(seed)
   rng = np.random.default_rng(seed)
-  hparams = dict(sequence_length=1.0, latent_step=0.125, num_latents_per_step=latents_per_step, dim=dim,
-                 depth=depth, dim_head=64, cross_heads=cross_heads, self_heads=self_heads, ffn_dropout=0.2,
-                 lin_dropout=0.4, atn_dropout=0.2, emb_init_scale=0.02, t_min=1e-4, t_max=2.0627)
+  hparams = dict(
+    sequence_length=1.0,
+    latent_step=0.125,
+    num_latents_per_step=latents_per_step,
+    dim=dim,
+    depth=depth,
+    dim_head=64,
+    cross_heads=cross_heads,
+    self_heads=self_heads,
+    ffn_dropout=0.2,
+    lin_dropout=0.4,
+    atn_dropout=0.2,
+    emb_init_scale=0.02,
+    t_min=1e-4,
+    t_max=2.0627,
+  )
   model = tb_poyo.POYO(dim_out=2, **hparams)
   sessions = {"sess_a": [f"sess_a/u{i}" for i in range(5)], "sess_b": [f"sess_b/u{i}" for i in range(7)]}
   model.unit_emb.initialize_vocab([u for units in sessions.values() for u in units])
@@ -179,20 +215,33 @@ def poyo_case(out_dir: str, case: str, *, dim, depth, cross_heads, self_heads, l
     times = np.sort(rng.random(n_spikes))
     se_type, se_unit, se_time = tb_poyo.create_start_end_unit_tokens(units, 0.0, 1.0)
     unit_index = np.array(model.unit_emb.tokenizer(units))[np.concatenate([se_unit, local])]
-    samples.append(dict(session=session, local=local, times=times,
-                        unit_index=unit_index, timestamps=np.concatenate([se_time, times]),
-                        token_type=np.concatenate([se_type, np.zeros(n_spikes, np.int64)]),
-                        session_index=model.session_emb.tokenizer(session),
-                        output_timestamps=np.sort(rng.random(q)), n_queries=q))
+    samples.append(
+      dict(
+        session=session,
+        local=local,
+        times=times,
+        unit_index=unit_index,
+        timestamps=np.concatenate([se_time, times]),
+        token_type=np.concatenate([se_type, np.zeros(n_spikes, np.int64)]),
+        session_index=model.session_emb.tokenizer(session),
+        output_timestamps=np.sort(rng.random(q)),
+        n_queries=q,
+      )
+    )
   length = max(len(s["unit_index"]) for s in samples)
   length = -(-length // 8) * 8  # the reference pads to a multiple of 8
   q_max = max(n_queries)
   b = len(samples)
-  batch = dict(unit_index=np.zeros((b, length), np.int64), timestamps=np.zeros((b, length), np.float32),
-               token_type=np.zeros((b, length), np.int64), input_mask=np.zeros((b, length), bool),
-               session_index=np.array([s["session_index"] for s in samples], np.int64),
-               output_timestamps=np.zeros((b, q_max), np.float32), output_task=np.zeros((b, q_max), np.int64),
-               output_mask=np.zeros((b, q_max), bool))
+  batch = dict(
+    unit_index=np.zeros((b, length), np.int64),
+    timestamps=np.zeros((b, length), np.float32),
+    token_type=np.zeros((b, length), np.int64),
+    input_mask=np.zeros((b, length), bool),
+    session_index=np.array([s["session_index"] for s in samples], np.int64),
+    output_timestamps=np.zeros((b, q_max), np.float32),
+    output_task=np.zeros((b, q_max), np.int64),
+    output_mask=np.zeros((b, q_max), bool),
+  )
   for i, s in enumerate(samples):
     n = len(s["unit_index"])
     batch["unit_index"][i, :n], batch["timestamps"][i, :n] = s["unit_index"], s["timestamps"]
@@ -202,24 +251,36 @@ def poyo_case(out_dir: str, case: str, *, dim, depth, cross_heads, self_heads, l
   latent_index, latent_timestamps = tb_poyo.create_linspace_latent_tokens(0.0, 1.0, 0.125, latents_per_step)
   t = lambda a: torch.from_numpy(np.asarray(a))
   with torch.no_grad():
-    y = model(input_unit_index=t(batch["unit_index"]), input_timestamps=t(batch["timestamps"]),
-              input_token_type=t(batch["token_type"]), input_mask=t(batch["input_mask"]),
-              latent_index=t(np.tile(latent_index, (b, 1))),
-              latent_timestamps=t(np.tile(latent_timestamps.astype(np.float32), (b, 1))),
-              session_index=t(batch["session_index"]), output_timestamps=t(batch["output_timestamps"]),
-              output_mask=t(batch["output_mask"]))
+    y = model(
+      input_unit_index=t(batch["unit_index"]),
+      input_timestamps=t(batch["timestamps"]),
+      input_token_type=t(batch["token_type"]),
+      input_mask=t(batch["input_mask"]),
+      latent_index=t(np.tile(latent_index, (b, 1))),
+      latent_timestamps=t(np.tile(latent_timestamps.astype(np.float32), (b, 1))),
+      session_index=t(batch["session_index"]),
+      output_timestamps=t(batch["output_timestamps"]),
+      output_mask=t(batch["output_mask"]),
+    )
   meta = dict(kind="poyo", hparams=hparams, sessions=sessions)
   _save(out_dir, case, model, meta, batch, {"behaviour": y.numpy()})
   # The same windows through torch_brain's own pipeline: float64 timestamps.
   tokenized = _torch_brain_pipeline(model, samples, sessions)
   with torch.no_grad():
     y = model(**{k: torch.from_numpy(v) for k, v in tokenized.items()})
-  np.savez(os.path.join(out_dir, f"{case}.tokenized.npz"), **{f"input/{k}": v for k, v in tokenized.items()},
-           **{"output/behaviour": y.numpy()})
+  np.savez(
+    os.path.join(out_dir, f"{case}.tokenized.npz"),
+    **{f"input/{k}": v for k, v in tokenized.items()},
+    **{"output/behaviour": y.numpy()},
+  )
   # As torch_brain's Lightning trainer saves it (what POYO.load_pretrained reads).
-  torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-              "hyper_parameters": {"model": dict(hparams, _target_="torch_brain.models.POYO")}},
-             os.path.join(out_dir, f"{case}.ckpt"))
+  torch.save(
+    {
+      "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+      "hyper_parameters": {"model": dict(hparams, _target_="torch_brain.models.POYO")},
+    },
+    os.path.join(out_dir, f"{case}.ckpt"),
+  )
 
 
 def main(argv=None) -> None:
@@ -232,17 +293,68 @@ def main(argv=None) -> None:
   families = set(args.cases.split(","))
   if "ndt1" in families:
     ref = authors_code(args.out)
-    ndt1_case(args.out, "ndt1_mtm", ref, num_neurons=[13], stitch=0, use_prompt=True, session_rows=[1],
-              n_session_rows=3, modes=ref.MASK_TYPES, seed=0)
-    ndt1_case(args.out, "ndt1_temporal", ref, num_neurons=[13], stitch=0, use_prompt=False, session_rows=[0],
-              n_session_rows=0, modes=("temporal", "causal"), seed=1)
-    ndt1_case(args.out, "ndt1_stitch", ref, num_neurons=[7, 11, 7], stitch=16, use_prompt=True,
-              session_rows=[2, 0, 3], n_session_rows=4, modes=ref.MASK_TYPES, seed=2)
-    ndt1_case(args.out, "ndt1_deep", ref, num_neurons=[114], stitch=0, use_prompt=True, session_rows=[2],
-              n_session_rows=len(EIDS), modes=ref.MASK_TYPES, seed=5, size=dict(NDT1_SIZE, n_layers=4))
-    ndt1_case(args.out, "ndt1_wide", ref, num_neurons=[13], stitch=0, use_prompt=False, session_rows=[0],
-              n_session_rows=0, modes=("temporal", "causal"), seed=6,
-              size=dict(hidden=128, n_layers=2, n_heads=4, inter=256))
+    ndt1_case(
+      args.out,
+      "ndt1_mtm",
+      ref,
+      num_neurons=[13],
+      stitch=0,
+      use_prompt=True,
+      session_rows=[1],
+      n_session_rows=3,
+      modes=ref.MASK_TYPES,
+      seed=0,
+    )
+    ndt1_case(
+      args.out,
+      "ndt1_temporal",
+      ref,
+      num_neurons=[13],
+      stitch=0,
+      use_prompt=False,
+      session_rows=[0],
+      n_session_rows=0,
+      modes=("temporal", "causal"),
+      seed=1,
+    )
+    ndt1_case(
+      args.out,
+      "ndt1_stitch",
+      ref,
+      num_neurons=[7, 11, 7],
+      stitch=16,
+      use_prompt=True,
+      session_rows=[2, 0, 3],
+      n_session_rows=4,
+      modes=ref.MASK_TYPES,
+      seed=2,
+    )
+    ndt1_case(
+      args.out,
+      "ndt1_deep",
+      ref,
+      num_neurons=[114],
+      stitch=0,
+      use_prompt=True,
+      session_rows=[2],
+      n_session_rows=len(EIDS),
+      modes=ref.MASK_TYPES,
+      seed=5,
+      size=dict(NDT1_SIZE, n_layers=4),
+    )
+    ndt1_case(
+      args.out,
+      "ndt1_wide",
+      ref,
+      num_neurons=[13],
+      stitch=0,
+      use_prompt=False,
+      session_rows=[0],
+      n_session_rows=0,
+      modes=("temporal", "causal"),
+      seed=6,
+      size=dict(hidden=128, n_layers=2, n_heads=4, inter=256),
+    )
   if "poyo" in families:
     poyo_case(args.out, "poyo_tiny", dim=32, depth=1, cross_heads=1, self_heads=2, latents_per_step=2, seed=3)
     poyo_case(args.out, "poyo_small", dim=64, depth=6, cross_heads=2, self_heads=8, latents_per_step=16, seed=4)

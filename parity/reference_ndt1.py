@@ -48,9 +48,18 @@ def context_mask(n_bins: int, causal: bool) -> torch.Tensor:
 
 
 class Embedder(nn.Module):
-
-  def __init__(self, n_in: int, hidden: int, *, mult: int, max_F: int, scale: float, dropout: float,
-               use_prompt: bool, n_session_rows: int):
+  def __init__(
+    self,
+    n_in: int,
+    hidden: int,
+    *,
+    mult: int,
+    max_F: int,
+    scale: float,
+    dropout: float,
+    use_prompt: bool,
+    n_session_rows: int,
+  ):
     super().__init__()
     self.embed_spikes = nn.Linear(n_in, n_in * mult)
     self.act = nn.Softsign()
@@ -78,7 +87,6 @@ class Embedder(nn.Module):
 
 
 class Attention(nn.Module):
-
   def __init__(self, hidden: int, n_heads: int, dropout: float):
     super().__init__()
     self.n_heads, self.attn_dropout = n_heads, dropout
@@ -92,13 +100,17 @@ class Attention(nn.Module):
     b, t, d = x.shape
     heads = lambda y: y.view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2)
     mask = attn_mask.unsqueeze(1).expand(b, self.n_heads, t, t).bool()
-    out = F.scaled_dot_product_attention(heads(self.query(x)), heads(self.key(x)), heads(self.value(x)),
-                                         attn_mask=mask, dropout_p=self.attn_dropout if self.training else 0.0)
+    out = F.scaled_dot_product_attention(
+      heads(self.query(x)),
+      heads(self.key(x)),
+      heads(self.value(x)),
+      attn_mask=mask,
+      dropout_p=self.attn_dropout if self.training else 0.0,
+    )
     return self.out_proj(self.dropout(out.transpose(1, 2).reshape(b, t, d)))
 
 
 class MLP(nn.Module):
-
   def __init__(self, hidden: int, inter: int, dropout: float):
     super().__init__()
     self.up_proj = nn.Linear(hidden, inter)
@@ -110,7 +122,6 @@ class MLP(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-
   def __init__(self, hidden: int, n_heads: int, inter: int, dropout: float, n_layers: int, fixup_init: bool):
     super().__init__()
     self.ln1 = nn.LayerNorm(hidden)
@@ -118,13 +129,13 @@ class EncoderLayer(nn.Module):
     self.ln2 = nn.LayerNorm(hidden)
     self.mlp = MLP(hidden, inter, dropout)
     if fixup_init:  # T-Fixup: scale the output projections, and the value projection by sqrt(2) more
-      factor = 0.67 * n_layers ** -0.25
+      factor = 0.67 * n_layers**-0.25
       with torch.no_grad():
         for name, param in self.named_parameters():
           if name.endswith("_proj.weight"):
             param.mul_(factor)
           elif name.endswith("value.weight"):
-            param.mul_(factor * 2 ** 0.5)
+            param.mul_(factor * 2**0.5)
 
   def forward(self, x, attn_mask):
     x = x + self.attn(self.ln1(x), attn_mask)
@@ -132,18 +143,42 @@ class EncoderLayer(nn.Module):
 
 
 class Encoder(nn.Module):
-
-  def __init__(self, num_neurons, *, hidden, n_layers, n_heads, inter, stitch_channels, mult, max_F, scale,
-               embed_dropout, dropout, use_prompt, n_session_rows, fixup_init):
+  def __init__(
+    self,
+    num_neurons,
+    *,
+    hidden,
+    n_layers,
+    n_heads,
+    inter,
+    stitch_channels,
+    mult,
+    max_F,
+    scale,
+    embed_dropout,
+    dropout,
+    use_prompt,
+    n_session_rows,
+    fixup_init,
+  ):
     super().__init__()
     if stitch_channels:
       self.stitcher = nn.Module()
       self.stitcher.stitcher_dict = nn.ModuleDict({str(n): nn.Linear(n, stitch_channels) for n in num_neurons})
     n_in = stitch_channels or num_neurons[0]
-    self.embedder = Embedder(n_in, hidden, mult=mult, max_F=max_F, scale=scale, dropout=embed_dropout,
-                             use_prompt=use_prompt, n_session_rows=n_session_rows)
-    self.layers = nn.ModuleList([EncoderLayer(hidden, n_heads, inter, dropout, n_layers, fixup_init)
-                                 for _ in range(n_layers)])
+    self.embedder = Embedder(
+      n_in,
+      hidden,
+      mult=mult,
+      max_F=max_F,
+      scale=scale,
+      dropout=embed_dropout,
+      use_prompt=use_prompt,
+      n_session_rows=n_session_rows,
+    )
+    self.layers = nn.ModuleList(
+      [EncoderLayer(hidden, n_heads, inter, dropout, n_layers, fixup_init) for _ in range(n_layers)]
+    )
     self.out_norm = nn.LayerNorm(hidden)
     self.n_special = int(use_prompt) + int(n_session_rows > 0)
 
@@ -169,15 +204,42 @@ class Encoder(nn.Module):
 class NDT1(nn.Module):
   """forward(spikes [B, T, N_s], masking_mode, session_row) -> log-rates [B, T, N_s]."""
 
-  def __init__(self, num_neurons, *, hidden=512, n_layers=5, n_heads=8, inter=1024, stitch_channels=0, mult=2,
-               max_F=100, scale=1.0, embed_dropout=0.2, dropout=0.4, use_prompt=True, n_session_rows=0,
-               fixup_init=True):
+  def __init__(
+    self,
+    num_neurons,
+    *,
+    hidden=512,
+    n_layers=5,
+    n_heads=8,
+    inter=1024,
+    stitch_channels=0,
+    mult=2,
+    max_F=100,
+    scale=1.0,
+    embed_dropout=0.2,
+    dropout=0.4,
+    use_prompt=True,
+    n_session_rows=0,
+    fixup_init=True,
+  ):
     super().__init__()
     num_neurons = list(num_neurons)
-    self.encoder = Encoder(num_neurons, hidden=hidden, n_layers=n_layers, n_heads=n_heads, inter=inter,
-                           stitch_channels=stitch_channels, mult=mult, max_F=max_F, scale=scale,
-                           embed_dropout=embed_dropout, dropout=dropout, use_prompt=use_prompt,
-                           n_session_rows=n_session_rows, fixup_init=fixup_init)
+    self.encoder = Encoder(
+      num_neurons,
+      hidden=hidden,
+      n_layers=n_layers,
+      n_heads=n_heads,
+      inter=inter,
+      stitch_channels=stitch_channels,
+      mult=mult,
+      max_F=max_F,
+      scale=scale,
+      embed_dropout=embed_dropout,
+      dropout=dropout,
+      use_prompt=use_prompt,
+      n_session_rows=n_session_rows,
+      fixup_init=fixup_init,
+    )
     self.decoder = nn.Sequential(nn.Linear(hidden, stitch_channels or num_neurons[0]))
     if stitch_channels:
       self.stitch_decoder = nn.Module()

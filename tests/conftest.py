@@ -7,8 +7,7 @@ benchmarks run at XLA's default level."""
 
 import os
 
-os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS"),
-                                                 "--xla_backend_optimization_level=0"]))
+os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS"), "--xla_backend_optimization_level=0"]))
 
 import jax  # noqa: E402
 

@@ -19,11 +19,13 @@ _STEP_DIR = re.compile(r"/(\d+)\.orbax-checkpoint-tmp")
 def _full_from(step: int, open_file):
   """`open_file` (a path's open method) that fails with ENOSPC when writing into the
   checkpoint of a step >= `step`."""
+
   def wrapped(self, mode="r", *args, **kwargs):
     match = _STEP_DIR.search(os.fspath(self))
     if match and int(match.group(1)) >= step and any(c in mode for c in "wax+"):
       raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.fspath(self))
     return open_file(self, mode, *args, **kwargs)
+
   return wrapped
 
 

@@ -53,13 +53,23 @@ def write_session(root, seed: int = 0, n_trials: int = N_TRIALS, **where) -> str
   feedback[4] = np.nan
   contrast = np.array([1.0, 0.25, 0.125, 0.0625, 0.0])[k % 5]
   right = k % 3 == 0
-  trials = pd.DataFrame({
-      "intervals_0": stim - 0.4, "intervals_1": stim + 2.0, "stimOn_times": stim_col, "goCue_times": stim_col,
-      "response_times": feedback, "firstMovement_times": first_move, "feedback_times": feedback,
-      "choice": choice, "feedbackType": np.where(k % 4 == 0, -1.0, 1.0),
-      "contrastLeft": np.where(right, np.nan, contrast), "contrastRight": np.where(right, contrast, np.nan),
-      "probabilityLeft": np.array([0.5, 0.2, 0.8])[k % 3], "rewardVolume": np.where(k % 4 == 0, 0.0, 1.5),
-  })
+  trials = pd.DataFrame(
+    {
+      "intervals_0": stim - 0.4,
+      "intervals_1": stim + 2.0,
+      "stimOn_times": stim_col,
+      "goCue_times": stim_col,
+      "response_times": feedback,
+      "firstMovement_times": first_move,
+      "feedback_times": feedback,
+      "choice": choice,
+      "feedbackType": np.where(k % 4 == 0, -1.0, 1.0),
+      "contrastLeft": np.where(right, np.nan, contrast),
+      "contrastRight": np.where(right, contrast, np.nan),
+      "probabilityLeft": np.array([0.5, 0.2, 0.8])[k % 3],
+      "rewardVolume": np.where(k % 4 == 0, 0.0, 1.5),
+    }
+  )
   trials.to_parquet(os.path.join(alf, "_ibl_trials.table.pqt"))
   end = stim[-1] + 5.0
   wheel_t = np.cumsum(rng.uniform(0.004, 0.01, size=int(end / 0.007) + 10))
@@ -84,8 +94,13 @@ def write_session(root, seed: int = 0, n_trials: int = N_TRIALS, **where) -> str
     np.save(os.path.join(folder, "spikes.clusters.npy"), clusters[order].astype(np.uint32))
     np.save(os.path.join(folder, "clusters.channels.npy"), np.array(CLUSTER_CHANNEL[probe], np.int64))
     n = N_CLUSTERS[probe]
-    pd.DataFrame({"cluster_id": np.arange(n), "firing_rate": [0.0 if c in SILENT[probe] else RATE for c in range(n)],
-                  "label": LABELS[probe]}).to_parquet(os.path.join(folder, "clusters.metrics.pqt"))
+    pd.DataFrame(
+      {
+        "cluster_id": np.arange(n),
+        "firing_rate": [0.0 if c in SILENT[probe] else RATE for c in range(n)],
+        "label": LABELS[probe],
+      }
+    ).to_parquet(os.path.join(folder, "clusters.metrics.pqt"))
     np.save(os.path.join(folder, "channels.brainLocationIds_ccf_2017.npy"), np.array(ATLAS_IDS[probe], np.int64))
   return path
 

@@ -30,6 +30,7 @@ def _recording_save(save):
     if step == config.train.steps:
       params = {sharding.path_name(p): _local_copy(x) for p, x in jax.tree_util.tree_flatten_with_path(state.params)[0]}
       np.savez(os.path.join(flags.FLAGS.workdir, f"params_process{jax.process_index()}.npz"), **params)
+
   return wrapped
 
 

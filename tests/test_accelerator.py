@@ -89,8 +89,11 @@ def test_poyo_forward_same_on_device_and_cpu(dtype):
   model = poyo.from_config(config, 8, 1, rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(model, nnx.Param)
   batch = jax.tree.map(jnp.asarray, synthetic.poyo_batch(2, 8, 60, 128, 10))
-  forward = jax.jit(lambda p, x: jax.tree.map(lambda y: y.astype(jnp.float32),
-                                              nnx.merge(graphdef, precision.compute_params(p, dtype))(x)))
+  forward = jax.jit(
+    lambda p, x: jax.tree.map(
+      lambda y: y.astype(jnp.float32), nnx.merge(graphdef, precision.compute_params(p, dtype))(x)
+    )
+  )
   got, want = on_both(forward, params, batch)
   for name in want:
     assert relative_error(got[name], want[name]) < RTOL[dtype], name

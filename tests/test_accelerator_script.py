@@ -18,9 +18,11 @@ def _fake_wheel(folder) -> str:
   """A minimal pure-Python wheel (module accelerator_fake_wheel) in `folder`."""
   name, dist = "accelerator_fake_wheel", "accelerator_fake_wheel-0.1.dist-info"
   path = os.path.join(folder, f"{name}-0.1-py3-none-any.whl")
-  files = {f"{name}/__init__.py": "VALUE = 7\n",
-           f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n",
-           f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+  files = {
+    f"{name}/__init__.py": "VALUE = 7\n",
+    f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n",
+    f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+  }
   files[f"{dist}/RECORD"] = "".join(f"{f},,\n" for f in files) + f"{dist}/RECORD,,\n"
   with zipfile.ZipFile(path, "w") as z:
     for f, text in files.items():
@@ -33,9 +35,21 @@ def _dry_run(tmp_path, stages) -> dict:
   wheels.mkdir()
   _fake_wheel(str(wheels))
   out = tmp_path / "out"
-  proc = subprocess.run([sys.executable, "-m", "benchmarks.accelerator", "--dry_run", f"--out={out}",
-                         f"--stages={','.join(stages)}", f"--wheels={wheels}"], cwd=REPO, capture_output=True,
-                        text=True, timeout=600)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "benchmarks.accelerator",
+      "--dry_run",
+      f"--out={out}",
+      f"--stages={','.join(stages)}",
+      f"--wheels={wheels}",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   assert sorted(os.listdir(out)) == ["log.txt", "results.json", "summary.md"]  # the device tool returns <= 8 files
   with open(out / "results.json") as f:
@@ -78,8 +92,10 @@ def test_project_imports_without_the_uncarried_packages():
   """pynwb, ONE-api and iblatlas are not carried to the GPU machine: the programs the
   check runs must import without them (they are imported only for NWB / IBL sources)."""
   blocked = ("pynwb", "hdmf", "one", "iblatlas")
-  code = (f"import sys\nfor m in {blocked!r}:\n  sys.modules[m] = None\n"
-          "import experiments.demo, data_builders.prepare, mtm_jax.training.trainer, mtm_jax.tasks.registry\n"
-          "import mtm_jax.evaluation.run, benchmarks.accelerator_stages\n")
+  code = (
+    f"import sys\nfor m in {blocked!r}:\n  sys.modules[m] = None\n"
+    "import experiments.demo, data_builders.prepare, mtm_jax.training.trainer, mtm_jax.tasks.registry\n"
+    "import mtm_jax.evaluation.run, benchmarks.accelerator_stages\n"
+  )
   proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]

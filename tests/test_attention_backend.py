@@ -52,9 +52,11 @@ def test_fused_wrapper_matches_attend(kv_layout, mask_kind):
   q = jax.random.normal(kq, (b, q_len, h, e), jnp.float32)
   k = jax.random.normal(kk, (b, k_len, h, e), jnp.float32)
   v = jax.random.normal(kv, (b, k_len, h, e), jnp.float32)
-  mask = {"none": None,
-          "causal": jnp.tril(jnp.ones((q_len, k_len), bool))[None, None],  # NDT1: [1, 1, Q, K]
-          "keys": (jax.random.uniform(km, (b, k_len)) < 0.7).at[:, 0].set(True)[:, None, None, :]}[mask_kind]
+  mask = {
+    "none": None,
+    "causal": jnp.tril(jnp.ones((q_len, k_len), bool))[None, None],  # NDT1: [1, 1, Q, K]
+    "keys": (jax.random.uniform(km, (b, k_len)) < 0.7).at[:, 0].set(True)[:, None, None, :],
+  }[mask_kind]
   if kv_layout == "bhek":
     k, v = jnp.moveaxis(k, 1, -1), jnp.moveaxis(v, 1, -1)  # [B, H, E, K]
   want = attention.attend(q, k, v, mask, kv_layout=kv_layout)

@@ -40,8 +40,7 @@ def count_compilations():
 def test_ndt1_stitch_steps_compile_once_over_sessions():
   config = ndt1_config.get_config("tiny,stitch")
   sizes = (5, 9)
-  model = ndt1.NDT1(sizes, width=16, n_layers=1, n_heads=2, mlp_width=32, stitch_dim=8, max_bins=20,
-                    rngs=nnx.Rngs(0))
+  model = ndt1.NDT1(sizes, width=16, n_layers=1, n_heads=2, mlp_width=32, stitch_dim=8, max_bins=20, rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(model, nnx.Param)
   tx = optimizer.make_optimizer(config)
   rng = np.random.default_rng(0)
@@ -70,8 +69,9 @@ def test_ndt1_stitch_steps_compile_once_over_sessions():
 def test_poyo_steps_compile_once_per_token_bucket():
   config = poyo_config.get_config("tiny")
   config.data.token_buckets = (96, 128)  # these windows hold 50-115 tokens: two buckets
-  sessions = [reaching.simulate_reaching_session(i, min_units=10, max_units=40, min_trials=6, max_trials=8)
-              for i in (0, 1)]
+  sessions = [
+    reaching.simulate_reaching_session(i, min_units=10, max_units=40, min_trials=6, max_trials=8) for i in (0, 1)
+  ]
   data = windows_lib.prepare(sessions, "train", poyo_task.window_config(config, train=True))
   model = poyo.from_config(config, len(data.vocab.unit_ids), len(data.vocab.session_ids), rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(model, nnx.Param)

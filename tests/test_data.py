@@ -29,8 +29,11 @@ def test_builder_round_trip(data_dir):
   # 70/10/20, disjoint, covering every trial.
   all_idx = np.concatenate(seen)
   assert len(all_idx) == n_trials == len(np.unique(all_idx))
-  assert [len(s) for s in seen] == [round(0.7 * n_trials), round(0.8 * n_trials) - round(0.7 * n_trials),
-                                    n_trials - round(0.8 * n_trials)]
+  assert [len(s) for s in seen] == [
+    round(0.7 * n_trials),
+    round(0.8 * n_trials) - round(0.7 * n_trials),
+    n_trials - round(0.8 * n_trials),
+  ]
 
 
 def test_split_is_fixed_by_seed():

@@ -20,9 +20,12 @@ def _direct_accuracy(x, y, folds, seed):
   with threadpool_limits(limits=1):  # as decoding does, only for speed
     for train, test in outer.split(x, y):
       inner_folds = min(decoding.INNER_FOLDS, min(np.unique(y[train], return_counts=True)[1]))
-      search = GridSearchCV(LogisticRegression(max_iter=decoding.LOGISTIC_MAX_ITER),
-                            {"C": list(decoding.LOGISTIC_C_GRID)}, scoring="accuracy",
-                            cv=StratifiedKFold(inner_folds, shuffle=True, random_state=seed))
+      search = GridSearchCV(
+        LogisticRegression(max_iter=decoding.LOGISTIC_MAX_ITER),
+        {"C": list(decoding.LOGISTIC_C_GRID)},
+        scoring="accuracy",
+        cv=StratifiedKFold(inner_folds, shuffle=True, random_state=seed),
+      )
       model = make_pipeline(StandardScaler(), search).fit(x[train], y[train])
       correct += int((model.predict(x[test]) == y[test]).sum())
   return correct / len(y)
@@ -44,8 +47,9 @@ def test_rotation_into_the_trials_span_leaves_the_logistic_decoder_unchanged():
   y = (x[:, :5].sum(1) + rng.normal(size=40) > 0).astype(int)
   for c in (1e-3, 1e-1, 10.0):
     plain = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000, tol=1e-10)).fit(x, y)
-    rotated = make_pipeline(StandardScaler(), PCA(svd_solver="full"),
-                            LogisticRegression(C=c, max_iter=5000, tol=1e-10)).fit(x, y)
+    rotated = make_pipeline(
+      StandardScaler(), PCA(svd_solver="full"), LogisticRegression(C=c, max_iter=5000, tol=1e-10)
+    ).fit(x, y)
     np.testing.assert_allclose(rotated.decision_function(x_new), plain.decision_function(x_new), rtol=1e-4, atol=1e-5)
 
 
@@ -154,8 +158,7 @@ def test_decode_behaviour():
   choice = np.where(flat[:, 0] + flat[:, 5] > 0, 1, -1)
   whisker = flat[:, :time] * 2.0 + 0.1 * rng.normal(size=(trials, time))
   wheel = rng.normal(size=(trials, time))
-  behaviour = {"choice": choice, "whisker_motion_energy": whisker, "wheel_speed": wheel,
-               "block": np.zeros(trials)}
+  behaviour = {"choice": choice, "whisker_motion_energy": whisker, "wheel_speed": wheel, "block": np.zeros(trials)}
   out = decoding.decode_behaviour(log_rates, behaviour, folds=4, seed=2)
   assert tuple(out) == decoding.BEHAVIOUR_METRICS
   assert out["choice_accuracy"] == decoding.choice_accuracy(flat, choice, folds=4, seed=2)
@@ -189,8 +192,9 @@ def test_decode_split_skips_what_the_split_cannot_score():
     decoding.decode_behaviour(log_rates, behaviour)  # the strict form: exactly the folds asked
   scores, folds, skipped = decoding.decode_split(log_rates, behaviour, folds=5, seed=1)
   flat = log_rates.reshape(8, -1)
-  assert scores == {"whisker_motion_energy_r2": decoding.continuous_r2(flat, behaviour["whisker_motion_energy"],
-                                                                        folds=5, seed=1)}
+  assert scores == {
+    "whisker_motion_energy_r2": decoding.continuous_r2(flat, behaviour["whisker_motion_energy"], folds=5, seed=1)
+  }
   assert folds == {"whisker_motion_energy_r2": 5}
   assert list(skipped) == ["choice_accuracy", "wheel_speed_r2"]
   assert "each class needs at least 4 trials for 2 folds" in skipped["choice_accuracy"]
@@ -207,8 +211,9 @@ def test_decode_split_uses_fewer_folds_where_they_are_valid():
   assert scores["choice_accuracy"] == decoding.choice_accuracy(flat, behaviour["choice"], folds=3, seed=2)
   assert list(skipped) == ["wheel_speed_r2"]
   # 4 trials of the trace: 4 folds (3 left to train in each).
-  _, folds, _ = decoding.decode_split(log_rates[:4], {"whisker_motion_energy": behaviour["whisker_motion_energy"][:4]},
-                                      folds=5)
+  _, folds, _ = decoding.decode_split(
+    log_rates[:4], {"whisker_motion_energy": behaviour["whisker_motion_energy"][:4]}, folds=5
+  )
   assert folds == {"whisker_motion_energy_r2": 4}
   # Never more folds than asked: 2 folds of a 3-trial class leave 1 to train, too few.
   _, folds, skipped = decoding.decode_split(log_rates, behaviour, folds=2)

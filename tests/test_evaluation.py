@@ -37,26 +37,37 @@ def test_score_task_uses_only_scored_bins_and_neurons():
   spikes = rng.poisson(rates).astype(float)
   task = masking.forward_prediction_task(3, 100)
   from mtm_jax import metrics
-  np.testing.assert_allclose(tasks.score_task(rates, spikes, task),
-                             metrics.bits_per_spike_per_neuron(rates[:, 90:], spikes[:, 90:]))
+
+  np.testing.assert_allclose(
+    tasks.score_task(rates, spikes, task), metrics.bits_per_spike_per_neuron(rates[:, 90:], spikes[:, 90:])
+  )
 
 
 def test_session_means_are_over_the_sessions_that_scored_each_metric():
   from mtm_jax.evaluation import run
+
   per_session = {
-      "a": {"co_smoothing_bps": 0.2, "choice_accuracy": 0.75, "n_trials": 8, "skipped": {"wheel_speed_r2": "x"}},
-      "b": {"co_smoothing_bps": 0.4, "n_trials": 30, "skipped": {"choice_accuracy": "y", "wheel_speed_r2": "z"}},
+    "a": {"co_smoothing_bps": 0.2, "choice_accuracy": 0.75, "n_trials": 8, "skipped": {"wheel_speed_r2": "x"}},
+    "b": {"co_smoothing_bps": 0.4, "n_trials": 30, "skipped": {"choice_accuracy": "y", "wheel_speed_r2": "z"}},
   }
   out = run.session_means(per_session)
-  assert out == {"co_smoothing_bps": np.mean([0.2, 0.4]), "choice_accuracy": 0.75,
-                 "skipped": {"wheel_speed_r2": "a: x; b: z"}}
+  assert out == {
+    "co_smoothing_bps": np.mean([0.2, 0.4]),
+    "choice_accuracy": 0.75,
+    "skipped": {"wheel_speed_r2": "a: x; b: z"},
+  }
   table = run.table({"mtm": out}, ("co_smoothing_bps", "choice_accuracy", "wheel_speed_r2", "whisker_motion_energy_r2"))
-  assert table.splitlines()[2:] == ["| co_smoothing | 0.3000 |", "| choice_accuracy | 0.7500 |",
-                                    "| wheel_speed_r2 | skipped |", "| whisker_motion_energy_r2 | - |"]
+  assert table.splitlines()[2:] == [
+    "| co_smoothing | 0.3000 |",
+    "| choice_accuracy | 0.7500 |",
+    "| wheel_speed_r2 | skipped |",
+    "| whisker_motion_energy_r2 | - |",
+  ]
 
 
 def test_heading_names_one_session_or_the_sessions_of_a_mean():
   from mtm_jax.evaluation import run
+
   one = {"session_id": "abc", "split": "test", "step": 20, "co_smoothing_bps": 0.3}
   assert run.heading(one) == "session abc, test split, step 20"
   # Several sessions' results have no top-level session_id (this line raised KeyError).
@@ -68,6 +79,7 @@ def test_a_scored_run_with_skipped_metrics_is_not_scored_again(tmp_path):
   import json
   from mtm_jax.evaluation import run
   from mtm_jax.studies import scaling
+
   results = {"step": 4, "co_smoothing_bps": 0.2, "skipped": {"choice_accuracy": "one class"}}
   (tmp_path / "metrics.json").write_text(json.dumps(results))
   assert scaling.scored(str(tmp_path), 4, ("co_smoothing_bps", "choice_accuracy")) == results

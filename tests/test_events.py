@@ -49,12 +49,16 @@ def test_reaching_is_deterministic_and_sessions_differ(sessions):
 # ------------------------------------------------------------------------------ validation
 
 
-@pytest.mark.parametrize("change, message", [
+@pytest.mark.parametrize(
+  "change, message",
+  [
     (lambda s: dict(s, spike_times=s["spike_times"][::-1].copy()), "'spike_times' are not sorted"),
     (lambda s: dict(s, spike_units=s["spike_units"][:-1]), "but 'spike_units' has"),
     (lambda s: dict(s, spike_units=s["spike_units"] + 1000), "'spike_units' must index the"),
-    (lambda s: dict(s, spike_times=np.where(np.arange(len(s["spike_times"])) == 3, np.nan, s["spike_times"])),
-     "NaN/inf times"),
+    (
+      lambda s: dict(s, spike_times=np.where(np.arange(len(s["spike_times"])) == 3, np.nan, s["spike_times"])),
+      "NaN/inf times",
+    ),
     (lambda s: dict(s, behaviour_timestamps=s["behaviour_timestamps"][::-1].copy()), "strictly increasing"),
     (lambda s: dict(s, behaviour_weights=s["behaviour_weights"][1:]), "'behaviour_weights' must have shape"),
     (lambda s: dict(s, unit_regions=s["unit_regions"][1:]), "'unit_regions' has"),
@@ -63,7 +67,8 @@ def test_reaching_is_deterministic_and_sessions_differ(sessions):
     (lambda s: dict(s, splits=dict(s["splits"], train=s["splits"]["train"][::-1])), "not sorted by start"),
     (lambda s: dict(s, splits=dict(s["splits"], bogus=s["splits"]["val"])), "unknown names \\['bogus'\\]"),
     (lambda s: {k: v for k, v in s.items() if k != "unit_ids"}, "missing fields \\['unit_ids'\\]"),
-])
+  ],
+)
 def test_validate_event_session_names_the_problem(sessions, change, message):
   with pytest.raises(ValueError, match=f"where: .*{message}"):
     session_lib.EventSession.from_dict(change(vars(sessions[0])), where="where")
@@ -97,8 +102,15 @@ def test_builder_round_trip(tmp_path):
   # The whole session comes back (its trials tile the session, so every spike is stored).
   back = tfds.load_event_session("spike_events/reaching_test", str(tmp_path))
   back.validate(where="read back")
-  for key in ("spike_times", "spike_units", "behaviour_timestamps", "behaviour_values", "behaviour_weights",
-              "trial_starts", "trial_ends"):
+  for key in (
+    "spike_times",
+    "spike_units",
+    "behaviour_timestamps",
+    "behaviour_values",
+    "behaviour_weights",
+    "trial_starts",
+    "trial_ends",
+  ):
     np.testing.assert_array_equal(getattr(back, key), getattr(session, key), err_msg=key)
   train = tfds.load_event_session("spike_events/reaching_test", str(tmp_path), splits=("train",))
   assert list(train.splits) == ["train"]
@@ -119,9 +131,18 @@ def _check_batch(batch, data, length):
   assert n in data.config.bucket_lengths
   q, d = data.max_outputs, data.n_dims
   assert batch["output_values"].shape == (b, q, d) and batch["output_mask"].shape == (b, q)
-  dtypes = dict(unit_index=np.int32, timestamps=np.float32, token_type=np.int32, input_mask=np.bool_,
-                session_index=np.int32, output_timestamps=np.float32, output_values=np.float32,
-                output_weights=np.float32, output_task=np.int32, output_mask=np.bool_)
+  dtypes = dict(
+    unit_index=np.int32,
+    timestamps=np.float32,
+    token_type=np.int32,
+    input_mask=np.bool_,
+    session_index=np.int32,
+    output_timestamps=np.float32,
+    output_values=np.float32,
+    output_weights=np.float32,
+    output_task=np.int32,
+    output_mask=np.bool_,
+  )
   for key, dtype in dtypes.items():
     assert batch[key].dtype == dtype, key
   mask, omask = batch["input_mask"], batch["output_mask"]
@@ -159,8 +180,9 @@ def test_training_batches(sessions):
   assert len({len(b["unit_index"][0]) for b in batches}) <= len(config.bucket_lengths)
   # Global vocabulary: session 2's units follow session 1's.
   u0 = len(sessions[0].unit_ids)
-  np.testing.assert_array_equal(data.vocab.unit_rows(sessions[1].session_id),
-                                1 + u0 + np.arange(len(sessions[1].unit_ids)))
+  np.testing.assert_array_equal(
+    data.vocab.unit_rows(sessions[1].session_id), 1 + u0 + np.arange(len(sessions[1].unit_ids))
+  )
   for batch in batches:
     rows = batch["unit_index"][batch["input_mask"]].reshape(-1)
     sess = np.repeat(batch["session_index"], batch["input_mask"].sum(1))
@@ -181,8 +203,10 @@ def test_training_batches(sessions):
   assert sorted((s[0], s[2]) for s in epoch0) == sorted((s[0], s[2]) for s in epoch1)
   assert [(s[0], s[2]) for s in epoch0] != [(s[0], s[2]) for s in epoch1]  # in a fresh order
   for _, start, end in epoch0:
-    assert any(a - 1e-9 <= start and (start + 1.0 <= b + 1e-9 or (b - a < 1.0 and start == a))
-               for a, b in sessions[0].splits["train"].tolist() + sessions[1].splits["train"].tolist())
+    assert any(
+      a - 1e-9 <= start and (start + 1.0 <= b + 1e-9 or (b - a < 1.0 and start == a))
+      for a, b in sessions[0].splits["train"].tolist() + sessions[1].splits["train"].tolist()
+    )
 
 
 def test_unit_dropout_caps_at_session_units(sessions):
@@ -216,8 +240,9 @@ def test_outputs_scaled_and_truncation_counted(sessions):
 
 def test_evaluation_windows_cover_and_stitch(sessions):
   train = windows_lib.prepare(sessions, "train", windows_lib.WindowConfig(bucket_lengths=(1024, 2048)))
-  data = windows_lib.prepare(sessions, "test", windows_lib.WindowConfig(bucket_lengths=(1024, 2048)), vocab=train.vocab,
-                        scale=train.scale)
+  data = windows_lib.prepare(
+    sessions, "test", windows_lib.WindowConfig(bucket_lengths=(1024, 2048)), vocab=train.vocab, scale=train.scale
+  )
   windows = windows_lib.evaluation_windows(data)
   for s, a, b in data.intervals:
     mine = windows[(windows[:, 0] == s) & (windows[:, 2] == b)][:, 1]
@@ -242,8 +267,9 @@ def test_evaluation_windows_cover_and_stitch(sessions):
 def test_vocabulary_records_round_trip_and_new_rows(sessions):
   vocab = vocabulary.build_vocabulary(sessions[:1])
   records = vocab.records(["first"])
-  assert records == [dict(name="first", session_id=sessions[0].session_id,
-                          unit_ids=[str(u) for u in sessions[0].unit_ids])]
+  assert records == [
+    dict(name="first", session_id=sessions[0].session_id, unit_ids=[str(u) for u in sessions[0].unit_ids])
+  ]
   assert vocabulary.Vocabulary.from_records(records) == vocab
   grown = vocab.extend(sessions[1:])
   assert grown.records(["first", "second"])[0] == records[0]
@@ -283,8 +309,10 @@ def test_process_rows_concatenate_to_the_global_batch(sessions, n_processes):
   for step in range(5):
     parts = [m[step] for m in mine]
     _assert_rows_make_the_batch(parts, whole[step], tokens_lib.BATCH_KEYS, f"training step {step}")
-    smaller += sum(tokens_lib.bucket_length(int(p["input_mask"].sum(1).max()), config.bucket_lengths)
-                   < p["unit_index"].shape[1] for p in parts)
+    smaller += sum(
+      tokens_lib.bucket_length(int(p["input_mask"].sum(1).max()), config.bucket_lengths) < p["unit_index"].shape[1]
+      for p in parts
+    )
   assert smaller > 0  # the bucket is the global batch's, not the rows'
 
   test = windows_lib.prepare(sessions, "test", config, vocab=data.vocab, scale=data.scale)

@@ -20,29 +20,48 @@ def _run(*args):
 
 def _output(*args) -> list[str]:
   """The lines a program prints (stdout and stderr together); it must succeed."""
-  result = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, timeout=600)
+  result = subprocess.run(
+    [sys.executable, "-m", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600
+  )
   assert result.returncode == 0, result.stdout[-3000:]
   return result.stdout.splitlines()
 
 
-def test_a_short_run_prints_a_line_per_log_step_and_checkpoint_and_verbosity_brings_library_logs_back(data_dir,
-                                                                                                     tmp_path):
-  common = ["experiments.pretrain", "--config=mtm_jax/configs/ndt1.py:tiny", f"--config.data.datasets={DATASET}",
-            f"--config.data.data_dir={data_dir}", "--config.mesh.data=1"]
+def test_a_short_run_prints_a_line_per_log_step_and_checkpoint_and_verbosity_brings_library_logs_back(
+  data_dir, tmp_path
+):
+  common = [
+    "experiments.pretrain",
+    "--config=mtm_jax/configs/ndt1.py:tiny",
+    f"--config.data.datasets={DATASET}",
+    f"--config.data.data_dir={data_dir}",
+    "--config.mesh.data=1",
+  ]
   steps, log_every, checkpoints = 20, 5, 2
-  lines = _output(*common, f"--workdir={tmp_path / 'quiet'}", f"--config.train.steps={steps}",
-                  f"--config.train.log_every={log_every}", "--config.train.checkpoint_every=10",
-                  "--config.train.eval_every=10")
+  lines = _output(
+    *common,
+    f"--workdir={tmp_path / 'quiet'}",
+    f"--config.train.steps={steps}",
+    f"--config.train.log_every={log_every}",
+    "--config.train.checkpoint_every=10",
+    "--config.train.eval_every=10",
+  )
   text = "\n".join(lines)
   assert len(lines) <= steps // log_every + checkpoints + 4, text  # + devices, session, parameters, one spare
   assert [l.split("] ")[-1] for l in lines if "saved checkpoint" in l] == [
-      "saved checkpoint of step 10", "saved checkpoint of step 20"]
+    "saved checkpoint of step 10",
+    "saved checkpoint of step 20",
+  ]
   assert len([l for l in lines if f"/{steps}  loss" in l]) == steps // log_every
   assert "CheckpointManagerOptions" not in text and "orbax" not in text.lower()
 
-  lines = _output(*common, f"--workdir={tmp_path / 'verbose'}", "--config.train.steps=2",
-                  "--config.train.checkpoint_every=2", "--verbosity=1")
+  lines = _output(
+    *common,
+    f"--workdir={tmp_path / 'verbose'}",
+    "--config.train.steps=2",
+    "--config.train.checkpoint_every=2",
+    "--verbosity=1",
+  )
   assert any("CheckpointManagerOptions" in l for l in lines)  # Orbax's INFO is back
   assert not any(l.startswith("D") for l in lines)  # and not DEBUG (absl's own 1)
 
@@ -50,15 +69,19 @@ def test_a_short_run_prints_a_line_per_log_step_and_checkpoint_and_verbosity_bri
 def test_pretrain_finetune_evaluate_from_flagfiles(study_data_dir, tmp_path):
   workdir = tmp_path / "run"
   flagfile = tmp_path / "tiny.flags"
-  flagfile.write_text("\n".join([
-      "--config=mtm_jax/configs/ndt1.py:tiny,stitch,temporal",
-      f"--workdir={workdir}",
-      f"--config.data.data_dir={study_data_dir}",
-      "--config.train.steps=6",
-      "--config.train.checkpoint_every=3",
-      "--config.eval.head_steps=0",  # decoding heads are tested in test_training
-      f"--sessions={DATASET}",
-  ]))
+  flagfile.write_text(
+    "\n".join(
+      [
+        "--config=mtm_jax/configs/ndt1.py:tiny,stitch,temporal",
+        f"--workdir={workdir}",
+        f"--config.data.data_dir={study_data_dir}",
+        "--config.train.steps=6",
+        "--config.train.checkpoint_every=3",
+        "--config.eval.head_steps=0",  # decoding heads are tested in test_training
+        f"--sessions={DATASET}",
+      ]
+    )
+  )
   _run("experiments.pretrain", f"--flagfile={flagfile}")
   assert sorted(os.listdir(workdir / "checkpoints")) == ["3", "6"]
   out = _run("experiments.evaluate", f"--workdir={workdir}", "--plots")
@@ -69,9 +92,16 @@ def test_pretrain_finetune_evaluate_from_flagfiles(study_data_dir, tmp_path):
 
   # Fine-tune on another session by the pretrained path alone; its config travels with it.
   ft = tmp_path / "ft"
-  _run("experiments.finetune", "--config=mtm_jax/configs/ndt1.py:tiny,stitch,temporal", f"--pretrained={workdir}",
-       "--dataset=ibl_binned/synthetic_007", f"--workdir={ft}", f"--config.data.data_dir={study_data_dir}",
-       "--config.train.steps=2", "--config.train.checkpoint_every=2")
+  _run(
+    "experiments.finetune",
+    "--config=mtm_jax/configs/ndt1.py:tiny,stitch,temporal",
+    f"--pretrained={workdir}",
+    "--dataset=ibl_binned/synthetic_007",
+    f"--workdir={ft}",
+    f"--config.data.data_dir={study_data_dir}",
+    "--config.train.steps=2",
+    "--config.train.checkpoint_every=2",
+  )
   _run("experiments.evaluate", f"--workdir={ft}")
   metrics = json.loads((ft / "metrics.json").read_text())
   assert metrics["session"] == "ibl_binned/synthetic_007" and metrics["n_neurons"] == 134
@@ -79,8 +109,19 @@ def test_pretrain_finetune_evaluate_from_flagfiles(study_data_dir, tmp_path):
 
 def test_unknown_config_key_is_a_clear_error(tmp_path):
   result = subprocess.run(
-      [sys.executable, "-m", "experiments.pretrain", "--config=mtm_jax/configs/ndt1.py:tiny",
-       f"--workdir={tmp_path}", "--config.train.stepz=3"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      "-m",
+      "experiments.pretrain",
+      "--config=mtm_jax/configs/ndt1.py:tiny",
+      f"--workdir={tmp_path}",
+      "--config.train.stepz=3",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode != 0
   assert "stepz" in result.stderr
 
@@ -91,8 +132,11 @@ def test_a_bad_input_is_one_error_line_and_its_traceback_is_behind_verbosity(tmp
   result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert result.returncode == 1
   lines = result.stderr.strip().splitlines()
-  assert lines[-2:] == [f"error: FileNotFoundError: {missing}: no checkpoints directory ({missing}/checkpoints); "
-                        "was a model trained there?", "(--verbosity=1 shows the traceback)"], result.stderr
+  assert lines[-2:] == [
+    f"error: FileNotFoundError: {missing}: no checkpoints directory ({missing}/checkpoints); "
+    "was a model trained there?",
+    "(--verbosity=1 shows the traceback)",
+  ], result.stderr
   assert "Traceback" not in result.stderr and len(lines) <= 3, result.stderr
   result = subprocess.run(args + ["--verbosity=1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert result.returncode == 1 and "Traceback (most recent call last)" in result.stderr
@@ -102,14 +146,26 @@ def test_poyo_through_the_same_programs(data_dir, tmp_path):
   """POYO configs dispatch to POYO: pretrain on one reaching session, adapt to another by
   unit identification, and evaluate the behaviour R^2 with the ridge baseline."""
   from data_builders import prepare  # pylint: disable=g-import-not-at-top
+
   prepare.build(["spike_events/reaching_000", "spike_events/reaching_001"], data_dir)
-  common = ["--config=mtm_jax/configs/poyo.py:tiny", f"--config.data.data_dir={data_dir}",
-            "--config.train.steps=4", "--config.train.log_every=2", "--config.train.eval_every=4",
-            "--config.train.checkpoint_every=4"]
+  common = [
+    "--config=mtm_jax/configs/poyo.py:tiny",
+    f"--config.data.data_dir={data_dir}",
+    "--config.train.steps=4",
+    "--config.train.log_every=2",
+    "--config.train.eval_every=4",
+    "--config.train.checkpoint_every=4",
+  ]
   pre, new = tmp_path / "poyo", tmp_path / "poyo_new"
   _run("experiments.pretrain", *common, "--sessions=spike_events/reaching_000", f"--workdir={pre}")
-  _run("experiments.finetune", *common, f"--pretrained={pre}", "--dataset=spike_events/reaching_001",
-       "--mode=unit_id", f"--workdir={new}")
+  _run(
+    "experiments.finetune",
+    *common,
+    f"--pretrained={pre}",
+    "--dataset=spike_events/reaching_001",
+    "--mode=unit_id",
+    f"--workdir={new}",
+  )
   out = _run("experiments.evaluate", f"--workdir={new}")
   assert "behaviour_r2" in out
   metrics = json.loads((new / "metrics.json").read_text())

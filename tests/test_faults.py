@@ -32,10 +32,17 @@ STEPS, EVERY = 40, 5  # tiny NDT1, a checkpoint every 5 steps (the newest 3 are 
 
 
 def _train_flags(data_dir, workdir) -> list[str]:
-  return ["--config=mtm_jax/configs/ndt1.py:tiny", f"--workdir={workdir}", f"--config.data.datasets={DATASET}",
-          f"--config.data.data_dir={data_dir}", f"--config.train.steps={STEPS}",
-          f"--config.train.checkpoint_every={EVERY}", f"--config.train.log_every={EVERY}",
-          f"--config.train.eval_every={STEPS}", "--config.mesh.data=1"]
+  return [
+    "--config=mtm_jax/configs/ndt1.py:tiny",
+    f"--workdir={workdir}",
+    f"--config.data.datasets={DATASET}",
+    f"--config.data.data_dir={data_dir}",
+    f"--config.train.steps={STEPS}",
+    f"--config.train.checkpoint_every={EVERY}",
+    f"--config.train.log_every={EVERY}",
+    f"--config.train.eval_every={STEPS}",
+    "--config.mesh.data=1",
+  ]
 
 
 def _config(data_dir, **train):
@@ -50,16 +57,26 @@ def _config(data_dir, **train):
 def _env(cache_dir) -> dict:
   """The subprocesses' environment: this checkout on the path, one CPU device, and a
   shared persistent compilation cache (the same executable for every run)."""
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]),
-             JAX_COMPILATION_CACHE_DIR=str(cache_dir), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PLATFORMS="cpu")
+  env = dict(
+    os.environ,
+    PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]),
+    JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    JAX_PLATFORMS="cpu",
+  )
   env.pop("XLA_FLAGS", None)
   return env
 
 
 def _pretrain(data_dir, workdir, env, *extra_flags) -> subprocess.Popen:
-  return subprocess.Popen([sys.executable, "-m", "experiments.pretrain", *_train_flags(data_dir, workdir), *extra_flags],
-                          cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  return subprocess.Popen(
+    [sys.executable, "-m", "experiments.pretrain", *_train_flags(data_dir, workdir), *extra_flags],
+    cwd=ROOT,
+    env=env,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
 
 
 def _finish(process, timeout=600) -> tuple[int, str]:
@@ -150,22 +167,33 @@ def test_sigterm_then_sigkill_resume_bit_for_bit(data_dir, cache_dir, reference,
   _assert_bitwise_equal(_params(workdir), _params(reference))
 
 
-def test_a_full_disk_stops_the_run_at_the_next_step_in_one_line_and_a_rerun_resumes(data_dir, cache_dir, reference,
-                                                                                   tmp_path):
+def test_a_full_disk_stops_the_run_at_the_next_step_in_one_line_and_a_rerun_resumes(
+  data_dir, cache_dir, reference, tmp_path
+):
   """The checkpoint of step 20 fails with ENOSPC in Orbax's background writer (every file
   of it and of later steps fails, as on a full disk): the run stops at a step before its
   next checkpoint (30) with one final line and status 1, no traceback; step 10 stays
   intact. Re-run with space, it resumes from step 10
   and ends with the uninterrupted run's parameters, bit for bit."""
   workdir, env, every = str(tmp_path / "run"), _env(cache_dir), "--config.train.checkpoint_every=10"
-  full = subprocess.run([sys.executable, "-m", "tests.full_disk_worker", "20", *_train_flags(data_dir, workdir), every],
-                        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+  full = subprocess.run(
+    [sys.executable, "-m", "tests.full_disk_worker", "20", *_train_flags(data_dir, workdir), every],
+    cwd=ROOT,
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+    timeout=600,
+  )
   lines = full.stdout.strip().splitlines()
   assert full.returncode == 1, full.stdout[-3000:]
   directory = os.path.join(workdir, "checkpoints")
-  match = re.fullmatch(rf"error: checkpoint of step 20 could not be written to {re.escape(directory)}: \[Errno 28\] "
-                       r"No space left on device; training stopped at step (\d+); the newest checkpoint is step 10 "
-                       r"\(re-run to resume once the cause is fixed\)", lines[-1])
+  match = re.fullmatch(
+    rf"error: checkpoint of step 20 could not be written to {re.escape(directory)}: \[Errno 28\] "
+    r"No space left on device; training stopped at step (\d+); the newest checkpoint is step 10 "
+    r"\(re-run to resume once the cause is fixed\)",
+    lines[-1],
+  )
   assert match, lines[-5:]
   assert 20 < int(match.group(1)) < 30  # noticed at a step boundary, not at the next save
   assert not [l for l in lines[:-1] if l.startswith("error:")] and "Traceback" not in full.stdout
@@ -193,10 +221,10 @@ def _truncate_array_file(step_dir):
 
 
 DAMAGES = {
-    "truncated array file": _truncate_array_file,
-    "missing array metadata": lambda d: os.remove(os.path.join(d, "state", "_METADATA")),
-    "unreadable config": lambda d: open(os.path.join(d, "config", "metadata"), "w").write('{"seed": '),
-    "half-written (tmp dir)": lambda d: os.rename(d, d + ".orbax-checkpoint-tmp-1234567"),
+  "truncated array file": _truncate_array_file,
+  "missing array metadata": lambda d: os.remove(os.path.join(d, "state", "_METADATA")),
+  "unreadable config": lambda d: open(os.path.join(d, "config", "metadata"), "w").write('{"seed": '),
+  "half-written (tmp dir)": lambda d: os.rename(d, d + ".orbax-checkpoint-tmp-1234567"),
 }
 
 
@@ -271,11 +299,14 @@ def _no_nonfinite_steps(c):
   c.train.max_nonfinite_steps = 0
 
 
-@pytest.mark.parametrize("change, message", [
+@pytest.mark.parametrize(
+  "change, message",
+  [
     (_other_model, "config.model.embed_mult: checkpoint 2, this config 3"),
     (_batch_not_divisible, "config.data.batch_size: 12 is not divisible by the 8 devices"),
     (_no_nonfinite_steps, "config.train.max_nonfinite_steps: expected a positive integer"),
-])
+  ],
+)
 def test_bad_config_fails_before_touching_the_run(data_dir, reference, tmp_path, change, message):
   workdir = str(tmp_path / "run")
   shutil.copytree(reference, workdir)
@@ -312,6 +343,7 @@ def test_unknown_config_key_in_an_override_names_the_key():
 def test_evaluating_on_a_data_set_with_other_neurons_is_a_clear_error(reference, monkeypatch):
   from mtm_jax.datasets import pipeline  # pylint: disable=g-import-not-at-top
   from mtm_jax.evaluation import run  # pylint: disable=g-import-not-at-top
+
   trained = registry.load_trained(reference)
   rebuilt = lambda *args, **kwargs: dict(spikes=np.zeros((4, 100, 113), np.int32))  # one neuron fewer
   monkeypatch.setattr(pipeline, "load_split", rebuilt)

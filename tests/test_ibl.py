@@ -81,8 +81,9 @@ def test_reader_is_offline_one_and_lists_the_session(ibl_cache):
   root, eid = ibl_cache
   assert type(cache.open_cache(root)) is one_api.One  # pylint: disable=unidiomatic-typecheck
   (listed,) = cache.list_sessions(root)
-  assert listed == dict(eid=eid, path="testlab/Subjects/KS001/2024-01-02/001",
-                        probes=["alf/probe00/pykilosort", "alf/probe01"])
+  assert listed == dict(
+    eid=eid, path="testlab/Subjects/KS001/2024-01-02/001", probes=["alf/probe00/pykilosort", "alf/probe01"]
+  )
 
 
 def test_preprocessing_matches_the_files(ibl_cache):
@@ -92,11 +93,25 @@ def test_preprocessing_matches_the_files(ibl_cache):
   kept = [k for k in range(ibl_alf.N_TRIALS) if k not in ibl_alf.DROPPED_ROWS]
   np.testing.assert_array_equal(s["trial_index"], kept)
   info = s["source_info"]
-  assert (info["dropped_nan_stim_on"], info["dropped_nan_events"], info["dropped_no_choice"],
-          info["dropped_reaction_time"], info["dropped_silent_clusters"]) == (1, 1, 1, 1, 1)
+  assert (
+    info["dropped_nan_stim_on"],
+    info["dropped_nan_events"],
+    info["dropped_no_choice"],
+    info["dropped_reaction_time"],
+    info["dropped_silent_clusters"],
+  ) == (1, 1, 1, 1, 1)
   # Units: probe00 then probe01 by cluster id, the silent cluster 4 of probe00 left out.
-  assert list(s["unit_ids"]) == ["probe00/0", "probe00/1", "probe00/2", "probe00/3", "probe00/5", "probe01/0",
-                                 "probe01/1", "probe01/2", "probe01/3"]
+  assert list(s["unit_ids"]) == [
+    "probe00/0",
+    "probe00/1",
+    "probe00/2",
+    "probe00/3",
+    "probe00/5",
+    "probe01/0",
+    "probe01/1",
+    "probe01/2",
+    "probe01/3",
+  ]
   assert list(s["regions"]) == ["CA1", "CA1", "CA2", "CA2", "void", "grey", "CA1", "APN", "APN"]
   # Spike counts: every unit and trial against np.histogram of the raw files.
   session = ibl_alf.session_dir(root)
@@ -248,11 +263,13 @@ def test_poyo_scores_of_an_ibl_session_are_named_after_its_behaviours(ibl_cache,
   _, eid = ibl_cache
   ev = tfds_lib.load_event_session(f"spike_events/{eid}", ibl_data_dir)
   data = windows_lib.prepare([ev], "test", windows_lib.WindowConfig(bucket_lengths=(512,)))
-  mesh = jax.make_mesh((2, 1), ("data", "model"), axis_types=(jax.sharding.AxisType.Auto,) * 2,
-                       devices=jax.devices()[:2])
+  mesh = jax.make_mesh(
+    (2, 1), ("data", "model"), axis_types=(jax.sharding.AxisType.Auto,) * 2, devices=jax.devices()[:2]
+  )
   perfect = lambda params, batch: batch["output_values"]
-  scores, stitched = poyo_eval.evaluate_data(None, None, data, task="behaviour", batch_size=2, mesh=mesh,
-                                             predictor=perfect)
+  scores, stitched = poyo_eval.evaluate_data(
+    None, None, data, task="behaviour", batch_size=2, mesh=mesh, predictor=perfect
+  )
   names = list(convert.BEHAVIOUR_NAMES)
   assert names == ["wheel_speed", "whisker_motion_energy"]
   assert sorted(k for k in scores if k != "sessions") == sorted(["behaviour_r2"] + [f"behaviour_r2_{n}" for n in names])
@@ -336,17 +353,23 @@ def test_evaluate_a_small_session_keeps_the_activity_metrics_and_skips_what_cann
   assert "| choice_accuracy | skipped |" in run.table({"neuron": saved}, run.METRICS + ("choice_accuracy",))
 
   # --nodecoding: the activity metrics only (the same numbers), every decoder recorded as not run.
-  result = subprocess.run([sys.executable, "-m", "experiments.evaluate", f"--workdir={workdir}", "--nodecoding"],
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), capture_output=True,
-                          text=True, timeout=600, check=False)
+  result = subprocess.run(
+    [sys.executable, "-m", "experiments.evaluate", f"--workdir={workdir}", "--nodecoding"],
+    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    capture_output=True,
+    text=True,
+    timeout=600,
+    check=False,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert "| wheel_speed_r2 | skipped |" in result.stdout
   with open(os.path.join(workdir, "metrics.json"), encoding="utf-8") as f:
     activity = json.load(f)
   for metric in run.METRICS:
     assert activity[metric] == pytest.approx(saved[metric], rel=1e-6), metric
-  assert activity["skipped"] == dict.fromkeys(("choice_accuracy", "whisker_motion_energy_r2", "wheel_speed_r2")
-                                              + run.HEAD_METRICS, "decoding turned off")
+  assert activity["skipped"] == dict.fromkeys(
+    ("choice_accuracy", "whisker_motion_energy_r2", "wheel_speed_r2") + run.HEAD_METRICS, "decoding turned off"
+  )
 
 
 def test_build_lists_and_names_many_sessions(tmp_path):
@@ -373,6 +396,7 @@ def _remove(*rel):
   def edit(session):
     for r in rel:
       os.remove(os.path.join(session, r))
+
   return edit
 
 
@@ -380,6 +404,7 @@ def _edit_npy(probe, name, fn):
   def edit(session):
     path = _probe_file(session, probe, name)
     np.save(path, fn(np.load(path)))
+
   return edit
 
 
@@ -387,6 +412,7 @@ def _edit_trials(fn):
   def edit(session):
     path = os.path.join(session, "alf", "_ibl_trials.table.pqt")
     fn(pd.read_parquet(path)).to_parquet(path)
+
   return edit
 
 
@@ -394,6 +420,7 @@ def _edit_metrics(probe, fn):
   def edit(session):
     path = _probe_file(session, probe, "clusters.metrics.pqt")
     fn(pd.read_parquet(path)).to_parquet(path)
+
   return edit
 
 
@@ -408,39 +435,64 @@ def _empty_probe(session):
 
 
 BAD_SESSIONS = {
-    "missing trials table": (_remove("alf/_ibl_trials.table.pqt"),
-                             r"missing required file alf/_ibl_trials\.table\.pqt"),
-    "missing wheel timestamps": (_remove("alf/_ibl_wheel.timestamps.npy"),
-                                 r"missing required file alf/_ibl_wheel\.timestamps\.npy"),
-    "missing camera": (_remove("alf/leftCamera.ROIMotionEnergy.npy"),
-                       r"missing required file\(s\) alf/_ibl_leftCamera\.times\.npy \+ alf/leftCamera\.ROIMotionEnergy"),
-    "missing probe file": (_remove("alf/probe01/clusters.metrics.pqt"),
-                           r"missing required file alf/probe01/clusters\.metrics\.pqt"),
-    "trials column": (_edit_trials(lambda t: t.drop(columns=["firstMovement_times"])),
-                      r"_ibl_trials\.table\.pqt has no column\(s\) \['firstMovement_times'\]"),
-    "unsorted spikes": (_edit_npy("probe00", "spikes.times.npy", lambda a: np.concatenate([a[1:2] + 1, a[1:]])),
-                        r"probe00/pykilosort/spikes\.times\.npy times are not sorted"),
-    "length mismatch": (_edit_npy("probe01", "spikes.clusters.npy", lambda a: a[:-3]),
-                        r"probe01/spikes\.times\.npy has \d+ spikes but \S+probe01/spikes\.clusters\.npy has \d+ "
-                        r"cluster indices"),
-    "cluster out of range": (_edit_npy("probe01", "spikes.clusters.npy", lambda a: np.where(a == 3, 7, a)),
-                             r"probe01/spikes\.clusters\.npy: spike \d+ has cluster index 7, outside the clusters "
-                             r"table of 4 clusters"),
-    "channel out of range": (_edit_npy("probe00", "clusters.channels.npy", lambda a: a + 1),
-                             r"pykilosort/clusters\.channels\.npy: cluster 5 is on channel 6, outside the 6 channels"),
-    "region id unknown": (_edit_npy("probe01", "channels.brainLocationIds_ccf_2017.npy", lambda a: a * 0 + 123456789),
-                          r"channels\.brainLocationIds_ccf_2017\.npy has atlas ids \[123456789\] that are not Allen"),
-    "metrics rows": (lambda s: pd.DataFrame({"firing_rate": [1.0]}).to_parquet(
-        _probe_file(s, "probe01", "clusters.metrics.pqt")), r"clusters\.metrics\.pqt has 1 rows but \S+ has 4 clusters"),
-    "metrics duplicated id": (_edit_metrics("probe01", lambda m: m.assign(cluster_id=[0, 1, 1, 3])),
-                              r"probe01/clusters\.metrics\.pqt: duplicated cluster_id\(s\) \[1\]; .*no row for "
-                              r"cluster_id\(s\) \[2\]"),
-    "metrics missing id": (_edit_metrics("probe00", lambda m: m[m["cluster_id"] != 5]),
-                           r"pykilosort/clusters\.metrics\.pqt: no row for cluster_id\(s\) \[5\] \(1 of the 6 clusters"),
-    "metrics id out of range": (_edit_metrics("probe01", lambda m: m.assign(cluster_id=[0, 1, 2, 9])),
-                                r"cluster_id\(s\) \[9\] outside the 4 clusters of \S+clusters\.channels\.npy"),
-    "no usable trials": (_edit_trials(_nogo), r"no usable trials in \S+_ibl_trials\.table\.pqt .*dropped_no_choice=22"),
-    "empty probe": (_empty_probe, r"empty probe alf/probe01: \S+spikes\.times\.npy holds no spikes"),
+  "missing trials table": (_remove("alf/_ibl_trials.table.pqt"), r"missing required file alf/_ibl_trials\.table\.pqt"),
+  "missing wheel timestamps": (
+    _remove("alf/_ibl_wheel.timestamps.npy"),
+    r"missing required file alf/_ibl_wheel\.timestamps\.npy",
+  ),
+  "missing camera": (
+    _remove("alf/leftCamera.ROIMotionEnergy.npy"),
+    r"missing required file\(s\) alf/_ibl_leftCamera\.times\.npy \+ alf/leftCamera\.ROIMotionEnergy",
+  ),
+  "missing probe file": (
+    _remove("alf/probe01/clusters.metrics.pqt"),
+    r"missing required file alf/probe01/clusters\.metrics\.pqt",
+  ),
+  "trials column": (
+    _edit_trials(lambda t: t.drop(columns=["firstMovement_times"])),
+    r"_ibl_trials\.table\.pqt has no column\(s\) \['firstMovement_times'\]",
+  ),
+  "unsorted spikes": (
+    _edit_npy("probe00", "spikes.times.npy", lambda a: np.concatenate([a[1:2] + 1, a[1:]])),
+    r"probe00/pykilosort/spikes\.times\.npy times are not sorted",
+  ),
+  "length mismatch": (
+    _edit_npy("probe01", "spikes.clusters.npy", lambda a: a[:-3]),
+    r"probe01/spikes\.times\.npy has \d+ spikes but \S+probe01/spikes\.clusters\.npy has \d+ "
+    r"cluster indices",
+  ),
+  "cluster out of range": (
+    _edit_npy("probe01", "spikes.clusters.npy", lambda a: np.where(a == 3, 7, a)),
+    r"probe01/spikes\.clusters\.npy: spike \d+ has cluster index 7, outside the clusters "
+    r"table of 4 clusters",
+  ),
+  "channel out of range": (
+    _edit_npy("probe00", "clusters.channels.npy", lambda a: a + 1),
+    r"pykilosort/clusters\.channels\.npy: cluster 5 is on channel 6, outside the 6 channels",
+  ),
+  "region id unknown": (
+    _edit_npy("probe01", "channels.brainLocationIds_ccf_2017.npy", lambda a: a * 0 + 123456789),
+    r"channels\.brainLocationIds_ccf_2017\.npy has atlas ids \[123456789\] that are not Allen",
+  ),
+  "metrics rows": (
+    lambda s: pd.DataFrame({"firing_rate": [1.0]}).to_parquet(_probe_file(s, "probe01", "clusters.metrics.pqt")),
+    r"clusters\.metrics\.pqt has 1 rows but \S+ has 4 clusters",
+  ),
+  "metrics duplicated id": (
+    _edit_metrics("probe01", lambda m: m.assign(cluster_id=[0, 1, 1, 3])),
+    r"probe01/clusters\.metrics\.pqt: duplicated cluster_id\(s\) \[1\]; .*no row for "
+    r"cluster_id\(s\) \[2\]",
+  ),
+  "metrics missing id": (
+    _edit_metrics("probe00", lambda m: m[m["cluster_id"] != 5]),
+    r"pykilosort/clusters\.metrics\.pqt: no row for cluster_id\(s\) \[5\] \(1 of the 6 clusters",
+  ),
+  "metrics id out of range": (
+    _edit_metrics("probe01", lambda m: m.assign(cluster_id=[0, 1, 2, 9])),
+    r"cluster_id\(s\) \[9\] outside the 4 clusters of \S+clusters\.channels\.npy",
+  ),
+  "no usable trials": (_edit_trials(_nogo), r"no usable trials in \S+_ibl_trials\.table\.pqt .*dropped_no_choice=22"),
+  "empty probe": (_empty_probe, r"empty probe alf/probe01: \S+spikes\.times\.npy holds no spikes"),
 }
 
 
@@ -465,8 +517,11 @@ def test_file_deleted_after_indexing_and_right_camera_fallback(tmp_path):
   (eid,) = ibl_alf.eids(root).values()  # the tables now list the right camera only
   assert preprocess.load_session(root, eid)["source_info"]["camera"] == "right"
   os.remove(os.path.join(session, "alf", "_ibl_wheel.position.npy"))
-  with pytest.raises(alf.IblDataError, match=r"missing required file \S+_ibl_wheel\.position\.npy \(listed in the "
-                     r"ONE cache tables, not on disk\)"):
+  with pytest.raises(
+    alf.IblDataError,
+    match=r"missing required file \S+_ibl_wheel\.position\.npy \(listed in the "
+    r"ONE cache tables, not on disk\)",
+  ):
     preprocess.load_session(root, eid)
 
 
@@ -506,8 +561,11 @@ def test_failed_and_interrupted_builds_leave_no_data_set(tmp_path, monkeypatch):
   good_eid, bad_eid = found["testlab/Subjects/KS001/2024-01-02/001"], found["testlab/Subjects/KS002/2024-01-02/001"]
   data_dir = str(tmp_path / "tfds")
   names = [f"ibl_binned/{bad_eid}", f"ibl_binned/{good_eid}"]
-  with pytest.raises(prepare.BuildError, match=rf"(?s)^1 of 2 data sets failed to build; the other 1 was built:\n"
-                     rf"ibl_binned/{bad_eid}: IblDataError: .*spikes\.times\.npy times are not sorted"):
+  with pytest.raises(
+    prepare.BuildError,
+    match=rf"(?s)^1 of 2 data sets failed to build; the other 1 was built:\n"
+    rf"ibl_binned/{bad_eid}: IblDataError: .*spikes\.times\.npy times are not sorted",
+  ):
     prepare.build(names, data_dir, manual_dir=root, keep_going=True)
   good_dir = os.path.join(data_dir, "ibl_binned", good_eid)
   before = _tree_digest(good_dir)

@@ -26,8 +26,9 @@ _apply_jit = jax.jit(lambda key, spikes, regions, scheme: masking.apply_scheme(k
 
 
 def _apply(spikes, regions, seed, scheme):
-  m = _apply_jit(jax.random.key(seed), jnp.asarray(spikes), jnp.asarray(regions),
-                 jnp.asarray(masking.scheme_index(scheme)))
+  m = _apply_jit(
+    jax.random.key(seed), jnp.asarray(spikes), jnp.asarray(regions), jnp.asarray(masking.scheme_index(scheme))
+  )
   return np.asarray(m.inputs), np.asarray(m.targets), bool(m.causal), int(m.scheme)
 
 
@@ -134,7 +135,7 @@ def test_evaluation_tasks():
   assert inter.hide_neurons.tolist() == [[r == k for r in regions] for k in (0, 1, 2)]
   # intra-region: for neuron i, everything outside its region plus i hidden; i scored
   for m, i in enumerate(range(6)):
-    expected = (regions != regions[i])
+    expected = regions != regions[i]
     expected[i] = True
     np.testing.assert_array_equal(intra.hide_neurons[m], expected)
     assert np.flatnonzero(intra.score_neurons[m]).tolist() == [i]

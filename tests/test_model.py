@@ -13,8 +13,16 @@ from mtm_jax.models import attention, ndt1
 
 
 def _model(**kw):
-  args = dict(width=32, n_layers=2, n_heads=2, mlp_width=64, dropout=0.1, attention_dropout=0.1,
-              embed_dropout=0.1, rngs=nnx.Rngs(0))
+  args = dict(
+    width=32,
+    n_layers=2,
+    n_heads=2,
+    mlp_width=64,
+    dropout=0.1,
+    attention_dropout=0.1,
+    embed_dropout=0.1,
+    rngs=nnx.Rngs(0),
+  )
   args.update(kw)
   return ndt1.NDT1(args.pop("sessions", 7), **args)
 
@@ -97,14 +105,16 @@ def test_dropout_keeps_the_rate_and_the_mean(rate):
   np.testing.assert_allclose(y[kept], np.float32(jnp.bfloat16(1 / (1 - rate))), rtol=1e-2)
   assert abs(y.mean() - 1.0) < 0.01
   assert attention.dropout(x, rate, None) is x
-  np.testing.assert_array_equal(attention.dropout(x, rate, jax.random.key(3)),
-                                attention.dropout(x, rate, jax.random.key(3)))
+  np.testing.assert_array_equal(
+    attention.dropout(x, rate, jax.random.key(3)), attention.dropout(x, rate, jax.random.key(3))
+  )
   with pytest.raises(ValueError, match="dropout: expected a rate"):
     attention.dropout(x, 1.0, jax.random.key(0))
 
 
 def test_hparams_presets_config_and_errors():
   from mtm_jax.configs import ndt1 as ndt1_config  # pylint: disable=g-import-not-at-top
+
   assert sorted(ndt1.PRESETS) == ["demo", "mini", "paper", "tiny"]
   config = ndt1_config.get_config("demo,stitch")
   hp = ndt1.Hparams.from_config(config.model)

@@ -38,14 +38,30 @@ def _run_programs(program: str, args, workdir, single):
   their outputs."""
   port = _free_port()
   args = list(args) + ["--jax_cpu_collectives_implementation=gloo"]
-  job = [f"--workdir={workdir}", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-         "--jax_num_cpu_devices=2"]
+  job = [
+    f"--workdir={workdir}",
+    f"--coordinator_address=127.0.0.1:{port}",
+    "--num_processes=2",
+    "--jax_num_cpu_devices=2",
+  ]
   commands = [job + [f"--process_id={i}"] for i in (0, 1)] + [[f"--workdir={single}", "--jax_num_cpu_devices=4"]]
   # Compiled without LLVM optimisations: much faster to compile, the same arithmetic.
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT] + os.environ.get("PYTHONPATH", "").split(os.pathsep)),
-             XLA_FLAGS="--xla_backend_optimization_level=0")
-  procs = [subprocess.Popen([sys.executable, "-m", "tests.multihost_worker", program, *args, *c], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for c in commands]
+  env = dict(
+    os.environ,
+    PYTHONPATH=os.pathsep.join([ROOT] + os.environ.get("PYTHONPATH", "").split(os.pathsep)),
+    XLA_FLAGS="--xla_backend_optimization_level=0",
+  )
+  procs = [
+    subprocess.Popen(
+      [sys.executable, "-m", "tests.multihost_worker", program, *args, *c],
+      cwd=ROOT,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for c in commands
+  ]
   outputs = []
   try:
     for p in procs:
@@ -61,9 +77,14 @@ def _run_programs(program: str, args, workdir, single):
 
 def _launch(data_dir, workdir, single):
   """The NDT1 pretraining of test_two_processes_train_like_one (see _run_programs)."""
-  args = ["--config=mtm_jax/configs/ndt1.py:tiny", f"--config.data.datasets={DATASET}",
-          f"--config.data.data_dir={data_dir}", "--config.mesh.data=2", "--config.mesh.model=2",
-          *(f"--config.train.{k}={v}" for k, v in OVERRIDES.items())]
+  args = [
+    "--config=mtm_jax/configs/ndt1.py:tiny",
+    f"--config.data.datasets={DATASET}",
+    f"--config.data.data_dir={data_dir}",
+    "--config.mesh.data=2",
+    "--config.mesh.model=2",
+    *(f"--config.train.{k}={v}" for k, v in OVERRIDES.items()),
+  ]
   return _run_programs("pretrain", args, workdir, single)
 
 
@@ -107,9 +128,11 @@ def test_multihost_flag_errors():
 
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
-  cases = [(dict(coordinator_address="127.0.0.1:1", num_processes=2), "also needs --process_id"),
-           (dict(coordinator_address="127.0.0.1:1", num_processes=2, process_id=2), "--process_id=2: expected 0 <="),
-           (dict(process_id=1), "need --coordinator_address")]
+  cases = [
+    (dict(coordinator_address="127.0.0.1:1", num_processes=2), "also needs --process_id"),
+    (dict(coordinator_address="127.0.0.1:1", num_processes=2, process_id=2), "--process_id=2: expected 0 <="),
+    (dict(process_id=1), "need --coordinator_address"),
+  ]
   for values, message in cases:
     with flagsaver.flagsaver(**values):
       with pytest.raises(ValueError, match=message):
@@ -136,13 +159,21 @@ def test_two_processes_train_and_evaluate_poyo_like_one(data_dir, tmp_path):
   axis of 4 over both): each builds only its rows of every training and evaluation batch;
   the parameters and the scores are those of one process with 4 devices."""
   from data_builders import prepare  # pylint: disable=g-import-not-at-top
+
   session = "spike_events/reaching_001"
   prepare.build([session], data_dir)
   workdir, single = str(tmp_path / "two"), str(tmp_path / "one")
-  args = ["--config=mtm_jax/configs/poyo.py:tiny", f"--config.data.datasets={session}",
-          f"--config.data.data_dir={data_dir}", "--config.mesh.data=4", "--config.mesh.model=1",
-          f"--config.train.steps={POYO_STEPS}", "--config.train.log_every=3", f"--config.train.eval_every={POYO_STEPS}",
-          "--config.train.checkpoint_every=3"]
+  args = [
+    "--config=mtm_jax/configs/poyo.py:tiny",
+    f"--config.data.datasets={session}",
+    f"--config.data.data_dir={data_dir}",
+    "--config.mesh.data=4",
+    "--config.mesh.model=1",
+    f"--config.train.steps={POYO_STEPS}",
+    "--config.train.log_every=3",
+    f"--config.train.eval_every={POYO_STEPS}",
+    "--config.train.checkpoint_every=3",
+  ]
   outputs = _run_programs("pretrain", args, workdir, single)
   for out in outputs[:2]:
     assert "of 2: 2 local of 4 devices" in out, out[-3000:]

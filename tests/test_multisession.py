@@ -21,8 +21,17 @@ from mtm_jax.training import checkpoint, config_checks, optimizer, step as step_
 
 
 def _stitched(sessions, seed=0, **kw):
-  args = dict(width=16, n_layers=1, n_heads=2, mlp_width=32, stitch_dim=8, dropout=0.0, attention_dropout=0.0,
-              embed_dropout=0.0, rngs=nnx.Rngs(seed))
+  args = dict(
+    width=16,
+    n_layers=1,
+    n_heads=2,
+    mlp_width=32,
+    stitch_dim=8,
+    dropout=0.0,
+    attention_dropout=0.0,
+    embed_dropout=0.0,
+    rngs=nnx.Rngs(seed),
+  )
   args.update(kw)
   return ndt1.NDT1(sessions, **args)
 
@@ -67,8 +76,9 @@ def test_a_step_changes_only_the_batch_sessions_rows():
   before = jax.device_get(state)
   for session, n in ((1, 9), (1, 9), (0, 6)):
     spikes = pipeline.pad_neurons(rng.poisson(1.0, (4, 100, n)).astype(np.int32), 9)
-    state, _ = step(state, {"spikes": jnp.asarray(spikes), "session": jnp.full((4,), session, jnp.int32)},
-                    regions, jax.random.key(0))
+    state, _ = step(
+      state, {"spikes": jnp.asarray(spikes), "session": jnp.full((4,), session, jnp.int32)}, regions, jax.random.key(0)
+    )
     if session == 1:  # row 0 of every session table untouched, in params and Adam moments
       after = jax.device_get(state)
       for tree_before, tree_after in ((before.params, after.params), (before.opt_state, after.opt_state)):
@@ -86,8 +96,9 @@ def test_graft_takes_shared_weights_and_keeps_fresh_session_layers():
   fresh = nnx.state(_stitched((7,), seed=2), nnx.Param)
   out = ndt1_task.graft_shared(fresh, pre)
   np.testing.assert_array_equal(out["embed_spikes"]["kernel"][...], pre["embed_spikes"]["kernel"][...])
-  np.testing.assert_array_equal(out["layers"][0]["attn"]["query"]["kernel"][...],
-                                pre["layers"][0]["attn"]["query"]["kernel"][...])
+  np.testing.assert_array_equal(
+    out["layers"][0]["attn"]["query"]["kernel"][...], pre["layers"][0]["attn"]["query"]["kernel"][...]
+  )
   for name in ndt1.SESSION_PARAMS:
     for a, b in zip(jax.tree.leaves(out[name]), jax.tree.leaves(fresh[name])):
       np.testing.assert_array_equal(a, b)
@@ -106,7 +117,9 @@ def test_interleaved_batches_hold_one_padded_session_each():
   for x in batches:
     s = int(x["session"][0])
     assert x["spikes"].shape == (4, 100, 5) and np.all(x["session"] == s)
-    assert np.all(x["spikes"][..., :3 if s == 0 else 5] == s + 1) and np.all(x["spikes"][..., 3 if s == 0 else 5:] == 0)
+    assert np.all(x["spikes"][..., : 3 if s == 0 else 5] == s + 1) and np.all(
+      x["spikes"][..., 3 if s == 0 else 5 :] == 0
+    )
   again = pipeline.multi_session_batches([a, b], 4, seed=0, n_neurons=5)
   for i in (0, 7, 59):
     np.testing.assert_array_equal(again[i]["trial_index"], batches[i]["trial_index"])
@@ -173,8 +186,9 @@ def test_mini_study_end_to_end_and_resumable(study_data_dir, tmp_path, compile_c
   stamp = os.path.getmtime(ckpt)
   # Re-running (and analysing only) reuses every finished run.
   again = scaling.run_study(config, workdir, only_analyse=True)
-  assert [(r["pretrain_sessions"], r["mode"], r["metric"]) for r in again] == \
-         [(r["pretrain_sessions"], r["mode"], r["metric"]) for r in rows]
+  assert [(r["pretrain_sessions"], r["mode"], r["metric"]) for r in again] == [
+    (r["pretrain_sessions"], r["mode"], r["metric"]) for r in rows
+  ]
   np.testing.assert_allclose([r["value"] for r in again], [r["value"] for r in rows])
   scaling.run_study(config, workdir)
   assert os.path.getmtime(ckpt) == stamp

@@ -30,11 +30,25 @@ def _spikes(seed: int = 0) -> list[np.ndarray]:
   return [np.sort(rng.uniform(0, 20, size=n)) for n in (50, 80, 30)]
 
 
-def write_nwb(path, *, units=True, electrodes=True, trials=True, split=True, behaviour="hand_vel",
-              rate=None, unsorted=False, overlap=False, seed=0):
+def write_nwb(
+  path,
+  *,
+  units=True,
+  electrodes=True,
+  trials=True,
+  split=True,
+  behaviour="hand_vel",
+  rate=None,
+  unsorted=False,
+  overlap=False,
+  seed=0,
+):
   """A small NLB-like NWB file: 3 units, 10 trials of 2 s, hand velocity at 100 Hz."""
-  f = pynwb.NWBFile(session_description="test", identifier=os.path.basename(str(path)),
-                    session_start_time=datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc))
+  f = pynwb.NWBFile(
+    session_description="test",
+    identifier=os.path.basename(str(path)),
+    session_start_time=datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc),
+  )
   if units:
     if electrodes:
       device = f.create_device(name="array")
@@ -99,13 +113,16 @@ def test_reader_fallbacks(tmp_path, caplog):
   np.testing.assert_allclose(s.behaviour_timestamps, np.arange(2000) / 100.0)
 
 
-@pytest.mark.parametrize("kwargs, message", [
+@pytest.mark.parametrize(
+  "kwargs, message",
+  [
     (dict(units=False), "no Units table"),
     (dict(behaviour=None), "no processing module 'behavior'"),
     (dict(behaviour="cursor_pos"), "no behaviour 'hand_vel' in processing/behavior \\(it has \\['cursor_pos'\\]\\)"),
     (dict(unsorted=True), "Units row 1 \\(id 1\\): spike_times are not sorted"),
     (dict(trials=False), "no trials table"),
-])
+  ],
+)
 def test_reader_errors_name_the_file(tmp_path, kwargs, message):
   path = write_nwb(tmp_path / "bad.nwb", **kwargs)
   with pytest.raises(ValueError, match=f"{re.escape(path)}: {message}"):
@@ -123,7 +140,9 @@ def test_build_nwb_directory_end_to_end(tmp_path, capsys, caplog):
   # a version folder that does not exist yet are not shown.
   assert capsys.readouterr().out == ""
   assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
-  assert [r.getMessage().split(" (")[0] for r in caplog.records if "built " in r.getMessage()] == ["built spike_events/nwb"]
+  assert [r.getMessage().split(" (")[0] for r in caplog.records if "built " in r.getMessage()] == [
+    "built spike_events/nwb"
+  ]
   back = tfds_lib.load_event_session("spike_events/nwb", data_dir)
   source = nwb.read_nwb(path)
   assert back.session_id == "sub-Test_desc-train_behavior+ecephys"
@@ -166,9 +185,11 @@ def test_a_replaced_nwb_file_is_refused_until_rebuilt(tmp_path):
   assert prepare.build(["spike_events/nwb"], data_dir, manual_dir=str(manual))  # the same file: reused
   os.remove(first)
   second = write_nwb(manual / "second_session.nwb", seed=1)
-  changed = (rf"{re.escape(first)}: removed; .*matching '\*\.nwb' are now \['second_session\.nwb'\], the data set "
-             r"was built from \['first_session\.nwb'\]; rebuild it with `python -m data_builders\.build "
-             r"--rebuild=spike_events/nwb")
+  changed = (
+    rf"{re.escape(first)}: removed; .*matching '\*\.nwb' are now \['second_session\.nwb'\], the data set "
+    r"was built from \['first_session\.nwb'\]; rebuild it with `python -m data_builders\.build "
+    r"--rebuild=spike_events/nwb"
+  )
   with pytest.raises(provenance.SourceChangedError, match=changed):
     prepare.build(["spike_events/nwb"], data_dir, manual_dir=str(manual))
   with pytest.raises(provenance.SourceChangedError, match=changed):
@@ -184,8 +205,10 @@ def test_a_replaced_nwb_file_is_refused_until_rebuilt(tmp_path):
   assert _files_and_mtimes(os.path.join(data_dir, "spike_events", "nlb_mc_maze_small")) == untouched
   assert tfds_lib.load_event_session("spike_events/nlb_mc_maze_small", data_dir).session_id == "nlb_mc_maze_small"
   # Building it with another --manual_dir: the error says which folder it was built from.
-  with pytest.raises(provenance.SourceChangedError,
-                     match=rf"built from {re.escape(str(other))}; the files are now read from {re.escape(str(manual))}"):
+  with pytest.raises(
+    provenance.SourceChangedError,
+    match=rf"built from {re.escape(str(other))}; the files are now read from {re.escape(str(manual))}",
+  ):
     prepare.build(["spike_events/nlb_mc_maze_small"], data_dir, manual_dir=str(manual))
 
 

@@ -43,14 +43,22 @@ def reference(tmp_path_factory):
     pytest.skip("no PyTorch parity environment (parity/.venv or $MTM_PARITY_PYTHON): run `make parity-env`")
   out = tmp_path_factory.mktemp("parity")
   env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-  result = subprocess.run([python, os.path.join(ROOT, "parity", "make_reference.py"), f"--out={out}"],
-                          capture_output=True, text=True, timeout=600, env=env, check=False)
+  result = subprocess.run(
+    [python, os.path.join(ROOT, "parity", "make_reference.py"), f"--out={out}"],
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env=env,
+    check=False,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   return str(out)
 
 
 def _case(reference, name):
-  return state_dict.load(os.path.join(reference, f"{name}.npz")), dict(np.load(os.path.join(reference, f"{name}.io.npz")))
+  return state_dict.load(os.path.join(reference, f"{name}.npz")), dict(
+    np.load(os.path.join(reference, f"{name}.io.npz"))
+  )
 
 
 def _rel(ours, theirs) -> float:
@@ -113,7 +121,7 @@ def _poyo_outputs(ckpt, io, **config_overrides):
   unit_row["NA"] = session_row["NA"] = 0
   units = np.array([unit_row[w] for w in ckpt.meta["vocab"]["unit_emb.vocab"]])
   sessions = np.array([session_row[w] for w in ckpt.meta["vocab"]["session_emb.vocab"]])
-  batch = {k[len("input/"):]: v for k, v in io.items() if k.startswith("input/")}
+  batch = {k[len("input/") :]: v for k, v in io.items() if k.startswith("input/")}
   batch["unit_index"] = units[batch["unit_index"]].astype(np.int32)
   batch["session_index"] = sessions[batch["session_index"]].astype(np.int32)
   for k in ("token_type", "output_task"):
@@ -140,7 +148,7 @@ def test_poyo_matches_torch_brains_own_pipeline_with_float64_timestamps(referenc
   ckpt, _ = _case(reference, case)
   io = dict(np.load(os.path.join(reference, f"{case}.tokenized.npz")))
   theirs = io.pop("output/behaviour")
-  inputs = {k[len("input/"):]: v for k, v in io.items()}
+  inputs = {k[len("input/") :]: v for k, v in io.items()}
   assert inputs["input_timestamps"].dtype == np.float64 and inputs["output_timestamps"].dtype == np.float64
   model, records = _poyo_model(ckpt)
   batch, angles = poyo_interop.torch_brain_batch(ckpt, records, inputs, model.frequencies())
@@ -164,6 +172,7 @@ def _import(reference, tmp_path, case, kind, code_path=None, **kwargs):
   """Imports the trainer's file of `case` (.pt: the authors' pickled module, needing their
   code, reference/mtm_checkout/src) into tmp_path/case."""
   from experiments import import_checkpoint  # pylint: disable=import-outside-toplevel
+
   source = os.path.join(reference, f"{case}.{'pt' if kind == 'ndt1' else 'ckpt'}")
   workdir = str(tmp_path / case)
   code_path = os.path.join(reference, "mtm_checkout", "src") if code_path is None else code_path
@@ -185,8 +194,9 @@ def test_trainer_checkpoints_import_like_their_state_dicts(reference, data_dir, 
   trained = registry.load_trained(workdir)
   config = poyo_interop.model_config(poyo_interop.architecture(ckpt), "behaviour")
   model, _ = poyo_interop.convert(ckpt, config, poyo_interop.default_sessions(ckpt))
-  jax.tree.map(np.testing.assert_array_equal, nnx.to_pure_dict(trained.params),
-               nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+  jax.tree.map(
+    np.testing.assert_array_equal, nnx.to_pure_dict(trained.params), nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  )
   assert trained.config.model.window_length == 1.0 and trained.config.model.attn_dropout == 0.2
 
   # NDT1: the pickled module carries its number of heads; ours is a 13-neuron session.
@@ -213,8 +223,7 @@ def test_authors_pickle_needs_their_code_with_a_clear_error(reference, data_dir,
     _import(reference, tmp_path, "ndt1_temporal", "ndt1", code_path=str(src), **kwargs)
 
 
-def test_authors_pickle_of_any_size_imports_and_evaluates_as_the_reference(reference, data_dir, tmp_path,
-                                                                            monkeypatch):
+def test_authors_pickle_of_any_size_imports_and_evaluates_as_the_reference(reference, data_dir, tmp_path, monkeypatch):
   """The authors' .pt of a 4-layer NDT1 (heads from the pickled module), imported from
   another working directory onto our 114-neuron session, gives the reference's outputs
   through the evaluation's predictor."""
@@ -223,8 +232,15 @@ def test_authors_pickle_of_any_size_imports_and_evaluates_as_the_reference(refer
 
   monkeypatch.chdir(tmp_path)
   ckpt, io = _case(reference, "ndt1_deep")
-  workdir = _import(reference, tmp_path, "ndt1_deep", "ndt1", datasets=[DATASET], data_dir=data_dir,
-                    session_rows=[str(r) for r in ckpt.meta["session_rows"]])
+  workdir = _import(
+    reference,
+    tmp_path,
+    "ndt1_deep",
+    "ndt1",
+    datasets=[DATASET],
+    data_dir=data_dir,
+    session_rows=[str(r) for r in ckpt.meta["session_rows"]],
+  )
   trained = registry.load_trained(workdir)
   assert trained.config.model.size == "64x4x4x128" and trained.n_neurons == ckpt.meta["num_neurons"][0]
   for mode in ("neuron", "inter-region", "intra-region"):

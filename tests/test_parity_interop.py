@@ -49,9 +49,14 @@ def test_ndt1_round_trip_through_the_authors_names():
   neurons, rows = [5, 9, 5], [3, 0, 1]
   config, model = _stitch_model(neurons)
   ckpt = ndt1_interop.to_torch(_pure(model), neurons, session_rows=rows, n_session_rows=4, n_heads=2)
-  for name in ("encoder.stitcher.stitcher_dict.5.weight", "stitch_decoder.stitch_decoder_dict.9.bias",
-               "encoder.embedder.embed_prompt.weight", "encoder.layers.0.attn.out_proj.weight",
-               "encoder.layers.0.mlp.up_proj.bias", "encoder.out_norm.weight"):
+  for name in (
+    "encoder.stitcher.stitcher_dict.5.weight",
+    "stitch_decoder.stitch_decoder_dict.9.bias",
+    "encoder.embedder.embed_prompt.weight",
+    "encoder.layers.0.attn.out_proj.weight",
+    "encoder.layers.0.mlp.up_proj.bias",
+    "encoder.out_norm.weight",
+  ):
     assert name in ckpt
   assert ckpt.get("encoder.embedder.embed_session.weight").shape == (4, 32)
   arch = ndt1_interop.architecture(ckpt)
@@ -90,19 +95,39 @@ def _random_ndt1(neurons, dims, seed):
   """An NDT1 (prompt and session tokens, no stitching) of dims (width, layers, heads, MLP
   width), every parameter random (LayerNorms too)."""
   width, n_layers, n_heads, mlp_width = dims
-  model = ndt1.NDT1(neurons, width=width, n_layers=n_layers, n_heads=n_heads, mlp_width=mlp_width, stitch_dim=0,
-                    max_bins=100, embed_mult=2, dropout=0.0, attention_dropout=0.0, embed_dropout=0.0,
-                    use_prompt=True, use_session=True, special_tokens_see_future=True, rngs=nnx.Rngs(seed))
+  model = ndt1.NDT1(
+    neurons,
+    width=width,
+    n_layers=n_layers,
+    n_heads=n_heads,
+    mlp_width=mlp_width,
+    stitch_dim=0,
+    max_bins=100,
+    embed_mult=2,
+    dropout=0.0,
+    attention_dropout=0.0,
+    embed_dropout=0.0,
+    use_prompt=True,
+    use_session=True,
+    special_tokens_see_future=True,
+    rngs=nnx.Rngs(seed),
+  )
   state = nnx.state(model, nnx.Param)
   rng = np.random.default_rng(seed)
-  nnx.replace_by_pure_dict(state, jax.tree.map(lambda x: rng.normal(0, 0.3, x.shape).astype(np.float32),
-                                               nnx.to_pure_dict(state)))
+  nnx.replace_by_pure_dict(
+    state, jax.tree.map(lambda x: rng.normal(0, 0.3, x.shape).astype(np.float32), nnx.to_pure_dict(state))
+  )
   nnx.update(model, state)
   return model
 
 
-@pytest.mark.parametrize("dims, size", [((32, 4, 2, 64), "32x4x2x64"),  # 4 layers: no row of PRESETS
-                                        ((128, 2, 4, 256), "demo")])  # a row of PRESETS
+@pytest.mark.parametrize(
+  "dims, size",
+  [
+    ((32, 4, 2, 64), "32x4x2x64"),  # 4 layers: no row of PRESETS
+    ((128, 2, 4, 256), "demo"),
+  ],
+)  # a row of PRESETS
 def test_ndt1_of_any_size_converts_from_its_state_dict(dims, size):
   """Layers, widths and MLP width come from the state dict, heads from the pickled module
   (or the caller): sizes that are no row of PRESETS convert too."""
@@ -118,8 +143,9 @@ def test_ndt1_of_any_size_converts_from_its_state_dict(dims, size):
     _assert_same(back(spikes, prompt=1, session=0, causal=causal), model(spikes, prompt=1, session=0, causal=causal))
   headless = state_dict.TorchCheckpoint(ckpt.arrays, {})
   assert ndt1_interop.architecture(headless, n_heads=dims[2])["size"] == size
-  gap = state_dict.TorchCheckpoint({k: v for k, v in ckpt.arrays.items() if not k.startswith("encoder.layers.0.")},
-                                   ckpt.meta, "authors.npz")
+  gap = state_dict.TorchCheckpoint(
+    {k: v for k, v in ckpt.arrays.items() if not k.startswith("encoder.layers.0.")}, ckpt.meta, "authors.npz"
+  )
   with pytest.raises(ValueError, match=rf"encoder layers \[1[0-9, ]*\] are not numbered 0..{dims[1] - 2}"):
     ndt1_interop.architecture(gap)
 
@@ -133,20 +159,21 @@ def test_ndt1_explicit_size_is_read_back_and_checked():
 
 
 def test_t_fixup_scales_the_blocks_as_the_reference():
-  make = lambda fixup: ndt1.NDT1(7, width=32, n_layers=3, n_heads=2, mlp_width=64, fixup_init=fixup,
-                                 rngs=nnx.Rngs(0))
+  make = lambda fixup: ndt1.NDT1(7, width=32, n_layers=3, n_heads=2, mlp_width=64, fixup_init=fixup, rngs=nnx.Rngs(0))
   plain, fixed = make(False), make(True)
-  factor = 0.67 * 3 ** -0.25
+  factor = 0.67 * 3**-0.25
   for a, b in zip(plain.layers, fixed.layers):
-    for name, f in (("out", factor), ("value", factor * 2 ** 0.5), ("query", 1.0), ("key", 1.0)):
+    for name, f in (("out", factor), ("value", factor * 2**0.5), ("query", 1.0), ("key", 1.0)):
       np.testing.assert_allclose(getattr(b.attn, name).kernel[...], f * getattr(a.attn, name).kernel[...], rtol=1e-6)
     np.testing.assert_allclose(b.mlp.up.kernel[...], factor * a.mlp.up.kernel[...], rtol=1e-6)
     np.testing.assert_allclose(b.mlp.down.kernel[...], factor * a.mlp.down.kernel[...], rtol=1e-6)
   _assert_same(plain.embed_spikes.kernel[...], fixed.embed_spikes.kernel[...])
 
 
-POYO_RECORDS = [dict(name="a", session_id="a", unit_ids=["a/u0", "a/u1", "a/u2"]),
-                dict(name="b", session_id="b", unit_ids=["b/u0", "b/u1"])]
+POYO_RECORDS = [
+  dict(name="a", session_id="a", unit_ids=["a/u0", "a/u1", "a/u2"]),
+  dict(name="b", session_id="b", unit_ids=["b/u0", "b/u1"]),
+]
 
 
 def _tiny_poyo(seed=0):
@@ -206,12 +233,17 @@ def _their_batch(ckpt, rng):
   for i, (session, n) in enumerate((("a", 11), ("b", 16))):
     own = [units.index(u) for u in units if u.startswith(f"{session}/")]
     unit_index[i, :n], mask[i, :n] = rng.choice(own, n), True
-  return dict(input_unit_index=unit_index, input_timestamps=np.where(mask, rng.random((b, l)), 0.0),
-              input_token_type=np.zeros((b, l), np.int64), input_mask=mask,
-              latent_index=np.tile(np.arange(2), (b, n_lat // 2)),
-              latent_timestamps=np.tile(np.repeat((np.arange(8) + 0.5) * 0.125, 2), (b, 1)),
-              session_index=np.array([sessions.index("a"), sessions.index("b")]),
-              output_timestamps=rng.random((b, q)), output_mask=np.ones((b, q), bool))
+  return dict(
+    input_unit_index=unit_index,
+    input_timestamps=np.where(mask, rng.random((b, l)), 0.0),
+    input_token_type=np.zeros((b, l), np.int64),
+    input_mask=mask,
+    latent_index=np.tile(np.arange(2), (b, n_lat // 2)),
+    latent_timestamps=np.tile(np.repeat((np.arange(8) + 0.5) * 0.125, 2), (b, 1)),
+    session_index=np.array([sessions.index("a"), sessions.index("b")]),
+    output_timestamps=rng.random((b, q)),
+    output_mask=np.ones((b, q), bool),
+  )
 
 
 def test_torch_brain_batches_map_to_ours_with_their_precision():
@@ -221,16 +253,19 @@ def test_torch_brain_batches_map_to_ours_with_their_precision():
   ours, angles = poyo_interop.torch_brain_batch(ckpt, POYO_RECORDS, theirs, model.frequencies())
   vocab = ckpt.meta["vocab"]
   ids = ("NA",) + vocabulary.Vocabulary.from_records(POYO_RECORDS).unit_ids  # our rows
-  np.testing.assert_array_equal([[ids[r] for r in row] for row in ours["unit_index"]],
-                                [[vocab["unit_emb.vocab"][r] for r in row] for row in theirs["input_unit_index"]])
+  np.testing.assert_array_equal(
+    [[ids[r] for r in row] for row in ours["unit_index"]],
+    [[vocab["unit_emb.vocab"][r] for r in row] for row in theirs["input_unit_index"]],
+  )
   np.testing.assert_array_equal(ours["session_index"], [1, 2])
   np.testing.assert_array_equal(angles["tokens"], rotary.host_angles(theirs["input_timestamps"], model.frequencies()))
   assert angles["latents"].shape == (2, 16, 16) and angles["queries"].shape == (2, 8, 16)
   out = model(ours, angles=angles)["hand_velocity"]
   assert out.shape == (2, 8, 2) and np.all(np.isfinite(out))
   # float32 timestamps: the same numbers as the model's own float32 angles.
-  theirs32 = dict(theirs, **{k: theirs[k].astype(np.float32) for k in
-                             ("input_timestamps", "latent_timestamps", "output_timestamps")})
+  theirs32 = dict(
+    theirs, **{k: theirs[k].astype(np.float32) for k in ("input_timestamps", "latent_timestamps", "output_timestamps")}
+  )
   ours32, angles32 = poyo_interop.torch_brain_batch(ckpt, POYO_RECORDS, theirs32, model.frequencies())
   _assert_same(model(ours32, angles=angles32), model(ours32, latent_timestamps=theirs32["latent_timestamps"]))
   with pytest.raises(ValueError, match=r"angles\['queries'\] must have shape \(2, 8, 16\)"):
@@ -238,8 +273,9 @@ def test_torch_brain_batches_map_to_ours_with_their_precision():
   with pytest.raises(ValueError, match="outside the sessions"):
     poyo_interop.torch_brain_batch(ckpt, POYO_RECORDS[:1], theirs, model.frequencies())
   with pytest.raises(ValueError, match="latent_index"):
-    poyo_interop.torch_brain_batch(ckpt, POYO_RECORDS, dict(theirs, latent_index=theirs["latent_index"][:, ::-1]),
-                                   model.frequencies())
+    poyo_interop.torch_brain_batch(
+      ckpt, POYO_RECORDS, dict(theirs, latent_index=theirs["latent_index"][:, ::-1]), model.frequencies()
+    )
 
 
 def test_imported_ndt1_loads_as_evaluation_and_finetuning_load_it(data_dir, tmp_path):
@@ -251,11 +287,13 @@ def test_imported_ndt1_loads_as_evaluation_and_finetuning_load_it(data_dir, tmp_
   base.eval.head_steps = 0
   _, model = _stitch_model([info.n_neurons], seed=3)
   source = str(tmp_path / "authors.npz")
-  state_dict.save(ndt1_interop.to_torch(_pure(model), [info.n_neurons], session_rows=[2], n_session_rows=3,
-                                        n_heads=2), source)
+  state_dict.save(
+    ndt1_interop.to_torch(_pure(model), [info.n_neurons], session_rows=[2], n_session_rows=3, n_heads=2), source
+  )
   workdir = str(tmp_path / "imported")
-  summary = import_checkpoint.run(source, "ndt1", workdir, datasets=[DATASET], data_dir=data_dir,
-                                  session_rows=["2"], config=base)
+  summary = import_checkpoint.run(
+    source, "ndt1", workdir, datasets=[DATASET], data_dir=data_dir, session_rows=["2"], config=base
+  )
   assert summary["session_rows"] == [2] and summary["architecture"]["size"] == "tiny"
   assert json.loads((tmp_path / "imported" / "import.json").read_text())["unused"] == summary["unused"]
   with pytest.raises(FileExistsError):
@@ -322,11 +360,14 @@ def test_poyo_mp_size_converts_both_ways():
   model = nnx.eval_shape(lambda: poyo.from_config(config, 5, 2, rngs=nnx.Rngs(0)))  # no init: random numbers below
   rng = np.random.default_rng(0)
   state = nnx.state(model, nnx.Param)
-  nnx.replace_by_pure_dict(state, jax.tree.map(lambda x: rng.standard_normal(x.shape).astype(np.float32),
-                                               nnx.to_pure_dict(state)))
+  nnx.replace_by_pure_dict(
+    state, jax.tree.map(lambda x: rng.standard_normal(x.shape).astype(np.float32), nnx.to_pure_dict(state))
+  )
   nnx.update(model, state)
-  records = [dict(name="a", session_id="a", unit_ids=["a/0", "a/1"]),
-             dict(name="b", session_id="b", unit_ids=["b/0", "b/1", "b/2"])]
+  records = [
+    dict(name="a", session_id="a", unit_ids=["a/0", "a/1"]),
+    dict(name="b", session_id="b", unit_ids=["b/0", "b/1", "b/2"]),
+  ]
   ckpt = poyo_interop.to_torch(model, records)
   assert len(ckpt.names("proc_layers.")) == 24 * 11
   arch = poyo_interop.architecture(ckpt)

@@ -20,9 +20,12 @@ def _rows_csv():
   """
   lines = ["pretrain_sessions,mode,session,metric,value"]
   values = {
-      ("mtm", 0): (0.05, 0.07, 0.09), ("mtm", 1): (0.1, 0.2, 0.3), ("mtm", 4): (0.3, 0.4, 0.5),
-      ("temporal", 0): (0.04, 0.04, 0.04), ("temporal", 1): (0.1, 0.1, 0.4),
-      ("temporal", 4): (0.2, 0.2, 0.2),
+    ("mtm", 0): (0.05, 0.07, 0.09),
+    ("mtm", 1): (0.1, 0.2, 0.3),
+    ("mtm", 4): (0.3, 0.4, 0.5),
+    ("temporal", 0): (0.04, 0.04, 0.04),
+    ("temporal", 1): (0.1, 0.1, 0.4),
+    ("temporal", 4): (0.2, 0.2, 0.2),
   }
   for (mode, count), vals in values.items():
     for s, v in enumerate(vals):
@@ -54,8 +57,7 @@ def test_scaling_summary_numbers():
   e = by_key[("inter_region_bps", "temporal", 1)]
   assert e["mean"] == pytest.approx(1.2) and e["std"] == pytest.approx(np.std([0.1, 0.1, 0.4], ddof=1))
   assert by_key[("co_smoothing_bps", "temporal", 4)]["std"] == pytest.approx(0.0)
-  one = plots.scaling_summary([{"pretrain_sessions": 2, "mode": "mtm", "session": "a",
-                                "metric": "m", "value": 0.5}])
+  one = plots.scaling_summary([{"pretrain_sessions": 2, "mode": "mtm", "session": "a", "metric": "m", "value": 0.5}])
   assert one[0]["n"] == 1 and one[0]["mean"] == 0.5 and math.isnan(one[0]["std"])
 
 
@@ -98,8 +100,9 @@ def test_scaling_figure_writes_png(tmp_path):
   narrow, wide = _check_png(one), _check_png(both)
   assert wide.shape[1] > 1.4 * narrow.shape[1]  # one panel per metric
   # only 2 held-out sessions and no scratch rows: still drawn
-  plots.scaling_figure([r for r in rows if r["session"] != "s3" and r["pretrain_sessions"] != "0"],
-                       tmp_path / "two.png")
+  plots.scaling_figure(
+    [r for r in rows if r["session"] != "s3" and r["pretrain_sessions"] != "0"], tmp_path / "two.png"
+  )
   _check_png(tmp_path / "two.png")
 
 
@@ -132,8 +135,10 @@ def raster_data():
   trials, time, neurons = 6, 10, 5
   rates = np.linspace(0.1, 2.0, neurons)[None, None, :] * np.ones((trials, time, 1))
   truth = rng.poisson(rates).astype(float)
-  predictions = {"inter-region": {"MtM": rates * 0.9, "temporal": rates * 0.5},
-                 "intra-region": {"MtM": rates, "temporal": rates * 1.1}}
+  predictions = {
+    "inter-region": {"MtM": rates * 0.9, "temporal": rates * 0.5},
+    "intra-region": {"MtM": rates, "temporal": rates * 1.1},
+  }
   return truth, predictions
 
 
@@ -143,8 +148,10 @@ def test_raster_panels(raster_data):
   mean_rate = truth.mean(axis=(0, 1))
   assert panels["order"].tolist() == np.argsort(-mean_rate, kind="stable").tolist()
   np.testing.assert_allclose(panels["truth"], truth.mean(axis=0).T[panels["order"]])
-  np.testing.assert_allclose(panels["rows"]["inter-region"]["temporal"],
-                             (predictions["inter-region"]["temporal"].mean(axis=0).T)[panels["order"]])
+  np.testing.assert_allclose(
+    panels["rows"]["inter-region"]["temporal"],
+    (predictions["inter-region"]["temporal"].mean(axis=0).T)[panels["order"]],
+  )
   assert panels["columns"] == ["MtM", "temporal"]
   given = plots._raster_panels(truth, predictions, neuron_order=[4, 0, 2])
   np.testing.assert_allclose(given["truth"], truth.mean(axis=0).T[[4, 0, 2]])
@@ -161,8 +168,14 @@ def test_raster_figure_writes_png(tmp_path, raster_data):
   plots.raster_figure(path, truth, predictions, title="region LP")
   image = _check_png(path)
   one_row = tmp_path / "one_row.png"
-  plots.raster_figure(one_row, truth, {"co-smoothing": {"MtM": predictions["inter-region"]["MtM"]}},
-                      neuron_order=[3, 1], bin_size=np.float32(0.05), t_before=0)
+  plots.raster_figure(
+    one_row,
+    truth,
+    {"co-smoothing": {"MtM": predictions["inter-region"]["MtM"]}},
+    neuron_order=[3, 1],
+    bin_size=np.float32(0.05),
+    t_before=0,
+  )
   small = _check_png(one_row)
   assert image.shape[0] > 1.5 * small.shape[0] and image.shape[1] > small.shape[1]
 

@@ -71,8 +71,12 @@ def test_rotary_angles_and_rotation_match_numpy():
 def test_rotated_dot_products_depend_on_time_differences_only():
   rng = np.random.default_rng(1)
   q, k = (jnp.asarray(rng.normal(size=(1, 1, 1, 64)), jnp.float32) for _ in range(2))
-  dot = lambda tq, tk: float(jnp.sum(rotary.rotate(q, rotary.rotary_angles(jnp.array([[tq]])))
-                                     * rotary.rotate(k, rotary.rotary_angles(jnp.array([[tk]])))))
+  dot = lambda tq, tk: float(
+    jnp.sum(
+      rotary.rotate(q, rotary.rotary_angles(jnp.array([[tq]])))
+      * rotary.rotate(k, rotary.rotary_angles(jnp.array([[tk]])))
+    )
+  )
   np.testing.assert_allclose(dot(0.25, 0.125), dot(0.75, 0.625), rtol=1e-3, atol=1e-3)
   assert abs(dot(0.25, 0.125) - dot(0.25, 0.5)) > 1e-2
 
@@ -85,8 +89,10 @@ def test_rotary_attention_masks_keys_and_zeroes_rows_without_keys():
   attn.out.bias[...] = jnp.arange(8.0)
   rng = np.random.default_rng(0)
   x, ctx = (jnp.asarray(rng.normal(size=s), jnp.float32) for s in ((2, 3, 8), (2, 5, 8)))
-  xa, ca = rotary.rotary_angles(rng.uniform(0, 1, (2, 3)), np.ones(2)), rotary.rotary_angles(
-      rng.uniform(0, 1, (2, 5)), np.ones(2))
+  xa, ca = (
+    rotary.rotary_angles(rng.uniform(0, 1, (2, 3)), np.ones(2)),
+    rotary.rotary_angles(rng.uniform(0, 1, (2, 5)), np.ones(2)),
+  )
   mask = jnp.array([[True, True, True, False, False], [False] * 5])
   out = attn(x, ctx, xa, ca, mask)
   np.testing.assert_allclose(out[1], jnp.broadcast_to(jnp.arange(8.0), (3, 8)))  # zero attention + bias
@@ -101,8 +107,12 @@ def test_attend_takes_keys_and_values_in_either_layout():
   mask = jnp.asarray(rng.uniform(size=(2, 1, 1, 5)) < 0.7).at[..., 0].set(True)
   key_last = lambda y: jnp.transpose(y, (0, 2, 3, 1))  # [B, K, H, E] -> [B, H, E, K]
   for kw in (dict(), dict(dropout_rate=0.3, key=KEY(1))):
-    np.testing.assert_allclose(attention.attend(q, key_last(k), key_last(v), mask, kv_layout="bhek", **kw),
-                               attention.attend(q, k, v, mask, **kw), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+      attention.attend(q, key_last(k), key_last(v), mask, kv_layout="bhek", **kw),
+      attention.attend(q, k, v, mask, **kw),
+      rtol=1e-6,
+      atol=1e-6,
+    )
   with pytest.raises(ValueError, match="kv_layout"):
     attention.attend(q, k, v, kv_layout="bkeh")
 
@@ -138,14 +148,17 @@ def make_batch(seed=0, b=2, units=4, spikes=16, q=6):
     ids = rng.choice(np.arange(1, N_UNITS + 1), units, replace=False)
     unit_index.append(np.concatenate([np.repeat(ids, 2), rng.choice(ids, spikes)]))
     timestamps.append(np.concatenate([np.tile([0.0, 1.0], units), rng.uniform(0, 1, spikes)]))
-    token_type.append(np.concatenate([np.tile([tokens.START, tokens.END], units),
-                                      np.full(spikes, tokens.SPIKE)]))
+    token_type.append(np.concatenate([np.tile([tokens.START, tokens.END], units), np.full(spikes, tokens.SPIKE)]))
   return dict(
-      unit_index=np.array(unit_index, np.int32), timestamps=np.array(timestamps),  # float64 from the host
-      token_type=np.array(token_type, np.int32), input_mask=np.ones((b, 2 * units + spikes), bool),
-      session_index=rng.integers(1, N_SESSIONS + 1, b).astype(np.int32),
-      output_timestamps=np.sort(rng.uniform(0, 1, (b, q))), output_task=rng.integers(0, 2, (b, q)).astype(np.int32),
-      output_mask=np.ones((b, q), bool))
+    unit_index=np.array(unit_index, np.int32),
+    timestamps=np.array(timestamps),  # float64 from the host
+    token_type=np.array(token_type, np.int32),
+    input_mask=np.ones((b, 2 * units + spikes), bool),
+    session_index=rng.integers(1, N_SESSIONS + 1, b).astype(np.int32),
+    output_timestamps=np.sort(rng.uniform(0, 1, (b, q))),
+    output_task=rng.integers(0, 2, (b, q)).astype(np.int32),
+    output_mask=np.ones((b, q), bool),
+  )
 
 
 def test_output_shapes_task_routing_and_latent_layout(model):
@@ -182,14 +195,15 @@ def test_padding_invariance(model):
   b, extra, extra_q = 2, 8, 3
   pad_units = rng.integers(1, N_UNITS + 1, (b, extra)).astype(np.int32)
   padded = dict(
-      batch,
-      unit_index=np.concatenate([batch["unit_index"], pad_units], 1),
-      timestamps=np.concatenate([batch["timestamps"], rng.uniform(0, 1, (b, extra))], 1),
-      token_type=np.concatenate([batch["token_type"], rng.integers(0, 3, (b, extra)).astype(np.int32)], 1),
-      input_mask=np.concatenate([batch["input_mask"], np.zeros((b, extra), bool)], 1),
-      output_timestamps=np.concatenate([batch["output_timestamps"], rng.uniform(0, 1, (b, extra_q))], 1),
-      output_task=np.concatenate([batch["output_task"], rng.integers(0, 2, (b, extra_q)).astype(np.int32)], 1),
-      output_mask=np.concatenate([batch["output_mask"], np.zeros((b, extra_q), bool)], 1))
+    batch,
+    unit_index=np.concatenate([batch["unit_index"], pad_units], 1),
+    timestamps=np.concatenate([batch["timestamps"], rng.uniform(0, 1, (b, extra))], 1),
+    token_type=np.concatenate([batch["token_type"], rng.integers(0, 3, (b, extra)).astype(np.int32)], 1),
+    input_mask=np.concatenate([batch["input_mask"], np.zeros((b, extra), bool)], 1),
+    output_timestamps=np.concatenate([batch["output_timestamps"], rng.uniform(0, 1, (b, extra_q))], 1),
+    output_task=np.concatenate([batch["output_task"], rng.integers(0, 2, (b, extra_q)).astype(np.int32)], 1),
+    output_mask=np.concatenate([batch["output_mask"], np.zeros((b, extra_q), bool)], 1),
+  )
   out = run(model, padded)
   for name in base:
     np.testing.assert_allclose(out[name][:, :6], base[name], atol=1e-5, rtol=1e-5)
@@ -240,8 +254,10 @@ def test_grow_vocab_keeps_old_rows_and_adds_new_ones(model):
   assert (grown.n_units, grown.n_sessions) == (N_UNITS + 5, N_SESSIONS + 2)
   new = nnx.to_pure_dict(nnx.state(grown))
   paths = poyo.embedding_paths()
-  for what, (outer, leaf), n_old, n_new in (("unit", paths["unit"], N_UNITS + 1, 5),
-                                           ("session", paths["session"], N_SESSIONS + 1, 2)):
+  for what, (outer, leaf), n_old, n_new in (
+    ("unit", paths["unit"], N_UNITS + 1, 5),
+    ("session", paths["session"], N_SESSIONS + 1, 2),
+  ):
     table, before = np.asarray(new[outer][leaf]), np.asarray(old[outer][leaf])
     assert table.shape == (n_old + n_new, 32), what
     np.testing.assert_array_equal(table[:n_old], before)
@@ -279,8 +295,7 @@ def test_preset_parameter_counts(size, low, high):
   config_checks.poyo(config)
   abstract = nnx.eval_shape(lambda: poyo.from_config(config, 1, 1, rngs=nnx.Rngs(0)))
   s = poyo.PRESETS[size]
-  body, tables = _expected_params(s.dim, s.depth, s.cross_heads, s.self_heads, s.latents_per_step,
-                                  1, 1, [2])
+  body, tables = _expected_params(s.dim, s.depth, s.cross_heads, s.self_heads, s.latents_per_step, 1, 1, [2])
   assert poyo.count_params(abstract, embeddings=False) == body
   assert poyo.count_params(abstract) == body + tables
   assert low < body < high
@@ -332,8 +347,14 @@ def test_hparams_presets_config_and_errors(model):
   hp = poyo.Hparams.from_config(config.model)
   assert hp == dataclasses.replace(poyo.PRESETS["tiny"], ffn_dropout=0.1, lin_dropout=0.1, attn_dropout=0.1)
   assert poyo.from_config(config, 3, 1, rngs=nnx.Rngs(0)).hparams == hp
-  for field, value in (("head_dim", 30), ("latent_step", 2.0), ("tasks", {}), ("t_min", 3.0), ("ffn_dropout", 1.0),
-                       ("rotary_frequencies", (1.0,))):
+  for field, value in (
+    ("head_dim", 30),
+    ("latent_step", 2.0),
+    ("tasks", {}),
+    ("t_min", 3.0),
+    ("ffn_dropout", 1.0),
+    ("rotary_frequencies", (1.0,)),
+  ):
     with pytest.raises(ValueError, match=f"config.model.{field}"):
       dataclasses.replace(hp, **{field: value})
     bad = poyo_config.get_config("tiny")

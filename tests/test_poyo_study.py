@@ -21,7 +21,9 @@ def test_study_runs_scores_and_resumes(data_dir, tmp_path, monkeypatch):
     assert json.loads((tmp_path / run / "metrics.json").read_text())["step"] == 4
   # The same held-out test split and timestamps: the ridge baseline is the same number.
   assert summary["scratch"]["baseline_r2"] == pytest.approx(summary["unit_id"]["baseline_r2"])
-  assert summary["unit_id_over_full"] == pytest.approx(summary["unit_id"]["behaviour_r2"] / summary["full"]["behaviour_r2"])
+  assert summary["unit_id_over_full"] == pytest.approx(
+    summary["unit_id"]["behaviour_r2"] / summary["full"]["behaviour_r2"]
+  )
   assert "unit identification reaches" in (tmp_path / "poyo_study.md").read_text()
   # Pretraining grew the pool in two stages; the second continued from the first.
   assert [r["name"] for r in checkpoint.load_metadata(str(tmp_path / "pretrain_1"))[1]] == ["spike_events/reaching_001"]
@@ -35,10 +37,14 @@ def test_study_runs_scores_and_resumes(data_dir, tmp_path, monkeypatch):
 
   monkeypatch.setattr(trainer, "train", no_training)
   again = poyo_study.run_study(config, str(tmp_path))
-  assert {k: again[k] for k in ("scratch", "unit_id", "full")} == {k: summary[k] for k in ("scratch", "unit_id", "full")}
+  assert {k: again[k] for k in ("scratch", "unit_id", "full")} == {
+    k: summary[k] for k in ("scratch", "unit_id", "full")
+  }
 
 
-@pytest.mark.parametrize("field,value,message", [
+@pytest.mark.parametrize(
+  "field,value,message",
+  [
     ("heldout", "spike_events/reaching_000,spike_events/reaching_002", "expected one session"),
     ("heldout", "spike_events/reaching_001", "also in config.study.pool"),
     ("pool", "", "config.study.pool: no data set"),
@@ -46,7 +52,8 @@ def test_study_runs_scores_and_resumes(data_dir, tmp_path, monkeypatch):
     ("pool_stages", (1,), "config.study.pool_stages: expected increasing session counts ending at the pool's 2"),
     ("stage_steps", (4,), r"config.study.stage_steps: expected one positive step count per stage .* got \(4,\)"),
     ("stage_steps", (4, 0), "config.study.stage_steps"),
-])
+  ],
+)
 def test_bad_study_configs_name_the_field(field, value, message):
   config = study_config.get_config("tiny")
   config.study[field] = value

@@ -31,8 +31,11 @@ STEPS = 6
 @pytest.fixture(scope="module", autouse=True)
 def compile_cache(tmp_path_factory):
   """Runs that compile the same step (the resumed run) reuse the executable."""
-  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-           "jax_persistent_cache_min_entry_size_bytes")
+  names = (
+    "jax_compilation_cache_dir",
+    "jax_persistent_cache_min_compile_time_secs",
+    "jax_persistent_cache_min_entry_size_bytes",
+  )
   old = {n: getattr(jax.config, n) for n in names}
   jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
@@ -70,8 +73,10 @@ def pretrained(tmp_path_factory, sessions):
 
 def _flat(params):
   pure = params if isinstance(params, dict) else nnx.to_pure_dict(params)
-  return {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
-          for path, v in jax.tree_util.tree_flatten_with_path(jax.device_get(pure))[0]}
+  return {
+    "/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
+    for path, v in jax.tree_util.tree_flatten_with_path(jax.device_get(pure))[0]
+  }
 
 
 # ------------------------------------------------------------------------------ definitions
@@ -79,11 +84,16 @@ def _flat(params):
 
 def test_weighted_mse_by_hand():
   tasks = {"b": 2, "a": 1}  # ids: a = 0, b = 1
-  outputs = {"a": jnp.array([[[1.0], [7.0], [7.0], [7.0]]]),  # only query 0 is task a's (query 3 is padding)
-             "b": jnp.array([[[7.0, 7.0], [1.0, 3.0], [2.0, 2.0], [7.0, 7.0]]])}
-  batch = dict(output_values=jnp.array([[[0.0, 5.0], [0.0, 0.0], [1.0, 1.0], [9.0, 9.0]]]),
-               output_weights=jnp.array([[1.0, 2.0, 0.5, 3.0]]), output_task=jnp.array([[0, 1, 1, 0]]),
-               output_mask=jnp.array([[True, True, True, False]]))
+  outputs = {
+    "a": jnp.array([[[1.0], [7.0], [7.0], [7.0]]]),  # only query 0 is task a's (query 3 is padding)
+    "b": jnp.array([[[7.0, 7.0], [1.0, 3.0], [2.0, 2.0], [7.0, 7.0]]]),
+  }
+  batch = dict(
+    output_values=jnp.array([[[0.0, 5.0], [0.0, 0.0], [1.0, 1.0], [9.0, 9.0]]]),
+    output_weights=jnp.array([[1.0, 2.0, 0.5, 3.0]]),
+    output_task=jnp.array([[0, 1, 1, 0]]),
+    output_mask=jnp.array([[True, True, True, False]]),
+  )
   loss, aux = poyo_task.weighted_mse(outputs, batch, tasks)
   # a: (1 - 0)^2 with weight 1 -> 1.  b: (2 * mean(1, 9) + 0.5 * mean(1, 1)) / 2.5 = 4.2.
   np.testing.assert_allclose(aux["loss/a"], 1.0, rtol=1e-6)
@@ -98,8 +108,10 @@ def test_weighted_mse_by_hand():
 def test_sparse_lamb_matches_the_reference_update():
   lr, b1, b2, eps, wd, clip = 0.1, 0.9, 0.99, 1e-6, 0.01, 10.0
   rng = np.random.default_rng(0)
-  params = {"unit_emb": {"embedding": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)},
-            "w": jnp.asarray(rng.normal(size=(3,)) * 20, jnp.float32)}  # |w| > clip
+  params = {
+    "unit_emb": {"embedding": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)},
+    "w": jnp.asarray(rng.normal(size=(3,)) * 20, jnp.float32),
+  }  # |w| > clip
   sparse = {"unit_emb": {"embedding": True}, "w": False}
   tx = optimizer.sparse_lamb(lr, b1, b2, eps, wd, clip, sparse)
   state = tx.init(params)
@@ -143,11 +155,13 @@ def test_training_reduces_the_loss(pretrained, sessions):
   trained = registry.load_trained(workdir)
   assert trained.step == STEPS and trained.vocab.session_ids == ("reaching_000", "reaching_001")
   config = trained.config
-  data = windows_lib.prepare(sessions[:2], "train", poyo_task.window_config(config, train=False), vocab=trained.vocab,
-                        scale=trained.scale)
+  data = windows_lib.prepare(
+    sessions[:2], "train", poyo_task.window_config(config, train=False), vocab=trained.vocab, scale=trained.scale
+  )
   _, _, fresh = registry.get("poyo").create(config, trained.records, trained.mesh)  # the run's initial parameters
-  loss = jax.jit(lambda params, batch: poyo_task.loss_fn(trained.graphdef, params, batch, None,
-                                                         tasks=dict(config.model.tasks))[0])
+  loss = jax.jit(
+    lambda params, batch: poyo_task.loss_fn(trained.graphdef, params, batch, None, tasks=dict(config.model.tasks))[0]
+  )
   batches = [batches_lib.training_batches(data, 16, seed=1)[i] for i in range(2)]
   before = np.mean([loss(fresh.params, b) for b in batches])
   after = np.mean([loss(trained.params, b) for b in batches])
@@ -175,8 +189,15 @@ def test_unit_identification_changes_only_the_new_rows(pretrained, sessions, tmp
   assert new.vocab.session_ids == pre.vocab.session_ids + ("reaching_002",)
   np.testing.assert_array_equal(new.scale, pre.scale)
   n_new = len(sessions[2].unit_ids)
-  grown = _flat(poyo.grow_vocab(nnx.to_pure_dict(jax.device_get(pre.params)), n_new, 1,
-                                jax.random.key(config.seed + 7), init_scale=config.model.emb_init_scale))
+  grown = _flat(
+    poyo.grow_vocab(
+      nnx.to_pure_dict(jax.device_get(pre.params)),
+      n_new,
+      1,
+      jax.random.key(config.seed + 7),
+      init_scale=config.model.emb_init_scale,
+    )
+  )
   old, after = _flat(pre.params), _flat(new.params)
   tables = {"unit_emb/embedding": pre.vocab.n_unit_rows, "session_emb/embedding": pre.vocab.n_session_rows}
   assert set(tables) < set(after)
@@ -192,8 +213,11 @@ def test_unit_identification_changes_only_the_new_rows(pretrained, sessions, tmp
 
 
 def test_new_rows_mask():
-  params = {"unit_emb": {"embedding": jnp.ones((5, 2))}, "session_emb": {"embedding": jnp.ones((3, 2))},
-            "readout": {"kernel": jnp.ones((2, 2))}}
+  params = {
+    "unit_emb": {"embedding": jnp.ones((5, 2))},
+    "session_emb": {"embedding": jnp.ones((3, 2))},
+    "readout": {"kernel": jnp.ones((2, 2))},
+  }
   mask = poyo_task.new_rows_mask(3, 2)(params, None)
   np.testing.assert_array_equal(mask["unit_emb"]["embedding"][:, 0], [False, False, False, True, True])
   np.testing.assert_array_equal(mask["session_emb"]["embedding"][:, 0], [False, False, True])
@@ -206,11 +230,13 @@ def test_new_rows_mask():
 def test_overlapping_windows_are_averaged(sessions):
   config = tiny_config()
   data = windows_lib.prepare(sessions[:1], "test", poyo_task.window_config(config, train=False))
-  mesh = jax.make_mesh((2, 1), ("data", "model"), axis_types=(jax.sharding.AxisType.Auto,) * 2,
-                       devices=jax.devices()[:2])
+  mesh = jax.make_mesh(
+    (2, 1), ("data", "model"), axis_types=(jax.sharding.AxisType.Auto,) * 2, devices=jax.devices()[:2]
+  )
   # Each window predicts, at every query, its time from the window start.
-  relative_time = lambda params, batch: jnp.broadcast_to(batch["output_timestamps"][..., None],
-                                                         batch["output_timestamps"].shape + (data.n_dims,))
+  relative_time = lambda params, batch: jnp.broadcast_to(
+    batch["output_timestamps"][..., None], batch["output_timestamps"].shape + (data.n_dims,)
+  )
   metas, predictions = poyo_eval.predict_windows(relative_time, None, data, 16, mesh)
   (stitched,) = stitching.stitch_predictions(data, metas, predictions)
   windows = windows_lib.evaluation_windows(data)
@@ -220,8 +246,9 @@ def test_overlapping_windows_are_averaged(sessions):
     covering = [a for _, a, end in windows if a <= t < min(a + 1.0, end)]
     expected = np.mean([t - a for a in covering]) * data.scale
     np.testing.assert_allclose(pred, expected, rtol=1e-4, atol=1e-4)
-  assert len(stitched["timestamps"]) == sum(np.sum((s.behaviour_timestamps >= a) & (s.behaviour_timestamps < b))
-                                            for a, b in s.splits["test"])
+  assert len(stitched["timestamps"]) == sum(
+    np.sum((s.behaviour_timestamps >= a) & (s.behaviour_timestamps < b)) for a, b in s.splits["test"]
+  )
   # A perfect predictor scores R^2 = 1 in every dimension.
   perfect = lambda params, batch: batch["output_values"]
   per_session, _ = poyo_eval.stitched_r2(data, *poyo_eval.predict_windows(perfect, None, data, 16, mesh))
@@ -234,8 +261,7 @@ def test_r2_and_summary_by_hand():
   # dim 0: SS_res 2, SS_tot 8 -> 0.75; dim 1: SS_res 0 -> 1.
   np.testing.assert_allclose(poyo_eval.r2_per_dim(prediction, target), [0.75, 1.0])
   out = poyo_eval.summarise({"a": np.array([0.75, 1.0]), "b": np.array([0.25, 0.0])})
-  np.testing.assert_allclose([out["behaviour_r2"], out["behaviour_r2_dim0"], out["behaviour_r2_dim1"]],
-                             [0.5, 0.5, 0.5])
+  np.testing.assert_allclose([out["behaviour_r2"], out["behaviour_r2_dim0"], out["behaviour_r2_dim1"]], [0.5, 0.5, 0.5])
   assert out["sessions"]["a"]["behaviour_r2"] == 0.875
 
 
@@ -244,10 +270,17 @@ def test_evaluate_workdir_writes_metrics_with_the_baseline(pretrained, sessions)
   results = registry.evaluate_workdir(workdir, "test", sessions=sessions[:2])
   with open(os.path.join(workdir, "metrics.json"), encoding="utf-8") as f:
     import json  # pylint: disable=g-import-not-at-top
+
     saved = json.load(f)
   assert saved == results
-  for key in ("behaviour_r2", "behaviour_r2_dim0", "behaviour_r2_dim1", "baseline_r2", "baseline_r2_dim0",
-              "baseline_r2_dim1"):
+  for key in (
+    "behaviour_r2",
+    "behaviour_r2_dim0",
+    "behaviour_r2_dim1",
+    "baseline_r2",
+    "baseline_r2_dim0",
+    "baseline_r2_dim1",
+  ):
     assert np.isfinite(saved[key]), key
   assert saved["step"] == STEPS and saved["split"] == "test"
   assert set(saved["sessions"]) == {"reaching_000", "reaching_001"}
@@ -261,14 +294,20 @@ def _thinned(session: session_lib.EventSession, split: str, keep: int) -> sessio
   stamps = session.behaviour_timestamps
   inside = np.any([(stamps >= a) & (stamps < b) for a, b in session.splits[split]], axis=0)
   drop = np.flatnonzero(inside)[keep:]
-  return dataclasses.replace(session, **{k: np.delete(getattr(session, k), drop, axis=0)
-                                         for k in ("behaviour_timestamps", "behaviour_values", "behaviour_weights")})
+  return dataclasses.replace(
+    session,
+    **{
+      k: np.delete(getattr(session, k), drop, axis=0)
+      for k in ("behaviour_timestamps", "behaviour_values", "behaviour_weights")
+    },
+  )
 
 
 def test_evaluate_workdir_skips_sessions_too_small_to_score(pretrained, sessions):
   """One test sample (no R^2) in one session, one training sample (no ridge fit) in the
   other: what can be scored is written, the rest is skipped with its reason."""
   import json  # pylint: disable=g-import-not-at-top
+
   workdir, _ = pretrained
   one_test, one_train = _thinned(sessions[0], "test", 1), _thinned(sessions[1], "train", 1)
   results = registry.evaluate_workdir(workdir, "test", sessions=[one_test, one_train])

@@ -22,6 +22,7 @@ from mtm_jax.training import optimizer, step as step_lib, stopping, trainer
 
 def test_a_failed_save_without_an_earlier_checkpoint_says_to_start_again():
   from mtm_jax.training import checkpoint  # pylint: disable=g-import-not-at-top
+
   failed = checkpoint.SaveFailed(10, "/w/checkpoints", "[Errno 28] No space left on device", 11, None)
   assert failed.code.endswith("no checkpoint was written (re-run to start again once the cause is fixed)")
 
@@ -65,9 +66,17 @@ def _fake_run(tmp_path, finite_at, saves, steps=20, limit=3, on_step=None):
 
   writer = trainer.MetricWriter(str(tmp_path))
   try:
-    last = trainer.run_steps(step_lib.TrainState(jnp.zeros((), jnp.int32), None, None), train,
-                          grain.MapDataset.range(1000), update=update, summarise=lambda w: dict(loss=1.0),
-                          learning_rate=lambda s: 0.1, evaluate=lambda s: {}, save=saves, writer=writer)
+    last = trainer.run_steps(
+      step_lib.TrainState(jnp.zeros((), jnp.int32), None, None),
+      train,
+      grain.MapDataset.range(1000),
+      update=update,
+      summarise=lambda w: dict(loss=1.0),
+      learning_rate=lambda s: 0.1,
+      evaluate=lambda s: {},
+      save=saves,
+      writer=writer,
+    )
   finally:
     writer.close()
   return last

@@ -26,14 +26,25 @@ LAYOUTS = {"ndt1": ((1, 2), (2, 2), (2, 4)), "poyo": ((2, 4),)}
 def _ndt1():
   config = ndt1_config.get_config("tiny")
   config.optimizer.learning_rate = 3e-3
-  model = ndt1.NDT1(NEURONS, width=32, n_layers=1, n_heads=4, mlp_width=64, max_bins=BINS, dropout=0.1,
-                    attention_dropout=0.1, embed_dropout=0.1, rngs=nnx.Rngs(0))
+  model = ndt1.NDT1(
+    NEURONS,
+    width=32,
+    n_layers=1,
+    n_heads=4,
+    mlp_width=64,
+    max_bins=BINS,
+    dropout=0.1,
+    attention_dropout=0.1,
+    embed_dropout=0.1,
+    rngs=nnx.Rngs(0),
+  )
   tx = optimizer.make_optimizer(config)
   graphdef, params = nnx.split(model, nnx.Param)
   step = ndt1_task.make_train_step(graphdef, tx, MODE, masking.MaskConfig())
   regions = jnp.asarray((np.arange(NEURONS) % 3)[None], jnp.int32)  # [S=1, N]
   rng = np.random.default_rng(0)
   batches = [{"spikes": rng.poisson(0.5, (BATCH, BINS, NEURONS)).astype(np.int32)} for _ in range(STEPS)]
+
   def on(mesh):
     placed = jax.device_put(regions, mesh_lib.replicated(mesh))
     return lambda state, batch: step(state, batch, placed, jax.random.key(0))
@@ -43,8 +54,19 @@ def _ndt1():
 
 def _poyo():
   config = poyo_config.get_config("tiny")
-  model = poyo.POYO(10, 2, tasks={"velocity": 2}, dim=32, depth=1, cross_heads=4, self_heads=4, latents_per_step=2,
-                    head_dim=8, window_length=0.5, rngs=nnx.Rngs(0))
+  model = poyo.POYO(
+    10,
+    2,
+    tasks={"velocity": 2},
+    dim=32,
+    depth=1,
+    cross_heads=4,
+    self_heads=4,
+    latents_per_step=2,
+    head_dim=8,
+    window_length=0.5,
+    rngs=nnx.Rngs(0),
+  )
   tx = optimizer.make_poyo_optimizer(config, nnx.state(model, nnx.Param))
   graphdef, params = nnx.split(model, nnx.Param)
   step = poyo_task.make_train_step(graphdef, tx, tasks={"velocity": 2})
@@ -52,17 +74,26 @@ def _poyo():
   tokens, queries = 24, 6
 
   def batch():
-    return dict(unit_index=rng.integers(1, 11, (BATCH, tokens)).astype(np.int32),
-                timestamps=np.sort(rng.uniform(0, 0.5, (BATCH, tokens)), -1).astype(np.float32),
-                token_type=np.zeros((BATCH, tokens), np.int32), input_mask=rng.uniform(size=(BATCH, tokens)) < 0.9,
-                session_index=rng.integers(1, 3, BATCH).astype(np.int32),
-                output_timestamps=np.sort(rng.uniform(0, 0.5, (BATCH, queries)), -1).astype(np.float32),
-                output_task=np.zeros((BATCH, queries), np.int32), output_mask=np.ones((BATCH, queries), bool),
-                output_values=rng.normal(size=(BATCH, queries, 2)).astype(np.float32),
-                output_weights=np.ones((BATCH, queries), np.float32))
+    return dict(
+      unit_index=rng.integers(1, 11, (BATCH, tokens)).astype(np.int32),
+      timestamps=np.sort(rng.uniform(0, 0.5, (BATCH, tokens)), -1).astype(np.float32),
+      token_type=np.zeros((BATCH, tokens), np.int32),
+      input_mask=rng.uniform(size=(BATCH, tokens)) < 0.9,
+      session_index=rng.integers(1, 3, BATCH).astype(np.int32),
+      output_timestamps=np.sort(rng.uniform(0, 0.5, (BATCH, queries)), -1).astype(np.float32),
+      output_task=np.zeros((BATCH, queries), np.int32),
+      output_mask=np.ones((BATCH, queries), bool),
+      output_values=rng.normal(size=(BATCH, queries, 2)).astype(np.float32),
+      output_weights=np.ones((BATCH, queries), np.float32),
+    )
 
-  return model, params, tx, lambda mesh: lambda state, b: step(state, b, None, jax.random.key(0)), [
-      batch() for _ in range(STEPS)]
+  return (
+    model,
+    params,
+    tx,
+    lambda mesh: lambda state, b: step(state, b, None, jax.random.key(0)),
+    [batch() for _ in range(STEPS)],
+  )
 
 
 def _run(make, layout):
@@ -76,7 +107,8 @@ def _run(make, layout):
     # The jitted step with its shardings, compiled without LLVM optimisations: 3x faster to
     # compile on CPU, the same arithmetic.
     train_step = train_step.lower(state, mesh_lib.shard_batch(batches[0], mesh)).compile(
-        {"xla_backend_optimization_level": 0})
+      {"xla_backend_optimization_level": 0}
+    )
     for b in batches:
       state, metrics = train_step(state, mesh_lib.shard_batch(b, mesh))
       losses.append(metrics["loss"])
@@ -97,8 +129,9 @@ def comparable(name: str) -> bool:
 
 
 def _close(params, ref, layout):
-  for (path, a), (_, b) in zip(jax.tree_util.tree_flatten_with_path(params)[0],
-                               jax.tree_util.tree_flatten_with_path(ref)[0]):
+  for (path, a), (_, b) in zip(
+    jax.tree_util.tree_flatten_with_path(params)[0], jax.tree_util.tree_flatten_with_path(ref)[0]
+  ):
     name = sharding.path_name(path)
     if comparable(name):
       np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-5, err_msg=f"{name}, layout {layout}")
@@ -135,10 +168,15 @@ def test_rules():
 def test_model_axis_must_divide_heads_and_widths():
   model = ndt1.NDT1(NEURONS, width=24, n_layers=1, n_heads=2, mlp_width=36, rngs=nnx.Rngs(0))
   state = nnx.state(model, nnx.Param)
-  with pytest.raises(ValueError, match=r"config.mesh.model: 4 does not divide the 2 attention heads of 'layers/0/attn'"):
+  with pytest.raises(
+    ValueError, match=r"config.mesh.model: 4 does not divide the 2 attention heads of 'layers/0/attn'"
+  ):
     sharding.place_state(state, mesh_lib.make_mesh(2, 4), model)
-  with pytest.raises(ValueError, match=r"config.mesh.model: 8 does not divide dimension \d \(size 36, the MLP width\) "
-                                       r"of parameter 'layers/0/mlp/(up|down)/kernel'"):
+  with pytest.raises(
+    ValueError,
+    match=r"config.mesh.model: 8 does not divide dimension \d \(size 36, the MLP width\) "
+    r"of parameter 'layers/0/mlp/(up|down)/kernel'",
+  ):
     sharding.partition_specs(state, 8)
   with pytest.raises(ValueError, match="config.mesh.model: 3 does not divide the 8 devices"):
     mesh_lib.make_mesh(-1, 3)

@@ -42,8 +42,7 @@ def test_batched_evaluation_matches_one_neuron_at_a_time():
   spikes = rng.poisson(0.8, (6, 100, 7)).astype(np.float32)
   region_ids = np.array([0, 0, 1, 1, 1, 2, 2])
   # 6 trials, max_batch 12: chunks of 2 masks, the last chunk of co-smoothing padded.
-  got = tasks.evaluate(graphdef, params, spikes, region_ids, causal_trained=True, max_batch=12, session=1,
-                       n_neurons=10)
+  got = tasks.evaluate(graphdef, params, spikes, region_ids, causal_trained=True, max_batch=12, session=1, n_neurons=10)
   want = _definition(model, spikes, region_ids, session=1, n_model=10)
   for name, expected in want.items():
     np.testing.assert_allclose(got["per_neuron"][name], expected, rtol=1e-5, atol=0, err_msg=name)
@@ -59,8 +58,9 @@ def test_evaluation_over_a_mesh_matches_one_device():
   mesh = mesh_lib.make_mesh(2, 1, devices=jax.devices()[:2])
   kwargs = dict(causal_trained=True, max_batch=12, session=1, n_neurons=10)
   one = tasks.evaluate(graphdef, params, spikes, region_ids, **kwargs)
-  two = tasks.evaluate(graphdef, jax.device_put(params, mesh_lib.replicated(mesh)), spikes, region_ids, mesh=mesh,
-                       **kwargs)
+  two = tasks.evaluate(
+    graphdef, jax.device_put(params, mesh_lib.replicated(mesh)), spikes, region_ids, mesh=mesh, **kwargs
+  )
   for name, expected in one["per_neuron"].items():
     np.testing.assert_allclose(two["per_neuron"][name], expected, rtol=1e-6, atol=0, err_msg=name)
 
@@ -68,7 +68,7 @@ def test_evaluation_over_a_mesh_matches_one_device():
 def test_single_neuron_groups_decompose_the_masks():
   region_ids = np.array([0, 0, 1, 1, 1, 2])
   co, forward, inter, intra = masking.evaluation_tasks(region_ids, 100)
-  (shared, neurons), = tasks.single_neuron_groups(co)
+  ((shared, neurons),) = tasks.single_neuron_groups(co)
   assert not shared.any() and list(neurons) == list(range(6))
   groups = tasks.single_neuron_groups(intra)
   assert len(groups) == 3  # one shared hide set (the other regions) per region
@@ -88,10 +88,15 @@ def test_fired_bins_lists_each_copys_spiking_hidden_bins_padded_to_a_bucket():
   step = -(-4 * 10 * 3 // 8)
   assert fired.shape[1] % step == 0
   real = fired[:, fired[0] < len(neurons)]
-  assert (fired[0][real.shape[1]:] == len(neurons)).all()  # the padding comes last, marked copy = C
+  assert (fired[0][real.shape[1] :] == len(neurons)).all()  # the padding comes last, marked copy = C
   got = {tuple(x) for x in real.T}
-  want = {(c, k, t) for c, n in enumerate(neurons) for k in range(4) for t in range(10)
-          if spikes[k, t, n] != 0 and hide_bins[t]}
+  want = {
+    (c, k, t)
+    for c, n in enumerate(neurons)
+    for k in range(4)
+    for t in range(10)
+    if spikes[k, t, n] != 0 and hide_bins[t]
+  }
   assert got == want and real.shape[1] == len(want)
   # No spikes at all: one bucket of padding only.
   empty = tasks.fired_bins(np.zeros_like(spikes), neurons, hide_bins, buckets=8)

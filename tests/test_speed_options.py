@@ -20,16 +20,29 @@ from mtm_jax.training import config_checks, optimizer, precision, step as step_l
 
 
 def _loss_and_grads(remat: bool, dtype: str, compiler_options=None, hlo: list | None = None, width: int = 16):
-  model = ndt1.NDT1(12, width=width, n_layers=2, n_heads=2, mlp_width=2 * width, max_bins=20, remat=remat,
-                    rngs=nnx.Rngs(0))
+  model = ndt1.NDT1(
+    12, width=width, n_layers=2, n_heads=2, mlp_width=2 * width, max_bins=20, remat=remat, rngs=nnx.Rngs(0)
+  )
   graphdef, params = nnx.split(model, nnx.Param)
   rng = np.random.default_rng(0)
   batch = {"spikes": jnp.asarray(rng.poisson(1.0, (4, 20, 12)), jnp.int32)}
   regions = jnp.asarray((np.arange(12) % 3)[None], jnp.int32)
-  fn = jax.jit(jax.value_and_grad(
-      lambda p: ndt1_task.masked_nll(graphdef, p, batch, regions, jax.random.key(1), mode=masking.MTM,
-                                    mask_config=masking.MaskConfig(), train=True, dtype=dtype)[0]),
-               compiler_options=compiler_options)
+  fn = jax.jit(
+    jax.value_and_grad(
+      lambda p: ndt1_task.masked_nll(
+        graphdef,
+        p,
+        batch,
+        regions,
+        jax.random.key(1),
+        mode=masking.MTM,
+        mask_config=masking.MaskConfig(),
+        train=True,
+        dtype=dtype,
+      )[0]
+    ),
+    compiler_options=compiler_options,
+  )
   if hlo is not None:
     hlo.append(fn.lower(params).compile().as_text())
   return fn(params)
@@ -45,8 +58,9 @@ def test_remat_and_bfloat16_keep_the_numbers():
   assert loss_b.dtype == jnp.float32 and all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads_b))
   np.testing.assert_allclose(loss_b, loss, rtol=2e-2)  # bfloat16 has 8 bits of mantissa
   cos = sum(jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(grads_b), jax.tree.leaves(grads)))
-  cos /= jnp.sqrt(sum(jnp.vdot(a, a) for a in jax.tree.leaves(grads_b)) * sum(jnp.vdot(b, b) for b in
-                                                                               jax.tree.leaves(grads)))
+  cos /= jnp.sqrt(
+    sum(jnp.vdot(a, a) for a in jax.tree.leaves(grads_b)) * sum(jnp.vdot(b, b) for b in jax.tree.leaves(grads))
+  )
   assert cos > 0.99
 
 
@@ -91,8 +105,17 @@ def test_bfloat16_reaches_every_matrix_product():
   graphdef, params = nnx.split(model, nnx.Param)
   batch = {"spikes": jnp.ones((2, 20, 12), jnp.int32)}
   regions = jnp.zeros((1, 12), jnp.int32)
-  loss = lambda p: ndt1_task.masked_nll(graphdef, p, batch, regions, jax.random.key(1), mode=masking.MTM,
-                                       mask_config=masking.MaskConfig(), train=True, dtype="bfloat16")[0]
+  loss = lambda p: ndt1_task.masked_nll(
+    graphdef,
+    p,
+    batch,
+    regions,
+    jax.random.key(1),
+    mode=masking.MTM,
+    mask_config=masking.MaskConfig(),
+    train=True,
+    dtype="bfloat16",
+  )[0]
   assert _dot_dtypes(jax.jit(jax.grad(loss)).lower(params).as_text()) == {"bf16"}
 
   config = poyo_config.get_config("tiny")

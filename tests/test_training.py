@@ -90,6 +90,7 @@ def test_config_presets_are_the_snapshot():
   """Every preset and option of the NDT1 and POYO configs, field for field, as before the
   configs became data (tests/config_snapshot.json)."""
   from mtm_jax.configs import poyo as poyo_config  # pylint: disable=g-import-not-at-top
+
   with open(os.path.join(os.path.dirname(__file__), "config_snapshot.json"), encoding="utf-8") as f:
     snapshot = json.load(f)
   assert len(snapshot["ndt1"]) == 12 and len(snapshot["poyo"]) == 3
@@ -134,12 +135,14 @@ def _with_val_trials(n):
     for s in sessions:
       s.splits["val"] = {k: v[:n] for k, v in s.splits["val"].items()}
     return sessions
+
   return loaded
 
 
 @pytest.mark.parametrize("val_trials, batch_size", [(4, 8), (None, 64)])  # None: all 54 of the session
-def test_val_loss_covers_a_validation_split_smaller_than_a_batch(data_dir, tmp_path, monkeypatch, val_trials,
-                                                                 batch_size):
+def test_val_loss_covers_a_validation_split_smaller_than_a_batch(
+  data_dir, tmp_path, monkeypatch, val_trials, batch_size
+):
   if val_trials:
     monkeypatch.setattr(pipeline, "load_sessions", _with_val_trials(val_trials))
   workdir = str(tmp_path / "run")
@@ -164,8 +167,18 @@ def test_padding_rows_of_a_validation_batch_carry_no_targets():
   regions = jnp.asarray((np.arange(12) % 3)[None], jnp.int32)
   spikes = np.random.default_rng(0).poisson(0.5, (8, 100, 12)).astype(np.float32)
   valid = np.arange(8) < 5
-  nll = jax.jit(lambda batch: ndt1_task.masked_nll(graphdef, params, batch, regions, jax.random.key(3),
-                                                  mode=masking.MTM, mask_config=masking.MaskConfig(), train=False))
+  nll = jax.jit(
+    lambda batch: ndt1_task.masked_nll(
+      graphdef,
+      params,
+      batch,
+      regions,
+      jax.random.key(3),
+      mode=masking.MTM,
+      mask_config=masking.MaskConfig(),
+      train=False,
+    )
+  )
   total, aux = nll({"spikes": spikes, "valid": valid})
   other = spikes.copy()
   other[5:] = np.random.default_rng(1).poisson(2.0, (3, 100, 12))  # other padding rows: nothing changes

@@ -58,12 +58,12 @@ def ibl_config(name: str) -> IblBinnedConfig | None:
 
 def _synthetic_configs():
   return [
-      IblBinnedConfig(
-          name=f"synthetic_{i:03d}",
-          description=f"Session {i} of the synthetic brain (seed 0).",
-          session_index=i,
-      )
-      for i in range(N_SYNTHETIC_SESSIONS)
+    IblBinnedConfig(
+      name=f"synthetic_{i:03d}",
+      description=f"Session {i} of the synthetic brain (seed 0).",
+      session_index=i,
+    )
+    for i in range(N_SYNTHETIC_SESSIONS)
   ]
 
 
@@ -81,24 +81,24 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     features = {
-        "spikes": tfds.features.Tensor(shape=(schema.N_BINS, None), dtype=np.int32, encoding="zlib"),
-        "regions": tfds.features.Tensor(shape=(None,), dtype=np.object_),
-        "session_id": tfds.features.Text(),
-        "trial_index": tfds.features.Scalar(dtype=np.int32),
-        "choice": tfds.features.Scalar(dtype=np.int32),
-        "block": tfds.features.Scalar(dtype=np.float32),
-        "contrast": tfds.features.Scalar(dtype=np.float32),
-        "reward": tfds.features.Scalar(dtype=np.int32),
-        "reaction_time": tfds.features.Scalar(dtype=np.float32),
-        "whisker_motion_energy": tfds.features.Tensor(shape=(schema.N_BINS,), dtype=np.float32),
-        "wheel_speed": tfds.features.Tensor(shape=(schema.N_BINS,), dtype=np.float32),
+      "spikes": tfds.features.Tensor(shape=(schema.N_BINS, None), dtype=np.int32, encoding="zlib"),
+      "regions": tfds.features.Tensor(shape=(None,), dtype=np.object_),
+      "session_id": tfds.features.Text(),
+      "trial_index": tfds.features.Scalar(dtype=np.int32),
+      "choice": tfds.features.Scalar(dtype=np.int32),
+      "block": tfds.features.Scalar(dtype=np.float32),
+      "contrast": tfds.features.Scalar(dtype=np.float32),
+      "reward": tfds.features.Scalar(dtype=np.int32),
+      "reaction_time": tfds.features.Scalar(dtype=np.float32),
+      "whisker_motion_energy": tfds.features.Tensor(shape=(schema.N_BINS,), dtype=np.float32),
+      "wheel_speed": tfds.features.Tensor(shape=(schema.N_BINS,), dtype=np.float32),
     }
     if self.builder_config.source == "synthetic":
       features["rates"] = tfds.features.Tensor(shape=(schema.N_BINS, None), dtype=np.float32, encoding="zlib")
     return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict(features),
-        metadata=tfds.core.MetadataDict(),
-        homepage="https://github.com/colehurwitz/IBL_foundation_model",
+      features=tfds.features.FeaturesDict(features),
+      metadata=tfds.core.MetadataDict(),
+      homepage="https://github.com/colehurwitz/IBL_foundation_model",
     )
 
   def _split_generators(self, dl_manager):
@@ -106,21 +106,24 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     session = config.load_session(str(dl_manager.manual_dir) if config.source == "ibl" else None)
     schema.validate_session(session, where=f"ibl_binned/{config.name}")
     self.info.metadata.update(
-        session_id=config.name,
-        region_names=[str(r) for r in session["regions"]],
-        n_neurons=int(session["spikes"].shape[2]),
-        n_trials=int(session["spikes"].shape[0]),
-        has_rates="rates" in session,
-        bin_size=schema.BIN_SIZE,
-        t_before=schema.T_BEFORE,
-        split_seed=config.split_seed,
+      session_id=config.name,
+      region_names=[str(r) for r in session["regions"]],
+      n_neurons=int(session["spikes"].shape[2]),
+      n_trials=int(session["spikes"].shape[0]),
+      has_rates="rates" in session,
+      bin_size=schema.BIN_SIZE,
+      t_before=schema.T_BEFORE,
+      split_seed=config.split_seed,
     )
     if config.source == "ibl":
-      self.info.metadata.update(source="ibl", eid=config.eid, unit_ids=[str(u) for u in session["unit_ids"]],
-                                ibl_options=dataclasses.asdict(config.ibl_options),
-                                source_info=session["source_info"],
-                                **{provenance.RECORD_KEY: provenance.record(dl_manager.manual_dir,
-                                                                            session["source_files"])})
+      self.info.metadata.update(
+        source="ibl",
+        eid=config.eid,
+        unit_ids=[str(u) for u in session["unit_ids"]],
+        ibl_options=dataclasses.asdict(config.ibl_options),
+        source_info=session["source_info"],
+        **{provenance.RECORD_KEY: provenance.record(dl_manager.manual_dir, session["source_files"])},
+      )
       splits = {name: np.flatnonzero(session["trial_split"] == name) for name in schema.SPLIT_FRACTIONS}
     else:
       splits = schema.split_trials(session["spikes"].shape[0], seed=config.split_seed)
@@ -130,10 +133,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     regions = np.array([str(r) for r in session["regions"]], dtype=object)
     for k in trial_indices:
       example = {
-          "spikes": session["spikes"][k].astype(np.int32),
-          "regions": regions,
-          "session_id": self.builder_config.name,
-          "trial_index": int(session["trial_index"][k]) if "trial_index" in session else int(k),
+        "spikes": session["spikes"][k].astype(np.int32),
+        "regions": regions,
+        "session_id": self.builder_config.name,
+        "trial_index": int(session["trial_index"][k]) if "trial_index" in session else int(k),
       }
       for field in schema.TRIAL_FIELDS + schema.BIN_FIELDS:
         example[field] = session[field][k]

@@ -67,31 +67,45 @@ class SpikeEventsConfig(tfds.core.BuilderConfig):
     """The event session of this config (mtm_jax.datasets.events.session)."""
     if self.source == "reaching":
       return reaching.simulate_reaching_session(
-          self.session_index, brain_seed=self.brain_seed, split_seed=self.split_seed, min_units=self.min_units,
-          max_units=self.max_units, min_trials=self.min_trials, max_trials=self.max_trials)
+        self.session_index,
+        brain_seed=self.brain_seed,
+        split_seed=self.split_seed,
+        min_units=self.min_units,
+        max_units=self.max_units,
+        min_trials=self.min_trials,
+        max_trials=self.max_trials,
+      )
     if self.source == "nwb":
       from mtm_jax.datasets import nwb  # pynwb is imported only for NWB sources
 
-      return nwb.read_nwb(self.nwb_file(manual_dir), behaviour=self.behaviour, session_id=self.session_id,
-                          split_seed=self.split_seed, behaviour_stride=self.behaviour_stride)
+      return nwb.read_nwb(
+        self.nwb_file(manual_dir),
+        behaviour=self.behaviour,
+        session_id=self.session_id,
+        split_seed=self.split_seed,
+        behaviour_stride=self.behaviour_stride,
+      )
     if self.source == "ibl":
       binned = preprocess.load_session(manual_dir, self.eid, self.ibl_options)
       return convert.event_session(binned, session_id=self.name)
-    raise ValueError(f"spike_events/{self.name}: unknown source {self.source!r}; expected 'reaching', 'nwb' or "
-                     f"'ibl'")
+    raise ValueError(f"spike_events/{self.name}: unknown source {self.source!r}; expected 'reaching', 'nwb' or 'ibl'")
 
   def nwb_file(self, manual_dir: str | None) -> str:
     """The one file under manual_dir matching nwb_pattern."""
     if manual_dir is None or not os.path.isdir(manual_dir):
-      raise ValueError(f"spike_events/{self.name}: manual_dir {manual_dir!r} is not a directory; pass "
-                       f"--manual_dir=<folder holding the NWB file>")
+      raise ValueError(
+        f"spike_events/{self.name}: manual_dir {manual_dir!r} is not a directory; pass "
+        f"--manual_dir=<folder holding the NWB file>"
+      )
     files = sorted(glob.glob(os.path.join(manual_dir, self.nwb_pattern), recursive=True))
     if not files:
       raise ValueError(f"spike_events/{self.name}: no file matching {self.nwb_pattern!r} in manual_dir {manual_dir}")
     if len(files) > 1:
       names = [os.path.relpath(f, manual_dir) for f in files]
-      raise ValueError(f"spike_events/{self.name}: {len(files)} files match {self.nwb_pattern!r} in manual_dir "
-                       f"{manual_dir} ({names}); a data set holds one session: give each its own folder")
+      raise ValueError(
+        f"spike_events/{self.name}: {len(files)} files match {self.nwb_pattern!r} in manual_dir "
+        f"{manual_dir} ({names}); a data set holds one session: give each its own folder"
+      )
     return files[0]
 
 
@@ -103,30 +117,37 @@ def ibl_config(name: str) -> SpikeEventsConfig | None:
 
 def _reaching_configs():
   return [
-      SpikeEventsConfig(name=f"reaching_{i:03d}", description=f"Session {i} of the synthetic reaching task (seed 0).",
-                        session_index=i)
-      for i in range(N_REACHING_SESSIONS)
+    SpikeEventsConfig(
+      name=f"reaching_{i:03d}", description=f"Session {i} of the synthetic reaching task (seed 0).", session_index=i
+    )
+    for i in range(N_REACHING_SESSIONS)
   ]
 
 
 # NLB training files (DANDI 000127-000140) and their velocity series; 1 kHz -> 100 Hz.
 _NLB = {
-    "mc_maze": ("sub-Jenkins_ses-full_desc-train_behavior+ecephys.nwb", "hand_vel"),
-    "mc_maze_large": ("sub-Jenkins_ses-large_desc-train_behavior+ecephys.nwb", "hand_vel"),
-    "mc_maze_medium": ("sub-Jenkins_ses-medium_desc-train_behavior+ecephys.nwb", "hand_vel"),
-    "mc_maze_small": ("sub-Jenkins_ses-small_desc-train_behavior+ecephys.nwb", "hand_vel"),
-    "mc_rtt": ("sub-Indy_desc-train_behavior+ecephys.nwb", "finger_vel"),
-    "area2_bump": ("sub-Han_desc-train_behavior+ecephys.nwb", "hand_vel"),
+  "mc_maze": ("sub-Jenkins_ses-full_desc-train_behavior+ecephys.nwb", "hand_vel"),
+  "mc_maze_large": ("sub-Jenkins_ses-large_desc-train_behavior+ecephys.nwb", "hand_vel"),
+  "mc_maze_medium": ("sub-Jenkins_ses-medium_desc-train_behavior+ecephys.nwb", "hand_vel"),
+  "mc_maze_small": ("sub-Jenkins_ses-small_desc-train_behavior+ecephys.nwb", "hand_vel"),
+  "mc_rtt": ("sub-Indy_desc-train_behavior+ecephys.nwb", "finger_vel"),
+  "area2_bump": ("sub-Han_desc-train_behavior+ecephys.nwb", "hand_vel"),
 }
 
 
 def _nwb_configs():
   generic = SpikeEventsConfig(name="nwb", source="nwb", description="The one NWB file directly in manual_dir.")
   return [generic] + [
-      SpikeEventsConfig(name=f"nlb_{name}", source="nwb", nwb_pattern=f"**/{filename}", behaviour=behaviour,
-                        behaviour_stride=10, session_id=f"nlb_{name}",
-                        description=f"Neural Latents Benchmark {name}: {filename} under manual_dir.")
-      for name, (filename, behaviour) in _NLB.items()
+    SpikeEventsConfig(
+      name=f"nlb_{name}",
+      source="nwb",
+      nwb_pattern=f"**/{filename}",
+      behaviour=behaviour,
+      behaviour_stride=10,
+      session_id=f"nlb_{name}",
+      description=f"Neural Latents Benchmark {name}: {filename} under manual_dir.",
+    )
+    for name, (filename, behaviour) in _NLB.items()
   ]
 
 
@@ -150,19 +171,19 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     # float64 fields are stored as raw bytes: the default encoding goes through the float32
     # lists of tf.train.Example and would round spike times to ~1 us at 10 s.
     features = {
-        "interval_index": tfds.features.Scalar(dtype=np.int32),  # position among the split's intervals
-        "interval_start": tfds.features.Tensor(shape=(), dtype=np.float64, encoding="bytes"),
-        "interval_end": tfds.features.Tensor(shape=(), dtype=np.float64, encoding="bytes"),
-        "spike_times": tfds.features.Tensor(shape=(None,), dtype=np.float64, encoding="bytes"),
-        "spike_units": tfds.features.Tensor(shape=(None,), dtype=np.int32),
-        "behaviour_timestamps": tfds.features.Tensor(shape=(None,), dtype=np.float64, encoding="bytes"),
-        "behaviour_values": tfds.features.Tensor(shape=(None, None), dtype=np.float32, encoding="zlib"),
-        "behaviour_weights": tfds.features.Tensor(shape=(None,), dtype=np.float32),
+      "interval_index": tfds.features.Scalar(dtype=np.int32),  # position among the split's intervals
+      "interval_start": tfds.features.Tensor(shape=(), dtype=np.float64, encoding="bytes"),
+      "interval_end": tfds.features.Tensor(shape=(), dtype=np.float64, encoding="bytes"),
+      "spike_times": tfds.features.Tensor(shape=(None,), dtype=np.float64, encoding="bytes"),
+      "spike_units": tfds.features.Tensor(shape=(None,), dtype=np.int32),
+      "behaviour_timestamps": tfds.features.Tensor(shape=(None,), dtype=np.float64, encoding="bytes"),
+      "behaviour_values": tfds.features.Tensor(shape=(None, None), dtype=np.float32, encoding="zlib"),
+      "behaviour_weights": tfds.features.Tensor(shape=(None,), dtype=np.float32),
     }
     return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict(features),
-        metadata=tfds.core.MetadataDict(),
-        homepage="https://poyo-brain.github.io",
+      features=tfds.features.FeaturesDict(features),
+      metadata=tfds.core.MetadataDict(),
+      homepage="https://poyo-brain.github.io",
     )
 
   def _split_generators(self, dl_manager):
@@ -175,31 +196,34 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       raise ValueError(f"{where}: the session has no {missing} split(s)")
     trials = np.stack([session.trial_starts, session.trial_ends], axis=1)
     self.info.metadata.update(
-        session_id=session.session_id,
-        unit_ids=[str(u) for u in session.unit_ids],
-        unit_regions=[str(r) for r in session.unit_regions],
-        n_units=len(session.unit_ids),
-        n_spikes=int(len(session.spike_times)),
-        behaviour_name=str(session.behaviour_name),
-        behaviour_dim=int(np.shape(session.behaviour_values)[1]),
-        behaviour_scale=session_lib.behaviour_scale([session]).tolist(),
-        trial_intervals=trials.tolist(),
-        split_intervals={s: np.asarray(iv, np.float64).reshape(-1, 2).tolist() for s, iv in session.splits.items()},
-        source=config.source,
-        split_seed=config.split_seed,
-        source_info=dict(session.source_info),
+      session_id=session.session_id,
+      unit_ids=[str(u) for u in session.unit_ids],
+      unit_regions=[str(r) for r in session.unit_regions],
+      n_units=len(session.unit_ids),
+      n_spikes=int(len(session.spike_times)),
+      behaviour_name=str(session.behaviour_name),
+      behaviour_dim=int(np.shape(session.behaviour_values)[1]),
+      behaviour_scale=session_lib.behaviour_scale([session]).tolist(),
+      trial_intervals=trials.tolist(),
+      split_intervals={s: np.asarray(iv, np.float64).reshape(-1, 2).tolist() for s, iv in session.splits.items()},
+      source=config.source,
+      split_seed=config.split_seed,
+      source_info=dict(session.source_info),
     )
     if session.source_files is not None:  # NWB and IBL: the files read, checked when the data set is used
       pattern = config.nwb_pattern if config.source == "nwb" else None
-      self.info.metadata[provenance.RECORD_KEY] = provenance.record(dl_manager.manual_dir, session.source_files,
-                                                                    pattern)
+      self.info.metadata[provenance.RECORD_KEY] = provenance.record(
+        dl_manager.manual_dir, session.source_files, pattern
+      )
     return {name: self._generate_examples(session, session.splits[name]) for name in session_lib.SPLITS}
 
   def _generate_examples(self, session, intervals):
     for j, (start, end) in enumerate(np.asarray(intervals, np.float64).reshape(-1, 2)):
       part = session_lib.interval_data(session, start, end)
       n = len(part["behaviour_timestamps"])
-      yield j, {
+      yield (
+        j,
+        {
           "interval_index": j,
           "interval_start": float(start),
           "interval_end": float(end),
@@ -208,4 +232,5 @@ class Builder(tfds.core.GeneratorBasedBuilder):
           "behaviour_timestamps": np.asarray(part["behaviour_timestamps"], np.float64),
           "behaviour_values": np.asarray(part["behaviour_values"], np.float32).reshape(n, -1),
           "behaviour_weights": np.asarray(part["behaviour_weights"], np.float32),
-      }
+        },
+      )

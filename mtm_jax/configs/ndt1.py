@@ -118,4 +118,3 @@ def get_config(arg: str = "paper") -> ml_collections.ConfigDict:
     c.masking.mode = "temporal"
     c.model.use_prompt = False
   return c
-

@@ -75,7 +75,9 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
   c.optimizer.trust_clip = 10.0  # clamp of the weight norm in the LAMB trust ratio
   c.optimizer.constant_fraction = 0.5  # share of steps at peak lr before the cosine decay
   c.optimizer.final_div_factor = 1e4  # end lr = peak / final_div_factor
-  c.optimizer.sparse_embeddings = True  # reference SparseLamb: table rows with zero gradient are not updated (moments reset)
+  c.optimizer.sparse_embeddings = (
+    True  # reference SparseLamb: table rows with zero gradient are not updated (moments reset)
+  )
   c.optimizer.cycle_momentum = True  # reference (OneCycleLR default): beta1 0.95 -> 0.85 over the constant phase, back
   c.optimizer.base_momentum = 0.85  # lowest beta1 of the cycle
   c.optimizer.max_momentum = 0.95  # highest beta1 of the cycle (b1 is used when cycle_momentum is False)
@@ -90,7 +92,9 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
   c.train.prng_impl = "threefry2x32"  # PRNG of the dropout keys ("rbg" compiles faster on CPU)
 
   c.init = ml_collections.ConfigDict()
-  c.init.pretrained = ""  # workdir of a pretrained POYO to start from ("" = from scratch); see tasks.poyo.POYOTask.finetune_config
+  c.init.pretrained = (
+    ""  # workdir of a pretrained POYO to start from ("" = from scratch); see tasks.poyo.POYOTask.finetune_config
+  )
   c.init.step = -1  # its checkpoint step (-1 = latest)
 
   c.finetune = ml_collections.ConfigDict()
@@ -125,4 +129,3 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
     c.finetune.warmup_steps = 5
     c.eval.batch_size = 16
   return c
-

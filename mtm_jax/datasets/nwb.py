@@ -38,8 +38,9 @@ def _read_units(path: str, nwbfile, session_id: str):
   """Spike times [S] (sorted), unit index [S], unit ids [U], regions [U]."""
   units = nwbfile.units
   if units is None or len(units) == 0:
-    raise ValueError(f"{path}: no Units table (nwbfile.units) or it has no units; expected sorted units with "
-                     f"spike_times")
+    raise ValueError(
+      f"{path}: no Units table (nwbfile.units) or it has no units; expected sorted units with spike_times"
+    )
   if "spike_times" not in units.colnames:
     raise ValueError(f"{path}: the Units table has no spike_times column (it has {list(units.colnames)})")
   index = units["spike_times"]  # VectorIndex: end offset of each unit's spike times
@@ -54,8 +55,9 @@ def _read_units(path: str, nwbfile, session_id: str):
   down = np.flatnonzero((np.diff(flat) < 0) & (owner[1:] == owner[:-1]))
   if len(down):
     u = owner[down[0]]
-    raise ValueError(f"{path}: Units row {u} (id {ids[u]}): spike_times are not sorted "
-                     f"({flat[down[0] + 1]} after {flat[down[0]]})")
+    raise ValueError(
+      f"{path}: Units row {u} (id {ids[u]}): spike_times are not sorted ({flat[down[0] + 1]} after {flat[down[0]]})"
+    )
   order = np.argsort(flat, kind="stable")
 
   regions = ["unknown"] * len(ends)
@@ -79,8 +81,9 @@ def _read_trials(path: str, nwbfile, split_seed: int):
   """Kept trial starts/ends [K] (sorted, non-overlapping), splits, and what was left out."""
   trials = nwbfile.trials
   if trials is None or len(trials) == 0:
-    raise ValueError(f"{path}: no trials table (nwbfile.trials) or it has no trials; expected start_time and "
-                     f"stop_time per trial")
+    raise ValueError(
+      f"{path}: no trials table (nwbfile.trials) or it has no trials; expected start_time and stop_time per trial"
+    )
   for column in ("start_time", "stop_time"):
     if column not in trials.colnames:
       raise ValueError(f"{path}: the trials table has no {column!r} column")
@@ -88,8 +91,10 @@ def _read_trials(path: str, nwbfile, split_seed: int):
   stops = np.asarray(trials["stop_time"].data[:], np.float64)
   bad = np.flatnonzero(~np.isfinite(starts) | ~np.isfinite(stops) | (stops <= starts))
   if len(bad):
-    raise ValueError(f"{path}: trial {bad[0]} has invalid times start_time={starts[bad[0]]}, "
-                     f"stop_time={stops[bad[0]]} (need finite start < stop)")
+    raise ValueError(
+      f"{path}: trial {bad[0]} has invalid times start_time={starts[bad[0]]}, "
+      f"stop_time={stops[bad[0]]} (need finite start < stop)"
+    )
   labels = _text(trials["split"].data[:]) if "split" in trials.colnames else None
 
   order = np.argsort(starts, kind="stable")
@@ -102,8 +107,13 @@ def _read_trials(path: str, nwbfile, split_seed: int):
   info = dict(n_trials=int(len(starts)), dropped_overlapping_trials=int(len(starts) - len(kept)))
   if info["dropped_overlapping_trials"]:
     dropped = sorted(set(range(len(starts))) - set(kept.tolist()))
-    logging.warning("%s: %d of %d trials overlap an earlier trial and are left out (trial rows %s)", path,
-                    len(dropped), len(starts), dropped[:10])
+    logging.warning(
+      "%s: %d of %d trials overlap an earlier trial and are left out (trial rows %s)",
+      path,
+      len(dropped),
+      len(starts),
+      dropped[:10],
+    )
 
   if labels is not None:
     labels = np.array(labels, dtype=object)[kept]
@@ -116,7 +126,9 @@ def _read_trials(path: str, nwbfile, split_seed: int):
   else:
     labelled = kept
   if len(labelled) < len(session_lib.SPLITS):
-    raise ValueError(f"{path}: {len(labelled)} usable trials; need at least {len(session_lib.SPLITS)} for train/val/test")
+    raise ValueError(
+      f"{path}: {len(labelled)} usable trials; need at least {len(session_lib.SPLITS)} for train/val/test"
+    )
   info["split_source"] = "seeded"
   splits = session_lib.split_intervals(starts[labelled], stops[labelled], seed=split_seed)
   return starts[kept], stops[kept], splits, info
@@ -126,8 +138,10 @@ def _read_behaviour(path: str, nwbfile, name: str, stride: int):
   """Timestamps [T] float64, values [T, D] float32 (NaN rows dropped), rows dropped."""
   where = f"processing/behavior/{name}"
   if "behavior" not in nwbfile.processing:
-    raise ValueError(f"{path}: no processing module 'behavior' (it has {sorted(nwbfile.processing)}); expected "
-                     f"the behaviour TimeSeries at {where}")
+    raise ValueError(
+      f"{path}: no processing module 'behavior' (it has {sorted(nwbfile.processing)}); expected "
+      f"the behaviour TimeSeries at {where}"
+    )
   module = nwbfile.processing["behavior"]
   if name not in module.data_interfaces:
     raise ValueError(f"{path}: no behaviour {name!r} in processing/behavior (it has {sorted(module.data_interfaces)})")
@@ -157,8 +171,9 @@ def _read_behaviour(path: str, nwbfile, name: str, stride: int):
   return stamps[finite], values[finite].astype(np.float32), int(np.sum(~finite))
 
 
-def read_nwb(path: str, behaviour: str = "hand_vel", session_id: str | None = None, split_seed: int = 0,
-             behaviour_stride: int = 1) -> session_lib.EventSession:
+def read_nwb(
+  path: str, behaviour: str = "hand_vel", session_id: str | None = None, split_seed: int = 0, behaviour_stride: int = 1
+) -> session_lib.EventSession:
   """One NWB file as an event session (mtm_jax.datasets.events.session).
 
   behaviour: name of the TimeSeries in processing/behavior; session_id: defaults to the
@@ -185,20 +200,20 @@ def read_nwb(path: str, behaviour: str = "hand_vel", session_id: str | None = No
     io.close()
   info.update(file=os.path.basename(path), dropped_nan_behaviour=dropped, n_heldout_units=int(np.sum(heldout)))
   session = session_lib.EventSession(
-      session_id=session_id,
-      spike_times=spike_times,
-      spike_units=spike_units,
-      unit_ids=unit_ids,
-      unit_regions=regions,
-      behaviour_name=behaviour,
-      behaviour_timestamps=stamps,
-      behaviour_values=values,
-      behaviour_weights=np.ones(len(stamps), np.float32),
-      trial_starts=starts,
-      trial_ends=ends,
-      splits=splits,
-      source_info=info,
-      source_files=[os.path.abspath(path)],
+    session_id=session_id,
+    spike_times=spike_times,
+    spike_units=spike_units,
+    unit_ids=unit_ids,
+    unit_regions=regions,
+    behaviour_name=behaviour,
+    behaviour_timestamps=stamps,
+    behaviour_values=values,
+    behaviour_weights=np.ones(len(stamps), np.float32),
+    trial_starts=starts,
+    trial_ends=ends,
+    splits=splits,
+    source_info=info,
+    source_files=[os.path.abspath(path)],
   )
   session.validate(where=path)
   return session

@@ -95,8 +95,9 @@ class Batches:
   rows: the part of each index batch to load (multi-host: this process's rows of the
   global batch, mesh.process_rows); the default loads all of it."""
 
-  def __init__(self, arrays: dict[str, np.ndarray], session: int = 0, n_neurons: int | None = None,
-               rows: slice = slice(None)):
+  def __init__(
+    self, arrays: dict[str, np.ndarray], session: int = 0, n_neurons: int | None = None, rows: slice = slice(None)
+  ):
     self.arrays, self.session, self.n_neurons, self.rows = arrays, session, n_neurons, rows
 
   def __call__(self, indices: np.ndarray) -> dict[str, np.ndarray]:
@@ -108,25 +109,41 @@ class Batches:
     return batch
 
 
-def training_batches(arrays: dict[str, np.ndarray], batch_size: int, seed: int, *, session: int = 0,
-                     n_neurons: int | None = None, rows: slice = slice(None)) -> grain.MapDataset:
+def training_batches(
+  arrays: dict[str, np.ndarray],
+  batch_size: int,
+  seed: int,
+  *,
+  session: int = 0,
+  n_neurons: int | None = None,
+  rows: slice = slice(None),
+) -> grain.MapDataset:
   """Infinite MapDataset of one session's batches {field: [batch_size, ...], session:
   [batch_size]}: shuffled every epoch; spikes padded to n_neurons if given. rows: the
   rows of each batch to load (see Batches); the batches are the same for any rows."""
   n = len(next(iter(arrays.values())))
   if batch_size > n:
     raise ValueError(f"batch size {batch_size} exceeds the {n} training trials of session row {session}")
-  return (grain.MapDataset.range(n).seed(seed).shuffle().repeat()
-          .batch(batch_size, drop_remainder=True).map(Batches(arrays, session, n_neurons, rows)))
+  return (
+    grain.MapDataset.range(n)
+    .seed(seed)
+    .shuffle()
+    .repeat()
+    .batch(batch_size, drop_remainder=True)
+    .map(Batches(arrays, session, n_neurons, rows))
+  )
 
 
-def multi_session_batches(arrays: list[dict[str, np.ndarray]], batch_size: int, seed: int,
-                          n_neurons: int, rows: slice = slice(None)) -> grain.MapDataset:
+def multi_session_batches(
+  arrays: list[dict[str, np.ndarray]], batch_size: int, seed: int, n_neurons: int, rows: slice = slice(None)
+) -> grain.MapDataset:
   """Batches of every session (row s = arrays[s]), interleaved in proportion to their
   trial counts, spikes padded to n_neurons; only `rows` of each loaded (see Batches).
   One session = training_batches."""
-  per_session = [training_batches(a, batch_size, seed + 7919 * s, session=s, n_neurons=n_neurons, rows=rows)
-                 for s, a in enumerate(arrays)]
+  per_session = [
+    training_batches(a, batch_size, seed + 7919 * s, session=s, n_neurons=n_neurons, rows=rows)
+    for s, a in enumerate(arrays)
+  ]
   if len(per_session) == 1:
     return per_session[0]
   weights = [len(a["spikes"]) for a in arrays]

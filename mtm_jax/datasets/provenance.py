@@ -41,8 +41,12 @@ def file_identity(root: str, rel: str) -> dict:
   """{path, size, mtime_ns, sha256} of file `rel` under `root` (sha256 None above HASH_LIMIT)."""
   full = os.path.join(root, rel)
   stat = os.stat(full)
-  return dict(path=rel, size=int(stat.st_size), mtime_ns=int(stat.st_mtime_ns),
-              sha256=_sha256(full) if stat.st_size <= HASH_LIMIT else None)
+  return dict(
+    path=rel,
+    size=int(stat.st_size),
+    mtime_ns=int(stat.st_mtime_ns),
+    sha256=_sha256(full) if stat.st_size <= HASH_LIMIT else None,
+  )
 
 
 def _matches(root: str, pattern: str) -> list[str]:
@@ -81,14 +85,17 @@ def changes(source: dict | None, root: str | None = None) -> list[str] | None:
   if source.get("pattern"):
     recorded, now = [e["path"] for e in source["files"]], _matches(root, source["pattern"])
     if now != recorded:
-      out.append(f"{root}: the files matching {source['pattern']!r} are now {now}, the data set was built from "
-                 f"{recorded}")
+      out.append(
+        f"{root}: the files matching {source['pattern']!r} are now {now}, the data set was built from {recorded}"
+      )
   return out
 
 
 def rebuild_hint(dataset: str, data_dir: str, root: str) -> str:
-  return (f"rebuild it with `python -m data_builders.build --rebuild={dataset} --data_dir={data_dir} "
-          f"--manual_dir={root}` (only that data set is rebuilt)")
+  return (
+    f"rebuild it with `python -m data_builders.build --rebuild={dataset} --data_dir={data_dir} "
+    f"--manual_dir={root}` (only that data set is rebuilt)"
+  )
 
 
 def check(dataset: str, data_dir: str, source: dict | None, root: str | None = None) -> None:
@@ -97,15 +104,20 @@ def check(dataset: str, data_dir: str, source: dict | None, root: str | None = N
   changed = changes(source, root)
   where = root or (source or {}).get("root")
   if changed is None:
-    warnings.warn(f"data set {dataset!r}: its source folder {where} is not here; its files were not checked",
-                  SourceUnavailableWarning, stacklevel=3)
+    warnings.warn(
+      f"data set {dataset!r}: its source folder {where} is not here; its files were not checked",
+      SourceUnavailableWarning,
+      stacklevel=3,
+    )
   elif changed:
     built_from = (source or {}).get("root")
     moved = ""
     if root is not None and built_from and os.path.abspath(os.path.expanduser(root)) != built_from:
       moved = f" (it was built from {built_from}; the files are now read from {root}, e.g. another --manual_dir)"
-    raise SourceChangedError(f"data set {dataset!r} in {data_dir}: its source changed since it was built{moved}: "
-                             f"{'; '.join(changed)}; {rebuild_hint(dataset, data_dir, where)}")
+    raise SourceChangedError(
+      f"data set {dataset!r} in {data_dir}: its source changed since it was built{moved}: "
+      f"{'; '.join(changed)}; {rebuild_hint(dataset, data_dir, where)}"
+    )
 
 
 def aside_dir(data_dir: str) -> str:
@@ -130,8 +142,10 @@ def open_built(dataset: str, data_dir: str):
   hint = f"build it with `python -m data_builders.build --dataset={dataset} --data_dir={data_dir}`"
   aside = sorted(glob.glob(os.path.join(data_dir, *dataset.split("/", 1), "replaced.*")))
   if aside:
-    hint = (f"a rebuild of it was interrupted, and its previous version is in {aside[0]}: the next "
-            f"`python -m data_builders.build --dataset={dataset} --data_dir={data_dir}` puts it back")
+    hint = (
+      f"a rebuild of it was interrupted, and its previous version is in {aside[0]}: the next "
+      f"`python -m data_builders.build --dataset={dataset} --data_dir={data_dir}` puts it back"
+    )
   try:
     builder = tfds.builder(dataset, data_dir=data_dir)
   except Exception as e:  # tfds raises several types for unknown names and configs

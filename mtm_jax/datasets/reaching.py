@@ -37,8 +37,8 @@ LATENT_GROUPS = (("prep", 2), ("vel", 2), ("acc", 2), ("speed", 1), ("rot", 2), 
 # How strongly each region's neurons load on each latent group (LATENT_GROUPS order):
 # PMd is mostly preparatory, M1 mostly movement-related. Other region names get _DEFAULT_GAIN.
 _REGION_GAINS = {
-    "M1": (0.4, 1.0, 0.6, 0.6, 0.8, 0.5),
-    "PMd": (1.0, 0.5, 0.3, 0.5, 0.5, 0.5),
+  "M1": (0.4, 1.0, 0.6, 0.6, 0.8, 0.5),
+  "PMd": (1.0, 0.5, 0.3, 0.5, 0.5, 0.5),
 }
 _DEFAULT_GAIN = (0.6, 0.6, 0.6, 0.6, 0.6, 0.5)
 
@@ -100,8 +100,9 @@ class ReachingBrain:
   def n_latents(self) -> int:
     return sum(n for _, n in LATENT_GROUPS)
 
-  def session_spec(self, index: int, min_units: int = 40, max_units: int = 200, min_trials: int = 100,
-                   max_trials: int = 200) -> ReachingSessionSpec:
+  def session_spec(
+    self, index: int, min_units: int = 40, max_units: int = 200, min_trials: int = 100, max_trials: int = 200
+  ) -> ReachingSessionSpec:
     """Session `index`: a unit count (log-uniform), units from every region, trials."""
     if not 1 <= min_units <= max_units:
       raise ValueError(f"session units: need 1 <= min_units <= max_units, got {min_units}, {max_units}")
@@ -114,11 +115,17 @@ class ReachingBrain:
     n_units = int(np.clip(n_units, max(min_units, n_regions), max_units))
     counts = np.maximum(1, np.round(rng.dirichlet(np.full(n_regions, 4.0)) * n_units).astype(int))
     counts[np.argmax(counts)] += n_units - counts.sum()
-    ids = [np.sort(rng.choice(np.flatnonzero(self.neuron_region == r), size=min(k, c.neurons_per_region),
-                              replace=False)) for r, k in enumerate(counts)]
-    return ReachingSessionSpec(index=index, name=f"reaching_{index:03d}", neuron_ids=np.concatenate(ids),
-                               n_trials=int(rng.integers(min_trials, max_trials + 1)),
-                               seed=int(rng.integers(2**31)))
+    ids = [
+      np.sort(rng.choice(np.flatnonzero(self.neuron_region == r), size=min(k, c.neurons_per_region), replace=False))
+      for r, k in enumerate(counts)
+    ]
+    return ReachingSessionSpec(
+      index=index,
+      name=f"reaching_{index:03d}",
+      neuron_ids=np.concatenate(ids),
+      n_trials=int(rng.integers(min_trials, max_trials + 1)),
+      seed=int(rng.integers(2**31)),
+    )
 
   def simulate_session(self, spec: ReachingSessionSpec, split_seed: int = 0) -> session_lib.EventSession:
     """One event session, with the ground truth in its extras:
@@ -141,20 +148,24 @@ class ReachingBrain:
     step_times = np.arange(n_steps) * c.step
     starts, ends = trials["starts"] * c.step, trials["ends"] * c.step
     return session_lib.EventSession(
-        session_id=spec.name,
-        spike_times=spike_times[order],
-        spike_units=spike_units[order].astype(np.int32),
-        unit_ids=np.array([f"{spec.name}/unit_{j:03d}" for j in range(len(ids))], dtype=object),
-        unit_regions=np.array(c.regions, dtype=object)[self.neuron_region[ids]],
-        behaviour_name="hand_vel",
-        behaviour_timestamps=step_times,
-        behaviour_values=velocity,
-        behaviour_weights=np.asarray(PERIOD_WEIGHTS, np.float32)[period],
-        trial_starts=starts,
-        trial_ends=ends,
-        splits=session_lib.split_intervals(starts, ends, seed=split_seed),
-        extras=dict(trial_direction=trials["direction"].astype(np.int32), go_times=trials["go"] * c.step,
-                    behaviour_period=period.astype(np.int8), pool_ids=ids.astype(np.int32)),
+      session_id=spec.name,
+      spike_times=spike_times[order],
+      spike_units=spike_units[order].astype(np.int32),
+      unit_ids=np.array([f"{spec.name}/unit_{j:03d}" for j in range(len(ids))], dtype=object),
+      unit_regions=np.array(c.regions, dtype=object)[self.neuron_region[ids]],
+      behaviour_name="hand_vel",
+      behaviour_timestamps=step_times,
+      behaviour_values=velocity,
+      behaviour_weights=np.asarray(PERIOD_WEIGHTS, np.float32)[period],
+      trial_starts=starts,
+      trial_ends=ends,
+      splits=session_lib.split_intervals(starts, ends, seed=split_seed),
+      extras=dict(
+        trial_direction=trials["direction"].astype(np.int32),
+        go_times=trials["go"] * c.step,
+        behaviour_period=period.astype(np.int8),
+        pool_ids=ids.astype(np.int32),
+      ),
     )
 
   def _latents(self, rng, trials: dict, intended: np.ndarray, n_steps: int) -> np.ndarray:
@@ -180,8 +191,9 @@ class ReachingBrain:
     return np.concatenate([prep, vel, acc, speed, rot, private], axis=1)
 
 
-def simulate_reaching_session(index: int, brain_seed: int = 0, split_seed: int = 0,
-                              **spec_kwargs) -> session_lib.EventSession:
+def simulate_reaching_session(
+  index: int, brain_seed: int = 0, split_seed: int = 0, **spec_kwargs
+) -> session_lib.EventSession:
   """Session `index` of the reaching brain with seed `brain_seed` (spec_kwargs: unit and
   trial ranges of ReachingBrain.session_spec)."""
   brain = ReachingBrain(ReachingConfig(seed=brain_seed))
@@ -190,6 +202,7 @@ def simulate_reaching_session(index: int, brain_seed: int = 0, split_seed: int =
 
 def _simulate_trials(rng, n_trials: int, c: ReachingConfig) -> dict[str, np.ndarray]:
   """Trial timing in latent steps (starts, target_on, go, reach_end, ends) and targets."""
+
   def steps(bounds):
     return np.round(rng.uniform(*bounds, size=n_trials) / c.step).astype(int)
 
@@ -198,15 +211,15 @@ def _simulate_trials(rng, n_trials: int, c: ReachingConfig) -> dict[str, np.ndar
   starts = ends - (hold + reach + back)
   direction = rng.integers(0, c.n_directions, size=n_trials)
   return dict(
-      starts=starts,
-      target_on=starts + np.minimum(steps((0.1, 0.25)), hold - 1),
-      go=starts + hold,
-      reach_end=starts + hold + reach,
-      ends=ends,
-      direction=direction,
-      angle=2 * np.pi * direction / c.n_directions + 0.05 * rng.normal(size=n_trials),
-      distance=c.reach_distance * rng.uniform(0.85, 1.15, size=n_trials),
-      curvature=0.3 * rng.normal(size=n_trials),
+    starts=starts,
+    target_on=starts + np.minimum(steps((0.1, 0.25)), hold - 1),
+    go=starts + hold,
+    reach_end=starts + hold + reach,
+    ends=ends,
+    direction=direction,
+    angle=2 * np.pi * direction / c.n_directions + 0.05 * rng.normal(size=n_trials),
+    distance=c.reach_distance * rng.uniform(0.85, 1.15, size=n_trials),
+    curvature=0.3 * rng.normal(size=n_trials),
   )
 
 

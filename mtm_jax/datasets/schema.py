@@ -76,8 +76,9 @@ def field_array(session: dict, key: str, where: str, dtype=None) -> np.ndarray:
   try:
     return np.asarray(session[key], dtype)
   except (TypeError, ValueError, OverflowError) as e:
-    raise ValueError(f"{where}: {key!r} is not a rectangular array{' of ' + str(dtype) if dtype else ''} "
-                     f"({type(e).__name__}: {e})") from e
+    raise ValueError(
+      f"{where}: {key!r} is not a rectangular array{' of ' + str(dtype) if dtype else ''} ({type(e).__name__}: {e})"
+    ) from e
 
 
 def validate_session(session: dict, where: str) -> None:
@@ -104,4 +105,6 @@ def validate_session(session: dict, where: str) -> None:
     if field_array(session, k, where).shape != (n_trials, N_BINS):
       raise ValueError(f"{where}: '{k}' must have shape ({n_trials}, {N_BINS}), got {np.shape(session[k])}")
   if "rates" in session and field_array(session, "rates", where).shape != spikes.shape:
-    raise ValueError(f"{where}: 'rates' must have the shape of 'spikes' {spikes.shape}, got {np.shape(session['rates'])}")
+    raise ValueError(
+      f"{where}: 'rates' must have the shape of 'spikes' {spikes.shape}, got {np.shape(session['rates'])}"
+    )

@@ -28,13 +28,13 @@ INPUTS = ("stim_left", "stim_right", "move_left", "move_right", "prior", "reward
 # visual cortex and thalamus see the stimulus, hippocampus and thalamus the movement,
 # and every region a little of the block prior.
 _INPUT_GAIN = np.array(
-    [
-        [1.0, 1.0, 0.2, 0.2, 0.3, 0.2],  # VISa
-        [0.1, 0.1, 0.6, 0.6, 0.5, 0.6],  # CA1
-        [0.1, 0.1, 0.4, 0.4, 0.6, 0.3],  # DG
-        [0.7, 0.7, 0.5, 0.5, 0.3, 0.2],  # LP
-        [0.4, 0.4, 0.8, 0.8, 0.3, 0.3],  # PO
-    ]
+  [
+    [1.0, 1.0, 0.2, 0.2, 0.3, 0.2],  # VISa
+    [0.1, 0.1, 0.6, 0.6, 0.5, 0.6],  # CA1
+    [0.1, 0.1, 0.4, 0.4, 0.6, 0.3],  # DG
+    [0.7, 0.7, 0.5, 0.5, 0.3, 0.2],  # LP
+    [0.4, 0.4, 0.8, 0.8, 0.3, 0.3],  # PO
+  ]
 )
 
 
@@ -151,8 +151,9 @@ class Brain:
       out = out / self._latent_std
     return out
 
-  def session_spec(self, index: int, min_neurons: int = 100, max_neurons: int = 1000,
-                   min_trials: int = 300, max_trials: int = 700) -> SessionSpec:
+  def session_spec(
+    self, index: int, min_neurons: int = 100, max_neurons: int = 1000, min_trials: int = 300, max_trials: int = 700
+  ) -> SessionSpec:
     """Session `index`: a region subset (3 to all regions), a neuron count and trials."""
     if not 1 <= min_neurons <= max_neurons:
       raise ValueError(f"session neurons: need 1 <= min_neurons <= max_neurons, got {min_neurons}, {max_neurons}")
@@ -171,11 +172,11 @@ class Brain:
       pool = np.flatnonzero(self.neuron_region == r)
       ids.append(np.sort(rng.choice(pool, size=min(k, len(pool)), replace=False)))
     return SessionSpec(
-        index=index,
-        name=f"synthetic_{index:03d}",
-        neuron_ids=np.concatenate(ids),
-        n_trials=int(rng.integers(min_trials, max_trials + 1)),
-        seed=int(rng.integers(2**31)),
+      index=index,
+      name=f"synthetic_{index:03d}",
+      neuron_ids=np.concatenate(ids),
+      n_trials=int(rng.integers(min_trials, max_trials + 1)),
+      seed=int(rng.integers(2**31)),
     )
 
   def simulate_session(self, spec: SessionSpec) -> dict[str, np.ndarray]:
@@ -203,17 +204,17 @@ class Brain:
     whisker = _softplus(latents @ self.whisker_readout + 1.5 * move - 0.5)
     whisker = whisker + 0.05 * rng.normal(size=whisker.shape)
     return dict(
-        spikes=spikes,
-        rates=rates,
-        regions=np.array(c.regions)[self.neuron_region[ids]],
-        neuron_ids=ids.astype(np.int32),
-        choice=trials["choice"].astype(np.int32),
-        block=trials["block"].astype(np.float32),
-        contrast=trials["contrast"].astype(np.float32),
-        reward=trials["reward"].astype(np.int32),
-        reaction_time=trials["reaction_time"].astype(np.float32),
-        whisker_motion_energy=whisker.astype(np.float32),
-        wheel_speed=wheel.astype(np.float32),
+      spikes=spikes,
+      rates=rates,
+      regions=np.array(c.regions)[self.neuron_region[ids]],
+      neuron_ids=ids.astype(np.int32),
+      choice=trials["choice"].astype(np.int32),
+      block=trials["block"].astype(np.float32),
+      contrast=trials["contrast"].astype(np.float32),
+      reward=trials["reward"].astype(np.int32),
+      reaction_time=trials["reaction_time"].astype(np.float32),
+      whisker_motion_energy=whisker.astype(np.float32),
+      wheel_speed=wheel.astype(np.float32),
     )
 
 
@@ -267,14 +268,14 @@ def _trial_inputs(trials, n_bins, bin_size, t_before) -> np.ndarray:
   feedback = t - (trials["reaction_time"][:, None] + 0.2)
   reward = (feedback >= 0) * np.exp(-np.maximum(feedback, 0) / 0.2) * (2 * trials["reward"][:, None] - 1)
   u = np.stack(
-      [
-          stim * (contrast < 0),
-          stim * (contrast > 0),
-          move * (choice < 0),
-          move * (choice > 0),
-          np.broadcast_to(trials["block"][:, None] - 0.5, t.shape[:0] + (len(contrast), n_bins)) * 4.0,
-          reward,
-      ],
-      axis=-1,
+    [
+      stim * (contrast < 0),
+      stim * (contrast > 0),
+      move * (choice < 0),
+      move * (choice > 0),
+      np.broadcast_to(trials["block"][:, None] - 0.5, t.shape[:0] + (len(contrast), n_bins)) * 4.0,
+      reward,
+    ],
+    axis=-1,
   )
   return u * 4.0

@@ -60,6 +60,7 @@ class Decoded(NamedTuple):
   """What evaluation records of a set of decoders: scores {metric: value}, folds {metric:
   outer folds used} and skipped {metric: reason} (each metric in exactly one of scores and
   skipped)."""
+
   scores: dict
   folds: dict
   skipped: dict
@@ -110,9 +111,15 @@ def choice_model(seed: int, inner_folds: int):
   their coordinates in that span gives the same decision function, with trials x trials
   features instead of trials x (time * neurons)."""
   return make_pipeline(
-      StandardScaler(), PCA(svd_solver="full"),
-      GridSearchCV(LogisticRegression(max_iter=LOGISTIC_MAX_ITER), {"C": list(LOGISTIC_C_GRID)},
-                   scoring="accuracy", cv=StratifiedKFold(inner_folds, shuffle=True, random_state=seed)))
+    StandardScaler(),
+    PCA(svd_solver="full"),
+    GridSearchCV(
+      LogisticRegression(max_iter=LOGISTIC_MAX_ITER),
+      {"C": list(LOGISTIC_C_GRID)},
+      scoring="accuracy",
+      cv=StratifiedKFold(inner_folds, shuffle=True, random_state=seed),
+    ),
+  )
 
 
 def choice_accuracy(features, choice, *, folds: int = 5, seed: int = 0) -> float:
@@ -136,19 +143,25 @@ def choice_accuracy(features, choice, *, folds: int = 5, seed: int = 0) -> float
   features = _check_features("choice_accuracy", features)
   choice = np.asarray(choice)
   if choice.ndim != 1 or choice.shape[0] != features.shape[0]:
-    raise ValueError(f"choice_accuracy: choice must be [trials] with trials = {features.shape[0]} "
-                     f"(rows of features); got shape {choice.shape}")
+    raise ValueError(
+      f"choice_accuracy: choice must be [trials] with trials = {features.shape[0]} "
+      f"(rows of features); got shape {choice.shape}"
+    )
   if choice.dtype.kind == "f" and not np.isfinite(choice).all():
     raise ValueError("choice_accuracy: choice contains non-finite values (NaN or inf)")
   labels, counts = np.unique(choice, return_counts=True)
   if labels.size != 2:
     error = Undecodable if labels.size < 2 else ValueError  # one class: a split's property
-    raise error(f"choice_accuracy: choice must hold exactly two classes; got {labels.size} "
-                f"({labels.tolist()[:5]}), so choice accuracy is undefined")
+    raise error(
+      f"choice_accuracy: choice must hold exactly two classes; got {labels.size} "
+      f"({labels.tolist()[:5]}), so choice accuracy is undefined"
+    )
   needed = _min_items(folds)
   if counts.min() < needed:
-    raise Undecodable(f"choice_accuracy: each class needs at least {needed} trials for {folds} folds; "
-                     f"class counts are {dict(zip(labels.tolist(), counts.tolist()))}")
+    raise Undecodable(
+      f"choice_accuracy: each class needs at least {needed} trials for {folds} folds; "
+      f"class counts are {dict(zip(labels.tolist(), counts.tolist()))}"
+    )
   inner = min(INNER_FOLDS, _train_size(int(counts.min()), folds))
   model = choice_model(seed, inner)
   outer = StratifiedKFold(folds, shuffle=True, random_state=seed)
@@ -180,16 +193,17 @@ def continuous_r2(features, target, *, folds: int = 5, seed: int = 0) -> float:
   features = _check_features("continuous_r2", features)
   target = np.asarray(target, np.float64)
   if target.ndim not in (1, 2) or target.shape[0] != features.shape[0]:
-    raise ValueError(f"continuous_r2: target must be [trials, T] with trials = {features.shape[0]} "
-                     f"(rows of features); got shape {target.shape}")
+    raise ValueError(
+      f"continuous_r2: target must be [trials, T] with trials = {features.shape[0]} "
+      f"(rows of features); got shape {target.shape}"
+    )
   if target.size == 0:
     raise ValueError(f"continuous_r2: target is empty; got shape {target.shape}")
   if not np.isfinite(target).all():
     raise ValueError("continuous_r2: target contains non-finite values (NaN or inf)")
   needed = _min_items(folds)
   if target.shape[0] < needed:
-    raise Undecodable(f"continuous_r2: needs at least {needed} trials for {folds} folds; "
-                     f"got {target.shape[0]}")
+    raise Undecodable(f"continuous_r2: needs at least {needed} trials for {folds} folds; got {target.shape[0]}")
   if np.ptp(target) == 0:
     raise Undecodable("continuous_r2: target is constant, so R^2 is undefined")
   model = make_pipeline(StandardScaler(), RidgeCV(alphas=list(RIDGE_ALPHA_GRID)))
@@ -203,18 +217,18 @@ def _features_and_targets(log_rates, behaviour: Mapping) -> tuple[np.ndarray, di
   BEHAVIOUR_METRICS order) after checking the shapes (see decode_behaviour)."""
   log_rates = np.asarray(log_rates, np.float64)
   if log_rates.ndim != 3:
-    raise ValueError(f"decode_behaviour: log_rates must be [trials, time, neurons]; got shape "
-                     f"{log_rates.shape}")
+    raise ValueError(f"decode_behaviour: log_rates must be [trials, time, neurons]; got shape {log_rates.shape}")
   if not isinstance(behaviour, Mapping):
-    raise ValueError(f"decode_behaviour: behaviour must be a mapping of field -> array; got "
-                     f"{type(behaviour).__name__}")
+    raise ValueError(f"decode_behaviour: behaviour must be a mapping of field -> array; got {type(behaviour).__name__}")
   n_trials = log_rates.shape[0]
   fields = {"choice": "choice_accuracy", **_CONTINUOUS}
   for key in fields:
     value = behaviour.get(key)
     if value is not None and np.shape(value)[:1] != (n_trials,):
-      raise ValueError(f"decode_behaviour: behaviour[{key!r}] must have {n_trials} trials (first "
-                       f"axis of log_rates); got shape {np.shape(value)}")
+      raise ValueError(
+        f"decode_behaviour: behaviour[{key!r}] must have {n_trials} trials (first "
+        f"axis of log_rates); got shape {np.shape(value)}"
+      )
   targets = {metric: behaviour[key] for key, metric in fields.items() if behaviour.get(key) is not None}
   return log_rates.reshape(n_trials, -1), targets
 

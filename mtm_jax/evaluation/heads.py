@@ -21,8 +21,11 @@ from mtm_jax import masking
 from mtm_jax.datasets import pipeline
 from mtm_jax.evaluation import decoding
 
-TARGETS = {"choice": "choice_accuracy", "whisker_motion_energy": "whisker_motion_energy_r2",
-           "wheel_speed": "wheel_speed_r2"}
+TARGETS = {
+  "choice": "choice_accuracy",
+  "whisker_motion_energy": "whisker_motion_energy_r2",
+  "wheel_speed": "wheel_speed_r2",
+}
 
 
 class BehaviourHead(nnx.Module):
@@ -54,16 +57,29 @@ def check_scorable(target: str, y_train: np.ndarray, y_test: np.ndarray, *, trai
     if len(y) == 0:
       raise decoding.Undecodable(f"{where}: the {split} split has no trials")
   if y_train.ndim == 1 and np.unique(y_train).size < 2:
-    raise decoding.Undecodable(f"{where}: the {len(y_train)} {train_split} trials hold one class, so there is "
-                               "nothing to learn")
+    raise decoding.Undecodable(
+      f"{where}: the {len(y_train)} {train_split} trials hold one class, so there is nothing to learn"
+    )
   if y_train.ndim == 2 and np.ptp(y_test) == 0:
-    raise decoding.Undecodable(f"{where}: the target is constant over the {len(y_test)} {eval_split} trials, "
-                               "so R^2 is undefined")
+    raise decoding.Undecodable(
+      f"{where}: the target is constant over the {len(y_test)} {eval_split} trials, so R^2 is undefined"
+    )
 
 
-def finetune_head(trained, name: str, target: str, *, make_step, init_state, steps: int = 300,
-                  learning_rate: float = 1e-3, batch_size: int = 16, seed: int = 0, train_split: str = "train",
-                  eval_split: str = "test") -> float:
+def finetune_head(
+  trained,
+  name: str,
+  target: str,
+  *,
+  make_step,
+  init_state,
+  steps: int = 300,
+  learning_rate: float = 1e-3,
+  batch_size: int = 16,
+  seed: int = 0,
+  train_split: str = "train",
+  eval_split: str = "test",
+) -> float:
   """Fine-tunes model + head for `target` of session `name` on train_split; returns the
   score on eval_split (choice accuracy, or pooled R^2 of a trace). `trained`: a
   tasks.base.Trained holding the session. The trained parameters are not changed. Raises
@@ -110,23 +126,24 @@ def finetune_head(trained, name: str, target: str, *, make_step, init_state, ste
     state, _ = step(state, dict(x=x_train[idx], y=jnp.asarray(y_train[idx])), None, key)
   params = state.params
   predict_test = jax.jit(predict)  # one compiled function for every test chunk
-  out = np.concatenate([np.asarray(predict_test(params, x_test[i : i + 64], None))
-                        for i in range(0, len(y_test), 64)])
+  out = np.concatenate([np.asarray(predict_test(params, x_test[i : i + 64], None)) for i in range(0, len(y_test), 64)])
   if per_bin:
     return float(r2_score(y_test.ravel(), (out * scale + mean).ravel()))
   return float(accuracy_score(y_test, (out > 0).astype(np.float32)))
 
 
-def head_metrics(trained, name: str, *, steps: int, seed: int = 0, eval_split: str = "test",
-                 trainer: dict) -> decoding.Decoded:
+def head_metrics(
+  trained, name: str, *, steps: int, seed: int = 0, eval_split: str = "test", trainer: dict
+) -> decoding.Decoded:
   """Decoded({"head_<metric>": score}, {}, {"head_<metric>": reason}) over every target,
   each score from its own fine-tuned head; a target the splits cannot score is skipped.
   trainer: dict(make_step=, init_state=) (see finetune_head)."""
   scores, skipped = {}, {}
   for target, metric in TARGETS.items():
     try:
-      scores[f"head_{metric}"] = finetune_head(trained, name, target, steps=steps, seed=seed, eval_split=eval_split,
-                                                  **trainer)
+      scores[f"head_{metric}"] = finetune_head(
+        trained, name, target, steps=steps, seed=seed, eval_split=eval_split, **trainer
+      )
     except decoding.Undecodable as e:
       skipped[f"head_{metric}"] = str(e)
   return decoding.Decoded(scores, {}, skipped)

@@ -43,8 +43,9 @@ def _parse_rows(rows) -> list[dict]:
       raise TypeError
     rows = list(rows)
   except TypeError:
-    raise ValueError("rows must be a list of dicts with keys " + ", ".join(SCALING_KEYS)
-                     + f"; got {type(rows).__name__}") from None
+    raise ValueError(
+      "rows must be a list of dicts with keys " + ", ".join(SCALING_KEYS) + f"; got {type(rows).__name__}"
+    ) from None
   parsed = []
   for i, row in enumerate(rows):
     if not isinstance(row, Mapping):
@@ -57,15 +58,20 @@ def _parse_rows(rows) -> list[dict]:
     except (TypeError, ValueError):
       count = math.nan
     if not (count >= 0 and count == int(count)):
-      raise ValueError(f"rows[{i}]: pretrain_sessions must be an integer >= 0; "
-                       f"got {row['pretrain_sessions']!r}")
+      raise ValueError(f"rows[{i}]: pretrain_sessions must be an integer >= 0; got {row['pretrain_sessions']!r}")
     try:
       value = float(row["value"])
     except (TypeError, ValueError):
       raise ValueError(f"rows[{i}]: value must be a number; got {row['value']!r}") from None
-    parsed.append({"pretrain_sessions": int(count), "mode": str(row["mode"]).strip(),
-                   "session": str(row["session"]).strip(), "metric": str(row["metric"]).strip(),
-                   "value": value})
+    parsed.append(
+      {
+        "pretrain_sessions": int(count),
+        "mode": str(row["mode"]).strip(),
+        "session": str(row["session"]).strip(),
+        "metric": str(row["metric"]).strip(),
+        "value": value,
+      }
+    )
   if not parsed:
     raise ValueError("rows is empty: no scaling results to summarise")
   return parsed
@@ -81,19 +87,27 @@ def _summarise(parsed: list[dict]) -> list[dict]:
     key = (row["metric"], row["mode"], row["pretrain_sessions"])
     sessions = groups.setdefault(key, {})
     if row["session"] in sessions:
-      raise ValueError(f"rows: two values for metric {key[0]!r}, mode {key[1]!r}, "
-                       f"pretrain_sessions {key[2]}, session {row['session']!r}")
+      raise ValueError(
+        f"rows: two values for metric {key[0]!r}, mode {key[1]!r}, "
+        f"pretrain_sessions {key[2]}, session {row['session']!r}"
+      )
     sessions[row["session"]] = row["value"]
   summary = []
   for (metric, mode, count), sessions in sorted(groups.items()):
     values = np.array(list(sessions.values()), np.float64)
-    summary.append({
-        "metric": metric, "mode": mode, "pretrain_sessions": count, "n": int(values.size),
+    summary.append(
+      {
+        "metric": metric,
+        "mode": mode,
+        "pretrain_sessions": count,
+        "n": int(values.size),
         "mean": float(values.mean()),
         "std": float(values.std(ddof=1)) if values.size > 1 else math.nan,
-        "min": float(values.min()), "max": float(values.max()),
+        "min": float(values.min()),
+        "max": float(values.max()),
         "sessions": sorted(sessions),
-    })
+      }
+    )
   return summary
 
 
@@ -130,8 +144,7 @@ def scaling_table(rows) -> str:
   parsed = _parse_rows(rows)
   summary = {(e["metric"], e["mode"], e["pretrain_sessions"]): e for e in _summarise(parsed)}
   modes = _first_seen(r["mode"] for r in parsed)
-  lines = ["| metric | pretraining sessions | " + " | ".join(modes) + " |",
-           "|---|---:|" + "---:|" * len(modes)]
+  lines = ["| metric | pretraining sessions | " + " | ".join(modes) + " |", "|---|---:|" + "---:|" * len(modes)]
   for metric in _first_seen(r["metric"] for r in parsed):
     counts = sorted({r["pretrain_sessions"] for r in parsed if r["metric"] == metric})
     for count in counts:
@@ -153,8 +166,9 @@ def _panel_series(summary: list[dict], metric: str) -> dict:
   band = "min-max" if n_sessions <= MIN_MAX_BAND_SESSIONS else "std"
   modes = {}
   for mode in _first_seen(e["mode"] for e in entries):
-    pretrained = sorted((e for e in entries if e["mode"] == mode and e["pretrain_sessions"] > 0),
-                        key=lambda e: e["pretrain_sessions"])
+    pretrained = sorted(
+      (e for e in entries if e["mode"] == mode and e["pretrain_sessions"] > 0), key=lambda e: e["pretrain_sessions"]
+    )
     scratch = [e["mean"] for e in entries if e["mode"] == mode and e["pretrain_sessions"] == 0]
     mean = np.array([e["mean"] for e in pretrained], np.float64)
     if band == "std":
@@ -163,9 +177,13 @@ def _panel_series(summary: list[dict], metric: str) -> dict:
     else:
       low = np.array([e["min"] for e in pretrained], np.float64)
       high = np.array([e["max"] for e in pretrained], np.float64)
-    modes[mode] = {"x": np.array([e["pretrain_sessions"] for e in pretrained], np.int64),
-                   "mean": mean, "low": low, "high": high,
-                   "scratch": scratch[0] if scratch else None}
+    modes[mode] = {
+      "x": np.array([e["pretrain_sessions"] for e in pretrained], np.int64),
+      "mean": mean,
+      "low": low,
+      "high": high,
+      "scratch": scratch[0] if scratch else None,
+    }
   return {"band": band, "n_sessions": n_sessions, "modes": modes}
 
 
@@ -220,7 +238,7 @@ def scaling_figure(rows, path, *, metrics: Sequence[str] | None = None) -> None:
       if len(ticks) == 1:
         ax.set_xlim(ticks[0] / 2, ticks[0] * 2)
       else:
-        ax.set_xlim(ticks[0] / 2 ** 0.4, ticks[-1] * 2 ** 0.4)
+        ax.set_xlim(ticks[0] / 2**0.4, ticks[-1] * 2**0.4)
       ax.xaxis.set_major_locator(FixedLocator(ticks))
       ax.xaxis.set_minor_locator(NullLocator())
       ax.set_xticklabels([str(t) for t in ticks])
@@ -232,8 +250,7 @@ def scaling_figure(rows, path, *, metrics: Sequence[str] | None = None) -> None:
     ax.set_title(metric)
     ax.grid(True, alpha=0.3)
   legend["band: spread over\nheld-out sessions"] = Patch(color="0.5", alpha=0.3)
-  fig.legend(list(legend.values()), list(legend), loc="outside right upper", frameon=False,
-             fontsize="small")
+  fig.legend(list(legend.values()), list(legend), loc="outside right upper", frameon=False, fontsize="small")
   _save(fig, path)
 
 
@@ -254,22 +271,25 @@ def _raster_panels(truth, predictions, neuron_order=None) -> dict:
   """
   truth = np.asarray(truth, np.float64)
   if truth.ndim != 3 or 0 in truth.shape:
-    raise ValueError(f"raster_figure: truth must be a non-empty [trials, time, neurons]; "
-                     f"got shape {truth.shape}")
+    raise ValueError(f"raster_figure: truth must be a non-empty [trials, time, neurons]; got shape {truth.shape}")
   if not isinstance(predictions, Mapping) or not predictions:
-    raise ValueError("raster_figure: predictions must be a non-empty dict "
-                     "{row label: {column label: [trials, time, neurons]}}")
+    raise ValueError(
+      "raster_figure: predictions must be a non-empty dict {row label: {column label: [trials, time, neurons]}}"
+    )
   rows = {}
   for row, models in predictions.items():
     if not isinstance(models, Mapping) or not models:
-      raise ValueError(f"raster_figure: predictions[{row!r}] must be a non-empty dict "
-                       "{column label: [trials, time, neurons]}")
+      raise ValueError(
+        f"raster_figure: predictions[{row!r}] must be a non-empty dict {{column label: [trials, time, neurons]}}"
+      )
     rows[str(row)] = {}
     for column, values in models.items():
       values = np.asarray(values, np.float64)
       if values.shape != truth.shape:
-        raise ValueError(f"raster_figure: predictions[{row!r}][{column!r}] must have the shape of "
-                         f"truth {truth.shape} [trials, time, neurons]; got {values.shape}")
+        raise ValueError(
+          f"raster_figure: predictions[{row!r}][{column!r}] must have the shape of "
+          f"truth {truth.shape} [trials, time, neurons]; got {values.shape}"
+        )
       rows[str(row)][str(column)] = np.nanmean(values, axis=0).T
   truth_mean = np.nanmean(truth, axis=0).T  # [neurons, time]
   n_neurons = truth.shape[2]
@@ -277,18 +297,29 @@ def _raster_panels(truth, predictions, neuron_order=None) -> dict:
     order = np.argsort(-np.nan_to_num(truth_mean.mean(axis=1), nan=-np.inf), kind="stable")
   else:
     order = np.asarray(neuron_order)
-    if (order.ndim != 1 or order.size == 0 or order.dtype.kind not in "iu"
-        or order.min() < 0 or order.max() >= n_neurons or np.unique(order).size != order.size):
-      raise ValueError(f"raster_figure: neuron_order must be distinct neuron indices in "
-                       f"[0, {n_neurons}); got {neuron_order!r}")
+    if (
+      order.ndim != 1
+      or order.size == 0
+      or order.dtype.kind not in "iu"
+      or order.min() < 0
+      or order.max() >= n_neurons
+      or np.unique(order).size != order.size
+    ):
+      raise ValueError(
+        f"raster_figure: neuron_order must be distinct neuron indices in [0, {n_neurons}); got {neuron_order!r}"
+      )
   columns = _first_seen(c for models in rows.values() for c in models)
-  return {"order": order, "truth": truth_mean[order],
-          "rows": {r: {c: img[order] for c, img in models.items()} for r, models in rows.items()},
-          "columns": columns}
+  return {
+    "order": order,
+    "truth": truth_mean[order],
+    "rows": {r: {c: img[order] for c, img in models.items()} for r, models in rows.items()},
+    "columns": columns,
+  }
 
 
-def raster_figure(path, truth, predictions, *, neuron_order=None, bin_size: float = 0.02,
-                  t_before: float = 0.5, title: str = "") -> None:
+def raster_figure(
+  path, truth, predictions, *, neuron_order=None, bin_size: float = 0.02, t_before: float = 0.5, title: str = ""
+) -> None:
   """Figure 2 of the MtM paper: trial-averaged rasters of one region's neurons.
 
   Args:
@@ -342,8 +373,15 @@ def raster_figure(path, truth, predictions, *, neuron_order=None, bin_size: floa
         ax.text(0.5, 0.5, f"no {label}", ha="center", va="center", transform=ax.transAxes)
         ax.tick_params(left=False, bottom=False)
         continue
-      shown = ax.imshow(image, aspect="auto", interpolation="nearest", cmap="viridis",
-                        vmin=vmin, vmax=vmax, extent=(left, right, n_shown - 0.5, -0.5))
+      shown = ax.imshow(
+        image,
+        aspect="auto",
+        interpolation="nearest",
+        cmap="viridis",
+        vmin=vmin,
+        vmax=vmax,
+        extent=(left, right, n_shown - 0.5, -0.5),
+      )
       if left < 0 < right:
         ax.axvline(0.0, color="white", linestyle=":", linewidth=1)
       if r == n_rows - 1:

@@ -47,8 +47,9 @@ def r2_per_dim(prediction: np.ndarray, target: np.ndarray) -> np.ndarray:
   return 1.0 - ss_res / np.where(ss_tot > 0, ss_tot, 1.0)
 
 
-def summarise(per_session: dict[str, np.ndarray], key: str = "behaviour_r2",
-              skipped: dict[str, str] | None = None, names=None) -> dict:
+def summarise(
+  per_session: dict[str, np.ndarray], key: str = "behaviour_r2", skipped: dict[str, str] | None = None, names=None
+) -> dict:
   """{session id: [D] R^2} -> {key: mean over sessions of the dimension mean,
   f"{key}_{names[d]}": mean over sessions of dimension d, "sessions": {id: {key, ...}}}.
   names: the D output names (events.session.output_names; default dim0 ... dim{D-1}).
@@ -63,8 +64,10 @@ def summarise(per_session: dict[str, np.ndarray], key: str = "behaviour_r2",
     out.update({f"{key}_{n}": float(v) for n, v in zip(names, table.mean(axis=0))})
   elif skipped:
     out["skipped"] = {key: "; ".join(f"{sid}: {reason}" for sid, reason in skipped.items())}
-  out["sessions"] = {sid: {key: float(np.mean(r)), **{f"{key}_{n}": float(v) for n, v in zip(names, r)}}
-                     for sid, r in per_session.items()}
+  out["sessions"] = {
+    sid: {key: float(np.mean(r)), **{f"{key}_{n}": float(v) for n, v in zip(names, r)}}
+    for sid, r in per_session.items()
+  }
   out["sessions"].update({sid: {"skipped": {key: reason}} for sid, reason in (skipped or {}).items()})
   return out
 
@@ -134,8 +137,9 @@ def stitched_scores(data: windows_lib.EventData, metas, predictions) -> tuple[di
   return per_session, skipped, stitched
 
 
-def evaluate_data(graphdef, params, data: windows_lib.EventData, *, task: str, batch_size: int, mesh,
-                  predictor=None) -> tuple[dict, list[dict]]:
+def evaluate_data(
+  graphdef, params, data: windows_lib.EventData, *, task: str, batch_size: int, mesh, predictor=None
+) -> tuple[dict, list[dict]]:
   """(summarise(...) of the model's R^2 on `data`, the stitched per-session predictions)."""
   predictor = make_predictor(graphdef, task) if predictor is None else predictor
   metas, predictions = predict_windows(predictor, params, data, batch_size, mesh)
@@ -165,8 +169,15 @@ def lagged_counts(session: session_lib.EventSession, timestamps: np.ndarray, bin
   return out.reshape(len(t), lags * n_units)
 
 
-def ridge_baseline(session: session_lib.EventSession, test_timestamps: np.ndarray, *, split: str = "test",
-                   bin_size: float = 0.02, lags: int = 10, train_split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+def ridge_baseline(
+  session: session_lib.EventSession,
+  test_timestamps: np.ndarray,
+  *,
+  split: str = "test",
+  bin_size: float = 0.02,
+  lags: int = 10,
+  train_split: str = "train",
+) -> tuple[np.ndarray, np.ndarray]:
   """Fits RidgeCV on the training split of `session` and predicts at `test_timestamps`
   (which must be behaviour timestamps of `split`). Each split sees only its own spikes.
   Returns ([T, D] prediction, [T, D] target)."""
@@ -177,17 +188,17 @@ def ridge_baseline(session: session_lib.EventSession, test_timestamps: np.ndarra
   train = session_lib.restrict_to_splits(session, [train_split])
   test = session_lib.restrict_to_splits(session, [split])
   if len(test_timestamps) == 0:
-    raise metrics.Undecodable(f"ridge baseline: no {split} timestamps of session {session.session_id!r} to "
-                               "predict")
+    raise metrics.Undecodable(f"ridge baseline: no {split} timestamps of session {session.session_id!r} to predict")
   if len(train.behaviour_timestamps) < 2:
-    raise metrics.Undecodable(f"ridge baseline: the {train_split} split of session {session.session_id!r} "
-                               f"has {len(train.behaviour_timestamps)} behaviour samples; fitting needs 2")
+    raise metrics.Undecodable(
+      f"ridge baseline: the {train_split} split of session {session.session_id!r} "
+      f"has {len(train.behaviour_timestamps)} behaviour samples; fitting needs 2"
+    )
   x_train = lagged_counts(train, train.behaviour_timestamps, bin_size, lags)
   model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-1, 5, 13)))
   model.fit(x_train, np.asarray(train.behaviour_values, np.float64))
   idx = np.searchsorted(test.behaviour_timestamps, test_timestamps)
-  if np.any(idx >= len(test.behaviour_timestamps)) or not np.allclose(test.behaviour_timestamps[idx],
-                                                                          test_timestamps):
+  if np.any(idx >= len(test.behaviour_timestamps)) or not np.allclose(test.behaviour_timestamps[idx], test_timestamps):
     raise ValueError(f"ridge baseline: the timestamps are not behaviour samples of split {split!r}")
   prediction = model.predict(lagged_counts(test, test_timestamps, bin_size, lags))
   return prediction.astype(np.float32), np.asarray(test.behaviour_values[idx], np.float32)
@@ -196,6 +207,7 @@ def ridge_baseline(session: session_lib.EventSession, test_timestamps: np.ndarra
 def baseline_scores(data: windows_lib.EventData, stitched: Sequence[dict], *, bin_size: float, lags: int) -> dict:
   """summarise(...) of the ridge baseline under the key "baseline_r2", on the timestamps
   the model was scored on."""
+
   def score(pair):
     s, st = pair
     return r2_per_dim(*ridge_baseline(s, st["timestamps"], split=data.split, bin_size=bin_size, lags=lags))

@@ -19,11 +19,20 @@ DECODING_OFF = "decoding turned off"  # the reason of every decoder skipped by d
 def unmasked_log_rates(trained, spikes: np.ndarray, *, prompt: str, session: int) -> np.ndarray:
   """[K, T, N] log-rates of the frozen model on unmasked input, given `prompt`."""
   k, t, n = spikes.shape
-  task = masking.EvalTask("unmasked", prompt, np.zeros((1, n), bool), np.ones((1, n), bool), np.zeros(t, bool),
-                          np.ones(t, bool))
-  return tasks.predict_task(tasks.make_predictor(trained.graphdef), trained.params, spikes, task, causal=False,
-                            max_batch=trained.config.eval.max_batch, mesh=trained.mesh, session=session,
-                            n_neurons=trained.n_neurons)
+  task = masking.EvalTask(
+    "unmasked", prompt, np.zeros((1, n), bool), np.ones((1, n), bool), np.zeros(t, bool), np.ones(t, bool)
+  )
+  return tasks.predict_task(
+    tasks.make_predictor(trained.graphdef),
+    trained.params,
+    spikes,
+    task,
+    causal=False,
+    max_batch=trained.config.eval.max_batch,
+    mesh=trained.mesh,
+    session=session,
+    n_neurons=trained.n_neurons,
+  )
 
 
 def decode_session(trained, name: str, split: str, data: dict, *, row: int, trainer: dict) -> decoding.Decoded:
@@ -35,16 +44,18 @@ def decode_session(trained, name: str, split: str, data: dict, *, row: int, trai
   features = unmasked_log_rates(trained, data["spikes"], prompt=prompt, session=row)
   decoded = decoding.decode_split(features, data, folds=config.eval.decoding_folds, seed=config.eval.decoding_seed)
   if config.eval.head_steps > 0:
-    head = heads.head_metrics(trained, name, steps=config.eval.head_steps, seed=config.eval.decoding_seed,
-                              eval_split=split, trainer=trainer)
+    head = heads.head_metrics(
+      trained, name, steps=config.eval.head_steps, seed=config.eval.decoding_seed, eval_split=split, trainer=trainer
+    )
     decoded = decoding.Decoded({**decoded.scores, **head.scores}, decoded.folds, {**decoded.skipped, **head.skipped})
   for metric, reason in decoded.skipped.items():
     logging.warning("%s, %s split: %s skipped: %s", name, split, metric, reason)
   return decoded
 
 
-def evaluate_session(trained, name: str, split: str, *, keep_predictions: bool = False,
-                     decode: bool = True, trainer: dict | None = None) -> dict:
+def evaluate_session(
+  trained, name: str, split: str, *, keep_predictions: bool = False, decode: bool = True, trainer: dict | None = None
+) -> dict:
   """The four activity metrics and behaviour decoding of one of the model's sessions.
 
   Returns the metrics dict, with "decoding_folds" ({metric: outer folds used}),
@@ -57,21 +68,38 @@ def evaluate_session(trained, name: str, split: str, *, keep_predictions: bool =
   info = trained.sessions[row]
   data = pipeline.load_split(name, config.data.data_dir, split)
   if data["spikes"].shape[-1] != info.n_neurons:
-    raise ValueError(f"data set {name!r}: {data['spikes'].shape[-1]} neurons, the model's session row {row} "
-                     f"has {info.n_neurons}; was the data set rebuilt?")
+    raise ValueError(
+      f"data set {name!r}: {data['spikes'].shape[-1]} neurons, the model's session row {row} "
+      f"has {info.n_neurons}; was the data set rebuilt?"
+    )
   results = tasks.evaluate(
-      trained.graphdef, trained.params, data["spikes"], info.region_ids(),
-      causal_trained=config.masking.mode in (masking.MTM, "causal"), true_rates=data.get("rates"),
-      max_batch=config.eval.max_batch, mesh=trained.mesh, session=row, n_neurons=trained.n_neurons,
-      keep_predictions=keep_predictions)
+    trained.graphdef,
+    trained.params,
+    data["spikes"],
+    info.region_ids(),
+    causal_trained=config.masking.mode in (masking.MTM, "causal"),
+    true_rates=data.get("rates"),
+    max_batch=config.eval.max_batch,
+    mesh=trained.mesh,
+    session=row,
+    n_neurons=trained.n_neurons,
+    keep_predictions=keep_predictions,
+  )
   if decode:
     decoded = decode_session(trained, name, split, data, row=row, trainer=trainer)
   else:
     off = decoding.BEHAVIOUR_METRICS + (HEAD_METRICS if config.eval.head_steps > 0 else ())
     decoded = decoding.Decoded({}, {}, dict.fromkeys(off, DECODING_OFF))
   results.update(decoded.scores, decoding_folds=decoded.folds, skipped=decoded.skipped)
-  results.update(session=name, session_id=info.session_id, split=split, step=trained.step,
-                 masking_mode=config.masking.mode, n_trials=int(data["spikes"].shape[0]), n_neurons=info.n_neurons)
+  results.update(
+    session=name,
+    session_id=info.session_id,
+    split=split,
+    step=trained.step,
+    masking_mode=config.masking.mode,
+    n_trials=int(data["spikes"].shape[0]),
+    n_neurons=info.n_neurons,
+  )
   if keep_predictions:
     results["spikes"] = data["spikes"]
   return results
@@ -89,8 +117,9 @@ def session_means(per_session: dict[str, dict]) -> dict:
   return {**means, "skipped": {m: "; ".join(v) for m, v in reasons.items() if m not in means}}
 
 
-def evaluate_sessions(trained, split: str, sessions: list[str] | None = None, decode: bool = True,
-                      trainer: dict | None = None) -> tuple[dict, dict]:
+def evaluate_sessions(
+  trained, split: str, sessions: list[str] | None = None, decode: bool = True, trainer: dict | None = None
+) -> tuple[dict, dict]:
   """Scores a trained NDT1 (tasks.base.Trained) on a split of its sessions (default all):
   (results, {name: [N] per-neuron bps}). One session: the metrics at the top level;
   several: their means at the top level (over the sessions that scored each) and each
@@ -135,15 +164,24 @@ def _region_rates(trained, name: str, split: str, task_names) -> tuple[np.ndarra
   out = {}
   for task in masking.evaluation_tasks(region_ids, data["spikes"].shape[1]):
     if task.name in task_names:
-      log_rates = tasks.predict_task(predictor, trained.params, data["spikes"], task, causal=False,
-                                     max_batch=trained.config.eval.max_batch, mesh=trained.mesh, session=row,
-                                     n_neurons=trained.n_neurons)
+      log_rates = tasks.predict_task(
+        predictor,
+        trained.params,
+        data["spikes"],
+        task,
+        causal=False,
+        max_batch=trained.config.eval.max_batch,
+        mesh=trained.mesh,
+        session=row,
+        n_neurons=trained.n_neurons,
+      )
       out[task.name] = np.exp(log_rates)
   return data["spikes"], out
 
 
-def raster_plot(models: dict, path: str, *, split: str | None = None, session: str | None = None,
-                region: str | None = None) -> str:
+def raster_plot(
+  models: dict, path: str, *, split: str | None = None, session: str | None = None, region: str | None = None
+) -> str:
   """The MtM paper's Figure 2 as a PNG: trial-averaged rasters of one region's neurons,
   ground truth vs each model (models: {column label: tasks.base.Trained}) under
   inter-region and intra-region masking. Default: the first model's first session and
@@ -164,8 +202,9 @@ def raster_plot(models: dict, path: str, *, split: str | None = None, session: s
     truth = spikes[..., neurons]
     for row, task in RASTER_TASKS.items():
       predictions[row][label] = rates[task][..., neurons]
-  plots.raster_figure(path, truth, predictions,
-                      title=f"{session} ({info.session_id}), {region}: {len(neurons)} neurons, {split} trials")
+  plots.raster_figure(
+    path, truth, predictions, title=f"{session} ({info.session_id}), {region}: {len(neurons)} neurons, {split} trials"
+  )
   return region
 
 

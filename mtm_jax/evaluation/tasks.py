@@ -66,8 +66,9 @@ def make_predictor(graphdef) -> Predictor:
     hidden = hide[None, None, :] & hide_bins[None, :, None]  # [1, T, N]
     pre = model.input_preactivation(jnp.where(hidden, 0.0, spikes), session)  # [K, T, E]
     eye = jnp.eye(n, dtype=spikes.dtype)[None]  # [1, N, N]: one "bin" per neuron
-    rows = model.input_preactivation(eye, session)[0] - model.input_preactivation(jnp.zeros_like(eye[:, :1]),
-                                                                                  session)[0]  # [N, E]
+    rows = (
+      model.input_preactivation(eye, session)[0] - model.input_preactivation(jnp.zeros_like(eye[:, :1]), session)[0]
+    )  # [N, E]
     return pre, model.embed_preactivation(pre), rows
 
   @jax.jit
@@ -98,8 +99,9 @@ def fired_bins(spikes: np.ndarray, neurons: np.ndarray, hide_bins: np.ndarray, b
   trial, time, copy = np.nonzero(hit)
   step = max(1, -(-k * t * len(neurons) // buckets))
   pad = max(step, -(-len(copy) // step) * step) - len(copy)
-  return np.stack([np.pad(copy, (0, pad), constant_values=len(neurons)), np.pad(trial, (0, pad)),
-                   np.pad(time, (0, pad))]).astype(np.int32)
+  return np.stack(
+    [np.pad(copy, (0, pad), constant_values=len(neurons)), np.pad(trial, (0, pad)), np.pad(time, (0, pad))]
+  ).astype(np.int32)
 
 
 def single_neuron_groups(task: masking.EvalTask) -> list[tuple[np.ndarray, np.ndarray]] | None:
@@ -115,9 +117,19 @@ def single_neuron_groups(task: masking.EvalTask) -> list[tuple[np.ndarray, np.nd
   return [(shared[g], neuron[group == g]) for g in range(len(shared))]
 
 
-def predict_task(predictor: Predictor, params, spikes: np.ndarray, task: masking.EvalTask, *, causal: bool,
-                 max_batch: int = 2048, mesh=None, session: int = 0, n_neurons: int | None = None,
-                 shortcut: bool = True) -> np.ndarray:
+def predict_task(
+  predictor: Predictor,
+  params,
+  spikes: np.ndarray,
+  task: masking.EvalTask,
+  *,
+  causal: bool,
+  max_batch: int = 2048,
+  mesh=None,
+  session: int = 0,
+  n_neurons: int | None = None,
+  shortcut: bool = True,
+) -> np.ndarray:
   """[K, T, N] log-rates of each scored neuron under its own mask (0 where unscored).
 
   session: the model's row of this session; n_neurons: the model's input width (the
@@ -140,15 +152,25 @@ def predict_task(predictor: Predictor, params, spikes: np.ndarray, task: masking
   if groups is not None:
     total = np.zeros(spikes.shape, np.float32)
     for shared, neurons in groups:
-      pre, emb, rows = predictor.base(params, spikes, np.pad(shared, (0, n_model - n_session)), task.hide_bins,
-                                      session)
+      pre, emb, rows = predictor.base(params, spikes, np.pad(shared, (0, n_model - n_session)), task.hide_bins, session)
       size = fit(len(neurons))
       padded = np.pad(neurons, (0, -len(neurons) % size), mode="edge").astype(np.int32)
       for start in range(0, len(padded), size):
         copies = padded[start : start + size]  # the chunk's neurons, one masked copy each
-        out = np.asarray(predictor.single(params, spikes, pre, emb, rows, place(copies),
-                                          fired_bins(counts, copies, task.hide_bins), prompt, causal,
-                                          session))  # [C, K, T]
+        out = np.asarray(
+          predictor.single(
+            params,
+            spikes,
+            pre,
+            emb,
+            rows,
+            place(copies),
+            fired_bins(counts, copies, task.hide_bins),
+            prompt,
+            causal,
+            session,
+          )
+        )  # [C, K, T]
         take = neurons[start : start + size]
         total[:, :, take] = np.moveaxis(out[: len(take)], 0, -1)
     return total[..., :n_session]
@@ -159,8 +181,16 @@ def predict_task(predictor: Predictor, params, spikes: np.ndarray, task: masking
   score = np.pad(task.score_neurons, ((0, pad), (0, n_model - n_session)))
   total = 0.0
   for start in range(0, n_masks + pad, chunk):
-    total = total + predictor.masked(params, spikes, place(hide[start : start + chunk]),
-                                     place(score[start : start + chunk]), task.hide_bins, prompt, causal, session)
+    total = total + predictor.masked(
+      params,
+      spikes,
+      place(hide[start : start + chunk]),
+      place(score[start : start + chunk]),
+      task.hide_bins,
+      prompt,
+      causal,
+      session,
+    )
   return np.asarray(total)[..., :n_session]
 
 
@@ -173,9 +203,20 @@ def score_task(rates: np.ndarray, spikes: np.ndarray, task: masking.EvalTask) ->
   return np.where(task.scored, bps, np.nan)
 
 
-def evaluate(graphdef, params, spikes: np.ndarray, region_ids: np.ndarray, *, causal_trained: bool,
-             true_rates: np.ndarray | None = None, max_batch: int = 2048, mesh=None, session: int = 0,
-             n_neurons: int | None = None, keep_predictions: bool = False) -> dict:
+def evaluate(
+  graphdef,
+  params,
+  spikes: np.ndarray,
+  region_ids: np.ndarray,
+  *,
+  causal_trained: bool,
+  true_rates: np.ndarray | None = None,
+  max_batch: int = 2048,
+  mesh=None,
+  session: int = 0,
+  n_neurons: int | None = None,
+  keep_predictions: bool = False,
+) -> dict:
   """The four metrics of one session's trials.
 
   spikes [K, T, N] counts; region_ids [N]; causal_trained: whether the model learned
@@ -189,8 +230,17 @@ def evaluate(graphdef, params, spikes: np.ndarray, region_ids: np.ndarray, *, ca
   results, per_neuron, predictions = {}, {}, {}
   for task in masking.evaluation_tasks(region_ids, spikes.shape[1]):
     causal = causal_trained and task.prompt == "causal"
-    log_rates = predict_task(predictor, params, spikes, task, causal=causal, max_batch=max_batch, mesh=mesh,
-                             session=session, n_neurons=n_neurons)
+    log_rates = predict_task(
+      predictor,
+      params,
+      spikes,
+      task,
+      causal=causal,
+      max_batch=max_batch,
+      mesh=mesh,
+      session=session,
+      n_neurons=n_neurons,
+    )
     rates = np.exp(log_rates.astype(np.float64))
     bps = score_task(rates, spikes, task)
     if keep_predictions:

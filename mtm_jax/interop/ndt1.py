@@ -62,8 +62,10 @@ def _heads(ckpt: sd.TorchCheckpoint, n_heads: int | None, width: int) -> int:
     raise ValueError(f"{ckpt.path}: the pickled module has {pickled} attention heads, but {n_heads} were given")
   heads = pickled if pickled is not None else n_heads
   if heads is None:
-    raise ValueError(f"{ckpt.path}: the number of attention heads is not in the checkpoint (a state dict does not "
-                     "hold it; a pickled module does); give it (--n_heads)")
+    raise ValueError(
+      f"{ckpt.path}: the number of attention heads is not in the checkpoint (a state dict does not "
+      "hold it; a pickled module does); give it (--n_heads)"
+    )
   if int(heads) < 1 or width % int(heads):
     raise ValueError(f"{ckpt.path}: width {width} is not a multiple of {heads} attention heads")
   return int(heads)
@@ -79,16 +81,24 @@ def architecture(ckpt: sd.TorchCheckpoint, n_heads: int | None = None) -> dict:
   n_layers = _layer_count(ckpt)
   mlp_width = ckpt.get("encoder.layers.0.mlp.up_proj.weight").shape[0]
   if embed_out % n_in or n_embed != embed_out:
-    raise ValueError(f"{ckpt.path}: embed_spikes {embed_out}x{n_in} and projection input {n_embed} are not "
-                     "Linear(n, mult * n) -> Linear(mult * n, hidden)")
+    raise ValueError(
+      f"{ckpt.path}: embed_spikes {embed_out}x{n_in} and projection input {n_embed} are not "
+      "Linear(n, mult * n) -> Linear(mult * n, hidden)"
+    )
   size = ndt1.size_name(int(width), n_layers, _heads(ckpt, n_heads, int(width)), int(mlp_width))
   stitched = sorted(int(n.split(".")[3]) for n in ckpt.names(STITCH_IN) if n.endswith(".weight"))
   session = f"{EMBED}.embed_session.weight"
-  return dict(size=size, stitch_dim=n_in if stitched else 0, embed_mult=embed_out // n_in,
-              max_bins=ckpt.get(f"{EMBED}.embed_pos.weight").shape[0],
-              use_prompt=f"{EMBED}.embed_prompt.weight" in ckpt, use_session=session in ckpt,
-              n_session_rows=ckpt.get(session).shape[0] if session in ckpt else 0,
-              stitched_neurons=stitched, n_neurons=n_in if not stitched else None)
+  return dict(
+    size=size,
+    stitch_dim=n_in if stitched else 0,
+    embed_mult=embed_out // n_in,
+    max_bins=ckpt.get(f"{EMBED}.embed_pos.weight").shape[0],
+    use_prompt=f"{EMBED}.embed_prompt.weight" in ckpt,
+    use_session=session in ckpt,
+    n_session_rows=ckpt.get(session).shape[0] if session in ckpt else 0,
+    stitched_neurons=stitched,
+    n_neurons=n_in if not stitched else None,
+  )
 
 
 def model_config(arch: Mapping, base: ml_collections.ConfigDict | None = None) -> ml_collections.ConfigDict:
@@ -97,7 +107,12 @@ def model_config(arch: Mapping, base: ml_collections.ConfigDict | None = None) -
   mode, T-Fixup init). Masking: MtM with prompts, the temporal baseline without."""
   c = ml_collections.ConfigDict((base if base is not None else ndt1_config.get_config("paper")).to_dict())
   m = c.model
-  m.size, m.stitch_dim, m.embed_mult, m.max_bins = arch["size"], arch["stitch_dim"], arch["embed_mult"], arch["max_bins"]
+  m.size, m.stitch_dim, m.embed_mult, m.max_bins = (
+    arch["size"],
+    arch["stitch_dim"],
+    arch["embed_mult"],
+    arch["max_bins"],
+  )
   m.use_prompt, m.use_session = arch["use_prompt"], arch["use_session"]
   m.special_tokens_see_future = True
   m.fixup_init = True
@@ -110,15 +125,21 @@ def model_config(arch: Mapping, base: ml_collections.ConfigDict | None = None) -
 
 
 def _shared_entries(n_layers: int, use_prompt: bool, stitched: bool) -> list[sd.Entry]:
-  entries = (sd.linear(f"{EMBED}.embed_spikes", ("embed_spikes",)) + sd.linear(f"{EMBED}.projection", ("embed_project",))
-             + sd.embedding(f"{EMBED}.embed_pos", ("position",)) + sd.layer_norm("encoder.out_norm", ("final_norm",)))
+  entries = (
+    sd.linear(f"{EMBED}.embed_spikes", ("embed_spikes",))
+    + sd.linear(f"{EMBED}.projection", ("embed_project",))
+    + sd.embedding(f"{EMBED}.embed_pos", ("position",))
+    + sd.layer_norm("encoder.out_norm", ("final_norm",))
+  )
   if use_prompt:
     entries += sd.embedding(f"{EMBED}.embed_prompt", ("prompt",))
   if not stitched:
     entries += sd.linear("decoder.0", ("readout",))
   for i in range(n_layers):
     theirs, ours = f"encoder.layers.{i}", ("layers", i)
-    entries += sd.layer_norm(f"{theirs}.ln1", ours + ("norm_attn",)) + sd.layer_norm(f"{theirs}.ln2", ours + ("norm_mlp",))
+    entries += sd.layer_norm(f"{theirs}.ln1", ours + ("norm_attn",)) + sd.layer_norm(
+      f"{theirs}.ln2", ours + ("norm_mlp",)
+    )
     for t, o in (("query", "query"), ("key", "key"), ("value", "value"), ("out_proj", "out")):
       entries += sd.linear(f"{theirs}.attn.{t}", ours + ("attn", o))
     entries += sd.linear(f"{theirs}.mlp.up_proj", ours + ("mlp", "up"))
@@ -136,8 +157,9 @@ def _check_sessions(session_neurons: Sequence[int], session_rows: Sequence[int] 
     raise ValueError(f"{where}: session rows {bad} are outside the reference's session table of {n_rows} rows")
 
 
-def from_torch(ckpt: sd.TorchCheckpoint, target: Mapping, session_neurons: Sequence[int],
-               session_rows: Sequence[int] | None = None) -> tuple[dict, list[str]]:
+def from_torch(
+  ckpt: sd.TorchCheckpoint, target: Mapping, session_neurons: Sequence[int], session_rows: Sequence[int] | None = None
+) -> tuple[dict, list[str]]:
   """Our pure parameter dict (shapes of `target`, the pure dict of the model built from
   `model_config(architecture(ckpt))`) and the checkpoint's unused tensor names.
 
@@ -147,8 +169,10 @@ def from_torch(ckpt: sd.TorchCheckpoint, target: Mapping, session_neurons: Seque
   stitched = "stitch_in" in target
   use_session = "session" in target
   if not stitched and list(session_neurons) != [ckpt.get("decoder.0.weight").shape[0]]:
-    raise ValueError(f"{ckpt.path}: a single-session model of {ckpt.get('decoder.0.weight').shape[0]} neurons, "
-                     f"but the sessions have {list(session_neurons)} neurons")
+    raise ValueError(
+      f"{ckpt.path}: a single-session model of {ckpt.get('decoder.0.weight').shape[0]} neurons, "
+      f"but the sessions have {list(session_neurons)} neurons"
+    )
   entries = _shared_entries(n_layers, "prompt" in target, stitched)
   params = sd.from_torch(ckpt, entries, target)
   used = {e.torch for e in entries}
@@ -166,8 +190,10 @@ def from_torch(ckpt: sd.TorchCheckpoint, target: Mapping, session_neurons: Seque
       for s, n in enumerate(session_neurons):
         name = f"{theirs}.{n}"
         if f"{name}.weight" not in ckpt:
-          raise ValueError(f"{ckpt.path}: has no {name}.* for a session of {n} neurons; its per-session layers "
-                           f"are for {architecture_neurons(ckpt)} neurons")
+          raise ValueError(
+            f"{ckpt.path}: has no {name}.* for a session of {n} neurons; its per-session layers "
+            f"are for {architecture_neurons(ckpt)} neurons"
+          )
         w, b = ckpt.get(f"{name}.weight").T, ckpt.get(f"{name}.bias")  # [in, out], [out]
         if transpose_in:  # stitch_in: [N, stitch_dim]
           kernel[s, :n, :], bias[s, :] = w, b
@@ -185,8 +211,13 @@ def architecture_neurons(ckpt: sd.TorchCheckpoint) -> list[int]:
   return sorted({int(n.split(".")[3]) for n in ckpt.names(STITCH_IN)})
 
 
-def to_torch(params: Mapping, session_neurons: Sequence[int], session_rows: Sequence[int] | None = None,
-             n_session_rows: int | None = None, n_heads: int | None = None) -> sd.TorchCheckpoint:
+def to_torch(
+  params: Mapping,
+  session_neurons: Sequence[int],
+  session_rows: Sequence[int] | None = None,
+  n_session_rows: int | None = None,
+  n_heads: int | None = None,
+) -> sd.TorchCheckpoint:
   """The authors' state dict of our parameters (the inverse of `from_torch`).
 
   Sessions with the same neuron count must have equal per-session layers (theirs are
@@ -211,8 +242,10 @@ def to_torch(params: Mapping, session_neurons: Sequence[int], session_rows: Sequ
         name = f"{theirs}.{n}"
         if f"{name}.weight" in arrays:
           if not (np.array_equal(arrays[f"{name}.weight"], w.T) and np.array_equal(arrays[f"{name}.bias"], b)):
-            raise ValueError(f"to_torch: sessions with {n} neurons have different {ours} layers; the reference "
-                             "keys its per-session layers by neuron count and cannot hold both")
+            raise ValueError(
+              f"to_torch: sessions with {n} neurons have different {ours} layers; the reference "
+              "keys its per-session layers by neuron count and cannot hold both"
+            )
           continue
         arrays[f"{name}.weight"], arrays[f"{name}.bias"] = np.ascontiguousarray(w.T), np.asarray(b)
     width = np.shape(params["embed_project"]["kernel"])[1]
@@ -223,9 +256,15 @@ def to_torch(params: Mapping, session_neurons: Sequence[int], session_rows: Sequ
   return sd.TorchCheckpoint({k: np.asarray(v, np.float32) for k, v in arrays.items()}, meta)
 
 
-def convert(ckpt: sd.TorchCheckpoint, config: ml_collections.ConfigDict, session_neurons: Sequence[int],
-            session_rows: Sequence[int] | None = None):
+def convert(
+  ckpt: sd.TorchCheckpoint,
+  config: ml_collections.ConfigDict,
+  session_neurons: Sequence[int],
+  session_rows: Sequence[int] | None = None,
+):
   """(NDT1 of `config` holding the checkpoint's weights, unused tensor names)."""
+
   def build(seed=0):
     return ndt1.from_config(config, list(session_neurons), rngs=nnx.Rngs(seed))
+
   return sd.fill(build, lambda target: from_torch(ckpt, target, session_neurons, session_rows))

@@ -57,30 +57,49 @@ def architecture(ckpt: sd.TorchCheckpoint) -> dict:
   inner_cross = ckpt.get("enc_atn.to_q.weight").shape[0]
   inner_self = ckpt.get("proc_layers.0.0.to_qkv.weight").shape[0] // 3 if depth else head_dim
   if inner_cross % head_dim or inner_self % head_dim:
-    raise ValueError(f"{ckpt.path}: attention widths {inner_cross}, {inner_self} are not multiples of the head "
-                     f"dim {head_dim} (hparams dim_head)")
-  size = dict(dim=dim, depth=depth, cross_heads=inner_cross // head_dim, self_heads=inner_self // head_dim,
-              latents_per_step=latents)
+    raise ValueError(
+      f"{ckpt.path}: attention widths {inner_cross}, {inner_self} are not multiples of the head "
+      f"dim {head_dim} (hparams dim_head)"
+    )
+  size = dict(
+    dim=dim,
+    depth=depth,
+    cross_heads=inner_cross // head_dim,
+    self_heads=inner_self // head_dim,
+    latents_per_step=latents,
+  )
   rows = [name for name, p in poyo.PRESETS.items() if all(getattr(p, k) == v for k, v in size.items())]
   if not rows:
     presets = {name: {k: getattr(p, k) for k in size} for name, p in poyo.PRESETS.items()}
-    raise ValueError(f"{ckpt.path}: a POYO of {size} is none of mtm_jax.models.poyo.PRESETS {presets}; "
-                     "add a size there")
+    raise ValueError(
+      f"{ckpt.path}: a POYO of {size} is none of mtm_jax.models.poyo.PRESETS {presets}; add a size there"
+    )
   omega = ckpt.get("rotary_emb.omega")
   n_freq = head_dim // 4
   if omega.shape != (head_dim // 2,) or np.any(omega[n_freq:] != 0):
-    raise ValueError(f"{ckpt.path}: rotary_emb.omega {omega.shape} is not {head_dim // 2} frequencies of which "
-                     f"the first {n_freq} are rotated")
-  return dict(size=rows[0], head_dim=head_dim, dim_out=ckpt.get("readout.weight").shape[0],
-              window_length=float(hp.get("sequence_length", 1.0)), latent_step=float(hp.get("latent_step", 0.125)),
-              ffn_dropout=float(hp.get("ffn_dropout", 0.2)), lin_dropout=float(hp.get("lin_dropout", 0.4)),
-              attn_dropout=float(hp.get("atn_dropout", 0.0)), emb_init_scale=float(hp.get("emb_init_scale", 0.02)),
-              t_min=float(hp.get("t_min", 1e-4)), t_max=float(hp.get("t_max", 2.0627)),
-              rotary_frequencies=[float(f) for f in omega[:n_freq]])
+    raise ValueError(
+      f"{ckpt.path}: rotary_emb.omega {omega.shape} is not {head_dim // 2} frequencies of which "
+      f"the first {n_freq} are rotated"
+    )
+  return dict(
+    size=rows[0],
+    head_dim=head_dim,
+    dim_out=ckpt.get("readout.weight").shape[0],
+    window_length=float(hp.get("sequence_length", 1.0)),
+    latent_step=float(hp.get("latent_step", 0.125)),
+    ffn_dropout=float(hp.get("ffn_dropout", 0.2)),
+    lin_dropout=float(hp.get("lin_dropout", 0.4)),
+    attn_dropout=float(hp.get("atn_dropout", 0.0)),
+    emb_init_scale=float(hp.get("emb_init_scale", 0.02)),
+    t_min=float(hp.get("t_min", 1e-4)),
+    t_max=float(hp.get("t_max", 2.0627)),
+    rotary_frequencies=[float(f) for f in omega[:n_freq]],
+  )
 
 
-def model_config(arch: Mapping, task: str, scale: Sequence[float] | None = None,
-                 base: ml_collections.ConfigDict | None = None) -> ml_collections.ConfigDict:
+def model_config(
+  arch: Mapping, task: str, scale: Sequence[float] | None = None, base: ml_collections.ConfigDict | None = None
+) -> ml_collections.ConfigDict:
   """A POYO config (preset of the checkpoint's size, or `base`) with the checkpoint's model;
   one task `task` of dim_out outputs; behaviour scale `scale` (default ones)."""
   c = base if base is not None else poyo_config.get_config(arch["size"])
@@ -103,15 +122,19 @@ def default_sessions(ckpt: sd.TorchCheckpoint) -> list[dict]:
   their "<session id>/" prefix, in vocabulary order."""
   vocab = ckpt.meta.get("vocab", {})
   if UNIT_VOCAB not in vocab or SESSION_VOCAB not in vocab:
-    raise ValueError(f"{ckpt.path}: holds no unit/session vocabularies ({UNIT_VOCAB}, {SESSION_VOCAB}); "
-                     "export the checkpoint with parity/export_torch.py")
+    raise ValueError(
+      f"{ckpt.path}: holds no unit/session vocabularies ({UNIT_VOCAB}, {SESSION_VOCAB}); "
+      "export the checkpoint with parity/export_torch.py"
+    )
   sessions = [s for s in vocab[SESSION_VOCAB] if s != PAD_WORD]
   units = [u for u in vocab[UNIT_VOCAB] if u != PAD_WORD]
   records = [dict(name=s, session_id=s, unit_ids=[u for u in units if u.startswith(f"{s}/")]) for s in sessions]
   orphans = sorted(set(units) - {u for r in records for u in r["unit_ids"]})
   if orphans:
-    raise ValueError(f"{ckpt.path}: units {orphans[:5]}{'...' if len(orphans) > 5 else ''} belong to no session "
-                     "by the '<session id>/' prefix; give the sessions' unit ids")
+    raise ValueError(
+      f"{ckpt.path}: units {orphans[:5]}{'...' if len(orphans) > 5 else ''} belong to no session "
+      "by the '<session id>/' prefix; give the sessions' unit ids"
+    )
   return records
 
 
@@ -125,7 +148,9 @@ def _entries(depth: int, task: str) -> list[sd.Entry]:
     e += sd.fused_linear(f"{theirs}_atn.to_kv", [(ours, "attn", "key"), (ours, "attn", "value")])
     e += sd.linear(f"{theirs}_atn.to_out", (ours, "attn", "out"))
     e += sd.layer_norm(f"{theirs}_ffn.0", (ours, "norm_ffn"))
-    e += sd.linear(f"{theirs}_ffn.1.net.0", (ours, "ffn", "up")) + sd.linear(f"{theirs}_ffn.1.net.3", (ours, "ffn", "down"))
+    e += sd.linear(f"{theirs}_ffn.1.net.0", (ours, "ffn", "up")) + sd.linear(
+      f"{theirs}_ffn.1.net.3", (ours, "ffn", "down")
+    )
   for i in range(depth):
     t, o = f"proc_layers.{i}", ("processor", i)
     e += sd.layer_norm(f"{t}.0.norm", o + ("norm_attn",))
@@ -150,8 +175,9 @@ def _rows(ckpt: sd.TorchCheckpoint, records: Sequence[dict]) -> tuple[list[int],
     session_rows.append(sessions[sid])
   missing = [u for u in ours.unit_ids if u not in units]
   if missing:
-    raise ValueError(f"{ckpt.path}: units {missing[:5]}{'...' if len(missing) > 5 else ''} are not in its unit "
-                     "vocabulary")
+    raise ValueError(
+      f"{ckpt.path}: units {missing[:5]}{'...' if len(missing) > 5 else ''} are not in its unit vocabulary"
+    )
   unit_rows += [units[u] for u in ours.unit_ids]
   return unit_rows, session_rows
 
@@ -163,8 +189,9 @@ def _our_rows(rows: Sequence[int], n_theirs: int) -> np.ndarray:
   return table
 
 
-def torch_brain_batch(ckpt: sd.TorchCheckpoint, records: Sequence[dict], batch: Mapping[str, np.ndarray],
-                      frequencies) -> tuple[dict, dict]:
+def torch_brain_batch(
+  ckpt: sd.TorchCheckpoint, records: Sequence[dict], batch: Mapping[str, np.ndarray], frequencies
+) -> tuple[dict, dict]:
   """(our batch, rotary angles) of a batch of torch_brain's own pipeline (POYO.tokenize +
   collate: the keyword arguments of its POYO.forward, as numpy; timestamps usually
   float64), for `model(ours, angles=angles)` with the model of `convert(ckpt, ..., records)`.
@@ -175,25 +202,37 @@ def torch_brain_batch(ckpt: sd.TorchCheckpoint, records: Sequence[dict], batch: 
   latents = ckpt.get("latent_emb.weight").shape[0]
   latent_index = np.asarray(batch["latent_index"])
   if np.any(latent_index != np.arange(latent_index.shape[-1]) % latents):
-    raise ValueError(f"torch_brain batch: latent_index is not 0..{latents - 1} repeated per latent step, the "
-                     "order of our latents")
+    raise ValueError(
+      f"torch_brain batch: latent_index is not 0..{latents - 1} repeated per latent step, the order of our latents"
+    )
   unit_rows, session_rows = _rows(ckpt, records)
   units = _our_rows(unit_rows, ckpt.get("unit_emb.weight").shape[0])[np.asarray(batch["input_unit_index"])]
   sessions = _our_rows(session_rows, ckpt.get("session_emb.weight").shape[0])[np.asarray(batch["session_index"])]
   mask = np.asarray(batch["input_mask"], bool)
   if np.any(units[mask] < 0) or np.any(sessions < 0):
-    raise ValueError(f"torch_brain batch: it holds units or sessions of {ckpt.path} outside the sessions "
-                     f"{[r['session_id'] for r in records]}")
+    raise ValueError(
+      f"torch_brain batch: it holds units or sessions of {ckpt.path} outside the sessions "
+      f"{[r['session_id'] for r in records]}"
+    )
   out_mask = np.asarray(batch["output_mask"], bool)
-  ours = dict(unit_index=np.where(mask, units, 0).astype(np.int32),
-              timestamps=np.asarray(batch["input_timestamps"], np.float32),
-              token_type=np.asarray(batch["input_token_type"], np.int32), input_mask=mask,
-              session_index=sessions.astype(np.int32),
-              output_timestamps=np.asarray(batch["output_timestamps"], np.float32),
-              output_task=np.zeros(out_mask.shape, np.int32), output_mask=out_mask)
-  angles = {name: rotary.host_angles(batch[key], frequencies)
-            for name, key in (("tokens", "input_timestamps"), ("latents", "latent_timestamps"),
-                              ("queries", "output_timestamps"))}
+  ours = dict(
+    unit_index=np.where(mask, units, 0).astype(np.int32),
+    timestamps=np.asarray(batch["input_timestamps"], np.float32),
+    token_type=np.asarray(batch["input_token_type"], np.int32),
+    input_mask=mask,
+    session_index=sessions.astype(np.int32),
+    output_timestamps=np.asarray(batch["output_timestamps"], np.float32),
+    output_task=np.zeros(out_mask.shape, np.int32),
+    output_mask=out_mask,
+  )
+  angles = {
+    name: rotary.host_angles(batch[key], frequencies)
+    for name, key in (
+      ("tokens", "input_timestamps"),
+      ("latents", "latent_timestamps"),
+      ("queries", "output_timestamps"),
+    )
+  }
   return ours, angles
 
 
@@ -223,6 +262,7 @@ def convert(ckpt: sd.TorchCheckpoint, config: ml_collections.ConfigDict, records
 
   def build(seed=0):
     return poyo.from_config(config, len(vocab.unit_ids), len(vocab.session_ids), rngs=nnx.Rngs(seed))
+
   return sd.fill(build, lambda target: from_torch(ckpt, target, records))
 
 
@@ -240,11 +280,26 @@ def to_torch(model: poyo.POYO, records: Sequence[dict], hparams_extra: Mapping |
   omega[: model.head_dim // 4] = model.frequencies()
   arrays["rotary_emb.omega"] = omega
   hp = model.hparams
-  hparams = dict(sequence_length=float(hp.window_length), latent_step=float(hp.latent_step),
-                 num_latents_per_step=hp.latents_per_step, dim=hp.dim, depth=hp.depth,
-                 dim_head=hp.head_dim, cross_heads=hp.cross_heads, self_heads=hp.self_heads,
-                 ffn_dropout=hp.ffn_dropout, lin_dropout=hp.lin_dropout, atn_dropout=hp.attn_dropout,
-                 emb_init_scale=hp.emb_init_scale, t_min=hp.t_min, t_max=hp.t_max, **(hparams_extra or {}))
-  meta = {"source": "mtm_jax", "hparams": hparams,
-          "vocab": {UNIT_VOCAB: [PAD_WORD] + list(vocab.unit_ids), SESSION_VOCAB: [PAD_WORD] + list(vocab.session_ids)}}
+  hparams = dict(
+    sequence_length=float(hp.window_length),
+    latent_step=float(hp.latent_step),
+    num_latents_per_step=hp.latents_per_step,
+    dim=hp.dim,
+    depth=hp.depth,
+    dim_head=hp.head_dim,
+    cross_heads=hp.cross_heads,
+    self_heads=hp.self_heads,
+    ffn_dropout=hp.ffn_dropout,
+    lin_dropout=hp.lin_dropout,
+    atn_dropout=hp.attn_dropout,
+    emb_init_scale=hp.emb_init_scale,
+    t_min=hp.t_min,
+    t_max=hp.t_max,
+    **(hparams_extra or {}),
+  )
+  meta = {
+    "source": "mtm_jax",
+    "hparams": hparams,
+    "vocab": {UNIT_VOCAB: [PAD_WORD] + list(vocab.unit_ids), SESSION_VOCAB: [PAD_WORD] + list(vocab.session_ids)},
+  }
   return sd.TorchCheckpoint({k: np.asarray(v, np.float32) for k, v in arrays.items()}, meta)

@@ -52,8 +52,10 @@ def load(path: str) -> TorchCheckpoint:
     with np.load(path, allow_pickle=False) as data:
       arrays = {k: np.asarray(data[k]) for k in data.files}
   except (ValueError, OSError) as e:
-    raise ValueError(f"{path}: not a readable .npz of a PyTorch state dict ({e}); export .pt/.ckpt files "
-                     "with parity/export_torch.py first") from e
+    raise ValueError(
+      f"{path}: not a readable .npz of a PyTorch state dict ({e}); export .pt/.ckpt files "
+      "with parity/export_torch.py first"
+    ) from e
   meta = json.loads(str(arrays.pop(META_KEY))) if META_KEY in arrays else {}
   return TorchCheckpoint(arrays, meta, path)
 
@@ -120,8 +122,10 @@ def from_torch(checkpoint: TorchCheckpoint, entries: Sequence[Entry], target: Ma
       value = chunk.T if e.transpose else chunk
       want = _shape(get_path(target, path))
       if value.shape != want:
-        raise ValueError(f"{checkpoint.path}: {e.torch} gives {'/'.join(map(str, path))} shape {value.shape}, "
-                         f"the model needs {want}; the checkpoint's architecture differs from the config")
+        raise ValueError(
+          f"{checkpoint.path}: {e.torch} gives {'/'.join(map(str, path))} shape {value.shape}, "
+          f"the model needs {want}; the checkpoint's architecture differs from the config"
+        )
       set_path(out, path, np.asarray(value, np.float32))
   return out
 

@@ -59,9 +59,10 @@ def cudnn_backend() -> bool:
   return "cuda" in platform.lower() and float(getattr(device, "compute_capability", "0")) >= 8.0
 
 
-def attention_implementation(dtype, head_dim: int, q_len: int, k_len: int, *, masked: bool, dropout: bool,
-                             cudnn: bool) -> str | None:
-  """"cudnn" where `jax.nn.dot_product_attention(implementation="cudnn")` takes attention
+def attention_implementation(
+  dtype, head_dim: int, q_len: int, k_len: int, *, masked: bool, dropout: bool, cudnn: bool
+) -> str | None:
+  """ "cudnn" where `jax.nn.dot_product_attention(implementation="cudnn")` takes attention
   of these inputs, None (attend's einsum path) otherwise.
 
   cuDNN's flash attention needs (jax/_src/cudnn/fused_attention_stablehlo.py):
@@ -95,8 +96,7 @@ def attend_fused(q, k, v, mask, kv_layout: str, implementation: str = "cudnn"):
   return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
 
 
-def attend(q, k, v, mask=None, *, dropout_rate: float = 0.0, key: jax.Array | None = None,
-           kv_layout: str = "bkhe"):
+def attend(q, k, v, mask=None, *, dropout_rate: float = 0.0, key: jax.Array | None = None, kv_layout: str = "bkhe"):
   """Scaled dot-product attention.
 
   q [B, Q, H, E], k and v [B, K, H, E] (kv_layout "bkhe") or [B, H, E, K] ("bhek": the
@@ -116,8 +116,9 @@ def attend(q, k, v, mask=None, *, dropout_rate: float = 0.0, key: jax.Array | No
     raise ValueError(f"attend: kv_layout must be 'bkhe' or 'bhek', got {kv_layout!r}")
   dropout_on = key is not None and dropout_rate > 0.0
   k_len = k.shape[-1] if kv_layout == "bhek" else k.shape[1]
-  implementation = attention_implementation(q.dtype, q.shape[-1], q.shape[1], k_len, masked=mask is not None,
-                                            dropout=dropout_on, cudnn=cudnn_backend())
+  implementation = attention_implementation(
+    q.dtype, q.shape[-1], q.shape[1], k_len, masked=mask is not None, dropout=dropout_on, cudnn=cudnn_backend()
+  )
   plain = lambda q, k, v, mask: _attend_xla(q, k, v, mask, dropout_rate=dropout_rate, key=key, kv_layout=kv_layout)
   if implementation is None:
     return plain(q, k, v, mask)
@@ -152,8 +153,14 @@ class Attention(nnx.Module):
     """inputs_q [B, Q, D], inputs_kv [B, K, Dkv], mask [B|1, 1, Q, K] -> [B, Q, D]."""
     heads = lambda x: x.reshape(x.shape[:-1] + (self.n_heads, -1))  # [B, L, H, E]
     k_attn, k_out = jax.random.split(key) if key is not None else (None, None)
-    out = attend(heads(self.query(inputs_q)), heads(self.key(inputs_kv)), heads(self.value(inputs_kv)),
-                 mask, dropout_rate=self.dropout, key=k_attn)
+    out = attend(
+      heads(self.query(inputs_q)),
+      heads(self.key(inputs_kv)),
+      heads(self.value(inputs_kv)),
+      mask,
+      dropout_rate=self.dropout,
+      key=k_attn,
+    )
     out = out.reshape(out.shape[:-2] + (-1,))
     return self.out(dropout(out, self.dropout, k_out))
 
@@ -173,8 +180,17 @@ class MLP(nnx.Module):
 class SelfAttentionBlock(nnx.Module):
   """Pre-LayerNorm transformer block: x + attn(ln(x)); x + mlp(ln(x))."""
 
-  def __init__(self, dim: int, n_heads: int, mlp_hidden: int, *, dropout: float, attention_dropout: float,
-               layer_norm_eps: float, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    dim: int,
+    n_heads: int,
+    mlp_hidden: int,
+    *,
+    dropout: float,
+    attention_dropout: float,
+    layer_norm_eps: float,
+    rngs: nnx.Rngs,
+  ):
     self.norm_attn = nnx.LayerNorm(dim, epsilon=layer_norm_eps, rngs=rngs)
     self.attn = Attention(dim, n_heads, dropout=attention_dropout, rngs=rngs)
     self.norm_mlp = nnx.LayerNorm(dim, epsilon=layer_norm_eps, rngs=rngs)

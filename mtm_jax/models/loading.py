@@ -25,8 +25,10 @@ def merge(init_params, pretrained_params, *, where: str, keep_fresh: Callable[[s
     if name not in source:
       raise ValueError(f"{where}: has no parameter {name!r}; its architecture differs (compare config.model)")
     if source[name].shape != fresh.shape:
-      raise ValueError(f"{where}: parameter {name!r} has shape {source[name].shape}, this model needs "
-                       f"{fresh.shape}; its architecture differs (compare config.model)")
+      raise ValueError(
+        f"{where}: parameter {name!r} has shape {source[name].shape}, this model needs "
+        f"{fresh.shape}; its architecture differs (compare config.model)"
+      )
     return source[name]
 
   return jax.tree_util.tree_map_with_path(take, init_params)

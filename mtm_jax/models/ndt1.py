@@ -68,8 +68,9 @@ class Hparams:
       raise ValueError(f"config.model.size: width, layers, heads and MLP width must be positive, got {dims}")
     for field in ("stitch_dim", "max_bins", "embed_mult"):
       if getattr(self, field) < (0 if field == "stitch_dim" else 1):
-        raise ValueError(f"config.model.{field}: must be {'>= 0' if field == 'stitch_dim' else '>= 1'}, "
-                         f"got {getattr(self, field)}")
+        raise ValueError(
+          f"config.model.{field}: must be {'>= 0' if field == 'stitch_dim' else '>= 1'}, got {getattr(self, field)}"
+        )
     for field in ("dropout", "attention_dropout", "embed_dropout"):
       if not 0.0 <= getattr(self, field) < 1.0:
         raise ValueError(f"config.model.{field}: must be in [0, 1), got {getattr(self, field)}")
@@ -89,10 +90,10 @@ class Hparams:
 
 # Named sizes; the other fields keep their defaults (the configs set them).
 PRESETS = {
-    "tiny": Hparams(width=32, n_layers=1, n_heads=2, mlp_width=64),
-    "mini": Hparams(width=64, n_layers=2, n_heads=4, mlp_width=128),
-    "demo": Hparams(width=128, n_layers=2, n_heads=4, mlp_width=256),
-    "paper": Hparams(width=512, n_layers=5, n_heads=8, mlp_width=1024),
+  "tiny": Hparams(width=32, n_layers=1, n_heads=2, mlp_width=64),
+  "mini": Hparams(width=64, n_layers=2, n_heads=4, mlp_width=128),
+  "demo": Hparams(width=128, n_layers=2, n_heads=4, mlp_width=256),
+  "paper": Hparams(width=512, n_layers=5, n_heads=8, mlp_width=1024),
 }
 
 
@@ -125,9 +126,13 @@ def t_fixup(layer: attention.SelfAttentionBlock, n_layers: int) -> None:
   """T-Fixup initialisation of one block, in place, as the MtM reference applies it: the
   attention output and both MLP kernels times 0.67 * n_layers ** -1/4, the value kernel
   times that and sqrt(2)."""
-  factor = 0.67 * n_layers ** -0.25
-  for linear, f in ((layer.attn.out, factor), (layer.mlp.up, factor), (layer.mlp.down, factor),
-                    (layer.attn.value, factor * 2 ** 0.5)):
+  factor = 0.67 * n_layers**-0.25
+  for linear, f in (
+    (layer.attn.out, factor),
+    (layer.mlp.up, factor),
+    (layer.mlp.down, factor),
+    (layer.attn.value, factor * 2**0.5),
+  ):
     linear.kernel[...] = linear.kernel[...] * f
 
 
@@ -159,12 +164,20 @@ class NDT1(nnx.Module):
     self.position = nnx.Embed(hp.max_bins, width, rngs=rngs)
     self.prompt = nnx.Embed(len(masking.SCHEMES), width, rngs=rngs) if hp.use_prompt else None
     self.session = nnx.Embed(n_sessions, width, rngs=rngs) if hp.use_session else None
-    self.layers = nnx.List([
-        attention.SelfAttentionBlock(width, hp.n_heads, hp.mlp_width, dropout=hp.dropout,
-                                     attention_dropout=hp.attention_dropout, layer_norm_eps=hp.layer_norm_eps,
-                                     rngs=rngs)
+    self.layers = nnx.List(
+      [
+        attention.SelfAttentionBlock(
+          width,
+          hp.n_heads,
+          hp.mlp_width,
+          dropout=hp.dropout,
+          attention_dropout=hp.attention_dropout,
+          layer_norm_eps=hp.layer_norm_eps,
+          rngs=rngs,
+        )
         for _ in range(hp.n_layers)
-    ])
+      ]
+    )
     if hp.fixup_init:
       for layer in self.layers:
         t_fixup(layer, hp.n_layers)
@@ -205,8 +218,9 @@ class NDT1(nnx.Module):
 
   def encode(self, spikes, *, prompt=0, session=0, causal=False, key: jax.Array | None = None):
     """spikes [B, T, N] -> final-LayerNorm features of the bins [B, T, D] (see __call__)."""
-    return self.encode_preactivation(self.input_preactivation(spikes, session), prompt=prompt, session=session,
-                                     causal=causal, key=key)
+    return self.encode_preactivation(
+      self.input_preactivation(spikes, session), prompt=prompt, session=session, causal=causal, key=key
+    )
 
   def input_preactivation(self, spikes, session=0):
     """spikes [B, T, N] -> the input embedding before its softsign [B, T, mult * n_in].
@@ -226,8 +240,7 @@ class NDT1(nnx.Module):
 
   def encode_preactivation(self, pre, *, prompt=0, session=0, causal=False, key: jax.Array | None = None):
     """pre [B, T, mult * n_in] from `input_preactivation` -> features [B, T, D]."""
-    return self.encode_embedded(self.embed_preactivation(pre), prompt=prompt, session=session, causal=causal,
-                                key=key)
+    return self.encode_embedded(self.embed_preactivation(pre), prompt=prompt, session=session, causal=causal, key=key)
 
   def embed_preactivation(self, pre):
     """pre [..., mult * n_in] -> the bins' input embeddings [..., D] (softsign, then the
@@ -283,8 +296,10 @@ def size_dims(size: str) -> tuple[int, int, int, int]:
     return p.width, p.n_layers, p.n_heads, p.mlp_width
   match = re.fullmatch(r"(\d+)x(\d+)x(\d+)x(\d+)", str(size))
   if match is None:
-    raise ValueError(f"config.model.size: unknown {size!r}; expected one of {sorted(PRESETS)} or "
-                     "'<width>x<layers>x<heads>x<mlp width>'")
+    raise ValueError(
+      f"config.model.size: unknown {size!r}; expected one of {sorted(PRESETS)} or "
+      "'<width>x<layers>x<heads>x<mlp width>'"
+    )
   return tuple(int(g) for g in match.groups())
 
 
@@ -307,5 +322,6 @@ def load(init_params, pretrained_params, *, where: str):
   dicts); the result has the structure of `init_params`. Raises ValueError, prefixed by
   `where` (e.g. "pretrained model <workdir>"), naming the parameter when the pretrained one
   is missing or has another shape (a different architecture)."""
-  return loading.merge(init_params, pretrained_params, where=where,
-                       keep_fresh=lambda name: name.split("/")[0] in SESSION_PARAMS)
+  return loading.merge(
+    init_params, pretrained_params, where=where, keep_fresh=lambda name: name.split("/")[0] in SESSION_PARAMS
+  )

@@ -29,12 +29,20 @@ from mtm_jax.models import attention
 from mtm_jax.models import rotary
 
 
-
 class RotaryAttention(nnx.Module):
   """Multi-head attention of queries over a context, with rotary time embeddings."""
 
-  def __init__(self, dim: int, n_heads: int, *, head_dim: int = 64, context_dim: int | None = None,
-               dropout: float = 0.0, rotate_value: bool = False, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    dim: int,
+    n_heads: int,
+    *,
+    head_dim: int = 64,
+    context_dim: int | None = None,
+    dropout: float = 0.0,
+    rotate_value: bool = False,
+    rngs: nnx.Rngs,
+  ):
     if n_heads < 1 or head_dim < 1:
       raise ValueError(f"rotary attention: n_heads and head_dim must be positive, got {n_heads}, {head_dim}")
     context_dim = dim if context_dim is None else context_dim
@@ -93,14 +101,32 @@ class GEGLUFeedForward(nnx.Module):
 class CrossAttentionBlock(nnx.Module):
   """x += Attn(LN_q(x), LN_ctx(context)); x += FFN(LN(x)) (each branch after residual dropout)."""
 
-  def __init__(self, dim: int, n_heads: int, *, head_dim: int = 64, context_dim: int | None = None,
-               ffn_dropout: float = 0.0, attention_dropout: float = 0.0, residual_dropout: float = 0.0,
-               rotate_value: bool = False, layer_norm_eps: float = 1e-5, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    dim: int,
+    n_heads: int,
+    *,
+    head_dim: int = 64,
+    context_dim: int | None = None,
+    ffn_dropout: float = 0.0,
+    attention_dropout: float = 0.0,
+    residual_dropout: float = 0.0,
+    rotate_value: bool = False,
+    layer_norm_eps: float = 1e-5,
+    rngs: nnx.Rngs,
+  ):
     context_dim = dim if context_dim is None else context_dim
     self.norm_query = nnx.LayerNorm(dim, epsilon=layer_norm_eps, rngs=rngs)
     self.norm_context = nnx.LayerNorm(context_dim, epsilon=layer_norm_eps, rngs=rngs)
-    self.attn = RotaryAttention(dim, n_heads, head_dim=head_dim, context_dim=context_dim,
-                                dropout=attention_dropout, rotate_value=rotate_value, rngs=rngs)
+    self.attn = RotaryAttention(
+      dim,
+      n_heads,
+      head_dim=head_dim,
+      context_dim=context_dim,
+      dropout=attention_dropout,
+      rotate_value=rotate_value,
+      rngs=rngs,
+    )
     self.norm_ffn = nnx.LayerNorm(dim, epsilon=layer_norm_eps, rngs=rngs)
     self.ffn = GEGLUFeedForward(dim, dropout=ffn_dropout, rngs=rngs)
     self.residual_dropout = residual_dropout
@@ -116,12 +142,23 @@ class CrossAttentionBlock(nnx.Module):
 class SelfAttentionBlock(nnx.Module):
   """x += drop(Attn(LN(x))); x += drop(FFN(LN(x)))."""
 
-  def __init__(self, dim: int, n_heads: int, *, head_dim: int = 64, ffn_dropout: float = 0.0,
-               attention_dropout: float = 0.0, residual_dropout: float = 0.0, rotate_value: bool = False,
-               layer_norm_eps: float = 1e-5, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    dim: int,
+    n_heads: int,
+    *,
+    head_dim: int = 64,
+    ffn_dropout: float = 0.0,
+    attention_dropout: float = 0.0,
+    residual_dropout: float = 0.0,
+    rotate_value: bool = False,
+    layer_norm_eps: float = 1e-5,
+    rngs: nnx.Rngs,
+  ):
     self.norm_attn = nnx.LayerNorm(dim, epsilon=layer_norm_eps, rngs=rngs)
-    self.attn = RotaryAttention(dim, n_heads, head_dim=head_dim, dropout=attention_dropout,
-                                rotate_value=rotate_value, rngs=rngs)
+    self.attn = RotaryAttention(
+      dim, n_heads, head_dim=head_dim, dropout=attention_dropout, rotate_value=rotate_value, rngs=rngs
+    )
     self.norm_ffn = nnx.LayerNorm(dim, epsilon=layer_norm_eps, rngs=rngs)
     self.ffn = GEGLUFeedForward(dim, dropout=ffn_dropout, rngs=rngs)
     self.residual_dropout = residual_dropout

@@ -93,22 +93,28 @@ class Hparams:
     object.__setattr__(self, "rotary_frequencies", tuple(float(f) for f in self.rotary_frequencies))
     dims = (self.dim, self.cross_heads, self.self_heads, self.latents_per_step)
     if min(dims) < 1 or self.depth < 0:
-      raise ValueError(f"config.model.size: expected positive dim, heads and latents per step and depth >= 0, "
-                       f"got {dims} and depth {self.depth}")
+      raise ValueError(
+        f"config.model.size: expected positive dim, heads and latents per step and depth >= 0, "
+        f"got {dims} and depth {self.depth}"
+      )
     if self.head_dim < 4 or self.head_dim % 4:
-      raise ValueError(f"config.model.head_dim: must be a multiple of 4 (half of it is rotated in pairs), "
-                       f"got {self.head_dim}")
+      raise ValueError(
+        f"config.model.head_dim: must be a multiple of 4 (half of it is rotated in pairs), got {self.head_dim}"
+      )
     if not 0.0 < self.latent_step <= self.window_length:
-      raise ValueError(f"config.model.latent_step: must be in (0, window_length={self.window_length}], "
-                       f"got {self.latent_step}")
+      raise ValueError(
+        f"config.model.latent_step: must be in (0, window_length={self.window_length}], got {self.latent_step}"
+      )
     if not 0.0 < self.t_min < self.t_max:
       raise ValueError(f"config.model.t_min/t_max: expected 0 < t_min < t_max, got {self.t_min}, {self.t_max}")
     for field in ("ffn_dropout", "lin_dropout", "attn_dropout"):
       if not 0.0 <= getattr(self, field) < 1.0:
         raise ValueError(f"config.model.{field}: must be in [0, 1), got {getattr(self, field)}")
     if self.rotary_frequencies and len(self.rotary_frequencies) != self.head_dim // 4:
-      raise ValueError(f"config.model.rotary_frequencies: must hold head_dim // 4 = {self.head_dim // 4} values, "
-                       f"got {len(self.rotary_frequencies)}")
+      raise ValueError(
+        f"config.model.rotary_frequencies: must hold head_dim // 4 = {self.head_dim // 4} values, "
+        f"got {len(self.rotary_frequencies)}"
+      )
 
   @classmethod
   def from_config(cls, m: ml_collections.ConfigDict) -> Hparams:
@@ -122,10 +128,10 @@ class Hparams:
 
 # Named sizes; the other fields keep their defaults (the configs set them).
 PRESETS = {
-    "tiny": Hparams(dim=32, depth=1, cross_heads=1, self_heads=2, latents_per_step=2),
-    "compact": Hparams(dim=32, depth=1, cross_heads=2, self_heads=2, latents_per_step=4),  # POYO study (small)
-    "small": Hparams(dim=64, depth=6, cross_heads=2, self_heads=8, latents_per_step=16),  # 1.3M
-    "large": Hparams(dim=128, depth=24, cross_heads=4, self_heads=8, latents_per_step=32),  # 11.8M (POYO-1)
+  "tiny": Hparams(dim=32, depth=1, cross_heads=1, self_heads=2, latents_per_step=2),
+  "compact": Hparams(dim=32, depth=1, cross_heads=2, self_heads=2, latents_per_step=4),  # POYO study (small)
+  "small": Hparams(dim=64, depth=6, cross_heads=2, self_heads=8, latents_per_step=16),  # 1.3M
+  "large": Hparams(dim=128, depth=24, cross_heads=4, self_heads=8, latents_per_step=32),  # 11.8M (POYO-1)
 }
 
 
@@ -147,8 +153,7 @@ def embedding_filter():
 class POYO(nnx.Module):
   """POYO PerceiverIO decoder of behaviour from spike tokens; see the module docstring."""
 
-  def __init__(self, n_units: int, n_sessions: int, hparams: Hparams | None = None, *, rngs: nnx.Rngs,
-               **fields):
+  def __init__(self, n_units: int, n_sessions: int, hparams: Hparams | None = None, *, rngs: nnx.Rngs, **fields):
     """n_units, n_sessions: rows of the unit and session tables besides the padding row.
     hparams: an `Hparams` (e.g. a row of PRESETS); `fields` replace some of its fields, or
     give them all when hparams is None."""
@@ -179,13 +184,20 @@ class POYO(nnx.Module):
     self.latent_emb = nnx.Embed(latents_per_step, dim, embedding_init=init, rngs=rngs)
     self.task_emb = nnx.Embed(len(self.tasks), dim, embedding_init=init, rngs=rngs) if len(self.tasks) > 1 else None
 
-    blocks = dict(head_dim=head_dim, ffn_dropout=hp.ffn_dropout, attention_dropout=hp.attn_dropout,
-                  layer_norm_eps=hp.layer_norm_eps, rngs=rngs)
+    blocks = dict(
+      head_dim=head_dim,
+      ffn_dropout=hp.ffn_dropout,
+      attention_dropout=hp.attn_dropout,
+      layer_norm_eps=hp.layer_norm_eps,
+      rngs=rngs,
+    )
     self.encoder = perceiver.CrossAttentionBlock(dim, hp.cross_heads, rotate_value=True, **blocks)
-    self.processor = nnx.List([
+    self.processor = nnx.List(
+      [
         perceiver.SelfAttentionBlock(dim, hp.self_heads, rotate_value=True, residual_dropout=hp.lin_dropout, **blocks)
         for _ in range(depth)
-    ])
+      ]
+    )
     self.decoder = perceiver.CrossAttentionBlock(dim, hp.cross_heads, rotate_value=False, **blocks)
     self.readout = nnx.Dict({name: nnx.Linear(dim, d, rngs=rngs) for name, d in self.tasks})
 
@@ -215,8 +227,11 @@ class POYO(nnx.Module):
     q_shape = np.shape(batch["output_timestamps"])
     if len(q_shape) != 2 or q_shape[0] != b:
       raise ValueError(f"POYO batch: output_timestamps must be [B={b}, Q], got shape {q_shape}")
-    expected = {**{k: (b, l) for k in tokens_lib.INPUT_KEYS}, "session_index": (b,),
-                **{k: q_shape for k in tokens_lib.QUERY_KEYS}}
+    expected = {
+      **{k: (b, l) for k in tokens_lib.INPUT_KEYS},
+      "session_index": (b,),
+      **{k: q_shape for k in tokens_lib.QUERY_KEYS},
+    }
     for k, shape in expected.items():
       if tuple(np.shape(batch[k])) != tuple(shape):
         raise ValueError(f"POYO batch: {k} must have shape {tuple(shape)}, got {tuple(np.shape(batch[k]))}")
@@ -231,15 +246,24 @@ class POYO(nnx.Module):
     """Raises ValueError naming the first rotary angle array of the wrong shape."""
     b, l = np.shape(batch["unit_index"])
     f = self.head_dim // 4
-    expected = {"tokens": [(b, l, f)], "latents": [(b, n_latents, f), (1, n_latents, f)],
-                "queries": [tuple(np.shape(batch["output_timestamps"])) + (f,)]}
+    expected = {
+      "tokens": [(b, l, f)],
+      "latents": [(b, n_latents, f), (1, n_latents, f)],
+      "queries": [tuple(np.shape(batch["output_timestamps"])) + (f,)],
+    }
     for name, shapes in expected.items():
       if name not in angles or tuple(np.shape(angles[name])) not in shapes:
         got = tuple(np.shape(angles[name])) if name in angles else "missing"
         raise ValueError(f"POYO: angles[{name!r}] must have shape {' or '.join(map(str, shapes))}, got {got}")
 
-  def __call__(self, batch: Mapping[str, jax.Array], *, key: jax.Array | None = None,
-               latent_timestamps=None, angles: Mapping[str, jax.Array] | None = None) -> dict[str, jax.Array]:
+  def __call__(
+    self,
+    batch: Mapping[str, jax.Array],
+    *,
+    key: jax.Array | None = None,
+    latent_timestamps=None,
+    angles: Mapping[str, jax.Array] | None = None,
+  ) -> dict[str, jax.Array]:
     """batch (see the module docstring) -> {task name: [B, Q, task dim]}.
 
     key: dropout key (None = deterministic). latent_timestamps: [N_lat] or [B, N_lat]
@@ -254,15 +278,18 @@ class POYO(nnx.Module):
       latent_timestamps = self.latent_timestamps()
     n_latents = self.n_latent_steps * self.latents_per_step
     if np.ndim(latent_timestamps) not in (1, 2) or np.shape(latent_timestamps)[-1] != n_latents:
-      raise ValueError(f"POYO: latent_timestamps must be [{n_latents}] or [B, {n_latents}], "
-                       f"got shape {np.shape(latent_timestamps)}")
+      raise ValueError(
+        f"POYO: latent_timestamps must be [{n_latents}] or [B, {n_latents}], got shape {np.shape(latent_timestamps)}"
+      )
     keys = attention.split_key(key, self.depth + 2)
     freqs = self.frequencies()
     b = np.shape(batch["unit_index"])[0]
     if angles is None:
-      angles = {"tokens": rotary.rotary_angles(batch["timestamps"], freqs),  # [B, L, F]
-                "latents": rotary.rotary_angles(jnp.atleast_2d(latent_timestamps), freqs),  # [B|1, N, F]
-                "queries": rotary.rotary_angles(batch["output_timestamps"], freqs)}  # [B, Q, F]
+      angles = {
+        "tokens": rotary.rotary_angles(batch["timestamps"], freqs),  # [B, L, F]
+        "latents": rotary.rotary_angles(jnp.atleast_2d(latent_timestamps), freqs),  # [B|1, N, F]
+        "queries": rotary.rotary_angles(batch["output_timestamps"], freqs),
+      }  # [B, Q, F]
     self._check_angles(batch, angles, n_latents)
 
     # The compute dtype is that of the parameters (training.precision casts them); nnx.Embed
@@ -278,8 +305,9 @@ class POYO(nnx.Module):
 
     # Output queries [B, Q, D].
     n_queries = np.shape(batch["output_timestamps"])[1]
-    queries = jnp.broadcast_to(self.session_emb(batch["session_index"])[:, None].astype(dtype),
-                               (b, n_queries, self.dim))
+    queries = jnp.broadcast_to(
+      self.session_emb(batch["session_index"])[:, None].astype(dtype), (b, n_queries, self.dim)
+    )
     if self.task_emb is not None:
       queries = queries + self.task_emb(batch["output_task"]).astype(dtype)
 
@@ -304,15 +332,13 @@ def _apply_latent_layer(layer, latents, angles, key):
 _apply_latent_layer_remat = nnx.remat(_apply_latent_layer)
 
 
-
 def count_params(model: POYO, *, embeddings: bool = True) -> int:
   """Number of parameters; embeddings=False leaves out the unit and session tables."""
   state = nnx.state(model, nnx.Param if embeddings else nnx.All(nnx.Param, nnx.Not(embedding_filter())))
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(state)))
 
 
-def grow_vocab(model_or_params, n_new_units: int, n_new_sessions: int, key: jax.Array, *,
-               init_scale: float = 0.02):
+def grow_vocab(model_or_params, n_new_units: int, n_new_sessions: int, key: jax.Array, *, init_scale: float = 0.02):
   """Appends fresh rows, N(0, init_scale), to the unit and session tables.
 
   model_or_params: a POYO (returns a new POYO; the argument is not modified) or the pure
@@ -328,8 +354,9 @@ def grow_vocab(model_or_params, n_new_units: int, n_new_sessions: int, key: jax.
   if isinstance(model_or_params, POYO):
     model = model_or_params
     params = _grow(nnx.to_pure_dict(nnx.state(model)), n_new_units, n_new_sessions, key, init_scale)
-    new = nnx.eval_shape(lambda: POYO(model.n_units + n_new_units, model.n_sessions + n_new_sessions, model.hparams,
-                                      rngs=nnx.Rngs(0)))
+    new = nnx.eval_shape(
+      lambda: POYO(model.n_units + n_new_units, model.n_sessions + n_new_sessions, model.hparams, rngs=nnx.Rngs(0))
+    )
     state = nnx.state(new)
     nnx.replace_by_pure_dict(state, params)
     nnx.update(new, state)
@@ -342,8 +369,11 @@ def grow_vocab(model_or_params, n_new_units: int, n_new_sessions: int, key: jax.
 def _grow(params: Mapping, n_new_units: int, n_new_sessions: int, key: jax.Array, init_scale: float) -> dict:
   n_new = dict(zip(embedding_paths(), (n_new_units, n_new_sessions)))
   keys = dict(zip(embedding_paths(), jax.random.split(key)))
-  return _append_rows(params, lambda what, table: init_scale * jax.random.normal(
-      keys[what], (n_new[what], table.shape[1]), table.dtype), "grow_vocab")
+  return _append_rows(
+    params,
+    lambda what, table: init_scale * jax.random.normal(keys[what], (n_new[what], table.shape[1]), table.dtype),
+    "grow_vocab",
+  )
 
 
 def _append_rows(params: Mapping, new_rows, where: str) -> dict:
@@ -374,9 +404,11 @@ def load(init_params, pretrained_params, *, where: str) -> dict:
     outer, leaf = embedding_paths()[what]
     fresh = init[outer][leaf]
     if table.shape[0] > fresh.shape[0] or table.shape[1:] != fresh.shape[1:]:
-      raise ValueError(f"{where}: the {what} table {outer}/{leaf} has shape {table.shape}, this model's has "
-                       f"{fresh.shape} (at least as many rows, the same width)")
-    return jnp.asarray(fresh[table.shape[0]:], table.dtype)
+      raise ValueError(
+        f"{where}: the {what} table {outer}/{leaf} has shape {table.shape}, this model's has "
+        f"{fresh.shape} (at least as many rows, the same width)"
+      )
+    return jnp.asarray(fresh[table.shape[0] :], table.dtype)
 
   return loading.merge(init, _append_rows(pre, rest, where), where=where)
 

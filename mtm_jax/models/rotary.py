@@ -25,8 +25,9 @@ T_MIN = 1e-4  # shortest period (s)
 T_MAX = 2.0627  # longest period (s)
 
 
-def rotary_frequencies(head_dim: int = 64, rotate_dim: int = 32, t_min: float = T_MIN,
-                       t_max: float = T_MAX) -> np.ndarray:
+def rotary_frequencies(
+  head_dim: int = 64, rotate_dim: int = 32, t_min: float = T_MIN, t_max: float = T_MAX
+) -> np.ndarray:
   """Angular frequencies (rad/s), float32 [rotate_dim // 2], of periods log-spaced over
   [t_min, t_max] (both inclusive), shortest period first."""
   if rotate_dim <= 0 or rotate_dim % 2:

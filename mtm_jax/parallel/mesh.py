@@ -23,8 +23,7 @@ def make_mesh(data: int = -1, model: int = 1, devices=None) -> jax.sharding.Mesh
   if data < 1 or data * model > n:
     raise ValueError(f"config.mesh: data={data} x model={model} needs more than the {n} devices")
   devices = devices[: data * model]
-  return jax.make_mesh((data, model), (DATA, MODEL), axis_types=(AxisType.Auto, AxisType.Auto),
-                       devices=devices)
+  return jax.make_mesh((data, model), (DATA, MODEL), axis_types=(AxisType.Auto, AxisType.Auto), devices=devices)
 
 
 def from_config(config, fit: bool = False) -> jax.sharding.Mesh:
@@ -50,8 +49,9 @@ def batch_sharding(mesh) -> NamedSharding:
 def check_batch_size(batch_size: int, mesh) -> None:
   size = mesh.shape[DATA]
   if batch_size % size:
-    raise ValueError(f"config.data.batch_size: {batch_size} is not divisible by the {size} devices "
-                     f"of the mesh's data axis")
+    raise ValueError(
+      f"config.data.batch_size: {batch_size} is not divisible by the {size} devices of the mesh's data axis"
+    )
 
 
 def process_rows(global_batch: int, mesh) -> slice:
@@ -60,8 +60,10 @@ def process_rows(global_batch: int, mesh) -> slice:
   index_map = batch_sharding(mesh).addressable_devices_indices_map((global_batch,))
   bounds = sorted({(i[0].start or 0, global_batch if i[0].stop is None else i[0].stop) for i in index_map.values()})
   if any(a[1] != b[0] for a, b in zip(bounds, bounds[1:])):
-    raise ValueError(f"mesh: process {jax.process_index()} holds rows {bounds} of the batch, not one contiguous block; "
-                     "order the devices so that each process's devices are neighbours on the data axis")
+    raise ValueError(
+      f"mesh: process {jax.process_index()} holds rows {bounds} of the batch, not one contiguous block; "
+      "order the devices so that each process's devices are neighbours on the data axis"
+    )
   return slice(bounds[0][0], bounds[-1][1])
 
 
@@ -76,4 +78,3 @@ def shard_batch(batch: dict[str, np.ndarray], mesh, global_batch: int | None = N
     return jax.make_array_from_process_local_data(sharding, v, shape)
 
   return {k: make(v) for k, v in batch.items()}
-

@@ -30,12 +30,12 @@ from mtm_jax.parallel.mesh import MODEL, replicated
 
 # (pattern matched at the end of a leaf's path, PartitionSpec of that leaf)
 RULES = (
-    (r"attn/(query|key|value)/kernel", P(None, MODEL)),  # [D, H*E]: heads split
-    (r"attn/(query|key|value)/bias", P(MODEL)),  # [H*E]
-    (r"attn/out/kernel", P(MODEL, None)),  # [H*E, D]: rows split, outputs all-reduced
-    (r"(mlp|ffn)/up/kernel", P(None, MODEL)),  # [D, F]: hidden units split
-    (r"(mlp|ffn)/up/bias", P(MODEL)),  # [F]
-    (r"(mlp|ffn)/down/kernel", P(MODEL, None)),  # [F, D]: rows split, outputs all-reduced
+  (r"attn/(query|key|value)/kernel", P(None, MODEL)),  # [D, H*E]: heads split
+  (r"attn/(query|key|value)/bias", P(MODEL)),  # [H*E]
+  (r"attn/out/kernel", P(MODEL, None)),  # [H*E, D]: rows split, outputs all-reduced
+  (r"(mlp|ffn)/up/kernel", P(None, MODEL)),  # [D, F]: hidden units split
+  (r"(mlp|ffn)/up/bias", P(MODEL)),  # [F]
+  (r"(mlp|ffn)/down/kernel", P(MODEL, None)),  # [F, D]: rows split, outputs all-reduced
 )
 _COMPILED = tuple((re.compile(rf"(^|/){pattern}$"), spec) for pattern, spec in RULES)
 
@@ -60,8 +60,10 @@ def spec_for(name: str, shape, model_size: int) -> P:
       for dim, axis in enumerate(spec):
         if axis == MODEL and shape[dim] % model_size:
           kind = "MLP width" if re.search(r"(mlp|ffn)/", name) else "attention width (heads x head dim)"
-          raise ValueError(f"config.mesh.model: {model_size} does not divide dimension {dim} (size {shape[dim]}, "
-                           f"the {kind}) of parameter {name!r}; choose a model axis that divides it")
+          raise ValueError(
+            f"config.mesh.model: {model_size} does not divide dimension {dim} (size {shape[dim]}, "
+            f"the {kind}) of parameter {name!r}; choose a model axis that divides it"
+          )
       return spec
   return P()
 
@@ -84,8 +86,10 @@ def check_heads(model: nnx.Module, model_size: int) -> None:
     heads = getattr(node, "n_heads", None) if isinstance(node, nnx.Module) else None  # not a model's hparams
     if isinstance(heads, int) and heads % model_size:
       name = "/".join(str(p) for p in path) or "model"
-      raise ValueError(f"config.mesh.model: {model_size} does not divide the {heads} attention heads of {name!r}; "
-                       "choose a model axis that divides every attention's heads")
+      raise ValueError(
+        f"config.mesh.model: {model_size} does not divide the {heads} attention heads of {name!r}; "
+        "choose a model axis that divides every attention's heads"
+      )
 
 
 def place_state(state, mesh: jax.sharding.Mesh, model: nnx.Module | None = None):
@@ -117,5 +121,9 @@ def jit_train_step(train_step, state, mesh: jax.sharding.Mesh, dtype="float32"):
   """jax.jit of train_step(state, ...) -> (state, metrics), the state donated and kept
   in its layout (RULES; `state` gives the tree), metrics replicated; compiled with
   compiler_options(mesh, dtype) for the step's compute dtype."""
-  return jax.jit(train_step, donate_argnums=0, out_shardings=(shardings(state, mesh), replicated(mesh)),
-                 compiler_options=compiler_options(mesh.devices, dtype))
+  return jax.jit(
+    train_step,
+    donate_argnums=0,
+    out_shardings=(shardings(state, mesh), replicated(mesh)),
+    compiler_options=compiler_options(mesh.devices, dtype),
+  )

@@ -49,14 +49,18 @@ def validate(c: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.study.heldout: {heldout[0]} is also in config.study.pool")
   stages = pretrain_stages(c)
   if stages[-1] != len(pool) or any(b <= a for a, b in zip([0] + stages, stages)):
-    raise ValueError(f"config.study.pool_stages: expected increasing session counts ending at the pool's "
-                     f"{len(pool)}, got {tuple(stages)}")
+    raise ValueError(
+      f"config.study.pool_stages: expected increasing session counts ending at the pool's "
+      f"{len(pool)}, got {tuple(stages)}"
+    )
   if len(stages) > 1 and "grow" not in c:
     raise ValueError("config.grow: needed to continue pretraining when config.study.pool_stages has several stages")
   steps = stage_steps(c)
   if len(steps) != len(stages) or any(not isinstance(n, int) or n < 1 for n in steps):
-    raise ValueError(f"config.study.stage_steps: expected one positive step count per stage of "
-                     f"config.study.pool_stages {tuple(stages)}, got {tuple(steps)}")
+    raise ValueError(
+      f"config.study.stage_steps: expected one positive step count per stage of "
+      f"config.study.pool_stages {tuple(stages)}, got {tuple(steps)}"
+    )
   for stage in ("scratch", "pretrain", "grow", "finetune"):
     if stage in c:
       registry.get("poyo").check(c[stage])
@@ -68,8 +72,9 @@ def _stage(base: ml_collections.ConfigDict, datasets: list[str], data_dir: str) 
   return c
 
 
-def _pretrain(config: ml_collections.ConfigDict, pool: list[str], data_dir: str, workdir: str,
-              only_analyse: bool) -> str | None:
+def _pretrain(
+  config: ml_collections.ConfigDict, pool: list[str], data_dir: str, workdir: str, only_analyse: bool
+) -> str | None:
   """Runs (or reuses) the pretraining stages; the last stage's workdir, or None when a
   stage is missing (only_analyse) or unfinished."""
   stages = pretrain_stages(config)
@@ -101,6 +106,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str, *, only_analyse: 
   start = time.time()
   if not only_analyse:
     from data_builders import prepare  # pylint: disable=g-import-not-at-top
+
     prepare.build(pool + heldout, data_dir)
 
   runs = {"scratch": _stage(config.scratch, heldout, data_dir)}
@@ -129,8 +135,12 @@ def run_study(config: ml_collections.ConfigDict, workdir: str, *, only_analyse: 
 
 def table(summary: dict) -> str:
   """A markdown table of the summary."""
-  lines = [f"Held-out session {summary['heldout']} ({summary['split']} split); pretrained on "
-           f"{len(summary['pool'])} sessions.", "", "| run | POYO R^2 | ridge R^2 |", "|---|---:|---:|"]
+  lines = [
+    f"Held-out session {summary['heldout']} ({summary['split']} split); pretrained on {len(summary['pool'])} sessions.",
+    "",
+    "| run | POYO R^2 | ridge R^2 |",
+    "|---|---:|---:|",
+  ]
   for name in ("scratch",) + ADAPTED:
     if name in summary:
       lines.append(f"| {name} | {summary[name]['behaviour_r2']:.4f} | {summary[name]['baseline_r2']:.4f} |")

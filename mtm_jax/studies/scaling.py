@@ -48,8 +48,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.study.heldout: {sorted(set(pool) & set(heldout))} are also in config.study.pool")
   sizes = list(c.study.sizes)
   if not sizes or min(sizes) < 1 or max(sizes) > len(pool) or sizes != sorted(set(sizes)):
-    raise ValueError(f"config.study.sizes: {sizes} must be increasing counts in 1..{len(pool)} "
-                     "(the sessions of config.study.pool)")
+    raise ValueError(
+      f"config.study.sizes: {sizes} must be increasing counts in 1..{len(pool)} (the sessions of config.study.pool)"
+    )
   for mode in c.study.modes:
     if mode not in masking.MODES:
       raise ValueError(f"config.study.modes: unknown {mode!r}; expected some of {masking.MODES}")
@@ -117,6 +118,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str, *, only_analyse: 
   start = time.time()
   if not only_analyse:
     from data_builders import prepare  # pylint: disable=g-import-not-at-top
+
     prepare.build(pool[: max(config.study.sizes)] + heldout, data_dir)
 
   rows = []
@@ -136,8 +138,11 @@ def run_study(config: ml_collections.ConfigDict, workdir: str, *, only_analyse: 
         results = _score(run_dir, ft.train.steps, config.study.split, expected_metrics(config.finetune))
         if results is None:
           continue
-        rows += [dict(pretrain_sessions=n, mode=mode, session=session, metric=m, value=results[m])
-                 for m in METRICS if m in results]
+        rows += [
+          dict(pretrain_sessions=n, mode=mode, session=session, metric=m, value=results[m])
+          for m in METRICS
+          if m in results
+        ]
   write_outputs(rows, workdir)
   logging.info("scaling study: %d rows in %.0f s", len(rows), time.time() - start)
   return rows

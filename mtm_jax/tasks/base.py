@@ -51,8 +51,7 @@ class Trained:
   # NDT1 (records with region_names) ------------------------------------------------------
   @property
   def sessions(self) -> list[schema.SessionInfo]:
-    return [schema.SessionInfo(session_id=r["session_id"], region_names=tuple(r["region_names"]))
-            for r in self.records]
+    return [schema.SessionInfo(session_id=r["session_id"], region_names=tuple(r["region_names"])) for r in self.records]
 
   @property
   def info(self) -> schema.SessionInfo:
@@ -125,8 +124,9 @@ class Task:
       raise ValueError(f"--sessions: {self.name} configs take session names, not a count")
     config.data.datasets = sessions
 
-  def finetune_config(self, config: ml_collections.ConfigDict, pretrained: str | None,
-                      mode: str | None = None) -> ml_collections.ConfigDict:
+  def finetune_config(
+    self, config: ml_collections.ConfigDict, pretrained: str | None, mode: str | None = None
+  ) -> ml_collections.ConfigDict:
     """`config` set up to adapt the model in workdir `pretrained` (its checkpoint alone is
     read) to config.data.datasets; pretrained None or "" leaves it as it is (training
     from scratch). mode: what fine-tuning trains (None: the family's default)."""
@@ -143,8 +143,13 @@ class Task:
   def check_mesh(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
     mesh_lib.check_batch_size(config.data.batch_size, mesh)
 
-  def input(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, pretrained: Pretrained | None,
-            sessions: Sequence | None = None) -> Input:
+  def input(
+    self,
+    config: ml_collections.ConfigDict,
+    mesh: jax.sharding.Mesh,
+    pretrained: Pretrained | None,
+    sessions: Sequence | None = None,
+  ) -> Input:
     """Reads the sessions (config.data.datasets, or the given in-memory `sessions`) and
     sets config.data.datasets (and what the run resolves, e.g. a behaviour scale) to what
     is saved. pretrained: config.init.pretrained's checkpoint metadata (or None)."""
@@ -194,8 +199,9 @@ class Task:
     mngr.close()
     return Trained(config, records, graphdef, restored.state.params, restored.step, mesh, workdir)
 
-  def import_reference(self, ckpt, workdir: str, datasets: list[str], data_dir: str, options: dict,
-                       base: ml_collections.ConfigDict | None) -> dict:
+  def import_reference(
+    self, ckpt, workdir: str, datasets: list[str], data_dir: str, options: dict, base: ml_collections.ConfigDict | None
+  ) -> dict:
     """Writes the authors' checkpoint `ckpt` (interop.state_dict.TorchCheckpoint) as the
     step-0 checkpoint of `workdir` for our sessions `datasets` (experiments.import_checkpoint;
     options: that program's family-specific flags); returns a summary for import.json."""

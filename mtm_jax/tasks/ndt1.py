@@ -44,8 +44,9 @@ def batch_session(batch) -> jax.Array:
   return batch["session"][0] if "session" in batch else jnp.zeros((), jnp.int32)
 
 
-def masked_nll(graphdef, params, batch, regions, key, *, mode: str, mask_config: masking.MaskConfig,
-               train: bool, dtype="float32"):
+def masked_nll(
+  graphdef, params, batch, regions, key, *, mode: str, mask_config: masking.MaskConfig, train: bool, dtype="float32"
+):
   """Summed masked Poisson NLL of one batch (the reference backpropagates the sum).
 
   batch["spikes"] [B, T, N] (zero-padded to the model's N), batch["session"] [B] int32
@@ -62,8 +63,9 @@ def masked_nll(graphdef, params, batch, regions, key, *, mode: str, mask_config:
   masked = masking.apply_scheme(k_mask, spikes, regions[session], scheme, mask_config)
   model = nnx.merge(graphdef, precision.compute_params(params, dtype))
   prompt = jnp.minimum(masked.scheme, len(masking.SCHEMES) - 1)  # unused for temporal
-  log_rates = model(masked.inputs, prompt=prompt, session=session, causal=masked.causal,
-                    key=k_dropout if train else None).astype(jnp.float32)
+  log_rates = model(
+    masked.inputs, prompt=prompt, session=session, causal=masked.causal, key=k_dropout if train else None
+  ).astype(jnp.float32)
   targets = masked.targets & batch["valid"][:, None, None] if "valid" in batch else masked.targets
   total, count = masked_poisson_nll(log_rates, spikes, targets)
   return total, dict(n_targets=count, scheme=scheme)
@@ -74,8 +76,9 @@ def loss(graphdef, mode: str, mask_config: masking.MaskConfig, dtype="float32") 
   is differentiated, the logged loss is its mean over the targets."""
 
   def fn(params, batch, regions, key):
-    total, aux = masked_nll(graphdef, params, batch, regions, key, mode=mode, mask_config=mask_config, train=True,
-                            dtype=dtype)
+    total, aux = masked_nll(
+      graphdef, params, batch, regions, key, mode=mode, mask_config=mask_config, train=True, dtype=dtype
+    )
     return total, dict(loss=total / jnp.maximum(aux["n_targets"], 1), nll_sum=total, **aux)
 
   return fn
@@ -132,8 +135,10 @@ def reference_session_rows(arch: dict, infos, rows: list[str], eids_file: str | 
     if missing:
       raise ValueError(f"--eids: {eids_file} does not list the sessions {missing}")
     return [eids.index(i.session_id) for i in infos]
-  raise ValueError(f"the checkpoint has a session table of {arch['n_session_rows']} rows: give each session's row "
-                   "with --session_rows or --eids")
+  raise ValueError(
+    f"the checkpoint has a session table of {arch['n_session_rows']} rows: give each session's row "
+    "with --session_rows or --eids"
+  )
 
 
 class NDT1Task(base.Task):
@@ -154,15 +159,19 @@ class NDT1Task(base.Task):
     its shared weights with fresh per-session layers for config.data.datasets; every
     parameter trains (mode None or "full")."""
     if mode not in (None, "full"):
-      raise ValueError(f"--mode: NDT1 fine-tuning trains every parameter (new stitching layers and the shared "
-                       f"weights): expected 'full', got {mode!r} (unit identification is POYO's)")
+      raise ValueError(
+        f"--mode: NDT1 fine-tuning trains every parameter (new stitching layers and the shared "
+        f"weights): expected 'full', got {mode!r} (unit identification is POYO's)"
+      )
     config = ml_collections.ConfigDict(config.to_dict())
     if not pretrained:
       return config
     pre = self.pretrained_config(pretrained)
     if pre.model.stitch_dim <= 0:
-      raise ValueError(f"{pretrained}: the pretrained model has no per-session stitching layers "
-                       "(config.model.stitch_dim = 0), so its input layer fits only its own session")
+      raise ValueError(
+        f"{pretrained}: the pretrained model has no per-session stitching layers "
+        "(config.model.stitch_dim = 0), so its input layer fits only its own session"
+      )
     config.model = checkpoint.with_defaults(pre.model, config.model)
     config.init.pretrained = os.path.abspath(os.path.expanduser(pretrained))
     if config.masking.mode == masking.TEMPORAL:
@@ -178,13 +187,24 @@ class NDT1Task(base.Task):
     loaded = pipeline.load_sessions(names, config.data.data_dir)
     infos = [s.info for s in loaded]
     n_neurons = max(i.n_neurons for i in infos)
-    batches = pipeline.multi_session_batches([s.splits["train"] for s in loaded], config.data.batch_size,
-                                             config.data.shuffle_seed, n_neurons,
-                                             rows=mesh_lib.process_rows(config.data.batch_size, mesh))
+    batches = pipeline.multi_session_batches(
+      [s.splits["train"] for s in loaded],
+      config.data.batch_size,
+      config.data.shuffle_seed,
+      n_neurons,
+      rows=mesh_lib.process_rows(config.data.batch_size, mesh),
+    )
     regions = jax.device_put(jnp.asarray(pipeline.region_table(infos, n_neurons)), mesh_lib.replicated(mesh))
     for s in loaded:
-      logging.info("session %s (%s): %d neurons in %s, %d train / %d val trials", s.name, s.info.session_id,
-                   s.info.n_neurons, s.info.regions, len(s.splits["train"]["spikes"]), len(s.splits["val"]["spikes"]))
+      logging.info(
+        "session %s (%s): %d neurons in %s, %d train / %d val trials",
+        s.name,
+        s.info.session_id,
+        s.info.n_neurons,
+        s.info.regions,
+        len(s.splits["train"]["spikes"]),
+        len(s.splits["val"]["spikes"]),
+      )
     return base.Input(session_records(names, infos), batches, regions, dict(sessions=loaded, n_neurons=n_neurons))
 
   def create(self, config, records, mesh, params=None):
@@ -197,13 +217,21 @@ class NDT1Task(base.Task):
 
   def merge_pretrained(self, config, graphdef, tx, state, pretrained, records, mesh):
     params = graft_shared(state.params, pretrained.params, where=f"pretrained model {config.init.pretrained}")
-    logging.info("shared weights from %s (step %d, sessions %s); fresh %s for %s", config.init.pretrained,
-                 pretrained.step, pretrained.names, ", ".join(ndt1.SESSION_PARAMS), [r["name"] for r in records])
+    logging.info(
+      "shared weights from %s (step %d, sessions %s); fresh %s for %s",
+      config.init.pretrained,
+      pretrained.step,
+      pretrained.names,
+      ", ".join(ndt1.SESSION_PARAMS),
+      [r["name"] for r in records],
+    )
     return graphdef, tx, sharding.place_state(step_lib.init_state(params, tx), mesh)
 
   def describe(self, config, graphdef, state):
-    return (f"NDT1 {config.model.size} on {len(config.data.datasets.split(','))} session(s): "
-            f"{sum(x.size for x in jax.tree.leaves(state.params))} parameters")
+    return (
+      f"NDT1 {config.model.size} on {len(config.data.datasets.split(','))} session(s): "
+      f"{sum(x.size for x in jax.tree.leaves(state.params))} parameters"
+    )
 
   def loss(self, config, graphdef):
     return loss(graphdef, config.masking.mode, mask_config(config), config.model.get("dtype", "float32"))
@@ -215,8 +243,9 @@ class NDT1Task(base.Task):
     return optimizer.learning_rate_schedule(config)
 
   def validator(self, config, graphdef, inputs, mesh):
-    val_nll = jax.jit(functools.partial(masked_nll, graphdef, mode=config.masking.mode,
-                                        mask_config=mask_config(config), train=False))
+    val_nll = jax.jit(
+      functools.partial(masked_nll, graphdef, mode=config.masking.mode, mask_config=mask_config(config), train=False)
+    )
     loaded, n_neurons = inputs.data["sessions"], inputs.data["n_neurons"]
     mine = mesh_lib.process_rows(config.data.batch_size, mesh)  # the rows of each batch this process builds
 
@@ -228,8 +257,12 @@ class NDT1Task(base.Task):
         val = s.splits["val"]
         for indices, valid in padded_batches(len(val["spikes"]), config.data.batch_size):
           batch = dict(pipeline.Batches(val, row, n_neurons, rows=mine)(indices), valid=valid[mine])
-          out, c = val_nll(params, mesh_lib.shard_batch(batch, mesh, config.data.batch_size), inputs.consts,
-                           jax.random.fold_in(jax.random.key(config.seed + 1), len(sums)))
+          out, c = val_nll(
+            params,
+            mesh_lib.shard_batch(batch, mesh, config.data.batch_size),
+            inputs.consts,
+            jax.random.fold_in(jax.random.key(config.seed + 1), len(sums)),
+          )
           sums.append((out, c["n_targets"]))
       total, count = 0.0, 0
       for out, n in jax.device_get(sums):
@@ -240,8 +273,9 @@ class NDT1Task(base.Task):
 
   def summarise(self, window):
     n_targets = max(np.sum([m["n_targets"] for m in window]), 1)
-    return dict(loss=np.sum([m["nll_sum"] for m in window]) / n_targets,
-                grad_norm=np.mean([m["grad_norm"] for m in window]))
+    return dict(
+      loss=np.sum([m["nll_sum"] for m in window]) / n_targets, grad_norm=np.mean([m["grad_norm"] for m in window])
+    )
 
   def import_reference(self, ckpt, workdir, datasets, data_dir, options, base_config):
     """options: session_rows (each session's row in the authors' table), eids_file (their
@@ -255,17 +289,25 @@ class NDT1Task(base.Task):
     infos = [pipeline.session_info(n, config.data.data_dir) for n in datasets]
     rows = reference_session_rows(arch, infos, list(options.get("session_rows", ())), options.get("eids_file"))
     model, unused = ndt1_interop.convert(ckpt, config, [i.n_neurons for i in infos], rows)
-    self.save_initial(workdir, config, session_records(datasets, infos), nnx.state(model, nnx.Param),
-                      optimizer.make_optimizer(config))
+    self.save_initial(
+      workdir, config, session_records(datasets, infos), nnx.state(model, nnx.Param), optimizer.make_optimizer(config)
+    )
     return dict(kind="ndt1", architecture=arch, session_rows=rows, unused=unused)
 
   # ---- Evaluation -------------------------------------------------------------------------
   def evaluate(self, trained, split, sessions=None, decode=True):
     if jax.process_count() > 1:
-      raise ValueError("NDT1 evaluation runs in one process (its masks are built and fetched whole): run "
-                       "experiments.evaluate without --coordinator_address; the checkpoint loads on one host")
-    return evaluation.evaluate_sessions(trained, split, sessions, decode=decode, trainer=dict(
-        make_step=step_lib.make_train_step, init_state=step_lib.init_state))
+      raise ValueError(
+        "NDT1 evaluation runs in one process (its masks are built and fetched whole): run "
+        "experiments.evaluate without --coordinator_address; the checkpoint loads on one host"
+      )
+    return evaluation.evaluate_sessions(
+      trained,
+      split,
+      sessions,
+      decode=decode,
+      trainer=dict(make_step=step_lib.make_train_step, init_state=step_lib.init_state),
+    )
 
   def arrays_file(self):
     return "per_neuron_bps.npz"
@@ -276,8 +318,11 @@ class NDT1Task(base.Task):
     if oracle:
       columns["oracle"] = oracle
     heads = [m for m in evaluation.HEAD_METRICS if m in results or m in results.get("skipped", {})]
-    return evaluation.heading(results) + "\n" + evaluation.table(
-        columns, evaluation.METRICS + decoding.BEHAVIOUR_METRICS + tuple(heads))
+    return (
+      evaluation.heading(results)
+      + "\n"
+      + evaluation.table(columns, evaluation.METRICS + decoding.BEHAVIOUR_METRICS + tuple(heads))
+    )
 
   def plot(self, models, path, **options):
     return evaluation.raster_plot(models, path, **options)

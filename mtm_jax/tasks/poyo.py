@@ -88,8 +88,13 @@ def window_config(config, train: bool) -> windows_lib.WindowConfig:
   """How windows are cut: unit dropout only when `train`."""
   d = config.data
   dropout = (d.unit_dropout_min, d.unit_dropout_mode, d.unit_dropout_max) if (train and d.unit_dropout) else None
-  return windows_lib.WindowConfig(window_length=d.window_length, bucket_lengths=tuple(d.token_buckets),
-                             unit_dropout=dropout, max_outputs=d.max_queries, eval_step=config.eval.window_step)
+  return windows_lib.WindowConfig(
+    window_length=d.window_length,
+    bucket_lengths=tuple(d.token_buckets),
+    unit_dropout=dropout,
+    max_outputs=d.max_queries,
+    eval_step=config.eval.window_step,
+  )
 
 
 def load_sessions(config, splits: Sequence[str] = ("train", "val")) -> list[session_lib.EventSession]:
@@ -136,8 +141,9 @@ class POYOTask(base.Task):
       config.data.datasets = ",".join(names)
     if pretrained is not None:
       known = {r["session_id"] for r in pretrained.records}
-      records = list(pretrained.records) + [r for r in vocabulary_lib.build_vocabulary(sessions).records(names)
-                                            if r["session_id"] not in known]
+      records = list(pretrained.records) + [
+        r for r in vocabulary_lib.build_vocabulary(sessions).records(names) if r["session_id"] not in known
+      ]
       scale = np.asarray(pretrained.config.data.scale, np.float32)
     else:
       records = vocabulary_lib.build_vocabulary(sessions).records(names)
@@ -146,11 +152,17 @@ class POYOTask(base.Task):
     config.data.scale = [float(x) for x in scale]
     train = windows_lib.prepare(sessions, "train", window_config(config, train=True), vocab=vocab, scale=scale)
     val = windows_lib.prepare(sessions, "val", window_config(config, train=False), vocab=vocab, scale=scale)
-    batches = batches_lib.training_batches(train, config.data.batch_size, config.data.shuffle_seed,
-                                           rows=mesh_lib.process_rows(config.data.batch_size, mesh))
+    batches = batches_lib.training_batches(
+      train, config.data.batch_size, config.data.shuffle_seed, rows=mesh_lib.process_rows(config.data.batch_size, mesh)
+    )
     for s in sessions:
-      logging.info("session %s: %d units, %d train / %d val intervals", s.session_id, len(s.unit_ids),
-                   len(s.splits["train"]), len(s.splits["val"]))
+      logging.info(
+        "session %s: %d units, %d train / %d val intervals",
+        s.session_id,
+        len(s.unit_ids),
+        len(s.splits["train"]),
+        len(s.splits["val"]),
+      )
     return base.Input(records, batches, None, dict(val=val))
 
   def create(self, config, records, mesh, params=None):
@@ -164,16 +176,27 @@ class POYOTask(base.Task):
 
   def merge_pretrained(self, config, graphdef, tx, state, pretrained, records, mesh):
     vocab, old = vocabulary_lib.Vocabulary.from_records(records), pretrained.vocab
-    grown = poyo.grow_vocab(nnx.to_pure_dict(jax.device_get(pretrained.params)), vocab.n_unit_rows - old.n_unit_rows,
-                            vocab.n_session_rows - old.n_session_rows, jax.random.key(config.seed + 7),
-                            init_scale=config.model.emb_init_scale)
-    logging.info("from %s (step %d): %d new unit rows, %d new session rows", config.init.pretrained,
-                 pretrained.step, vocab.n_unit_rows - old.n_unit_rows, vocab.n_session_rows - old.n_session_rows)
+    grown = poyo.grow_vocab(
+      nnx.to_pure_dict(jax.device_get(pretrained.params)),
+      vocab.n_unit_rows - old.n_unit_rows,
+      vocab.n_session_rows - old.n_session_rows,
+      jax.random.key(config.seed + 7),
+      init_scale=config.model.emb_init_scale,
+    )
+    logging.info(
+      "from %s (step %d): %d new unit rows, %d new session rows",
+      config.init.pretrained,
+      pretrained.step,
+      vocab.n_unit_rows - old.n_unit_rows,
+      vocab.n_session_rows - old.n_session_rows,
+    )
     return self.create(config, records, mesh, grown)
 
   def describe(self, config, graphdef, state):
-    return (f"POYO {config.model.size}: {sum(x.size for x in jax.tree.leaves(state.params))} parameters "
-            f"({poyo.count_params(nnx.merge(graphdef, state.params), embeddings=False)} outside the unit/session tables)")
+    return (
+      f"POYO {config.model.size}: {sum(x.size for x in jax.tree.leaves(state.params))} parameters "
+      f"({poyo.count_params(nnx.merge(graphdef, state.params), embeddings=False)} outside the unit/session tables)"
+    )
 
   def loss(self, config, graphdef):
     return loss(graphdef, dict(config.model.tasks), config.model.get("dtype", "float32"))
@@ -183,8 +206,9 @@ class POYOTask(base.Task):
       return [base.Phase(base.FOREVER, None)]
     old = vocabulary_lib.Vocabulary.from_records(pretrained.records)
     warmup = config.train.steps if config.finetune.mode == "unit_id" else config.finetune.warmup_steps
-    logging.info("unit identification for %d steps%s", warmup, ", then everything" if warmup < config.train.steps
-                 else "")
+    logging.info(
+      "unit identification for %d steps%s", warmup, ", then everything" if warmup < config.train.steps else ""
+    )
     return [base.Phase(warmup, new_rows_mask(old.n_unit_rows, old.n_session_rows)), base.Phase(base.FOREVER, None)]
 
   def learning_rate(self, config):
@@ -194,15 +218,25 @@ class POYOTask(base.Task):
     predictor = poyo_eval.make_predictor(graphdef, behaviour_task(config))
 
     def validate(params) -> dict:
-      val, _ = poyo_eval.evaluate_data(graphdef, params, inputs.data["val"], task=behaviour_task(config),
-                                       batch_size=config.eval.batch_size, mesh=mesh, predictor=predictor)
+      val, _ = poyo_eval.evaluate_data(
+        graphdef,
+        params,
+        inputs.data["val"],
+        task=behaviour_task(config),
+        batch_size=config.eval.batch_size,
+        mesh=mesh,
+        predictor=predictor,
+      )
       return dict(val_r2=val["behaviour_r2"])
 
     return validate
 
   def summarise(self, window):
-    return dict(loss=np.mean([m["loss"] for m in window]), grad_norm=np.mean([m["grad_norm"] for m in window]),
-                param_norm=float(window[-1]["param_norm"]))
+    return dict(
+      loss=np.mean([m["loss"] for m in window]),
+      grad_norm=np.mean([m["grad_norm"] for m in window]),
+      param_norm=float(window[-1]["param_norm"]),
+    )
 
   def import_reference(self, ckpt, workdir, datasets, data_dir, options, base_config):
     """Sessions: the checkpoint's own, or our `datasets`. options: task (the readout's
@@ -234,16 +268,26 @@ class POYOTask(base.Task):
     config = trained.config
     if sessions is None:
       sessions = load_sessions(config, (split, "train"))
-    data = windows_lib.prepare(sessions, split, window_config(config, train=False), vocab=trained.vocab,
-                          scale=trained.scale)
+    data = windows_lib.prepare(
+      sessions, split, window_config(config, train=False), vocab=trained.vocab, scale=trained.scale
+    )
     if data.vocab != trained.vocab:
       unknown = [s.session_id for s in sessions if s.session_id not in trained.vocab.session_ids]
-      raise ValueError(f"{trained.workdir}: sessions {unknown} are not in the model's vocabulary; fine-tune on them first")
-    results, stitched = poyo_eval.evaluate_data(trained.graphdef, trained.params, data, task=behaviour_task(config),
-                                                batch_size=config.eval.batch_size, mesh=trained.mesh)
+      raise ValueError(
+        f"{trained.workdir}: sessions {unknown} are not in the model's vocabulary; fine-tune on them first"
+      )
+    results, stitched = poyo_eval.evaluate_data(
+      trained.graphdef,
+      trained.params,
+      data,
+      task=behaviour_task(config),
+      batch_size=config.eval.batch_size,
+      mesh=trained.mesh,
+    )
     if decode:
-      base_scores = poyo_eval.baseline_scores(data, stitched, bin_size=config.eval.baseline_bin,
-                                              lags=config.eval.baseline_lags)
+      base_scores = poyo_eval.baseline_scores(
+        data, stitched, bin_size=config.eval.baseline_bin, lags=config.eval.baseline_lags
+      )
       per_session = {sid: merged(r, base_scores["sessions"][sid]) for sid, r in results["sessions"].items()}
       results = merged(results, base_scores)
       results["sessions"] = per_session

@@ -36,8 +36,14 @@ def load_trained(workdir: str, step: int | None = None, mesh=None) -> base.Train
   return of_workdir(workdir, step).load(workdir, step, mesh)
 
 
-def evaluate_workdir(workdir: str, split: str | None = None, step: int | None = None, sessions=None,
-                     decode: bool = True, data_dir: str | None = None) -> dict:
+def evaluate_workdir(
+  workdir: str,
+  split: str | None = None,
+  step: int | None = None,
+  sessions=None,
+  decode: bool = True,
+  data_dir: str | None = None,
+) -> dict:
   """Scores the model in `workdir` on `split` (default: its config.eval.split) with its
   family's evaluation (task.evaluate; sessions: which of them, see there) and writes
   <workdir>/metrics.json (and the task's arrays file; process 0 of a multi-host job

@@ -66,16 +66,29 @@ def key_from_record(record: dict) -> jax.Array:
   return jax.random.wrap_key_data(np.asarray(record["data"], np.uint32), impl=record["impl"])
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state, config: ml_collections.ConfigDict,
-         sessions: list[dict], *, key: jax.Array, data_state: dict | None, nonfinite_in_a_row: int = 0) -> None:
+def save(
+  mngr: ocp.CheckpointManager,
+  step: int,
+  state,
+  config: ml_collections.ConfigDict,
+  sessions: list[dict],
+  *,
+  key: jax.Array,
+  data_state: dict | None,
+  nonfinite_in_a_row: int = 0,
+) -> None:
   """Saves (asynchronously) the checkpoint of `step`.
 
   sessions: one JSON-able dict per session row (the task's records); key: the run's
   PRNG key (step keys are fold_in(key, step)); data_state: the grain iterator state of
   the training batches after `step` batches."""
   progress = dict(step=int(step), rng=key_record(key), nonfinite_in_a_row=int(nonfinite_in_a_row))
-  items = dict(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config.to_dict()),
-               sessions=ocp.args.JsonSave(sessions), progress=ocp.args.JsonSave(progress))
+  items = dict(
+    state=ocp.args.StandardSave(state),
+    config=ocp.args.JsonSave(config.to_dict()),
+    sessions=ocp.args.JsonSave(sessions),
+    progress=ocp.args.JsonSave(progress),
+  )
   if data_state is not None:
     items["data"] = ocp.args.JsonSave(data_state)
   mngr.save(step, args=ocp.args.Composite(**items), force=True)
@@ -88,10 +101,14 @@ class SaveFailed(SystemExit):
 
   def __init__(self, step: int, directory: str, reason: str, stopped_at: int | None, newest: int | None):
     stopped = f"; training stopped at step {stopped_at}" if stopped_at is not None else ""
-    resume = (f"the newest checkpoint is step {newest} (re-run to resume once the cause is fixed)" if newest is not None
-              else "no checkpoint was written (re-run to start again once the cause is fixed)")
-    super().__init__(f"error: checkpoint of step {step} could not be written to {directory}: {reason}{stopped}; "
-                     f"{resume}")
+    resume = (
+      f"the newest checkpoint is step {newest} (re-run to resume once the cause is fixed)"
+      if newest is not None
+      else "no checkpoint was written (re-run to start again once the cause is fixed)"
+    )
+    super().__init__(
+      f"error: checkpoint of step {step} could not be written to {directory}: {reason}{stopped}; {resume}"
+    )
     self.step, self.directory, self.reason, self.stopped_at = step, directory, reason, stopped_at
 
 
@@ -114,8 +131,9 @@ class Saver:
   checkpoint of step N" once the pending save has finished, and returns SaveFailed when
   it could not be written (`step`: the step training reached), else None."""
 
-  def __init__(self, mngr: ocp.CheckpointManager, config: ml_collections.ConfigDict, sessions: list[dict],
-               key: jax.Array):
+  def __init__(
+    self, mngr: ocp.CheckpointManager, config: ml_collections.ConfigDict, sessions: list[dict], key: jax.Array
+  ):
     self.mngr, self.config, self.sessions, self.key = mngr, config, sessions, key
     self.pending = None  # the step being written
     self.failed = []  # steps whose save failed
@@ -138,8 +156,9 @@ class Saver:
     except Exception as error:  # pylint: disable=broad-except  # any write failure
       self.failed.append(pending)
       self.mngr.reload()
-      return SaveFailed(pending, str(self.mngr.directory), _cause(error), step,
-                        max(self.mngr.all_steps(), default=None))
+      return SaveFailed(
+        pending, str(self.mngr.directory), _cause(error), step, max(self.mngr.all_steps(), default=None)
+      )
     logging.info("saved checkpoint of step %d", pending)
     return None
 
@@ -221,8 +240,12 @@ def report_half_written(mngr: ocp.CheckpointManager, quarantine: bool) -> None:
   for name in sorted(os.listdir(directory)):
     if _TMP_MARK in name:
       where = _quarantine(directory, name) if quarantine else os.path.join(directory, name)
-      logging.warning("checkpoint %s in %s is half-written (an interrupted save) and is ignored%s", name.split(".")[0],
-                      directory, f"; moved to {where}" if quarantine else "")
+      logging.warning(
+        "checkpoint %s in %s is half-written (an interrupted save) and is ignored%s",
+        name.split(".")[0],
+        directory,
+        f"; moved to {where}" if quarantine else "",
+      )
 
 
 def _items_present(mngr: ocp.CheckpointManager, step: int) -> set[str]:
@@ -248,8 +271,9 @@ def restore(mngr: ocp.CheckpointManager, target, step: int | None = None, *, qua
   damaged = []
   for s in steps:
     present = _items_present(mngr, s)
-    args = dict(state=ocp.args.StandardRestore(abstract(target)), config=ocp.args.JsonRestore(),
-                sessions=ocp.args.JsonRestore())
+    args = dict(
+      state=ocp.args.StandardRestore(abstract(target)), config=ocp.args.JsonRestore(), sessions=ocp.args.JsonRestore()
+    )
     args.update({name: ocp.args.JsonRestore() for name in ("progress", "data") if name in present})
     try:
       if not {"state", "config", "sessions"} <= present:
@@ -259,19 +283,30 @@ def restore(mngr: ocp.CheckpointManager, target, step: int | None = None, *, qua
       if step is not None:
         raise ValueError(f"{directory}: checkpoint of step {step} is damaged ({_first_line(error)})") from error
       moved = _quarantine(directory, str(s)) if quarantine else None
-      logging.warning("checkpoint of step %d in %s is damaged and skipped (%s)%s", s, directory, _first_line(error),
-                      f"; moved to {moved}" if moved else "")
+      logging.warning(
+        "checkpoint of step %d in %s is damaged and skipped (%s)%s",
+        s,
+        directory,
+        _first_line(error),
+        f"; moved to {moved}" if moved else "",
+      )
       damaged.append(s)
       continue
     if damaged and quarantine:
       mngr.reload()
-    return Restored(s, out["state"], ml_collections.ConfigDict(out["config"]), list(out["sessions"]),
-                    dict(out["progress"]) if "progress" in present else None,
-                    dict(out["data"]) if "data" in present else None)
+    return Restored(
+      s,
+      out["state"],
+      ml_collections.ConfigDict(out["config"]),
+      list(out["sessions"]),
+      dict(out["progress"]) if "progress" in present else None,
+      dict(out["data"]) if "data" in present else None,
+    )
   if quarantine:
     mngr.reload()
-  raise FileNotFoundError(f"{directory}: holds no readable checkpoint" +
-                          (f" (damaged: steps {damaged})" if damaged else ""))
+  raise FileNotFoundError(
+    f"{directory}: holds no readable checkpoint" + (f" (damaged: steps {damaged})" if damaged else "")
+  )
 
 
 def latest_step(workdir: str) -> int | None:
@@ -301,18 +336,26 @@ def load_metadata(workdir: str, step: int | None = None) -> tuple[ml_collections
       steps = [step]
     for s in steps:
       try:
-        restored = mngr.restore(s, args=ocp.args.Composite(config=ocp.args.JsonRestore(),
-                                                           sessions=ocp.args.JsonRestore()))
+        restored = mngr.restore(
+          s, args=ocp.args.Composite(config=ocp.args.JsonRestore(), sessions=ocp.args.JsonRestore())
+        )
         return ml_collections.ConfigDict(restored["config"]), list(restored["sessions"])
       except Exception as error:  # pylint: disable=broad-except
         if step is not None:
-          raise ValueError(f"{path}: the config or sessions of step {step} do not read ({_first_line(error)})") \
-              from error
-        logging.warning("checkpoint of step %d in %s: config or sessions do not read (%s); trying the previous one",
-                        s, path, _first_line(error))
-    raise FileNotFoundError(f"{path}: no checkpoint with readable config and sessions (steps {steps}; each "
-                            f"failure is logged above). A run written by an older mtm_jax may not read: train in a "
-                            f"new workdir (this one is left as it is)")
+          raise ValueError(
+            f"{path}: the config or sessions of step {step} do not read ({_first_line(error)})"
+          ) from error
+        logging.warning(
+          "checkpoint of step %d in %s: config or sessions do not read (%s); trying the previous one",
+          s,
+          path,
+          _first_line(error),
+        )
+    raise FileNotFoundError(
+      f"{path}: no checkpoint with readable config and sessions (steps {steps}; each "
+      f"failure is logged above). A run written by an older mtm_jax may not read: train in a "
+      f"new workdir (this one is left as it is)"
+    )
   finally:
     mngr.close()
 
@@ -321,8 +364,10 @@ def check_writable(workdir: str, what: str) -> None:
   """Raises PermissionError naming `workdir` when `what` (e.g. "metrics.json") cannot be
   written there: before the work that produces it, not after."""
   if not os.access(os.path.abspath(os.path.expanduser(workdir)), os.W_OK):
-    raise PermissionError(f"{workdir}: not writable, so {what} cannot be written there (a read-only copy of the run? "
-                          "copy the workdir somewhere writable)")
+    raise PermissionError(
+      f"{workdir}: not writable, so {what} cannot be written there (a read-only copy of the run? "
+      "copy the workdir somewhere writable)"
+    )
 
 
 def relocate_data(config: ml_collections.ConfigDict, data_dir: str | None) -> None:
@@ -342,8 +387,13 @@ def with_defaults(saved: ml_collections.ConfigDict, defaults: ml_collections.Con
   return ml_collections.ConfigDict(merged)
 
 
-def check_compatible(saved: ml_collections.ConfigDict, saved_sessions: list[dict],
-                     config: ml_collections.ConfigDict, sessions: list[dict], where: str) -> None:
+def check_compatible(
+  saved: ml_collections.ConfigDict,
+  saved_sessions: list[dict],
+  config: ml_collections.ConfigDict,
+  sessions: list[dict],
+  where: str,
+) -> None:
   """Raises ValueError (before any training) when the checkpoint in `where` is from
   another model (config.family, config.model) or other sessions (names, ids, neurons)."""
   for field in ("family", "model"):
@@ -354,18 +404,28 @@ def check_compatible(saved: ml_collections.ConfigDict, saved_sessions: list[dict
     b = json.loads(json.dumps(b.to_dict() if isinstance(b, ml_collections.ConfigDict) else b))
     if a != b:
       if isinstance(a, dict) and isinstance(b, dict):
-        diff = [f"config.{field}.{k}: checkpoint {a.get(k)!r}, this config {b.get(k)!r}"
-                for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        diff = [
+          f"config.{field}.{k}: checkpoint {a.get(k)!r}, this config {b.get(k)!r}"
+          for k in sorted(set(a) | set(b))
+          if a.get(k) != b.get(k)
+        ]
       else:
         diff = [f"config.{field}: checkpoint {a!r}, this config {b!r}"]
-      raise ValueError(f"{where}: holds a run of another model ({'; '.join(diff)}); use another workdir "
-                       "or the checkpoint's config")
-  if len(saved_sessions) != len(sessions) or any(a.get("name") != b.get("name") for a, b in zip(saved_sessions, sessions)):
-    raise ValueError(f"{where}: holds a run on sessions {[r.get('name') for r in saved_sessions]}, not "
-                     f"{[r.get('name') for r in sessions]}; use another workdir")
+      raise ValueError(
+        f"{where}: holds a run of another model ({'; '.join(diff)}); use another workdir or the checkpoint's config"
+      )
+  if len(saved_sessions) != len(sessions) or any(
+    a.get("name") != b.get("name") for a, b in zip(saved_sessions, sessions)
+  ):
+    raise ValueError(
+      f"{where}: holds a run on sessions {[r.get('name') for r in saved_sessions]}, not "
+      f"{[r.get('name') for r in sessions]}; use another workdir"
+    )
   for a, b in zip(saved_sessions, sessions):
     for k in sorted(set(a) | set(b)):
       if a.get(k) != b.get(k):
         size = lambda v: f"{len(v)} entries" if isinstance(v, list) else repr(v)
-        raise ValueError(f"{where}: session {a.get('name')!r} has {k} = {size(a.get(k))} in the checkpoint but "
-                         f"{size(b.get(k))} in the data set (neurons or units differ: was the data set rebuilt?)")
+        raise ValueError(
+          f"{where}: session {a.get('name')!r} has {k} = {size(a.get(k))} in the checkpoint but "
+          f"{size(b.get(k))} in the data set (neurons or units differ: was the data set rebuilt?)"
+        )

@@ -24,8 +24,10 @@ def ndt1(c: ml_collections.ConfigDict) -> None:
   if c.masking.mode == masking.TEMPORAL and c.model.use_prompt:
     raise ValueError("config.model.use_prompt: temporal masking has no prompt token; set it to False")
   if c.eval.decoding_prompt not in masking.SCHEMES or c.eval.decoding_prompt == "causal":
-    raise ValueError(f"config.eval.decoding_prompt: {c.eval.decoding_prompt!r}; expected one of "
-                     f"{[s for s in masking.SCHEMES if s != 'causal']}")
+    raise ValueError(
+      f"config.eval.decoding_prompt: {c.eval.decoding_prompt!r}; expected one of "
+      f"{[s for s in masking.SCHEMES if s != 'causal']}"
+    )
   for field in ("ratio", "causal_ratio"):
     if not 0.0 < c.masking[field] < 1.0:
       raise ValueError(f"config.masking.{field}: must be in (0, 1), got {c.masking[field]}")
@@ -35,8 +37,10 @@ def ndt1(c: ml_collections.ConfigDict) -> None:
   ndt1_model.Hparams.from_config(c.model)
   names = dataset_names(c)
   if len(names) > 1 and c.model.stitch_dim <= 0:
-    raise ValueError(f"config.model.stitch_dim: {len(names)} sessions need per-session stitching layers "
-                     "(stitch_dim > 0, e.g. the ',stitch' option)")
+    raise ValueError(
+      f"config.model.stitch_dim: {len(names)} sessions need per-session stitching layers "
+      "(stitch_dim > 0, e.g. the ',stitch' option)"
+    )
 
 
 def poyo(c: ml_collections.ConfigDict) -> None:
@@ -45,14 +49,20 @@ def poyo(c: ml_collections.ConfigDict) -> None:
   poyo_model.Hparams.from_config(c.model)
   m, d = c.model, c.data
   if d.window_length != m.window_length:
-    raise ValueError(f"config.data.window_length ({d.window_length}) must equal config.model.window_length "
-                     f"({m.window_length})")
-  if not d.token_buckets or any(b < 1 or b % 8 for b in d.token_buckets) or list(d.token_buckets) != sorted(
-      d.token_buckets):
+    raise ValueError(
+      f"config.data.window_length ({d.window_length}) must equal config.model.window_length ({m.window_length})"
+    )
+  if (
+    not d.token_buckets
+    or any(b < 1 or b % 8 for b in d.token_buckets)
+    or list(d.token_buckets) != sorted(d.token_buckets)
+  ):
     raise ValueError(f"config.data.token_buckets: expected increasing positive multiples of 8, got {d.token_buckets}")
   if not 0 < d.unit_dropout_min <= d.unit_dropout_mode <= d.unit_dropout_max:
-    raise ValueError("config.data.unit_dropout_min/mode/max: expected 0 < min <= mode <= max, got "
-                     f"{d.unit_dropout_min}, {d.unit_dropout_mode}, {d.unit_dropout_max}")
+    raise ValueError(
+      "config.data.unit_dropout_min/mode/max: expected 0 < min <= mode <= max, got "
+      f"{d.unit_dropout_min}, {d.unit_dropout_mode}, {d.unit_dropout_max}"
+    )
   if not 0.0 <= c.optimizer.constant_fraction <= 1.0:
     raise ValueError(f"config.optimizer.constant_fraction: must be in [0, 1], got {c.optimizer.constant_fraction}")
   if c.optimizer.name != "lamb":
@@ -67,8 +77,9 @@ def poyo(c: ml_collections.ConfigDict) -> None:
   if c.finetune.warmup_steps < 0:
     raise ValueError(f"config.finetune.warmup_steps: must be >= 0, got {c.finetune.warmup_steps}")
   if c.data.scale and len(c.data.scale) != sum(int(v) for v in dict(m.tasks).values()):
-    raise ValueError(f"config.data.scale: expected one entry per output dimension of config.model.tasks, "
-                     f"got {len(c.data.scale)}")
+    raise ValueError(
+      f"config.data.scale: expected one entry per output dimension of config.model.tasks, got {len(c.data.scale)}"
+    )
   dataset_names(c)
 
 

@@ -59,8 +59,7 @@ def quiet_unraisable():
     kind = f"{type(unraisable.exc_value).__name__}: {_first_line(unraisable.exc_value)}"
     if kind not in shown:
       shown.add(kind)
-      logging.warning("ignored in a background callback: %s (repeats are not shown; --verbosity=1 shows each)",
-                      kind)
+      logging.warning("ignored in a background callback: %s (repeats are not shown; --verbosity=1 shows each)", kind)
 
   return hook
 
@@ -78,6 +77,7 @@ def set_up_logging(verbosity: int) -> None:
     handler.addFilter(QuietLibraries())
     sys.unraisablehook = quiet_unraisable()
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
     tfds.disable_progress_bar()
   elif verbosity == 1:
     logging.set_verbosity(logging.INFO)  # absl's 1 is DEBUG; here it is the libraries' INFO
@@ -87,8 +87,11 @@ def _main(main, argv):
   verbosity = flags.FLAGS.verbosity  # set_up_logging may change the flag (absl's INFO is 0)
   set_up_logging(verbosity)
   if host_memory.reran():
-    logging.info("re-ran with %s=1: huge pages for XLA's host buffers (%s=0 turns it off)", host_memory.TUNABLE,
-                 host_memory.OPT_OUT)
+    logging.info(
+      "re-ran with %s=1: huge pages for XLA's host buffers (%s=0 turns it off)",
+      host_memory.TUNABLE,
+      host_memory.OPT_OUT,
+    )
   try:
     return main(argv)
   except checkpoint.SaveFailed as error:

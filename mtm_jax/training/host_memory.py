@@ -47,7 +47,7 @@ def thp_mode(path: str = THP_MODE_FILE) -> str | None:
   except OSError:
     return None
   start, end = text.find("["), text.find("]")
-  return text[start + 1:end] if 0 <= start < end else None
+  return text[start + 1 : end] if 0 <= start < end else None
 
 
 def glibc_version() -> tuple[int, int] | None:
@@ -69,20 +69,23 @@ def runs_on_cpu(environ: dict, exists=os.path.exists) -> bool:
   return not any(exists(path) for path in ACCELERATOR_FILES)
 
 
-def huge_page_environment(environ: dict, mode: str | None, glibc: tuple[int, int] | None,
-                          on_cpu: bool = True) -> dict | None:
+def huge_page_environment(
+  environ: dict, mode: str | None, glibc: tuple[int, int] | None, on_cpu: bool = True
+) -> dict | None:
   """The environment to re-run the process with, or None when a re-run would change
   nothing: opted out, an accelerator (not `on_cpu`), the tunable already set (so a re-run
   happens at most once), not glibc >= 2.35, or a THP mode other than "madvise" ("always"
   needs no advice, "never" takes none)."""
-  if (environ.get(OPT_OUT, "1") == "0" or not on_cpu or mode != "madvise" or glibc is None
-      or glibc < MIN_GLIBC):
+  if environ.get(OPT_OUT, "1") == "0" or not on_cpu or mode != "madvise" or glibc is None or glibc < MIN_GLIBC:
     return None
   tunables = environ.get("GLIBC_TUNABLES", "")
   if any(item.split("=")[0] == TUNABLE for item in tunables.split(":") if item):
     return None
-  return {**environ, "GLIBC_TUNABLES": f"{tunables}:{TUNABLE}=1" if tunables else f"{TUNABLE}=1",
-          RERUN_MARK: str(os.getpid())}
+  return {
+    **environ,
+    "GLIBC_TUNABLES": f"{tunables}:{TUNABLE}=1" if tunables else f"{TUNABLE}=1",
+    RERUN_MARK: str(os.getpid()),
+  }
 
 
 def use_huge_pages(mode_file: str = THP_MODE_FILE) -> None:

@@ -18,13 +18,18 @@ def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
   start/final_div_factor (PyTorch's OneCycleLR)."""
   o = config.optimizer
   return optax.cosine_onecycle_schedule(
-      transition_steps=config.train.steps, peak_value=o.learning_rate, pct_start=o.warmup_fraction,
-      div_factor=o.div_factor, final_div_factor=o.final_div_factor)
+    transition_steps=config.train.steps,
+    peak_value=o.learning_rate,
+    pct_start=o.warmup_fraction,
+    div_factor=o.div_factor,
+    final_div_factor=o.final_div_factor,
+  )
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  return optax.adamw(learning_rate_schedule(config), b1=0.9, b2=0.999, eps=1e-8,
-                     weight_decay=config.optimizer.weight_decay)
+  return optax.adamw(
+    learning_rate_schedule(config), b1=0.9, b2=0.999, eps=1e-8, weight_decay=config.optimizer.weight_decay
+  )
 
 
 # ------------------------------------------------------------------------------------------
@@ -60,14 +65,22 @@ def poyo_momentum_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
   steps = int(config.train.steps)
   hold = int(round(o.constant_fraction * steps))
   down = optax.cosine_decay_schedule(o.max_momentum, max(hold, 1), alpha=o.base_momentum / o.max_momentum)
-  up = lambda t: o.max_momentum - (o.max_momentum - o.base_momentum) * 0.5 * (
-      1 + jnp.cos(jnp.pi * jnp.clip(t / max(steps - hold, 1), 0.0, 1.0)))
+  up = lambda t: (
+    o.max_momentum
+    - (o.max_momentum - o.base_momentum) * 0.5 * (1 + jnp.cos(jnp.pi * jnp.clip(t / max(steps - hold, 1), 0.0, 1.0)))
+  )
   return optax.join_schedules([down, up], [hold])
 
 
-def sparse_lamb(learning_rate: optax.ScalarOrSchedule, b1: optax.ScalarOrSchedule = 0.9, b2: float = 0.999,
-                eps: float = 1e-6, weight_decay: float = 0.0, trust_clip: float = 10.0,
-                sparse_mask: Any = None) -> optax.GradientTransformation:
+def sparse_lamb(
+  learning_rate: optax.ScalarOrSchedule,
+  b1: optax.ScalarOrSchedule = 0.9,
+  b2: float = 0.999,
+  eps: float = 1e-6,
+  weight_decay: float = 0.0,
+  trust_clip: float = 10.0,
+  sparse_mask: Any = None,
+) -> optax.GradientTransformation:
   """LAMB without bias correction, per-tensor trust ratio min(|w|, trust_clip) / |adam step|
   (1 when either norm is 0), weight decay on every parameter (inside the adam step).
 
@@ -79,8 +92,7 @@ def sparse_lamb(learning_rate: optax.ScalarOrSchedule, b1: optax.ScalarOrSchedul
 
   def init(params):
     zeros = lambda p: jnp.zeros_like(p)
-    return LambState(count=jnp.zeros((), jnp.int32), mu=jax.tree.map(zeros, params),
-                     nu=jax.tree.map(zeros, params))
+    return LambState(count=jnp.zeros((), jnp.int32), mu=jax.tree.map(zeros, params), nu=jax.tree.map(zeros, params))
 
   def update(grads, state, params):
     if params is None:
@@ -106,9 +118,16 @@ def sparse_lamb(learning_rate: optax.ScalarOrSchedule, b1: optax.ScalarOrSchedul
       return u.astype(p.dtype), m, v
 
     flat_g, tree = jax.tree.flatten(grads)
-    flat = [one(g, m, v, p, bool(s)) for g, m, v, p, s in zip(
-        flat_g, tree.flatten_up_to(state.mu), tree.flatten_up_to(state.nu), tree.flatten_up_to(params),
-        tree.flatten_up_to(sparse))]
+    flat = [
+      one(g, m, v, p, bool(s))
+      for g, m, v, p, s in zip(
+        flat_g,
+        tree.flatten_up_to(state.mu),
+        tree.flatten_up_to(state.nu),
+        tree.flatten_up_to(params),
+        tree.flatten_up_to(sparse),
+      )
+    ]
     unflat = lambda i: tree.unflatten([f[i] for f in flat])
     return unflat(0), LambState(count=state.count + 1, mu=unflat(1), nu=unflat(2))
 
@@ -123,6 +142,14 @@ def make_poyo_optimizer(config: ml_collections.ConfigDict, params) -> optax.Grad
     raise ValueError(f"config.optimizer.name: expected 'lamb', got {o.name!r}")
   tables = {p[0] for p in poyo.embedding_paths().values()}
   sparse = jax.tree_util.tree_map_with_path(
-      lambda path, _: bool(o.sparse_embeddings) and rows.path_head(path) in tables, params)
-  return sparse_lamb(poyo_learning_rate_schedule(config), poyo_momentum_schedule(config), o.b2, o.eps,
-                     o.weight_decay, o.trust_clip, sparse)
+    lambda path, _: bool(o.sparse_embeddings) and rows.path_head(path) in tables, params
+  )
+  return sparse_lamb(
+    poyo_learning_rate_schedule(config),
+    poyo_momentum_schedule(config),
+    o.b2,
+    o.eps,
+    o.weight_decay,
+    o.trust_clip,
+    sparse,
+  )

@@ -41,8 +41,9 @@ def skip_nonfinite(state: TrainState, params, opt_state, loss, grads, updates) -
 Loss = Callable[[Any, dict, Any, jax.Array], tuple[jax.Array, dict]]
 
 
-def make_train_step(loss: Loss, tx: optax.GradientTransformation, *,
-                    row_mask: Callable[[Any, dict], Any] | None = None) -> Callable:
+def make_train_step(
+  loss: Loss, tx: optax.GradientTransformation, *, row_mask: Callable[[Any, dict], Any] | None = None
+) -> Callable:
   """(state, batch, consts, key) -> (state, metrics) for a family's `loss`.
 
   consts: arrays every step reads (e.g. NDT1's region table; None when there are none).

@@ -43,6 +43,7 @@ def _any_process(*flags: bool) -> tuple[bool, ...]:
   """Each flag True on every process when it is True on any (all processes stop
   together). A collective: every process must call it at the same steps."""
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
   gathered = multihost_utils.process_allgather(np.asarray(flags))  # [processes, flags]
   return tuple(bool(x) for x in np.any(np.reshape(gathered, (-1, len(flags))), axis=0))
 
@@ -58,6 +59,7 @@ def stop_signals(sigterm: threading.Event, check_saves, done: int, sync: bool):
   failed = check_saves(done, False)
   stop, failed_anywhere = _any_process(sigterm.is_set(), failed is not None)
   if failed_anywhere and failed is None:
-    failed = SystemExit(f"error: another process could not write its checkpoint; stopped at step {done} "
-                        "(re-run to resume)")
+    failed = SystemExit(
+      f"error: another process could not write its checkpoint; stopped at step {done} (re-run to resume)"
+    )
   return stop, failed

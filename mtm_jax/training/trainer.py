@@ -39,6 +39,7 @@ class MetricWriter:
     self.enabled = jax.process_index() == 0
     if self.enabled:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
       self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
 
@@ -102,9 +103,10 @@ def train(task, config: ml_collections.ConfigDict, workdir: str, sessions=None) 
   # ---- Update steps -------------------------------------------------------------------------
   dtype = config.model.get("dtype", "float32")
   loss = task.loss(config, graphdef)
-  phases = [(p.until, sharding.jit_train_step(step_lib.make_train_step(loss, tx, row_mask=p.row_mask), state,
-                                               mesh, dtype))
-            for p in task.phases(config, inputs, pretrained)]
+  phases = [
+    (p.until, sharding.jit_train_step(step_lib.make_train_step(loss, tx, row_mask=p.row_mask), state, mesh, dtype))
+    for p in task.phases(config, inputs, pretrained)
+  ]
 
   def update(step, state, batch):
     train_step = next(fn for until, fn in phases if step < until)
@@ -116,17 +118,39 @@ def train(task, config: ml_collections.ConfigDict, workdir: str, sessions=None) 
   writer = MetricWriter(workdir)
   try:
     with checkpoint.saving(mngr, config, inputs.records, key) as saver, jax.set_mesh(mesh):
-      return run_steps(state, config.train, inputs.batches, update=update, summarise=task.summarise,
-                       learning_rate=task.learning_rate(config), evaluate=lambda state: validate(state.params),
-                       save=saver.save, check_saves=saver.failure, writer=writer, data_state=data_state,
-                       nonfinite_in_a_row=nonfinite)
+      return run_steps(
+        state,
+        config.train,
+        inputs.batches,
+        update=update,
+        summarise=task.summarise,
+        learning_rate=task.learning_rate(config),
+        evaluate=lambda state: validate(state.params),
+        save=saver.save,
+        check_saves=saver.failure,
+        writer=writer,
+        data_state=data_state,
+        nonfinite_in_a_row=nonfinite,
+      )
   finally:
     writer.close()
 
 
-def run_steps(state, train_config, batches, *, update, summarise, learning_rate, evaluate, save,
-              writer: MetricWriter, data_state: dict | None = None, nonfinite_in_a_row: int = 0,
-              check_saves=lambda step, wait: None) -> dict:
+def run_steps(
+  state,
+  train_config,
+  batches,
+  *,
+  update,
+  summarise,
+  learning_rate,
+  evaluate,
+  save,
+  writer: MetricWriter,
+  data_state: dict | None = None,
+  nonfinite_in_a_row: int = 0,
+  check_saves=lambda step, wait: None,
+) -> dict:
   """The training loop every model family shares: from state.step to train_config.steps,
   batch i = batches[i] (so a resumed run reads what an uninterrupted one would).
 
@@ -149,11 +173,16 @@ def run_steps(state, train_config, batches, *, update, summarise, learning_rate,
   first, total = int(state.step), train_config.steps
   limit = train_config.max_nonfinite_steps
   if data_state is not None and data_state.get("next_index") != first:
-    raise ValueError(f"checkpoint of step {first}: its data iterator state {data_state} is not at batch {first}; "
-                     "the checkpoint is inconsistent")
+    raise ValueError(
+      f"checkpoint of step {first}: its data iterator state {data_state} is not at batch {first}; "
+      "the checkpoint is inconsistent"
+    )
   if first >= total:
-    logging.warning("the run is at step %d and config.train.steps is %d: nothing to train (raise "
-                    "--config.train.steps to train on)", first, total)
+    logging.warning(
+      "the run is at step %d and config.train.steps is %d: nothing to train (raise --config.train.steps to train on)",
+      first,
+      total,
+    )
   data = pipeline.iterate_from(batches, first, data_state)
   bad, last = nonfinite_in_a_row, {}
   t0, window, window_start, checked = time.time(), [], first, 0
@@ -174,25 +203,30 @@ def run_steps(state, train_config, batches, *, update, summarise, learning_rate,
         for i, finite in enumerate(jax.device_get([m["finite"] for m in window[checked:]])):
           bad = 0 if finite else bad + 1
           if not finite:
-            logging.warning("step %d: non-finite loss or gradient; update skipped (%d in a row)",
-                            window_start + checked + i + 1, bad)
+            logging.warning(
+              "step %d: non-finite loss or gradient; update skipped (%d in a row)", window_start + checked + i + 1, bad
+            )
         checked = len(window)
         if bad >= limit:
           save(done, state, progress())
           raise FloatingPointError(
-              f"step {done}: {bad} steps in a row had a non-finite loss or gradient (config.train."
-              f"max_nonfinite_steps = {limit}); their updates were skipped, and the state of the last finite update "
-              f"(step {done - bad}) is saved as the checkpoint of step {done}. Lower the learning rate or check the data.")
+            f"step {done}: {bad} steps in a row had a non-finite loss or gradient (config.train."
+            f"max_nonfinite_steps = {limit}); their updates were skipped, and the state of the last finite update "
+            f"(step {done - bad}) is saved as the checkpoint of step {done}. Lower the learning rate or check the data."
+          )
       line = []
       if log_now:
         fetched = jax.device_get(window)
         good = [m for m in fetched if m["finite"]]
         rate = (done - window_start) / max(time.time() - t0, 1e-9)
         last = {k: float(v) for k, v in summarise(good).items()} if good else dict(loss=float("nan"))
-        last.update(steps_per_second=rate, learning_rate=float(learning_rate(done)),
-                    skipped_steps=float(len(fetched) - len(good)))
-        line.append(f"step {done}/{total}  loss {last['loss']:.4f}  {rate:.2f} steps/s  "
-                    f"ETA {(total - done) / max(rate, 1e-9):.0f}s")
+        last.update(
+          steps_per_second=rate, learning_rate=float(learning_rate(done)), skipped_steps=float(len(fetched) - len(good))
+        )
+        line.append(
+          f"step {done}/{total}  loss {last['loss']:.4f}  {rate:.2f} steps/s  "
+          f"ETA {(total - done) / max(rate, 1e-9):.0f}s"
+        )
         writer.write(done, last)
       if eval_now:
         scores = {k: float(v) for k, v in evaluate(state).items()}

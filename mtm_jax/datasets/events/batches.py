@@ -69,8 +69,13 @@ class _TrainingWindows:
     def args(j):
       session, start, end = starts[j]
       return self.data, session, start, end, np.random.default_rng([self.seed, 2, int(gs[j])]), dropout
-    return _build_rows(len(gs), _row_range(len(gs), rows), lambda j: tokens_lib.make_window(*args(j)),
-                       lambda j: tokens_lib.token_count(*args(j)))
+
+    return _build_rows(
+      len(gs),
+      _row_range(len(gs), rows),
+      lambda j: tokens_lib.make_window(*args(j)),
+      lambda j: tokens_lib.token_count(*args(j)),
+    )
 
 
 def _row_range(n_rows: int, rows: slice | None) -> range:
@@ -99,8 +104,9 @@ class _TrainingBatch:
     return tokens_lib.collate(made, self.data, n_tokens)
 
 
-def training_batches(data: windows_lib.EventData, batch_size: int, seed: int,
-                     rows: slice | None = None) -> grain.MapDataset:
+def training_batches(
+  data: windows_lib.EventData, batch_size: int, seed: int, rows: slice | None = None
+) -> grain.MapDataset:
   """Infinite MapDataset of batches (see tokens.BATCH_KEYS); batch i depends only on (seed, i).
 
   rows: the rows of each global batch of batch_size this process builds (multi-host,
@@ -126,9 +132,13 @@ def token_length_report(data: windows_lib.EventData, batch_size: int, seed: int,
     truncated += sum(w.dropped_spikes > 0 for w in windows)
     dropped += sum(w.dropped_spikes for w in windows)
     longest = max([longest] + [len(w.unit_index) + w.dropped_spikes for w in windows])
-  return dict(bucket_counts=buckets, truncated_windows=int(truncated), dropped_spikes=int(dropped),
-              max_tokens=int(longest), windows=n_batches * batch_size)
-
+  return dict(
+    bucket_counts=buckets,
+    truncated_windows=int(truncated),
+    dropped_spikes=int(dropped),
+    max_tokens=int(longest),
+    windows=n_batches * batch_size,
+  )
 
 
 def evaluation_batches(data: windows_lib.EventData, batch_size: int, rows: slice | None = None) -> grain.MapDataset:
@@ -155,13 +165,14 @@ def evaluation_batches(data: windows_lib.EventData, batch_size: int, rows: slice
 
     def count(j):
       return tokens_lib.token_count(*args(j)) if j < len(placed) else 0
+
     mine = _row_range(batch_size, rows)
     made, n_tokens = _build_rows(batch_size, mine, make, count)
     meta = dict(
-        session_position=np.full(len(mine), -1, np.int32),
-        window_start=np.zeros(len(mine), np.float64),
-        behaviour_index=np.full((len(mine), data.max_outputs), -1, np.int64),
-        dropped_spikes=np.zeros(len(mine), np.int32),
+      session_position=np.full(len(mine), -1, np.int32),
+      window_start=np.zeros(len(mine), np.float64),
+      behaviour_index=np.full((len(mine), data.max_outputs), -1, np.int64),
+      dropped_spikes=np.zeros(len(mine), np.int32),
     )
     for r, (j, w) in enumerate(zip(mine, made)):
       if w is None:

@@ -29,9 +29,20 @@ import numpy as np
 from mtm_jax.datasets import schema
 
 SPLITS = ("train", "val", "test")
-SESSION_FIELDS = ("session_id", "spike_times", "spike_units", "unit_ids", "unit_regions", "behaviour_name",
-                  "behaviour_timestamps", "behaviour_values", "behaviour_weights", "trial_starts",
-                  "trial_ends", "splits")
+SESSION_FIELDS = (
+  "session_id",
+  "spike_times",
+  "spike_units",
+  "unit_ids",
+  "unit_regions",
+  "behaviour_name",
+  "behaviour_timestamps",
+  "behaviour_values",
+  "behaviour_weights",
+  "trial_starts",
+  "trial_ends",
+  "splits",
+)
 # The arrays that follow time: what `interval_data` and `restrict_to_splits` cut.
 TIMED_FIELDS = ("spike_times", "spike_units", "behaviour_timestamps", "behaviour_values", "behaviour_weights")
 
@@ -74,8 +85,9 @@ class EventSession:
     _validate({k: getattr(self, k) for k in SESSION_FIELDS}, where)
 
 
-def split_intervals(trial_starts: np.ndarray, trial_ends: np.ndarray, seed: int = 0,
-                    fractions=schema.SPLIT_FRACTIONS) -> dict[str, np.ndarray]:
+def split_intervals(
+  trial_starts: np.ndarray, trial_ends: np.ndarray, seed: int = 0, fractions=schema.SPLIT_FRACTIONS
+) -> dict[str, np.ndarray]:
   """Trials drawn into train/val/test (70/10/20 by default) with a fixed seed.
 
   Returns {split: [n, 2] float64 [start, end) intervals, sorted by start}."""
@@ -93,15 +105,17 @@ def _check_intervals(intervals, where: str, name: str) -> np.ndarray:
     raise ValueError(f"{where}: {name} has non-finite interval bounds")
   bad = np.flatnonzero(iv[:, 1] <= iv[:, 0])
   if len(bad):
-    raise ValueError(f"{where}: {name} interval {bad[0]} is inverted or empty: "
-                     f"start {iv[bad[0], 0]} >= end {iv[bad[0], 1]}")
+    raise ValueError(
+      f"{where}: {name} interval {bad[0]} is inverted or empty: start {iv[bad[0], 0]} >= end {iv[bad[0], 1]}"
+    )
   if np.any(np.diff(iv[:, 0]) < 0):
     raise ValueError(f"{where}: {name} intervals are not sorted by start time")
   overlap = np.flatnonzero(iv[1:, 0] < iv[:-1, 1])
   if len(overlap):
     k = overlap[0]
-    raise ValueError(f"{where}: {name} intervals {k} [{iv[k, 0]}, {iv[k, 1]}) and {k + 1} "
-                     f"[{iv[k + 1, 0]}, {iv[k + 1, 1]}) overlap")
+    raise ValueError(
+      f"{where}: {name} intervals {k} [{iv[k, 0]}, {iv[k, 1]}) and {k + 1} [{iv[k + 1, 0]}, {iv[k + 1, 1]}) overlap"
+    )
   return iv
 
 
@@ -112,8 +126,9 @@ def _validate(session: dict, where: str) -> None:
   unit_ids = schema.field_array(session, "unit_ids", where)
   regions = schema.field_array(session, "unit_regions", where)
   if unit_ids.ndim != 1 or regions.ndim != 1:
-    raise ValueError(f"{where}: 'unit_ids' and 'unit_regions' must be 1-D, got shapes {unit_ids.shape}, "
-                     f"{regions.shape}")
+    raise ValueError(
+      f"{where}: 'unit_ids' and 'unit_regions' must be 1-D, got shapes {unit_ids.shape}, {regions.shape}"
+    )
   n_units = len(unit_ids)
   if n_units == 0:
     raise ValueError(f"{where}: 'unit_ids' is empty (a session needs units)")
@@ -133,16 +148,18 @@ def _validate(session: dict, where: str) -> None:
     raise ValueError(f"{where}: 'spike_times' has {int(np.sum(~np.isfinite(times)))} NaN/inf times")
   unsorted = np.flatnonzero(np.diff(times) < 0)
   if len(unsorted):
-    raise ValueError(f"{where}: 'spike_times' are not sorted (spike {unsorted[0] + 1} at {times[unsorted[0] + 1]} "
-                     f"comes after {times[unsorted[0]]})")
+    raise ValueError(
+      f"{where}: 'spike_times' are not sorted (spike {unsorted[0] + 1} at {times[unsorted[0] + 1]} "
+      f"comes after {times[unsorted[0]]})"
+    )
   if len(units) and not np.issubdtype(units.dtype, np.integer):
     raise ValueError(f"{where}: 'spike_units' must be integer unit indices, got dtype {units.dtype}")
   if len(units) and (units.min() < 0 or units.max() >= n_units):
-    raise ValueError(f"{where}: 'spike_units' must index the {n_units} units, got range "
-                     f"[{units.min()}, {units.max()}]")
+    raise ValueError(f"{where}: 'spike_units' must index the {n_units} units, got range [{units.min()}, {units.max()}]")
 
-  stamps, values, weights = (schema.field_array(session, k, where) for k in
-                             ("behaviour_timestamps", "behaviour_values", "behaviour_weights"))
+  stamps, values, weights = (
+    schema.field_array(session, k, where) for k in ("behaviour_timestamps", "behaviour_values", "behaviour_weights")
+  )
   for name, array in (("behaviour_timestamps", stamps), ("behaviour_values", values), ("behaviour_weights", weights)):
     if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
       raise ValueError(f"{where}: '{name}' must be numbers, got dtype {array.dtype}")
@@ -187,11 +204,11 @@ def interval_data(session: EventSession, start: float, end: float) -> dict[str, 
   lo, hi = np.searchsorted(times, [start, end], side="left")
   blo, bhi = np.searchsorted(stamps, [start, end], side="left")
   return dict(
-      spike_times=times[lo:hi],
-      spike_units=session.spike_units[lo:hi],
-      behaviour_timestamps=stamps[blo:bhi],
-      behaviour_values=session.behaviour_values[blo:bhi],
-      behaviour_weights=session.behaviour_weights[blo:bhi],
+    spike_times=times[lo:hi],
+    spike_units=session.spike_units[lo:hi],
+    behaviour_timestamps=stamps[blo:bhi],
+    behaviour_values=session.behaviour_values[blo:bhi],
+    behaviour_weights=session.behaviour_weights[blo:bhi],
   )
 
 
@@ -207,15 +224,16 @@ def restrict_to_splits(session: EventSession, names: Sequence[str]) -> EventSess
   return dataclasses.replace(session, **timed, splits={n: session.splits[n] for n in names})
 
 
-
 def behaviour_scale(sessions: Sequence[EventSession], split: str = "train") -> np.ndarray:
   """[D] float32 standard deviation of the behaviour values inside `split`, pooled over the
   sessions (1 where a dimension is constant)."""
   chunks = []
   for s in sessions:
     if split not in s.splits:
-      raise ValueError(f"session {s.session_id!r}: no split {split!r} to compute the behaviour scale from "
-                       f"(it has {sorted(s.splits)}); pass scale= from the training data")
+      raise ValueError(
+        f"session {s.session_id!r}: no split {split!r} to compute the behaviour scale from "
+        f"(it has {sorted(s.splits)}); pass scale= from the training data"
+      )
     chunks += [interval_data(s, a, b)["behaviour_values"] for a, b in s.splits[split]]
   values = np.concatenate(chunks).astype(np.float64) if chunks else np.zeros((0, 1))
   if len(values) == 0:
@@ -235,4 +253,3 @@ def output_names(sessions: Sequence[EventSession]) -> list[str]:
     if len(parts) == d and d > 1 and len(set(parts)) == d and all(parts):
       return list(parts)
   return [f"dim{d}" for d in range(max(dims, default=0))]
-

@@ -9,8 +9,9 @@ import numpy as np
 from mtm_jax.datasets.events import windows as windows_lib
 
 
-def stitch_predictions(data: windows_lib.EventData, metas: Sequence[dict],
-                       predictions: Sequence[np.ndarray]) -> list[dict]:
+def stitch_predictions(
+  data: windows_lib.EventData, metas: Sequence[dict], predictions: Sequence[np.ndarray]
+) -> list[dict]:
   """Averages overlapping window predictions per behaviour timestamp, per session.
 
   predictions: one [B, Q, D] array per evaluation batch (in scaled units, as the model
@@ -31,10 +32,12 @@ def stitch_predictions(data: windows_lib.EventData, metas: Sequence[dict],
   out = []
   for s, total, count in zip(data.sessions, sums, counts):
     seen = count > 0
-    out.append(dict(
+    out.append(
+      dict(
         timestamps=s.behaviour_timestamps[seen],
         prediction=(total[seen] / count[seen][:, None] * data.scale).astype(np.float32),
         target=np.asarray(s.behaviour_values[seen], np.float32),
         weights=np.asarray(s.behaviour_weights[seen], np.float32),
-    ))
+      )
+    )
   return out

@@ -10,15 +10,23 @@ from mtm_jax.datasets import provenance
 from mtm_jax.datasets.events import session as session_lib
 
 
-def load_event_session(dataset: str, data_dir: str,
-                       splits: Sequence[str] = session_lib.SPLITS) -> session_lib.EventSession:
+def load_event_session(
+  dataset: str, data_dir: str, splits: Sequence[str] = session_lib.SPLITS
+) -> session_lib.EventSession:
   """A session read back from a built spike_events data set, holding the data of `splits`.
 
   Its `splits` holds only the splits read."""
   builder = provenance.open_built(dataset, data_dir)
   meta = builder.info.metadata
-  for field in ("session_id", "unit_ids", "unit_regions", "behaviour_name", "behaviour_dim", "trial_intervals",
-                "split_intervals"):
+  for field in (
+    "session_id",
+    "unit_ids",
+    "unit_regions",
+    "behaviour_name",
+    "behaviour_dim",
+    "trial_intervals",
+    "split_intervals",
+  ):
     if field not in meta:
       raise ValueError(f"data set {dataset!r}: metadata has no {field!r}; was it built by data_builders.spike_events?")
   parts = []
@@ -36,16 +44,16 @@ def load_event_session(dataset: str, data_dir: str,
 
   trials = np.asarray(meta["trial_intervals"], np.float64).reshape(-1, 2)
   return session_lib.EventSession(
-      session_id=str(meta["session_id"]),
-      spike_times=cat("spike_times", np.float64),
-      spike_units=cat("spike_units", np.int32),
-      unit_ids=np.array(meta["unit_ids"], dtype=object),
-      unit_regions=np.array(meta["unit_regions"], dtype=object),
-      behaviour_name=str(meta["behaviour_name"]),
-      behaviour_timestamps=cat("behaviour_timestamps", np.float64),
-      behaviour_values=cat("behaviour_values", np.float32, (0, dim)).reshape(-1, dim),
-      behaviour_weights=cat("behaviour_weights", np.float32),
-      trial_starts=trials[:, 0],
-      trial_ends=trials[:, 1],
-      splits={s: np.asarray(meta["split_intervals"][s], np.float64).reshape(-1, 2) for s in splits},
+    session_id=str(meta["session_id"]),
+    spike_times=cat("spike_times", np.float64),
+    spike_units=cat("spike_units", np.int32),
+    unit_ids=np.array(meta["unit_ids"], dtype=object),
+    unit_regions=np.array(meta["unit_regions"], dtype=object),
+    behaviour_name=str(meta["behaviour_name"]),
+    behaviour_timestamps=cat("behaviour_timestamps", np.float64),
+    behaviour_values=cat("behaviour_values", np.float32, (0, dim)).reshape(-1, dim),
+    behaviour_weights=cat("behaviour_weights", np.float32),
+    trial_starts=trials[:, 0],
+    trial_ends=trials[:, 1],
+    splits={s: np.asarray(meta["split_intervals"][s], np.float64).reshape(-1, 2) for s in splits},
   )

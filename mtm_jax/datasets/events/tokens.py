@@ -46,8 +46,14 @@ class Window:
   dropped_spikes: int  # spikes dropped to fit the largest bucket
 
 
-def _kept_spikes(data: windows_lib.EventData, session_position: int, start: float, stop: float,
-                 rng: np.random.Generator, unit_dropout: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+def _kept_spikes(
+  data: windows_lib.EventData,
+  session_position: int,
+  start: float,
+  stop: float,
+  rng: np.random.Generator,
+  unit_dropout: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
   """The units a window keeps (unit dropout draws from `rng`) and their spikes in [start, stop):
   keep [k] sorted unit indices, times [s], units [s], and room: the spike tokens the largest
   bucket has left beside the 2 k start/end tokens."""
@@ -65,8 +71,14 @@ def _kept_spikes(data: windows_lib.EventData, session_position: int, start: floa
   return keep, times[on], units[on], data.config.bucket_lengths[-1] - 2 * len(keep)
 
 
-def token_count(data: windows_lib.EventData, session_position: int, start: float, interval_end: float,
-                rng: np.random.Generator, unit_dropout: bool) -> int:
+def token_count(
+  data: windows_lib.EventData,
+  session_position: int,
+  start: float,
+  interval_end: float,
+  rng: np.random.Generator,
+  unit_dropout: bool,
+) -> int:
   """len(make_window(...).unit_index) for the same arguments (and an `rng` in the same
   state), without building the tokens: what a process needs of the rows of a batch that
   it does not build, to pad its own rows to the bucket of the whole batch."""
@@ -75,8 +87,14 @@ def token_count(data: windows_lib.EventData, session_position: int, start: float
   return 2 * len(keep) + min(len(times), room)
 
 
-def make_window(data: windows_lib.EventData, session_position: int, start: float, interval_end: float,
-                rng: np.random.Generator, unit_dropout: bool) -> Window:
+def make_window(
+  data: windows_lib.EventData,
+  session_position: int,
+  start: float,
+  interval_end: float,
+  rng: np.random.Generator,
+  unit_dropout: bool,
+) -> Window:
   """Tokens of [start, min(start + L, interval_end)) of a session (L = window length).
 
   Start tokens (t=0) and end tokens (t=L) for every kept unit, spike tokens in time order
@@ -98,15 +116,15 @@ def make_window(data: windows_lib.EventData, session_position: int, start: float
 
   blo, bhi = np.searchsorted(s.behaviour_timestamps, [start, stop], side="left")
   return Window(
-      unit_index=unit_index,
-      timestamps=timestamps,
-      token_type=token_type,
-      output_timestamps=(s.behaviour_timestamps[blo:bhi] - start).astype(np.float32),
-      output_values=(np.asarray(s.behaviour_values[blo:bhi], np.float32) / data.scale).astype(np.float32),
-      output_weights=np.asarray(s.behaviour_weights[blo:bhi], np.float32),
-      behaviour_index=np.arange(blo, bhi, dtype=np.int64),
-      session_row=data.vocab.session_row(s.session_id),
-      dropped_spikes=int(dropped),
+    unit_index=unit_index,
+    timestamps=timestamps,
+    token_type=token_type,
+    output_timestamps=(s.behaviour_timestamps[blo:bhi] - start).astype(np.float32),
+    output_values=(np.asarray(s.behaviour_values[blo:bhi], np.float32) / data.scale).astype(np.float32),
+    output_weights=np.asarray(s.behaviour_weights[blo:bhi], np.float32),
+    behaviour_index=np.arange(blo, bhi, dtype=np.int64),
+    session_row=data.vocab.session_row(s.session_id),
+    dropped_spikes=int(dropped),
   )
 
 
@@ -118,8 +136,9 @@ def bucket_length(n_tokens: int, buckets: Sequence[int]) -> int:
   return int(buckets[-1])
 
 
-def collate(windows: Sequence[Window | None], data: windows_lib.EventData,
-            n_tokens: int | None = None) -> dict[str, np.ndarray]:
+def collate(
+  windows: Sequence[Window | None], data: windows_lib.EventData, n_tokens: int | None = None
+) -> dict[str, np.ndarray]:
   """Pads windows into one batch (see BATCH_KEYS); None entries become all-padding rows.
 
   Token arrays are [B, L] with L the smallest bucket holding n_tokens (default: the tokens
@@ -129,16 +148,16 @@ def collate(windows: Sequence[Window | None], data: windows_lib.EventData,
   length = bucket_length(n, data.config.bucket_lengths)
   b, q, d = len(windows), data.max_outputs, data.n_dims
   out = dict(
-      unit_index=np.zeros((b, length), np.int32),
-      timestamps=np.zeros((b, length), np.float32),
-      token_type=np.zeros((b, length), np.int32),
-      input_mask=np.zeros((b, length), bool),
-      session_index=np.zeros((b,), np.int32),
-      output_timestamps=np.zeros((b, q), np.float32),
-      output_values=np.zeros((b, q, d), np.float32),
-      output_weights=np.zeros((b, q), np.float32),
-      output_task=np.zeros((b, q), np.int32),
-      output_mask=np.zeros((b, q), bool),
+    unit_index=np.zeros((b, length), np.int32),
+    timestamps=np.zeros((b, length), np.float32),
+    token_type=np.zeros((b, length), np.int32),
+    input_mask=np.zeros((b, length), bool),
+    session_index=np.zeros((b,), np.int32),
+    output_timestamps=np.zeros((b, q), np.float32),
+    output_values=np.zeros((b, q, d), np.float32),
+    output_weights=np.zeros((b, q), np.float32),
+    output_task=np.zeros((b, q), np.int32),
+    output_mask=np.zeros((b, q), bool),
   )
   for i, w in enumerate(windows):
     if w is None:

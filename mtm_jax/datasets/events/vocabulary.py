@@ -63,8 +63,11 @@ class Vocabulary:
     return Vocabulary(tuple(ids), tuple(counts), tuple(units))
 
   def to_dict(self) -> dict:
-    return dict(session_ids=list(self.session_ids), session_unit_counts=list(self.session_unit_counts),
-                unit_ids=list(self.unit_ids))
+    return dict(
+      session_ids=list(self.session_ids),
+      session_unit_counts=list(self.session_unit_counts),
+      unit_ids=list(self.unit_ids),
+    )
 
   @classmethod
   def from_dict(cls, d: dict) -> Vocabulary:
@@ -73,8 +76,11 @@ class Vocabulary:
   @classmethod
   def from_records(cls, records: Sequence[dict]) -> Vocabulary:
     """The vocabulary of a checkpoint's session records (see `records`), in their order."""
-    return cls(tuple(str(r["session_id"]) for r in records), tuple(len(r["unit_ids"]) for r in records),
-               tuple(str(u) for r in records for u in r["unit_ids"]))
+    return cls(
+      tuple(str(r["session_id"]) for r in records),
+      tuple(len(r["unit_ids"]) for r in records),
+      tuple(str(u) for r in records for u in r["unit_ids"]),
+    )
 
   def records(self, names: Sequence[str]) -> list[dict]:
     """What a checkpoint keeps of each session row (JSON): dict(name=, session_id=, unit_ids=[str]),
@@ -82,24 +88,32 @@ class Vocabulary:
     if len(names) != len(self.session_ids):
       raise ValueError(f"vocabulary: {len(names)} names for {len(self.session_ids)} sessions")
     offsets = np.concatenate([[0], np.cumsum(self.session_unit_counts, dtype=np.int64)])
-    return [dict(name=n, session_id=sid, unit_ids=list(self.unit_ids[offsets[i] : offsets[i + 1]]))
-            for i, (n, sid) in enumerate(zip(names, self.session_ids))]
+    return [
+      dict(name=n, session_id=sid, unit_ids=list(self.unit_ids[offsets[i] : offsets[i + 1]]))
+      for i, (n, sid) in enumerate(zip(names, self.session_ids))
+    ]
 
   def new_rows(self, since: Vocabulary) -> dict[str, np.ndarray]:
     """Rows that `since` (an earlier vocabulary this one extends) does not have:
     units [n_unit_rows] bool and sessions [n_session_rows] bool, True on the new rows (the
     padding row 0 is never new). ValueError when `since` is not a prefix of this vocabulary."""
     n = len(since.session_ids)
-    if (since.session_ids != self.session_ids[:n] or since.session_unit_counts != self.session_unit_counts[:n]
-        or since.unit_ids != self.unit_ids[: len(since.unit_ids)]):
-      raise ValueError(f"vocabulary: the earlier vocabulary ({n} sessions, {len(since.unit_ids)} units) is not a "
-                       f"prefix of this one ({len(self.session_ids)} sessions, {len(self.unit_ids)} units); rows "
-                       "are only ever appended")
-    return dict(units=np.arange(self.n_unit_rows) >= since.n_unit_rows,
-                sessions=np.arange(self.n_session_rows) >= since.n_session_rows)
+    if (
+      since.session_ids != self.session_ids[:n]
+      or since.session_unit_counts != self.session_unit_counts[:n]
+      or since.unit_ids != self.unit_ids[: len(since.unit_ids)]
+    ):
+      raise ValueError(
+        f"vocabulary: the earlier vocabulary ({n} sessions, {len(since.unit_ids)} units) is not a "
+        f"prefix of this one ({len(self.session_ids)} sessions, {len(self.unit_ids)} units); rows "
+        "are only ever appended"
+      )
+    return dict(
+      units=np.arange(self.n_unit_rows) >= since.n_unit_rows,
+      sessions=np.arange(self.n_session_rows) >= since.n_session_rows,
+    )
 
 
 def build_vocabulary(sessions: Sequence[session_lib.EventSession]) -> Vocabulary:
   """The vocabulary of `sessions`, in the given order."""
   return Vocabulary((), (), ()).extend(sessions)
-

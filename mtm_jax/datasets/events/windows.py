@@ -48,7 +48,6 @@ class EventData:
     return int(self.scale.shape[0])
 
 
-
 def max_outputs_needed(sessions: Sequence[session_lib.EventSession], split: str, window_length: float) -> int:
   """The most behaviour timestamps any [t, t + window_length) window inside `split` holds
   (counted over [t, t + window_length + 1 us) so that rounding never makes it too small)."""
@@ -62,8 +61,13 @@ def max_outputs_needed(sessions: Sequence[session_lib.EventSession], split: str,
   return best
 
 
-def prepare(sessions: Sequence[session_lib.EventSession], split: str, config: WindowConfig = WindowConfig(),
-            vocab: vocabulary_lib.Vocabulary | None = None, scale: np.ndarray | None = None) -> EventData:
+def prepare(
+  sessions: Sequence[session_lib.EventSession],
+  split: str,
+  config: WindowConfig = WindowConfig(),
+  vocab: vocabulary_lib.Vocabulary | None = None,
+  scale: np.ndarray | None = None,
+) -> EventData:
   """Checks the sessions and collects the intervals of `split`.
 
   vocab defaults to the vocabulary of `sessions`; scale to their training-split std."""
@@ -76,8 +80,9 @@ def prepare(sessions: Sequence[session_lib.EventSession], split: str, config: Wi
   if config.unit_dropout is not None:
     lo, mode, hi = config.unit_dropout
     if not 1 <= lo <= mode <= hi:
-      raise ValueError(f"WindowConfig.unit_dropout must be (min, mode, max) with 1 <= min <= mode <= max, "
-                       f"got {config.unit_dropout}")
+      raise ValueError(
+        f"WindowConfig.unit_dropout must be (min, mode, max) with 1 <= min <= mode <= max, got {config.unit_dropout}"
+      )
   sessions = tuple(sessions)
   vocab = vocabulary_lib.build_vocabulary(sessions) if vocab is None else vocab.extend(sessions)
   dims = {int(np.shape(s.behaviour_values)[1]) for s in sessions}
@@ -89,8 +94,10 @@ def prepare(sessions: Sequence[session_lib.EventSession], split: str, config: Wi
       raise ValueError(f"session {s.session_id!r}: no split {split!r}; it has {sorted(s.splits)}")
     n_units = len(s.unit_ids)  # evaluation windows keep every unit
     if 2 * n_units > config.bucket_lengths[-1]:
-      raise ValueError(f"session {s.session_id!r}: {n_units} units need {2 * n_units} start/end tokens, more "
-                       f"than the largest bucket {config.bucket_lengths[-1]}; raise WindowConfig.bucket_lengths")
+      raise ValueError(
+        f"session {s.session_id!r}: {n_units} units need {2 * n_units} start/end tokens, more "
+        f"than the largest bucket {config.bucket_lengths[-1]}; raise WindowConfig.bucket_lengths"
+      )
     for a, b in s.splits[split]:
       rows.append((i, a, b))
   if not rows:
@@ -100,11 +107,19 @@ def prepare(sessions: Sequence[session_lib.EventSession], split: str, config: Wi
     raise ValueError(f"prepare: scale must have one entry per behaviour dimension, got shape {scale.shape}")
   needed = max_outputs_needed(sessions, split, config.window_length)
   if config.max_outputs is not None and config.max_outputs < needed:
-    raise ValueError(f"WindowConfig.max_outputs={config.max_outputs} is too small: a window of split {split!r} "
-                     f"holds up to {needed} behaviour samples")
-  return EventData(sessions=sessions, split=split, vocab=vocab, scale=scale,
-                   max_outputs=needed if config.max_outputs is None else config.max_outputs,
-                   config=config, intervals=np.array(rows, np.float64))
+    raise ValueError(
+      f"WindowConfig.max_outputs={config.max_outputs} is too small: a window of split {split!r} "
+      f"holds up to {needed} behaviour samples"
+    )
+  return EventData(
+    sessions=sessions,
+    split=split,
+    vocab=vocab,
+    scale=scale,
+    max_outputs=needed if config.max_outputs is None else config.max_outputs,
+    config=config,
+    intervals=np.array(rows, np.float64),
+  )
 
 
 def sample_unit_count(rng: np.random.Generator, n_units: int, bounds: tuple[int, int, int] | None) -> int:
@@ -114,8 +129,6 @@ def sample_unit_count(rng: np.random.Generator, n_units: int, bounds: tuple[int,
   lo, mode, hi = bounds
   k = lo if lo == hi else int(np.clip(np.round(rng.triangular(lo, mode, hi)), lo, hi))
   return min(k, n_units)
-
-
 
 
 def evaluation_windows(data: EventData) -> np.ndarray:
@@ -135,4 +148,3 @@ def evaluation_windows(data: EventData) -> np.ndarray:
       starts = list(a + step * np.arange(n)) + [b - length]
     rows += [(session, s, b) for s in starts]
   return np.array(rows, np.float64)
-

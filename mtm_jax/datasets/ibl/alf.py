@@ -33,12 +33,26 @@ from mtm_jax.datasets.ibl import configs
 
 TRIALS_FILE = "alf/_ibl_trials.table.pqt"
 WHEEL_FILES = ("alf/_ibl_wheel.position.npy", "alf/_ibl_wheel.timestamps.npy")
-CAMERA_FILES = {side: (f"alf/_ibl_{side}Camera.times.npy", f"alf/{side}Camera.ROIMotionEnergy.npy")
-                for side in ("left", "right")}
-PROBE_FILES = ("spikes.times.npy", "spikes.clusters.npy", "clusters.channels.npy", "clusters.metrics.pqt",
-               "channels.brainLocationIds_ccf_2017.npy")
-TRIAL_COLUMNS = ("stimOn_times", "firstMovement_times", "feedback_times", "choice", "feedbackType",
-                 "probabilityLeft", "contrastLeft", "contrastRight")
+CAMERA_FILES = {
+  side: (f"alf/_ibl_{side}Camera.times.npy", f"alf/{side}Camera.ROIMotionEnergy.npy") for side in ("left", "right")
+}
+PROBE_FILES = (
+  "spikes.times.npy",
+  "spikes.clusters.npy",
+  "clusters.channels.npy",
+  "clusters.metrics.pqt",
+  "channels.brainLocationIds_ccf_2017.npy",
+)
+TRIAL_COLUMNS = (
+  "stimOn_times",
+  "firstMovement_times",
+  "feedback_times",
+  "choice",
+  "feedbackType",
+  "probabilityLeft",
+  "contrastLeft",
+  "contrastRight",
+)
 
 
 class IblDataError(ValueError):
@@ -82,8 +96,10 @@ def probe_collections(files: dict[str, str], sorters, strict: bool = True) -> di
     if chosen:
       out[probe] = chosen[0]
     elif strict:
-      raise IblDataError(f"probe {probe}: several spike sortings {sorted(collections)} and none of the preferred "
-                         f"sorters {list(sorters)}; set IblOptions.sorters")
+      raise IblDataError(
+        f"probe {probe}: several spike sortings {sorted(collections)} and none of the preferred "
+        f"sorters {list(sorters)}; set IblOptions.sorters"
+      )
   return out
 
 
@@ -138,9 +154,9 @@ def _increasing_times(times: np.ndarray, path: str, where: str, strict: bool = F
     raise IblDataError(f"{where}: {path} has {int(np.sum(~np.isfinite(times)))} NaN/inf times")
   bad = np.flatnonzero(np.diff(times) <= 0 if strict else np.diff(times) < 0)
   if len(bad):
-    raise IblDataError(f"{where}: {path} times are not sorted: entry {bad[0] + 1} ({times[bad[0] + 1]}) follows "
-                       f"{times[bad[0]]}")
-
+    raise IblDataError(
+      f"{where}: {path} times are not sorted: entry {bad[0] + 1} ({times[bad[0] + 1]}) follows {times[bad[0]]}"
+    )
 
 
 def _cluster_metrics(path: str, n_clusters: int, channels_path: str, where: str) -> pd.DataFrame:
@@ -149,8 +165,10 @@ def _cluster_metrics(path: str, n_clusters: int, channels_path: str, where: str)
   metrics = _load_pqt(path, where)
   if "cluster_id" not in metrics.columns:
     if len(metrics) != n_clusters:
-      raise IblDataError(f"{where}: {path} has {len(metrics)} rows but {channels_path} has {n_clusters} clusters; "
-                         f"they must have one row per cluster (or a cluster_id column)")
+      raise IblDataError(
+        f"{where}: {path} has {len(metrics)} rows but {channels_path} has {n_clusters} clusters; "
+        f"they must have one row per cluster (or a cluster_id column)"
+      )
     return metrics.reset_index(drop=True)
   ids = metrics["cluster_id"].to_numpy()
   if not np.issubdtype(ids.dtype, np.integer):
@@ -164,11 +182,12 @@ def _cluster_metrics(path: str, n_clusters: int, channels_path: str, where: str)
     problems.append(f"cluster_id(s) {outside[:5].tolist()} outside the {n_clusters} clusters of {channels_path}")
   missing = np.setdiff1d(np.arange(n_clusters), values)
   if len(missing):
-    problems.append(f"no row for cluster_id(s) {missing[:5].tolist()} ({len(missing)} of the {n_clusters} clusters "
-                    f"of {channels_path})")
+    problems.append(
+      f"no row for cluster_id(s) {missing[:5].tolist()} ({len(missing)} of the {n_clusters} clusters "
+      f"of {channels_path})"
+    )
   if problems:
-    raise IblDataError(f"{where}: {path}: {'; '.join(problems)}; expected one row per cluster id 0 .. "
-                       f"{n_clusters - 1}")
+    raise IblDataError(f"{where}: {path}: {'; '.join(problems)}; expected one row per cluster id 0 .. {n_clusters - 1}")
   return metrics.set_index("cluster_id").loc[np.arange(n_clusters)].reset_index()
 
 
@@ -180,26 +199,34 @@ def _read_probe(files: dict[str, str], collection: str, where: str, regions) -> 
   if len(times) == 0:
     raise IblDataError(f"{where}: empty probe {collection}: {p['spikes.times.npy']} holds no spikes")
   if len(times) != len(clusters):
-    raise IblDataError(f"{where}: {p['spikes.times.npy']} has {len(times)} spikes but {p['spikes.clusters.npy']} "
-                       f"has {len(clusters)} cluster indices; they must have the same length")
+    raise IblDataError(
+      f"{where}: {p['spikes.times.npy']} has {len(times)} spikes but {p['spikes.clusters.npy']} "
+      f"has {len(clusters)} cluster indices; they must have the same length"
+    )
   _increasing_times(times, p["spikes.times.npy"], where)
   channels = _integers(p["clusters.channels.npy"], where, "channel indices")
   n_clusters = len(channels)
   bad = np.flatnonzero((clusters < 0) | (clusters >= n_clusters))
   if len(bad):
-    raise IblDataError(f"{where}: {p['spikes.clusters.npy']}: spike {bad[0]} has cluster index {clusters[bad[0]]}, "
-                       f"outside the clusters table of {n_clusters} clusters ({p['clusters.channels.npy']}); "
-                       f"{len(bad)} spikes are out of range")
+    raise IblDataError(
+      f"{where}: {p['spikes.clusters.npy']}: spike {bad[0]} has cluster index {clusters[bad[0]]}, "
+      f"outside the clusters table of {n_clusters} clusters ({p['clusters.channels.npy']}); "
+      f"{len(bad)} spikes are out of range"
+    )
   metrics = _cluster_metrics(p["clusters.metrics.pqt"], n_clusters, p["clusters.channels.npy"], where)
   atlas_ids = _integers(p["channels.brainLocationIds_ccf_2017.npy"], where, "Allen atlas ids")
   bad = np.flatnonzero((channels < 0) | (channels >= len(atlas_ids)))
   if len(bad):
-    raise IblDataError(f"{where}: {p['clusters.channels.npy']}: cluster {bad[0]} is on channel {channels[bad[0]]}, "
-                       f"outside the {len(atlas_ids)} channels of {p['channels.brainLocationIds_ccf_2017.npy']}")
+    raise IblDataError(
+      f"{where}: {p['clusters.channels.npy']}: cluster {bad[0]} is on channel {channels[bad[0]]}, "
+      f"outside the {len(atlas_ids)} channels of {p['channels.brainLocationIds_ccf_2017.npy']}"
+    )
   unknown = np.setdiff1d(atlas_ids, regions.valid_ids)
   if len(unknown):
-    raise IblDataError(f"{where}: {p['channels.brainLocationIds_ccf_2017.npy']} has atlas ids {unknown[:5].tolist()} "
-                       f"that are not Allen CCF 2017 region ids (iblatlas BrainRegions)")
+    raise IblDataError(
+      f"{where}: {p['channels.brainLocationIds_ccf_2017.npy']} has atlas ids {unknown[:5].tolist()} "
+      f"that are not Allen CCF 2017 region ids (iblatlas BrainRegions)"
+    )
   return dict(times=times, clusters=clusters, channels=channels, metrics=metrics, atlas_ids=atlas_ids, paths=p)
 
 
@@ -231,14 +258,18 @@ def _read_camera(files: dict[str, str], where: str) -> tuple[np.ndarray, np.ndar
       times = _floats(times_path, where, "frame times")
       energy = _floats(energy_path, where, "motion energy values")
       if len(times) != len(energy):
-        raise IblDataError(f"{where}: {times_path} has {len(times)} frame times but {energy_path} has "
-                           f"{len(energy)} motion energy values; they must have the same length")
+        raise IblDataError(
+          f"{where}: {times_path} has {len(times)} frame times but {energy_path} has "
+          f"{len(energy)} motion energy values; they must have the same length"
+        )
       _increasing_times(times, times_path, where)
       return times, energy, side
   needed = " + ".join(CAMERA_FILES["left"])
   present = [k for side in CAMERA_FILES.values() for k in side if k in files]
-  raise IblDataError(f"{where}: missing required file(s) {needed} (or the right camera's "
-                     f"{' + '.join(CAMERA_FILES['right'])}); found only {present or 'neither'}")
+  raise IblDataError(
+    f"{where}: missing required file(s) {needed} (or the right camera's "
+    f"{' + '.join(CAMERA_FILES['right'])}); found only {present or 'neither'}"
+  )
 
 
 def read_session(one, eid: str, options: configs.IblOptions = configs.IblOptions()) -> dict:
@@ -251,8 +282,10 @@ def read_session(one, eid: str, options: configs.IblOptions = configs.IblOptions
     raise IblDataError(f"session {eid}: not a valid session id (eid) for the ONE cache of {one.cache_dir}: {e}") from e
   if path is None:
     known = [str(e) for e in one.search()]
-    raise IblDataError(f"session {eid}: not in the ONE cache tables of {one.cache_dir} (it lists {len(known)} "
-                       f"sessions); list them with `python -m data_builders.build --list_ibl --manual_dir=...`")
+    raise IblDataError(
+      f"session {eid}: not in the ONE cache tables of {one.cache_dir} (it lists {len(known)} "
+      f"sessions); list them with `python -m data_builders.build --list_ibl --manual_dir=...`"
+    )
   where = _session_where(one, eid)
   files = dataset_files(one, eid)
   trials_path = _require(files, TRIALS_FILE, where)
@@ -264,15 +297,18 @@ def read_session(one, eid: str, options: configs.IblOptions = configs.IblOptions
   wheel_pos = _floats(wheel_pos_path, where, "wheel positions")
   wheel_times = _floats(wheel_time_path, where, "wheel times")
   if len(wheel_pos) != len(wheel_times) or len(wheel_pos) < 2:
-    raise IblDataError(f"{where}: {wheel_pos_path} has {len(wheel_pos)} positions and {wheel_time_path} "
-                       f"{len(wheel_times)} times; they must have the same length (at least 2)")
+    raise IblDataError(
+      f"{where}: {wheel_pos_path} has {len(wheel_pos)} positions and {wheel_time_path} "
+      f"{len(wheel_times)} times; they must have the same length (at least 2)"
+    )
   _increasing_times(wheel_times, wheel_time_path, where)
   camera_times, motion_energy, camera = _read_camera(files, where)
 
   probes = probe_collections(files, options.sorters)
   if not probes:
-    raise IblDataError(f"{where}: no probe: expected spike sorting files {list(PROBE_FILES)} in "
-                       f"alf/<probe>/ or alf/<probe>/<sorter>/")
+    raise IblDataError(
+      f"{where}: no probe: expected spike sorting files {list(PROBE_FILES)} in alf/<probe>/ or alf/<probe>/<sorter>/"
+    )
   regions = _Regions(options.regions)
   probe_data = {name: _read_probe(files, collection, where, regions) for name, collection in probes.items()}
   for name, p in probe_data.items():
@@ -280,6 +316,16 @@ def read_session(one, eid: str, options: configs.IblOptions = configs.IblOptions
     p["regions"] = regions.acronyms(p["atlas_ids"])
   read = [trials_path, wheel_pos_path, wheel_time_path] + [files[k] for k in CAMERA_FILES[camera]]
   read += [path for p in probe_data.values() for path in p["paths"].values()]
-  return dict(eid=eid, where=where, trials=trials, trials_path=trials_path, wheel_times=wheel_times,
-              wheel_position=wheel_pos, camera_times=camera_times, motion_energy=motion_energy, camera=camera,
-              probes=probe_data, files=sorted(read))
+  return dict(
+    eid=eid,
+    where=where,
+    trials=trials,
+    trials_path=trials_path,
+    wheel_times=wheel_times,
+    wheel_position=wheel_pos,
+    camera_times=camera_times,
+    motion_energy=motion_energy,
+    camera=camera,
+    probes=probe_data,
+    files=sorted(read),
+  )

@@ -31,8 +31,10 @@ def open_cache(root: str):
 
   root = os.path.abspath(os.path.expanduser(str(root)))
   if not os.path.isdir(root):
-    raise alf.IblDataError(f"{root}: not a directory; expected a ONE cache root holding "
-                           f"<lab>/Subjects/<subject>/<date>/<number>/alf/ session folders")
+    raise alf.IblDataError(
+      f"{root}: not a directory; expected a ONE cache root holding "
+      f"<lab>/Subjects/<subject>/<date>/<number>/alf/ session folders"
+    )
   if not all(os.path.isfile(os.path.join(root, t)) for t in CACHE_TABLES):
     logging.info("%s: no ONE cache tables; building them with one.alf.cache.make_parquet_db", root)
     make_cache_tables(root)

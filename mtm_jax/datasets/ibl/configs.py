@@ -59,8 +59,10 @@ def parse_config_name(name: str) -> tuple[str, IblOptions] | None:
     elif re.fullmatch(r"rate[0-9]+(\.[0-9]+)?", part) and "min_firing_rate" not in kwargs:
       kwargs["min_firing_rate"] = float(part[4:])
     else:
-      raise ValueError(f"IBL config {name!r}: unknown or repeated option {part!r}; options are _beryl or "
-                       f"_cosmos (region level), _rate<Hz> (minimum firing rate), _good (label == 1 units)")
+      raise ValueError(
+        f"IBL config {name!r}: unknown or repeated option {part!r}; options are _beryl or "
+        f"_cosmos (region level), _rate<Hz> (minimum firing rate), _good (label == 1 units)"
+      )
   return match.group(1).lower(), IblOptions(**kwargs)
 
 
@@ -80,7 +82,15 @@ def builder_config_kwargs(name: str) -> dict | None:
     return None
   eid, options = parsed
   if name != config_name(eid, options):
-    raise ValueError(f"IBL config {name!r}: this data set is named {config_name(eid, options)!r} (lower-case eid, "
-                     f"options in the order _beryl/_cosmos, _rate<Hz>, _good)")
-  return dict(name=name, source="ibl", eid=eid, ibl_options=options, split_seed=options.split_seed,
-              description=f"IBL session {eid} from the ONE cache in manual_dir ({options}).")
+    raise ValueError(
+      f"IBL config {name!r}: this data set is named {config_name(eid, options)!r} (lower-case eid, "
+      f"options in the order _beryl/_cosmos, _rate<Hz>, _good)"
+    )
+  return dict(
+    name=name,
+    source="ibl",
+    eid=eid,
+    ibl_options=options,
+    split_seed=options.split_seed,
+    description=f"IBL session {eid} from the ONE cache in manual_dir ({options}).",
+  )

@@ -31,23 +31,25 @@ def event_session(binned: dict, session_id: str) -> session_lib.EventSession:
   splits = {s: np.stack([starts[labels == s], ends[labels == s]], 1).reshape(-1, 2) for s in session_lib.SPLITS}
   empty = [s for s, iv in splits.items() if len(iv) == 0]
   if empty:
-    raise IblDataError(f"session {session_id}: no trials left in split(s) {empty} after removing overlapping "
-                       f"trial windows; the event data set needs all of {list(session_lib.SPLITS)}")
+    raise IblDataError(
+      f"session {session_id}: no trials left in split(s) {empty} after removing overlapping "
+      f"trial windows; the event data set needs all of {list(session_lib.SPLITS)}"
+    )
   values = np.stack([binned[name][kept] for name in BEHAVIOUR_NAMES], axis=-1)  # [K, N_BINS, 2]
   info = dict(binned["source_info"], dropped_overlapping_windows=int(len(align) - len(kept)))
   return session_lib.EventSession(
-      session_id=session_id,
-      spike_times=binned["spike_times"],
-      spike_units=binned["spike_units"],
-      unit_ids=np.array([f"{session_id}/{u}" for u in binned["unit_ids"]], dtype=object),
-      unit_regions=binned["regions"],
-      behaviour_name=",".join(BEHAVIOUR_NAMES),
-      behaviour_timestamps=bin_centres(align[kept]).reshape(-1),
-      behaviour_values=values.reshape(-1, len(BEHAVIOUR_NAMES)).astype(np.float32),
-      behaviour_weights=np.ones(len(kept) * schema.N_BINS, np.float32),
-      trial_starts=starts,
-      trial_ends=ends,
-      splits=splits,
-      source_info=info,
-      source_files=binned["source_files"],
+    session_id=session_id,
+    spike_times=binned["spike_times"],
+    spike_units=binned["spike_units"],
+    unit_ids=np.array([f"{session_id}/{u}" for u in binned["unit_ids"]], dtype=object),
+    unit_regions=binned["regions"],
+    behaviour_name=",".join(BEHAVIOUR_NAMES),
+    behaviour_timestamps=bin_centres(align[kept]).reshape(-1),
+    behaviour_values=values.reshape(-1, len(BEHAVIOUR_NAMES)).astype(np.float32),
+    behaviour_weights=np.ones(len(kept) * schema.N_BINS, np.float32),
+    trial_starts=starts,
+    trial_ends=ends,
+    splits=splits,
+    source_info=info,
+    source_files=binned["source_files"],
   )

@@ -43,9 +43,13 @@ def select_trials(trials: pd.DataFrame, options: configs.IblOptions = configs.Ib
   with np.errstate(invalid="ignore"):
     bad_rt = ok & ((rt < options.min_reaction_time) | (rt > options.max_reaction_time))
   ok &= ~bad_rt
-  counts = dict(n_trials_in_table=int(len(stim)), dropped_nan_stim_on=int(nan_align.sum()),
-                dropped_nan_events=int(nan_other.sum()), dropped_no_choice=int(no_choice.sum()),
-                dropped_reaction_time=int(bad_rt.sum()))
+  counts = dict(
+    n_trials_in_table=int(len(stim)),
+    dropped_nan_stim_on=int(nan_align.sum()),
+    dropped_nan_events=int(nan_other.sum()),
+    dropped_no_choice=int(no_choice.sum()),
+    dropped_reaction_time=int(bad_rt.sum()),
+  )
   return np.flatnonzero(ok), counts
 
 
@@ -120,20 +124,30 @@ def preprocess(raw: dict, options: configs.IblOptions = configs.IblOptions()) ->
   trials = raw["trials"]
   kept, info = select_trials(trials, options)
   stim = trials["stimOn_times"].to_numpy(np.float64)
-  covered = (_covered(stim[kept], raw["wheel_times"]) & _covered(stim[kept], raw["camera_times"]))
+  covered = _covered(stim[kept], raw["wheel_times"]) & _covered(stim[kept], raw["camera_times"])
   info["dropped_outside_behaviour_recording"] = int(np.sum(~covered))
   kept = kept[covered]
   if info["dropped_nan_stim_on"]:
-    logging.warning("%s: %d of %d trials have NaN stimOn_times (alignment) in %s: dropped", where,
-                    info["dropped_nan_stim_on"], info["n_trials_in_table"], raw["trials_path"])
-  logging.info("%s: trials kept %d; dropped %s", where, len(kept),
-               {k: v for k, v in info.items() if k.startswith("dropped")})
+    logging.warning(
+      "%s: %d of %d trials have NaN stimOn_times (alignment) in %s: dropped",
+      where,
+      info["dropped_nan_stim_on"],
+      info["n_trials_in_table"],
+      raw["trials_path"],
+    )
+  logging.info(
+    "%s: trials kept %d; dropped %s", where, len(kept), {k: v for k, v in info.items() if k.startswith("dropped")}
+  )
   if len(kept) == 0:
-    raise alf.IblDataError(f"{where}: no usable trials in {raw['trials_path']} ({info['n_trials_in_table']} trials; "
-                           f"dropped: {', '.join(f'{k}={v}' for k, v in info.items() if k.startswith('dropped'))})")
+    raise alf.IblDataError(
+      f"{where}: no usable trials in {raw['trials_path']} ({info['n_trials_in_table']} trials; "
+      f"dropped: {', '.join(f'{k}={v}' for k, v in info.items() if k.startswith('dropped'))})"
+    )
   if len(kept) < len(schema.SPLIT_FRACTIONS):
-    raise alf.IblDataError(f"{where}: only {len(kept)} usable trials in {raw['trials_path']}; need at least "
-                           f"{len(schema.SPLIT_FRACTIONS)} for the train/val/test split")
+    raise alf.IblDataError(
+      f"{where}: only {len(kept)} usable trials in {raw['trials_path']}; need at least "
+      f"{len(schema.SPLIT_FRACTIONS)} for the train/val/test split"
+    )
   align = stim[kept]
 
   spikes, regions, unit_ids, spike_times, spike_units = [], [], [], [], []
@@ -154,37 +168,44 @@ def preprocess(raw: dict, options: configs.IblOptions = configs.IblOptions()) ->
     spike_units.append(spike_columns[on] + n_units)
     n_units += len(ids)
   if n_units == 0:
-    raise alf.IblDataError(f"{where}: no units left after the unit filter (min_firing_rate={options.min_firing_rate}, "
-                           f"good_units_only={options.good_units_only})")
+    raise alf.IblDataError(
+      f"{where}: no units left after the unit filter (min_firing_rate={options.min_firing_rate}, "
+      f"good_units_only={options.good_units_only})"
+    )
   times = np.concatenate(spike_times)
   order = np.argsort(times, kind="stable")
 
   choice = trials["choice"].to_numpy(np.float64)[kept]
-  contrast = (np.nan_to_num(trials["contrastRight"].to_numpy(np.float64)[kept])
-              - np.nan_to_num(trials["contrastLeft"].to_numpy(np.float64)[kept]))
+  contrast = np.nan_to_num(trials["contrastRight"].to_numpy(np.float64)[kept]) - np.nan_to_num(
+    trials["contrastLeft"].to_numpy(np.float64)[kept]
+  )
   split = np.empty(len(kept), dtype=object)
   for name, idx in schema.split_trials(len(kept), seed=options.split_seed).items():
     split[idx] = name
-  info.update(n_trials=int(len(kept)), n_units=int(n_units), camera=raw["camera"],
-              probes={name: p["collection"] for name, p in sorted(raw["probes"].items())})
+  info.update(
+    n_trials=int(len(kept)),
+    n_units=int(n_units),
+    camera=raw["camera"],
+    probes={name: p["collection"] for name, p in sorted(raw["probes"].items())},
+  )
   return dict(
-      spikes=np.concatenate(spikes, axis=2),
-      regions=np.array(regions, dtype=object),
-      choice=choice.astype(np.int32),
-      block=trials["probabilityLeft"].to_numpy(np.float32)[kept],
-      contrast=contrast.astype(np.float32),
-      reward=(trials["feedbackType"].to_numpy(np.float64)[kept] == 1).astype(np.int32),
-      reaction_time=(trials["firstMovement_times"].to_numpy(np.float64)[kept] - align).astype(np.float32),
-      whisker_motion_energy=interpolate_to_bins(raw["camera_times"], raw["motion_energy"], align),
-      wheel_speed=wheel_speed(raw["wheel_times"], raw["wheel_position"], align),
-      trial_index=kept.astype(np.int32),
-      trial_split=split,
-      align_times=align,
-      unit_ids=np.array(unit_ids, dtype=object),
-      spike_times=times[order],
-      spike_units=np.concatenate(spike_units)[order].astype(np.int32),
-      source_info=info,
-      source_files=raw["files"],
+    spikes=np.concatenate(spikes, axis=2),
+    regions=np.array(regions, dtype=object),
+    choice=choice.astype(np.int32),
+    block=trials["probabilityLeft"].to_numpy(np.float32)[kept],
+    contrast=contrast.astype(np.float32),
+    reward=(trials["feedbackType"].to_numpy(np.float64)[kept] == 1).astype(np.int32),
+    reaction_time=(trials["firstMovement_times"].to_numpy(np.float64)[kept] - align).astype(np.float32),
+    whisker_motion_energy=interpolate_to_bins(raw["camera_times"], raw["motion_energy"], align),
+    wheel_speed=wheel_speed(raw["wheel_times"], raw["wheel_position"], align),
+    trial_index=kept.astype(np.int32),
+    trial_split=split,
+    align_times=align,
+    unit_ids=np.array(unit_ids, dtype=object),
+    spike_times=times[order],
+    spike_units=np.concatenate(spike_units)[order].astype(np.int32),
+    source_info=info,
+    source_files=raw["files"],
   )
 
 
