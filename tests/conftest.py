@@ -18,6 +18,8 @@ import tensorflow_datasets as tfds  # noqa: E402
 
 from data_builders import prepare  # noqa: E402
 
+pytest_plugins = ["ibl_alf"]  # the IBL tests' fixtures: ibl_cache, ibl_data_dir, no_network
+
 DATASET = "ibl_binned/synthetic_000"  # 114 neurons in 4 regions, 537 trials
 
 tfds.disable_progress_bar()

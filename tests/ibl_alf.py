@@ -1,4 +1,6 @@
-"""Small IBL sessions written in the exact ALF layout of a ONE cache, for the IBL tests.
+"""Small IBL sessions written in the exact ALF layout of a ONE cache, for the IBL tests,
+and the tests' shared set-up: no network (`offline`, the autouse `no_network`), one
+session's cache (`ibl_cache`) and its built data sets (`ibl_data_dir`).
 
 Known by construction (what the tests check against):
   trials        N_TRIALS rows; stimOn at 10 + 3 k s (+ 0.1 k ms); reaction time 0.3 s, except
@@ -13,10 +15,13 @@ Known by construction (what the tests check against):
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 
 import numpy as np
 import pandas as pd
+import pytest
 
 N_TRIALS = 24
 DROPPED_ROWS = (1, 2, 3, 4)
@@ -110,3 +115,56 @@ def eids(root) -> dict[str, str]:
   from mtm_jax.datasets.ibl import cache
 
   return {s["path"]: s["eid"] for s in cache.list_sessions(str(root))}
+
+
+# ------------------------------------------------------------------------------------------
+# Set-up shared by the IBL tests
+# ------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def offline():
+  """Any attempt to open a network connection inside fails with an AssertionError."""
+
+  def refuse(*args, **kwargs):
+    raise AssertionError(f"network access attempted: {args}")
+
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(socket.socket, "connect", refuse)
+    patch.setattr(socket, "create_connection", refuse)
+    patch.setattr(socket, "getaddrinfo", refuse)
+    yield
+
+
+@pytest.fixture
+def no_network():
+  """Network access refused for the test (the IBL tests' `pytestmark`)."""
+  with offline():
+    yield
+
+
+@pytest.fixture(scope="session")
+def ibl_cache(tmp_path_factory):
+  """(cache root, eid) of one well-formed session; its cache tables built by the reader."""
+  root = str(tmp_path_factory.mktemp("one_cache"))
+  write_session(root)
+  with offline():  # session fixtures are set up before the per-test patch
+    (eid,) = eids(root).values()
+  return root, eid
+
+
+@pytest.fixture(scope="session")
+def ibl_data_dir(ibl_cache, tmp_path_factory):
+  """A TFDS data_dir holding both data sets of the session, built from the cache."""
+  root, eid = ibl_cache
+  data_dir = str(tmp_path_factory.mktemp("ibl_tfds"))
+  with offline():
+    from data_builders import prepare  # pylint: disable=import-outside-toplevel
+
+    prepare.build([f"ibl_binned/{eid}", f"spike_events/{eid}"], data_dir, manual_dir=root)
+  return data_dir
+
+
+def probe_file(session, probe, name):
+  """The path of a probe's ALF file in a written session."""
+  return os.path.join(session, PROBES[probe], name)

@@ -200,7 +200,7 @@ def test_a_full_disk_stops_the_run_at_the_next_step_in_one_line_and_a_rerun_resu
   assert len(lines) < 40, full.stdout  # Orbax's own error lines are one line each
   # The failed save's tmp directory is removed, or (still written to by Orbax's abandoned
   # writes) left to be moved aside by the re-run; no finished step but 10.
-  assert [n for n in os.listdir(directory) if checkpoint._TMP_MARK not in n] == ["10"]  # pylint: disable=protected-access
+  assert [n for n in os.listdir(directory) if checkpoint.TMP_MARK not in n] == ["10"]
   assert registry.load_trained(workdir).step == 10
 
   code, err = _finish(_pretrain(data_dir, workdir, env, every))

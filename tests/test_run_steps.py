@@ -21,9 +21,9 @@ from mtm_jax.training import optimizer, step as step_lib, stopping, trainer
 
 
 def test_a_failed_save_without_an_earlier_checkpoint_says_to_start_again():
-  from mtm_jax.training import checkpoint  # pylint: disable=g-import-not-at-top
+  from mtm_jax.training import saver  # pylint: disable=g-import-not-at-top
 
-  failed = checkpoint.SaveFailed(10, "/w/checkpoints", "[Errno 28] No space left on device", 11, None)
+  failed = saver.SaveFailed(10, "/w/checkpoints", "[Errno 28] No space left on device", 11, None)
   assert failed.code.endswith("no checkpoint was written (re-run to start again once the cause is fixed)")
 
 

@@ -15,17 +15,11 @@ ones are moved to <workdir>/checkpoints_damaged, so that retention (max_to_keep)
 deletes the oldest steps first, never deletes the good checkpoint in favour of a damaged
 newer one.
 
-Checkpoints are written in the background (Orbax async). A Saver reports each one when
-it has finished ("saved checkpoint of step N"), and a failed write (a full disk) at the
-first step boundary after it failed: SaveFailed, a one-line exit naming the step, the
-directory and the OS error. The failed step's tmp directory is removed where it can be
-(else a re-run moves it aside); the checkpoints before it are untouched, so a re-run
-resumes from the newest of them.
+Checkpoints are written in the background (Orbax async): training.saver watches them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -40,7 +34,7 @@ from absl import logging
 
 ITEMS = ("state", "config", "sessions", "progress", "data")
 DAMAGED_DIR = "checkpoints_damaged"
-_TMP_MARK = ".orbax-checkpoint-tmp"
+TMP_MARK = ".orbax-checkpoint-tmp"
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -94,112 +88,6 @@ def save(
   mngr.save(step, args=ocp.args.Composite(**items), force=True)
 
 
-class SaveFailed(SystemExit):
-  """A checkpoint could not be written (a full disk, a lost mount). A SystemExit whose
-  code is its one-line message: a program exits with status 1 and prints only that line
-  (no traceback); re-running resumes from the newest checkpoint that was written."""
-
-  def __init__(self, step: int, directory: str, reason: str, stopped_at: int | None, newest: int | None):
-    stopped = f"; training stopped at step {stopped_at}" if stopped_at is not None else ""
-    resume = (
-      f"the newest checkpoint is step {newest} (re-run to resume once the cause is fixed)"
-      if newest is not None
-      else "no checkpoint was written (re-run to start again once the cause is fixed)"
-    )
-    super().__init__(
-      f"error: checkpoint of step {step} could not be written to {directory}: {reason}{stopped}; {resume}"
-    )
-    self.step, self.directory, self.reason, self.stopped_at = step, directory, reason, stopped_at
-
-
-def _cause(error: BaseException) -> str:
-  """The OS error behind `error` ("[Errno 28] No space left on device"), found through its
-  causes and contexts; else its first line."""
-  seen = set()
-  while error is not None and id(error) not in seen:
-    if isinstance(error, OSError) and error.errno is not None:
-      return f"[Errno {error.errno}] {error.strerror}"
-    seen.add(id(error))
-    error = error.__cause__ or error.__context__
-  return _first_line(error) if error is not None else "unknown error"
-
-
-class Saver:
-  """The checkpoints of one training run (see `save`), written in the background.
-
-  failure(step, wait) is cheap without `wait` (it never blocks): it logs "saved
-  checkpoint of step N" once the pending save has finished, and returns SaveFailed when
-  it could not be written (`step`: the step training reached), else None."""
-
-  def __init__(
-    self, mngr: ocp.CheckpointManager, config: ml_collections.ConfigDict, sessions: list[dict], key: jax.Array
-  ):
-    self.mngr, self.config, self.sessions, self.key = mngr, config, sessions, key
-    self.pending = None  # the step being written
-    self.failed = []  # steps whose save failed
-
-  def save(self, step: int, state, progress: dict) -> None:
-    """Starts writing the checkpoint of `step` (progress: data_state, nonfinite_in_a_row);
-    raises the previous save's SaveFailed first, if it failed."""
-    failed = self.failure(step, wait=True)
-    if failed is not None:
-      raise failed
-    save(self.mngr, step, state, self.config, self.sessions, key=self.key, **progress)
-    self.pending = step
-
-  def failure(self, step: int | None, wait: bool = False) -> SaveFailed | None:
-    if self.pending is None or (not wait and self.mngr.is_saving_in_progress()):
-      return None
-    pending, self.pending = self.pending, None
-    try:
-      self.mngr.wait_until_finished()  # returns at once when not `wait`: the save is over
-    except Exception as error:  # pylint: disable=broad-except  # any write failure
-      self.failed.append(pending)
-      self.mngr.reload()
-      return SaveFailed(
-        pending, str(self.mngr.directory), _cause(error), step, max(self.mngr.all_steps(), default=None)
-      )
-    logging.info("saved checkpoint of step %d", pending)
-    return None
-
-  def close(self) -> None:
-    """Closes the manager, then removes the tmp directories of the failed saves where it
-    can (Orbax's abandoned writes may still add to one; a re-run moves it aside). The
-    checkpoints before them are untouched. After a failed save, Orbax's background
-    writer may raise its error once more (already reported); closing again finishes."""
-    try:
-      self.mngr.close()
-    except Exception as error:  # pylint: disable=broad-except
-      if not self.failed:
-        raise
-      logging.debug("closing the checkpoints after the failed save: %s", _first_line(error))
-      self.mngr.close()
-    directory = str(self.mngr.directory)
-    for name in os.listdir(directory) if self.failed else ():
-      if _TMP_MARK in name and int(name.split(".")[0]) in self.failed:
-        shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
-
-
-@contextlib.contextmanager
-def saving(mngr: ocp.CheckpointManager, config: ml_collections.ConfigDict, sessions: list[dict], key: jax.Array):
-  """A Saver for the block; on leaving it, waits for the last save and closes `mngr`
-  (raising that save's SaveFailed if the block ended normally; logging it if the block
-  raised, whose exception goes on)."""
-  saver = Saver(mngr, config, sessions, key)
-  try:
-    yield saver
-  except BaseException:
-    failed = saver.failure(None, wait=True)
-    if failed is not None:
-      logging.error("%s", failed.code)
-    saver.close()
-    raise
-  failed = saver.failure(None, wait=True)
-  saver.close()
-  if failed is not None:
-    raise failed
-
-
 def abstract(tree):
   """ShapeDtypeStructs with the (concrete) shardings of `tree`, as a restore target."""
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
@@ -217,7 +105,7 @@ class Restored:
   data_state: dict | None
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
   text = str(error).strip().splitlines()
   return f"{type(error).__name__}: {text[0][:300] if text else ''}"
 
@@ -238,7 +126,7 @@ def report_half_written(mngr: ocp.CheckpointManager, quarantine: bool) -> None:
   if not os.path.isdir(directory):
     return
   for name in sorted(os.listdir(directory)):
-    if _TMP_MARK in name:
+    if TMP_MARK in name:
       where = _quarantine(directory, name) if quarantine else os.path.join(directory, name)
       logging.warning(
         "checkpoint %s in %s is half-written (an interrupted save) and is ignored%s",
@@ -281,13 +169,13 @@ def restore(mngr: ocp.CheckpointManager, target, step: int | None = None, *, qua
       out = mngr.restore(s, args=ocp.args.Composite(**args))
     except Exception as error:  # pylint: disable=broad-except  # any read failure = damaged
       if step is not None:
-        raise ValueError(f"{directory}: checkpoint of step {step} is damaged ({_first_line(error)})") from error
+        raise ValueError(f"{directory}: checkpoint of step {step} is damaged ({first_line(error)})") from error
       moved = _quarantine(directory, str(s)) if quarantine else None
       logging.warning(
         "checkpoint of step %d in %s is damaged and skipped (%s)%s",
         s,
         directory,
-        _first_line(error),
+        first_line(error),
         f"; moved to {moved}" if moved else "",
       )
       damaged.append(s)
@@ -343,13 +231,13 @@ def load_metadata(workdir: str, step: int | None = None) -> tuple[ml_collections
       except Exception as error:  # pylint: disable=broad-except
         if step is not None:
           raise ValueError(
-            f"{path}: the config or sessions of step {step} do not read ({_first_line(error)})"
+            f"{path}: the config or sessions of step {step} do not read ({first_line(error)})"
           ) from error
         logging.warning(
           "checkpoint of step %d in %s: config or sessions do not read (%s); trying the previous one",
           s,
           path,
-          _first_line(error),
+          first_line(error),
         )
     raise FileNotFoundError(
       f"{path}: no checkpoint with readable config and sessions (steps {steps}; each "

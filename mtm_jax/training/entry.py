@@ -10,7 +10,7 @@ Quiet by default (--verbosity=0): the programs' own lines (one per log step, one
 checkpoint, a few at the start) and every library's warnings and errors, one line each.
 --verbosity=1 (-v 1) brings back the libraries' INFO (Orbax, TFDS, grain, JAX,
 TensorBoard), their tracebacks and TFDS's progress bars; -v 2 and above is absl's DEBUG.
-A checkpoint that cannot be written (checkpoint.SaveFailed) ends the program with its
+A checkpoint that cannot be written (saver.SaveFailed) ends the program with its
 one line and status 1; any other exception (bad input: a missing data set, an unknown
 split) with `error: <type>: <message>` and status 1, its traceback behind --verbosity=1.
 """
@@ -24,7 +24,7 @@ import sys
 from absl import app, flags, logging
 import jax
 
-from mtm_jax.training import checkpoint, host_memory
+from mtm_jax.training import host_memory, saver
 
 OWN_PACKAGES = ("mtm_jax", "experiments", "data_builders", "benchmarks")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -94,7 +94,7 @@ def _main(main, argv):
     )
   try:
     return main(argv)
-  except checkpoint.SaveFailed as error:
+  except saver.SaveFailed as error:
     # The run's writers and checkpoint manager are closed; Orbax's abandoned background
     # writes would only add tracebacks at interpreter shutdown, so it is skipped.
     logging.flush()

@@ -27,7 +27,7 @@ from absl import logging
 
 from mtm_jax.datasets import pipeline
 from mtm_jax.parallel import mesh as mesh_lib, sharding
-from mtm_jax.training import checkpoint, step as step_lib
+from mtm_jax.training import checkpoint, saver as saver_lib, step as step_lib
 from mtm_jax.tasks.base import Pretrained
 from mtm_jax.training.stopping import Preempted, sigterm_flag, stop_signals
 
@@ -117,7 +117,7 @@ def train(task, config: ml_collections.ConfigDict, workdir: str, sessions=None) 
   # ---- Loop ---------------------------------------------------------------------------------
   writer = MetricWriter(workdir)
   try:
-    with checkpoint.saving(mngr, config, inputs.records, key) as saver, jax.set_mesh(mesh):
+    with saver_lib.saving(mngr, config, inputs.records, key) as saver, jax.set_mesh(mesh):
       return run_steps(
         state,
         config.train,
@@ -166,7 +166,7 @@ def run_steps(
   train_config.max_nonfinite_steps of them in a row the state (whose parameters are
   those of the last finite update) is saved and FloatingPointError raised. SIGTERM
   saves the current step and raises Preempted. check_saves(step, wait) -> the
-  exception of a background save that failed, or None (checkpoint.Saver.failure; without
+  exception of a background save that failed, or None (saver.Saver.failure; without
   `wait` it must not block): it is raised at the first step boundary after the failure.
   data_state (a restored iterator state) must be at state.step. Returns the last logged
   scalars."""
