@@ -37,6 +37,11 @@ puts a pretrained model's rows in front of a larger fresh model's.
 
 Parameters are initialised with Flax defaults (LeCun-normal kernels, zero biases) except
 embeddings, N(0, emb_init_scale); the reference uses PyTorch's defaults for Linear.
+
+(About 420 lines, over the 400-line habit of the project, for a reason: this is
+what a model file exposes as one unit: the hyper-parameters and presets, the model, the
+growth of its tables and the `load` that merges a pretrained model; the blocks live in
+perceiver.py and rotary.py, the token schema in datasets/events/tokens.py.)
 """
 
 from __future__ import annotations
