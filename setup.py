@@ -37,6 +37,7 @@ setuptools.setup(
     "iblatlas>=0.7",  # IBL sessions: Allen atlas ids -> region acronyms (tables ship with it)
   ],
   extras_require={
-    "test": ["pytest>=8", "hypothesis>=6.100", "pytest-xdist>=3.6", "ruff>=0.8"],
+    # ruff pinned: `make lint` checks the exact format of one version.
+    "test": ["pytest>=8", "hypothesis>=6.100", "pytest-xdist>=3.6", "ruff==0.17.6"],
   },
 )
