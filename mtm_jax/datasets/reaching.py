@@ -27,7 +27,7 @@ import dataclasses
 
 import numpy as np
 
-from mtm_jax.datasets import synthetic
+from mtm_jax.datasets import schema, synthetic
 from mtm_jax.datasets.events import session as session_lib
 
 PERIODS = ("hold", "reach", "return")
@@ -104,10 +104,8 @@ class ReachingBrain:
     self, index: int, min_units: int = 40, max_units: int = 200, min_trials: int = 100, max_trials: int = 200
   ) -> ReachingSessionSpec:
     """Session `index`: a unit count (log-uniform), units from every region, trials."""
-    if not 1 <= min_units <= max_units:
-      raise ValueError(f"session units: need 1 <= min_units <= max_units, got {min_units}, {max_units}")
-    if not 3 <= min_trials <= max_trials:
-      raise ValueError(f"session trials: need 3 <= min_trials <= max_trials, got {min_trials}, {max_trials}")
+    schema.check_session_range("units", min_units, max_units, 1)
+    schema.check_session_range("trials", min_trials, max_trials, 3)
     c = self.config
     rng = np.random.default_rng([c.seed, 1, index])
     n_regions = len(c.regions)
@@ -119,13 +117,7 @@ class ReachingBrain:
       np.sort(rng.choice(np.flatnonzero(self.neuron_region == r), size=min(k, c.neurons_per_region), replace=False))
       for r, k in enumerate(counts)
     ]
-    return ReachingSessionSpec(
-      index=index,
-      name=f"reaching_{index:03d}",
-      neuron_ids=np.concatenate(ids),
-      n_trials=int(rng.integers(min_trials, max_trials + 1)),
-      seed=int(rng.integers(2**31)),
-    )
+    return ReachingSessionSpec.draw(rng, index, f"reaching_{index:03d}", ids, min_trials, max_trials)
 
   def simulate_session(self, spec: ReachingSessionSpec, split_seed: int = 0) -> session_lib.EventSession:
     """One event session, with the ground truth in its extras:

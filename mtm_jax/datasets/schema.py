@@ -50,6 +50,12 @@ class SessionInfo:
     return np.array([lookup[r] for r in self.region_names], np.int32)
 
 
+def check_session_range(what: str, low: int, high: int, least: int) -> None:
+  """Raises ValueError unless least <= low <= high (a simulated session's min_/max_<what>)."""
+  if not least <= low <= high:
+    raise ValueError(f"session {what}: need {least} <= min_{what} <= max_{what}, got {low}, {high}")
+
+
 def parse_datasets(text: str, field: str = "config.data.datasets") -> list[str]:
   """Comma-separated TFDS names -> list, in order; errors name `field`."""
   names = [n.strip() for n in str(text).split(",") if n.strip()]

@@ -67,6 +67,16 @@ class SessionSpec:
   n_trials: int
   seed: int
 
+  @classmethod
+  def draw(
+    cls, rng: np.random.Generator, index: int, name: str, neuron_ids: list[np.ndarray], min_trials: int, max_trials: int
+  ) -> SessionSpec:
+    """The spec of session `index` with these neurons, its trial count and seed drawn from `rng`."""
+    n_trials = int(rng.integers(min_trials, max_trials + 1))
+    return cls(
+      index=index, name=name, neuron_ids=np.concatenate(neuron_ids), n_trials=n_trials, seed=int(rng.integers(2**31))
+    )
+
 
 class Brain:
   """The fixed parameters of the synthetic brain, drawn from `config.seed`."""
@@ -155,10 +165,8 @@ class Brain:
     self, index: int, min_neurons: int = 100, max_neurons: int = 1000, min_trials: int = 300, max_trials: int = 700
   ) -> SessionSpec:
     """Session `index`: a region subset (3 to all regions), a neuron count and trials."""
-    if not 1 <= min_neurons <= max_neurons:
-      raise ValueError(f"session neurons: need 1 <= min_neurons <= max_neurons, got {min_neurons}, {max_neurons}")
-    if not 3 <= min_trials <= max_trials:
-      raise ValueError(f"session trials: need 3 <= min_trials <= max_trials, got {min_trials}, {max_trials}")
+    schema.check_session_range("neurons", min_neurons, max_neurons, 1)
+    schema.check_session_range("trials", min_trials, max_trials, 3)
     rng = np.random.default_rng([self.config.seed, 1, index])
     n_regions = rng.integers(min(3, self.n_regions), self.n_regions + 1)
     regions = np.sort(rng.choice(self.n_regions, size=n_regions, replace=False))
@@ -171,13 +179,7 @@ class Brain:
     for r, k in zip(regions, counts):
       pool = np.flatnonzero(self.neuron_region == r)
       ids.append(np.sort(rng.choice(pool, size=min(k, len(pool)), replace=False)))
-    return SessionSpec(
-      index=index,
-      name=f"synthetic_{index:03d}",
-      neuron_ids=np.concatenate(ids),
-      n_trials=int(rng.integers(min_trials, max_trials + 1)),
-      seed=int(rng.integers(2**31)),
-    )
+    return SessionSpec.draw(rng, index, f"synthetic_{index:03d}", ids, min_trials, max_trials)
 
   def simulate_session(self, spec: SessionSpec) -> dict[str, np.ndarray]:
     """All trials of one session: spikes, true rates, regions and behaviour.

@@ -22,13 +22,19 @@ def unmasked_log_rates(trained, spikes: np.ndarray, *, prompt: str, session: int
   task = masking.EvalTask(
     "unmasked", prompt, np.zeros((1, n), bool), np.ones((1, n), bool), np.zeros(t, bool), np.ones(t, bool)
   )
+  return predict_unmasked_task(trained, tasks.make_predictor(trained.graphdef), spikes, task, session)
+
+
+def predict_unmasked_task(trained, predictor, spikes: np.ndarray, task: masking.EvalTask, session: int):
+  """[K, T, N] log-rates of the trained model under `task`'s masks, non-causal attention."""
+  config = trained.config
   return tasks.predict_task(
-    tasks.make_predictor(trained.graphdef),
+    predictor,
     trained.params,
     spikes,
     task,
     causal=False,
-    max_batch=trained.config.eval.max_batch,
+    max_batch=config.eval.max_batch,
     mesh=trained.mesh,
     session=session,
     n_neurons=trained.n_neurons,
@@ -164,17 +170,7 @@ def _region_rates(trained, name: str, split: str, task_names) -> tuple[np.ndarra
   out = {}
   for task in masking.evaluation_tasks(region_ids, data["spikes"].shape[1]):
     if task.name in task_names:
-      log_rates = tasks.predict_task(
-        predictor,
-        trained.params,
-        data["spikes"],
-        task,
-        causal=False,
-        max_batch=trained.config.eval.max_batch,
-        mesh=trained.mesh,
-        session=row,
-        n_neurons=trained.n_neurons,
-      )
+      log_rates = predict_unmasked_task(trained, predictor, data["spikes"], task, row)
       out[task.name] = np.exp(log_rates)
   return data["spikes"], out
 

@@ -43,6 +43,23 @@ from mtm_jax.models import poyo, rotary
 
 UNIT_VOCAB, SESSION_VOCAB = "unit_emb.vocab", "session_emb.vocab"
 PAD_WORD = "NA"
+# torch_brain's POYO hyper-parameter names (a checkpoint's meta["hparams"]) -> poyo.Hparams fields.
+TORCH_BRAIN_HPARAMS = {
+  "sequence_length": "window_length",
+  "latent_step": "latent_step",
+  "num_latents_per_step": "latents_per_step",
+  "dim": "dim",
+  "depth": "depth",
+  "dim_head": "head_dim",
+  "cross_heads": "cross_heads",
+  "self_heads": "self_heads",
+  "ffn_dropout": "ffn_dropout",
+  "lin_dropout": "lin_dropout",
+  "atn_dropout": "attn_dropout",
+  "emb_init_scale": "emb_init_scale",
+  "t_min": "t_min",
+  "t_max": "t_max",
+}
 
 
 def architecture(ckpt: sd.TorchCheckpoint) -> dict:
@@ -280,23 +297,8 @@ def to_torch(model: poyo.POYO, records: Sequence[dict], hparams_extra: Mapping |
   omega[: model.head_dim // 4] = model.frequencies()
   arrays["rotary_emb.omega"] = omega
   hp = model.hparams
-  hparams = dict(
-    sequence_length=float(hp.window_length),
-    latent_step=float(hp.latent_step),
-    num_latents_per_step=hp.latents_per_step,
-    dim=hp.dim,
-    depth=hp.depth,
-    dim_head=hp.head_dim,
-    cross_heads=hp.cross_heads,
-    self_heads=hp.self_heads,
-    ffn_dropout=hp.ffn_dropout,
-    lin_dropout=hp.lin_dropout,
-    atn_dropout=hp.attn_dropout,
-    emb_init_scale=hp.emb_init_scale,
-    t_min=hp.t_min,
-    t_max=hp.t_max,
-    **(hparams_extra or {}),
-  )
+  hparams = {theirs: getattr(hp, ours) for theirs, ours in TORCH_BRAIN_HPARAMS.items()}
+  hparams.update(sequence_length=float(hp.window_length), latent_step=float(hp.latent_step), **(hparams_extra or {}))
   meta = {
     "source": "mtm_jax",
     "hparams": hparams,

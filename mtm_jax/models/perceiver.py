@@ -21,6 +21,8 @@ F rotary frequencies; angles are [B|1, L, F] from `rotary.rotary_angles`.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -98,23 +100,26 @@ class GEGLUFeedForward(nnx.Module):
     return self.down(attention.dropout(h, self.dropout, key))
 
 
+@dataclasses.dataclass(frozen=True)
+class BlockOptions:
+  """What both blocks take besides their widths (keyword arguments of their __init__)."""
+
+  head_dim: int = 64
+  ffn_dropout: float = 0.0  # inside the feed-forward
+  attention_dropout: float = 0.0  # on the attention probabilities
+  residual_dropout: float = 0.0  # on each branch before its residual add
+  rotate_value: bool = False  # rotate values by key time and outputs back by query time
+  layer_norm_eps: float = 1e-5
+
+
 class CrossAttentionBlock(nnx.Module):
   """x += Attn(LN_q(x), LN_ctx(context)); x += FFN(LN(x)) (each branch after residual dropout)."""
 
-  def __init__(
-    self,
-    dim: int,
-    n_heads: int,
-    *,
-    head_dim: int = 64,
-    context_dim: int | None = None,
-    ffn_dropout: float = 0.0,
-    attention_dropout: float = 0.0,
-    residual_dropout: float = 0.0,
-    rotate_value: bool = False,
-    layer_norm_eps: float = 1e-5,
-    rngs: nnx.Rngs,
-  ):
+  def __init__(self, dim: int, n_heads: int, *, context_dim: int | None = None, rngs: nnx.Rngs, **options):
+    """options: the fields of BlockOptions."""
+    o = BlockOptions(**options)
+    head_dim, ffn_dropout, attention_dropout = o.head_dim, o.ffn_dropout, o.attention_dropout
+    residual_dropout, rotate_value, layer_norm_eps = o.residual_dropout, o.rotate_value, o.layer_norm_eps
     context_dim = dim if context_dim is None else context_dim
     self.norm_query = nnx.LayerNorm(dim, epsilon=layer_norm_eps, rngs=rngs)
     self.norm_context = nnx.LayerNorm(context_dim, epsilon=layer_norm_eps, rngs=rngs)
@@ -142,19 +147,11 @@ class CrossAttentionBlock(nnx.Module):
 class SelfAttentionBlock(nnx.Module):
   """x += drop(Attn(LN(x))); x += drop(FFN(LN(x)))."""
 
-  def __init__(
-    self,
-    dim: int,
-    n_heads: int,
-    *,
-    head_dim: int = 64,
-    ffn_dropout: float = 0.0,
-    attention_dropout: float = 0.0,
-    residual_dropout: float = 0.0,
-    rotate_value: bool = False,
-    layer_norm_eps: float = 1e-5,
-    rngs: nnx.Rngs,
-  ):
+  def __init__(self, dim: int, n_heads: int, *, rngs: nnx.Rngs, **options):
+    """options: the fields of BlockOptions."""
+    o = BlockOptions(**options)
+    head_dim, ffn_dropout, attention_dropout = o.head_dim, o.ffn_dropout, o.attention_dropout
+    residual_dropout, rotate_value, layer_norm_eps = o.residual_dropout, o.rotate_value, o.layer_norm_eps
     self.norm_attn = nnx.LayerNorm(dim, epsilon=layer_norm_eps, rngs=rngs)
     self.attn = RotaryAttention(
       dim, n_heads, head_dim=head_dim, dropout=attention_dropout, rotate_value=rotate_value, rngs=rngs

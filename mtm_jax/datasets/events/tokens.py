@@ -71,17 +71,11 @@ def _kept_spikes(
   return keep, times[on], units[on], data.config.bucket_lengths[-1] - 2 * len(keep)
 
 
-def token_count(
-  data: windows_lib.EventData,
-  session_position: int,
-  start: float,
-  interval_end: float,
-  rng: np.random.Generator,
-  unit_dropout: bool,
-) -> int:
-  """len(make_window(...).unit_index) for the same arguments (and an `rng` in the same
-  state), without building the tokens: what a process needs of the rows of a batch that
-  it does not build, to pad its own rows to the bucket of the whole batch."""
+def token_count(data, session_position: int, start: float, interval_end: float, rng, unit_dropout: bool) -> int:
+  """len(make_window(...).unit_index) for the same arguments (data: an EventData; rng: a
+  np.random.Generator in the same state), without building the tokens: what a process
+  needs of the rows of a batch that it does not build, to pad its own rows to the bucket
+  of the whole batch."""
   stop = min(start + data.config.window_length, interval_end)
   keep, times, _, room = _kept_spikes(data, session_position, start, stop, rng, unit_dropout)
   return 2 * len(keep) + min(len(times), room)

@@ -316,16 +316,16 @@ def read_session(one, eid: str, options: configs.IblOptions = configs.IblOptions
     p["regions"] = regions.acronyms(p["atlas_ids"])
   read = [trials_path, wheel_pos_path, wheel_time_path] + [files[k] for k in CAMERA_FILES[camera]]
   read += [path for p in probe_data.values() for path in p["paths"].values()]
-  return dict(
-    eid=eid,
-    where=where,
-    trials=trials,
-    trials_path=trials_path,
-    wheel_times=wheel_times,
-    wheel_position=wheel_pos,
-    camera_times=camera_times,
-    motion_energy=motion_energy,
-    camera=camera,
-    probes=probe_data,
-    files=sorted(read),
-  )
+  return {
+    "eid": eid,
+    "where": where,
+    "trials": trials,
+    "trials_path": trials_path,
+    "wheel_times": wheel_times,
+    "wheel_position": wheel_pos,
+    "camera_times": camera_times,
+    "motion_energy": motion_energy,
+    "camera": camera,
+    "probes": probe_data,
+    "files": sorted(read),
+  }
