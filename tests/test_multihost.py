@@ -1,4 +1,4 @@
-"""Two processes on 127.0.0.1 (2 CPU devices each, gloo collectives) pretrain a tiny NDT1
+"""Two processes on 127.0.0.1 (2 CPU devices each, gloo collectives) pretrain and score a tiny NDT1
 with experiments.pretrain on a (data 2, model 2) mesh: the data axis spans the processes,
 each loads only its rows of every batch, and the checkpoint is written collectively. Both
 end with the same parameters, those of the same run in one process, in one checkpoint."""
@@ -119,6 +119,16 @@ def test_two_processes_train_like_one(data_dir, tmp_path):
   reference = _params(single)
   for name in filter(comparable, p0):
     np.testing.assert_allclose(p0[name], reference[name], rtol=1e-4, atol=1e-6, err_msg=name)
+
+  # The model scored by two processes (each places its rows of every chunk of masks) and,
+  # a copy of it, by one: the same four metrics.
+  copy = os.path.join(os.path.dirname(workdir), "copy")
+  shutil.copytree(workdir, copy)
+  outputs = _run_programs("evaluate", ["--nodecoding"], workdir, copy)
+  two, one = (json.loads(open(os.path.join(w, "metrics.json"), encoding="utf-8").read()) for w in (workdir, copy))
+  for metric in ("co_smoothing_bps", "forward_prediction_bps", "inter_region_bps", "intra_region_bps"):
+    assert np.isfinite(one[metric]), metric
+    np.testing.assert_allclose(two[metric], one[metric], rtol=1e-5, err_msg=metric)
 
 
 def test_multihost_flag_errors():

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from mtm_jax import masking, metrics
 from mtm_jax.datasets import pipeline
@@ -143,11 +144,12 @@ def predict_task(
   chunk = max(1, max_batch // n_trials // n_data) * n_data  # masks per pass
   fit = lambda n_masks: min(chunk, -(-n_masks // n_data) * n_data)  # no padding beyond the masks there are
   prompt = masking.SCHEMES.index(task.prompt)
-  place = (lambda x: x) if mesh is None else (lambda x: jax.device_put(x, mesh_lib.batch_sharding(mesh)))
   counts = pipeline.pad_neurons(np.asarray(spikes), n_model)  # [K, T, N_model], host copy
-  spikes = jnp.asarray(counts, jnp.float32)
-  if mesh is not None:
-    spikes = jax.device_put(spikes, mesh_lib.replicated(mesh))
+  if mesh is None:
+    place, spikes = (lambda x: x), jnp.asarray(counts, jnp.float32)
+  else:  # each process places only its rows of a chunk's masks; the trials are on every device
+    place = lambda x: mesh_lib.shard_batch({"x": x[mesh_lib.process_rows(len(x), mesh)]}, mesh, len(x))["x"]
+    spikes = jax.make_array_from_process_local_data(mesh_lib.replicated(mesh), counts.astype(np.float32))
   groups = single_neuron_groups(task) if shortcut else None
   if groups is not None:
     total = np.zeros(spikes.shape, np.float32)
@@ -157,7 +159,7 @@ def predict_task(
       padded = np.pad(neurons, (0, -len(neurons) % size), mode="edge").astype(np.int32)
       for start in range(0, len(padded), size):
         copies = padded[start : start + size]  # the chunk's neurons, one masked copy each
-        out = np.asarray(
+        out = fetch(
           predictor.single(
             params,
             spikes,
@@ -191,7 +193,12 @@ def predict_task(
       causal,
       session,
     )
-  return np.asarray(total)[..., :n_session]
+  return fetch(total)[..., :n_session]
+
+
+def fetch(x) -> np.ndarray:
+  """The whole of a (possibly multi-process) array on this host."""
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def score_task(rates: np.ndarray, spikes: np.ndarray, task: masking.EvalTask) -> np.ndarray:

@@ -296,11 +296,6 @@ class NDT1Task(base.Task):
 
   # ---- Evaluation -------------------------------------------------------------------------
   def evaluate(self, trained, split, sessions=None, decode=True):
-    if jax.process_count() > 1:
-      raise ValueError(
-        "NDT1 evaluation runs in one process (its masks are built and fetched whole): run "
-        "experiments.evaluate without --coordinator_address; the checkpoint loads on one host"
-      )
     return evaluation.evaluate_sessions(
       trained,
       split,
