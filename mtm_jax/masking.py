@@ -72,7 +72,7 @@ def _bernoulli(key, p, shape):
   return jax.random.bernoulli(key, p, shape)
 
 
-def _draw_region(key, regions: jax.Array) -> jax.Array:
+def draw_region(key, regions: jax.Array) -> jax.Array:
   """[] int32, a region id drawn uniformly among those present in `regions` [neurons]
   (ids < 0 are padding)."""
   ids = jnp.unique(jnp.where(regions >= 0, regions, -1), size=regions.shape[0], fill_value=-1)
@@ -96,7 +96,7 @@ def neuron_mask(key, shape, ratio):
 
 def inter_region_mask(key, shape, regions):
   """Hidden [B,T,N]: every neuron of one region drawn per batch, all bins."""
-  region = _draw_region(key, regions)
+  region = draw_region(key, regions)
   hide = jnp.broadcast_to((regions == region)[None, None, :], shape)
   return hide, hide
 
@@ -106,7 +106,7 @@ def intra_region_mask(key, shape, regions, ratio):
   Bernoulli(ratio) per (trial, neuron) hidden and targets."""
   k_region, k_neurons = jax.random.split(key)
   b, t, n = shape
-  inside = (regions == _draw_region(k_region, regions))[None, None, :]
+  inside = (regions == draw_region(k_region, regions))[None, None, :]
   drawn = _bernoulli(k_neurons, ratio, (b, 1, n))
   targets = jnp.broadcast_to(inside & drawn, shape)
   hide = jnp.broadcast_to(~inside, shape) | targets
