@@ -61,6 +61,29 @@ from mtm_jax.models import attention, loading, perceiver, rotary
 N_TOKEN_TYPES = 4  # rows of the token-type table (3 used; the reference allocates 4)
 
 
+def check_perceiver(hp, span: float, span_name: str) -> None:
+  """The PerceiverIO fields of a hyper-parameter dataclass (dim, depth, heads, latents per
+  step, head_dim, latent_step within `span` seconds, t_min/t_max, dropouts); ValueError
+  naming the config.model field."""
+  dims = (hp.dim, hp.cross_heads, hp.self_heads, hp.latents_per_step)
+  if min(dims) < 1 or hp.depth < 0:
+    raise ValueError(
+      f"config.model.size: expected positive dim, heads and latents per step and depth >= 0, "
+      f"got {dims} and depth {hp.depth}"
+    )
+  if hp.head_dim < 4 or hp.head_dim % 4:
+    raise ValueError(
+      f"config.model.head_dim: must be a multiple of 4 (half of it is rotated in pairs), got {hp.head_dim}"
+    )
+  if not 0.0 < hp.latent_step <= span:
+    raise ValueError(f"config.model.latent_step: must be in (0, {span_name}={span}], got {hp.latent_step}")
+  if not 0.0 < hp.t_min < hp.t_max:
+    raise ValueError(f"config.model.t_min/t_max: expected 0 < t_min < t_max, got {hp.t_min}, {hp.t_max}")
+  for field in ("ffn_dropout", "lin_dropout", "attn_dropout"):
+    if not 0.0 <= getattr(hp, field) < 1.0:
+      raise ValueError(f"config.model.{field}: must be in [0, 1), got {getattr(hp, field)}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Hparams:
   """POYO's hyper-parameters: `POYO(n_units, n_sessions, hparams, rngs=...)`.
@@ -96,25 +119,7 @@ class Hparams:
       raise ValueError(f"config.model.tasks: expected task name -> output dim >= 1, got {tasks}")
     object.__setattr__(self, "tasks", tuple((name, int(tasks[name])) for name in sorted(tasks)))
     object.__setattr__(self, "rotary_frequencies", tuple(float(f) for f in self.rotary_frequencies))
-    dims = (self.dim, self.cross_heads, self.self_heads, self.latents_per_step)
-    if min(dims) < 1 or self.depth < 0:
-      raise ValueError(
-        f"config.model.size: expected positive dim, heads and latents per step and depth >= 0, "
-        f"got {dims} and depth {self.depth}"
-      )
-    if self.head_dim < 4 or self.head_dim % 4:
-      raise ValueError(
-        f"config.model.head_dim: must be a multiple of 4 (half of it is rotated in pairs), got {self.head_dim}"
-      )
-    if not 0.0 < self.latent_step <= self.window_length:
-      raise ValueError(
-        f"config.model.latent_step: must be in (0, window_length={self.window_length}], got {self.latent_step}"
-      )
-    if not 0.0 < self.t_min < self.t_max:
-      raise ValueError(f"config.model.t_min/t_max: expected 0 < t_min < t_max, got {self.t_min}, {self.t_max}")
-    for field in ("ffn_dropout", "lin_dropout", "attn_dropout"):
-      if not 0.0 <= getattr(self, field) < 1.0:
-        raise ValueError(f"config.model.{field}: must be in [0, 1), got {getattr(self, field)}")
+    check_perceiver(self, self.window_length, "window_length")
     if self.rotary_frequencies and len(self.rotary_frequencies) != self.head_dim // 4:
       raise ValueError(
         f"config.model.rotary_frequencies: must hold head_dim // 4 = {self.head_dim // 4} values, "
