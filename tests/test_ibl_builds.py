@@ -19,6 +19,7 @@ pytestmark = pytest.mark.usefixtures("no_network")  # ibl_alf's fixtures (tests/
 import ibl_alf
 from ibl_alf import probe_file
 from data_builders import prepare
+from data_builders.spike_events import spike_events
 from mtm_jax.datasets import pipeline, provenance
 from mtm_jax.datasets.events import tfds as tfds_lib
 from mtm_jax.datasets.ibl import alf, cache, configs, preprocess
@@ -210,8 +211,6 @@ def test_failed_and_interrupted_builds_leave_no_data_set(tmp_path, monkeypatch):
     pipeline.session_info(names[0], data_dir)
 
   # An interruption half-way through writing the examples of the good session's events.
-  from data_builders.spike_events import spike_events
-
   original = spike_events.Builder._generate_examples
 
   def interrupted(self, session, intervals):
@@ -243,23 +242,26 @@ def test_a_killed_build_leaves_nothing_the_next_build_keeps(tmp_path):
   (eid,) = ibl_alf.eids(root).values()
   data_dir = str(tmp_path / "tfds")
   config_dir = os.path.join(data_dir, "spike_events", eid)
-  stale = os.path.join(config_dir, "incomplete.ABC123_1.0.0")
+  version = str(spike_events.Builder.VERSION)
+  stale = os.path.join(config_dir, f"incomplete.ABC123_{version}")
   os.makedirs(stale)
   open(os.path.join(stale, "spike_events-train.array_record-00000-of-00001"), "wb").close()
   (path,) = prepare.build([f"spike_events/{eid}"], data_dir, manual_dir=root)
-  assert sorted(os.listdir(config_dir)) == ["1.0.0"] and path == os.path.join(config_dir, "1.0.0")
+  assert sorted(os.listdir(config_dir)) == [version] and path == os.path.join(config_dir, version)
   before = _tree_digest(path)
-  os.rename(path, os.path.join(config_dir, "replaced.1.0.0"))  # killed while rebuilding
-  with pytest.raises(FileNotFoundError, match=r"rebuild of it was interrupted.*replaced\.1\.0\.0.*puts it back"):
+  os.rename(path, os.path.join(config_dir, f"replaced.{version}"))  # killed while rebuilding
+  with pytest.raises(
+    FileNotFoundError, match=rf"rebuild of it was interrupted.*replaced\.{re.escape(version)}.*puts it back"
+  ):
     tfds_lib.load_event_session(f"spike_events/{eid}", data_dir)
   os.makedirs(stale)
   assert prepare.build([f"spike_events/{eid}"], data_dir, manual_dir=root) == [path]
-  assert sorted(os.listdir(config_dir)) == ["1.0.0"] and _tree_digest(path) == before
-  os.rename(path, os.path.join(config_dir, "replaced.1.0.0"))
+  assert sorted(os.listdir(config_dir)) == [version] and _tree_digest(path) == before
+  os.rename(path, os.path.join(config_dir, f"replaced.{version}"))
   _edit_metrics("probe00", lambda m: m.assign(label=0.0))(session)  # the restored data set is checked too
   with pytest.raises(provenance.SourceChangedError, match=r"clusters\.metrics\.pqt: (content changed|size)"):
     prepare.build([f"spike_events/{eid}"], data_dir, manual_dir=root)
-  assert sorted(os.listdir(config_dir)) == ["1.0.0"] and _tree_digest(path) == before
+  assert sorted(os.listdir(config_dir)) == [version] and _tree_digest(path) == before
 
 
 def test_changed_session_files_are_refused_until_rebuilt(tmp_path):

@@ -25,8 +25,6 @@ from mtm_jax.datasets import synthetic
 from mtm_jax.datasets.ibl import configs
 from mtm_jax.datasets.ibl import preprocess
 
-N_SYNTHETIC_SESSIONS = 28  # 24 for pretraining + 4 held out, see docs/synthetic_data.md
-
 
 @dataclasses.dataclass(kw_only=True)
 class IblBinnedConfig(tfds.core.BuilderConfig):
@@ -36,6 +34,7 @@ class IblBinnedConfig(tfds.core.BuilderConfig):
   session_index: int = 0
   brain_seed: int = 0
   split_seed: int = 0
+  sizes: synthetic.SessionSizes = synthetic.SessionSizes()  # synthetic: neuron and trial ranges
   # ibl: the session id in the ONE cache and its preprocessing
   eid: str = ""
   ibl_options: configs.IblOptions = configs.IblOptions()
@@ -46,8 +45,8 @@ class IblBinnedConfig(tfds.core.BuilderConfig):
       return preprocess.load_session(manual_dir, self.eid, self.ibl_options)
     if self.source != "synthetic":
       raise ValueError(f"ibl_binned/{self.name}: unknown source {self.source!r}; expected 'synthetic' or 'ibl'")
-    brain = synthetic.Brain(synthetic.BrainConfig(seed=self.brain_seed))
-    return brain.simulate_session(brain.session_spec(self.session_index))
+    brain, spec = synthetic.session(self.session_index, self.brain_seed, self.sizes)
+    return brain.simulate_session(spec)
 
 
 def ibl_config(name: str) -> IblBinnedConfig | None:
@@ -57,14 +56,7 @@ def ibl_config(name: str) -> IblBinnedConfig | None:
 
 
 def _synthetic_configs():
-  return [
-    IblBinnedConfig(
-      name=f"synthetic_{i:03d}",
-      description=f"Session {i} of the synthetic brain (seed 0).",
-      session_index=i,
-    )
-    for i in range(N_SYNTHETIC_SESSIONS)
-  ]
+  return [IblBinnedConfig(**kwargs) for kwargs in synthetic.builder_configs()]
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):

@@ -13,6 +13,10 @@ load_event_session turns a built data set back into an event session.
 
 Configs:
   reaching_NNN   session NNN of the synthetic reaching task (mtm_jax.datasets.reaching);
+  synthetic_NNN  session NNN of the synthetic brain as spike times (mtm_jax.datasets.synthetic_events):
+                 the session, trials and split of ibl_binned/synthetic_NNN, whose counts its
+                 spikes bin back to; each example also holds its trial's true rates [100, U]
+                 and trial variables, restored into the session's extras by load_event_session;
   nwb            the one NWB file directly in manual_dir (Neural Latents Benchmark layout);
   nlb_<name>     the NLB training file of that data set, anywhere under manual_dir
                  (hand or finger velocity subsampled from 1 kHz to 100 Hz);
@@ -34,6 +38,8 @@ import tensorflow_datasets as tfds
 from mtm_jax.datasets.events import session as session_lib
 from mtm_jax.datasets import provenance
 from mtm_jax.datasets import reaching
+from mtm_jax.datasets import synthetic
+from mtm_jax.datasets import synthetic_events
 from mtm_jax.datasets.ibl import configs
 from mtm_jax.datasets.ibl import convert
 from mtm_jax.datasets.ibl import preprocess
@@ -45,7 +51,7 @@ N_REACHING_SESSIONS = 40  # the POYO study pretrains on 001-032 and holds out 00
 class SpikeEventsConfig(tfds.core.BuilderConfig):
   """A session: where its events come from."""
 
-  source: str = "reaching"  # "reaching", "nwb" or "ibl"
+  source: str = "reaching"  # "reaching", "synthetic", "nwb" or "ibl"
   split_seed: int = 0
   # reaching: the session of the reaching brain and its size ranges
   session_index: int = 0
@@ -54,6 +60,8 @@ class SpikeEventsConfig(tfds.core.BuilderConfig):
   max_units: int = 200
   min_trials: int = 100
   max_trials: int = 200
+  # synthetic: the session of the synthetic brain (session_index, brain_seed) and its sizes
+  sizes: synthetic.SessionSizes = synthetic.SessionSizes()
   # nwb: which file of manual_dir, which behaviour series, the session id (default: file stem)
   nwb_pattern: str = "*.nwb"
   behaviour: str = "hand_vel"
@@ -75,6 +83,10 @@ class SpikeEventsConfig(tfds.core.BuilderConfig):
         min_trials=self.min_trials,
         max_trials=self.max_trials,
       )
+    if self.source == "synthetic":
+      return synthetic_events.simulate(
+        self.session_index, self.brain_seed, self.split_seed, self.sizes, session_id=self.name
+      )
     if self.source == "nwb":
       from mtm_jax.datasets import nwb  # pynwb is imported only for NWB sources
 
@@ -88,7 +100,9 @@ class SpikeEventsConfig(tfds.core.BuilderConfig):
     if self.source == "ibl":
       binned = preprocess.load_session(manual_dir, self.eid, self.ibl_options)
       return convert.event_session(binned, session_id=self.name)
-    raise ValueError(f"spike_events/{self.name}: unknown source {self.source!r}; expected 'reaching', 'nwb' or 'ibl'")
+    raise ValueError(
+      f"spike_events/{self.name}: unknown source {self.source!r}; expected 'reaching', 'synthetic', 'nwb' or 'ibl'"
+    )
 
   def nwb_file(self, manual_dir: str | None) -> str:
     """The one file under manual_dir matching nwb_pattern."""
@@ -124,6 +138,10 @@ def _reaching_configs():
   ]
 
 
+def _synthetic_configs():
+  return [SpikeEventsConfig(**kwargs) for kwargs in synthetic.builder_configs()]
+
+
 # NLB training files (DANDI 000127-000140) and their velocity series; 1 kHz -> 100 Hz.
 _NLB = {
   "mc_maze": ("sub-Jenkins_ses-full_desc-train_behavior+ecephys.nwb", "hand_vel"),
@@ -154,9 +172,13 @@ def _nwb_configs():
 class Builder(tfds.core.GeneratorBasedBuilder):
   """Spike events of one session per config, one example per split interval."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release: synthetic reaching sessions, NWB (NLB layout) files, IBL sessions."}
-  BUILDER_CONFIGS = _reaching_configs() + _nwb_configs()
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+    "1.0.0": "Initial release: synthetic reaching sessions, NWB (NLB layout) files, IBL sessions.",
+    "1.1.0": "synthetic_NNN configs: the synthetic brain's sessions as spike times, with the counts of "
+    "ibl_binned/synthetic_NNN; their examples hold the trial's true rates and trial variables.",
+  }
+  BUILDER_CONFIGS = _reaching_configs() + _synthetic_configs() + _nwb_configs()
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   NWB and IBL configs only. Put the session's NWB file in manual_dir (`--manual_dir=...`):
     nwb          exactly one *.nwb file directly in manual_dir;
@@ -180,6 +202,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       "behaviour_values": tfds.features.Tensor(shape=(None, None), dtype=np.float32, encoding="zlib"),
       "behaviour_weights": tfds.features.Tensor(shape=(None,), dtype=np.float32),
     }
+    if self.builder_config.source == "synthetic":  # per-trial ground truth, restored into extras
+      features["rates"] = tfds.features.Tensor(shape=(None, None), dtype=np.float32, encoding="zlib")
+      features.update({k: tfds.features.Scalar(dtype=t) for k, t in synthetic_events.TRIAL_EXTRAS.items()})
     return self.dataset_info_from_configs(
       features=tfds.features.FeaturesDict(features),
       metadata=tfds.core.MetadataDict(),
@@ -210,27 +235,35 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       split_seed=config.split_seed,
       source_info=dict(session.source_info),
     )
+    if config.source == "synthetic":  # session-level ground truth, restored into extras
+      self.info.metadata["extras"] = dict(
+        split_trials={s: idx.tolist() for s, idx in session.extras["split_trials"].items()},
+        pool_ids=session.extras["pool_ids"].tolist(),
+      )
     if session.source_files is not None:  # NWB and IBL: the files read, checked when the data set is used
       pattern = config.nwb_pattern if config.source == "nwb" else None
       self.info.metadata[provenance.RECORD_KEY] = provenance.record(
         dl_manager.manual_dir, session.source_files, pattern
       )
-    return {name: self._generate_examples(session, session.splits[name]) for name in session_lib.SPLITS}
+    return {name: self._generate_examples(session, name) for name in session_lib.SPLITS}
 
-  def _generate_examples(self, session, intervals):
-    for j, (start, end) in enumerate(np.asarray(intervals, np.float64).reshape(-1, 2)):
+  def _generate_examples(self, session, split):
+    intervals = np.asarray(session.splits[split], np.float64).reshape(-1, 2)
+    extras = [] if self.builder_config.source != "synthetic" else ["rates", *synthetic_events.TRIAL_EXTRAS]
+    rows = synthetic_events.split_rows(session, split)[1] if extras else None
+    for j, (start, end) in enumerate(intervals):
       part = session_lib.interval_data(session, start, end)
       n = len(part["behaviour_timestamps"])
-      yield (
-        j,
-        {
-          "interval_index": j,
-          "interval_start": float(start),
-          "interval_end": float(end),
-          "spike_times": np.asarray(part["spike_times"], np.float64),
-          "spike_units": np.asarray(part["spike_units"], np.int32),
-          "behaviour_timestamps": np.asarray(part["behaviour_timestamps"], np.float64),
-          "behaviour_values": np.asarray(part["behaviour_values"], np.float32).reshape(n, -1),
-          "behaviour_weights": np.asarray(part["behaviour_weights"], np.float32),
-        },
-      )
+      example = {
+        "interval_index": j,
+        "interval_start": float(start),
+        "interval_end": float(end),
+        "spike_times": np.asarray(part["spike_times"], np.float64),
+        "spike_units": np.asarray(part["spike_units"], np.int32),
+        "behaviour_timestamps": np.asarray(part["behaviour_timestamps"], np.float64),
+        "behaviour_values": np.asarray(part["behaviour_values"], np.float32).reshape(n, -1),
+        "behaviour_weights": np.asarray(part["behaviour_weights"], np.float32),
+      }
+      for key in extras:
+        example[key] = session.extras[key][rows[j]]
+      yield j, example

@@ -20,6 +20,7 @@ from mtm_jax.datasets import schema
 
 REGIONS = ("VISa", "CA1", "DG", "LP", "PO")
 CONTRASTS = (1.0, 0.25, 0.125, 0.0625, 0.0)
+N_SESSIONS = 28  # builder configs synthetic_000-027: 24 for pretraining + 4 held out, see docs/synthetic_data.md
 
 # Trial inputs u[t], one row each (see `_trial_inputs`).
 INPUTS = ("stim_left", "stim_right", "move_left", "move_right", "prior", "reward")
@@ -55,6 +56,16 @@ class BrainConfig:
   coupling_scale: float = 0.15  # strength of inter-region latent inputs
   noise_scale: float = 2.0  # trial-specific latent noise (private variability)
   max_rate_hz: float = 150.0
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionSizes:
+  """The ranges `Brain.session_spec` draws a session's neuron and trial counts from."""
+
+  min_neurons: int = 100
+  max_neurons: int = 1000
+  min_trials: int = 300
+  max_trials: int = 700
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,7 +173,12 @@ class Brain:
     return out
 
   def session_spec(
-    self, index: int, min_neurons: int = 100, max_neurons: int = 1000, min_trials: int = 300, max_trials: int = 700
+    self,
+    index: int,
+    min_neurons: int = SessionSizes.min_neurons,
+    max_neurons: int = SessionSizes.max_neurons,
+    min_trials: int = SessionSizes.min_trials,
+    max_trials: int = SessionSizes.max_trials,
   ) -> SessionSpec:
     """Session `index`: a region subset (3 to all regions), a neuron count and trials."""
     schema.check_session_range("neurons", min_neurons, max_neurons, 1)
@@ -218,6 +234,30 @@ class Brain:
       whisker_motion_energy=whisker.astype(np.float32),
       wheel_speed=wheel.astype(np.float32),
     )
+
+
+def session(index: int, brain_seed: int = 0, sizes: SessionSizes = SessionSizes()) -> tuple[Brain, SessionSpec]:
+  """The brain of seed `brain_seed` and the spec of its session `index` drawn within `sizes`:
+  what the `synthetic_NNN` configs of both builders (ibl_binned, spike_events) simulate."""
+  brain = Brain(BrainConfig(seed=brain_seed))
+  return brain, brain.session_spec(index, **dataclasses.asdict(sizes))
+
+
+def builder_configs() -> list[dict]:
+  """The keyword arguments of the builder configs `synthetic_000` ... (N_SESSIONS), shared by
+  ibl_binned and spike_events so that config NNN of both is the same session and split."""
+  return [
+    dict(
+      name=f"synthetic_{i:03d}",
+      description=f"Session {i} of the synthetic brain (seed 0).",
+      source="synthetic",
+      session_index=i,
+      brain_seed=0,
+      split_seed=0,
+      sizes=SessionSizes(),
+    )
+    for i in range(N_SESSIONS)
+  ]
 
 
 def _softplus(x):

@@ -6,6 +6,7 @@
   tokens      token types, batch keys, the tokens of one window, buckets and padding (collate)
   batches     training and evaluation batches (grain MapDatasets), bucket usage
   stitching   evaluation predictions put back on the sessions' timelines
+  binning     spike counts of any session in regular bins of given intervals (bin_spikes)
   tfds        a session read back from a built spike_events data set
 
 Import the module you need (`from mtm_jax.datasets.events import windows`); this package

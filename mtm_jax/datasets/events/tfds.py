@@ -9,13 +9,28 @@ import numpy as np
 from mtm_jax.datasets import provenance
 from mtm_jax.datasets.events import session as session_lib
 
+# What every example of a spike_events data set holds; any other feature is an extra.
+EXAMPLE_FIELDS = (
+  "interval_index",
+  "interval_start",
+  "interval_end",
+  "spike_times",
+  "spike_units",
+  "behaviour_timestamps",
+  "behaviour_values",
+  "behaviour_weights",
+)
+
 
 def load_event_session(
   dataset: str, data_dir: str, splits: Sequence[str] = session_lib.SPLITS
 ) -> session_lib.EventSession:
   """A session read back from a built spike_events data set, holding the data of `splits`.
 
-  Its `splits` holds only the splits read."""
+  Its `splits` holds only the splits read. Its `extras` hold the data set's metadata
+  "extras" (lists as arrays, e.g. the synthetic sessions' split_trials and pool_ids) and,
+  stacked, every example feature beyond EXAMPLE_FIELDS: [n, ...], one row per interval
+  read, in time order (e.g. the synthetic sessions' rates [n, 100, U] and trial variables)."""
   builder = provenance.open_built(dataset, data_dir)
   meta = builder.info.metadata
   for field in (
@@ -43,6 +58,12 @@ def load_event_session(
     return np.concatenate(arrays) if arrays else np.zeros(shape, dtype)
 
   trials = np.asarray(meta["trial_intervals"], np.float64).reshape(-1, 2)
+  extras = _as_arrays(dict(meta.get("extras", {})))
+  for key in builder.info.features:
+    if key not in EXAMPLE_FIELDS:
+      shape, dtype = builder.info.features[key].shape, builder.info.features[key].np_dtype
+      rows = [np.asarray(e[key], dtype) for e in parts]
+      extras[key] = np.stack(rows) if rows else np.zeros((0,) + tuple(0 if d is None else d for d in shape), dtype)
   return session_lib.EventSession(
     session_id=str(meta["session_id"]),
     spike_times=cat("spike_times", np.float64),
@@ -56,4 +77,12 @@ def load_event_session(
     trial_starts=trials[:, 0],
     trial_ends=trials[:, 1],
     splits={s: np.asarray(meta["split_intervals"][s], np.float64).reshape(-1, 2) for s in splits},
+    extras=extras,
   )
+
+
+def _as_arrays(value):
+  """Metadata read back from JSON: dicts kept, lists as NumPy arrays."""
+  if isinstance(value, dict):
+    return {k: _as_arrays(v) for k, v in value.items()}
+  return np.asarray(value) if isinstance(value, (list, tuple)) else value
