@@ -113,18 +113,10 @@ class POYOTask(base.Task):
     """The architecture (config.model) and the behaviour scale are the pretrained ones;
     new unit and session rows are appended. mode "unit_id" (default) trains only those
     rows; "full" trains only them for config.finetune.warmup_steps, then everything."""
-    mode = "unit_id" if mode is None else mode
-    if mode not in config_checks.FINETUNE_MODES:
-      raise ValueError(f"finetune mode: expected one of {config_checks.FINETUNE_MODES}, got {mode!r}")
-    config = ml_collections.ConfigDict(config.to_dict())
-    if not pretrained:
-      return config
-    pre = self.pretrained_config(pretrained)
-    config.model = checkpoint.with_defaults(pre.model, config.model)
-    config.data.window_length = pre.data.window_length
-    config.data.scale = list(pre.data.scale)
-    config.init.pretrained = os.path.abspath(os.path.expanduser(pretrained))
-    config.finetune.mode = mode
+    config, pre = unit_id_config(self, config, pretrained, mode)
+    if pre is not None:
+      config.data.window_length = pre.data.window_length
+      config.data.scale = list(pre.data.scale)
     return config
 
   # ---- Training ---------------------------------------------------------------------------
@@ -133,20 +125,11 @@ class POYOTask(base.Task):
     mesh_lib.check_batch_size(config.eval.batch_size, mesh)
 
   def input(self, config, mesh, pretrained, sessions=None):
-    if sessions is None:
-      sessions, names = load_sessions(config), config_checks.dataset_names(config)
-    else:
-      sessions = list(sessions)
-      names = [str(s.session_id) for s in sessions]
-      config.data.datasets = ",".join(names)
+    sessions, names = input_sessions(config, sessions)
+    records = vocabulary_records(sessions, names, pretrained)
     if pretrained is not None:
-      known = {r["session_id"] for r in pretrained.records}
-      records = list(pretrained.records) + [
-        r for r in vocabulary_lib.build_vocabulary(sessions).records(names) if r["session_id"] not in known
-      ]
       scale = np.asarray(pretrained.config.data.scale, np.float32)
     else:
-      records = vocabulary_lib.build_vocabulary(sessions).records(names)
       scale = np.asarray(config.data.scale, np.float32) if config.data.scale else session_lib.behaviour_scale(sessions)
     vocab = vocabulary_lib.Vocabulary.from_records(records)
     config.data.scale = [float(x) for x in scale]
@@ -155,24 +138,13 @@ class POYOTask(base.Task):
     batches = batches_lib.training_batches(
       train, config.data.batch_size, config.data.shuffle_seed, rows=mesh_lib.process_rows(config.data.batch_size, mesh)
     )
-    for s in sessions:
-      logging.info(
-        "session %s: %d units, %d train / %d val intervals",
-        s.session_id,
-        len(s.unit_ids),
-        len(s.splits["train"]),
-        len(s.splits["val"]),
-      )
+    log_sessions(sessions, "intervals")
     return base.Input(records, batches, None, dict(val=val))
 
   def create(self, config, records, mesh, params=None):
     vocab = vocabulary_lib.Vocabulary.from_records(records)
     model = poyo.from_config(config, len(vocab.unit_ids), len(vocab.session_ids), rngs=nnx.Rngs(config.seed))
-    graphdef, state = nnx.split(model, nnx.Param)
-    if params is not None:
-      nnx.replace_by_pure_dict(state, params if isinstance(params, dict) else nnx.to_pure_dict(params))
-    tx = optimizer.make_poyo_optimizer(config, state)
-    return graphdef, tx, sharding.place_state(step_lib.init_state(state, tx), mesh, model)
+    return placed(model, lambda state: optimizer.make_poyo_optimizer(config, state), params, mesh)
 
   def merge_pretrained(self, config, graphdef, tx, state, pretrained, records, mesh):
     vocab, old = vocabulary_lib.Vocabulary.from_records(records), pretrained.vocab
@@ -183,13 +155,7 @@ class POYOTask(base.Task):
       jax.random.key(config.seed + 7),
       init_scale=config.model.emb_init_scale,
     )
-    logging.info(
-      "from %s (step %d): %d new unit rows, %d new session rows",
-      config.init.pretrained,
-      pretrained.step,
-      vocab.n_unit_rows - old.n_unit_rows,
-      vocab.n_session_rows - old.n_session_rows,
-    )
+    log_new_rows(config, pretrained, records)
     return self.create(config, records, mesh, grown)
 
   def describe(self, config, graphdef, state):
@@ -202,14 +168,7 @@ class POYOTask(base.Task):
     return loss(graphdef, dict(config.model.tasks), config.model.get("dtype", "float32"))
 
   def phases(self, config, inputs, pretrained):
-    if pretrained is None:
-      return [base.Phase(base.FOREVER, None)]
-    old = vocabulary_lib.Vocabulary.from_records(pretrained.records)
-    warmup = config.train.steps if config.finetune.mode == "unit_id" else config.finetune.warmup_steps
-    logging.info(
-      "unit identification for %d steps%s", warmup, ", then everything" if warmup < config.train.steps else ""
-    )
-    return [base.Phase(warmup, new_rows_mask(old.n_unit_rows, old.n_session_rows)), base.Phase(base.FOREVER, None)]
+    return unit_id_phases(config, pretrained)
 
   def learning_rate(self, config):
     return optimizer.poyo_learning_rate_schedule(config)
@@ -305,3 +264,84 @@ def merged(a: dict, b: dict) -> dict:
   when neither has one)."""
   skipped = {**a.get("skipped", {}), **b.get("skipped", {})}
   return {**a, **b, **({"skipped": skipped} if skipped else {})}
+
+
+def input_sessions(config, sessions=None) -> tuple[list[session_lib.EventSession], list[str]]:
+  """(sessions, their names): config.data.datasets read from TFDS, or the given in-memory
+  sessions (config.data.datasets then names them by session id)."""
+  if sessions is None:
+    return load_sessions(config), config_checks.dataset_names(config)
+  sessions = list(sessions)
+  names = [str(s.session_id) for s in sessions]
+  config.data.datasets = ",".join(names)
+  return sessions, names
+
+
+def vocabulary_records(sessions, names, pretrained: base.Pretrained | None) -> list[dict]:
+  """The vocabulary records of a run: the pretrained model's rows first (if any), then
+  those of the sessions it does not know."""
+  records = vocabulary_lib.build_vocabulary(sessions).records(names)
+  if pretrained is None:
+    return records
+  known = {r["session_id"] for r in pretrained.records}
+  return list(pretrained.records) + [r for r in records if r["session_id"] not in known]
+
+
+def log_sessions(sessions, what: str) -> None:
+  for s in sessions:
+    logging.info(
+      "session %s: %d units, %d train / %d val %s",
+      s.session_id,
+      len(s.unit_ids),
+      len(s.splits["train"]),
+      len(s.splits["val"]),
+      what,
+    )
+
+
+def placed(model, make_tx, params, mesh):
+  """(graphdef, tx, TrainState on `mesh`) of `model`, its parameters replaced by `params`
+  (a pure dict or State; None: fresh); make_tx(param state) -> the optax transformation."""
+  graphdef, state = nnx.split(model, nnx.Param)
+  if params is not None:
+    nnx.replace_by_pure_dict(state, params if isinstance(params, dict) else nnx.to_pure_dict(params))
+  tx = make_tx(state)
+  return graphdef, tx, sharding.place_state(step_lib.init_state(state, tx), mesh, model)
+
+
+def unit_id_config(task: base.Task, config, pretrained, mode):
+  """(config, pretrained config or None) for fine-tuning by unit identification: the
+  pretrained architecture, init.pretrained and finetune.mode set (mode None: "unit_id")."""
+  mode = "unit_id" if mode is None else mode
+  if mode not in config_checks.FINETUNE_MODES:
+    raise ValueError(f"finetune mode: expected one of {config_checks.FINETUNE_MODES}, got {mode!r}")
+  config = ml_collections.ConfigDict(config.to_dict())
+  if not pretrained:
+    return config, None
+  pre = task.pretrained_config(pretrained)
+  config.model = checkpoint.with_defaults(pre.model, config.model)
+  config.init.pretrained = os.path.abspath(os.path.expanduser(pretrained))
+  config.finetune.mode = mode
+  return config, pre
+
+
+def unit_id_phases(config, pretrained: base.Pretrained | None) -> list[base.Phase]:
+  """From scratch: one phase. From a pretrained model: only the new unit and session rows
+  train ("unit_id": every step; "full": finetune.warmup_steps, then everything)."""
+  if pretrained is None:
+    return [base.Phase(base.FOREVER, None)]
+  old = vocabulary_lib.Vocabulary.from_records(pretrained.records)
+  warmup = config.train.steps if config.finetune.mode == "unit_id" else config.finetune.warmup_steps
+  logging.info("unit identification for %d steps%s", warmup, ", then everything" if warmup < config.train.steps else "")
+  return [base.Phase(warmup, new_rows_mask(old.n_unit_rows, old.n_session_rows)), base.Phase(base.FOREVER, None)]
+
+
+def log_new_rows(config, pretrained: base.Trained, records: list[dict]) -> None:
+  old, new = pretrained.vocab, vocabulary_lib.Vocabulary.from_records(records)
+  logging.info(
+    "from %s (step %d): %d new unit rows, %d new session rows",
+    config.init.pretrained,
+    pretrained.step,
+    new.n_unit_rows - old.n_unit_rows,
+    new.n_session_rows - old.n_session_rows,
+  )
