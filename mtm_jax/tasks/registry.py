@@ -9,10 +9,10 @@ import os
 import jax
 import numpy as np
 
-from mtm_jax.tasks import base, ndt1, poyo
+from mtm_jax.tasks import base, ndt1, poyo, poyo_mtm
 from mtm_jax.training import checkpoint
 
-TASKS = {task.family: task for task in (ndt1.NDT1Task(), poyo.POYOTask())}
+TASKS = {task.family: task for task in (ndt1.NDT1Task(), poyo.POYOTask(), poyo_mtm.PoyoMtMTask())}
 
 
 def get(family: str) -> base.Task:

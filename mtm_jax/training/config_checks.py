@@ -9,7 +9,7 @@ import ml_collections
 
 from mtm_jax import masking
 from mtm_jax.datasets import schema
-from mtm_jax.models import ndt1 as ndt1_model, poyo as poyo_model
+from mtm_jax.models import ndt1 as ndt1_model, poyo as poyo_model, poyo_mtm as poyo_mtm_model
 from mtm_jax.training import precision
 
 # POYO's ways to adapt a pretrained model (config.finetune.mode).
@@ -19,8 +19,7 @@ FINETUNE_MODES = ("unit_id", "full")
 def ndt1(c: ml_collections.ConfigDict) -> None:
   """An NDT1 + MtM config (mtm_jax/configs/ndt1.py)."""
   precision.compute_dtype(c.model.dtype, "config.model.dtype")
-  if c.masking.mode not in masking.MODES:
-    raise ValueError(f"config.masking.mode: unknown {c.masking.mode!r}; expected one of {masking.MODES}")
+  masks(c)
   if c.masking.mode == masking.TEMPORAL and c.model.use_prompt:
     raise ValueError("config.model.use_prompt: temporal masking has no prompt token; set it to False")
   if c.eval.decoding_prompt not in masking.SCHEMES or c.eval.decoding_prompt == "causal":
@@ -28,9 +27,6 @@ def ndt1(c: ml_collections.ConfigDict) -> None:
       f"config.eval.decoding_prompt: {c.eval.decoding_prompt!r}; expected one of "
       f"{[s for s in masking.SCHEMES if s != 'causal']}"
     )
-  for field in ("ratio", "causal_ratio"):
-    if not 0.0 < c.masking[field] < 1.0:
-      raise ValueError(f"config.masking.{field}: must be in (0, 1), got {c.masking[field]}")
   if c.data.batch_size < 1 or c.train.steps < 1:
     raise ValueError("config.data.batch_size and config.train.steps must be positive")
   train(c)
@@ -52,12 +48,7 @@ def poyo(c: ml_collections.ConfigDict) -> None:
     raise ValueError(
       f"config.data.window_length ({d.window_length}) must equal config.model.window_length ({m.window_length})"
     )
-  if (
-    not d.token_buckets
-    or any(b < 1 or b % 8 for b in d.token_buckets)
-    or list(d.token_buckets) != sorted(d.token_buckets)
-  ):
-    raise ValueError(f"config.data.token_buckets: expected increasing positive multiples of 8, got {d.token_buckets}")
+  buckets(d.token_buckets)
   if not 0 < d.unit_dropout_min <= d.unit_dropout_mode <= d.unit_dropout_max:
     raise ValueError(
       "config.data.unit_dropout_min/mode/max: expected 0 < min <= mode <= max, got "
@@ -72,15 +63,64 @@ def poyo(c: ml_collections.ConfigDict) -> None:
   train(c)
   if c.eval.window_step <= 0 or c.eval.window_step > d.window_length:
     raise ValueError(f"config.eval.window_step: must be in (0, window_length], got {c.eval.window_step}")
-  if c.finetune.mode not in FINETUNE_MODES:
-    raise ValueError(f"config.finetune.mode: expected one of {FINETUNE_MODES}, got {c.finetune.mode!r}")
-  if c.finetune.warmup_steps < 0:
-    raise ValueError(f"config.finetune.warmup_steps: must be >= 0, got {c.finetune.warmup_steps}")
+  finetune(c)
   if c.data.scale and len(c.data.scale) != sum(int(v) for v in dict(m.tasks).values()):
     raise ValueError(
       f"config.data.scale: expected one entry per output dimension of config.model.tasks, got {len(c.data.scale)}"
     )
   dataset_names(c)
+
+
+def poyo_mtm(c: ml_collections.ConfigDict) -> None:
+  """A spike-token MtM config (mtm_jax/configs/poyo_mtm.py)."""
+  precision.compute_dtype(c.model.dtype, "config.model.dtype")
+  poyo_mtm_model.Hparams.from_config(c.model)
+  m, d = c.model, c.data
+  if d.context != m.context:
+    raise ValueError(f"config.data.context ({d.context}) must equal config.model.context ({m.context})")
+  masks(c)
+  buckets(d.token_buckets)
+  n_bins = round(d.context / d.bin_size) if d.bin_size > 0 else 0
+  if n_bins < 1 or abs(n_bins * d.bin_size - d.context) > 1e-9:
+    raise ValueError(f"config.data.bin_size: {d.bin_size} s must divide config.data.context ({d.context} s)")
+  if d.batch_size < 1 or d.max_queries < 1:
+    raise ValueError("config.data.batch_size and config.data.max_queries must be positive")
+  train(c)
+  widths = tuple(c.eval.bin_sizes)
+  for w in widths:
+    f = round(d.bin_size / w) if w > 0 else 0
+    if f < 1 or abs(f * w - d.bin_size) > 1e-9:
+      raise ValueError(f"config.eval.bin_sizes: {w} s does not divide config.data.bin_size ({d.bin_size} s)")
+  if d.bin_size not in widths:
+    raise ValueError(
+      f"config.eval.bin_sizes: must hold the training bin config.data.bin_size ({d.bin_size}), got {widths}"
+    )
+  if c.eval.batch_size < 1 or c.eval.max_rows < 1:
+    raise ValueError("config.eval.batch_size and config.eval.max_rows must be positive")
+  finetune(c)
+  dataset_names(c)
+
+
+def finetune(c: ml_collections.ConfigDict) -> None:
+  """config.finetune of a family that adapts by unit identification."""
+  if c.finetune.mode not in FINETUNE_MODES:
+    raise ValueError(f"config.finetune.mode: expected one of {FINETUNE_MODES}, got {c.finetune.mode!r}")
+  if c.finetune.warmup_steps < 0:
+    raise ValueError(f"config.finetune.warmup_steps: must be >= 0, got {c.finetune.warmup_steps}")
+
+
+def masks(c: ml_collections.ConfigDict) -> None:
+  """config.masking of a family with MtM's masking."""
+  if c.masking.mode not in masking.MODES:
+    raise ValueError(f"config.masking.mode: unknown {c.masking.mode!r}; expected one of {masking.MODES}")
+  for field in ("ratio", "causal_ratio"):
+    if not 0.0 < c.masking[field] < 1.0:
+      raise ValueError(f"config.masking.{field}: must be in (0, 1), got {c.masking[field]}")
+
+
+def buckets(token_buckets) -> None:
+  if not token_buckets or any(b < 1 or b % 8 for b in token_buckets) or list(token_buckets) != sorted(token_buckets):
+    raise ValueError(f"config.data.token_buckets: expected increasing positive multiples of 8, got {token_buckets}")
 
 
 def train(c: ml_collections.ConfigDict) -> None:

@@ -1,0 +1,264 @@
+"""The four MtM activity evaluations of a spike-token MtM, at any bin width.
+
+The masks are NDT1's (mtm_jax.masking.EvalTask rows, on the grid of the training bins):
+mask m of a task hides units hide_neurons[m] in bins hide_bins and scores units
+score_neurons[m] in bins score_bins. Each (mask, trial) pair is one copy of the trial's
+tokens with a key mask (token_masking.keep_tokens: no re-tokenisation); copies are
+encoded in batches, and every scored unit of a copy is one decoder row whose queries are
+the centres of the scored bins at every width of `widths` (a 20 ms bin holds two 10 ms
+and four 5 ms bins, so one encoding serves them all). The rates are scored with NDT1's
+own code (evaluation.tasks.score_task), per neuron, averaged over neurons.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from mtm_jax import masking, token_masking
+from mtm_jax.datasets import synthetic_events
+from mtm_jax.datasets.events import binning, trials as trials_lib
+from mtm_jax.evaluation import run, tasks as tasks_lib
+from mtm_jax.parallel import mesh as mesh_lib
+
+
+class Predictor(NamedTuple):
+  encode: Callable  # (params, batch [C, L], hide_units [C, N], hide_bins [C, T], prompt [C]) -> latents [C, M, D]
+  decode: Callable  # (params, latents, copy [R], unit [R], times [G], session [R], prompt [R]) -> [R, G] log-rates
+
+
+def make_predictor(graphdef, bin_size: float) -> Predictor:
+  """The jitted passes of the evaluation of the model `graphdef` (bin_size: the grid of
+  the masks' bins, seconds)."""
+
+  @jax.jit
+  def encode(params, batch, hide_units, hide_bins, prompt):
+    model = nnx.merge(graphdef, params)
+    mask = token_masking.TokenMask(hide_units, hide_bins, hide_units, hide_bins)
+    keep = token_masking.keep_tokens(mask, batch, bin_size)
+    return model.encode(dict(batch, input_mask=keep), prompt)
+
+  @jax.jit
+  def decode(params, latents, copy, unit, times, session, prompt):
+    model = nnx.merge(graphdef, params)
+    r, g = unit.shape[0], times.shape[0]
+    return model.decode(
+      latents[copy], jnp.broadcast_to(unit[:, None], (r, g)), jnp.broadcast_to(times[None], (r, g)), session, prompt
+    )
+
+  return Predictor(encode, decode)
+
+
+def session_tasks(region_ids: np.ndarray, n_bins: int) -> list[masking.EvalTask]:
+  """The four MtM evaluations of a session's units on a grid of n_bins bins (forward
+  prediction: the last tenth of the bins, bins 90-99 of 100)."""
+  n = len(region_ids)
+  return [
+    masking.co_smoothing_task(n, n_bins),
+    masking.forward_prediction_task(n, n_bins, held_out=range(n_bins - n_bins // 10, n_bins)),
+    masking.inter_region_task(region_ids, n_bins),
+    masking.intra_region_task(region_ids, n_bins),
+  ]
+
+
+def at_width(task: masking.EvalTask, factor: int) -> masking.EvalTask:
+  """The task on a grid `factor` times finer (each bin split into `factor`)."""
+  return dataclasses.replace(
+    task, hide_bins=np.repeat(task.hide_bins, factor), score_bins=np.repeat(task.score_bins, factor)
+  )
+
+
+def width_factors(bin_size: float, widths: Sequence[float]) -> list[int]:
+  """How many bins of each width fit in one bin of bin_size (ValueError when one does not divide it)."""
+  out = []
+  for w in widths:
+    f = int(round(bin_size / w))
+    if f < 1 or abs(f * w - bin_size) > 1e-9:
+      raise ValueError(f"config.eval.bin_sizes: {w} s does not divide the training bin of {bin_size} s")
+    out.append(f)
+  return out
+
+
+def query_times(task: masking.EvalTask, bin_size: float, factors: Sequence[int]) -> list[np.ndarray]:
+  """Per width: [G_w] float32 centres (seconds from the trial start) of the scored bins."""
+  out = []
+  for f in factors:
+    fine = np.flatnonzero(np.repeat(task.score_bins, f))
+    out.append(((fine + 0.5) * (bin_size / f)).astype(np.float32))
+  return out
+
+
+def place(batch: dict, n_rows: int, mesh) -> dict:
+  """This process's rows of a batch of n_rows, on the mesh's data axis (device arrays without a mesh)."""
+  return {k: jnp.asarray(v) for k, v in batch.items()} if mesh is None else mesh_lib.shard_batch(batch, mesh, n_rows)
+
+
+def predict_task(
+  predictor: Predictor,
+  params,
+  data: trials_lib.TrialData,
+  position: int,
+  task: masking.EvalTask,
+  factors: Sequence[int],
+  *,
+  batch_size: int,
+  max_rows: int,
+  mesh=None,
+) -> list[np.ndarray]:
+  """Per width: [K, T_w, n] log-rates (spikes/s) of session `position`'s trials, each
+  scored entry under its own mask (0 elsewhere); n: the session's units."""
+  ks = data.session_trials(position)
+  n_units, n_slots, bin_size = len(data.sessions[position].unit_ids), data.n_units, data.config.bin_size
+  times = query_times(task, bin_size, factors)
+  all_times = np.concatenate(times)
+  n_data = 1 if mesh is None else mesh.shape[mesh_lib.DATA]
+  batch_size = -(-batch_size // n_data) * n_data
+  max_rows = -(-max_rows // n_data) * n_data
+  out = [np.zeros((len(ks), task.score_bins.size * f, n_units), np.float32) for f in factors]
+  fine_bins = [np.flatnonzero(np.repeat(task.score_bins, f)) for f in factors]
+  prompt = masking.scheme_index(task.prompt)
+  hide = np.pad(task.hide_neurons, ((0, 0), (0, n_slots - n_units)))
+  items = [(m, i) for m in range(task.hide_neurons.shape[0]) for i in range(len(ks))]
+  session_row = data.vocab.session_row(data.sessions[position].session_id)
+  unit_rows = data.unit_rows[position]
+  n_tokens = data.token_counts()
+  for start in range(0, len(items), batch_size):
+    chunk = items[start : start + batch_size]
+    chunk = chunk + [chunk[-1]] * (batch_size - len(chunk))  # padding copies, never read back
+    picks = [int(ks[i]) for _, i in chunk]
+    rows = slice(None) if mesh is None else mesh_lib.process_rows(batch_size, mesh)
+    batch = trials_lib.collate(data, picks[rows], int(n_tokens[picks].max()))
+    inputs = dict(
+      unit_index=batch["unit_index"],
+      timestamps=batch["timestamps"],
+      token_type=batch["token_type"],
+      input_mask=batch["input_mask"],
+      token_unit=batch["token_unit"],
+      hide_units=hide[[m for m, _ in chunk]][rows],
+      hide_bins=np.broadcast_to(task.hide_bins, (batch_size, task.hide_bins.size))[rows],
+      prompt=np.full((batch_size,), prompt, np.int32)[rows],
+    )
+    inputs = place(inputs, batch_size, mesh)
+    hide_units, hide_bins, prompts = inputs.pop("hide_units"), inputs.pop("hide_bins"), inputs.pop("prompt")
+    latents = predictor.encode(params, inputs, hide_units, hide_bins, prompts)
+    real = len(items[start : start + batch_size])
+    copy, unit = [], []
+    for c, (m, _) in enumerate(chunk[:real]):
+      scored = np.flatnonzero(task.score_neurons[m])
+      copy.append(np.full(len(scored), c)), unit.append(scored)
+    copy, unit = np.concatenate(copy).astype(np.int32), np.concatenate(unit).astype(np.int32)
+    for r0 in range(0, len(copy), max_rows):
+      c_rows, u_rows = copy[r0 : r0 + max_rows], unit[r0 : r0 + max_rows]
+      pad = max_rows - len(c_rows)
+      args = dict(
+        copy=np.pad(c_rows, (0, pad)),
+        unit=np.pad(unit_rows[u_rows], (0, pad)),
+        session=np.full((max_rows,), session_row, np.int32),
+        prompt=np.full((max_rows,), prompt, np.int32),
+      )
+      if mesh is not None:
+        args = place({k: v[mesh_lib.process_rows(max_rows, mesh)] for k, v in args.items()}, max_rows, mesh)
+      log_rates = tasks_lib.fetch(
+        predictor.decode(params, latents, args["copy"], args["unit"], all_times, args["session"], args["prompt"])
+      )[: len(c_rows)]
+      trial = np.array([chunk[c][1] for c in c_rows])
+      offset = 0
+      for w, bins in enumerate(fine_bins):
+        out[w][trial[:, None], bins[None, :], u_rows[:, None]] = log_rates[:, offset : offset + len(bins)]
+        offset += len(bins)
+  return out
+
+
+def evaluate_session(
+  predictor: Predictor,
+  params,
+  data: trials_lib.TrialData,
+  position: int,
+  widths: Sequence[float],
+  *,
+  batch_size: int,
+  max_rows: int,
+  mesh=None,
+  oracle: Callable[[int, float], np.ndarray | None] | None = None,
+) -> tuple[dict, dict]:
+  """The four metrics of session `position` at every width: ({"<task>_bps" at the
+  training bin, "<task>_bps_<w>ms" at each other width, "oracle_..." where `oracle`
+  (position, width) gives the true expected counts [K, T_w, n]}, {"<task>_<w>ms": [n]
+  per-neuron bits per spike})."""
+  session, bin_size = data.sessions[position], data.config.bin_size
+  n_units = len(session.unit_ids)
+  factors = width_factors(bin_size, widths)
+  intervals = data.trials[data.session_trials(position), 1:]
+  counts = [binning.bin_spikes(session, intervals, bin_size / f, data.config.n_bins * f) for f in factors]
+  truth = [None if oracle is None else oracle(position, bin_size / f) for f in factors]
+  results, per_neuron = {}, {}
+  for task in session_tasks(data.regions[position, :n_units], data.config.n_bins):
+    log_rates = predict_task(
+      predictor, params, data, position, task, factors, batch_size=batch_size, max_rows=max_rows, mesh=mesh
+    )
+    for f, w, lr, spikes, true in zip(factors, widths, log_rates, counts, truth):
+      fine = at_width(task, f)
+      suffix = "" if f == 1 else f"_{width_label(w)}"
+      bps = tasks_lib.score_task(np.exp(lr.astype(np.float64)) * (bin_size / f), spikes, fine)
+      results[f"{task.name}_bps{suffix}"] = float(np.nanmean(bps))
+      per_neuron[f"{task.name}_{width_label(w)}"] = bps
+      if true is not None:
+        results[f"oracle_{task.name}_bps{suffix}"] = float(np.nanmean(tasks_lib.score_task(true, spikes, fine)))
+  results.update(session_id=session.session_id, n_trials=len(intervals), n_neurons=n_units)
+  return results, per_neuron
+
+
+def width_label(width: float) -> str:
+  """'20ms' of 0.02."""
+  return f"{width * 1000:g}ms"
+
+
+def evaluate_data(
+  graphdef,
+  params,
+  data: trials_lib.TrialData,
+  widths: Sequence[float],
+  *,
+  batch_size: int,
+  max_rows: int,
+  mesh=None,
+  oracle=None,
+) -> tuple[dict, dict]:
+  """Every session of `data` (see evaluate_session): (results, per-neuron arrays). One
+  session: its metrics at the top level; several: their means there (run.session_means)
+  and each session's under "sessions"."""
+  predictor = make_predictor(graphdef, data.config.bin_size)
+  per_session, arrays = {}, {}
+  for position, session in enumerate(data.sessions):
+    r, bps = evaluate_session(
+      predictor, params, data, position, widths, batch_size=batch_size, max_rows=max_rows, mesh=mesh, oracle=oracle
+    )
+    per_session[session.session_id] = r
+    arrays.update({(k if len(data.sessions) == 1 else f"{session.session_id}/{k}"): v for k, v in bps.items()})
+  if len(per_session) == 1:
+    return next(iter(per_session.values())), arrays
+  return dict(run.session_means(per_session), sessions=per_session), arrays
+
+
+def true_rates_oracle(data: trials_lib.TrialData):
+  """oracle(position, width) for evaluate_session: the true expected counts [K, T_w, n]
+  of the split's trials of the sessions that keep their rates (the synthetic brain's,
+  datasets.synthetic_events), None for the others."""
+
+  def oracle(position: int, width: float) -> np.ndarray | None:
+    session = data.sessions[position]
+    if "rates" not in session.extras or "trial_index" not in session.extras:
+      return None
+    _, rows = synthetic_events.split_rows(session, data.split)
+    rates = np.asarray(session.extras["rates"], np.float64)[rows]  # [K, 100, n] at 20 ms
+    chunks = [  # 16 trials at a time: the 1 ms rates of a whole split would take GBs
+      synthetic_events.rates_at(synthetic_events.fine_rates(rates[i : i + 16]), width) for i in range(0, len(rates), 16)
+    ]
+    return np.concatenate(chunks) if chunks else np.zeros((0, int(round(data.config.context / width)), rates.shape[2]))
+
+  return oracle
