@@ -40,20 +40,23 @@ def _short(name: str) -> str:
 
 def validate(c: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the field when the study is inconsistent."""
-  pool = [n for n in c.study.pool.split(",") if n]
-  heldout = [n for n in c.study.heldout.split(",") if n]
+  check_sessions(_names(c.study.pool), _names(c.study.heldout), list(c.study.sizes))
+  for mode in c.study.modes:
+    if mode not in masking.MODES:
+      raise ValueError(f"config.study.modes: unknown {mode!r}; expected some of {masking.MODES}")
+
+
+def check_sessions(pool: list[str], heldout: list[str], sizes: list[int]) -> None:
+  """config.study.pool, heldout and sizes of a study: held-out sessions outside the pool,
+  sizes increasing counts of pool sessions (ValueError naming the field)."""
   if not heldout:
     raise ValueError("config.study.heldout: no held-out session")
   if set(pool) & set(heldout):
     raise ValueError(f"config.study.heldout: {sorted(set(pool) & set(heldout))} are also in config.study.pool")
-  sizes = list(c.study.sizes)
   if not sizes or min(sizes) < 1 or max(sizes) > len(pool) or sizes != sorted(set(sizes)):
     raise ValueError(
       f"config.study.sizes: {sizes} must be increasing counts in 1..{len(pool)} (the sessions of config.study.pool)"
     )
-  for mode in c.study.modes:
-    if mode not in masking.MODES:
-      raise ValueError(f"config.study.modes: unknown {mode!r}; expected some of {masking.MODES}")
 
 
 def stage_config(base: ml_collections.ConfigDict, mode: str, datasets: list[str], data_dir: str):
@@ -102,7 +105,8 @@ def train_run(config, workdir: str, only_analyse: bool) -> bool:
   return True
 
 
-def _score(workdir: str, steps: int, split: str, metrics) -> dict | None:
+def score(workdir: str, steps: int, split: str, metrics) -> dict | None:
+  """The run's metrics.json of its last step on `split`, scored now if it has none."""
   results = scored(workdir, steps, metrics, split)
   if results is None and finished(workdir, steps):
     results = registry.evaluate_workdir(workdir, split)
@@ -135,7 +139,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str, *, only_analyse: 
         ft = registry.get("mtm").finetune_config(stage_config(config.finetune, mode, [session], data_dir), pretrained)
         if not train_run(ft, run_dir, only_analyse):
           continue
-        results = _score(run_dir, ft.train.steps, config.study.split, expected_metrics(config.finetune))
+        results = score(run_dir, ft.train.steps, config.study.split, expected_metrics(config.finetune))
         if results is None:
           continue
         rows += [
@@ -148,18 +152,21 @@ def run_study(config: ml_collections.ConfigDict, workdir: str, *, only_analyse: 
   return rows
 
 
-def write_outputs(rows: list[dict], workdir: str) -> None:
-  """scaling.csv, scaling.png and scaling.md (a table of means ± std) in `workdir`."""
+def write_outputs(rows: list[dict], workdir: str, name: str = "scaling", figure_metrics=None) -> None:
+  """<name>.csv, <name>.png (panels: figure_metrics of those present, default all) and
+  <name>.md (a table of means ± std) in `workdir`."""
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "scaling.csv"), "w", newline="", encoding="utf-8") as f:
+  with open(os.path.join(workdir, f"{name}.csv"), "w", newline="", encoding="utf-8") as f:
     writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
     writer.writeheader()
     writer.writerows(rows)
   if not rows:
-    logging.warning("scaling study: no finished runs to plot")
+    logging.warning("%s study: no finished runs to plot", name)
     return
-  plots.scaling_figure(rows, os.path.join(workdir, "scaling.png"))
-  with open(os.path.join(workdir, "scaling.md"), "w", encoding="utf-8") as f:
+  present = {r["metric"] for r in rows}
+  panels = None if figure_metrics is None else [m for m in figure_metrics if m in present] or None
+  plots.scaling_figure(rows, os.path.join(workdir, f"{name}.png"), metrics=panels)
+  with open(os.path.join(workdir, f"{name}.md"), "w", encoding="utf-8") as f:
     f.write(plots.scaling_table(rows) + "\n")
 
 
