@@ -1,4 +1,4 @@
-"""Event-tokenised spiking data for POYO, one module per idea (see docs/event_data.md).
+"""Event-tokenised spiking data for POYO and spike-token MtM, one module per idea (see docs/event_data.md).
 
   session     the session schema, its validation, splits and per-interval data
   vocabulary  the embedding rows of units and sessions, and the records a checkpoint keeps
@@ -6,6 +6,7 @@
   tokens      token types, batch keys, the tokens of one window, buckets and padding (collate)
   batches     training and evaluation batches (grain MapDatasets), bucket usage
   stitching   evaluation predictions put back on the sessions' timelines
+  trials      whole trials as tokens with their binned counts (spike-token MtM's batches)
   binning     spike counts of any session in regular bins of given intervals (bin_spikes)
   tfds        a session read back from a built spike_events data set
 
