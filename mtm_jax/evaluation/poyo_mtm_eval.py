@@ -93,6 +93,13 @@ def query_times(task: masking.EvalTask, bin_size: float, factors: Sequence[int])
   return out
 
 
+def row_bucket(n: int, max_rows: int, n_data: int) -> int:
+  """Decoder rows a pass of n real rows is padded to: the next power of two (a multiple of
+  n_data, at most max_rows), so few shapes compile and little padding is decoded."""
+  size = 1 << max(0, (n - 1).bit_length())
+  return min(max_rows, -(-size // n_data) * n_data)
+
+
 def place(batch: dict, n_rows: int, mesh) -> dict:
   """This process's rows of a batch of n_rows, on the mesh's data axis (device arrays without a mesh)."""
   return {k: jnp.asarray(v) for k, v in batch.items()} if mesh is None else mesh_lib.shard_batch(batch, mesh, n_rows)
@@ -154,15 +161,16 @@ def predict_task(
     copy, unit = np.concatenate(copy).astype(np.int32), np.concatenate(unit).astype(np.int32)
     for r0 in range(0, len(copy), max_rows):
       c_rows, u_rows = copy[r0 : r0 + max_rows], unit[r0 : r0 + max_rows]
-      pad = max_rows - len(c_rows)
+      n_rows = row_bucket(len(c_rows), max_rows, n_data)
+      pad = n_rows - len(c_rows)
       args = dict(
         copy=np.pad(c_rows, (0, pad)),
         unit=np.pad(unit_rows[u_rows], (0, pad)),
-        session=np.full((max_rows,), session_row, np.int32),
-        prompt=np.full((max_rows,), prompt, np.int32),
+        session=np.full((n_rows,), session_row, np.int32),
+        prompt=np.full((n_rows,), prompt, np.int32),
       )
       if mesh is not None:
-        args = place({k: v[mesh_lib.process_rows(max_rows, mesh)] for k, v in args.items()}, max_rows, mesh)
+        args = place({k: v[mesh_lib.process_rows(n_rows, mesh)] for k, v in args.items()}, n_rows, mesh)
       log_rates = tasks_lib.fetch(
         predictor.decode(params, latents, args["copy"], args["unit"], all_times, args["session"], args["prompt"])
       )[: len(c_rows)]
