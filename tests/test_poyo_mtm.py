@@ -3,9 +3,6 @@ scored exactly the targets), the model's relative-time and padding invariance, b
 evaluation against one mask at a time, and training (exact resume, unit identification
 changes only the new rows, evaluation at three bin widths)."""
 
-import os
-import shutil
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,6 +17,7 @@ from mtm_jax.datasets.events import tokens as tokens_lib
 from mtm_jax.datasets.events import trials as trials_lib
 from mtm_jax.evaluation import poyo_mtm_eval, tasks as tasks_lib
 from mtm_jax.models import poyo_mtm
+from tests import run_checks
 from mtm_jax.tasks import registry
 from mtm_jax.training import config_checks, trainer
 
@@ -75,14 +73,6 @@ def tiny_config():
   c.train.steps = STEPS
   c.train.log_every, c.train.eval_every, c.train.checkpoint_every = 3, STEPS, 3
   return c
-
-
-def _flat(params):
-  pure = params if isinstance(params, dict) else nnx.to_pure_dict(params)
-  return {
-    "/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
-    for path, v in jax.tree_util.tree_flatten_with_path(jax.device_get(pure))[0]
-  }
 
 
 # ------------------------------------------------------------------------------ masking
@@ -255,15 +245,7 @@ def test_training_runs_and_evaluates_at_three_widths(pretrained, sessions):
 
 
 def test_resume_gives_the_uninterrupted_parameters(pretrained, sessions, tmp_path):
-  workdir, _ = pretrained
-  resumed = str(tmp_path / "resumed")
-  shutil.copytree(workdir, resumed)
-  shutil.rmtree(os.path.join(resumed, "checkpoints", str(STEPS)))  # interrupted after step 3
-  trainer.train(registry.get("poyo_mtm"), tiny_config(), resumed, sessions[:2])
-  a, b = _flat(registry.load_trained(workdir).params), _flat(registry.load_trained(resumed).params)
-  assert a.keys() == b.keys()
-  for k in a:
-    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  run_checks.assert_resumes_exactly("poyo_mtm", tiny_config(), pretrained[0], sessions[:2], STEPS, tmp_path)
 
 
 def test_unit_identification_changes_only_the_new_rows(pretrained, sessions, tmp_path):
@@ -274,9 +256,9 @@ def test_unit_identification_changes_only_the_new_rows(pretrained, sessions, tmp
   trainer.train(task, config, str(tmp_path / "unit_id"), sessions[2:])
   pre, new = registry.load_trained(workdir), registry.load_trained(str(tmp_path / "unit_id"))
   assert new.vocab.session_ids == pre.vocab.session_ids + ("trials_002",)
-  old, after = _flat(pre.params), _flat(new.params)
+  old, after = run_checks.flat(pre.params), run_checks.flat(new.params)
   _, _, fresh = task.create(config, new.records, new.mesh)  # the new rows' initial values
-  fresh = _flat(fresh.params)
+  fresh = run_checks.flat(fresh.params)
   tables = {"unit_emb/embedding": pre.vocab.n_unit_rows, "session_emb/embedding": pre.vocab.n_session_rows}
   for k in after:
     if k in tables:

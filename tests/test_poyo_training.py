@@ -4,7 +4,6 @@ new rows change), window averaging, the ridge baseline and metrics.json."""
 
 import dataclasses
 import os
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +12,7 @@ import pytest
 from flax import nnx
 from jax.experimental.compilation_cache import compilation_cache
 
+from tests import run_checks
 from mtm_jax.tasks import registry, poyo as poyo_task
 from mtm_jax.configs import poyo as poyo_config
 from mtm_jax.datasets import reaching
@@ -69,14 +69,6 @@ def pretrained(tmp_path_factory, sessions):
   workdir = str(tmp_path_factory.mktemp("pretrain"))
   metrics = trainer.train(registry.get("poyo"), tiny_config(), workdir, sessions[:2])
   return workdir, metrics
-
-
-def _flat(params):
-  pure = params if isinstance(params, dict) else nnx.to_pure_dict(params)
-  return {
-    "/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
-    for path, v in jax.tree_util.tree_flatten_with_path(jax.device_get(pure))[0]
-  }
 
 
 # ------------------------------------------------------------------------------ definitions
@@ -169,15 +161,7 @@ def test_training_reduces_the_loss(pretrained, sessions):
 
 
 def test_resume_gives_the_uninterrupted_parameters(pretrained, sessions, tmp_path):
-  workdir, _ = pretrained
-  resumed = str(tmp_path / "resumed")
-  shutil.copytree(workdir, resumed)
-  shutil.rmtree(os.path.join(resumed, "checkpoints", str(STEPS)))  # interrupted after step 3
-  trainer.train(registry.get("poyo"), tiny_config(), resumed, sessions[:2])
-  a, b = _flat(registry.load_trained(workdir).params), _flat(registry.load_trained(resumed).params)
-  assert a.keys() == b.keys()
-  for k in a:
-    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  run_checks.assert_resumes_exactly("poyo", tiny_config(), pretrained[0], sessions[:2], STEPS, tmp_path)
 
 
 def test_unit_identification_changes_only_the_new_rows(pretrained, sessions, tmp_path):
@@ -189,7 +173,7 @@ def test_unit_identification_changes_only_the_new_rows(pretrained, sessions, tmp
   assert new.vocab.session_ids == pre.vocab.session_ids + ("reaching_002",)
   np.testing.assert_array_equal(new.scale, pre.scale)
   n_new = len(sessions[2].unit_ids)
-  grown = _flat(
+  grown = run_checks.flat(
     poyo.grow_vocab(
       nnx.to_pure_dict(jax.device_get(pre.params)),
       n_new,
@@ -198,7 +182,7 @@ def test_unit_identification_changes_only_the_new_rows(pretrained, sessions, tmp
       init_scale=config.model.emb_init_scale,
     )
   )
-  old, after = _flat(pre.params), _flat(new.params)
+  old, after = run_checks.flat(pre.params), run_checks.flat(new.params)
   tables = {"unit_emb/embedding": pre.vocab.n_unit_rows, "session_emb/embedding": pre.vocab.n_session_rows}
   assert set(tables) < set(after)
   for k in after:
