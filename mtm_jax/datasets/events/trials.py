@@ -225,10 +225,13 @@ class _TrainingBatch:
 
   def __call__(self, i: int) -> dict[str, np.ndarray]:
     k = len(self.data)
+    orders = {}  # epoch -> its permutation (a batch spans at most a few epochs)
     picks = []
     for g in range(int(i) * self.batch_size, (int(i) + 1) * self.batch_size):
       epoch, pos = divmod(g, k)
-      picks.append(int(np.random.default_rng([self.seed, epoch]).permutation(k)[pos]))
+      if epoch not in orders:
+        orders[epoch] = np.random.default_rng([self.seed, epoch]).permutation(k)
+      picks.append(int(orders[epoch][pos]))
     mine = picks if self.rows is None else picks[self.rows]
     return collate(self.data, mine, int(self.n_tokens[picks].max()))
 
