@@ -287,10 +287,10 @@ def test_config_checks_name_the_field():
     trials_lib.prepare([trial_session(0)], "train", trials_lib.TrialConfig(context=1.0, bin_size=0.02))
 
 
-def test_evaluation_of_a_synthetic_session_scores_the_oracle_at_every_width(pretrained):
-  """On the synthetic brain's event session (true rates kept), the oracle is scored at
-  20, 10 and 5 ms against the same counts as the model; at 20 ms it is the binned data
-  set's oracle (the rates and counts of synthetic_events.binned_split)."""
+@pytest.fixture(scope="module")
+def synthetic_model(pretrained):
+  """The pretrained model adapted (2 unit-identification steps) to a synthetic brain event
+  session of 12 units and 30 trials: (trained, session)."""
   sizes = synthetic.SessionSizes(min_neurons=12, max_neurons=12, min_trials=30, max_trials=30)
   session = synthetic_events.simulate(3, sizes=sizes)
   workdir, _ = pretrained
@@ -298,7 +298,16 @@ def test_evaluation_of_a_synthetic_session_scores_the_oracle_at_every_width(pret
   config = task.finetune_config(tiny_config(), workdir, "unit_id")
   config.train.steps = 2
   trainer.train(task, config, f"{workdir}_synthetic", [session])
-  results, _ = task.evaluate(registry.load_trained(f"{workdir}_synthetic"), "test", [session])
+  return registry.load_trained(f"{workdir}_synthetic"), session
+
+
+def test_evaluation_of_a_synthetic_session_scores_the_oracle_at_every_width(synthetic_model):
+  """On the synthetic brain's event session (true rates kept), the oracle is scored at
+  20, 10 and 5 ms against the same counts as the model; at 20 ms it is the binned data
+  set's oracle (the rates and counts of synthetic_events.binned_split)."""
+  trained, session = synthetic_model
+  task = registry.get("poyo_mtm")
+  results, _ = task.evaluate(trained, "test", [session], decode=False)
   binned = synthetic_events.binned_split(session, "test")
   regions, _ = trials_lib.region_ids(session.unit_regions)
   for t in poyo_mtm_eval.session_tasks(regions, 100):
@@ -307,3 +316,36 @@ def test_evaluation_of_a_synthetic_session_scores_the_oracle_at_every_width(pret
     for suffix in ("_10ms", "_5ms"):
       assert np.isfinite(results[f"oracle_{t.name}_bps{suffix}"]) and np.isfinite(results[f"{t.name}_bps{suffix}"])
   assert results["oracle_co_smoothing_bps_5ms"] > 0
+  assert set(results["skipped"]) == {"choice_accuracy", "whisker_motion_energy_r2", "wheel_speed_r2"}
+
+
+def test_behaviour_decoders_read_the_unmasked_log_rates(synthetic_model, monkeypatch):
+  """NDT1's decoders on the model's 20 ms log-rates of every unit on the unmasked trials
+  (the neuron prompt), with the binned data set's choice and traces as targets."""
+  trained, session = synthetic_model
+  data = trials_lib.prepare([session], "train", trials_lib.TrialConfig(), vocab=trained.vocab)
+  intervals = data.trials[:, 1:]
+  targets = poyo_mtm_eval.trial_behaviour(session, "train", intervals, 100)
+  binned = synthetic_events.binned_split(session, "train")
+  for key in ("choice", "wheel_speed", "whisker_motion_energy"):
+    np.testing.assert_allclose(targets[key], binned[key], rtol=1e-6, err_msg=key)
+  seen = {}
+  real = poyo_mtm_eval.decoding.decode_split
+  monkeypatch.setattr(
+    poyo_mtm_eval.decoding, "decode_split", lambda f, b, **kw: seen.update(features=f, behaviour=b) or real(f, b, **kw)
+  )
+  predictor = poyo_mtm_eval.make_predictor(trained.graphdef, 0.02)
+  decoded = poyo_mtm_eval.decode_session(
+    predictor, trained.params, data, 0, prompt="neuron", folds=3, seed=0, batch_size=8, max_rows=64
+  )
+  assert seen["features"].shape == (len(intervals), 100, 12)
+  model = nnx.merge(trained.graphdef, trained.params)
+  k = 3
+  batch = {key: jnp.asarray(v) for key, v in trials_lib.collate(data, [k], int(data.token_counts()[k])).items()}
+  units = np.repeat(data.unit_rows[0, :12][None], 100, axis=0)  # [T, N]
+  times = np.broadcast_to(((np.arange(100) + 0.5) * 0.02)[:, None], (100, 12)).astype(np.float32)
+  prompt = jnp.array([masking.scheme_index("neuron")])
+  want = model(batch, jnp.asarray(units.reshape(1, -1)), jnp.asarray(times.reshape(1, -1)), prompt)
+  np.testing.assert_allclose(seen["features"][k], np.asarray(want).reshape(100, 12), rtol=1e-5, atol=1e-5)
+  assert np.isfinite(decoded.scores["wheel_speed_r2"]) and decoded.folds["wheel_speed_r2"] == 3
+  assert set(decoded.scores) | set(decoded.skipped) == {"choice_accuracy", "whisker_motion_energy_r2", "wheel_speed_r2"}

@@ -8,12 +8,19 @@ encoded in batches, and every scored unit of a copy is one decoder row whose que
 the centres of the scored bins at every width of `widths` (a 20 ms bin holds two 10 ms
 and four 5 ms bins, so one encoding serves them all). The rates are scored with NDT1's
 own code (evaluation.tasks.score_task), per neuron, averaged over neurons.
+
+Behaviour decoding is NDT1's too (evaluation.decoding.decode_split): the features of a
+trial are the model's 20 ms log-rates of every unit on the unmasked trial (one pass, the
+decoding prompt), the targets the trial's choice and its behaviour traces at the bin
+centres.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Callable, NamedTuple, Sequence
+
+from absl import logging
 
 import jax
 import jax.numpy as jnp
@@ -23,12 +30,17 @@ from flax import nnx
 from mtm_jax import masking, token_masking
 from mtm_jax.datasets import synthetic_events
 from mtm_jax.datasets.events import binning, trials as trials_lib
-from mtm_jax.evaluation import run, tasks as tasks_lib
+from mtm_jax.evaluation import decoding, run, tasks as tasks_lib
 from mtm_jax.parallel import mesh as mesh_lib
 
 
+# The token fields a copy reads from its trial's row (token_masking.keep_tokens).
+_COPY_KEYS = ("token_unit", "timestamps", "token_type", "input_mask")
+
+
 class Predictor(NamedTuple):
-  encode: Callable  # (params, batch [C, L], hide_units [C, N], hide_bins [C, T], prompt [C]) -> latents [C, M, D]
+  # (params, trial tokens [Bt, L], copy_rows [C], hide_units [C, N], hide_bins [C, T], prompt [C]) -> latents [C, M, D]
+  encode: Callable
   decode: Callable  # (params, latents, copy [R], unit [R], times [G], session [R], prompt [R]) -> [R, G] log-rates
 
 
@@ -37,11 +49,11 @@ def make_predictor(graphdef, bin_size: float) -> Predictor:
   the masks' bins, seconds)."""
 
   @jax.jit
-  def encode(params, batch, hide_units, hide_bins, prompt):
+  def encode(params, tokens, copy_rows, hide_units, hide_bins, prompt):
     model = nnx.merge(graphdef, params)
     mask = token_masking.TokenMask(hide_units, hide_bins, hide_units, hide_bins)
-    keep = token_masking.keep_tokens(mask, batch, bin_size)
-    return model.encode(dict(batch, input_mask=keep), prompt)
+    keep = token_masking.keep_tokens(mask, {k: tokens[k][copy_rows] for k in _COPY_KEYS}, bin_size)
+    return model.encode(dict(tokens, input_mask=keep), prompt, token_rows=copy_rows)
 
   @jax.jit
   def decode(params, latents, copy, unit, times, session, prompt):
@@ -64,6 +76,60 @@ def session_tasks(region_ids: np.ndarray, n_bins: int) -> list[masking.EvalTask]
     masking.inter_region_task(region_ids, n_bins),
     masking.intra_region_task(region_ids, n_bins),
   ]
+
+
+def unmasked_task(n_units: int, n_bins: int, prompt: str) -> masking.EvalTask:
+  """One pass that hides nothing and scores every unit in every bin (the decoders' features)."""
+  none, every = np.zeros((1, n_units), bool), np.ones((1, n_units), bool)
+  return masking.EvalTask("unmasked", prompt, none, every, np.zeros(n_bins, bool), np.ones(n_bins, bool))
+
+
+def trial_behaviour(session, split: str, intervals: np.ndarray, n_bins: int) -> dict[str, np.ndarray]:
+  """The decoders' targets of a split's trials ([K, 2] intervals, in time order): choice [K]
+  where the session keeps its trial variables, and each behaviour dimension (named by
+  session.behaviour_name) [K, n_bins], linearly interpolated at the bin centres."""
+  out = {}
+  if "choice" in session.extras and "trial_index" in session.extras:
+    split_intervals, rows = synthetic_events.split_rows(session, split)
+    if not np.array_equal(split_intervals, intervals):
+      raise ValueError(f"session {session.session_id!r}: the trials of split {split!r} are not its split intervals")
+    out["choice"] = np.asarray(session.extras["choice"])[rows]
+  stamps, values = session.behaviour_timestamps, session.behaviour_values
+  if len(stamps) and len(intervals):
+    steps = (np.arange(n_bins) + 0.5) / n_bins
+    centres = intervals[:, :1] + steps[None] * (intervals[:, 1:] - intervals[:, :1])  # [K, n_bins]
+    for d, name in enumerate(str(session.behaviour_name).split(",")):
+      out[name] = np.interp(centres.ravel(), stamps, values[:, d]).reshape(centres.shape).astype(np.float32)
+  return out
+
+
+def decode_session(
+  predictor: Predictor,
+  params,
+  data: trials_lib.TrialData,
+  position: int,
+  *,
+  prompt: str,
+  folds: int,
+  seed: int,
+  batch_size: int,
+  max_rows: int,
+  mesh=None,
+) -> decoding.Decoded:
+  """The frozen-model behaviour decoders of session `position` (evaluation.decoding.decode_split
+  on the [K, T, n] log-rates of the unmasked trials, given the `prompt` scheme's prompt)."""
+  session, n_bins = data.sessions[position], data.config.n_bins
+  task = unmasked_task(len(session.unit_ids), n_bins, prompt)
+  (log_rates,) = predict_task(
+    predictor, params, data, position, task, [1], batch_size=batch_size, max_rows=max_rows, mesh=mesh
+  )
+  intervals = data.trials[data.session_trials(position), 1:]
+  decoded = decoding.decode_split(
+    log_rates, trial_behaviour(session, data.split, intervals, n_bins), folds=folds, seed=seed
+  )
+  for metric, reason in decoded.skipped.items():
+    logging.warning("%s, %s split: %s skipped: %s", session.session_id, data.split, metric, reason)
+  return decoded
 
 
 def at_width(task: masking.EvalTask, factor: int) -> masking.EvalTask:
@@ -105,6 +171,23 @@ def place(batch: dict, n_rows: int, mesh) -> dict:
   return {k: jnp.asarray(v) for k, v in batch.items()} if mesh is None else mesh_lib.shard_batch(batch, mesh, n_rows)
 
 
+def place_replicated(batch: dict, mesh) -> dict:
+  """A batch every process holds whole, on every device of the mesh (device arrays without a mesh)."""
+  if mesh is None:
+    return {k: jnp.asarray(v) for k, v in batch.items()}
+  sharding = mesh_lib.replicated(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
+
+
+def chunk_trials(trials: Sequence[int], batch_size: int) -> tuple[list[int], np.ndarray]:
+  """The distinct trials of a chunk of copies (in order of appearance, padded with the last
+  to a power of two, at most batch_size, so few shapes compile) and each copy's row among them."""
+  distinct = list(dict.fromkeys(trials))
+  rows = np.array([distinct.index(t) for t in trials], np.int32)
+  size = min(batch_size, 1 << max(0, (len(distinct) - 1).bit_length()))
+  return distinct + [distinct[-1]] * (size - len(distinct)), rows
+
+
 def predict_task(
   predictor: Predictor,
   params,
@@ -130,29 +213,27 @@ def predict_task(
   fine_bins = [np.flatnonzero(np.repeat(task.score_bins, f)) for f in factors]
   prompt = masking.scheme_index(task.prompt)
   hide = np.pad(task.hide_neurons, ((0, 0), (0, n_slots - n_units)))
-  items = [(m, i) for m in range(task.hide_neurons.shape[0]) for i in range(len(ks))]
+  items = [(m, i) for i in range(len(ks)) for m in range(task.hide_neurons.shape[0])]  # a trial's copies together
   session_row = data.vocab.session_row(data.sessions[position].session_id)
   unit_rows = data.unit_rows[position]
   n_tokens = data.token_counts()
   for start in range(0, len(items), batch_size):
     chunk = items[start : start + batch_size]
     chunk = chunk + [chunk[-1]] * (batch_size - len(chunk))  # padding copies, never read back
-    picks = [int(ks[i]) for _, i in chunk]
+    picks, copy_rows = chunk_trials([int(ks[i]) for _, i in chunk], batch_size)
+    batch = trials_lib.collate(data, picks, int(n_tokens[picks].max()))
+    tokens = place_replicated({k: batch[k] for k in ("unit_index",) + _COPY_KEYS}, mesh)
     rows = slice(None) if mesh is None else mesh_lib.process_rows(batch_size, mesh)
-    batch = trials_lib.collate(data, picks[rows], int(n_tokens[picks].max()))
-    inputs = dict(
-      unit_index=batch["unit_index"],
-      timestamps=batch["timestamps"],
-      token_type=batch["token_type"],
-      input_mask=batch["input_mask"],
-      token_unit=batch["token_unit"],
+    copies = dict(
+      copy_rows=copy_rows[rows],
       hide_units=hide[[m for m, _ in chunk]][rows],
       hide_bins=np.broadcast_to(task.hide_bins, (batch_size, task.hide_bins.size))[rows],
       prompt=np.full((batch_size,), prompt, np.int32)[rows],
     )
-    inputs = place(inputs, batch_size, mesh)
-    hide_units, hide_bins, prompts = inputs.pop("hide_units"), inputs.pop("hide_bins"), inputs.pop("prompt")
-    latents = predictor.encode(params, inputs, hide_units, hide_bins, prompts)
+    copies = place(copies, batch_size, mesh)
+    latents = predictor.encode(
+      params, tokens, copies["copy_rows"], copies["hide_units"], copies["hide_bins"], copies["prompt"]
+    )
     real = len(items[start : start + batch_size])
     copy, unit = [], []
     for c, (m, _) in enumerate(chunk[:real]):
@@ -236,16 +317,25 @@ def evaluate_data(
   max_rows: int,
   mesh=None,
   oracle=None,
+  decode: dict | None = None,
 ) -> tuple[dict, dict]:
   """Every session of `data` (see evaluate_session): (results, per-neuron arrays). One
   session: its metrics at the top level; several: their means there (run.session_means)
-  and each session's under "sessions"."""
+  and each session's under "sessions". decode: dict(prompt=, folds=, seed=) of the
+  behaviour decoders (decode_session), or None to skip them."""
   predictor = make_predictor(graphdef, data.config.bin_size)
   per_session, arrays = {}, {}
   for position, session in enumerate(data.sessions):
     r, bps = evaluate_session(
       predictor, params, data, position, widths, batch_size=batch_size, max_rows=max_rows, mesh=mesh, oracle=oracle
     )
+    if decode is None:
+      decoded = decoding.Decoded({}, {}, dict.fromkeys(decoding.BEHAVIOUR_METRICS, run.DECODING_OFF))
+    else:
+      decoded = decode_session(
+        predictor, params, data, position, **decode, batch_size=batch_size, max_rows=max_rows, mesh=mesh
+      )
+    r.update(decoded.scores, decoding_folds=decoded.folds, skipped=decoded.skipped)
     per_session[session.session_id] = r
     arrays.update({(k if len(data.sessions) == 1 else f"{session.session_id}/{k}"): v for k, v in bps.items()})
   if len(per_session) == 1:

@@ -56,16 +56,20 @@ class RotaryAttention(nnx.Module):
     self.value = nnx.Linear(context_dim, inner, use_bias=False, rngs=rngs)
     self.out = nnx.Linear(inner, dim, rngs=rngs)
 
-  def __call__(self, x, context, x_angles, context_angles, mask=None, *, key=None):
+  def __call__(self, x, context, x_angles, context_angles, mask=None, *, key=None, context_index=None):
     """x [B, Q, D], context [B, K, Dc], x_angles [B|1, Q, F], context_angles [B|1, K, F],
     mask [B, K] bool (True = real key) or None -> [B, Q, D]. `key`: attention-probability
-    dropout."""
+    dropout. context_index [B] int: row b attends to context row context_index[b] (context
+    and its angles then have their own batch Bc; its keys and values are computed once
+    per context row, e.g. for many masked copies of one trial)."""
     q = self.query(x)
     q = rotary.rotate(q.reshape(q.shape[:-1] + (self.n_heads, self.head_dim)), x_angles)  # [B, Q, H, E]
-    k = rotary.rotate(self._heads_key_last(self.key, context), context_angles, time_minor=True)  # [B, H, E, K]
+    k = rotary.rotate(self._heads_key_last(self.key, context), context_angles, time_minor=True)  # [B|Bc, H, E, K]
     v = self._heads_key_last(self.value, context)
     if self.rotate_value:
       v = rotary.rotate(v, context_angles, time_minor=True)
+    if context_index is not None:
+      k, v = jnp.take(k, context_index, axis=0), jnp.take(v, context_index, axis=0)  # [B, H, E, K]
     attn_mask = None if mask is None else mask[:, None, None, :]  # [B, 1, 1, K]
     out = attention.attend(q, k, v, attn_mask, dropout_rate=self.dropout, key=key, kv_layout="bhek")  # [B, Q, H, E]
     if mask is not None:  # rows with no real key: zeros, not the mean of padding values
@@ -136,10 +140,12 @@ class CrossAttentionBlock(nnx.Module):
     self.ffn = GEGLUFeedForward(dim, dropout=ffn_dropout, rngs=rngs)
     self.residual_dropout = residual_dropout
 
-  def __call__(self, x, context, x_angles, context_angles, mask=None, *, key=None):
-    """x [B, Q, D], context [B, K, Dc], angles [B|1, Q|K, F], mask [B, K] -> [B, Q, D]."""
+  def __call__(self, x, context, x_angles, context_angles, mask=None, *, key=None, context_index=None):
+    """x [B, Q, D], context [B, K, Dc], angles [B|1, Q|K, F], mask [B, K] -> [B, Q, D];
+    context_index [B]: rows of a context of its own batch (RotaryAttention)."""
     k_attn, k_res1, k_ffn, k_res2 = attention.split_key(key, 4)
-    h = self.attn(self.norm_query(x), self.norm_context(context), x_angles, context_angles, mask, key=k_attn)
+    context = self.norm_context(context)
+    h = self.attn(self.norm_query(x), context, x_angles, context_angles, mask, key=k_attn, context_index=context_index)
     x = x + attention.dropout(h, self.residual_dropout, k_res1)
     return x + attention.dropout(self.ffn(self.norm_ffn(x), key=k_ffn), self.residual_dropout, k_res2)
 

@@ -145,22 +145,28 @@ class PoyoMtM(nnx.Module):
     hp = self.hparams
     return rotary.rotary_frequencies(hp.head_dim, hp.head_dim // 2, hp.t_min, hp.t_max)
 
-  def encode(self, batch, prompt: jax.Array, *, key: jax.Array | None = None, latent_timestamps=None) -> jax.Array:
+  def encode(
+    self, batch, prompt: jax.Array, *, key: jax.Array | None = None, latent_timestamps=None, token_rows=None
+  ) -> jax.Array:
     """Tokens (batch: unit_index, timestamps, token_type, input_mask [B, L]) and prompt [B]
     -> latents [B, N_lat, D]. key: dropout (None = deterministic); latent_timestamps:
-    [N_lat] (default self.latent_timestamps())."""
+    [N_lat] (default self.latent_timestamps()). token_rows [B] int: copy b reads the
+    tokens of row token_rows[b] of unit_index, timestamps and token_type [Bt, L] with its
+    own input_mask [B, L] (one projection of a trial's tokens serves all its copies)."""
     hp = self.hparams
     keys = [None] * (hp.depth + 1) if key is None else list(jax.random.split(key, hp.depth + 1))
     freqs = self.frequencies()
     dtype = self.latent_emb.embedding.dtype
     tokens = (self.unit_emb(batch["unit_index"]) + self.token_type_emb(batch["token_type"])).astype(dtype)
-    b = tokens.shape[0]
+    b = prompt.shape[0]
     latents = jnp.tile(self.latent_emb.embedding[...], (self.n_latent_steps, 1))[None]  # [1, N, D]
     latents = latents + self.prompt_emb(prompt)[:, None].astype(dtype)  # [B, N, D]
     latent_angles = self.latent_angles(latent_timestamps)  # [1, N, F]
     token_angles = rotary.rotary_angles(batch["timestamps"], freqs)  # [B, L, F]
     latents = jnp.broadcast_to(latents, (b,) + latents.shape[1:])
-    latents = self.encoder(latents, tokens, latent_angles, token_angles, batch["input_mask"], key=keys[0])
+    latents = self.encoder(
+      latents, tokens, latent_angles, token_angles, batch["input_mask"], key=keys[0], context_index=token_rows
+    )
     for layer, k in zip(self.processor, keys[1:]):
       latents = layer(latents, latent_angles, key=k)
     return latents

@@ -24,7 +24,7 @@ from flax import nnx
 from mtm_jax import masking, token_masking
 from mtm_jax.datasets.events import trials as trials_lib
 from mtm_jax.datasets.events import vocabulary as vocabulary_lib
-from mtm_jax.evaluation import poyo_mtm_eval, run
+from mtm_jax.evaluation import decoding, poyo_mtm_eval, run
 from mtm_jax.models import poyo_mtm
 from mtm_jax.parallel import mesh as mesh_lib
 from mtm_jax.tasks import base, poyo as poyo_task
@@ -103,6 +103,14 @@ def loss(graphdef, config) -> step_lib.Loss:
     return mean, dict(loss=mean, nll_sum=total, **aux)
 
   return value
+
+
+def decoding_options(config) -> dict:
+  """poyo_mtm_eval.decode_session's options from config.eval (older configs: NDT1's defaults)."""
+  e = config.eval
+  return dict(
+    prompt=e.get("decoding_prompt", "neuron"), folds=e.get("decoding_folds", 5), seed=e.get("decoding_seed", 0)
+  )
 
 
 class PoyoMtMTask(base.Task):
@@ -203,8 +211,8 @@ class PoyoMtMTask(base.Task):
     """The four MtM metrics (bits per spike per neuron, averaged over neurons) on `split`
     of the model's sessions (config.data.datasets; or the given event `sessions`, which
     must be in its vocabulary), at every width of config.eval.bin_sizes; oracle values
-    where the sessions keep their true rates (the synthetic brain's). Behaviour decoding
-    is not part of this family's evaluation yet (decode is ignored)."""
+    where the sessions keep their true rates (the synthetic brain's); with `decode`, the
+    frozen-model behaviour decoders (NDT1's, on the unmasked 20 ms log-rates)."""
     config = trained.config
     if sessions is None:
       sessions = poyo_task.load_sessions(config, (split,))
@@ -223,6 +231,7 @@ class PoyoMtMTask(base.Task):
       max_rows=config.eval.max_rows,
       mesh=trained.mesh,
       oracle=poyo_mtm_eval.true_rates_oracle(data),
+      decode=decoding_options(config) if decode else None,
     )
     return {**results, "split": split, "step": trained.step, "masking_mode": config.masking.mode}, arrays
 
@@ -240,4 +249,7 @@ class PoyoMtMTask(base.Task):
       if oracle:
         columns["oracle"] = oracle
       lines.append(run.table(columns, metrics))
+    behaviour = [m for m in decoding.BEHAVIOUR_METRICS if m in results or m in results.get("skipped", {})]
+    if behaviour:
+      lines.append(run.table({results["masking_mode"]: results}, behaviour))
     return "\n\n".join(line for line in lines if line)

@@ -16,17 +16,24 @@ from mtm_jax.training import precision
 FINETUNE_MODES = ("unit_id", "full")
 
 
+def decoding(c: ml_collections.ConfigDict) -> None:
+  """config.eval's behaviour decoders: their prompt and folds."""
+  if c.eval.decoding_prompt not in masking.SCHEMES or c.eval.decoding_prompt == "causal":
+    raise ValueError(
+      f"config.eval.decoding_prompt: {c.eval.decoding_prompt!r}; expected one of "
+      f"{[s for s in masking.SCHEMES if s != 'causal']}"
+    )
+  if c.eval.decoding_folds < 2:
+    raise ValueError(f"config.eval.decoding_folds: must be >= 2, got {c.eval.decoding_folds}")
+
+
 def ndt1(c: ml_collections.ConfigDict) -> None:
   """An NDT1 + MtM config (mtm_jax/configs/ndt1.py)."""
   precision.compute_dtype(c.model.dtype, "config.model.dtype")
   masks(c)
   if c.masking.mode == masking.TEMPORAL and c.model.use_prompt:
     raise ValueError("config.model.use_prompt: temporal masking has no prompt token; set it to False")
-  if c.eval.decoding_prompt not in masking.SCHEMES or c.eval.decoding_prompt == "causal":
-    raise ValueError(
-      f"config.eval.decoding_prompt: {c.eval.decoding_prompt!r}; expected one of "
-      f"{[s for s in masking.SCHEMES if s != 'causal']}"
-    )
+  decoding(c)
   if c.data.batch_size < 1 or c.train.steps < 1:
     raise ValueError("config.data.batch_size and config.train.steps must be positive")
   train(c)
@@ -97,6 +104,7 @@ def poyo_mtm(c: ml_collections.ConfigDict) -> None:
     )
   if c.eval.batch_size < 1 or c.eval.max_rows < 1:
     raise ValueError("config.eval.batch_size and config.eval.max_rows must be positive")
+  decoding(c)
   finetune(c)
   dataset_names(c)
 
