@@ -56,12 +56,12 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
   elif arg == "small":
     c.study.pool = ",".join(SMALL_POOL)
     c.study.heldout = "synthetic_023,synthetic_027"  # 171 and 138 neurons
-    c.ndt1.pretrain, c.ndt1.finetune = _ndt1("demo", 500, 500, 2e-3), _ndt1("demo", 250, 250, 2e-3)
+    c.ndt1.pretrain, c.ndt1.finetune = _ndt1("demo", 1000, 1000, 2e-3), _ndt1("demo", 500, 500, 2e-3)
     for stage in (c.ndt1.pretrain, c.ndt1.finetune):
       stage.model.size, stage.model.stitch_dim = "mini", 64
       stage.eval.head_steps = 0
-    c.spike.pretrain, c.spike.finetune = _spike("small", 500, 500), _spike("small", 250, 250)
-    c.spike.finetune.finetune.warmup_steps = 100
+    c.spike.pretrain, c.spike.finetune = _spike("small", 1000, 1000), _spike("small", 500, 500)
+    c.spike.finetune.finetune.warmup_steps = 150
     for stage in (c.spike.pretrain, c.spike.finetune):
       stage.data.batch_size = 8
       stage.data.max_queries = 512
