@@ -3,6 +3,8 @@ scored exactly the targets), the model's relative-time and padding invariance, b
 evaluation against one mask at a time, and training (exact resume, unit identification
 changes only the new rows, evaluation at three bin widths)."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,7 +20,7 @@ from mtm_jax.datasets.events import trials as trials_lib
 from mtm_jax.evaluation import poyo_mtm_eval, tasks as tasks_lib
 from mtm_jax.models import poyo_mtm
 from tests import run_checks
-from mtm_jax.tasks import registry
+from mtm_jax.tasks import poyo_mtm as poyo_mtm_task, registry
 from mtm_jax.training import config_checks, trainer
 
 REGIONS = ("CA1", "LP", "VISa")
@@ -349,3 +351,31 @@ def test_behaviour_decoders_read_the_unmasked_log_rates(synthetic_model, monkeyp
   np.testing.assert_allclose(seen["features"][k], np.asarray(want).reshape(100, 12), rtol=1e-5, atol=1e-5)
   assert np.isfinite(decoded.scores["wheel_speed_r2"]) and decoded.folds["wheel_speed_r2"] == 3
   assert set(decoded.scores) | set(decoded.skipped) == {"choice_accuracy", "whisker_motion_energy_r2", "wheel_speed_r2"}
+
+
+def test_poyo_readout_fine_tunes_on_top_and_leaves_the_model_unchanged(synthetic_model):
+  """POYO's readout fine-tuned with the model (tasks.poyo_mtm.heads): one score per
+  behaviour of the synthetic session, in range; the trained parameters are not changed."""
+  trained, session = synthetic_model
+  before = jax.tree.map(np.array, jax.device_get(trained.params))
+  data = trials_lib.prepare([session], "test", trials_lib.TrialConfig(), vocab=trained.vocab)
+  decoded = poyo_mtm_task.heads(trained, [session], data, 2)(0)
+  assert set(decoded.scores) == {"head_choice_accuracy", "head_whisker_motion_energy_r2", "head_wheel_speed_r2"}
+  assert 0.0 <= decoded.scores["head_choice_accuracy"] <= 1.0
+  assert all(np.isfinite(v) and v <= 1.0 for v in decoded.scores.values())
+  jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.array, jax.device_get(trained.params)))
+  no_train = dataclasses.replace(session, splits={"test": session.splits["test"]})
+  assert set(poyo_mtm_task.heads(trained, [no_train], data, 2)(0).skipped) == {
+    "head_choice_accuracy",
+    "head_whisker_motion_energy_r2",
+    "head_wheel_speed_r2",
+  }
+
+
+def test_query_times_are_bin_centres_or_jittered_within_their_bins():
+  bins = jnp.array([[0, 3, 99], [7, 7, 7]])
+  centres = poyo_mtm_task.query_times(jax.random.key(0), bins, 0.02, jitter=False)
+  np.testing.assert_allclose(centres, (np.asarray(bins) + 0.5) * 0.02, rtol=1e-6)
+  jittered = np.asarray(poyo_mtm_task.query_times(jax.random.key(0), bins, 0.02, jitter=True))
+  assert np.all(jittered >= np.asarray(bins) * 0.02) and np.all(jittered < (np.asarray(bins) + 1) * 0.02)
+  assert len(np.unique(jittered[1])) == 3  # the same bin queried at different times

@@ -42,6 +42,7 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
   # Padded token lengths (multiples of 8), one compile each: 2 tokens per unit + its spikes.
   c.data.token_buckets = (1024, 2048, 3072, 4096, 6144, 8192, 12288, 16384)
   c.data.max_queries = 1024  # masked (unit, bin) targets drawn per trial and step
+  c.data.query_jitter = True  # training queries at uniform times within their bins (False: at the centres)
 
   c.model = ml_collections.ConfigDict()
   c.model.size = preset  # a row of mtm_jax.models.poyo_mtm.PRESETS
@@ -97,6 +98,7 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
   c.eval.decoding_prompt = "neuron"  # prompt of the unmasked pass whose 20 ms log-rates the decoders read
   c.eval.decoding_folds = 5  # cross-validation folds of the behaviour decoders (evaluation.decoding)
   c.eval.decoding_seed = 0
+  c.eval.head_steps = 300  # > 0: also fine-tune POYO's readout with the model per behaviour (evaluation.poyo_mtm_heads)
 
   if preset == "base":
     c.data.batch_size = 32
@@ -108,7 +110,7 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
     c.train.steps, c.train.log_every, c.train.prng_impl = 12, 4, "rbg"
     c.train.eval_every = c.train.checkpoint_every = 6
     c.finetune.warmup_steps = 4
-    c.eval.batch_size, c.eval.max_rows = 8, 256
+    c.eval.batch_size, c.eval.max_rows, c.eval.head_steps = 8, 256, 3
   if "temporal" in options:
     c.masking.mode = "temporal"
   return c

@@ -1,4 +1,5 @@
-"""Supervised behaviour decoding heads fine-tuned on top of a (pre)trained NDT1.
+"""Supervised behaviour decoding heads fine-tuned on top of a (pre)trained NDT1, and the
+fitting every family's heads share (`Fit`; spike-token MtM's: poyo_mtm_heads.py).
 
 A linear head reads the model's final features of the unmasked trial (given the
 decoding prompt): choice from the mean over bins (logistic loss), whisker motion energy
@@ -21,6 +22,8 @@ from mtm_jax import masking
 from mtm_jax.datasets import pipeline
 from mtm_jax.evaluation import decoding
 
+LEARNING_RATE, BATCH_SIZE = 1e-3, 16  # the heads' AdamW step size and training batch (every family)
+
 TARGETS = {
   "choice": "choice_accuracy",
   "whisker_motion_energy": "whisker_motion_energy_r2",
@@ -42,7 +45,8 @@ class BehaviourHead(nnx.Module):
     return out if self.per_bin else out[:, 0]
 
 
-def _targets(data: dict, target: str) -> np.ndarray:
+def target_values(data: dict, target: str) -> np.ndarray:
+  """The head's targets of `target` in data: choices as {0, 1} [K], traces [K, T] float32."""
   if target == "choice":
     return (np.asarray(data["choice"]) > 0).astype(np.float32)
   return np.asarray(data[target], np.float32)
@@ -74,8 +78,8 @@ def finetune_head(
   make_step,
   init_state,
   steps: int = 300,
-  learning_rate: float = 1e-3,
-  batch_size: int = 16,
+  learning_rate: float = LEARNING_RATE,
+  batch_size: int = BATCH_SIZE,
   seed: int = 0,
   train_split: str = "train",
   eval_split: str = "test",
@@ -93,10 +97,9 @@ def finetune_head(
   fields = ("spikes", "trial_index", target)
   train = pipeline.load_split(name, config.data.data_dir, train_split, fields)
   test = pipeline.load_split(name, config.data.data_dir, eval_split, fields)
-  y_train, y_test = _targets(train, target), _targets(test, target)
+  y_train, y_test = target_values(train, target), target_values(test, target)
   check_scorable(target, y_train, y_test, train_split=train_split, eval_split=eval_split)
   per_bin = y_train.ndim == 2
-  mean, scale = (float(y_train.mean()), float(y_train.std()) or 1.0) if per_bin else (0.0, 1.0)
   x_train = jnp.asarray(pipeline.pad_neurons(train["spikes"], trained.n_neurons), jnp.float32)
   x_test = jnp.asarray(pipeline.pad_neurons(test["spikes"], trained.n_neurons), jnp.float32)
   prompt = masking.SCHEMES.index(config.eval.decoding_prompt) if config.model.use_prompt else 0
@@ -104,32 +107,58 @@ def finetune_head(
   model = nnx.merge(trained.graphdef, jax.tree.map(jnp.asarray, jax.device_get(trained.params)))
   head = BehaviourHead(model.final_norm.num_features, per_bin, rngs=nnx.Rngs(seed))
   graphdef, params = nnx.split((model, head), nnx.Param)
-  tx = optax.adamw(learning_rate, weight_decay=0.01)
 
   def predict(params, x, key):
     m, h = nnx.merge(graphdef, params)
     return h(m.encode(x, prompt=prompt, session=row, key=key))
 
-  def loss(params, batch, consts, key):
-    out = predict(params, batch["x"], key)
-    if per_bin:
-      return jnp.mean(jnp.square(out - (batch["y"] - mean) / scale)), {}
-    return jnp.mean(optax.sigmoid_binary_cross_entropy(out, batch["y"])), {}
-
-  step = jax.jit(make_step(loss, tx))
-  state = init_state(params, tx)
-  rng = np.random.default_rng(seed)
-  key = jax.random.key(seed)
-  batch_size = min(batch_size, len(y_train))
-  for _ in range(steps):
-    idx = rng.choice(len(y_train), batch_size, replace=False)
-    state, _ = step(state, dict(x=x_train[idx], y=jnp.asarray(y_train[idx])), None, key)
-  params = state.params
+  fit = Fit(y_train, make_step, init_state, steps, learning_rate, batch_size, seed)
+  params = fit.train(predict, params, lambda idx: x_train[idx])
   predict_test = jax.jit(predict)  # one compiled function for every test chunk
   out = np.concatenate([np.asarray(predict_test(params, x_test[i : i + 64], None)) for i in range(0, len(y_test), 64)])
-  if per_bin:
-    return float(r2_score(y_test.ravel(), (out * scale + mean).ravel()))
-  return float(accuracy_score(y_test, (out > 0).astype(np.float32)))
+  return fit.score(out, y_test)
+
+
+class Fit:
+  """How a head and its model are fine-tuned on training targets y_train ([K] choices in
+  {0, 1}: logistic loss on per-trial outputs; [K, T] traces: squared error per bin on the
+  targets standardised with their mean and spread) and scored (`score`). Shared by every
+  family's heads; make_step and init_state: see finetune_head."""
+
+  def __init__(self, y_train, make_step, init_state, steps, learning_rate, batch_size, seed):
+    self.y_train, self.per_bin = np.asarray(y_train, np.float32), np.ndim(y_train) == 2
+    self.mean, self.scale = (
+      (float(self.y_train.mean()), float(self.y_train.std()) or 1.0) if self.per_bin else (0.0, 1.0)
+    )
+    self.make_step, self.init_state = make_step, init_state
+    self.steps, self.learning_rate, self.seed = steps, learning_rate, seed
+    self.batch_size = min(batch_size, len(self.y_train))
+
+  def train(self, predict, params, inputs_of):
+    """params after `steps` AdamW steps of predict(params, inputs_of(idx), key) on random
+    batches idx of the training trials (step i: dropout key fold_in(key(seed), i))."""
+
+    def loss(params, batch, consts, key):
+      out = predict(params, batch["x"], key)
+      if self.per_bin:
+        return jnp.mean(jnp.square(out - (batch["y"] - self.mean) / self.scale)), {}
+      return jnp.mean(optax.sigmoid_binary_cross_entropy(out, batch["y"])), {}
+
+    tx = optax.adamw(self.learning_rate, weight_decay=0.01)
+    step = jax.jit(self.make_step(loss, tx))
+    state = self.init_state(params, tx)
+    rng = np.random.default_rng(self.seed)
+    key = jax.random.key(self.seed)
+    for _ in range(self.steps):
+      idx = rng.choice(len(self.y_train), self.batch_size, replace=False)
+      state, _ = step(state, dict(x=inputs_of(idx), y=jnp.asarray(self.y_train[idx])), None, key)
+    return state.params
+
+  def score(self, out: np.ndarray, y_test: np.ndarray) -> float:
+    """Choice accuracy of per-trial logits out [K], or pooled R^2 of per-bin outputs [K, T]."""
+    if self.per_bin:
+      return float(r2_score(y_test.ravel(), (out * self.scale + self.mean).ravel()))
+    return float(accuracy_score(y_test, (out > 0).astype(np.float32)))
 
 
 def head_metrics(

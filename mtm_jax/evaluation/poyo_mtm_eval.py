@@ -103,6 +103,12 @@ def trial_behaviour(session, split: str, intervals: np.ndarray, n_bins: int) -> 
   return out
 
 
+def session_behaviour(data: trials_lib.TrialData, position: int) -> dict[str, np.ndarray]:
+  """trial_behaviour of session `position`'s trials in `data` (its split, in time order)."""
+  intervals = data.trials[data.session_trials(position), 1:]
+  return trial_behaviour(data.sessions[position], data.split, intervals, data.config.n_bins)
+
+
 def decode_session(
   predictor: Predictor,
   params,
@@ -123,10 +129,7 @@ def decode_session(
   (log_rates,) = predict_task(
     predictor, params, data, position, task, [1], batch_size=batch_size, max_rows=max_rows, mesh=mesh
   )
-  intervals = data.trials[data.session_trials(position), 1:]
-  decoded = decoding.decode_split(
-    log_rates, trial_behaviour(session, data.split, intervals, n_bins), folds=folds, seed=seed
-  )
+  decoded = decoding.decode_split(log_rates, session_behaviour(data, position), folds=folds, seed=seed)
   for metric, reason in decoded.skipped.items():
     logging.warning("%s, %s split: %s skipped: %s", session.session_id, data.split, metric, reason)
   return decoded
@@ -318,11 +321,13 @@ def evaluate_data(
   mesh=None,
   oracle=None,
   decode: dict | None = None,
+  heads: Callable[[int], decoding.Decoded] | None = None,
 ) -> tuple[dict, dict]:
   """Every session of `data` (see evaluate_session): (results, per-neuron arrays). One
   session: its metrics at the top level; several: their means there (run.session_means)
   and each session's under "sessions". decode: dict(prompt=, folds=, seed=) of the
-  behaviour decoders (decode_session), or None to skip them."""
+  behaviour decoders (decode_session), or None to skip them; heads(position): the
+  fine-tuned readouts' scores of a session (poyo_mtm_heads.head_metrics), or None."""
   predictor = make_predictor(graphdef, data.config.bin_size)
   per_session, arrays = {}, {}
   for position, session in enumerate(data.sessions):
@@ -335,6 +340,9 @@ def evaluate_data(
       decoded = decode_session(
         predictor, params, data, position, **decode, batch_size=batch_size, max_rows=max_rows, mesh=mesh
       )
+    if heads is not None:
+      head = heads(position)
+      decoded = decoding.Decoded({**decoded.scores, **head.scores}, decoded.folds, {**decoded.skipped, **head.skipped})
     r.update(decoded.scores, decoding_folds=decoded.folds, skipped=decoded.skipped)
     per_session[session.session_id] = r
     arrays.update({(k if len(data.sessions) == 1 else f"{session.session_id}/{k}"): v for k, v in bps.items()})

@@ -24,7 +24,7 @@ from flax import nnx
 from mtm_jax import masking, token_masking
 from mtm_jax.datasets.events import trials as trials_lib
 from mtm_jax.datasets.events import vocabulary as vocabulary_lib
-from mtm_jax.evaluation import decoding, poyo_mtm_eval, run
+from mtm_jax.evaluation import decoding, poyo_mtm_eval, poyo_mtm_heads, run
 from mtm_jax.models import poyo_mtm
 from mtm_jax.parallel import mesh as mesh_lib
 from mtm_jax.tasks import base, poyo as poyo_task
@@ -40,6 +40,13 @@ def mask_config(config) -> masking.MaskConfig:
   return masking.MaskConfig(ratio=config.masking.ratio, causal_ratio=config.masking.causal_ratio)
 
 
+def query_times(key, bins: jax.Array, bin_size: float, jitter: bool) -> jax.Array:
+  """[B, Q] float32 seconds of the queries of bins [B, Q]: the bins' centres or, with
+  `jitter`, uniform times within them (drawn from key)."""
+  offset = jax.random.uniform(key, bins.shape) if jitter else 0.5
+  return (bins.astype(jnp.float32) + offset) * bin_size
+
+
 def masked_nll(
   graphdef,
   params,
@@ -52,10 +59,14 @@ def masked_nll(
   n_queries: int,
   train: bool,
   dtype="float32",
+  jitter: bool = False,
 ):
   """Summed Poisson NLL of up to n_queries masked targets per trial of `batch`
   (trials.BATCH_KEYS). The key draws the scheme (for "mtm"), the masks, the queries and,
-  when `train`, dropout. Returns (sum, dict(n_targets, scheme))."""
+  when `train`, dropout. A target's query time is its bin's centre or, with `jitter`, a
+  uniform time within the bin (its rate there times the width is the expected count, so
+  the rate is learnt between the centres too, as finer scoring widths query it). Returns
+  (sum, dict(n_targets, scheme))."""
   k_scheme, k_mask, k_query, k_dropout = jax.random.split(key, 4)
   scheme = masking.sample_scheme(k_scheme, mode)
   counts = batch["counts"].astype(jnp.float32)  # [B, T, N]
@@ -68,7 +79,7 @@ def masked_nll(
   log_rate = model(
     inputs,
     jnp.take_along_axis(batch["unit_rows"], units, axis=1),
-    (bins.astype(jnp.float32) + 0.5) * bin_size,
+    query_times(jax.random.fold_in(k_query, 1), bins, bin_size, jitter),
     prompt,
     key=k_dropout if train else None,
   )
@@ -80,7 +91,8 @@ def masked_nll(
 
 def nll(graphdef, config, train: bool):
   """masked_nll of config's masking, bins and queries: (params, batch, key) -> (sum, aux);
-  the compute dtype is config.model.dtype when `train` (float32 otherwise)."""
+  the compute dtype is config.model.dtype and the query times jittered
+  (config.data.query_jitter) when `train` (float32 and bin centres otherwise)."""
   return functools.partial(
     masked_nll,
     graphdef,
@@ -90,6 +102,7 @@ def nll(graphdef, config, train: bool):
     n_queries=config.data.max_queries,
     train=train,
     dtype=config.model.get("dtype", "float32") if train else "float32",
+    jitter=bool(config.data.get("query_jitter", False)) and train,
   )
 
 
@@ -111,6 +124,30 @@ def decoding_options(config) -> dict:
   return dict(
     prompt=e.get("decoding_prompt", "neuron"), folds=e.get("decoding_folds", 5), seed=e.get("decoding_seed", 0)
   )
+
+
+def heads(trained, sessions, data: trials_lib.TrialData, steps: int):
+  """heads(position) of poyo_mtm_eval.evaluate_data: POYO's readout fine-tuned with the
+  model for `steps` steps on the session's training trials, scored on `data`'s."""
+  config = trained.config
+  missing = [s.session_id for s in sessions if "train" not in s.splits]
+  if missing:
+    reason = f"sessions {missing} were given without their train split"
+    return lambda position: decoding.Decoded({}, {}, dict.fromkeys(run.HEAD_METRICS, reason))
+  train = trials_lib.prepare(sessions, "train", trial_config(config), vocab=trained.vocab)
+  options = dict(
+    prompt=config.eval.decoding_prompt,
+    steps=steps,
+    seed=config.eval.decoding_seed,
+    make_step=step_lib.make_train_step,
+    init_state=step_lib.init_state,
+  )
+
+  def of(position: int) -> decoding.Decoded:
+    targets = (poyo_mtm_eval.session_behaviour(train, position), poyo_mtm_eval.session_behaviour(data, position))
+    return poyo_mtm_heads.head_metrics(trained.graphdef, trained.params, train, data, position, targets, **options)
+
+  return of
 
 
 class PoyoMtMTask(base.Task):
@@ -214,8 +251,9 @@ class PoyoMtMTask(base.Task):
     where the sessions keep their true rates (the synthetic brain's); with `decode`, the
     frozen-model behaviour decoders (NDT1's, on the unmasked 20 ms log-rates)."""
     config = trained.config
+    head_steps = config.eval.get("head_steps", 0) if decode else 0
     if sessions is None:
-      sessions = poyo_task.load_sessions(config, (split,))
+      sessions = poyo_task.load_sessions(config, tuple(dict.fromkeys((split,) + (("train",) if head_steps else ()))))
     unknown = [s.session_id for s in sessions if s.session_id not in trained.vocab.session_ids]
     if unknown:
       raise ValueError(
@@ -232,6 +270,7 @@ class PoyoMtMTask(base.Task):
       mesh=trained.mesh,
       oracle=poyo_mtm_eval.true_rates_oracle(data),
       decode=decoding_options(config) if decode else None,
+      heads=heads(trained, sessions, data, head_steps) if head_steps else None,
     )
     return {**results, "split": split, "step": trained.step, "masking_mode": config.masking.mode}, arrays
 
@@ -249,7 +288,9 @@ class PoyoMtMTask(base.Task):
       if oracle:
         columns["oracle"] = oracle
       lines.append(run.table(columns, metrics))
-    behaviour = [m for m in decoding.BEHAVIOUR_METRICS if m in results or m in results.get("skipped", {})]
+    behaviour = [
+      m for m in decoding.BEHAVIOUR_METRICS + run.HEAD_METRICS if m in results or m in results.get("skipped", {})
+    ]
     if behaviour:
       lines.append(run.table({results["masking_mode"]: results}, behaviour))
     return "\n\n".join(line for line in lines if line)

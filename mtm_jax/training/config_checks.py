@@ -17,7 +17,7 @@ FINETUNE_MODES = ("unit_id", "full")
 
 
 def decoding(c: ml_collections.ConfigDict) -> None:
-  """config.eval's behaviour decoders: their prompt and folds."""
+  """config.eval's behaviour decoders: their prompt, folds and head steps."""
   if c.eval.decoding_prompt not in masking.SCHEMES or c.eval.decoding_prompt == "causal":
     raise ValueError(
       f"config.eval.decoding_prompt: {c.eval.decoding_prompt!r}; expected one of "
@@ -25,6 +25,8 @@ def decoding(c: ml_collections.ConfigDict) -> None:
     )
   if c.eval.decoding_folds < 2:
     raise ValueError(f"config.eval.decoding_folds: must be >= 2, got {c.eval.decoding_folds}")
+  if c.eval.get("head_steps", 0) < 0:
+    raise ValueError(f"config.eval.head_steps: must be >= 0 (0: no fine-tuned heads), got {c.eval.head_steps}")
 
 
 def ndt1(c: ml_collections.ConfigDict) -> None:
