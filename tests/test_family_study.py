@@ -41,7 +41,12 @@ def test_bad_settings_name_the_field():
 
 def test_outputs_hold_both_families(tmp_path):
   results = {"co_smoothing_bps": 0.3, "co_smoothing_bps_5ms": 0.1, "oracle_co_smoothing_bps": 0.5, "step": 3}
-  assert families.metrics_of(results) == {k: v for k, v in results.items() if k != "step"}
+  assert families.metrics_of(results) == {
+    **{k: v for k, v in results.items() if k != "step"},
+    "co_smoothing_oracle_fraction": pytest.approx(0.6),
+  }
+  four = dict(zip(families.run.METRICS, (0.3, 0.2, 0.1, 0.2)))
+  assert families.metrics_of(four)[families.MEAN_METRIC] == pytest.approx(0.2)
   rows = [
     dict(pretrain_sessions=n, mode=arm, session="synthetic_027", metric=m, value=v + 0.01 * n)
     for arm in families.ARMS

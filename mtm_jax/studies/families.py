@@ -8,7 +8,8 @@ counts (docs/synthetic_data.md). Arms (a label each, the `mode` column of the ro
   NDT1-MtM                 pretrained NDT1-stitch, new stitchers, every parameter trains
   spike-token MtM unit-id  pretrained spike-token MtM, only the new unit/session rows train
   spike-token MtM full     the same, then everything trains
-and, with study.scratch, each family trained on the held-out session alone (n = 0).
+and, with study.scratch, each family trained on the held-out session alone (n = 0), with
+its pretraining stage's config (steps, schedule): a single-session model of each family.
 
 Layout of a study workdir (each run a normal workdir, loadable by path alone):
   pretrain/<family>/n<NN>/              pretrained on the first NN sessions of study.pool
@@ -60,10 +61,22 @@ def stage_config(c, family: str, stage: str, names: list[str], data_dir: str) ->
   return out
 
 
+MEAN_METRIC = "four_metric_mean_bps"  # the mean of the four 20 ms metrics (what the arms are compared by)
+
+
 def metrics_of(results: dict) -> dict:
-  """The four metrics (and their 10 ms / 5 ms versions and oracles where present)."""
+  """The four metrics (and their 10 ms / 5 ms versions and oracles where present), their
+  mean at the training bin (MEAN_METRIC, when all four are there) and, per width,
+  co-smoothing's fraction of the oracle ("co_smoothing_oracle_fraction[_5ms]")."""
   keys = [m for m in results if any(m.startswith(b) or m.startswith(f"oracle_{b}") for b in run.METRICS)]
-  return {m: results[m] for m in keys if isinstance(results[m], float)}
+  out = {m: results[m] for m in keys if isinstance(results[m], float)}
+  if all(m in out for m in run.METRICS):
+    out[MEAN_METRIC] = sum(out[m] for m in run.METRICS) / len(run.METRICS)
+  for key in [k for k in out if k.startswith("co_smoothing_bps")]:
+    oracle = out.get(f"oracle_{key}")
+    if oracle:
+      out[key.replace("co_smoothing_bps", "co_smoothing_oracle_fraction")] = out[key] / oracle
+  return out
 
 
 def run_study(config: ml_collections.ConfigDict, workdir: str, *, only_analyse: bool = False) -> list[dict]:
@@ -92,7 +105,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str, *, only_analyse: 
           continue
       for session in heldout:
         run_dir = os.path.join(workdir, "finetune", arm.replace(" ", "_"), f"n{n:02d}", session)
-        base = stage_config(config, family, "finetune", [session], data_dir)
+        base = stage_config(config, family, "finetune" if n else "pretrain", [session], data_dir)
         ft = registry.of(base).finetune_config(base, pretrained, mode if pretrained else None)
         if not scaling.train_run(ft, run_dir, only_analyse):
           continue
@@ -103,6 +116,8 @@ def run_study(config: ml_collections.ConfigDict, workdir: str, *, only_analyse: 
           dict(pretrain_sessions=n, mode=arm, session=session, metric=m, value=v)
           for m, v in metrics_of(results).items()
         ]
-  scaling.write_outputs(rows, workdir, "families", figure_metrics=run.METRICS + tuple(f"{m}_5ms" for m in run.METRICS))
+  scaling.write_outputs(
+    rows, workdir, "families", figure_metrics=(MEAN_METRIC,) + run.METRICS + tuple(f"{m}_5ms" for m in run.METRICS)
+  )
   logging.info("families study: %d rows in %.0f s", len(rows), time.time() - start)
   return rows
