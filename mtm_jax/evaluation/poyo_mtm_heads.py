@@ -22,9 +22,6 @@ from mtm_jax.datasets.events import trials as trials_lib
 from mtm_jax.evaluation import decoding, heads
 from mtm_jax.models import perceiver, rotary
 
-# behaviour name of trial_behaviour -> the metric its head is scored by
-TARGETS = heads.TARGETS
-
 
 class BehaviourReadout(nnx.Module):
   """POYO's output decoder for one behaviour: [B, N_lat, D] latents -> [B, T] (per bin) or [B]."""
@@ -73,8 +70,8 @@ def finetune_head(
   """Fine-tunes the model (graphdef, params: not changed) with a fresh BehaviourReadout on
   the trials of session `position` in `train` (fit: its targets, [K] choices in {0, 1} or
   [K, T] traces at the bin centres, and steps), returns its score on that session's
-  trials in `test` (y_test). Every batch is padded to the session's largest trial of the
-  split, so one shape compiles per split; seed: the readout's initialisation."""
+  trials in `test` (y_test). Each split's trials of the session are collated once, padded
+  to its largest trial, and batches are rows of them; seed: the readout's initialisation."""
   model = nnx.merge(graphdef, jax.tree.map(jnp.asarray, jax.device_get(params)))
   readout = BehaviourReadout(model.hparams, fit.per_bin, rngs=nnx.Rngs(seed))
   graphdef, params = nnx.split((model, readout), nnx.Param)
@@ -89,21 +86,24 @@ def finetune_head(
     angles = rotary.rotary_angles(jnp.asarray(centres)[None], m.frequencies())
     return r(latents, m.session_emb(batch["session_index"]), angles, m.latent_angles(), key=k_dec)
 
-  def batches(data):
-    ks = data.session_trials(position)
-    n_tokens = int(data.token_counts()[ks].max())
-    rows = lambda idx: [int(ks[i]) if i >= 0 else -1 for i in idx]
-    return lambda idx: {k: jnp.asarray(v) for k, v in unmasked(trials_lib.collate(data, rows(idx), n_tokens)).items()}
+  def collated(data, pad_to: int) -> dict:
+    """The session's trials of `data` once, on device, padded with empty rows to a multiple of pad_to."""
+    ks = [int(k) for k in data.session_trials(position)]
+    rows = ks + [-1] * (-len(ks) % pad_to)
+    batch = trials_lib.collate(data, rows, int(data.token_counts()[ks].max()))
+    return {k: jnp.asarray(v) for k, v in unmasked(batch).items()}
 
-  params = fit.train(predict, params, batches(train))
-  predict_test, test_batch = jax.jit(predict), batches(test)
   chunk = fit.batch_size
-  out = []
+  x_train, x_test = collated(train, 1), collated(test, chunk)
+  params = fit.train(predict, params, lambda idx: {k: v[idx] for k, v in x_train.items()})
+  predict_test = jax.jit(predict)  # one compiled shape: every chunk has `chunk` rows
   n_test = len(y_test)
-  for start in range(0, n_test, chunk):
-    idx = [i if i < n_test else -1 for i in range(start, start + chunk)]  # -1: padding rows
-    out.append(np.asarray(predict_test(params, test_batch(idx), None))[: min(chunk, n_test - start)])
-  return fit.score(np.concatenate(out), y_test)
+  out = [
+    np.asarray(predict_test(params, {k: v[i : i + chunk] for k, v in x_test.items()}, None))
+    for i in range(0, n_test, chunk)
+  ]
+  out = np.concatenate(out)[:n_test]
+  return fit.score(out, y_test)
 
 
 def head_metrics(
@@ -126,7 +126,7 @@ def head_metrics(
   (heads.Fit at heads.LEARNING_RATE and BATCH_SIZE; make_step and init_state: heads.finetune_head's)."""
   scores, skipped = {}, {}
   y_train_all, y_test_all = targets
-  for target, metric in TARGETS.items():
+  for target, metric in heads.TARGETS.items():
     name = f"head_{metric}"
     if target not in y_train_all or target not in y_test_all:
       skipped[name] = f"the session has no {target}"

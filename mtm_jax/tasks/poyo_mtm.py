@@ -253,7 +253,7 @@ class PoyoMtMTask(base.Task):
     config = trained.config
     head_steps = config.eval.get("head_steps", 0) if decode else 0
     if sessions is None:
-      sessions = poyo_task.load_sessions(config, tuple(dict.fromkeys((split,) + (("train",) if head_steps else ()))))
+      sessions = poyo_task.load_sessions(config, (split, "train") if head_steps and split != "train" else (split,))
     unknown = [s.session_id for s in sessions if s.session_id not in trained.vocab.session_ids]
     if unknown:
       raise ValueError(
