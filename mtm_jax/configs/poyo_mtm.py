@@ -55,6 +55,7 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
   c.model.t_min = 1e-3  # shortest rotary period (s)
   c.model.t_max = 4.0  # longest rotary period (s)
   c.model.layer_norm_eps = 1e-5
+  c.model.unit_readout = True  # also a readout vector per unit (from its embedding), as NDT1's per-neuron weights
   c.model.dtype = "float32"  # compute dtype: "float32" or "bfloat16" (params, optimiser and loss stay float32)
 
   c.masking = ml_collections.ConfigDict()

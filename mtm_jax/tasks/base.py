@@ -111,6 +111,9 @@ class Task:
 
   family: str = ""
   name: str = ""
+  # config.model fields added after checkpoints were written, whose config default changes
+  # the model: {field: the value a saved config without it had} (checkpoint.with_defaults).
+  legacy_model: dict | None = None
 
   # ---- Configs -----------------------------------------------------------------------------
   def check(self, config: ml_collections.ConfigDict) -> None:

@@ -319,7 +319,7 @@ def unit_id_config(task: base.Task, config, pretrained, mode):
   if not pretrained:
     return config, None
   pre = task.pretrained_config(pretrained)
-  config.model = checkpoint.with_defaults(pre.model, config.model)
+  config.model = checkpoint.with_defaults(pre.model, config.model, task.legacy_model)
   config.init.pretrained = os.path.abspath(os.path.expanduser(pretrained))
   config.finetune.mode = mode
   return config, pre

@@ -152,6 +152,7 @@ def heads(trained, sessions, data: trials_lib.TrialData, steps: int):
 
 class PoyoMtMTask(base.Task):
   family, name = "poyo_mtm", "spike-token MtM"
+  legacy_model = poyo_mtm.LEGACY_FIELDS
 
   def check(self, config):
     config_checks.poyo_mtm(config)

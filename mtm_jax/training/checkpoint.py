@@ -266,11 +266,15 @@ def relocate_data(config: ml_collections.ConfigDict, data_dir: str | None) -> No
       config.data.data_dir = os.path.abspath(os.path.expanduser(data_dir))
 
 
-def with_defaults(saved: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+def with_defaults(
+  saved: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict, legacy: dict | None = None
+) -> ml_collections.ConfigDict:
   """A config section as a checkpoint saved it, plus the fields of `defaults` it lacks
   (options added to the library after the checkpoint was written keep their defaults,
-  which leave the model as it was)."""
+  which leave the model as it was). legacy: {field: value} of options added later whose
+  default changes the model; a saved section without one had `value` (e.g. {"unit_readout": False})."""
   merged = defaults.to_dict()
+  merged.update(legacy or {})
   merged.update(saved.to_dict())
   return ml_collections.ConfigDict(merged)
 
@@ -281,12 +285,16 @@ def check_compatible(
   config: ml_collections.ConfigDict,
   sessions: list[dict],
   where: str,
+  legacy: dict | None = None,
 ) -> None:
   """Raises ValueError (before any training) when the checkpoint in `where` is from
-  another model (config.family, config.model) or other sessions (names, ids, neurons)."""
+  another model (config.family, config.model) or other sessions (names, ids, neurons).
+  legacy: the model fields a saved config without them had (with_defaults)."""
   for field in ("family", "model"):
     default = "mtm" if field == "family" else None  # configs saved before config.family existed are NDT1
     a, b = saved.get(field, default), config.get(field, default)
+    if field == "model" and legacy:  # a field either side lacks had its legacy value
+      a, b = (ml_collections.ConfigDict({**legacy, **x.to_dict()}) if x is not None else x for x in (a, b))
     # As JSON holds them (tuples come back as lists).
     a = json.loads(json.dumps(a.to_dict() if isinstance(a, ml_collections.ConfigDict) else a))
     b = json.loads(json.dumps(b.to_dict() if isinstance(b, ml_collections.ConfigDict) else b))

@@ -95,7 +95,7 @@ def train(task, config: ml_collections.ConfigDict, workdir: str, sessions=None) 
   logging.info("%s", task.describe(config, graphdef, state))
   mngr = checkpoint.manager(workdir, keep=config.train.keep_checkpoints)
   key = jax.random.key(config.seed, impl=config.train.get("prng_impl"))
-  state, key, data_state, nonfinite = resume(mngr, workdir, state, config, inputs.records, key)
+  state, key, data_state, nonfinite = resume(mngr, workdir, state, config, inputs.records, key, task.legacy_model)
   if int(state.step) == 0 and config.init.pretrained:  # not resumed (no checkpoint has step 0)
     pre = task.load(pretrained.path, pretrained.step, mesh)
     graphdef, tx, state = task.merge_pretrained(config, graphdef, tx, state, pre, inputs.records, mesh)
@@ -249,16 +249,19 @@ def run_steps(
   return last
 
 
-def resume(mngr, workdir: str, state, config: ml_collections.ConfigDict, records: list[dict], key: jax.Array):
+def resume(
+  mngr, workdir: str, state, config: ml_collections.ConfigDict, records: list[dict], key: jax.Array, legacy_model=None
+):
   """Continues the run in `workdir` if it has a checkpoint: (state, key, data_state,
   nonfinite_in_a_row) of its newest readable checkpoint, checked against this run's
   model config and sessions first (a clear error otherwise); damaged checkpoints are
-  reported and moved aside. Without a checkpoint: (state, key, None, 0) as given."""
+  reported and moved aside. Without a checkpoint: (state, key, None, 0) as given.
+  legacy_model: the task's Task.legacy_model (model fields older checkpoints lack)."""
   if not mngr.all_steps():
     checkpoint.report_half_written(mngr, quarantine=True)
     return state, key, None, 0
   saved_config, saved_records = checkpoint.load_metadata(workdir)
-  checkpoint.check_compatible(saved_config, saved_records, config, records, workdir)
+  checkpoint.check_compatible(saved_config, saved_records, config, records, workdir, legacy=legacy_model)
   restored = checkpoint.restore(mngr, state, quarantine=True)
   progress = restored.progress or {}
   if "rng" in progress:
