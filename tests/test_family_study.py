@@ -28,6 +28,8 @@ def test_bad_settings_name_the_field():
     ("heldout", "synthetic_000", "config.study.heldout"),
     ("sizes", (2,), "config.study.sizes"),
     ("arms", ("NDT1-MtM", "POYO"), "config.study.arms"),
+    ("pretrain_steps", (10, 20), "config.study.pretrain_steps"),
+    ("pretrain_steps", (0,), "config.study.pretrain_steps"),
   ]:
     c = family_config.get_config("tiny")
     c.study[field] = value
@@ -37,6 +39,20 @@ def test_bad_settings_name_the_field():
   c.spike.finetune.masking.mode = "blocks"
   with pytest.raises(ValueError, match="config.masking.mode"):
     families.validate(c)
+
+
+def test_pretraining_steps_follow_the_number_of_sessions():
+  c = family_config.get_config("small")
+  c.study.pretrain_steps = (100, 200, 300)
+  families.validate(c)
+  pool = scaling._names(c.study.pool)
+  for family in ("ndt1", "spike"):
+    for n, steps in zip(c.study.sizes, c.study.pretrain_steps):
+      stage = families.stage_config(c, family, "pretrain", pool[:n], "/data", n)
+      assert stage.train.steps == steps and stage.train.checkpoint_every <= steps, (family, n)
+    alone = families.stage_config(c, family, "pretrain", pool[:1], "/data")  # a single-session run
+    assert alone.train.steps == c[family].pretrain.train.steps
+    assert families.stage_config(c, family, "finetune", pool[:1], "/data", 1).train.steps == 500
 
 
 def test_outputs_hold_both_families(tmp_path):

@@ -6,6 +6,7 @@ changes only the new rows, evaluation at three bin widths)."""
 import dataclasses
 
 import jax
+import ml_collections
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from mtm_jax.datasets import synthetic, synthetic_events
 from mtm_jax.datasets.events import session as session_lib
 from mtm_jax.datasets.events import tokens as tokens_lib
 from mtm_jax.datasets.events import trials as trials_lib
-from mtm_jax.evaluation import poyo_mtm_eval, tasks as tasks_lib
+from mtm_jax.evaluation import copies, poyo_mtm_eval, tasks as tasks_lib
 from mtm_jax.models import poyo_mtm
 from tests import run_checks
 from mtm_jax.tasks import poyo_mtm as poyo_mtm_task, registry
@@ -204,6 +205,13 @@ def test_batched_evaluation_equals_one_mask_at_a_time(model, sessions):
     got = poyo_mtm_eval.predict_task(predictor, params, data, position, task, factors, batch_size=5, max_rows=7)
     assert [g.shape for g in got] == [(len(ks), 100, n), (len(ks), 400, n)]
     prompt = masking.scheme_index(task.prompt)
+    units, group = copies.context_units(task)  # intra-region copies attend over their region alone
+    regions = data.regions[position, :n]
+    if task.name == "intra_region":
+      assert sorted(map(tuple, units)) == sorted(tuple(regions == r) for r in np.unique(regions))
+      assert all(units[group[m]][np.flatnonzero(task.score_neurons[m])].all() for m in range(len(group)))
+    else:
+      assert units.shape == (1, n) and units.all()
     for m in range(task.hide_neurons.shape[0]):
       for i, k in enumerate(ks):
         batch = trials_lib.collate(data, [int(k)], data.token_counts()[k])
@@ -279,6 +287,7 @@ def test_config_checks_name_the_field():
     ("masking.mode", "blocks", "config.masking.mode"),
     ("data.token_buckets", (100,), "config.data.token_buckets"),
     ("model.size", "huge", "config.model.size"),
+    ("eval.fine_tasks", ("co_smoothing", "cosmoothing"), "config.eval.fine_tasks"),
   ]:
     c = tiny_config()
     section, name = field.split(".")
@@ -319,6 +328,15 @@ def test_evaluation_of_a_synthetic_session_scores_the_oracle_at_every_width(synt
       assert np.isfinite(results[f"oracle_{t.name}_bps{suffix}"]) and np.isfinite(results[f"{t.name}_bps{suffix}"])
   assert results["oracle_co_smoothing_bps_5ms"] > 0
   assert set(results["skipped"]) == {"choice_accuracy", "whisker_motion_energy_r2", "wheel_speed_r2"}
+  config = ml_collections.ConfigDict(trained.config.to_dict())
+  config.eval.fine_tasks = ("co_smoothing",)  # the other tasks at 20 ms only
+  fewer, _ = task.evaluate(dataclasses.replace(trained, config=config), "test", [session], decode=False)
+  assert {k for k in fewer if k.endswith("ms")} == {
+    f"{p}co_smoothing_bps_{w}" for p in ("", "oracle_") for w in ("5ms", "10ms")
+  }
+  for k, v in fewer.items():
+    if isinstance(v, float):
+      np.testing.assert_allclose(v, results[k], rtol=1e-6, err_msg=k)
 
 
 def test_behaviour_decoders_read_the_unmasked_log_rates(synthetic_model, monkeypatch):

@@ -94,6 +94,7 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.split = "test"
   c.eval.bin_sizes = (0.02, 0.01, 0.005)  # widths the four metrics are scored at (each divides data.bin_size)
+  c.eval.fine_tasks = ()  # the metrics scored at the widths other than data.bin_size (empty: all four)
   c.eval.batch_size = 64  # masked trial copies per encoder pass
   c.eval.max_rows = 4096  # (copy, unit) rows per decoder pass
   c.eval.decoding_prompt = "neuron"  # prompt of the unmasked pass whose 20 ms log-rates the decoders read

@@ -3,11 +3,12 @@
 The masks are NDT1's (mtm_jax.masking.EvalTask rows, on the grid of the training bins):
 mask m of a task hides units hide_neurons[m] in bins hide_bins and scores units
 score_neurons[m] in bins score_bins. Each (mask, trial) pair is one copy of the trial's
-tokens with a key mask (token_masking.keep_tokens: no re-tokenisation); copies are
-encoded in batches, and every scored unit of a copy is one decoder row whose queries are
-the centres of the scored bins at every width of `widths` (a 20 ms bin holds two 10 ms
-and four 5 ms bins, so one encoding serves them all). The rates are scored with NDT1's
-own code (evaluation.tasks.score_task), per neuron, averaged over neurons.
+tokens with a key mask (token_masking.keep_tokens: no re-tokenisation) over the tokens
+of the units its group of masks can show (context_units: an intra-region copy reads its
+region's alone); copies are encoded in batches, and every scored unit of a copy is one
+decoder row whose queries are the centres of the scored bins at every width of `widths`
+(a 20 ms bin holds two 10 ms and four 5 ms bins, so one encoding serves them all). The
+rates are scored with NDT1's own code (evaluation.tasks.score_task), per neuron.
 
 Behaviour decoding is NDT1's too (evaluation.decoding.decode_split): the features of a
 trial are the model's 20 ms log-rates of every unit on the unmasked trial (one pass, the
@@ -30,12 +31,8 @@ from flax import nnx
 from mtm_jax import masking, token_masking
 from mtm_jax.datasets import synthetic_events
 from mtm_jax.datasets.events import binning, trials as trials_lib
-from mtm_jax.evaluation import decoding, run, tasks as tasks_lib
+from mtm_jax.evaluation import copies, decoding, run, tasks as tasks_lib
 from mtm_jax.parallel import mesh as mesh_lib
-
-
-# The token fields a copy reads from its trial's row (token_masking.keep_tokens).
-_COPY_KEYS = ("token_unit", "timestamps", "token_type", "input_mask")
 
 
 class Predictor(NamedTuple):
@@ -52,7 +49,7 @@ def make_predictor(graphdef, bin_size: float) -> Predictor:
   def encode(params, tokens, copy_rows, hide_units, hide_bins, prompt):
     model = nnx.merge(graphdef, params)
     mask = token_masking.TokenMask(hide_units, hide_bins, hide_units, hide_bins)
-    keep = token_masking.keep_tokens(mask, {k: tokens[k][copy_rows] for k in _COPY_KEYS}, bin_size)
+    keep = token_masking.keep_tokens(mask, {k: tokens[k][copy_rows] for k in copies.COPY_KEYS}, bin_size)
     return model.encode(dict(tokens, input_mask=keep), prompt, token_rows=copy_rows)
 
   @jax.jit
@@ -162,35 +159,6 @@ def query_times(task: masking.EvalTask, bin_size: float, factors: Sequence[int])
   return out
 
 
-def row_bucket(n: int, max_rows: int, n_data: int) -> int:
-  """Decoder rows a pass of n real rows is padded to: the next power of two (a multiple of
-  n_data, at most max_rows), so few shapes compile and little padding is decoded."""
-  size = 1 << max(0, (n - 1).bit_length())
-  return min(max_rows, -(-size // n_data) * n_data)
-
-
-def place(batch: dict, n_rows: int, mesh) -> dict:
-  """This process's rows of a batch of n_rows, on the mesh's data axis (device arrays without a mesh)."""
-  return {k: jnp.asarray(v) for k, v in batch.items()} if mesh is None else mesh_lib.shard_batch(batch, mesh, n_rows)
-
-
-def place_replicated(batch: dict, mesh) -> dict:
-  """A batch every process holds whole, on every device of the mesh (device arrays without a mesh)."""
-  if mesh is None:
-    return {k: jnp.asarray(v) for k, v in batch.items()}
-  sharding = mesh_lib.replicated(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
-
-
-def chunk_trials(trials: Sequence[int], batch_size: int) -> tuple[list[int], np.ndarray]:
-  """The distinct trials of a chunk of copies (in order of appearance, padded with the last
-  to a power of two, at most batch_size, so few shapes compile) and each copy's row among them."""
-  distinct = list(dict.fromkeys(trials))
-  rows = np.array([distinct.index(t) for t in trials], np.int32)
-  size = min(batch_size, 1 << max(0, (len(distinct) - 1).bit_length()))
-  return distinct + [distinct[-1]] * (size - len(distinct)), rows
-
-
 def predict_task(
   predictor: Predictor,
   params,
@@ -216,26 +184,27 @@ def predict_task(
   fine_bins = [np.flatnonzero(np.repeat(task.score_bins, f)) for f in factors]
   prompt = masking.scheme_index(task.prompt)
   hide = np.pad(task.hide_neurons, ((0, 0), (0, n_slots - n_units)))
-  items = [(m, i) for i in range(len(ks)) for m in range(task.hide_neurons.shape[0])]  # a trial's copies together
+  units, group = copies.context_units(task)
+  units = np.pad(units, ((0, 0), (0, n_slots - n_units)))
+  order = np.argsort(group, kind="stable")
+  items = [(int(m), i) for i in range(len(ks)) for m in order]  # the copies of a trial's context together
   session_row = data.vocab.session_row(data.sessions[position].session_id)
   unit_rows = data.unit_rows[position]
-  n_tokens = data.token_counts()
   for start in range(0, len(items), batch_size):
     chunk = items[start : start + batch_size]
     chunk = chunk + [chunk[-1]] * (batch_size - len(chunk))  # padding copies, never read back
-    picks, copy_rows = chunk_trials([int(ks[i]) for _, i in chunk], batch_size)
-    batch = trials_lib.collate(data, picks, int(n_tokens[picks].max()))
-    tokens = place_replicated({k: batch[k] for k in ("unit_index",) + _COPY_KEYS}, mesh)
+    picks, copy_rows = copies.chunk_trials([(int(ks[i]), int(group[m])) for m, i in chunk], batch_size)
+    tokens = copies.place_replicated(copies.context_tokens(data, picks, units), mesh)
     rows = slice(None) if mesh is None else mesh_lib.process_rows(batch_size, mesh)
-    copies = dict(
+    masks = dict(
       copy_rows=copy_rows[rows],
       hide_units=hide[[m for m, _ in chunk]][rows],
       hide_bins=np.broadcast_to(task.hide_bins, (batch_size, task.hide_bins.size))[rows],
       prompt=np.full((batch_size,), prompt, np.int32)[rows],
     )
-    copies = place(copies, batch_size, mesh)
+    masks = copies.place(masks, batch_size, mesh)
     latents = predictor.encode(
-      params, tokens, copies["copy_rows"], copies["hide_units"], copies["hide_bins"], copies["prompt"]
+      params, tokens, masks["copy_rows"], masks["hide_units"], masks["hide_bins"], masks["prompt"]
     )
     real = len(items[start : start + batch_size])
     copy, unit = [], []
@@ -245,7 +214,7 @@ def predict_task(
     copy, unit = np.concatenate(copy).astype(np.int32), np.concatenate(unit).astype(np.int32)
     for r0 in range(0, len(copy), max_rows):
       c_rows, u_rows = copy[r0 : r0 + max_rows], unit[r0 : r0 + max_rows]
-      n_rows = row_bucket(len(c_rows), max_rows, n_data)
+      n_rows = copies.row_bucket(len(c_rows), max_rows, n_data)
       pad = n_rows - len(c_rows)
       args = dict(
         copy=np.pad(c_rows, (0, pad)),
@@ -254,7 +223,7 @@ def predict_task(
         prompt=np.full((n_rows,), prompt, np.int32),
       )
       if mesh is not None:
-        args = place({k: v[mesh_lib.process_rows(n_rows, mesh)] for k, v in args.items()}, n_rows, mesh)
+        args = copies.place({k: v[mesh_lib.process_rows(n_rows, mesh)] for k, v in args.items()}, n_rows, mesh)
       log_rates = tasks_lib.fetch(
         predictor.decode(params, latents, args["copy"], args["unit"], all_times, args["session"], args["prompt"])
       )[: len(c_rows)]
@@ -277,11 +246,13 @@ def evaluate_session(
   max_rows: int,
   mesh=None,
   oracle: Callable[[int, float], np.ndarray | None] | None = None,
+  fine_tasks: Sequence[str] | None = None,
 ) -> tuple[dict, dict]:
   """The four metrics of session `position` at every width: ({"<task>_bps" at the
   training bin, "<task>_bps_<w>ms" at each other width, "oracle_..." where `oracle`
   (position, width) gives the true expected counts [K, T_w, n]}, {"<task>_<w>ms": [n]
-  per-neuron bits per spike})."""
+  per-neuron bits per spike}). fine_tasks: the tasks scored at the other widths (None: all
+  four; the decoder's work grows with the number of bins)."""
   session, bin_size = data.sessions[position], data.config.bin_size
   n_units = len(session.unit_ids)
   factors = width_factors(bin_size, widths)
@@ -290,10 +261,20 @@ def evaluate_session(
   truth = [None if oracle is None else oracle(position, bin_size / f) for f in factors]
   results, per_neuron = {}, {}
   for task in session_tasks(data.regions[position, :n_units], data.config.n_bins):
+    at = [j for j, f in enumerate(factors) if f == 1 or fine_tasks is None or task.name in fine_tasks]
     log_rates = predict_task(
-      predictor, params, data, position, task, factors, batch_size=batch_size, max_rows=max_rows, mesh=mesh
+      predictor,
+      params,
+      data,
+      position,
+      task,
+      [factors[j] for j in at],
+      batch_size=batch_size,
+      max_rows=max_rows,
+      mesh=mesh,
     )
-    for f, w, lr, spikes, true in zip(factors, widths, log_rates, counts, truth):
+    for j, lr in zip(at, log_rates):
+      f, w, spikes, true = factors[j], widths[j], counts[j], truth[j]
       fine = at_width(task, f)
       suffix = "" if f == 1 else f"_{width_label(w)}"
       bps = tasks_lib.score_task(np.exp(lr.astype(np.float64)) * (bin_size / f), spikes, fine)
@@ -322,8 +303,9 @@ def evaluate_data(
   oracle=None,
   decode: dict | None = None,
   heads: Callable[[int], decoding.Decoded] | None = None,
+  fine_tasks: Sequence[str] | None = None,
 ) -> tuple[dict, dict]:
-  """Every session of `data` (see evaluate_session): (results, per-neuron arrays). One
+  """Every session of `data` (see evaluate_session, also for fine_tasks): (results, per-neuron arrays). One
   session: its metrics at the top level; several: their means there (run.session_means)
   and each session's under "sessions". decode: dict(prompt=, folds=, seed=) of the
   behaviour decoders (decode_session), or None to skip them; heads(position): the
@@ -332,7 +314,14 @@ def evaluate_data(
   per_session, arrays = {}, {}
   for position, session in enumerate(data.sessions):
     r, bps = evaluate_session(
-      predictor, params, data, position, widths, batch_size=batch_size, max_rows=max_rows, mesh=mesh, oracle=oracle
+      predictor,
+      params,
+      data,
+      position,
+      widths,
+      **dict(batch_size=batch_size, max_rows=max_rows, mesh=mesh),
+      oracle=oracle,
+      fine_tasks=fine_tasks,
     )
     if decode is None:
       decoded = decoding.Decoded({}, {}, dict.fromkeys(decoding.BEHAVIOUR_METRICS, run.DECODING_OFF))

@@ -43,6 +43,12 @@ def validate(c: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the field when the study is inconsistent."""
   pool = scaling._names(c.study.pool)
   scaling.check_sessions(pool, scaling._names(c.study.heldout), list(c.study.sizes))
+  steps = list(c.study.get("pretrain_steps", ()))
+  if steps and (len(steps) != len(c.study.sizes) or min(steps) < 1):
+    raise ValueError(
+      f"config.study.pretrain_steps: {steps} must be one positive step count per entry of "
+      f"config.study.sizes {list(c.study.sizes)} (or empty: each family's pretrain.train.steps)"
+    )
   unknown = [a for a in c.study.arms if a not in ARMS]
   if unknown:
     raise ValueError(f"config.study.arms: unknown {unknown}; expected some of {list(ARMS)}")
@@ -51,9 +57,17 @@ def validate(c: ml_collections.ConfigDict) -> None:
       registry.of(c[family][stage]).check(stage_config(c, family, stage, pool[:1], "data"))
 
 
-def stage_config(c, family: str, stage: str, names: list[str], data_dir: str) -> ml_collections.ConfigDict:
-  """The `stage` config of `family` on the sessions `names` (config names)."""
+def stage_config(
+  c, family: str, stage: str, names: list[str], data_dir: str, size: int = 0
+) -> ml_collections.ConfigDict:
+  """The `stage` config of `family` on the sessions `names` (config names). size: the
+  pretraining run of study.sizes[i] sessions runs study.pretrain_steps[i] steps where those
+  are given (0: the stage's own steps, e.g. a single-session run)."""
   out = ml_collections.ConfigDict(c[family][stage].to_dict())
+  steps = dict(zip(c.study.sizes, c.study.get("pretrain_steps", ())))
+  if stage == "pretrain" and size in steps:
+    out.train.steps = steps[size]
+    out.train.eval_every = out.train.checkpoint_every = min(out.train.checkpoint_every, out.train.steps)
   out.data.datasets = ",".join(f"{BUILDERS[family]}/{n}" for n in names)
   out.data.data_dir = data_dir
   if "n_sessions" in out.data:
@@ -100,7 +114,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str, *, only_analyse: 
       if n:
         pretrained = os.path.join(workdir, "pretrain", family, f"n{n:02d}")
         if not scaling.train_run(
-          stage_config(config, family, "pretrain", pool[:n], data_dir), pretrained, only_analyse
+          stage_config(config, family, "pretrain", pool[:n], data_dir, n), pretrained, only_analyse
         ):
           continue
       for session in heldout:

@@ -106,6 +106,10 @@ def poyo_mtm(c: ml_collections.ConfigDict) -> None:
     )
   if c.eval.batch_size < 1 or c.eval.max_rows < 1:
     raise ValueError("config.eval.batch_size and config.eval.max_rows must be positive")
+  names = ("co_smoothing", "forward_prediction", "inter_region", "intra_region")  # evaluation.run.METRICS
+  unknown = [t for t in c.eval.get("fine_tasks", ()) if t not in names]
+  if unknown:
+    raise ValueError(f"config.eval.fine_tasks: unknown {unknown}; expected some of {list(names)}")
   decoding(c)
   finetune(c)
   dataset_names(c)
