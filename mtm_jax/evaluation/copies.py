@@ -1,6 +1,6 @@
 """How the evaluation of a spike-token MtM batches its masked copies of trials
 (evaluation.poyo_mtm_eval): which trials' tokens a chunk of copies reads, over which
-units' tokens (context_units, compact), padded to few compiled shapes, and placed on the
+units' tokens (context_units, context_tokens), padded to few compiled shapes, and placed on the
 mesh. Shapes: Bt distinct trials (or trial contexts) of a chunk, L tokens, n unit slots."""
 
 from __future__ import annotations
@@ -67,10 +67,11 @@ def context_tokens(data: trials_lib.TrialData, picks: Sequence[tuple[int, int]],
   trials = [k for k, _ in picks]
   batch = trials_lib.collate(data, trials, int(data.token_counts()[trials].max()))
   keep = batch["input_mask"] & np.take_along_axis(units[[g for _, g in picks]], batch["token_unit"], axis=1)
-  length = tokens_lib.bucket_length(int(keep.sum(axis=1).max()), data.config.bucket_lengths)
-  out = {k: np.zeros((len(picks), length), batch[k].dtype) for k in ("unit_index",) + COPY_KEYS}
-  for r in range(len(picks)):
-    index = np.flatnonzero(keep[r])
-    for k in out:
-      out[k][r, : len(index)] = batch[k][r, index]
-  return out
+  count = keep.sum(axis=1)
+  length = tokens_lib.bucket_length(int(count.max()), data.config.bucket_lengths)
+  order = np.argsort(~keep, axis=1, kind="stable")[:, :length]  # the kept tokens first, in their order
+  real = np.arange(length)[None] < count[:, None]
+  return {
+    k: np.where(real, np.take_along_axis(batch[k], order, axis=1), 0).astype(batch[k].dtype)
+    for k in ("unit_index",) + COPY_KEYS
+  }

@@ -319,7 +319,9 @@ def evaluate_data(
       data,
       position,
       widths,
-      **dict(batch_size=batch_size, max_rows=max_rows, mesh=mesh),
+      batch_size=batch_size,
+      max_rows=max_rows,
+      mesh=mesh,
       oracle=oracle,
       fine_tasks=fine_tasks,
     )
