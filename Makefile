@@ -11,11 +11,14 @@ STAMP := $(VENV)/.installed
 PYTHON ?= $(shell for p in python3.12 $$(command -v pyenv >/dev/null 2>&1 && ls -d "$$(pyenv root)"/versions/3.12*/bin/python3.12 2>/dev/null); do \
   "$$p" -c 'import sys; assert sys.version_info[:2] == (3, 12)' >/dev/null 2>&1 && { echo "$$p"; break; }; done)
 
-.PHONY: install demo test lint format clean accelerator-wheels
+.PHONY: install lock demo test lint format clean accelerator-wheels
 
 install: $(STAMP)
 
-$(STAMP): setup.py
+# Installs exactly the versions of requirements.lock (every direct and indirect dependency,
+# with hashes), then this package itself without dependencies: every fresh clone and CI get
+# the versions the suite passed with. `make lock` is the one deliberate way to upgrade.
+$(STAMP): setup.py requirements.lock
 	@if [ ! -x "$(PY)" ]; then \
 	  if [ -z "$(PYTHON)" ]; then \
 	    echo "error: mtm_jax needs Python 3.12 (jax >= 0.11 requires it), and no working"; \
@@ -25,17 +28,39 @@ $(STAMP): setup.py
 	  echo "Creating $(VENV) with $(PYTHON)"; \
 	  "$(PYTHON)" -m venv $(VENV); \
 	fi
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet --require-hashes -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
+
+# requirements.lock refreshed to the newest releases that setup.py's ranges allow (for
+# Python 3.12 on every platform), installed, and kept only if the whole suite passes with
+# it; otherwise the previous lock is put back and reinstalled. Commit the new lock.
+UV_VERSION := 0.13.9
+LOCK_COMMAND = printf 'pip\nsetuptools\nwheel\n' | $(VENV)/bin/uv pip compile setup.py - --extra test \
+  --universal --python-version 3.12 --generate-hashes --quiet --custom-compile-command 'make lock'
+
+lock: $(STAMP)
+	$(PY) -m pip install --quiet uv==$(UV_VERSION)
+	$(LOCK_COMMAND) --upgrade --output-file requirements.lock.new
+	$(PY) -m pip install --quiet --require-hashes -r requirements.lock.new
+	@if $(TEST_COMMAND); then \
+	  mv requirements.lock.new requirements.lock; touch $(STAMP); \
+	  echo "requirements.lock refreshed and the suite passed with it: commit it"; \
+	else \
+	  rm -f requirements.lock.new; $(PY) -m pip install --quiet --require-hashes -r requirements.lock; \
+	  echo "error: the suite failed with the newest versions; requirements.lock is unchanged and reinstalled"; \
+	  exit 1; \
+	fi
 
 # Builds a small synthetic data set, pretrains MtM and a temporal-masking baseline,
 # evaluates both and prints MtM vs temporal vs oracle (runs/demo/report.md).
 demo: $(STAMP)
 	$(PY) -m experiments.demo --flagfile=experiments/flags/demo.flags
 
+TEST_COMMAND = $(PY) -m pytest -q -n 2 tests
+
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 tests
+	$(TEST_COMMAND)
 
 # The code's format (ruff format, line length 120, 2-space indents: ruff.toml) and
 # pyflakes' checks; `make format` rewrites the files into that format.

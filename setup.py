@@ -31,6 +31,7 @@ setuptools.setup(
     "ml_collections>=1.0",
     "tensorboardX>=2.6",
     "tqdm",
+    "filelock>=3.12",  # one build of a data set at a time, one run per workdir
     "matplotlib>=3.8",  # scaling curves and raster figures
     "pynwb>=3.0",  # Neural Latents Benchmark NWB files (spike_events builder)
     "ONE-api>=3.0",  # IBL sessions: a local ONE cache read offline (mtm_jax.datasets.ibl)

@@ -19,7 +19,7 @@ from mtm_jax.parallel import sharding
 from mtm_jax.training import config_checks, optimizer, precision, step as step_lib
 
 
-def _loss_and_grads(remat: bool, dtype: str, compiler_options=None, hlo: list | None = None, width: int = 16):
+def _loss_and_grads(remat: bool, dtype: str, compiler_options=None, width: int = 16):
   model = ndt1.NDT1(
     12, width=width, n_layers=2, n_heads=2, mlp_width=2 * width, max_bins=20, remat=remat, rngs=nnx.Rngs(0)
   )
@@ -43,8 +43,6 @@ def _loss_and_grads(remat: bool, dtype: str, compiler_options=None, hlo: list | 
     ),
     compiler_options=compiler_options,
   )
-  if hlo is not None:
-    hlo.append(fn.lower(params).compile().as_text())
   return fn(params)
 
 
@@ -75,20 +73,29 @@ def test_compute_dtype_is_validated():
 
 
 def test_cpu_compiler_options_keep_the_numbers():
-  """The bfloat16 train steps' CPU compile option (oneDNN matmuls) reaches the backward
-  pass's transposed products and changes the loss and gradients by rounding only."""
+  """The bfloat16 train steps' CPU compile options (parallel.sharding.compiler_options)
+  change the loss and gradients of a step by rounding only. What XLA does with them
+  (which kernels it calls) changes between releases and is not asserted."""
   assert sharding.compiler_options(jax.devices(), "float32") is None
   options = sharding.compiler_options(jax.devices(), "bfloat16")
-  assert options, "the tests run on CPU, where bfloat16 train steps get oneDNN matmuls"
-  loss, grads = _loss_and_grads(False, "bfloat16", width=256)  # oneDNN takes products of this size and up
-  hlo = []
-  loss_o, grads_o = _loss_and_grads(False, "bfloat16", options, hlo, width=256)
-  assert "__onednn$matmul" in hlo[0]
+  if not options:
+    available = {name: sharding._cpu_accepts(name) for name in sharding.CPU_BFLOAT16_OPTIONS}
+    pytest.skip(f"no CPU compile options on this backend/jaxlib ({jax.default_backend()}, {available})")
+  loss, grads = _loss_and_grads(False, "bfloat16", width=256)
+  loss_o, grads_o = _loss_and_grads(False, "bfloat16", options, width=256)
   tol = 3e-2  # 8-bit mantissas, another summation order
   np.testing.assert_allclose(loss_o, loss, rtol=tol)
   flat = lambda tree: jnp.concatenate([g.ravel() for g in jax.tree.leaves(tree)])
   error = float(jnp.linalg.norm(flat(grads_o) - flat(grads)) / jnp.linalg.norm(flat(grads)))
   assert error < tol, f"gradients: relative error {error:.2e} with the compile option"  # (key biases' are ~0)
+
+
+def test_compiler_options_are_left_out_where_xla_does_not_know_them(monkeypatch):
+  """An option this jaxlib does not know fails every compilation, so it is never passed:
+  the probe tells known from unknown, and compiler_options then gives None."""
+  assert not sharding._cpu_accepts("xla_cpu_no_such_option_of_any_release")
+  monkeypatch.setattr(sharding, "CPU_BFLOAT16_OPTIONS", {"xla_cpu_no_such_option_of_any_release": True})
+  assert sharding.compiler_options(jax.devices(), "bfloat16") is None
 
 
 def _dot_dtypes(lowered_text: str) -> set:

@@ -100,21 +100,35 @@ def place_state(state, mesh: jax.sharding.Mesh, model: nnx.Module | None = None)
   return jax.device_put(state, shardings(state, mesh))
 
 
+CPU_BFLOAT16_OPTIONS = {"xla_cpu_experimental_onednn_custom_call": True}
+
+
+def _cpu_accepts(option: str) -> bool:
+  """Whether this jaxlib's XLA CPU compiler knows the debug option `option` (an unknown
+  one fails every compilation with INVALID_ARGUMENT; experimental options come and go
+  between releases). One tiny compilation per call."""
+  try:
+    jax.jit(lambda x: x + 1, backend="cpu", compiler_options={option: True}).lower(0.0).compile()
+  except jax.errors.JaxRuntimeError:
+    return False
+  return True
+
+
 def compiler_options(devices, dtype) -> dict | None:
   """XLA options for train steps computing in `dtype` on `devices` (a mesh's, or
-  jax.devices()).
+  jax.devices()): CPU_BFLOAT16_OPTIONS for bfloat16 steps on CPU when this XLA knows
+  them, else None (GPU/TPU need nothing).
 
-  On CPU, XLA runs a bfloat16 dot whose operand is transposed (the weight and input
-  gradients of every backward pass) by converting both operands to float32; oneDNN's
-  matmul takes any operand layout natively, with AMX bfloat16 tiles where the CPU has
-  them. Measured on the 2-core CPU: a [1600, 512]^T x [1600, 1024] bfloat16 product 52 ->
-  198 GFLOP/s, the NDT1 paper-size bfloat16 train step 2.35 -> 1.76 s. In float32 the
-  same option made that step slower (2.42 -> 3.05 s), so it is set for bfloat16 only.
-  None elsewhere (GPU/TPU need nothing)."""
+  oneDNN's custom calls on the CPU, for bfloat16 only. Measured with jax 0.12.1 on the
+  2-core AMD EPYC (docs/speed.md): POYO small's bfloat16 train step 1.5-2.4x faster; NDT1
+  paper-size unchanged; a lone square bfloat16 product slower, which is why the option is
+  per jit (train steps), never global. Float32 steps keep XLA's own kernels."""
   devices = list(getattr(devices, "flat", devices))
-  if jnp.dtype(dtype) == jnp.bfloat16 and devices and all(d.platform == "cpu" for d in devices):
-    return {"xla_cpu_experimental_onednn_custom_call": True}
-  return None
+  if jnp.dtype(dtype) != jnp.bfloat16 or not devices or any(d.platform != "cpu" for d in devices):
+    return None
+  if not all(_cpu_accepts(name) for name in CPU_BFLOAT16_OPTIONS):
+    return None
+  return dict(CPU_BFLOAT16_OPTIONS)
 
 
 def jit_train_step(train_step, state, mesh: jax.sharding.Mesh, dtype="float32"):
