@@ -147,6 +147,12 @@ BAD_SESSIONS = {
     _edit_trials(lambda t: t.assign(feedback_times=t["feedback_times"].astype(np.float16))),
     r"_ibl_trials\.table\.pqt: times in column 'feedback_times' are stored as float16",
   ),
+  "no trial inside a sorting": (  # the sorting of another recording
+    _edit_npy("probe01", "spikes.times.npy", lambda a: a + 1000.0),
+    r"none of the 20 trials left by the trial rules \(\S+_ibl_trials\.table\.pqt: windows 9\.500 \.\. 80\.502 s\) "
+    r"lies inside every recording: the spike sorting of probe01 \(\S+probe01/spikes\.times\.npy, times 100\d\.\d+ "
+    r"\.\. 108\d\.\d+ s\) holds 0 of them",
+  ),
 }
 
 

@@ -10,6 +10,11 @@ array as read from a file and returns it as float64:
                       LowPrecisionTimesWarning (Python's warning registry shows a message once);
   float16             refused (2 s resolution an hour in, nothing past 65504 s);
   integers, others    refused (times are float seconds; integers are usually sample indices).
+
+Recordings: a spike sorting or a behaviour recording can start after the first trial or
+stop before the last. `inside` says which trials lie inside a recording's span, so that
+readers drop (and count) trials a recording does not cover instead of reading them as
+silence or as trials without behaviour.
 """
 
 from __future__ import annotations
@@ -61,3 +66,8 @@ def float64_times(values, source: str, what: str, error: type[Exception] = Value
       f"usually sample indices: divide them by the sampling rate)"
     )
   raise error(f"{source}: {what} must be float64 seconds, got dtype {dtype}")
+
+
+def inside(starts, ends, first: float, last: float) -> np.ndarray:
+  """[K] bool: the trial [starts[k], ends[k]] lies inside the recording [first, last]."""
+  return (np.asarray(starts, np.float64) >= first) & (np.asarray(ends, np.float64) <= last)

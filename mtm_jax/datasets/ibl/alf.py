@@ -268,8 +268,9 @@ class _Regions:
     return np.asarray(self.table.id2acronym(ids, mapping=configs.REGION_LEVELS[self.level]), dtype=object)
 
 
-def _read_camera(files: dict[str, str], where: str) -> tuple[np.ndarray, np.ndarray, str]:
-  """Frame times [F], whisker motion energy [F] of the left camera, else the right."""
+def _read_camera(files: dict[str, str], where: str) -> tuple[np.ndarray, np.ndarray, str, str]:
+  """Frame times [F], whisker motion energy [F] of the left camera, else the right; the
+  side and the frame times' path."""
   for side in ("left", "right"):
     if all(k in files for k in CAMERA_FILES[side]):
       times_path, energy_path = (_require(files, k, where) for k in CAMERA_FILES[side])
@@ -281,7 +282,7 @@ def _read_camera(files: dict[str, str], where: str) -> tuple[np.ndarray, np.ndar
           f"{len(energy)} motion energy values; they must have the same length"
         )
       _increasing_times(times, times_path, where)
-      return times, energy, side
+      return times, energy, side, times_path
   needed = " + ".join(CAMERA_FILES["left"])
   present = [k for side in CAMERA_FILES.values() for k in side if k in files]
   raise IblDataError(
@@ -322,7 +323,7 @@ def read_session(one, eid: str, options: configs.IblOptions = configs.IblOptions
       f"{len(wheel_times)} times; they must have the same length (at least 2)"
     )
   _increasing_times(wheel_times, wheel_time_path, where)
-  camera_times, motion_energy, camera = _read_camera(files, where)
+  camera_times, motion_energy, camera, camera_times_path = _read_camera(files, where)
 
   probes = probe_collections(files, options.sorters)
   if not probes:
@@ -342,8 +343,10 @@ def read_session(one, eid: str, options: configs.IblOptions = configs.IblOptions
     "trials": trials,
     "trials_path": trials_path,
     "wheel_times": wheel_times,
+    "wheel_times_path": wheel_time_path,
     "wheel_position": wheel_pos,
     "camera_times": camera_times,
+    "camera_times_path": camera_times_path,
     "motion_energy": motion_energy,
     "camera": camera,
     "probes": probe_data,
