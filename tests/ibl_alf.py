@@ -9,8 +9,10 @@ Known by construction (what the tests check against):
   wheel         position = WHEEL_SLOPE * t rad, sampled every ~7 ms: speed WHEEL_SLOPE rad/s;
   left camera   motion energy = ME_SLOPE * t + 1 at 60 Hz: linear, so interpolation is exact;
   probes        probe00 in alf/probe00/pykilosort/ (clusters 0..5, cluster 4 silent),
-                probe01 in alf/probe01/ (clusters 0..3); Poisson spikes; channels carry the
-                Allen ids ATLAS_IDS; clusters.metrics.pqt has firing_rate and label.
+                probe01 in alf/probe01/ (clusters 0..3); Poisson spikes from 0 s to 5 s
+                after the last stimOn, so every trial window lies inside both sortings
+                (keep_spikes cuts a sorting short); channels carry the Allen ids
+                ATLAS_IDS; clusters.metrics.pqt has firing_rate and label.
 """
 
 from __future__ import annotations
@@ -168,3 +170,12 @@ def ibl_data_dir(ibl_cache, tmp_path_factory):
 def probe_file(session, probe, name):
   """The path of a probe's ALF file in a written session."""
   return os.path.join(session, PROBES[probe], name)
+
+
+def keep_spikes(session, probe, start=-np.inf, end=np.inf):
+  """Keeps only the spikes of a probe in [start, end): a sorting that starts late or stops early."""
+  times = np.load(probe_file(session, probe, "spikes.times.npy"))
+  keep = (times >= start) & (times < end)
+  for name in ("spikes.times.npy", "spikes.clusters.npy"):
+    path = probe_file(session, probe, name)
+    np.save(path, np.load(path)[keep])

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from data_builders.spike_events import spike_events
-from mtm_jax.datasets import reaching
+from mtm_jax.datasets import reaching, recording
 from mtm_jax.datasets.events import batches as batches_lib
 from mtm_jax.datasets.events import session as session_lib
 from mtm_jax.datasets.events import stitching
@@ -67,11 +67,22 @@ def test_reaching_is_deterministic_and_sessions_differ(sessions):
     (lambda s: dict(s, splits=dict(s["splits"], train=s["splits"]["train"][::-1])), "not sorted by start"),
     (lambda s: dict(s, splits=dict(s["splits"], bogus=s["splits"]["val"])), "unknown names \\['bogus'\\]"),
     (lambda s: {k: v for k, v in s.items() if k != "unit_ids"}, "missing fields \\['unit_ids'\\]"),
+    (lambda s: dict(s, spike_times=s["spike_times"].astype(np.float16)), "'spike_times' are stored as float16"),
+    (
+      lambda s: dict(s, behaviour_timestamps=s["behaviour_timestamps"].astype(np.float16)),
+      "'behaviour_timestamps' are stored as float16",
+    ),
   ],
 )
 def test_validate_event_session_names_the_problem(sessions, change, message):
   with pytest.raises(ValueError, match=f"where: .*{message}"):
     session_lib.EventSession.from_dict(change(vars(sessions[0])), where="where")
+
+
+def test_float32_times_of_an_event_session_are_warned_about(sessions):
+  fields = dict(vars(sessions[0]), spike_times=sessions[0].spike_times.astype(np.float32))
+  with pytest.warns(recording.LowPrecisionTimesWarning, match="^where: 'spike_times' are stored as float32"):
+    session_lib.EventSession.from_dict(fields, where="where")
 
 
 # ------------------------------------------------------------------------------ builder

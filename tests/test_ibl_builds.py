@@ -41,6 +41,14 @@ def _edit_npy(probe, name, fn):
   return edit
 
 
+def _edit_alf(name, fn):
+  def edit(session):
+    path = os.path.join(session, "alf", name)
+    np.save(path, fn(np.load(path)))
+
+  return edit
+
+
 def _edit_trials(fn):
   def edit(session):
     path = os.path.join(session, "alf", "_ibl_trials.table.pqt")
@@ -126,6 +134,25 @@ BAD_SESSIONS = {
   ),
   "no usable trials": (_edit_trials(_nogo), r"no usable trials in \S+_ibl_trials\.table\.pqt .*dropped_no_choice=22"),
   "empty probe": (_empty_probe, r"empty probe alf/probe01: \S+spikes\.times\.npy holds no spikes"),
+  "float16 spike times": (
+    _edit_npy("probe00", "spikes.times.npy", lambda a: a.astype(np.float16)),
+    r"pykilosort/spikes\.times\.npy: spike times are stored as float16, which resolves only 0\.0625 s at their "
+    r"largest time",
+  ),
+  "integer wheel times": (
+    _edit_alf("_ibl_wheel.timestamps.npy", lambda a: np.round(a * 1000).astype(np.int64)),
+    r"_ibl_wheel\.timestamps\.npy: wheel times are stored as integers \(int64\); expected float64 seconds",
+  ),
+  "float16 trial times": (
+    _edit_trials(lambda t: t.assign(feedback_times=t["feedback_times"].astype(np.float16))),
+    r"_ibl_trials\.table\.pqt: times in column 'feedback_times' are stored as float16",
+  ),
+  "no trial inside a sorting": (  # the sorting of another recording
+    _edit_npy("probe01", "spikes.times.npy", lambda a: a + 1000.0),
+    r"none of the 20 trials left by the trial rules \(\S+_ibl_trials\.table\.pqt: windows 9\.500 \.\. 80\.502 s\) "
+    r"lies inside every recording: the spike sorting of probe01 \(\S+probe01/spikes\.times\.npy, times 100\d\.\d+ "
+    r"\.\. 108\d\.\d+ s\) holds 0 of them",
+  ),
 }
 
 

@@ -5,6 +5,7 @@ import logging
 import os
 import re
 
+import h5py
 import numpy as np
 import pynwb
 import pytest
@@ -13,7 +14,7 @@ from data_builders import prepare
 from mtm_jax.tasks import registry
 from mtm_jax.configs import poyo as poyo_config
 from mtm_jax.training import trainer
-from mtm_jax.datasets import nwb, provenance
+from mtm_jax.datasets import nwb, provenance, recording
 from mtm_jax.datasets.events import batches
 from mtm_jax.datasets.events import session
 from mtm_jax.datasets.events import tfds as tfds_lib
@@ -24,10 +25,10 @@ LABELS = ["train"] * 6 + ["val"] * 2 + ["test"] * 2
 LOCATIONS = ["M1", "PMd", "M1"]
 
 
-def _spikes(seed: int = 0) -> list[np.ndarray]:
-  """Sorted spike times of 3 units over 0-20 s."""
+def _spikes(seed: int = 0, until: float = 20.0) -> list[np.ndarray]:
+  """Sorted spike times of 3 units over 0-20 s (those before `until`)."""
   rng = np.random.default_rng(seed)
-  return [np.sort(rng.uniform(0, 20, size=n)) for n in (50, 80, 30)]
+  return [t[t < until] for t in (np.sort(rng.uniform(0, 20, size=n)) for n in (50, 80, 30))]
 
 
 def write_nwb(
@@ -42,8 +43,15 @@ def write_nwb(
   unsorted=False,
   overlap=False,
   seed=0,
+  observed=(0.0, 20.0),
+  spikes_until=20.0,
+  behaviour_until=20.0,
+  dtypes=None,
 ):
-  """A small NLB-like NWB file: 3 units, 10 trials of 2 s, hand velocity at 100 Hz."""
+  """A small NLB-like NWB file: 3 units observed over 0-20 s (`obs_intervals`; None: no
+  such column), 10 trials of 2 s, hand velocity at 100 Hz. The spikes (behaviour) end at
+  spikes_until (behaviour_until); dtypes {dataset inside the file, e.g. units/spike_times:
+  dtype} rewrites datasets in another dtype."""
   f = pynwb.NWBFile(
     session_description="test",
     identifier=os.path.basename(str(path)),
@@ -55,10 +63,13 @@ def write_nwb(
       group = f.create_electrode_group(name="g", description="", location="motor cortex", device=device)
       for loc in LOCATIONS:
         f.add_electrode(location=loc, group=group)
-    for u, times in enumerate(_spikes(seed)):
+    for u, times in enumerate(_spikes(seed, spikes_until)):
       if unsorted and u == 1:
         times = times[::-1]
-      f.add_unit(spike_times=times, **({"electrodes": [u]} if electrodes else {}))
+      extra = dict(electrodes=[u]) if electrodes else {}
+      if observed is not None:
+        extra["obs_intervals"] = [list(observed)]
+      f.add_unit(spike_times=times, **extra)
   if trials:
     if split:
       f.add_trial_column(name="split", description="NLB split")
@@ -67,12 +78,21 @@ def write_nwb(
       f.add_trial(start_time=start, stop_time=2.0 * k + 2.0, **({"split": LABELS[k]} if split else {}))
   if behaviour:
     module = f.create_processing_module(name="behavior", description="behaviour")
-    stamps = np.arange(2000) * 0.01
+    stamps = np.arange(int(round(100 * behaviour_until))) * 0.01
     values = np.stack([np.sin(stamps), np.cos(stamps)], axis=1)
     timing = dict(rate=rate, starting_time=0.0) if rate else dict(timestamps=stamps)
     module.add(pynwb.TimeSeries(name=behaviour, data=values, unit="cm/s", **timing))
   with pynwb.NWBHDF5IO(str(path), "w") as io:
     io.write(f)
+  with h5py.File(str(path), "r+") as h5:
+    for name, dtype in (dtypes or {}).items():
+      data = h5[name][:]
+      attrs = dict(h5[name].attrs)
+      del h5[name]
+      h5.create_dataset(name, data=data.astype(dtype))
+      h5[name].attrs.update(attrs)
+      if f"{name}_index" in h5:  # a ragged column's index refers to its data by reference
+        h5[f"{name}_index"].attrs["target"] = h5[name].ref
   return str(path)
 
 
@@ -121,12 +141,73 @@ def test_reader_fallbacks(tmp_path, caplog):
     (dict(behaviour="cursor_pos"), "no behaviour 'hand_vel' in processing/behavior \\(it has \\['cursor_pos'\\]\\)"),
     (dict(unsorted=True), "Units row 1 \\(id 1\\): spike_times are not sorted"),
     (dict(trials=False), "no trials table"),
+    (
+      dict(dtypes={"units/spike_times": np.float16}),
+      "Units spike_times are stored as float16, which resolves only 0.0156 s at their largest time",
+    ),
+    (
+      dict(dtypes={"intervals/trials/stop_time": np.int64}),
+      re.escape("trials stop_time are stored as integers (int64)"),
+    ),
+    (
+      dict(observed=None, spikes_until=1.5),
+      r"none of the 10 trials \(0.000 .. 20.000 s\) lies inside every recording: the spike recording \(its first to "
+      r"last spike, 0.\d+ .. 1.\d+ s\) holds 0",
+    ),
   ],
 )
 def test_reader_errors_name_the_file(tmp_path, kwargs, message):
   path = write_nwb(tmp_path / "bad.nwb", **kwargs)
   with pytest.raises(ValueError, match=f"{re.escape(path)}: {message}"):
     nwb.read_nwb(path)
+
+
+def test_float32_times_are_used_with_a_warning_naming_the_file_and_dtype(tmp_path):
+  float32 = ["units/spike_times", "intervals/trials/start_time", "processing/behavior/hand_vel/timestamps"]
+  path = write_nwb(tmp_path / "f32.nwb", dtypes=dict.fromkeys(float32, np.float32))
+  with pytest.warns(recording.LowPrecisionTimesWarning) as caught:
+    s = nwb.read_nwb(path)
+  messages = sorted(str(w.message) for w in caught if w.category is recording.LowPrecisionTimesWarning)
+  assert len(messages) == 3, messages
+  for what, t_max in (("Units spike_times", np.concatenate(_spikes()).max()), ("trials start_time", 18.0)):
+    ms = 1e3 * float(np.spacing(np.float32(t_max)))
+    assert any(
+      m.startswith(f"{path}: {what} are stored as float32") and f"resolves only {ms:.3g} ms" in m for m in messages
+    )
+  assert any("processing/behavior/hand_vel timestamps are stored as float32" in m for m in messages)
+  # Used as stored: every trial, the spikes at their float32 times.
+  np.testing.assert_array_equal(s.trial_starts, 2.0 * np.arange(N_TRIALS))
+  np.testing.assert_array_equal(s.spike_times, np.sort(np.concatenate(_spikes()).astype(np.float32)))
+  assert s.spike_times.dtype == np.float64
+
+
+@pytest.mark.parametrize("observed", [(0.0, 13.0), None])  # obs_intervals, else the first to the last spike
+def test_trials_past_the_units_recording_are_left_out_and_counted(tmp_path, caplog, observed):
+  path = write_nwb(tmp_path / "short.nwb", observed=observed, spikes_until=13.0)
+  with caplog.at_level(logging.WARNING):
+    s = nwb.read_nwb(path)
+  first = min(t[0] for t in _spikes(until=13.0))  # 0.055 s: without obs_intervals, trial 0 starts before it
+  kept = [1, 2, 3, 4, 5] if observed is None else [0, 1, 2, 3, 4, 5]
+  assert observed or first > 0.0
+  np.testing.assert_array_equal(s.trial_starts, 2.0 * np.array(kept))
+  assert s.source_info["dropped_outside_spike_recording"] == N_TRIALS - len(kept)
+  assert s.source_info["dropped_outside_behaviour_recording"] == 0
+  assert s.source_info["split_source"] == "seeded"  # the split column's val and test trials are gone
+  assert sum(len(iv) for iv in s.splits.values()) == len(kept)
+  recorded = "the observation intervals (obs_intervals) of units ['0', '1', '2']" if observed else "the spike recording"
+  assert f"{path}: {N_TRIALS - len(kept)} of {N_TRIALS} trials lie outside {recorded}" in caplog.text
+
+
+def test_trials_past_the_behaviour_series_are_left_out_and_counted(tmp_path, caplog):
+  path = write_nwb(tmp_path / "short.nwb", behaviour_until=15.0)  # samples 0 .. 14.99 s
+  with caplog.at_level(logging.WARNING):
+    s = nwb.read_nwb(path)
+  np.testing.assert_array_equal(s.trial_starts, 2.0 * np.arange(7))  # [14, 16) on have no behaviour to the end
+  assert s.source_info["dropped_outside_behaviour_recording"] == 3
+  assert s.source_info["dropped_outside_spike_recording"] == 0
+  assert f"{path}: 3 of {N_TRIALS} trials lie outside the behaviour series processing/behavior/hand_vel" in caplog.text
+  for start, end in zip(s.trial_starts, s.trial_ends):  # every trial kept has its samples
+    assert len(session.interval_data(s, start, end)["behaviour_timestamps"]) == 200
 
 
 def test_build_nwb_directory_end_to_end(tmp_path, capsys, caplog):

@@ -14,9 +14,18 @@ Reads with pynwb, into an event session (mtm_jax.datasets.events.session):
 Splits: the `split` column when it labels trials of all three splits; otherwise the trials
 (those with a split label, if the column exists) are drawn 70/10/20 with `split_seed` (NLB's
 training files label only train and val: their test trials are in separate files without
-behaviour). Trials overlapping an earlier trial are left out (counted), so no spike lies in
-two intervals. Behaviour samples with NaN values are left out (counted); values are read
-as stored (no unit conversion). Every behaviour sample weighs 1.
+behaviour). Left out and counted in source_info, with a warning naming the file, in order:
+  trials outside the spike recording: every unit's observation intervals (the Units table's
+    `obs_intervals`) when the file has them, else from the first to the last spike of all
+    units (a sorting that starts late or stops early would give trials of silence);
+  trials outside the behaviour series: more than 1.5 sampling intervals of the trial before
+    its first sample or after its last (trials without behaviour to train or score on);
+  trials overlapping an earlier trial, so no spike lies in two intervals.
+No trial left is an error naming the file. Behaviour samples with NaN values are left out
+(counted); values are read as stored (no unit conversion). Every behaviour sample weighs 1.
+Times (spike times, observation intervals, trial times, behaviour timestamps) are read
+through mtm_jax.datasets.recording.float64_times: float32 is used with a warning, float16
+and integer times are refused.
 """
 
 from __future__ import annotations
@@ -27,7 +36,10 @@ from absl import logging
 import numpy as np
 import pynwb
 
+from mtm_jax.datasets import recording
 from mtm_jax.datasets.events import session as session_lib
+
+BEHAVIOUR_GAP = 1.5  # sampling intervals a trial may extend past its behaviour series' first or last sample
 
 
 def _text(values) -> list[str]:
@@ -45,7 +57,7 @@ def _read_units(path: str, nwbfile, session_id: str):
     raise ValueError(f"{path}: the Units table has no spike_times column (it has {list(units.colnames)})")
   index = units["spike_times"]  # VectorIndex: end offset of each unit's spike times
   ends = np.asarray(index.data[:], np.int64)
-  flat = np.asarray(index.target.data[:], np.float64)
+  flat = recording.float64_times(index.target.data[:], path, "Units spike_times")
   ids = np.asarray(units.id.data[:])
   counts = np.diff(np.concatenate([[0], ends]))
   owner = np.repeat(np.arange(len(ends)), counts)
@@ -77,8 +89,9 @@ def _read_units(path: str, nwbfile, session_id: str):
   return flat[order], owner[order].astype(np.int32), unit_ids, np.array(regions, dtype=object)
 
 
-def _read_trials(path: str, nwbfile, split_seed: int):
-  """Kept trial starts/ends [K] (sorted, non-overlapping), splits, and what was left out."""
+def _trial_times(path: str, nwbfile):
+  """start_time, stop_time [K] float64 of the trials table (finite, start < stop) and its
+  split labels (None without a `split` column)."""
   trials = nwbfile.trials
   if trials is None or len(trials) == 0:
     raise ValueError(
@@ -87,8 +100,8 @@ def _read_trials(path: str, nwbfile, split_seed: int):
   for column in ("start_time", "stop_time"):
     if column not in trials.colnames:
       raise ValueError(f"{path}: the trials table has no {column!r} column")
-  starts = np.asarray(trials["start_time"].data[:], np.float64)
-  stops = np.asarray(trials["stop_time"].data[:], np.float64)
+  starts = recording.float64_times(trials["start_time"].data[:], path, "trials start_time")
+  stops = recording.float64_times(trials["stop_time"].data[:], path, "trials stop_time")
   bad = np.flatnonzero(~np.isfinite(starts) | ~np.isfinite(stops) | (stops <= starts))
   if len(bad):
     raise ValueError(
@@ -96,17 +109,100 @@ def _read_trials(path: str, nwbfile, split_seed: int):
       f"stop_time={stops[bad[0]]} (need finite start < stop)"
     )
   labels = _text(trials["split"].data[:]) if "split" in trials.colnames else None
+  return starts, stops, labels
 
-  order = np.argsort(starts, kind="stable")
+
+def _merged(intervals: np.ndarray) -> np.ndarray:
+  """[n, 2] intervals -> the sorted, disjoint intervals of their union."""
+  out: list[list[float]] = []
+  for a, b in intervals[np.argsort(intervals[:, 0], kind="stable")]:
+    if out and a <= out[-1][1]:
+      out[-1][1] = max(out[-1][1], b)
+    else:
+      out.append([a, b])
+  return np.array(out, np.float64).reshape(-1, 2)
+
+
+def _inside_any(starts: np.ndarray, stops: np.ndarray, intervals: np.ndarray) -> np.ndarray:
+  """[K] bool: the trial lies inside the union of `intervals` [n, 2]."""
+  union = _merged(intervals)
+  if len(union) == 0:
+    return np.zeros(len(starts), bool)
+  j = np.searchsorted(union[:, 0], starts, side="right") - 1
+  return (j >= 0) & (stops <= union[np.maximum(j, 0), 1])
+
+
+def _observation_intervals(path: str, units) -> list[np.ndarray]:
+  """Each unit's observation intervals [n_u, 2] (the Units table's obs_intervals)."""
+  column = units["obs_intervals"]
+  if hasattr(column, "target"):  # VectorIndex: end offset of each unit's rows
+    ends = np.asarray(column.data[:], np.int64)
+    flat = recording.float64_times(column.target.data[:], path, "Units obs_intervals")
+  else:
+    flat = recording.float64_times(column.data[:], path, "Units obs_intervals")
+    ends = np.arange(1, len(flat) + 1)
+  if flat.ndim != 2 or flat.shape[1] != 2 or (len(ends) and ends[-1] != len(flat)):
+    raise ValueError(f"{path}: Units obs_intervals must be [n, 2] (start, stop) rows, got shape {flat.shape}")
+  bad = np.flatnonzero(~np.all(np.isfinite(flat), axis=1) | (flat[:, 1] < flat[:, 0]))
+  if len(bad):
+    raise ValueError(f"{path}: Units obs_intervals row {bad[0]} is {flat[bad[0]].tolist()} (need finite start <= stop)")
+  return np.split(flat, ends[:-1])
+
+
+def _spike_coverage(path: str, units, spike_times: np.ndarray, starts: np.ndarray, stops: np.ndarray):
+  """[K] bool: the trials inside the spike recording, and that recording in words."""
+  if "obs_intervals" not in units.colnames:
+    if len(spike_times) == 0:
+      return np.zeros(len(starts), bool), "the spike recording (the units hold no spikes)"
+    first, last = spike_times[0], spike_times[-1]
+    covered = recording.inside(starts, stops, first, last)
+    return covered, f"the spike recording (its first to last spike, {first:.3f} .. {last:.3f} s)"
+  ids = np.asarray(units.id.data[:])
+  covered, short = np.ones(len(starts), bool), []
+  for u, intervals in enumerate(_observation_intervals(path, units)):
+    inside = _inside_any(starts, stops, intervals)
+    if not inside.all():
+      short.append(str(ids[u]))
+    covered &= inside
+  return covered, f"the observation intervals (obs_intervals) of units {short[:5]}{' ...' * (len(short) > 5)}"
+
+
+def _select_trials(path: str, starts, stops, labels, recorded, split_seed: int):
+  """Kept trial starts/ends [K] (sorted, non-overlapping), splits, and what was left out.
+
+  recorded: [(count name, recording in words, [K] bool trials inside it)]: a trial outside
+  one is dropped and counted (once, under the first); then overlapping trials."""
+  info = dict(n_trials=int(len(starts)))
+  ok = np.ones(len(starts), bool)
+  for count, name, covered in recorded:
+    info[count] = int(np.sum(ok & ~covered))
+    ok &= covered
+    if not covered.all():
+      logging.warning(
+        "%s: %d of %d trials lie outside %s and are left out (trial rows %s)",
+        path,
+        int(np.sum(~covered)),
+        len(starts),
+        name,
+        np.flatnonzero(~covered)[:10].tolist(),
+      )
+  if not ok.any():
+    held = "; ".join(f"{name} holds {int(np.sum(covered))}" for _, name, covered in recorded)
+    raise ValueError(
+      f"{path}: none of the {len(starts)} trials ({starts.min():.3f} .. {stops.max():.3f} s) lies inside every "
+      f"recording: {held}; is the file complete?"
+    )
+
+  order = np.flatnonzero(ok)[np.argsort(starts[ok], kind="stable")]
   kept, last_end = [], -np.inf
   for k in order:
     if starts[k] >= last_end:
       kept.append(k)
       last_end = stops[k]
   kept = np.array(kept, np.int64)
-  info = dict(n_trials=int(len(starts)), dropped_overlapping_trials=int(len(starts) - len(kept)))
+  info["dropped_overlapping_trials"] = int(ok.sum() - len(kept))
   if info["dropped_overlapping_trials"]:
-    dropped = sorted(set(range(len(starts))) - set(kept.tolist()))
+    dropped = sorted(set(np.flatnonzero(ok).tolist()) - set(kept.tolist()))
     logging.warning(
       "%s: %d of %d trials overlap an earlier trial and are left out (trial rows %s)",
       path,
@@ -135,7 +231,8 @@ def _read_trials(path: str, nwbfile, split_seed: int):
 
 
 def _read_behaviour(path: str, nwbfile, name: str, stride: int):
-  """Timestamps [T] float64, values [T, D] float32 (NaN rows dropped), rows dropped."""
+  """Timestamps [T] float64, values [T, D] float32 (NaN rows dropped), rows dropped, and
+  the series' timestamps (NaN rows kept: the span it was recorded over)."""
   where = f"processing/behavior/{name}"
   if "behavior" not in nwbfile.processing:
     raise ValueError(
@@ -157,7 +254,7 @@ def _read_behaviour(path: str, nwbfile, name: str, stride: int):
   if isinstance(stamps, pynwb.TimeSeries):  # timestamps linked from another series
     stamps = stamps.timestamps
   if stamps is not None:
-    stamps = np.asarray(stamps[:], np.float64)
+    stamps = recording.float64_times(stamps[:], path, f"{where} timestamps")
   elif series.rate:
     stamps = (series.starting_time or 0.0) + np.arange(len(values)) / series.rate
   else:
@@ -168,7 +265,16 @@ def _read_behaviour(path: str, nwbfile, name: str, stride: int):
   if not np.all(np.isfinite(stamps)) or np.any(np.diff(stamps) <= 0):
     raise ValueError(f"{path}: {where} timestamps must be finite and strictly increasing")
   finite = np.all(np.isfinite(values), axis=1)
-  return stamps[finite], values[finite].astype(np.float32), int(np.sum(~finite))
+  return stamps[finite], values[finite].astype(np.float32), int(np.sum(~finite)), stamps
+
+
+def _behaviour_coverage(name: str, stamps: np.ndarray, starts: np.ndarray, stops: np.ndarray):
+  """[K] bool: the trials with behaviour samples from start to stop (no more than
+  BEHAVIOUR_GAP sampling intervals of a trial before the first or after the last), and the
+  series in words."""
+  gap = BEHAVIOUR_GAP * float(np.median(np.diff(stamps))) if len(stamps) > 1 else 0.0
+  covered = (stamps[0] <= starts + gap) & (stamps[-1] >= stops - gap)
+  return covered, f"the behaviour series processing/behavior/{name} ({stamps[0]:.3f} .. {stamps[-1]:.3f} s)"
 
 
 def read_nwb(
@@ -193,8 +299,15 @@ def read_nwb(
     raise ValueError(f"{path}: not a readable NWB file ({type(e).__name__}: {e})") from e
   try:
     spike_times, spike_units, unit_ids, regions = _read_units(path, nwbfile, session_id)
-    starts, ends, splits, info = _read_trials(path, nwbfile, split_seed)
-    stamps, values, dropped = _read_behaviour(path, nwbfile, behaviour, behaviour_stride)
+    starts, stops, labels = _trial_times(path, nwbfile)
+    stamps, values, dropped, series_stamps = _read_behaviour(path, nwbfile, behaviour, behaviour_stride)
+    spikes_in, spikes_name = _spike_coverage(path, nwbfile.units, spike_times, starts, stops)
+    behaviour_in, behaviour_name = _behaviour_coverage(behaviour, series_stamps, starts, stops)
+    recorded = [
+      ("dropped_outside_spike_recording", spikes_name, spikes_in),
+      ("dropped_outside_behaviour_recording", behaviour_name, behaviour_in),
+    ]
+    starts, ends, splits, info = _select_trials(path, starts, stops, labels, recorded, split_seed)
     heldout = nwbfile.units["heldout"].data[:] if "heldout" in nwbfile.units.colnames else []
   finally:
     io.close()

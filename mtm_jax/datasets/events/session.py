@@ -16,7 +16,8 @@ and, optionally, where it was read from (source_info: counts of what the reader 
 source_files: the paths read) and `extras`, whatever else a source knows (the reaching
 task's ground truth), which nothing here reads. It is built unchecked;
 `validate(where)` checks it, and `EventSession.from_dict(fields, where)` builds and checks
-one from a mapping of untrusted fields. See docs/event_data.md.
+one from a mapping of untrusted fields (float16 spike or behaviour times are refused,
+float32 ones warned about: mtm_jax.datasets.recording). See docs/event_data.md.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from mtm_jax.datasets import recording
 from mtm_jax.datasets import schema
 
 SPLITS = ("train", "val", "test")
@@ -144,6 +146,7 @@ def _validate(session: dict, where: str) -> None:
     raise ValueError(f"{where}: 'spike_times' has {len(times)} spikes but 'spike_units' has {len(units)}")
   if not np.issubdtype(times.dtype, np.floating):
     raise ValueError(f"{where}: 'spike_times' must be float seconds, got dtype {times.dtype}")
+  recording.float64_times(times, where, "'spike_times'")  # float16 refused, float32 warned about
   if not np.all(np.isfinite(times)):
     raise ValueError(f"{where}: 'spike_times' has {int(np.sum(~np.isfinite(times)))} NaN/inf times")
   unsorted = np.flatnonzero(np.diff(times) < 0)
@@ -165,6 +168,8 @@ def _validate(session: dict, where: str) -> None:
       raise ValueError(f"{where}: '{name}' must be numbers, got dtype {array.dtype}")
   if stamps.ndim != 1:
     raise ValueError(f"{where}: 'behaviour_timestamps' must be 1-D, got shape {stamps.shape}")
+  if np.issubdtype(stamps.dtype, np.floating):
+    recording.float64_times(stamps, where, "'behaviour_timestamps'")
   if not np.all(np.isfinite(stamps)):
     raise ValueError(f"{where}: 'behaviour_timestamps' has NaN/inf timestamps")
   if np.any(np.diff(stamps) <= 0):

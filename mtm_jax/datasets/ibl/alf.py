@@ -17,7 +17,9 @@ Files read per session (collection `alf`):
 Region of a unit: the acronym of its channel's atlas id (iblatlas BrainRegions, shipped
 with the package), at the level of IblOptions.regions (Allen, or the coarser Beryl or
 Cosmos). Every inconsistency in the files raises IblDataError naming the file and the
-problem.
+problem. Time arrays (spike, wheel and frame times, the trials table's time columns) are
+read through mtm_jax.datasets.recording.float64_times: float32 is used with a warning,
+float16 and integer times are refused.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import re
 import numpy as np
 import pandas as pd
 
+from mtm_jax.datasets import recording
 from mtm_jax.datasets.ibl import configs
 
 TRIALS_FILE = "alf/_ibl_trials.table.pqt"
@@ -43,6 +46,7 @@ PROBE_FILES = (
   "clusters.metrics.pqt",
   "channels.brainLocationIds_ccf_2017.npy",
 )
+TRIAL_TIME_COLUMNS = ("stimOn_times", "firstMovement_times", "feedback_times")
 TRIAL_COLUMNS = (
   "stimOn_times",
   "firstMovement_times",
@@ -141,6 +145,20 @@ def _floats(path: str, where: str, what: str) -> np.ndarray:
   return _array_1d(path, where, what).astype(np.float64)
 
 
+def _times(path: str, where: str, what: str) -> np.ndarray:
+  """[n] float64 seconds from a .npy file of times (recording.float64_times: float32 warns,
+  float16 and integers raise)."""
+  return recording.float64_times(_array_1d(path, where, what), f"{where}: {path}", what, IblDataError)
+
+
+def _time_column(trials: pd.DataFrame, column: str, path: str, where: str) -> np.ndarray:
+  """[n] float64 seconds of a time column of the trials table (as _times)."""
+  values = trials[column]
+  dtype = getattr(values.dtype, "numpy_dtype", values.dtype)  # pandas' nullable Float32/Float64
+  array = values.to_numpy(dtype, na_value=np.nan) if np.dtype(dtype).kind == "f" else values.to_numpy()
+  return recording.float64_times(array, f"{where}: {path}", f"times in column {column!r}", IblDataError)
+
+
 def _integers(path: str, where: str, what: str) -> np.ndarray:
   """[n] int64 from a .npy file of integers."""
   values = _array_1d(path, where, what)
@@ -194,7 +212,7 @@ def _cluster_metrics(path: str, n_clusters: int, channels_path: str, where: str)
 def _read_probe(files: dict[str, str], collection: str, where: str, regions) -> dict:
   """One probe's spikes and units, validated (regions: a _Regions)."""
   p = {name: _require(files, f"{collection}/{name}", where) for name in PROBE_FILES}
-  times = _floats(p["spikes.times.npy"], where, "spike times")
+  times = _times(p["spikes.times.npy"], where, "spike times")
   clusters = _integers(p["spikes.clusters.npy"], where, "cluster indices")
   if len(times) == 0:
     raise IblDataError(f"{where}: empty probe {collection}: {p['spikes.times.npy']} holds no spikes")
@@ -250,12 +268,13 @@ class _Regions:
     return np.asarray(self.table.id2acronym(ids, mapping=configs.REGION_LEVELS[self.level]), dtype=object)
 
 
-def _read_camera(files: dict[str, str], where: str) -> tuple[np.ndarray, np.ndarray, str]:
-  """Frame times [F], whisker motion energy [F] of the left camera, else the right."""
+def _read_camera(files: dict[str, str], where: str) -> tuple[np.ndarray, np.ndarray, str, str]:
+  """Frame times [F], whisker motion energy [F] of the left camera, else the right; the
+  side and the frame times' path."""
   for side in ("left", "right"):
     if all(k in files for k in CAMERA_FILES[side]):
       times_path, energy_path = (_require(files, k, where) for k in CAMERA_FILES[side])
-      times = _floats(times_path, where, "frame times")
+      times = _times(times_path, where, "frame times")
       energy = _floats(energy_path, where, "motion energy values")
       if len(times) != len(energy):
         raise IblDataError(
@@ -263,7 +282,7 @@ def _read_camera(files: dict[str, str], where: str) -> tuple[np.ndarray, np.ndar
           f"{len(energy)} motion energy values; they must have the same length"
         )
       _increasing_times(times, times_path, where)
-      return times, energy, side
+      return times, energy, side, times_path
   needed = " + ".join(CAMERA_FILES["left"])
   present = [k for side in CAMERA_FILES.values() for k in side if k in files]
   raise IblDataError(
@@ -293,16 +312,18 @@ def read_session(one, eid: str, options: configs.IblOptions = configs.IblOptions
   missing = [c for c in TRIAL_COLUMNS if c not in trials.columns]
   if missing:
     raise IblDataError(f"{where}: {trials_path} has no column(s) {missing}; expected {list(TRIAL_COLUMNS)}")
+  for column in TRIAL_TIME_COLUMNS:
+    trials[column] = _time_column(trials, column, trials_path, where)
   wheel_pos_path, wheel_time_path = (_require(files, k, where) for k in WHEEL_FILES)
   wheel_pos = _floats(wheel_pos_path, where, "wheel positions")
-  wheel_times = _floats(wheel_time_path, where, "wheel times")
+  wheel_times = _times(wheel_time_path, where, "wheel times")
   if len(wheel_pos) != len(wheel_times) or len(wheel_pos) < 2:
     raise IblDataError(
       f"{where}: {wheel_pos_path} has {len(wheel_pos)} positions and {wheel_time_path} "
       f"{len(wheel_times)} times; they must have the same length (at least 2)"
     )
   _increasing_times(wheel_times, wheel_time_path, where)
-  camera_times, motion_energy, camera = _read_camera(files, where)
+  camera_times, motion_energy, camera, camera_times_path = _read_camera(files, where)
 
   probes = probe_collections(files, options.sorters)
   if not probes:
@@ -322,8 +343,10 @@ def read_session(one, eid: str, options: configs.IblOptions = configs.IblOptions
     "trials": trials,
     "trials_path": trials_path,
     "wheel_times": wheel_times,
+    "wheel_times_path": wheel_time_path,
     "wheel_position": wheel_pos,
     "camera_times": camera_times,
+    "camera_times_path": camera_times_path,
     "motion_energy": motion_energy,
     "camera": camera,
     "probes": probe_data,

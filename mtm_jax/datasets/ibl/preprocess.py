@@ -2,8 +2,10 @@
 
 Trials aligned at stimOn_times, -0.5 .. +1.5 s in 20 ms bins (100 bins); all probes
 merged (neurons ordered by probe name, then cluster id); trials kept when
-firstMovement_times - stimOn_times is in [0.08, 2] s, none of the trial events is NaN and
-choice != 0; per trial choice (IBL sign: -1 counter-clockwise / stimulus reported on the
+firstMovement_times - stimOn_times is in [0.08, 2] s, none of the trial events is NaN,
+choice != 0 and the trial window lies inside every recording (wheel, camera, and each
+probe's spike sorting, from its first to its last spike: a sorting that starts late or
+stops early would otherwise give trials of silence); per trial choice (IBL sign: -1 counter-clockwise / stimulus reported on the
 right, +1 clockwise / left), block (probabilityLeft), signed contrast (contrastRight -
 contrastLeft), reward (feedbackType == 1), reaction time; per bin the whisker motion
 energy interpolated to the bin centres and the wheel speed |position(bin end) -
@@ -18,6 +20,7 @@ from absl import logging
 import numpy as np
 import pandas as pd
 
+from mtm_jax.datasets import recording
 from mtm_jax.datasets import schema
 from mtm_jax.datasets.ibl import alf
 from mtm_jax.datasets.ibl import cache
@@ -95,7 +98,56 @@ def wheel_speed(times: np.ndarray, position: np.ndarray, align_times: np.ndarray
 
 def _covered(align_times: np.ndarray, times: np.ndarray) -> np.ndarray:
   """[K] bool: the trial window lies inside [times[0], times[-1]]."""
-  return (align_times - schema.T_BEFORE >= times[0]) & (align_times + T_AFTER <= times[-1])
+  return recording.inside(align_times - schema.T_BEFORE, align_times + T_AFTER, times[0], times[-1])
+
+
+def _recordings(raw: dict) -> list[tuple[str, str, str, np.ndarray]]:
+  """(count, name, file, sorted times) of every recording a trial window must lie inside:
+  wheel and camera (behaviour), then each probe's spikes."""
+  out = [
+    ("dropped_outside_behaviour_recording", "the wheel recording", raw["wheel_times_path"], raw["wheel_times"]),
+    ("dropped_outside_behaviour_recording", "the camera recording", raw["camera_times_path"], raw["camera_times"]),
+  ]
+  spikes = "dropped_outside_spike_recording"
+  for name, probe in sorted(raw["probes"].items()):
+    out.append((spikes, f"the spike sorting of {name}", probe["paths"]["spikes.times.npy"], probe["times"]))
+  return out
+
+
+def inside_recordings(raw: dict, align: np.ndarray) -> tuple[np.ndarray, dict]:
+  """[K] bool: the windows of trials aligned at `align` that lie inside every recording
+  (_recordings), and how many each count dropped (a trial counted once, under the first
+  recording that leaves it out). A warning names each recording that leaves trials out;
+  IblDataError when none of K > 0 trials is left."""
+  where = raw["where"]
+  ok = np.ones(len(align), bool)
+  counts = {"dropped_outside_behaviour_recording": 0, "dropped_outside_spike_recording": 0}
+  described = []
+  for count, name, path, times in _recordings(raw):
+    covered = _covered(align, times)
+    counts[count] += int(np.sum(ok & ~covered))
+    ok &= covered
+    if not covered.all():
+      described.append(f"{name} ({path}, times {times[0]:.3f} .. {times[-1]:.3f} s) holds {int(covered.sum())}")
+      logging.warning(
+        "%s: %d of %d trials lie outside %s (%s: times %.3f .. %.3f s; trial windows %.3f .. %.3f s): dropped",
+        where,
+        int(np.sum(~covered)),
+        len(align),
+        name,
+        path,
+        times[0],
+        times[-1],
+        align.min() - schema.T_BEFORE,
+        align.max() + T_AFTER,
+      )
+  if len(align) and not ok.any():
+    raise alf.IblDataError(
+      f"{where}: none of the {len(align)} trials left by the trial rules ({raw['trials_path']}: windows "
+      f"{align.min() - schema.T_BEFORE:.3f} .. {align.max() + T_AFTER:.3f} s) lies inside every recording: "
+      f"{'; '.join(described)} of them; are the files of one session, and is the recording complete?"
+    )
+  return ok, counts
 
 
 def select_units(probe: dict, options: configs.IblOptions, where: str) -> tuple[np.ndarray, int]:
@@ -124,8 +176,8 @@ def preprocess(raw: dict, options: configs.IblOptions = configs.IblOptions()) ->
   trials = raw["trials"]
   kept, info = select_trials(trials, options)
   stim = trials["stimOn_times"].to_numpy(np.float64)
-  covered = _covered(stim[kept], raw["wheel_times"]) & _covered(stim[kept], raw["camera_times"])
-  info["dropped_outside_behaviour_recording"] = int(np.sum(~covered))
+  covered, counts = inside_recordings(raw, stim[kept])
+  info.update(counts)
   kept = kept[covered]
   if info["dropped_nan_stim_on"]:
     logging.warning(
