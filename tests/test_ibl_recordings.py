@@ -11,6 +11,8 @@ socket connections refused.
 import logging
 import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -126,3 +128,26 @@ def test_a_sorting_that_starts_late_drops_the_first_trials(tmp_path):
   assert s["source_info"]["dropped_outside_spike_recording"] == 2
   assert s["source_info"]["n_trials"] == 18
   _equal_trial_for_trial(s, convert.event_session(s, session_id=eid))
+
+
+def test_the_build_program_prints_a_float32_file_once_in_one_line(tmp_path):
+  """What a user sees: one warning line per float32 file (both data sets read the session),
+  no Python source lines."""
+  root = str(tmp_path / "cache")
+  session = ibl_alf.write_session(root)
+  path = probe_file(session, "probe00", "spikes.times.npy")
+  np.save(path, np.load(path).astype(np.float32))
+  (eid,) = ibl_alf.eids(root).values()
+  result = subprocess.run(
+    [sys.executable, "-m", "data_builders.build", f"--ibl_sessions={eid}", f"--data_dir={tmp_path / 'tfds'}"]
+    + [f"--manual_dir={root}"],
+    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+    timeout=300,
+  )
+  assert result.returncode == 0, result.stdout[-3000:]
+  lines = [l for l in result.stdout.splitlines() if "float32" in l or "warnings.warn" in l]
+  assert len(lines) == 1, result.stdout[-3000:]
+  assert f"LowPrecisionTimesWarning: session {eid}" in lines[0] and path in lines[0], lines

@@ -6,8 +6,8 @@ array as read from a file and returns it as float64:
   float32             usable but rounded: float32 resolves 0.24 ms an hour into a recording
                       (np.spacing(np.float32(3600.0))), more than a user expects of spike
                       times. Used as stored, with a warning naming the file, the dtype and
-                      the resolution at the array's largest time: a log line (absl) and a
-                      LowPrecisionTimesWarning (Python's warning registry shows a message once);
+                      the resolution at the array's largest time: a LowPrecisionTimesWarning
+                      (shown once per file; the programs print it as one log line);
   float16             refused (2 s resolution an hour in, nothing past 65504 s);
   integers, others    refused (times are float seconds; integers are usually sample indices).
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import warnings
 
-from absl import logging
 import numpy as np
 
 
@@ -52,7 +51,6 @@ def float64_times(values, source: str, what: str, error: type[Exception] = Value
       f"{source}: {what} are stored as float32, not float64: at the largest time, {t_max:.1f} s, float32 "
       f"resolves only {1e3 * resolution(np.float32, t_max):.3g} ms; the times are used as stored (rounded)"
     )
-    logging.warning("%s", message)
     warnings.warn(message, LowPrecisionTimesWarning, stacklevel=2)
     return values.astype(np.float64)
   if dtype == np.float16:

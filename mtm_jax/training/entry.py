@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging as std_logging
 import os
 import sys
+import warnings
 
 from absl import app, flags, logging
 import jax
@@ -69,13 +70,30 @@ def _first_line(error: BaseException) -> str:
   return lines[0][:300] if lines else ""
 
 
+def quiet_warnings():
+  """A warnings.showwarning that logs each distinct Python warning once, as one line,
+  `<Category>: <message>` (Python's own prints the file, line and source of the warn call,
+  and shows a message again whenever a library changes the warning filters)."""
+  shown = set()
+
+  def show(message, category, filename, lineno, file=None, line=None) -> None:
+    del filename, lineno, file, line
+    if (category, str(message)) not in shown:
+      shown.add((category, str(message)))
+      logging.warning("%s: %s", category.__name__, message)
+
+  return show
+
+
 def set_up_logging(verbosity: int) -> None:
   """Quiet logging for `verbosity` (absl's --verbosity): <= 0 quiet (see the module
-  docstring), 1 every INFO, >= 2 absl's levels (DEBUG and vlog)."""
+  docstring; Python warnings one line each), 1 every INFO, >= 2 absl's levels (DEBUG and
+  vlog)."""
   handler = logging.get_absl_handler()
   if verbosity <= 0:
     handler.addFilter(QuietLibraries())
     sys.unraisablehook = quiet_unraisable()
+    warnings.showwarning = quiet_warnings()
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
     tfds.disable_progress_bar()
