@@ -37,6 +37,7 @@ from absl import app, flags, logging
 import ml_collections
 from ml_collections import config_flags
 
+from mtm_jax import files
 from mtm_jax.interop import state_dict
 from mtm_jax.tasks import registry
 from mtm_jax.training import checkpoint, entry
@@ -127,7 +128,7 @@ def run(
   options = dict(session_rows=list(session_rows), eids_file=eids_file, n_heads=n_heads, task=task, scale=list(scale))
   summary = family.import_reference(ckpt, workdir, list(datasets), data_dir, options, config)
   summary["source"] = os.path.abspath(source)
-  with open(os.path.join(workdir, "import.json"), "w", encoding="utf-8") as f:
+  with files.atomic_write(os.path.join(workdir, "import.json"), encoding="utf-8") as f:
     json.dump(summary, f, indent=1)
   if summary["unused"]:
     logging.warning("tensors of %s not used: %s", source, summary["unused"])

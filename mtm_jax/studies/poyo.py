@@ -15,6 +15,7 @@ import time
 import ml_collections
 from absl import logging
 
+from mtm_jax import files
 from mtm_jax.datasets import schema
 from mtm_jax.studies import scaling
 from mtm_jax.tasks import registry
@@ -151,7 +152,7 @@ def table(summary: dict) -> str:
 
 def write_outputs(summary: dict, workdir: str) -> None:
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "poyo_study.json"), "w", encoding="utf-8") as f:
+  with files.atomic_write(os.path.join(workdir, "poyo_study.json"), encoding="utf-8") as f:
     json.dump(summary, f, indent=2)
-  with open(os.path.join(workdir, "poyo_study.md"), "w", encoding="utf-8") as f:
+  with files.atomic_write(os.path.join(workdir, "poyo_study.md"), encoding="utf-8") as f:
     f.write(table(summary) + "\n")

@@ -21,7 +21,7 @@ import time
 import ml_collections
 from absl import logging
 
-from mtm_jax import masking
+from mtm_jax import files, masking
 from mtm_jax.evaluation import decoding, plots, run
 from mtm_jax.tasks import registry
 from mtm_jax.training import checkpoint, trainer
@@ -156,7 +156,7 @@ def write_outputs(rows: list[dict], workdir: str, name: str = "scaling", figure_
   """<name>.csv, <name>.png (panels: figure_metrics of those present, default all) and
   <name>.md (a table of means ± std) in `workdir`."""
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, f"{name}.csv"), "w", newline="", encoding="utf-8") as f:
+  with files.atomic_write(os.path.join(workdir, f"{name}.csv"), newline="", encoding="utf-8") as f:
     writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
     writer.writeheader()
     writer.writerows(rows)
@@ -166,7 +166,7 @@ def write_outputs(rows: list[dict], workdir: str, name: str = "scaling", figure_
   present = {r["metric"] for r in rows}
   panels = None if figure_metrics is None else [m for m in figure_metrics if m in present] or None
   plots.scaling_figure(rows, os.path.join(workdir, f"{name}.png"), metrics=panels)
-  with open(os.path.join(workdir, f"{name}.md"), "w", encoding="utf-8") as f:
+  with files.atomic_write(os.path.join(workdir, f"{name}.md"), encoding="utf-8") as f:
     f.write(plots.scaling_table(rows) + "\n")
 
 
