@@ -8,17 +8,135 @@ import errno
 import fcntl
 import json
 import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
 
 import numpy as np
 import pytest
 
+from data_builders import prepare
 from mtm_jax import files
+from mtm_jax.datasets import pipeline
 from mtm_jax.studies import poyo as poyo_study
+from tests.conftest import DATASET
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WAITING = f"waiting for another process building {DATASET}"
+BUILT = f"built {DATASET} ("  # the log line of a build (not "already built")
+ENV = dict(os.environ, MTM_JAX_HUGE_PAGES="0")  # no re-run at start: faster
+
+
+def _start(log_path, *args) -> subprocess.Popen:
+  with open(log_path, "w", encoding="utf-8") as log:
+    return subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT, env=ENV, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _start_build(data_dir, log_path, *args) -> subprocess.Popen:
+  return _start(log_path, "data_builders.build", f"--dataset={DATASET}", f"--data_dir={data_dir}", *args)
 
 
 def _read(path) -> str:
   with open(path, encoding="utf-8") as f:
     return f.read()
+
+
+def _wait_for_line(procs, logs, text, timeout=120.0) -> None:
+  """Waits until every log holds `text`; fails if a process ends first."""
+  deadline = time.monotonic() + timeout
+  while not all(text in _read(log) for log in logs):
+    for p, log in zip(procs, logs):
+      assert p.poll() is None or text in _read(log), f"ended without {text!r}:\n{_read(log)[-3000:]}"
+    assert time.monotonic() < deadline, f"no {text!r} after {timeout} s"
+    time.sleep(0.1)
+
+
+def _finish(proc, log) -> str:
+  proc.wait(timeout=300)
+  return _read(log)
+
+
+def _same_data(data_dir, reference) -> None:
+  for split in ("train", "val", "test"):
+    got, want = pipeline.load_split(DATASET, data_dir, split), pipeline.load_split(DATASET, reference, split)
+    assert sorted(got) == sorted(want)
+    for field in want:
+      np.testing.assert_array_equal(got[field], want[field], err_msg=f"{split}/{field}")
+
+
+def test_two_processes_building_one_data_set_at_once_both_end_with_it(data_dir, tmp_path):
+  """Both builds start while the data set's lock is held and meet it; released, they race:
+  one builds, the other waits for it and uses its data set. Before the lock, one of them
+  failed (`Failed to finalize writing of split "train"`: the other removed its folder)."""
+  target = str(tmp_path / "tfds")
+  logs = [str(tmp_path / "a.log"), str(tmp_path / "b.log")]
+  with files.waiting(prepare.lock_path(target, DATASET), "testing"):
+    procs = [_start_build(target, log) for log in logs]
+    _wait_for_line(procs, logs, WAITING)
+  outputs = [_finish(p, log) for p, log in zip(procs, logs)]
+  assert [p.returncode for p in procs] == [0, 0], "\n".join(outputs)
+  text = "".join(outputs)
+  assert text.count(BUILT) == 1 and text.count(f"{DATASET}: already built") == 1, text
+  assert f"lock file {prepare.lock_path(target, DATASET)}" in text
+  assert os.listdir(os.path.join(target, *DATASET.split("/"))) == ["1.0.0"]
+  _same_data(target, data_dir)
+
+
+def test_a_waiting_build_keeps_the_other_build_and_then_uses_it(data_dir, tmp_path):
+  """This test is the process building the data set (its lock held, its TFDS incomplete.*
+  folder being written). Another build waits instead of removing that folder as a killed
+  build's (it did, and built again), then uses the finished data set as it is."""
+  target = str(tmp_path / "tfds")
+  config_dir = os.path.join(target, *DATASET.split("/"))
+  version = os.path.join(config_dir, "1.0.0")
+  log = str(tmp_path / "b.log")
+  with files.waiting(prepare.lock_path(target, DATASET), "testing"):
+    in_progress = os.path.join(config_dir, "incomplete.TEST01_1.0.0")
+    shutil.copytree(os.path.join(data_dir, *DATASET.split("/"), "1.0.0"), in_progress)
+    proc = _start_build(target, log)
+    _wait_for_line([proc], [log], WAITING)
+    time.sleep(0.5)
+    assert os.path.isdir(in_progress) and proc.poll() is None
+    os.rename(in_progress, version)  # the build is complete (TFDS's last step)
+    info = os.stat(os.path.join(version, "dataset_info.json"))
+  output = _finish(proc, log)
+  assert proc.returncode == 0, output
+  assert f"{DATASET}: already built" in output and BUILT not in output and "removing" not in output, output
+  after = os.stat(os.path.join(version, "dataset_info.json"))
+  assert (after.st_ino, after.st_mtime_ns) == (info.st_ino, info.st_mtime_ns)  # not built again
+  assert os.listdir(config_dir) == ["1.0.0"]
+  _same_data(target, data_dir)
+
+
+def test_a_rebuild_made_by_another_process_while_waiting_is_not_made_again(data_dir, tmp_path, caplog):
+  """Two `--rebuild` of one data set at once (the hosts of one job): the second uses the
+  first's rebuild. One without another rebuild meanwhile still rebuilds."""
+  target = str(tmp_path / "tfds")
+  version = os.path.join(target, *DATASET.split("/"), "1.0.0")
+  shutil.copytree(os.path.join(data_dir, *DATASET.split("/"), "1.0.0"), version)
+  info_path = os.path.join(version, "dataset_info.json")
+  caplog.set_level("INFO")
+  done = []
+  with files.waiting(prepare.lock_path(target, DATASET), "testing"):
+    waiter = threading.Thread(target=lambda: done.append(prepare.build([DATASET], target, rebuild=[DATASET])))
+    waiter.start()
+    deadline = time.monotonic() + 60
+    while WAITING not in caplog.text:
+      assert waiter.is_alive() and time.monotonic() < deadline, caplog.text
+      time.sleep(0.05)
+    shutil.copytree(version, version + ".new")  # this process's rebuild, complete
+    shutil.rmtree(version)
+    os.rename(version + ".new", version)
+    rebuilt = os.stat(info_path)
+  waiter.join(60)
+  assert done == [[version]] and "not rebuilt again" in caplog.text
+  after = os.stat(info_path)
+  assert (after.st_ino, after.st_mtime_ns) == (rebuilt.st_ino, rebuilt.st_mtime_ns)
+  prepare.build([DATASET], target, rebuild=[DATASET])  # nobody else: rebuilt
+  assert os.stat(info_path).st_ino != rebuilt.st_ino
+  _same_data(target, data_dir)
 
 
 def test_a_write_that_fails_midway_leaves_the_previous_file_whole(tmp_path):
