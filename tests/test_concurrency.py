@@ -6,9 +6,11 @@ have met it)."""
 
 import errno
 import fcntl
+import glob
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -19,8 +21,11 @@ import pytest
 
 from data_builders import prepare
 from mtm_jax import files
+from mtm_jax.configs import ndt1 as ndt1_config
 from mtm_jax.datasets import pipeline
 from mtm_jax.studies import poyo as poyo_study
+from mtm_jax.tasks import registry
+from mtm_jax.training import trainer, workdir as workdir_lib
 from tests.conftest import DATASET
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -137,6 +142,94 @@ def test_a_rebuild_made_by_another_process_while_waiting_is_not_made_again(data_
   prepare.build([DATASET], target, rebuild=[DATASET])  # nobody else: rebuilt
   assert os.stat(info_path).st_ino != rebuilt.st_ino
   _same_data(target, data_dir)
+
+
+def _tree(folder) -> dict:
+  """{path: (content, mtime)} of every file under `folder`, hidden ones too."""
+  out = {}
+  for path in glob.glob(os.path.join(folder, "**"), recursive=True, include_hidden=True):
+    if os.path.isfile(path):
+      with open(path, "rb") as f:
+        out[path] = (f.read(), os.path.getmtime(path))
+  return out
+
+
+def test_a_second_run_in_a_workdir_in_use_stops_at_once_and_changes_nothing(data_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  os.makedirs(os.path.join(workdir, "checkpoints", "5", "state"))
+  with open(os.path.join(workdir, "checkpoints", "5", "state", "d"), "wb") as f:
+    f.write(b"the first run's checkpoint")
+  with open(os.path.join(workdir, "metrics.jsonl"), "w", encoding="utf-8") as f:
+    f.write('{"step": 5, "loss": 1.0}\n')
+  log = str(tmp_path / "second.log")
+  with workdir_lib.claimed(workdir):  # this test is the first run
+    before = _tree(workdir)
+    start = time.monotonic()
+    proc = _start(
+      log,
+      "experiments.pretrain",
+      "--config=mtm_jax/configs/ndt1.py:tiny",
+      f"--config.data.datasets={DATASET}",
+      f"--config.data.data_dir={data_dir}",
+      f"--workdir={workdir}",
+    )
+    output = _finish(proc, log)
+    assert proc.returncode == 1, output
+    assert _tree(workdir) == before
+  lock = os.path.join(workdir, workdir_lib.LOCK_FILE)
+  expected = (
+    f"error: InUseError: {workdir} is in use by another run (pid {os.getpid()} on host {socket.gethostname()}, "
+    f"lock file {lock})"
+  )
+  assert expected in output.splitlines(), output
+  assert "loss" not in output and time.monotonic() - start < 60, output
+
+
+def test_every_process_of_a_job_stops_when_its_workdir_is_in_use(data_dir, tmp_path):
+  """Two processes of one job (multi-host): process 0 finds the lock held and tells the other."""
+  workdir = str(tmp_path / "run")
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  logs = [str(tmp_path / f"process{i}.log") for i in (0, 1)]
+  with workdir_lib.claimed(workdir):
+    procs = [
+      _start(
+        log,
+        "experiments.pretrain",
+        "--config=mtm_jax/configs/ndt1.py:tiny",
+        f"--config.data.datasets={DATASET}",
+        f"--config.data.data_dir={data_dir}",
+        f"--workdir={workdir}",
+        f"--coordinator_address=127.0.0.1:{port}",
+        "--num_processes=2",
+        f"--process_id={i}",
+        "--jax_num_cpu_devices=1",
+        "--jax_cpu_collectives_implementation=gloo",
+      )
+      for i, log in enumerate(logs)
+    ]
+    outputs = [_finish(p, log) for p, log in zip(procs, logs)]
+  assert [p.returncode for p in procs] == [1, 1], "\n".join(outputs)
+  assert f"error: InUseError: {workdir} is in use by another run (pid {os.getpid()}" in outputs[0]
+  assert f"error: InUseError: {workdir} is in use by another run (process 0 of this job found" in outputs[1]
+  assert os.listdir(workdir) == [workdir_lib.LOCK_FILE]
+
+
+def test_a_run_that_fails_at_start_leaves_no_workdir_behind(tmp_path):
+  """Before, the workdir the run created stayed, empty; one that existed stays."""
+  config = ndt1_config.get_config("tiny")
+  config.data.datasets, config.data.data_dir = DATASET, str(tmp_path / "no_data")
+  workdir = tmp_path / "new" / "run"
+  with pytest.raises(FileNotFoundError, match="not (found|prepared) under"):
+    trainer.train(registry.get("mtm"), config, str(workdir))
+  assert not workdir.exists()
+  workdir.mkdir()
+  with pytest.raises(FileNotFoundError, match="not (found|prepared) under"):
+    trainer.train(registry.get("mtm"), config, str(workdir))
+  assert workdir.is_dir()
+  with workdir_lib.claimed(str(workdir)):  # and it is free again
+    pass
 
 
 def test_a_write_that_fails_midway_leaves_the_previous_file_whole(tmp_path):
