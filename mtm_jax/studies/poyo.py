@@ -120,9 +120,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str, *, only_analyse: 
     run_dir = os.path.join(workdir, name)
     if not scaling.train_run(run_config, run_dir, only_analyse):
       continue
-    results = scaling.scored(run_dir, run_config.train.steps, SCORES, config.study.split)
-    if results is None:
-      results = registry.evaluate_workdir(run_dir, config.study.split)
+    results = scaling.score(run_dir, run_config.train.steps, config.study.split, SCORES)
     summary[name] = {k: float(results[k]) for k in SCORES}
   if "unit_id" in summary and "full" in summary:
     summary["unit_id_over_full"] = summary["unit_id"]["behaviour_r2"] / summary["full"]["behaviour_r2"]

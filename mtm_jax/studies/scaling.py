@@ -8,16 +8,20 @@ Layout of a study workdir (each run a normal workdir, loadable by path alone):
   scaling.png, scaling.md                the figure (MtM paper Fig. 4) and its table
 
 Runs are skipped when finished (a checkpoint at the last step; metrics.json of that step),
-so an interrupted study resumes where it stopped.
+so an interrupted study resumes where it stopped. Two study processes in one study workdir
+share the runs: each run is trained and scored under its lock (_run_lock); the other
+process waits for it, then reuses it. The outputs are written whole (files.atomic_write).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
 import time
 
+import jax
 import ml_collections
 from absl import logging
 
@@ -92,6 +96,18 @@ def scored(workdir: str, steps: int, metrics, split: str | None = None) -> dict 
   return results if all(m in done for m in metrics) else None
 
 
+def _run_lock(workdir: str, doing: str):
+  """The lock of one run of a study, held while training or scoring it: a second study
+  process in the same study workdir waits for it (one log line), then reuses its work.
+  The file is beside the run's folder (<parent>/.<run>.lock), so the run's own workdir lock
+  (training.workdir) is another. A study run by every process of a multi-host job takes
+  none (its processes must agree on every run; a second job is refused by the workdir lock)."""
+  if jax.process_count() > 1:
+    return contextlib.nullcontext()
+  parent, name = os.path.split(os.path.abspath(workdir))
+  return files.waiting(os.path.join(parent, f".{name}.lock"), f"{doing} {workdir}")
+
+
 def train_run(config, workdir: str, only_analyse: bool) -> bool:
   """Trains `config` (any family) in `workdir` unless finished (or only analysing);
   returns whether the run is complete."""
@@ -100,8 +116,10 @@ def train_run(config, workdir: str, only_analyse: bool) -> bool:
   if only_analyse:
     logging.warning("%s: not trained to step %d; skipped (--only_analyse)", workdir, config.train.steps)
     return False
-  logging.info("training %s", workdir)
-  trainer.train(registry.of(config), config, workdir)
+  with _run_lock(workdir, "training"):
+    if not finished(workdir, config.train.steps):  # else another study process trained it meanwhile
+      logging.info("training %s", workdir)
+      trainer.train(registry.of(config), config, workdir)
   return True
 
 
@@ -109,7 +127,10 @@ def score(workdir: str, steps: int, split: str, metrics) -> dict | None:
   """The run's metrics.json of its last step on `split`, scored now if it has none."""
   results = scored(workdir, steps, metrics, split)
   if results is None and finished(workdir, steps):
-    results = registry.evaluate_workdir(workdir, split)
+    with _run_lock(workdir, "scoring"):
+      results = scored(workdir, steps, metrics, split)  # another study process may have scored it meanwhile
+      if results is None:
+        results = registry.evaluate_workdir(workdir, split)
   return results
 
 
