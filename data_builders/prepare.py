@@ -15,12 +15,14 @@ import tqdm
 
 from data_builders.ibl_binned import ibl_binned  # registers the builder
 from data_builders.spike_events import spike_events  # registers the builder
+from mtm_jax import files
 from mtm_jax.datasets import provenance
 from mtm_jax.datasets.ibl import cache
 from mtm_jax.datasets.ibl import configs
 
 # Builders whose configs for IBL sessions (`<eid>[_options]`) are made on demand.
 _IBL_CONFIGS = {"ibl_binned": ibl_binned.ibl_config, "spike_events": spike_events.ibl_config}
+LOCKS_DIR = ".locks"  # <data_dir>/.locks/<builder>.<config>.lock: one lock per data set (lock_path)
 
 
 class BuildError(ValueError):
@@ -133,6 +135,47 @@ def _source_check(name: str, builder, data_dir: str, manual_dir: str | None) -> 
   provenance.check(name, data_dir, source, manual_dir)
 
 
+def lock_path(data_dir: str, name: str) -> str:
+  """The lock file of data set `name` (<builder>/<config>): <data_dir>/.locks/<builder>.<config>.lock
+  (hidden, and outside the builder's folder: TFDS never takes it for a config or version)."""
+  return os.path.join(data_dir, LOCKS_DIR, name.replace("/", ".", 1) + ".lock")
+
+
+def _stamp(builder) -> tuple[int, int] | None:
+  """Which build of the data set is there: the inode and mtime of its dataset_info.json, in
+  its folder or moved aside by a rebuild (provenance.aside_dir); None when there is none."""
+  for folder in (builder.data_dir, provenance.aside_dir(builder.data_dir)):
+    try:
+      info = os.stat(os.path.join(folder, tfds.core.constants.DATASET_INFO_FILENAME))
+    except FileNotFoundError:
+      continue
+    return info.st_ino, info.st_mtime_ns
+  return None
+
+
+def _build_locked(name: str, data_dir: str, registered, manual_dir: str | None, rebuild: bool, before):
+  """Builds (or rebuilds, or checks) data set `name` while holding its lock; returns its
+  TFDS builder, made here (another process may have built it while this one waited).
+  before: _stamp of the data set before waiting; a data set another process built or
+  rebuilt while this one waited (the stamp changed) is used as it is, even with `rebuild`."""
+  make = lambda: _builder(name, data_dir, registered)
+  builder = make()
+  if _clear_leftovers(builder):
+    builder = make()
+  if not provenance.is_built(builder):
+    _prepare(builder, manual_dir)
+  elif rebuild and _stamp(builder) == before:
+    with _kept_aside(builder.data_dir):
+      builder = make()  # made without the previous version's info
+      _prepare(builder, manual_dir)
+  else:
+    if rebuild:
+      logging.info("%s: rebuilt by another process while this one waited; not rebuilt again", name)
+    _source_check(name, builder, data_dir, manual_dir)
+    logging.info("%s: already built in %s", name, builder.data_dir)
+  return builder
+
+
 def build(
   datasets: list[str], data_dir: str, manual_dir: str | None = None, keep_going: bool = False, rebuild=()
 ) -> list[str]:
@@ -145,7 +188,14 @@ def build(
   source files changed (mtm_jax.datasets.provenance) is a failure, unless it is in
   `rebuild`: those are built again (the previous version is kept until the new one is
   complete). keep_going: build the other data sets when one fails, then raise BuildError
-  naming every failure."""
+  naming every failure.
+
+  Several processes may build into one data_dir at once (two programs, the hosts of one
+  job): each data set is built under its lock (lock_path), which covers clearing what
+  killed builds left, the is-it-built check and the build; a process that finds it held
+  logs `waiting for another process building <name> (pid N on host H, lock file ...)`,
+  waits, and then uses what the other built (a rebuild too). Different data sets build in
+  parallel."""
   data_dir = os.path.abspath(os.path.expanduser(data_dir))
   if manual_dir is not None:
     manual_dir = os.path.abspath(os.path.expanduser(manual_dir))
@@ -157,17 +207,9 @@ def build(
   for name in tqdm.tqdm(datasets, desc="data sets", unit="set", disable=len(datasets) < 2):
     builder = _builder(name, data_dir, registered)
     try:
-      if _clear_leftovers(builder):
-        builder = _builder(name, data_dir, registered)
-      if not provenance.is_built(builder):
-        _prepare(builder, manual_dir)
-      elif name in rebuild:
-        with _kept_aside(builder.data_dir):
-          builder = _builder(name, data_dir, registered)  # made without the previous version's info
-          _prepare(builder, manual_dir)
-      else:
-        _source_check(name, builder, data_dir, manual_dir)
-        logging.info("%s: already built in %s", name, builder.data_dir)
+      before = _stamp(builder)
+      with files.waiting(lock_path(data_dir, f"{builder.name}/{builder.builder_config.name}"), f"building {name}"):
+        builder = _build_locked(name, data_dir, registered, manual_dir, name in rebuild, before)
     except Exception as e:  # pylint: disable=broad-except  (reported with the data set's name)
       if not keep_going:
         raise

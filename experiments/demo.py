@@ -14,6 +14,7 @@ from absl import app, flags, logging
 import jax
 
 from data_builders import prepare
+from mtm_jax import files
 from mtm_jax.configs import ndt1 as ndt1_config
 from mtm_jax.evaluation import run
 from mtm_jax.tasks import registry
@@ -62,9 +63,9 @@ def run_demo(dataset: str, data_dir: str, workdir: str, preset: str, steps: int 
     f"{report['seconds']:.0f} s in all.\n\n{run.table(columns)}\n"
   )
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "report.md"), "w", encoding="utf-8") as f:
+  with files.atomic_write(os.path.join(workdir, "report.md"), encoding="utf-8") as f:
     f.write(text)
-  with open(os.path.join(workdir, "report.json"), "w", encoding="utf-8") as f:
+  with files.atomic_write(os.path.join(workdir, "report.json"), encoding="utf-8") as f:
     json.dump(report, f, indent=2)
   print(text)
   return report

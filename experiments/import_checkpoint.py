@@ -37,9 +37,10 @@ from absl import app, flags, logging
 import ml_collections
 from ml_collections import config_flags
 
+from mtm_jax import files
 from mtm_jax.interop import state_dict
 from mtm_jax.tasks import registry
-from mtm_jax.training import checkpoint, entry
+from mtm_jax.training import checkpoint, entry, workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_TORCH_PYTHON = os.path.join("parity", ".venv", "bin", "python")
@@ -122,13 +123,14 @@ def run(
       else export_to_npz(source, os.path.join(tmp, "export.npz"), torch_python, code_path)
     )
     ckpt = dataclasses.replace(state_dict.load(npz), path=source)  # errors name the source
-  if checkpoint.latest_step(workdir) is not None:
-    raise FileExistsError(f"{workdir}: already holds checkpoints; import into a new workdir")
-  options = dict(session_rows=list(session_rows), eids_file=eids_file, n_heads=n_heads, task=task, scale=list(scale))
-  summary = family.import_reference(ckpt, workdir, list(datasets), data_dir, options, config)
-  summary["source"] = os.path.abspath(source)
-  with open(os.path.join(workdir, "import.json"), "w", encoding="utf-8") as f:
-    json.dump(summary, f, indent=1)
+  with workdir_lib.claimed(workdir):  # a run or another import there: files.InUseError
+    if checkpoint.latest_step(workdir) is not None:
+      raise FileExistsError(f"{workdir}: already holds checkpoints; import into a new workdir")
+    options = dict(session_rows=list(session_rows), eids_file=eids_file, n_heads=n_heads, task=task, scale=list(scale))
+    summary = family.import_reference(ckpt, workdir, list(datasets), data_dir, options, config)
+    summary["source"] = os.path.abspath(source)
+    with files.atomic_write(os.path.join(workdir, "import.json"), encoding="utf-8") as f:
+      json.dump(summary, f, indent=1)
   if summary["unused"]:
     logging.warning("tensors of %s not used: %s", source, summary["unused"])
   return summary

@@ -26,6 +26,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
 
+from mtm_jax import files
+
 SCALING_KEYS = ("pretrain_sessions", "mode", "session", "metric", "value")
 SCRATCH_LABEL = "scratch"
 # With this many held-out sessions or fewer, the band of a scaling curve is min-max.
@@ -191,7 +193,8 @@ def _save(fig: Figure, path) -> None:
   path = os.fspath(path)
   parent = os.path.dirname(os.path.abspath(path))
   os.makedirs(parent, exist_ok=True)
-  fig.savefig(path, format="png", dpi=_DPI)
+  with files.atomic_write(path, "wb") as f:  # a reader never sees part of a figure
+    fig.savefig(f, format="png", dpi=_DPI)
 
 
 def scaling_figure(rows, path, *, metrics: Sequence[str] | None = None) -> None:

@@ -15,6 +15,7 @@ import time
 import ml_collections
 from absl import logging
 
+from mtm_jax import files
 from mtm_jax.datasets import schema
 from mtm_jax.studies import scaling
 from mtm_jax.tasks import registry
@@ -119,9 +120,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str, *, only_analyse: 
     run_dir = os.path.join(workdir, name)
     if not scaling.train_run(run_config, run_dir, only_analyse):
       continue
-    results = scaling.scored(run_dir, run_config.train.steps, SCORES, config.study.split)
-    if results is None:
-      results = registry.evaluate_workdir(run_dir, config.study.split)
+    results = scaling.score(run_dir, run_config.train.steps, config.study.split, SCORES)
     summary[name] = {k: float(results[k]) for k in SCORES}
   if "unit_id" in summary and "full" in summary:
     summary["unit_id_over_full"] = summary["unit_id"]["behaviour_r2"] / summary["full"]["behaviour_r2"]
@@ -151,7 +150,7 @@ def table(summary: dict) -> str:
 
 def write_outputs(summary: dict, workdir: str) -> None:
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "poyo_study.json"), "w", encoding="utf-8") as f:
+  with files.atomic_write(os.path.join(workdir, "poyo_study.json"), encoding="utf-8") as f:
     json.dump(summary, f, indent=2)
-  with open(os.path.join(workdir, "poyo_study.md"), "w", encoding="utf-8") as f:
+  with files.atomic_write(os.path.join(workdir, "poyo_study.md"), encoding="utf-8") as f:
     f.write(table(summary) + "\n")

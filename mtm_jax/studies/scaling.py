@@ -8,20 +8,24 @@ Layout of a study workdir (each run a normal workdir, loadable by path alone):
   scaling.png, scaling.md                the figure (MtM paper Fig. 4) and its table
 
 Runs are skipped when finished (a checkpoint at the last step; metrics.json of that step),
-so an interrupted study resumes where it stopped.
+so an interrupted study resumes where it stopped. Two study processes in one study workdir
+share the runs: each run is trained and scored under its lock (_run_lock); the other
+process waits for it, then reuses it. The outputs are written whole (files.atomic_write).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
 import time
 
+import jax
 import ml_collections
 from absl import logging
 
-from mtm_jax import masking
+from mtm_jax import files, masking
 from mtm_jax.evaluation import decoding, plots, run
 from mtm_jax.tasks import registry
 from mtm_jax.training import checkpoint, trainer
@@ -92,6 +96,18 @@ def scored(workdir: str, steps: int, metrics, split: str | None = None) -> dict 
   return results if all(m in done for m in metrics) else None
 
 
+def _run_lock(workdir: str, doing: str):
+  """The lock of one run of a study, held while training or scoring it: a second study
+  process in the same study workdir waits for it (one log line), then reuses its work.
+  The file is beside the run's folder (<parent>/.<run>.lock), so the run's own workdir lock
+  (training.workdir) is another. A study run by every process of a multi-host job takes
+  none (its processes must agree on every run; a second job is refused by the workdir lock)."""
+  if jax.process_count() > 1:
+    return contextlib.nullcontext()
+  parent, name = os.path.split(os.path.abspath(workdir))
+  return files.waiting(os.path.join(parent, f".{name}.lock"), f"{doing} {workdir}")
+
+
 def train_run(config, workdir: str, only_analyse: bool) -> bool:
   """Trains `config` (any family) in `workdir` unless finished (or only analysing);
   returns whether the run is complete."""
@@ -100,8 +116,10 @@ def train_run(config, workdir: str, only_analyse: bool) -> bool:
   if only_analyse:
     logging.warning("%s: not trained to step %d; skipped (--only_analyse)", workdir, config.train.steps)
     return False
-  logging.info("training %s", workdir)
-  trainer.train(registry.of(config), config, workdir)
+  with _run_lock(workdir, "training"):
+    if not finished(workdir, config.train.steps):  # else another study process trained it meanwhile
+      logging.info("training %s", workdir)
+      trainer.train(registry.of(config), config, workdir)
   return True
 
 
@@ -109,7 +127,10 @@ def score(workdir: str, steps: int, split: str, metrics) -> dict | None:
   """The run's metrics.json of its last step on `split`, scored now if it has none."""
   results = scored(workdir, steps, metrics, split)
   if results is None and finished(workdir, steps):
-    results = registry.evaluate_workdir(workdir, split)
+    with _run_lock(workdir, "scoring"):
+      results = scored(workdir, steps, metrics, split)  # another study process may have scored it meanwhile
+      if results is None:
+        results = registry.evaluate_workdir(workdir, split)
   return results
 
 
@@ -156,7 +177,7 @@ def write_outputs(rows: list[dict], workdir: str, name: str = "scaling", figure_
   """<name>.csv, <name>.png (panels: figure_metrics of those present, default all) and
   <name>.md (a table of means ± std) in `workdir`."""
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, f"{name}.csv"), "w", newline="", encoding="utf-8") as f:
+  with files.atomic_write(os.path.join(workdir, f"{name}.csv"), newline="", encoding="utf-8") as f:
     writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
     writer.writeheader()
     writer.writerows(rows)
@@ -166,7 +187,7 @@ def write_outputs(rows: list[dict], workdir: str, name: str = "scaling", figure_
   present = {r["metric"] for r in rows}
   panels = None if figure_metrics is None else [m for m in figure_metrics if m in present] or None
   plots.scaling_figure(rows, os.path.join(workdir, f"{name}.png"), metrics=panels)
-  with open(os.path.join(workdir, f"{name}.md"), "w", encoding="utf-8") as f:
+  with files.atomic_write(os.path.join(workdir, f"{name}.md"), encoding="utf-8") as f:
     f.write(plots.scaling_table(rows) + "\n")
 
 

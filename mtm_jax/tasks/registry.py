@@ -9,6 +9,7 @@ import os
 import jax
 import numpy as np
 
+from mtm_jax import files
 from mtm_jax.tasks import base, ndt1, poyo, poyo_mtm
 from mtm_jax.training import checkpoint
 
@@ -47,8 +48,8 @@ def evaluate_workdir(
   """Scores the model in `workdir` on `split` (default: its config.eval.split) with its
   family's evaluation (task.evaluate; sessions: which of them, see there) and writes
   <workdir>/metrics.json (and the task's arrays file; process 0 of a multi-host job
-  writes them). data_dir: where the data sets are now (default: the run's
-  config.data.data_dir). Returns the results (on every process)."""
+  writes them, each whole: files.atomic_write). data_dir: where the data sets are now
+  (default: the run's config.data.data_dir). Returns the results (on every process)."""
   trained = load_trained(workdir, step)
   checkpoint.relocate_data(trained.config, data_dir)
   checkpoint.check_writable(workdir, "metrics.json")
@@ -57,8 +58,9 @@ def evaluate_workdir(
   folder = os.path.abspath(os.path.expanduser(workdir))
   if jax.process_index() != 0:
     return results
-  with open(os.path.join(folder, "metrics.json"), "w", encoding="utf-8") as f:
+  with files.atomic_write(os.path.join(folder, "metrics.json"), encoding="utf-8") as f:
     json.dump(results, f, indent=2)
   if task.arrays_file():
-    np.savez(os.path.join(folder, task.arrays_file()), **arrays)
+    with files.atomic_write(os.path.join(folder, task.arrays_file()), "wb") as f:
+      np.savez(f, **arrays)
   return results

@@ -2,6 +2,7 @@
 
 In this order, for every family (a task, mtm_jax.tasks, supplies what differs):
   config   the task checks it; the run keeps its own copy with absolute paths;
+  workdir  held by this run alone (training.workdir: a second run there stops at once);
   mesh     from config.mesh; the batch must divide over its data axis;
   input    the task reads the sessions: their checkpoint records and the batches of
            this process (batch i feeds step i, so a resumed run reads what an
@@ -27,7 +28,7 @@ from absl import logging
 
 from mtm_jax.datasets import pipeline
 from mtm_jax.parallel import mesh as mesh_lib, sharding
-from mtm_jax.training import checkpoint, saver as saver_lib, step as step_lib
+from mtm_jax.training import checkpoint, saver as saver_lib, step as step_lib, workdir as workdir_lib
 from mtm_jax.tasks.base import Pretrained
 from mtm_jax.training.stopping import Preempted, sigterm_flag, stop_signals
 
@@ -60,24 +61,29 @@ class MetricWriter:
 
 def prepare_run(config: ml_collections.ConfigDict, workdir: str) -> tuple[ml_collections.ConfigDict, str]:
   """The run's own copy of the config (saved with its checkpoints) with absolute data
-  and pretrained paths, and the absolute workdir, created."""
+  and pretrained paths, and the absolute workdir."""
   config = ml_collections.ConfigDict(config.to_dict())
   config.data.data_dir = os.path.abspath(os.path.expanduser(config.data.data_dir))
   if config.init.pretrained:
     config.init.pretrained = os.path.abspath(os.path.expanduser(config.init.pretrained))
-  workdir = os.path.abspath(os.path.expanduser(workdir))
-  os.makedirs(workdir, exist_ok=True)
-  return config, workdir
+  return config, os.path.abspath(os.path.expanduser(workdir))
 
 
 def train(task, config: ml_collections.ConfigDict, workdir: str, sessions=None) -> dict:
   """Trains (or resumes) `task`'s model in `workdir`; returns the last logged metrics.
 
   sessions: in-memory sessions to train on instead of reading config.data.datasets (for
-  the families that take them, e.g. POYO's synthetic event sessions)."""
-  # ---- Config -------------------------------------------------------------------------------
+  the families that take them, e.g. POYO's synthetic event sessions). The run holds the
+  workdir (training.workdir.claimed) before touching it: files.InUseError when another
+  run does."""
   task.check(config)
   config, workdir = prepare_run(config, workdir)
+  with workdir_lib.claimed(workdir):
+    return _train(task, config, workdir, sessions)
+
+
+def _train(task, config: ml_collections.ConfigDict, workdir: str, sessions) -> dict:
+  # ---- Config -------------------------------------------------------------------------------
   pretrained = None
   if config.init.pretrained:
     step = None if config.init.step < 0 else config.init.step
