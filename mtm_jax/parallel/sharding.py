@@ -119,10 +119,8 @@ def compiler_options(devices, dtype) -> dict | None:
   jax.devices()): CPU_BFLOAT16_OPTIONS for bfloat16 steps on CPU when this XLA knows
   them, else None (GPU/TPU need nothing).
 
-  oneDNN's custom calls on the CPU, for bfloat16 only. Measured with jax 0.12.1 on the
-  2-core AMD EPYC (docs/speed.md): POYO small's bfloat16 train step 1.5-2.4x faster; NDT1
-  paper-size unchanged; a lone square bfloat16 product slower, which is why the option is
-  per jit (train steps), never global. Float32 steps keep XLA's own kernels."""
+  oneDNN's custom calls on the CPU, for bfloat16 steps only, per jit (never a global
+  flag); what they gain on which jax is measured in docs/speed.md."""
   devices = list(getattr(devices, "flat", devices))
   if jnp.dtype(dtype) != jnp.bfloat16 or not devices or any(d.platform != "cpu" for d in devices):
     return None
