@@ -122,8 +122,10 @@ def test_unknown_config_key_is_a_clear_error(tmp_path):
     text=True,
     timeout=300,
   )
-  assert result.returncode != 0
-  assert "stepz" in result.stderr
+  assert result.returncode == 1
+  assert result.stderr.splitlines() == [
+    "error: --config.train.stepz: no such field in config.train; did you mean config.train.steps?"
+  ], result.stderr
 
 
 def test_a_bad_input_is_one_error_line_and_its_traceback_is_behind_verbosity(tmp_path):

@@ -13,6 +13,10 @@ TensorBoard), their tracebacks and TFDS's progress bars; -v 2 and above is absl'
 A checkpoint that cannot be written (saver.SaveFailed) ends the program with its
 one line and status 1; any other exception (bad input: a missing data set, an unknown
 split) with `error: <type>: <message>` and status 1, its traceback behind --verbosity=1.
+
+Flags: a config override naming no field (`--config.train.step=20`) is one line,
+`error: --config.train.step: no such field in config.train; did you mean
+config.train.steps?`, and status 1 (as absl's own flag errors).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import warnings
 from absl import app, flags, logging
 import jax
 
-from mtm_jax.training import host_memory, saver
+from mtm_jax.training import host_memory, overrides, saver
 
 OWN_PACKAGES = ("mtm_jax", "experiments", "data_builders", "benchmarks")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -136,8 +140,23 @@ def error_lines(error: BaseException) -> str:
   return f"error: {type(error).__name__}: {str(error).strip()}\n(--verbosity=1 shows the traceback)"
 
 
+def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
+  """absl's flag parsing (app.parse_flags_with_usage), with a config override that names
+  no field as one line (overrides.unknown_field) and status 1."""
+  try:
+    return flag_values(argv)
+  except (flags.Error, AttributeError, KeyError, IndexError) as error:
+    message = overrides.unknown_field(argv, flag_values)
+    if message is None and isinstance(error, flags.Error):
+      message = f"FATAL Flags parsing error: {error}\nPass --helpshort or --helpfull to see help on flags."
+    if message is None:
+      raise
+    print(message, file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
 def run(main) -> None:
   """The program's start: huge pages, JAX's absl flags, quiet logging, app.run(main)."""
   host_memory.use_huge_pages()
   jax.config.config_with_absl()
-  app.run(lambda argv: _main(main, argv))
+  app.run(lambda argv: _main(main, argv), flags_parser=parse_flags)
