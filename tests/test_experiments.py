@@ -54,6 +54,18 @@ def test_a_short_run_prints_a_line_per_log_step_and_checkpoint_and_verbosity_bri
   ]
   assert len([l for l in lines if f"/{steps}  loss" in l]) == steps // log_every
   assert "CheckpointManagerOptions" not in text and "orbax" not in text.lower()
+  # The run's resolved config is in its workdir, and --print_config prints it (no --workdir needed).
+  saved = json.loads((tmp_path / "quiet" / "config.json").read_text())
+  assert saved["train"]["steps"] == steps and saved["data"]["data_dir"] == os.path.abspath(data_dir)
+  printed = _run(
+    *common,
+    f"--config.train.steps={steps}",
+    f"--config.train.log_every={log_every}",
+    "--config.train.checkpoint_every=10",
+    "--config.train.eval_every=10",
+    "--print_config",
+  )
+  assert json.loads(printed) == saved
 
   lines = _output(
     *common,
@@ -126,6 +138,7 @@ def test_unknown_config_key_is_a_clear_error(tmp_path):
   assert result.stderr.splitlines() == [
     "error: --config.train.stepz: no such field in config.train; did you mean config.train.steps?"
   ], result.stderr
+  assert not os.path.exists(tmp_path / "config.json")
 
 
 def test_a_bad_input_is_one_error_line_and_its_traceback_is_behind_verbosity(tmp_path):
@@ -139,6 +152,7 @@ def test_a_bad_input_is_one_error_line_and_its_traceback_is_behind_verbosity(tmp
     "was a model trained there?",
     "(--verbosity=1 shows the traceback)",
   ], result.stderr
+  assert not os.path.exists(tmp_path / "config.json")
   assert "Traceback" not in result.stderr and len(lines) <= 3, result.stderr
   result = subprocess.run(args + ["--verbosity=1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert result.returncode == 1 and "Traceback (most recent call last)" in result.stderr

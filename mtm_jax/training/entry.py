@@ -140,6 +140,20 @@ def error_lines(error: BaseException) -> str:
   return f"error: {type(error).__name__}: {str(error).strip()}\n(--verbosity=1 shows the traceback)"
 
 
+def define_print_config() -> flags.FlagHolder:
+  """--print_config, for a program with --config and --workdir (which it then does not
+  require): print the resolved config and exit."""
+  holder = flags.DEFINE_bool(
+    "print_config", False, "Print the resolved config (every field, as the run's <workdir>/config.json) and exit."
+  )
+  flags.register_multi_flags_validator(
+    ["workdir", "print_config"],
+    lambda values: values["workdir"] is not None or values["print_config"],
+    message="--workdir: required (the directory for checkpoints and logs), unless --print_config",
+  )
+  return holder
+
+
 def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
   """absl's flag parsing (app.parse_flags_with_usage), with a config override that names
   no field as one line (overrides.unknown_field) and status 1."""

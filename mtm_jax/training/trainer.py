@@ -13,6 +13,9 @@ In this order, for every family (a task, mtm_jax.tasks, supplies what differs):
   steps    one jitted train step per phase (training.step.make_train_step with the
            phase's row mask, e.g. unit identification first, then everything);
   loop     run_steps: logging, validation, checkpoints, faults and SIGTERM.
+
+The resolved config (every field, paths absolute) is written to <workdir>/config.json
+when the loop starts; the programs' --print_config prints the same text.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from mtm_jax import files
 from mtm_jax.datasets import pipeline
 from mtm_jax.parallel import mesh as mesh_lib, sharding
 from mtm_jax.training import checkpoint, saver as saver_lib, step as step_lib, workdir as workdir_lib
@@ -67,6 +71,25 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: str) -> tuple[ml_col
   if config.init.pretrained:
     config.init.pretrained = os.path.abspath(os.path.expanduser(config.init.pretrained))
   return config, os.path.abspath(os.path.expanduser(workdir))
+
+
+def resolved_config(task, config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The config a run of `task` trains with: checked by the task, with absolute data and
+  pretrained paths (what <workdir>/config.json holds)."""
+  task.check(config)
+  return prepare_run(config, ".")[0]
+
+
+def config_json(config: ml_collections.ConfigDict) -> str:
+  """`config` as <workdir>/config.json and --print_config show it: JSON, every field."""
+  return json.dumps(config.to_dict(), indent=2) + "\n"
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """<workdir>/config.json (process 0; written whole: files.atomic_write)."""
+  if jax.process_index() == 0:
+    with files.atomic_write(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
+      f.write(config_json(config))
 
 
 def train(task, config: ml_collections.ConfigDict, workdir: str, sessions=None) -> dict:
@@ -121,6 +144,7 @@ def _train(task, config: ml_collections.ConfigDict, workdir: str, sessions) -> d
   validate = task.validator(config, graphdef, inputs, mesh)
 
   # ---- Loop ---------------------------------------------------------------------------------
+  write_config(config, workdir)
   writer = MetricWriter(workdir)
   try:
     with saver_lib.saving(mngr, config, inputs.records, key) as saver, jax.set_mesh(mesh):
