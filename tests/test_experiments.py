@@ -141,6 +141,13 @@ def test_unknown_config_key_is_a_clear_error(tmp_path):
   assert not os.path.exists(tmp_path / "config.json")
 
 
+def test_a_ctrl_c_outside_the_training_loop_is_one_line_and_status_130():
+  program = "from mtm_jax.training import entry\ndef main(argv):\n  raise KeyboardInterrupt\nentry.run(main)"
+  result = subprocess.run([sys.executable, "-c", program], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 130 and result.stderr.strip().splitlines()[-1] == "interrupted", result.stderr
+  assert "Traceback" not in result.stderr
+
+
 def test_a_bad_input_is_one_error_line_and_its_traceback_is_behind_verbosity(tmp_path):
   missing = tmp_path / "no_run"
   args = [sys.executable, "-m", "experiments.evaluate", f"--workdir={missing}"]

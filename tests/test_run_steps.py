@@ -1,6 +1,7 @@
 """The training loop's faults without a training run (training.trainer.run_steps on fake
 updates, one train step on a non-finite batch): non-finite steps skipped, logged and
-stopping the run with a checkpoint; SIGTERM saving the current step; a failed save."""
+stopping the run with a checkpoint; SIGTERM and Ctrl-C saving the current step; a failed
+save."""
 
 import logging
 import os
@@ -116,3 +117,20 @@ def test_sigterm_saves_the_current_step_and_raises_preempted(tmp_path):
   assert error.value.step == 7 and error.value.code == stopping.PREEMPTED_EXIT_CODE
   assert calls[-1] == 6 and saves.saved[-1][:2] == (7, 7)
   assert signal.getsignal(signal.SIGTERM) is previous  # the handler is gone again
+
+
+def test_ctrl_c_saves_the_current_step_and_raises_interrupted_and_a_second_one_aborts(tmp_path, capfd):
+  saves = _Recorder()
+
+  def on_step(step):
+    if step == 6:
+      os.kill(os.getpid(), signal.SIGINT)
+      assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # a second Ctrl-C: KeyboardInterrupt
+
+  previous = signal.getsignal(signal.SIGINT)
+  with pytest.raises(stopping.Interrupted) as error:
+    _fake_run(tmp_path, lambda s: True, saves, on_step=on_step)
+  assert error.value.step == 7 and error.value.code == stopping.INTERRUPTED_EXIT_CODE == 130
+  assert saves.saved[-1][:2] == (7, 7)
+  assert signal.getsignal(signal.SIGINT) is previous
+  assert "Ctrl-C: stopping after this step and saving it" in capfd.readouterr().err

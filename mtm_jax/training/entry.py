@@ -16,7 +16,9 @@ split) with `error: <type>: <message>` and status 1, its traceback behind --verb
 
 Flags: a config override naming no field (`--config.train.step=20`) is one line,
 `error: --config.train.step: no such field in config.train; did you mean
-config.train.steps?`, and status 1 (as absl's own flag errors).
+config.train.steps?`, and status 1 (as absl's own flag errors). Ctrl-C: the training loop
+saves its step and exits with 130 (stopping.Interrupted); anywhere else the program
+prints `interrupted` and exits with 130 (its traceback behind --verbosity=1).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import warnings
 from absl import app, flags, logging
 import jax
 
-from mtm_jax.training import host_memory, overrides, saver
+from mtm_jax.training import host_memory, overrides, saver, stopping
 
 OWN_PACKAGES = ("mtm_jax", "experiments", "data_builders", "benchmarks")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -116,6 +118,10 @@ def _main(main, argv):
     )
   try:
     return main(argv)
+  except KeyboardInterrupt:
+    if verbosity > 0:
+      raise
+    _stop_interrupted()
   except saver.SaveFailed as error:
     # The run's writers and checkpoint manager are closed; Orbax's abandoned background
     # writes would only add tracebacks at interpreter shutdown, so it is skipped.
@@ -154,11 +160,20 @@ def define_print_config() -> flags.FlagHolder:
   return holder
 
 
+def _stop_interrupted() -> None:
+  """Ctrl-C outside the training loop: one line and status 130 (128 + SIGINT)."""
+  logging.flush()
+  print("interrupted", file=sys.stderr, flush=True)
+  sys.exit(stopping.INTERRUPTED_EXIT_CODE)
+
+
 def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
   """absl's flag parsing (app.parse_flags_with_usage), with a config override that names
-  no field as one line (overrides.unknown_field) and status 1."""
+  no field as one line (overrides.unknown_field) and status 1, and Ctrl-C as `interrupted`."""
   try:
     return flag_values(argv)
+  except KeyboardInterrupt:  # while a config file is imported
+    _stop_interrupted()
   except (flags.Error, AttributeError, KeyError, IndexError) as error:
     message = overrides.unknown_field(argv, flag_values)
     if message is None and isinstance(error, flags.Error):

@@ -12,7 +12,7 @@ In this order, for every family (a task, mtm_jax.tasks, supplies what differs):
            (task.merge_pretrained: new sessions' parts stay fresh); else fresh;
   steps    one jitted train step per phase (training.step.make_train_step with the
            phase's row mask, e.g. unit identification first, then everything);
-  loop     run_steps: logging, validation, checkpoints, faults and SIGTERM.
+  loop     run_steps: logging, validation, checkpoints, faults, SIGTERM and Ctrl-C.
 
 The resolved config (every field, paths absolute) is written to <workdir>/config.json
 when the loop starts; the programs' --print_config prints the same text.
@@ -34,7 +34,7 @@ from mtm_jax.datasets import pipeline
 from mtm_jax.parallel import mesh as mesh_lib, sharding
 from mtm_jax.training import checkpoint, saver as saver_lib, step as step_lib, workdir as workdir_lib
 from mtm_jax.tasks.base import Pretrained
-from mtm_jax.training.stopping import Preempted, sigterm_flag, stop_signals
+from mtm_jax.training.stopping import Interrupted, stop_flag, stop_signals, stopped
 
 
 class MetricWriter:
@@ -195,8 +195,9 @@ def run_steps(
   Faults: a step whose update was skipped as non-finite is logged with its number; after
   train_config.max_nonfinite_steps of them in a row the state (whose parameters are
   those of the last finite update) is saved and FloatingPointError raised. SIGTERM
-  saves the current step and raises Preempted. check_saves(step, wait) -> the
-  exception of a background save that failed, or None (saver.Saver.failure; without
+  saves the current step and raises stopping.Preempted; Ctrl-C (SIGINT) the same with
+  stopping.Interrupted (a second Ctrl-C raises KeyboardInterrupt at once).
+  check_saves(step, wait) -> the exception of a background save that failed, or None (saver.Saver.failure; without
   `wait` it must not block): it is raised at the first step boundary after the failure.
   data_state (a restored iterator state) must be at state.step. Returns the last logged
   scalars."""
@@ -217,7 +218,7 @@ def run_steps(
   bad, last = nonfinite_in_a_row, {}
   t0, window, window_start, checked = time.time(), [], first, 0
   progress = lambda: dict(data_state=data.get_state(), nonfinite_in_a_row=bad)
-  with sigterm_flag() as sigterm:
+  with stop_flag() as stop_requested:
     for step in range(first, total):
       state, metrics = update(step, state, next(data))
       window.append(metrics)
@@ -226,7 +227,7 @@ def run_steps(
       save_now = done % train_config.checkpoint_every == 0 or done == total
       eval_now = done % train_config.eval_every == 0 or done == total
       sync = log_now or save_now or done % limit == 0  # steps where the host waits for the device anyway
-      stop, failed = stop_signals(sigterm, check_saves, done, sync)
+      stop, failed = stop_signals(stop_requested, check_saves, done, sync)
       if failed is not None:
         raise failed
       if sync or stop:  # count the non-finite steps so far
@@ -274,8 +275,12 @@ def run_steps(
         failed = check_saves(done, True)
         if failed is not None:
           raise failed
-        logging.warning("SIGTERM: saved the checkpoint of step %d and stopping; re-run to resume", done)
-        raise Preempted(done)
+        error = stopped(stop_requested, done)
+        if isinstance(error, Interrupted):
+          logging.warning("interrupted (Ctrl-C): saved the checkpoint of step %d; re-run to resume", done)
+        else:
+          logging.warning("SIGTERM: saved the checkpoint of step %d and stopping; re-run to resume", done)
+        raise error
   return last
 
 
