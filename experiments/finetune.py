@@ -28,7 +28,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and l
 _MODE = flags.DEFINE_enum(
   "mode", None, ["unit_id", "full"], "What fine-tuning trains (default: the family's: POYO unit_id, NDT1 full)."
 )
-flags.mark_flags_as_required(["config", "workdir"])
+_PRINT_CONFIG = entry.define_print_config()
+flags.mark_flag_as_required("config")
 
 
 def main(argv):
@@ -40,6 +41,9 @@ def main(argv):
   if _DATASET.value:
     task.select_sessions(config, _DATASET.value)
   config = task.finetune_config(config, _PRETRAINED.value, _MODE.value)
+  if _PRINT_CONFIG.value:
+    print(trainer.config_json(trainer.resolved_config(task, config)), end="")
+    return
   logging.info("fine-tuning %s on %s", config.init.pretrained or "from scratch", config.data.datasets)
   trainer.train(task, config, _WORKDIR.value)
 

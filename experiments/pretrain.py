@@ -33,7 +33,8 @@ _SESSIONS = flags.DEFINE_string(
   "Sessions to train on: a count N (the first N of config.data.datasets) or "
   "comma-separated TFDS names (replacing config.data.datasets).",
 )
-flags.mark_flags_as_required(["config", "workdir"])
+_PRINT_CONFIG = entry.define_print_config()
+flags.mark_flag_as_required("config")
 
 
 def main(argv):
@@ -45,6 +46,9 @@ def main(argv):
   task = registry.of(config)
   if _SESSIONS.value:
     task.select_sessions(config, _SESSIONS.value)
+  if _PRINT_CONFIG.value:
+    print(trainer.config_json(trainer.resolved_config(task, config)), end="")
+    return
   trainer.train(task, config, _WORKDIR.value)
 
 

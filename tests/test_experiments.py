@@ -47,13 +47,26 @@ def test_a_short_run_prints_a_line_per_log_step_and_checkpoint_and_verbosity_bri
     "--config.train.eval_every=10",
   )
   text = "\n".join(lines)
-  assert len(lines) <= steps // log_every + checkpoints + 4, text  # + devices, session, parameters, one spare
+  assert len(lines) <= steps // log_every + checkpoints + 5, text  # + devices, session, parameters, first step, spare
+  assert [l.split("] ")[-1] for l in lines if "compiled and ran in" in l][0].startswith(f"step 1/{steps} compiled")
   assert [l.split("] ")[-1] for l in lines if "saved checkpoint" in l] == [
     "saved checkpoint of step 10",
     "saved checkpoint of step 20",
   ]
   assert len([l for l in lines if f"/{steps}  loss" in l]) == steps // log_every
   assert "CheckpointManagerOptions" not in text and "orbax" not in text.lower()
+  # The run's resolved config is in its workdir, and --print_config prints it (no --workdir needed).
+  saved = json.loads((tmp_path / "quiet" / "config.json").read_text())
+  assert saved["train"]["steps"] == steps and saved["data"]["data_dir"] == os.path.abspath(data_dir)
+  printed = _run(
+    *common,
+    f"--config.train.steps={steps}",
+    f"--config.train.log_every={log_every}",
+    "--config.train.checkpoint_every=10",
+    "--config.train.eval_every=10",
+    "--print_config",
+  )
+  assert json.loads(printed) == saved
 
   lines = _output(
     *common,
@@ -122,8 +135,18 @@ def test_unknown_config_key_is_a_clear_error(tmp_path):
     text=True,
     timeout=300,
   )
-  assert result.returncode != 0
-  assert "stepz" in result.stderr
+  assert result.returncode == 1
+  assert result.stderr.splitlines() == [
+    "error: --config.train.stepz: no such field in config.train; did you mean config.train.steps?"
+  ], result.stderr
+  assert not os.path.exists(tmp_path / "config.json")
+
+
+def test_a_ctrl_c_outside_the_training_loop_is_one_line_and_status_130():
+  program = "from mtm_jax.training import entry\ndef main(argv):\n  raise KeyboardInterrupt\nentry.run(main)"
+  result = subprocess.run([sys.executable, "-c", program], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 130 and result.stderr.strip().splitlines()[-1] == "interrupted", result.stderr
+  assert "Traceback" not in result.stderr
 
 
 def test_a_bad_input_is_one_error_line_and_its_traceback_is_behind_verbosity(tmp_path):

@@ -24,7 +24,7 @@ import ml_collections
 
 from mtm_jax.tasks import registry
 from mtm_jax.configs import ndt1 as ndt1_config
-from mtm_jax.training import checkpoint, stopping, trainer
+from mtm_jax.training import checkpoint, entry, stopping, trainer
 from tests.conftest import DATASET
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -328,11 +328,23 @@ def test_data_set_with_other_neurons_than_the_checkpoint_is_a_clear_error(data_d
   assert _snapshot(workdir) == before
 
 
-def test_unknown_config_key_in_an_override_names_the_key():
+def test_unknown_config_key_in_an_override_names_the_key(monkeypatch, capsys):
   values = flags.FlagValues()
   config_flags.DEFINE_config_file("config", None, "config", flag_values=values)
+  argv = ["prog", "--config=mtm_jax/configs/ndt1.py:tiny", "--config.optimizer.lerning_rate=1e-3"]
   with pytest.raises(flags.Error, match="lerning_rate"):
-    values(["prog", "--config=mtm_jax/configs/ndt1.py:tiny", "--config.optimizer.lerning_rate=1e-3"])
+    values(argv)
+  # The programs' parsing (entry.parse_flags; config_flags reads the overrides from sys.argv): one line, status 1.
+  monkeypatch.setattr(sys, "argv", argv)
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "config", flag_values=values)
+  with pytest.raises(SystemExit) as exit_:
+    entry.parse_flags(argv, values)
+  assert exit_.value.code == 1
+  assert capsys.readouterr().err == (
+    "error: --config.optimizer.lerning_rate: no such field in config.optimizer; "
+    "did you mean config.optimizer.learning_rate?\n"
+  )
 
 
 # ------------------------------------------------------------------------------------------

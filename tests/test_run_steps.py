@@ -1,10 +1,13 @@
 """The training loop's faults without a training run (training.trainer.run_steps on fake
 updates, one train step on a non-finite batch): non-finite steps skipped, logged and
-stopping the run with a checkpoint; SIGTERM saving the current step; a failed save."""
+stopping the run with a checkpoint; SIGTERM and Ctrl-C saving the current step; a failed
+save; the log lines (after the first step, ETAs, a timer)."""
 
 import logging
 import os
+import re
 import signal
+import time
 
 import grain
 import jax
@@ -54,7 +57,7 @@ class _Recorder:
     self.saved.append((step, int(state.step), progress))
 
 
-def _fake_run(tmp_path, finite_at, saves, steps=20, limit=3, on_step=None):
+def _fake_run(tmp_path, finite_at, saves, steps=20, limit=3, on_step=None, **run_args):
   """run_steps with an update that only counts and reports finite_at(step)."""
   train = ndt1_config.get_config("tiny").train
   train.update(steps=steps, log_every=4, eval_every=steps, checkpoint_every=10, max_nonfinite_steps=limit)
@@ -76,6 +79,7 @@ def _fake_run(tmp_path, finite_at, saves, steps=20, limit=3, on_step=None):
       evaluate=lambda s: {},
       save=saves,
       writer=writer,
+      **run_args,
     )
   finally:
     writer.close()
@@ -116,3 +120,47 @@ def test_sigterm_saves_the_current_step_and_raises_preempted(tmp_path):
   assert error.value.step == 7 and error.value.code == stopping.PREEMPTED_EXIT_CODE
   assert calls[-1] == 6 and saves.saved[-1][:2] == (7, 7)
   assert signal.getsignal(signal.SIGTERM) is previous  # the handler is gone again
+
+
+def test_ctrl_c_saves_the_current_step_and_raises_interrupted_and_a_second_one_aborts(tmp_path, capfd):
+  saves = _Recorder()
+
+  def on_step(step):
+    if step == 6:
+      os.kill(os.getpid(), signal.SIGINT)
+      assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # a second Ctrl-C: KeyboardInterrupt
+
+  previous = signal.getsignal(signal.SIGINT)
+  with pytest.raises(stopping.Interrupted) as error:
+    _fake_run(tmp_path, lambda s: True, saves, on_step=on_step)
+  assert error.value.step == 7 and error.value.code == stopping.INTERRUPTED_EXIT_CODE == 130
+  assert saves.saved[-1][:2] == (7, 7)
+  assert signal.getsignal(signal.SIGINT) is previous
+  assert "Ctrl-C: stopping after this step and saving it" in capfd.readouterr().err
+
+
+def _info_lines(caplog) -> list[str]:
+  return [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+
+
+def test_a_line_after_the_first_step_and_etas_without_the_compilation(tmp_path, caplog):
+  """The first step (compiling: 1 s here) gets a line of its own; the ETA at step 4 counts
+  steps 2-4 only (it counted the first second too: 4 steps/s, ETA 2s)."""
+  with caplog.at_level(logging.INFO):
+    _fake_run(tmp_path, lambda s: True, _Recorder(), steps=12, on_step=lambda s: time.sleep(1.0 if s == 0 else 0.001))
+  lines = _info_lines(caplog)
+  assert re.fullmatch(r"step 1/12 compiled and ran in 1\.\d s", lines[0]), lines
+  assert [l.split("  ")[0] for l in lines[1:]] == ["step 4/12", "step 8/12", "step 12/12"]
+  rate = float(re.search(r"([\d.]+) steps/s  ETA 0s", lines[1]).group(1))
+  assert rate > 20, lines
+
+
+def test_a_line_at_least_every_log_seconds_between_log_steps(tmp_path, caplog):
+  with caplog.at_level(logging.INFO):
+    last = _fake_run(
+      tmp_path, lambda s: True, _Recorder(), steps=8, on_step=lambda s: time.sleep(0.06), log_seconds=0.1
+    )  # log_every 4: without the timer, steps 1, 4 and 8 only
+  lines = _info_lines(caplog)
+  assert len(lines) >= 5 and lines[0].startswith("step 1/8 compiled"), lines
+  assert all("steps/s  ETA" in l for l in lines[1:]), lines
+  assert last["loss"] == 1.0

@@ -13,6 +13,12 @@ TensorBoard), their tracebacks and TFDS's progress bars; -v 2 and above is absl'
 A checkpoint that cannot be written (saver.SaveFailed) ends the program with its
 one line and status 1; any other exception (bad input: a missing data set, an unknown
 split) with `error: <type>: <message>` and status 1, its traceback behind --verbosity=1.
+
+Flags: a config override naming no field (`--config.train.step=20`) is one line,
+`error: --config.train.step: no such field in config.train; did you mean
+config.train.steps?`, and status 1 (as absl's own flag errors). Ctrl-C: the training loop
+saves its step and exits with 130 (stopping.Interrupted); anywhere else the program
+prints `interrupted` and exits with 130 (its traceback behind --verbosity=1).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import warnings
 from absl import app, flags, logging
 import jax
 
-from mtm_jax.training import host_memory, saver
+from mtm_jax.training import host_memory, overrides, saver, stopping
 
 OWN_PACKAGES = ("mtm_jax", "experiments", "data_builders", "benchmarks")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -112,6 +118,10 @@ def _main(main, argv):
     )
   try:
     return main(argv)
+  except KeyboardInterrupt:
+    if verbosity > 0:
+      raise
+    _stop_interrupted()
   except saver.SaveFailed as error:
     # The run's writers and checkpoint manager are closed; Orbax's abandoned background
     # writes would only add tracebacks at interpreter shutdown, so it is skipped.
@@ -136,8 +146,46 @@ def error_lines(error: BaseException) -> str:
   return f"error: {type(error).__name__}: {str(error).strip()}\n(--verbosity=1 shows the traceback)"
 
 
+def define_print_config() -> flags.FlagHolder:
+  """--print_config, for a program with --config and --workdir (which it then does not
+  require): print the resolved config and exit."""
+  holder = flags.DEFINE_bool(
+    "print_config", False, "Print the resolved config (every field, as the run's <workdir>/config.json) and exit."
+  )
+  flags.register_multi_flags_validator(
+    ["workdir", "print_config"],
+    lambda values: values["workdir"] is not None or values["print_config"],
+    message="--workdir: required (the directory for checkpoints and logs), unless --print_config",
+  )
+  return holder
+
+
+def _stop_interrupted() -> None:
+  """Ctrl-C outside the training loop: one line and status 130 (128 + SIGINT)."""
+  logging.flush()
+  print("interrupted", file=sys.stderr, flush=True)
+  sys.exit(stopping.INTERRUPTED_EXIT_CODE)
+
+
+def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
+  """absl's flag parsing (app.parse_flags_with_usage), with a config override that names
+  no field as one line (overrides.unknown_field) and status 1, and Ctrl-C as `interrupted`."""
+  try:
+    return flag_values(argv)
+  except KeyboardInterrupt:  # while a config file is imported
+    _stop_interrupted()
+  except (flags.Error, AttributeError, KeyError, IndexError) as error:
+    message = overrides.unknown_field(argv, flag_values)
+    if message is None and isinstance(error, flags.Error):
+      message = f"FATAL Flags parsing error: {error}\nPass --helpshort or --helpfull to see help on flags."
+    if message is None:
+      raise
+    print(message, file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
 def run(main) -> None:
   """The program's start: huge pages, JAX's absl flags, quiet logging, app.run(main)."""
   host_memory.use_huge_pages()
   jax.config.config_with_absl()
-  app.run(lambda argv: _main(main, argv))
+  app.run(lambda argv: _main(main, argv), flags_parser=parse_flags)

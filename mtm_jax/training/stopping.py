@@ -1,9 +1,10 @@
-"""How a training run stops early and together: SIGTERM (preemption) and failed
-checkpoint saves, agreed by every process at the loop's sync steps."""
+"""How a training run stops early and together: SIGTERM (preemption), SIGINT (Ctrl-C) and
+failed checkpoint saves, agreed by every process at the loop's sync steps."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 
@@ -12,6 +13,7 @@ import numpy as np
 
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: a preempted run saved its checkpoint; re-run to resume
+INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT: Ctrl-C; the training loop saved its checkpoint first
 
 
 class Preempted(SystemExit):
@@ -19,24 +21,62 @@ class Preempted(SystemExit):
   stopped. A SystemExit, so the programs exit with PREEMPTED_EXIT_CODE without a
   traceback (a scheduler sees a failed job and restarts it; re-running resumes)."""
 
-  def __init__(self, step: int):
-    super().__init__(PREEMPTED_EXIT_CODE)
+  def __init__(self, step: int, code: int = PREEMPTED_EXIT_CODE):
+    super().__init__(code)
     self.step = step
 
 
+class Interrupted(Preempted):
+  """Ctrl-C (SIGINT) reached a training run, which saved a checkpoint of its current step
+  and stopped: exit status INTERRUPTED_EXIT_CODE, no traceback; re-running resumes."""
+
+  def __init__(self, step: int):
+    super().__init__(step, INTERRUPTED_EXIT_CODE)
+
+
+class StopFlag(threading.Event):
+  """Set by the first SIGTERM or SIGINT; `signum` is that signal."""
+
+  signum: int | None = None
+
+
+CTRL_C_NOTE = b"\nCtrl-C: stopping after this step and saving it (Ctrl-C again stops at once, without saving)\n"
+
+
 @contextlib.contextmanager
-def sigterm_flag():
-  """A threading.Event set when SIGTERM arrives while the block runs (handled in the
-  main thread only; elsewhere the event never sets and SIGTERM keeps its handler)."""
-  flag = threading.Event()
+def stop_flag():
+  """A StopFlag set when SIGTERM or SIGINT (Ctrl-C) arrives while the block runs (handled
+  in the main thread only; elsewhere the flag never sets and both signals keep their
+  handlers). The first Ctrl-C prints a note at once (the step may take a while) and gives
+  SIGINT back its default, so that a second one raises KeyboardInterrupt wherever the
+  program is (even in the save: that checkpoint is then left half-written, and the next
+  run reports it and resumes from the previous one)."""
+  flag = StopFlag()
   if threading.current_thread() is not threading.main_thread():
     yield flag
     return
-  previous = signal.signal(signal.SIGTERM, lambda signum, frame: flag.set())
+
+  def handler(signum, frame):
+    del frame
+    if not flag.is_set():
+      flag.signum = signum
+      flag.set()
+    if signum == signal.SIGINT:
+      os.write(2, CTRL_C_NOTE)
+      signal.signal(signal.SIGINT, signal.default_int_handler)
+
+  previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
   try:
     yield flag
   finally:
-    signal.signal(signal.SIGTERM, previous)
+    for s, h in previous.items():
+      signal.signal(s, h)
+
+
+def stopped(flag: StopFlag, step: int) -> Preempted:
+  """The exception a loop that saved `step` after `flag` was set raises: Interrupted for
+  Ctrl-C, else Preempted (SIGTERM here, or on another process of the job)."""
+  return Interrupted(step) if flag.signum == signal.SIGINT else Preempted(step)
 
 
 def _any_process(*flags: bool) -> tuple[bool, ...]:
@@ -49,9 +89,9 @@ def _any_process(*flags: bool) -> tuple[bool, ...]:
 
 
 def stop_signals(sigterm: threading.Event, check_saves, done: int, sync: bool):
-  """(SIGTERM arrived, a failed save's exception or None) after step `done`. One process
-  looks every step (without waiting for a save); several agree at the sync steps only,
-  so that the hot path has no per-step collective."""
+  """(SIGTERM or SIGINT arrived, a failed save's exception or None) after step `done`.
+  One process looks every step (without waiting for a save); several agree at the sync
+  steps only, so that the hot path has no per-step collective."""
   if jax.process_count() == 1:
     return sigterm.is_set(), check_saves(done, False)
   if not sync:

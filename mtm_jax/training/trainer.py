@@ -12,7 +12,10 @@ In this order, for every family (a task, mtm_jax.tasks, supplies what differs):
            (task.merge_pretrained: new sessions' parts stay fresh); else fresh;
   steps    one jitted train step per phase (training.step.make_train_step with the
            phase's row mask, e.g. unit identification first, then everything);
-  loop     run_steps: logging, validation, checkpoints, faults and SIGTERM.
+  loop     run_steps: logging, validation, checkpoints, faults, SIGTERM and Ctrl-C.
+
+The resolved config (every field, paths absolute) is written to <workdir>/config.json
+when the loop starts; the programs' --print_config prints the same text.
 """
 
 from __future__ import annotations
@@ -26,11 +29,15 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from mtm_jax import files
 from mtm_jax.datasets import pipeline
 from mtm_jax.parallel import mesh as mesh_lib, sharding
 from mtm_jax.training import checkpoint, saver as saver_lib, step as step_lib, workdir as workdir_lib
 from mtm_jax.tasks.base import Pretrained
-from mtm_jax.training.stopping import Preempted, sigterm_flag, stop_signals
+from mtm_jax.training.stopping import Interrupted, stop_flag, stop_signals, stopped
+
+
+LOG_SECONDS = 30.0  # between log steps, a line at least this often
 
 
 class MetricWriter:
@@ -67,6 +74,25 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: str) -> tuple[ml_col
   if config.init.pretrained:
     config.init.pretrained = os.path.abspath(os.path.expanduser(config.init.pretrained))
   return config, os.path.abspath(os.path.expanduser(workdir))
+
+
+def resolved_config(task, config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The config a run of `task` trains with: checked by the task, with absolute data and
+  pretrained paths (what <workdir>/config.json holds)."""
+  task.check(config)
+  return prepare_run(config, ".")[0]
+
+
+def config_json(config: ml_collections.ConfigDict) -> str:
+  """`config` as <workdir>/config.json and --print_config show it: JSON, every field."""
+  return json.dumps(config.to_dict(), indent=2) + "\n"
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """<workdir>/config.json (process 0; written whole: files.atomic_write)."""
+  if jax.process_index() == 0:
+    with files.atomic_write(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
+      f.write(config_json(config))
 
 
 def train(task, config: ml_collections.ConfigDict, workdir: str, sessions=None) -> dict:
@@ -121,6 +147,7 @@ def _train(task, config: ml_collections.ConfigDict, workdir: str, sessions) -> d
   validate = task.validator(config, graphdef, inputs, mesh)
 
   # ---- Loop ---------------------------------------------------------------------------------
+  write_config(config, workdir)
   writer = MetricWriter(workdir)
   try:
     with saver_lib.saving(mngr, config, inputs.records, key) as saver, jax.set_mesh(mesh):
@@ -156,6 +183,7 @@ def run_steps(
   data_state: dict | None = None,
   nonfinite_in_a_row: int = 0,
   check_saves=lambda step, wait: None,
+  log_seconds: float = LOG_SECONDS,
 ) -> dict:
   """The training loop every model family shares: from state.step to train_config.steps,
   batch i = batches[i] (so a resumed run reads what an uninterrupted one would).
@@ -166,13 +194,16 @@ def run_steps(
   eval_every steps evaluate(state) -> scalars; every checkpoint_every steps (and at the
   end) save(step, state, progress) with progress = dict(data_state=the grain iterator
   state, nonfinite_in_a_row=...). One line per log step (with the evaluation's scores
-  when it evaluates too).
+  when it evaluates too); one after the first step (`step 1/N compiled and ran in 12.3 s`:
+  steps/s and ETAs count from its end, compilation left out); and between log steps one at
+  least every log_seconds (step, loss so far, steps/s, ETA; logged only, not written).
 
   Faults: a step whose update was skipped as non-finite is logged with its number; after
   train_config.max_nonfinite_steps of them in a row the state (whose parameters are
   those of the last finite update) is saved and FloatingPointError raised. SIGTERM
-  saves the current step and raises Preempted. check_saves(step, wait) -> the
-  exception of a background save that failed, or None (saver.Saver.failure; without
+  saves the current step and raises stopping.Preempted; Ctrl-C (SIGINT) the same with
+  stopping.Interrupted (a second Ctrl-C raises KeyboardInterrupt at once).
+  check_saves(step, wait) -> the exception of a background save that failed, or None (saver.Saver.failure; without
   `wait` it must not block): it is raised at the first step boundary after the failure.
   data_state (a restored iterator state) must be at state.step. Returns the last logged
   scalars."""
@@ -191,18 +222,26 @@ def run_steps(
     )
   data = pipeline.iterate_from(batches, first, data_state)
   bad, last = nonfinite_in_a_row, {}
-  t0, window, window_start, checked = time.time(), [], first, 0
+  window, window_start, checked = [], first, 0
+  start = time.time()
+  clock = dict(tick=start, tick_step=first, line=start)  # steps/s and ETA count from (tick, tick_step)
   progress = lambda: dict(data_state=data.get_state(), nonfinite_in_a_row=bad)
-  with sigterm_flag() as sigterm:
+  with stop_flag() as stop_requested:
     for step in range(first, total):
       state, metrics = update(step, state, next(data))
       window.append(metrics)
       done = step + 1
+      if done == first + 1:  # the first step compiled: rates and ETAs are measured from its end
+        jax.block_until_ready(metrics)  # waits; computes nothing
+        now = time.time()
+        clock.update(tick=now, tick_step=done, line=now)
+        logging.info("step %d/%d compiled and ran in %.1f s", done, total, now - start)
       log_now = done % train_config.log_every == 0 or done == total
       save_now = done % train_config.checkpoint_every == 0 or done == total
       eval_now = done % train_config.eval_every == 0 or done == total
       sync = log_now or save_now or done % limit == 0  # steps where the host waits for the device anyway
-      stop, failed = stop_signals(sigterm, check_saves, done, sync)
+      timed = not (log_now or eval_now) and time.time() - clock["line"] >= log_seconds
+      stop, failed = stop_signals(stop_requested, check_saves, done, sync)
       if failed is not None:
         raise failed
       if sync or stop:  # count the non-finite steps so far
@@ -221,17 +260,20 @@ def run_steps(
             f"(step {done - bad}) is saved as the checkpoint of step {done}. Lower the learning rate or check the data."
           )
       line = []
-      if log_now:
+      if log_now or timed:  # timed: a line every log_seconds between log steps (fetches; no collective)
         fetched = jax.device_get(window)
         good = [m for m in fetched if m["finite"]]
-        rate = (done - window_start) / max(time.time() - t0, 1e-9)
-        last = {k: float(v) for k, v in summarise(good).items()} if good else dict(loss=float("nan"))
+        scalars = {k: float(v) for k, v in summarise(good).items()} if good else dict(loss=float("nan"))
+        rate = _rate(clock, done)  # None right after the first step (compiling)
+        line.append(f"step {done}/{total}  loss {scalars['loss']:.4f}")
+        if rate is not None:
+          line.append(f"  {rate:.2f} steps/s  ETA {(total - done) / max(rate, 1e-9):.0f}s")
+      if log_now:
+        last = scalars
         last.update(
-          steps_per_second=rate, learning_rate=float(learning_rate(done)), skipped_steps=float(len(fetched) - len(good))
-        )
-        line.append(
-          f"step {done}/{total}  loss {last['loss']:.4f}  {rate:.2f} steps/s  "
-          f"ETA {(total - done) / max(rate, 1e-9):.0f}s"
+          steps_per_second=rate if rate is not None else (done - first) / max(time.time() - start, 1e-9),
+          learning_rate=float(learning_rate(done)),
+          skipped_steps=float(len(fetched) - len(good)),
         )
         writer.write(done, last)
       if eval_now:
@@ -242,17 +284,30 @@ def run_steps(
           last.update(scores)
       if line:
         logging.info("%s", "".join(line))
+        now = time.time()
+        clock.update(tick=now, tick_step=done, line=now)
       if log_now:
-        t0, window, window_start, checked = time.time(), [], done, 0
+        window, window_start, checked = [], done, 0
       if save_now or stop:
         save(done, state, progress())
       if stop:
         failed = check_saves(done, True)
         if failed is not None:
           raise failed
-        logging.warning("SIGTERM: saved the checkpoint of step %d and stopping; re-run to resume", done)
-        raise Preempted(done)
+        error = stopped(stop_requested, done)
+        if isinstance(error, Interrupted):
+          logging.warning("interrupted (Ctrl-C): saved the checkpoint of step %d; re-run to resume", done)
+        else:
+          logging.warning("SIGTERM: saved the checkpoint of step %d and stopping; re-run to resume", done)
+        raise error
   return last
+
+
+def _rate(clock: dict, done: int) -> float | None:
+  """Steps/s since the clock's tick (the end of the first step, or the last line), None when
+  no step ran since."""
+  steps = done - clock["tick_step"]
+  return steps / max(time.time() - clock["tick"], 1e-9) if steps > 0 else None
 
 
 def resume(
