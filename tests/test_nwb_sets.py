@@ -184,3 +184,7 @@ def test_several_files_in_one_data_dir_and_pretraining_on_all(tmp_path):
   config = _short(ndt1_config.get_config("tiny,stitch"))
   config.data.datasets, config.data.data_dir = ",".join(binned), data_dir
   assert np.isfinite(trainer.train(registry.get(config.family), config, str(tmp_path / "ndt1"))["loss"])
+  # ... and NDT1 scores them: 75 bins (forward prediction: the last tenth), no IBL fields to decode.
+  scores = registry.evaluate_workdir(str(tmp_path / "ndt1"), "test")
+  assert np.isfinite(scores["co_smoothing_bps"]) and np.isfinite(scores["forward_prediction_bps"])
+  assert "has no 'choice' field" in scores["sessions"][binned[0]]["skipped"]["head_choice_accuracy"]
