@@ -66,8 +66,8 @@ _NWB_BEHAVIOUR = flags.DEFINE_string(
 _NWB_WINDOW = flags.DEFINE_float(
   "nwb_window",
   None,
-  "nwb_binned window in seconds from each trial's start (a multiple of 0.02, at most 2); "
-  "default: the median trial length. Shorter trials are left out.",
+  "Trials of nwb_<stem> data sets cut to this many seconds from their start (a multiple of 0.02, at most 2), "
+  "shorter ones left out; default: nwb_binned the median trial length, spike_events whole trials.",
 )
 _REBUILD = flags.DEFINE_list(
   "rebuild",

@@ -25,7 +25,7 @@ from mtm_jax.datasets.ibl import configs
 # Builders whose configs for IBL sessions (`<eid>[_options]`) are made on demand.
 _IBL_CONFIGS = {"ibl_binned": ibl_binned.ibl_config, "spike_events": spike_events.ibl_config}
 # Builders whose configs for a user's NWB files (`nwb_<stem>`, nwb_sets) are made on demand,
-# with the build's NwbOptions.
+# with the build's nwb_options (behaviour, window).
 _NWB_CONFIGS = {"spike_events": spike_events.nwb_config, "nwb_binned": nwb_binned.nwb_config}
 NWB_FLAGS = dict(behaviour="--nwb_behaviour", window="--nwb_window")  # the flag of each NWB option
 LOCKS_DIR = ".locks"  # <data_dir>/.locks/<builder>.<config>.lock: one lock per data set (lock_path)
@@ -217,8 +217,8 @@ def build(
   parallel.
 
   nwb_options: for the data sets of a user's NWB files (`<builder>/nwb_<stem>`), dict(
-  behaviour=the series of processing/behavior (None: the only one), window=the binned
-  window in s (None: the median trial)); a data set built with other options is refused
+  behaviour=the series of processing/behavior (None: the only one), window=trials cut to
+  this many s from their start (None: nwb_binned the median trial, spike_events whole trials)); a data set built with other options is refused
   like a changed source (provenance.check_options) unless rebuilt."""
   data_dir = os.path.abspath(os.path.expanduser(data_dir))
   if manual_dir is not None:
@@ -287,7 +287,7 @@ def nwb_dataset_names(manual_dir: str, stems: list[str], builders=tuple(_NWB_CON
       raise ValueError(f"--nwb_files=all: no *.nwb file under manual_dir {manual_dir}")
     names = list(files)
   else:
-    names = [s if s.startswith(nwb_sets.PREFIX) and s in files else nwb_sets.config_name(s) for s in stems]
+    names = [s if s in files else nwb_sets.config_name(s if s.endswith(".nwb") else s + ".nwb") for s in stems]
     missing = [s for s, n in zip(stems, names) if n not in files]
     if missing:
       raise ValueError(f"--nwb_files: no NWB file under {manual_dir} for {missing}; the files there are {files}")

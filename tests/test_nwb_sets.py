@@ -70,6 +70,10 @@ def test_names_listing_and_collisions(tmp_path):
   }
   names = prepare.nwb_dataset_names(str(manual), ["sub-B_ses-2", "nwb_sub_a_ses_1_behavior_ecephys"], ["nwb_binned"])
   assert names == ["nwb_binned/nwb_sub_b_ses_2", "nwb_binned/nwb_sub_a_ses_1_behavior_ecephys"]
+  assert prepare.nwb_dataset_names(str(manual), ["sub-B_ses-2.nwb"]) == [
+    "spike_events/nwb_sub_b_ses_2",
+    "nwb_binned/nwb_sub_b_ses_2",
+  ]
   with pytest.raises(ValueError, match=r"--nwb_files: no NWB file under .* for \['sub-C'\]"):
     prepare.nwb_dataset_names(str(manual), ["sub-C"])
   # The program lists them.

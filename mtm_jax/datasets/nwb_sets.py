@@ -7,13 +7,12 @@ characters other than letters, digits and `_` made one `_`), e.g.
 Two files of one name (in other folders, or stems that differ only in such characters) are
 refused, naming both: rename one.
 
-With a window (windowed), every trial is cut to the window from its start; the binned data
-sets always are (binned_trials). Binned trials are the events of mtm_jax.datasets.nwb counted in 20 ms bins
-(schema.BIN_SIZE) of a fixed window aligned at each trial's start: `window` seconds (a
-multiple of 20 ms, at most schema.N_BINS bins = 2 s, the longest input NDT1 takes), by
-default the median trial length rounded down to 20 ms and capped at 2 s. Trials shorter
-than the window are left out and counted. The behaviour is interpolated linearly at the
-bin centres.
+windowed cuts every trial to a window from its start: `window` seconds (a multiple of
+20 ms, at most schema.N_BINS bins = 2 s, the longest input NDT1 takes), by default the
+median trial length rounded down to 20 ms and capped at 2 s; shorter trials are left out
+and counted. The event data sets are cut only when a window is asked for; binned_trials
+always cuts, and counts the spikes in 20 ms bins (schema.BIN_SIZE, events.binning), the
+behaviour interpolated linearly at the bin centres.
 """
 
 from __future__ import annotations
