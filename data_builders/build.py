@@ -10,6 +10,11 @@ IBL sessions from a local ONE cache (docs/real_data.md):
   python -m data_builders.build --dataset=ibl_binned/<eid>,spike_events/<eid> --manual_dir=<ONE cache root>
   python -m data_builders.build --ibl_sessions=all --ibl_options=beryl --manual_dir=<ONE cache root>
 
+A user's own NWB files (any number, in any sub-folders of --manual_dir; docs/event_data.md):
+  python -m data_builders.build --list_nwb --manual_dir=<folder of NWB files>
+  python -m data_builders.build --nwb_files=all --manual_dir=<folder of NWB files> [--nwb_behaviour=velocity]
+  (spike_events/nwb_<stem> for POYO, nwb_binned/nwb_<stem> for NDT1, per file)
+
 A data set whose source files (NWB file, IBL session files) changed after it was built is
 refused (here and when it is read); build it again with --rebuild=NAME/CONFIG.
 """
@@ -43,6 +48,27 @@ _IBL_OPTIONS = flags.DEFINE_list(
   "names: beryl or cosmos (region level), rate<Hz> (minimum firing rate), good "
   "(label == 1 units only).",
 )
+_LIST_NWB = flags.DEFINE_bool(
+  "list_nwb", False, "List the NWB files under --manual_dir with their data set names (nwb_<stem>) and exit."
+)
+_NWB_FILES = flags.DEFINE_list(
+  "nwb_files", [], "NWB files of --manual_dir to build: data set names (nwb_<stem>), file stems, or 'all'."
+)
+_NWB_BUILDERS = flags.DEFINE_list(
+  "nwb_builders", ["spike_events", "nwb_binned"], "Data sets made of each of --nwb_files."
+)
+_NWB_BEHAVIOUR = flags.DEFINE_string(
+  "nwb_behaviour",
+  None,
+  "The behaviour TimeSeries of processing/behavior to read from NWB files (nwb_<stem> data sets; "
+  "<container>/<series> inside a Position or BehavioralTimeSeries); default: the only one there.",
+)
+_NWB_WINDOW = flags.DEFINE_float(
+  "nwb_window",
+  None,
+  "Trials of nwb_<stem> data sets cut to this many seconds from their start (a multiple of 0.02, at most 2), "
+  "shorter ones left out; default: nwb_binned the median trial length, spike_events whole trials.",
+)
 _REBUILD = flags.DEFINE_list(
   "rebuild",
   [],
@@ -60,6 +86,14 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if (_LIST_IBL.value or _IBL_SESSIONS.value) and not _MANUAL_DIR.value:
     raise app.UsageError("--list_ibl and --ibl_sessions need --manual_dir=<ONE cache root>")
+  if (_LIST_NWB.value or _NWB_FILES.value) and not _MANUAL_DIR.value:
+    raise app.UsageError("--list_nwb and --nwb_files need --manual_dir=<folder of NWB files>")
+  if _LIST_NWB.value:
+    from mtm_jax.datasets import nwb_sets  # pylint: disable=g-import-not-at-top
+
+    for name, path in nwb_sets.list_files(_MANUAL_DIR.value).items():
+      print(f"{name}  {path}")
+    return
   if _LIST_IBL.value:
     from mtm_jax.datasets.ibl import cache  # pylint: disable=g-import-not-at-top
 
@@ -71,12 +105,21 @@ def main(argv):
     datasets += prepare.ibl_dataset_names(
       _MANUAL_DIR.value, _IBL_SESSIONS.value, _IBL_BUILDERS.value, _IBL_OPTIONS.value
     )
+  if _NWB_FILES.value:
+    datasets += prepare.nwb_dataset_names(_MANUAL_DIR.value, _NWB_FILES.value, _NWB_BUILDERS.value)
   datasets += [r for r in _REBUILD.value if r not in datasets]
   if not datasets:
-    raise app.UsageError("--dataset (or --ibl_sessions) is required, e.g. --dataset=ibl_binned/synthetic_000")
+    raise app.UsageError(
+      "--dataset (or --ibl_sessions, --nwb_files) is required, e.g. --dataset=ibl_binned/synthetic_000"
+    )
   try:
     paths = prepare.build(
-      datasets, _DATA_DIR.value, _MANUAL_DIR.value, keep_going=_KEEP_GOING.value, rebuild=_REBUILD.value
+      datasets,
+      _DATA_DIR.value,
+      _MANUAL_DIR.value,
+      keep_going=_KEEP_GOING.value,
+      rebuild=_REBUILD.value,
+      nwb_options=dict(behaviour=_NWB_BEHAVIOUR.value, window=_NWB_WINDOW.value),
     )
   except prepare.BuildError as e:
     print(e, file=sys.stderr)

@@ -14,14 +14,20 @@ import tensorflow_datasets as tfds
 import tqdm
 
 from data_builders.ibl_binned import ibl_binned  # registers the builder
+from data_builders.nwb_binned import nwb_binned  # registers the builder
 from data_builders.spike_events import spike_events  # registers the builder
 from mtm_jax import files
+from mtm_jax.datasets import nwb_sets
 from mtm_jax.datasets import provenance
 from mtm_jax.datasets.ibl import cache
 from mtm_jax.datasets.ibl import configs
 
 # Builders whose configs for IBL sessions (`<eid>[_options]`) are made on demand.
 _IBL_CONFIGS = {"ibl_binned": ibl_binned.ibl_config, "spike_events": spike_events.ibl_config}
+# Builders whose configs for a user's NWB files (`nwb_<stem>`, nwb_sets) are made on demand,
+# with the build's nwb_options (behaviour, window).
+_NWB_CONFIGS = {"spike_events": spike_events.nwb_config, "nwb_binned": nwb_binned.nwb_config}
+NWB_FLAGS = dict(behaviour="--nwb_behaviour", window="--nwb_window")  # the flag of each NWB option
 LOCKS_DIR = ".locks"  # <data_dir>/.locks/<builder>.<config>.lock: one lock per data set (lock_path)
 
 
@@ -38,7 +44,7 @@ def failure_summary(failures: list[str], n_datasets: int) -> str:
   return head + ":\n" + "\n".join(failures)
 
 
-def _builder(name: str, data_dir: str, registered: set[str]):
+def _builder(name: str, data_dir: str, registered: set[str], nwb_options: dict | None = None):
   builder_name, _, config = name.partition("/")
   if not config:
     raise ValueError(
@@ -48,9 +54,13 @@ def _builder(name: str, data_dir: str, registered: set[str]):
   if builder_name not in registered:
     raise ValueError(
       f"--dataset: unknown data set {builder_name!r} in {name!r}; this project builds "
-      f"'ibl_binned/<config>' and 'spike_events/<config>'"
+      f"'ibl_binned/<config>', 'spike_events/<config>' and 'nwb_binned/nwb_<stem>'"
     )
   try:
+    if builder_name in _NWB_CONFIGS and config not in tfds.builder_cls(builder_name).builder_configs:
+      nwb_config = _NWB_CONFIGS[builder_name](config, **(nwb_options or {}))
+      if nwb_config is not None:
+        return tfds.builder(builder_name, config=nwb_config, data_dir=data_dir, file_format="array_record")
     if builder_name in _IBL_CONFIGS and config not in tfds.builder_cls(builder_name).builder_configs:
       ibl_config = _IBL_CONFIGS[builder_name](config)
       if ibl_config is not None:
@@ -123,10 +133,14 @@ def _prepare(builder, manual_dir: str | None) -> None:
   )
 
 
-def _source_check(name: str, builder, data_dir: str, manual_dir: str | None) -> None:
-  """Raises provenance.SourceChangedError when a built data set's source files changed."""
+def _source_check(name: str, builder, data_dir: str, manual_dir: str | None, nwb_options: dict | None) -> None:
+  """Raises provenance.SourceChangedError when a built data set's source files changed, or
+  it was built with NWB options other than those asked for."""
   source = builder.info.metadata.get(provenance.RECORD_KEY)
-  if source is None and builder.builder_config.source in ("nwb", "ibl"):
+  if source is not None and nwb_options:
+    requested = {k: None if v is None else round(v, 6) if k == "window" else v for k, v in nwb_options.items()}
+    provenance.check_options(name, data_dir, source, requested, NWB_FLAGS)
+  if source is None and getattr(builder.builder_config, "source", "nwb") in ("nwb", "ibl"):
     logging.warning(
       "%s: built without a record of its source files, so they cannot be checked; %s",
       name,
@@ -153,12 +167,12 @@ def _stamp(builder) -> tuple[int, int] | None:
   return None
 
 
-def _build_locked(name: str, data_dir: str, registered, manual_dir: str | None, rebuild: bool, before):
+def _build_locked(name: str, data_dir: str, registered, manual_dir: str | None, rebuild: bool, before, nwb_options):
   """Builds (or rebuilds, or checks) data set `name` while holding its lock; returns its
   TFDS builder, made here (another process may have built it while this one waited).
   before: _stamp of the data set before waiting; a data set another process built or
   rebuilt while this one waited (the stamp changed) is used as it is, even with `rebuild`."""
-  make = lambda: _builder(name, data_dir, registered)
+  make = lambda: _builder(name, data_dir, registered, nwb_options)
   builder = make()
   if _clear_leftovers(builder):
     builder = make()
@@ -171,13 +185,18 @@ def _build_locked(name: str, data_dir: str, registered, manual_dir: str | None, 
   else:
     if rebuild:
       logging.info("%s: rebuilt by another process while this one waited; not rebuilt again", name)
-    _source_check(name, builder, data_dir, manual_dir)
+    _source_check(name, builder, data_dir, manual_dir, nwb_options)
     logging.info("%s: already built in %s", name, builder.data_dir)
   return builder
 
 
 def build(
-  datasets: list[str], data_dir: str, manual_dir: str | None = None, keep_going: bool = False, rebuild=()
+  datasets: list[str],
+  data_dir: str,
+  manual_dir: str | None = None,
+  keep_going: bool = False,
+  rebuild=(),
+  nwb_options: dict | None = None,
 ) -> list[str]:
   """Prepares each data set (skipping finished ones); returns their directories.
 
@@ -195,7 +214,12 @@ def build(
   killed builds left, the is-it-built check and the build; a process that finds it held
   logs `waiting for another process building <name> (pid N on host H, lock file ...)`,
   waits, and then uses what the other built (a rebuild too). Different data sets build in
-  parallel."""
+  parallel.
+
+  nwb_options: for the data sets of a user's NWB files (`<builder>/nwb_<stem>`), dict(
+  behaviour=the series of processing/behavior (None: the only one), window=trials cut to
+  this many s from their start (None: nwb_binned the median trial, spike_events whole trials)); a data set built with other options is refused
+  like a changed source (provenance.check_options) unless rebuilt."""
   data_dir = os.path.abspath(os.path.expanduser(data_dir))
   if manual_dir is not None:
     manual_dir = os.path.abspath(os.path.expanduser(manual_dir))
@@ -205,11 +229,11 @@ def build(
   registered = set(tfds.list_builders(with_community_datasets=False))
   out, failures = [], []
   for name in tqdm.tqdm(datasets, desc="data sets", unit="set", disable=len(datasets) < 2):
-    builder = _builder(name, data_dir, registered)
+    builder = _builder(name, data_dir, registered, nwb_options)
     try:
       before = _stamp(builder)
       with files.waiting(lock_path(data_dir, f"{builder.name}/{builder.builder_config.name}"), f"building {name}"):
-        builder = _build_locked(name, data_dir, registered, manual_dir, name in rebuild, before)
+        builder = _build_locked(name, data_dir, registered, manual_dir, name in rebuild, before, nwb_options)
     except Exception as e:  # pylint: disable=broad-except  (reported with the data set's name)
       if not keep_going:
         raise
@@ -248,3 +272,23 @@ def ibl_dataset_names(
       )
   suffix = "".join(f"_{o}" for o in dict.fromkeys(options))  # each option once
   return [f"{b}/{configs.canonical_config_name(f'{eid}{suffix}')}" for eid in sessions for b in builders]
+
+
+def nwb_dataset_names(manual_dir: str, stems: list[str], builders=tuple(_NWB_CONFIGS)) -> list[str]:
+  """`<builder>/nwb_<stem>` names of NWB files under manual_dir (nwb_sets.list_files).
+
+  stems: data set names (nwb_<stem>), file stems or file names, or ["all"] for every file."""
+  unknown = [b for b in builders if b not in _NWB_CONFIGS]
+  if unknown:
+    raise ValueError(f"--nwb_builders: unknown builder(s) {unknown}; expected some of {list(_NWB_CONFIGS)}")
+  files = nwb_sets.list_files(manual_dir)
+  if list(stems) == ["all"]:
+    if not files:
+      raise ValueError(f"--nwb_files=all: no *.nwb file under manual_dir {manual_dir}")
+    names = list(files)
+  else:
+    names = [s if s in files else nwb_sets.config_name(s if s.endswith(".nwb") else s + ".nwb") for s in stems]
+    missing = [s for s, n in zip(stems, names) if n not in files]
+    if missing:
+      raise ValueError(f"--nwb_files: no NWB file under {manual_dir} for {missing}; the files there are {files}")
+  return [f"{b}/{n}" for n in names for b in builders]

@@ -167,8 +167,11 @@ def co_smoothing_task(n_neurons: int, n_bins: int) -> EvalTask:
   return EvalTask("co_smoothing", "neuron", eye, eye, every, every)
 
 
-def forward_prediction_task(n_neurons: int, n_bins: int, held_out=range(90, 100)) -> EvalTask:
-  """Bins `held_out` (default the last 200 ms) hidden for all neurons (causal prompt)."""
+def forward_prediction_task(n_neurons: int, n_bins: int, held_out=None) -> EvalTask:
+  """Bins `held_out` (default the last tenth: bins 90-99, the last 200 ms, of MtM's 100)
+  hidden for all neurons (causal prompt)."""
+  if held_out is None:
+    held_out = range(n_bins - n_bins // 10, n_bins)
   bins = np.zeros(n_bins, bool)
   bins[list(held_out)] = True
   every = np.ones((1, n_neurons), bool)

@@ -18,6 +18,9 @@ Configs:
                  spikes bin back to; each example also holds its trial's true rates [100, U]
                  and trial variables, restored into the session's extras by load_event_session;
   nwb            the one NWB file directly in manual_dir (Neural Latents Benchmark layout);
+  nwb_<stem>     the NWB file of that name anywhere under manual_dir (mtm_jax.datasets.nwb_sets),
+                 its behaviour series named by the build or the only one in the file; made on
+                 demand by `nwb_config`;
   nlb_<name>     the NLB training file of that data set, anywhere under manual_dir
                  (hand or finger velocity subsampled from 1 kHz to 100 Hz);
   <eid>[_beryl|_cosmos][_rate<Hz>][_good]
@@ -36,6 +39,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from mtm_jax.datasets.events import session as session_lib
+from mtm_jax.datasets import nwb_sets
 from mtm_jax.datasets import provenance
 from mtm_jax.datasets import reaching
 from mtm_jax.datasets import synthetic
@@ -62,11 +66,13 @@ class SpikeEventsConfig(tfds.core.BuilderConfig):
   max_trials: int = 200
   # synthetic: the session of the synthetic brain (session_index, brain_seed) and its sizes
   sizes: synthetic.SessionSizes = synthetic.SessionSizes()
-  # nwb: which file of manual_dir, which behaviour series, the session id (default: file stem)
+  # nwb: which file of manual_dir ("": the file named like the config, nwb_sets), which
+  # behaviour series ("": the only one), the session id (default: file stem)
   nwb_pattern: str = "*.nwb"
   behaviour: str = "hand_vel"
   behaviour_stride: int = 1
   session_id: str | None = None
+  window: float | None = None  # nwb_<stem>: trials cut to this many s from their start (nwb_sets.windowed)
   # ibl: the session id in the ONE cache and its preprocessing
   eid: str = ""
   ibl_options: configs.IblOptions = configs.IblOptions()
@@ -90,13 +96,14 @@ class SpikeEventsConfig(tfds.core.BuilderConfig):
     if self.source == "nwb":
       from mtm_jax.datasets import nwb  # pynwb is imported only for NWB sources
 
-      return nwb.read_nwb(
+      session = nwb.read_nwb(
         self.nwb_file(manual_dir),
-        behaviour=self.behaviour,
+        behaviour=self.behaviour or None,
         session_id=self.session_id,
         split_seed=self.split_seed,
         behaviour_stride=self.behaviour_stride,
       )
+      return session if self.window is None else nwb_sets.windowed(session, self.window, f"spike_events/{self.name}")[0]
     if self.source == "ibl":
       binned = preprocess.load_session(manual_dir, self.eid, self.ibl_options)
       return convert.event_session(binned, session_id=self.name)
@@ -105,7 +112,9 @@ class SpikeEventsConfig(tfds.core.BuilderConfig):
     )
 
   def nwb_file(self, manual_dir: str | None) -> str:
-    """The one file under manual_dir matching nwb_pattern."""
+    """The one file under manual_dir matching nwb_pattern (no pattern: the file named like the config)."""
+    if not self.nwb_pattern:
+      return nwb_sets.find_file(manual_dir, self.name)
     if manual_dir is None or not os.path.isdir(manual_dir):
       raise ValueError(
         f"spike_events/{self.name}: manual_dir {manual_dir!r} is not a directory; pass "
@@ -127,6 +136,22 @@ def ibl_config(name: str) -> SpikeEventsConfig | None:
   """The config of IBL session name `<eid>[_options]` (configs.parse_config_name); None if not one."""
   kwargs = configs.builder_config_kwargs(name)
   return None if kwargs is None else SpikeEventsConfig(**kwargs)
+
+
+def nwb_config(name: str, behaviour: str | None = None, window=None) -> SpikeEventsConfig | None:
+  """The config of the user's NWB file named `nwb_<stem>` (nwb_sets.config_name); None if not one.
+  behaviour: the series of processing/behavior to read (None: the only one); window: each
+  trial cut to this many seconds from its start, shorter ones left out (None: whole trials)."""
+  if not name.startswith(nwb_sets.PREFIX):
+    return None
+  return SpikeEventsConfig(
+    name=name,
+    source="nwb",
+    nwb_pattern="",
+    behaviour=behaviour or "",
+    window=window,
+    description=f"The NWB file of data set name {name} under manual_dir.",
+  )
 
 
 def _reaching_configs():
@@ -182,6 +207,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   NWB and IBL configs only. Put the session's NWB file in manual_dir (`--manual_dir=...`):
     nwb          exactly one *.nwb file directly in manual_dir;
+    nwb_<stem>   the file of that name anywhere below manual_dir (`--list_nwb` lists them);
     nlb_<name>   the NLB training file anywhere below manual_dir, e.g. for nlb_mc_maze
                  000128/sub-Jenkins/sub-Jenkins_ses-full_desc-train_behavior+ecephys.nwb
                  (`dandi download DANDI:000128` fetches it).
@@ -242,8 +268,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       )
     if session.source_files is not None:  # NWB and IBL: the files read, checked when the data set is used
       pattern = config.nwb_pattern if config.source == "nwb" else None
+      options = None
+      if config.source == "nwb" and not pattern:
+        options = dict(behaviour=session.behaviour_name, window=session.source_info.get("window"))
       self.info.metadata[provenance.RECORD_KEY] = provenance.record(
-        dl_manager.manual_dir, session.source_files, pattern
+        dl_manager.manual_dir, session.source_files, pattern or None, options
       )
     return {name: self._generate_examples(session, name) for name in session_lib.SPLITS}
 

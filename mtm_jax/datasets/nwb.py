@@ -9,7 +9,10 @@ Reads with pynwb, into an event session (mtm_jax.datasets.events.session):
                                'train' / 'val' / 'test' labels (NLB); other labels (e.g.
                                'none') leave a trial out of every split.
   processing/behavior/<name>   a TimeSeries [n] or [n, dims], with timestamps or a rate
-                               (+ starting_time): e.g. NLB's hand_vel or finger_vel at 1 kHz.
+                               (+ starting_time): e.g. NLB's hand_vel or finger_vel at 1 kHz;
+                               `<container>/<series>` inside a Position or BehavioralTimeSeries;
+                               behaviour=None reads the only series there (several: an error
+                               listing them).
 
 Splits: the `split` column when it labels trials of all three splits; otherwise the trials
 (those with a split label, if the column exists) are drawn 70/10/20 with `split_seed` (NLB's
@@ -230,21 +233,40 @@ def _select_trials(path: str, starts, stops, labels, recorded, split_seed: int):
   return starts[kept], stops[kept], splits, info
 
 
-def _read_behaviour(path: str, nwbfile, name: str, stride: int):
-  """Timestamps [T] float64, values [T, D] float32 (NaN rows dropped), rows dropped, and
-  the series' timestamps (NaN rows kept: the span it was recorded over)."""
-  where = f"processing/behavior/{name}"
+def behaviour_series(module) -> dict:
+  """{name: TimeSeries} of a processing module: its TimeSeries, and those inside its
+  containers (e.g. Position, BehavioralTimeSeries) as `<container>/<series>`."""
+  out = {}
+  for name, obj in module.data_interfaces.items():
+    if isinstance(obj, pynwb.TimeSeries):
+      out[name] = obj
+    for attr in ("time_series", "spatial_series"):
+      for child, series in (getattr(obj, attr, None) or {}).items():
+        out[f"{name}/{child}"] = series
+  return out
+
+
+def _read_behaviour(path: str, nwbfile, name: str | None, stride: int):
+  """The series' name, timestamps [T] float64, values [T, D] float32 (NaN rows dropped),
+  rows dropped, and the series' timestamps (NaN rows kept: the span it was recorded over).
+  name None: the one TimeSeries of processing/behavior."""
   if "behavior" not in nwbfile.processing:
     raise ValueError(
       f"{path}: no processing module 'behavior' (it has {sorted(nwbfile.processing)}); expected "
-      f"the behaviour TimeSeries at {where}"
+      f"the behaviour TimeSeries at processing/behavior/{name or '<name>'}"
     )
-  module = nwbfile.processing["behavior"]
-  if name not in module.data_interfaces:
-    raise ValueError(f"{path}: no behaviour {name!r} in processing/behavior (it has {sorted(module.data_interfaces)})")
-  series = module[name]
-  if not isinstance(series, pynwb.TimeSeries):
-    raise ValueError(f"{path}: {where} is a {type(series).__name__}, expected a TimeSeries")
+  found = behaviour_series(nwbfile.processing["behavior"])
+  if name is None:
+    if len(found) != 1:
+      raise ValueError(
+        f"{path}: processing/behavior holds {len(found)} TimeSeries {sorted(found)}; expected exactly one, or name "
+        "the series to read with --nwb_behaviour=<name>"
+      )
+    name = next(iter(found))
+  where = f"processing/behavior/{name}"
+  if name not in found:
+    raise ValueError(f"{path}: no behaviour {name!r} in processing/behavior (it has {sorted(found)})")
+  series = found[name]
   values = np.asarray(series.data[:], np.float64)
   if values.ndim == 1:
     values = values[:, None]
@@ -265,7 +287,7 @@ def _read_behaviour(path: str, nwbfile, name: str, stride: int):
   if not np.all(np.isfinite(stamps)) or np.any(np.diff(stamps) <= 0):
     raise ValueError(f"{path}: {where} timestamps must be finite and strictly increasing")
   finite = np.all(np.isfinite(values), axis=1)
-  return stamps[finite], values[finite].astype(np.float32), int(np.sum(~finite)), stamps
+  return name, stamps[finite], values[finite].astype(np.float32), int(np.sum(~finite)), stamps
 
 
 def _behaviour_coverage(name: str, stamps: np.ndarray, starts: np.ndarray, stops: np.ndarray):
@@ -278,11 +300,16 @@ def _behaviour_coverage(name: str, stamps: np.ndarray, starts: np.ndarray, stops
 
 
 def read_nwb(
-  path: str, behaviour: str = "hand_vel", session_id: str | None = None, split_seed: int = 0, behaviour_stride: int = 1
+  path: str,
+  behaviour: str | None = "hand_vel",
+  session_id: str | None = None,
+  split_seed: int = 0,
+  behaviour_stride: int = 1,
 ) -> session_lib.EventSession:
   """One NWB file as an event session (mtm_jax.datasets.events.session).
 
-  behaviour: name of the TimeSeries in processing/behavior; session_id: defaults to the
+  behaviour: name of the TimeSeries in processing/behavior (`<container>/<series>` for one
+  inside a container such as Position), None for the only one there; session_id: defaults to the
   file name without extension (it prefixes the unit ids, so keep it unique across
   sessions); behaviour_stride: keep every n-th behaviour sample (10 takes NLB's 1 kHz to
   100 Hz). The result also has source_info: file name, split_source ('column' or
@@ -300,7 +327,7 @@ def read_nwb(
   try:
     spike_times, spike_units, unit_ids, regions = _read_units(path, nwbfile, session_id)
     starts, stops, labels = _trial_times(path, nwbfile)
-    stamps, values, dropped, series_stamps = _read_behaviour(path, nwbfile, behaviour, behaviour_stride)
+    behaviour, stamps, values, dropped, series_stamps = _read_behaviour(path, nwbfile, behaviour, behaviour_stride)
     spikes_in, spikes_name = _spike_coverage(path, nwbfile.units, spike_times, starts, stops)
     behaviour_in, behaviour_name = _behaviour_coverage(behaviour, series_stamps, starts, stops)
     recorded = [

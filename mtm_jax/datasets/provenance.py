@@ -8,6 +8,9 @@ never exists without its record):
   pattern  the glob under root that chose the files (NWB configs), or None
   files    [{path (relative to root), size (bytes), mtime_ns, sha256 (files up to
            HASH_LIMIT bytes; None above)}]
+  options  what the build chose that the files do not fix (a user's NWB file: the
+           behaviour series, the binned window), or absent; check_options compares a
+           build's request with it
 
 A file is unchanged when its size and hash (or, for large files, its size and
 modification time) are the same. Synthetic data sets have no record: nothing to check.
@@ -53,11 +56,29 @@ def _matches(root: str, pattern: str) -> list[str]:
   return sorted(os.path.relpath(f, root) for f in glob.glob(os.path.join(root, pattern), recursive=True))
 
 
-def record(root: str, paths, pattern: str | None = None) -> dict:
-  """The record of the files `paths` (absolute, or relative to root) read under `root`."""
+def record(root: str, paths, pattern: str | None = None, options: dict | None = None) -> dict:
+  """The record of the files `paths` (absolute, or relative to root) read under `root`,
+  and the build's `options` (see the module docstring)."""
   root = os.path.abspath(os.path.expanduser(str(root)))
   rels = sorted({os.path.relpath(os.path.abspath(os.path.join(root, p)), root) for p in paths})
-  return dict(root=root, pattern=pattern, files=[file_identity(root, rel) for rel in rels])
+  out = dict(root=root, pattern=pattern, files=[file_identity(root, rel) for rel in rels])
+  return out if options is None else dict(out, options=dict(options))
+
+
+def check_options(dataset: str, data_dir: str, source: dict | None, requested: dict, flags: dict) -> None:
+  """Raises SourceChangedError when a build asks for options (`requested`, None values: no
+  request) other than those `dataset` was built with; flags: {option: the flag that sets it}."""
+  built = (source or {}).get("options") or {}
+  other = [
+    f"{flags.get(k, k)}={v} (built with {'none' if built[k] is None else built[k]})"
+    for k, v in requested.items()
+    if v is not None and k in built and built[k] != v
+  ]
+  if other:
+    raise SourceChangedError(
+      f"data set {dataset!r} in {data_dir} was built with other options than asked for: {'; '.join(other)}; "
+      f"{rebuild_hint(dataset, data_dir, (source or {}).get('root'))} with those flags, or leave them out to use it"
+    )
 
 
 def _file_change(root: str, entry: dict) -> str | None:

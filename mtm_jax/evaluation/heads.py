@@ -20,6 +20,7 @@ from sklearn.metrics import accuracy_score, r2_score
 
 from mtm_jax import masking
 from mtm_jax.datasets import pipeline
+from mtm_jax.datasets import provenance
 from mtm_jax.evaluation import decoding
 
 LEARNING_RATE, BATCH_SIZE = 1e-3, 16  # the heads' AdamW step size and training batch (every family)
@@ -94,6 +95,8 @@ def finetune_head(
   if target not in TARGETS:
     raise ValueError(f"decoding head: unknown target {target!r}; expected one of {sorted(TARGETS)}")
   config, row = trained.config, trained.row(name)
+  if target not in provenance.open_built(name, config.data.data_dir).info.features:  # e.g. nwb_binned: no choice
+    raise decoding.Undecodable(f"data set {name!r} has no {target!r} field")
   fields = ("spikes", "trial_index", target)
   train = pipeline.load_split(name, config.data.data_dir, train_split, fields)
   test = pipeline.load_split(name, config.data.data_dir, eval_split, fields)
