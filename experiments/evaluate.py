@@ -24,6 +24,7 @@ import os
 from absl import app, flags
 
 from experiments import multihost
+from mtm_jax import progress
 from mtm_jax.tasks import registry
 from mtm_jax.training import checkpoint, entry
 
@@ -45,24 +46,21 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   multihost.initialize()
+  # The flags are checked before any scoring (checkpoint metadata alone is read).
+  workdirs = registry.check_evaluation(_WORKDIR.value, _STEP.value, _PLOTS.value, _COMPARE.value)
   task = registry.of_workdir(_WORKDIR.value, _STEP.value)
-  results = registry.evaluate_workdir(
-    _WORKDIR.value, _SPLIT.value, _STEP.value, _SESSIONS.value, decode=_DECODING.value, data_dir=_DATA_DIR.value
-  )
+  with progress.Stage("evaluation"):
+    results = registry.evaluate_workdir(
+      _WORKDIR.value, _SPLIT.value, _STEP.value, _SESSIONS.value, decode=_DECODING.value, data_dir=_DATA_DIR.value
+    )
   print(task.report(results))
   if _PLOTS.value:
-    workdirs = {results.get("masking_mode", "model"): _WORKDIR.value}
-    for item in _COMPARE.value:
-      label, sep, path = item.partition("=")
-      if not sep or not label or not path:
-        raise app.UsageError(f"--compare: expected label=workdir, got {item!r}")
-      workdirs[label] = path
-    models = {label: registry.load_trained(w) for label, w in workdirs.items()}
-    for model in models.values():
-      checkpoint.relocate_data(model.config, _DATA_DIR.value)
-    path = os.path.join(_WORKDIR.value, "rasters.png")
-    region = task.plot(models, path, split=_SPLIT.value, region=_PLOT_REGION.value)
-    print(f"rasters of {region}: {path}")
+    with progress.Stage("plots") as stage:
+      models = {label: registry.load_trained(w) for label, w in workdirs.items()}
+      for model in models.values():
+        checkpoint.relocate_data(model.config, _DATA_DIR.value)
+      path = os.path.join(_WORKDIR.value, task.plot_file())
+      stage.note = f"{task.plot(models, path, split=_SPLIT.value, region=_PLOT_REGION.value)}: {path}"
 
 
 if __name__ == "__main__":

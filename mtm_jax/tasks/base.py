@@ -229,8 +229,14 @@ class Task:
     """The printed summary of `evaluate`'s results."""
     raise NotImplementedError
 
+  def plot_file(self) -> str | None:
+    """The figure `plot` writes into the workdir (None: the family has none)."""
+    return None
+
   def plot(self, models: dict[str, Trained], path: str, **options) -> str:
-    raise ValueError(f"--plots: {self.name} models have no rasters (NDT1 models do)")
+    """Draws `plot_file`'s figure of models {label: Trained} (the first is the one scored)
+    to `path`; returns what it shows, for the program's line."""
+    raise ValueError(f"--plots: {self.name} models have no figure (NDT1 and POYO models do)")
 
   def arrays_file(self) -> str | None:
     """The .npz file `evaluate`'s arrays are written to (None: it returns none)."""

@@ -319,5 +319,8 @@ class NDT1Task(base.Task):
       + evaluation.table(columns, evaluation.METRICS + decoding.BEHAVIOUR_METRICS + tuple(heads))
     )
 
+  def plot_file(self):
+    return "rasters.png"
+
   def plot(self, models, path, **options):
-    return evaluation.raster_plot(models, path, **options)
+    return "rasters of " + evaluation.raster_plot(models, path, **options)

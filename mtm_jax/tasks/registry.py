@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import jax
 import numpy as np
@@ -64,3 +65,31 @@ def evaluate_workdir(
     with files.atomic_write(os.path.join(folder, task.arrays_file()), "wb") as f:
       np.savez(f, **arrays)
   return results
+
+
+LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")  # a --compare label: a column name of the figure and table
+
+
+def check_evaluation(workdir: str, step: int | None = None, plots: bool = False, compare=()) -> dict[str, str]:
+  """The checks of an evaluation's flags, before any scoring (only checkpoint metadata is
+  read): --plots of a family with a figure; every --compare entry label=workdir with a
+  well-formed, new label and a trained workdir of the same family. Returns the models of
+  the figure {label: workdir}: this one first, labelled by its folder's name."""
+  task = of_workdir(workdir, step)
+  if plots and task.plot_file() is None:
+    raise ValueError(f"--plots: {task.name} models have no figure (NDT1 and POYO models do); leave --plots out")
+  if compare and not plots:
+    raise ValueError("--compare: the compared models are drawn in --plots' figure; add --plots")
+  main = os.path.basename(os.path.normpath(os.path.abspath(os.path.expanduser(workdir))))
+  workdirs = {main: workdir}
+  for item in compare:
+    label, sep, path = item.partition("=")
+    if not sep or not LABEL.fullmatch(label) or not path:
+      raise ValueError(f"--compare: expected label=workdir (label: letters, digits, _.+-), got {item!r}")
+    if label in workdirs:
+      raise ValueError(f"--compare: label {label!r} given twice (the scored model is {main!r})")
+    other = of_workdir(path)
+    if other.family != task.family:
+      raise ValueError(f"--compare: {path} holds a {other.name} model; {workdir} holds a {task.name} model")
+    workdirs[label] = path
+  return workdirs
