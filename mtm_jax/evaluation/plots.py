@@ -189,7 +189,8 @@ def _panel_series(summary: list[dict], metric: str) -> dict:
   return {"band": band, "n_sessions": n_sessions, "modes": modes}
 
 
-def _save(fig: Figure, path) -> None:
+def save(fig: Figure, path) -> None:
+  """Writes `fig` as a PNG at `path` whole (files.atomic_write), its folders created."""
   path = os.fspath(path)
   parent = os.path.dirname(os.path.abspath(path))
   os.makedirs(parent, exist_ok=True)
@@ -254,7 +255,7 @@ def scaling_figure(rows, path, *, metrics: Sequence[str] | None = None) -> None:
     ax.grid(True, alpha=0.3)
   legend["band: spread over\nheld-out sessions"] = Patch(color="0.5", alpha=0.3)
   fig.legend(list(legend.values()), list(legend), loc="outside right upper", frameon=False, fontsize="small")
-  _save(fig, path)
+  save(fig, path)
 
 
 # ----------------------------------------------------------------------------- rasters
@@ -395,4 +396,4 @@ def raster_figure(
     fig.colorbar(shown, ax=list(axes[r]), label="mean count / bin", shrink=0.9)
   if title:
     fig.suptitle(title)
-  _save(fig, path)
+  save(fig, path)
