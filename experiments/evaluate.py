@@ -10,9 +10,12 @@ decoding scores choice_accuracy, whisker_motion_energy_r2, wheel_speed_r2, with 
 folds each used under decoding_folds) and prints a table. A decoder the split cannot run
 (e.g. a choice class with too few trials even for 2 folds, a single class, a constant
 trace) is left out, its reason under "skipped" in metrics.json, one warning line each,
-and "skipped" in the table; --nodecoding skips every decoder and head. --plots also writes <workdir>/rasters.png (the MtM paper's Figure 2): trial-averaged
-rasters of one region's neurons, ground truth vs this model (and the --compare models)
-under inter-region and intra-region masking.
+and "skipped" in the table; --nodecoding skips every decoder and head. --plots also writes
+<workdir>/rasters.png (the MtM paper's Figure 2): trial-averaged rasters of one region's
+neurons, ground truth vs this model (labelled by its folder's name) and the --compare
+models under inter-region and intra-region masking; POYO: <workdir>/behaviour.png,
+predicted vs true behaviour. --plots and --compare are checked before any scoring. Each
+stage (metric, decoder, head, plots) prints one line with its time (mtm_jax.progress).
 
 A POYO workdir (config.family = "poyo") is scored by behaviour R^2 on sliding 1 s windows
 (behaviour_r2, per output dimension, and the ridge baseline's baseline_r2); a session too
@@ -33,8 +36,8 @@ _SPLIT = flags.DEFINE_string("split", None, "Split to score (default: the config
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
 _SESSIONS = flags.DEFINE_list("sessions", None, "Sessions of the model to score (default: all).")
 _DECODING = flags.DEFINE_bool("decoding", True, "Also decode behaviour (frozen-model decoders and heads).")
-_PLOTS = flags.DEFINE_bool("plots", False, "Also write rasters.png (MtM paper Figure 2).")
-_COMPARE = flags.DEFINE_list("compare", [], "label=workdir of other models for the rasters.")
+_PLOTS = flags.DEFINE_bool("plots", False, "Also write the family's figure (NDT1: rasters.png; POYO: behaviour.png).")
+_COMPARE = flags.DEFINE_list("compare", [], "label=workdir of other models of the family for --plots' figure.")
 _PLOT_REGION = flags.DEFINE_string("plot_region", None, "Region of the rasters (default: the largest).")
 _DATA_DIR = flags.DEFINE_string(
   "data_dir", None, "TFDS data_dir of the sessions, when they moved (default: the one the model was trained from)."
