@@ -37,8 +37,8 @@ def seconds(t: float) -> str:
 
 class Stage:
   """One stage of a computation (a context manager): `update` while it runs, its end line
-  when the block ends without an error (or at `finish`): "<name>: <note> (<elapsed>)",
-the note "done" unless set (e.g. to the stage's score)."""
+    when the block ends without an error (or at `finish`): "<name>: <note> (<elapsed>)",
+  the note "done" unless set (e.g. to the stage's score)."""
 
   def __init__(
     self,

@@ -339,8 +339,9 @@ def raster_figure(
     title: figure title.
 
   One row per masking scheme: the trial-averaged truth ("ground truth", repeated on each
-  row for comparison), then one panel per model; a shared colour scale and colourbar per
-  row. A model missing from a row leaves an empty panel.
+  row for comparison), then one panel per model; a colour scale per row from the truth's
+  1st-99th percentiles (a model's outliers saturate, not wash out the truth) and a colourbar.
+  A model missing from a row leaves an empty panel.
   """
   if not (isinstance(bin_size, numbers.Real) and bin_size > 0 and math.isfinite(bin_size)):
     raise ValueError(f"raster_figure: bin_size must be a positive number of seconds; got {bin_size!r}")
@@ -363,9 +364,8 @@ def raster_figure(
     return str(int(order[row])) if abs(y - row) < 1e-6 and 0 <= row < n_shown else ""
 
   for r, (row, models) in enumerate(panels["rows"].items()):
-    images = [panels["truth"], *models.values()]
-    finite = np.concatenate([img[np.isfinite(img)] for img in images])
-    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    finite = panels["truth"][np.isfinite(panels["truth"])]  # the truth's scale: a model's outliers saturate
+    vmin, vmax = (float(np.percentile(finite, 1)), float(np.percentile(finite, 99))) if finite.size else (0.0, 1.0)
     if vmax <= vmin:
       vmax = vmin + 1.0
     shown = None
