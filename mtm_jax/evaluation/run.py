@@ -242,6 +242,16 @@ def table(columns: dict[str, dict], metrics=METRICS) -> str:
   return "\n".join(lines)
 
 
+NEGATIVE_BPS = "negative bits per spike: worse than predicting each neuron's mean rate (an undertrained model?)"
+
+
+def bps_hint(results: dict) -> str:
+  """NEGATIVE_BPS when a bits-per-spike score of `results` (top level, any bin width) is
+  negative, else "" (the printed reports add it under their tables)."""
+  scores = [v for k, v in results.items() if k.startswith(METRICS) and isinstance(v, float)]
+  return NEGATIVE_BPS if any(v < 0 for v in scores) else ""
+
+
 def oracle_column(results: dict) -> dict:
   """The oracle_* values of a result dict, under the plain metric names."""
   return {m: results[f"oracle_{m}"] for m in METRICS if f"oracle_{m}" in results}

@@ -313,11 +313,9 @@ class NDT1Task(base.Task):
     if oracle:
       columns["oracle"] = oracle
     heads = [m for m in evaluation.HEAD_METRICS if m in results or m in results.get("skipped", {})]
-    return (
-      evaluation.heading(results)
-      + "\n"
-      + evaluation.table(columns, evaluation.METRICS + decoding.BEHAVIOUR_METRICS + tuple(heads))
-    )
+    table = evaluation.table(columns, evaluation.METRICS + decoding.BEHAVIOUR_METRICS + tuple(heads))
+    hint = evaluation.bps_hint(results)
+    return evaluation.heading(results) + "\n" + table + (f"\n\n{hint}" if hint else "")
 
   def plot_file(self):
     return "rasters.png"

@@ -295,4 +295,5 @@ class PoyoMtMTask(base.Task):
     ]
     if behaviour:
       lines.append(run.table({results["masking_mode"]: results}, behaviour))
+    lines.append(run.bps_hint(results))
     return "\n\n".join(line for line in lines if line)
