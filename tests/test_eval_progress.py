@@ -218,3 +218,42 @@ def test_pretrain_refuses_an_event_data_set_for_ndt1_before_reading_it(tmp_path)
   )
   assert "KeyError" not in result.stderr
   assert not json.dumps(os.listdir(tmp_path)).count("checkpoints")
+
+
+# ------------------------------------------------------------------------------ re-runs
+
+
+def test_a_nodecoding_rerun_keeps_the_earlier_decoding_scores_and_says_so(workdir, tmp_path, caplog):
+  run_dir = str(tmp_path / "mtm_rerun")
+  shutil.copytree(workdir, run_dir)
+  earlier = {
+    "session_id": "synthetic_000",
+    "split": "test",
+    "step": 2,
+    "co_smoothing_bps": 99.0,  # recomputed: the new score wins
+    "choice_accuracy": 0.5,
+    "head_choice_accuracy": 0.25,
+    "decoding_folds": {"choice_accuracy": 4},
+    "skipped": {"wheel_speed_r2": "constant trace"},
+  }
+  with open(os.path.join(run_dir, "metrics.json"), "w") as f:
+    json.dump(earlier, f)
+  caplog.set_level("INFO")
+  results = registry.evaluate_workdir(run_dir, decode=False)
+  with open(os.path.join(run_dir, "metrics.json")) as f:
+    saved = json.load(f)
+  assert saved == results
+  assert saved["co_smoothing_bps"] != 99.0
+  assert saved["choice_accuracy"] == 0.5 and saved["head_choice_accuracy"] == 0.25
+  assert saved["decoding_folds"] == {"choice_accuracy": 4}
+  assert saved["skipped"]["wheel_speed_r2"] == "constant trace"  # the earlier reason, not "decoding turned off"
+  assert saved["skipped"]["whisker_motion_energy_r2"] == "decoding turned off"  # never scored
+  assert "choice_accuracy" not in saved["skipped"]
+  assert any(
+    m.startswith("kept 2 earlier scores of ") and m.endswith("did not compute: choice_accuracy, head_choice_accuracy")
+    for m in caplog.messages
+  ), caplog.messages
+  # Scores of another step are not mixed in.
+  with open(os.path.join(run_dir, "metrics.json"), "w") as f:
+    json.dump(dict(earlier, step=1), f)
+  assert "choice_accuracy" not in registry.evaluate_workdir(run_dir, decode=False)

@@ -10,7 +10,10 @@ import re
 import jax
 import numpy as np
 
+from absl import logging
+
 from mtm_jax import files
+from mtm_jax.evaluation import run
 from mtm_jax.tasks import base, ndt1, poyo, poyo_mtm
 from mtm_jax.training import checkpoint
 
@@ -49,7 +52,8 @@ def evaluate_workdir(
   """Scores the model in `workdir` on `split` (default: its config.eval.split) with its
   family's evaluation (task.evaluate; sessions: which of them, see there) and writes
   <workdir>/metrics.json (and the task's arrays file; process 0 of a multi-host job
-  writes them, each whole: files.atomic_write). data_dir: where the data sets are now
+  writes them, each whole: files.atomic_write), keeping the earlier scores of the same
+  step and split that this run did not compute (with_earlier). data_dir: where the data sets are now
   (default: the run's config.data.data_dir). Returns the results (on every process)."""
   trained = load_trained(workdir, step)
   checkpoint.relocate_data(trained.config, data_dir)
@@ -57,6 +61,7 @@ def evaluate_workdir(
   task = of(trained.config)
   results, arrays = task.evaluate(trained, split or trained.config.eval.split, sessions, decode=decode)
   folder = os.path.abspath(os.path.expanduser(workdir))
+  results = with_earlier(os.path.join(folder, "metrics.json"), results)
   if jax.process_index() != 0:
     return results
   with files.atomic_write(os.path.join(folder, "metrics.json"), encoding="utf-8") as f:
@@ -93,3 +98,55 @@ def check_evaluation(workdir: str, step: int | None = None, plots: bool = False,
       raise ValueError(f"--compare: {path} holds a {other.name} model; {workdir} holds a {task.name} model")
     workdirs[label] = path
   return workdirs
+
+
+def with_earlier(path: str, results: dict) -> dict:
+  """`results` with the scores of the metrics.json at `path` (same step, split and
+  sessions) that they lack or skip only because decoding was off (--nodecoding): those
+  are kept, with their folds and skip reasons, and one line names them."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      old = json.load(f)
+  except (OSError, ValueError):
+    return results
+  same = ("step", "split", "session_id")
+  if not isinstance(old, dict) or any(old.get(k) != results.get(k) for k in same):
+    return results
+  if set(old.get("sessions", {})) != set(results.get("sessions", {})):
+    return results
+  merged, kept = _merged(old, results)
+  if "sessions" in results:
+    merged["sessions"] = dict(results["sessions"])
+  for sid, r in results.get("sessions", {}).items():
+    merged["sessions"][sid], more = _merged(old["sessions"][sid], r)
+    kept += [f"{sid}/{k}" for k in more]
+  if kept:
+    logging.info(
+      "kept %d earlier scores of %s (step %s, %s split) that this run did not compute: %s",
+      len(kept),
+      path,
+      results.get("step"),
+      results.get("split"),
+      ", ".join(kept),
+    )
+  return merged
+
+
+def _merged(old: dict, new: dict) -> tuple[dict, list[str]]:
+  skipped, folds = dict(new.get("skipped", {})), dict(new.get("decoding_folds", {}))
+  merged, kept = dict(new), []
+  for key, value in old.items():
+    if isinstance(value, float) and key not in new and skipped.get(key, run.DECODING_OFF) == run.DECODING_OFF:
+      merged[key] = value
+      skipped.pop(key, None)
+      kept.append(key)
+      if key in old.get("decoding_folds", {}):
+        folds[key] = old["decoding_folds"][key]
+  for key, why in old.get("skipped", {}).items():
+    if skipped.get(key) == run.DECODING_OFF and why != run.DECODING_OFF:
+      skipped[key] = why  # the earlier run's reason stands
+  if skipped or "skipped" in new:
+    merged["skipped"] = skipped
+  if folds or "decoding_folds" in new:
+    merged["decoding_folds"] = folds
+  return merged, kept
