@@ -257,3 +257,18 @@ def test_a_nodecoding_rerun_keeps_the_earlier_decoding_scores_and_says_so(workdi
   with open(os.path.join(run_dir, "metrics.json"), "w") as f:
     json.dump(dict(earlier, step=1), f)
   assert "choice_accuracy" not in registry.evaluate_workdir(run_dir, decode=False)
+
+
+def test_compared_models_join_the_table_under_their_labels(tmp_path, caplog):
+  scored, unscored = tmp_path / "temporal_run", tmp_path / "fresh_run"
+  scored.mkdir(), unscored.mkdir()
+  theirs = {"split": "test", "step": 6, "masking_mode": "temporal", "co_smoothing_bps": 0.3, "skipped": {}}
+  (scored / "metrics.json").write_text(json.dumps(theirs))
+  caplog.set_level("INFO")
+  others = registry.compared_scores({"temporal": str(scored), "fresh": str(unscored)}, "test")
+  assert others == {"temporal": theirs}
+  assert any(m.startswith("--compare fresh: ") and "not in the table" in m for m in caplog.messages)
+  ours = {"session_id": "s", "split": "test", "step": 2, "masking_mode": "mtm", "co_smoothing_bps": 0.2, "skipped": {}}
+  lines = registry.get("mtm").report(ours, label="mtm_run", others=others).splitlines()
+  assert lines[1] == "| metric | mtm_run | temporal |" and lines[3] == "| co_smoothing | 0.2000 | 0.3000 |"
+  assert registry.get("mtm").report(ours).splitlines()[1] == "| metric | mtm |"  # alone: its masking mode, as before

@@ -225,8 +225,9 @@ class Task:
     """(results for metrics.json, {name: array} for an .npz beside it, or {})."""
     raise NotImplementedError
 
-  def report(self, results: dict) -> str:
-    """The printed summary of `evaluate`'s results."""
+  def report(self, results: dict, label: str | None = None, others: dict | None = None) -> str:
+    """The printed summary of `evaluate`'s results (the column `label`, default its masking
+    mode) beside the saved results of other models, others {label: metrics.json}."""
     raise NotImplementedError
 
   def plot_file(self) -> str | None:

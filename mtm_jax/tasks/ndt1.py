@@ -307,8 +307,8 @@ class NDT1Task(base.Task):
   def arrays_file(self):
     return "per_neuron_bps.npz"
 
-  def report(self, results):
-    columns = {results["masking_mode"]: results}
+  def report(self, results, label=None, others=None):
+    columns = {label or results["masking_mode"]: results, **(others or {})}
     oracle = evaluation.oracle_column(results)
     if oracle:
       columns["oracle"] = oracle

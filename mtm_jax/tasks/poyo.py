@@ -282,10 +282,11 @@ class POYOTask(base.Task):
     behaviour_plots.behaviour_figure(path, stitched, session_lib.output_names([session]), title=title)
     return f"behaviour of {session.session_id}"
 
-  def report(self, results):
+  def report(self, results, label=None, others=None):
     lines = [f"POYO, {results['split']} split, step {results['step']}"]
-    lines += [f"{k}: {v:.4f}" for k, v in results.items() if isinstance(v, float)]
-    lines += [f"{k}: skipped" for k in results["skipped"]]
+    for name, r in {label or "": results, **(others or {})}.items():
+      lines += [f"{name + ' ' if name else ''}{k}: {v:.4f}" for k, v in r.items() if isinstance(v, float)]
+      lines += [f"{name + ' ' if name else ''}{k}: skipped" for k in r.get("skipped", {})]
     return "\n".join(lines)
 
 

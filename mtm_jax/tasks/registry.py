@@ -100,6 +100,31 @@ def check_evaluation(workdir: str, step: int | None = None, plots: bool = False,
   return workdirs
 
 
+def compared_scores(workdirs: dict[str, str], split: str) -> dict[str, dict]:
+  """{label: metrics.json} of the --compare models scored on `split`; one warning line
+  for each without such a file (it is left out of the table)."""
+  out = {}
+  for label, workdir in workdirs.items():
+    path = os.path.join(os.path.expanduser(workdir), "metrics.json")
+    try:
+      with open(path, encoding="utf-8") as f:
+        scores = json.load(f)
+    except (OSError, ValueError):
+      scores = {}
+    if scores.get("split") == split:
+      out[label] = scores
+    else:
+      logging.warning(
+        "--compare %s: %s holds no scores of the %s split, so it is not in the table "
+        "(python -m experiments.evaluate --workdir=%s adds them)",
+        label,
+        workdir,
+        split,
+        workdir,
+      )
+  return out
+
+
 def with_earlier(path: str, results: dict) -> dict:
   """`results` with the scores of the metrics.json at `path` (same step, split and
   sessions) that they lack or skip only because decoding was off (--nodecoding): those
