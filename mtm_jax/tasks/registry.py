@@ -127,8 +127,9 @@ def compared_scores(workdirs: dict[str, str], split: str) -> dict[str, dict]:
 
 def with_earlier(path: str, results: dict) -> dict:
   """`results` with the scores of the metrics.json at `path` (same step, split and
-  sessions) that they lack or skip only because decoding was off (--nodecoding): those
-  are kept, with their folds and skip reasons, and one line names them."""
+  sessions) of the metrics they skip only because decoding was off (--nodecoding; NDT1
+  and spike-token MtM): those are kept, with their folds and skip reasons, and one line
+  names them."""
   try:
     with open(path, encoding="utf-8") as f:
       old = json.load(f)
@@ -158,19 +159,20 @@ def with_earlier(path: str, results: dict) -> dict:
 
 
 def _merged(old: dict, new: dict) -> tuple[dict, list[str]]:
+  """new, with old's scores (and folds, or skip reasons) of the metrics new skipped only
+  because decoding was off."""
   skipped, folds = dict(new.get("skipped", {})), dict(new.get("decoding_folds", {}))
   merged, kept = dict(new), []
-  for key, value in old.items():
-    if isinstance(value, float) and key not in new and skipped.get(key, run.DECODING_OFF) == run.DECODING_OFF:
-      merged[key] = value
-      skipped.pop(key, None)
+  for key in [k for k, why in skipped.items() if why == run.DECODING_OFF]:
+    if isinstance(old.get(key), float):
+      merged[key] = old[key]
+      del skipped[key]
       kept.append(key)
       if key in old.get("decoding_folds", {}):
         folds[key] = old["decoding_folds"][key]
-  for key, why in old.get("skipped", {}).items():
-    if skipped.get(key) == run.DECODING_OFF and why != run.DECODING_OFF:
-      skipped[key] = why  # the earlier run's reason stands
-  if skipped or "skipped" in new:
+    elif old.get("skipped", {}).get(key, run.DECODING_OFF) != run.DECODING_OFF:
+      skipped[key] = old["skipped"][key]  # the earlier run's reason stands
+  if "skipped" in new:
     merged["skipped"] = skipped
   if folds or "decoding_folds" in new:
     merged["decoding_folds"] = folds
