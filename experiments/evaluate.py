@@ -56,9 +56,9 @@ def main(argv):
     results = registry.evaluate_workdir(
       _WORKDIR.value, _SPLIT.value, _STEP.value, _SESSIONS.value, decode=_DECODING.value, data_dir=_DATA_DIR.value
     )
-  main, *compared = workdirs  # labels: this run's folder name, then --compare's
+  this, *compared = workdirs  # labels: this run's folder name, then --compare's
   others = registry.compared_scores({label: workdirs[label] for label in compared}, results["split"])
-  print(task.report(results, label=main if compared else None, others=others))
+  print(task.report(results, label=this if compared else None, others=others))
   if _PLOTS.value:
     with progress.Stage("plots") as stage:
       models = {label: registry.load_trained(w) for label, w in workdirs.items()}

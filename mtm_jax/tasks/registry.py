@@ -53,8 +53,9 @@ def evaluate_workdir(
   family's evaluation (task.evaluate; sessions: which of them, see there) and writes
   <workdir>/metrics.json (and the task's arrays file; process 0 of a multi-host job
   writes them, each whole: files.atomic_write), keeping the earlier scores of the same
-  step and split that this run did not compute (with_earlier). data_dir: where the data sets are now
-  (default: the run's config.data.data_dir). Returns the results (on every process)."""
+  step and split that this run skipped as decoding turned off (with_earlier). data_dir:
+  where the data sets are now (default: the run's config.data.data_dir). Returns the
+  results (on every process)."""
   trained = load_trained(workdir, step)
   checkpoint.relocate_data(trained.config, data_dir)
   checkpoint.check_writable(workdir, "metrics.json")
@@ -111,7 +112,7 @@ def compared_scores(workdirs: dict[str, str], split: str) -> dict[str, dict]:
         scores = json.load(f)
     except (OSError, ValueError):
       scores = {}
-    if scores.get("split") == split:
+    if isinstance(scores, dict) and scores.get("split") == split:
       out[label] = scores
     else:
       logging.warning(
