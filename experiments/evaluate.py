@@ -10,9 +10,12 @@ decoding scores choice_accuracy, whisker_motion_energy_r2, wheel_speed_r2, with 
 folds each used under decoding_folds) and prints a table. A decoder the split cannot run
 (e.g. a choice class with too few trials even for 2 folds, a single class, a constant
 trace) is left out, its reason under "skipped" in metrics.json, one warning line each,
-and "skipped" in the table; --nodecoding skips every decoder and head. --plots also writes <workdir>/rasters.png (the MtM paper's Figure 2): trial-averaged
-rasters of one region's neurons, ground truth vs this model (and the --compare models)
-under inter-region and intra-region masking.
+and "skipped" in the table; --nodecoding skips every decoder and head. --plots also writes
+<workdir>/rasters.png (the MtM paper's Figure 2): trial-averaged rasters of one region's
+neurons, ground truth vs this model (labelled by its folder's name) and the --compare
+models under inter-region and intra-region masking; POYO: <workdir>/behaviour.png,
+predicted vs true behaviour. --plots and --compare are checked before any scoring. Each
+stage (metric, decoder, head, plots) prints one line with its time (mtm_jax.progress).
 
 A POYO workdir (config.family = "poyo") is scored by behaviour R^2 on sliding 1 s windows
 (behaviour_r2, per output dimension, and the ridge baseline's baseline_r2); a session too
@@ -24,6 +27,7 @@ import os
 from absl import app, flags
 
 from experiments import multihost
+from mtm_jax import progress
 from mtm_jax.tasks import registry
 from mtm_jax.training import checkpoint, entry
 
@@ -32,8 +36,8 @@ _SPLIT = flags.DEFINE_string("split", None, "Split to score (default: the config
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
 _SESSIONS = flags.DEFINE_list("sessions", None, "Sessions of the model to score (default: all).")
 _DECODING = flags.DEFINE_bool("decoding", True, "Also decode behaviour (frozen-model decoders and heads).")
-_PLOTS = flags.DEFINE_bool("plots", False, "Also write rasters.png (MtM paper Figure 2).")
-_COMPARE = flags.DEFINE_list("compare", [], "label=workdir of other models for the rasters.")
+_PLOTS = flags.DEFINE_bool("plots", False, "Also write the family's figure (NDT1: rasters.png; POYO: behaviour.png).")
+_COMPARE = flags.DEFINE_list("compare", [], "label=workdir of other models of the family for --plots' figure.")
 _PLOT_REGION = flags.DEFINE_string("plot_region", None, "Region of the rasters (default: the largest).")
 _DATA_DIR = flags.DEFINE_string(
   "data_dir", None, "TFDS data_dir of the sessions, when they moved (default: the one the model was trained from)."
@@ -45,24 +49,23 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   multihost.initialize()
+  # The flags are checked before any scoring (checkpoint metadata alone is read).
+  workdirs = registry.check_evaluation(_WORKDIR.value, _STEP.value, _PLOTS.value, _COMPARE.value)
   task = registry.of_workdir(_WORKDIR.value, _STEP.value)
-  results = registry.evaluate_workdir(
-    _WORKDIR.value, _SPLIT.value, _STEP.value, _SESSIONS.value, decode=_DECODING.value, data_dir=_DATA_DIR.value
-  )
-  print(task.report(results))
+  with progress.Stage("evaluation"):
+    results = registry.evaluate_workdir(
+      _WORKDIR.value, _SPLIT.value, _STEP.value, _SESSIONS.value, decode=_DECODING.value, data_dir=_DATA_DIR.value
+    )
+  this, *compared = workdirs  # labels: this run's folder name, then --compare's
+  others = registry.compared_scores({label: workdirs[label] for label in compared}, results["split"])
+  print(task.report(results, label=this if compared else None, others=others))
   if _PLOTS.value:
-    workdirs = {results.get("masking_mode", "model"): _WORKDIR.value}
-    for item in _COMPARE.value:
-      label, sep, path = item.partition("=")
-      if not sep or not label or not path:
-        raise app.UsageError(f"--compare: expected label=workdir, got {item!r}")
-      workdirs[label] = path
-    models = {label: registry.load_trained(w) for label, w in workdirs.items()}
-    for model in models.values():
-      checkpoint.relocate_data(model.config, _DATA_DIR.value)
-    path = os.path.join(_WORKDIR.value, "rasters.png")
-    region = task.plot(models, path, split=_SPLIT.value, region=_PLOT_REGION.value)
-    print(f"rasters of {region}: {path}")
+    with progress.Stage("plots") as stage:
+      models = {label: registry.load_trained(w) for label, w in workdirs.items()}
+      for model in models.values():
+        checkpoint.relocate_data(model.config, _DATA_DIR.value)
+      path = os.path.join(_WORKDIR.value, task.plot_file())
+      stage.note = f"{task.plot(models, path, split=_SPLIT.value, region=_PLOT_REGION.value)}: {path}"
 
 
 if __name__ == "__main__":

@@ -94,3 +94,24 @@ def test_a_scored_run_with_skipped_metrics_is_not_scored_again(tmp_path):
   results = {"step": 4, "split": "test", "co_smoothing_bps": 0.2, "skipped": {"choice_accuracy": run.DECODING_OFF}}
   (tmp_path / "metrics.json").write_text(json.dumps(results))
   assert scaling.scored(str(tmp_path), 4, ("co_smoothing_bps", "choice_accuracy"), "test") is None
+
+
+def test_a_negative_bits_per_spike_comes_with_a_one_line_hint():
+  from mtm_jax.evaluation import run
+  from mtm_jax.tasks import registry
+
+  results = {"session_id": "s", "split": "test", "step": 2, "masking_mode": "mtm", "skipped": {}}
+  good = dict(results, **{m: 0.1 for m in run.METRICS})
+  assert run.NEGATIVE_BPS not in registry.get("mtm").report(good)
+  bad = dict(good, co_smoothing_bps=-17.0, oracle_forward_prediction_bps=-1.0)
+  report = registry.get("mtm").report(bad)
+  assert report.splitlines()[-1] == run.NEGATIVE_BPS
+  assert (
+    run.NEGATIVE_BPS
+    == "negative bits per spike: worse than predicting each neuron's mean rate (an undertrained model?)"
+  )
+  assert (
+    run.bps_hint({"co_smoothing_bps": 0.1, "oracle_co_smoothing_bps": -0.2}) == ""
+  )  # the oracle's is not the model's
+  tokens = dict(good, intra_region_bps_5ms=-0.01)
+  assert registry.get("poyo_mtm").report(tokens).splitlines()[-1] == run.NEGATIVE_BPS

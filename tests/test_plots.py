@@ -201,3 +201,19 @@ def test_raster_bad_inputs(tmp_path, raster_data):
   with pytest.raises(ValueError, match="t_before must be a finite"):
     plots.raster_figure(path, truth, predictions, t_before=float("nan"))
   assert not path.exists()
+
+
+def test_raster_colour_scale_follows_the_truth_not_a_models_outliers(tmp_path, raster_data, monkeypatch):
+  """An undertrained model predicting 1000x rates no longer washes out the ground truth."""
+  truth, predictions = raster_data
+  wild = {row: {**models, "untrained": models["MtM"] * 1000.0} for row, models in predictions.items()}
+  figures = []
+  monkeypatch.setattr(plots, "save", lambda fig, path: figures.append(fig))
+  plots.raster_figure(tmp_path / "r.png", truth, wild)
+  (fig,) = figures
+  panels = plots._raster_panels(truth, wild)
+  low, high = np.percentile(panels["truth"], [1, 99])
+  image_axes = [ax for ax in fig.axes if ax.images]
+  assert len(image_axes) == 2 * 4  # two rows: truth, MtM, temporal, untrained
+  for ax in image_axes:
+    assert np.allclose(ax.images[0].get_clim(), (low, high)), ax.get_title()

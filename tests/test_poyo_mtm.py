@@ -4,6 +4,7 @@ evaluation against one mask at a time, and training (exact resume, unit identifi
 changes only the new rows, evaluation at three bin widths)."""
 
 import dataclasses
+import re
 
 import jax
 import ml_collections
@@ -239,13 +240,20 @@ def pretrained(tmp_path_factory, sessions):
   return workdir, metrics
 
 
-def test_training_runs_and_evaluates_at_three_widths(pretrained, sessions):
+def test_training_runs_and_evaluates_at_three_widths(pretrained, sessions, caplog):
   workdir, metrics = pretrained
   assert np.isfinite(metrics["loss"]) and np.isfinite(metrics["val_loss"])
   trained = registry.load_trained(workdir)
   assert trained.step == STEPS and trained.vocab.session_ids == ("trials_000", "trials_001")
   task = registry.of(trained.config)
+  caplog.set_level("INFO")
   results, arrays = task.evaluate(trained, "test", sessions[:2])
+  # One line per stage, each with its scores at every width and its time (mtm_jax.progress).
+  ends = [m for m in caplog.messages if re.search(r" \((\d+\.\d s|\d+ s|\d+ min \d+ s)\)$", m)]
+  stages = ["co_smoothing", "forward_prediction", "inter_region", "intra_region", "decoders' features"]  # no behaviour
+  assert [m.split(" (")[0].split(": ", 1)[1].split(":")[0] for m in ends] == stages * 2, ends
+  assert [m.split(": ")[0] for m in ends] == ["trials_000"] * 5 + ["trials_001"] * 5, ends
+  assert re.fullmatch(r"trials_000: co_smoothing: 20ms -?\d+\.\d{4}, 10ms \S+, 5ms \S+ bps \(.*\)", ends[0]), ends
   for name in ("co_smoothing", "forward_prediction", "inter_region", "intra_region"):
     for suffix in ("", "_10ms", "_5ms"):
       assert np.isfinite(results[f"{name}_bps{suffix}"]), (name, suffix)

@@ -315,3 +315,38 @@ def test_ridge_baseline_decodes_a_larger_session():
   prediction, target = poyo_eval.ridge_baseline(session, test.behaviour_timestamps, bin_size=0.02, lags=10)
   assert prediction.shape == target.shape == test.behaviour_values.shape
   assert poyo_eval.r2_per_dim(prediction, target).mean() > 0.3
+
+
+def test_plots_draw_predicted_and_true_behaviour(pretrained, sessions, tmp_path, caplog):
+  """--plots on a POYO model: behaviour.png, one row per output dimension (2 here), written whole."""
+  workdir, _ = pretrained
+  trained = registry.load_trained(workdir)
+  task = registry.of(trained.config)
+  assert task.plot_file() == "behaviour.png"
+  path = tmp_path / "figures" / "behaviour.png"
+  assert (
+    task.plot({"pretrained": trained}, str(path), split="test", sessions=sessions[:1]) == "behaviour of reaching_000"
+  )
+  png = path.read_bytes()
+  assert png[:8] == b"\x89PNG\r\n\x1a\n"
+  width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+  assert height == round((2.0 * 2 + 0.8) * 120), (width, height)  # two rows of panels at 120 dpi
+  assert width in (round((3.2 * k + 0.8) * 120) for k in (1, 2, 3)), width
+  assert os.listdir(path.parent) == ["behaviour.png"]  # no temporary file left
+
+
+def test_behaviour_figure_has_a_panel_per_dimension_and_window(tmp_path):
+  from mtm_jax.evaluation import behaviour_plots  # pylint: disable=g-import-not-at-top
+
+  t = np.arange(0, 20, 0.01)
+  target = np.stack([np.sin(t), np.cos(t)], 1).astype(np.float32)
+  stitched = {
+    "a": dict(timestamps=t, prediction=target * 0.5, target=target),
+    "b": dict(timestamps=t, prediction=target, target=target),
+  }
+  fig = behaviour_plots.behaviour_figure(tmp_path / "b.png", stitched, ["x", "y"], length=2.0, count=3)
+  assert len(fig.axes) == 2 * 3
+  assert [line.get_label() for line in fig.axes[0].lines] == ["true", "a", "b"]
+  assert fig.axes[0].get_title() == "0.0-2.0 s" and fig.axes[2].get_title() == "18.0-20.0 s"
+  with pytest.raises(ValueError, match=r"behaviour figure: a: expected \[T, 3\] predictions"):
+    behaviour_plots.behaviour_figure(tmp_path / "c.png", stitched, ["x", "y", "z"])

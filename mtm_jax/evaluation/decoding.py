@@ -36,7 +36,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from mtm_jax import metrics
+from mtm_jax import metrics, progress
 
 BEHAVIOUR_METRICS = ("choice_accuracy", "whisker_motion_energy_r2", "wheel_speed_r2")
 
@@ -264,10 +264,11 @@ def decode_behaviour(log_rates, behaviour: Mapping, *, folds: int = 5, seed: int
   return {m: _decoder(m)(features, t, folds=folds, seed=seed) for m, t in targets.items()}
 
 
-def decode_split(log_rates, behaviour: Mapping, *, folds: int = 5, seed: int = 0) -> Decoded:
+def decode_split(log_rates, behaviour: Mapping, *, folds: int = 5, seed: int = 0, label: str = "") -> Decoded:
   """decode_behaviour for a split of any size: each decoder uses the most outer folds, at
   most `folds`, that its trials allow (the smallest class for choice, the trials for the
-  traces); one the trials cannot score (Undecodable) is skipped with its reason.
+  traces); one the trials cannot score (Undecodable) is skipped with its reason. Each
+  decoder writes one line (progress.Stage "<label>decoder <metric>") with its score and time.
 
   Returns:
     Decoded(scores, folds used, skipped) over the present fields (BEHAVIOUR_METRICS order).
@@ -276,10 +277,13 @@ def decode_split(log_rates, behaviour: Mapping, *, folds: int = 5, seed: int = 0
   features, targets = _features_and_targets(log_rates, behaviour)
   scores, used, skipped = {}, {}, {}
   for metric, target in targets.items():
-    k = fitting_folds(_fold_items(metric, target), folds)
-    try:
-      scores[metric] = _decoder(metric)(features, target, folds=k, seed=seed)
-      used[metric] = k
-    except Undecodable as e:
-      skipped[metric] = str(e)
+    with progress.Stage(f"{label}decoder {metric}") as stage:
+      k = fitting_folds(_fold_items(metric, target), folds)
+      try:
+        scores[metric] = _decoder(metric)(features, target, folds=k, seed=seed)
+        used[metric] = k
+        stage.note = f"{scores[metric]:.4f} ({k} folds)"
+      except Undecodable as e:
+        skipped[metric] = str(e)
+        stage.note = "skipped"
   return Decoded(scores, used, skipped)

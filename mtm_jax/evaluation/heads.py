@@ -18,7 +18,7 @@ import optax
 from flax import nnx
 from sklearn.metrics import accuracy_score, r2_score
 
-from mtm_jax import masking
+from mtm_jax import masking, progress
 from mtm_jax.datasets import pipeline
 from mtm_jax.datasets import provenance
 from mtm_jax.evaluation import decoding
@@ -165,17 +165,21 @@ class Fit:
 
 
 def head_metrics(
-  trained, name: str, *, steps: int, seed: int = 0, eval_split: str = "test", trainer: dict
+  trained, name: str, *, steps: int, seed: int = 0, eval_split: str = "test", trainer: dict, label: str = ""
 ) -> decoding.Decoded:
   """Decoded({"head_<metric>": score}, {}, {"head_<metric>": reason}) over every target,
   each score from its own fine-tuned head; a target the splits cannot score is skipped.
-  trainer: dict(make_step=, init_state=) (see finetune_head)."""
+  trainer: dict(make_step=, init_state=) (see finetune_head). One line per head
+  (progress.Stage "<label>head <metric>")."""
   scores, skipped = {}, {}
   for target, metric in TARGETS.items():
-    try:
-      scores[f"head_{metric}"] = finetune_head(
-        trained, name, target, steps=steps, seed=seed, eval_split=eval_split, **trainer
-      )
-    except decoding.Undecodable as e:
-      skipped[f"head_{metric}"] = str(e)
+    with progress.Stage(f"{label}head {metric}") as stage:
+      try:
+        scores[f"head_{metric}"] = finetune_head(
+          trained, name, target, steps=steps, seed=seed, eval_split=eval_split, **trainer
+        )
+        stage.note = f"{scores[f'head_{metric}']:.4f} ({steps} steps)"
+      except decoding.Undecodable as e:
+        skipped[f"head_{metric}"] = str(e)
+        stage.note = "skipped"
   return decoding.Decoded(scores, {}, skipped)

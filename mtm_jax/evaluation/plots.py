@@ -189,7 +189,8 @@ def _panel_series(summary: list[dict], metric: str) -> dict:
   return {"band": band, "n_sessions": n_sessions, "modes": modes}
 
 
-def _save(fig: Figure, path) -> None:
+def save(fig: Figure, path) -> None:
+  """Writes `fig` as a PNG at `path` whole (files.atomic_write), its folders created."""
   path = os.fspath(path)
   parent = os.path.dirname(os.path.abspath(path))
   os.makedirs(parent, exist_ok=True)
@@ -254,7 +255,7 @@ def scaling_figure(rows, path, *, metrics: Sequence[str] | None = None) -> None:
     ax.grid(True, alpha=0.3)
   legend["band: spread over\nheld-out sessions"] = Patch(color="0.5", alpha=0.3)
   fig.legend(list(legend.values()), list(legend), loc="outside right upper", frameon=False, fontsize="small")
-  _save(fig, path)
+  save(fig, path)
 
 
 # ----------------------------------------------------------------------------- rasters
@@ -338,8 +339,9 @@ def raster_figure(
     title: figure title.
 
   One row per masking scheme: the trial-averaged truth ("ground truth", repeated on each
-  row for comparison), then one panel per model; a shared colour scale and colourbar per
-  row. A model missing from a row leaves an empty panel.
+  row for comparison), then one panel per model; a colour scale per row from the truth's
+  1st-99th percentiles (a model's outliers saturate, not wash out the truth) and a colourbar.
+  A model missing from a row leaves an empty panel.
   """
   if not (isinstance(bin_size, numbers.Real) and bin_size > 0 and math.isfinite(bin_size)):
     raise ValueError(f"raster_figure: bin_size must be a positive number of seconds; got {bin_size!r}")
@@ -362,9 +364,8 @@ def raster_figure(
     return str(int(order[row])) if abs(y - row) < 1e-6 and 0 <= row < n_shown else ""
 
   for r, (row, models) in enumerate(panels["rows"].items()):
-    images = [panels["truth"], *models.values()]
-    finite = np.concatenate([img[np.isfinite(img)] for img in images])
-    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    finite = panels["truth"][np.isfinite(panels["truth"])]  # the truth's scale: a model's outliers saturate
+    vmin, vmax = (float(np.percentile(finite, 1)), float(np.percentile(finite, 99))) if finite.size else (0.0, 1.0)
     if vmax <= vmin:
       vmax = vmin + 1.0
     shown = None
@@ -395,4 +396,4 @@ def raster_figure(
     fig.colorbar(shown, ax=list(axes[r]), label="mean count / bin", shrink=0.9)
   if title:
     fig.suptitle(title)
-  _save(fig, path)
+  save(fig, path)

@@ -26,7 +26,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from flax import nnx
 
-from mtm_jax import metrics
+from mtm_jax import metrics, progress
 from mtm_jax.datasets.events import batches
 from mtm_jax.datasets.events import session as session_lib
 from mtm_jax.datasets.events import stitching
@@ -206,11 +206,15 @@ def ridge_baseline(
 
 def baseline_scores(data: windows_lib.EventData, stitched: Sequence[dict], *, bin_size: float, lags: int) -> dict:
   """summarise(...) of the ridge baseline under the key "baseline_r2", on the timestamps
-  the model was scored on."""
+  the model was scored on; one line (progress.Stage) with its mean R^2 and the time."""
 
   def score(pair):
     s, st = pair
     return r2_per_dim(*ridge_baseline(s, st["timestamps"], split=data.split, bin_size=bin_size, lags=lags))
 
-  per_session, skipped = scored_sessions(score, [(s.session_id, (s, st)) for s, st in zip(data.sessions, stitched)])
-  return summarise(per_session, "baseline_r2", skipped, names=session_lib.output_names(data.sessions))
+  with progress.Stage("ridge baseline R^2") as stage:
+    pairs = [(s.session_id, (s, st)) for s, st in zip(data.sessions, stitched)]
+    per_session, skipped = scored_sessions(score, pairs)
+    out = summarise(per_session, "baseline_r2", skipped, names=session_lib.output_names(data.sessions))
+    stage.note = f"{out['baseline_r2']:.4f}" if "baseline_r2" in out else "skipped"
+  return out

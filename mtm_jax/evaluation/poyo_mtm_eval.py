@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mtm_jax import masking, token_masking
+from mtm_jax import masking, progress, token_masking
 from mtm_jax.datasets import synthetic_events
 from mtm_jax.datasets.events import binning, trials as trials_lib
 from mtm_jax.evaluation import copies, decoding, run, tasks as tasks_lib
@@ -118,15 +118,18 @@ def decode_session(
   batch_size: int,
   max_rows: int,
   mesh=None,
+  label: str = "",
 ) -> decoding.Decoded:
   """The frozen-model behaviour decoders of session `position` (evaluation.decoding.decode_split
   on the [K, T, n] log-rates of the unmasked trials, given the `prompt` scheme's prompt)."""
   session, n_bins = data.sessions[position], data.config.n_bins
   task = unmasked_task(len(session.unit_ids), n_bins, prompt)
-  (log_rates,) = predict_task(
-    predictor, params, data, position, task, [1], batch_size=batch_size, max_rows=max_rows, mesh=mesh
-  )
-  decoded = decoding.decode_split(log_rates, session_behaviour(data, position), folds=folds, seed=seed)
+  with progress.Stage(f"{label}decoders' features (the unmasked trials)") as stage:
+    (log_rates,) = predict_task(
+      predictor, params, data, position, task, [1], batch_size=batch_size, max_rows=max_rows, mesh=mesh, stage=stage
+    )
+  behaviour = session_behaviour(data, position)
+  decoded = decoding.decode_split(log_rates, behaviour, folds=folds, seed=seed, label=label)
   for metric, reason in decoded.skipped.items():
     logging.warning("%s, %s split: %s skipped: %s", session.session_id, data.split, metric, reason)
   return decoded
@@ -170,9 +173,11 @@ def predict_task(
   batch_size: int,
   max_rows: int,
   mesh=None,
+  stage: progress.Stage | None = None,
 ) -> list[np.ndarray]:
   """Per width: [K, T_w, n] log-rates (spikes/s) of session `position`'s trials, each
-  scored entry under its own mask (0 elsewhere); n: the session's units."""
+  scored entry under its own mask (0 elsewhere); n: the session's units. stage: told the
+  batches of copies done of all (progress.Stage.update)."""
   ks = data.session_trials(position)
   n_units, n_slots, bin_size = len(data.sessions[position].unit_ids), data.n_units, data.config.bin_size
   times = query_times(task, bin_size, factors)
@@ -232,6 +237,8 @@ def predict_task(
       for w, bins in enumerate(fine_bins):
         out[w][trial[:, None], bins[None, :], u_rows[:, None]] = log_rates[:, offset : offset + len(bins)]
         offset += len(bins)
+    if stage is not None:
+      stage.update(start // batch_size + 1, -(-len(items) // batch_size), "batches")
   return out
 
 
@@ -247,12 +254,14 @@ def evaluate_session(
   mesh=None,
   oracle: Callable[[int, float], np.ndarray | None] | None = None,
   fine_tasks: Sequence[str] | None = None,
+  label: str = "",
 ) -> tuple[dict, dict]:
   """The four metrics of session `position` at every width: ({"<task>_bps" at the
   training bin, "<task>_bps_<w>ms" at each other width, "oracle_..." where `oracle`
   (position, width) gives the true expected counts [K, T_w, n]}, {"<task>_<w>ms": [n]
   per-neuron bits per spike}). fine_tasks: the tasks scored at the other widths (None: all
-  four; the decoder's work grows with the number of bins)."""
+  four; the decoder's work grows with the number of bins). Each task writes one line
+  (progress.Stage, prefixed by `label`) with its score at each width and its time."""
   session, bin_size = data.sessions[position], data.config.bin_size
   n_units = len(session.unit_ids)
   factors = width_factors(bin_size, widths)
@@ -262,6 +271,7 @@ def evaluate_session(
   results, per_neuron = {}, {}
   for task in session_tasks(data.regions[position, :n_units], data.config.n_bins):
     at = [j for j, f in enumerate(factors) if f == 1 or fine_tasks is None or task.name in fine_tasks]
+    stage = progress.Stage(label + task.name)
     log_rates = predict_task(
       predictor,
       params,
@@ -272,16 +282,21 @@ def evaluate_session(
       batch_size=batch_size,
       max_rows=max_rows,
       mesh=mesh,
+      stage=stage,
     )
+    shown = []  # "20ms 0.1234" per width, for the stage's line
     for j, lr in zip(at, log_rates):
       f, w, spikes, true = factors[j], widths[j], counts[j], truth[j]
       fine = at_width(task, f)
       suffix = "" if f == 1 else f"_{width_label(w)}"
       bps = tasks_lib.score_task(np.exp(lr.astype(np.float64)) * (bin_size / f), spikes, fine)
       results[f"{task.name}_bps{suffix}"] = float(np.nanmean(bps))
+      shown.append(f"{width_label(w)} {results[f'{task.name}_bps{suffix}']:.4f}")
       per_neuron[f"{task.name}_{width_label(w)}"] = bps
       if true is not None:
         results[f"oracle_{task.name}_bps{suffix}"] = float(np.nanmean(tasks_lib.score_task(true, spikes, fine)))
+    stage.note = ", ".join(shown) + " bps"
+    stage.finish()
   results.update(session_id=session.session_id, n_trials=len(intervals), n_neurons=n_units)
   return results, per_neuron
 
@@ -313,6 +328,7 @@ def evaluate_data(
   predictor = make_predictor(graphdef, data.config.bin_size)
   per_session, arrays = {}, {}
   for position, session in enumerate(data.sessions):
+    label = f"{session.session_id}: " if len(data.sessions) > 1 else ""
     r, bps = evaluate_session(
       predictor,
       params,
@@ -324,12 +340,13 @@ def evaluate_data(
       mesh=mesh,
       oracle=oracle,
       fine_tasks=fine_tasks,
+      label=label,
     )
     if decode is None:
       decoded = decoding.Decoded({}, {}, dict.fromkeys(decoding.BEHAVIOUR_METRICS, run.DECODING_OFF))
     else:
       decoded = decode_session(
-        predictor, params, data, position, **decode, batch_size=batch_size, max_rows=max_rows, mesh=mesh
+        predictor, params, data, position, **decode, batch_size=batch_size, max_rows=max_rows, mesh=mesh, label=label
       )
     if heads is not None:
       head = heads(position)

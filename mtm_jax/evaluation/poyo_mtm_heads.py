@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mtm_jax import masking
+from mtm_jax import masking, progress
 from mtm_jax.datasets.events import trials as trials_lib
 from mtm_jax.evaluation import decoding, heads
 from mtm_jax.models import perceiver, rotary
@@ -138,5 +138,7 @@ def head_metrics(
       skipped[name] = str(e)
       continue
     fit = heads.Fit(y_train, make_step, init_state, steps, heads.LEARNING_RATE, heads.BATCH_SIZE, seed)
-    scores[name] = finetune_head(graphdef, params, train, test, position, fit, y_test, prompt=prompt, seed=seed)
+    with progress.Stage(f"head {metric}") as stage:
+      scores[name] = finetune_head(graphdef, params, train, test, position, fit, y_test, prompt=prompt, seed=seed)
+      stage.note = f"{scores[name]:.4f} ({steps} steps)"
   return decoding.Decoded(scores, {}, skipped)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from absl import logging
 import numpy as np
 
-from mtm_jax import masking
+from mtm_jax import masking, progress
 from mtm_jax.datasets import pipeline
 from mtm_jax.evaluation import decoding, heads, plots, tasks
 
@@ -41,17 +41,28 @@ def predict_unmasked_task(trained, predictor, spikes: np.ndarray, task: masking.
   )
 
 
-def decode_session(trained, name: str, split: str, data: dict, *, row: int, trainer: dict) -> decoding.Decoded:
+def decode_session(
+  trained, name: str, split: str, data: dict, *, row: int, trainer: dict, label: str = ""
+) -> decoding.Decoded:
   """The frozen-model decoders (and, if config.eval.head_steps > 0, the fine-tuned heads)
   of one session's split `data`; decoders the split cannot run are skipped, one warning
   line each."""
   config = trained.config
   prompt = config.eval.decoding_prompt if config.model.use_prompt else masking.SCHEMES[0]
-  features = unmasked_log_rates(trained, data["spikes"], prompt=prompt, session=row)
-  decoded = decoding.decode_split(features, data, folds=config.eval.decoding_folds, seed=config.eval.decoding_seed)
+  with progress.Stage(f"{label}decoders' features (the unmasked trials)"):
+    features = unmasked_log_rates(trained, data["spikes"], prompt=prompt, session=row)
+  decoded = decoding.decode_split(
+    features, data, folds=config.eval.decoding_folds, seed=config.eval.decoding_seed, label=label
+  )
   if config.eval.head_steps > 0:
     head = heads.head_metrics(
-      trained, name, steps=config.eval.head_steps, seed=config.eval.decoding_seed, eval_split=split, trainer=trainer
+      trained,
+      name,
+      steps=config.eval.head_steps,
+      seed=config.eval.decoding_seed,
+      eval_split=split,
+      trainer=trainer,
+      label=label,
     )
     decoded = decoding.Decoded({**decoded.scores, **head.scores}, decoded.folds, {**decoded.skipped, **head.skipped})
   for metric, reason in decoded.skipped.items():
@@ -60,7 +71,14 @@ def decode_session(trained, name: str, split: str, data: dict, *, row: int, trai
 
 
 def evaluate_session(
-  trained, name: str, split: str, *, keep_predictions: bool = False, decode: bool = True, trainer: dict | None = None
+  trained,
+  name: str,
+  split: str,
+  *,
+  keep_predictions: bool = False,
+  decode: bool = True,
+  trainer: dict | None = None,
+  label: str = "",
 ) -> dict:
   """The four activity metrics and behaviour decoding of one of the model's sessions.
 
@@ -68,7 +86,8 @@ def evaluate_session(
   "skipped" ({metric: reason}, behaviour metrics the split cannot score, or all of them
   when not `decode`; trainer: dict(make_step=, init_state=) that fits the heads, see
   heads.finetune_head), "per_neuron" ({task: [N] bps}) and, if keep_predictions,
-  "predictions" ({task: [K, T, N] expected counts}) and "spikes"."""
+  "predictions" ({task: [K, T, N] expected counts}) and "spikes". Each stage writes a
+  line (progress.Stage; label: their prefix)."""
   config = trained.config
   row = trained.row(name)
   info = trained.sessions[row]
@@ -90,9 +109,10 @@ def evaluate_session(
     session=row,
     n_neurons=trained.n_neurons,
     keep_predictions=keep_predictions,
+    label=label,
   )
   if decode:
-    decoded = decode_session(trained, name, split, data, row=row, trainer=trainer)
+    decoded = decode_session(trained, name, split, data, row=row, trainer=trainer, label=label)
   else:
     off = decoding.BEHAVIOUR_METRICS + (HEAD_METRICS if config.eval.head_steps > 0 else ())
     decoded = decoding.Decoded({}, {}, dict.fromkeys(off, DECODING_OFF))
@@ -137,7 +157,8 @@ def evaluate_sessions(
   per_session = {}
   arrays = {}
   for name in names:
-    r = evaluate_session(trained, name, split, decode=decode, trainer=trainer)
+    label = f"{name}: " if len(names) > 1 else ""
+    r = evaluate_session(trained, name, split, decode=decode, trainer=trainer, label=label)
     for task, bps in r.pop("per_neuron").items():
       arrays[task if len(names) == 1 else f"{name}/{task}"] = bps
     per_session[name] = r
@@ -219,6 +240,16 @@ def table(columns: dict[str, dict], metrics=METRICS) -> str:
     cells = [_cell(columns[n], m) for n in names]
     lines.append(f"| {m.removesuffix('_bps')} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
+
+
+NEGATIVE_BPS = "negative bits per spike: worse than predicting each neuron's mean rate (an undertrained model?)"
+
+
+def bps_hint(results: dict) -> str:
+  """NEGATIVE_BPS when a bits-per-spike score of `results` (top level, any bin width) is
+  negative, else "" (the printed reports add it under their tables)."""
+  scores = [v for k, v in results.items() if k.startswith(METRICS) and isinstance(v, float)]
+  return NEGATIVE_BPS if any(v < 0 for v in scores) else ""
 
 
 def oracle_column(results: dict) -> dict:

@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from mtm_jax import masking, metrics
+from mtm_jax import masking, metrics, progress
 from mtm_jax.datasets import pipeline
 from mtm_jax.parallel import mesh as mesh_lib
 
@@ -130,6 +130,7 @@ def predict_task(
   session: int = 0,
   n_neurons: int | None = None,
   shortcut: bool = True,
+  stage: progress.Stage | None = None,
 ) -> np.ndarray:
   """[K, T, N] log-rates of each scored neuron under its own mask (0 where unscored).
 
@@ -137,7 +138,8 @@ def predict_task(
   session's N is zero-padded to it, and the padding is cut from the result). With a
   mesh, the masks of a chunk are split over its data axis (params replicated).
   shortcut: use the one-neuron-per-mask passes (make_predictor) where the task allows;
-  False runs every mask through the full model (same numbers, slower)."""
+  False runs every mask through the full model (same numbers, slower). stage: told the
+  chunks done of all (progress.Stage.update)."""
   n_trials, _, n_session = spikes.shape
   n_model = n_session if n_neurons is None else n_neurons
   n_data = 1 if mesh is None else mesh.shape[mesh_lib.DATA]
@@ -151,8 +153,11 @@ def predict_task(
     place = lambda x: mesh_lib.shard_batch({"x": x[mesh_lib.process_rows(len(x), mesh)]}, mesh, len(x))["x"]
     spikes = jax.make_array_from_process_local_data(mesh_lib.replicated(mesh), counts.astype(np.float32))
   groups = single_neuron_groups(task) if shortcut else None
+  tell = (lambda done, total: None) if stage is None else (lambda done, total: stage.update(done, total, "chunks"))
   if groups is not None:
     total = np.zeros(spikes.shape, np.float32)
+    n_chunks = sum(-(-len(neurons) // fit(len(neurons))) for _, neurons in groups)
+    done = 0
     for shared, neurons in groups:
       pre, emb, rows = predictor.base(params, spikes, np.pad(shared, (0, n_model - n_session)), task.hide_bins, session)
       size = fit(len(neurons))
@@ -175,6 +180,8 @@ def predict_task(
         )  # [C, K, T]
         take = neurons[start : start + size]
         total[:, :, take] = np.moveaxis(out[: len(take)], 0, -1)
+        done += 1
+        tell(done, n_chunks)
     return total[..., :n_session]
   n_masks = task.hide_neurons.shape[0]
   chunk = fit(n_masks)
@@ -193,6 +200,7 @@ def predict_task(
       causal,
       session,
     )
+    tell(start // chunk + 1, (n_masks + pad) // chunk)
   return fetch(total)[..., :n_session]
 
 
@@ -223,40 +231,45 @@ def evaluate(
   session: int = 0,
   n_neurons: int | None = None,
   keep_predictions: bool = False,
+  label: str = "",
 ) -> dict:
   """The four metrics of one session's trials.
 
   spikes [K, T, N] counts; region_ids [N]; causal_trained: whether the model learned
   causal attention (MtM, causal masking); the forward-prediction task uses it only then,
   as the reference does. `mesh`: split the masked copies over its data axis (params
-  must be replicated on it). session, n_neurons: see predict_task. Returns {"<task>_bps": mean over neurons, "oracle_<task>_bps"
+  must be replicated on it). session, n_neurons: see predict_task. Each task writes one
+  line (progress.Stage, named `label` + the task) with its score and time. Returns {"<task>_bps": mean over neurons, "oracle_<task>_bps"
   (with true_rates), "per_neuron": {task: [N]}, and with keep_predictions
   "predictions": {task: [K, T, N] expected counts of the scored entries (0 elsewhere)}}.
   """
   predictor = make_predictor(graphdef)
   results, per_neuron, predictions = {}, {}, {}
   for task in masking.evaluation_tasks(region_ids, spikes.shape[1]):
-    causal = causal_trained and task.prompt == "causal"
-    log_rates = predict_task(
-      predictor,
-      params,
-      spikes,
-      task,
-      causal=causal,
-      max_batch=max_batch,
-      mesh=mesh,
-      session=session,
-      n_neurons=n_neurons,
-    )
-    rates = np.exp(log_rates.astype(np.float64))
-    bps = score_task(rates, spikes, task)
-    if keep_predictions:
-      scored = task.score_neurons.any(0)[None, None, :] & task.score_bins[None, :, None]
-      predictions[task.name] = np.where(scored, rates, 0.0).astype(np.float32)
-    per_neuron[task.name] = bps
-    results[f"{task.name}_bps"] = float(np.nanmean(bps))
-    if true_rates is not None:
-      results[f"oracle_{task.name}_bps"] = float(np.nanmean(score_task(true_rates.astype(np.float64), spikes, task)))
+    with progress.Stage(label + task.name) as stage:
+      causal = causal_trained and task.prompt == "causal"
+      log_rates = predict_task(
+        predictor,
+        params,
+        spikes,
+        task,
+        causal=causal,
+        max_batch=max_batch,
+        mesh=mesh,
+        session=session,
+        n_neurons=n_neurons,
+        stage=stage,
+      )
+      rates = np.exp(log_rates.astype(np.float64))
+      bps = score_task(rates, spikes, task)
+      if keep_predictions:
+        scored = task.score_neurons.any(0)[None, None, :] & task.score_bins[None, :, None]
+        predictions[task.name] = np.where(scored, rates, 0.0).astype(np.float32)
+      per_neuron[task.name] = bps
+      results[f"{task.name}_bps"] = float(np.nanmean(bps))
+      stage.note = f"{results[f'{task.name}_bps']:.4f} bps"
+      if true_rates is not None:
+        results[f"oracle_{task.name}_bps"] = float(np.nanmean(score_task(true_rates.astype(np.float64), spikes, task)))
   results["per_neuron"] = per_neuron
   if keep_predictions:
     results["predictions"] = predictions

@@ -225,12 +225,19 @@ class Task:
     """(results for metrics.json, {name: array} for an .npz beside it, or {})."""
     raise NotImplementedError
 
-  def report(self, results: dict) -> str:
-    """The printed summary of `evaluate`'s results."""
+  def report(self, results: dict, label: str | None = None, others: dict | None = None) -> str:
+    """The printed summary of `evaluate`'s results (the column `label`, default its masking
+    mode) beside the saved results of other models, others {label: metrics.json}."""
     raise NotImplementedError
 
+  def plot_file(self) -> str | None:
+    """The figure `plot` writes into the workdir (None: the family has none)."""
+    return None
+
   def plot(self, models: dict[str, Trained], path: str, **options) -> str:
-    raise ValueError(f"--plots: {self.name} models have no rasters (NDT1 models do)")
+    """Draws `plot_file`'s figure of models {label: Trained} (the first is the one scored)
+    to `path`; returns what it shows, for the program's line."""
+    raise ValueError(f"--plots: {self.name} models have no figure (NDT1 and POYO models do)")
 
   def arrays_file(self) -> str | None:
     """The .npz file `evaluate`'s arrays are written to (None: it returns none)."""

@@ -307,17 +307,18 @@ class NDT1Task(base.Task):
   def arrays_file(self):
     return "per_neuron_bps.npz"
 
-  def report(self, results):
-    columns = {results["masking_mode"]: results}
+  def report(self, results, label=None, others=None):
+    columns = {label or results["masking_mode"]: results, **(others or {})}
     oracle = evaluation.oracle_column(results)
     if oracle:
       columns["oracle"] = oracle
     heads = [m for m in evaluation.HEAD_METRICS if m in results or m in results.get("skipped", {})]
-    return (
-      evaluation.heading(results)
-      + "\n"
-      + evaluation.table(columns, evaluation.METRICS + decoding.BEHAVIOUR_METRICS + tuple(heads))
-    )
+    table = evaluation.table(columns, evaluation.METRICS + decoding.BEHAVIOUR_METRICS + tuple(heads))
+    hint = evaluation.bps_hint(results)
+    return evaluation.heading(results) + "\n" + table + (f"\n\n{hint}" if hint else "")
+
+  def plot_file(self):
+    return "rasters.png"
 
   def plot(self, models, path, **options):
-    return evaluation.raster_plot(models, path, **options)
+    return "rasters of " + evaluation.raster_plot(models, path, **options)

@@ -21,12 +21,13 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
+from mtm_jax import progress
 from mtm_jax.datasets.events import batches as batches_lib
 from mtm_jax.datasets.events import session as session_lib
 from mtm_jax.datasets.events import tfds
 from mtm_jax.datasets.events import vocabulary as vocabulary_lib
 from mtm_jax.datasets.events import windows as windows_lib
-from mtm_jax.evaluation import poyo_eval
+from mtm_jax.evaluation import behaviour_plots, poyo_eval
 from mtm_jax.interop import poyo as poyo_interop
 from mtm_jax.models import poyo
 from mtm_jax.parallel import mesh as mesh_lib, sharding
@@ -235,14 +236,16 @@ class POYOTask(base.Task):
       raise ValueError(
         f"{trained.workdir}: sessions {unknown} are not in the model's vocabulary; fine-tune on them first"
       )
-    results, stitched = poyo_eval.evaluate_data(
-      trained.graphdef,
-      trained.params,
-      data,
-      task=behaviour_task(config),
-      batch_size=config.eval.batch_size,
-      mesh=trained.mesh,
-    )
+    with progress.Stage(f"behaviour R^2 of the model ({behaviour_task(config)})") as stage:
+      results, stitched = poyo_eval.evaluate_data(
+        trained.graphdef,
+        trained.params,
+        data,
+        task=behaviour_task(config),
+        batch_size=config.eval.batch_size,
+        mesh=trained.mesh,
+      )
+      stage.note = f"{results['behaviour_r2']:.4f}" if "behaviour_r2" in results else "skipped"
     if decode:
       base_scores = poyo_eval.baseline_scores(
         data, stitched, bin_size=config.eval.baseline_bin, lags=config.eval.baseline_lags
@@ -252,10 +255,38 @@ class POYOTask(base.Task):
       results["sessions"] = per_session
     return {**results, "skipped": results.get("skipped", {}), "split": split, "step": trained.step}, {}
 
-  def report(self, results):
+  def plot_file(self):
+    return "behaviour.png"
+
+  def plot(self, models, path, split=None, region=None, sessions=None):
+    """Predicted vs true behaviour of each model (behaviour_plots.behaviour_figure) on the
+    first session's `split` (read from TFDS, or the first of the given `sessions`)."""
+    first = next(iter(models.values()))
+    split = split or first.config.eval.split
+    session = (sessions or load_sessions(first.config, (split,)))[0]
+    stitched = {}
+    for label, trained in models.items():
+      cfg = trained.config
+      data = windows_lib.prepare(
+        [session], split, window_config(cfg, train=False), vocab=trained.vocab, scale=trained.scale
+      )
+      _, (stitched[label],) = poyo_eval.evaluate_data(
+        trained.graphdef,
+        trained.params,
+        data,
+        task=behaviour_task(cfg),
+        batch_size=cfg.eval.batch_size,
+        mesh=trained.mesh,
+      )
+    title = f"{session.session_id}, {split} split, step {first.step}"
+    behaviour_plots.behaviour_figure(path, stitched, session_lib.output_names([session]), title=title)
+    return f"behaviour of {session.session_id}"
+
+  def report(self, results, label=None, others=None):
     lines = [f"POYO, {results['split']} split, step {results['step']}"]
-    lines += [f"{k}: {v:.4f}" for k, v in results.items() if isinstance(v, float)]
-    lines += [f"{k}: skipped" for k in results["skipped"]]
+    for name, r in {label or "": results, **(others or {})}.items():
+      lines += [f"{name + ' ' if name else ''}{k}: {v:.4f}" for k, v in r.items() if isinstance(v, float)]
+      lines += [f"{name + ' ' if name else ''}{k}: skipped" for k in r.get("skipped", {})]
     return "\n".join(lines)
 
 

@@ -279,13 +279,13 @@ class PoyoMtMTask(base.Task):
   def arrays_file(self):
     return "per_neuron_bps.npz"
 
-  def report(self, results):
+  def report(self, results, label=None, others=None):
     widths = [w for w in results if w.startswith("co_smoothing_bps")]
     lines = [run.heading(results) if "session_id" in results or "sessions" in results else ""]
     for key in widths:
       suffix = key.removeprefix("co_smoothing_bps")
       metrics = [m + suffix for m in run.METRICS]
-      columns = {results["masking_mode"] + suffix: results}
+      columns = {(label or results["masking_mode"]) + suffix: results, **(others or {})}
       oracle = {m: results[f"oracle_{m}"] for m in metrics if f"oracle_{m}" in results}
       if oracle:
         columns["oracle"] = oracle
@@ -294,5 +294,6 @@ class PoyoMtMTask(base.Task):
       m for m in decoding.BEHAVIOUR_METRICS + run.HEAD_METRICS if m in results or m in results.get("skipped", {})
     ]
     if behaviour:
-      lines.append(run.table({results["masking_mode"]: results}, behaviour))
+      lines.append(run.table({label or results["masking_mode"]: results, **(others or {})}, behaviour))
+    lines.append(run.bps_hint(results))
     return "\n\n".join(line for line in lines if line)

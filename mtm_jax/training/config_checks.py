@@ -40,7 +40,7 @@ def ndt1(c: ml_collections.ConfigDict) -> None:
     raise ValueError("config.data.batch_size and config.train.steps must be positive")
   train(c)
   ndt1_model.Hparams.from_config(c.model)
-  names = dataset_names(c)
+  names = data_kind(c, BINNED, "NDT1")
   if len(names) > 1 and c.model.stitch_dim <= 0:
     raise ValueError(
       f"config.model.stitch_dim: {len(names)} sessions need per-session stitching layers "
@@ -77,7 +77,7 @@ def poyo(c: ml_collections.ConfigDict) -> None:
     raise ValueError(
       f"config.data.scale: expected one entry per output dimension of config.model.tasks, got {len(c.data.scale)}"
     )
-  dataset_names(c)
+  data_kind(c, EVENTS, "POYO")
 
 
 def poyo_mtm(c: ml_collections.ConfigDict) -> None:
@@ -112,7 +112,7 @@ def poyo_mtm(c: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.eval.fine_tasks: unknown {unknown}; expected some of {list(names)}")
   decoding(c)
   finetune(c)
-  dataset_names(c)
+  data_kind(c, EVENTS, "spike-token MtM")
 
 
 def finetune(c: ml_collections.ConfigDict) -> None:
@@ -143,6 +143,25 @@ def train(c: ml_collections.ConfigDict) -> None:
     value = c.train.get(field)
     if not isinstance(value, int) or value < 1:
       raise ValueError(f"config.train.{field}: expected a positive integer, got {value!r}")
+
+
+# The data set builders (data_builders/) by what they hold, and the families that read each.
+BINNED, EVENTS = "ibl_binned", "spike_events"
+READERS = {BINNED: "NDT1 (configs/ndt1.py)", EVENTS: "POYO and spike-token MtM (configs/poyo.py, poyo_mtm.py)"}
+
+
+def data_kind(c: ml_collections.ConfigDict, builder: str, family: str) -> list[str]:
+  """dataset_names(c), each checked to be of `builder` (binned counts or spike events) when
+  it names a known builder: a family reads one kind."""
+  names = dataset_names(c)
+  for name in names:
+    other = name.split("/")[0]
+    if other in READERS and other != builder:
+      raise ValueError(
+        f"config.data.datasets: {name!r} is a data set of {other}, read by {READERS[other]}; "
+        f"{family} reads {builder} data sets ({builder}/<session>)"
+      )
+  return names
 
 
 def dataset_names(c: ml_collections.ConfigDict) -> list[str]:
