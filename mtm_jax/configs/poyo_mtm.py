@@ -6,7 +6,7 @@ for the temporal-masking baseline.
       --config.data.datasets=spike_events/synthetic_000 --workdir=runs/poyo_mtm
 
   python -m experiments.finetune --config=mtm_jax/configs/poyo_mtm.py:small --mode=unit_id \
-      --pretrained=runs/poyo_mtm --sessions=spike_events/synthetic_024 --workdir=runs/new
+      --pretrained=runs/poyo_mtm --datasets=spike_events/synthetic_024 --workdir=runs/new
 
 Each trial (2 s, MtM's context) is read whole as spike tokens; a batch draws one masking
 scheme (MtM's sampler), drops the tokens it hides and predicts the log-rate of up to
