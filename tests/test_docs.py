@@ -235,3 +235,33 @@ def test_the_readme_first_chain_runs(data_dir, tmp_path):
       args += [f"--config.data.data_dir={data_dir}", *TINY]
     out = _run(program, args)
   assert "co_smoothing" in out
+
+
+def _sizing() -> dict[tuple[str, str], str]:
+  """{(config file, preset): what README's sizing table says it is sized for}."""
+  out = {}
+  for line in _read("README.md").splitlines():
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    if len(cells) == 4 and re.fullmatch(r"`\w+\.py`", cells[0]):
+      presets = re.findall(r"`(\w+)`", cells[1])
+      sized = [s.strip() for s in cells[2].split("/")]
+      for preset, size in zip(presets, sized * len(presets) if len(sized) == 1 else sized):
+        out[(cells[0].strip("`"), preset)] = size
+  return out
+
+
+def test_the_readme_says_what_every_preset_is_sized_for_and_starts_with_a_cpu_one():
+  row = next(line for line in _read("README.md").splitlines() if line.startswith("| `mtm_jax/configs/` |"))
+  listed = {
+    (name, preset.strip())
+    for name, presets in re.findall(r"`(\w+\.py)` \(`([^`]*)`\)", row)
+    for preset in re.sub(r"\[[^\]]*\]", "", presets).split("\\|")
+  }
+  sizing = _sizing()
+  assert listed and listed <= set(sizing), sorted(listed - set(sizing))
+  block = FENCE.findall(_read("README.md").split("## Using it", 1)[1])[0]
+  config = next(
+    a for p, args in commands(block) if p == "experiments.pretrain" for a in args if a.startswith("--config=")
+  )
+  path, _, preset = config.removeprefix("--config=").partition(":")
+  assert "GPU" not in sizing[(os.path.basename(path), preset.split(",")[0])], config

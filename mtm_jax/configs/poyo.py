@@ -3,7 +3,8 @@
 "small" is the 1.3M single-session model (D=64, 6 latent layers, 2/8 heads, 16 latents
 per 125 ms step), trained like the reference's NLB MC_Maze example (batch 128, 1000
 epochs); "large" is the 11.8M POYO-MP / POYO-1 model (D=128, 24 layers, 4/8 heads, 32
-latents per step, batch 1024); "tiny" is for tests. Sizes: mtm_jax.models.poyo.PRESETS.
+latents per step, batch 1024); "tiny" is for tests. "small" and "large" are sized for
+GPUs ("small": about a day of training on a 2-core CPU; README: what each preset costs). Sizes: mtm_jax.models.poyo.PRESETS.
 
 Optimiser (reference): LAMB without bias correction, trust-ratio clamp 10, weight decay
 1e-4 on every parameter; peak lr = base_learning_rate x data.batch_size, held for the
