@@ -4,7 +4,8 @@
 per 125 ms step), trained like the reference's NLB MC_Maze example (batch 128, 1000
 epochs); "large" is the 11.8M POYO-MP / POYO-1 model (D=128, 24 layers, 4/8 heads, 32
 latents per step, batch 1024); "tiny" is for tests. "small" and "large" are sized for
-GPUs ("small": about a day of training on a 2-core CPU; README: what each preset costs). Sizes: mtm_jax.models.poyo.PRESETS.
+GPUs ("small": about a day of training on a 2-core CPU; README: what each preset costs).
+Sizes: mtm_jax.models.poyo.PRESETS.
 
 Optimiser (reference): LAMB without bias correction, trust-ratio clamp 10, weight decay
 1e-4 on every parameter; peak lr = base_learning_rate x data.batch_size, held for the
