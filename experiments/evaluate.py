@@ -20,13 +20,15 @@ stage (metric, decoder, head, plots) prints one line with its time (mtm_jax.prog
 A POYO workdir (config.family = "poyo") is scored by behaviour R^2 on sliding 1 s windows
 (behaviour_r2, per output dimension, and the ridge baseline's baseline_r2); a session too
 small for a score is left out of its mean, the reason under "skipped".
+
+--sessions is the earlier name of --datasets, still accepted (deprecated).
 """
 
 import os
 
 from absl import app, flags
 
-from experiments import multihost
+from experiments import datasets_flag, multihost
 from mtm_jax import progress
 from mtm_jax.tasks import registry
 from mtm_jax.training import checkpoint, entry
@@ -34,7 +36,8 @@ from mtm_jax.training import checkpoint, entry
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a trained model.")
 _SPLIT = flags.DEFINE_string("split", None, "Split to score (default: the config's eval.split).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
-_SESSIONS = flags.DEFINE_list("sessions", None, "Sessions of the model to score (default: all).")
+_DATASETS = flags.DEFINE_list("datasets", None, "Sessions of the model to score, comma-separated (default: all).")
+datasets_flag.aliases("sessions")
 _DECODING = flags.DEFINE_bool("decoding", True, "Also decode behaviour (frozen-model decoders and heads).")
 _PLOTS = flags.DEFINE_bool("plots", False, "Also write the family's figure (NDT1: rasters.png; POYO: behaviour.png).")
 _COMPARE = flags.DEFINE_list("compare", [], "label=workdir of other models of the family for --plots' figure.")
@@ -48,13 +51,14 @@ flags.mark_flag_as_required("workdir")
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  datasets_flag.warn_old_names("sessions")
   multihost.initialize()
   # The flags are checked before any scoring (checkpoint metadata alone is read).
   workdirs = registry.check_evaluation(_WORKDIR.value, _STEP.value, _PLOTS.value, _COMPARE.value)
   task = registry.of_workdir(_WORKDIR.value, _STEP.value)
   with progress.Stage("evaluation"):
     results = registry.evaluate_workdir(
-      _WORKDIR.value, _SPLIT.value, _STEP.value, _SESSIONS.value, decode=_DECODING.value, data_dir=_DATA_DIR.value
+      _WORKDIR.value, _SPLIT.value, _STEP.value, _DATASETS.value, decode=_DECODING.value, data_dir=_DATA_DIR.value
     )
   this, *compared = workdirs  # labels: this run's folder name, then --compare's
   others = registry.compared_scores({label: workdirs[label] for label in compared}, results["split"])

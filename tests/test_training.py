@@ -209,7 +209,7 @@ def test_evaluate_writes_the_four_metrics(data_dir, tmp_path, monkeypatch):
   assert [again[m] for m in run.METRICS] == [results[m] for m in run.METRICS]
   with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "empty"))):
     registry.evaluate_workdir(workdir, decode=False, data_dir=str(tmp_path / "empty"))
-  with pytest.raises(ValueError, match=r"--sessions: \['ibl_binned/synthetic_000'\] given more than once"):
+  with pytest.raises(ValueError, match=r"--datasets: \['ibl_binned/synthetic_000'\] given more than once"):
     registry.evaluate_workdir(workdir, decode=False, sessions=[DATASET, DATASET])
   # A read-only workdir (a read-only mount: root's os.access sees it) is refused before scoring.
   monkeypatch.setattr(os, "access", lambda path, mode: False)

@@ -8,8 +8,9 @@ prompt token) and ",stitch" for the multi-session model (per-session stitching l
   python -m experiments.pretrain --config=mtm_jax/configs/ndt1.py:demo --workdir=runs/mtm
   python -m experiments.pretrain --flagfile=experiments/flags/demo_mtm.flags
 
-"paper" is the published setting (5 x 512, 8 heads, MLP 1024, lr 1e-4, batch 16); "demo"
-trains in a few minutes on a 2-core CPU; "tiny" is for tests.
+"paper" is the published setting (5 x 512, 8 heads, MLP 1024, lr 1e-4, batch 16), sized
+for a GPU (about 4.6 h of training on a 2-core CPU); "demo" trains in a few minutes on a
+2-core CPU; "tiny" is for tests (README: what each preset costs).
 
 Data only: the checks are mtm_jax.training.config_checks.ndt1, the model's fields
 mtm_jax.models.ndt1.Hparams (`Hparams.from_config(config.model)`).

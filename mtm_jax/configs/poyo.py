@@ -3,7 +3,9 @@
 "small" is the 1.3M single-session model (D=64, 6 latent layers, 2/8 heads, 16 latents
 per 125 ms step), trained like the reference's NLB MC_Maze example (batch 128, 1000
 epochs); "large" is the 11.8M POYO-MP / POYO-1 model (D=128, 24 layers, 4/8 heads, 32
-latents per step, batch 1024); "tiny" is for tests. Sizes: mtm_jax.models.poyo.PRESETS.
+latents per step, batch 1024); "tiny" is for tests. "small" and "large" are sized for
+GPUs ("small": about a day of training on a 2-core CPU; README: what each preset costs).
+Sizes: mtm_jax.models.poyo.PRESETS.
 
 Optimiser (reference): LAMB without bias correction, trust-ratio clamp 10, weight decay
 1e-4 on every parameter; peak lr = base_learning_rate x data.batch_size, held for the
@@ -118,6 +120,9 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
     c.train.steps = 100_000  # set from the data: epochs x windows per epoch / batch
   elif preset == "tiny":
     c.data.batch_size = 8
+    # Sized for the tests' unit-dropout training windows (at most 8 units). Windows with every unit (validation,
+    # evaluation) of a built reaching session (168 units, up to 2,281 tokens) are cut to 512 tokens, most spikes
+    # dropped (counted: batches.token_length_report, meta["dropped_spikes"]); `small` holds them (3072 bucket).
     c.data.token_buckets = (256, 512)
     c.data.max_queries = 104  # 100 Hz behaviour: up to 101 samples per 1 s window
     c.data.unit_dropout_min, c.data.unit_dropout_mode, c.data.unit_dropout_max = 2, 4, 8

@@ -6,7 +6,7 @@ for the temporal-masking baseline.
       --config.data.datasets=spike_events/synthetic_000 --workdir=runs/poyo_mtm
 
   python -m experiments.finetune --config=mtm_jax/configs/poyo_mtm.py:small --mode=unit_id \
-      --pretrained=runs/poyo_mtm --sessions=spike_events/synthetic_024 --workdir=runs/new
+      --pretrained=runs/poyo_mtm --datasets=spike_events/synthetic_024 --workdir=runs/new
 
 Each trial (2 s, MtM's context) is read whole as spike tokens; a batch draws one masking
 scheme (MtM's sampler), drops the tokens it hides and predicts the log-rate of up to
@@ -39,8 +39,11 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
   c.data.shuffle_seed = 0
   c.data.context = context  # seconds per trial: every split interval must last this long
   c.data.bin_size = 0.02  # seconds per bin of the training targets (MtM's 20 ms)
-  # Padded token lengths (multiples of 8), one compile each: 2 tokens per unit + its spikes.
+  # Padded token lengths (multiples of 8), one compile per bucket a batch uses: 2 tokens per unit + its spikes.
+  # Grown from the data: past its largest, the ladder continues (x1.5, x4/3: ..., 4096, 6144, 8192, ...) up to
+  # the rung holding the built sessions' longest trial, so any preset fits any session (datasets.events.trials).
   c.data.token_buckets = (1024, 2048, 3072, 4096, 6144, 8192, 12288, 16384)
+  c.data.max_tokens = 0  # > 0: a cap on a trial's tokens (a longer trial is an error naming it); 0: none
   c.data.max_queries = 1024  # masked (unit, bin) targets drawn per trial and step
   c.data.query_jitter = True  # training queries at uniform times within their bins (False: at the centres)
 
@@ -107,7 +110,7 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
     c.optimizer.learning_rate = 1e-3
     c.train.steps = 20_000
     c.train.log_every, c.train.eval_every, c.train.checkpoint_every = 100, 1000, 1000
-  elif preset == "tiny":  # for tests: one compiled shape of a few hundred tokens
+  elif preset == "tiny":  # for tests: small buckets, grown to the sessions' trials (3-5k tokens on synthetic_000/024)
     c.data.batch_size, c.data.token_buckets, c.data.max_queries = 4, (256, 512, 1024, 2048), 64
     c.train.steps, c.train.log_every, c.train.prng_impl = 12, 4, "rbg"
     c.train.eval_every = c.train.checkpoint_every = 6

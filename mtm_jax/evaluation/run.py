@@ -153,7 +153,7 @@ def evaluate_sessions(
   names = sessions or trained.names
   repeated = sorted({n for n in names if names.count(n) > 1})
   if repeated:
-    raise ValueError(f"--sessions: {repeated} given more than once")
+    raise ValueError(f"--datasets: {repeated} given more than once")
   per_session = {}
   arrays = {}
   for name in names:

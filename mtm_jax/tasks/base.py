@@ -121,10 +121,10 @@ class Task:
     raise NotImplementedError
 
   def select_sessions(self, config: ml_collections.ConfigDict, sessions: str) -> None:
-    """Applies a program's --sessions (comma-separated TFDS names; a count where the
+    """Applies a program's --datasets (comma-separated TFDS names; a count where the
     family allows it) to `config`."""
     if sessions.strip().isdigit():
-      raise ValueError(f"--sessions: {self.name} configs take session names, not a count")
+      raise ValueError(f"--datasets: {self.name} configs take session names, not a count")
     config.data.datasets = sessions
 
   def finetune_config(

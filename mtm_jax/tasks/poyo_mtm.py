@@ -33,7 +33,9 @@ from mtm_jax.training import config_checks, optimizer, precision, step as step_l
 
 def trial_config(config) -> trials_lib.TrialConfig:
   d = config.data
-  return trials_lib.TrialConfig(context=d.context, bin_size=d.bin_size, bucket_lengths=tuple(d.token_buckets))
+  return trials_lib.TrialConfig(
+    context=d.context, bin_size=d.bin_size, bucket_lengths=tuple(d.token_buckets), max_tokens=d.get("max_tokens", 0)
+  )
 
 
 def mask_config(config) -> masking.MaskConfig:

@@ -89,6 +89,8 @@ def poyo_mtm(c: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.data.context ({d.context}) must equal config.model.context ({m.context})")
   masks(c)
   buckets(d.token_buckets)
+  if d.get("max_tokens", 0) < 0:
+    raise ValueError(f"config.data.max_tokens: expected 0 (no cap) or a positive token count, got {d.max_tokens}")
   n_bins = round(d.context / d.bin_size) if d.bin_size > 0 else 0
   if n_bins < 1 or abs(n_bins * d.bin_size - d.context) > 1e-9:
     raise ValueError(f"config.data.bin_size: {d.bin_size} s must divide config.data.context ({d.context} s)")

@@ -41,6 +41,7 @@ class TrialConfig:
   context: float = 2.0  # seconds per trial
   bin_size: float = 0.02  # seconds per bin of the counts (the training targets)
   bucket_lengths: tuple[int, ...] = (1024, 2048, 3072, 4096, 6144, 8192, 12288, 16384)
+  max_tokens: int = 0  # > 0: the most tokens a trial may have (config.data.max_tokens); 0: no cap
 
   @property
   def n_bins(self) -> int:
@@ -113,7 +114,9 @@ def prepare(
 ) -> TrialData:
   """The trials of `split` of `sessions`, tokenised; vocab defaults to theirs, n_units
   (unit slots) to the most units of any session. ValueError naming the session when a
-  trial is not `context` seconds long or a session lacks the split."""
+  trial is not `context` seconds long or a session lacks the split, or has more tokens
+  than config.max_tokens (> 0). The returned config's buckets are config.bucket_lengths
+  grown by the ladder (tokens.grow_buckets) to hold the longest trial."""
   if not sessions:
     raise ValueError("trials.prepare: no sessions given")
   sessions = tuple(sessions)
@@ -151,6 +154,15 @@ def prepare(
       unit.append(u), times.append(t), types.append(y)
   if not rows:
     raise ValueError(f"split {split!r} has no trials in any session")
+  lengths = np.array([len(u) for u in unit])
+  longest = int(np.argmax(lengths))
+  if 0 < config.max_tokens < lengths[longest]:
+    raise ValueError(
+      f"config.data.max_tokens={config.max_tokens}: session {sessions[rows[longest][0]].session_id!r} has a trial "
+      f"of split {split!r} (from {rows[longest][1]:.3f} s) of {lengths[longest]} tokens; raise max_tokens to at "
+      "least that, or set it to 0 (buckets then grow to the longest trial)"
+    )
+  config = dataclasses.replace(config, bucket_lengths=tokens_lib.grow_buckets(config.bucket_lengths, lengths[longest]))
   return TrialData(
     sessions=sessions,
     split=split,
@@ -211,7 +223,7 @@ def check_buckets(data: TrialData) -> None:
     sid = data.sessions[int(data.trials[worst, 0])].session_id
     raise ValueError(
       f"session {sid!r}: a trial of split {data.split!r} has {counts[worst]} tokens, more than the "
-      f"largest bucket {data.config.bucket_lengths[-1]}; raise config.data.token_buckets"
+      f"largest bucket {data.config.bucket_lengths[-1]}; prepare grows the buckets to the longest trial"
     )
 
 
