@@ -232,6 +232,17 @@ def test_a_run_that_fails_at_start_leaves_no_workdir_behind(tmp_path):
     pass
 
 
+def test_a_workdir_that_is_a_file_is_one_clear_error_and_the_file_stays(tmp_path):
+  """Before, a raw FileExistsError from os.makedirs."""
+  path = tmp_path / "notes.txt"
+  path.write_text("mine")
+  config = ndt1_config.get_config("tiny")
+  config.data.datasets, config.data.data_dir = DATASET, str(tmp_path / "no_data")
+  with pytest.raises(NotADirectoryError, match=rf"--workdir: {path} is a file, not a directory"):
+    trainer.train(registry.get("mtm"), config, str(path))
+  assert path.read_text() == "mine"
+
+
 def test_a_study_process_waits_for_a_run_another_trains_then_reuses_it(tmp_path, monkeypatch, caplog):
   run = str(tmp_path / "study" / "pretrain" / "mtm" / "n01")
   trained_elsewhere = threading.Event()

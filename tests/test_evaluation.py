@@ -115,3 +115,20 @@ def test_a_negative_bits_per_spike_comes_with_a_one_line_hint():
   )  # the oracle's is not the model's
   tokens = dict(good, intra_region_bps_5ms=-0.01)
   assert registry.get("poyo_mtm").report(tokens).splitlines()[-1] == run.NEGATIVE_BPS
+
+
+def test_the_tables_of_every_bin_width_name_their_rows_alike():
+  """Spike-token MtM's report: the 20, 10 and 5 ms tables have the same row names (the
+  width is in the column names); they were co_smoothing and co_smoothing_bps_5ms."""
+  from mtm_jax.evaluation import run
+  from mtm_jax.tasks import poyo_mtm
+
+  results = {"masking_mode": "mtm", "skipped": {}}
+  for suffix in ("", "_10ms", "_5ms"):
+    for m in run.METRICS:
+      results[m + suffix], results[f"oracle_{m}{suffix}"] = 0.1, 0.5
+  tables = poyo_mtm.PoyoMtMTask().report(results).split("\n\n")
+  rows = [[line.split(" | ")[0].lstrip("| ") for line in t.splitlines()[2:]] for t in tables]
+  assert len(rows) == 3 and rows[0] == rows[1] == rows[2]
+  assert rows[0] == ["co_smoothing", "forward_prediction", "inter_region", "intra_region"]
+  assert [t.splitlines()[0] for t in tables] == [f"| metric | mtm{s} | oracle |" for s in ("", "_10ms", "_5ms")]

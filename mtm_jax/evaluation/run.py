@@ -3,6 +3,8 @@ and behaviour decoding per session, their means, printable tables and rasters.""
 
 from __future__ import annotations
 
+import re
+
 from absl import logging
 import numpy as np
 
@@ -231,6 +233,12 @@ def _cell(results: dict, metric: str) -> str:
   return "skipped" if metric in results.get("skipped", {}) else "-"
 
 
+def row_name(metric: str) -> str:
+  """A table row's name for a metric key: 'co_smoothing' for co_smoothing_bps and for
+  co_smoothing_bps_5ms alike (the width is in the column names), else the key."""
+  return re.sub(r"_bps(_[0-9.]+ms)?$", "", metric)
+
+
 def table(columns: dict[str, dict], metrics=METRICS) -> str:
   """Markdown table: one row per metric, one column per named result dict ("skipped" for
   a metric in the dict's "skipped" mapping, "-" for one it lacks)."""
@@ -238,7 +246,7 @@ def table(columns: dict[str, dict], metrics=METRICS) -> str:
   lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
   for m in metrics:
     cells = [_cell(columns[n], m) for n in names]
-    lines.append(f"| {m.removesuffix('_bps')} | " + " | ".join(cells) + " |")
+    lines.append(f"| {row_name(m)} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 

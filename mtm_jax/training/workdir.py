@@ -62,8 +62,12 @@ def _agree(error: Exception | None, workdir: str, lock_path: str) -> Exception |
 @contextlib.contextmanager
 def claimed(workdir: str):
   """Creates `workdir` (absolute) if missing and holds it for one run: raises
-  files.InUseError when another run holds it; removes it again if this call created it
+  NotADirectoryError when it is a file, files.InUseError when another run holds it; removes it again if this call created it
   and the block fails before writing anything there."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise NotADirectoryError(
+      f"--workdir: {workdir} is a file, not a directory; give a directory for the run's checkpoints and logs"
+    )
   created = not os.path.isdir(workdir)
   os.makedirs(workdir, exist_ok=True)
   lock_path = os.path.join(workdir, LOCK_FILE)
