@@ -47,7 +47,8 @@ def program_flags(module: str, parse: tuple[list[str], ...] = ()) -> dict:
   )
   by_module = flags.FLAGS.flags_by_module_dict()
   defining = {m for m in by_module if m.split(".")[0] in PACKAGES} & (set(sys.modules) - before_modules)
-  added = {f.name for m in defining for f in by_module[m]} - before_flags
+  ours = {f.name for m, defined in by_module.items() if m.split(".")[0] in PACKAGES for f in defined}
+  added = ours - before_flags  # also those a program defined through a shared module (entry's --print_config)
   for name in added:
     delattr(flags.FLAGS, name)
   for name in defining:
