@@ -103,6 +103,25 @@ def load_sessions(config, splits: Sequence[str] = ("train", "val")) -> list[sess
   return [tfds.load_event_session(n, config.data.data_dir, splits) for n in config_checks.dataset_names(config)]
 
 
+def _eval_windows(trained, sessions, split: str):
+  """The evaluation windows of `sessions`' `split` for a trained POYO (its vocabulary and scale)."""
+  config = window_config(trained.config, train=False)
+  return windows_lib.prepare(sessions, split, config, vocab=trained.vocab, scale=trained.scale)
+
+
+def _predict(trained, data):
+  """poyo_eval.evaluate_data of a trained POYO on `data`: (scores, per-session predictions)."""
+  config = trained.config
+  return poyo_eval.evaluate_data(
+    trained.graphdef,
+    trained.params,
+    data,
+    task=behaviour_task(config),
+    batch_size=config.eval.batch_size,
+    mesh=trained.mesh,
+  )
+
+
 class POYOTask(base.Task):
   family, name = "poyo", "POYO"
 
@@ -228,23 +247,14 @@ class POYOTask(base.Task):
     config = trained.config
     if sessions is None:
       sessions = load_sessions(config, (split, "train"))
-    data = windows_lib.prepare(
-      sessions, split, window_config(config, train=False), vocab=trained.vocab, scale=trained.scale
-    )
+    data = _eval_windows(trained, sessions, split)
     if data.vocab != trained.vocab:
       unknown = [s.session_id for s in sessions if s.session_id not in trained.vocab.session_ids]
       raise ValueError(
         f"{trained.workdir}: sessions {unknown} are not in the model's vocabulary; fine-tune on them first"
       )
     with progress.Stage(f"behaviour R^2 of the model ({behaviour_task(config)})") as stage:
-      results, stitched = poyo_eval.evaluate_data(
-        trained.graphdef,
-        trained.params,
-        data,
-        task=behaviour_task(config),
-        batch_size=config.eval.batch_size,
-        mesh=trained.mesh,
-      )
+      results, stitched = _predict(trained, data)
       stage.note = f"{results['behaviour_r2']:.4f}" if "behaviour_r2" in results else "skipped"
     if decode:
       base_scores = poyo_eval.baseline_scores(
@@ -266,18 +276,7 @@ class POYOTask(base.Task):
     session = (sessions or load_sessions(first.config, (split,)))[0]
     stitched = {}
     for label, trained in models.items():
-      cfg = trained.config
-      data = windows_lib.prepare(
-        [session], split, window_config(cfg, train=False), vocab=trained.vocab, scale=trained.scale
-      )
-      _, (stitched[label],) = poyo_eval.evaluate_data(
-        trained.graphdef,
-        trained.params,
-        data,
-        task=behaviour_task(cfg),
-        batch_size=cfg.eval.batch_size,
-        mesh=trained.mesh,
-      )
+      _, (stitched[label],) = _predict(trained, _eval_windows(trained, [session], split))
     title = f"{session.session_id}, {split} split, step {first.step}"
     behaviour_plots.behaviour_figure(path, stitched, session_lib.output_names([session]), title=title)
     return f"behaviour of {session.session_id}"
