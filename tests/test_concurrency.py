@@ -154,6 +154,17 @@ def _tree(folder) -> dict:
   return out
 
 
+def _pretrain(data_dir, workdir) -> list[str]:
+  """The program and flags of a tiny NDT1 pretraining in `workdir`."""
+  return [
+    "experiments.pretrain",
+    "--config=mtm_jax/configs/ndt1.py:tiny",
+    f"--config.data.datasets={DATASET}",
+    f"--config.data.data_dir={data_dir}",
+    f"--workdir={workdir}",
+  ]
+
+
 def test_a_second_run_in_a_workdir_in_use_stops_at_once_and_changes_nothing(data_dir, tmp_path):
   workdir = str(tmp_path / "run")
   os.makedirs(os.path.join(workdir, "checkpoints", "5", "state"))
@@ -167,11 +178,7 @@ def test_a_second_run_in_a_workdir_in_use_stops_at_once_and_changes_nothing(data
     start = time.monotonic()
     proc = _start(
       log,
-      "experiments.pretrain",
-      "--config=mtm_jax/configs/ndt1.py:tiny",
-      f"--config.data.datasets={DATASET}",
-      f"--config.data.data_dir={data_dir}",
-      f"--workdir={workdir}",
+      *_pretrain(data_dir, workdir),
     )
     output = _finish(proc, log)
     assert proc.returncode == 1, output
@@ -196,11 +203,7 @@ def test_every_process_of_a_job_stops_when_its_workdir_is_in_use(data_dir, tmp_p
     procs = [
       _start(
         log,
-        "experiments.pretrain",
-        "--config=mtm_jax/configs/ndt1.py:tiny",
-        f"--config.data.datasets={DATASET}",
-        f"--config.data.data_dir={data_dir}",
-        f"--workdir={workdir}",
+        *_pretrain(data_dir, workdir),
         f"--coordinator_address=127.0.0.1:{port}",
         "--num_processes=2",
         f"--process_id={i}",
