@@ -1,5 +1,7 @@
 """Event sessions: the reaching task, validation, the spike_events builder round trip, windows."""
 
+import dataclasses
+
 import grain
 import numpy as np
 import pytest
@@ -230,13 +232,20 @@ def test_unit_dropout_caps_at_session_units(sessions):
   assert ((batch["token_type"] == 1).sum(1) == len(sessions[0].unit_ids)).all()
 
 
-def test_outputs_scaled_and_truncation_counted(sessions):
+def test_outputs_scaled_buckets_grown_and_truncation_counted(sessions):
   config = windows_lib.WindowConfig(unit_dropout=None, bucket_lengths=(80, 96))
   data = windows_lib.prepare(sessions[:1], "train", config)
   n_units = len(sessions[0].unit_ids)
   assert 100 <= data.max_outputs <= 101  # 1 s of 100 Hz behaviour (+1 for rounding at the edge)
   scale = session_lib.behaviour_scale(sessions[:1])
   np.testing.assert_allclose(data.scale, scale)
+  # The buckets grow up the ladder to hold the longest window: none loses a spike.
+  longest, _, _ = windows_lib.longest_window(sessions[:1], "train", config)
+  assert data.config.bucket_lengths == tokens_lib.grow_buckets((80, 96), longest) and longest > 96
+  report = batches_lib.token_length_report(data, batch_size=3, seed=0, n_batches=2)
+  assert report["truncated_windows"] == 0 and report["dropped_spikes"] == 0 and report["max_tokens"] <= longest
+  # Buckets smaller than a window (EventData made by hand) still cut it, counted.
+  data = dataclasses.replace(data, config=config)
   batch = batches_lib.training_batches(data, batch_size=3, seed=0)[0]
   _check_batch(batch, data, 1.0)
   assert batch["unit_index"].shape[1] == 96  # every window overflows: truncated to the largest bucket
@@ -245,8 +254,9 @@ def test_outputs_scaled_and_truncation_counted(sessions):
   assert report["truncated_windows"] == 6 and report["dropped_spikes"] > 0 and report["bucket_counts"][96] == 2
   with pytest.raises(ValueError, match="max_outputs=10 is too small"):
     windows_lib.prepare(sessions[:1], "train", windows_lib.WindowConfig(max_outputs=10))
-  with pytest.raises(ValueError, match="more than the largest bucket 32"):
-    windows_lib.prepare(sessions[:1], "train", windows_lib.WindowConfig(bucket_lengths=(32,)))
+  sid = sessions[0].session_id
+  with pytest.raises(ValueError, match=rf"max_tokens=32: session '{sid}' has a window of split 'train' \(from"):
+    windows_lib.prepare(sessions[:1], "train", windows_lib.WindowConfig(bucket_lengths=(32,), max_tokens=32))
 
 
 def test_evaluation_windows_cover_and_stitch(sessions):

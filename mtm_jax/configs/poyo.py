@@ -40,9 +40,11 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
   c.data.batch_size = 128  # global batch, 1 s windows
   c.data.shuffle_seed = 0
   c.data.window_length = window  # seconds per window (random offsets each epoch)
-  # Padded token lengths (multiples of 8), one compile each; steps of 1.5x and 1.33x keep the
-  # padding under a third of a window (2,200 tokens: 3072, not 4096).
+  # Padded token lengths (multiples of 8), one compile each a batch uses; steps of 1.5x and 1.33x keep the
+  # padding under a third of a window (2,200 tokens: 3072, not 4096). Grown from the data: past its largest,
+  # the ladder continues (..., 8192, 12288, 16384, ...) up to the rung holding the longest window of the split.
   c.data.token_buckets = (1024, 1536, 2048, 3072, 4096, 6144, 8192)
+  c.data.max_tokens = 0  # > 0: a cap on a window's tokens (a split with a longer window is an error naming it); 0: none
   c.data.max_queries = 128  # padded output queries per window
   c.data.unit_dropout = True  # keep a triangular-distributed number of units per window
   c.data.unit_dropout_min = 60  # fewest units kept
@@ -121,8 +123,8 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
   elif preset == "tiny":
     c.data.batch_size = 8
     # Sized for the tests' unit-dropout training windows (at most 8 units). Windows with every unit (validation,
-    # evaluation) of a built reaching session (168 units, up to 2,281 tokens) are cut to 512 tokens, most spikes
-    # dropped (counted: batches.token_length_report, meta["dropped_spikes"]); `small` holds them (3072 bucket).
+    # evaluation) of a built reaching session (168 units, up to 2,281 tokens) grow the buckets (768, 1024, 1536,
+    # 2048, 3072): no window loses spikes.
     c.data.token_buckets = (256, 512)
     c.data.max_queries = 104  # 100 Hz behaviour: up to 101 samples per 1 s window
     c.data.unit_dropout_min, c.data.unit_dropout_mode, c.data.unit_dropout_max = 2, 4, 8

@@ -86,12 +86,14 @@ def behaviour_task(config) -> str:
 
 
 def window_config(config, train: bool) -> windows_lib.WindowConfig:
-  """How windows are cut: unit dropout only when `train`."""
+  """How windows are cut: unit dropout only when `train` (windows_lib.prepare grows the
+  buckets to the split's longest window, up to config.data.max_tokens when > 0)."""
   d = config.data
   dropout = (d.unit_dropout_min, d.unit_dropout_mode, d.unit_dropout_max) if (train and d.unit_dropout) else None
   return windows_lib.WindowConfig(
     window_length=d.window_length,
     bucket_lengths=tuple(d.token_buckets),
+    max_tokens=d.get("max_tokens", 0),
     unit_dropout=dropout,
     max_outputs=d.max_queries,
     eval_step=config.eval.window_step,

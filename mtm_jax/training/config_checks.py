@@ -57,7 +57,7 @@ def poyo(c: ml_collections.ConfigDict) -> None:
     raise ValueError(
       f"config.data.window_length ({d.window_length}) must equal config.model.window_length ({m.window_length})"
     )
-  buckets(d.token_buckets)
+  buckets(d.token_buckets, d.get("max_tokens", 0))
   if not 0 < d.unit_dropout_min <= d.unit_dropout_mode <= d.unit_dropout_max:
     raise ValueError(
       "config.data.unit_dropout_min/mode/max: expected 0 < min <= mode <= max, got "
@@ -88,9 +88,7 @@ def poyo_mtm(c: ml_collections.ConfigDict) -> None:
   if d.context != m.context:
     raise ValueError(f"config.data.context ({d.context}) must equal config.model.context ({m.context})")
   masks(c)
-  buckets(d.token_buckets)
-  if d.get("max_tokens", 0) < 0:
-    raise ValueError(f"config.data.max_tokens: expected 0 (no cap) or a positive token count, got {d.max_tokens}")
+  buckets(d.token_buckets, d.get("max_tokens", 0))
   n_bins = round(d.context / d.bin_size) if d.bin_size > 0 else 0
   if n_bins < 1 or abs(n_bins * d.bin_size - d.context) > 1e-9:
     raise ValueError(f"config.data.bin_size: {d.bin_size} s must divide config.data.context ({d.context} s)")
@@ -134,9 +132,12 @@ def masks(c: ml_collections.ConfigDict) -> None:
       raise ValueError(f"config.masking.{field}: must be in (0, 1), got {c.masking[field]}")
 
 
-def buckets(token_buckets) -> None:
+def buckets(token_buckets, max_tokens: int = 0) -> None:
+  """config.data.token_buckets and its cap config.data.max_tokens (0: none)."""
   if not token_buckets or any(b < 1 or b % 8 for b in token_buckets) or list(token_buckets) != sorted(token_buckets):
     raise ValueError(f"config.data.token_buckets: expected increasing positive multiples of 8, got {token_buckets}")
+  if max_tokens < 0:
+    raise ValueError(f"config.data.max_tokens: expected 0 (no cap) or a positive token count, got {max_tokens}")
 
 
 def train(c: ml_collections.ConfigDict) -> None:

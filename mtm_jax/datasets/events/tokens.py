@@ -141,6 +141,18 @@ def grow_buckets(buckets: Sequence[int], n_tokens: int) -> tuple[int, ...]:
   return tuple(out)
 
 
+def fit_buckets(buckets: Sequence[int], n_tokens: int, max_tokens: int, where: str, item: str) -> tuple[int, ...]:
+  """grow_buckets(buckets, n_tokens) for the longest `item` (a trial, a window) of a split,
+  of n_tokens; with a cap max_tokens > 0 (config.data.max_tokens) a longer one is a
+  ValueError naming it (`where`: "session 'x' has a trial of split 'val' (from 2.000 s)")."""
+  if 0 < max_tokens < n_tokens:
+    raise ValueError(
+      f"config.data.max_tokens={max_tokens}: {where} of {n_tokens} tokens; raise max_tokens to at least that, "
+      f"or set it to 0 (buckets then grow to the longest {item})"
+    )
+  return grow_buckets(buckets, n_tokens)
+
+
 def bucket_length(n_tokens: int, buckets: Sequence[int]) -> int:
   """The smallest bucket holding n_tokens (the largest if none does)."""
   for b in buckets:

@@ -156,13 +156,11 @@ def prepare(
     raise ValueError(f"split {split!r} has no trials in any session")
   lengths = np.array([len(u) for u in unit])
   longest = int(np.argmax(lengths))
-  if 0 < config.max_tokens < lengths[longest]:
-    raise ValueError(
-      f"config.data.max_tokens={config.max_tokens}: session {sessions[rows[longest][0]].session_id!r} has a trial "
-      f"of split {split!r} (from {rows[longest][1]:.3f} s) of {lengths[longest]} tokens; raise max_tokens to at "
-      "least that, or set it to 0 (buckets then grow to the longest trial)"
-    )
-  config = dataclasses.replace(config, bucket_lengths=tokens_lib.grow_buckets(config.bucket_lengths, lengths[longest]))
+  where = (
+    f"session {sessions[rows[longest][0]].session_id!r} has a trial of split {split!r} (from {rows[longest][1]:.3f} s)"
+  )
+  grown = tokens_lib.fit_buckets(config.bucket_lengths, lengths[longest], config.max_tokens, where, "trial")
+  config = dataclasses.replace(config, bucket_lengths=grown)
   return TrialData(
     sessions=sessions,
     split=split,

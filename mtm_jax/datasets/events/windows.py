@@ -4,6 +4,12 @@ POYO reads windows of L = 1 s inside the intervals of a split (never across them
 Training windows tile each interval with a fresh offset every epoch (batches.py);
 evaluation windows slide by eval_step seconds and the last one ends at the interval's end
 (`evaluation_windows`), so every behaviour timestamp is covered.
+
+`prepare` grows the token buckets from the data, as trials.prepare does for trials: past
+the largest of WindowConfig.bucket_lengths, up the ladder (tokens.grow_buckets) to the
+rung that holds the longest window the split can have (`longest_window`), so no window
+loses spikes; WindowConfig.max_tokens (> 0, config.data.max_tokens) caps that, a split
+with a longer window being an error naming it.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from mtm_jax.datasets.events import session as session_lib
+from mtm_jax.datasets.events import tokens as tokens_lib
 from mtm_jax.datasets.events import vocabulary as vocabulary_lib
 
 
@@ -22,7 +29,8 @@ class WindowConfig:
   """How windows are cut, augmented, tokenised and padded."""
 
   window_length: float = 1.0  # seconds
-  bucket_lengths: tuple[int, ...] = (512, 1024, 2048, 4096)  # token lengths a batch is padded to
+  bucket_lengths: tuple[int, ...] = (512, 1024, 2048, 4096)  # token lengths a batch is padded to (grown by prepare)
+  max_tokens: int = 0  # > 0: the most tokens a window may have (config.data.max_tokens); 0: no cap
   unit_dropout: tuple[int, int, int] | None = (30, 100, 300)  # (min, mode, max) units kept; None keeps all
   max_outputs: int | None = None  # output queries per window; None: the most any window of the split needs
   eval_step: float = 0.5  # seconds between evaluation windows
@@ -61,6 +69,28 @@ def max_outputs_needed(sessions: Sequence[session_lib.EventSession], split: str,
   return best
 
 
+def longest_window(
+  sessions: Sequence[session_lib.EventSession], split: str, config: WindowConfig
+) -> tuple[int, int, float]:
+  """(tokens, session position, start) of the window of `split` with the most tokens:
+  2 per unit (at most the unit-dropout maximum) and the spikes of the busiest
+  [t, t + window_length) inside an interval (counted over an extra 1 us, as
+  max_outputs_needed). Exact for evaluation windows (every unit, any start) and an
+  upper bound for training ones (random offsets and unit dropout)."""
+  best = (0, 0, 0.0)
+  for i, s in enumerate(sessions):
+    units = len(s.unit_ids) if config.unit_dropout is None else min(len(s.unit_ids), config.unit_dropout[2])
+    for a, b in s.splits[split]:
+      lo, hi = np.searchsorted(s.spike_times, [a, b], side="left")
+      times = np.asarray(s.spike_times[lo:hi], np.float64)
+      counts = np.searchsorted(times, times + config.window_length + 1e-6, side="left") - np.arange(len(times))
+      busiest = int(np.argmax(counts)) if len(times) else 0
+      n = 2 * units + (int(counts[busiest]) if len(times) else 0)
+      if n > best[0]:
+        best = (n, i, float(times[busiest]) if len(times) else float(a))
+  return best
+
+
 def prepare(
   sessions: Sequence[session_lib.EventSession],
   split: str,
@@ -70,7 +100,10 @@ def prepare(
 ) -> EventData:
   """Checks the sessions and collects the intervals of `split`.
 
-  vocab defaults to the vocabulary of `sessions`; scale to their training-split std."""
+  vocab defaults to the vocabulary of `sessions`; scale to their training-split std. The
+  returned config's buckets are config.bucket_lengths grown to hold the longest window
+  (see the module docstring); ValueError naming it when it has more than config.max_tokens
+  (> 0)."""
   if split not in session_lib.SPLITS:
     raise ValueError(f"split must be one of {list(session_lib.SPLITS)}, got {split!r}")
   if not sessions:
@@ -92,12 +125,6 @@ def prepare(
   for i, s in enumerate(sessions):
     if split not in s.splits:
       raise ValueError(f"session {s.session_id!r}: no split {split!r}; it has {sorted(s.splits)}")
-    n_units = len(s.unit_ids)  # evaluation windows keep every unit
-    if 2 * n_units > config.bucket_lengths[-1]:
-      raise ValueError(
-        f"session {s.session_id!r}: {n_units} units need {2 * n_units} start/end tokens, more "
-        f"than the largest bucket {config.bucket_lengths[-1]}; raise WindowConfig.bucket_lengths"
-      )
     for a, b in s.splits[split]:
       rows.append((i, a, b))
   if not rows:
@@ -111,13 +138,16 @@ def prepare(
       f"WindowConfig.max_outputs={config.max_outputs} is too small: a window of split {split!r} "
       f"holds up to {needed} behaviour samples"
     )
+  tokens, position, start = longest_window(sessions, split, config)
+  where = f"session {sessions[position].session_id!r} has a window of split {split!r} (from {start:.3f} s)"
+  grown = tokens_lib.fit_buckets(config.bucket_lengths, tokens, config.max_tokens, where, "window")
   return EventData(
     sessions=sessions,
     split=split,
     vocab=vocab,
     scale=scale,
     max_outputs=needed if config.max_outputs is None else config.max_outputs,
-    config=config,
+    config=dataclasses.replace(config, bucket_lengths=grown),
     intervals=np.array(rows, np.float64),
   )
 
