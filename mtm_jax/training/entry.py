@@ -18,7 +18,8 @@ Flags: a config override naming no field (`--config.train.step=20`) is one line,
 `error: --config.train.step: no such field in config.train; did you mean
 config.train.steps?`, and status 1 (as absl's own flag errors). Ctrl-C: the training loop
 saves its step and exits with 130 (stopping.Interrupted); anywhere else the program
-prints `interrupted` and exits with 130 (its traceback behind --verbosity=1).
+prints `interrupted` and exits with 130 (its traceback behind --verbosity=1), also while
+Python imports the program, before `main` (interrupt.guard_program_of).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import warnings
 from absl import app, flags, logging
 import jax
 
-from mtm_jax.training import host_memory, overrides, saver, stopping
+from mtm_jax.training import host_memory, interrupt, overrides, saver
 
 OWN_PACKAGES = ("mtm_jax", "experiments", "data_builders", "benchmarks")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -163,8 +164,7 @@ def define_print_config() -> flags.FlagHolder:
 def _stop_interrupted() -> None:
   """Ctrl-C outside the training loop: one line and status 130 (128 + SIGINT)."""
   logging.flush()
-  print("interrupted", file=sys.stderr, flush=True)
-  sys.exit(stopping.INTERRUPTED_EXIT_CODE)
+  interrupt.stop()
 
 
 def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
@@ -188,4 +188,5 @@ def run(main) -> None:
   """The program's start: huge pages, JAX's absl flags, quiet logging, app.run(main)."""
   host_memory.use_huge_pages()
   jax.config.config_with_absl()
+  interrupt.release()  # Ctrl-C while the program was imported: interrupt.guard_program_of; from here, _main's
   app.run(lambda argv: _main(main, argv), flags_parser=parse_flags)

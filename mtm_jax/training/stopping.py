@@ -11,9 +11,11 @@ import threading
 import jax
 import numpy as np
 
+from mtm_jax.training import interrupt
+
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: a preempted run saved its checkpoint; re-run to resume
-INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT: Ctrl-C; the training loop saved its checkpoint first
+INTERRUPTED_EXIT_CODE = interrupt.EXIT_CODE  # 128 + SIGINT: Ctrl-C; the training loop saved its checkpoint first
 
 
 class Preempted(SystemExit):
