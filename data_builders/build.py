@@ -13,6 +13,7 @@ IBL sessions from a local ONE cache (docs/real_data.md):
 A user's own NWB files (any number, in any sub-folders of --manual_dir; docs/event_data.md):
   python -m data_builders.build --list_nwb --manual_dir=<folder of NWB files>
   python -m data_builders.build --nwb_files=all --manual_dir=<folder of NWB files> [--nwb_behaviour=velocity]
+      [--nwb_behaviour_dims=x,y]
   (spike_events/nwb_<stem> for POYO, nwb_binned/nwb_<stem> for NDT1, per file)
 
 A data set whose source files (NWB file, IBL session files) changed after it was built is
@@ -62,6 +63,12 @@ _NWB_BEHAVIOUR = flags.DEFINE_string(
   None,
   "The behaviour TimeSeries of processing/behavior to read from NWB files (nwb_<stem> data sets; "
   "<container>/<series> inside a Position or BehavioralTimeSeries); default: the only one there.",
+)
+_NWB_BEHAVIOUR_DIMS = flags.DEFINE_list(
+  "nwb_behaviour_dims",
+  None,
+  "Names of the behaviour series' columns in NWB files (nwb_<stem> data sets), e.g. x,y: as many as the series "
+  "has; default: a comments or description that is exactly such a list, else dim0, dim1, ...",
 )
 _NWB_WINDOW = flags.DEFINE_float(
   "nwb_window",
@@ -119,7 +126,11 @@ def main(argv):
       _MANUAL_DIR.value,
       keep_going=_KEEP_GOING.value,
       rebuild=_REBUILD.value,
-      nwb_options=dict(behaviour=_NWB_BEHAVIOUR.value, window=_NWB_WINDOW.value),
+      nwb_options=dict(
+        behaviour=_NWB_BEHAVIOUR.value,
+        dims=",".join(_NWB_BEHAVIOUR_DIMS.value) if _NWB_BEHAVIOUR_DIMS.value else None,
+        window=_NWB_WINDOW.value,
+      ),
     )
   except prepare.BuildError as e:
     print(e, file=sys.stderr)

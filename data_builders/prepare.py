@@ -27,7 +27,9 @@ _IBL_CONFIGS = {"ibl_binned": ibl_binned.ibl_config, "spike_events": spike_event
 # Builders whose configs for a user's NWB files (`nwb_<stem>`, nwb_sets) are made on demand,
 # with the build's nwb_options (behaviour, window).
 _NWB_CONFIGS = {"spike_events": spike_events.nwb_config, "nwb_binned": nwb_binned.nwb_config}
-NWB_FLAGS = dict(behaviour="--nwb_behaviour", window="--nwb_window")  # the flag of each NWB option
+NWB_FLAGS = dict(
+  behaviour="--nwb_behaviour", dims="--nwb_behaviour_dims", window="--nwb_window"
+)  # the flag of each NWB option
 LOCKS_DIR = ".locks"  # <data_dir>/.locks/<builder>.<config>.lock: one lock per data set (lock_path)
 
 
@@ -217,7 +219,8 @@ def build(
   parallel.
 
   nwb_options: for the data sets of a user's NWB files (`<builder>/nwb_<stem>`), dict(
-  behaviour=the series of processing/behavior (None: the only one), window=trials cut to
+  behaviour=the series of processing/behavior (None: the only one), dims=comma-separated names
+  of its columns (None: from the file, else none), window=trials cut to
   this many s from their start (None: nwb_binned the median trial, spike_events whole trials)); a data set built with other options is refused
   like a changed source (provenance.check_options) unless rebuilt."""
   data_dir = os.path.abspath(os.path.expanduser(data_dir))

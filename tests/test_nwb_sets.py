@@ -25,10 +25,11 @@ LENGTHS = (1.2, 1.5, 1.8)  # trial k lasts LENGTHS[k % 3] s: median 1.5 s = 75 b
 N_TRIALS = 30
 
 
-def write_dandi(path, *, series=("velocity",), rate=None, seed=0, container=None):
+def write_dandi(path, *, series=("velocity",), rate=None, seed=0, container=None, description=None):
   """A DANDI-like NWB file: 4 units on electrodes with locations, 30 trials of 1.2-1.8 s with
-  0.3 s gaps (no split column), behaviour TimeSeries `series` at 100 Hz with timestamps, or
-  rate + starting_time; container: the series inside a BehavioralTimeSeries of that name."""
+  0.3 s gaps (no split column), behaviour TimeSeries `series` (2 columns) at 100 Hz with
+  timestamps, or rate + starting_time; container: the series inside a BehavioralTimeSeries
+  of that name; description: the series' description (default pynwb's)."""
   os.makedirs(os.path.dirname(str(path)), exist_ok=True)
   f = pynwb.NWBFile(
     session_description="dandi-like",
@@ -53,7 +54,8 @@ def write_dandi(path, *, series=("velocity",), rate=None, seed=0, container=None
   for i, name in enumerate(series):
     values = np.stack([np.sin(np.arange(n) * 0.01 + i), np.cos(np.arange(n) * 0.01)], axis=1)
     timing = dict(rate=rate, starting_time=0.0) if rate else dict(timestamps=np.arange(n) * 0.01)
-    ts = pynwb.TimeSeries(name=name, data=values, unit="m/s", **timing)
+    text = {} if description is None else dict(description=description)
+    ts = pynwb.TimeSeries(name=name, data=values, unit="m/s", **timing, **text)
     module.add_timeseries(ts) if container else module.add(ts)
   with pynwb.NWBHDF5IO(str(path), "w") as io:
     io.write(f)
@@ -134,6 +136,47 @@ def test_the_behaviour_series_by_flag_or_the_only_one(tmp_path):
     prepare.build(
       ["nwb_binned/nwb_two"], str(tmp_path / "t2"), str(manual), nwb_options=dict(behaviour="velocity", window=2.5)
     )
+
+
+def test_behaviour_dimension_names_by_flag_or_from_the_description(tmp_path):
+  from mtm_jax.datasets.events import session as session_lib  # pylint: disable=g-import-not-at-top
+
+  plain = write_dandi(tmp_path / "plain.nwb")
+  assert session_lib.output_names([nwb.read_nwb(plain, behaviour=None)]) == ["dim0", "dim1"]
+  s = nwb.read_nwb(plain, behaviour=None, behaviour_dims=["vx", "vy"])
+  assert s.behaviour_name == "vx,vy" and session_lib.output_names([s]) == ["vx", "vy"]
+  assert s.source_info["behaviour_series"] == "velocity" and s.source_info["behaviour_dims"] == "vx,vy"
+  with pytest.raises(
+    ValueError,
+    match=re.escape(f"{plain}: --nwb_behaviour_dims=a,b,c names 3 dimensions, but the behaviour series ")
+    + r"processing/behavior/velocity has 2 columns",
+  ):
+    nwb.read_nwb(plain, behaviour=None, behaviour_dims=["a", "b", "c"])
+  # A description (or comments) that is exactly one name per column names them; anything else does not.
+  described = write_dandi(tmp_path / "described.nwb", description="x, y")
+  assert nwb.read_nwb(described, behaviour=None).behaviour_name == "x,y"
+  for text in ("hand velocity, in m/s", "x,y,z", "x,x"):
+    other = write_dandi(tmp_path / f"other{len(text)}.nwb", description=text)
+    assert nwb.read_nwb(other, behaviour=None).behaviour_name == "velocity", text
+  # The names are part of the data set's identity (as --nwb_behaviour), on both builders.
+  manual, data_dir = tmp_path / "m", str(tmp_path / "tfds")
+  write_dandi(manual / "one.nwb")
+  names = ["spike_events/nwb_one", "nwb_binned/nwb_one"]
+  prepare.build(names, data_dir, str(manual), nwb_options=dict(dims="px,py", window=1.0))
+  assert tfds_lib.load_event_session("spike_events/nwb_one", data_dir).behaviour_name == "px,py"
+  assert provenance.open_built("nwb_binned/nwb_one", data_dir).info.metadata["behaviour_name"] == "px,py"
+  for name in names:
+    with pytest.raises(provenance.SourceChangedError, match=r"--nwb_behaviour_dims=u,v \(built with px,py\)"):
+      prepare.build([name], data_dir, str(manual), nwb_options=dict(dims="u,v"))
+  built = subprocess.run(
+    [sys.executable, "-m", "data_builders.build", "--nwb_files=all", "--nwb_behaviour_dims=a,b,c"]
+    + [f"--manual_dir={manual}", f"--data_dir={tmp_path / 'other'}", "--nwb_builders=spike_events"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert built.returncode == 1 and "one.nwb: --nwb_behaviour_dims=a,b,c names 3 dimensions" in built.stderr
 
 
 def _short(config, steps=2):

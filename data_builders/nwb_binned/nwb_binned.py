@@ -30,17 +30,21 @@ class NwbBinnedConfig(tfds.core.BuilderConfig):
   """An NWB file of manual_dir: which behaviour series ("": the only one), the window (None: the median trial)."""
 
   behaviour: str = ""
+  dims: str = ""  # comma-separated names of the behaviour's columns ("": from the file, else none)
   window: float | None = None
   split_seed: int = 0
 
 
-def nwb_config(name: str, behaviour: str | None = None, window: float | None = None) -> NwbBinnedConfig | None:
+def nwb_config(
+  name: str, behaviour: str | None = None, window: float | None = None, dims: str | None = None
+) -> NwbBinnedConfig | None:
   """The config of the user's NWB file named `nwb_<stem>`; None if not one."""
   if not name.startswith(nwb_sets.PREFIX):
     return None
   return NwbBinnedConfig(
     name=name,
     behaviour=behaviour or "",
+    dims=dims or "",
     window=window,
     description=f"The NWB file of data set name {name} under manual_dir, binned at 20 ms.",
   )
@@ -79,10 +83,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     config, manual_dir = self.builder_config, str(dl_manager.manual_dir)
     where = f"nwb_binned/{config.name}"
     path = nwb_sets.find_file(manual_dir, config.name)
-    session = nwb.read_nwb(path, behaviour=config.behaviour or None, split_seed=config.split_seed)
+    dims = config.dims.split(",") if config.dims else None
+    session = nwb.read_nwb(path, behaviour=config.behaviour or None, split_seed=config.split_seed, behaviour_dims=dims)
     trials = nwb_sets.binned_trials(session, config.window, where)
     session, window = trials["session"], trials["session"].source_info["window"]
-    options = dict(behaviour=session.behaviour_name, window=window)
+    options = nwb_sets.options(session, window)
     self.info.metadata.update(
       session_id=config.name,
       region_names=[str(r) for r in trials["regions"]],

@@ -71,6 +71,7 @@ class SpikeEventsConfig(tfds.core.BuilderConfig):
   nwb_pattern: str = "*.nwb"
   behaviour: str = "hand_vel"
   behaviour_stride: int = 1
+  dims: str = ""  # nwb: comma-separated names of the behaviour's columns ("": from the file, else none)
   session_id: str | None = None
   window: float | None = None  # nwb_<stem>: trials cut to this many s from their start (nwb_sets.windowed)
   # ibl: the session id in the ONE cache and its preprocessing
@@ -102,6 +103,7 @@ class SpikeEventsConfig(tfds.core.BuilderConfig):
         session_id=self.session_id,
         split_seed=self.split_seed,
         behaviour_stride=self.behaviour_stride,
+        behaviour_dims=self.dims.split(",") if self.dims else None,
       )
       return session if self.window is None else nwb_sets.windowed(session, self.window, f"spike_events/{self.name}")[0]
     if self.source == "ibl":
@@ -138,10 +140,13 @@ def ibl_config(name: str) -> SpikeEventsConfig | None:
   return None if kwargs is None else SpikeEventsConfig(**kwargs)
 
 
-def nwb_config(name: str, behaviour: str | None = None, window=None) -> SpikeEventsConfig | None:
+def nwb_config(
+  name: str, behaviour: str | None = None, window=None, dims: str | None = None
+) -> SpikeEventsConfig | None:
   """The config of the user's NWB file named `nwb_<stem>` (nwb_sets.config_name); None if not one.
   behaviour: the series of processing/behavior to read (None: the only one); window: each
-  trial cut to this many seconds from its start, shorter ones left out (None: whole trials)."""
+  trial cut to this many seconds from its start, shorter ones left out (None: whole trials);
+  dims: comma-separated names of the series' columns (None: from the file, else none)."""
   if not name.startswith(nwb_sets.PREFIX):
     return None
   return SpikeEventsConfig(
@@ -149,6 +154,7 @@ def nwb_config(name: str, behaviour: str | None = None, window=None) -> SpikeEve
     source="nwb",
     nwb_pattern="",
     behaviour=behaviour or "",
+    dims=dims or "",
     window=window,
     description=f"The NWB file of data set name {name} under manual_dir.",
   )
@@ -270,7 +276,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       pattern = config.nwb_pattern if config.source == "nwb" else None
       options = None
       if config.source == "nwb" and not pattern:
-        options = dict(behaviour=session.behaviour_name, window=session.source_info.get("window"))
+        options = nwb_sets.options(session, session.source_info.get("window"))
       self.info.metadata[provenance.RECORD_KEY] = provenance.record(
         dl_manager.manual_dir, session.source_files, pattern or None, options
       )

@@ -34,6 +34,8 @@ and integer times are refused.
 from __future__ import annotations
 
 import os
+import re
+from typing import Sequence
 
 from absl import logging
 import numpy as np
@@ -287,7 +289,31 @@ def _read_behaviour(path: str, nwbfile, name: str | None, stride: int):
   if not np.all(np.isfinite(stamps)) or np.any(np.diff(stamps) <= 0):
     raise ValueError(f"{path}: {where} timestamps must be finite and strictly increasing")
   finite = np.all(np.isfinite(values), axis=1)
-  return name, stamps[finite], values[finite].astype(np.float32), int(np.sum(~finite)), stamps
+  return name, stamps[finite], values[finite].astype(np.float32), int(np.sum(~finite)), stamps, series
+
+
+_DIM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
+
+
+def behaviour_dim_names(path: str, name: str, series, width: int, given: Sequence[str] | None) -> list[str] | None:
+  """The names of the `width` columns of the behaviour series `name`: `given`
+  (--nwb_behaviour_dims; ValueError naming the file and the series when their number is not
+  the series' width), else those the file gives unambiguously: a series of 2 or more columns
+  whose `comments` or `description` is exactly a comma-separated list of that many distinct
+  names ("x,y"; TimeSeries has no field for them), else None (dim0, dim1, ...)."""
+  if given:
+    given = [str(g).strip() for g in given]
+    if len(given) != width or len(set(given)) != width or not all(given):
+      raise ValueError(
+        f"{path}: --nwb_behaviour_dims={','.join(given)} names {len(given)} dimensions, but the behaviour series "
+        f"processing/behavior/{name} has {width} columns; give {width} distinct names"
+      )
+    return given
+  for text in (getattr(series, "comments", None), getattr(series, "description", None)):
+    parts = [p.strip() for p in str(text or "").split(",")]
+    if width > 1 and len(parts) == width == len(set(parts)) and all(_DIM_NAME.fullmatch(p) for p in parts):
+      return parts
+  return None
 
 
 def _behaviour_coverage(name: str, stamps: np.ndarray, starts: np.ndarray, stops: np.ndarray):
@@ -305,6 +331,7 @@ def read_nwb(
   session_id: str | None = None,
   split_seed: int = 0,
   behaviour_stride: int = 1,
+  behaviour_dims: Sequence[str] | None = None,
 ) -> session_lib.EventSession:
   """One NWB file as an event session (mtm_jax.datasets.events.session).
 
@@ -312,8 +339,11 @@ def read_nwb(
   inside a container such as Position), None for the only one there; session_id: defaults to the
   file name without extension (it prefixes the unit ids, so keep it unique across
   sessions); behaviour_stride: keep every n-th behaviour sample (10 takes NLB's 1 kHz to
-  100 Hz). The result also has source_info: file name, split_source ('column' or
-  'seeded'), trial and sample counts left out; and source_files: [the file's path]."""
+  100 Hz); behaviour_dims: names of the series' columns (behaviour_dim_names: else those the
+  file gives, else none). behaviour_name is the names joined by commas ("x,y": output_names),
+  else the series' name. The result also has source_info: file name, split_source ('column'
+  or 'seeded'), trial and sample counts left out, behaviour_series and behaviour_dims; and
+  source_files: [the file's path]."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path}: no such NWB file")
   if behaviour_stride < 1:
@@ -327,7 +357,10 @@ def read_nwb(
   try:
     spike_times, spike_units, unit_ids, regions = _read_units(path, nwbfile, session_id)
     starts, stops, labels = _trial_times(path, nwbfile)
-    behaviour, stamps, values, dropped, series_stamps = _read_behaviour(path, nwbfile, behaviour, behaviour_stride)
+    behaviour, stamps, values, dropped, series_stamps, series = _read_behaviour(
+      path, nwbfile, behaviour, behaviour_stride
+    )
+    dims = behaviour_dim_names(path, behaviour, series, values.shape[1], behaviour_dims)
     spikes_in, spikes_name = _spike_coverage(path, nwbfile.units, spike_times, starts, stops)
     behaviour_in, behaviour_name = _behaviour_coverage(behaviour, series_stamps, starts, stops)
     recorded = [
@@ -338,14 +371,20 @@ def read_nwb(
     heldout = nwbfile.units["heldout"].data[:] if "heldout" in nwbfile.units.colnames else []
   finally:
     io.close()
-  info.update(file=os.path.basename(path), dropped_nan_behaviour=dropped, n_heldout_units=int(np.sum(heldout)))
+  info.update(
+    file=os.path.basename(path),
+    dropped_nan_behaviour=dropped,
+    n_heldout_units=int(np.sum(heldout)),
+    behaviour_series=behaviour,
+    behaviour_dims=None if dims is None else ",".join(dims),
+  )
   session = session_lib.EventSession(
     session_id=session_id,
     spike_times=spike_times,
     spike_units=spike_units,
     unit_ids=unit_ids,
     unit_regions=regions,
-    behaviour_name=behaviour,
+    behaviour_name=behaviour if dims is None else ",".join(dims),
     behaviour_timestamps=stamps,
     behaviour_values=values,
     behaviour_weights=np.ones(len(stamps), np.float32),

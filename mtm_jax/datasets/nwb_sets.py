@@ -145,3 +145,13 @@ def binned_trials(session: session_lib.EventSession, window: float | None = None
     n_bins=n_bins,
     session=cut,
   )
+
+
+def options(session: session_lib.EventSession, window: float | None) -> dict:
+  """The NWB options a data set of `session` (read by nwb.read_nwb) was built with, for its
+  provenance record (provenance.check_options; the flags: data_builders.prepare.NWB_FLAGS):
+  the behaviour series, the names of its columns (None: unnamed) and the window."""
+  info = session.source_info or {}
+  return dict(
+    behaviour=info.get("behaviour_series", session.behaviour_name), dims=info.get("behaviour_dims"), window=window
+  )
