@@ -15,7 +15,9 @@ and "skipped" in the table; --nodecoding skips every decoder and head. --plots a
 neurons, ground truth vs this model (labelled by its folder's name) and the --compare
 models under inter-region and intra-region masking; POYO: <workdir>/behaviour.png,
 predicted vs true behaviour. --plots and --compare are checked before any scoring. Each
-stage (metric, decoder, head, plots) prints one line with its time (mtm_jax.progress).
+stage (metric, decoder, head, plots) prints one line with its time (mtm_jax.progress); the
+first line, as soon as the flags are checked, says what is being loaded, and another when
+the first compile is done (loading, restoring and compiling take seconds).
 
 A POYO workdir (config.family = "poyo") is scored by behaviour R^2 on sliding 1 s windows
 (behaviour_r2, per output dimension, and the ridge baseline's baseline_r2); a session too
@@ -26,7 +28,7 @@ small for a score is left out of its mean, the reason under "skipped".
 
 import os
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from experiments import datasets_flag, multihost
 from mtm_jax import progress
@@ -55,7 +57,12 @@ def main(argv):
   multihost.initialize()
   # The flags are checked before any scoring (checkpoint metadata alone is read).
   workdirs = registry.check_evaluation(_WORKDIR.value, _STEP.value, _PLOTS.value, _COMPARE.value)
-  task = registry.of_workdir(_WORKDIR.value, _STEP.value)
+  config, _ = checkpoint.load_metadata(_WORKDIR.value, _STEP.value)
+  task = registry.of(config)
+  step = _STEP.value if _STEP.value is not None else checkpoint.latest_step(_WORKDIR.value)
+  datasets = ",".join(_DATASETS.value or []) or config.data.datasets
+  logging.info("loading %s (step %s) and %s...", _WORKDIR.value, step, datasets)  # data, restore, compile: seconds
+  progress.announce_first_compile()
   with progress.Stage("evaluation"):
     results = registry.evaluate_workdir(
       _WORKDIR.value, _SPLIT.value, _STEP.value, _DATASETS.value, decode=_DECODING.value, data_dir=_DATA_DIR.value

@@ -116,6 +116,12 @@ def test_an_ndt1_evaluation_prints_each_stage_in_order_with_its_time(workdir):
     "evaluation",
     "plots",
   ], "\n".join(lines)
+  # The first line comes as soon as the flags are checked, before any scoring (loading, restoring and the
+  # first compile take seconds), and one says when the first compile is done.
+  messages = [m for m in _messages(lines) if not m.startswith("re-ran with")]  # entry's huge-pages line
+  assert messages[0] == f"loading {workdir} (step 2) and {DATASET}...", "\n".join(lines)
+  compiled = [i for i, m in enumerate(messages) if m.startswith("first compile done in ")]
+  assert len(compiled) == 1 and compiled[0] < messages.index(stages[0]), "\n".join(lines)
   assert re.fullmatch(r"co_smoothing: -?\d+\.\d{4} bps " + TIME[:-1], stages[0]), stages[0]
   assert re.fullmatch(r"plots: rasters of \w+: .*rasters\.png " + TIME[:-1], stages[-1]), stages[-1]
   with open(os.path.join(workdir, "rasters.png"), "rb") as f:

@@ -94,18 +94,24 @@ def make_predictor(graphdef, task: str):
   return jax.jit(lambda params, batch: nnx.merge(graphdef, params)(batch)[task])
 
 
-def predict_windows(predictor, params, data: windows_lib.EventData, batch_size: int, mesh) -> tuple[list, list]:
+def predict_windows(
+  predictor, params, data: windows_lib.EventData, batch_size: int, mesh, stage: progress.Stage | None = None
+) -> tuple[list, list]:
   """(metas, predictions) over the sliding evaluation windows of `data`, every window's
   on every process: each process builds and feeds only its rows of each batch (the
-  predictions and the window metadata are then gathered from all processes)."""
+  predictions and the window metadata are then gathered from all processes). stage: told
+  the batches done of all (counted from the windows first), for its time-left lines."""
   mesh_lib.check_batch_size(batch_size, mesh)
   rows = mesh_lib.process_rows(batch_size, mesh)  # this process's rows of every batch
   metas, predictions = [], []
+  evaluation = batches.evaluation_batches(data, batch_size, rows=rows)
   with jax.set_mesh(mesh):
-    for batch, meta in batches.evaluation_batches(data, batch_size, rows=rows):
+    for i, (batch, meta) in enumerate(evaluation):
       out = predictor(params, mesh_lib.shard_batch(batch, mesh, batch_size))
       predictions.append(np.asarray(multihost_utils.process_allgather(out, tiled=True)))  # [B, Q, d], all rows
       metas.append(gathered_rows(meta, rows))
+      if stage is not None:
+        stage.update(i + 1, len(evaluation), "batches")
   return metas, predictions
 
 
@@ -138,11 +144,12 @@ def stitched_scores(data: windows_lib.EventData, metas, predictions) -> tuple[di
 
 
 def evaluate_data(
-  graphdef, params, data: windows_lib.EventData, *, task: str, batch_size: int, mesh, predictor=None
+  graphdef, params, data: windows_lib.EventData, *, task: str, batch_size: int, mesh, predictor=None, stage=None
 ) -> tuple[dict, list[dict]]:
-  """(summarise(...) of the model's R^2 on `data`, the stitched per-session predictions)."""
+  """(summarise(...) of the model's R^2 on `data`, the stitched per-session predictions);
+  stage: a progress.Stage told the batches done (predict_windows)."""
   predictor = make_predictor(graphdef, task) if predictor is None else predictor
-  metas, predictions = predict_windows(predictor, params, data, batch_size, mesh)
+  metas, predictions = predict_windows(predictor, params, data, batch_size, mesh, stage)
   per_session, skipped, stitched = stitched_scores(data, metas, predictions)
   return summarise(per_session, skipped=skipped, names=session_lib.output_names(data.sessions)), stitched
 

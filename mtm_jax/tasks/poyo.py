@@ -111,8 +111,9 @@ def _eval_windows(trained, sessions, split: str):
   return windows_lib.prepare(sessions, split, config, vocab=trained.vocab, scale=trained.scale)
 
 
-def _predict(trained, data):
-  """poyo_eval.evaluate_data of a trained POYO on `data`: (scores, per-session predictions)."""
+def _predict(trained, data, stage=None):
+  """poyo_eval.evaluate_data of a trained POYO on `data`: (scores, per-session predictions);
+  stage: a progress.Stage told the batches done, for its time-left lines."""
   config = trained.config
   return poyo_eval.evaluate_data(
     trained.graphdef,
@@ -121,6 +122,7 @@ def _predict(trained, data):
     task=behaviour_task(config),
     batch_size=config.eval.batch_size,
     mesh=trained.mesh,
+    stage=stage,
   )
 
 
@@ -256,7 +258,7 @@ class POYOTask(base.Task):
         f"{trained.workdir}: sessions {unknown} are not in the model's vocabulary; fine-tune on them first"
       )
     with progress.Stage(f"behaviour R^2 of the model ({behaviour_task(config)})") as stage:
-      results, stitched = _predict(trained, data)
+      results, stitched = _predict(trained, data, stage)
       stage.note = f"{results['behaviour_r2']:.4f}" if "behaviour_r2" in results else "skipped"
     if decode:
       base_scores = poyo_eval.baseline_scores(
