@@ -206,10 +206,8 @@ class Animal:
       arousal[k] = c.arousal_corr * arousal[k - 1] + np.sqrt(1 - c.arousal_corr**2) * rng.normal()
     local = spec.neuron_ids - self.index * ID_STRIDE
     lam = self.drive(latents, arousal, local, self.session_neurons(spec.index)) * c.bin_size
-    share = gain_share(c)
-    shape = self.gain_shape[local]
-    g = rng.gamma(shape, 1 / shape, size=(spec.n_trials, len(local)))[:, None, :]
-    spikes = np.minimum(rng.poisson(lam * (1 - share[None, :, None] + share[None, :, None] * g)), c.cap)
+    share, shape = gain_share(c), self.gain_shape[local]
+    spikes = sample_counts(rng, lam, share, shape, c.cap)
     move = synthetic._movement_envelope(trials["reaction_time"], c.n_bins, c.bin_size, c.t_before)
     vigour = np.exp(0.4 * rng.normal(size=(spec.n_trials, 1)))
     wheel = synthetic._softplus(0.7 * latents @ self.wheel_readout + 3.0 * vigour * move - 2.0)
@@ -254,6 +252,13 @@ def gain_share(c: SpeciesConfig) -> np.ndarray:
   t = synthetic._bin_centres(c.n_bins, c.bin_size, c.t_before)
   on = 1 / (1 + np.exp(-(t - 0.05) / 0.02)) / (1 + np.exp(-(1.0 - t) / 0.05))
   return 1 - c.quench * on
+
+
+def sample_counts(rng, lam: np.ndarray, share: np.ndarray, shape: np.ndarray, cap: int) -> np.ndarray:
+  """[K, T, N] counts min(Poisson(lam (1 - share + share G)), cap), one gamma gain G ~
+  Gamma(shape, 1 / shape) per trial and neuron (lam [K, T, N], share [T], shape [N])."""
+  g = rng.gamma(shape, 1 / shape, size=(lam.shape[0], lam.shape[2]))[:, None, :]
+  return np.minimum(rng.poisson(lam * (1 - share[None, :, None] + share[None, :, None] * g)), cap)
 
 
 def expected_counts(lam: np.ndarray, share: np.ndarray, shape: np.ndarray, cap: int) -> np.ndarray:
