@@ -7,7 +7,8 @@ true rates are present; for IBL sessions the files read, mtm_jax.datasets.proven
 in `info.metadata`.
 
 Sources: `synthetic_NNN` configs simulate session NNN of the synthetic brain
-(mtm_jax.datasets.synthetic). `<eid>[_beryl|_cosmos][_rate<Hz>][_good]` configs read IBL
+(mtm_jax.datasets.synthetic); `animalAA_sS` configs session S of animal AA of the
+synthetic species (mtm_jax.datasets.animals). `<eid>[_beryl|_cosmos][_rate<Hz>][_good]` configs read IBL
 session <eid> from the ONE cache given as manual_dir (mtm_jax.datasets.ibl; made on demand
 by `ibl_config`, read back by name from the built files; see docs/real_data.md).
 """
@@ -19,6 +20,7 @@ import dataclasses
 import numpy as np
 import tensorflow_datasets as tfds
 
+from mtm_jax.datasets import animals
 from mtm_jax.datasets import provenance
 from mtm_jax.datasets import schema
 from mtm_jax.datasets import synthetic
@@ -35,6 +37,7 @@ class IblBinnedConfig(tfds.core.BuilderConfig):
   brain_seed: int = 0
   split_seed: int = 0
   sizes: synthetic.SessionSizes = synthetic.SessionSizes()  # synthetic: neuron and trial ranges
+  animal: int | None = None  # synthetic: None for the single brain, else the animal of the species (animals)
   # ibl: the session id in the ONE cache and its preprocessing
   eid: str = ""
   ibl_options: configs.IblOptions = configs.IblOptions()
@@ -45,7 +48,7 @@ class IblBinnedConfig(tfds.core.BuilderConfig):
       return preprocess.load_session(manual_dir, self.eid, self.ibl_options)
     if self.source != "synthetic":
       raise ValueError(f"ibl_binned/{self.name}: unknown source {self.source!r}; expected 'synthetic' or 'ibl'")
-    brain, spec = synthetic.session(self.session_index, self.brain_seed, self.sizes)
+    brain, spec = animals.source_session(self.session_index, self.brain_seed, self.sizes, self.animal)
     return brain.simulate_session(spec)
 
 
@@ -56,7 +59,7 @@ def ibl_config(name: str) -> IblBinnedConfig | None:
 
 
 def _synthetic_configs():
-  return [IblBinnedConfig(**kwargs) for kwargs in synthetic.builder_configs()]
+  return [IblBinnedConfig(**kwargs) for kwargs in synthetic.builder_configs() + animals.builder_configs()]
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):

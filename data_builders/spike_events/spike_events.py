@@ -17,6 +17,8 @@ Configs:
                  the session, trials and split of ibl_binned/synthetic_NNN, whose counts its
                  spikes bin back to; each example also holds its trial's true rates [100, U]
                  and trial variables, restored into the session's extras by load_event_session;
+  animalAA_sS    session S of animal AA of the synthetic species (mtm_jax.datasets.animals) as spike
+                 times with a refractory period: the session of ibl_binned/animalAA_sS, as above;
   nwb            the one NWB file directly in manual_dir (Neural Latents Benchmark layout);
   nwb_<stem>     the NWB file of that name anywhere under manual_dir (mtm_jax.datasets.nwb_sets),
                  its behaviour series named by the build or the only one in the file; made on
@@ -39,6 +41,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from mtm_jax.datasets.events import session as session_lib
+from mtm_jax.datasets import animals
 from mtm_jax.datasets import nwb_sets
 from mtm_jax.datasets import provenance
 from mtm_jax.datasets import reaching
@@ -66,6 +69,7 @@ class SpikeEventsConfig(tfds.core.BuilderConfig):
   max_trials: int = 200
   # synthetic: the session of the synthetic brain (session_index, brain_seed) and its sizes
   sizes: synthetic.SessionSizes = synthetic.SessionSizes()
+  animal: int | None = None  # None: the single brain; else the animal of the species (animals)
   # nwb: which file of manual_dir ("": the file named like the config, nwb_sets), which
   # behaviour series ("": the only one), the session id (default: file stem)
   nwb_pattern: str = "*.nwb"
@@ -92,7 +96,7 @@ class SpikeEventsConfig(tfds.core.BuilderConfig):
       )
     if self.source == "synthetic":
       return synthetic_events.simulate(
-        self.session_index, self.brain_seed, self.split_seed, self.sizes, session_id=self.name
+        self.session_index, self.brain_seed, self.split_seed, self.sizes, session_id=self.name, animal=self.animal
       )
     if self.source == "nwb":
       from mtm_jax.datasets import nwb  # pynwb is imported only for NWB sources
@@ -170,7 +174,7 @@ def _reaching_configs():
 
 
 def _synthetic_configs():
-  return [SpikeEventsConfig(**kwargs) for kwargs in synthetic.builder_configs()]
+  return [SpikeEventsConfig(**kwargs) for kwargs in synthetic.builder_configs() + animals.builder_configs()]
 
 
 # NLB training files (DANDI 000127-000140) and their velocity series; 1 kHz -> 100 Hz.

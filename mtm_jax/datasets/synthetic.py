@@ -98,31 +98,9 @@ class Brain:
     n_regions, d = len(c.regions), c.latent_dim
     if n_regions > len(_INPUT_GAIN):
       raise ValueError(f"BrainConfig.regions: at most {len(_INPUT_GAIN)} regions are supported, got {n_regions}")
+    self.dynamics = latent_dynamics(rng, n_regions, d, c.bin_size, c.coupling_scale)  # [latents, latents]
+    self.input_weights = input_weights(rng, n_regions, d)  # [latents, inputs]
     dim = n_regions * d
-    # Per-region dynamics: damped rotations, time constants 150-600 ms at 20 ms bins.
-    a = np.zeros((dim, dim))
-    for r in range(n_regions):
-      q, _ = np.linalg.qr(rng.normal(size=(d, d)))
-      decay = np.exp(-c.bin_size / rng.uniform(0.15, 0.6, size=d))
-      angles = rng.uniform(0.02, 0.25, size=d // 2)
-      rot = np.eye(d)
-      for i, theta in enumerate(angles):
-        cs, sn = np.cos(theta), np.sin(theta)
-        rot[2 * i : 2 * i + 2, 2 * i : 2 * i + 2] = [[cs, -sn], [sn, cs]]
-      a[r * d : (r + 1) * d, r * d : (r + 1) * d] = q @ (rot * decay[:, None]) @ q.T
-    # Inter-region inputs: every region drives every other one (sparse-ish, random).
-    for r in range(n_regions):
-      for s in range(n_regions):
-        if r != s and rng.uniform() < 0.7:
-          block = rng.normal(size=(d, d)) * c.coupling_scale / np.sqrt(d)
-          a[r * d : (r + 1) * d, s * d : (s + 1) * d] = block * c.bin_size / 0.1
-    radius = np.max(np.abs(np.linalg.eigvals(a)))
-    if radius > 0.985:
-      a *= 0.985 / radius
-    self.dynamics = a  # [latents, latents]
-    gains = _INPUT_GAIN[:n_regions]
-    b = rng.normal(size=(dim, len(INPUTS))) * np.repeat(gains, d, axis=0)
-    self.input_weights = b * 0.5  # [latents, inputs]
 
     # Neuron pool: region, baseline rate, loadings on its own region's latents only, so
     # other regions inform a region only through the latent couplings.
@@ -155,19 +133,7 @@ class Brain:
   def _simulate_latents(self, rng, trials: dict, normalise: bool = True) -> np.ndarray:
     """Latent trajectories [trials, bins, latents] driven by the trial inputs."""
     c = self.config
-    u = _trial_inputs(trials, c.n_bins, c.bin_size, c.t_before)  # [K, T, inputs]
-    n_trials, dim = len(trials["choice"]), self.dynamics.shape[0]
-    burn_in = 50
-    x = np.zeros((n_trials, dim))
-    prior = np.zeros((n_trials, len(INPUTS)))
-    prior[:, INPUTS.index("prior")] = u[:, 0, INPUTS.index("prior")]
-    noise_std = c.noise_scale * np.sqrt(1 - np.diag(self.dynamics) ** 2 + 1e-3)
-    for _ in range(burn_in):
-      x = x @ self.dynamics.T + prior @ self.input_weights.T + noise_std * rng.normal(size=x.shape)
-    out = np.empty((n_trials, c.n_bins, dim))
-    for t in range(c.n_bins):
-      x = x @ self.dynamics.T + u[:, t] @ self.input_weights.T + noise_std * rng.normal(size=x.shape)
-      out[:, t] = x
+    out = simulate_latents(rng, trials, self.dynamics, self.input_weights, c.noise_scale, c)
     if normalise:
       out = out / self._latent_std
     return out
@@ -184,17 +150,7 @@ class Brain:
     schema.check_session_range("neurons", min_neurons, max_neurons, 1)
     schema.check_session_range("trials", min_trials, max_trials, 3)
     rng = np.random.default_rng([self.config.seed, 1, index])
-    n_regions = rng.integers(min(3, self.n_regions), self.n_regions + 1)
-    regions = np.sort(rng.choice(self.n_regions, size=n_regions, replace=False))
-    n_neurons = int(np.exp(rng.uniform(np.log(min_neurons), np.log(max_neurons + 1))))
-    n_neurons = int(np.clip(n_neurons, max(min_neurons, n_regions), max_neurons))
-    share = rng.dirichlet(np.full(n_regions, 4.0))
-    counts = np.maximum(1, np.round(share * n_neurons).astype(int))
-    counts[np.argmax(counts)] += n_neurons - counts.sum()
-    ids = []
-    for r, k in zip(regions, counts):
-      pool = np.flatnonzero(self.neuron_region == r)
-      ids.append(np.sort(rng.choice(pool, size=min(k, len(pool)), replace=False)))
+    ids = draw_neurons(rng, self.neuron_region, self.n_regions, min_neurons, max_neurons)
     return SessionSpec.draw(rng, index, f"synthetic_{index:03d}", ids, min_trials, max_trials)
 
   def simulate_session(self, spec: SessionSpec) -> dict[str, np.ndarray]:
@@ -258,6 +214,79 @@ def builder_configs() -> list[dict]:
     )
     for i in range(N_SESSIONS)
   ]
+
+
+def latent_dynamics(rng, n_regions: int, d: int, bin_size: float, coupling_scale: float) -> np.ndarray:
+  """[n_regions * d, n_regions * d] latent dynamics: per region a damped rotation (time
+  constants 150-600 ms), and random couplings between regions (probability 0.7 per pair)."""
+  dim = n_regions * d
+  a = np.zeros((dim, dim))
+  for r in range(n_regions):
+    q, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    decay = np.exp(-bin_size / rng.uniform(0.15, 0.6, size=d))
+    angles = rng.uniform(0.02, 0.25, size=d // 2)
+    rot = np.eye(d)
+    for i, theta in enumerate(angles):
+      cs, sn = np.cos(theta), np.sin(theta)
+      rot[2 * i : 2 * i + 2, 2 * i : 2 * i + 2] = [[cs, -sn], [sn, cs]]
+    a[r * d : (r + 1) * d, r * d : (r + 1) * d] = q @ (rot * decay[:, None]) @ q.T
+  # Inter-region inputs: every region drives every other one (sparse-ish, random).
+  for r in range(n_regions):
+    for s in range(n_regions):
+      if r != s and rng.uniform() < 0.7:
+        block = rng.normal(size=(d, d)) * coupling_scale / np.sqrt(d)
+        a[r * d : (r + 1) * d, s * d : (s + 1) * d] = block * bin_size / 0.1
+  return stable(a)
+
+
+def stable(a: np.ndarray, radius: float = 0.985) -> np.ndarray:
+  """`a` scaled down so that its spectral radius is at most `radius`."""
+  largest = np.max(np.abs(np.linalg.eigvals(a)))
+  return a * (radius / largest) if largest > radius else a
+
+
+def input_weights(rng, n_regions: int, d: int) -> np.ndarray:
+  """[n_regions * d, len(INPUTS)] input weights, scaled per region by _INPUT_GAIN."""
+  if n_regions > len(_INPUT_GAIN):
+    raise ValueError(f"regions: at most {len(_INPUT_GAIN)} regions are supported, got {n_regions}")
+  b = rng.normal(size=(n_regions * d, len(INPUTS))) * np.repeat(_INPUT_GAIN[:n_regions], d, axis=0)
+  return b * 0.5
+
+
+def simulate_latents(rng, trials: dict, dynamics, weights, noise_scale: float, c) -> np.ndarray:
+  """Raw latent trajectories [trials, bins, latents] of `dynamics` driven by the trial inputs
+  through `weights`, with private noise; `c` gives n_bins, bin_size and t_before."""
+  u = _trial_inputs(trials, c.n_bins, c.bin_size, c.t_before)  # [K, T, inputs]
+  n_trials, dim = len(trials["choice"]), dynamics.shape[0]
+  burn_in = 50
+  x = np.zeros((n_trials, dim))
+  prior = np.zeros((n_trials, len(INPUTS)))
+  prior[:, INPUTS.index("prior")] = u[:, 0, INPUTS.index("prior")]
+  noise_std = noise_scale * np.sqrt(1 - np.diag(dynamics) ** 2 + 1e-3)
+  for _ in range(burn_in):
+    x = x @ dynamics.T + prior @ weights.T + noise_std * rng.normal(size=x.shape)
+  out = np.empty((n_trials, c.n_bins, dim))
+  for t in range(c.n_bins):
+    x = x @ dynamics.T + u[:, t] @ weights.T + noise_std * rng.normal(size=x.shape)
+    out[:, t] = x
+  return out
+
+
+def draw_neurons(rng, neuron_region: np.ndarray, n_regions: int, min_neurons: int, max_neurons: int) -> list:
+  """A session's neurons: 3 to all regions, a log-uniform count split across them, and per
+  region that many pool indices (of `neuron_region`, without replacement, sorted)."""
+  n_pick = rng.integers(min(3, n_regions), n_regions + 1)
+  regions = np.sort(rng.choice(n_regions, size=n_pick, replace=False))
+  n_neurons = int(np.exp(rng.uniform(np.log(min_neurons), np.log(max_neurons + 1))))
+  n_neurons = int(np.clip(n_neurons, max(min_neurons, n_pick), max_neurons))
+  share = rng.dirichlet(np.full(n_pick, 4.0))
+  counts = np.maximum(1, np.round(share * n_neurons).astype(int))
+  counts[np.argmax(counts)] += n_neurons - counts.sum()
+  ids = []
+  for r, k in zip(regions, counts):
+    pool = np.flatnonzero(neuron_region == r)
+    ids.append(np.sort(rng.choice(pool, size=min(k, len(pool)), replace=False)))
+  return ids
 
 
 def _softplus(x):

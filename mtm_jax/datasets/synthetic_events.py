@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mtm_jax.datasets import animals
 from mtm_jax.datasets import schema
 from mtm_jax.datasets import synthetic
 from mtm_jax.datasets.events import binning
@@ -115,7 +116,10 @@ def _spike_times(rng, spikes: np.ndarray, rates: np.ndarray, starts: np.ndarray)
 
 
 def event_session(
-  brain: synthetic.Brain, spec: synthetic.SessionSpec, split_seed: int = 0, session_id: str | None = None
+  brain: synthetic.Brain | animals.Animal,
+  spec: synthetic.SessionSpec,
+  split_seed: int = 0,
+  session_id: str | None = None,
 ) -> session_lib.EventSession:
   """The event session of `spec`, with the counts of `brain.simulate_session(spec)`.
 
@@ -125,14 +129,15 @@ def event_session(
   extras: rates [K, N_BINS, N] float32 true expected counts per bin (fine_rates makes the
   rest), the TRIAL_EXTRAS [K] (trial_index = 0..K-1), split_trials {split: [n] int64
   trial indices} and pool_ids [N] int32. Spike times come from a RNG of their own (seeded
-  by spec.seed), so the counts are exactly the binned data set's."""
+  by spec.seed), so the counts are exactly the binned data set's; they are placed by
+  `brain.place_spikes` where it has one (an animal: refractory), else by the fine rates."""
   session_id = session_id or spec.name
   sim = brain.simulate_session(spec)
   spikes, rates = sim["spikes"], sim["rates"]
   n_trials = len(spikes)
   starts = trial_starts(n_trials)
   rng = np.random.default_rng([spec.seed, 2])
-  times, units = _spike_times(rng, spikes, rates, starts)
+  times, units = getattr(brain, "place_spikes", _spike_times)(rng, spikes, rates, starts)
   order = np.argsort(times, kind="stable")
   parts = schema.split_trials(n_trials, seed=split_seed)
   centres = starts[:, None] + schema.BIN_SIZE * (np.arange(schema.N_BINS) + 0.5)  # [K, T]
@@ -166,10 +171,16 @@ def event_session(
 
 
 def simulate(
-  index: int, brain_seed: int = 0, split_seed: int = 0, sizes=synthetic.SessionSizes(), session_id: str | None = None
+  index: int,
+  brain_seed: int = 0,
+  split_seed: int = 0,
+  sizes=synthetic.SessionSizes(),
+  session_id: str | None = None,
+  animal: int | None = None,
 ) -> session_lib.EventSession:
-  """The event session of session `index` of the brain of seed `brain_seed` (synthetic.session)."""
-  brain, spec = synthetic.session(index, brain_seed, sizes)
+  """The event session of session `index` of the brain of seed `brain_seed` (synthetic.session),
+  or of `animal` of the species of that seed (animals.session)."""
+  brain, spec = animals.source_session(index, brain_seed, sizes, animal)
   return event_session(brain, spec, split_seed=split_seed, session_id=session_id)
 
 
