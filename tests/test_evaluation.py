@@ -93,7 +93,13 @@ def test_a_scored_run_with_skipped_metrics_is_not_scored_again(tmp_path):
   (tmp_path / "metrics.json").write_text(json.dumps(results))
   assert scaling.scored(str(tmp_path), 4, ("co_smoothing_bps", "choice_accuracy"), "val", config_hash="h") == results
   assert scaling.scored(str(tmp_path), 4, ("co_smoothing_bps", "choice_accuracy"), "test", config_hash="h") is None
-  results = {"step": 4, "config_hash": "h", "split": "test", "co_smoothing_bps": 0.2, "skipped": {"choice_accuracy": run.DECODING_OFF}}
+  results = {
+    "step": 4,
+    "config_hash": "h",
+    "split": "test",
+    "co_smoothing_bps": 0.2,
+    "skipped": {"choice_accuracy": run.DECODING_OFF},
+  }
   (tmp_path / "metrics.json").write_text(json.dumps(results))
   assert scaling.scored(str(tmp_path), 4, ("co_smoothing_bps", "choice_accuracy"), "test", config_hash="h") is None
 
