@@ -15,7 +15,8 @@ Layout of a study workdir (each run a normal workdir, loadable by path alone):
   pretrain/<family>/n<NN>/              pretrained on the first NN sessions of study.pool
   finetune/<arm>/n<NN>/<session>/       adapted to a held-out session (metrics.json)
   families.csv, families.png, families.md   the rows, the figure and the table
-Finished runs are reused (studies.scaling.train_run / score), so a study resumes.
+Finished runs are reused (studies.scaling.train_run / score), so a study resumes; a run
+folder of another config or pretrained checkpoint is refused (see studies.scaling).
 """
 
 from __future__ import annotations

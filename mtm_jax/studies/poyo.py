@@ -2,8 +2,9 @@
 
 Layout of a study workdir: scratch/, pretrain/ (or pretrain_<n>/ per stage), unit_id/, full/ (POYO workdirs, each
 scored run with its metrics.json), poyo_study.json (the summary) and poyo_study.md.
-Finished runs (a checkpoint at the last step, metrics.json of that step) are reused, so
-the study resumes where it stopped.
+Finished runs (a checkpoint at the last step, metrics.json of that step and config hash)
+are reused, so the study resumes where it stopped; a run folder of another config or
+pretrained checkpoint is refused (studies.scaling.train_run).
 """
 
 from __future__ import annotations

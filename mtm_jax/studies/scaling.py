@@ -7,8 +7,16 @@ Layout of a study workdir (each run a normal workdir, loadable by path alone):
   scaling.csv                            pretrain_sessions, mode, session, metric, value
   scaling.png, scaling.md                the figure (MtM paper Fig. 4) and its table
 
-Runs are skipped when finished (a checkpoint at the last step; metrics.json of that step),
-so an interrupted study resumes where it stopped. Two study processes in one study workdir
+Runs are skipped when finished (a checkpoint at the last step; metrics.json of that step
+and of that checkpoint's config hash), so an interrupted study resumes where it stopped.
+A run folder is reused or resumed only when its recorded provenance (training.provenance:
+the config it was given, its pretrained checkpoint's identity) matches the study's run,
+up to the fields a resume may change (provenance.RESUMABLE). Otherwise the study stops
+with provenance.ProvenanceError naming the folder and the differing fields, rather than
+retraining it: the folder is the user's to delete (or the study's config to restore). A
+run folder written before runs recorded their provenance is refused the same way. Scores
+(metrics.json) record the config hash of the checkpoint they scored ("config_hash") and
+its step; stale ones are scored again. Two study processes in one study workdir
 share the runs: each run is trained and scored under its lock (_run_lock); the other
 process waits for it, then reuses it. The outputs are written whole (files.atomic_write).
 """
@@ -28,7 +36,7 @@ from absl import logging
 from mtm_jax import files, masking
 from mtm_jax.evaluation import decoding, plots, run
 from mtm_jax.tasks import registry
-from mtm_jax.training import checkpoint, trainer
+from mtm_jax.training import checkpoint, provenance, trainer
 
 METRICS = run.METRICS + decoding.BEHAVIOUR_METRICS + run.HEAD_METRICS
 CSV_FIELDS = ("pretrain_sessions", "mode", "session", "metric", "value")
@@ -81,10 +89,11 @@ def expected_metrics(finetune: ml_collections.ConfigDict) -> tuple[str, ...]:
   return run.METRICS + decoding.BEHAVIOUR_METRICS + (run.HEAD_METRICS if finetune.eval.head_steps > 0 else ())
 
 
-def scored(workdir: str, steps: int, metrics, split: str | None = None) -> dict | None:
-  """metrics.json of the run's last step on `split` (any split when None), if it has every
-  expected metric: scored, or skipped as one the split cannot score (not one skipped
-  because decoding was turned off, e.g. by `experiments.evaluate --nodecoding`)."""
+def scored(workdir: str, steps: int, metrics, split: str | None = None, *, config_hash: str) -> dict | None:
+  """metrics.json of the run's last step on `split` (any split when None), scored from the
+  checkpoint of `config_hash`, if it has every expected metric: scored, or skipped as one the
+  split cannot score (not one skipped because decoding was turned off, e.g. by
+  `experiments.evaluate --nodecoding`)."""
   path = os.path.join(workdir, "metrics.json")
   if not os.path.exists(path):
     return None
@@ -92,6 +101,8 @@ def scored(workdir: str, steps: int, metrics, split: str | None = None) -> dict 
     results = json.load(f)
   done = {*results, *(m for m, why in results.get("skipped", {}).items() if why != run.DECODING_OFF)}
   if results.get("step") != steps or (split is not None and results.get("split") != split):
+    return None
+  if results.get("config_hash") != config_hash:
     return None
   return results if all(m in done for m in metrics) else None
 
@@ -108,9 +119,28 @@ def _run_lock(workdir: str, doing: str):
   return files.waiting(os.path.join(parent, f".{name}.lock"), f"{doing} {workdir}")
 
 
+REUSE_ADVICE = "The study reuses a run only if it matches: delete that folder to train it again with this config"
+
+
+def check_reuse(config, workdir: str) -> None:
+  """Raises provenance.ProvenanceError naming `workdir` when it holds checkpoints of another
+  run than `config`'s (module docstring); nothing when it holds none."""
+  if checkpoint.latest_step(workdir) is None:
+    return
+  recorded = checkpoint.read_metadata(workdir).provenance
+  if recorded is None:
+    raise provenance.ProvenanceError(
+      f"{workdir}: holds a run that records no provenance (trained before runs recorded it), so the study "
+      f"cannot tell whether it matches this config. {REUSE_ADVICE}"
+    )
+  request = trainer.resolved_config(registry.of(config), config)
+  provenance.check(recorded, request.to_dict(), provenance.pretrained_of(request)[0], workdir, REUSE_ADVICE)
+
+
 def train_run(config, workdir: str, only_analyse: bool) -> bool:
   """Trains `config` (any family) in `workdir` unless finished (or only analysing);
-  returns whether the run is complete."""
+  returns whether the run is complete. A run there of another config is refused (check_reuse)."""
+  check_reuse(config, workdir)
   if finished(workdir, config.train.steps):
     return True
   if only_analyse:
@@ -124,11 +154,16 @@ def train_run(config, workdir: str, only_analyse: bool) -> bool:
 
 
 def score(workdir: str, steps: int, split: str, metrics) -> dict | None:
-  """The run's metrics.json of its last step on `split`, scored now if it has none."""
-  results = scored(workdir, steps, metrics, split)
-  if results is None and finished(workdir, steps):
+  """The run's metrics.json of its last step on `split` (and of its checkpoint's config),
+  scored now if it has none."""
+  if not finished(workdir, steps):
+    return None
+  config_hash = provenance.run_hash(workdir)
+  results = scored(workdir, steps, metrics, split, config_hash=config_hash)
+  if results is None:
     with _run_lock(workdir, "scoring"):
-      results = scored(workdir, steps, metrics, split)  # another study process may have scored it meanwhile
+      # another study process may have scored it meanwhile
+      results = scored(workdir, steps, metrics, split, config_hash=config_hash)
       if results is None:
         results = registry.evaluate_workdir(workdir, split)
   return results

@@ -15,7 +15,7 @@ from absl import logging
 from mtm_jax import files
 from mtm_jax.evaluation import run
 from mtm_jax.tasks import base, ndt1, poyo, poyo_mtm
-from mtm_jax.training import checkpoint
+from mtm_jax.training import checkpoint, provenance
 
 TASKS = {task.family: task for task in (ndt1.NDT1Task(), poyo.POYOTask(), poyo_mtm.PoyoMtMTask())}
 
@@ -54,13 +54,16 @@ def evaluate_workdir(
   <workdir>/metrics.json (and the task's arrays file; process 0 of a multi-host job
   writes them, each whole: files.atomic_write), keeping the earlier scores of the same
   step and split that this run skipped as decoding turned off (with_earlier). data_dir:
-  where the data sets are now (default: the run's config.data.data_dir). Returns the
-  results (on every process)."""
+  where the data sets are now (default: the run's config.data.data_dir). The results
+  hold the config hash of the checkpoint scored ("config_hash": provenance.run_hash) beside
+  its "step". Returns the results (on every process)."""
   trained = load_trained(workdir, step)
+  config_hash = provenance.run_hash(workdir, trained.step)
   checkpoint.relocate_data(trained.config, data_dir)
   checkpoint.check_writable(workdir, "metrics.json")
   task = of(trained.config)
   results, arrays = task.evaluate(trained, split or trained.config.eval.split, sessions, decode=decode)
+  results["config_hash"] = config_hash
   folder = os.path.abspath(os.path.expanduser(workdir))
   results = with_earlier(os.path.join(folder, "metrics.json"), results)
   if jax.process_index() != 0:
@@ -127,7 +130,7 @@ def compared_scores(workdirs: dict[str, str], split: str) -> dict[str, dict]:
 
 
 def with_earlier(path: str, results: dict) -> dict:
-  """`results` with the scores of the metrics.json at `path` (same step, split and
+  """`results` with the scores of the metrics.json at `path` (same step, config hash, split and
   sessions) of the metrics they skip only because decoding was off (--nodecoding; NDT1
   and spike-token MtM): those are kept, with their folds and skip reasons, and one line
   names them."""
@@ -136,7 +139,7 @@ def with_earlier(path: str, results: dict) -> dict:
       old = json.load(f)
   except (OSError, ValueError):
     return results
-  same = ("step", "split", "session_id")
+  same = ("step", "config_hash", "split", "session_id")
   if not isinstance(old, dict) or any(old.get(k) != results.get(k) for k in same):
     return results
   if set(old.get("sessions", {})) != set(results.get("sessions", {})):

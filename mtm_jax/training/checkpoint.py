@@ -1,4 +1,4 @@
-"""Orbax checkpoints of {train state, config, sessions, progress, data}: save, resume and
+"""Orbax checkpoints of {train state, config, sessions, progress, data, provenance}: save, resume and
 restore for analysis. The config and the sessions (name, id and neurons of each session
 row) travel with every checkpoint, so a model is loaded by its path alone.
 
@@ -6,7 +6,10 @@ A checkpoint holds everything a resumed run needs to continue bit for bit:
 - state: parameters, optimiser state and step (TrainState, Orbax StandardSave);
 - progress: the run's PRNG key (implementation and key data) and the number of
   non-finite steps in a row at that step (JSON);
-- data: the grain iterator state of the training batches (JSON, as grain writes it).
+- data: the grain iterator state of the training batches (JSON, as grain writes it);
+- provenance: the run's config hash, the config it was given and its pretrained
+  checkpoint's identity (JSON, training.provenance). Checkpoints written before it was
+  saved (or imported ones) lack it, and restore as before.
 
 Damaged checkpoints (a truncated array file, missing metadata, unreadable JSON, an
 interrupted save's Orbax tmp directory) are reported with a warning naming the step and
@@ -25,6 +28,7 @@ import json
 import os
 import shutil
 import time
+from typing import NamedTuple
 
 import jax
 import ml_collections
@@ -32,7 +36,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-ITEMS = ("state", "config", "sessions", "progress", "data")
+ITEMS = ("state", "config", "sessions", "progress", "data", "provenance")
+OPTIONAL = ("progress", "data", "provenance")  # items older checkpoints may lack
 DAMAGED_DIR = "checkpoints_damaged"
 TMP_MARK = ".orbax-checkpoint-tmp"
 
@@ -70,12 +75,13 @@ def save(
   key: jax.Array,
   data_state: dict | None,
   nonfinite_in_a_row: int = 0,
+  provenance: dict | None = None,
 ) -> None:
   """Saves (asynchronously) the checkpoint of `step`.
 
   sessions: one JSON-able dict per session row (the task's records); key: the run's
   PRNG key (step keys are fold_in(key, step)); data_state: the grain iterator state of
-  the training batches after `step` batches."""
+  the training batches after `step` batches; provenance: training.provenance.record."""
   progress = dict(step=int(step), rng=key_record(key), nonfinite_in_a_row=int(nonfinite_in_a_row))
   items = dict(
     state=ocp.args.StandardSave(state),
@@ -85,6 +91,8 @@ def save(
   )
   if data_state is not None:
     items["data"] = ocp.args.JsonSave(data_state)
+  if provenance is not None:
+    items["provenance"] = ocp.args.JsonSave(provenance)
   mngr.save(step, args=ocp.args.Composite(**items), force=True)
 
 
@@ -103,6 +111,7 @@ class Restored:
   sessions: list[dict]
   progress: dict | None  # None in checkpoints written before it was saved
   data_state: dict | None
+  provenance: dict | None = None  # None in checkpoints written before it was saved
 
 
 def first_line(error: BaseException) -> str:
@@ -162,7 +171,7 @@ def restore(mngr: ocp.CheckpointManager, target, step: int | None = None, *, qua
     args = dict(
       state=ocp.args.StandardRestore(abstract(target)), config=ocp.args.JsonRestore(), sessions=ocp.args.JsonRestore()
     )
-    args.update({name: ocp.args.JsonRestore() for name in ("progress", "data") if name in present})
+    args.update({name: ocp.args.JsonRestore() for name in OPTIONAL if name in present})
     try:
       if not {"state", "config", "sessions"} <= present:
         raise FileNotFoundError(f"items {sorted({'state', 'config', 'sessions'} - present)} are missing")
@@ -189,6 +198,7 @@ def restore(mngr: ocp.CheckpointManager, target, step: int | None = None, *, qua
       list(out["sessions"]),
       dict(out["progress"]) if "progress" in present else None,
       dict(out["data"]) if "data" in present else None,
+      dict(out["provenance"]) if "provenance" in present else None,
     )
   if quarantine:
     mngr.reload()
@@ -207,9 +217,24 @@ def latest_step(workdir: str) -> int | None:
   return step
 
 
+class Metadata(NamedTuple):
+  """The JSON items of one checkpoint: what a run was trained with."""
+
+  step: int
+  config: ml_collections.ConfigDict
+  sessions: list[dict]
+  provenance: dict | None  # None in checkpoints written before it was saved (training.provenance)
+
+
 def load_metadata(workdir: str, step: int | None = None) -> tuple[ml_collections.ConfigDict, list[dict]]:
   """The config a run in `workdir` was trained with, and its session records: those of
   `step`, or of the newest checkpoint whose metadata reads (damaged ones are reported)."""
+  metadata = read_metadata(workdir, step)
+  return metadata.config, metadata.sessions
+
+
+def read_metadata(workdir: str, step: int | None = None) -> Metadata:
+  """load_metadata's checkpoint, with its step and provenance."""
   path = checkpoint_dir(workdir)
   if not os.path.isdir(path):
     raise FileNotFoundError(f"{workdir}: no checkpoints directory ({path}); was a model trained there?")
@@ -223,11 +248,11 @@ def load_metadata(workdir: str, step: int | None = None) -> tuple[ml_collections
         raise FileNotFoundError(f"{path}: no checkpoint at step {step}; it has {sorted(steps)}")
       steps = [step]
     for s in steps:
+      names = ("config", "sessions") + (("provenance",) if "provenance" in _items_present(mngr, s) else ())
       try:
-        restored = mngr.restore(
-          s, args=ocp.args.Composite(config=ocp.args.JsonRestore(), sessions=ocp.args.JsonRestore())
-        )
-        return ml_collections.ConfigDict(restored["config"]), list(restored["sessions"])
+        restored = mngr.restore(s, args=ocp.args.Composite(**{name: ocp.args.JsonRestore() for name in names}))
+        provenance = dict(restored["provenance"]) if "provenance" in names else None
+        return Metadata(s, ml_collections.ConfigDict(restored["config"]), list(restored["sessions"]), provenance)
       except Exception as error:  # pylint: disable=broad-except
         if step is not None:
           raise ValueError(

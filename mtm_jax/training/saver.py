@@ -59,9 +59,14 @@ class Saver:
   it could not be written (`step`: the step training reached), else None."""
 
   def __init__(
-    self, mngr: ocp.CheckpointManager, config: ml_collections.ConfigDict, sessions: list[dict], key: jax.Array
+    self,
+    mngr: ocp.CheckpointManager,
+    config: ml_collections.ConfigDict,
+    sessions: list[dict],
+    key: jax.Array,
+    provenance: dict | None = None,
   ):
-    self.mngr, self.config, self.sessions, self.key = mngr, config, sessions, key
+    self.mngr, self.config, self.sessions, self.key, self.provenance = mngr, config, sessions, key, provenance
     self.pending = None  # the step being written
     self.failed = []  # steps whose save failed
 
@@ -71,7 +76,9 @@ class Saver:
     failed = self.failure(step, wait=True)
     if failed is not None:
       raise failed
-    checkpoint.save(self.mngr, step, state, self.config, self.sessions, key=self.key, **progress)
+    checkpoint.save(
+      self.mngr, step, state, self.config, self.sessions, key=self.key, provenance=self.provenance, **progress
+    )
     self.pending = step
 
   def failure(self, step: int | None, wait: bool = False) -> SaveFailed | None:
@@ -108,11 +115,17 @@ class Saver:
 
 
 @contextlib.contextmanager
-def saving(mngr: ocp.CheckpointManager, config: ml_collections.ConfigDict, sessions: list[dict], key: jax.Array):
-  """A Saver for the block; on leaving it, waits for the last save and closes `mngr`
+def saving(
+  mngr: ocp.CheckpointManager,
+  config: ml_collections.ConfigDict,
+  sessions: list[dict],
+  key: jax.Array,
+  provenance: dict | None = None,
+):
+  """A Saver for the block (provenance: training.provenance.record, saved with each checkpoint); on leaving it, waits for the last save and closes `mngr`
   (raising that save's SaveFailed if the block ended normally; logging it if the block
   raised, whose exception goes on)."""
-  saver = Saver(mngr, config, sessions, key)
+  saver = Saver(mngr, config, sessions, key, provenance)
   try:
     yield saver
   except BaseException:

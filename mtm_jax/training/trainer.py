@@ -7,7 +7,8 @@ In this order, for every family (a task, mtm_jax.tasks, supplies what differs):
   input    the task reads the sessions: their checkpoint records and the batches of
            this process (batch i feeds step i, so a resumed run reads what an
            uninterrupted one would);
-  state    resume from the workdir's newest readable checkpoint; else, with
+  state    resume from the workdir's newest readable checkpoint (refused when its
+           provenance differs: training.provenance); else, with
            config.init.pretrained, a fresh model with the pretrained weights merged in
            (task.merge_pretrained: new sessions' parts stay fresh); else fresh;
   steps    one jitted train step per phase (training.step.make_train_step with the
@@ -15,7 +16,9 @@ In this order, for every family (a task, mtm_jax.tasks, supplies what differs):
   loop     run_steps: logging, validation, checkpoints, faults, SIGTERM and Ctrl-C.
 
 The resolved config (every field, paths absolute) is written to <workdir>/config.json
-when the loop starts; the programs' --print_config prints the same text.
+when the loop starts; the programs' --print_config prints the same text. The run's
+provenance (its config hash, the config as given and its pretrained checkpoint's identity:
+training.provenance) goes to <workdir>/provenance.json then and into every checkpoint.
 """
 
 from __future__ import annotations
@@ -32,12 +35,16 @@ from absl import logging
 from mtm_jax import files
 from mtm_jax.datasets import pipeline
 from mtm_jax.parallel import mesh as mesh_lib, sharding
-from mtm_jax.training import checkpoint, saver as saver_lib, step as step_lib, workdir as workdir_lib
+from mtm_jax.training import checkpoint, provenance, saver as saver_lib, step as step_lib, workdir as workdir_lib
 from mtm_jax.tasks.base import Pretrained
 from mtm_jax.training.stopping import Interrupted, stop_flag, stop_signals, stopped
 
 
 LOG_SECONDS = 30.0  # between log steps, a line at least this often
+RESUME_ADVICE = (
+  "A resume continues the same training: train this config in another workdir, or resume this run with the "
+  "config it was started with (the \"request\" of its provenance.json)"
+)
 
 
 class MetricWriter:
@@ -110,10 +117,9 @@ def train(task, config: ml_collections.ConfigDict, workdir: str, sessions=None) 
 
 def _train(task, config: ml_collections.ConfigDict, workdir: str, sessions) -> dict:
   # ---- Config -------------------------------------------------------------------------------
-  pretrained = None
-  if config.init.pretrained:
-    step = None if config.init.step < 0 else config.init.step
-    pretrained = Pretrained(config.init.pretrained, step, *checkpoint.load_metadata(config.init.pretrained, step))
+  request = json.loads(provenance.canonical(config))  # as given, before the task resolves its data
+  identity, pre = provenance.pretrained_of(config)
+  pretrained = Pretrained(config.init.pretrained, pre.step, pre.config, pre.sessions) if pre else None
 
   # ---- Mesh ---------------------------------------------------------------------------------
   mesh = mesh_lib.from_config(config)
@@ -127,7 +133,9 @@ def _train(task, config: ml_collections.ConfigDict, workdir: str, sessions) -> d
   logging.info("%s", task.describe(config, graphdef, state))
   mngr = checkpoint.manager(workdir, keep=config.train.keep_checkpoints)
   key = jax.random.key(config.seed, impl=config.train.get("prng_impl"))
-  state, key, data_state, nonfinite = resume(mngr, workdir, state, config, inputs.records, key, task.legacy_model)
+  state, key, data_state, nonfinite = resume(
+    mngr, workdir, state, config, inputs.records, key, task.legacy_model, (request, identity)
+  )
   if int(state.step) == 0 and config.init.pretrained:  # not resumed (no checkpoint has step 0)
     pre = task.load(pretrained.path, pretrained.step, mesh)
     graphdef, tx, state = task.merge_pretrained(config, graphdef, tx, state, pre, inputs.records, mesh)
@@ -148,9 +156,12 @@ def _train(task, config: ml_collections.ConfigDict, workdir: str, sessions) -> d
 
   # ---- Loop ---------------------------------------------------------------------------------
   write_config(config, workdir)
+  record = provenance.record(request, config, identity)
+  if jax.process_index() == 0:
+    provenance.write(workdir, record)
   writer = MetricWriter(workdir)
   try:
-    with saver_lib.saving(mngr, config, inputs.records, key) as saver, jax.set_mesh(mesh):
+    with saver_lib.saving(mngr, config, inputs.records, key, record) as saver, jax.set_mesh(mesh):
       return run_steps(
         state,
         config.train,
@@ -216,7 +227,7 @@ def run_steps(
     )
   if first >= total:
     logging.warning(
-      "the run is at step %d and config.train.steps is %d: nothing to train (raise --config.train.steps to train on)",
+      "the run is at step %d and config.train.steps is %d: nothing to train (it is finished)",
       first,
       total,
     )
@@ -311,18 +322,36 @@ def _rate(clock: dict, done: int) -> float | None:
 
 
 def resume(
-  mngr, workdir: str, state, config: ml_collections.ConfigDict, records: list[dict], key: jax.Array, legacy_model=None
+  mngr,
+  workdir: str,
+  state,
+  config: ml_collections.ConfigDict,
+  records: list[dict],
+  key: jax.Array,
+  legacy_model=None,
+  origin: tuple[dict, dict | None] | None = None,
 ):
   """Continues the run in `workdir` if it has a checkpoint: (state, key, data_state,
   nonfinite_in_a_row) of its newest readable checkpoint, checked against this run's
-  model config and sessions first (a clear error otherwise); damaged checkpoints are
-  reported and moved aside. Without a checkpoint: (state, key, None, 0) as given.
-  legacy_model: the task's Task.legacy_model (model fields older checkpoints lack)."""
+  model config and sessions, and (origin: this run's config as given and its pretrained
+  checkpoint's identity) against the checkpoint's provenance first (a clear error
+  otherwise: provenance.check); damaged checkpoints are reported and moved aside. Without
+  a checkpoint: (state, key, None, 0) as given. legacy_model: the task's
+  Task.legacy_model (model fields older checkpoints lack)."""
   if not mngr.all_steps():
     checkpoint.report_half_written(mngr, quarantine=True)
     return state, key, None, 0
-  saved_config, saved_records = checkpoint.load_metadata(workdir)
-  checkpoint.check_compatible(saved_config, saved_records, config, records, workdir, legacy=legacy_model)
+  saved = checkpoint.read_metadata(workdir)
+  checkpoint.check_compatible(saved.config, saved.sessions, config, records, workdir, legacy=legacy_model)
+  if saved.provenance is None:
+    logging.warning(
+      "%s: its checkpoint of step %d records no provenance (written before runs recorded it, or imported): "
+      "only its family, model and sessions are checked against this config",
+      workdir,
+      saved.step,
+    )
+  elif origin is not None:
+    provenance.check(saved.provenance, *origin, workdir, RESUME_ADVICE)
   restored = checkpoint.restore(mngr, state, quarantine=True)
   progress = restored.progress or {}
   if "rng" in progress:
