@@ -7,9 +7,11 @@ With --pretrained, the shared weights come from that workdir's checkpoint (its c
 and architecture travel with it) and the session's stitching layers and session token
 are new; without it, the same model is trained on the session alone (the single-session
 baseline). The masking (MtM or temporal) and training settings are those of --config.
+NDT1's --mode=full (its default) trains every parameter, after config.finetune.warmup_steps
+(default 0) of the new stitchers and session row alone; --mode=unit_id trains only those.
 Re-running in the same workdir resumes.
 
-POYO (config.family = "poyo"): --mode=unit_id adds unit and session embedding rows for
+POYO and spike-token MtM: --mode=unit_id adds unit and session embedding rows for
 the new session and trains only them; --mode=full trains everything after a unit-id
 warm-up of config.finetune.warmup_steps.
 

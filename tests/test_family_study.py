@@ -1,35 +1,61 @@
-"""The NDT1 vs spike-token MtM study: its presets are consistent, each family reads its own
-builder's copy of the same sessions, bad settings name the field, and its outputs (CSV,
-table, figure with both families) are written from rows. The whole study runs with
-`python -m experiments.family_study --config=mtm_jax/configs/family_study.py:tiny`."""
+"""The family study on the fair protocol (studies.protocol): its presets are consistent,
+bad settings name the field, every arm of a family adapts on the same trials for the same
+steps with its learning rate chosen on validation losses, intervals and paired
+differences are right, and its outputs (CSV, tables, figure with error bars) are written
+from rows. The whole study runs with
+`python -m experiments.family_study --config=mtm_jax/configs/family_study.py:tiny` (slow test)."""
 
 import csv
+import json
+import math
 import os
 
+import numpy as np
 import pytest
+from scipy import stats
 
 from mtm_jax.configs import family_study as family_config
-from mtm_jax.studies import families, scaling
+from mtm_jax.studies import families, protocol, report, scaling
+from mtm_jax.tasks import registry
+from mtm_jax.training import trainer
 
 
 @pytest.mark.parametrize("preset", ["tiny", "small", "full"])
 def test_presets_are_consistent(preset):
   c = family_config.get_config(preset)
   families.validate(c)
-  names = scaling._names(c.study.pool)[:2]
-  ndt1 = families.stage_config(c, "ndt1", "pretrain", names, "/data")
-  spike = families.stage_config(c, "spike", "finetune", names, "/data")
+  names = families.sessions_of(c.study, scaling._names(c.study.pool)[:2])
+  ndt1 = families.stage_config(c, "ndt1", "pretrain", names, "/data", 7)
+  spike = families.stage_config(c, "spike", "finetune", names, "/data", 7)
   assert ndt1.data.datasets == ",".join(f"ibl_binned/{n}" for n in names) and ndt1.family == "mtm"
   assert spike.data.datasets == ",".join(f"spike_events/{n}" for n in names) and spike.family == "poyo_mtm"
+  assert ndt1.train.steps == spike.train.steps == spike.train.checkpoint_every == 7
+  cells = protocol.cells(c.study, "ndt1")
+  assert {x.arm for x in cells} == set(protocol.ARMS)
+  adapted = [x for x in cells if x.arm != protocol.MATCHED]
+  assert {x.steps for x in adapted} == {c.study.adapt_steps}  # every arm adapts for the same steps
+  assert not set(scaling._names(c.study.heldout)) & set(scaling._names(c.study.pool))
+
+
+def test_small_preset_holds_what_the_issue_asks():
+  s = family_config.get_config("small").study
+  assert len(s.seeds) >= 3 and len(scaling._names(s.heldout)) >= 2 and set(s.sizes) >= {1, 12}
+  assert s.control_steps > s.pretrain_steps and set(s.families) == {"ndt1", "spike"}
+  full = family_config.get_config("full").study
+  assert len(full.seeds) >= 5 and len(scaling._names(full.heldout)) >= 3 and tuple(full.sizes) == (1, 4, 12)
 
 
 def test_bad_settings_name_the_field():
   for field, value, match in [
     ("heldout", "synthetic_000", "config.study.heldout"),
     ("sizes", (2,), "config.study.sizes"),
-    ("arms", ("NDT1-MtM", "POYO"), "config.study.arms"),
-    ("pretrain_steps", (10, 20), "config.study.pretrain_steps"),
-    ("pretrain_steps", (0,), "config.study.pretrain_steps"),
+    ("arms", ("scratch", "POYO"), "config.study.arms"),
+    ("seeds", (0, 0), "config.study.seeds"),
+    ("learning_rates", (0.0,), "config.study.learning_rates"),
+    ("warmup_steps", 3, "config.study.warmup_steps"),
+    ("adapt_steps", 0, "config.study.adapt_steps"),
+    ("control_steps", -1, "config.study.control_steps"),
+    ("families", ("ndt1", "poyo"), "config.study.families"),
   ]:
     c = family_config.get_config("tiny")
     c.study[field] = value
@@ -41,37 +67,93 @@ def test_bad_settings_name_the_field():
     families.validate(c)
 
 
-def test_pretraining_steps_follow_the_number_of_sessions():
-  c = family_config.get_config("small")
-  c.study.pretrain_steps = (100, 200, 300)
-  families.validate(c)
-  pool = scaling._names(c.study.pool)
-  for family in ("ndt1", "spike"):
-    for n, steps in zip(c.study.sizes, c.study.pretrain_steps):
-      stage = families.stage_config(c, family, "pretrain", pool[:n], "/data", n)
-      assert stage.train.steps == steps and stage.train.checkpoint_every <= steps, (family, n)
-    alone = families.stage_config(c, family, "pretrain", pool[:1], "/data")  # a single-session run
-    assert alone.train.steps == c[family].pretrain.train.steps
-    assert families.stage_config(c, family, "finetune", pool[:1], "/data", 1).train.steps == 500
+def test_intervals_choices_and_verdicts():
+  x = [0.2, 0.25, 0.22, 0.3]
+  mean, low, high = protocol.interval(x)
+  expected = stats.t.interval(0.95, len(x) - 1, loc=np.mean(x), scale=stats.sem(x))
+  assert mean == pytest.approx(np.mean(x)) and (low, high) == pytest.approx(expected)
+  assert protocol.interval([0.5]) == (0.5, 0.5, 0.5)
+  assert [protocol.verdict(*v) for v in ((0.01, 0.2), (-0.2, -0.01), (-0.1, 0.1))] == ["better", "worse", "tie"]
+  assert protocol.choose({1e-3: [2.0, 2.2], 3e-3: [1.9, 2.1], 1e-2: [1.9, 2.1]}) == 3e-3  # a tie: the smaller
 
 
-def test_outputs_hold_both_families(tmp_path):
-  results = {"co_smoothing_bps": 0.3, "co_smoothing_bps_5ms": 0.1, "oracle_co_smoothing_bps": 0.5, "step": 3}
-  assert families.metrics_of(results) == {
-    **{k: v for k, v in results.items() if k != "step"},
-    "co_smoothing_oracle_fraction": pytest.approx(0.6),
-  }
-  four = dict(zip(families.run.METRICS, (0.3, 0.2, 0.1, 0.2)))
-  assert families.metrics_of(four)[families.MEAN_METRIC] == pytest.approx(0.2)
-  rows = [
-    dict(pretrain_sessions=n, mode=arm, session="synthetic_027", metric=m, value=v + 0.01 * n)
-    for arm in families.ARMS
-    for n in (0, 1, 4)
-    for m, v in families.metrics_of(results).items()
-  ]
-  scaling.write_outputs(rows, str(tmp_path), "families", figure_metrics=("co_smoothing_bps", "intra_region_bps"))
-  assert os.path.getsize(tmp_path / "families.png") > 1000
+def _rows(arm, pretraining, values, metric="m"):
+  """Rows of one cell: values over 2 animals x len(values) / 2 seeds."""
+  animals, steps = (0, 0) if pretraining == "none" else (int(pretraining[1:3]), 10)
+  common = dict(family="F", arm=arm, pretraining=pretraining, pretrain_animals=animals, pretrain_steps=steps)
+  common.update(adapt_steps=5, learning_rate=1e-3, train_seconds=1.5, metric=metric)
+  return [dict(common, animal=f"a{i % 2}", seed=i // 2, value=v) for i, v in enumerate(values)]
+
+
+def test_paired_differences_against_scratch(tmp_path):
+  scratch = [0.10, 0.20, 0.30, 0.40]
+  rows = _rows(protocol.SCRATCH, "none", scratch) + _rows(protocol.MATCHED, "none", [0.1, 0.2, 0.3, 0.4])
+  rows += _rows(protocol.FROZEN, "a01_10steps", [v + 0.05 + 0.001 * i for i, v in enumerate(scratch)])
+  rows += _rows(protocol.ALL, "a12_10steps", [v - 0.05 - 0.001 * i for i, v in enumerate(scratch)])
+  rows += _rows(protocol.WARMUP, "a12_10steps", [0.40, 0.10, 0.30, 0.20])
+  summary = {(e["arm"], e["pretraining"]): e for e in protocol.summarise(rows)}
+  assert summary[(protocol.FROZEN, "a01_10steps")]["vs_scratch_verdict"] == "better"
+  assert summary[(protocol.ALL, "a12_10steps")]["vs_scratch_verdict"] == "worse"
+  assert summary[(protocol.WARMUP, "a12_10steps")]["vs_scratch_verdict"] == "tie"
+  assert summary[(protocol.FROZEN, "a01_10steps")]["vs_scratch"] == pytest.approx(0.0515)
+  assert "vs_scratch" not in summary[(protocol.SCRATCH, "none")]
+  report.write(rows, str(tmp_path), "families", "m")
   table = (tmp_path / "families.md").read_text()
-  assert all(arm in table for arm in families.ARMS) and "oracle_co_smoothing_bps" in table
+  assert "+0.0515 [" in table and "] better" in table and "] worse" in table and "] tie" in table
+  assert os.path.getsize(tmp_path / "families.png") > 1000
   with open(tmp_path / "families.csv", encoding="utf-8") as f:
     assert len(list(csv.DictReader(f))) == len(rows)
+
+
+def test_run_records_give_val_loss_and_training_time(tmp_path):
+  with open(tmp_path / "metrics.jsonl", "w", encoding="utf-8") as f:
+    for record in (
+      dict(step=10, loss=2.0, steps_per_second=5.0),
+      dict(step=10, val_loss=1.5),
+      dict(step=30, loss=1.0, steps_per_second=10.0),
+      dict(step=30, val_loss=1.25),
+    ):
+      f.write(json.dumps(record) + "\n")
+  assert protocol.final_val_loss(str(tmp_path)) == 1.25 and protocol.train_seconds(str(tmp_path)) == 4.0
+  assert protocol.final_val_loss(str(tmp_path / "none")) == math.inf
+  assert math.isnan(protocol.train_seconds(str(tmp_path / "none")))
+
+
+def test_every_arm_adapts_on_the_same_trials_for_the_same_steps(study_data_dir, tmp_path):
+  c = family_config.get_config("tiny")
+  c.study.data_dir = study_data_dir
+  pre = families.stage_config(c, "ndt1", "pretrain", ["synthetic_000"], study_data_dir, 2)
+  pre_dir = str(tmp_path / "pre")
+  trainer.train(registry.of(pre), pre, pre_dir)
+  configs = {
+    cell.arm: families.adapt_config(c, cell, "synthetic_027", study_data_dir, pre_dir, 2e-3, 1)
+    for cell in protocol.cells(c.study, "ndt1")
+    if cell.arm != protocol.MATCHED
+  }
+  first = configs[protocol.SCRATCH]
+  for arm, config in configs.items():
+    assert config.data.to_dict() == first.data.to_dict(), arm  # the same batches of the same trials
+    assert (config.train.steps, config.seed, config.optimizer.to_dict()) == (
+      first.train.steps,
+      first.seed,
+      first.optimizer.to_dict(),
+    ), arm
+    assert config.masking.to_dict() == first.masking.to_dict(), arm
+  assert configs[protocol.FROZEN].finetune.mode == "unit_id"
+  assert (configs[protocol.WARMUP].finetune.mode, configs[protocol.WARMUP].finetune.warmup_steps) == ("full", 1)
+  assert (configs[protocol.ALL].finetune.mode, configs[protocol.ALL].finetune.warmup_steps) == ("full", 0)
+  assert not first.init.pretrained and configs[protocol.ALL].init.pretrained == os.path.abspath(pre_dir)
+
+
+@pytest.mark.slow
+def test_tiny_study_end_to_end(study_data_dir, tmp_path):
+  c = family_config.get_config("tiny")
+  c.study.data_dir = study_data_dir
+  rows = families.run_study(c, str(tmp_path))
+  arms = {(r["family"], r["arm"]) for r in rows}
+  assert arms == {(families.LABELS[f], a) for f in c.study.families for a in protocol.ARMS}
+  assert {r["seed"] for r in rows} == set(c.study.seeds)
+  for name in ("families.csv", "families.md", "families.png"):
+    assert os.path.exists(tmp_path / name)
+  again = families.run_study(c, str(tmp_path), only_analyse=True)  # every run reused
+  assert sorted(map(str, again)) == sorted(map(str, rows))

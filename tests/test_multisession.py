@@ -4,6 +4,7 @@ partial restore of shared weights, interleaved batches, fine-tuning and the mini
 import os
 
 import jax
+import ml_collections
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -153,6 +154,20 @@ def test_pretrain_two_sessions_then_finetune_on_a_third(study_data_dir, tmp_path
   other.data.datasets, other.data.data_dir = "ibl_binned/synthetic_000", study_data_dir
   with pytest.raises(ValueError, match="holds a run on sessions"):
     trainer.train(registry.get("mtm"), other, ft_dir)
+  # unit_id: the new stitchers and session row train, the shared weights stay pretrained;
+  # full with a warm-up: the same for the warm-up steps, then everything.
+  shared = lambda p: p["embed_project"]["kernel"][...]
+  for mode, warmup, changed in (("unit_id", 0, False), ("full", 2, False), ("full", 1, True)):
+    c = ml_collections.ConfigDict(ft_config.to_dict())
+    c.finetune.warmup_steps = warmup
+    c = registry.get("mtm").finetune_config(c, pre_dir, mode)
+    assert c.finetune.mode == mode
+    run_dir = str(tmp_path / f"ft_{mode}_{warmup}")
+    trainer.train(registry.get("mtm"), c, run_dir)
+    out = registry.load_trained(run_dir).params
+    assert np.array_equal(shared(out), shared(pre.params)) != changed, (mode, warmup)
+  with pytest.raises(ValueError, match="--mode: expected one of"):
+    registry.get("mtm").finetune_config(ft_config, pre_dir, "frozen")
 
 
 @pytest.fixture

@@ -87,6 +87,12 @@ def get_config(arg: str = "paper") -> ml_collections.ConfigDict:
   c.init.pretrained = ""  # workdir of a pretrained model: start from its shared weights
   c.init.step = -1  # its checkpoint step (-1 = latest)
 
+  c.finetune = ml_collections.ConfigDict()
+  c.finetune.mode = (
+    "full"  # with init.pretrained: "full" (everything trains) or "unit_id" (new stitchers and session row only)
+  )
+  c.finetune.warmup_steps = 0  # "full": steps that train only the new per-session layers before everything trains
+
   c.eval = ml_collections.ConfigDict()
   c.eval.split = "test"
   c.eval.max_batch = 2048  # sequences per forward pass in evaluation

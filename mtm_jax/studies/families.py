@@ -1,20 +1,19 @@
-"""NDT1-MtM against spike-token MtM on the same sessions: pretrain on 1..n sessions,
-adapt to held-out ones, score the four MtM metrics, plot (the MtM paper's Figure 4 with
-both families).
+"""NDT1-MtM against spike-token MtM on held-out animals, on the fair protocol of
+studies.protocol: pretrain both families on 1..n animals, adapt each arm to held-out
+animals with a learning rate chosen on the validation split, score the test split once,
+summarise with 95% intervals (the MtM paper's Figure 4 with both families and error bars).
 
-The sessions are TFDS config names (synthetic_020, an IBL eid ...); NDT1 reads them as
-ibl_binned/<name>, spike-token MtM as spike_events/<name>: the same trials, splits and
-counts (docs/synthetic_data.md). Arms (a label each, the `mode` column of the rows):
-  NDT1-MtM                 pretrained NDT1-stitch, new stitchers, every parameter trains
-  spike-token MtM unit-id  pretrained spike-token MtM, only the new unit/session rows train
-  spike-token MtM full     the same, then everything trains
-and, with study.scratch, each family trained on the held-out session alone (n = 0), with
-its pretraining stage's config (steps, schedule): a single-session model of each family.
+The data sets are TFDS config names of animals' sessions (study.session_name): NDT1 reads them
+as ibl_binned/<name>, spike-token MtM as spike_events/<name>: the same trials, splits and
+counts (docs/synthetic_data.md). Pretraining uses every session (study.sessions_per_animal)
+of the first n animals of study.pool; adaptation, session study.heldout_session of each
+animal of study.heldout.
 
 Layout of a study workdir (each run a normal workdir, loadable by path alone):
-  pretrain/<family>/n<NN>/              pretrained on the first NN sessions of study.pool
-  finetune/<arm>/n<NN>/<session>/       adapted to a held-out session (metrics.json)
-  families.csv, families.png, families.md   the rows, the figure and the table
+  pretrain/<family>/a<NN>_<steps>steps/                     pretrained on the first NN animals
+  adapt/<family>/<arm>/<pretraining>/<animal>/lr<lr>_seed<s>/   one adaptation run (metrics.json
+                                                              when scored: the chosen rate only)
+  families.csv, families.md, families.png                   rows, tables, figure (studies.report)
 Finished runs are reused (studies.scaling.train_run / score), so a study resumes; a run
 folder of another config or pretrained checkpoint is refused (see studies.scaling).
 """
@@ -27,48 +26,47 @@ import time
 import ml_collections
 from absl import logging
 
-from mtm_jax.evaluation import run
-from mtm_jax.studies import scaling
+from mtm_jax.evaluation import decoding, run
+from mtm_jax.studies import protocol, report, scaling
 from mtm_jax.tasks import registry
 
 BUILDERS = {"ndt1": "ibl_binned", "spike": "spike_events"}  # family key -> TFDS builder of its sessions
-# label -> (family key, fine-tuning mode, whether it has a from-scratch run)
-ARMS = {
-  "NDT1-MtM": ("ndt1", "full", True),
-  "spike-token MtM unit-id": ("spike", "unit_id", False),
-  "spike-token MtM full": ("spike", "full", True),
-}
+LABELS = {"ndt1": "NDT1-MtM", "spike": "spike-token MtM"}
+MEAN_METRIC = "four_metric_mean_bps"  # the mean of the four 20 ms metrics (what the arms are compared by)
+SCORED = run.METRICS + decoding.BEHAVIOUR_METRICS  # what every adaptation run is scored on
+
+
+def sessions_of(study, animals: list[str]) -> list[str]:
+  """The config names of the first study.sessions_per_animal sessions of each animal
+  (study.session_name, e.g. "{animal}_s{session}")."""
+  return [study.session_name.format(animal=a, session=k) for a in animals for k in range(study.sessions_per_animal)]
+
+
+def heldout_sessions(study) -> dict[str, str]:
+  """{held-out animal: the config name of its session study.heldout_session, which each arm adapts to}."""
+  return {a: study.session_name.format(animal=a, session=study.heldout_session) for a in scaling._names(study.heldout)}
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the field when the study is inconsistent."""
-  pool = scaling._names(c.study.pool)
-  scaling.check_sessions(pool, scaling._names(c.study.heldout), list(c.study.sizes))
-  steps = list(c.study.get("pretrain_steps", ()))
-  if steps and (len(steps) != len(c.study.sizes) or min(steps) < 1):
-    raise ValueError(
-      f"config.study.pretrain_steps: {steps} must be one positive step count per entry of "
-      f"config.study.sizes {list(c.study.sizes)} (or empty: each family's pretrain.train.steps)"
-    )
-  unknown = [a for a in c.study.arms if a not in ARMS]
+  protocol.check(c.study)
+  pool, heldout = scaling._names(c.study.pool), scaling._names(c.study.heldout)
+  scaling.check_sessions(pool, heldout, list(c.study.sizes))
+  unknown = [f for f in c.study.families if f not in BUILDERS]
   if unknown:
-    raise ValueError(f"config.study.arms: unknown {unknown}; expected some of {list(ARMS)}")
-  for family in {ARMS[a][0] for a in c.study.arms}:
+    raise ValueError(f"config.study.families: unknown {unknown}; expected some of {list(BUILDERS)}")
+  for family in c.study.families:
     for stage in ("pretrain", "finetune"):
-      registry.of(c[family][stage]).check(stage_config(c, family, stage, pool[:1], "data"))
+      names = sessions_of(c.study, pool[:1])
+      registry.of(c[family][stage]).check(stage_config(c, family, stage, names, "data", 1))
 
 
-def stage_config(
-  c, family: str, stage: str, names: list[str], data_dir: str, size: int = 0
-) -> ml_collections.ConfigDict:
-  """The `stage` config of `family` on the sessions `names` (config names). size: the
-  pretraining run of study.sizes[i] sessions runs study.pretrain_steps[i] steps where those
-  are given (0: the stage's own steps, e.g. a single-session run)."""
+def stage_config(c, family: str, stage: str, names: list[str], data_dir: str, steps: int) -> ml_collections.ConfigDict:
+  """The `stage` config of `family` on the sessions `names` (config names) for `steps`."""
   out = ml_collections.ConfigDict(c[family][stage].to_dict())
-  steps = dict(zip(c.study.sizes, c.study.get("pretrain_steps", ())))
-  if stage == "pretrain" and size in steps:
-    out.train.steps = steps[size]
-    out.train.eval_every = out.train.checkpoint_every = min(out.train.checkpoint_every, out.train.steps)
+  out.train.steps = steps
+  out.train.eval_every = out.train.checkpoint_every = steps
+  out.train.log_every = min(out.train.log_every, steps)
   out.data.datasets = ",".join(f"{BUILDERS[family]}/{n}" for n in names)
   out.data.data_dir = data_dir
   if "n_sessions" in out.data:
@@ -76,63 +74,98 @@ def stage_config(
   return out
 
 
-MEAN_METRIC = "four_metric_mean_bps"  # the mean of the four 20 ms metrics (what the arms are compared by)
+def adapt_config(c, cell: protocol.Cell, session: str, data_dir: str, pretrained, lr: float, seed: int):
+  """The config of one adaptation run: `cell` on `session` at learning rate `lr` with
+  `seed` (parameter init, masks and dropout, and the order of the batches)."""
+  out = stage_config(c, cell.family, "finetune", [session], data_dir, cell.steps)
+  out.optimizer.learning_rate = lr
+  out.seed = out.data.shuffle_seed = seed
+  task = registry.of(out)
+  if cell.pretraining is None:
+    return task.finetune_config(out, None)
+  mode, warm = protocol.FINETUNE[cell.arm]
+  out.finetune.warmup_steps = c.study.warmup_steps if warm else 0
+  return task.finetune_config(out, pretrained, mode)
 
 
 def metrics_of(results: dict) -> dict:
-  """The four metrics (and their 10 ms / 5 ms versions and oracles where present), their
-  mean at the training bin (MEAN_METRIC, when all four are there) and, per width,
-  co-smoothing's fraction of the oracle ("co_smoothing_oracle_fraction[_5ms]")."""
-  keys = [m for m in results if any(m.startswith(b) or m.startswith(f"oracle_{b}") for b in run.METRICS)]
-  out = {m: results[m] for m in keys if isinstance(results[m], float)}
+  """The scored metrics present in `results`, and MEAN_METRIC when all four MtM metrics are."""
+  out = {m: results[m] for m in SCORED if isinstance(results.get(m), float)}
   if all(m in out for m in run.METRICS):
     out[MEAN_METRIC] = sum(out[m] for m in run.METRICS) / len(run.METRICS)
-  for key in [k for k in out if k.startswith("co_smoothing_bps")]:
-    oracle = out.get(f"oracle_{key}")
-    if oracle:
-      out[key.replace("co_smoothing_bps", "co_smoothing_oracle_fraction")] = out[key] / oracle
   return out
 
 
+def _rate(lr: float) -> str:
+  return f"lr{lr:g}"
+
+
 def run_study(config: ml_collections.ConfigDict, workdir: str, *, only_analyse: bool = False) -> list[dict]:
-  """Runs (or reuses) every run of the study; writes families.csv/.png/.md; returns the rows."""
+  """Runs (or reuses) every run of the study; writes families.csv/.md/.png; returns the rows."""
   validate(config)
+  study = config.study
   workdir = os.path.abspath(os.path.expanduser(workdir))
-  data_dir = os.path.abspath(os.path.expanduser(config.study.data_dir))
-  pool, heldout = scaling._names(config.study.pool), scaling._names(config.study.heldout)
-  families = sorted({ARMS[a][0] for a in config.study.arms})
+  data_dir = os.path.abspath(os.path.expanduser(study.data_dir))
+  pool, heldout = scaling._names(study.pool), heldout_sessions(study)
   start = time.time()
   if not only_analyse:
     from data_builders import prepare  # pylint: disable=g-import-not-at-top
 
-    names = pool[: max(config.study.sizes)] + heldout
-    prepare.build([f"{BUILDERS[f]}/{n}" for f in families for n in names], data_dir)
+    names = sessions_of(study, pool[: max(study.sizes)]) + list(heldout.values())
+    prepare.build([f"{BUILDERS[f]}/{n}" for f in study.families for n in names], data_dir)
   rows = []
-  for arm in config.study.arms:
-    family, mode, has_scratch = ARMS[arm]
-    for n in ([0] if config.study.scratch and has_scratch else []) + list(config.study.sizes):
-      pretrained = None
-      if n:
-        pretrained = os.path.join(workdir, "pretrain", family, f"n{n:02d}")
-        if not scaling.train_run(
-          stage_config(config, family, "pretrain", pool[:n], data_dir, n), pretrained, only_analyse
-        ):
-          continue
-      for session in heldout:
-        run_dir = os.path.join(workdir, "finetune", arm.replace(" ", "_"), f"n{n:02d}", session)
-        base = stage_config(config, family, "finetune" if n else "pretrain", [session], data_dir)
-        ft = registry.of(base).finetune_config(base, pretrained, mode if pretrained else None)
-        if not scaling.train_run(ft, run_dir, only_analyse):
-          continue
-        results = scaling.score(run_dir, ft.train.steps, config.study.split, run.METRICS)
-        if results is None:
-          continue
-        rows += [
-          dict(pretrain_sessions=n, mode=arm, session=session, metric=m, value=v)
-          for m, v in metrics_of(results).items()
-        ]
-  scaling.write_outputs(
-    rows, workdir, "families", figure_metrics=(MEAN_METRIC,) + run.METRICS + tuple(f"{m}_5ms" for m in run.METRICS)
-  )
+  for family in study.families:
+    pretrained = {}
+    for p in protocol.pretrainings(study):
+      folder = os.path.join(workdir, "pretrain", family, p.label)
+      names = sessions_of(study, pool[: p.animals])
+      if scaling.train_run(stage_config(config, family, "pretrain", names, data_dir, p.steps), folder, only_analyse):
+        pretrained[p] = folder
+    for cell in protocol.cells(study, family):
+      if cell.pretraining is not None and cell.pretraining not in pretrained:
+        continue
+      rows += _cell_rows(config, cell, heldout, data_dir, workdir, pretrained.get(cell.pretraining), only_analyse)
+  report.write(rows, workdir, "families", MEAN_METRIC)
   logging.info("families study: %d rows in %.0f s", len(rows), time.time() - start)
+  return rows
+
+
+def _cell_rows(config, cell, heldout: dict, data_dir: str, workdir: str, pretrained, only_analyse: bool) -> list[dict]:
+  """Tunes `cell`'s learning rate on the validation split (first seed), then trains every
+  seed at the chosen rate and scores it on study.split; returns its rows."""
+  study = config.study
+  folder = lambda animal, lr, seed: os.path.join(workdir, "adapt", cell.path, animal, f"{_rate(lr)}_seed{seed}")
+  train = lambda animal, lr, seed: scaling.train_run(
+    adapt_config(config, cell, heldout[animal], data_dir, pretrained, lr, seed), folder(animal, lr, seed), only_analyse
+  )
+  losses = {}
+  for lr in study.learning_rates:
+    if not all([train(animal, lr, study.seeds[0]) for animal in heldout]):
+      return []
+    losses[lr] = [protocol.final_val_loss(folder(animal, lr, study.seeds[0])) for animal in heldout]
+  lr = protocol.choose(losses)
+  logging.info("%s %s %s: learning rate %g (validation losses %s)", cell.family, cell.arm, cell.pretraining, lr, losses)
+  rows = []
+  for animal in heldout:
+    for seed in study.seeds:
+      run_dir = folder(animal, lr, seed)
+      if not train(animal, lr, seed):
+        continue
+      results = scaling.score(run_dir, cell.steps, study.split, SCORED)
+      if results is None:
+        continue
+      p = cell.pretraining
+      common = dict(
+        family=LABELS[cell.family],
+        arm=cell.arm,
+        pretraining=p.label if p else "none",
+        pretrain_animals=p.animals if p else 0,
+        pretrain_steps=p.steps if p else 0,
+        adapt_steps=cell.steps,
+        animal=animal,
+        seed=seed,
+        learning_rate=lr,
+        train_seconds=round(protocol.train_seconds(run_dir), 2),
+      )
+      rows += [dict(common, metric=m, value=v) for m, v in metrics_of(results).items()]
   return rows

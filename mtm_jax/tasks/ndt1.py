@@ -92,6 +92,12 @@ def session_row_mask(params, batch):
   return rows.only_row(params, ndt1.SESSION_PARAMS, batch_session(batch))
 
 
+def new_rows_mask(params, batch):
+  """Only the batch's session row of the per-session layers changes; the shared weights
+  are frozen (fine-tuning mode "unit_id", and the warm-up of "full")."""
+  return rows.only_row(params, ndt1.SESSION_PARAMS, batch_session(batch), rest=False)
+
+
 def make_train_step(graphdef, tx, mode: str, mask_config: masking.MaskConfig, *, dtype="float32"):
   """(state, batch, regions [S, N], key) -> (state, metrics): step_lib.make_train_step
   of the NDT1 loss with the session-row mask."""
@@ -156,13 +162,13 @@ class NDT1Task(base.Task):
 
   def finetune_config(self, config, pretrained, mode=None):
     """The architecture (config.model) is the pretrained one, and training starts from
-    its shared weights with fresh per-session layers for config.data.datasets; every
-    parameter trains (mode None or "full")."""
-    if mode not in (None, "full"):
-      raise ValueError(
-        f"--mode: NDT1 fine-tuning trains every parameter (new stitching layers and the shared "
-        f"weights): expected 'full', got {mode!r} (unit identification is POYO's)"
-      )
+    its shared weights with fresh per-session layers for config.data.datasets. mode (None:
+    config.finetune.mode) "full": every parameter trains, after finetune.warmup_steps of
+    the new per-session layers alone; "unit_id": only the new per-session layers train
+    (the stitchers and session row of the new sessions: NDT1's unit identification)."""
+    mode = config.finetune.mode if mode is None else mode
+    if mode not in config_checks.FINETUNE_MODES:
+      raise ValueError(f"--mode: expected one of {config_checks.FINETUNE_MODES} for NDT1, got {mode!r}")
     config = ml_collections.ConfigDict(config.to_dict())
     if not pretrained:
       return config
@@ -174,6 +180,7 @@ class NDT1Task(base.Task):
       )
     config.model = checkpoint.with_defaults(pre.model, config.model)
     config.init.pretrained = os.path.abspath(os.path.expanduser(pretrained))
+    config.finetune.mode = mode
     if config.masking.mode == masking.TEMPORAL:
       config.model.use_prompt = False
     return config
@@ -237,7 +244,16 @@ class NDT1Task(base.Task):
     return loss(graphdef, config.masking.mode, mask_config(config), config.model.get("dtype", "float32"))
 
   def phases(self, config, inputs, pretrained):
-    return [base.Phase(base.FOREVER, session_row_mask)]
+    """From a pretrained model, "unit_id" trains only the new per-session layers; "full"
+    trains them alone for finetune.warmup_steps, then everything. Each step changes only
+    its batch's session row of the per-session layers."""
+    ft = config.get("finetune")
+    warmup = 0 if pretrained is None or ft is None else config.train.steps if ft.mode == "unit_id" else ft.warmup_steps
+    if not warmup:
+      return [base.Phase(base.FOREVER, session_row_mask)]
+    then = ", then everything" if warmup < config.train.steps else ""
+    logging.info("new stitchers and session row only for %d steps%s", warmup, then)
+    return [base.Phase(warmup, new_rows_mask), base.Phase(base.FOREVER, session_row_mask)]
 
   def learning_rate(self, config):
     return optimizer.learning_rate_schedule(config)

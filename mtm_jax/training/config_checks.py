@@ -12,7 +12,8 @@ from mtm_jax.datasets import schema
 from mtm_jax.models import ndt1 as ndt1_model, poyo as poyo_model, poyo_mtm as poyo_mtm_model
 from mtm_jax.training import precision
 
-# POYO's ways to adapt a pretrained model (config.finetune.mode).
+# Ways to adapt a pretrained model (config.finetune.mode): only the new session's rows
+# (POYO's unit identification; NDT1's new stitchers and session row), or everything.
 FINETUNE_MODES = ("unit_id", "full")
 
 
@@ -39,6 +40,8 @@ def ndt1(c: ml_collections.ConfigDict) -> None:
   if c.data.batch_size < 1 or c.train.steps < 1:
     raise ValueError("config.data.batch_size and config.train.steps must be positive")
   train(c)
+  if "finetune" in c:  # configs saved before NDT1 had fine-tuning modes
+    finetune(c)
   ndt1_model.Hparams.from_config(c.model)
   names = data_kind(c, BINNED, "NDT1")
   if len(names) > 1 and c.model.stitch_dim <= 0:

@@ -40,10 +40,10 @@ def table_mask(params, tables: Mapping[str, object], rest: bool):
   return jax.tree_util.tree_map_with_path(leaf, params)
 
 
-def only_row(params, tables, row: jax.Array):
-  """Row `row` ([] int32) of each table in `tables`, and everything else (NDT1: the
-  batch's session row of the per-session layers, and the shared weights)."""
-  return table_mask(params, {t: (lambda n: jnp.arange(n) == row) for t in tables}, rest=True)
+def only_row(params, tables, row: jax.Array, rest: bool = True):
+  """Row `row` ([] int32) of each table in `tables`, and every other leaf when `rest` (NDT1:
+  the batch's session row of the per-session layers, and the shared weights unless frozen)."""
+  return table_mask(params, {t: (lambda n: jnp.arange(n) == row) for t in tables}, rest=rest)
 
 
 def rows_from(params, first_rows: Mapping[str, int]):

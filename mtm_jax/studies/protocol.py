@@ -1,0 +1,184 @@
+"""The fair study protocol: which runs a family study makes, how their learning rate is
+chosen, and how their scores are summarised with intervals.
+
+A study adapts pretrained models (or trains from scratch) on held-out animals, never seen
+in pretraining. Its cells, per family:
+  scratch            trained on the held-out session alone, study.adapt_steps
+  scratch, matched   the same for study.pretrain_steps + study.adapt_steps (the steps of
+                     pretraining and adaptation together: a compute-matched baseline)
+  frozen             from a pretrained model, only the new session's rows train (NDT1: new
+                     stitchers and session row; spike-token MtM: unit identification)
+  warm-up then all   frozen for study.warmup_steps, then everything
+  all                everything trains from the first step
+each pretrained arm from every pretraining: 1, 4, 12 ... animals of study.pool at
+study.pretrain_steps (step-matched), and the 1-animal control at study.control_steps.
+Every arm of both families adapts for the same steps (study.adapt_steps) with the same
+batches for the same seed, and picks its learning rate from the same grid
+(study.learning_rates) by the validation loss of the tuning seed (the first of
+study.seeds), averaged over held-out animals. Only the chosen learning rate's runs are
+scored, on study.split (the test split), once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+
+import numpy as np
+from scipy import stats
+
+SCRATCH, MATCHED, FROZEN, WARMUP, ALL = "scratch", "scratch, matched", "frozen", "warm-up then all", "all"
+ARMS = (SCRATCH, MATCHED, FROZEN, WARMUP, ALL)
+# arm -> (config.finetune.mode, whether it warms up) of a pretrained arm
+FINETUNE = {FROZEN: ("unit_id", False), WARMUP: ("full", True), ALL: ("full", False)}
+CONFIDENCE = 0.95
+
+
+@dataclasses.dataclass(frozen=True)
+class Pretraining:
+  """A pretraining run of a family: the first `animals` animals of study.pool for `steps`."""
+
+  animals: int
+  steps: int
+
+  @property
+  def label(self) -> str:
+    return f"a{self.animals:02d}_{self.steps}steps"
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  """One arm of one family after one pretraining (None: from scratch), adapted for `steps`."""
+
+  family: str
+  arm: str
+  pretraining: Pretraining | None
+  steps: int
+
+  @property
+  def path(self) -> str:
+    """Its folder under <study>/adapt/."""
+    arm = self.arm.replace(", ", "_").replace(" ", "_")
+    return os.path.join(self.family, arm, self.pretraining.label if self.pretraining else "none")
+
+
+def pretrainings(study) -> list[Pretraining]:
+  """Step-matched pretraining on each of study.sizes animals, and the 1-animal control at
+  study.control_steps (0: none)."""
+  out = [Pretraining(n, study.pretrain_steps) for n in study.sizes]
+  if study.control_steps and Pretraining(1, study.control_steps) not in out:
+    out.append(Pretraining(1, study.control_steps))
+  return out
+
+
+def cells(study, family: str) -> list[Cell]:
+  """The cells of `family` for the arms of study.arms (see the module docstring)."""
+  out = []
+  for arm in study.arms:
+    if arm == SCRATCH:
+      out.append(Cell(family, arm, None, study.adapt_steps))
+    elif arm == MATCHED:
+      out.append(Cell(family, arm, None, study.pretrain_steps + study.adapt_steps))
+    else:
+      out += [Cell(family, arm, p, study.adapt_steps) for p in pretrainings(study)]
+  return out
+
+
+def check(study) -> None:
+  """Raises ValueError naming the field of config.study that is inconsistent."""
+  unknown = [a for a in study.arms if a not in ARMS]
+  if unknown:
+    raise ValueError(f"config.study.arms: unknown {unknown}; expected some of {list(ARMS)}")
+  if not study.seeds or len(set(study.seeds)) != len(study.seeds):
+    raise ValueError(f"config.study.seeds: expected distinct seeds, got {list(study.seeds)}")
+  if not study.learning_rates or min(study.learning_rates) <= 0:
+    raise ValueError(f"config.study.learning_rates: expected positive learning rates, got {list(study.learning_rates)}")
+  for field in ("pretrain_steps", "adapt_steps"):
+    if study[field] < 1:
+      raise ValueError(f"config.study.{field}: must be >= 1, got {study[field]}")
+  if WARMUP in study.arms and not 0 < study.warmup_steps < study.adapt_steps:
+    raise ValueError(
+      f"config.study.warmup_steps: the {WARMUP!r} arm needs 0 < warmup_steps < adapt_steps "
+      f"({study.adapt_steps}), got {study.warmup_steps}"
+    )
+  if study.control_steps < 0:
+    raise ValueError(f"config.study.control_steps: must be >= 0 (0: no control), got {study.control_steps}")
+
+
+def final_val_loss(workdir: str) -> float:
+  """The last validation loss a run logged (<workdir>/metrics.jsonl; inf if none)."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  last = math.inf
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      for line in f:
+        value = json.loads(line).get("val_loss")
+        if value is not None:
+          last = float(value)
+  return last
+
+
+def train_seconds(workdir: str) -> float:
+  """The run's training time without compilation: the sum over its logged windows of
+  steps / steps_per_second (<workdir>/metrics.jsonl; nan if it logged none)."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  total, previous = 0.0, 0
+  if not os.path.exists(path):
+    return math.nan
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      record = json.loads(line)
+      if record.get("steps_per_second"):
+        total += (record["step"] - previous) / record["steps_per_second"]
+        previous = record["step"]
+  return total if previous else math.nan
+
+
+def choose(losses: dict[float, list[float]]) -> float:
+  """The learning rate whose validation losses (one per held-out animal) have the lowest
+  mean; ties go to the smaller rate."""
+  return min(sorted(losses), key=lambda lr: float(np.mean(losses[lr])))
+
+
+def interval(values) -> tuple[float, float, float]:
+  """(mean, low, high): the mean and its two-sided 95% Student-t interval over `values`
+  (low = high = mean for one value)."""
+  x = np.asarray(values, np.float64)
+  mean = float(x.mean())
+  if len(x) < 2:
+    return mean, mean, mean
+  half = stats.t.ppf(0.5 + CONFIDENCE / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))
+  return mean, mean - half, mean + half
+
+
+def verdict(low: float, high: float) -> str:
+  """What a difference's interval supports (higher scores are better): "better", "worse" or "tie"."""
+  return "better" if low > 0 else "worse" if high < 0 else "tie"
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+  """Per (family, arm, pretraining, metric): n, mean, low, high over (animal, seed), and
+  against the same family's scratch arms, the paired difference (same animal and seed)
+  with its interval and verdict ("vs_scratch_*", "vs_matched_*")."""
+  groups: dict[tuple, dict] = {}
+  sizes = {}
+  for r in rows:
+    key = (r["family"], r["arm"], r["pretraining"], r["metric"])
+    groups.setdefault(key, {})[(r["animal"], int(r["seed"]))] = float(r["value"])
+    sizes[key] = dict(pretrain_animals=int(r["pretrain_animals"]), pretrain_steps=int(r["pretrain_steps"]))
+  out = []
+  for (family, arm, pretraining, metric), values in groups.items():
+    mean, low, high = interval(list(values.values()))
+    entry = dict(family=family, arm=arm, pretraining=pretraining, metric=metric, n=len(values))
+    entry.update(sizes[(family, arm, pretraining, metric)])
+    entry.update(mean=mean, low=low, high=high)
+    for name, base in (("vs_scratch", SCRATCH), ("vs_matched", MATCHED)):
+      ref = groups.get((family, base, "none", metric))
+      pairs = [values[k] - ref[k] for k in values if ref and k in ref]
+      if pretraining != "none" and len(pairs) >= 2:
+        d, lo, hi = interval(pairs)
+        entry.update({f"{name}": d, f"{name}_low": lo, f"{name}_high": hi, f"{name}_verdict": verdict(lo, hi)})
+    out.append(entry)
+  return out
