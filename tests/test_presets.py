@@ -13,6 +13,7 @@ import pytest
 from data_builders import prepare
 from mtm_jax.configs import poyo as poyo_config
 from mtm_jax.configs import poyo_mtm as poyo_mtm_config
+from mtm_jax.datasets.events import buckets as buckets_lib
 from mtm_jax.datasets.events import batches as batches_lib
 from mtm_jax.datasets.events import tfds as tfds_lib
 from mtm_jax.datasets.events import tokens as tokens_lib
@@ -28,12 +29,12 @@ POYO_SESSION = "spike_events/reaching_000"  # 168 units: windows with every unit
 
 
 def test_buckets_grow_by_the_ladder_only_as_far_as_the_longest_item():
-  assert tokens_lib.grow_buckets((256, 512, 1024, 2048), 3192) == (256, 512, 1024, 2048, 3072, 4096)
-  assert tokens_lib.grow_buckets((256, 512, 1024, 2048), 2048) == (256, 512, 1024, 2048)
-  assert tokens_lib.grow_buckets((1024,), 9000) == (1024, 1536, 2048, 3072, 4096, 6144, 8192, 12288)
-  assert tokens_lib.grow_buckets((1000,), 1001) == (1000, 1024)  # back onto the ladder
+  assert buckets_lib.grow_buckets((256, 512, 1024, 2048), 3192) == (256, 512, 1024, 2048, 3072, 4096)
+  assert buckets_lib.grow_buckets((256, 512, 1024, 2048), 2048) == (256, 512, 1024, 2048)
+  assert buckets_lib.grow_buckets((1024,), 9000) == (1024, 1536, 2048, 3072, 4096, 6144, 8192, 12288)
+  assert buckets_lib.grow_buckets((1000,), 1001) == (1000, 1024)  # back onto the ladder
   for b in (8, 24, 1000, 1024, 1536, 3072, 12288):
-    rung = tokens_lib.next_rung(b)
+    rung = buckets_lib.next_rung(b)
     assert b < rung <= 1.5 * max(b, 16) and rung % 8 == 0, (b, rung)
 
 

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mtm_jax import masking
-from mtm_jax.datasets.events import tokens as tokens_lib
+from mtm_jax.datasets.events import buckets as buckets_lib
 from mtm_jax.datasets.events import trials as trials_lib
 from mtm_jax.parallel import mesh as mesh_lib
 
@@ -68,7 +68,7 @@ def context_tokens(data: trials_lib.TrialData, picks: Sequence[tuple[int, int]],
   batch = trials_lib.collate(data, trials, int(data.token_counts()[trials].max()))
   keep = batch["input_mask"] & np.take_along_axis(units[[g for _, g in picks]], batch["token_unit"], axis=1)
   count = keep.sum(axis=1)
-  length = tokens_lib.bucket_length(int(count.max()), data.config.bucket_lengths)
+  length = buckets_lib.bucket_length(int(count.max()), data.config.bucket_lengths)
   order = np.argsort(~keep, axis=1, kind="stable")[:, :length]  # the kept tokens first, in their order
   real = np.arange(length)[None] < count[:, None]
   return {

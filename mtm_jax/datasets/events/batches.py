@@ -21,6 +21,7 @@ from typing import Sequence
 import grain
 import numpy as np
 
+from mtm_jax.datasets.events import buckets as buckets_lib
 from mtm_jax.datasets.events import tokens as tokens_lib
 from mtm_jax.datasets.events import windows as windows_lib
 
@@ -128,7 +129,7 @@ def token_length_report(data: windows_lib.EventData, batch_size: int, seed: int,
   for i in range(n_batches):
     windows = stream.windows(range(i * batch_size, (i + 1) * batch_size))
     n = max(len(w.unit_index) for w in windows)
-    buckets[tokens_lib.bucket_length(n, data.config.bucket_lengths)] += 1
+    buckets[buckets_lib.bucket_length(n, data.config.bucket_lengths)] += 1
     truncated += sum(w.dropped_spikes > 0 for w in windows)
     dropped += sum(w.dropped_spikes for w in windows)
     longest = max([longest] + [len(w.unit_index) + w.dropped_spikes for w in windows])

@@ -14,7 +14,7 @@ A batch (B trials, L tokens, N unit slots = the most units of any session, T bin
   unit_regions [B, N] int32   region id of each slot within its session (-1 = padding)
   counts [B, T, N] float32    spikes per bin and slot
   valid [B] bool              False on rows that only pad a partial batch
-Batches are padded to a token bucket (tokens.bucket_length) chosen from the token counts
+Batches are padded to a token bucket (buckets.bucket_length) chosen from the token counts
 of the whole global batch, so every process compiles the same shapes and builds only its
 rows (`rows`, mtm_jax.parallel.mesh.process_rows).
 """
@@ -28,6 +28,7 @@ from typing import Sequence
 import grain
 import numpy as np
 
+from mtm_jax.datasets.events import buckets as buckets_lib
 from mtm_jax.datasets.events import binning
 from mtm_jax.datasets.events import session as session_lib
 from mtm_jax.datasets.events import tokens as tokens_lib
@@ -116,7 +117,7 @@ def prepare(
   (unit slots) to the most units of any session. ValueError naming the session when a
   trial is not `context` seconds long or a session lacks the split, or has more tokens
   than config.max_tokens (> 0). The returned config's buckets are config.bucket_lengths
-  grown by the ladder (tokens.grow_buckets) to hold the longest trial."""
+  grown by the ladder (buckets.grow_buckets) to hold the longest trial."""
   if not sessions:
     raise ValueError("trials.prepare: no sessions given")
   sessions = tuple(sessions)
@@ -159,7 +160,7 @@ def prepare(
   where = (
     f"session {sessions[rows[longest][0]].session_id!r} has a trial of split {split!r} (from {rows[longest][1]:.3f} s)"
   )
-  grown = tokens_lib.fit_buckets(config.bucket_lengths, lengths[longest], config.max_tokens, where, "trial")
+  grown = buckets_lib.fit_buckets(config.bucket_lengths, lengths[longest], config.max_tokens, where, "trial")
   config = dataclasses.replace(config, bucket_lengths=grown)
   return TrialData(
     sessions=sessions,
@@ -180,7 +181,7 @@ def prepare(
 
 def collate(data: TrialData, indices: Sequence[int], n_tokens: int) -> dict[str, np.ndarray]:
   """The batch of trials `indices` (-1 = a padding row), padded to the bucket of n_tokens."""
-  length = tokens_lib.bucket_length(n_tokens, data.config.bucket_lengths)
+  length = buckets_lib.bucket_length(n_tokens, data.config.bucket_lengths)
   b, n, t = len(indices), data.n_units, data.config.n_bins
   out = dict(
     unit_index=np.zeros((b, length), np.int32),

@@ -6,7 +6,7 @@ evaluation windows slide by eval_step seconds and the last one ends at the inter
 (`evaluation_windows`), so every behaviour timestamp is covered.
 
 `prepare` grows the token buckets from the data, as trials.prepare does for trials: past
-the largest of WindowConfig.bucket_lengths, up the ladder (tokens.grow_buckets) to the
+the largest of WindowConfig.bucket_lengths, up the ladder (buckets.grow_buckets) to the
 rung that holds the longest window the split can have (`longest_window`), so no window
 loses spikes; WindowConfig.max_tokens (> 0, config.data.max_tokens) caps that, a split
 with a longer window being an error naming it.
@@ -19,8 +19,8 @@ from typing import Sequence
 
 import numpy as np
 
+from mtm_jax.datasets.events import buckets as buckets_lib
 from mtm_jax.datasets.events import session as session_lib
-from mtm_jax.datasets.events import tokens as tokens_lib
 from mtm_jax.datasets.events import vocabulary as vocabulary_lib
 
 
@@ -140,7 +140,7 @@ def prepare(
     )
   tokens, position, start = longest_window(sessions, split, config)
   where = f"session {sessions[position].session_id!r} has a window of split {split!r} (from {start:.3f} s)"
-  grown = tokens_lib.fit_buckets(config.bucket_lengths, tokens, config.max_tokens, where, "window")
+  grown = buckets_lib.fit_buckets(config.bucket_lengths, tokens, config.max_tokens, where, "window")
   return EventData(
     sessions=sessions,
     split=split,
