@@ -190,12 +190,12 @@ def ndt1(rec: Recorder, sizes: dict, peak: dict) -> None:
 def poyo(rec: Recorder, sizes: dict, peak: dict) -> None:
   from benchmarks import common, poyo_step  # pylint: disable=import-outside-toplevel
   from mtm_jax.configs import poyo as poyo_config  # pylint: disable=import-outside-toplevel
-  from mtm_jax.datasets.events import tokens  # pylint: disable=import-outside-toplevel
+  from mtm_jax.datasets.events import buckets as buckets_lib  # pylint: disable=import-outside-toplevel
 
   for size, dtype, batch in sizes["rows"]:
     config = poyo_config.get_config(size)
     config.model.dtype, config.model.remat = dtype, False
-    length = tokens.bucket_length(sizes["spikes"] + 2 * sizes["units"], config.data.token_buckets)
+    length = buckets_lib.bucket_length(sizes["spikes"] + 2 * sizes["units"], config.data.token_buckets)
     try:
       row = poyo_step.measure(
         config,

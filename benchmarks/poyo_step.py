@@ -19,7 +19,7 @@ from flax import nnx
 from benchmarks import common, flops, synthetic
 from mtm_jax.tasks import poyo as poyo_task
 from mtm_jax.configs import poyo as poyo_config
-from mtm_jax.datasets.events import tokens as tokens_lib
+from mtm_jax.datasets.events import buckets as buckets_lib
 from mtm_jax.models import poyo
 from mtm_jax.training import entry, optimizer, precision, step as step_lib
 
@@ -125,7 +125,7 @@ def main(argv):
         for options in common.compile_variants(dtype, _ONEDNN.value):
           config = poyo_config.get_config(size)
           config.model.dtype, config.model.remat = dtype, remat
-          length = _TOKENS.value or tokens_lib.bucket_length(
+          length = _TOKENS.value or buckets_lib.bucket_length(
             _SPIKES.value + 2 * _UNITS.value, config.data.token_buckets
           )
           row = measure(

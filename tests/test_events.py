@@ -8,6 +8,7 @@ import pytest
 
 from data_builders.spike_events import spike_events
 from mtm_jax.datasets import reaching, recording
+from mtm_jax.datasets.events import buckets as buckets_lib
 from mtm_jax.datasets.events import batches as batches_lib
 from mtm_jax.datasets.events import session as session_lib
 from mtm_jax.datasets.events import stitching
@@ -241,7 +242,7 @@ def test_outputs_scaled_buckets_grown_and_truncation_counted(sessions):
   np.testing.assert_allclose(data.scale, scale)
   # The buckets grow up the ladder to hold the longest window: none loses a spike.
   longest, _, _ = windows_lib.longest_window(sessions[:1], "train", config)
-  assert data.config.bucket_lengths == tokens_lib.grow_buckets((80, 96), longest) and longest > 96
+  assert data.config.bucket_lengths == buckets_lib.grow_buckets((80, 96), longest) and longest > 96
   report = batches_lib.token_length_report(data, batch_size=3, seed=0, n_batches=2)
   assert report["truncated_windows"] == 0 and report["dropped_spikes"] == 0 and report["max_tokens"] <= longest
   # Buckets smaller than a window (EventData made by hand) still cut it, counted.
@@ -331,7 +332,7 @@ def test_process_rows_concatenate_to_the_global_batch(sessions, n_processes):
     parts = [m[step] for m in mine]
     _assert_rows_make_the_batch(parts, whole[step], tokens_lib.BATCH_KEYS, f"training step {step}")
     smaller += sum(
-      tokens_lib.bucket_length(int(p["input_mask"].sum(1).max()), config.bucket_lengths) < p["unit_index"].shape[1]
+      buckets_lib.bucket_length(int(p["input_mask"].sum(1).max()), config.bucket_lengths) < p["unit_index"].shape[1]
       for p in parts
     )
   assert smaller > 0  # the bucket is the global batch's, not the rows'
