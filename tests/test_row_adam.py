@@ -5,8 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 
-from mtm_jax.training import optimizer, rows, step as step_lib
+from mtm_jax.configs import ndt1 as ndt1_config
+from mtm_jax.models import ndt1
+from mtm_jax.training import checkpoint, optimizer, rows, step as step_lib
 
 SCHEDULE = optax.cosine_onecycle_schedule(transition_steps=20, peak_value=1e-2, pct_start=0.3)
 WD = 0.05
@@ -119,3 +122,31 @@ def test_a_mask_with_rows_of_a_table_without_row_counts_is_an_error():
   train_step = step_lib.make_train_step(_loss, tx, row_mask=_row_mask)
   with pytest.raises(ValueError, match="row_tables"):
     train_step(step_lib.init_state(_params(), tx), _batches(1, [1])[0], None, jax.random.key(0))
+
+
+def _ndt1_state(tx):
+  config = ndt1_config.get_config("tiny")
+  _, params = nnx.split(ndt1.from_config(config, 12, rngs=nnx.Rngs(0)), nnx.Param)
+  return config, step_lib.init_state(params, tx)
+
+
+def _saved(workdir, state, config):
+  mngr = checkpoint.manager(str(workdir))
+  checkpoint.save(mngr, 3, state, config, [dict(name="s")], key=jax.random.key(0), data_state=None)
+  mngr.wait_until_finished()
+  return mngr
+
+
+def test_checkpoints_resume_bit_for_bit_and_older_layouts_are_named(tmp_path):
+  config, state = _ndt1_state(optimizer.make_optimizer(ndt1_config.get_config("tiny")))
+  mngr = _saved(tmp_path / "new", state, config)
+  _bits_equal(checkpoint.restore(mngr, state).state, state)
+  mngr.close()
+  # A checkpoint of the optax.adamw state (before per-row step counts).
+  _, old_state = _ndt1_state(optax.adamw(0.1))
+  mngr = _saved(tmp_path / "old", old_state, config)
+  with pytest.raises(ValueError, match=f"^{tmp_path / 'old'}: its checkpoint of step 3 was made by an older version"):
+    checkpoint.restore(mngr, state, quarantine=True)
+  assert mngr.all_steps() == [3]  # not taken for damaged
+  _bits_equal(checkpoint.restore(mngr, state, params_only=True).state.params, old_state.params)
+  mngr.close()
