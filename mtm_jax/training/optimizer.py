@@ -192,7 +192,13 @@ def sparse_lamb(
   embedding table [rows, dim]: its rows whose gradient is all zero (units and sessions
   absent from the batch) are not changed, and their moments are reset to zero, as the
   reference's SparseLamb does (its moment decay is zero on those rows). Norms still
-  cover the whole table. b1 may be a schedule (momentum cycling)."""
+  cover the whole table. b1 may be a schedule (momentum cycling).
+
+  One global count, not row_adamw's per-row ones: without bias correction a step count
+  matters only to the learning rate and beta1 schedules, which are global (as PyTorch's
+  OneCycleLR sets them for the whole parameter group). Entries a row mask freezes keep
+  their values and moments through the train step's rows.where, as PyTorch skips a
+  parameter without a gradient; the row_mask extra argument is not needed here."""
 
   def init(params):
     zeros = lambda p: jnp.zeros_like(p)
