@@ -20,9 +20,15 @@ from flax import nnx
 
 from mtm_jax.interop import ndt1 as ndt1_interop, state_dict
 from mtm_jax.models import ndt1
+from mtm_jax.parallel import sharding
 from mtm_jax.tasks import ndt1 as ndt1_task
 from mtm_jax.training import optimizer, step as step_lib
-from tests.test_parity import ROOT, TOLERANCE, _parity_python, _rel
+from tests.test_parity import ROOT, _parity_python, _rel
+
+# Adam divides each gradient entry by its own magnitude, so float32 rounding of the small
+# entries (which differs between the frameworks) moves parameters by up to ~1e-6: 1.1e-5
+# relative after 8 steps here, where one global step count is off by 6e-3 from step 2.
+TOLERANCE = 5e-5
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +51,16 @@ def _params(ckpt, config, neurons):
   return nnx.split(model, nnx.Param)
 
 
+def _key_bias(path) -> bool:
+  """Attention key biases: softmax ignores them (q . b_k shifts every logit of a query
+  alike), so their gradient is zero up to rounding, which Adam scales to +-lr steps of
+  either sign in either framework. They do not change the outputs; not compared."""
+  return sharding.path_name(path).endswith("attn/key/bias")
+
+
 def _trajectory_errors(out: str, tx) -> list[float]:
-  """Max relative error (over the parameter tensors) of ours vs PyTorch after each step."""
+  """Max relative error (over the parameter tensors but _key_bias) of ours vs PyTorch
+  after each step."""
   ckpt = state_dict.load(os.path.join(out, "ndt1_train.npz"))
   io = dict(np.load(os.path.join(out, "ndt1_train.io.npz")))
   neurons, order = ckpt.meta["num_neurons"], ckpt.meta["order"]
@@ -70,7 +84,9 @@ def _trajectory_errors(out: str, tx) -> list[float]:
     state, metrics = train_step(state, batch, None, jax.random.key(0))
     assert bool(metrics["finite"])
     _, theirs = _params(state_dict.load(os.path.join(out, f"ndt1_train.{k}.npz")), config, neurons)
-    errs = jax.tree.map(lambda a, b: _rel(np.asarray(a), np.asarray(b)), state.params, theirs)
+    errs = jax.tree_util.tree_map_with_path(
+      lambda path, a, b: 0.0 if _key_bias(path) else _rel(np.asarray(a), np.asarray(b)), state.params, theirs
+    )
     errors.append(max(jax.tree.leaves(errs)))
   return errors
 
@@ -91,4 +107,4 @@ def test_one_global_step_count_differs_from_torch(trained):
   """optax.adamw (one step count for every row: each session's stitchers bias-corrected by
   the global step) drifts from PyTorch once a session skips steps."""
   errors = _trajectory_errors(trained, optax.adamw(**_adamw(trained)))
-  assert max(errors) > 100 * TOLERANCE, errors
+  assert max(errors) > 20 * TOLERANCE, errors
