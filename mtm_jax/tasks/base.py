@@ -198,7 +198,7 @@ class Task:
     mesh = mesh_lib.from_config(config, fit=True) if mesh is None else mesh
     graphdef, _, state = self.create(config, records, mesh)
     mngr = checkpoint.manager(workdir, create=False)
-    restored = checkpoint.restore(mngr, state, step)
+    restored = checkpoint.restore(mngr, state, step, params_only=True)
     mngr.close()
     return Trained(config, records, graphdef, restored.state.params, restored.step, mesh, workdir)
 

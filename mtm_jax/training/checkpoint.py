@@ -36,6 +36,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from mtm_jax.parallel import sharding
+
 ITEMS = ("state", "config", "sessions", "progress", "data", "provenance")
 OPTIONAL = ("progress", "data", "provenance")  # items older checkpoints may lack
 DAMAGED_DIR = "checkpoints_damaged"
@@ -150,14 +152,55 @@ def _items_present(mngr: ocp.CheckpointManager, step: int) -> set[str]:
   return {name for name in ITEMS if os.path.isdir(os.path.join(path, name))}
 
 
-def restore(mngr: ocp.CheckpointManager, target, step: int | None = None, *, quarantine: bool = False) -> Restored:
+def _layout(tree) -> set[str]:
+  """The leaf paths of a (train or optimiser) state, or of a checkpoint's metadata tree of one."""
+  return {sharding.path_name(path) for path, _ in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _saved_opt_state(mngr: ocp.CheckpointManager, step: int):
+  """The metadata tree of the optimiser state saved at `step` (None when it does not read:
+  restoring then reports the checkpoint as damaged)."""
+  try:
+    return mngr.item_metadata(step)["state"].tree["opt_state"]
+  except Exception:  # pylint: disable=broad-except
+    return None
+
+
+def _state_target(mngr: ocp.CheckpointManager, step: int, target, params_only: bool):
+  """What to restore the state of `step` as: abstract(target). A saved optimiser state
+  laid out otherwise (an older mtm_jax's, e.g. AdamW without per-row step counts) is read
+  as the checkpoint laid it out (replicated) with `params_only`, else a ValueError
+  naming the workdir."""
+  saved = _saved_opt_state(mngr, step)
+  if saved is None or _layout(saved) == _layout(target.opt_state):
+    return abstract(target)
+  if not params_only:
+    raise ValueError(
+      f"{os.path.dirname(str(mngr.directory))}: its checkpoint of step {step} was made by an older version of "
+      "mtm_jax (another optimiser state layout: AdamW now keeps a step count per row), so the run cannot resume; "
+      "train in a new workdir (the model itself still loads, e.g. as a pretrained model or to evaluate)"
+    )
+  replicated = target.step.sharding
+  as_saved = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=replicated), saved)
+  return dataclasses.replace(abstract(dataclasses.replace(target, opt_state=None)), opt_state=as_saved)
+
+
+def restore(
+  mngr: ocp.CheckpointManager,
+  target,
+  step: int | None = None,
+  *,
+  quarantine: bool = False,
+  params_only: bool = False,
+) -> Restored:
   """The newest readable checkpoint (or the one of `step`), state laid out like `target`.
 
   Every item is read; a checkpoint that fails to read is damaged: a warning names its
   step and directory and the previous one is tried (with `quarantine`, for a training
   run that will write new checkpoints, it is also moved to <workdir>/checkpoints_damaged).
   An explicit `step` that is damaged is an error. Raises FileNotFoundError when no
-  readable checkpoint is left."""
+  readable checkpoint is left. params_only: only the parameters matter (the restored
+  opt_state is laid out as saved), so checkpoints of older optimiser layouts load too; without it such a checkpoint is a ValueError (_state_target)."""
   directory = str(mngr.directory)
   report_half_written(mngr, quarantine)
   steps = sorted(mngr.all_steps(), reverse=True)
@@ -169,7 +212,9 @@ def restore(mngr: ocp.CheckpointManager, target, step: int | None = None, *, qua
   for s in steps:
     present = _items_present(mngr, s)
     args = dict(
-      state=ocp.args.StandardRestore(abstract(target)), config=ocp.args.JsonRestore(), sessions=ocp.args.JsonRestore()
+      state=ocp.args.StandardRestore(_state_target(mngr, s, target, params_only)),
+      config=ocp.args.JsonRestore(),
+      sessions=ocp.args.JsonRestore(),
     )
     args.update({name: ocp.args.JsonRestore() for name in OPTIONAL if name in present})
     try:

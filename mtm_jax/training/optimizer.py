@@ -1,4 +1,17 @@
-"""Optimisers from config: AdamW with the one-cycle schedule MtM uses; LAMB for POYO."""
+"""Optimisers from config: AdamW with the one-cycle schedule MtM uses; LAMB for POYO.
+
+Row masks (training.rows) and step counts. PyTorch, the reference, keeps Adam's step
+count per parameter and skips a parameter without a gradient entirely (no moment decay,
+no weight decay, no step). A train step with a row mask (NDT1's batch session, POYO's
+unit identification) keeps the frozen entries' parameters and moments (rows.where);
+`row_adamw` also keeps their step counts: its count is a tree shaped like the row mask
+([rows, 1, ...] int32 for a table in `row_tables`, [] elsewhere), incremented only where
+the mask lets a step change things. A row that changes on k of t steps therefore gets
+exactly the updates of an AdamW that saw only those k steps (moments, bias correction
+with k, weight decay), while the learning rate is the schedule's at the global step
+(PyTorch's LR scheduler is global too). Without a mask, or when every row changes on
+every step, it is optax.adamw bit for bit.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from mtm_jax.models import poyo
+from mtm_jax.models import ndt1, poyo
 from mtm_jax.training import rows
 
 
@@ -26,10 +39,101 @@ def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
   )
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  return optax.adamw(
-    learning_rate_schedule(config), b1=0.9, b2=0.999, eps=1e-8, weight_decay=config.optimizer.weight_decay
+class RowAdamState(NamedTuple):
+  count: Any  # like the params: [] int32, or [rows, 1, ...] int32 for a row table (steps it changed on)
+  mu: Any  # first moments, like the params
+  nu: Any  # second moments, like the params
+
+
+def row_counts(params, row_tables=()):
+  """Zero step counts shaped like a row mask of `params`: [rows, 1, ...] int32 for the
+  leaves under a table named in `row_tables` (first path key), [] int32 elsewhere."""
+
+  def leaf(path, p):
+    shape = (p.shape[0],) + (1,) * (p.ndim - 1) if rows.path_head(path) in row_tables else ()
+    return jnp.zeros(shape, jnp.int32)
+
+  return jax.tree_util.tree_map_with_path(leaf, params)
+
+
+def scale_by_row_adam(
+  b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, row_tables=()
+) -> optax.GradientTransformationExtraArgs:
+  """optax.scale_by_adam with a step count per row-mask entry (row_counts).
+
+  update(grads, state, params, row_mask=None): row_mask is a training.rows mask of the
+  step (None: everything changes). Each count grows by one where the mask is True, and
+  the bias correction of an entry uses its own count (at least 1, so that rows that
+  never changed stay finite). The moments are updated everywhere, as optax does: the
+  train step keeps frozen rows' moments and parameters with rows.where. A mask with
+  rows for a table that is not in `row_tables` (one count for the whole table) is an
+  error."""
+
+  def init(params):
+    zeros = lambda p: jnp.zeros_like(p)
+    return RowAdamState(row_counts(params, row_tables), jax.tree.map(zeros, params), jax.tree.map(zeros, params))
+
+  def count_step(count, m):
+    if jnp.shape(m) and jnp.shape(count) != jnp.shape(m):
+      raise ValueError(
+        f"row mask of shape {jnp.shape(m)} for a leaf with step counts of shape {jnp.shape(count)}: "
+        f"name its table in row_tables (now {tuple(row_tables)})"
+      )
+    return jnp.where(m, optax.safe_increment(count), count)
+
+  def update(grads, state, params=None, *, row_mask=None, **extra):
+    del params, extra
+    mu = optax.tree.update_moment(grads, state.mu, b1, 1)
+    nu = optax.tree.update_moment_per_elem_norm(grads, state.nu, b2, 2)
+    if row_mask is None:
+      count = jax.tree.map(optax.safe_increment, state.count)
+    else:
+      count = jax.tree.map(count_step, state.count, row_mask)
+
+    def one(m, v, c):  # optax.tree.bias_correction of one leaf with its own count
+      c = jnp.maximum(c, 1)
+      m_hat = m / (1 - b1**c).astype(m.dtype)
+      v_hat = v / (1 - b2**c).astype(v.dtype)
+      return m_hat / (jnp.sqrt(v_hat) + eps)
+
+    return jax.tree.map(one, mu, nu, count), RowAdamState(count, mu, nu)
+
+  return optax.GradientTransformationExtraArgs(init, update)
+
+
+def row_adamw(
+  learning_rate: optax.ScalarOrSchedule,
+  b1: float = 0.9,
+  b2: float = 0.999,
+  eps: float = 1e-8,
+  weight_decay: float = 1e-4,
+  row_tables=(),
+) -> optax.GradientTransformationExtraArgs:
+  """optax.adamw (decoupled weight decay) with scale_by_row_adam: per-row step counts
+  for the tables in `row_tables` and per-leaf ones elsewhere; update(..., row_mask=mask).
+  The learning rate follows the global step (its own count)."""
+  return optax.chain(
+    scale_by_row_adam(b1, b2, eps, row_tables),
+    optax.add_decayed_weights(weight_decay),
+    optax.scale_by_learning_rate(learning_rate),
   )
+
+
+# config.family -> the tables whose rows its row masks change separately (rows.only_row,
+# rows.rows_from): NDT1's per-session layers; spike-token MtM's unit and session tables.
+ROW_TABLES = {
+  "mtm": ndt1.SESSION_PARAMS,
+  "poyo_mtm": tuple(p[0] for p in poyo.embedding_paths().values()),
+}
+
+
+def make_optimizer(config: ml_collections.ConfigDict, row_tables=None) -> optax.GradientTransformationExtraArgs:
+  """row_adamw with the one-cycle schedule; row_tables: the tables whose rows a row mask
+  may change separately (None: ROW_TABLES of config.family)."""
+  if row_tables is None:
+    row_tables = ROW_TABLES.get(config.get("family", "mtm"), ())
+  o = config.optimizer
+  return row_adamw(learning_rate_schedule(config), weight_decay=o.weight_decay, row_tables=tuple(row_tables))
 
 
 # ------------------------------------------------------------------------------------------
@@ -88,7 +192,13 @@ def sparse_lamb(
   embedding table [rows, dim]: its rows whose gradient is all zero (units and sessions
   absent from the batch) are not changed, and their moments are reset to zero, as the
   reference's SparseLamb does (its moment decay is zero on those rows). Norms still
-  cover the whole table. b1 may be a schedule (momentum cycling)."""
+  cover the whole table. b1 may be a schedule (momentum cycling).
+
+  One global count, not row_adamw's per-row ones: without bias correction a step count
+  matters only to the learning rate and beta1 schedules, which are global (as PyTorch's
+  OneCycleLR sets them for the whole parameter group). Entries a row mask freezes keep
+  their values and moments through the train step's rows.where, as PyTorch skips a
+  parameter without a gradient; the row_mask extra argument is not needed here."""
 
   def init(params):
     zeros = lambda p: jnp.zeros_like(p)

@@ -6,7 +6,9 @@ broadcast against the leaf: `[rows, 1, ...]` for a table some of whose rows may 
 NDT1's per-session stitchers (only the batch's session row), POYO's unit identification
 (only the rows a new session appended) and the row-sparse LAMB (only rows with a
 gradient); `where` applies a mask to parameters and to the parameter-shaped parts of an
-optimiser state alike.
+optimiser state alike. The train step also hands the mask to the optimiser: AdamW
+(training.optimizer.row_adamw) counts Adam's steps per mask entry, so a row that changes
+on k of t steps is bias-corrected with k, as PyTorch's per-parameter step counts do.
 """
 
 from __future__ import annotations
@@ -59,8 +61,9 @@ def rows_with_gradient(grad: jax.Array) -> jax.Array:
 
 def where(mask, new, old):
   """`new` where the row mask allows a change, `old` elsewhere. `new`/`old` are trees like
-  the params, or optimiser states: their parameter-shaped parts are masked, the rest
-  (step counts) taken from `new`."""
+  the params, or optimiser states: their parameter-shaped parts are masked (moments, and
+  row_adamw's per-row step counts, which the optimiser already advanced by the mask), the
+  rest (global step counts of the schedules) taken from `new`."""
   structure = jax.tree.structure(mask)
   is_params = lambda x: jax.tree.structure(x) == structure
   pick = lambda n, o: jax.tree.map(lambda m, a, b: jnp.where(m, a, b), mask, n, o)

@@ -50,7 +50,9 @@ def make_train_step(
   key: the run key; the step's key is fold_in(key, step), so a resumed run draws the
   same masks and dropout. row_mask(params, batch) -> a training.rows mask: the entries
   it freezes get zero gradient, no update (no weight decay) and keep their optimiser
-  moments, bit for bit. A step with a non-finite loss, gradient or update changes
+  moments, bit for bit; the mask also goes to `tx` as tx.update(..., row_mask=mask)
+  (optimizer.row_adamw counts each row's own steps; transformations without extra
+  arguments ignore it). A step with a non-finite loss, gradient or update changes
   nothing but the step (skip_nonfinite; metrics["finite"] is False).
 
   metrics: the loss's metrics (its "loss" entry, if any, is what is logged; else the
@@ -62,7 +64,8 @@ def make_train_step(
     mask = row_mask(state.params, batch) if row_mask is not None else None
     if mask is not None:
       grads = rows.zero_frozen(mask, grads)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    extra = {} if mask is None else dict(row_mask=mask)
+    updates, opt_state = optax.with_extra_args_support(tx).update(grads, state.opt_state, state.params, **extra)
     params = optax.apply_updates(state.params, updates)
     if mask is not None:
       params, opt_state = rows.where(mask, params, state.params), rows.where(mask, opt_state, state.opt_state)
