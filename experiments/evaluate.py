@@ -62,7 +62,6 @@ def main(argv):
   step = _STEP.value if _STEP.value is not None else checkpoint.latest_step(_WORKDIR.value)
   datasets = ",".join(_DATASETS.value or []) or config.data.datasets
   logging.info("loading %s (step %s) and %s...", _WORKDIR.value, step, datasets)  # data, restore, compile: seconds
-  progress.announce_first_compile()
   with progress.Stage("evaluation"):
     results = registry.evaluate_workdir(
       _WORKDIR.value, _SPLIT.value, _STEP.value, _DATASETS.value, decode=_DECODING.value, data_dir=_DATA_DIR.value

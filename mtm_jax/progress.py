@@ -82,23 +82,3 @@ class Stage:
   def __exit__(self, kind, value, traceback) -> None:
     if kind is None:
       self.finish()
-
-
-COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # jax.monitoring: one XLA compile
-
-
-def announce_first_compile(*, at_least: float = 0.5, log: Callable[..., None] = logging.info) -> None:
-  """Writes one line when JAX first finishes an XLA compile of at least `at_least` seconds
-  (a model's, not a small op's): "first compile done in <t> (<t> since loading began)",
-  so that a program's long silence before its first stage line is explained."""
-  import jax  # pylint: disable=g-import-not-at-top  (this module stays light to import)
-
-  start, done = time.monotonic(), []
-
-  def listener(event: str, duration: float, **kwargs) -> None:
-    del kwargs
-    if event == COMPILE_EVENT and duration >= at_least and not done:
-      done.append(duration)
-      log("first compile done in %s (%s since loading began)", seconds(duration), seconds(time.monotonic() - start))
-
-  jax.monitoring.register_event_duration_secs_listener(listener)

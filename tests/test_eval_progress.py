@@ -14,6 +14,7 @@ import pytest
 from mtm_jax import progress
 from mtm_jax.configs import ndt1 as ndt1_config, poyo_mtm as poyo_mtm_config
 from mtm_jax.tasks import registry
+from mtm_jax.training import provenance
 from mtm_jax.training import trainer
 from tests.conftest import DATASET
 
@@ -117,11 +118,9 @@ def test_an_ndt1_evaluation_prints_each_stage_in_order_with_its_time(workdir):
     "plots",
   ], "\n".join(lines)
   # The first line comes as soon as the flags are checked, before any scoring (loading, restoring and the
-  # first compile take seconds), and one says when the first compile is done.
+  # first compile take seconds).
   messages = [m for m in _messages(lines) if not m.startswith("re-ran with")]  # entry's huge-pages line
   assert messages[0] == f"loading {workdir} (step 2) and {DATASET}...", "\n".join(lines)
-  compiled = [i for i, m in enumerate(messages) if m.startswith("first compile done in ")]
-  assert len(compiled) == 1 and compiled[0] < messages.index(stages[0]), "\n".join(lines)
   assert re.fullmatch(r"co_smoothing: -?\d+\.\d{4} bps " + TIME[:-1], stages[0]), stages[0]
   assert re.fullmatch(r"plots: rasters of \w+: .*rasters\.png " + TIME[:-1], stages[-1]), stages[-1]
   with open(os.path.join(workdir, "rasters.png"), "rb") as f:
@@ -236,6 +235,7 @@ def test_a_nodecoding_rerun_keeps_the_earlier_decoding_scores_and_says_so(workdi
     "session_id": "synthetic_000",
     "split": "test",
     "step": 2,
+    "config_hash": provenance.run_hash(run_dir, 2),  # scores of this very checkpoint
     "co_smoothing_bps": 99.0,  # recomputed: the new score wins
     "choice_accuracy": 0.5,
     "head_choice_accuracy": 0.25,
@@ -259,10 +259,11 @@ def test_a_nodecoding_rerun_keeps_the_earlier_decoding_scores_and_says_so(workdi
     m.startswith("kept 2 earlier scores of ") and m.endswith("did not compute: choice_accuracy, head_choice_accuracy")
     for m in caplog.messages
   ), caplog.messages
-  # Scores of another step are not mixed in.
-  with open(os.path.join(run_dir, "metrics.json"), "w") as f:
-    json.dump(dict(earlier, step=1), f)
-  assert "choice_accuracy" not in registry.evaluate_workdir(run_dir, decode=False)
+  # Scores of another step, or of another config's checkpoint, are not mixed in.
+  for other in (dict(earlier, step=1), dict(earlier, config_hash="0" * 64)):
+    with open(os.path.join(run_dir, "metrics.json"), "w") as f:
+      json.dump(other, f)
+    assert "choice_accuracy" not in registry.evaluate_workdir(run_dir, decode=False)
 
 
 def test_compared_models_join_the_table_under_their_labels(tmp_path, caplog):

@@ -55,7 +55,10 @@ def manager(workdir: str, keep: int = 3, create: bool = True) -> ocp.CheckpointM
   written, and deletes old steps only after that, so retention never removes the newest
   complete checkpoint in favour of a half-written one."""
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create, enable_async_checkpointing=True)
-  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=ITEMS)
+  handlers = {
+    name: ocp.StandardCheckpointHandler() if name == "state" else ocp.JsonCheckpointHandler() for name in ITEMS
+  }
+  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_handlers=handlers)
 
 
 def key_record(key: jax.Array) -> dict:
