@@ -10,6 +10,8 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 
 import jax
 import numpy as np
@@ -52,25 +54,33 @@ def _run_programs(program: str, args, workdir, single):
     PYTHONPATH=os.pathsep.join([ROOT] + os.environ.get("PYTHONPATH", "").split(os.pathsep)),
     XLA_FLAGS="--xla_backend_optimization_level=0",
   )
+  # Each process writes to a file of its own: with pipes read one after another, a process whose
+  # unread output filled its pipe (64 KiB) would block while its peer waits for it in a collective.
+  logs = [tempfile.TemporaryFile("w+", encoding="utf-8") for _ in commands]
   procs = [
     subprocess.Popen(
       [sys.executable, "-m", "tests.multihost_worker", program, *args, *c],
       cwd=ROOT,
       env=env,
-      stdout=subprocess.PIPE,
+      stdout=log,
       stderr=subprocess.STDOUT,
       text=True,
     )
-    for c in commands
+    for c, log in zip(commands, logs)
   ]
-  outputs = []
   try:
+    deadline = time.monotonic() + 900
     for p in procs:
-      outputs.append(p.communicate(timeout=900)[0])
+      p.wait(timeout=max(deadline - time.monotonic(), 1))
   finally:
     for p in procs:
       if p.poll() is None:
         p.kill()
+  outputs = []
+  for log in logs:
+    log.seek(0)
+    outputs.append(log.read())
+    log.close()
   for c, p, out in zip(commands, procs, outputs):
     out = re.sub(r"\nExtension modules: [^\n]*", "", out)  # a crash's list of 200 modules hides its cause
     assert p.returncode == 0, f"{c} failed:\n{out[-5000:]}"
