@@ -35,16 +35,16 @@ def _parity_python() -> str | None:
   return python if os.path.exists(python) else None
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-  """Directory of the reference cases written by parity/make_reference.py."""
+def reference_run(tmp_path_factory, script: str, name: str) -> str:
+  """Runs parity/<script> --out=<a new folder> in the PyTorch parity environment (the test
+  is skipped without one); returns the folder."""
   python = _parity_python()
   if python is None:
     pytest.skip("no PyTorch parity environment (parity/.venv or $MTM_PARITY_PYTHON): run `make parity-env`")
-  out = tmp_path_factory.mktemp("parity")
+  out = tmp_path_factory.mktemp(name)
   env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
   result = subprocess.run(
-    [python, os.path.join(ROOT, "parity", "make_reference.py"), f"--out={out}"],
+    [python, os.path.join(ROOT, "parity", script), f"--out={out}"],
     capture_output=True,
     text=True,
     timeout=600,
@@ -53,6 +53,12 @@ def reference(tmp_path_factory):
   )
   assert result.returncode == 0, result.stderr[-3000:]
   return str(out)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  """Directory of the reference cases written by parity/make_reference.py."""
+  return reference_run(tmp_path_factory, "make_reference.py", "parity")
 
 
 def _case(reference, name):

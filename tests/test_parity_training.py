@@ -9,7 +9,6 @@ the parity environment.
 """
 
 import os
-import subprocess
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +22,7 @@ from mtm_jax.models import ndt1
 from mtm_jax.parallel import sharding
 from mtm_jax.tasks import ndt1 as ndt1_task
 from mtm_jax.training import optimizer, step as step_lib
-from tests.test_parity import ROOT, _parity_python, _rel
+from tests.test_parity import _rel, reference_run
 
 # Adam divides each gradient entry by its own magnitude, so float32 rounding of the small
 # entries (which differs between the frameworks) moves parameters by up to ~1e-6: 1.1e-5
@@ -33,17 +32,7 @@ TOLERANCE = 5e-5
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-  python = _parity_python()
-  if python is None:
-    pytest.skip("no PyTorch parity environment (parity/.venv or $MTM_PARITY_PYTHON): run `make parity-env`")
-  out = tmp_path_factory.mktemp("parity_training")
-  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-  script = os.path.join(ROOT, "parity", "train_reference.py")
-  result = subprocess.run(
-    [python, script, f"--out={out}"], capture_output=True, text=True, timeout=600, env=env, check=False
-  )
-  assert result.returncode == 0, result.stderr[-3000:]
-  return str(out)
+  return reference_run(tmp_path_factory, "train_reference.py", "parity_training")
 
 
 def _params(ckpt, config, neurons):

@@ -214,19 +214,9 @@ class Animal:
     wheel = wheel + c.behaviour_noise * rng.normal(size=wheel.shape)
     whisker = synthetic._softplus(0.7 * latents @ self.whisker_readout + 1.5 * vigour * move - 0.5)
     whisker = whisker + c.behaviour_noise * rng.normal(size=whisker.shape)
-    return dict(
-      spikes=spikes.astype(np.int32),
-      rates=expected_counts(lam, share, shape, c.cap).astype(np.float32),
-      regions=np.array(c.regions)[self.neuron_region[local]],
-      neuron_ids=spec.neuron_ids.astype(np.int32),
-      choice=trials["choice"].astype(np.int32),
-      block=trials["block"].astype(np.float32),
-      contrast=trials["contrast"].astype(np.float32),
-      reward=trials["reward"].astype(np.int32),
-      reaction_time=trials["reaction_time"].astype(np.float32),
-      whisker_motion_energy=whisker.astype(np.float32),
-      wheel_speed=wheel.astype(np.float32),
-    )
+    rates = expected_counts(lam, share, shape, c.cap)
+    regions = np.array(c.regions)[self.neuron_region[local]]
+    return synthetic.session_arrays(spikes, rates, regions, spec.neuron_ids, trials, whisker, wheel)
 
   def place_spikes(self, rng, spikes: np.ndarray, rates: np.ndarray, starts: np.ndarray):
     """Times [S] float64 and units [S] int32 of the counts [K, T, N] of trials starting at

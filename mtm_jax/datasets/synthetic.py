@@ -177,19 +177,7 @@ class Brain:
     wheel = wheel + 0.05 * rng.normal(size=wheel.shape)
     whisker = _softplus(latents @ self.whisker_readout + 1.5 * move - 0.5)
     whisker = whisker + 0.05 * rng.normal(size=whisker.shape)
-    return dict(
-      spikes=spikes,
-      rates=rates,
-      regions=np.array(c.regions)[self.neuron_region[ids]],
-      neuron_ids=ids.astype(np.int32),
-      choice=trials["choice"].astype(np.int32),
-      block=trials["block"].astype(np.float32),
-      contrast=trials["contrast"].astype(np.float32),
-      reward=trials["reward"].astype(np.int32),
-      reaction_time=trials["reaction_time"].astype(np.float32),
-      whisker_motion_energy=whisker.astype(np.float32),
-      wheel_speed=wheel.astype(np.float32),
-    )
+    return session_arrays(spikes, rates, np.array(c.regions)[self.neuron_region[ids]], ids, trials, whisker, wheel)
 
 
 def session(index: int, brain_seed: int = 0, sizes: SessionSizes = SessionSizes()) -> tuple[Brain, SessionSpec]:
@@ -287,6 +275,25 @@ def draw_neurons(rng, neuron_region: np.ndarray, n_regions: int, min_neurons: in
     pool = np.flatnonzero(neuron_region == r)
     ids.append(np.sort(rng.choice(pool, size=min(k, len(pool)), replace=False)))
   return ids
+
+
+def session_arrays(spikes, rates, regions, neuron_ids, trials: dict, whisker, wheel) -> dict[str, np.ndarray]:
+  """A simulated session as the schema's arrays (Brain.simulate_session documents them):
+  spikes int32, rates float32, regions, neuron_ids int32, the trial variables and the
+  behaviour traces in their dtypes."""
+  return dict(
+    spikes=spikes.astype(np.int32),
+    rates=rates.astype(np.float32),
+    regions=regions,
+    neuron_ids=neuron_ids.astype(np.int32),
+    choice=trials["choice"].astype(np.int32),
+    block=trials["block"].astype(np.float32),
+    contrast=trials["contrast"].astype(np.float32),
+    reward=trials["reward"].astype(np.int32),
+    reaction_time=trials["reaction_time"].astype(np.float32),
+    whisker_motion_energy=whisker.astype(np.float32),
+    wheel_speed=wheel.astype(np.float32),
+  )
 
 
 def _softplus(x):

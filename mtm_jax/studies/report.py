@@ -33,11 +33,7 @@ FIGURE_METRICS = ("co_smoothing_bps", "choice_accuracy", "wheel_speed_r2")
 
 def write(rows: list[dict], workdir: str, name: str, main_metric: str) -> None:
   """<name>.csv, .md and .png in `workdir` (each written whole)."""
-  os.makedirs(workdir, exist_ok=True)
-  with files.atomic_write(os.path.join(workdir, f"{name}.csv"), newline="", encoding="utf-8") as f:
-    writer = csv.DictWriter(f, fieldnames=FIELDS)
-    writer.writeheader()
-    writer.writerows(rows)
+  write_csv(rows, os.path.join(workdir, f"{name}.csv"), FIELDS)
   if not rows:
     logging.warning("%s study: no scored runs to summarise", name)
     return
@@ -45,6 +41,15 @@ def write(rows: list[dict], workdir: str, name: str, main_metric: str) -> None:
   with files.atomic_write(os.path.join(workdir, f"{name}.md"), encoding="utf-8") as f:
     f.write(tables(rows, summary, main_metric) + "\n")
   figure(summary, os.path.join(workdir, f"{name}.png"), (main_metric,) + FIGURE_METRICS)
+
+
+def write_csv(rows: list[dict], path: str, fields) -> None:
+  """`rows` as a CSV file of columns `fields` at `path` (its folder made; written whole)."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with files.atomic_write(path, newline="", encoding="utf-8") as f:
+    writer = csv.DictWriter(f, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
 
 
 def _cell(e: dict | None) -> str:

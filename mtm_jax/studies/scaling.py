@@ -35,6 +35,7 @@ from absl import logging
 
 from mtm_jax import files, masking
 from mtm_jax.evaluation import decoding, plots, run
+from mtm_jax.studies import report
 from mtm_jax.tasks import registry
 from mtm_jax.training import checkpoint, provenance, trainer
 
@@ -211,11 +212,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str, *, only_analyse: 
 def write_outputs(rows: list[dict], workdir: str, name: str = "scaling", figure_metrics=None) -> None:
   """<name>.csv, <name>.png (panels: figure_metrics of those present, default all) and
   <name>.md (a table of means ± std) in `workdir`."""
-  os.makedirs(workdir, exist_ok=True)
-  with files.atomic_write(os.path.join(workdir, f"{name}.csv"), newline="", encoding="utf-8") as f:
-    writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-    writer.writeheader()
-    writer.writerows(rows)
+  report.write_csv(rows, os.path.join(workdir, f"{name}.csv"), CSV_FIELDS)
   if not rows:
     logging.warning("%s study: no finished runs to plot", name)
     return
