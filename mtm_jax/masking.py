@@ -8,7 +8,9 @@ and returns which entries the loss is computed on:
 |---------------|-------------------------------------------------|----------------------------|
 | temporal      | Bernoulli(ratio) per (trial, bin), all neurons  | hidden entries             |
 | neuron        | Bernoulli(ratio) per (trial, neuron), all bins  | hidden entries             |
-| causal        | Bernoulli(causal_ratio) per (trial, bin)        | hidden entries             |
+| causal        | Bernoulli(causal_ratio) per (trial, bin), or    | hidden entries             |
+|               |   with causal_suffix every bin t >= c, c drawn  |                            |
+|               |   per trial in [T (1 - causal_ratio), T)        |                            |
 |               |   + causal attention in the model               |                            |
 | inter-region  | one region (drawn per batch): all its neurons   | hidden entries             |
 | intra-region  | one region drawn per batch; all neurons outside | hidden entries inside the  |
@@ -43,7 +45,8 @@ _SWITCH_ORDER = SCHEMES + (TEMPORAL,)  # lax.switch branch index of each scheme
 @dataclasses.dataclass(frozen=True)
 class MaskConfig:
   ratio: float = 0.3  # Bernoulli rate of temporal, neuron and intra-region masking
-  causal_ratio: float = 0.6  # Bernoulli rate over bins in causal masking
+  causal_ratio: float = 0.6  # Bernoulli rate over bins in causal masking (with causal_suffix: the suffix's extent)
+  causal_suffix: bool = False  # causal masking hides a suffix of bins (spike-token MtM's), not random bins (MtM's)
 
 
 @jax.tree_util.register_dataclass
@@ -87,6 +90,21 @@ def temporal_mask(key, shape, ratio):
   return hide, hide
 
 
+def suffix_bins(key, batch: int, n_bins: int, ratio: float) -> jax.Array:
+  """[batch, n_bins] bool: bins t >= c per row, c drawn uniformly in [n_bins (1 - ratio),
+  n_bins) (at least 1, so a row keeps its first bin and hides its last)."""
+  first = max(1, min(n_bins - 1, round(n_bins * (1.0 - ratio))))
+  cut = jax.random.randint(key, (batch, 1), first, n_bins)
+  return jnp.arange(n_bins)[None, :] >= cut
+
+
+def suffix_mask(key, shape, ratio):
+  """Hidden [B,T,N]: every bin from a cut drawn per trial (suffix_bins), all neurons."""
+  b, t, n = shape
+  hide = jnp.broadcast_to(suffix_bins(key, b, t, ratio)[:, :, None], shape)
+  return hide, hide
+
+
 def neuron_mask(key, shape, ratio):
   """Hidden [B,T,N]: whole neurons, Bernoulli(ratio) per (trial, neuron)."""
   b, t, n = shape
@@ -123,7 +141,7 @@ def apply_scheme(
   shape = spikes.shape
   branches = [
     lambda k: neuron_mask(k, shape, config.ratio),
-    lambda k: temporal_mask(k, shape, config.causal_ratio),
+    lambda k: (suffix_mask if config.causal_suffix else temporal_mask)(k, shape, config.causal_ratio),
     lambda k: inter_region_mask(k, shape, regions),
     lambda k: intra_region_mask(k, shape, regions, config.ratio),
     lambda k: temporal_mask(k, shape, config.ratio),

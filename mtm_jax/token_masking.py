@@ -88,9 +88,7 @@ def sample_mask(
     return branch
 
   def causal(_):
-    first = max(1, min(n_bins - 1, round(n_bins * (1.0 - config.causal_ratio))))
-    cut = jax.random.randint(k_a, (b, 1), first, n_bins)
-    bins = jnp.arange(n_bins)[None, :] >= cut
+    bins = masking.suffix_bins(k_a, b, n_bins, config.causal_ratio)
     return valid, bins, valid, bins
 
   def inter_region(_):

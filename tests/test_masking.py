@@ -141,3 +141,31 @@ def test_evaluation_tasks():
     assert np.flatnonzero(intra.score_neurons[m]).tolist() == [i]
   for task in (co, fwd, inter, intra):
     assert (task.score_neurons.sum(0) == 1).all()  # every neuron scored exactly once
+
+
+_suffix_jit = jax.jit(
+  lambda key, spikes, regions: masking.apply_scheme(
+    key,
+    spikes,
+    regions,
+    jnp.asarray(masking.scheme_index("causal")),
+    masking.MaskConfig(causal_ratio=0.6, causal_suffix=True),
+  )
+)
+
+
+@settings(max_examples=30, deadline=None)
+@given(batch=batches())
+def test_causal_suffix_hides_every_bin_from_a_cut_in_the_last_causal_ratio(batch):
+  spikes, regions, seed = batch
+  m = _suffix_jit(jax.random.key(seed), jnp.asarray(spikes), jnp.asarray(regions))
+  hidden = _hidden(spikes, np.asarray(m.inputs))
+  assert bool(m.causal)
+  np.testing.assert_array_equal(np.asarray(m.targets), hidden)
+  bins = hidden.all(axis=2)  # whole bins
+  assert (hidden == bins[:, :, None]).all()
+  t = SHAPE[1]
+  for row in bins:
+    cut = int(np.argmax(row))
+    assert row[cut:].all() and not row[:cut].any()  # a suffix
+    assert round(t * 0.4) <= cut <= t - 1  # drawn in the last causal_ratio of the bins, the first bin kept

@@ -35,6 +35,7 @@ def _ndt1(preset: str, log_every: int, learning_rate: float):
   """NDT1-MtM with stitching; learning_rate is pretraining's (adaptation's comes from study.learning_rates)."""
   c = _stage(ndt1_config.get_config(f"{preset},stitch"), log_every)
   c.optimizer.learning_rate = learning_rate
+  c.masking.causal_suffix = True  # the causal scheme hides a suffix of bins, as spike-token MtM's does
   return c
 
 

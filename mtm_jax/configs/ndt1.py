@@ -63,6 +63,9 @@ def get_config(arg: str = "paper") -> ml_collections.ConfigDict:
   c.masking.mode = "mtm"  # one of mtm_jax.masking.MODES
   c.masking.ratio = 0.3
   c.masking.causal_ratio = 0.6
+  c.masking.causal_suffix = (
+    False  # causal masking hides random bins (the reference); True: a suffix (spike-token MtM's)
+  )
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.learning_rate = 1e-4  # peak of the one-cycle schedule

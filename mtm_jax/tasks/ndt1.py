@@ -115,7 +115,8 @@ def graft_shared(params, pretrained_params, where: str = "pretrained model"):
 
 
 def mask_config(config) -> masking.MaskConfig:
-  return masking.MaskConfig(ratio=config.masking.ratio, causal_ratio=config.masking.causal_ratio)
+  m = config.masking
+  return masking.MaskConfig(ratio=m.ratio, causal_ratio=m.causal_ratio, causal_suffix=m.get("causal_suffix", False))
 
 
 def padded_batches(n: int, batch_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
