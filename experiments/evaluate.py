@@ -16,8 +16,8 @@ neurons, ground truth vs this model (labelled by its folder's name) and the --co
 models under inter-region and intra-region masking; POYO: <workdir>/behaviour.png,
 predicted vs true behaviour. --plots and --compare are checked before any scoring. Each
 stage (metric, decoder, head, plots) prints one line with its time (mtm_jax.progress); the
-first line, as soon as the flags are checked, says what is being loaded, and another when
-the first compile is done (loading, restoring and compiling take seconds).
+first line, as soon as the flags are checked, says what is being loaded (loading,
+restoring and compiling take seconds).
 
 A POYO workdir (config.family = "poyo") is scored by behaviour R^2 on sliding 1 s windows
 (behaviour_r2, per output dimension, and the ridge baseline's baseline_r2); a session too
