@@ -215,12 +215,26 @@ def intra_region_task(region_ids: np.ndarray, n_bins: int) -> EvalTask:
   return EvalTask("intra_region", "intra-region", outside | score, score, every, every)
 
 
-def evaluation_tasks(region_ids: np.ndarray, n_bins: int) -> list[EvalTask]:
-  """The four MtM evaluations of a session with these neuron regions."""
+def subsample(task: EvalTask, max_masks: int) -> EvalTask:
+  """`task` with at most `max_masks` of its passes (0: all), a random subset fixed by the
+  number of passes alone, so every model of a session is scored on the same neurons. The
+  metric (a mean over the scored neurons) becomes an estimate of the whole task's on a
+  random sample of its neurons: co-smoothing and intra-region have one pass per neuron."""
+  m = task.hide_neurons.shape[0]
+  if max_masks <= 0 or m <= max_masks:
+    return task
+  keep = np.sort(np.random.default_rng(m).choice(m, max_masks, replace=False))
+  return dataclasses.replace(task, hide_neurons=task.hide_neurons[keep], score_neurons=task.score_neurons[keep])
+
+
+def evaluation_tasks(region_ids: np.ndarray, n_bins: int, max_masks: int = 0) -> list[EvalTask]:
+  """The four MtM evaluations of a session with these neuron regions (forward prediction:
+  the last tenth of the bins), each with at most `max_masks` passes (subsample; 0: all)."""
   n = len(region_ids)
-  return [
+  tasks = [
     co_smoothing_task(n, n_bins),
     forward_prediction_task(n, n_bins),
     inter_region_task(region_ids, n_bins),
     intra_region_task(region_ids, n_bins),
   ]
+  return [subsample(t, max_masks) for t in tasks]

@@ -145,6 +145,18 @@ def test_every_arm_adapts_on_the_same_trials_for_the_same_steps(study_data_dir, 
   assert not first.init.pretrained and configs[protocol.ALL].init.pretrained == os.path.abspath(pre_dir)
 
 
+def test_each_arm_tunes_once_after_the_largest_step_matched_pretraining():
+  study = family_config.get_config("small").study
+  tuners = {}
+  for cell in protocol.cells(study, "spike"):
+    tuners.setdefault(cell.arm, set()).add(protocol.tuning_cell(study, cell))
+  assert set(tuners) == set(protocol.ARMS) and all(len(t) == 1 for t in tuners.values())
+  for arm in (protocol.FROZEN, protocol.WARMUP, protocol.ALL):
+    (tuner,) = tuners[arm]
+    assert tuner.pretraining == protocol.Pretraining(max(study.sizes), study.pretrain_steps), arm
+  assert [t.pretraining for t in tuners[protocol.SCRATCH] | tuners[protocol.MATCHED]] == [None, None]
+
+
 @pytest.mark.slow
 def test_tiny_study_end_to_end(study_data_dir, tmp_path):
   c = family_config.get_config("tiny")
@@ -153,6 +165,10 @@ def test_tiny_study_end_to_end(study_data_dir, tmp_path):
   arms = {(r["family"], r["arm"]) for r in rows}
   assert arms == {(families.LABELS[f], a) for f in c.study.families for a in protocol.ARMS}
   assert {r["seed"] for r in rows} == set(c.study.seeds)
+  rates = {(r["family"], r["arm"]): set() for r in rows}
+  for r in rows:
+    rates[(r["family"], r["arm"])].add(r["learning_rate"])
+  assert all(len(v) == 1 for v in rates.values())  # one choice per family and arm
   for name in ("families.csv", "families.md", "families.png"):
     assert os.path.exists(tmp_path / name)
   again = families.run_study(c, str(tmp_path), only_analyse=True)  # every run reused

@@ -202,7 +202,7 @@ def test_batched_evaluation_equals_one_mask_at_a_time(model, sessions):
   ks = data.session_trials(position)
   n = len(data.sessions[position].unit_ids)
   one = jax.jit(lambda p, b, u, t, prompt: nnx.merge(graphdef, p)(b, u, t, prompt))
-  for task in poyo_mtm_eval.session_tasks(data.regions[position, :n], 100):
+  for task in masking.evaluation_tasks(data.regions[position, :n], 100):
     got = poyo_mtm_eval.predict_task(predictor, params, data, position, task, factors, batch_size=5, max_rows=7)
     assert [g.shape for g in got] == [(len(ks), 100, n), (len(ks), 400, n)]
     prompt = masking.scheme_index(task.prompt)
@@ -228,6 +228,21 @@ def test_batched_evaluation_equals_one_mask_at_a_time(model, sessions):
             np.testing.assert_allclose(g[i, bins, u], want, rtol=1e-5, atol=1e-5, err_msg=f"{task.name} {m} {u}")
       if m >= 2:
         break  # three masks of each task are enough
+
+
+def test_a_subsample_of_masks_scores_the_same_neurons_the_same(model, sessions):
+  """eval.max_masks: co-smoothing and intra-region score a fixed sample of the units, each as the full evaluation does."""
+  data = trials_lib.prepare(sessions[:2], "test", trials_lib.TrialConfig())
+  graphdef, params = nnx.split(model, nnx.Param)
+  predictor = poyo_mtm_eval.make_predictor(graphdef, 0.02)
+  kwargs = dict(batch_size=5, max_rows=64)
+  full, full_bps = poyo_mtm_eval.evaluate_session(predictor, params, data, 1, (0.02,), **kwargs)
+  part, part_bps = poyo_mtm_eval.evaluate_session(predictor, params, data, 1, (0.02,), max_masks=2, **kwargs)
+  for name in ("co_smoothing", "intra_region"):
+    scored = np.isfinite(part_bps[f"{name}_20ms"])
+    assert scored.sum() == 2, name
+    np.testing.assert_allclose(part_bps[f"{name}_20ms"][scored], full_bps[f"{name}_20ms"][scored], rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(part["forward_prediction_bps"], full["forward_prediction_bps"], rtol=1e-4, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------ training
@@ -329,7 +344,7 @@ def test_evaluation_of_a_synthetic_session_scores_the_oracle_at_every_width(synt
   results, _ = task.evaluate(trained, "test", [session], decode=False)
   binned = synthetic_events.binned_split(session, "test")
   regions, _ = trials_lib.region_ids(session.unit_regions)
-  for t in poyo_mtm_eval.session_tasks(regions, 100):
+  for t in masking.evaluation_tasks(regions, 100):
     want = np.nanmean(tasks_lib.score_task(binned["rates"].astype(np.float64), binned["spikes"], t))
     np.testing.assert_allclose(results[f"oracle_{t.name}_bps"], want, rtol=1e-6)
     for suffix in ("_10ms", "_5ms"):

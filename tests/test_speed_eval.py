@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from mtm_jax import masking, metrics
@@ -101,3 +102,29 @@ def test_fired_bins_lists_each_copys_spiking_hidden_bins_padded_to_a_bucket():
   # No spikes at all: one bucket of padding only.
   empty = tasks.fired_bins(np.zeros_like(spikes), neurons, hide_bins, buckets=8)
   assert empty.shape == (3, step) and (empty[0] == len(neurons)).all()
+
+
+def test_a_subsample_of_masks_scores_the_same_neurons_the_same():
+  """eval.max_masks: co-smoothing and intra-region score a fixed random sample of the neurons
+  (the same sample for any model of the session), each exactly as the full evaluation does."""
+  model = ndt1.NDT1([10, 7], width=16, n_layers=1, n_heads=2, mlp_width=32, stitch_dim=8, rngs=nnx.Rngs(5))
+  graphdef, params = nnx.split(model, nnx.Param)
+  rng = np.random.default_rng(3)
+  spikes = rng.poisson(0.5, (5, 20, 7)).astype(np.float32)
+  region_ids = np.array([0, 0, 1, 1, 1, 2, 2])
+  kwargs = dict(causal_trained=True, max_batch=12, session=1, n_neurons=10)
+  full = tasks.evaluate(graphdef, params, spikes, region_ids, **kwargs)
+  part = tasks.evaluate(graphdef, params, spikes, region_ids, max_masks=3, **kwargs)
+  for name in ("co_smoothing", "intra_region"):
+    scored = np.isfinite(part["per_neuron"][name])
+    assert scored.sum() == 3, name
+    np.testing.assert_allclose(part["per_neuron"][name][scored], full["per_neuron"][name][scored], rtol=1e-5)
+    assert part[f"{name}_bps"] == pytest.approx(float(np.mean(full["per_neuron"][name][scored])), rel=1e-6)
+  for name in ("forward_prediction", "inter_region"):  # one mask, and three (one per region): all kept
+    np.testing.assert_allclose(part["per_neuron"][name], full["per_neuron"][name], rtol=1e-5)
+  again = masking.evaluation_tasks(region_ids, 20, max_masks=3)
+  assert [t.score_neurons.tolist() for t in again] == [
+    t.score_neurons.tolist() for t in masking.evaluation_tasks(region_ids, 20, max_masks=3)
+  ]
+  with_all = masking.evaluation_tasks(region_ids, 20, max_masks=0)
+  assert [t.score_neurons.shape[0] for t in with_all] == [7, 1, 3, 7]

@@ -99,6 +99,7 @@ def get_config(arg: str = "paper") -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.split = "test"
   c.eval.max_batch = 2048  # sequences per forward pass in evaluation
+  c.eval.max_masks = 0  # > 0: score at most this many masks per task, a fixed random sample of its neurons (0: all)
   c.eval.decoding_prompt = "neuron"  # prompt given to the frozen model for behaviour decoding
   c.eval.decoding_folds = 5  # cross-validation folds of the behaviour decoders
   c.eval.decoding_seed = 0

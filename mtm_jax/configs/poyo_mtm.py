@@ -100,6 +100,7 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
   c.eval.fine_tasks = ()  # the metrics scored at the widths other than data.bin_size (empty: all four)
   c.eval.batch_size = 64  # masked trial copies per encoder pass
   c.eval.max_rows = 4096  # (copy, unit) rows per decoder pass
+  c.eval.max_masks = 0  # > 0: score at most this many masks per task, a fixed random sample of its neurons (0: all)
   c.eval.decoding_prompt = "neuron"  # prompt of the unmasked pass whose 20 ms log-rates the decoders read
   c.eval.decoding_folds = 5  # cross-validation folds of the behaviour decoders (evaluation.decoding)
   c.eval.decoding_seed = 0

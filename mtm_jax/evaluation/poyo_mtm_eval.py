@@ -63,18 +63,6 @@ def make_predictor(graphdef, bin_size: float) -> Predictor:
   return Predictor(encode, decode)
 
 
-def session_tasks(region_ids: np.ndarray, n_bins: int) -> list[masking.EvalTask]:
-  """The four MtM evaluations of a session's units on a grid of n_bins bins (forward
-  prediction: the last tenth of the bins, bins 90-99 of 100)."""
-  n = len(region_ids)
-  return [
-    masking.co_smoothing_task(n, n_bins),
-    masking.forward_prediction_task(n, n_bins, held_out=range(n_bins - n_bins // 10, n_bins)),
-    masking.inter_region_task(region_ids, n_bins),
-    masking.intra_region_task(region_ids, n_bins),
-  ]
-
-
 def unmasked_task(n_units: int, n_bins: int, prompt: str) -> masking.EvalTask:
   """One pass that hides nothing and scores every unit in every bin (the decoders' features)."""
   none, every = np.zeros((1, n_units), bool), np.ones((1, n_units), bool)
@@ -255,12 +243,14 @@ def evaluate_session(
   oracle: Callable[[int, float], np.ndarray | None] | None = None,
   fine_tasks: Sequence[str] | None = None,
   label: str = "",
+  max_masks: int = 0,
 ) -> tuple[dict, dict]:
   """The four metrics of session `position` at every width: ({"<task>_bps" at the
   training bin, "<task>_bps_<w>ms" at each other width, "oracle_..." where `oracle`
   (position, width) gives the true expected counts [K, T_w, n]}, {"<task>_<w>ms": [n]
   per-neuron bits per spike}). fine_tasks: the tasks scored at the other widths (None: all
-  four; the decoder's work grows with the number of bins). Each task writes one line
+  four; the decoder's work grows with the number of bins). max_masks: at most this many masks
+  per task (masking.subsample; 0: all). Each task writes one line
   (progress.Stage, prefixed by `label`) with its score at each width and its time."""
   session, bin_size = data.sessions[position], data.config.bin_size
   n_units = len(session.unit_ids)
@@ -269,7 +259,7 @@ def evaluate_session(
   counts = [binning.bin_spikes(session, intervals, bin_size / f, data.config.n_bins * f) for f in factors]
   truth = [None if oracle is None else oracle(position, bin_size / f) for f in factors]
   results, per_neuron = {}, {}
-  for task in session_tasks(data.regions[position, :n_units], data.config.n_bins):
+  for task in masking.evaluation_tasks(data.regions[position, :n_units], data.config.n_bins, max_masks):
     at = [j for j, f in enumerate(factors) if f == 1 or fine_tasks is None or task.name in fine_tasks]
     stage = progress.Stage(label + task.name)
     log_rates = predict_task(
@@ -319,12 +309,14 @@ def evaluate_data(
   decode: dict | None = None,
   heads: Callable[[int], decoding.Decoded] | None = None,
   fine_tasks: Sequence[str] | None = None,
+  max_masks: int = 0,
 ) -> tuple[dict, dict]:
   """Every session of `data` (see evaluate_session, also for fine_tasks): (results, per-neuron arrays). One
   session: its metrics at the top level; several: their means there (run.session_means)
   and each session's under "sessions". decode: dict(prompt=, folds=, seed=) of the
   behaviour decoders (decode_session), or None to skip them; heads(position): the
-  fine-tuned readouts' scores of a session (poyo_mtm_heads.head_metrics), or None."""
+  fine-tuned readouts' scores of a session (poyo_mtm_heads.head_metrics), or None;
+  max_masks: see evaluate_session."""
   predictor = make_predictor(graphdef, data.config.bin_size)
   per_session, arrays = {}, {}
   for position, session in enumerate(data.sessions):
@@ -341,6 +333,7 @@ def evaluate_data(
       oracle=oracle,
       fine_tasks=fine_tasks,
       label=label,
+      max_masks=max_masks,
     )
     if decode is None:
       decoded = decoding.Decoded({}, {}, dict.fromkeys(decoding.BEHAVIOUR_METRICS, run.DECODING_OFF))

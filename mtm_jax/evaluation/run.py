@@ -112,6 +112,7 @@ def evaluate_session(
     n_neurons=trained.n_neurons,
     keep_predictions=keep_predictions,
     label=label,
+    max_masks=config.eval.get("max_masks", 0),
   )
   if decode:
     decoded = decode_session(trained, name, split, data, row=row, trainer=trainer, label=label)

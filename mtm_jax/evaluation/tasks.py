@@ -232,20 +232,23 @@ def evaluate(
   n_neurons: int | None = None,
   keep_predictions: bool = False,
   label: str = "",
+  max_masks: int = 0,
 ) -> dict:
   """The four metrics of one session's trials.
 
   spikes [K, T, N] counts; region_ids [N]; causal_trained: whether the model learned
   causal attention (MtM, causal masking); the forward-prediction task uses it only then,
   as the reference does. `mesh`: split the masked copies over its data axis (params
-  must be replicated on it). session, n_neurons: see predict_task. Each task writes one
-  line (progress.Stage, named `label` + the task) with its score and time. Returns {"<task>_bps": mean over neurons, "oracle_<task>_bps"
+  must be replicated on it). session, n_neurons: see predict_task. max_masks: at most this
+  many passes per task (masking.subsample; 0: all). Each task writes one line
+  (progress.Stage, named `label` + the task) with its score and time. Returns
+  {"<task>_bps": mean over the scored neurons, "oracle_<task>_bps"
   (with true_rates), "per_neuron": {task: [N]}, and with keep_predictions
   "predictions": {task: [K, T, N] expected counts of the scored entries (0 elsewhere)}}.
   """
   predictor = make_predictor(graphdef)
   results, per_neuron, predictions = {}, {}, {}
-  for task in masking.evaluation_tasks(region_ids, spikes.shape[1]):
+  for task in masking.evaluation_tasks(region_ids, spikes.shape[1], max_masks):
     with progress.Stage(label + task.name) as stage:
       causal = causal_trained and task.prompt == "causal"
       log_rates = predict_task(

@@ -121,51 +121,79 @@ def run_study(config: ml_collections.ConfigDict, workdir: str, *, only_analyse: 
       names = sessions_of(study, pool[: p.animals])
       if scaling.train_run(stage_config(config, family, "pretrain", names, data_dir, p.steps), folder, only_analyse):
         pretrained[p] = folder
+    runs, rates = _Runs(config, heldout, data_dir, workdir, pretrained, only_analyse), {}  # arm -> its rate
     for cell in protocol.cells(study, family):
-      if cell.pretraining is not None and cell.pretraining not in pretrained:
+      tuner = protocol.tuning_cell(study, cell)
+      if any(c.pretraining is not None and c.pretraining not in pretrained for c in (cell, tuner)):
         continue
-      rows += _cell_rows(config, cell, heldout, data_dir, workdir, pretrained.get(cell.pretraining), only_analyse)
+      if cell.arm not in rates:
+        rates[cell.arm] = runs.tune(tuner)
+      if rates[cell.arm] is not None:
+        rows += runs.score(cell, rates[cell.arm])
   report.write(rows, workdir, "families", MEAN_METRIC)
   logging.info("families study: %d rows in %.0f s", len(rows), time.time() - start)
   return rows
 
 
-def _cell_rows(config, cell, heldout: dict, data_dir: str, workdir: str, pretrained, only_analyse: bool) -> list[dict]:
-  """Tunes `cell`'s learning rate on the validation split (first seed), then trains every
-  seed at the chosen rate and scores it on study.split; returns its rows."""
-  study = config.study
-  folder = lambda animal, lr, seed: os.path.join(workdir, "adapt", cell.path, animal, f"{_rate(lr)}_seed{seed}")
-  train = lambda animal, lr, seed: scaling.train_run(
-    adapt_config(config, cell, heldout[animal], data_dir, pretrained, lr, seed), folder(animal, lr, seed), only_analyse
-  )
-  losses = {}
-  for lr in study.learning_rates:
-    if not all([train(animal, lr, study.seeds[0]) for animal in heldout]):
-      return []
-    losses[lr] = [protocol.final_val_loss(folder(animal, lr, study.seeds[0])) for animal in heldout]
-  lr = protocol.choose(losses)
-  logging.info("%s %s %s: learning rate %g (validation losses %s)", cell.family, cell.arm, cell.pretraining, lr, losses)
-  rows = []
-  for animal in heldout:
-    for seed in study.seeds:
-      run_dir = folder(animal, lr, seed)
-      if not train(animal, lr, seed):
-        continue
-      results = scaling.score(run_dir, cell.steps, study.split, SCORED)
-      if results is None:
-        continue
-      p = cell.pretraining
-      common = dict(
-        family=LABELS[cell.family],
-        arm=cell.arm,
-        pretraining=p.label if p else "none",
-        pretrain_animals=p.animals if p else 0,
-        pretrain_steps=p.steps if p else 0,
-        adapt_steps=cell.steps,
-        animal=animal,
-        seed=seed,
-        learning_rate=lr,
-        train_seconds=round(protocol.train_seconds(run_dir), 2),
-      )
-      rows += [dict(common, metric=m, value=v) for m, v in metrics_of(results).items()]
-  return rows
+class _Runs:
+  """The adaptation runs of a study: <workdir>/adapt/<cell>/<animal>/lr<lr>_seed<seed>/."""
+
+  def __init__(self, config, heldout: dict, data_dir: str, workdir: str, pretrained: dict, only_analyse: bool):
+    self.config, self.heldout, self.data_dir, self.workdir = config, heldout, data_dir, workdir
+    self.pretrained, self.only_analyse = pretrained, only_analyse
+
+  def folder(self, cell, animal: str, lr: float, seed: int) -> str:
+    return os.path.join(self.workdir, "adapt", cell.path, animal, f"{_rate(lr)}_seed{seed}")
+
+  def train(self, cell, animal: str, lr: float, seed: int) -> bool:
+    c = adapt_config(
+      self.config, cell, self.heldout[animal], self.data_dir, self.pretrained.get(cell.pretraining), lr, seed
+    )
+    return scaling.train_run(c, self.folder(cell, animal, lr, seed), self.only_analyse)
+
+  def tune(self, cell) -> float | None:
+    """The learning rate of study.learning_rates whose runs of `cell` (the first seed, every
+    held-out animal) end with the lowest mean validation loss; None if some are missing."""
+    study = self.config.study
+    losses = {}
+    for lr in study.learning_rates:
+      if not all([self.train(cell, animal, lr, study.seeds[0]) for animal in self.heldout]):
+        return None
+      losses[lr] = [protocol.final_val_loss(self.folder(cell, a, lr, study.seeds[0])) for a in self.heldout]
+    lr = protocol.choose(losses)
+    logging.info(
+      "%s %s: learning rate %g (validation losses after %s: %s)",
+      cell.family,
+      cell.arm,
+      lr,
+      cell.pretraining.label if cell.pretraining else "no pretraining",
+      losses,
+    )
+    return lr
+
+  def score(self, cell, lr: float) -> list[dict]:
+    """Trains every seed of `cell` at `lr` on every held-out animal and scores it on
+    study.split; returns its rows."""
+    study, rows, p = self.config.study, [], cell.pretraining
+    for animal in self.heldout:
+      for seed in study.seeds:
+        run_dir = self.folder(cell, animal, lr, seed)
+        if not self.train(cell, animal, lr, seed):
+          continue
+        results = scaling.score(run_dir, cell.steps, study.split, SCORED)
+        if results is None:
+          continue
+        common = dict(
+          family=LABELS[cell.family],
+          arm=cell.arm,
+          pretraining=p.label if p else "none",
+          pretrain_animals=p.animals if p else 0,
+          pretrain_steps=p.steps if p else 0,
+          adapt_steps=cell.steps,
+          animal=animal,
+          seed=seed,
+          learning_rate=lr,
+          train_seconds=round(protocol.train_seconds(run_dir), 2),
+        )
+        rows += [dict(common, metric=m, value=v) for m, v in metrics_of(results).items()]
+    return rows

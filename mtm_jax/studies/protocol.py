@@ -15,8 +15,10 @@ study.pretrain_steps (step-matched), and the 1-animal control at study.control_s
 Every arm of both families adapts for the same steps (study.adapt_steps) with the same
 batches for the same seed, and picks its learning rate from the same grid
 (study.learning_rates) by the validation loss of the tuning seed (the first of
-study.seeds), averaged over held-out animals. Only the chosen learning rate's runs are
-scored, on study.split (the test split), once.
+study.seeds), averaged over held-out animals, once per family and arm: a pretrained arm
+on its tuning cell (after the largest step-matched pretraining, tuning_cell), applied to
+its every pretraining. Only the chosen learning rate's runs are scored, on study.split
+(the test split), once.
 """
 
 from __future__ import annotations
@@ -84,6 +86,15 @@ def cells(study, family: str) -> list[Cell]:
     else:
       out += [Cell(family, arm, p, study.adapt_steps) for p in pretrainings(study)]
   return out
+
+
+def tuning_cell(study, cell: Cell) -> Cell:
+  """The cell whose validation losses choose `cell`'s learning rate: a pretrained arm's
+  after the largest step-matched pretraining (max(study.sizes) animals at
+  study.pretrain_steps), a scratch arm's itself."""
+  if cell.pretraining is None:
+    return cell
+  return dataclasses.replace(cell, pretraining=Pretraining(max(study.sizes), study.pretrain_steps))
 
 
 def check(study) -> None:

@@ -275,6 +275,7 @@ class PoyoMtMTask(base.Task):
       decode=decoding_options(config) if decode else None,
       heads=heads(trained, sessions, data, head_steps) if head_steps else None,
       fine_tasks=config.eval.get("fine_tasks") or None,
+      max_masks=config.eval.get("max_masks", 0),
     )
     return {**results, "split": split, "step": trained.step, "masking_mode": config.masking.mode}, arrays
 
