@@ -22,9 +22,10 @@ from mtm_jax.training import precision
 
 
 def parts(config, graphdef, params, batch, *, steps: int = 3) -> dict:
-  """{forward_s, grad_s (forward and backward, no optimiser), mask_s, encoder_s, processor_s, decoder_loss_s}: seconds per call (median
-  of `steps` after one warm-up) of the forward pass of `config`'s loss on `batch` and of
-  its parts (see the module doc)."""
+  """{forward_s, grad_s (forward and backward, no optimiser), mask_s, encoder_s,
+  processor_s, decoder_loss_s}: seconds per call (median of `steps` after one warm-up) of
+  the forward pass of `config`'s loss on `batch`, its gradient and its parts (see the
+  module doc)."""
   dtype = config.model.get("dtype", "float32")
   bin_size, n_queries = config.data.bin_size, config.data.max_queries
   cast = lambda p: precision.compute_params(p, dtype)
@@ -36,10 +37,13 @@ def parts(config, graphdef, params, batch, *, steps: int = 3) -> dict:
 
   @jax.jit
   def mask(b, k):
-    scheme = masking.sample_scheme(k, config.masking.mode)
-    m = token_masking.sample_mask(k, scheme, b["unit_regions"], b["counts"].shape[1], poyo_mtm_task.mask_config(config))
+    k_scheme, k_mask, k_query = jax.random.split(k, 3)  # as masked_nll's keys
+    scheme = masking.sample_scheme(k_scheme, config.masking.mode)
+    m = token_masking.sample_mask(
+      k_mask, scheme, b["unit_regions"], b["counts"].shape[1], poyo_mtm_task.mask_config(config)
+    )
     keep = token_masking.keep_tokens(m, b, bin_size)
-    bins, units, valid = token_masking.sample_queries(k, m.targets() & b["valid"][:, None, None], n_queries)
+    bins, units, valid = token_masking.sample_queries(k_query, m.targets() & b["valid"][:, None, None], n_queries)
     return keep, bins, units, valid
 
   keep, bins, units, valid = mask(batch, k_mask)
