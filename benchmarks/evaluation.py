@@ -8,6 +8,10 @@ Poisson counts generated in-process, an untrained NDT1 of --size (its speed does
 depend on training). --no_shortcut also times every mask through the full model (the
 evaluation before the one-neuron shortcut; slow). Times include compilation unless
 --warm (then the second of two calls is timed).
+
+--family=poyo_mtm times spike-token MtM's evaluation instead (benchmarks.poyo_mtm_eval:
+a --poyo_mtm_size model on --neurons units, 123 by default, and --trials test trials, 56
+by default; compile and run time apart, fractions of the matmul peak with --peak).
 """
 
 from __future__ import annotations
@@ -19,13 +23,16 @@ from absl import flags
 import numpy as np
 from flax import nnx
 
-from benchmarks import common, flops
+from benchmarks import common, flops, poyo_mtm_eval
 from mtm_jax import masking
 from mtm_jax.evaluation import tasks
 from mtm_jax.models import ndt1
 from mtm_jax.configs import ndt1 as ndt1_config
 from mtm_jax.training import entry
 
+_FAMILY = flags.DEFINE_enum("family", "ndt1", ["ndt1", "poyo_mtm"], "model family whose evaluation is timed")
+_POYO_MTM_SIZE = flags.DEFINE_enum("poyo_mtm_size", "small", ["tiny", "small", "base"], "spike-token MtM preset")
+_WIDTHS = flags.DEFINE_list("widths", None, "poyo_mtm: scored bin widths in seconds (default: the config's)")
 _SIZE = flags.DEFINE_enum("size", "demo", sorted(ndt1.PRESETS), "model size (mtm_jax.models.ndt1.PRESETS)")
 _NEURONS = flags.DEFINE_integer("neurons", 700, "neurons of the session")
 _TRIALS = flags.DEFINE_integer("trials", 180, "test trials")
@@ -155,6 +162,9 @@ COLUMNS = [
 def main(argv):
   del argv
   peak = common.load_peak(_PEAK.value)
+  if _FAMILY.value == "poyo_mtm":
+    poyo_mtm_main(peak)
+    return
   rows = measure(
     _SIZE.value,
     _NEURONS.value,
@@ -174,6 +184,30 @@ def main(argv):
     COLUMNS + (["floor_seconds_at_fp32_peak"] if peak else []),
     _OUT.value,
     warm=_WARM.value,
+    peak_flops_per_s=peak,
+  )
+
+
+def poyo_mtm_main(peak: dict):
+  """--family=poyo_mtm: benchmarks.poyo_mtm_eval's table."""
+  default = lambda flag, value: flag.value if flags.FLAGS[flag.name].present else value
+  units, trials = default(_NEURONS, 123), default(_TRIALS, 56)
+  rows = poyo_mtm_eval.measure(
+    _POYO_MTM_SIZE.value,
+    units,
+    trials,
+    _REGIONS.value,
+    task_names=_TASKS.value,
+    max_masks=_MAX_MASKS.value,
+    widths=None if _WIDTHS.value is None else [float(w) for w in _WIDTHS.value],
+  )
+  rows = [common.add_peak_fractions(r, peak) for r in rows]
+  common.report(
+    f"evaluation: spike-token MtM {_POYO_MTM_SIZE.value}, {units} units x {trials} trials of 2 s, "
+    f"{_REGIONS.value} regions",
+    rows,
+    poyo_mtm_eval.COLUMNS + (["fraction_of_fp32_peak"] if peak else []),
+    _OUT.value,
     peak_flops_per_s=peak,
   )
 

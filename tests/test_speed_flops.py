@@ -45,3 +45,14 @@ def test_poyo_flops_by_hand():
     n_outputs=2,
     ffn_mult=1,
   ) == 2 * (enc + proc + dec + 2 * 4 * 2)
+
+
+def test_poyo_mtm_flops_parts():
+  # Keys and values computed once per token row: only the encoder's k and v projections shrink.
+  shape = dict(tokens=3, queries=2, latents=2, dim=4, depth=1, cross_heads=1, self_heads=1, head_dim=2, ffn_mult=1)
+  each, shared = flops.perceiver_flops(batch=4, **shape), flops.perceiver_flops(batch=4, token_rows=1, **shape)
+  assert each["encoder"] - shared["encoder"] == 2 * 3 * (2 * 3 * 4 * 2)
+  assert (each["processor"], each["decoder"]) == (shared["processor"], shared["decoder"])
+  assert sum(flops.perceiver_flops(batch=1, **shape).values()) + 2 * 2 * 4 * 2 == flops.poyo_forward_flops(
+    batch=1, n_outputs=2, **shape
+  )
