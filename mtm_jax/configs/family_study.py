@@ -70,22 +70,24 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
   elif arg == "small":
     # 3 seeds x 2 held-out animals, scratch and 1 and 12 animals, every arm of both
     # families, the 1-animal control; both families at batch 8 with about 300k parameters
-    # (NDT1 "demo" with 64-wide stitchers, spike-token "small").
+    # (NDT1 "demo" with 64-wide stitchers, spike-token "small"), sized for a 2-core CPU:
+    # short runs, and co-smoothing and intra-region scored on 24 neurons per session (the
+    # same for every arm; docs/protocol.md).
     s.heldout, s.sizes, s.seeds = ",".join(HELDOUT[:2]), (1, 12), (0, 1, 2)
-    s.pretrain_steps, s.control_steps, s.adapt_steps, s.warmup_steps = 1000, 3000, 300, 100
-    s.learning_rates = (1e-3, 3e-3)
-    c.ndt1.pretrain, c.ndt1.finetune = _ndt1("demo", 500, 2e-3), _ndt1("demo", 500, 2e-3)
+    s.pretrain_steps, s.control_steps, s.adapt_steps, s.warmup_steps = 600, 1800, 200, 50
+    s.learning_rates = (3e-3, 1e-2)
+    c.ndt1.pretrain, c.ndt1.finetune = _ndt1("demo", 200, 2e-3), _ndt1("demo", 200, 2e-3)
     for stage in (c.ndt1.pretrain, c.ndt1.finetune):
       stage.model.stitch_dim = 64
       stage.data.batch_size = 8
-      stage.eval.head_steps = 0
-    c.spike.pretrain, c.spike.finetune = _spike("small", 500), _spike("small", 500)
+      stage.eval.head_steps, stage.eval.max_masks = 0, 24
+    c.spike.pretrain, c.spike.finetune = _spike("small", 200), _spike("small", 200)
     for stage in (c.spike.pretrain, c.spike.finetune):
       stage.data.batch_size = 8
-      stage.data.max_queries = 512
+      stage.data.max_queries = 256
       stage.eval.bin_sizes = (0.02,)
       stage.eval.fine_tasks = ()
-      stage.eval.head_steps = 0
+      stage.eval.head_steps, stage.eval.max_masks = 0, 24
   else:
     s.pool, s.heldout, s.sizes, s.seeds = "synthetic_000", "synthetic_027", (1,), (0, 1)
     s.session_name, s.sessions_per_animal = "{animal}", 1  # the one-animal brain's sessions

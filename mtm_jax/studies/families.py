@@ -100,8 +100,11 @@ def _rate(lr: float) -> str:
   return f"lr{lr:g}"
 
 
-def run_study(config: ml_collections.ConfigDict, workdir: str, *, only_analyse: bool = False) -> list[dict]:
-  """Runs (or reuses) every run of the study; writes families.csv/.md/.png; returns the rows."""
+def run_study(
+  config: ml_collections.ConfigDict, workdir: str, *, only_analyse: bool = False, write_report: bool = True
+) -> list[dict]:
+  """Runs (or reuses) every run of the study; writes families.csv/.md/.png (unless not
+  write_report: a process that trains one family of several); returns the rows."""
   validate(config)
   study = config.study
   workdir = os.path.abspath(os.path.expanduser(workdir))
@@ -130,7 +133,8 @@ def run_study(config: ml_collections.ConfigDict, workdir: str, *, only_analyse: 
         rates[cell.arm] = runs.tune(tuner)
       if rates[cell.arm] is not None:
         rows += runs.score(cell, rates[cell.arm])
-  report.write(rows, workdir, "families", MEAN_METRIC)
+  if write_report:
+    report.write(rows, workdir, "families", MEAN_METRIC)
   logging.info("families study: %d rows in %.0f s", len(rows), time.time() - start)
   return rows
 
