@@ -36,6 +36,7 @@ setuptools.setup(
     "pynwb>=3.0",  # Neural Latents Benchmark NWB files (spike_events builder)
     "ONE-api>=3.0",  # IBL sessions: a local ONE cache read offline (mtm_jax.datasets.ibl)
     "iblatlas>=0.7",  # IBL sessions: Allen atlas ids -> region acronyms (tables ship with it)
+    "safetensors>=0.4",  # BrainWideBench submission and ground-truth files (mtm_jax.bwb), numpy only
   ],
   extras_require={
     # ruff pinned: `make lint` checks the exact format of one version.
