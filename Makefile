@@ -99,3 +99,27 @@ $(PARITY_STAMP): parity/requirements.txt
 # Parity of mtm_jax with the reference implementations (PyTorch side in parity/.venv).
 parity: $(STAMP) $(PARITY_STAMP)
 	$(PY) -m pytest -q tests/test_parity.py
+
+# The official BrainWideBench scorer (ibl-bwb-eval 0.1.0, docs/bwb.md) in its own Python 3.11
+# environment, parity/.bwb-venv: CPU PyTorch and the scorer's light dependencies, then the
+# scorer with --no-deps. tests/test_bwb_scorer.py scores one small submission with it and with
+# mtm_jax.bwb when present ($MTM_BWB_PYTHON names another interpreter).
+BWB_PYTHON ?= python3.11
+BWB_VENV := parity/.bwb-venv
+BWB_STAMP := $(BWB_VENV)/.installed
+
+.PHONY: bwb-env bwb-parity
+
+bwb-env: $(BWB_STAMP)
+
+$(BWB_STAMP): parity/bwb-requirements.txt
+	"$(BWB_PYTHON)" -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version' || \
+	  { echo "error: the scorer environment needs Python 3.11 (CPU PyTorch 2.13.0); set BWB_PYTHON"; exit 1; }
+	"$(BWB_PYTHON)" -m venv $(BWB_VENV)
+	$(BWB_VENV)/bin/python -m pip install --quiet -r parity/bwb-requirements.txt
+	$(BWB_VENV)/bin/python -m pip install --quiet --no-deps ibl-bwb-eval==0.1.0
+	@touch $(BWB_STAMP)
+
+# mtm_jax.bwb's scores against the official scorer's on one small submission.
+bwb-parity: $(STAMP) $(BWB_STAMP)
+	$(PY) -m pytest -q tests/test_bwb_scorer.py

@@ -32,7 +32,7 @@ def make(root, n_trials=24, n_windows=30):
     trial_id = truth_rng.permutation(200)[:n_trials].astype(np.int64)
     truth = {
       "choice": truth_rng.integers(0, 2, n_trials),
-      "stimulus_contrast": truth_rng.integers(0, 5, n_trials),
+      "stimulus_contrast": truth_rng.integers(0, 4, n_trials),  # class 4 predicted, never true: counts as recall 0
       "wheel_speed": truth_rng.normal(1.0, 2.0, (n_trials, 50)),
       "left_paw_speed": truth_rng.normal(0.0, 1.0, (n_trials, 50)),
       "licking_rate": truth_rng.poisson(0.7, (n_trials, 50)).astype(np.float64),
