@@ -37,6 +37,7 @@ setuptools.setup(
     "ONE-api>=3.0",  # IBL sessions: a local ONE cache read offline (mtm_jax.datasets.ibl)
     "iblatlas>=0.7",  # IBL sessions: Allen atlas ids -> region acronyms (tables ship with it)
     "safetensors>=0.4",  # BrainWideBench submission and ground-truth files (mtm_jax.bwb), numpy only
+    "temporaldata>=0.1.6",  # BrainWideBench session files (torch_brain's Data layout; numpy and h5py, no torch)
   ],
   extras_require={
     # ruff pinned: `make lint` checks the exact format of one version.
