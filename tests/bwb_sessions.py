@@ -2,21 +2,23 @@
 
 Each file is what BWB's pipeline stores for one session (field names of
 ibl_brain_wide_bench_2026/pipeline.py; mtm_jax/bwb/sessions.py lists them), scaled down: six
-minutes of recording, tens of units, ~70 trials, 50 Hz behaviour. The split domains follow a
-simple rule of this fixture (TS1 40/20/40 of the recording with 20 s gaps, TS2 5-minute chunks
-train/test), not BWB's algorithm; the held-out masks are BWB's sha256 ranking.
+minutes of recording, tens of units, ~70 trials (three excluded by BWB's rules: reaction time
+above 10 s, below 0, a NaN probability_left; ~10% no-choice), 50 Hz behaviour. is_valid, the
+task-aligned intervals, the split domains and the held-out masks are computed by
+mtm_jax.bwb.splits (BWB's protocol), so the files and the protocol agree.
 
 make(root) writes two eval and three pretrain sessions in both builds:
 <root>/<build>/ibl_brain_wide_bench_2026/<eval|pretrain>/<session id>.h5, build all_units or
 selected_units.
 """
 
-import hashlib
 import os
 
 import h5py
 import numpy as np
 from temporaldata import ArrayDict, Data, Interval, IrregularTimeSeries, RegularTimeSeries
+
+from mtm_jax.bwb import splits
 
 EVAL_IDS = ("0a1b2c3d-0000-4000-8000-000000000001", "0a1b2c3d-0000-4000-8000-000000000002")
 PRETRAIN_IDS = tuple(f"0a1b2c3d-0000-4000-8000-00000000010{i}" for i in range(3))
@@ -28,11 +30,7 @@ FS = 50.0
 
 def held_out_mask(unit_ids, salt):
   """BWB's co-smoothing hold-out: the max(1, round(0.1 N)) units first by sha256(salt:id)."""
-  k = max(1, round(0.1 * len(unit_ids)))
-  order = sorted(range(len(unit_ids)), key=lambda i: hashlib.sha256(f"{salt}:{unit_ids[i]}".encode()).hexdigest())
-  mask = np.zeros(len(unit_ids), bool)
-  mask[order[:k]] = True
-  return mask
+  return splits.held_out_mask(unit_ids, salt)
 
 
 def _trials(rng):
@@ -49,7 +47,8 @@ def _trials(rng):
   left = np.where(side == 1, contrast, np.nan)
   right = np.where(side == 0, contrast, np.nan)
   p_left = rng.choice([0.2, 0.5, 0.8], n)
-  return Interval(
+  move[3], move[6], p_left[9] = stim[3] + 10.5, stim[6] - 0.05, np.nan  # excluded by BWB's rules
+  columns = dict(
     start=starts,
     end=starts + 4.5,
     stim_on_time=stim,
@@ -65,33 +64,23 @@ def _trials(rng):
     probability_left=p_left,
     block_prior=np.select([p_left == 0.2, p_left == 0.8], [0, 1], -1),
     stimulus_side=side,
-    is_valid=choice != 2,
     trial_index=np.arange(n),
-    timekeys=["start", "end", "stim_on_time", "movement_onset_time", "feedback_time", "go_cue_time"],
   )
+  columns["is_valid"] = splits.valid_trials(columns)
+  timekeys = ["start", "end", "stim_on_time", "movement_onset_time", "feedback_time", "go_cue_time"]
+  return Interval(**columns, timekeys=timekeys)
 
 
 def _task_aligned(trials):
-  v = trials.is_valid
-  stim, move, fb, idx = (
-    trials.stim_on_time[v],
-    trials.movement_onset_time[v],
-    trials.feedback_time[v],
-    trials.trial_index[v],
-  )
-  tables = {
-    "stimulus_side": Interval(stim - 0.9, stim + 0.1, stimulus_side=trials.stimulus_side[v], trial_index=idx),
-    "stimulus_contrast": Interval(
-      stim - 0.9, stim + 0.1, stimulus_contrast=trials.stimulus_contrast[v], trial_index=idx
-    ),
-    "choice": Interval(move - 1.0, move.copy(), choice=trials.choice[v], trial_index=idx),
-    "reward": Interval(fb.copy(), fb + 1.0, reward=trials.reward[v], trial_index=idx),
-    "movement_window": Interval(move.copy(), move + 1.0, trial_index=idx),
-    "licking_window": Interval(fb.copy(), fb + 1.0, trial_index=idx),
-    "block_prior": Interval(stim - 1.0, stim.copy(), block_prior=trials.block_prior[v], trial_index=idx),
-  }
-  domain = Interval(np.minimum(stim - 1.0, move - 1.0), np.maximum(fb + 1.0, move + 1.0))
-  return Data(**tables, domain=domain)
+  """BWB's task-aligned tables (splits.task_aligned) with each task's label column."""
+  columns = {k: getattr(trials, k) for k in trials.keys()}
+  tasks = splits.task_aligned(columns, trials.is_valid)
+  labelled = ("stimulus_side", "stimulus_contrast", "choice", "reward", "block_prior")  # label column = task name
+  tables = {}
+  for name, (start, end, index) in ((k, v) for k, v in tasks.items() if k != "domain"):
+    extra = {name: columns[name][index]} if name in labelled else {}
+    tables[name] = Interval(start.copy(), end.copy(), trial_index=index, **extra)
+  return Data(**tables, domain=Interval(*tasks["domain"]))
 
 
 def _behaviour(rng):
@@ -155,18 +144,16 @@ def write_session(path, session_id, *, eval_session, build, seed, n_units=24):
     **_behaviour(rng),
     domain=spikes.domain,
   )
-  end = float(spikes.domain.end[-1])
+  domain = (spikes.domain.start, spikes.domain.end)
+  task_domain = (data.task_aligned_intervals.domain.start, data.task_aligned_intervals.domain.end)
   if eval_session:
-    a, b = 0.4 * end, 0.6 * end
-    data.ts1_train_domain, data.ts1_val_domain, data.ts1_test_domain = (
-      Interval(0.0, a),
-      Interval(a + 20, b),
-      Interval(b + 20, end),
-    )
-    data.ts2_train_domain, data.ts2_val_domain = Interval(0.0, 300.0), Interval(np.zeros(0), np.zeros(0))
-    data.ts2_test_domain = Interval(320.0, end)
+    for name, split in splits.causal_splits(domain, task_domain, splits.EVAL_RATIOS).items():
+      setattr(data, f"ts1_{name}_domain", Interval(*split))
+    for name, split in splits.chunked_splits(domain, task_domain).items():
+      setattr(data, f"ts2_{name}_domain", Interval(*split))
   else:
-    data.pretrain_train_domain, data.pretrain_val_domain = Interval(0.0, 0.9 * end), Interval(0.9 * end + 20, end)
+    pre = splits.causal_splits(domain, task_domain, splits.PRETRAIN_RATIOS)
+    data.pretrain_train_domain, data.pretrain_val_domain = Interval(*pre["train"]), Interval(*pre["val"])
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with h5py.File(path, "w") as f:
     data.to_hdf5(f)
