@@ -11,6 +11,10 @@ file BWB wrote compares bit for bit.
 Intervals are (start (I,), end (I,)) float64 pairs. The intersections use temporaldata's
 `Interval.__and__` (windows.intersect); BWB ran torch_brain.data's copy of it. Chunk edges use
 np.linspace as temporaldata's `Interval.arange` does; BWB pinned numpy 1.24.4.
+
+Not read: filters that BWB's training code (src/core) may add per task (e.g. paw windows by
+their confident-sample counts); the pipeline's own exclusion is one `is_valid` for all tasks,
+plus the unbiased blocks dropped from block_prior.
 """
 
 from __future__ import annotations
@@ -127,7 +131,9 @@ def causal_splits(domain, task_domain, ratios=EVAL_RATIOS, gap=MIN_SPLIT_GAP) ->
   domain (start (I,), end (I,)): the recording (data.domain); task_domain: the task-aligned
   domain, clipped to domain. The cuts sit at ratios of the total task-aligned time, each moved
   to the nearer edge of the task interval it falls in; val and test then start `gap` s later
-  (moved on to the next task edge if that lands inside a task interval, else + 1e-12)."""
+  (moved on to the next task edge if that lands inside a task interval, else + 1e-12). A gap
+  ending exactly on a task start, + 1e-12, lands inside that interval: BWB's assertion stops its
+  pipeline there, and SplitError is raised here."""
   train_ratio, val_ratio, test_ratio = ratios
   if not np.isclose(train_ratio + val_ratio + test_ratio, 1.0) or gap < 0:
     raise SplitError(f"ratios {ratios} must sum to 1 and gap {gap} must be >= 0")
