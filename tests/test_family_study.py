@@ -173,3 +173,15 @@ def test_tiny_study_end_to_end(study_data_dir, tmp_path):
     assert os.path.exists(tmp_path / name)
   again = families.run_study(c, str(tmp_path), only_analyse=True)  # every run reused
   assert sorted(map(str, again)) == sorted(map(str, rows))
+
+
+def test_a_diverged_run_is_marked_loses_the_tuning_and_is_not_trained_again(study_data_dir, tmp_path, monkeypatch):
+  c = family_config.get_config("tiny")
+  config = families.stage_config(c, "ndt1", "finetune", ["synthetic_027"], study_data_dir, 6)
+  config.optimizer.learning_rate, config.train.max_nonfinite_steps = 1e30, 2  # non-finite within a few steps
+  workdir = str(tmp_path / "run")
+  assert not scaling.train_run(config, workdir, False)
+  assert scaling.diverged(workdir) and "non-finite" in open(os.path.join(workdir, scaling.DIVERGED)).read()
+  monkeypatch.setattr(trainer, "train", lambda *a, **k: pytest.fail("a diverged run was trained again"))
+  assert not scaling.train_run(config, workdir, False)
+  assert protocol.choose({1e-3: [math.inf, 0.5], 3e-3: [0.9, 0.8]}) == 3e-3  # as the tuning counts a diverged run

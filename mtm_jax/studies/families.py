@@ -20,10 +20,12 @@ folder of another config or pretrained checkpoint is refused (see studies.scalin
 
 from __future__ import annotations
 
+import math
 import os
 import time
 
 import ml_collections
+import numpy as np
 from absl import logging
 
 from mtm_jax.evaluation import decoding, run
@@ -161,9 +163,17 @@ class _Runs:
     study = self.config.study
     losses = {}
     for lr in study.learning_rates:
-      if not all([self.train(cell, animal, lr, study.seeds[0]) for animal in self.heldout]):
+      folders = [self.folder(cell, animal, lr, study.seeds[0]) for animal in self.heldout]
+      done = [self.train(cell, animal, lr, study.seeds[0]) for animal in self.heldout]
+      if not all(d or scaling.diverged(f) for d, f in zip(done, folders)):
         return None
-      losses[lr] = [protocol.final_val_loss(self.folder(cell, a, lr, study.seeds[0])) for a in self.heldout]
+      # a diverged run's loss is infinite: its rate is chosen only if every rate diverged
+      losses[lr] = [protocol.final_val_loss(f) if d else math.inf for d, f in zip(done, folders)]
+    if all(math.isinf(np.mean(v)) for v in losses.values()):
+      logging.warning(
+        "%s %s: every learning rate diverged on the tuning seed; the arm is not scored", cell.family, cell.arm
+      )
+      return None
     lr = protocol.choose(losses)
     logging.info(
       "%s %s: learning rate %g (validation losses after %s: %s)",
@@ -183,6 +193,8 @@ class _Runs:
       for seed in study.seeds:
         run_dir = self.folder(cell, animal, lr, seed)
         if not self.train(cell, animal, lr, seed):
+          if scaling.diverged(run_dir):
+            logging.warning("%s: diverged at the arm's chosen learning rate; no scores for this seed", run_dir)
           continue
         results = scaling.score(run_dir, cell.steps, study.split, SCORED)
         if results is None:

@@ -138,20 +138,39 @@ def check_reuse(config, workdir: str) -> None:
   provenance.check(recorded, request.to_dict(), provenance.pretrained_of(request)[0], workdir, REUSE_ADVICE)
 
 
+DIVERGED = "diverged.txt"  # in a run's workdir: why its training stopped (the trainer's FloatingPointError)
+
+
+def diverged(workdir: str) -> bool:
+  """Whether the run in `workdir` stopped on non-finite losses (train_run wrote DIVERGED)."""
+  return os.path.exists(os.path.join(workdir, DIVERGED))
+
+
 def train_run(config, workdir: str, only_analyse: bool) -> bool:
   """Trains `config` (any family) in `workdir` unless finished (or only analysing);
-  returns whether the run is complete. A run there of another config is refused (check_reuse)."""
+  returns whether the run is complete. A run there of another config is refused (check_reuse).
+  A run whose losses stay non-finite (the trainer's FloatingPointError, e.g. a learning rate
+  too large for it) is not complete: its reason is written to <workdir>/DIVERGED, a warning
+  logged, and the study goes on; it is not trained again (it would diverge the same way)."""
   check_reuse(config, workdir)
   if finished(workdir, config.train.steps):
     return True
+  if diverged(workdir):
+    return False
   if only_analyse:
     logging.warning("%s: not trained to step %d; skipped (--only_analyse)", workdir, config.train.steps)
     return False
   with _run_lock(workdir, "training"):
-    if not finished(workdir, config.train.steps):  # else another study process trained it meanwhile
+    if not finished(workdir, config.train.steps) and not diverged(workdir):  # else another process did it
       logging.info("training %s", workdir)
-      trainer.train(registry.of(config), config, workdir)
-  return True
+      try:
+        trainer.train(registry.of(config), config, workdir)
+      except FloatingPointError as e:
+        with files.atomic_write(os.path.join(workdir, DIVERGED), encoding="utf-8") as f:
+          f.write(f"{e}\n")
+        logging.warning("%s: diverged, so this run has no scores: %s", workdir, e)
+        return False
+  return finished(workdir, config.train.steps)
 
 
 def score(workdir: str, steps: int, split: str, metrics) -> dict | None:
