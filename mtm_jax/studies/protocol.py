@@ -76,15 +76,17 @@ def pretrainings(study) -> list[Pretraining]:
 
 
 def cells(study, family: str) -> list[Cell]:
-  """The cells of `family` for the arms of study.arms (see the module docstring)."""
+  """The cells of `family` for the arms of study.arms (see the module docstring): the
+  scratch arms, then each pretraining's arms (the order a study runs them in, so an
+  interrupted study has every arm of the pretrainings it reached)."""
   out = []
   for arm in study.arms:
     if arm == SCRATCH:
       out.append(Cell(family, arm, None, study.adapt_steps))
     elif arm == MATCHED:
       out.append(Cell(family, arm, None, study.pretrain_steps + study.adapt_steps))
-    else:
-      out += [Cell(family, arm, p, study.adapt_steps) for p in pretrainings(study)]
+  for p in pretrainings(study):
+    out += [Cell(family, arm, p, study.adapt_steps) for arm in study.arms if arm in FINETUNE]
   return out
 
 
