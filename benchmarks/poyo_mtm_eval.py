@@ -22,6 +22,7 @@ import numpy as np
 from flax import nnx
 
 from benchmarks import flops, synthetic
+from mtm_jax import masking
 from mtm_jax.configs import poyo_mtm as poyo_mtm_config
 from mtm_jax.datasets.events import binning, trials as trials_lib
 from mtm_jax.evaluation import poyo_mtm_eval, tasks as tasks_lib
@@ -74,7 +75,7 @@ def measure(
   ]
   options = dict(batch_size=config.eval.batch_size, max_rows=config.eval.max_rows)
   rows = []
-  for task in poyo_mtm_eval.session_tasks(data.regions[0, :units], data.config.n_bins):
+  for task in masking.evaluation_tasks(data.regions[0, :units], data.config.n_bins):
     if task_names is not None and task.name not in task_names:
       continue
     n_masks = task.hide_neurons.shape[0]
