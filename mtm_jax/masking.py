@@ -215,21 +215,35 @@ def intra_region_task(region_ids: np.ndarray, n_bins: int) -> EvalTask:
   return EvalTask("intra_region", "intra-region", outside | score, score, every, every)
 
 
-def subsample(task: EvalTask, max_masks: int) -> EvalTask:
-  """`task` with at most `max_masks` of its passes (0: all), a random subset fixed by the
-  number of passes alone, so every model of a session is scored on the same neurons. The
-  metric (a mean over the scored neurons) becomes an estimate of the whole task's on a
-  random sample of its neurons: co-smoothing and intra-region have one pass per neuron."""
-  m = task.hide_neurons.shape[0]
-  if max_masks <= 0 or m <= max_masks:
+def neuron_sample(n_neurons: int, max_neurons: int) -> np.ndarray | None:
+  """[n_neurons] bool: `max_neurons` of the neurons drawn at random, fixed by n_neurons
+  alone (every model of a session gets the same sample); None (all) when max_neurons <= 0
+  or the session has no more neurons than that."""
+  if max_neurons <= 0 or n_neurons <= max_neurons:
+    return None
+  out = np.zeros(n_neurons, bool)
+  out[np.random.default_rng(n_neurons).choice(n_neurons, max_neurons, replace=False)] = True
+  return out
+
+
+def subsample(task: EvalTask, neurons: np.ndarray | None) -> EvalTask:
+  """`task` scoring only `neurons` ([n] bool; None: all), without the passes that would then
+  score none (co-smoothing and intra-region have one pass per neuron; a region's inter-region
+  pass stays while it holds a sampled neuron). The metric (a mean over the scored neurons)
+  becomes an estimate of the whole task's on that sample; a scored neuron's own score is
+  unchanged (what a pass hides is kept)."""
+  if neurons is None:
     return task
-  keep = np.sort(np.random.default_rng(m).choice(m, max_masks, replace=False))
-  return dataclasses.replace(task, hide_neurons=task.hide_neurons[keep], score_neurons=task.score_neurons[keep])
+  score = task.score_neurons & neurons[None]
+  keep = score.any(axis=1)
+  return dataclasses.replace(task, hide_neurons=task.hide_neurons[keep], score_neurons=score[keep])
 
 
 def evaluation_tasks(region_ids: np.ndarray, n_bins: int, max_masks: int = 0) -> list[EvalTask]:
   """The four MtM evaluations of a session with these neuron regions (forward prediction:
-  the last tenth of the bins), each with at most `max_masks` passes (subsample; 0: all)."""
+  the last tenth of the bins); max_masks > 0: all four score the same sample of at most that
+  many neurons (neuron_sample, subsample: at most max_masks passes of co-smoothing and
+  intra-region, the regions holding a sampled neuron of inter-region); 0: every neuron."""
   n = len(region_ids)
   tasks = [
     co_smoothing_task(n, n_bins),
@@ -237,4 +251,5 @@ def evaluation_tasks(region_ids: np.ndarray, n_bins: int, max_masks: int = 0) ->
     inter_region_task(region_ids, n_bins),
     intra_region_task(region_ids, n_bins),
   ]
-  return [subsample(t, max_masks) for t in tasks]
+  sample = neuron_sample(n, max_masks)
+  return [subsample(t, sample) for t in tasks]

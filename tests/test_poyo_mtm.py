@@ -231,18 +231,19 @@ def test_batched_evaluation_equals_one_mask_at_a_time(model, sessions):
 
 
 def test_a_subsample_of_masks_scores_the_same_neurons_the_same(model, sessions):
-  """eval.max_masks: co-smoothing and intra-region score a fixed sample of the units, each as the full evaluation does."""
+  """eval.max_masks: the four tasks score one fixed sample of the units, each as the full evaluation does."""
   data = trials_lib.prepare(sessions[:2], "test", trials_lib.TrialConfig())
   graphdef, params = nnx.split(model, nnx.Param)
   predictor = poyo_mtm_eval.make_predictor(graphdef, 0.02)
   kwargs = dict(batch_size=5, max_rows=64)
   full, full_bps = poyo_mtm_eval.evaluate_session(predictor, params, data, 1, (0.02,), **kwargs)
   part, part_bps = poyo_mtm_eval.evaluate_session(predictor, params, data, 1, (0.02,), max_masks=2, **kwargs)
-  for name in ("co_smoothing", "intra_region"):
+  sample = masking.neuron_sample(len(data.sessions[1].unit_ids), 2)
+  for name in ("co_smoothing", "forward_prediction", "inter_region", "intra_region"):
     scored = np.isfinite(part_bps[f"{name}_20ms"])
-    assert scored.sum() == 2, name
+    np.testing.assert_array_equal(scored, sample, err_msg=name)
     np.testing.assert_allclose(part_bps[f"{name}_20ms"][scored], full_bps[f"{name}_20ms"][scored], rtol=1e-4, atol=1e-5)
-  np.testing.assert_allclose(part["forward_prediction_bps"], full["forward_prediction_bps"], rtol=1e-4, atol=1e-5)
+    assert part[f"{name}_bps"] == pytest.approx(float(np.mean(full_bps[f"{name}_20ms"][scored])), rel=1e-4)
 
 
 # ------------------------------------------------------------------------------ training

@@ -105,8 +105,8 @@ def test_fired_bins_lists_each_copys_spiking_hidden_bins_padded_to_a_bucket():
 
 
 def test_a_subsample_of_masks_scores_the_same_neurons_the_same():
-  """eval.max_masks: co-smoothing and intra-region score a fixed random sample of the neurons
-  (the same sample for any model of the session), each exactly as the full evaluation does."""
+  """eval.max_masks: the four tasks score one fixed random sample of the neurons (the same
+  for every task and any model of the session), each exactly as the full evaluation does."""
   model = ndt1.NDT1([10, 7], width=16, n_layers=1, n_heads=2, mlp_width=32, stitch_dim=8, rngs=nnx.Rngs(5))
   graphdef, params = nnx.split(model, nnx.Param)
   rng = np.random.default_rng(3)
@@ -115,13 +115,18 @@ def test_a_subsample_of_masks_scores_the_same_neurons_the_same():
   kwargs = dict(causal_trained=True, max_batch=12, session=1, n_neurons=10)
   full = tasks.evaluate(graphdef, params, spikes, region_ids, **kwargs)
   part = tasks.evaluate(graphdef, params, spikes, region_ids, max_masks=3, **kwargs)
-  for name in ("co_smoothing", "intra_region"):
+  sample = masking.neuron_sample(7, 3)
+  assert sample.sum() == 3
+  for name in ("co_smoothing", "forward_prediction", "inter_region", "intra_region"):
     scored = np.isfinite(part["per_neuron"][name])
-    assert scored.sum() == 3, name
+    np.testing.assert_array_equal(scored, sample, err_msg=name)
     np.testing.assert_allclose(part["per_neuron"][name][scored], full["per_neuron"][name][scored], rtol=1e-5)
     assert part[f"{name}_bps"] == pytest.approx(float(np.mean(full["per_neuron"][name][scored])), rel=1e-6)
-  for name in ("forward_prediction", "inter_region"):  # one mask, and three (one per region): all kept
-    np.testing.assert_allclose(part["per_neuron"][name], full["per_neuron"][name], rtol=1e-5)
+  # inter-region hides every region holding a sampled neuron, whole, and no other
+  inter = masking.evaluation_tasks(region_ids, 20, max_masks=3)[2]
+  assert {tuple(m) for m in inter.hide_neurons.tolist()} == {
+    tuple((region_ids == r).tolist()) for r in np.unique(region_ids[sample])
+  }
   again = masking.evaluation_tasks(region_ids, 20, max_masks=3)
   assert [t.score_neurons.tolist() for t in again] == [
     t.score_neurons.tolist() for t in masking.evaluation_tasks(region_ids, 20, max_masks=3)

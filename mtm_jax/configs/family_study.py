@@ -71,7 +71,7 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
     # 3 seeds x 2 held-out animals, scratch and 1 and 12 animals, every arm of both
     # families, the 1-animal control; both families at batch 8 with about 300k parameters
     # (NDT1 "demo" with 64-wide stitchers, spike-token "small"), sized for a 2-core CPU:
-    # short runs, and co-smoothing and intra-region scored on 24 neurons per session (the
+    # short runs, and the four metrics scored on 24 neurons per session (the
     # same for every arm; docs/protocol.md).
     s.heldout, s.sizes, s.seeds = ",".join(HELDOUT[:2]), (1, 12), (0, 1, 2)
     s.pretrain_steps, s.control_steps, s.adapt_steps, s.warmup_steps = 600, 1800, 200, 50

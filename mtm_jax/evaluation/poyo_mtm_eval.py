@@ -249,8 +249,8 @@ def evaluate_session(
   training bin, "<task>_bps_<w>ms" at each other width, "oracle_..." where `oracle`
   (position, width) gives the true expected counts [K, T_w, n]}, {"<task>_<w>ms": [n]
   per-neuron bits per spike}). fine_tasks: the tasks scored at the other widths (None: all
-  four; the decoder's work grows with the number of bins). max_masks: at most this many masks
-  per task (masking.subsample; 0: all). Each task writes one line
+  four; the decoder's work grows with the number of bins). max_masks: > 0, every task
+  scores the same sample of at most this many units (masking.evaluation_tasks; 0: all). Each task writes one line
   (progress.Stage, prefixed by `label`) with its score at each width and its time."""
   session, bin_size = data.sessions[position], data.config.bin_size
   n_units = len(session.unit_ids)

@@ -239,8 +239,8 @@ def evaluate(
   spikes [K, T, N] counts; region_ids [N]; causal_trained: whether the model learned
   causal attention (MtM, causal masking); the forward-prediction task uses it only then,
   as the reference does. `mesh`: split the masked copies over its data axis (params
-  must be replicated on it). session, n_neurons: see predict_task. max_masks: at most this
-  many passes per task (masking.subsample; 0: all). Each task writes one line
+  must be replicated on it). session, n_neurons: see predict_task. max_masks: > 0, every
+  task scores the same sample of at most this many neurons (masking.evaluation_tasks; 0: all). Each task writes one line
   (progress.Stage, named `label` + the task) with its score and time. Returns
   {"<task>_bps": mean over the scored neurons, "oracle_<task>_bps"
   (with true_rates), "per_neuron": {task: [N]}, and with keep_predictions
