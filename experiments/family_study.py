@@ -8,9 +8,10 @@ over seeds and held-out animals with 95% intervals.
   python -m experiments.family_study --flagfile=experiments/flags/family_small.flags --only_analyse
 
 Writes <workdir>/families.csv, families.md and families.png. Finished runs are reused, so
-re-running resumes; --only_analyse trains nothing. --parallel runs each family's runs in a
-process of its own (this program with --family), then summarises both: on a CPU the two
-share the cores better than one process does alone.
+re-running resumes; --only_analyse trains nothing. --parallel runs each family's runs in
+--workers processes of its own (this program with --family), then summarises both: on a
+CPU they share the cores better than one process does alone. The processes of a family
+share its runs out (studies.families.shared): each takes the next run no other holds.
 """
 
 import subprocess
@@ -24,21 +25,23 @@ from mtm_jax.training import entry
 
 _CONFIG, _WORKDIR, _ONLY_ANALYSE = study.define_flags("mtm_jax/configs/family_study.py:small")
 _PARALLEL = flags.DEFINE_bool("parallel", False, "Train each family in a process of its own, at the same time.")
+_WORKERS = flags.DEFINE_integer("workers", 1, "With --parallel: processes per family.", lower_bound=1)
 _FAMILY = flags.DEFINE_enum(
   "family", None, sorted(families.BUILDERS), "Train this family of config.study.families alone."
 )
 
 
 def _train_in_parallel(config) -> None:
-  """Runs this program once per family of config.study.families, all at once (the same
-  flags, with --family and without --parallel); raises RuntimeError naming a family whose
-  process failed."""
+  """Runs this program --workers times per family of config.study.families, all at once
+  (the same flags, with --family and without --parallel); raises RuntimeError naming a
+  family whose process failed."""
   argv = [a for a in sys.argv[1:] if a not in ("--parallel", "--noparallel")]
-  procs = {
-    f: subprocess.Popen([sys.executable, "-m", "experiments.family_study", *argv, f"--family={f}"])
+  procs = [
+    (f, subprocess.Popen([sys.executable, "-m", "experiments.family_study", *argv, f"--family={f}"]))
     for f in config.study.families
-  }
-  failed = [f for f, p in procs.items() if p.wait() != 0]
+    for _ in range(_WORKERS.value)
+  ]
+  failed = sorted({f for f, p in procs if p.wait() != 0})
   if failed:
     raise RuntimeError(f"family study: the process of {failed} failed (its log is above); re-run to resume")
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from mtm_jax import files
 from mtm_jax.configs import family_study as family_config
 from mtm_jax.studies import families, protocol, report, scaling
 from mtm_jax.tasks import registry
@@ -185,3 +186,22 @@ def test_a_diverged_run_is_marked_loses_the_tuning_and_is_not_trained_again(stud
   monkeypatch.setattr(trainer, "train", lambda *a, **k: pytest.fail("a diverged run was trained again"))
   assert not scaling.train_run(config, workdir, False)
   assert protocol.choose({1e-3: [math.inf, 0.5], 3e-3: [0.9, 0.8]}) == 3e-3  # as the tuning counts a diverged run
+
+
+def test_processes_of_a_study_share_its_runs_out(study_data_dir, tmp_path, monkeypatch):
+  """A run another process holds is left for later (train_run with wait=False: None, not
+  trained); shared comes back to it, waiting, after the others."""
+  c = family_config.get_config("tiny")
+  config = families.stage_config(c, "ndt1", "finetune", ["synthetic_027"], study_data_dir, 2)
+  workdir = str(tmp_path / "run")
+  monkeypatch.setattr(trainer, "train", lambda *a, **k: pytest.fail("a run another process holds was trained"))
+  with files.waiting(str(tmp_path / ".run.lock"), "holding it"):  # scaling._run_lock's file
+    assert scaling.train_run(config, workdir, False, wait=False) is None
+  calls = []
+
+  def attempt(item, wait):
+    calls.append((item, wait))
+    return None if item == "held" and not wait else item.upper()
+
+  assert families.shared(["a", "held", "b"], attempt) == {"a": "A", "held": "HELD", "b": "B"}
+  assert calls == [("a", False), ("held", False), ("b", False), ("held", True)]

@@ -98,6 +98,15 @@ def metrics_of(results: dict) -> dict:
   return out
 
 
+def shared(items: list, attempt) -> dict:
+  """{item: attempt(item, wait)} for every item: first without waiting (attempt returns None
+  for an item another process of the study holds), then, waiting, the items left. Several
+  processes of one study (experiments.family_study --workers) so share its runs out
+  instead of queueing for each one."""
+  out = {item: attempt(item, False) for item in items}
+  return {item: attempt(item, True) if result is None else result for item, result in out.items()}
+
+
 def _rate(lr: float) -> str:
   return f"lr{lr:g}"
 
@@ -120,12 +129,14 @@ def run_study(
     prepare.build([f"{BUILDERS[f]}/{n}" for f in study.families for n in names], data_dir)
   rows = []
   for family in study.families:
-    pretrained = {}
-    for p in protocol.pretrainings(study):
-      folder = os.path.join(workdir, "pretrain", family, p.label)
+
+    def pretrain(p, wait, family=family):
       names = sessions_of(study, pool[: p.animals])
-      if scaling.train_run(stage_config(config, family, "pretrain", names, data_dir, p.steps), folder, only_analyse):
-        pretrained[p] = folder
+      c = stage_config(config, family, "pretrain", names, data_dir, p.steps)
+      return scaling.train_run(c, os.path.join(workdir, "pretrain", family, p.label), only_analyse, wait=wait)
+
+    done = shared(protocol.pretrainings(study), pretrain)
+    pretrained = {p: os.path.join(workdir, "pretrain", family, p.label) for p, d in done.items() if d}
     runs, rates = _Runs(config, heldout, data_dir, workdir, pretrained, only_analyse), {}  # arm -> its rate
     for cell in protocol.cells(study, family):
       tuner = protocol.tuning_cell(study, cell)
@@ -151,24 +162,25 @@ class _Runs:
   def folder(self, cell, animal: str, lr: float, seed: int) -> str:
     return os.path.join(self.workdir, "adapt", cell.path, animal, f"{_rate(lr)}_seed{seed}")
 
-  def train(self, cell, animal: str, lr: float, seed: int) -> bool:
+  def train(self, cell, animal: str, lr: float, seed: int, wait: bool = True) -> bool | None:
     c = adapt_config(
       self.config, cell, self.heldout[animal], self.data_dir, self.pretrained.get(cell.pretraining), lr, seed
     )
-    return scaling.train_run(c, self.folder(cell, animal, lr, seed), self.only_analyse)
+    return scaling.train_run(c, self.folder(cell, animal, lr, seed), self.only_analyse, wait=wait)
 
   def tune(self, cell) -> float | None:
     """The learning rate of study.learning_rates whose runs of `cell` (the first seed, every
     held-out animal) end with the lowest mean validation loss; None if some are missing."""
     study = self.config.study
-    losses = {}
+    seed, losses = study.seeds[0], {}
+    runs = [(lr, animal) for lr in study.learning_rates for animal in self.heldout]
+    done = shared(runs, lambda run, wait: self.train(cell, run[1], run[0], seed, wait))
     for lr in study.learning_rates:
-      folders = [self.folder(cell, animal, lr, study.seeds[0]) for animal in self.heldout]
-      done = [self.train(cell, animal, lr, study.seeds[0]) for animal in self.heldout]
-      if not all(d or scaling.diverged(f) for d, f in zip(done, folders)):
+      folders = {animal: self.folder(cell, animal, lr, seed) for animal in self.heldout}
+      if not all(done[lr, a] or scaling.diverged(f) for a, f in folders.items()):
         return None
       # a diverged run's loss is infinite: its rate is chosen only if every rate diverged
-      losses[lr] = [protocol.final_val_loss(f) if d else math.inf for d, f in zip(done, folders)]
+      losses[lr] = [protocol.final_val_loss(f) if done[lr, a] else math.inf for a, f in folders.items()]
     if all(math.isinf(np.mean(v)) for v in losses.values()):
       logging.warning(
         "%s %s: every learning rate diverged on the tuning seed; the arm is not scored", cell.family, cell.arm
@@ -188,28 +200,39 @@ class _Runs:
   def score(self, cell, lr: float) -> list[dict]:
     """Trains every seed of `cell` at `lr` on every held-out animal and scores it on
     study.split; returns its rows."""
-    study, rows, p = self.config.study, [], cell.pretraining
-    for animal in self.heldout:
-      for seed in study.seeds:
-        run_dir = self.folder(cell, animal, lr, seed)
-        if not self.train(cell, animal, lr, seed):
-          if scaling.diverged(run_dir):
-            logging.warning("%s: diverged at the arm's chosen learning rate; no scores for this seed", run_dir)
-          continue
-        results = scaling.score(run_dir, cell.steps, study.split, SCORED)
-        if results is None:
-          continue
-        common = dict(
-          family=LABELS[cell.family],
-          arm=cell.arm,
-          pretraining=p.label if p else "none",
-          pretrain_animals=p.animals if p else 0,
-          pretrain_steps=p.steps if p else 0,
-          adapt_steps=cell.steps,
-          animal=animal,
-          seed=seed,
-          learning_rate=lr,
-          train_seconds=round(protocol.train_seconds(run_dir), 2),
-        )
-        rows += [dict(common, metric=m, value=v) for m, v in metrics_of(results).items()]
-    return rows
+    study = self.config.study
+    runs = [(animal, seed) for animal in self.heldout for seed in study.seeds]
+    done = shared(runs, lambda run, wait: self._scored(cell, lr, *run, wait))
+    return [row for run in runs for row in done[run]]
+
+  def _scored(self, cell, lr: float, animal: str, seed: int, wait: bool) -> list[dict] | None:
+    """The rows of one seed of `cell` on `animal` (trained and scored now if need be); []
+    when it has none (diverged, or not trained with --only_analyse); None when wait is False
+    and another process holds it."""
+    study, p = self.config.study, cell.pretraining
+    run_dir = self.folder(cell, animal, lr, seed)
+    done = self.train(cell, animal, lr, seed, wait)
+    if done is None:
+      return None
+    if not done:
+      if scaling.diverged(run_dir):
+        logging.warning("%s: diverged at the arm's chosen learning rate; no scores for this seed", run_dir)
+      return []
+    results = scaling.score(run_dir, cell.steps, study.split, SCORED, wait=wait)
+    if results is scaling.BUSY:
+      return None
+    if results is None:
+      return []
+    common = dict(
+      family=LABELS[cell.family],
+      arm=cell.arm,
+      pretraining=p.label if p else "none",
+      pretrain_animals=p.animals if p else 0,
+      pretrain_steps=p.steps if p else 0,
+      adapt_steps=cell.steps,
+      animal=animal,
+      seed=seed,
+      learning_rate=lr,
+      train_seconds=round(protocol.train_seconds(run_dir), 2),
+    )
+    return [dict(common, metric=m, value=v) for m, v in metrics_of(results).items()]

@@ -108,16 +108,31 @@ def scored(workdir: str, steps: int, metrics, split: str | None = None, *, confi
   return results if all(m in done for m in metrics) else None
 
 
-def _run_lock(workdir: str, doing: str):
+def _run_lock(workdir: str, doing: str, wait: bool = True):
   """The lock of one run of a study, held while training or scoring it: a second study
-  process in the same study workdir waits for it (one log line), then reuses its work.
+  process in the same study workdir waits for it (one log line), then reuses its work;
+  with wait=False, files.InUseError at once (the caller does other runs meanwhile).
   The file is beside the run's folder (<parent>/.<run>.lock), so the run's own workdir lock
   (training.workdir) is another. A study run by every process of a multi-host job takes
   none (its processes must agree on every run; a second job is refused by the workdir lock)."""
   if jax.process_count() > 1:
     return contextlib.nullcontext()
   parent, name = os.path.split(os.path.abspath(workdir))
-  return files.waiting(os.path.join(parent, f".{name}.lock"), f"{doing} {workdir}")
+  path = os.path.join(parent, f".{name}.lock")
+  return files.waiting(path, f"{doing} {workdir}") if wait else files.exclusive(path, f"{doing} {workdir}")
+
+
+@contextlib.contextmanager
+def _unless_busy(workdir: str, doing: str, wait: bool):
+  """Yields True holding the run's lock (_run_lock), or False at once when wait is False
+  and another process holds it."""
+  with contextlib.ExitStack() as stack:
+    try:
+      stack.enter_context(_run_lock(workdir, doing, wait))
+    except files.InUseError:
+      yield False
+      return
+    yield True
 
 
 REUSE_ADVICE = "The study reuses a run only if it matches: delete that folder to train it again with this config"
@@ -138,6 +153,7 @@ def check_reuse(config, workdir: str) -> None:
   provenance.check(recorded, request.to_dict(), provenance.pretrained_of(request)[0], workdir, REUSE_ADVICE)
 
 
+BUSY = {"busy": True}  # score(wait=False): another process is scoring the run
 DIVERGED = "diverged.txt"  # in a run's workdir: why its training stopped (the trainer's FloatingPointError)
 
 
@@ -146,9 +162,10 @@ def diverged(workdir: str) -> bool:
   return os.path.exists(os.path.join(workdir, DIVERGED))
 
 
-def train_run(config, workdir: str, only_analyse: bool) -> bool:
+def train_run(config, workdir: str, only_analyse: bool, *, wait: bool = True) -> bool | None:
   """Trains `config` (any family) in `workdir` unless finished (or only analysing);
-  returns whether the run is complete. A run there of another config is refused (check_reuse).
+  returns whether the run is complete; None when wait is False and another study process
+  is training it (it is then neither waited for nor trained). A run there of another config is refused (check_reuse).
   A run whose losses stay non-finite (the trainer's FloatingPointError, e.g. a learning rate
   too large for it) is not complete: its reason is written to <workdir>/DIVERGED, a warning
   logged, and the study goes on; it is not trained again (it would diverge the same way)."""
@@ -160,7 +177,9 @@ def train_run(config, workdir: str, only_analyse: bool) -> bool:
   if only_analyse:
     logging.warning("%s: not trained to step %d; skipped (--only_analyse)", workdir, config.train.steps)
     return False
-  with _run_lock(workdir, "training"):
+  with _unless_busy(workdir, "training", wait) as held:
+    if not held:
+      return None
     if not finished(workdir, config.train.steps) and not diverged(workdir):  # else another process did it
       logging.info("training %s", workdir)
       try:
@@ -173,15 +192,17 @@ def train_run(config, workdir: str, only_analyse: bool) -> bool:
   return True
 
 
-def score(workdir: str, steps: int, split: str, metrics) -> dict | None:
+def score(workdir: str, steps: int, split: str, metrics, *, wait: bool = True) -> dict | None:
   """The run's metrics.json of its last step on `split` (and of its checkpoint's config),
-  scored now if it has none."""
+  scored now if it has none; BUSY when wait is False and another study process is scoring it."""
   if not finished(workdir, steps):
     return None
   config_hash = provenance.run_hash(workdir)
   results = scored(workdir, steps, metrics, split, config_hash=config_hash)
   if results is None:
-    with _run_lock(workdir, "scoring"):
+    with _unless_busy(workdir, "scoring", wait) as held:
+      if not held:
+        return BUSY
       # another study process may have scored it meanwhile
       results = scored(workdir, steps, metrics, split, config_hash=config_hash)
       if results is None:
