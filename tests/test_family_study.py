@@ -98,9 +98,16 @@ def test_paired_differences_against_scratch(tmp_path):
   assert summary[(protocol.WARMUP, "a12_10steps")]["vs_scratch_verdict"] == "tie"
   assert summary[(protocol.FROZEN, "a01_10steps")]["vs_scratch"] == pytest.approx(0.0515)
   assert "vs_scratch" not in summary[(protocol.SCRATCH, "none")]
+  # over animals: the t interval of the 2 animals' mean differences (df 1)
+  frozen = summary[(protocol.FROZEN, "a01_10steps")]
+  per_animal = [0.05 + 0.001 * np.mean([0, 2]), 0.05 + 0.001 * np.mean([1, 3])]
+  expected = stats.t.interval(0.95, 1, loc=np.mean(per_animal), scale=stats.sem(per_animal))
+  assert (frozen["vs_scratch_animals_low"], frozen["vs_scratch_animals_high"]) == pytest.approx(expected)
+  assert frozen["vs_scratch_animals_verdict"] == "better" and frozen["n_animals"] == 2
+  assert protocol.animal_means({("a", 0): 1.0, ("a", 1): 3.0, ("b", 0): 5.0}) == [2.0, 5.0]
   report.write(rows, str(tmp_path), "families", "m")
   table = (tmp_path / "families.md").read_text()
-  assert "+0.0515 [" in table and "] better" in table and "] worse" in table and "] tie" in table
+  assert "+0.0515 [" in table and "] better; over animals better" in table and "] worse" in table and "] tie" in table
   assert os.path.getsize(tmp_path / "families.png") > 1000
   with open(tmp_path / "families.csv", encoding="utf-8") as f:
     assert len(list(csv.DictReader(f))) == len(rows)

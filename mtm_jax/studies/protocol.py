@@ -171,10 +171,31 @@ def verdict(low: float, high: float) -> str:
   return "better" if low > 0 else "worse" if high < 0 else "tie"
 
 
+def animal_means(values: dict[tuple, float]) -> list[float]:
+  """The mean over seeds of each animal's values ({(animal, seed): value}), one per animal."""
+  by_animal: dict = {}
+  for (animal, _), v in values.items():
+    by_animal.setdefault(animal, []).append(v)
+  return [float(np.mean(v)) for v in by_animal.values()]
+
+
+def _over_animals(values: dict[tuple, float], prefix: str) -> dict:
+  """{prefix + "animals_low"/"_high"/"_verdict"}: the interval of the per-animal means
+  (animal_means; n = animals), where there are at least 2 animals."""
+  means = animal_means(values)
+  if len(means) < 2:
+    return {}
+  _, low, high = interval(means)
+  return {f"{prefix}animals_low": low, f"{prefix}animals_high": high, f"{prefix}animals_verdict": verdict(low, high)}
+
+
 def summarise(rows: list[dict]) -> list[dict]:
   """Per (family, arm, pretraining, metric): n, mean, low, high over (animal, seed), and
   against the same family's scratch arms, the paired difference (same animal and seed)
-  with its interval and verdict ("vs_scratch_*", "vs_matched_*")."""
+  with its interval and verdict ("vs_scratch_*", "vs_matched_*"). Each interval also
+  over animals alone ("animals_*", "vs_scratch_animals_*", ...: a t interval of the
+  per-animal means, n = held-out animals), which does not count an animal's seeds as
+  independent draws of animals."""
   groups: dict[tuple, dict] = {}
   sizes = {}
   for r in rows:
@@ -186,12 +207,13 @@ def summarise(rows: list[dict]) -> list[dict]:
     mean, low, high = interval(list(values.values()))
     entry = dict(family=family, arm=arm, pretraining=pretraining, metric=metric, n=len(values))
     entry.update(sizes[(family, arm, pretraining, metric)])
-    entry.update(mean=mean, low=low, high=high)
+    entry.update(mean=mean, low=low, high=high, n_animals=len(animal_means(values)), **_over_animals(values, ""))
     for name, base in (("vs_scratch", SCRATCH), ("vs_matched", MATCHED)):
       ref = groups.get((family, base, "none", metric))
-      pairs = [values[k] - ref[k] for k in values if ref and k in ref]
+      pairs = {k: values[k] - ref[k] for k in values if ref and k in ref}
       if pretraining != "none" and len(pairs) >= 2:
-        d, lo, hi = interval(pairs)
+        d, lo, hi = interval(list(pairs.values()))
         entry.update({f"{name}": d, f"{name}_low": lo, f"{name}_high": hi, f"{name}_verdict": verdict(lo, hi)})
+        entry.update(_over_animals(pairs, f"{name}_"))
     out.append(entry)
   return out

@@ -61,7 +61,10 @@ def _cell(e: dict | None) -> str:
 def _difference(e: dict, name: str) -> str:
   if name not in e:
     return "-"
-  return f"{e[name]:+.4f} [{e[name + '_low']:+.4f}, {e[name + '_high']:+.4f}] {e[name + '_verdict']}"
+  text = f"{e[name]:+.4f} [{e[name + '_low']:+.4f}, {e[name + '_high']:+.4f}] {e[name + '_verdict']}"
+  if name + "_animals_verdict" in e:
+    text += f"; over animals {e[name + '_animals_verdict']}"
+  return text
 
 
 def _first_seen(values) -> list:
@@ -83,7 +86,8 @@ def tables(rows: list[dict], summary: list[dict], main_metric: str) -> str:
     )
   out = [
     f"{main_metric}: mean [95% interval] over held-out animals x seeds; differences are paired (same animal and "
-    "seed) and say what their interval supports",
+    "seed) and say what their interval supports; 'over animals': what the t interval of the per-animal mean "
+    "differences supports (n = held-out animals, seeds not counted as independent animals)",
     "",
     "| family | arm | pretraining | n | mean [95% interval] | vs scratch | vs scratch, matched | lr | train s |",
     "|---|---|---|---:|---|---|---|---:|---:|",
