@@ -23,7 +23,7 @@ from data_builders import prepare
 from mtm_jax import files
 from mtm_jax.configs import ndt1 as ndt1_config
 from mtm_jax.datasets import pipeline
-from mtm_jax.studies import poyo as poyo_study, scaling
+from mtm_jax.studies import poyo as poyo_study, runs
 from mtm_jax.tasks import registry
 from mtm_jax.training import trainer, workdir as workdir_lib
 from tests.conftest import DATASET
@@ -249,15 +249,13 @@ def test_a_workdir_that_is_a_file_is_one_clear_error_and_the_file_stays(tmp_path
 def test_a_study_process_waits_for_a_run_another_trains_then_reuses_it(tmp_path, monkeypatch, caplog):
   run = str(tmp_path / "study" / "pretrain" / "mtm" / "n01")
   trained_elsewhere = threading.Event()
-  monkeypatch.setattr(scaling, "finished", lambda workdir, steps: trained_elsewhere.is_set())
+  monkeypatch.setattr(runs, "finished", lambda workdir, steps: trained_elsewhere.is_set())
   trained = []
-  monkeypatch.setattr(scaling.trainer, "train", lambda task, config, workdir: trained.append(workdir))
+  monkeypatch.setattr(runs.trainer, "train", lambda task, config, workdir: trained.append(workdir))
   caplog.set_level("INFO")
   result = []
-  with scaling._run_lock(run, "training"):  # another study process training this run
-    study = threading.Thread(
-      target=lambda: result.append(scaling.train_run(ndt1_config.get_config("tiny"), run, False))
-    )
+  with runs._run_lock(run, "training"):  # another study process training this run
+    study = threading.Thread(target=lambda: result.append(runs.train_run(ndt1_config.get_config("tiny"), run, False)))
     study.start()
     deadline = time.monotonic() + 30
     while f"waiting for another process training {run}" not in caplog.text:
@@ -267,7 +265,7 @@ def test_a_study_process_waits_for_a_run_another_trains_then_reuses_it(tmp_path,
   study.join(30)
   assert result == [True] and trained == []
   trained_elsewhere.clear()
-  assert scaling.train_run(ndt1_config.get_config("tiny"), run, False) and trained == [run]
+  assert runs.train_run(ndt1_config.get_config("tiny"), run, False) and trained == [run]
 
 
 def test_a_write_that_fails_midway_leaves_the_previous_file_whole(tmp_path):

@@ -78,21 +78,21 @@ def test_heading_names_one_session_or_the_sessions_of_a_mean():
 def test_a_scored_run_with_skipped_metrics_is_not_scored_again(tmp_path):
   import json
   from mtm_jax.evaluation import run
-  from mtm_jax.studies import scaling
+  from mtm_jax.studies import runs
 
   results = {"step": 4, "config_hash": "h", "co_smoothing_bps": 0.2, "skipped": {"choice_accuracy": "one class"}}
   (tmp_path / "metrics.json").write_text(json.dumps(results))
-  assert scaling.scored(str(tmp_path), 4, ("co_smoothing_bps", "choice_accuracy"), config_hash="h") == results
-  assert scaling.scored(str(tmp_path), 4, ("co_smoothing_bps", "wheel_speed_r2"), config_hash="h") is None
-  assert scaling.scored(str(tmp_path), 6, ("co_smoothing_bps",), config_hash="h") is None
+  assert runs.scored(str(tmp_path), 4, ("co_smoothing_bps", "choice_accuracy"), config_hash="h") == results
+  assert runs.scored(str(tmp_path), 4, ("co_smoothing_bps", "wheel_speed_r2"), config_hash="h") is None
+  assert runs.scored(str(tmp_path), 6, ("co_smoothing_bps",), config_hash="h") is None
   # Scores of a checkpoint of another config (or written before scores recorded it) are stale.
-  assert scaling.scored(str(tmp_path), 4, ("co_smoothing_bps",), config_hash="other") is None
+  assert runs.scored(str(tmp_path), 4, ("co_smoothing_bps",), config_hash="other") is None
   # Scores of another split, or with decoding turned off (experiments.evaluate --split=val
   # or --nodecoding in a study's run folder), are not taken for the study's.
   results = {"step": 4, "config_hash": "h", "split": "val", "co_smoothing_bps": 0.2, "choice_accuracy": 0.9}
   (tmp_path / "metrics.json").write_text(json.dumps(results))
-  assert scaling.scored(str(tmp_path), 4, ("co_smoothing_bps", "choice_accuracy"), "val", config_hash="h") == results
-  assert scaling.scored(str(tmp_path), 4, ("co_smoothing_bps", "choice_accuracy"), "test", config_hash="h") is None
+  assert runs.scored(str(tmp_path), 4, ("co_smoothing_bps", "choice_accuracy"), "val", config_hash="h") == results
+  assert runs.scored(str(tmp_path), 4, ("co_smoothing_bps", "choice_accuracy"), "test", config_hash="h") is None
   results = {
     "step": 4,
     "config_hash": "h",
@@ -101,7 +101,7 @@ def test_a_scored_run_with_skipped_metrics_is_not_scored_again(tmp_path):
     "skipped": {"choice_accuracy": run.DECODING_OFF},
   }
   (tmp_path / "metrics.json").write_text(json.dumps(results))
-  assert scaling.scored(str(tmp_path), 4, ("co_smoothing_bps", "choice_accuracy"), "test", config_hash="h") is None
+  assert runs.scored(str(tmp_path), 4, ("co_smoothing_bps", "choice_accuracy"), "test", config_hash="h") is None
 
 
 def test_a_negative_bits_per_spike_comes_with_a_one_line_hint():

@@ -16,16 +16,17 @@ from scipy import stats
 
 from mtm_jax import files
 from mtm_jax.configs import family_study as family_config
-from mtm_jax.studies import families, protocol, report, scaling
+from mtm_jax.configs import scaling as scaling_config
+from mtm_jax.studies import families, protocol, report, runs
 from mtm_jax.tasks import registry
-from mtm_jax.training import trainer
+from mtm_jax.training import checkpoint, trainer
 
 
 @pytest.mark.parametrize("preset", ["tiny", "small", "full"])
 def test_presets_are_consistent(preset):
   c = family_config.get_config(preset)
   families.validate(c)
-  names = families.sessions_of(c.study, scaling._names(c.study.pool)[:2])
+  names = families.sessions_of(c.study, runs.names(c.study.pool)[:2])
   ndt1 = families.stage_config(c, "ndt1", "pretrain", names, "/data", 7)
   spike = families.stage_config(c, "spike", "finetune", names, "/data", 7)
   assert ndt1.data.datasets == ",".join(f"ibl_binned/{n}" for n in names) and ndt1.family == "mtm"
@@ -35,15 +36,15 @@ def test_presets_are_consistent(preset):
   assert {x.arm for x in cells} == set(protocol.ARMS)
   adapted = [x for x in cells if x.arm != protocol.MATCHED]
   assert {x.steps for x in adapted} == {c.study.adapt_steps}  # every arm adapts for the same steps
-  assert not set(scaling._names(c.study.heldout)) & set(scaling._names(c.study.pool))
+  assert not set(runs.names(c.study.heldout)) & set(runs.names(c.study.pool))
 
 
 def test_small_preset_holds_what_the_issue_asks():
   s = family_config.get_config("small").study
-  assert len(s.seeds) >= 3 and len(scaling._names(s.heldout)) >= 2 and set(s.sizes) >= {1, 12}
+  assert len(s.seeds) >= 3 and len(runs.names(s.heldout)) >= 2 and set(s.sizes) >= {1, 12}
   assert s.control_steps > s.pretrain_steps and set(s.families) == {"ndt1", "spike"}
   full = family_config.get_config("full").study
-  assert len(full.seeds) >= 5 and len(scaling._names(full.heldout)) >= 3 and tuple(full.sizes) == (1, 4, 12)
+  assert len(full.seeds) >= 5 and len(runs.names(full.heldout)) >= 3 and tuple(full.sizes) == (1, 4, 12)
 
 
 def test_bad_settings_name_the_field():
@@ -171,7 +172,7 @@ def test_tiny_study_end_to_end(study_data_dir, tmp_path):
   c.study.data_dir = study_data_dir
   rows = families.run_study(c, str(tmp_path))
   arms = {(r["family"], r["arm"]) for r in rows}
-  assert arms == {(families.LABELS[f], a) for f in c.study.families for a in protocol.ARMS}
+  assert arms == {(c[f].label, a) for f in c.study.families for a in protocol.ARMS}
   assert {r["seed"] for r in rows} == set(c.study.seeds)
   rates = {(r["family"], r["arm"]): set() for r in rows}
   for r in rows:
@@ -188,10 +189,10 @@ def test_a_diverged_run_is_marked_loses_the_tuning_and_is_not_trained_again(stud
   config = families.stage_config(c, "ndt1", "finetune", ["synthetic_027"], study_data_dir, 6)
   config.optimizer.learning_rate, config.train.max_nonfinite_steps = 1e30, 2  # non-finite within a few steps
   workdir = str(tmp_path / "run")
-  assert not scaling.train_run(config, workdir, False)
-  assert scaling.diverged(workdir) and "non-finite" in open(os.path.join(workdir, scaling.DIVERGED)).read()
+  assert not runs.train_run(config, workdir, False)
+  assert runs.diverged(workdir) and "non-finite" in open(os.path.join(workdir, runs.DIVERGED)).read()
   monkeypatch.setattr(trainer, "train", lambda *a, **k: pytest.fail("a diverged run was trained again"))
-  assert not scaling.train_run(config, workdir, False)
+  assert not runs.train_run(config, workdir, False)
   assert protocol.choose({1e-3: [math.inf, 0.5], 3e-3: [0.9, 0.8]}) == 3e-3  # as the tuning counts a diverged run
 
 
@@ -202,8 +203,8 @@ def test_processes_of_a_study_share_its_runs_out(study_data_dir, tmp_path, monke
   config = families.stage_config(c, "ndt1", "finetune", ["synthetic_027"], study_data_dir, 2)
   workdir = str(tmp_path / "run")
   monkeypatch.setattr(trainer, "train", lambda *a, **k: pytest.fail("a run another process holds was trained"))
-  with files.waiting(str(tmp_path / ".run.lock"), "holding it"):  # scaling._run_lock's file
-    assert scaling.train_run(config, workdir, False, wait=False) is None
+  with files.waiting(str(tmp_path / ".run.lock"), "holding it"):  # runs._run_lock's file
+    assert runs.train_run(config, workdir, False, wait=False) is None
   calls = []
 
   def attempt(item, wait):
@@ -212,3 +213,54 @@ def test_processes_of_a_study_share_its_runs_out(study_data_dir, tmp_path, monke
 
   assert families.shared(["a", "held", "b"], attempt) == {"a": "A", "held": "HELD", "b": "B"}
   assert calls == [("a", False), ("held", False), ("b", False), ("held", True)]
+
+
+def test_the_scaling_study_runs_on_the_protocol_and_resumes(study_data_dir, tmp_path):
+  """experiments.scaling's config: NDT1 pretrained with MtM's masking and with temporal
+  masking, each adapted as scratch, compute-matched scratch and all; scaling.csv/.md/.png;
+  a second run reuses every run (nothing trained again)."""
+  c = scaling_config.get_config("tiny")
+  c.study.data_dir, c.study.learning_rates = study_data_dir, (1e-3,)  # one rate: half the runs
+  rows = families.run_study(c, str(tmp_path))
+  assert {(r["family"], r["arm"]) for r in rows} == {
+    (c[f].label, a) for f in ("mtm", "temporal") for a in (protocol.SCRATCH, protocol.MATCHED, protocol.ALL)
+  }
+  for family, mode in (("mtm", "mtm"), ("temporal", "temporal")):
+    run = tmp_path / "adapt" / family / "all" / "a01_4steps" / "synthetic_027" / "lr0.001_seed0"
+    recorded = json.loads((run / "config.json").read_text())
+    assert recorded["masking"]["mode"] == mode and recorded["model"]["use_prompt"] == (mode == "mtm")
+  for name in ("scaling.csv", "scaling.md", "scaling.png"):
+    assert os.path.getsize(tmp_path / name) > 0
+  ckpt = checkpoint.checkpoint_dir(str(tmp_path / "pretrain" / "temporal" / "a01_4steps"))
+  stamp = os.path.getmtime(ckpt)
+  again = families.run_study(c, str(tmp_path))
+  assert os.path.getmtime(ckpt) == stamp
+  assert sorted(map(str, again)) == sorted(map(str, rows))
+
+
+def test_a_process_adapts_the_scratch_arms_while_another_pretrains(study_data_dir, tmp_path, monkeypatch):
+  """A pretraining another process holds is waited for only when a cell first needs it."""
+  c = family_config.get_config("tiny")
+  c.study.data_dir, c.study.families, c.study.arms = study_data_dir, ("ndt1",), (protocol.SCRATCH, protocol.ALL)
+  c.study.learning_rates, c.study.seeds = (1e-3,), (0,)
+  other = files.waiting(str(tmp_path / "pretrain" / "ndt1" / ".a01_4steps.lock"), "pretraining")
+  other.__enter__()  # another process pretraining
+  order, train_run = [], runs.train_run
+
+  def recording(config, workdir, only_analyse, *, wait=True):
+    done = train_run(config, workdir, only_analyse, wait=wait)
+    order.append((os.path.relpath(workdir, tmp_path).split(os.sep)[:3], wait, done))
+    if workdir.startswith(str(tmp_path / "adapt" / "ndt1" / "scratch")):
+      other.__exit__(None, None, None)  # the other process is done (without a checkpoint: trained here)
+    return done
+
+  monkeypatch.setattr(runs, "train_run", recording)
+  rows = families.run_study(c, str(tmp_path), write_report=False)
+  first = [o for i, o in enumerate(order) if o not in order[:i]]  # a cell's runs come back when scored
+  assert first == [
+    (["pretrain", "ndt1", "a01_4steps"], False, None),
+    (["adapt", "ndt1", "scratch"], False, True),
+    (["pretrain", "ndt1", "a01_4steps"], True, True),
+    (["adapt", "ndt1", "all"], False, True),
+  ]
+  assert {r["arm"] for r in rows} == {protocol.SCRATCH, protocol.ALL}

@@ -1,5 +1,6 @@
 """Multi-session NDT1 (stitching): padded session tables, lazy per-session updates,
-partial restore of shared weights, interleaved batches, fine-tuning and the mini study."""
+partial restore of shared weights, interleaved batches and fine-tuning (the scaling study:
+tests/test_family_study.py)."""
 
 import os
 
@@ -9,16 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from jax.experimental.compilation_cache import compilation_cache
 
 from mtm_jax.tasks import registry, ndt1 as ndt1_task
 from mtm_jax import masking
 from mtm_jax.configs import ndt1 as ndt1_config
-from mtm_jax.configs import scaling as scaling_config
 from mtm_jax.datasets import pipeline
-from mtm_jax.studies import scaling
 from mtm_jax.models import ndt1
-from mtm_jax.training import checkpoint, config_checks, optimizer, step as step_lib, trainer
+from mtm_jax.training import config_checks, optimizer, step as step_lib, trainer
 
 
 def _stitched(sessions, seed=0, **kw):
@@ -168,43 +166,3 @@ def test_pretrain_two_sessions_then_finetune_on_a_third(study_data_dir, tmp_path
     assert np.array_equal(shared(out), shared(pre.params)) != changed, (mode, warmup)
   with pytest.raises(ValueError, match="--mode: expected one of"):
     registry.get("mtm").finetune_config(ft_config, pre_dir, "frozen")
-
-
-@pytest.fixture
-def compile_cache(tmp_path):
-  """JAX's persistent compilation cache, as experiments.scaling uses it: runs of the
-  same shapes compile once."""
-  old = jax.config.jax_compilation_cache_dir
-  jax.config.update("jax_compilation_cache_dir", str(tmp_path / "jax_cache"))
-  compilation_cache.reset_cache()
-  yield
-  jax.config.update("jax_compilation_cache_dir", old)
-  compilation_cache.reset_cache()
-
-
-def test_mini_study_end_to_end_and_resumable(study_data_dir, tmp_path, compile_cache):
-  config = scaling_config.get_config("tiny")
-  config.study.data_dir = study_data_dir
-  config.study.modes = (masking.MTM,)  # temporal-mode fine-tuning runs in test_experiments; halves the time
-  workdir = str(tmp_path / "study")
-  rows = scaling.run_study(config, workdir)
-  sizes = sorted({r["pretrain_sessions"] for r in rows})
-  assert sizes == [0, 1, 2]
-  assert {r["mode"] for r in rows} == {"mtm"}
-  expected = scaling.expected_metrics(config.finetune)
-  assert {r["metric"] for r in rows} == set(expected)
-  assert len(rows) == 3 * len(expected)
-  assert all(np.isfinite(r["value"]) for r in rows)
-  for name in ("scaling.csv", "scaling.png", "scaling.md"):
-    assert os.path.getsize(os.path.join(workdir, name)) > 0
-  ckpt = checkpoint.checkpoint_dir(os.path.join(workdir, "pretrain", "mtm", "n02"))
-  stamp = os.path.getmtime(ckpt)
-  # Re-running (and analysing only) reuses every finished run.
-  again = scaling.run_study(config, workdir, only_analyse=True)
-  assert [(r["pretrain_sessions"], r["mode"], r["metric"]) for r in again] == [
-    (r["pretrain_sessions"], r["mode"], r["metric"]) for r in rows
-  ]
-  np.testing.assert_allclose([r["value"] for r in again], [r["value"] for r in rows])
-  scaling.run_study(config, workdir)
-  assert os.path.getmtime(ckpt) == stamp
-  assert len(scaling.read_rows(workdir)) == len(rows)

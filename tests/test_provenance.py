@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mtm_jax.configs import ndt1 as ndt1_config
-from mtm_jax.studies import scaling
+from mtm_jax.studies import runs
 from mtm_jax.tasks import registry
 from mtm_jax.training import checkpoint, provenance, trainer
 from tests.conftest import DATASET
@@ -132,14 +132,14 @@ def test_a_finetune_whose_pretrained_checkpoint_changed_is_refused(data_dir, pre
 def test_a_study_refuses_a_stale_run_and_reuses_a_matching_one(data_dir, pretrained, tmp_path, monkeypatch):
   run = _copy(pretrained, tmp_path)
   monkeypatch.setattr(trainer, "train", lambda *a, **k: pytest.fail("a finished run was trained again"))
-  assert scaling.train_run(_config(data_dir), run, False)
-  assert scaling.train_run(_config(data_dir, log_every=1), run, True)
+  assert runs.train_run(_config(data_dir), run, False)
+  assert runs.train_run(_config(data_dir, log_every=1), run, True)
   config = _config(data_dir)
   config.masking.ratio = 0.5
   with pytest.raises(provenance.ProvenanceError, match=rf"(?s){run}: .*config.masking.ratio: 0.3 -> 0.5.*delete"):
-    scaling.train_run(config, run, False)
+    runs.train_run(config, run, False)
   with pytest.raises(provenance.ProvenanceError, match=r"config.train.steps: 4 -> 8"):
-    scaling.train_run(_config(data_dir, steps=8), run, True)  # analysing only: not reused either
+    runs.train_run(_config(data_dir, steps=8), run, True)  # analysing only: not reused either
 
 
 def test_a_study_scores_again_when_the_scores_are_stale(pretrained, monkeypatch):
@@ -155,11 +155,11 @@ def test_a_study_scores_again_when_the_scores_are_stale(pretrained, monkeypatch)
   with open(path, "w", encoding="utf-8") as f:
     json.dump(stale, f)
   try:
-    assert scaling.score(pretrained, STEPS, "test", ("co_smoothing_bps",))["co_smoothing_bps"] == 0.1
+    assert runs.score(pretrained, STEPS, "test", ("co_smoothing_bps",))["co_smoothing_bps"] == 0.1
     assert calls == [pretrained]
     with open(path, "w", encoding="utf-8") as f:
       json.dump(dict(stale, config_hash=provenance.run_hash(pretrained)), f)
-    assert scaling.score(pretrained, STEPS, "test", ("co_smoothing_bps",))["co_smoothing_bps"] == 0.5
+    assert runs.score(pretrained, STEPS, "test", ("co_smoothing_bps",))["co_smoothing_bps"] == 0.5
     assert calls == [pretrained]  # fresh: not scored again
   finally:
     os.remove(path)
@@ -182,4 +182,4 @@ def test_a_checkpoint_without_provenance_still_restores(data_dir, pretrained, tm
   # ... and a study refuses to reuse it (it cannot tell what it was trained with).
   monkeypatch.setattr(trainer, "train", lambda *a, **k: pytest.fail("trained"))
   with pytest.raises(provenance.ProvenanceError, match="records no provenance"):
-    scaling.train_run(_config(data_dir), run, False)
+    runs.train_run(_config(data_dir), run, False)

@@ -43,12 +43,19 @@ def _spike(preset: str, log_every: int):
   return _stage(poyo_mtm_config.get_config(preset), log_every)
 
 
+def family(label: str, builder: str) -> ml_collections.ConfigDict:
+  """config.<family> of a study (studies.families): its label in the tables and the TFDS
+  builder of its sessions; the preset sets its stage configs (pretrain, finetune)."""
+  return ml_collections.ConfigDict(dict(label=label, builder=builder))
+
+
 def get_config(arg: str = "small") -> ml_collections.ConfigDict:
   if arg not in ("small", "full", "tiny"):
     raise ValueError(f"family_study config: unknown preset {arg!r}; expected small, full or tiny")
   c = ml_collections.ConfigDict()
   c.study = s = ml_collections.ConfigDict()
-  s.families = ("ndt1", "spike")  # studies.families.BUILDERS
+  s.name = "families"  # the outputs: <workdir>/<name>.csv, .md, .png
+  s.families = ("ndt1", "spike")  # each a config.<family> (family)
   s.pool, s.heldout = ",".join(POOL), ",".join(HELDOUT[:3])  # animals
   s.session_name = "{animal}_s{session}"  # an animal's session k as a TFDS config name
   s.sessions_per_animal = 2  # sessions of each pool animal that pretraining reads
@@ -63,7 +70,7 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
   s.arms = protocol.ARMS
   s.data_dir = "data/tfds"
   s.split = "test"  # scored once, with the chosen learning rate
-  c.ndt1, c.spike = ml_collections.ConfigDict(), ml_collections.ConfigDict()
+  c.ndt1, c.spike = family("NDT1-MtM", "ibl_binned"), family("spike-token MtM", "spike_events")
   if arg == "full":
     c.ndt1.pretrain, c.ndt1.finetune = _ndt1("paper", 1000, 1e-4), _ndt1("paper", 1000, 1e-4)
     c.spike.pretrain, c.spike.finetune = _spike("base", 1000), _spike("base", 1000)

@@ -1,72 +1,45 @@
-"""The multi-session scaling study (the MtM paper's Figure 4) on the synthetic sessions.
+"""The scaling study (the MtM paper's Figure 4) on the fair protocol: NDT1-stitch pretrained
+with MtM's masking against NDT1-stitch pretrained with temporal masking, on 1, 4 and 12
+animals of the many-animal synthetic brain, adapted to held-out animals (scratch; the same
+for the steps of pretraining and adaptation together; every parameter from a pretrained
+model), each arm's learning rate chosen on the validation split, the test split scored
+once, 95% intervals over seeds and held-out animals (mtm_jax.studies.families, protocol).
 
   python -m experiments.scaling --flagfile=experiments/flags/scaling_small.flags   (2-core CPU)
   python -m experiments.scaling --flagfile=experiments/flags/scaling_paper.flags   (a GPU)
 
-For each masking mode and each number n of pretraining sessions, NDT1-stitch is
-pretrained on the first n sessions of study.pool, then fine-tuned on every held-out
-session (fresh stitchers and session token, shared weights from pretraining); the same
-model trained on each held-out session alone, with the same fine-tuning recipe and steps,
-is the n = 0 ("scratch") baseline. Every
-fine-tuned model is scored with the four activity metrics and behaviour decoding.
-
-get_config(arg): arg = "small" (mini NDT1 pretrained on 1 or 12 of the 12 smallest
-synthetic pretraining sessions, 2 small held-out sessions, no decoding heads; under 30 min
-on 2 CPU cores) | "paper" (paper-size NDT1, 1/4/12/24 sessions, 4 held out) | "tiny" (tests).
+get_config(arg): arg = "small" | "paper" | "tiny": the NDT1 stage configs, data, steps,
+seeds and learning-rate grid of the family study's "small" | "full" | "tiny" presets
+(configs/family_study.py), with MtM's masking (family "mtm") and temporal masking (family
+"temporal", no prompt tokens) in both stages; small adds 4 pretraining animals.
 """
 
 import ml_collections
 
-from mtm_jax.configs import ndt1 as ndt1_config
+from mtm_jax.configs import family_study
+from mtm_jax.studies import protocol
 
 
-def _stage(preset: str, steps: int, learning_rate: float, eval_every: int) -> ml_collections.ConfigDict:
-  c = ndt1_config.get_config(f"{preset},stitch")
-  c.train.steps = steps
-  c.optimizer.learning_rate = learning_rate
-  c.train.log_every = min(c.train.log_every, steps)
-  c.train.eval_every = c.train.checkpoint_every = eval_every
-  c.train.keep_checkpoints = 1
-  return c
+def _temporal(stage: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  out = ml_collections.ConfigDict(stage.to_dict())
+  out.masking.mode, out.model.use_prompt = "temporal", False
+  return out
 
 
 def get_config(arg: str = "small") -> ml_collections.ConfigDict:
-  if arg not in ("small", "paper", "tiny"):
+  presets = {"small": "small", "paper": "full", "tiny": "tiny"}
+  if arg not in presets:
     raise ValueError(f"scaling config: unknown preset {arg!r}; expected small, paper or tiny")
+  base = family_study.get_config(presets[arg])
   c = ml_collections.ConfigDict()
-  c.study = ml_collections.ConfigDict()
-  c.study.sizes = (1, 4, 12, 24)  # numbers of pretraining sessions (first n of study.pool)
-  c.study.modes = ("mtm", "temporal")  # masking of pretraining and fine-tuning (mtm_jax.masking.MODES)
-  c.study.pool = ",".join(ndt1_config.SYNTHETIC_PRETRAIN)  # pretraining sessions, in order
-  c.study.heldout = ",".join(ndt1_config.SYNTHETIC_HELDOUT)  # fine-tuned and scored
-  c.study.scratch = True  # also train each held-out session alone (n = 0)
-  c.study.data_dir = "data/tfds"  # TFDS data_dir; missing sessions are built there
-  c.study.split = "test"  # split scored on each held-out session
-
-  # Stage configs (mtm_jax/configs/ndt1.py); data.datasets, masking and init are set per run.
-  if arg == "paper":
-    c.pretrain = _stage("paper", steps=20_000, learning_rate=1e-4, eval_every=1000)
-    c.finetune = _stage("paper", steps=5_000, learning_rate=1e-4, eval_every=1000)
-  elif arg == "small":
-    # Evaluation costs (neurons x test trials) forward passes per session and building a
-    # session costs its neurons x trials, so the small study uses small sessions: it
-    # pretrains on the 12 smallest of the 24 (103-314 neurons, smallest first) and holds
-    # out two small ones outside them.
-    c.study.sizes = (1, 12)  # with 4 as well the study takes 33 min on the 2-core CPU
-    c.study.pool = ",".join(f"ibl_binned/synthetic_{i:03d}" for i in (20, 0, 18, 7, 2, 6, 13, 15, 10, 19, 8, 16))
-    c.study.heldout = "ibl_binned/synthetic_023,ibl_binned/synthetic_027"  # 171 and 138 neurons
-    c.pretrain = _stage("demo", steps=1000, learning_rate=2e-3, eval_every=1000)
-    c.finetune = _stage("demo", steps=1000, learning_rate=2e-3, eval_every=1000)
-    for stage in (c.pretrain, c.finetune):
-      stage.model.size, stage.model.stitch_dim = "mini", 64
-    c.finetune.eval.head_steps = 0  # the frozen-model decoders only
-  else:
-    c.study.sizes = (1, 2)
-    c.study.pool = "ibl_binned/synthetic_000,ibl_binned/synthetic_007"  # 114 and 134 neurons
-    c.study.heldout = ndt1_config.SYNTHETIC_HELDOUT[3]  # 138 neurons
-    c.pretrain = _stage("tiny", steps=6, learning_rate=1e-3, eval_every=6)
-    c.finetune = _stage("tiny", steps=4, learning_rate=1e-3, eval_every=4)
-    for stage in (c.pretrain, c.finetune):
-      stage.eval.decoding_folds = 3
-    c.finetune.eval.head_steps = 0
+  c.study = base.study
+  c.study.name = "scaling"
+  c.study.families = ("mtm", "temporal")
+  c.study.arms = (protocol.SCRATCH, protocol.MATCHED, protocol.ALL)
+  if arg == "small":
+    c.study.sizes = (1, 4, 12)
+  c.mtm = family_study.family("NDT1, MtM masking", "ibl_binned")
+  c.temporal = family_study.family("NDT1, temporal masking", "ibl_binned")
+  c.mtm.pretrain, c.mtm.finetune = base.ndt1.pretrain, base.ndt1.finetune
+  c.temporal.pretrain, c.temporal.finetune = _temporal(base.ndt1.pretrain), _temporal(base.ndt1.finetune)
   return c

@@ -1,13 +1,5 @@
-"""Figures and tables of the MtM paper: scaling curves (Figure 4) and rasters (Figure 2).
-
-Scaling results are rows (dicts, e.g. from csv.DictReader, so values may be strings)
-with the keys of `SCALING_KEYS`:
-- `pretrain_sessions`: number of pretraining sessions; 0 means the model was trained on
-  the held-out session alone (from scratch);
-- `mode`: masking mode of the model ("mtm", "temporal", ...);
-- `session`: the held-out session the value was measured on;
-- `metric`: metric name (e.g. "co_smoothing_bps");
-- `value`: the metric's value.
+"""Figures of the MtM paper: rasters (Figure 2), and `save` (a figure written whole). The
+scaling figure (Figure 4) with intervals is studies.report's.
 
 Figures are drawn on `matplotlib.figure.Figure` objects (Agg canvas), so nothing here
 touches pyplot or matplotlib's global state.
@@ -18,175 +10,19 @@ from __future__ import annotations
 import math
 import numbers
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
-from matplotlib.patches import Patch
-from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from mtm_jax import files
 
-SCALING_KEYS = ("pretrain_sessions", "mode", "session", "metric", "value")
-SCRATCH_LABEL = "scratch"
-# With this many held-out sessions or fewer, the band of a scaling curve is min-max.
-MIN_MAX_BAND_SESSIONS = 2
 _DPI = 120
-
-
-# ----------------------------------------------------------------------------- scaling
-
-
-def _parse_rows(rows) -> list[dict]:
-  """Validated copies of the rows with typed values (int sessions count, float value)."""
-  try:
-    if isinstance(rows, (str, bytes, Mapping)):
-      raise TypeError
-    rows = list(rows)
-  except TypeError:
-    raise ValueError(
-      "rows must be a list of dicts with keys " + ", ".join(SCALING_KEYS) + f"; got {type(rows).__name__}"
-    ) from None
-  parsed = []
-  for i, row in enumerate(rows):
-    if not isinstance(row, Mapping):
-      raise ValueError(f"rows[{i}] must be a dict; got {type(row).__name__}")
-    for key in SCALING_KEYS:
-      if key not in row or row[key] is None or (isinstance(row[key], str) and not row[key].strip()):
-        raise ValueError(f"rows[{i}] lacks key {key!r} (needs {', '.join(SCALING_KEYS)}); got {row!r}")
-    try:
-      count = float(row["pretrain_sessions"])
-    except (TypeError, ValueError):
-      count = math.nan
-    if not (count >= 0 and count == int(count)):
-      raise ValueError(f"rows[{i}]: pretrain_sessions must be an integer >= 0; got {row['pretrain_sessions']!r}")
-    try:
-      value = float(row["value"])
-    except (TypeError, ValueError):
-      raise ValueError(f"rows[{i}]: value must be a number; got {row['value']!r}") from None
-    parsed.append(
-      {
-        "pretrain_sessions": int(count),
-        "mode": str(row["mode"]).strip(),
-        "session": str(row["session"]).strip(),
-        "metric": str(row["metric"]).strip(),
-        "value": value,
-      }
-    )
-  if not parsed:
-    raise ValueError("rows is empty: no scaling results to summarise")
-  return parsed
 
 
 def _first_seen(values) -> list:
   return list(dict.fromkeys(values))
-
-
-def _summarise(parsed: list[dict]) -> list[dict]:
-  groups: dict[tuple, dict[str, float]] = {}
-  for row in parsed:
-    key = (row["metric"], row["mode"], row["pretrain_sessions"])
-    sessions = groups.setdefault(key, {})
-    if row["session"] in sessions:
-      raise ValueError(
-        f"rows: two values for metric {key[0]!r}, mode {key[1]!r}, "
-        f"pretrain_sessions {key[2]}, session {row['session']!r}"
-      )
-    sessions[row["session"]] = row["value"]
-  summary = []
-  for (metric, mode, count), sessions in sorted(groups.items()):
-    values = np.array(list(sessions.values()), np.float64)
-    summary.append(
-      {
-        "metric": metric,
-        "mode": mode,
-        "pretrain_sessions": count,
-        "n": int(values.size),
-        "mean": float(values.mean()),
-        "std": float(values.std(ddof=1)) if values.size > 1 else math.nan,
-        "min": float(values.min()),
-        "max": float(values.max()),
-        "sessions": sorted(sessions),
-      }
-    )
-  return summary
-
-
-def scaling_summary(rows) -> list[dict]:
-  """Mean and spread over held-out sessions per (pretrain_sessions, mode, metric).
-
-  Args:
-    rows: scaling results, see the module docstring.
-
-  Returns:
-    One dict per (metric, mode, pretrain_sessions), sorted by those keys in that order,
-    with `metric`, `mode`, `pretrain_sessions` (int), `n` (held-out sessions), `mean`,
-    `std` (sample standard deviation, ddof=1; NaN when n == 1), `min`, `max` and
-    `sessions` (sorted ids). Two values for the same session in one group are an error.
-  """
-  return _summarise(_parse_rows(rows))
-
-
-def _format_cell(entry: dict | None) -> str:
-  if entry is None:
-    return "-"
-  if entry["n"] < 2:
-    return f"{entry['mean']:.4f}"
-  return f"{entry['mean']:.4f} ± {entry['std']:.4f}"
-
-
-def scaling_table(rows) -> str:
-  """Markdown table: one row per (metric, pretrain_sessions), one column per mode.
-
-  Cells are `mean ± std` over held-out sessions (4 decimals; only the mean when one
-  session); the from-scratch rows (pretrain_sessions 0) are labelled "scratch" and come
-  first. Metrics and modes are in first-seen order; missing cells are "-".
-  """
-  parsed = _parse_rows(rows)
-  summary = {(e["metric"], e["mode"], e["pretrain_sessions"]): e for e in _summarise(parsed)}
-  modes = _first_seen(r["mode"] for r in parsed)
-  lines = ["| metric | pretraining sessions | " + " | ".join(modes) + " |", "|---|---:|" + "---:|" * len(modes)]
-  for metric in _first_seen(r["metric"] for r in parsed):
-    counts = sorted({r["pretrain_sessions"] for r in parsed if r["metric"] == metric})
-    for count in counts:
-      cells = [_format_cell(summary.get((metric, mode, count))) for mode in modes]
-      label = SCRATCH_LABEL if count == 0 else str(count)
-      lines.append(f"| {metric} | {label} | " + " | ".join(cells) + " |")
-  return "\n".join(lines)
-
-
-def _panel_series(summary: list[dict], metric: str) -> dict:
-  """Per mode, what a scaling panel draws: the pretrained curve with its band and scratch.
-
-  Returns {"band": "std" | "min-max", "n_sessions": int, "modes": {mode: {"x", "mean",
-  "low", "high" (arrays over pretrain_sessions > 0, ascending), "scratch" (float or
-  None)}}}.
-  """
-  entries = [e for e in summary if e["metric"] == metric]
-  n_sessions = len({s for e in entries for s in e["sessions"]})
-  band = "min-max" if n_sessions <= MIN_MAX_BAND_SESSIONS else "std"
-  modes = {}
-  for mode in _first_seen(e["mode"] for e in entries):
-    pretrained = sorted(
-      (e for e in entries if e["mode"] == mode and e["pretrain_sessions"] > 0), key=lambda e: e["pretrain_sessions"]
-    )
-    scratch = [e["mean"] for e in entries if e["mode"] == mode and e["pretrain_sessions"] == 0]
-    mean = np.array([e["mean"] for e in pretrained], np.float64)
-    if band == "std":
-      spread = np.array([0.0 if e["n"] < 2 else e["std"] for e in pretrained], np.float64)
-      low, high = mean - spread, mean + spread
-    else:
-      low = np.array([e["min"] for e in pretrained], np.float64)
-      high = np.array([e["max"] for e in pretrained], np.float64)
-    modes[mode] = {
-      "x": np.array([e["pretrain_sessions"] for e in pretrained], np.int64),
-      "mean": mean,
-      "low": low,
-      "high": high,
-      "scratch": scratch[0] if scratch else None,
-    }
-  return {"band": band, "n_sessions": n_sessions, "modes": modes}
 
 
 def save(fig: Figure, path) -> None:
@@ -196,66 +32,6 @@ def save(fig: Figure, path) -> None:
   os.makedirs(parent, exist_ok=True)
   with files.atomic_write(path, "wb") as f:  # a reader never sees part of a figure
     fig.savefig(f, format="png", dpi=_DPI)
-
-
-def scaling_figure(rows, path, *, metrics: Sequence[str] | None = None) -> None:
-  """Figure 4 of the MtM paper: each metric against the number of pretraining sessions.
-
-  One panel per metric (default: the metrics of `rows`, in first-seen order). In each,
-  one line per mode: the mean over held-out sessions at each pretrain_sessions > 0
-  (log-2 x axis, ticks at those counts), markers, and a shaded band of +- one sample
-  standard deviation, or min-max when the panel has 2 or fewer held-out sessions (the
-  y label says which). The from-scratch value (pretrain_sessions 0, mean over sessions)
-  of each mode is a dashed horizontal line in the mode's colour. Writes a PNG at `path`.
-  """
-  parsed = _parse_rows(rows)
-  present = _first_seen(r["metric"] for r in parsed)
-  if metrics is None:
-    metrics = present
-  elif isinstance(metrics, str) or not all(isinstance(m, str) for m in metrics) or not metrics:
-    raise ValueError(f"metrics must be a non-empty list of metric names; got {metrics!r}")
-  else:
-    missing = [m for m in metrics if m not in present]
-    if missing:
-      raise ValueError(f"metrics {missing} are not in rows; rows have {present}")
-  summary = _summarise(parsed)
-  modes = _first_seen(r["mode"] for r in parsed)
-  colours = {mode: f"C{i % 10}" for i, mode in enumerate(modes)}
-
-  fig = Figure(figsize=(4.2 * len(metrics) + 2.4, 3.8), layout="constrained")
-  axes = fig.subplots(1, len(metrics), squeeze=False)[0]
-  legend: dict[str, object] = {}
-  for ax, metric in zip(axes, metrics):
-    series = _panel_series(summary, metric)
-    ticks = sorted({int(x) for s in series["modes"].values() for x in s["x"]})
-    for mode, s in series["modes"].items():
-      colour = colours[mode]
-      if s["x"].size:
-        ax.fill_between(s["x"], s["low"], s["high"], color=colour, alpha=0.2, linewidth=0)
-        ax.plot(s["x"], s["mean"], "o-", color=colour, markersize=5)
-        legend.setdefault(f"{mode} (pretrained)", Line2D([], [], color=colour, marker="o"))
-      if s["scratch"] is not None:
-        ax.axhline(s["scratch"], color=colour, linestyle="--", linewidth=1.2)
-        legend.setdefault(f"{mode} (from scratch)", Line2D([], [], color=colour, linestyle="--"))
-    if ticks:
-      ax.set_xscale("log", base=2)
-      if len(ticks) == 1:
-        ax.set_xlim(ticks[0] / 2, ticks[0] * 2)
-      else:
-        ax.set_xlim(ticks[0] / 2**0.4, ticks[-1] * 2**0.4)
-      ax.xaxis.set_major_locator(FixedLocator(ticks))
-      ax.xaxis.set_minor_locator(NullLocator())
-      ax.set_xticklabels([str(t) for t in ticks])
-    else:
-      ax.set_xticks([])
-    band = "± 1 s.d." if series["band"] == "std" else "min-max"
-    ax.set_xlabel("pretraining sessions")
-    ax.set_ylabel(f"mean over {series['n_sessions']} held-out sessions\n(band: {band})")
-    ax.set_title(metric)
-    ax.grid(True, alpha=0.3)
-  legend["band: spread over\nheld-out sessions"] = Patch(color="0.5", alpha=0.3)
-  fig.legend(list(legend.values()), list(legend), loc="outside right upper", frameon=False, fontsize="small")
-  save(fig, path)
 
 
 # ----------------------------------------------------------------------------- rasters

@@ -1,8 +1,12 @@
-"""NDT1-MtM against spike-token MtM on held-out animals, on the fair protocol of
-studies.protocol: pretrain both families on 1..n animals, adapt each arm to held-out
-animals with a learning rate chosen on the validation split, score the test split once,
-summarise with 95% intervals (the MtM paper's Figure 4 with both families and error bars).
+"""Model families (or variants of one) on held-out animals, on the fair protocol of
+studies.protocol: pretrain each on 1..n animals, adapt each arm to held-out animals with a
+learning rate chosen on the validation split, score the test split once, summarise with 95%
+intervals (the MtM paper's Figure 4 with error bars). experiments.family_study compares
+NDT1-MtM with spike-token MtM; experiments.scaling, NDT1 pretrained with MtM's masking
+with NDT1 pretrained with temporal masking.
 
+A study's families are config.study.families, each a config.<family> (configs/family_study.family):
+its label, the TFDS builder of its sessions and its pretrain and finetune stage configs.
 The data sets are TFDS config names of animals' sessions (study.session_name): NDT1 reads them
 as ibl_binned/<name>, spike-token MtM as spike_events/<name>: the same trials, splits and
 counts (docs/synthetic_data.md). Pretraining uses every session (study.sessions_per_animal)
@@ -13,9 +17,9 @@ Layout of a study workdir (each run a normal workdir, loadable by path alone):
   pretrain/<family>/a<NN>_<steps>steps/                     pretrained on the first NN animals
   adapt/<family>/<arm>/<pretraining>/<animal>/lr<lr>_seed<s>/   one adaptation run (metrics.json
                                                               when scored: the chosen rate only)
-  families.csv, families.md, families.png                   rows, tables, figure (studies.report)
-Finished runs are reused (studies.scaling.train_run / score), so a study resumes; a run
-folder of another config or pretrained checkpoint is refused (see studies.scaling).
+  <study.name>.csv, .md, .png                               rows, tables, figure (studies.report)
+Finished runs are reused (studies.runs.train_run / score), so a study resumes; a run
+folder of another config or pretrained checkpoint is refused (see studies.runs).
 """
 
 from __future__ import annotations
@@ -29,11 +33,10 @@ import numpy as np
 from absl import logging
 
 from mtm_jax.evaluation import decoding, run
-from mtm_jax.studies import protocol, report, scaling
+from mtm_jax.studies import protocol, report, runs
 from mtm_jax.tasks import registry
 
-BUILDERS = {"ndt1": "ibl_binned", "spike": "spike_events"}  # family key -> TFDS builder of its sessions
-LABELS = {"ndt1": "NDT1-MtM", "spike": "spike-token MtM"}
+FAMILY_FIELDS = ("label", "builder", "pretrain", "finetune")  # of each config.<family> (configs/family_study.family)
 MEAN_METRIC = "four_metric_mean_bps"  # the mean of the four 20 ms metrics (what the arms are compared by)
 SCORED = run.METRICS + decoding.BEHAVIOUR_METRICS  # what every adaptation run is scored on
 
@@ -46,17 +49,19 @@ def sessions_of(study, animals: list[str]) -> list[str]:
 
 def heldout_sessions(study) -> dict[str, str]:
   """{held-out animal: the config name of its session study.heldout_session, which each arm adapts to}."""
-  return {a: study.session_name.format(animal=a, session=study.heldout_session) for a in scaling._names(study.heldout)}
+  return {a: study.session_name.format(animal=a, session=study.heldout_session) for a in runs.names(study.heldout)}
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the field when the study is inconsistent."""
   protocol.check(c.study)
-  pool, heldout = scaling._names(c.study.pool), scaling._names(c.study.heldout)
-  scaling.check_sessions(pool, heldout, list(c.study.sizes))
-  unknown = [f for f in c.study.families if f not in BUILDERS]
+  pool, heldout = runs.names(c.study.pool), runs.names(c.study.heldout)
+  runs.check_sessions(pool, heldout, list(c.study.sizes))
+  unknown = [f for f in c.study.families if not all(k in c.get(f, {}) for k in FAMILY_FIELDS)]
   if unknown:
-    raise ValueError(f"config.study.families: unknown {unknown}; expected some of {list(BUILDERS)}")
+    raise ValueError(
+      f"config.study.families: {unknown} lack a config.<family> with {list(FAMILY_FIELDS)} (configs/family_study.family)"
+    )
   for family in c.study.families:
     for stage in ("pretrain", "finetune"):
       names = sessions_of(c.study, pool[:1])
@@ -69,7 +74,7 @@ def stage_config(c, family: str, stage: str, names: list[str], data_dir: str, st
   out.train.steps = steps
   out.train.eval_every = out.train.checkpoint_every = steps
   out.train.log_every = min(out.train.log_every, steps)
-  out.data.datasets = ",".join(f"{BUILDERS[family]}/{n}" for n in names)
+  out.data.datasets = ",".join(f"{c[family].builder}/{n}" for n in names)
   out.data.data_dir = data_dir
   if "n_sessions" in out.data:
     out.data.n_sessions = 0
@@ -114,41 +119,46 @@ def _rate(lr: float) -> str:
 def run_study(
   config: ml_collections.ConfigDict, workdir: str, *, only_analyse: bool = False, write_report: bool = True
 ) -> list[dict]:
-  """Runs (or reuses) every run of the study; writes families.csv/.md/.png (unless not
+  """Runs (or reuses) every run of the study; writes <study.name>.csv/.md/.png (unless not
   write_report: a process that trains one family of several); returns the rows."""
   validate(config)
   study = config.study
   workdir = os.path.abspath(os.path.expanduser(workdir))
   data_dir = os.path.abspath(os.path.expanduser(study.data_dir))
-  pool, heldout = scaling._names(study.pool), heldout_sessions(study)
+  pool, heldout = runs.names(study.pool), heldout_sessions(study)
   start = time.time()
   if not only_analyse:
     from data_builders import prepare  # pylint: disable=g-import-not-at-top
 
     names = sessions_of(study, pool[: max(study.sizes)]) + list(heldout.values())
-    prepare.build([f"{BUILDERS[f]}/{n}" for f in study.families for n in names], data_dir)
+    prepare.build([f"{config[f].builder}/{n}" for f in study.families for n in names], data_dir)
   rows = []
   for family in study.families:
 
     def pretrain(p, wait, family=family):
       names = sessions_of(study, pool[: p.animals])
       c = stage_config(config, family, "pretrain", names, data_dir, p.steps)
-      return scaling.train_run(c, os.path.join(workdir, "pretrain", family, p.label), only_analyse, wait=wait)
+      return runs.train_run(c, os.path.join(workdir, "pretrain", family, p.label), only_analyse, wait=wait)
 
-    done = shared(protocol.pretrainings(study), pretrain)
-    pretrained = {p: os.path.join(workdir, "pretrain", family, p.label) for p, d in done.items() if d}
-    runs, rates = _Runs(config, heldout, data_dir, workdir, pretrained, only_analyse), {}  # arm -> its rate
+    # every pretraining no other process holds, now; one another holds, once a cell needs it
+    done = {p: pretrain(p, False) for p in protocol.pretrainings(study)}
+    folders = {p: os.path.join(workdir, "pretrain", family, p.label) for p in done}
+    adapt, rates = _Runs(config, heldout, data_dir, workdir, folders, only_analyse), {}  # arm -> its rate
     for cell in protocol.cells(study, family):
       tuner = protocol.tuning_cell(study, cell)
-      if any(c.pretraining is not None and c.pretraining not in pretrained for c in (cell, tuner)):
+      needed = {c.pretraining for c in (cell, tuner) if c.pretraining is not None}
+      for p in needed:
+        if done[p] is None:
+          done[p] = pretrain(p, True)
+      if not all(done[p] for p in needed):
         continue
       if cell.arm not in rates:
-        rates[cell.arm] = runs.tune(tuner)
+        rates[cell.arm] = adapt.tune(tuner)
       if rates[cell.arm] is not None:
-        rows += runs.score(cell, rates[cell.arm])
+        rows += adapt.score(cell, rates[cell.arm])
   if write_report:
-    report.write(rows, workdir, "families", MEAN_METRIC)
-  logging.info("families study: %d rows in %.0f s", len(rows), time.time() - start)
+    report.write(rows, workdir, study.name, MEAN_METRIC)
+  logging.info("%s study: %d rows in %.0f s", study.name, len(rows), time.time() - start)
   return rows
 
 
@@ -166,18 +176,18 @@ class _Runs:
     c = adapt_config(
       self.config, cell, self.heldout[animal], self.data_dir, self.pretrained.get(cell.pretraining), lr, seed
     )
-    return scaling.train_run(c, self.folder(cell, animal, lr, seed), self.only_analyse, wait=wait)
+    return runs.train_run(c, self.folder(cell, animal, lr, seed), self.only_analyse, wait=wait)
 
   def tune(self, cell) -> float | None:
     """The learning rate of study.learning_rates whose runs of `cell` (the first seed, every
     held-out animal) end with the lowest mean validation loss; None if some are missing."""
     study = self.config.study
     seed, losses = study.seeds[0], {}
-    runs = [(lr, animal) for lr in study.learning_rates for animal in self.heldout]
-    done = shared(runs, lambda run, wait: self.train(cell, run[1], run[0], seed, wait))
+    jobs = [(lr, animal) for lr in study.learning_rates for animal in self.heldout]
+    done = shared(jobs, lambda job, wait: self.train(cell, job[1], job[0], seed, wait))
     for lr in study.learning_rates:
       folders = {animal: self.folder(cell, animal, lr, seed) for animal in self.heldout}
-      if not all(done[lr, a] or scaling.diverged(f) for a, f in folders.items()):
+      if not all(done[lr, a] or runs.diverged(f) for a, f in folders.items()):
         return None
       # a diverged run's loss is infinite: its rate is chosen only if every rate diverged
       losses[lr] = [protocol.final_val_loss(f) if done[lr, a] else math.inf for a, f in folders.items()]
@@ -201,9 +211,9 @@ class _Runs:
     """Trains every seed of `cell` at `lr` on every held-out animal and scores it on
     study.split; returns its rows."""
     study = self.config.study
-    runs = [(animal, seed) for animal in self.heldout for seed in study.seeds]
-    done = shared(runs, lambda run, wait: self._scored(cell, lr, *run, wait))
-    return [row for run in runs for row in done[run]]
+    jobs = [(animal, seed) for animal in self.heldout for seed in study.seeds]
+    done = shared(jobs, lambda job, wait: self._scored(cell, lr, *job, wait))
+    return [row for job in jobs for row in done[job]]
 
   def _scored(self, cell, lr: float, animal: str, seed: int, wait: bool) -> list[dict] | None:
     """The rows of one seed of `cell` on `animal` (trained and scored now if need be); []
@@ -215,16 +225,16 @@ class _Runs:
     if done is None:
       return None
     if not done:
-      if scaling.diverged(run_dir):
+      if runs.diverged(run_dir):
         logging.warning("%s: diverged at the arm's chosen learning rate; no scores for this seed", run_dir)
       return []
-    results = scaling.score(run_dir, cell.steps, study.split, SCORED, wait=wait)
-    if results is scaling.BUSY:
+    results = runs.score(run_dir, cell.steps, study.split, SCORED, wait=wait)
+    if results is runs.BUSY:
       return None
     if results is None:
       return []
     common = dict(
-      family=LABELS[cell.family],
+      family=self.config[cell.family].label,
       arm=cell.arm,
       pretraining=p.label if p else "none",
       pretrain_animals=p.animals if p else 0,

@@ -4,7 +4,7 @@ Layout of a study workdir: scratch/, pretrain/ (or pretrain_<n>/ per stage), uni
 scored run with its metrics.json), poyo_study.json (the summary) and poyo_study.md.
 Finished runs (a checkpoint at the last step, metrics.json of that step and config hash)
 are reused, so the study resumes where it stopped; a run folder of another config or
-pretrained checkpoint is refused (studies.scaling.train_run).
+pretrained checkpoint is refused (studies.runs.train_run).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from absl import logging
 
 from mtm_jax import files
 from mtm_jax.datasets import schema
-from mtm_jax.studies import scaling
+from mtm_jax.studies import runs
 from mtm_jax.tasks import registry
 
 ADAPTED = ("unit_id", "full")
@@ -90,7 +90,7 @@ def _pretrain(
     if steps != run_config.train.steps:
       run_config.train.steps = steps
       run_config.train.eval_every = run_config.train.checkpoint_every = max(steps // 4, 1)
-    if not scaling.train_run(run_config, run_dir, only_analyse):
+    if not runs.train_run(run_config, run_dir, only_analyse):
       return None
     previous = run_dir
   return previous
@@ -111,17 +111,17 @@ def run_study(config: ml_collections.ConfigDict, workdir: str, *, only_analyse: 
 
     prepare.build(pool + heldout, data_dir)
 
-  runs = {"scratch": _stage(config.scratch, heldout, data_dir)}
+  configs = {"scratch": _stage(config.scratch, heldout, data_dir)}
   pretrained = _pretrain(config, pool, data_dir, workdir, only_analyse)
   if pretrained is not None:
     for mode in ADAPTED:
-      runs[mode] = registry.get("poyo").finetune_config(_stage(config.finetune, heldout, data_dir), pretrained, mode)
+      configs[mode] = registry.get("poyo").finetune_config(_stage(config.finetune, heldout, data_dir), pretrained, mode)
   summary = {}
-  for name, run_config in runs.items():
+  for name, run_config in configs.items():
     run_dir = os.path.join(workdir, name)
-    if not scaling.train_run(run_config, run_dir, only_analyse):
+    if not runs.train_run(run_config, run_dir, only_analyse):
       continue
-    results = scaling.score(run_dir, run_config.train.steps, config.study.split, SCORES)
+    results = runs.score(run_dir, run_config.train.steps, config.study.split, SCORES)
     summary[name] = {k: float(results[k]) for k in SCORES}
   if "unit_id" in summary and "full" in summary:
     summary["unit_id_over_full"] = summary["unit_id"]["behaviour_r2"] / summary["full"]["behaviour_r2"]

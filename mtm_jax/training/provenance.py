@@ -22,7 +22,7 @@ relative to that folder, its size and its bytes, in sorted order. A copied or mo
 keeps it; any re-training (or rewritten file) changes it. It reads the whole checkpoint
 once (well under a second for the models here; a fine-tune reads those parameters anyway).
 
-Resume (trainer.resume) and study reuse (studies.scaling.train_run) compare this run's
+Resume (trainer.resume) and study reuse (studies.runs.train_run) compare this run's
 request and pretrained identity with the recorded ones and refuse any difference
 (ProvenanceError, listing the differing fields), except in RESUMABLE: settings that do not
 change the trained result. Fields the recorded request lacks (options added to the library

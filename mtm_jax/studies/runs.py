@@ -1,13 +1,7 @@
-"""The scaling study: pretrain on 1..n sessions, fine-tune on held-out ones, score, plot.
+"""The runs of a study (experiments.family_study, experiments.scaling): each a normal
+workdir, loadable by path alone, trained, reused and scored here.
 
-Layout of a study workdir (each run a normal workdir, loadable by path alone):
-  pretrain/<mode>/n<NN>/                 NDT1-stitch pretrained on the first NN sessions
-  finetune/<mode>/n<NN>/<session>/       fine-tuned on a held-out session (metrics.json)
-  finetune/<mode>/n00/<session>/         trained on the held-out session alone (scratch)
-  scaling.csv                            pretrain_sessions, mode, session, metric, value
-  scaling.png, scaling.md                the figure (MtM paper Fig. 4) and its table
-
-Runs are skipped when finished (a checkpoint at the last step; metrics.json of that step
+A run is skipped when finished (a checkpoint at the last step; metrics.json of that step
 and of that checkpoint's config hash), so an interrupted study resumes where it stopped.
 A run folder is reused or resumed only when its recorded provenance (training.provenance:
 the config it was given, its pretrained checkpoint's identity) matches the study's run,
@@ -16,47 +10,29 @@ with provenance.ProvenanceError naming the folder and the differing fields, rath
 retraining it: the folder is the user's to delete (or the study's config to restore). A
 run folder written before runs recorded their provenance is refused the same way. Scores
 (metrics.json) record the config hash of the checkpoint they scored ("config_hash") and
-its step; stale ones are scored again. Two study processes in one study workdir
-share the runs: each run is trained and scored under its lock (_run_lock); the other
-process waits for it, then reuses it. The outputs are written whole (files.atomic_write).
+its step; stale ones are scored again. Several study processes in one study workdir
+share the runs: each run is trained and scored under its lock (_run_lock); another
+process waits for it and then reuses it, or (wait=False) passes over it to do another.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import os
-import time
 
 import jax
-import ml_collections
 from absl import logging
 
-from mtm_jax import files, masking
-from mtm_jax.evaluation import decoding, plots, run
-from mtm_jax.studies import report
+from mtm_jax import files
+from mtm_jax.evaluation import run
 from mtm_jax.tasks import registry
 from mtm_jax.training import checkpoint, provenance, trainer
 
-METRICS = run.METRICS + decoding.BEHAVIOUR_METRICS + run.HEAD_METRICS
-CSV_FIELDS = ("pretrain_sessions", "mode", "session", "metric", "value")
 
-
-def _names(text: str) -> list[str]:
+def names(text: str) -> list[str]:
+  """The comma-separated names of `text` (a config field), stripped, empty ones left out."""
   return [n.strip() for n in text.split(",") if n.strip()]
-
-
-def _short(name: str) -> str:
-  return name.replace("/", "_")
-
-
-def validate(c: ml_collections.ConfigDict) -> None:
-  """Raises ValueError naming the field when the study is inconsistent."""
-  check_sessions(_names(c.study.pool), _names(c.study.heldout), list(c.study.sizes))
-  for mode in c.study.modes:
-    if mode not in masking.MODES:
-      raise ValueError(f"config.study.modes: unknown {mode!r}; expected some of {masking.MODES}")
 
 
 def check_sessions(pool: list[str], heldout: list[str], sizes: list[int]) -> None:
@@ -72,22 +48,8 @@ def check_sessions(pool: list[str], heldout: list[str], sizes: list[int]) -> Non
     )
 
 
-def stage_config(base: ml_collections.ConfigDict, mode: str, datasets: list[str], data_dir: str):
-  """A stage config (pretrain or finetune) for one run."""
-  c = ml_collections.ConfigDict(base.to_dict())
-  c.masking.mode = mode
-  c.model.use_prompt = mode != masking.TEMPORAL
-  c.data.datasets, c.data.n_sessions, c.data.data_dir = ",".join(datasets), 0, data_dir
-  return c
-
-
 def finished(workdir: str, steps: int) -> bool:
   return checkpoint.latest_step(workdir) == steps
-
-
-def expected_metrics(finetune: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """The metrics each fine-tuned run reports under this config."""
-  return run.METRICS + decoding.BEHAVIOUR_METRICS + (run.HEAD_METRICS if finetune.eval.head_steps > 0 else ())
 
 
 def scored(workdir: str, steps: int, metrics, split: str | None = None, *, config_hash: str) -> dict | None:
@@ -208,65 +170,3 @@ def score(workdir: str, steps: int, split: str, metrics, *, wait: bool = True) -
       if results is None:
         results = registry.evaluate_workdir(workdir, split)
   return results
-
-
-def run_study(config: ml_collections.ConfigDict, workdir: str, *, only_analyse: bool = False) -> list[dict]:
-  """Runs (or reuses) every run of the study; writes scaling.csv/.png/.md; returns the rows."""
-  validate(config)
-  workdir = os.path.abspath(os.path.expanduser(workdir))
-  data_dir = os.path.abspath(os.path.expanduser(config.study.data_dir))
-  pool, heldout = _names(config.study.pool), _names(config.study.heldout)
-  start = time.time()
-  if not only_analyse:
-    from data_builders import prepare  # pylint: disable=g-import-not-at-top
-
-    prepare.build(pool[: max(config.study.sizes)] + heldout, data_dir)
-
-  rows = []
-  sizes = ([0] if config.study.scratch else []) + list(config.study.sizes)
-  for mode in config.study.modes:
-    for n in sizes:
-      pretrained = None
-      if n:
-        pretrained = os.path.join(workdir, "pretrain", mode, f"n{n:02d}")
-        if not train_run(stage_config(config.pretrain, mode, pool[:n], data_dir), pretrained, only_analyse):
-          continue
-      for session in heldout:
-        run_dir = os.path.join(workdir, "finetune", mode, f"n{n:02d}", _short(session))
-        ft = registry.get("mtm").finetune_config(stage_config(config.finetune, mode, [session], data_dir), pretrained)
-        if not train_run(ft, run_dir, only_analyse):
-          continue
-        results = score(run_dir, ft.train.steps, config.study.split, expected_metrics(config.finetune))
-        if results is None:
-          continue
-        rows += [
-          dict(pretrain_sessions=n, mode=mode, session=session, metric=m, value=results[m])
-          for m in METRICS
-          if m in results
-        ]
-  write_outputs(rows, workdir)
-  logging.info("scaling study: %d rows in %.0f s", len(rows), time.time() - start)
-  return rows
-
-
-def write_outputs(rows: list[dict], workdir: str, name: str = "scaling", figure_metrics=None) -> None:
-  """<name>.csv, <name>.png (panels: figure_metrics of those present, default all) and
-  <name>.md (a table of means ± std) in `workdir`."""
-  report.write_csv(rows, os.path.join(workdir, f"{name}.csv"), CSV_FIELDS)
-  if not rows:
-    logging.warning("%s study: no finished runs to plot", name)
-    return
-  present = {r["metric"] for r in rows}
-  panels = None if figure_metrics is None else [m for m in figure_metrics if m in present] or None
-  plots.scaling_figure(rows, os.path.join(workdir, f"{name}.png"), metrics=panels)
-  with files.atomic_write(os.path.join(workdir, f"{name}.md"), encoding="utf-8") as f:
-    f.write(plots.scaling_table(rows) + "\n")
-
-
-def read_rows(workdir: str) -> list[dict]:
-  """The rows of <workdir>/scaling.csv."""
-  path = os.path.join(os.path.abspath(workdir), "scaling.csv")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path}: no scaling.csv; run the study first")
-  with open(path, encoding="utf-8") as f:
-    return list(csv.DictReader(f))
