@@ -250,8 +250,9 @@ def evaluate_session(
   (position, width) gives the true expected counts [K, T_w, n]}, {"<task>_<w>ms": [n]
   per-neuron bits per spike}). fine_tasks: the tasks scored at the other widths (None: all
   four; the decoder's work grows with the number of bins). max_masks: > 0, every task
-  scores the same sample of at most this many units (masking.evaluation_tasks; 0: all). Each task writes one line
-  (progress.Stage, prefixed by `label`) with its score at each width and its time."""
+  scores the same sample of at most this many units (masking.evaluation_tasks; 0: all).
+  Each task writes one line (progress.Stage, prefixed by `label`) with its score at each
+  width and its time."""
   session, bin_size = data.sessions[position], data.config.bin_size
   n_units = len(session.unit_ids)
   factors = width_factors(bin_size, widths)

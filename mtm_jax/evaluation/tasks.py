@@ -240,8 +240,9 @@ def evaluate(
   causal attention (MtM, causal masking); the forward-prediction task uses it only then,
   as the reference does. `mesh`: split the masked copies over its data axis (params
   must be replicated on it). session, n_neurons: see predict_task. max_masks: > 0, every
-  task scores the same sample of at most this many neurons (masking.evaluation_tasks; 0: all). Each task writes one line
-  (progress.Stage, named `label` + the task) with its score and time. Returns
+  task scores the same sample of at most this many neurons (masking.evaluation_tasks; 0:
+  all). Each task writes one line (progress.Stage, named `label` + the task) with its
+  score and time. Returns
   {"<task>_bps": mean over the scored neurons, "oracle_<task>_bps"
   (with true_rates), "per_neuron": {task: [N]}, and with keep_predictions
   "predictions": {task: [K, T, N] expected counts of the scored entries (0 elsewhere)}}.
