@@ -124,6 +124,8 @@ def write_session(path, session_id, *, eval_session, build, seed, n_units=24):
     probe_id=np.array([f"probe0{i % 2}" for i in range(n_total)]),
     firing_rate=rates,
     label=np.ones(n_total),
+    qc_neural=np.array(["PASS"] * n_total),
+    qc_neural_alignment=np.array(["PASS"] * n_total),
   )
   if eval_session and selected:
     unit_table.ts2_co_smoothing_is_held_out_test = held_out_mask(uuids, "ts2_co_smoothing_test")
