@@ -11,6 +11,7 @@ at the bin centres, `regions`, `session_id`. Metadata: what pipeline.session_inf
 (session_id, region_names), n_bins, bin_size, window, behaviour name, source_info and the
 files read with the options chosen (mtm_jax.datasets.provenance). The IBL fields of
 `ibl_binned` (choice, wheel speed, ...) are absent, so NDT1's evaluation skips their decoders.
+Other sources extend the builder by overriding `_read` (data_builders/bwb_binned: BWB session files).
 """
 
 from __future__ import annotations

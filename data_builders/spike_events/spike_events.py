@@ -2,7 +2,7 @@
 
 One builder config per session. Splits train/val/test hold the session's split intervals:
 trials drawn 70/10/20 with a fixed seed, unless an NWB file's trials table carries its own
-`split` column. Each example holds one interval [interval_start, interval_end): its spike
+`split` column (BWB configs: the file's split domains in 1 s windows). Each example holds one interval [interval_start, interval_end): its spike
 times (float64 seconds, sorted) and unit indices, and its behaviour timestamps, values and
 weights. Spikes and behaviour outside every split interval are not stored. Session-level
 facts (unit ids and regions, behaviour name and dimension, trial and split intervals, the
