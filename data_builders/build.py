@@ -16,6 +16,11 @@ A user's own NWB files (any number, in any sub-folders of --manual_dir; docs/eve
       [--nwb_behaviour_dims=x,y]
   (spike_events/nwb_<stem> for POYO, nwb_binned/nwb_<stem> for NDT1, per file)
 
+BrainWideBench session files (a BWB root: <build>/ibl_brain_wide_bench_2026/<eval|pretrain>/<eid>.h5; docs/bwb.md):
+  python -m data_builders.build --list_bwb --manual_dir=<BWB root>
+  python -m data_builders.build --bwb_sessions=all --manual_dir=<BWB root> [--bwb_builders=spike_events,bwb_binned]
+  (pretrain sessions as bwb_sel_pretrain_<eid>, eval sessions as bwb_all_ts1_<eid> and bwb_sel_ts2_<eid>)
+
 A data set whose source files (NWB file, IBL session files) changed after it was built is
 refused (here and when it is read); build it again with --rebuild=NAME/CONFIG.
 """
@@ -76,6 +81,18 @@ _NWB_WINDOW = flags.DEFINE_float(
   "Trials of nwb_<stem> data sets cut to this many seconds from their start (a multiple of 0.02, at most 2), "
   "shorter ones left out; default: nwb_binned the median trial length, spike_events whole trials.",
 )
+_LIST_BWB = flags.DEFINE_bool(
+  "list_bwb", False, "List the BWB session files under --manual_dir (a BWB root) with their data set names and exit."
+)
+_BWB_SESSIONS = flags.DEFINE_list(
+  "bwb_sessions",
+  [],
+  "BWB sessions of --manual_dir to build: eids, or 'all' (pretrain sessions: pretrain split set of the "
+  "selected_units build; eval sessions: ts1 of all_units and ts2 of selected_units).",
+)
+_BWB_BUILDERS = flags.DEFINE_list(
+  "bwb_builders", ["spike_events", "bwb_binned"], "Data sets made of each of --bwb_sessions."
+)
 _REBUILD = flags.DEFINE_list(
   "rebuild",
   [],
@@ -95,6 +112,15 @@ def main(argv):
     raise app.UsageError("--list_ibl and --ibl_sessions need --manual_dir=<ONE cache root>")
   if (_LIST_NWB.value or _NWB_FILES.value) and not _MANUAL_DIR.value:
     raise app.UsageError("--list_nwb and --nwb_files need --manual_dir=<folder of NWB files>")
+  if (_LIST_BWB.value or _BWB_SESSIONS.value) and not _MANUAL_DIR.value:
+    raise app.UsageError("--list_bwb and --bwb_sessions need --manual_dir=<BWB root>")
+  if _LIST_BWB.value:
+    from mtm_jax.bwb import datasets as bwb_datasets  # pylint: disable=g-import-not-at-top
+
+    for s in bwb_datasets.list_sessions(_MANUAL_DIR.value):
+      names = ",".join(bwb_datasets.default_configs(s)) or "(none by default)"
+      print(f"{s.eid}  {s.kind:8s}  {s.build:14s}  {names}  {s.path}")
+    return
   if _LIST_NWB.value:
     from mtm_jax.datasets import nwb_sets  # pylint: disable=g-import-not-at-top
 
@@ -114,10 +140,12 @@ def main(argv):
     )
   if _NWB_FILES.value:
     datasets += prepare.nwb_dataset_names(_MANUAL_DIR.value, _NWB_FILES.value, _NWB_BUILDERS.value)
+  if _BWB_SESSIONS.value:
+    datasets += prepare.bwb_dataset_names(_MANUAL_DIR.value, _BWB_SESSIONS.value, _BWB_BUILDERS.value)
   datasets += [r for r in _REBUILD.value if r not in datasets]
   if not datasets:
     raise app.UsageError(
-      "--dataset (or --ibl_sessions, --nwb_files) is required, e.g. --dataset=ibl_binned/synthetic_000"
+      "--dataset (or --ibl_sessions, --nwb_files, --bwb_sessions) is required, e.g. --dataset=ibl_binned/synthetic_000"
     )
   try:
     paths = prepare.build(

@@ -13,10 +13,12 @@ from absl import logging
 import tensorflow_datasets as tfds
 import tqdm
 
+from data_builders.bwb_binned import bwb_binned  # registers the builder
 from data_builders.ibl_binned import ibl_binned  # registers the builder
 from data_builders.nwb_binned import nwb_binned  # registers the builder
 from data_builders.spike_events import spike_events  # registers the builder
 from mtm_jax import files
+from mtm_jax.bwb import datasets as bwb_datasets
 from mtm_jax.datasets import nwb_sets
 from mtm_jax.datasets import provenance
 from mtm_jax.datasets.ibl import cache
@@ -27,6 +29,9 @@ _IBL_CONFIGS = {"ibl_binned": ibl_binned.ibl_config, "spike_events": spike_event
 # Builders whose configs for a user's NWB files (`nwb_<stem>`, nwb_sets) are made on demand,
 # with the build's nwb_options (behaviour, window).
 _NWB_CONFIGS = {"spike_events": spike_events.nwb_config, "nwb_binned": nwb_binned.nwb_config}
+# Builders whose configs for BWB session files (`bwb_<all|sel>_<split set>_<eid>`, mtm_jax.bwb.datasets)
+# are made on demand.
+_BWB_CONFIGS = {"spike_events": spike_events.bwb_config, "bwb_binned": bwb_binned.bwb_config}
 NWB_FLAGS = dict(
   behaviour="--nwb_behaviour", dims="--nwb_behaviour_dims", window="--nwb_window"
 )  # the flag of each NWB option
@@ -56,9 +61,13 @@ def _builder(name: str, data_dir: str, registered: set[str], nwb_options: dict |
   if builder_name not in registered:
     raise ValueError(
       f"--dataset: unknown data set {builder_name!r} in {name!r}; this project builds "
-      f"'ibl_binned/<config>', 'spike_events/<config>' and 'nwb_binned/nwb_<stem>'"
+      f"'ibl_binned/<config>', 'spike_events/<config>', 'nwb_binned/nwb_<stem>' and 'bwb_binned/bwb_<...>'"
     )
   try:
+    if builder_name in _BWB_CONFIGS and bwb_datasets.parse(config) is not None:
+      return tfds.builder(
+        builder_name, config=_BWB_CONFIGS[builder_name](config), data_dir=data_dir, file_format="array_record"
+      )
     if builder_name in _NWB_CONFIGS and config not in tfds.builder_cls(builder_name).builder_configs:
       nwb_config = _NWB_CONFIGS[builder_name](config, **(nwb_options or {}))
       if nwb_config is not None:
@@ -142,7 +151,7 @@ def _source_check(name: str, builder, data_dir: str, manual_dir: str | None, nwb
   if source is not None and nwb_options:
     requested = {k: None if v is None else round(v, 6) if k == "window" else v for k, v in nwb_options.items()}
     provenance.check_options(name, data_dir, source, requested, NWB_FLAGS)
-  if source is None and getattr(builder.builder_config, "source", "nwb") in ("nwb", "ibl"):
+  if source is None and getattr(builder.builder_config, "source", "nwb") in ("nwb", "ibl", "bwb"):
     logging.warning(
       "%s: built without a record of its source files, so they cannot be checked; %s",
       name,
@@ -295,3 +304,14 @@ def nwb_dataset_names(manual_dir: str, stems: list[str], builders=tuple(_NWB_CON
     if missing:
       raise ValueError(f"--nwb_files: no NWB file under {manual_dir} for {missing}; the files there are {files}")
   return [f"{b}/{n}" for n in names for b in builders]
+
+
+def bwb_dataset_names(manual_dir: str, sessions: list[str], builders=tuple(_BWB_CONFIGS)) -> list[str]:
+  """`<builder>/bwb_<all|sel>_<split set>_<eid>` names of BWB sessions under BWB root manual_dir:
+  each session's default data sets (mtm_jax.bwb.datasets.default_configs: pretrain sessions as
+  `pretrain` from selected_units, eval sessions as `ts1` from all_units and `ts2` from
+  selected_units). sessions: eids, or ["all"] for every session there."""
+  unknown = [b for b in builders if b not in _BWB_CONFIGS]
+  if unknown:
+    raise ValueError(f"--bwb_builders: unknown builder(s) {unknown}; expected some of {list(_BWB_CONFIGS)}")
+  return [f"{b}/{n}" for n in bwb_datasets.dataset_configs(manual_dir, sessions) for b in builders]

@@ -33,8 +33,8 @@ def held_out_mask(unit_ids, salt):
   return splits.held_out_mask(unit_ids, salt)
 
 
-def _trials(rng):
-  starts = np.arange(2.0, DURATION - 6.0, 5.0)
+def _trials(rng, duration):
+  starts = np.arange(2.0, duration - 6.0, 5.0)
   n = starts.size
   stim = starts + rng.uniform(0.5, 0.8, n)
   move = stim + rng.uniform(0.1, 0.6, n)
@@ -83,8 +83,8 @@ def _task_aligned(trials):
   return Data(**tables, domain=Interval(*tasks["domain"]))
 
 
-def _behaviour(rng):
-  n = int(DURATION * FS)
+def _behaviour(rng, duration):
+  n = int(duration * FS)
   vel = np.cumsum(rng.normal(0, 0.1, n))
   left, right = rng.uniform(0.7, 1.0, (2, n))
   return {
@@ -106,14 +106,15 @@ def _behaviour(rng):
   }
 
 
-def write_session(path, session_id, *, eval_session, build, seed, n_units=24):
-  """Writes one session file at `path` (temporaldata's Data.to_hdf5, as BWB's pipeline does)."""
+def write_session(path, session_id, *, eval_session, build, seed, n_units=24, duration=DURATION):
+  """Writes one session file at `path` (temporaldata's Data.to_hdf5, as BWB's pipeline does), `duration`
+  seconds long (the default six minutes give TS2 no val chunk: it starts at 900 s)."""
   rng = np.random.default_rng(seed)
   selected = build == "selected_units"
   n_total = n_units + (0 if selected else 8)  # all_units keeps the units selected_units drops
   rates = rng.uniform(1.5, 12.0, n_total)
-  counts = rng.poisson(rates * DURATION)
-  times = np.concatenate([np.sort(rng.uniform(0.0, DURATION, c)) for c in counts])
+  counts = rng.poisson(rates * duration)
+  times = np.concatenate([np.sort(rng.uniform(0.0, duration, c)) for c in counts])
   units = np.repeat(np.arange(n_total), counts)
   order = np.argsort(times, kind="stable")
   uuids = [f"{seed:04d}{i:04d}-aaaa-4bbb-8ccc-{rng.integers(0, 16**12):012x}" for i in range(n_total)]
@@ -133,7 +134,7 @@ def write_session(path, session_id, *, eval_session, build, seed, n_units=24):
   spikes = IrregularTimeSeries(
     timestamps=times[order], unit_index=units[order], amplitude=rng.uniform(50, 200, times.size), domain="auto"
   )
-  trials = _trials(rng)
+  trials = _trials(rng, duration)
   brainset = Data(id="ibl_brain_wide_bench_2026", derived_version="0.1.0", source="fixture", unit_filtering=build)
   data = Data(
     brainset=brainset,
@@ -143,7 +144,7 @@ def write_session(path, session_id, *, eval_session, build, seed, n_units=24):
     units=unit_table,
     trials=trials,
     task_aligned_intervals=_task_aligned(trials),
-    **_behaviour(rng),
+    **_behaviour(rng, duration),
     domain=spikes.domain,
   )
   domain = (spikes.domain.start, spikes.domain.end)

@@ -11,6 +11,7 @@ at the bin centres, `regions`, `session_id`. Metadata: what pipeline.session_inf
 (session_id, region_names), n_bins, bin_size, window, behaviour name, source_info and the
 files read with the options chosen (mtm_jax.datasets.provenance). The IBL fields of
 `ibl_binned` (choice, wheel speed, ...) are absent, so NDT1's evaluation skips their decoders.
+Other sources extend the builder by overriding `_read` (data_builders/bwb_binned: BWB session files).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release: a user's NWB files, trials binned at 20 ms from their starts."}
   BUILDER_CONFIGS = []
+  HOMEPAGE = "https://www.nwb.org"
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   manual_dir (`--manual_dir=...`) holds the NWB files, in any sub-folders; config nwb_<stem> is
   the file of that name (`python -m data_builders.build --list_nwb --manual_dir=...` lists them).
@@ -74,20 +76,27 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         }
       ),
       metadata=tfds.core.MetadataDict(),
-      homepage="https://www.nwb.org",
+      homepage=self.HOMEPAGE,
     )
 
-  def _split_generators(self, dl_manager):
+  def _read(self, manual_dir: str):
+    """(the session to bin, its window in s (None: the median trial), the metadata only this source
+    has (it may override session_id), the options of its provenance record). Subclasses read other sources."""
     from mtm_jax.datasets import nwb  # pynwb is imported only here
 
-    config, manual_dir = self.builder_config, str(dl_manager.manual_dir)
-    where = f"nwb_binned/{config.name}"
+    config = self.builder_config
     path = nwb_sets.find_file(manual_dir, config.name)
     dims = config.dims.split(",") if config.dims else None
     session = nwb.read_nwb(path, behaviour=config.behaviour or None, split_seed=config.split_seed, behaviour_dims=dims)
-    trials = nwb_sets.binned_trials(session, config.window, where)
+    return session, config.window, dict(split_seed=config.split_seed, source="nwb"), nwb_sets.options
+
+  def _split_generators(self, dl_manager):
+    config, manual_dir = self.builder_config, str(dl_manager.manual_dir)
+    where = f"{self.name}/{config.name}"
+    session, window, extra, options = self._read(manual_dir)
+    trials = nwb_sets.binned_trials(session, window, where)
     session, window = trials["session"], trials["session"].source_info["window"]
-    options = nwb_sets.options(session, window)
+    record = provenance.record(manual_dir, session.source_files, None, options(session, window) if options else None)
     self.info.metadata.update(
       session_id=config.name,
       region_names=[str(r) for r in trials["regions"]],
@@ -98,15 +107,14 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       bin_size=schema.BIN_SIZE,
       window=window,
       behaviour_name=str(session.behaviour_name),
-      split_seed=config.split_seed,
-      source="nwb",
       source_info=dict(session.source_info),
-      **{provenance.RECORD_KEY: provenance.record(manual_dir, session.source_files, None, options)},
+      **{provenance.RECORD_KEY: record},
     )
+    self.info.metadata.update(extra)
     splits = {s: np.flatnonzero(trials["trial_split"] == s) for s in schema.SPLIT_FRACTIONS}
-    return {s: self._generate_examples(trials, idx) for s, idx in splits.items()}
+    return {s: self._generate_examples(trials, idx, self.info.metadata["session_id"]) for s, idx in splits.items()}
 
-  def _generate_examples(self, trials, rows):
+  def _generate_examples(self, trials, rows, session_id):
     for k in rows:
       yield (
         int(k),
@@ -114,7 +122,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
           "spikes": trials["spikes"][k],
           "behaviour": trials["behaviour"][k],
           "regions": trials["regions"],
-          "session_id": self.builder_config.name,
+          "session_id": session_id,
           "trial_index": int(trials["trial_index"][k]),
           "trial_start": float(trials["trial_start"][k]),
         },

@@ -2,11 +2,11 @@
 
 One builder config per session. Splits train/val/test hold the session's split intervals:
 trials drawn 70/10/20 with a fixed seed, unless an NWB file's trials table carries its own
-`split` column. Each example holds one interval [interval_start, interval_end): its spike
+`split` column (BWB configs: the file's split domains in 1 s windows). Each example holds one interval [interval_start, interval_end): its spike
 times (float64 seconds, sorted) and unit indices, and its behaviour timestamps, values and
 weights. Spikes and behaviour outside every split interval are not stored. Session-level
 facts (unit ids and regions, behaviour name and dimension, trial and split intervals, the
-training split's behaviour std; for NWB and IBL sources the files read,
+training split's behaviour std; for NWB, IBL and BWB sources the files read,
 mtm_jax.datasets.provenance) are in `info.metadata`. Written as array_record and read
 with `builder.as_data_source()` (no TensorFlow needed); mtm_jax.datasets.events.
 load_event_session turns a built data set back into an event session.
@@ -28,7 +28,11 @@ Configs:
   <eid>[_beryl|_cosmos][_rate<Hz>][_good]
                  IBL session <eid> of the ONE cache in manual_dir (mtm_jax.datasets.ibl): trials
                  are the stimulus-aligned windows, behaviour is wheel speed and whisker motion
-                 energy at 20 ms steps; made on demand by `ibl_config` (docs/real_data.md).
+                 energy at 20 ms steps; made on demand by `ibl_config` (docs/real_data.md);
+  bwb_<all|sel>_<pretrain|ts1|ts2>_<eid>
+                 BWB session file <eid> of that build under manual_dir (mtm_jax.bwb.datasets), its
+                 split set tiled with 1 s windows as trials (mtm_jax.bwb.events); made on demand by
+                 `bwb_config` (docs/bwb.md).
 """
 
 from __future__ import annotations
@@ -40,6 +44,9 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
+from mtm_jax.bwb import datasets as bwb_datasets
+from mtm_jax.bwb import events as bwb_events
+from mtm_jax.bwb import sessions as bwb_sessions
 from mtm_jax.datasets.events import session as session_lib
 from mtm_jax.datasets import animals
 from mtm_jax.datasets import nwb_sets
@@ -58,7 +65,7 @@ N_REACHING_SESSIONS = 40  # the POYO study pretrains on 001-032 and holds out 00
 class SpikeEventsConfig(tfds.core.BuilderConfig):
   """A session: where its events come from."""
 
-  source: str = "reaching"  # "reaching", "synthetic", "nwb" or "ibl"
+  source: str = "reaching"  # "reaching", "synthetic", "nwb", "ibl" or "bwb"
   split_seed: int = 0
   # reaching: the session of the reaching brain and its size ranges
   session_index: int = 0
@@ -81,6 +88,9 @@ class SpikeEventsConfig(tfds.core.BuilderConfig):
   # ibl: the session id in the ONE cache and its preprocessing
   eid: str = ""
   ibl_options: configs.IblOptions = configs.IblOptions()
+  # bwb: the build (all_units, selected_units) and split set (pretrain, ts1, ts2) of session `eid`
+  bwb_build: str = ""
+  bwb_splits: str = ""
 
   def load_session(self, manual_dir: str | None = None) -> session_lib.EventSession:
     """The event session of this config (mtm_jax.datasets.events.session)."""
@@ -113,8 +123,13 @@ class SpikeEventsConfig(tfds.core.BuilderConfig):
     if self.source == "ibl":
       binned = preprocess.load_session(manual_dir, self.eid, self.ibl_options)
       return convert.event_session(binned, session_id=self.name)
+    if self.source == "bwb":
+      return bwb_events.event_session(
+        bwb_sessions.read_session(bwb_datasets.find_file(manual_dir, self.bwb_build, self.eid).path), self.bwb_splits
+      )
     raise ValueError(
-      f"spike_events/{self.name}: unknown source {self.source!r}; expected 'reaching', 'synthetic', 'nwb' or 'ibl'"
+      f"spike_events/{self.name}: unknown source {self.source!r}; expected 'reaching', 'synthetic', 'nwb', 'ibl' "
+      "or 'bwb'"
     )
 
   def nwb_file(self, manual_dir: str | None) -> str:
@@ -142,6 +157,22 @@ def ibl_config(name: str) -> SpikeEventsConfig | None:
   """The config of IBL session name `<eid>[_options]` (configs.parse_config_name); None if not one."""
   kwargs = configs.builder_config_kwargs(name)
   return None if kwargs is None else SpikeEventsConfig(**kwargs)
+
+
+def bwb_config(name: str) -> SpikeEventsConfig | None:
+  """The config of BWB data set name `bwb_<all|sel>_<split set>_<eid>` (mtm_jax.bwb.datasets); None if not one."""
+  parsed = bwb_datasets.parse(name)
+  if parsed is None:
+    return None
+  build, splits, eid = parsed
+  return SpikeEventsConfig(
+    name=name,
+    source="bwb",
+    eid=eid,
+    bwb_build=build,
+    bwb_splits=splits,
+    description=f"BWB session {eid} ({build}), split set {splits}, in 1 s windows.",
+  )
 
 
 def nwb_config(
@@ -215,7 +246,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   }
   BUILDER_CONFIGS = _reaching_configs() + _synthetic_configs() + _nwb_configs()
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
-  NWB and IBL configs only. Put the session's NWB file in manual_dir (`--manual_dir=...`):
+  NWB, IBL and BWB configs only. Put the session's NWB file in manual_dir (`--manual_dir=...`):
     nwb          exactly one *.nwb file directly in manual_dir;
     nwb_<stem>   the file of that name anywhere below manual_dir (`--list_nwb` lists them);
     nlb_<name>   the NLB training file anywhere below manual_dir, e.g. for nlb_mc_maze
@@ -223,6 +254,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                  (`dandi download DANDI:000128` fetches it).
   IBL configs (`<eid>`): manual_dir is a ONE cache root holding
   <lab>/Subjects/<subject>/<date>/<number>/alf/... session folders; see docs/real_data.md.
+  BWB configs (`bwb_<all|sel>_<split set>_<eid>`): manual_dir is a BWB root holding
+  <build>/ibl_brain_wide_bench_2026/<eval|pretrain>/<eid>.h5 (`--list_bwb` lists them); see docs/bwb.md.
   """
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -249,7 +282,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     config = self.builder_config
-    session = config.load_session(str(dl_manager.manual_dir) if config.source in ("nwb", "ibl") else None)
+    session = config.load_session(str(dl_manager.manual_dir) if config.source in ("nwb", "ibl", "bwb") else None)
     where = f"spike_events/{config.name}"
     session.validate(where=where)
     missing = [s for s in session_lib.SPLITS if s not in session.splits]
@@ -276,7 +309,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         split_trials={s: idx.tolist() for s, idx in session.extras["split_trials"].items()},
         pool_ids=session.extras["pool_ids"].tolist(),
       )
-    if session.source_files is not None:  # NWB and IBL: the files read, checked when the data set is used
+    if session.source_files is not None:  # NWB, IBL, BWB: the files read, checked when the data set is used
       pattern = config.nwb_pattern if config.source == "nwb" else None
       options = None
       if config.source == "nwb" and not pattern:
