@@ -16,6 +16,7 @@ import os
 
 import h5py
 import numpy as np
+from scipy import signal
 from temporaldata import ArrayDict, Data, Interval, IrregularTimeSeries, RegularTimeSeries
 
 from mtm_jax.bwb import splits
@@ -33,8 +34,8 @@ def held_out_mask(unit_ids, salt):
   return splits.held_out_mask(unit_ids, salt)
 
 
-def _trials(rng, duration):
-  starts = np.arange(2.0, duration - 6.0, 5.0)
+def _trials(rng, duration, spacing=5.0):
+  starts = np.arange(2.0, duration - 6.0, spacing)
   n = starts.size
   stim = starts + rng.uniform(0.5, 0.8, n)
   move = stim + rng.uniform(0.1, 0.6, n)
@@ -85,7 +86,7 @@ def _task_aligned(trials):
 
 def _behaviour(rng, duration):
   n = int(duration * FS)
-  vel = np.cumsum(rng.normal(0, 0.1, n))
+  vel = signal.lfilter([1.0], [1.0, -0.98], rng.normal(0, 0.5, n))  # stationary (AR(1), ~1 s memory)
   left, right = rng.uniform(0.7, 1.0, (2, n))
   return {
     "wheel": RegularTimeSeries(
@@ -106,9 +107,29 @@ def _behaviour(rng, duration):
   }
 
 
-def write_session(path, session_id, *, eval_session, build, seed, n_units=24, duration=DURATION):
+def _tuned_spikes(rng, rates, regions, wheel_speed):
+  """Spike times and units whose rates follow the wheel: unit i fires at rates[i] * exp(g_i z(t)),
+  z the standardised wheel speed on its 50 Hz grid, the gain g_i set by the unit's region (so
+  that the regions differ) plus a little noise; counts per 20 ms sample, times uniform inside."""
+  z = (wheel_speed - wheel_speed.mean()) / (wheel_speed.std() + 1e-9)
+  region = np.array([COSMOS.index(r) for r in regions], np.float64)
+  gain = 0.8 * (region - 4.5) / 4.5 + rng.normal(0, 0.1, len(rates))
+  expected = rates[:, None] * np.exp(np.clip(gain[:, None] * z[None], -3, 3)) / FS  # [units, samples]
+  unit, sample = np.nonzero(np.ones_like(expected, bool))
+  counts = rng.poisson(expected.reshape(-1))
+  unit, sample = np.repeat(unit, counts), np.repeat(sample, counts)
+  times = (sample + rng.uniform(0, 1, sample.size)) / FS
+  order = np.argsort(times, kind="stable")
+  return times[order], unit[order]
+
+
+def write_session(
+  path, session_id, *, eval_session, build, seed, n_units=24, duration=DURATION, spacing=5.0, tuned=False
+):
   """Writes one session file at `path` (temporaldata's Data.to_hdf5, as BWB's pipeline does), `duration`
-  seconds long (the default six minutes give TS2 no val chunk: it starts at 900 s)."""
+  seconds long (the default six minutes give TS2 no val chunk: it starts at 900 s), a trial every
+  `spacing` s. tuned: the units' rates follow the wheel, with region-specific gains
+  (_tuned_spikes), so that there is something to decode; else constant rates."""
   rng = np.random.default_rng(seed)
   selected = build == "selected_units"
   n_total = n_units + (0 if selected else 8)  # all_units keeps the units selected_units drops
@@ -134,7 +155,15 @@ def write_session(path, session_id, *, eval_session, build, seed, n_units=24, du
   spikes = IrregularTimeSeries(
     timestamps=times[order], unit_index=units[order], amplitude=rng.uniform(50, 200, times.size), domain="auto"
   )
-  trials = _trials(rng, duration)
+  trials = _trials(rng, duration, spacing)
+  behaviour = _behaviour(rng, duration)
+  if tuned:
+    times, units = _tuned_spikes(
+      np.random.default_rng(seed + 7919), rates, unit_table.region_cosmos, behaviour["wheel"].wheel_speed
+    )
+    spikes = IrregularTimeSeries(
+      timestamps=times, unit_index=units, amplitude=np.full(times.size, 100.0), domain="auto"
+    )
   brainset = Data(id="ibl_brain_wide_bench_2026", derived_version="0.1.0", source="fixture", unit_filtering=build)
   data = Data(
     brainset=brainset,
@@ -144,7 +173,7 @@ def write_session(path, session_id, *, eval_session, build, seed, n_units=24, du
     units=unit_table,
     trials=trials,
     task_aligned_intervals=_task_aligned(trials),
-    **_behaviour(rng, duration),
+    **behaviour,
     domain=spikes.domain,
   )
   domain = (spikes.domain.start, spikes.domain.end)
@@ -163,14 +192,17 @@ def write_session(path, session_id, *, eval_session, build, seed, n_units=24, du
   return path
 
 
-def make(root):
-  """Writes the ten fixture files under `root`; returns {(build, session id): path}."""
+def make(root, eval_ids=EVAL_IDS, eval_duration=DURATION, **options):
+  """Writes the fixture files under `root` (each of `eval_ids`, `eval_duration` s long, and the
+  three pretrain sessions, in both builds; options: write_session's spacing and tuned); returns
+  {(build, session id): path}. The TS2 splits have a val chunk only in sessions over 900 s long."""
   out = {}
   for b, build in enumerate(BUILDS):
-    for s, (session_id, eval_session) in enumerate([(i, True) for i in EVAL_IDS] + [(i, False) for i in PRETRAIN_IDS]):
+    for s, (session_id, eval_session) in enumerate([(i, True) for i in eval_ids] + [(i, False) for i in PRETRAIN_IDS]):
       folder = os.path.join(root, build, "ibl_brain_wide_bench_2026", "eval" if eval_session else "pretrain")
       path = os.path.join(folder, f"{session_id}.h5")
+      duration = eval_duration if eval_session else DURATION
       out[(build, session_id)] = write_session(
-        path, session_id, eval_session=eval_session, build=build, seed=100 + s + 10 * b
+        path, session_id, eval_session=eval_session, build=build, seed=100 + s + 10 * b, duration=duration, **options
       )
   return out

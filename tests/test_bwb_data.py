@@ -96,8 +96,14 @@ def test_event_session_errors(root):
     events.event_session(pre, "ts2")
   with pytest.raises(sessions.SessionFileError, match=rf"{EVAL}\.h5.*pretrain_train_domain.*an eval session"):
     events.event_session(ev, "pretrain")
+  short = events.event_session(ev, "ts2")  # six minutes: no TS2 val chunk, so val takes train's last tenth
+  lent = short.source_info["borrowed_from_train"]["val"]
+  train, val = short.splits["train"], short.splits["val"]
+  assert lent == len(val) >= 1 and val[0, 0] >= train[-1, 1]
+  assert len(train) + lent == len(events.tile(*ev.splits["ts2_train"], 1.0)[0])
+  tiny = dataclasses.replace(ev, splits=dict(ev.splits, ts2_train=(np.array([0.0]), np.array([1.5]))))
   with pytest.raises(ValueError, match=r"split\(s\) \['val'\] of split set 'ts2' hold no 1.0 s window"):
-    events.event_session(ev, "ts2")  # six minutes: no TS2 val chunk
+    events.event_session(tiny, "ts2")  # one train window: nothing to lend
   with pytest.raises(ValueError, match="split set 'ts3'"):
     events.event_session(ev, "ts3")
   with pytest.raises(ValueError, match="window 0"):

@@ -169,6 +169,19 @@ def test_ts3_targets_apply_bwb_unit_rules(sess):
   assert [tasks.COSMOS_LABELS[i] for i in labels] == list(s.units.cosmos[2:])
 
 
+def test_ts3_probe_units_keep_warnings_and_drop_failures_and_void(sess):
+  s = sess["selected_units"]
+  cols = dict(s.units.columns)
+  cols["qc_neural"], cols["qc_neural_alignment"] = cols["qc_neural"].copy(), cols["qc_neural_alignment"].copy()
+  cols["qc_neural"][0], cols["qc_neural"][1], cols["qc_neural_alignment"][2] = "WARNING", "FAIL", "FAIL"
+  cosmos = s.units.cosmos.copy()
+  cosmos[3] = "root"
+  keep = targets.ts3_probe_units(
+    dataclasses.replace(s, units=dataclasses.replace(s.units, columns=cols, cosmos=cosmos))
+  )
+  assert keep[0] and not keep[1:4].any() and keep[4:].all()
+
+
 def test_perfect_submission_scores_perfectly(files, tmp_path):
   gt = str(tmp_path / "gt")
   with warnings.catch_warnings():

@@ -12,6 +12,8 @@ into the event session our data sets are built from (data_builders: spike_events
   are these windows. BWB's pretraining files have no test split; ours needs one (every builder
   writes all three), and no split may overlap another, so `pretrain` keeps BWB's train as train
   and cuts BWB's val windows in two in time: the first half (rounded up) is val, the rest test.
+  A val or test split left without a window (a short recording: BWB's TS2 val chunk begins at
+  900 s) takes the last tenth of the train windows (`_borrow`, counted in source_info).
 - Behaviour: the 50 Hz streams the file has, on their shared grid, in the order wheel_speed,
   whisker_motion_energy, left_paw_speed, right_paw_speed, licking_rate (behaviour_name names them,
   comma-separated). As BWB's TS1 treats them: whisker motion energy and paw speeds z-scored with
@@ -151,6 +153,22 @@ def behaviour(session: sessions_lib.Session, train: tuple[np.ndarray, np.ndarray
   return fields, info
 
 
+def _borrow(windows: dict) -> dict:
+  """Fills an empty val or test split with the last windows of train (a tenth of them, at least
+  one, val before test), in place, when train keeps at least one: a short recording (BWB's TS2
+  val chunk begins at 900 s; a pretraining val domain of one window) still makes a data set.
+  Returns {split: windows lent}. The benchmark never scores these splits: adaptation trains on
+  train, the val loss is only logged, and BWB's test windows come from the file (targets)."""
+  lent = {}
+  for name in ("val", "test"):
+    train = windows["train"]
+    if len(windows.get(name, ())) == 0 and len(train) >= 2:
+      k = max(1, round(0.1 * len(train)))
+      windows["train"], windows[name] = train[:-k], train[-k:]
+      lent[name] = k
+  return lent
+
+
 def event_session(session: sessions_lib.Session, splits: str, window: float = 1.0) -> session_lib.EventSession:
   """The event session of BWB session `session` with split set `splits` ("pretrain", "ts1",
   "ts2"), its trials `window`-second training windows (module docstring); validated.
@@ -175,16 +193,18 @@ def event_session(session: sessions_lib.Session, splits: str, window: float = 1.
     info["short_intervals"][name], info["dropped_seconds"][name] = short, round(rest, 6)
   if splits == "pretrain":
     val = windows["val"]
-    if len(val) < 2:
-      raise ValueError(
-        f"{session.path}: pretrain_val_domain holds {len(val)} window(s) of {window} s; val and test need two"
-      )
     half = (len(val) + 1) // 2
     windows["val"], windows["test"] = val[:half], val[half:]
     info["test"] = "the later half of the pretrain_val windows (val: the earlier half)"
+  borrowed = _borrow(windows)
+  if borrowed:
+    info["borrowed_from_train"] = borrowed
   empty = [n for n, w in windows.items() if len(w) == 0]
   if empty:
-    raise ValueError(f"{session.path}: split(s) {empty} of split set {splits!r} hold no {window} s window")
+    raise ValueError(
+      f"{session.path}: split(s) {empty} of split set {splits!r} hold no {window} s window (train holds "
+      f"{len(windows['train'])}: too few to lend val and test one each)"
+    )
   info["windows"] = {n: len(w) for n, w in windows.items()}
   trials = np.concatenate(list(windows.values()))
   trials = trials[np.argsort(trials[:, 0], kind="stable")]

@@ -23,6 +23,7 @@ behaviour and predicts no counts, so it has unit_embeddings only. Windows are ru
 
 from __future__ import annotations
 
+from absl import logging
 import numpy as np
 from flax import nnx
 
@@ -32,6 +33,9 @@ from mtm_jax.evaluation import tasks as eval_tasks
 
 NDT1, SPIKE_MTM, POYO = "mtm", "poyo_mtm", "poyo"  # config.family of each family
 N_BINS = bwb_tasks.TIMESTEPS  # 50 bins of bwb_tasks.BIN_SIZE = 0.02 s: one 1 s window
+
+
+LOUD_WINDOWS = 5000  # predictions over this many windows log their progress
 
 
 def family(trained) -> str:
@@ -71,7 +75,7 @@ def window_log_rates(
   forecast_bins = _forecast(forecast_bins)
   take = _units(units, n_units)
   out = np.zeros((len(starts), N_BINS, len(take)), np.float32)
-  with progress.Stage(f"{name}: BWB window log-rates") as stage:
+  with _stage(f"{name}: BWB window log-rates", len(starts)) as stage:
     for chunk, log_rates in _chunks(trained, row, times, spike_units, starts, stage, hide, forecast_bins):
       out[chunk] = log_rates[..., take]
   return out
@@ -87,7 +91,7 @@ def window_features(trained, name: str, spike_times, spike_units, starts) -> np.
   row, n_units = _session(trained, name)
   times, spike_units, starts = _spikes(spike_times, spike_units, starts, n_units)
   out = np.zeros((len(starts), N_BINS, n_units), np.float32)
-  with progress.Stage(f"{name}: BWB window features") as stage:
+  with _stage(f"{name}: BWB window features", len(starts)) as stage:
     for chunk, log_rates in _chunks(trained, row, times, spike_units, starts, stage, features=True):
       out[chunk] = log_rates
   return out
@@ -180,6 +184,12 @@ def _units(units, n_units: int) -> np.ndarray:
   if len(take) and (take.min() < 0 or take.max() >= n_units):
     raise ValueError(f"units: expected indices in [0, {n_units}), got [{take.min()}, {take.max()}]")
   return take
+
+
+def _stage(name: str, n_windows: int) -> progress.Stage:
+  """The progress of one prediction: its lines logged at INFO only for many windows (a TS2
+  session's), so that the many short passes of TS1 stay quiet."""
+  return progress.Stage(name, log=logging.info if n_windows >= LOUD_WINDOWS else logging.debug)
 
 
 def _chunks(trained, row, times, units, starts, stage, hide=None, forecast_bins=0, features=False):

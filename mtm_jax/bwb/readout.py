@@ -90,7 +90,8 @@ def _classifier(c: float):
 def _logits(model, x: np.ndarray, n_classes: int) -> np.ndarray:
   """[K, n_classes] logits (log-probabilities; LOG_ABSENT for classes the fit never saw)."""
   out = np.full((len(x), n_classes), LOG_ABSENT, np.float32)
-  log_p = model.predict_log_proba(x)
+  with np.errstate(divide="ignore"):  # a probability of 0 is floored at LOG_ABSENT
+    log_p = np.log(model.predict_proba(x))
   out[:, model.classes_] = np.maximum(log_p, LOG_ABSENT)
   return out
 
@@ -129,23 +130,33 @@ def _score(spec, predictions: np.ndarray, split: Split) -> float:
   return metrics.r2(predictions.reshape(-1), np.asarray(split.values).reshape(-1), mask)
 
 
-def fit_ts1(task: str, train: Split, val: Split, test_features: np.ndarray) -> Fitted:
+def fit_ts1(task: str, train: Split | None, val: Split | None, test_features: np.ndarray) -> Fitted:
   """The readout of TS1 task `task` fit on `train`, its regularisation chosen on `val` (the
-  first best on ties), predicting the test trials' features [K, 50, F]."""
+  first best on ties), predicting the test trials' features [K, 50, F]. A session too short
+  for a split: no val, the middle of the grid (chosen NaN in val_scores' absence); no train
+  (or one class-less), an uninformed constant (zero logits, zero per-bin values or log-rates)
+  so that every test trial is still predicted."""
   spec = tasks.ts1_spec(task)
-  for name, split in (("train", train), ("val", val)):
-    _check(spec.task, name, split, spec)
   _check_features(spec.task, "test", test_features)
+  if train is None:
+    shape = (len(test_features), spec.dim) if spec.classification else (len(test_features), tasks.TIMESTEPS)
+    return Fitted(np.zeros(shape, np.float32), float("nan"), {})
+  _check(spec.task, "train", train, spec)
+  if val is not None:
+    _check(spec.task, "val", val, spec)
   if spec.classification:
     pool = lambda f: np.asarray(f, np.float64).mean(axis=1)  # noqa: E731
     fit, grid = _fit_class, C_GRID
   else:
     pool = lambda f: _per_bin(np.asarray(f, np.float64))  # noqa: E731
     fit, grid = _fit_bins, POISSON_GRID if spec.primary == "poisson_d2" else ALPHA_GRID
-  x_train, x_val, x_test = pool(train.features), pool(val.features), pool(test_features)
+  x_train, x_test = pool(train.features), pool(test_features)
   with warnings.catch_warnings():
     warnings.simplefilter("ignore", exceptions.ConvergenceWarning)
-    scores = {float(g): float(_score(spec, fit(spec, train, x_train, x_val, g), val)) for g in grid}
+    scores = {}
+    if val is not None:
+      x_val = pool(val.features)
+      scores = {float(g): float(_score(spec, fit(spec, train, x_train, x_val, g), val)) for g in grid}
     finite = {g: s for g, s in scores.items() if np.isfinite(s)}
     chosen = max(finite, key=finite.get) if finite else float(grid[len(grid) // 2])
     predictions = fit(spec, train, x_train, x_test, chosen)

@@ -174,6 +174,19 @@ def ts3_keep(session) -> np.ndarray:
   )
 
 
+def ts3_probe_units(session) -> np.ndarray:
+  """(N,) bool: the units of a pretrain session TS3's probe is fit on (BWB's load-time rules for
+  pretrain sessions, docs/bwb.md: qc_neural not FAIL (WARNING kept), qc_neural_alignment PASS, a
+  Cosmos region of COSMOS_LABELS, so not void or root); a QC column the file lacks is not applied."""
+  cols = session.units.columns
+  keep = np.isin(session.units.cosmos.astype(str), tasks.COSMOS_LABELS)
+  if "qc_neural" in cols:
+    keep &= cols["qc_neural"].astype(str) != "FAIL"
+  if "qc_neural_alignment" in cols:
+    keep &= cols["qc_neural_alignment"].astype(str) == "PASS"
+  return keep
+
+
 def ts3_targets(session_list) -> tuple[list[str], np.ndarray]:
   """(unit ids, labels [n] int64) of TS3 over eval selected_units sessions, in the order given:
   ids `<session id>/<uuid>`, labels indices into tasks.COSMOS_LABELS."""

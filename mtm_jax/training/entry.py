@@ -44,14 +44,21 @@ def is_own(pathname: str, root: str = ROOT) -> bool:
   return relative.split(os.sep)[0] in OWN_PACKAGES
 
 
+TFDS_ON_DEMAND = "Using custom data configuration"  # TFDS: a builder config not in BUILDER_CONFIGS
+
+
 class QuietLibraries(std_logging.Filter):
   """Passes this project's records, and the libraries' warnings and errors without their
-  tracebacks (one line each); drops the libraries' INFO and DEBUG."""
+  tracebacks (one line each); drops the libraries' INFO and DEBUG, and TFDS's warning that a
+  builder config was made on demand (every NWB, IBL and BWB data set's is: they are named, not
+  registered)."""
 
   def filter(self, record: std_logging.LogRecord) -> bool:
     if is_own(record.pathname):
       return True
     if record.levelno < std_logging.WARNING:
+      return False
+    if str(record.msg).startswith(TFDS_ON_DEMAND):
       return False
     record.exc_info, record.exc_text, record.stack_info = None, None, None
     return True
