@@ -12,6 +12,7 @@ import sys
 
 import pytest
 
+import bwb_official
 import bwb_sessions
 from mtm_jax.bwb import scoring, tasks
 
@@ -63,6 +64,25 @@ def test_ndt1_writes_a_complete_submission_that_passes_the_upload_check(ndt1_run
   assert scores["ts1-wheel_speed"]["r2"][0] > 0.05  # the units carry the wheel
   assert "| ts2-co_smoothing | poisson_d2 |" in (root / "run" / "bwb_scores.md").read_text()
   assert "Using custom data configuration" not in result.stderr and "RuntimeWarning" not in result.stderr
+
+
+def test_the_official_scorer_scores_our_submission_as_we_do(ndt1_run, tmp_path):
+  """Model predictions (float16 TS2 log-rates) against ground truth regenerated from the files:
+  ibl-bwb-eval 0.1.0 and mtm_jax.bwb agree on every file and aggregate (skipped without `make bwb-env`)."""
+  root, _ = ndt1_run
+  sub, gt = root / "run" / "submission" / "mtm_jax_ndt1", root / "run" / "ground_truth"
+  theirs, their_summary = bwb_official.scores(sub, gt, tmp_path / "scores.json")
+  ours = scoring.score_folder(sub, gt)
+  assert set(ours.raw) == set(theirs)
+  for key, metrics in ours.raw.items():
+    for name, value in metrics.items():
+      assert value == bwb_official.approx(theirs[key][name]), (key, name)
+  for key, metrics in ours.aggregate().items():
+    for name, (mean, _, n) in metrics.items():
+      assert (mean, n) == (
+        pytest.approx(their_summary[key][name][0], abs=bwb_official.TOLERANCE),
+        their_summary[key][name][2],
+      )
 
 
 def test_a_rerun_resumes_without_training_or_predicting(ndt1_run):

@@ -8,51 +8,25 @@ must agree to 1e-6: the scorer accumulates in float32, mtm_jax.bwb in float64. W
 environment these tests are skipped, with the reason.
 """
 
-import json
-import os
-import subprocess
-
 import bwb_fixtures
+import bwb_official
 import pytest
 
 from mtm_jax.bwb import scoring, submission
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOLERANCE = 1e-6
-
-
-def _scorer_python() -> str:
-  python = os.environ.get("MTM_BWB_PYTHON") or os.path.join(ROOT, "parity", ".bwb-venv", "bin", "python")
-  if not os.path.exists(python):
-    pytest.skip("no BrainWideBench scorer environment (parity/.bwb-venv or $MTM_BWB_PYTHON): run `make bwb-env`")
-  return python
-
-
-def _run(args, timeout=300):
-  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-  result = subprocess.run(
-    [_scorer_python(), *args], capture_output=True, text=True, timeout=timeout, env=env, check=False
-  )
-  assert result.returncode == 0, result.stderr[-3000:]
-  return result.stdout
+TOLERANCE = bwb_official.TOLERANCE
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-  _scorer_python()
+  bwb_official.scorer_python()
   return bwb_fixtures.make(str(tmp_path_factory.mktemp("bwb")))
 
 
 @pytest.fixture(scope="module")
 def official(tiny, tmp_path_factory):
   sub, gt = tiny
-  out = str(tmp_path_factory.mktemp("bwb_scores") / "scores.json")
-  _run([os.path.join(ROOT, "parity", "bwb_score.py"), sub, gt, out])
-  with open(out) as f:
-    data = json.load(f)
-  raw = {tuple(k): v for k, v in data["raw"]}
-  summary = {tuple(k): v for k, v in data["aggregate"]}
-  return raw, summary
+  return bwb_official.scores(sub, gt, tmp_path_factory.mktemp("bwb_scores") / "scores.json")
 
 
 def test_every_file_scores_the_same(tiny, official):
@@ -86,8 +60,8 @@ def test_aggregates_are_the_same(tiny, official):
 
 def test_scorer_cli_reads_our_files(tiny):
   sub, gt = tiny
-  out = _run(["-m", "ibl_bwb_eval.scoring.aggregation", "--pred_dir", sub, "--gt_dir", gt, "--all-metrics"])
+  out = bwb_official.run(["-m", "ibl_bwb_eval.scoring.aggregation", "--pred_dir", sub, "--gt_dir", gt, "--all-metrics"])
   assert "tiny" in out and "Error" not in out
   for suite in ("ts1", "ts2", "ts3"):
-    out = _run(["-m", f"ibl_bwb_eval.scoring.{suite}", "--pred_dir", sub, "--gt_dir", gt])
+    out = bwb_official.run(["-m", f"ibl_bwb_eval.scoring.{suite}", "--pred_dir", sub, "--gt_dir", gt])
     assert "tiny" in out and "Error" not in out and "not found" not in out
