@@ -13,7 +13,7 @@ from flax import nnx
 from jax.experimental.compilation_cache import compilation_cache
 
 from tests import run_checks
-from mtm_jax.tasks import registry, poyo as poyo_task
+from mtm_jax.tasks import registry, poyo as poyo_task, spike_tokens
 from mtm_jax.configs import poyo as poyo_config
 from mtm_jax.datasets import reaching
 from mtm_jax.datasets.events import batches as batches_lib
@@ -202,7 +202,7 @@ def test_new_rows_mask():
     "session_emb": {"embedding": jnp.ones((3, 2))},
     "readout": {"kernel": jnp.ones((2, 2))},
   }
-  mask = poyo_task.new_rows_mask(3, 2)(params, None)
+  mask = spike_tokens.new_rows_mask(3, 2)(params, None)
   np.testing.assert_array_equal(mask["unit_emb"]["embedding"][:, 0], [False, False, False, True, True])
   np.testing.assert_array_equal(mask["session_emb"]["embedding"][:, 0], [False, False, True])
   assert not bool(mask["readout"]["kernel"])

@@ -20,7 +20,7 @@ from flax import nnx
 from mtm_jax import masking, progress
 from mtm_jax.datasets.events import trials as trials_lib
 from mtm_jax.evaluation import decoding, heads
-from mtm_jax.models import perceiver, rotary
+from mtm_jax.models import rotary, spike_perceiver
 
 
 class BehaviourReadout(nnx.Module):
@@ -29,16 +29,7 @@ class BehaviourReadout(nnx.Module):
   def __init__(self, hparams, per_bin: bool, *, rngs: nnx.Rngs):
     hp = hparams
     self.query = nnx.Param(nnx.initializers.normal(hp.emb_init_scale)(rngs.params(), (hp.dim,)))
-    self.decoder = perceiver.CrossAttentionBlock(
-      hp.dim,
-      hp.cross_heads,
-      rotate_value=False,
-      head_dim=hp.head_dim,
-      ffn_dropout=hp.ffn_dropout,
-      attention_dropout=hp.attn_dropout,
-      layer_norm_eps=hp.layer_norm_eps,
-      rngs=rngs,
-    )
+    self.decoder = spike_perceiver.cross_attention(hp, rotate_value=False, rngs=rngs)
     self.linear = nnx.Linear(hp.dim, 1, rngs=rngs)
     self.per_bin = per_bin
 

@@ -31,17 +31,16 @@ Batch (a dict; B windows, L tokens, Q output queries):
 The output is {task name: [B, Q, task dim]}, zero wherever the query is padding or
 belongs to another task.
 
-Embedding tables (`embedding_paths()`): row 0 of the unit and session tables is padding
-(zero); rows are appended for new units and sessions with `grow_vocab`, and `load`
-puts a pretrained model's rows in front of a larger fresh model's.
+Embedding tables (`embedding_paths()`, models/unit_tables.py): row 0 of the unit and
+session tables is padding (zero); rows are appended for new units and sessions with
+`grow_vocab`, and `load` puts a pretrained model's rows in front of a larger fresh model's.
 
 Parameters are initialised with Flax defaults (LeCun-normal kernels, zero biases) except
 embeddings, N(0, emb_init_scale); the reference uses PyTorch's defaults for Linear.
 
-(About 420 lines, over the 400-line habit of the project, for a reason: this is
-what a model file exposes as one unit: the hyper-parameters and presets, the model, the
-growth of its tables and the `load` that merges a pretrained model; the blocks live in
-perceiver.py and rotary.py, the token schema in datasets/events/tokens.py.)
+The tables, blocks, tokens and latents shared with spike-token MtM are built by
+spike_perceiver.py; the blocks live in perceiver.py and rotary.py, the token schema in
+datasets/events/tokens.py.
 """
 
 from __future__ import annotations
@@ -56,32 +55,7 @@ import numpy as np
 from flax import nnx
 
 from mtm_jax.datasets.events import tokens as tokens_lib
-from mtm_jax.models import attention, loading, perceiver, rotary
-
-N_TOKEN_TYPES = 4  # rows of the token-type table (3 used; the reference allocates 4)
-
-
-def check_perceiver(hp, span: float, span_name: str) -> None:
-  """The PerceiverIO fields of a hyper-parameter dataclass (dim, depth, heads, latents per
-  step, head_dim, latent_step within `span` seconds, t_min/t_max, dropouts); ValueError
-  naming the config.model field."""
-  dims = (hp.dim, hp.cross_heads, hp.self_heads, hp.latents_per_step)
-  if min(dims) < 1 or hp.depth < 0:
-    raise ValueError(
-      f"config.model.size: expected positive dim, heads and latents per step and depth >= 0, "
-      f"got {dims} and depth {hp.depth}"
-    )
-  if hp.head_dim < 4 or hp.head_dim % 4:
-    raise ValueError(
-      f"config.model.head_dim: must be a multiple of 4 (half of it is rotated in pairs), got {hp.head_dim}"
-    )
-  if not 0.0 < hp.latent_step <= span:
-    raise ValueError(f"config.model.latent_step: must be in (0, {span_name}={span}], got {hp.latent_step}")
-  if not 0.0 < hp.t_min < hp.t_max:
-    raise ValueError(f"config.model.t_min/t_max: expected 0 < t_min < t_max, got {hp.t_min}, {hp.t_max}")
-  for field in ("ffn_dropout", "lin_dropout", "attn_dropout"):
-    if not 0.0 <= getattr(hp, field) < 1.0:
-      raise ValueError(f"config.model.{field}: must be in [0, 1), got {getattr(hp, field)}")
+from mtm_jax.models import attention, rotary, spike_perceiver, unit_tables
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +93,7 @@ class Hparams:
       raise ValueError(f"config.model.tasks: expected task name -> output dim >= 1, got {tasks}")
     object.__setattr__(self, "tasks", tuple((name, int(tasks[name])) for name in sorted(tasks)))
     object.__setattr__(self, "rotary_frequencies", tuple(float(f) for f in self.rotary_frequencies))
-    check_perceiver(self, self.window_length, "window_length")
+    spike_perceiver.check_perceiver(self, self.window_length, "window_length")
     if self.rotary_frequencies and len(self.rotary_frequencies) != self.head_dim // 4:
       raise ValueError(
         f"config.model.rotary_frequencies: must hold head_dim // 4 = {self.head_dim // 4} values, "
@@ -151,13 +125,13 @@ def task_ids(tasks: Mapping[str, int]) -> dict[str, int]:
 
 
 def embedding_paths() -> dict[str, tuple[str, ...]]:
-  """Parameter paths (in `nnx.state(model)` / its pure dict) of the growable tables."""
-  return {"unit": ("unit_emb", "embedding"), "session": ("session_emb", "embedding")}
+  """Parameter paths (in `nnx.state(model)` / its pure dict) of the growable tables (unit_tables)."""
+  return unit_tables.embedding_paths()
 
 
 def embedding_filter():
   """An nnx filter selecting the unit and session tables (e.g. to train only them)."""
-  return nnx.All(nnx.Param, nnx.Any(*(nnx.PathContains(p[0]) for p in embedding_paths().values())))
+  return unit_tables.embedding_filter()
 
 
 class POYO(nnx.Module):
@@ -182,43 +156,21 @@ class POYO(nnx.Module):
     self.layer_norm_eps = hp.layer_norm_eps
     self.remat = hp.remat  # recompute the latent layers' activations in the backward pass
     self.rotary_frequencies = hp.rotary_frequencies
-    dim, depth, head_dim = hp.dim, hp.depth, hp.head_dim
-    emb_init_scale, latents_per_step = hp.emb_init_scale, hp.latents_per_step
-
-    init = nnx.initializers.normal(emb_init_scale)
-    self.unit_emb = nnx.Embed(n_units + 1, dim, embedding_init=init, rngs=rngs)
-    self.session_emb = nnx.Embed(n_sessions + 1, dim, embedding_init=init, rngs=rngs)
-    for table in (self.unit_emb, self.session_emb):  # row 0: padding
-      table.embedding[...] = table.embedding[...].at[0].set(0.0)
-    self.token_type_emb = nnx.Embed(N_TOKEN_TYPES, dim, embedding_init=init, rngs=rngs)
-    self.latent_emb = nnx.Embed(latents_per_step, dim, embedding_init=init, rngs=rngs)
-    self.task_emb = nnx.Embed(len(self.tasks), dim, embedding_init=init, rngs=rngs) if len(self.tasks) > 1 else None
-
-    blocks = dict(
-      head_dim=head_dim,
-      ffn_dropout=hp.ffn_dropout,
-      attention_dropout=hp.attn_dropout,
-      layer_norm_eps=hp.layer_norm_eps,
-      rngs=rngs,
+    self.unit_emb, self.session_emb, self.token_type_emb, self.latent_emb = spike_perceiver.tables(
+      n_units, n_sessions, hp, rngs=rngs
     )
-    self.encoder = perceiver.CrossAttentionBlock(dim, hp.cross_heads, rotate_value=True, **blocks)
-    self.processor = nnx.List(
-      [
-        perceiver.SelfAttentionBlock(dim, hp.self_heads, rotate_value=True, residual_dropout=hp.lin_dropout, **blocks)
-        for _ in range(depth)
-      ]
-    )
-    self.decoder = perceiver.CrossAttentionBlock(dim, hp.cross_heads, rotate_value=False, **blocks)
-    self.readout = nnx.Dict({name: nnx.Linear(dim, d, rngs=rngs) for name, d in self.tasks})
+    init = nnx.initializers.normal(hp.emb_init_scale)
+    self.task_emb = nnx.Embed(len(self.tasks), hp.dim, embedding_init=init, rngs=rngs) if len(self.tasks) > 1 else None
+    self.encoder, self.processor, self.decoder = spike_perceiver.blocks(hp, rngs=rngs)
+    self.readout = nnx.Dict({name: nnx.Linear(hp.dim, d, rngs=rngs) for name, d in self.tasks})
 
   @property
   def n_latent_steps(self) -> int:
-    return int(np.ceil(self.window_length / self.latent_step - 1e-6))
+    return spike_perceiver.n_latent_steps(self.window_length, self.latent_step)
 
   def latent_timestamps(self, offset: float = 0.0) -> np.ndarray:
     """[n_latent_steps * latents_per_step] float32: step centres, each repeated per latent."""
-    centres = (np.arange(self.n_latent_steps) + 0.5) * self.latent_step + offset
-    return np.repeat(centres, self.latents_per_step).astype(np.float32)
+    return spike_perceiver.latent_timestamps(self.window_length, self.latent_step, self.latents_per_step, offset)
 
   def frequencies(self) -> np.ndarray:
     """Rotary angular frequencies [head_dim // 4]."""
@@ -307,10 +259,10 @@ class POYO(nnx.Module):
     dtype = self.latent_emb.embedding.dtype
 
     # Input tokens [B, L, D].
-    tokens = (self.unit_emb(batch["unit_index"]) + self.token_type_emb(batch["token_type"])).astype(dtype)
+    tokens = spike_perceiver.embed_tokens(self.unit_emb, self.token_type_emb, batch, dtype)
 
     # Latents [B, N, D], N = steps * latents_per_step.
-    latents = jnp.tile(self.latent_emb.embedding[...], (self.n_latent_steps, 1))  # [N, D]
+    latents = spike_perceiver.latent_grid(self.latent_emb, self.n_latent_steps)  # [N, D]
     latents = jnp.broadcast_to(latents[None], (b,) + latents.shape)
 
     # Output queries [B, Q, D].
@@ -344,12 +296,11 @@ _apply_latent_layer_remat = nnx.remat(_apply_latent_layer)
 
 def count_params(model: POYO, *, embeddings: bool = True) -> int:
   """Number of parameters; embeddings=False leaves out the unit and session tables."""
-  state = nnx.state(model, nnx.Param if embeddings else nnx.All(nnx.Param, nnx.Not(embedding_filter())))
-  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(state)))
+  return unit_tables.count_params(model, embeddings=embeddings)
 
 
 def grow_vocab(model_or_params, n_new_units: int, n_new_sessions: int, key: jax.Array, *, init_scale: float = 0.02):
-  """Appends fresh rows, N(0, init_scale), to the unit and session tables.
+  """Appends fresh rows, N(0, init_scale), to the unit and session tables (unit_tables.grow).
 
   model_or_params: a POYO (returns a new POYO; the argument is not modified) or the pure
   dict of its parameters, e.g. `nnx.to_pure_dict(nnx.state(model))` or a restored
@@ -359,68 +310,16 @@ def grow_vocab(model_or_params, n_new_units: int, n_new_sessions: int, key: jax.
   `embedding_filter()`; to train only the new rows, mask the gradient rows below
   the old sizes. `load` does the same into a fresh model's parameters (its new rows).
   """
-  if n_new_units < 0 or n_new_sessions < 0:
-    raise ValueError(f"grow_vocab: n_new_units and n_new_sessions must be >= 0, got {n_new_units}, {n_new_sessions}")
-  if isinstance(model_or_params, POYO):
-    model = model_or_params
-    params = _grow(nnx.to_pure_dict(nnx.state(model)), n_new_units, n_new_sessions, key, init_scale)
-    new = nnx.eval_shape(
-      lambda: POYO(model.n_units + n_new_units, model.n_sessions + n_new_sessions, model.hparams, rngs=nnx.Rngs(0))
-    )
-    state = nnx.state(new)
-    nnx.replace_by_pure_dict(state, params)
-    nnx.update(new, state)
-    return new
-  if not isinstance(model_or_params, Mapping):
+  if not isinstance(model_or_params, (POYO, Mapping)):
     raise TypeError(f"grow_vocab: expected a POYO or a pure dict of its parameters, got {type(model_or_params)}")
-  return _grow(model_or_params, n_new_units, n_new_sessions, key, init_scale)
-
-
-def _grow(params: Mapping, n_new_units: int, n_new_sessions: int, key: jax.Array, init_scale: float) -> dict:
-  n_new = dict(zip(embedding_paths(), (n_new_units, n_new_sessions)))
-  keys = dict(zip(embedding_paths(), jax.random.split(key)))
-  return _append_rows(
-    params,
-    lambda what, table: init_scale * jax.random.normal(keys[what], (n_new[what], table.shape[1]), table.dtype),
-    "grow_vocab",
-  )
-
-
-def _append_rows(params: Mapping, new_rows, where: str) -> dict:
-  """`params` (a pure dict) with rows `new_rows(what, table)` appended to its unit and
-  session tables (what: "unit" or "session"); the other entries are shared."""
-  params = dict(params)
-  for what, (outer, leaf) in embedding_paths().items():
-    if outer not in params or leaf not in params[outer]:
-      raise ValueError(f"{where}: parameters have no {what} table at {outer}/{leaf}")
-    table = jnp.asarray(params[outer][leaf])
-    params[outer] = dict(params[outer], **{leaf: jnp.concatenate([table, new_rows(what, table)], axis=0)})
-  return params
+  return unit_tables.grow(model_or_params, n_new_units, n_new_sessions, key, init_scale=init_scale, where="grow_vocab")
 
 
 def load(init_params, pretrained_params, *, where: str) -> dict:
   """`init_params` of a POYO with larger (or equal) unit and session tables, holding the
-  pretrained model: its table rows in front of the fresh tables' remaining rows (the new
-  units and sessions, left fresh) and every other parameter from `pretrained_params`.
-
-  Both are parameter trees of a POYO (pure dicts, e.g. `nnx.to_pure_dict(nnx.state(model))`
-  or a restored checkpoint's, or nnx.State); returns a pure dict of `init_params`' shapes,
-  for `nnx.replace_by_pure_dict`. Raises ValueError, prefixed by `where`, naming a
-  parameter missing from the pretrained model or of another shape, or a pretrained table
-  with more rows than the fresh one (a different architecture)."""
-  init, pre = (p if isinstance(p, dict) else nnx.to_pure_dict(p) for p in (init_params, pretrained_params))
-
-  def rest(what, table):
-    outer, leaf = embedding_paths()[what]
-    fresh = init[outer][leaf]
-    if table.shape[0] > fresh.shape[0] or table.shape[1:] != fresh.shape[1:]:
-      raise ValueError(
-        f"{where}: the {what} table {outer}/{leaf} has shape {table.shape}, this model's has "
-        f"{fresh.shape} (at least as many rows, the same width)"
-      )
-    return jnp.asarray(fresh[table.shape[0] :], table.dtype)
-
-  return loading.merge(init, _append_rows(pre, rest, where), where=where)
+  pretrained model: its table rows in front of the fresh tables' remaining rows and every
+  other parameter from `pretrained_params` (unit_tables.load, which says how it fails)."""
+  return unit_tables.load(init_params, pretrained_params, where=where)
 
 
 def from_config(config: ml_collections.ConfigDict, n_units: int, n_sessions: int, *, rngs: nnx.Rngs) -> POYO:

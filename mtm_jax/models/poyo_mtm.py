@@ -2,7 +2,7 @@
 any (unit, time) pair, in Flax NNX. Trained self-supervised with MtM's masking schemes on
 the input tokens (mtm_jax.token_masking); no binning on the input side, no stitching.
 
-Encoder (POYO's, models/poyo.py): one token per spike, unit_emb[unit] +
+Encoder (POYO's, models/spike_perceiver.py): one token per spike, unit_emb[unit] +
 token_type_emb[type] (start/end tokens per unit at t = 0 and t = context), time only
 through rotary embeddings; `latents_per_step` learned latents at every `latent_step` of
 the context; latents += prompt_emb[scheme]; cross-attention of the latents over the kept
@@ -27,8 +27,8 @@ Batch (a dict; B trials, L tokens, Q queries):
 and the queries: query_unit [B, Q] int (unit-table rows), query_time [B, Q] float
 (seconds from the trial start), prompt [B] int (mtm_jax.masking.SCHEMES index).
 
-Embedding tables: row 0 of the unit and session tables is padding; new sessions append
-rows (`load` puts a pretrained model's rows in front of a larger fresh model's).
+Embedding tables (models/unit_tables.py): row 0 of the unit and session tables is padding;
+new sessions append rows (`load` puts a pretrained model's rows in front of a larger fresh model's).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ import numpy as np
 from flax import nnx
 
 from mtm_jax import masking
-from mtm_jax.models import perceiver, poyo, rotary
+from mtm_jax.models import rotary, spike_perceiver, unit_tables
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +71,7 @@ class Hparams:
   unit_readout: bool = False  # add <W unit_emb[u], h>: a readout vector per unit, as NDT1's per-neuron weights
 
   def __post_init__(self):
-    poyo.check_perceiver(self, self.context, "context")
+    spike_perceiver.check_perceiver(self, self.context, "context")
 
   @classmethod
   def from_config(cls, m: ml_collections.ConfigDict) -> Hparams:
@@ -95,8 +95,8 @@ LEGACY_FIELDS = {"unit_readout": False}
 
 
 def embedding_paths() -> dict[str, tuple[str, ...]]:
-  """Parameter paths of the growable tables (as POYO's)."""
-  return poyo.embedding_paths()
+  """Parameter paths of the growable tables (unit_tables, as POYO's)."""
+  return unit_tables.embedding_paths()
 
 
 class PoyoMtM(nnx.Module):
@@ -107,45 +107,25 @@ class PoyoMtM(nnx.Module):
       raise ValueError(f"PoyoMtM: n_units and n_sessions must be >= 1, got {n_units} and {n_sessions}")
     hp = self.hparams = hparams
     self.n_units, self.n_sessions = n_units, n_sessions
+    self.unit_emb, self.session_emb, self.token_type_emb, self.latent_emb = spike_perceiver.tables(
+      n_units, n_sessions, hp, rngs=rngs
+    )
     init = nnx.initializers.normal(hp.emb_init_scale)
-    self.unit_emb = nnx.Embed(n_units + 1, hp.dim, embedding_init=init, rngs=rngs)
-    self.session_emb = nnx.Embed(n_sessions + 1, hp.dim, embedding_init=init, rngs=rngs)
-    for table in (self.unit_emb, self.session_emb):  # row 0: padding
-      table.embedding[...] = table.embedding[...].at[0].set(0.0)
-    self.token_type_emb = nnx.Embed(poyo.N_TOKEN_TYPES, hp.dim, embedding_init=init, rngs=rngs)
-    self.latent_emb = nnx.Embed(hp.latents_per_step, hp.dim, embedding_init=init, rngs=rngs)
     self.prompt_emb = nnx.Embed(hp.n_prompts, hp.dim, embedding_init=init, rngs=rngs)
     self.query_emb = nnx.Param(init(rngs.params(), (hp.dim,)))
-    blocks = dict(
-      head_dim=hp.head_dim,
-      ffn_dropout=hp.ffn_dropout,
-      attention_dropout=hp.attn_dropout,
-      layer_norm_eps=hp.layer_norm_eps,
-      rngs=rngs,
-    )
-    self.encoder = perceiver.CrossAttentionBlock(hp.dim, hp.cross_heads, rotate_value=True, **blocks)
-    self.processor = nnx.List(
-      [
-        perceiver.SelfAttentionBlock(
-          hp.dim, hp.self_heads, rotate_value=True, residual_dropout=hp.lin_dropout, **blocks
-        )
-        for _ in range(hp.depth)
-      ]
-    )
-    self.decoder = perceiver.CrossAttentionBlock(hp.dim, hp.cross_heads, rotate_value=False, **blocks)
+    self.encoder, self.processor, self.decoder = spike_perceiver.blocks(hp, rngs=rngs)
     self.readout = nnx.Linear(hp.dim, 1, rngs=rngs)
     if hp.unit_readout:  # no new parameter path otherwise: older checkpoints restore as they were
       self.unit_readout = nnx.Linear(hp.dim, hp.dim, use_bias=False, rngs=rngs)
 
   @property
   def n_latent_steps(self) -> int:
-    return int(np.ceil(self.hparams.context / self.hparams.latent_step - 1e-6))
+    return spike_perceiver.n_latent_steps(self.hparams.context, self.hparams.latent_step)
 
   def latent_timestamps(self) -> np.ndarray:
     """[n_latent_steps * latents_per_step] float32: step centres, each repeated per latent."""
     hp = self.hparams
-    centres = (np.arange(self.n_latent_steps) + 0.5) * hp.latent_step
-    return np.repeat(centres, hp.latents_per_step).astype(np.float32)
+    return spike_perceiver.latent_timestamps(hp.context, hp.latent_step, hp.latents_per_step)
 
   def latent_angles(self, latent_timestamps=None) -> jax.Array:
     """[1, N_lat, F] rotary angles of the latents (default times: latent_timestamps())."""
@@ -168,9 +148,9 @@ class PoyoMtM(nnx.Module):
     keys = [None] * (hp.depth + 1) if key is None else list(jax.random.split(key, hp.depth + 1))
     freqs = self.frequencies()
     dtype = self.latent_emb.embedding.dtype
-    tokens = (self.unit_emb(batch["unit_index"]) + self.token_type_emb(batch["token_type"])).astype(dtype)
+    tokens = spike_perceiver.embed_tokens(self.unit_emb, self.token_type_emb, batch, dtype)
     b = prompt.shape[0]
-    latents = jnp.tile(self.latent_emb.embedding[...], (self.n_latent_steps, 1))[None]  # [1, N, D]
+    latents = spike_perceiver.latent_grid(self.latent_emb, self.n_latent_steps)[None]  # [1, N, D]
     latents = latents + self.prompt_emb(prompt)[:, None].astype(dtype)  # [B, N, D]
     latent_angles = self.latent_angles(latent_timestamps)  # [1, N, F]
     token_angles = rotary.rotary_angles(batch["timestamps"], freqs)  # [B, L, F]
@@ -213,15 +193,14 @@ class PoyoMtM(nnx.Module):
 
 def count_params(model: PoyoMtM, *, embeddings: bool = True) -> int:
   """Number of parameters; embeddings=False leaves out the unit and session tables."""
-  state = nnx.state(model, nnx.Param if embeddings else nnx.All(nnx.Param, nnx.Not(poyo.embedding_filter())))
-  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(state)))
+  return unit_tables.count_params(model, embeddings=embeddings)
 
 
 def load(init_params, pretrained_params, *, where: str) -> dict:
   """`init_params` of a model with larger (or equal) unit and session tables, holding the
   pretrained one: its rows in front of the fresh rows (new units and sessions, left fresh)
-  and every other parameter from `pretrained_params` (poyo.load: the same tables)."""
-  return poyo.load(init_params, pretrained_params, where=where)
+  and every other parameter from `pretrained_params` (unit_tables.load: POYO's tables)."""
+  return unit_tables.load(init_params, pretrained_params, where=where)
 
 
 def from_config(config: ml_collections.ConfigDict, n_units: int, n_sessions: int, *, rngs: nnx.Rngs) -> PoyoMtM:

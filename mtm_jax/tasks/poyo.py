@@ -12,13 +12,10 @@ new sessions' unit and session rows; "unit_id" trains only those rows (training.
 from __future__ import annotations
 
 import os
-from typing import Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-from absl import logging
 from flax import nnx
 
 from mtm_jax import progress
@@ -30,9 +27,9 @@ from mtm_jax.datasets.events import windows as windows_lib
 from mtm_jax.evaluation import behaviour_plots, poyo_eval
 from mtm_jax.interop import poyo as poyo_interop
 from mtm_jax.models import poyo
-from mtm_jax.parallel import mesh as mesh_lib, sharding
-from mtm_jax.tasks import base
-from mtm_jax.training import checkpoint, config_checks, optimizer, precision, rows, step as step_lib
+from mtm_jax.parallel import mesh as mesh_lib
+from mtm_jax.tasks import base, spike_tokens
+from mtm_jax.training import config_checks, optimizer, precision, step as step_lib
 
 
 def weighted_mse(outputs: dict, batch, tasks) -> tuple[jax.Array, dict]:
@@ -68,13 +65,6 @@ def loss(graphdef, tasks, dtype="float32") -> step_lib.Loss:
   return lambda params, batch, consts, key: loss_fn(graphdef, params, batch, key, tasks=tasks, dtype=dtype)
 
 
-def new_rows_mask(n_unit_rows: int, n_session_rows: int):
-  """row_mask(params, batch) of unit identification: only rows >= n_unit_rows of the
-  unit table and >= n_session_rows of the session table (the rows grow_vocab appended)."""
-  firsts = {paths[0]: n for paths, n in zip(poyo.embedding_paths().values(), (n_unit_rows, n_session_rows))}
-  return lambda params, batch: rows.rows_from(params, firsts)
-
-
 def make_train_step(graphdef, tx, *, tasks, row_mask=None, dtype="float32"):
   """(state, batch, None, key) -> (state, metrics): step_lib.make_train_step of the POYO loss."""
   return step_lib.make_train_step(loss(graphdef, tasks, dtype), tx, row_mask=row_mask)
@@ -98,11 +88,6 @@ def window_config(config, train: bool) -> windows_lib.WindowConfig:
     max_outputs=d.max_queries,
     eval_step=config.eval.window_step,
   )
-
-
-def load_sessions(config, splits: Sequence[str] = ("train", "val")) -> list[session_lib.EventSession]:
-  """The event sessions of config.data.datasets (built spike_events data sets)."""
-  return [tfds.load_event_session(n, config.data.data_dir, splits) for n in config_checks.dataset_names(config)]
 
 
 def _eval_windows(trained, sessions, split: str):
@@ -137,7 +122,7 @@ class POYOTask(base.Task):
     """The architecture (config.model) and the behaviour scale are the pretrained ones;
     new unit and session rows are appended. mode "unit_id" (default) trains only those
     rows; "full" trains only them for config.finetune.warmup_steps, then everything."""
-    config, pre = unit_id_config(self, config, pretrained, mode)
+    config, pre = spike_tokens.unit_id_config(self, config, pretrained, mode)
     if pre is not None:
       config.data.window_length = pre.data.window_length
       config.data.scale = list(pre.data.scale)
@@ -149,8 +134,8 @@ class POYOTask(base.Task):
     mesh_lib.check_batch_size(config.eval.batch_size, mesh)
 
   def input(self, config, mesh, pretrained, sessions=None):
-    sessions, names = input_sessions(config, sessions)
-    records = vocabulary_records(sessions, names, pretrained)
+    sessions, names = spike_tokens.input_sessions(config, sessions)
+    records = spike_tokens.vocabulary_records(sessions, names, pretrained)
     if pretrained is not None:
       scale = np.asarray(pretrained.config.data.scale, np.float32)
     else:
@@ -162,13 +147,13 @@ class POYOTask(base.Task):
     batches = batches_lib.training_batches(
       train, config.data.batch_size, config.data.shuffle_seed, rows=mesh_lib.process_rows(config.data.batch_size, mesh)
     )
-    log_sessions(sessions, "intervals")
+    spike_tokens.log_sessions(sessions, "intervals")
     return base.Input(records, batches, None, dict(val=val))
 
   def create(self, config, records, mesh, params=None):
     vocab = vocabulary_lib.Vocabulary.from_records(records)
     model = poyo.from_config(config, len(vocab.unit_ids), len(vocab.session_ids), rngs=nnx.Rngs(config.seed))
-    return placed(model, lambda state: optimizer.make_poyo_optimizer(config, state), params, mesh)
+    return spike_tokens.placed(model, lambda state: optimizer.make_poyo_optimizer(config, state), params, mesh)
 
   def merge_pretrained(self, config, graphdef, tx, state, pretrained, records, mesh):
     vocab, old = vocabulary_lib.Vocabulary.from_records(records), pretrained.vocab
@@ -179,7 +164,7 @@ class POYOTask(base.Task):
       jax.random.key(config.seed + 7),
       init_scale=config.model.emb_init_scale,
     )
-    log_new_rows(config, pretrained, records)
+    spike_tokens.log_new_rows(config, pretrained, records)
     return self.create(config, records, mesh, grown)
 
   def describe(self, config, graphdef, state):
@@ -192,7 +177,7 @@ class POYOTask(base.Task):
     return loss(graphdef, dict(config.model.tasks), config.model.get("dtype", "float32"))
 
   def phases(self, config, inputs, pretrained):
-    return unit_id_phases(config, pretrained)
+    return spike_tokens.unit_id_phases(config, pretrained)
 
   def learning_rate(self, config):
     return optimizer.poyo_learning_rate_schedule(config)
@@ -250,7 +235,7 @@ class POYOTask(base.Task):
       sessions {id: {behaviour_r2, behaviour_r2_<output>, baseline_r2, ...}}, split, step."""
     config = trained.config
     if sessions is None:
-      sessions = load_sessions(config, (split, "train"))
+      sessions = spike_tokens.load_sessions(config, (split, "train"))
     data = _eval_windows(trained, sessions, split)
     if data.vocab != trained.vocab:
       unknown = [s.session_id for s in sessions if s.session_id not in trained.vocab.session_ids]
@@ -277,7 +262,7 @@ class POYOTask(base.Task):
     first session's `split` (read from TFDS, or the first of the given `sessions`)."""
     first = next(iter(models.values()))
     split = split or first.config.eval.split
-    session = (sessions or load_sessions(first.config, (split,)))[0]
+    session = (sessions or spike_tokens.load_sessions(first.config, (split,)))[0]
     stitched = {}
     for label, trained in models.items():
       _, (stitched[label],) = _predict(trained, _eval_windows(trained, [session], split))
@@ -298,84 +283,3 @@ def merged(a: dict, b: dict) -> dict:
   when neither has one)."""
   skipped = {**a.get("skipped", {}), **b.get("skipped", {})}
   return {**a, **b, **({"skipped": skipped} if skipped else {})}
-
-
-def input_sessions(config, sessions=None) -> tuple[list[session_lib.EventSession], list[str]]:
-  """(sessions, their names): config.data.datasets read from TFDS, or the given in-memory
-  sessions (config.data.datasets then names them by session id)."""
-  if sessions is None:
-    return load_sessions(config), config_checks.dataset_names(config)
-  sessions = list(sessions)
-  names = [str(s.session_id) for s in sessions]
-  config.data.datasets = ",".join(names)
-  return sessions, names
-
-
-def vocabulary_records(sessions, names, pretrained: base.Pretrained | None) -> list[dict]:
-  """The vocabulary records of a run: the pretrained model's rows first (if any), then
-  those of the sessions it does not know."""
-  records = vocabulary_lib.build_vocabulary(sessions).records(names)
-  if pretrained is None:
-    return records
-  known = {r["session_id"] for r in pretrained.records}
-  return list(pretrained.records) + [r for r in records if r["session_id"] not in known]
-
-
-def log_sessions(sessions, what: str) -> None:
-  for s in sessions:
-    logging.info(
-      "session %s: %d units, %d train / %d val %s",
-      s.session_id,
-      len(s.unit_ids),
-      len(s.splits["train"]),
-      len(s.splits["val"]),
-      what,
-    )
-
-
-def placed(model, make_tx, params, mesh):
-  """(graphdef, tx, TrainState on `mesh`) of `model`, its parameters replaced by `params`
-  (a pure dict or State; None: fresh); make_tx(param state) -> the optax transformation."""
-  graphdef, state = nnx.split(model, nnx.Param)
-  if params is not None:
-    nnx.replace_by_pure_dict(state, params if isinstance(params, dict) else nnx.to_pure_dict(params))
-  tx = make_tx(state)
-  return graphdef, tx, sharding.place_state(step_lib.init_state(state, tx), mesh, model)
-
-
-def unit_id_config(task: base.Task, config, pretrained, mode):
-  """(config, pretrained config or None) for fine-tuning by unit identification: the
-  pretrained architecture, init.pretrained and finetune.mode set (mode None: "unit_id")."""
-  mode = "unit_id" if mode is None else mode
-  if mode not in config_checks.FINETUNE_MODES:
-    raise ValueError(f"finetune mode: expected one of {config_checks.FINETUNE_MODES}, got {mode!r}")
-  config = ml_collections.ConfigDict(config.to_dict())
-  if not pretrained:
-    return config, None
-  pre = task.pretrained_config(pretrained)
-  config.model = checkpoint.with_defaults(pre.model, config.model, task.legacy_model)
-  config.init.pretrained = os.path.abspath(os.path.expanduser(pretrained))
-  config.finetune.mode = mode
-  return config, pre
-
-
-def unit_id_phases(config, pretrained: base.Pretrained | None) -> list[base.Phase]:
-  """From scratch: one phase. From a pretrained model: only the new unit and session rows
-  train ("unit_id": every step; "full": finetune.warmup_steps, then everything)."""
-  if pretrained is None:
-    return [base.Phase(base.FOREVER, None)]
-  old = vocabulary_lib.Vocabulary.from_records(pretrained.records)
-  warmup = config.train.steps if config.finetune.mode == "unit_id" else config.finetune.warmup_steps
-  logging.info("unit identification for %d steps%s", warmup, ", then everything" if warmup < config.train.steps else "")
-  return [base.Phase(warmup, new_rows_mask(old.n_unit_rows, old.n_session_rows)), base.Phase(base.FOREVER, None)]
-
-
-def log_new_rows(config, pretrained: base.Trained, records: list[dict]) -> None:
-  old, new = pretrained.vocab, vocabulary_lib.Vocabulary.from_records(records)
-  logging.info(
-    "from %s (step %d): %d new unit rows, %d new session rows",
-    config.init.pretrained,
-    pretrained.step,
-    new.n_unit_rows - old.n_unit_rows,
-    new.n_session_rows - old.n_session_rows,
-  )

@@ -27,7 +27,7 @@ from mtm_jax.datasets.events import vocabulary as vocabulary_lib
 from mtm_jax.evaluation import decoding, poyo_mtm_eval, poyo_mtm_heads, run
 from mtm_jax.models import poyo_mtm
 from mtm_jax.parallel import mesh as mesh_lib
-from mtm_jax.tasks import base, poyo as poyo_task
+from mtm_jax.tasks import base, spike_tokens
 from mtm_jax.training import config_checks, optimizer, precision, step as step_lib
 
 
@@ -163,7 +163,7 @@ class PoyoMtMTask(base.Task):
     """The architecture (config.model), the context and the training bin are the
     pretrained ones; new unit and session rows are appended. mode "unit_id" (default)
     trains only those rows; "full" trains only them for finetune.warmup_steps, then all."""
-    config, pre = poyo_task.unit_id_config(self, config, pretrained, mode)
+    config, pre = spike_tokens.unit_id_config(self, config, pretrained, mode)
     if pre is not None:
       config.data.context, config.data.bin_size = pre.data.context, pre.data.bin_size
     return config
@@ -172,8 +172,8 @@ class PoyoMtMTask(base.Task):
     mesh_lib.check_batch_size(config.data.batch_size, mesh)
 
   def input(self, config, mesh, pretrained, sessions=None):
-    sessions, names = poyo_task.input_sessions(config, sessions)
-    records = poyo_task.vocabulary_records(sessions, names, pretrained)
+    sessions, names = spike_tokens.input_sessions(config, sessions)
+    records = spike_tokens.vocabulary_records(sessions, names, pretrained)
     vocab = vocabulary_lib.Vocabulary.from_records(records)
     n_units = max(len(s.unit_ids) for s in sessions)
     train = trials_lib.prepare(sessions, "train", trial_config(config), vocab=vocab, n_units=n_units)
@@ -182,13 +182,13 @@ class PoyoMtMTask(base.Task):
     batches = trials_lib.training_batches(
       train, config.data.batch_size, config.data.shuffle_seed, rows=mesh_lib.process_rows(config.data.batch_size, mesh)
     )
-    poyo_task.log_sessions(sessions, "trials")
+    spike_tokens.log_sessions(sessions, "trials")
     return base.Input(records, batches, None, dict(val=val))
 
   def create(self, config, records, mesh, params=None):
     vocab = vocabulary_lib.Vocabulary.from_records(records)
     model = poyo_mtm.from_config(config, len(vocab.unit_ids), len(vocab.session_ids), rngs=nnx.Rngs(config.seed))
-    return poyo_task.placed(model, lambda state: optimizer.make_optimizer(config), params, mesh)
+    return spike_tokens.placed(model, lambda state: optimizer.make_optimizer(config), params, mesh)
 
   def merge_pretrained(self, config, graphdef, tx, state, pretrained, records, mesh):
     """poyo_mtm.load: the pretrained rows in front of the fresh rows of the new units and
@@ -198,7 +198,7 @@ class PoyoMtMTask(base.Task):
       nnx.to_pure_dict(jax.device_get(pretrained.params)),
       where=f"pretrained model {config.init.pretrained}",
     )
-    poyo_task.log_new_rows(config, pretrained, records)
+    spike_tokens.log_new_rows(config, pretrained, records)
     return self.create(config, records, mesh, merged)
 
   def describe(self, config, graphdef, state):
@@ -212,7 +212,7 @@ class PoyoMtMTask(base.Task):
     return loss(graphdef, config)
 
   def phases(self, config, inputs, pretrained):
-    return poyo_task.unit_id_phases(config, pretrained)
+    return spike_tokens.unit_id_phases(config, pretrained)
 
   def learning_rate(self, config):
     return optimizer.learning_rate_schedule(config)
@@ -256,7 +256,7 @@ class PoyoMtMTask(base.Task):
     config = trained.config
     head_steps = config.eval.get("head_steps", 0) if decode else 0
     if sessions is None:
-      sessions = poyo_task.load_sessions(config, (split, "train") if head_steps and split != "train" else (split,))
+      sessions = spike_tokens.load_sessions(config, (split, "train") if head_steps and split != "train" else (split,))
     unknown = [s.session_id for s in sessions if s.session_id not in trained.vocab.session_ids]
     if unknown:
       raise ValueError(
