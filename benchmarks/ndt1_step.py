@@ -22,7 +22,7 @@ from mtm_jax.tasks import ndt1 as ndt1_task
 from mtm_jax import masking
 from mtm_jax.configs import ndt1 as ndt1_config
 from mtm_jax.models import ndt1
-from mtm_jax.training import entry, optimizer, precision, step as step_lib
+from mtm_jax.training import entry, precision, step as step_lib
 
 _SIZE = flags.DEFINE_enum("size", "paper", sorted(ndt1.PRESETS), "model size (mtm_jax.models.ndt1.PRESETS)")
 _BATCH = flags.DEFINE_integer("batch", 16, "trials per step")
@@ -76,7 +76,7 @@ def measure(
   )
   key = jax.random.key(0)
   if mode == "train":
-    tx = optimizer.make_optimizer(config)
+    tx = ndt1_task.make_optimizer(config)
     mask_config = masking.MaskConfig(config.masking.ratio, config.masking.causal_ratio)
     fn = jax.jit(
       ndt1_task.make_train_step(graphdef, tx, config.masking.mode, mask_config, dtype=dtype),

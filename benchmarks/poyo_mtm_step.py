@@ -26,8 +26,8 @@ from flax import nnx
 from benchmarks import common, flops, synthetic
 from mtm_jax.configs import poyo_mtm as poyo_mtm_config
 from mtm_jax.models import poyo_mtm
-from mtm_jax.tasks import registry
-from mtm_jax.training import entry, optimizer, precision, step as step_lib
+from mtm_jax.tasks import poyo_mtm as poyo_mtm_task, registry
+from mtm_jax.training import entry, precision, step as step_lib
 
 _CONFIGS = flags.DEFINE_list("configs", ["small:8", "small:32", "base:8"], "preset:batch rows (configs/poyo_mtm.py)")
 _UNITS = flags.DEFINE_integer("units", 123, "units of the session")
@@ -80,7 +80,7 @@ def measure(
   host_batch = time.perf_counter() - t0
   model = poyo_mtm.from_config(config, units, 1, rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(model, nnx.Param)
-  tx = optimizer.make_optimizer(config)
+  tx = poyo_mtm_task.make_optimizer(config)
   loss = registry.get("poyo_mtm").loss(config, graphdef)
   step = jax.jit(step_lib.make_train_step(loss, tx), donate_argnums=0, compiler_options=compiler_options)
   batch = jax.tree.map(jnp.asarray, batch)

@@ -21,7 +21,7 @@ from mtm_jax.tasks import poyo as poyo_task
 from mtm_jax.configs import poyo as poyo_config
 from mtm_jax.datasets.events import buckets as buckets_lib
 from mtm_jax.models import poyo
-from mtm_jax.training import entry, optimizer, precision, step as step_lib
+from mtm_jax.training import entry, precision, step as step_lib
 
 _CONFIGS = flags.DEFINE_list(
   "configs",
@@ -66,7 +66,7 @@ def measure(
   dtype = precision.compute_dtype(config.model.dtype)
   model = poyo.from_config(config, units, 1, rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(model, nnx.Param)
-  tx = optimizer.make_poyo_optimizer(config, params)
+  tx = poyo_task.make_optimizer(config, params)
   tasks = dict(config.model.tasks)
   step = jax.jit(
     poyo_task.make_train_step(graphdef, tx, tasks=tasks, dtype=dtype),

@@ -19,7 +19,7 @@ from mtm_jax.configs import ndt1 as ndt1_config
 from mtm_jax.configs import poyo as poyo_config
 from mtm_jax.evaluation import tasks
 from mtm_jax.models import attention, ndt1, poyo
-from mtm_jax.training import checkpoint, optimizer, precision, step as step_lib
+from mtm_jax.training import checkpoint, precision, step as step_lib
 
 pytestmark = pytest.mark.gpu
 
@@ -112,7 +112,7 @@ def test_mtm_masks_identical_on_device_and_cpu():
 def test_train_step_same_on_device_and_cpu():
   """One bfloat16 MtM step (attention without dropout: cuDNN's forward and backward on a GPU)."""
   config, graphdef, params = _ndt1("bfloat16", size="tiny", neurons=16)
-  tx = optimizer.make_optimizer(config)
+  tx = ndt1_task.make_optimizer(config)
   mask_config = masking.MaskConfig(config.masking.ratio, config.masking.causal_ratio)
   step = jax.jit(ndt1_task.make_train_step(graphdef, tx, "mtm", mask_config, dtype="bfloat16"))
   data, regions = synthetic.ndt1_batch(4, 100, 16, 3)
@@ -138,7 +138,7 @@ def test_evaluation_same_on_device_and_cpu():
 def test_checkpoint_restores_across_devices(tmp_path):
   """A train state saved from one device restores onto the other, value for value."""
   config, _, params = _ndt1("float32", size="tiny", neurons=8)
-  tx = optimizer.make_optimizer(config)
+  tx = ndt1_task.make_optimizer(config)
   state = step_lib.init_state(params, tx)
   for i, (source, target) in enumerate(((DEVICE, CPU), (CPU, DEVICE))):
     mngr = checkpoint.manager(str(tmp_path / f"run{i}"))

@@ -16,7 +16,7 @@ from mtm_jax.datasets import pipeline, reaching
 from mtm_jax.datasets.events import batches as batches_lib
 from mtm_jax.datasets.events import windows as windows_lib
 from mtm_jax.models import ndt1, poyo
-from mtm_jax.training import optimizer, step as step_lib
+from mtm_jax.training import step as step_lib
 
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # one per XLA compilation
 
@@ -42,7 +42,7 @@ def test_ndt1_stitch_steps_compile_once_over_sessions():
   sizes = (5, 9)
   model = ndt1.NDT1(sizes, width=16, n_layers=1, n_heads=2, mlp_width=32, stitch_dim=8, max_bins=20, rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(model, nnx.Param)
-  tx = optimizer.make_optimizer(config)
+  tx = ndt1_task.make_optimizer(config)
   rng = np.random.default_rng(0)
   arrays = [{"spikes": rng.poisson(0.5, (12, 20, n)).astype(np.uint8), "trial_index": np.arange(12)} for n in sizes]
   batches = pipeline.multi_session_batches(arrays, 4, seed=0, n_neurons=max(sizes))
@@ -75,7 +75,7 @@ def test_poyo_steps_compile_once_per_token_bucket():
   data = windows_lib.prepare(sessions, "train", poyo_task.window_config(config, train=True))
   model = poyo.from_config(config, len(data.vocab.unit_ids), len(data.vocab.session_ids), rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(model, nnx.Param)
-  tx = optimizer.make_poyo_optimizer(config, params)
+  tx = poyo_task.make_optimizer(config, params)
   step = jax.jit(poyo_task.make_train_step(graphdef, tx, tasks=dict(config.model.tasks)), donate_argnums=0)
   batches = batches_lib.training_batches(data, 4, seed=0)
   state, key = step_lib.init_state(params, tx), jax.random.key(0, impl=config.train.prng_impl)

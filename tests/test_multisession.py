@@ -16,7 +16,7 @@ from mtm_jax import masking
 from mtm_jax.configs import ndt1 as ndt1_config
 from mtm_jax.datasets import pipeline
 from mtm_jax.models import ndt1
-from mtm_jax.training import config_checks, optimizer, step as step_lib, trainer
+from mtm_jax.training import config_checks, step as step_lib, trainer
 
 
 def _stitched(sessions, seed=0, **kw):
@@ -55,7 +55,7 @@ def test_many_sessions_need_stitching():
   config = ndt1_config.get_config("tiny")
   config.data.datasets = "a/x,a/y"
   with pytest.raises(ValueError, match="config.model.stitch_dim"):
-    config_checks.ndt1(config)
+    ndt1_task.check_config(config)
   config.data.n_sessions = 3
   with pytest.raises(ValueError, match="config.data.n_sessions"):
     config_checks.dataset_names(config)
@@ -67,7 +67,7 @@ def test_a_step_changes_only_the_batch_sessions_rows():
   model = _stitched((6, 9))
   graphdef, params = nnx.split(model, nnx.Param)
   config = ndt1_config.get_config("tiny")
-  tx = optimizer.make_optimizer(config)
+  tx = ndt1_task.make_optimizer(config)
   state = step_lib.init_state(params, tx)
   step = jax.jit(ndt1_task.make_train_step(graphdef, tx, masking.MTM, masking.MaskConfig()))
   regions = jnp.asarray([[0, 0, 1, 1, 2, 2, -1, -1, -1], [0, 1, 2, 0, 1, 2, 0, 1, 2]], jnp.int32)

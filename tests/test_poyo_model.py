@@ -16,7 +16,7 @@ from mtm_jax.models import attention
 from mtm_jax.models import perceiver
 from mtm_jax.models import poyo
 from mtm_jax.models import rotary
-from mtm_jax.training import config_checks
+from mtm_jax.tasks import poyo as poyo_task
 
 N_UNITS, N_SESSIONS = 12, 3
 TASKS = {"vel": 2, "pos": 3}  # task ids follow sorted names: pos = 0, vel = 1
@@ -292,7 +292,7 @@ def _expected_params(dim, depth, cross, self_heads, per_step, n_units, n_session
 @pytest.mark.parametrize("size,low,high", [("small", 1.2e6, 1.35e6), ("large", 11.6e6, 11.9e6)])
 def test_preset_parameter_counts(size, low, high):
   config = poyo_config.get_config(size)
-  config_checks.poyo(config)
+  poyo_task.check_config(config)
   abstract = nnx.eval_shape(lambda: poyo.from_config(config, 1, 1, rngs=nnx.Rngs(0)))
   s = poyo.PRESETS[size]
   body, tables = _expected_params(s.dim, s.depth, s.cross_heads, s.self_heads, s.latents_per_step, 1, 1, [2])
@@ -303,7 +303,7 @@ def test_preset_parameter_counts(size, low, high):
 
 def test_config_presets_and_validation():
   for preset in ("small", "large", "tiny"):
-    config_checks.poyo(poyo_config.get_config(preset))
+    poyo_task.check_config(poyo_config.get_config(preset))
   config = poyo_config.get_config("tiny")
   config.data.window_length = 2.0  # shared with the model
   assert config.model.window_length == 2.0
@@ -311,7 +311,7 @@ def test_config_presets_and_validation():
   assert abstract.n_latent_steps == 16 and abstract.dim == poyo.PRESETS["tiny"].dim
   config.data.token_buckets = (64, 100)
   with pytest.raises(ValueError, match="token_buckets"):
-    config_checks.poyo(config)
+    poyo_task.check_config(config)
   with pytest.raises(ValueError, match="unknown preset"):
     poyo_config.get_config("medium")
 
@@ -360,7 +360,7 @@ def test_hparams_presets_config_and_errors(model):
     bad = poyo_config.get_config("tiny")
     bad.model[field] = value
     with pytest.raises(ValueError, match=f"config.model.{field}"):
-      config_checks.poyo(bad)
+      poyo_task.check_config(bad)
   config.model.size = "medium"
   with pytest.raises(ValueError, match="config.model.size: unknown 'medium'"):
     poyo.Hparams.from_config(config.model)

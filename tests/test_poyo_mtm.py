@@ -23,7 +23,7 @@ from mtm_jax.evaluation import copies, poyo_mtm_eval, tasks as tasks_lib
 from mtm_jax.models import poyo_mtm
 from tests import run_checks
 from mtm_jax.tasks import poyo_mtm as poyo_mtm_task, registry
-from mtm_jax.training import config_checks, trainer
+from mtm_jax.training import trainer
 
 REGIONS = ("CA1", "LP", "VISa")
 STEPS = 6
@@ -317,7 +317,7 @@ def test_config_checks_name_the_field():
     section, name = field.split(".")
     c[section][name] = value
     with pytest.raises(ValueError, match=match):
-      config_checks.poyo_mtm(c)
+      poyo_mtm_task.check_config(c)
   with pytest.raises(ValueError, match="trials_000.*lasts 2.000000 s"):
     trials_lib.prepare([trial_session(0)], "train", trials_lib.TrialConfig(context=1.0, bin_size=0.02))
 

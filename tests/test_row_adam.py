@@ -9,6 +9,7 @@ from flax import nnx
 
 from mtm_jax.configs import ndt1 as ndt1_config
 from mtm_jax.models import ndt1
+from mtm_jax.tasks import ndt1 as ndt1_task
 from mtm_jax.training import checkpoint, optimizer, rows, step as step_lib
 
 SCHEDULE = optax.cosine_onecycle_schedule(transition_steps=20, peak_value=1e-2, pct_start=0.3)
@@ -138,7 +139,7 @@ def _saved(workdir, state, config):
 
 
 def test_checkpoints_resume_bit_for_bit_and_older_layouts_are_named(tmp_path):
-  config, state = _ndt1_state(optimizer.make_optimizer(ndt1_config.get_config("tiny")))
+  config, state = _ndt1_state(ndt1_task.make_optimizer(ndt1_config.get_config("tiny")))
   mngr = _saved(tmp_path / "new", state, config)
   _bits_equal(checkpoint.restore(mngr, state).state, state)
   mngr.close()

@@ -20,7 +20,7 @@ from mtm_jax.tasks import ndt1 as ndt1_task
 from mtm_jax import masking
 from mtm_jax.configs import ndt1 as ndt1_config
 from mtm_jax.models import ndt1
-from mtm_jax.training import optimizer, step as step_lib, stopping, trainer
+from mtm_jax.training import step as step_lib, stopping, trainer
 
 
 def test_a_failed_save_without_an_earlier_checkpoint_says_to_start_again():
@@ -34,7 +34,7 @@ def test_a_nonfinite_batch_skips_the_update_and_keeps_the_optimizer_state():
   config = ndt1_config.get_config("tiny")
   model = ndt1.from_config(config, 12, rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(model, nnx.Param)
-  tx = optimizer.make_optimizer(config)
+  tx = ndt1_task.make_optimizer(config)
   train_step = jax.jit(ndt1_task.make_train_step(graphdef, tx, masking.MTM, masking.MaskConfig()))
   regions = jnp.asarray((np.arange(12) % 3)[None], jnp.int32)
   spikes = np.random.default_rng(0).poisson(0.5, (8, 100, 12)).astype(np.float32)

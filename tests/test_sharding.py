@@ -14,7 +14,7 @@ from mtm_jax import masking
 from mtm_jax.configs import ndt1 as ndt1_config, poyo as poyo_config
 from mtm_jax.models import ndt1, poyo
 from mtm_jax.parallel import mesh as mesh_lib, sharding
-from mtm_jax.training import optimizer, step as step_lib
+from mtm_jax.training import step as step_lib
 
 STEPS, BATCH, NEURONS, BINS = 20, 8, 12, 20
 MODE = "neuron"
@@ -38,7 +38,7 @@ def _ndt1():
     embed_dropout=0.1,
     rngs=nnx.Rngs(0),
   )
-  tx = optimizer.make_optimizer(config)
+  tx = ndt1_task.make_optimizer(config)
   graphdef, params = nnx.split(model, nnx.Param)
   step = ndt1_task.make_train_step(graphdef, tx, MODE, masking.MaskConfig())
   regions = jnp.asarray((np.arange(NEURONS) % 3)[None], jnp.int32)  # [S=1, N]
@@ -67,7 +67,7 @@ def _poyo():
     window_length=0.5,
     rngs=nnx.Rngs(0),
   )
-  tx = optimizer.make_poyo_optimizer(config, nnx.state(model, nnx.Param))
+  tx = poyo_task.make_optimizer(config, nnx.state(model, nnx.Param))
   graphdef, params = nnx.split(model, nnx.Param)
   step = poyo_task.make_train_step(graphdef, tx, tasks={"velocity": 2})
   rng = np.random.default_rng(1)

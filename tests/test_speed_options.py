@@ -16,7 +16,7 @@ from mtm_jax.configs import ndt1 as ndt1_config
 from mtm_jax.configs import poyo as poyo_config
 from mtm_jax.models import ndt1, poyo
 from mtm_jax.parallel import sharding
-from mtm_jax.training import config_checks, optimizer, precision, step as step_lib
+from mtm_jax.training import precision, step as step_lib
 
 
 def _loss_and_grads(remat: bool, dtype: str, compiler_options=None, width: int = 16):
@@ -66,7 +66,7 @@ def test_compute_dtype_is_validated():
   config = ndt1_config.get_config("tiny")
   config.model.dtype = "float16"
   with pytest.raises(ValueError, match="config.model.dtype"):
-    config_checks.ndt1(config)
+    ndt1_task.check_config(config)
   params = {"w": jnp.ones(2), "i": jnp.ones(2, jnp.int32)}
   cast = precision.compute_params(params, "bfloat16")
   assert cast["w"].dtype == jnp.bfloat16 and cast["i"].dtype == jnp.int32
@@ -129,7 +129,7 @@ def test_bfloat16_reaches_every_matrix_product():
   config.model.dtype = "bfloat16"
   model = poyo.from_config(config, 5, 1, rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(model, nnx.Param)
-  tx = optimizer.make_poyo_optimizer(config, params)
+  tx = poyo_task.make_optimizer(config, params)
   step = poyo_task.make_train_step(graphdef, tx, tasks=dict(config.model.tasks), dtype=jnp.bfloat16)
   batch = jax.tree.map(jnp.asarray, synthetic.poyo_batch(2, 5, 20, 32, 8))
   lowered = jax.jit(step).lower(step_lib.init_state(params, tx), batch, None, jax.random.key(0)).as_text()

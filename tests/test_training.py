@@ -18,7 +18,7 @@ from mtm_jax.datasets import pipeline
 from mtm_jax.evaluation import decoding, run
 from mtm_jax.models import ndt1
 from mtm_jax.parallel import mesh as mesh_lib
-from mtm_jax.training import checkpoint, config_checks, optimizer, step as step_lib, trainer
+from mtm_jax.training import checkpoint, step as step_lib, trainer
 from tests.conftest import DATASET
 
 
@@ -34,7 +34,7 @@ def _losses_on(devices: int, n_steps: int = 4) -> np.ndarray:
   mesh = mesh_lib.make_mesh(devices)
   model = ndt1.from_config(config, 12, rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(model, nnx.Param)
-  tx = optimizer.make_optimizer(config)
+  tx = ndt1_task.make_optimizer(config)
   state = jax.device_put(step_lib.init_state(params, tx), mesh_lib.replicated(mesh))
   train_step = jax.jit(ndt1_task.make_train_step(graphdef, tx, masking.MTM, masking.MaskConfig()), donate_argnums=0)
   regions = jax.device_put(jnp.asarray((np.arange(12) % 3)[None], jnp.int32), mesh_lib.replicated(mesh))  # [S=1, N]
@@ -67,11 +67,11 @@ def test_config_validation():
   c = ndt1_config.get_config("tiny")
   c.masking.mode = "space"
   with pytest.raises(ValueError, match="config.masking.mode"):
-    config_checks.ndt1(c)
+    ndt1_task.check_config(c)
   c = ndt1_config.get_config("tiny")
   c.masking.mode = "temporal"
   with pytest.raises(ValueError, match="config.model.use_prompt"):
-    config_checks.ndt1(c)
+    ndt1_task.check_config(c)
   with pytest.raises(ValueError, match="unknown preset"):
     ndt1_config.get_config("huge")
 

@@ -12,7 +12,7 @@ prompt token) and ",stitch" for the multi-session model (per-session stitching l
 for a GPU (about 4.6 h of training on a 2-core CPU); "demo" trains in a few minutes on a
 2-core CPU; "tiny" is for tests (README: what each preset costs).
 
-Data only: the checks are mtm_jax.training.config_checks.ndt1, the model's fields
+Data only: the checks are mtm_jax.tasks.ndt1.check_config, the model's fields
 mtm_jax.models.ndt1.Hparams (`Hparams.from_config(config.model)`).
 """
 

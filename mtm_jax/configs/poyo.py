@@ -18,7 +18,7 @@ mtm_jax.tasks.poyo through mtm_jax.training.trainer); new sessions: experiments.
 --mode=unit_id | full (tasks.poyo.POYOTask.finetune_config); evaluation:
 experiments.evaluate (tasks.registry.evaluate_workdir).
 
-Data only: the checks are mtm_jax.training.config_checks.poyo, the model's fields
+Data only: the checks are mtm_jax.tasks.poyo.check_config, the model's fields
 mtm_jax.models.poyo.Hparams (`Hparams.from_config(config.model)`).
 """
 

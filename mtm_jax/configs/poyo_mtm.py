@@ -14,7 +14,7 @@ data.max_queries masked (unit, bin) targets per trial (Poisson NLL of the counts
 data.bin_size). The optimiser is MtM's (AdamW, one-cycle). Evaluation: the four MtM
 metrics at every width of eval.bin_sizes (tasks.poyo_mtm).
 
-Data only: the checks are mtm_jax.training.config_checks.poyo_mtm, the model's fields
+Data only: the checks are mtm_jax.tasks.poyo_mtm.check_config, the model's fields
 mtm_jax.models.poyo_mtm.Hparams (`Hparams.from_config(config.model)`).
 """
 

@@ -10,7 +10,7 @@ path alone.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import ml_collections
@@ -21,6 +21,7 @@ from mtm_jax.datasets import schema
 from mtm_jax.datasets.events import vocabulary as vocabulary_lib
 from mtm_jax.parallel import mesh as mesh_lib
 from mtm_jax.training import checkpoint, step as step_lib
+from mtm_jax.training.provenance import Pretrained  # also tasks.base.Pretrained, as the tasks name it
 
 FOREVER = 2**62  # the `until` of a phase that lasts to the end of the run
 
@@ -72,16 +73,6 @@ class Trained:
   def scale(self) -> np.ndarray:
     """[D] float32 behaviour divisor the model was trained with."""
     return np.asarray(self.config.data.scale, np.float32)
-
-
-class Pretrained(NamedTuple):
-  """The metadata of config.init.pretrained's checkpoint (its parameters are read only
-  when a run starts from them)."""
-
-  path: str
-  step: int | None
-  config: ml_collections.ConfigDict
-  records: list[dict]
 
 
 @dataclasses.dataclass

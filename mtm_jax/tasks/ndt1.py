@@ -153,7 +153,7 @@ class NDT1Task(base.Task):
 
   # ---- Configs -----------------------------------------------------------------------------
   def check(self, config):
-    config_checks.ndt1(config)
+    check_config(config)
 
   def select_sessions(self, config, sessions: str) -> None:
     if sessions.strip().isdigit():
@@ -219,7 +219,7 @@ class NDT1Task(base.Task):
     infos = [schema.SessionInfo(session_id=r["session_id"], region_names=tuple(r["region_names"])) for r in records]
     model = ndt1.from_config(config, [i.n_neurons for i in infos], rngs=nnx.Rngs(config.seed))
     graphdef, fresh = nnx.split(model, nnx.Param)
-    tx = optimizer.make_optimizer(config)
+    tx = make_optimizer(config)
     state = sharding.place_state(step_lib.init_state(fresh if params is None else params, tx), mesh, model)
     return graphdef, tx, state
 
@@ -302,12 +302,12 @@ class NDT1Task(base.Task):
     arch = ndt1_interop.architecture(ckpt, options.get("n_heads"))
     config = ndt1_interop.model_config(arch, base_config)
     config.data.datasets, config.data.data_dir = ",".join(datasets), os.path.abspath(data_dir)
-    config_checks.ndt1(config)
+    check_config(config)
     infos = [pipeline.session_info(n, config.data.data_dir) for n in datasets]
     rows = reference_session_rows(arch, infos, list(options.get("session_rows", ())), options.get("eids_file"))
     model, unused = ndt1_interop.convert(ckpt, config, [i.n_neurons for i in infos], rows)
     self.save_initial(
-      workdir, config, session_records(datasets, infos), nnx.state(model, nnx.Param), optimizer.make_optimizer(config)
+      workdir, config, session_records(datasets, infos), nnx.state(model, nnx.Param), make_optimizer(config)
     )
     return dict(kind="ndt1", architecture=arch, session_rows=rows, unused=unused)
 
@@ -339,3 +339,31 @@ class NDT1Task(base.Task):
 
   def plot(self, models, path, **options):
     return "rasters of " + evaluation.raster_plot(models, path, **options)
+
+
+def check_config(c: ml_collections.ConfigDict) -> None:
+  """An NDT1 + MtM config (mtm_jax/configs/ndt1.py)."""
+  precision.compute_dtype(c.model.dtype, "config.model.dtype")
+  config_checks.masks(c)
+  if c.masking.mode == masking.TEMPORAL and c.model.use_prompt:
+    raise ValueError("config.model.use_prompt: temporal masking has no prompt token; set it to False")
+  config_checks.decoding(c)
+  if c.data.batch_size < 1 or c.train.steps < 1:
+    raise ValueError("config.data.batch_size and config.train.steps must be positive")
+  config_checks.train(c)
+  if "finetune" in c:  # configs saved before NDT1 had fine-tuning modes
+    config_checks.finetune(c)
+  ndt1.Hparams.from_config(c.model)
+  names = config_checks.data_kind(c, config_checks.BINNED, "NDT1")
+  if len(names) > 1 and c.model.stitch_dim <= 0:
+    raise ValueError(
+      f"config.model.stitch_dim: {len(names)} sessions need per-session stitching layers "
+      "(stitch_dim > 0, e.g. the ',stitch' option)"
+    )
+
+
+def make_optimizer(config: ml_collections.ConfigDict):
+  """AdamW with the one-cycle schedule (training.optimizer.make_optimizer), counting Adam's
+  steps per row of the per-session layers (ndt1.SESSION_PARAMS), whose rows the batch's
+  session-row mask changes separately."""
+  return optimizer.make_optimizer(config, ndt1.SESSION_PARAMS)

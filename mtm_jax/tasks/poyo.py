@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 
 import jax
+import ml_collections
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -29,7 +30,7 @@ from mtm_jax.interop import poyo as poyo_interop
 from mtm_jax.models import poyo
 from mtm_jax.parallel import mesh as mesh_lib
 from mtm_jax.tasks import base, spike_tokens
-from mtm_jax.training import config_checks, optimizer, precision, step as step_lib
+from mtm_jax.training import config_checks, optimizer, precision, rows, step as step_lib
 
 
 def weighted_mse(outputs: dict, batch, tasks) -> tuple[jax.Array, dict]:
@@ -116,7 +117,7 @@ class POYOTask(base.Task):
 
   # ---- Configs -----------------------------------------------------------------------------
   def check(self, config):
-    config_checks.poyo(config)
+    check_config(config)
 
   def finetune_config(self, config, pretrained, mode=None):
     """The architecture (config.model) and the behaviour scale are the pretrained ones;
@@ -153,7 +154,7 @@ class POYOTask(base.Task):
   def create(self, config, records, mesh, params=None):
     vocab = vocabulary_lib.Vocabulary.from_records(records)
     model = poyo.from_config(config, len(vocab.unit_ids), len(vocab.session_ids), rngs=nnx.Rngs(config.seed))
-    return spike_tokens.placed(model, lambda state: optimizer.make_poyo_optimizer(config, state), params, mesh)
+    return spike_tokens.placed(model, lambda state: make_optimizer(config, state), params, mesh)
 
   def merge_pretrained(self, config, graphdef, tx, state, pretrained, records, mesh):
     vocab, old = vocabulary_lib.Vocabulary.from_records(records), pretrained.vocab
@@ -221,7 +222,7 @@ class POYOTask(base.Task):
       config.data.datasets = ",".join(r["name"] for r in records)
     model, unused = poyo_interop.convert(ckpt, config, records)
     params = nnx.state(model, nnx.Param)
-    self.save_initial(workdir, config, records, params, optimizer.make_poyo_optimizer(config, params))
+    self.save_initial(workdir, config, records, params, make_optimizer(config, params))
     return dict(kind="poyo", architecture=arch, sessions=[r["session_id"] for r in records], unused=unused)
 
   # ---- Evaluation -------------------------------------------------------------------------
@@ -283,3 +284,57 @@ def merged(a: dict, b: dict) -> dict:
   when neither has one)."""
   skipped = {**a.get("skipped", {}), **b.get("skipped", {})}
   return {**a, **b, **({"skipped": skipped} if skipped else {})}
+
+
+def check_config(c: ml_collections.ConfigDict) -> None:
+  """A POYO config (mtm_jax/configs/poyo.py)."""
+  precision.compute_dtype(c.model.dtype, "config.model.dtype")
+  poyo.Hparams.from_config(c.model)
+  m, d = c.model, c.data
+  if d.window_length != m.window_length:
+    raise ValueError(
+      f"config.data.window_length ({d.window_length}) must equal config.model.window_length ({m.window_length})"
+    )
+  config_checks.buckets(d.token_buckets, d.get("max_tokens", 0))
+  if not 0 < d.unit_dropout_min <= d.unit_dropout_mode <= d.unit_dropout_max:
+    raise ValueError(
+      "config.data.unit_dropout_min/mode/max: expected 0 < min <= mode <= max, got "
+      f"{d.unit_dropout_min}, {d.unit_dropout_mode}, {d.unit_dropout_max}"
+    )
+  if not 0.0 <= c.optimizer.constant_fraction <= 1.0:
+    raise ValueError(f"config.optimizer.constant_fraction: must be in [0, 1], got {c.optimizer.constant_fraction}")
+  if c.optimizer.name != "lamb":
+    raise ValueError(f"config.optimizer.name: expected 'lamb', got {c.optimizer.name!r}")
+  if d.batch_size < 1 or c.train.steps < 1 or d.max_queries < 1:
+    raise ValueError("config.data.batch_size, config.data.max_queries and config.train.steps must be positive")
+  config_checks.train(c)
+  if c.eval.window_step <= 0 or c.eval.window_step > d.window_length:
+    raise ValueError(f"config.eval.window_step: must be in (0, window_length], got {c.eval.window_step}")
+  config_checks.finetune(c)
+  if c.data.scale and len(c.data.scale) != sum(int(v) for v in dict(m.tasks).values()):
+    raise ValueError(
+      f"config.data.scale: expected one entry per output dimension of config.model.tasks, got {len(c.data.scale)}"
+    )
+  config_checks.data_kind(c, config_checks.EVENTS, "POYO")
+
+
+def make_optimizer(config: ml_collections.ConfigDict, params):
+  """The reference's LAMB for POYO parameters `params` (an nnx.State or pure dict):
+  training.optimizer.sparse_lamb with POYO's learning-rate and beta1 schedules; the unit and
+  session tables (poyo.embedding_paths) are row-sparse when config.optimizer.sparse_embeddings."""
+  o = config.optimizer
+  if o.name != "lamb":
+    raise ValueError(f"config.optimizer.name: expected 'lamb', got {o.name!r}")
+  tables = {p[0] for p in poyo.embedding_paths().values()}
+  sparse = jax.tree_util.tree_map_with_path(
+    lambda path, _: bool(o.sparse_embeddings) and rows.path_head(path) in tables, params
+  )
+  return optimizer.sparse_lamb(
+    optimizer.poyo_learning_rate_schedule(config),
+    optimizer.poyo_momentum_schedule(config),
+    o.b2,
+    o.eps,
+    o.weight_decay,
+    o.trust_clip,
+    sparse,
+  )

@@ -157,7 +157,7 @@ class PoyoMtMTask(base.Task):
   legacy_model = poyo_mtm.LEGACY_FIELDS
 
   def check(self, config):
-    config_checks.poyo_mtm(config)
+    check_config(config)
 
   def finetune_config(self, config, pretrained, mode=None):
     """The architecture (config.model), the context and the training bin are the
@@ -188,7 +188,7 @@ class PoyoMtMTask(base.Task):
   def create(self, config, records, mesh, params=None):
     vocab = vocabulary_lib.Vocabulary.from_records(records)
     model = poyo_mtm.from_config(config, len(vocab.unit_ids), len(vocab.session_ids), rngs=nnx.Rngs(config.seed))
-    return spike_tokens.placed(model, lambda state: optimizer.make_optimizer(config), params, mesh)
+    return spike_tokens.placed(model, lambda state: make_optimizer(config), params, mesh)
 
   def merge_pretrained(self, config, graphdef, tx, state, pretrained, records, mesh):
     """poyo_mtm.load: the pretrained rows in front of the fresh rows of the new units and
@@ -300,3 +300,45 @@ class PoyoMtMTask(base.Task):
       lines.append(run.table({label or results["masking_mode"]: results, **(others or {})}, behaviour))
     lines.append(run.bps_hint(results))
     return "\n\n".join(line for line in lines if line)
+
+
+def check_config(c) -> None:
+  """A spike-token MtM config (mtm_jax/configs/poyo_mtm.py)."""
+  precision.compute_dtype(c.model.dtype, "config.model.dtype")
+  poyo_mtm.Hparams.from_config(c.model)
+  m, d = c.model, c.data
+  if d.context != m.context:
+    raise ValueError(f"config.data.context ({d.context}) must equal config.model.context ({m.context})")
+  config_checks.masks(c)
+  config_checks.buckets(d.token_buckets, d.get("max_tokens", 0))
+  n_bins = round(d.context / d.bin_size) if d.bin_size > 0 else 0
+  if n_bins < 1 or abs(n_bins * d.bin_size - d.context) > 1e-9:
+    raise ValueError(f"config.data.bin_size: {d.bin_size} s must divide config.data.context ({d.context} s)")
+  if d.batch_size < 1 or d.max_queries < 1:
+    raise ValueError("config.data.batch_size and config.data.max_queries must be positive")
+  config_checks.train(c)
+  widths = tuple(c.eval.bin_sizes)
+  for w in widths:
+    f = round(d.bin_size / w) if w > 0 else 0
+    if f < 1 or abs(f * w - d.bin_size) > 1e-9:
+      raise ValueError(f"config.eval.bin_sizes: {w} s does not divide config.data.bin_size ({d.bin_size} s)")
+  if d.bin_size not in widths:
+    raise ValueError(
+      f"config.eval.bin_sizes: must hold the training bin config.data.bin_size ({d.bin_size}), got {widths}"
+    )
+  if c.eval.batch_size < 1 or c.eval.max_rows < 1:
+    raise ValueError("config.eval.batch_size and config.eval.max_rows must be positive")
+  names = ("co_smoothing", "forward_prediction", "inter_region", "intra_region")  # evaluation.run.METRICS
+  unknown = [t for t in c.eval.get("fine_tasks", ()) if t not in names]
+  if unknown:
+    raise ValueError(f"config.eval.fine_tasks: unknown {unknown}; expected some of {list(names)}")
+  config_checks.decoding(c)
+  config_checks.finetune(c)
+  config_checks.data_kind(c, config_checks.EVENTS, "spike-token MtM")
+
+
+def make_optimizer(config):
+  """AdamW with the one-cycle schedule (training.optimizer.make_optimizer), counting Adam's
+  steps per row of the unit and session tables (poyo_mtm.embedding_paths), whose new rows
+  unit identification changes alone."""
+  return optimizer.make_optimizer(config, tuple(p[0] for p in poyo_mtm.embedding_paths().values()))

@@ -1,4 +1,7 @@
-"""Optimisers from config: AdamW with the one-cycle schedule MtM uses; LAMB for POYO.
+"""Optimisers from config: AdamW with the one-cycle schedule MtM uses; LAMB with its schedules
+as POYO's reference uses it. Which tables are row tables (AdamW's per-row counts, LAMB's
+row-sparse tables) is the model's business: each task passes their names (e.g.
+tasks.ndt1.make_optimizer, tasks.poyo.make_optimizer); nothing here knows a model.
 
 Row masks (training.rows) and step counts. PyTorch, the reference, keeps Adam's step
 count per parameter and skips a parameter without a gradient entirely (no moment decay,
@@ -22,7 +25,6 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from mtm_jax.models import ndt1, poyo
 from mtm_jax.training import rows
 
 
@@ -119,19 +121,9 @@ def row_adamw(
   )
 
 
-# config.family -> the tables whose rows its row masks change separately (rows.only_row,
-# rows.rows_from): NDT1's per-session layers; spike-token MtM's unit and session tables.
-ROW_TABLES = {
-  "mtm": ndt1.SESSION_PARAMS,
-  "poyo_mtm": tuple(p[0] for p in poyo.embedding_paths().values()),
-}
-
-
-def make_optimizer(config: ml_collections.ConfigDict, row_tables=None) -> optax.GradientTransformationExtraArgs:
+def make_optimizer(config: ml_collections.ConfigDict, row_tables=()) -> optax.GradientTransformationExtraArgs:
   """row_adamw with the one-cycle schedule; row_tables: the tables whose rows a row mask
-  may change separately (None: ROW_TABLES of config.family)."""
-  if row_tables is None:
-    row_tables = ROW_TABLES.get(config.get("family", "mtm"), ())
+  may change separately (rows.only_row, rows.rows_from; the task names them from its model)."""
   o = config.optimizer
   return row_adamw(learning_rate_schedule(config), weight_decay=o.weight_decay, row_tables=tuple(row_tables))
 
@@ -242,24 +234,3 @@ def sparse_lamb(
     return unflat(0), LambState(count=state.count + 1, mu=unflat(1), nu=unflat(2))
 
   return optax.GradientTransformation(init, update)
-
-
-def make_poyo_optimizer(config: ml_collections.ConfigDict, params) -> optax.GradientTransformation:
-  """The reference's LAMB for POYO parameters `params` (an nnx.State or pure dict): the
-  unit and session tables are row-sparse when config.optimizer.sparse_embeddings."""
-  o = config.optimizer
-  if o.name != "lamb":
-    raise ValueError(f"config.optimizer.name: expected 'lamb', got {o.name!r}")
-  tables = {p[0] for p in poyo.embedding_paths().values()}
-  sparse = jax.tree_util.tree_map_with_path(
-    lambda path, _: bool(o.sparse_embeddings) and rows.path_head(path) in tables, params
-  )
-  return sparse_lamb(
-    poyo_learning_rate_schedule(config),
-    poyo_momentum_schedule(config),
-    o.b2,
-    o.eps,
-    o.weight_decay,
-    o.trust_clip,
-    sparse,
-  )

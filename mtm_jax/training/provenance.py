@@ -37,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from typing import NamedTuple
 
 import ml_collections
 import numpy as np
@@ -116,6 +117,16 @@ def pretrained_of(config: ml_collections.ConfigDict):
     return None, None
   metadata = checkpoint.read_metadata(config.init.pretrained, None if config.init.step < 0 else config.init.step)
   return pretrained_identity(config.init.pretrained, metadata), metadata
+
+
+class Pretrained(NamedTuple):
+  """The metadata of config.init.pretrained's checkpoint (its parameters are read only
+  when a run starts from them): what the trainer hands a task (Task.input, Task.phases)."""
+
+  path: str
+  step: int | None
+  config: ml_collections.ConfigDict
+  records: list[dict]
 
 
 def run_hash(workdir: str, step: int | None = None) -> str:

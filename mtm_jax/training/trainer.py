@@ -1,6 +1,6 @@
 """train(task, config, workdir): the one training program of every model family.
 
-In this order, for every family (a task, mtm_jax.tasks, supplies what differs):
+In this order, for every family (its task, a Task of tasks/<family>.py, supplies what differs):
   config   the task checks it; the run keeps its own copy with absolute paths;
   workdir  held by this run alone (training.workdir: a second run there stops at once);
   mesh     from config.mesh; the batch must divide over its data axis;
@@ -36,7 +36,6 @@ from mtm_jax import files
 from mtm_jax.datasets import pipeline
 from mtm_jax.parallel import mesh as mesh_lib, sharding
 from mtm_jax.training import checkpoint, provenance, saver as saver_lib, step as step_lib, workdir as workdir_lib
-from mtm_jax.tasks.base import Pretrained
 from mtm_jax.training.stopping import Interrupted, stop_flag, stop_signals, stopped
 
 
@@ -119,7 +118,7 @@ def _train(task, config: ml_collections.ConfigDict, workdir: str, sessions) -> d
   # ---- Config -------------------------------------------------------------------------------
   request = json.loads(provenance.canonical(config))  # as given, before the task resolves its data
   identity, pre = provenance.pretrained_of(config)
-  pretrained = Pretrained(config.init.pretrained, pre.step, pre.config, pre.sessions) if pre else None
+  pretrained = provenance.Pretrained(config.init.pretrained, pre.step, pre.config, pre.sessions) if pre else None
 
   # ---- Mesh ---------------------------------------------------------------------------------
   mesh = mesh_lib.from_config(config)
