@@ -1,8 +1,8 @@
 """BrainWideBench end to end (experiments.bwb, mtm_jax.bwb.benchmark) on session files in BWB's
 layout whose units follow the wheel: a family pretrains, adapts with seeds 43-45, predicts every
 suite, and its submission passes the upload check and scores against the regenerated ground
-truth. NDT1-MtM runs in the suite on the six-minute fixtures (two eval sessions, no TS2 val
-chunk: val is lent by train; about 2 min); both families together on one eval session of
+truth. NDT1-MtM runs in the suite on the six-minute fixtures (one eval session, no TS2 val
+chunk: val is lent by train; about a minute); both families together on one eval session of
 1000 s (a TS2 val chunk) are `slow` (about 4 min)."""
 
 import json
@@ -54,13 +54,13 @@ def _check_submission(run, family, eids):
 @pytest.fixture(scope="module")
 def ndt1_run(tmp_path_factory):
   root = tmp_path_factory.mktemp("bwb")
-  bwb_sessions.make(str(root / "sessions"), tuned=True)
+  bwb_sessions.make(str(root / "sessions"), eval_ids=bwb_sessions.EVAL_IDS[:1], tuned=True)
   return root, _run(root, "--family=ndt1")
 
 
 def test_ndt1_writes_a_complete_submission_that_passes_the_upload_check(ndt1_run):
   root, result = ndt1_run
-  scores = _check_submission(root / "run", "ndt1", bwb_sessions.EVAL_IDS)
+  scores = _check_submission(root / "run", "ndt1", bwb_sessions.EVAL_IDS[:1])
   assert scores["ts1-wheel_speed"]["r2"][0] > 0.05  # the units carry the wheel
   assert "| ts2-co_smoothing | poisson_d2 |" in (root / "run" / "bwb_scores.md").read_text()
   assert "Using custom data configuration" not in result.stderr and "RuntimeWarning" not in result.stderr
