@@ -102,6 +102,7 @@ class _Family:
     self.names = dataset_names(c, family, p)
     self.label = c.bwb.label.format(family=family)
     self.root = os.path.join(workdir, SUBMISSION)
+    self._probe_units = None  # probe_units' (embeddings, labels), once computed
 
   def pretrain(self) -> str | None:
     folder = os.path.join(self.workdir, "pretrain")
@@ -199,25 +200,35 @@ class _Family:
         dataset_version=session.dataset_version,
       )
 
-  def ts3(self, pretrained, adapted: dict, seed: int) -> None:
-    """adapted: {eid: the TS2-adapted Trained of this seed}."""
+  def probe_units(self, pretrained: str) -> tuple[np.ndarray, np.ndarray]:
+    """(embeddings [n, E], Cosmos label indices [n]) of the pretrain units TS3's probe is fit
+    on, from the pretrained model in `pretrained`: computed once, every seed's probe reads them."""
+    if self._probe_units is None:
+      model, x, y = registry.load_trained(pretrained), [], []
+      for path, name in zip(self.plan.pretrain.values(), self.names["pretrain"]):
+        session = sessions.read_session(path)
+        known = targets.ts3_probe_units(session)
+        x.append(predict.unit_embeddings(model, name)[known])
+        y.append(np.array([tasks.COSMOS_LABELS.index(r) for r in session.units.cosmos.astype(str)[known]], np.int64))
+      self._probe_units = np.concatenate(x), np.concatenate(y)
+    return self._probe_units
+
+  def eval_units(self, trained, eid: str) -> tuple[list[str], np.ndarray, str]:
+    """(unit ids, embeddings [n, E], dataset version) of the eval units TS3 scores, from the
+    TS2-adapted model `trained` of session `eid`."""
+    session = sessions.read_session(self.plan.eval[eid][tasks.SELECTED_UNITS])
+    kept = np.flatnonzero(targets.ts3_keep(session))
+    emb = predict.unit_embeddings(trained, self.names["ts2", eid])[kept]
+    return tasks.unit_ids(session.session_id, session.units.ids[kept]), emb, session.dataset_version
+
+  def ts3(self, pretrained: str, units: dict, seed: int) -> None:
+    """units: {eid: eval_units of this seed's TS2-adapted model}."""
     if os.path.exists(self._path("ts3-unit_cosmos", seed)):
       return
-    x, y = [], []
-    for path, name in zip(self.plan.pretrain.values(), self.names["pretrain"]):
-      session = sessions.read_session(path)
-      emb = predict.unit_embeddings(pretrained, name)
-      known = targets.ts3_probe_units(session)
-      x.append(emb[known])
-      y.append(np.array([tasks.COSMOS_LABELS.index(r) for r in session.units.cosmos.astype(str)[known]], np.int64))
-    ids, z, version = [], [], ""
-    for eid, trained in adapted.items():
-      session = sessions.read_session(self.plan.eval[eid][tasks.SELECTED_UNITS])
-      kept = np.flatnonzero(targets.ts3_keep(session))
-      z.append(predict.unit_embeddings(trained, self.names["ts2", eid])[kept])
-      ids += tasks.unit_ids(session.session_id, session.units.ids[kept])
-      version = session.dataset_version
-    proba = readout.fit_ts3(np.concatenate(x), np.concatenate(y), np.concatenate(z))
+    x, y = self.probe_units(pretrained)
+    ids = [u for eid_ids, _, _ in units.values() for u in eid_ids]
+    proba = readout.fit_ts3(x, y, np.concatenate([emb for _, emb, _ in units.values()]))
+    version = next(iter(units.values()))[2]
     submission.write_ts3(self.root, self.label, seed, proba, ids, dataset_version=version)
 
   def run(self) -> None:
@@ -243,9 +254,10 @@ class _Family:
             continue
           if "ts2" in suites:
             self.ts2(trained, eid, seed)
-          adapted.setdefault(seed, {})[eid] = trained
+          if "ts3" in suites:
+            adapted.setdefault(seed, {})[eid] = self.eval_units(trained, eid)
         if "ts3" in suites and eid == last and set(adapted.get(seed, ())) == set(self.plan.eval):
-          self.ts3(registry.load_trained(pretrained), adapted.pop(seed), seed)
+          self.ts3(pretrained, adapted.pop(seed), seed)
         stage.update(done + 1, len(jobs), "(seed, session) pairs")
 
 
