@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mtm_jax.models import random_bits
+from mtm_jax.models import random_bits, rotary
 
 
 def split_key(key: jax.Array | None, n: int) -> list:
@@ -149,13 +149,20 @@ class Attention(nnx.Module):
     self.value = nnx.Linear(kv_dim, dim, rngs=rngs)
     self.out = nnx.Linear(dim, dim, rngs=rngs)
 
-  def __call__(self, inputs_q, inputs_kv, mask=None, *, key=None):
-    """inputs_q [B, Q, D], inputs_kv [B, K, Dkv], mask [B|1, 1, Q, K] -> [B, Q, D]."""
+  def __call__(self, inputs_q, inputs_kv, mask=None, *, key=None, angles=None):
+    """inputs_q [B, Q, D], inputs_kv [B, K, Dkv], mask [B|1, 1, Q, K] -> [B, Q, D].
+
+    angles: None, or rotary angles [B|1, L, F] of the tokens (self-attention: Q = K = L);
+    queries and keys are then rotated by them with `rotary.rotate` (interleaved pairs of
+    each head's dims), values are not."""
     heads = lambda x: x.reshape(x.shape[:-1] + (self.n_heads, -1))  # [B, L, H, E]
     k_attn, k_out = jax.random.split(key) if key is not None else (None, None)
+    q, k = heads(self.query(inputs_q)), heads(self.key(inputs_kv))
+    if angles is not None:
+      q, k = rotary.rotate(q, angles), rotary.rotate(k, angles)
     out = attend(
-      heads(self.query(inputs_q)),
-      heads(self.key(inputs_kv)),
+      q,
+      k,
       heads(self.value(inputs_kv)),
       mask,
       dropout_rate=self.dropout,
@@ -196,9 +203,10 @@ class SelfAttentionBlock(nnx.Module):
     self.norm_mlp = nnx.LayerNorm(dim, epsilon=layer_norm_eps, rngs=rngs)
     self.mlp = MLP(dim, mlp_hidden, dropout=dropout, rngs=rngs)
 
-  def __call__(self, x, mask=None, *, key=None):
-    """x [B, L, D], mask [B|1, 1, L, L] -> [B, L, D]."""
+  def __call__(self, x, mask=None, *, key=None, angles=None):
+    """x [B, L, D], mask [B|1, 1, L, L] -> [B, L, D]; angles: rotary angles [B|1, L, F]
+    of queries and keys (see Attention), or None (no rotation)."""
     k_attn, k_mlp = jax.random.split(key) if key is not None else (None, None)
     h = self.norm_attn(x)
-    x = x + self.attn(h, h, mask, key=k_attn)
+    x = x + self.attn(h, h, mask, key=k_attn, angles=angles)
     return x + self.mlp(self.norm_mlp(x), key=k_mlp)

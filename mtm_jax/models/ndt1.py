@@ -33,6 +33,7 @@ from flax import nnx
 
 from mtm_jax import masking
 from mtm_jax.models import attention, loading
+from mtm_jax.models.session_layers import SessionLinear
 
 # Parameters that belong to sessions (rows of per-session tables); the rest is shared.
 SESSION_PARAMS = ("stitch_in", "stitch_out", "session")
@@ -95,31 +96,6 @@ PRESETS = {
   "demo": Hparams(width=128, n_layers=2, n_heads=4, mlp_width=256),
   "paper": Hparams(width=512, n_layers=5, n_heads=8, mlp_width=1024),
 }
-
-
-class SessionLinear(nnx.Module):
-  """One Linear(in_sizes[s], out_sizes[s]) per session s, as padded tables.
-
-  kernel [S, max_in, max_out], bias [S, max_out]; entries outside session s's sizes are
-  zero, so padded inputs are ignored and padded outputs are 0. Each session's kernel is
-  initialised like nnx.Linear's (LeCun normal over its own fan-in); biases are zero.
-  """
-
-  def __init__(self, in_sizes, out_sizes, *, rngs: nnx.Rngs):
-    if len(in_sizes) != len(out_sizes) or not in_sizes:
-      raise ValueError(f"SessionLinear: need one input and output size per session, got {in_sizes}, {out_sizes}")
-    n_in, n_out = max(in_sizes), max(out_sizes)
-    init = nnx.initializers.lecun_normal()
-    kernels = []
-    for a, b in zip(in_sizes, out_sizes):
-      k = init(rngs.params(), (a, b), jnp.float32)
-      kernels.append(jnp.pad(k, ((0, n_in - a), (0, n_out - b))))
-    self.kernel = nnx.Param(jnp.stack(kernels))
-    self.bias = nnx.Param(jnp.zeros((len(in_sizes), n_out), jnp.float32))
-
-  def __call__(self, x, session):
-    """x [..., max_in], session [] int (may be traced) -> [..., max_out]."""
-    return x @ self.kernel[session] + self.bias[session]
 
 
 def t_fixup(layer: attention.SelfAttentionBlock, n_layers: int) -> None:
