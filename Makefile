@@ -100,6 +100,38 @@ $(PARITY_STAMP): parity/requirements.txt
 parity: $(STAMP) $(PARITY_STAMP)
 	$(PY) -m pytest -q tests/test_parity.py
 
+# The official NEDS code (yzhang511/NEDS at 61d2ef6; docs/parity.md, "NEDS") for
+# tests/test_parity_neds.py: a Python 3.11 environment in parity/.neds-venv, and their src/
+# and data/ exported into parity/.neds-src from $(NEDS_SRC), a git repository holding the
+# commit (a clone or mirror), or else from a fresh clone of github.com/yzhang511/NEDS.
+NEDS_COMMIT := 61d2ef6
+NEDS_PYTHON ?= python3.11
+NEDS_VENV := parity/.neds-venv
+NEDS_CHECKOUT := parity/.neds-src
+NEDS_STAMP := $(NEDS_VENV)/.installed
+
+.PHONY: parity-neds-env parity-neds
+
+parity-neds-env: $(NEDS_STAMP) $(NEDS_CHECKOUT)/.commit
+
+$(NEDS_STAMP): parity/neds-requirements.txt
+	"$(NEDS_PYTHON)" -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version' || \
+	  { echo "error: the NEDS parity environment needs Python 3.11 (CPU PyTorch 2.13.0); set NEDS_PYTHON"; exit 1; }
+	"$(NEDS_PYTHON)" -m venv $(NEDS_VENV)
+	$(NEDS_VENV)/bin/python -m pip install --quiet -r parity/neds-requirements.txt
+	@touch $(NEDS_STAMP)
+
+$(NEDS_CHECKOUT)/.commit:
+	rm -rf $(NEDS_CHECKOUT) && mkdir -p $(NEDS_CHECKOUT)
+	repo="$(NEDS_SRC)"; if [ -z "$$repo" ]; then repo=$(NEDS_CHECKOUT).git; rm -rf $$repo; \
+	  git clone --quiet --bare https://github.com/yzhang511/NEDS $$repo; fi; \
+	git -C "$$repo" archive $(NEDS_COMMIT) src data | tar -x -C $(NEDS_CHECKOUT)
+	@echo $(NEDS_COMMIT) > $@
+
+# Parity of models/neds.py with the official NEDS code.
+parity-neds: $(STAMP) parity-neds-env
+	$(PY) -m pytest -q tests/test_parity_neds.py
+
 # The official BrainWideBench scorer (ibl-bwb-eval 0.1.0, docs/bwb.md) in its own Python 3.11
 # environment, parity/.bwb-venv: CPU PyTorch and the scorer's light dependencies, then the
 # scorer with --no-deps. tests/test_bwb_scorer.py scores one small submission with it and with
