@@ -199,3 +199,27 @@ def test_parameter_paths():
       assert state[f"io/{mod}/{name}"] == tuple(int(s) for s in shape.split(","))
     assert state[f"io/{mod}/session/embedding"] == (3, 32) and state[f"io/{mod}/position/embedding"] == (6, 32)
   assert state["mask_token"] == (32,) and state["layers/0/attn/query/kernel"] == (32, 32)
+
+
+def test_load_takes_shared_weights_and_matching_session_rows():
+  pre = _model(seed=0, sizes=(5, 7), modalities=("spike", "choice", "wheel"))
+  new = _model(seed=1, sizes=(5, 7, 9))  # a third session (wider) and two new modalities
+  fresh = nnx.state(new, nnx.Param)
+  merged = nnx.to_pure_dict(neds.load(fresh, nnx.state(pre, nnx.Param), where="pretrained"))
+  p, f = nnx.to_pure_dict(nnx.state(pre, nnx.Param)), nnx.to_pure_dict(fresh)
+  np.testing.assert_array_equal(
+    merged["layers"][0]["attn"]["query"]["kernel"], p["layers"][0]["attn"]["query"]["kernel"]
+  )
+  np.testing.assert_array_equal(
+    merged["io"]["wheel"]["position"]["embedding"], p["io"]["wheel"]["position"]["embedding"]
+  )
+  stitch, fresh_stitch = merged["io"]["spike"]["stitch_in"]["kernel"], f["io"]["spike"]["stitch_in"]["kernel"]
+  np.testing.assert_array_equal(stitch[:2, :7, :14], p["io"]["spike"]["stitch_in"]["kernel"])  # rows 0, 1 taken
+  np.testing.assert_array_equal(stitch[2], fresh_stitch[2])  # the new session stays fresh
+  np.testing.assert_array_equal(merged["io"]["choice"]["token_weights"][:2], p["io"]["choice"]["token_weights"])
+  np.testing.assert_array_equal(merged["io"]["block"]["stitch_out"]["kernel"], f["io"]["block"]["stitch_out"]["kernel"])
+  nnx.update(new, neds.load(fresh, nnx.state(pre, nnx.Param), where="pretrained"))  # a usable model
+  assert np.all(np.isfinite(new(_inputs(n=9), _masks("decoding"), session=SESSION)["block"]))
+  wide = _model(seed=0, sizes=(5, 7), width=64, n_heads=2, modalities=("spike",))
+  with pytest.raises(ValueError, match="pretrained: parameter 'final_norm/bias'"):
+    neds.load(fresh, nnx.state(wide, nnx.Param), where="pretrained")
