@@ -15,7 +15,7 @@ from mtm_jax.bwb import predict
 from mtm_jax.configs import ndt1 as ndt1_config, poyo as poyo_config, poyo_mtm as poyo_mtm_config
 from mtm_jax.datasets import pipeline
 from mtm_jax.datasets.events import session as session_lib, trials as trials_lib
-from mtm_jax.evaluation import poyo_mtm_eval, run, tasks as eval_tasks
+from mtm_jax.evaluation import activity, ndt1 as ndt1_eval, poyo_mtm as poyo_mtm_eval
 from mtm_jax.parallel import mesh as mesh_lib
 from mtm_jax.tasks import base, registry
 from mtm_jax.training import trainer
@@ -58,8 +58,8 @@ def ndt1(data_dir, tmp_path_factory):
 
 
 def existing(trained, counts, task, causal):
-  return eval_tasks.predict_task(
-    eval_tasks.make_predictor(trained.graphdef),
+  return activity.predict_task(
+    activity.make_predictor(trained.graphdef),
     trained.params,
     counts,
     task,
@@ -83,7 +83,7 @@ def test_ndt1_co_smoothing_and_forecasting_equal_the_existing_evaluation(ndt1):
   got = predict.window_log_rates(trained, DATASET, times, units, starts, forecast_bins=5)
   assert got.shape == (len(starts), 50, n)
   np.testing.assert_allclose(got[:, 45:], forward[:, 45:], rtol=1e-4, atol=1e-4)
-  features = run.unmasked_log_rates(trained, counts, prompt=trained.config.eval.decoding_prompt, session=0)
+  features = ndt1_eval.unmasked_log_rates(trained, counts, prompt=trained.config.eval.decoding_prompt, session=0)
   got = predict.window_features(trained, DATASET, times, units, starts)
   np.testing.assert_allclose(got, features, rtol=1e-4, atol=1e-4)
 

@@ -354,13 +354,13 @@ def test_unknown_config_key_in_an_override_names_the_key(monkeypatch, capsys):
 
 def test_evaluating_on_a_data_set_with_other_neurons_is_a_clear_error(reference, monkeypatch):
   from mtm_jax.datasets import pipeline  # pylint: disable=g-import-not-at-top
-  from mtm_jax.evaluation import run  # pylint: disable=g-import-not-at-top
+  from mtm_jax.evaluation import ndt1 as ndt1_eval  # pylint: disable=g-import-not-at-top
 
   trained = registry.load_trained(reference)
   rebuilt = lambda *args, **kwargs: dict(spikes=np.zeros((4, 100, 113), np.int32))  # one neuron fewer
   monkeypatch.setattr(pipeline, "load_split", rebuilt)
   with pytest.raises(ValueError, match="113 neurons, the model's session row 0 has 114; was the data set rebuilt"):
-    run.evaluate_session(trained, DATASET, "test")
+    ndt1_eval.evaluate_session(trained, DATASET, "test")
 
 
 def test_a_checkpoint_without_newer_model_options_gets_their_defaults():

@@ -19,7 +19,7 @@ from mtm_jax.datasets import synthetic, synthetic_events
 from mtm_jax.datasets.events import session as session_lib
 from mtm_jax.datasets.events import tokens as tokens_lib
 from mtm_jax.datasets.events import trials as trials_lib
-from mtm_jax.evaluation import copies, poyo_mtm_eval, tasks as tasks_lib
+from mtm_jax.evaluation import activity, copies, poyo_mtm as poyo_mtm_eval
 from mtm_jax.models import poyo_mtm
 from tests import run_checks
 from mtm_jax.tasks import poyo_mtm as poyo_mtm_task, registry
@@ -346,7 +346,7 @@ def test_evaluation_of_a_synthetic_session_scores_the_oracle_at_every_width(synt
   binned = synthetic_events.binned_split(session, "test")
   regions, _ = trials_lib.region_ids(session.unit_regions)
   for t in masking.evaluation_tasks(regions, 100):
-    want = np.nanmean(tasks_lib.score_task(binned["rates"].astype(np.float64), binned["spikes"], t))
+    want = np.nanmean(activity.score_task(binned["rates"].astype(np.float64), binned["spikes"], t))
     np.testing.assert_allclose(results[f"oracle_{t.name}_bps"], want, rtol=1e-6)
     for suffix in ("_10ms", "_5ms"):
       assert np.isfinite(results[f"oracle_{t.name}_bps{suffix}"]) and np.isfinite(results[f"{t.name}_bps{suffix}"])

@@ -15,7 +15,7 @@ from mtm_jax.tasks import registry, ndt1 as ndt1_task
 from mtm_jax import masking
 from mtm_jax.configs import ndt1 as ndt1_config
 from mtm_jax.datasets import pipeline
-from mtm_jax.evaluation import decoding, run
+from mtm_jax.evaluation import decoding, report
 from mtm_jax.models import ndt1
 from mtm_jax.parallel import mesh as mesh_lib
 from mtm_jax.training import checkpoint, step as step_lib, trainer
@@ -195,18 +195,18 @@ def test_evaluate_writes_the_four_metrics(data_dir, tmp_path, monkeypatch):
   trainer.train(registry.get("mtm"), _config(data_dir, steps=4, checkpoint_every=4, eval_every=4), workdir)
   results = registry.evaluate_workdir(workdir)
   saved = json.load(open(os.path.join(workdir, "metrics.json")))
-  for m in run.METRICS:
+  for m in report.METRICS:
     assert np.isfinite(saved[m]) and saved[m] == results[m]
     assert saved[f"oracle_{m}"] > 0.1  # synthetic data: true rates are informative
   assert saved["n_trials"] == 107 and saved["session_id"] == "synthetic_000"
-  for m in decoding.BEHAVIOUR_METRICS + run.HEAD_METRICS:
+  for m in decoding.BEHAVIOUR_METRICS + report.HEAD_METRICS:
     assert np.isfinite(saved[m]), m
   assert 0.0 <= saved["choice_accuracy"] <= 1.0 and 0.0 <= saved["head_choice_accuracy"] <= 1.0
   # Its data sets moved (or the workdir was copied to another machine): data_dir says where.
   moved = tmp_path / "moved"
   shutil.copytree(os.path.join(data_dir, "ibl_binned", "synthetic_000"), moved / "ibl_binned" / "synthetic_000")
   again = registry.evaluate_workdir(workdir, decode=False, data_dir=str(moved))
-  assert [again[m] for m in run.METRICS] == [results[m] for m in run.METRICS]
+  assert [again[m] for m in report.METRICS] == [results[m] for m in report.METRICS]
   with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "empty"))):
     registry.evaluate_workdir(workdir, decode=False, data_dir=str(tmp_path / "empty"))
   with pytest.raises(ValueError, match=r"--datasets: \['ibl_binned/synthetic_000'\] given more than once"):

@@ -29,7 +29,7 @@ from flax import nnx
 
 from mtm_jax import progress
 from mtm_jax.bwb import predict_ndt1, predict_spike, tasks as bwb_tasks
-from mtm_jax.evaluation import tasks as eval_tasks
+from mtm_jax.evaluation import activity
 
 NDT1, SPIKE_MTM, POYO = "mtm", "poyo_mtm", "poyo"  # config.family of each family
 N_BINS = bwb_tasks.TIMESTEPS  # 50 bins of bwb_tasks.BIN_SIZE = 0.02 s: one 1 s window
@@ -85,7 +85,7 @@ def window_features(trained, name: str, spike_times, spike_units, starts) -> np.
   """[W, 50, N] float32 TS1 readout features of the windows (arguments as window_log_rates):
   the model's log-rates of every unit per bin on the unmasked input given the decoding prompt
   (config.eval.decoding_prompt; NDT1 without prompts: none), as the frozen-model behaviour
-  decoders read them (evaluation.run.unmasked_log_rates, poyo_mtm_eval.decode_session), as log
+  decoders read them (evaluation.ndt1.unmasked_log_rates, poyo_mtm_eval.decode_session), as log
   expected counts per 20 ms bin (for the spike-token model a constant shift of the decoders'
   per-second log-rates)."""
   row, n_units = _session(trained, name)
@@ -111,12 +111,12 @@ def unit_embeddings(trained, name: str) -> np.ndarray:
   model = nnx.merge(trained.graphdef, trained.params)
   if family(trained) == NDT1:
     if model.stitch_in is not None:
-      kernel = eval_tasks.fetch(model.stitch_in.kernel[...])[row]  # [max N, stitch_dim]
+      kernel = activity.fetch(model.stitch_in.kernel[...])[row]  # [max N, stitch_dim]
     else:
-      kernel = eval_tasks.fetch(model.embed_spikes.kernel[...])  # [N, mult * N]
+      kernel = activity.fetch(model.embed_spikes.kernel[...])  # [N, mult * N]
     return kernel[:n_units].astype(np.float32)
   rows = trained.vocab.unit_rows(trained.records[row]["session_id"])
-  return eval_tasks.fetch(model.unit_emb.embedding[...])[rows].astype(np.float32)
+  return activity.fetch(model.unit_emb.embedding[...])[rows].astype(np.float32)
 
 
 # ---- Shared checks and chunking -------------------------------------------------------------

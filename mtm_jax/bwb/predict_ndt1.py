@@ -1,5 +1,5 @@
 """An NDT1's (config.family "mtm") log-rates on BrainWideBench windows, with the existing
-evaluation's machinery (mtm_jax.evaluation.tasks.predict_task on binned counts); see
+evaluation's machinery (mtm_jax.evaluation.activity.predict_task on binned counts); see
 mtm_jax.bwb.predict for what is predicted."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 
 from mtm_jax import masking
 from mtm_jax.bwb import window_input
-from mtm_jax.evaluation import tasks
+from mtm_jax.evaluation import activity
 from mtm_jax.parallel import mesh as mesh_lib
 
 N_BINS = window_input.N_BINS
@@ -18,12 +18,12 @@ N_BINS = window_input.N_BINS
 
 def causal_trained(config) -> bool:
   """Whether the model learned causal attention (MtM's or causal masking): the forward-prediction
-  pass attends causally only then, as evaluation.run.evaluate_session has it."""
+  pass attends causally only then, as evaluation.ndt1.evaluate_session has it."""
   return config.masking.mode in (masking.MTM, "causal")
 
 
 def decoding_prompt(config) -> str:
-  """The prompt of the decoders' unmasked pass (evaluation.run.decode_session's)."""
+  """The prompt of the decoders' unmasked pass (evaluation.ndt1.decode_session's)."""
   return config.eval.decoding_prompt if config.model.use_prompt else masking.SCHEMES[0]
 
 
@@ -53,7 +53,7 @@ class Runner:
     self.trained, self.row, self.hide, self.forecast_bins = trained, row, hide, forecast_bins
     self.n_units = trained.sessions[row].n_neurons
     self.task, self.causal = eval_task(trained.config, self.n_units, hide, forecast_bins, features)
-    self.predictor = tasks.make_predictor(trained.graphdef)  # compiled once for every chunk
+    self.predictor = activity.make_predictor(trained.graphdef)  # compiled once for every chunk
     n_data = 1 if trained.mesh is None else trained.mesh.shape[mesh_lib.DATA]
     self.chunk = max(1, trained.config.eval.max_batch // n_data)
 
@@ -61,7 +61,7 @@ class Runner:
     trained = self.trained
     session = window_input.window_session(trained.names[self.row], range(self.n_units), times, units, starts)
     counts = window_input.corrupt_counts(window_input.counts(session, starts), self.hide, self.forecast_bins)
-    log_rates = tasks.predict_task(
+    log_rates = activity.predict_task(
       self.predictor,
       trained.params,
       counts,

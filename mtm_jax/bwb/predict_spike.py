@@ -1,5 +1,5 @@
 """A spike-token MtM's (config.family "poyo_mtm") log-rates on BrainWideBench windows, with the
-existing evaluation's machinery (mtm_jax.evaluation.poyo_mtm_eval.predict_task on a TrialData
+existing evaluation's machinery (mtm_jax.evaluation.poyo_mtm.predict_task on a TrialData
 whose trials are the windows); see mtm_jax.bwb.predict for what is predicted.
 
 The model's log-rates are per second at the bin centres; times the bin width they are the
@@ -14,7 +14,7 @@ import numpy as np
 from mtm_jax import masking
 from mtm_jax.bwb import window_input, windows
 from mtm_jax.datasets.events import session as session_lib, trials as trials_lib
-from mtm_jax.evaluation import poyo_mtm_eval
+from mtm_jax.evaluation import poyo_mtm as poyo_mtm_eval
 from mtm_jax.tasks import poyo_mtm as poyo_mtm_task
 
 N_BINS, BIN = window_input.N_BINS, window_input.BIN

@@ -1,5 +1,5 @@
 """How the evaluation of a spike-token MtM batches its masked copies of trials
-(evaluation.poyo_mtm_eval): which trials' tokens a chunk of copies reads, over which
+(evaluation.poyo_mtm): which trials' tokens a chunk of copies reads, over which
 units' tokens (context_units, context_tokens), padded to few compiled shapes, and placed on the
 mesh. Shapes: Bt distinct trials (or trial contexts) of a chunk, L tokens, n unit slots."""
 

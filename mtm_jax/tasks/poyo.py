@@ -25,7 +25,7 @@ from mtm_jax.datasets.events import session as session_lib
 from mtm_jax.datasets.events import tfds
 from mtm_jax.datasets.events import vocabulary as vocabulary_lib
 from mtm_jax.datasets.events import windows as windows_lib
-from mtm_jax.evaluation import behaviour_plots, poyo_eval
+from mtm_jax.evaluation import behaviour_plots, poyo as poyo_eval
 from mtm_jax.interop import poyo as poyo_interop
 from mtm_jax.models import poyo
 from mtm_jax.parallel import mesh as mesh_lib

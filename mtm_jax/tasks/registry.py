@@ -13,7 +13,7 @@ import numpy as np
 from absl import logging
 
 from mtm_jax import files
-from mtm_jax.evaluation import run
+from mtm_jax.evaluation import report
 from mtm_jax.tasks import base, ndt1, poyo, poyo_mtm
 from mtm_jax.training import checkpoint, provenance
 
@@ -167,14 +167,14 @@ def _merged(old: dict, new: dict) -> tuple[dict, list[str]]:
   because decoding was off."""
   skipped, folds = dict(new.get("skipped", {})), dict(new.get("decoding_folds", {}))
   merged, kept = dict(new), []
-  for key in [k for k, why in skipped.items() if why == run.DECODING_OFF]:
+  for key in [k for k, why in skipped.items() if why == report.DECODING_OFF]:
     if isinstance(old.get(key), float):
       merged[key] = old[key]
       del skipped[key]
       kept.append(key)
       if key in old.get("decoding_folds", {}):
         folds[key] = old["decoding_folds"][key]
-    elif old.get("skipped", {}).get(key, run.DECODING_OFF) != run.DECODING_OFF:
+    elif old.get("skipped", {}).get(key, report.DECODING_OFF) != report.DECODING_OFF:
       skipped[key] = old["skipped"][key]  # the earlier run's reason stands
   if "skipped" in new:
     merged["skipped"] = skipped

@@ -8,7 +8,7 @@ of the units its group of masks can show (context_units: an intra-region copy re
 region's alone); copies are encoded in batches, and every scored unit of a copy is one
 decoder row whose queries are the centres of the scored bins at every width of `widths`
 (a 20 ms bin holds two 10 ms and four 5 ms bins, so one encoding serves them all). The
-rates are scored with NDT1's own code (evaluation.tasks.score_task), per neuron.
+rates are scored with NDT1's own code (evaluation.activity.score_task), per neuron.
 
 Behaviour decoding is NDT1's too (evaluation.decoding.decode_split): the features of a
 trial are the model's 20 ms log-rates of every unit on the unmasked trial (one pass, the
@@ -31,7 +31,7 @@ from flax import nnx
 from mtm_jax import masking, progress, token_masking
 from mtm_jax.datasets import synthetic_events
 from mtm_jax.datasets.events import binning, trials as trials_lib
-from mtm_jax.evaluation import copies, decoding, run, tasks as tasks_lib
+from mtm_jax.evaluation import activity, copies, decoding, report
 from mtm_jax.parallel import mesh as mesh_lib
 
 
@@ -217,7 +217,7 @@ def predict_task(
       )
       if mesh is not None:
         args = copies.place({k: v[mesh_lib.process_rows(n_rows, mesh)] for k, v in args.items()}, n_rows, mesh)
-      log_rates = tasks_lib.fetch(
+      log_rates = activity.fetch(
         predictor.decode(params, latents, args["copy"], args["unit"], all_times, args["session"], args["prompt"])
       )[: len(c_rows)]
       trial = np.array([chunk[c][1] for c in c_rows])
@@ -280,12 +280,12 @@ def evaluate_session(
       f, w, spikes, true = factors[j], widths[j], counts[j], truth[j]
       fine = at_width(task, f)
       suffix = "" if f == 1 else f"_{width_label(w)}"
-      bps = tasks_lib.score_task(np.exp(lr.astype(np.float64)) * (bin_size / f), spikes, fine)
+      bps = activity.score_task(np.exp(lr.astype(np.float64)) * (bin_size / f), spikes, fine)
       results[f"{task.name}_bps{suffix}"] = float(np.nanmean(bps))
       shown.append(f"{width_label(w)} {results[f'{task.name}_bps{suffix}']:.4f}")
       per_neuron[f"{task.name}_{width_label(w)}"] = bps
       if true is not None:
-        results[f"oracle_{task.name}_bps{suffix}"] = float(np.nanmean(tasks_lib.score_task(true, spikes, fine)))
+        results[f"oracle_{task.name}_bps{suffix}"] = float(np.nanmean(activity.score_task(true, spikes, fine)))
     stage.note = ", ".join(shown) + " bps"
     stage.finish()
   results.update(session_id=session.session_id, n_trials=len(intervals), n_neurons=n_units)
@@ -313,7 +313,7 @@ def evaluate_data(
   max_masks: int = 0,
 ) -> tuple[dict, dict]:
   """Every session of `data` (see evaluate_session, also for fine_tasks): (results, per-neuron arrays). One
-  session: its metrics at the top level; several: their means there (run.session_means)
+  session: its metrics at the top level; several: their means there (report.session_means)
   and each session's under "sessions". decode: dict(prompt=, folds=, seed=) of the
   behaviour decoders (decode_session), or None to skip them; heads(position): the
   fine-tuned readouts' scores of a session (poyo_mtm_heads.head_metrics), or None;
@@ -337,7 +337,7 @@ def evaluate_data(
       max_masks=max_masks,
     )
     if decode is None:
-      decoded = decoding.Decoded({}, {}, dict.fromkeys(decoding.BEHAVIOUR_METRICS, run.DECODING_OFF))
+      decoded = decoding.Decoded({}, {}, dict.fromkeys(decoding.BEHAVIOUR_METRICS, report.DECODING_OFF))
     else:
       decoded = decode_session(
         predictor, params, data, position, **decode, batch_size=batch_size, max_rows=max_rows, mesh=mesh, label=label
@@ -350,7 +350,7 @@ def evaluate_data(
     arrays.update({(k if len(data.sessions) == 1 else f"{session.session_id}/{k}"): v for k, v in bps.items()})
   if len(per_session) == 1:
     return next(iter(per_session.values())), arrays
-  return dict(run.session_means(per_session), sessions=per_session), arrays
+  return dict(report.session_means(per_session), sessions=per_session), arrays
 
 
 def true_rates_oracle(data: trials_lib.TrialData):
