@@ -51,7 +51,7 @@ def ndt1(data_dir, tmp_path_factory):
   c = ndt1_config.get_config("tiny")
   c.data.datasets, c.data.data_dir = DATASET, data_dir
   c.train.update(steps=2, checkpoint_every=2, eval_every=2)
-  trainer.train(registry.get("mtm"), c, workdir)
+  trainer.train(registry.get("ndt1"), c, workdir)
   counts = pipeline.load_split(DATASET, data_dir, "test", ("spikes", "trial_index"))["spikes"][:12, :50]
   starts = 10.0 + 3.0 * np.arange(len(counts))
   return registry.load_trained(workdir), counts, *spikes_of_counts(counts, starts), starts
@@ -142,7 +142,7 @@ def test_stitched_ndt1_unit_embeddings_are_the_sessions_stitcher_rows():
   config = ndt1_config.get_config("tiny,stitch")
   records = [dict(name=f"s{i}", session_id=f"id{i}", region_names=["CA1"] * n) for i, n in enumerate((5, 9))]
   mesh = mesh_lib.from_config(config, fit=True)
-  graphdef, _, state = registry.get("mtm").create(config, records, mesh)
+  graphdef, _, state = registry.get("ndt1").create(config, records, mesh)
   trained = base.Trained(config, records, graphdef, state.params, 0, mesh)
   kernel = np.asarray(jax.device_get(state.params["stitch_in"]["kernel"].value))  # [S, max N, stitch_dim]
   for row, name in enumerate(("s0", "s1")):

@@ -112,9 +112,9 @@ def test_a_negative_bits_per_spike_comes_with_a_one_line_hint():
 
   results = {"session_id": "s", "split": "test", "step": 2, "masking_mode": "mtm", "skipped": {}}
   good = dict(results, **{m: 0.1 for m in report_lib.METRICS})
-  assert report_lib.NEGATIVE_BPS not in registry.get("mtm").report(good)
+  assert report_lib.NEGATIVE_BPS not in registry.get("ndt1").report(good)
   bad = dict(good, co_smoothing_bps=-17.0, oracle_forward_prediction_bps=-1.0)
-  report = registry.get("mtm").report(bad)
+  report = registry.get("ndt1").report(bad)
   assert report.splitlines()[-1] == report_lib.NEGATIVE_BPS
   assert (
     report_lib.NEGATIVE_BPS

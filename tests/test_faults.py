@@ -314,7 +314,7 @@ def test_bad_config_fails_before_touching_the_run(data_dir, reference, tmp_path,
   config = _config(data_dir)
   change(config)
   with pytest.raises(ValueError, match=message):
-    trainer.train(registry.get("mtm"), config, workdir)
+    trainer.train(registry.get("ndt1"), config, workdir)
   assert _snapshot(workdir) == before
 
 
@@ -324,7 +324,7 @@ def test_data_set_with_other_neurons_than_the_checkpoint_is_a_clear_error(data_d
   _edit_sessions(workdir, lambda records: records[0]["region_names"].pop())  # as if rebuilt with 113 neurons
   before = _snapshot(workdir)
   with pytest.raises(ValueError, match="region_names = 113 entries in the checkpoint but 114 entries in the data set"):
-    trainer.train(registry.get("mtm"), _config(data_dir), workdir)
+    trainer.train(registry.get("ndt1"), _config(data_dir), workdir)
   assert _snapshot(workdir) == before
 
 

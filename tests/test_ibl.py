@@ -227,7 +227,7 @@ def test_pretrain_runs_on_the_built_session(ibl_cache, ibl_data_dir, tmp_path):
   config.masking.mode = "neuron"  # one scheme: one compilation (MtM's draw is tested elsewhere)
   config.train.steps = config.train.log_every = 2
   config.train.eval_every = config.train.checkpoint_every = 2
-  result = trainer.train(registry.get("mtm"), config, str(tmp_path / "run"))
+  result = trainer.train(registry.get("ndt1"), config, str(tmp_path / "run"))
   assert result
   metrics = [line for line in open(tmp_path / "run" / "metrics.jsonl", encoding="utf-8")]
   assert metrics and all("nan" not in line.lower() for line in metrics)
@@ -272,7 +272,7 @@ def test_evaluate_a_small_session_keeps_the_activity_metrics_and_skips_what_cann
   config.masking.mode = "neuron"
   config.train.steps = config.train.log_every = config.train.eval_every = config.train.checkpoint_every = 2
   workdir = str(tmp_path / "run")
-  trainer.train(registry.get("mtm"), config, workdir)
+  trainer.train(registry.get("ndt1"), config, workdir)
 
   results = registry.evaluate_workdir(workdir)
   with open(os.path.join(workdir, "metrics.json"), encoding="utf-8") as f:

@@ -309,7 +309,7 @@ def test_imported_ndt1_loads_as_evaluation_and_finetuning_load_it(data_dir, tmp_
 
   config = ndt1_config.get_config("tiny,stitch")
   config.data.datasets = STUDY_DATASETS[0]
-  config = registry.get("mtm").finetune_config(config, workdir)
+  config = registry.get("ndt1").finetune_config(config, workdir)
   assert config.model.to_dict() == trained.config.model.to_dict()
   fresh = ndt1.from_config(config, [11], rngs=nnx.Rngs(0))
   grafted = ndt1_task.graft_shared(nnx.state(fresh, nnx.Param), trained.params)

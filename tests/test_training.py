@@ -106,11 +106,11 @@ def _params(workdir, step=None):
 
 def test_resume_continues_exactly(data_dir, tmp_path, caplog):
   full, resumed = str(tmp_path / "full"), str(tmp_path / "resumed")
-  trainer.train(registry.get("mtm"), _config(data_dir, steps=12, checkpoint_every=6, eval_every=6), full)
+  trainer.train(registry.get("ndt1"), _config(data_dir, steps=12, checkpoint_every=6, eval_every=6), full)
   # A run "interrupted" after step 6: only that checkpoint exists, then it is re-run.
   os.makedirs(os.path.join(resumed, "checkpoints"))
   shutil.copytree(os.path.join(full, "checkpoints", "6"), os.path.join(resumed, "checkpoints", "6"))
-  trainer.train(registry.get("mtm"), _config(data_dir, steps=12, checkpoint_every=6, eval_every=6), resumed)
+  trainer.train(registry.get("ndt1"), _config(data_dir, steps=12, checkpoint_every=6, eval_every=6), resumed)
   a, b = _params(full), _params(resumed)
   assert registry.load_trained(resumed).step == 12
   jax.tree.map(np.testing.assert_array_equal, a, b)
@@ -121,7 +121,7 @@ def test_resume_continues_exactly(data_dir, tmp_path, caplog):
   assert {"loss", "steps_per_second", "val_loss"} <= set().union(*lines)
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(full, "tensorboard")))
   # Re-run as it was: it says so, and changes nothing.
-  trainer.train(registry.get("mtm"), _config(data_dir, steps=12, checkpoint_every=6, eval_every=6), full)
+  trainer.train(registry.get("ndt1"), _config(data_dir, steps=12, checkpoint_every=6, eval_every=6), full)
   assert "the run is at step 12 and config.train.steps is 12: nothing to train" in caplog.text
   jax.tree.map(np.testing.assert_array_equal, a, _params(full))
 
@@ -148,7 +148,7 @@ def test_val_loss_covers_a_validation_split_smaller_than_a_batch(
   workdir = str(tmp_path / "run")
   config = _config(data_dir, steps=2, checkpoint_every=2, eval_every=1)
   config.data.batch_size = batch_size
-  last = trainer.train(registry.get("mtm"), config, workdir)
+  last = trainer.train(registry.get("ndt1"), config, workdir)
   lines = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
   assert np.isfinite(last["val_loss"]) and last["val_loss"] > 0  # a real loss, not 0 and not left out
   assert [l["step"] for l in lines if "val_loss" in l] == [1, 2]
@@ -192,7 +192,7 @@ def test_padding_rows_of_a_validation_batch_carry_no_targets():
 
 def test_evaluate_writes_the_four_metrics(data_dir, tmp_path, monkeypatch):
   workdir = str(tmp_path / "run")
-  trainer.train(registry.get("mtm"), _config(data_dir, steps=4, checkpoint_every=4, eval_every=4), workdir)
+  trainer.train(registry.get("ndt1"), _config(data_dir, steps=4, checkpoint_every=4, eval_every=4), workdir)
   results = registry.evaluate_workdir(workdir)
   saved = json.load(open(os.path.join(workdir, "metrics.json")))
   for m in report.METRICS:

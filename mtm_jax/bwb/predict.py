@@ -15,7 +15,7 @@ units [S] int, the unit's position in the model's session row (`trained.row(name
   every unit per bin given the decoding prompt, as the frozen-model behaviour decoders read.
 - `unit_embeddings`: one learned vector per unit of the session (TS3's probe input).
 
-The families' own code runs the model: mtm_jax.bwb.predict_ndt1 (NDT1, config.family "mtm")
+The families' own code runs the model: mtm_jax.bwb.predict_ndt1 (NDT1, config.family "ndt1")
 and mtm_jax.bwb.predict_spike (spike-token MtM, "poyo_mtm"); a POYO model ("poyo") decodes
 behaviour and predicts no counts, so it has unit_embeddings only. Windows are run in chunks
 (memory-bounded; real sessions have ~70k windows), with a progress.Stage line.
@@ -30,8 +30,9 @@ from flax import nnx
 from mtm_jax import progress
 from mtm_jax.bwb import predict_ndt1, predict_spike, tasks as bwb_tasks
 from mtm_jax.evaluation import activity
+from mtm_jax.training import checkpoint
 
-NDT1, SPIKE_MTM, POYO = "mtm", "poyo_mtm", "poyo"  # config.family of each family
+NDT1, SPIKE_MTM, POYO = "ndt1", "poyo_mtm", "poyo"  # config.family of each family
 N_BINS = bwb_tasks.TIMESTEPS  # 50 bins of bwb_tasks.BIN_SIZE = 0.02 s: one 1 s window
 
 
@@ -39,8 +40,8 @@ LOUD_WINDOWS = 5000  # predictions over this many windows log their progress
 
 
 def family(trained) -> str:
-  """config.family of a trained model (configs saved before it existed are NDT1's)."""
-  return str(trained.config.get("family", NDT1))
+  """config.family of a trained model (older ids and configs saved before it existed: checkpoint.family_of)."""
+  return checkpoint.family_of(trained.config)
 
 
 def window_log_rates(

@@ -1,4 +1,4 @@
-"""An NDT1's (config.family "mtm") log-rates on BrainWideBench windows, with the existing
+"""An NDT1's (config.family "ndt1") log-rates on BrainWideBench windows, with the existing
 evaluation's machinery (mtm_jax.evaluation.activity.predict_task on binned counts); see
 mtm_jax.bwb.predict for what is predicted."""
 

@@ -129,8 +129,8 @@ class Task:
   def pretrained_config(self, pretrained: str) -> ml_collections.ConfigDict:
     """The config of the pretrained run in `pretrained`, checked to be of this family."""
     pre, _ = checkpoint.load_metadata(pretrained)
-    if pre.get("family", "mtm") != self.family:
-      raise ValueError(f"{pretrained}: holds a {pre.get('family', 'mtm')!r} model, not {self.name}")
+    if checkpoint.family_of(pre) != self.family:
+      raise ValueError(f"{pretrained}: holds a {checkpoint.family_of(pre)!r} model, not {self.name}")
     return pre
 
   # ---- Training ---------------------------------------------------------------------------

@@ -149,7 +149,7 @@ def reference_session_rows(arch: dict, infos, rows: list[str], eids_file: str | 
 
 
 class NDT1Task(base.Task):
-  family, name = "mtm", "NDT1"
+  family, name = "ndt1", "NDT1"
 
   # ---- Configs -----------------------------------------------------------------------------
   def check(self, config):

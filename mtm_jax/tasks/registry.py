@@ -21,15 +21,17 @@ TASKS = {task.family: task for task in (ndt1.NDT1Task(), poyo.POYOTask(), poyo_m
 
 
 def get(family: str) -> base.Task:
-  """The task of config.family `family`."""
+  """The task of config.family `family` (older ids, e.g. NDT1's "mtm", are read as today's)."""
+  family = checkpoint.LEGACY_FAMILIES.get(family, family)
   if family not in TASKS:
     raise ValueError(f"config.family: unknown {family!r}; expected one of {sorted(TASKS)}")
   return TASKS[family]
 
 
 def of(config) -> base.Task:
-  """The task of a config (configs saved before config.family existed are NDT1's)."""
-  return get(config.get("family", "mtm"))
+  """The task of a config (a saved config with family "mtm", NDT1's id before "ndt1", or
+  without config.family, written before it existed, is NDT1's: checkpoint.family_of)."""
+  return get(checkpoint.family_of(config))
 
 
 def of_workdir(workdir: str, step: int | None = None) -> base.Task:
