@@ -39,7 +39,7 @@ _TRIALS = flags.DEFINE_integer("trials", 180, "test trials")
 _REGIONS = flags.DEFINE_integer("regions", 5, "brain regions")
 _MAX_BATCH = flags.DEFINE_integer("max_batch", 2048, "sequences per forward pass (config.eval.max_batch)")
 _SHORTCUTS = flags.DEFINE_list("shortcut", ["true"], "shortcut settings to time (true/false)")
-_TASKS = flags.DEFINE_list("tasks", [t.name for t in masking.evaluation_tasks(np.zeros(1, int), 100)], "tasks to time")
+_TASKS = flags.DEFINE_list("tasks", [t.name for t in masking.evaluation_masks(np.zeros(1, int), 100)], "tasks to time")
 _MAX_MASKS = flags.DEFINE_integer(
   "max_masks",
   0,
@@ -84,7 +84,7 @@ def measure(
   rows = []
   for shortcut in shortcuts:
     total, total_flops = 0.0, 0
-    for task in masking.evaluation_tasks(region_ids, 100):
+    for task in masking.evaluation_masks(region_ids, 100):
       if task_names is not None and task.name not in task_names:
         continue
       n_masks = task.hide_neurons.shape[0]
@@ -93,7 +93,7 @@ def measure(
         timed = dataclasses.replace(
           task, hide_neurons=task.hide_neurons[:max_masks], score_neurons=task.score_neurons[:max_masks]
         )
-      run = lambda: activity.predict_task(
+      run = lambda: activity.predict_masks(
         predictor,
         params,
         spikes,
@@ -106,7 +106,7 @@ def measure(
         run()
       t0 = time.perf_counter()
       log_rates = run()
-      activity.score_task(np.exp(log_rates.astype(np.float64)), spikes, timed)
+      activity.score_masks(np.exp(log_rates.astype(np.float64)), spikes, timed)
       measured = time.perf_counter() - t0
       done = timed.hide_neurons.shape[0]
       seconds = measured * n_masks / done

@@ -75,7 +75,7 @@ def measure(
   ]
   options = dict(batch_size=config.eval.batch_size, max_rows=config.eval.max_rows)
   rows = []
-  for task in masking.evaluation_tasks(data.regions[0, :units], data.config.n_bins):
+  for task in masking.evaluation_masks(data.regions[0, :units], data.config.n_bins):
     if task_names is not None and task.name not in task_names:
       continue
     n_masks = task.hide_neurons.shape[0]
@@ -86,10 +86,10 @@ def measure(
       )
 
     def run():
-      log_rates = poyo_mtm_eval.predict_task(predictor, params, data, 0, timed, factors, **options)
+      log_rates = poyo_mtm_eval.predict_masks(predictor, params, data, 0, timed, factors, **options)
       for f, lr, spikes in zip(factors, log_rates, counts):
         rates = np.exp(lr.astype(np.float64)) * (data.config.bin_size / f)
-        activity.score_task(rates, spikes, poyo_mtm_eval.at_width(timed, f))
+        activity.score_masks(rates, spikes, poyo_mtm_eval.at_width(timed, f))
 
     t0 = time.perf_counter()
     run()

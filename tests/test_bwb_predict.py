@@ -58,7 +58,7 @@ def ndt1(data_dir, tmp_path_factory):
 
 
 def existing(trained, counts, task, causal):
-  return activity.predict_task(
+  return activity.predict_masks(
     activity.make_predictor(trained.graphdef),
     trained.params,
     counts,
@@ -73,13 +73,13 @@ def existing(trained, counts, task, causal):
 def test_ndt1_co_smoothing_and_forecasting_equal_the_existing_evaluation(ndt1):
   trained, counts, times, units, starts = ndt1
   n = counts.shape[-1]
-  co = existing(trained, counts, masking.co_smoothing_task(n, 50), causal=False)
+  co = existing(trained, counts, masking.co_smoothing_masks(n, 50), causal=False)
   for i in (0, 57):
     hide = np.arange(n) == i
     got = predict.window_log_rates(trained, DATASET, times, units, starts, hide_units=hide, units=np.array([i, 3]))
     assert got.shape == (len(starts), 50, 2) and got.dtype == np.float32
     np.testing.assert_allclose(got[..., 0], co[..., i], rtol=1e-4, atol=1e-4)
-  forward = existing(trained, counts, masking.forward_prediction_task(n, 50, range(45, 50)), causal=True)
+  forward = existing(trained, counts, masking.forward_prediction_masks(n, 50, range(45, 50)), causal=True)
   got = predict.window_log_rates(trained, DATASET, times, units, starts, forecast_bins=5)
   assert got.shape == (len(starts), 50, n)
   np.testing.assert_allclose(got[:, 45:], forward[:, 45:], rtol=1e-4, atol=1e-4)
@@ -205,7 +205,7 @@ def spike(tmp_path_factory):
 def spike_existing(trained, data, task):
   predictor = poyo_mtm_eval.make_predictor(trained.graphdef, 0.02)
   e = trained.config.eval
-  (out,) = poyo_mtm_eval.predict_task(
+  (out,) = poyo_mtm_eval.predict_masks(
     predictor, trained.params, data, 0, task, [1], batch_size=e.batch_size, max_rows=e.max_rows
   )
   return out + LOG_BIN
@@ -216,15 +216,15 @@ def test_spike_token_co_smoothing_and_forecasting_equal_the_existing_evaluation(
   name, n = trained.names[0], len(session.unit_ids)
   starts = data.trials[:, 1]
   args = (trained, name, session.spike_times, session.spike_units, starts)
-  co = spike_existing(trained, data, masking.co_smoothing_task(n, 50))
+  co = spike_existing(trained, data, masking.co_smoothing_masks(n, 50))
   for i in (0, 5):
     got = predict.window_log_rates(*args, hide_units=np.arange(n) == i)
     assert got.shape == (len(starts), 50, n) and got.dtype == np.float32
     np.testing.assert_allclose(got[..., i], co[..., i], rtol=1e-4, atol=1e-4)
-  forward = spike_existing(trained, data, masking.forward_prediction_task(n, 50, range(45, 50)))
+  forward = spike_existing(trained, data, masking.forward_prediction_masks(n, 50, range(45, 50)))
   got = predict.window_log_rates(*args, forecast_bins=5, units=np.array([6, 0]))
   np.testing.assert_allclose(got[:, 45:], forward[:, 45:][..., [6, 0]], rtol=1e-4, atol=1e-4)
-  features = spike_existing(trained, data, poyo_mtm_eval.unmasked_task(n, 50, "neuron"))
+  features = spike_existing(trained, data, poyo_mtm_eval.unmasked_masks(n, 50, "neuron"))
   np.testing.assert_allclose(predict.window_features(*args), features, rtol=1e-4, atol=1e-4)
 
 

@@ -17,9 +17,9 @@ def test_batched_equals_one_at_a_time():
   spikes = rng.poisson(1.0, (k, 100, n)).astype(np.float32)
   region_ids = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])
   predictor = activity.make_predictor(graphdef)
-  for task in masking.evaluation_tasks(region_ids, 100):
+  for task in masking.evaluation_masks(region_ids, 100):
     causal = task.prompt == "causal"
-    batched = activity.predict_task(predictor, params, spikes, task, causal=causal, max_batch=3 * k)  # 3 masks/pass
+    batched = activity.predict_masks(predictor, params, spikes, task, causal=causal, max_batch=3 * k)  # 3 masks/pass
     expected = np.zeros_like(spikes)
     prompt = masking.SCHEMES.index(task.prompt)
     for m in range(task.hide_neurons.shape[0]):
@@ -35,11 +35,11 @@ def test_score_task_uses_only_scored_bins_and_neurons():
   rng = np.random.default_rng(1)
   rates = rng.gamma(2.0, 0.3, (4, 100, 3))
   spikes = rng.poisson(rates).astype(float)
-  task = masking.forward_prediction_task(3, 100)
+  task = masking.forward_prediction_masks(3, 100)
   from mtm_jax import metrics
 
   np.testing.assert_allclose(
-    activity.score_task(rates, spikes, task), metrics.bits_per_spike_per_neuron(rates[:, 90:], spikes[:, 90:])
+    activity.score_masks(rates, spikes, task), metrics.bits_per_spike_per_neuron(rates[:, 90:], spikes[:, 90:])
   )
 
 

@@ -19,7 +19,7 @@ def _definition(model, spikes, region_ids, *, session, n_model):
   padded = jnp.asarray(np.pad(spikes, ((0, 0), (0, 0), (0, n_model - n))))
   forward = jax.jit(lambda x, prompt, causal: model(x, prompt=prompt, session=session, causal=causal))
   out = {}
-  for task in masking.evaluation_tasks(region_ids, t):
+  for task in masking.evaluation_masks(region_ids, t):
     causal = task.prompt == "causal"
     rates = np.zeros(spikes.shape)
     for m in range(task.hide_neurons.shape[0]):
@@ -70,7 +70,7 @@ def test_evaluation_over_a_mesh_matches_one_device():
 
 def test_single_neuron_groups_decompose_the_masks():
   region_ids = np.array([0, 0, 1, 1, 1, 2])
-  co, forward, inter, intra = masking.evaluation_tasks(region_ids, 100)
+  co, forward, inter, intra = masking.evaluation_masks(region_ids, 100)
   ((shared, neurons),) = activity.single_neuron_groups(co)
   assert not shared.any() and list(neurons) == list(range(6))
   groups = activity.single_neuron_groups(intra)
@@ -125,13 +125,13 @@ def test_a_subsample_of_masks_scores_the_same_neurons_the_same():
     np.testing.assert_allclose(part["per_neuron"][name][scored], full["per_neuron"][name][scored], rtol=1e-5)
     assert part[f"{name}_bps"] == pytest.approx(float(np.mean(full["per_neuron"][name][scored])), rel=1e-6)
   # inter-region hides every region holding a sampled neuron, whole, and no other
-  inter = masking.evaluation_tasks(region_ids, 20, max_masks=3)[2]
+  inter = masking.evaluation_masks(region_ids, 20, max_masks=3)[2]
   assert {tuple(m) for m in inter.hide_neurons.tolist()} == {
     tuple((region_ids == r).tolist()) for r in np.unique(region_ids[sample])
   }
-  again = masking.evaluation_tasks(region_ids, 20, max_masks=3)
+  again = masking.evaluation_masks(region_ids, 20, max_masks=3)
   assert [t.score_neurons.tolist() for t in again] == [
-    t.score_neurons.tolist() for t in masking.evaluation_tasks(region_ids, 20, max_masks=3)
+    t.score_neurons.tolist() for t in masking.evaluation_masks(region_ids, 20, max_masks=3)
   ]
-  with_all = masking.evaluation_tasks(region_ids, 20, max_masks=0)
+  with_all = masking.evaluation_masks(region_ids, 20, max_masks=0)
   assert [t.score_neurons.shape[0] for t in with_all] == [7, 1, 3, 7]

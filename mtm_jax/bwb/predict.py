@@ -8,7 +8,7 @@ units [S] int, the unit's position in the model's session row (`trained.row(name
 - `window_log_rates`: log expected spike counts per bin [W, 50, n], the input corrupted as
   BWB's TS2 corrupts it (co-smoothing: held-out units' spikes removed over the whole window;
   forecasting: every spike of the last bins removed), and the model run with the matching
-  MtM evaluation mask and prompt (mtm_jax.masking.EvalTask: co-smoothing = the neuron mask,
+  MtM evaluation mask and prompt (mtm_jax.masking.EvalMasks: co-smoothing = the neuron mask,
   prompt "neuron"; forecasting = the forward-prediction mask, prompt "causal", with causal
   attention where the existing evaluation uses it).
 - `window_features`: the features a TS1 linear readout is fit on, the unmasked log-rates of

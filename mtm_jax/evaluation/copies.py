@@ -50,13 +50,13 @@ def chunk_trials(trials: Sequence, batch_size: int) -> tuple[list, np.ndarray]:
   return distinct + [distinct[-1]] * (size - len(distinct)), rows
 
 
-def context_units(task: masking.EvalTask) -> tuple[np.ndarray, np.ndarray]:
-  """(units [G, n] bool, group [M] int): the masks of `task` in groups whose copies see
+def context_units(masks: masking.EvalMasks) -> tuple[np.ndarray, np.ndarray]:
+  """(units [G, n] bool, group [M] int): the masks of `masks` in groups whose copies see
   only tokens of units[group[m]] (each unit some mask of the group leaves visible in a bin
   or scores). Intra-region masks keep one region: its copies attend over that region's
   tokens alone, not the whole trial's (same outputs, a fraction of the work)."""
-  hidden_everywhere = task.hide_neurons & bool(np.all(task.hide_bins))  # [M, n]
-  units, group = np.unique(~hidden_everywhere | task.score_neurons, axis=0, return_inverse=True)
+  hidden_everywhere = masks.hide_neurons & bool(np.all(masks.hide_bins))  # [M, n]
+  units, group = np.unique(~hidden_everywhere | masks.score_neurons, axis=0, return_inverse=True)
   return units, group.reshape(-1)
 
 

@@ -14,20 +14,20 @@ from mtm_jax.evaluation import activity, decoding, ndt1_heads, plots, report
 def unmasked_log_rates(trained, spikes: np.ndarray, *, prompt: str, session: int) -> np.ndarray:
   """[K, T, N] log-rates of the frozen model on unmasked input, given `prompt`."""
   k, t, n = spikes.shape
-  task = masking.EvalTask(
+  masks = masking.EvalMasks(
     "unmasked", prompt, np.zeros((1, n), bool), np.ones((1, n), bool), np.zeros(t, bool), np.ones(t, bool)
   )
-  return predict_unmasked_task(trained, activity.make_predictor(trained.graphdef), spikes, task, session)
+  return predict_noncausal(trained, activity.make_predictor(trained.graphdef), spikes, masks, session)
 
 
-def predict_unmasked_task(trained, predictor, spikes: np.ndarray, task: masking.EvalTask, session: int):
-  """[K, T, N] log-rates of the trained model under `task`'s masks, non-causal attention."""
+def predict_noncausal(trained, predictor, spikes: np.ndarray, masks: masking.EvalMasks, session: int):
+  """[K, T, N] log-rates of the trained model under `masks`, non-causal attention."""
   config = trained.config
-  return activity.predict_task(
+  return activity.predict_masks(
     predictor,
     trained.params,
     spikes,
-    task,
+    masks,
     causal=False,
     max_batch=config.eval.max_batch,
     mesh=trained.mesh,
@@ -75,8 +75,8 @@ def evaluate_session(
 
   Returns the metrics dict, with "decoding_folds" ({metric: outer folds used}),
   "skipped" ({metric: reason}, behaviour metrics the split cannot score, or all of them
-  when not `decode`), "per_neuron" ({task: [N] bps}) and, if keep_predictions,
-  "predictions" ({task: [K, T, N] expected counts}) and "spikes". Each stage writes a
+  when not `decode`), "per_neuron" ({metric: [N] bps}) and, if keep_predictions,
+  "predictions" ({metric: [K, T, N] expected counts}) and "spikes". Each stage writes a
   line (progress.Stage; label: their prefix)."""
   config = trained.config
   row = trained.row(name)
@@ -136,8 +136,8 @@ def evaluate_sessions(trained, split: str, sessions: list[str] | None = None, de
   for name in names:
     label = f"{name}: " if len(names) > 1 else ""
     r = evaluate_session(trained, name, split, decode=decode, label=label)
-    for task, bps in r.pop("per_neuron").items():
-      arrays[task if len(names) == 1 else f"{name}/{task}"] = bps
+    for metric, bps in r.pop("per_neuron").items():
+      arrays[metric if len(names) == 1 else f"{name}/{metric}"] = bps
     per_session[name] = r
   if len(names) == 1:
     results = per_session[names[0]]
@@ -147,20 +147,20 @@ def evaluate_sessions(trained, split: str, sessions: list[str] | None = None, de
   return results, arrays
 
 
-RASTER_TASKS = {"inter-region": "inter_region", "intra-region": "intra_region"}
+RASTER_METRICS = {"inter-region": "inter_region", "intra-region": "intra_region"}
 
 
-def _region_rates(trained, name: str, split: str, task_names) -> tuple[np.ndarray, dict]:
-  """(spikes [K, T, N], {task: [K, T, N] expected counts}) of one session's split."""
+def _region_rates(trained, name: str, split: str, metrics) -> tuple[np.ndarray, dict]:
+  """(spikes [K, T, N], {metric: [K, T, N] expected counts}) of one session's split."""
   data = pipeline.load_split(name, trained.config.data.data_dir, split, ("spikes", "trial_index"))
   row = trained.row(name)
   region_ids = trained.sessions[row].region_ids()
   predictor = activity.make_predictor(trained.graphdef)
   out = {}
-  for task in masking.evaluation_tasks(region_ids, data["spikes"].shape[1]):
-    if task.name in task_names:
-      log_rates = predict_unmasked_task(trained, predictor, data["spikes"], task, row)
-      out[task.name] = np.exp(log_rates)
+  for masks in masking.evaluation_masks(region_ids, data["spikes"].shape[1]):
+    if masks.name in metrics:
+      log_rates = predict_noncausal(trained, predictor, data["spikes"], masks, row)
+      out[masks.name] = np.exp(log_rates)
   return data["spikes"], out
 
 
@@ -180,13 +180,13 @@ def raster_plot(
   if region not in info.regions:
     raise ValueError(f"--plot_region: {region!r} is not a region of {session}; it has {info.regions}")
   neurons = np.flatnonzero(names == region)
-  predictions = {row: {} for row in RASTER_TASKS}
+  predictions = {row: {} for row in RASTER_METRICS}
   truth = None
   for label, trained in models.items():
-    spikes, rates = _region_rates(trained, session, split, set(RASTER_TASKS.values()))
+    spikes, rates = _region_rates(trained, session, split, set(RASTER_METRICS.values()))
     truth = spikes[..., neurons]
-    for row, task in RASTER_TASKS.items():
-      predictions[row][label] = rates[task][..., neurons]
+    for row, metric in RASTER_METRICS.items():
+      predictions[row][label] = rates[metric][..., neurons]
   plots.raster_figure(
     path, truth, predictions, title=f"{session} ({info.session_id}), {region}: {len(neurons)} neurons, {split} trials"
   )

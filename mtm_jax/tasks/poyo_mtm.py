@@ -272,7 +272,7 @@ class PoyoMtMTask(base.Task):
       oracle=poyo_mtm_eval.true_rates_oracle(data),
       decode=decoding_options(config) if decode else None,
       heads=heads(trained, sessions, data, head_steps) if head_steps else None,
-      fine_tasks=config.eval.get("fine_tasks") or None,
+      fine_metrics=config.eval.get("fine_tasks") or None,
       max_masks=config.eval.get("max_masks", 0),
     )
     return {**results, "split": split, "step": trained.step, "masking_mode": config.masking.mode}, arrays
