@@ -14,7 +14,7 @@ import pytest
 from mtm_jax import progress
 from mtm_jax.configs import ndt1 as ndt1_config, poyo_mtm as poyo_mtm_config
 from mtm_jax.tasks import registry
-from mtm_jax.training import checkpoint, provenance
+from mtm_jax.training import checkpoint, config_checks, provenance
 from mtm_jax.training import trainer
 from tests.conftest import DATASET
 
@@ -160,7 +160,7 @@ def test_a_checkpoint_whose_config_says_mtm_is_read_as_ndt1(workdir, tmp_path):
   now, _ = checkpoint.load_metadata(workdir)  # the same run saved as today's
   assert now.family == "ndt1"
   checkpoint.check_compatible(saved, records, now, records, old)
-  assert checkpoint.family_of({}) == "ndt1" and checkpoint.family_of({"family": "poyo"}) == "poyo"
+  assert config_checks.family_of({}) == "ndt1" and config_checks.family_of({"family": "poyo"}) == "poyo"
   assert provenance.differences({"family": "mtm", "seed": 1}, {"family": "ndt1", "seed": 1}) == []
   assert provenance.differences({"family": "poyo"}, {"family": "ndt1"}) == [("family", "poyo", "ndt1")]
   other, _ = checkpoint.load_metadata(_other_family(workdir, tmp_path, family="poyo_mtm"))

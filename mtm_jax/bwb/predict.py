@@ -30,7 +30,7 @@ from flax import nnx
 from mtm_jax import progress
 from mtm_jax.bwb import predict_ndt1, predict_spike, tasks as bwb_tasks
 from mtm_jax.evaluation import activity
-from mtm_jax.training import checkpoint
+from mtm_jax.training import config_checks
 
 NDT1, SPIKE_MTM, POYO = "ndt1", "poyo_mtm", "poyo"  # config.family of each family
 N_BINS = bwb_tasks.TIMESTEPS  # 50 bins of bwb_tasks.BIN_SIZE = 0.02 s: one 1 s window
@@ -40,8 +40,8 @@ LOUD_WINDOWS = 5000  # predictions over this many windows log their progress
 
 
 def family(trained) -> str:
-  """config.family of a trained model (older ids and configs saved before it existed: checkpoint.family_of)."""
-  return checkpoint.family_of(trained.config)
+  """config.family of a trained model (older ids and configs saved before it existed: config_checks.family_of)."""
+  return config_checks.family_of(trained.config)
 
 
 def window_log_rates(

@@ -15,14 +15,14 @@ from absl import logging
 from mtm_jax import files
 from mtm_jax.evaluation import report
 from mtm_jax.tasks import base, ndt1, poyo, poyo_mtm
-from mtm_jax.training import checkpoint, provenance
+from mtm_jax.training import checkpoint, config_checks, provenance
 
 TASKS = {task.family: task for task in (ndt1.NDT1Task(), poyo.POYOTask(), poyo_mtm.PoyoMtMTask())}
 
 
 def get(family: str) -> base.Task:
   """The task of config.family `family` (older ids, e.g. NDT1's "mtm", are read as today's)."""
-  family = checkpoint.LEGACY_FAMILIES.get(family, family)
+  family = config_checks.LEGACY_FAMILIES.get(family, family)
   if family not in TASKS:
     raise ValueError(f"config.family: unknown {family!r}; expected one of {sorted(TASKS)}")
   return TASKS[family]
@@ -30,8 +30,8 @@ def get(family: str) -> base.Task:
 
 def of(config) -> base.Task:
   """The task of a config (a saved config with family "mtm", NDT1's id before "ndt1", or
-  without config.family, written before it existed, is NDT1's: checkpoint.family_of)."""
-  return get(checkpoint.family_of(config))
+  without config.family, written before it existed, is NDT1's: config_checks.family_of)."""
+  return get(config_checks.family_of(config))
 
 
 def of_workdir(workdir: str, step: int | None = None) -> base.Task:

@@ -37,10 +37,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from mtm_jax.parallel import sharding
-
-# config.family ids of older checkpoints -> today's: NDT1's was "mtm" (and configs saved
-# before config.family existed have none: NDT1 too).
-LEGACY_FAMILIES = {"mtm": "ndt1"}
+from mtm_jax.training import config_checks
 
 ITEMS = ("state", "config", "sessions", "progress", "data", "provenance")
 OPTIONAL = ("progress", "data", "provenance")  # items older checkpoints may lack
@@ -343,13 +340,6 @@ def relocate_data(config: ml_collections.ConfigDict, data_dir: str | None) -> No
       config.data.data_dir = os.path.abspath(os.path.expanduser(data_dir))
 
 
-def family_of(config) -> str:
-  """config.family of a config (ConfigDict or dict, e.g. one a checkpoint saved), with the
-  ids of older checkpoints read as today's (LEGACY_FAMILIES; none at all: "ndt1")."""
-  family = config.get("family", None) or "ndt1"
-  return LEGACY_FAMILIES.get(family, family)
-
-
 def with_defaults(
   saved: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict, legacy: dict | None = None
 ) -> ml_collections.ConfigDict:
@@ -374,11 +364,8 @@ def check_compatible(
   """Raises ValueError (before any training) when the checkpoint in `where` is from
   another model (config.family, config.model) or other sessions (names, ids, neurons).
   legacy: the model fields a saved config without them had (with_defaults)."""
-  for field in ("family", "model"):
-    if field == "family":  # older ids and configs saved before config.family existed: family_of
-      a, b = family_of(saved), family_of(config)
-    else:
-      a, b = saved.get(field), config.get(field)
+  for field in ("family", "model"):  # the family with older ids read as today's (config_checks.family_of)
+    a, b = (config_checks.family_of(x) if field == "family" else x.get(field) for x in (saved, config))
     if field == "model" and legacy:  # a field either side lacks had its legacy value
       a, b = (ml_collections.ConfigDict({**legacy, **x.to_dict()}) if x is not None else x for x in (a, b))
     # As JSON holds them (tuples come back as lists).
