@@ -25,7 +25,7 @@ from flax import nnx
 
 from benchmarks import common, flops, poyo_mtm_eval
 from mtm_jax import masking
-from mtm_jax.evaluation import tasks
+from mtm_jax.evaluation import activity
 from mtm_jax.models import ndt1
 from mtm_jax.configs import ndt1 as ndt1_config
 from mtm_jax.training import entry
@@ -39,7 +39,7 @@ _TRIALS = flags.DEFINE_integer("trials", 180, "test trials")
 _REGIONS = flags.DEFINE_integer("regions", 5, "brain regions")
 _MAX_BATCH = flags.DEFINE_integer("max_batch", 2048, "sequences per forward pass (config.eval.max_batch)")
 _SHORTCUTS = flags.DEFINE_list("shortcut", ["true"], "shortcut settings to time (true/false)")
-_TASKS = flags.DEFINE_list("tasks", [t.name for t in masking.evaluation_tasks(np.zeros(1, int), 100)], "tasks to time")
+_TASKS = flags.DEFINE_list("tasks", [t.name for t in masking.evaluation_masks(np.zeros(1, int), 100)], "tasks to time")
 _MAX_MASKS = flags.DEFINE_integer(
   "max_masks",
   0,
@@ -79,12 +79,12 @@ def measure(
   rng = np.random.default_rng(seed)
   spikes = rng.poisson(0.2, (k, 100, n)).astype(np.float32)
   region_ids = (np.arange(n) * regions // n).astype(np.int32)
-  predictor = tasks.make_predictor(graphdef)
+  predictor = activity.make_predictor(graphdef)
   peak = peak or {}
   rows = []
   for shortcut in shortcuts:
     total, total_flops = 0.0, 0
-    for task in masking.evaluation_tasks(region_ids, 100):
+    for task in masking.evaluation_masks(region_ids, 100):
       if task_names is not None and task.name not in task_names:
         continue
       n_masks = task.hide_neurons.shape[0]
@@ -93,7 +93,7 @@ def measure(
         timed = dataclasses.replace(
           task, hide_neurons=task.hide_neurons[:max_masks], score_neurons=task.score_neurons[:max_masks]
         )
-      run = lambda: tasks.predict_task(
+      run = lambda: activity.predict_masks(
         predictor,
         params,
         spikes,
@@ -106,12 +106,12 @@ def measure(
         run()
       t0 = time.perf_counter()
       log_rates = run()
-      tasks.score_task(np.exp(log_rates.astype(np.float64)), spikes, timed)
+      activity.score_masks(np.exp(log_rates.astype(np.float64)), spikes, timed)
       measured = time.perf_counter() - t0
       done = timed.hide_neurons.shape[0]
       seconds = measured * n_masks / done
       total += seconds
-      groups = tasks.single_neuron_groups(task) if shortcut == "true" else None
+      groups = activity.single_neuron_groups(task) if shortcut == "true" else None
       model_flops = _task_flops(config, n, n_masks * k, _embedded_bins(spikes, task, groups))
       total_flops += model_flops
       rows.append(
@@ -214,11 +214,11 @@ def poyo_mtm_main(peak: dict):
 
 def _embedded_bins(spikes: np.ndarray, task, groups) -> int | None:
   """(sequence, bin) pairs the one-neuron shortcut re-embeds for `task` (each group's
-  shared trials once, then each scored neuron's fired hidden bins: tasks.fired_bins);
+  shared trials once, then each scored neuron's fired hidden bins: activity.fired_bins);
   None when the task runs full passes (groups None)."""
   if groups is None:
     return None
-  real = lambda neurons: int((tasks.fired_bins(spikes, neurons, task.hide_bins)[0] < len(neurons)).sum())
+  real = lambda neurons: int((activity.fired_bins(spikes, neurons, task.hide_bins)[0] < len(neurons)).sum())
   return sum(spikes.shape[0] * spikes.shape[1] + real(neurons) for _, neurons in groups)
 
 

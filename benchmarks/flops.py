@@ -47,7 +47,7 @@ def ndt1_single_neuron_flops(
   embedded_bins: int | None = None,
 ) -> int:
   """FLOPs of `sequences` evaluation passes through the one-neuron shortcut
-  (evaluation/tasks.py `single`): the shared input pre-activation is computed once per
+  (evaluation/activity.py `single`): the shared input pre-activation is computed once per
   trial (not counted); the projection Linear(mult n, D) runs at `embedded_bins` (sequence,
   bin) pairs in all (the bins where the hidden neuron fired, plus the shared embedding's;
   None: every bin of every sequence); each sequence costs the transformer layers and one

@@ -1,4 +1,4 @@
-"""Spike-token MtM's four-metric evaluation (evaluation/poyo_mtm_eval.py), per task: its
+"""Spike-token MtM's four-metric evaluation (evaluation/poyo_mtm.py), per task: its
 compile time and run time, model FLOPs and achieved FLOP/s. The program is
 benchmarks.evaluation --family=poyo_mtm (this module defines no flags):
 
@@ -25,7 +25,7 @@ from benchmarks import flops, synthetic
 from mtm_jax import masking
 from mtm_jax.configs import poyo_mtm as poyo_mtm_config
 from mtm_jax.datasets.events import binning, trials as trials_lib
-from mtm_jax.evaluation import poyo_mtm_eval, tasks as tasks_lib
+from mtm_jax.evaluation import activity, poyo_mtm as poyo_mtm_eval
 from mtm_jax.models import poyo_mtm
 from mtm_jax.tasks import poyo_mtm as poyo_mtm_task
 
@@ -75,7 +75,7 @@ def measure(
   ]
   options = dict(batch_size=config.eval.batch_size, max_rows=config.eval.max_rows)
   rows = []
-  for task in masking.evaluation_tasks(data.regions[0, :units], data.config.n_bins):
+  for task in masking.evaluation_masks(data.regions[0, :units], data.config.n_bins):
     if task_names is not None and task.name not in task_names:
       continue
     n_masks = task.hide_neurons.shape[0]
@@ -86,10 +86,10 @@ def measure(
       )
 
     def run():
-      log_rates = poyo_mtm_eval.predict_task(predictor, params, data, 0, timed, factors, **options)
+      log_rates = poyo_mtm_eval.predict_masks(predictor, params, data, 0, timed, factors, **options)
       for f, lr, spikes in zip(factors, log_rates, counts):
         rates = np.exp(lr.astype(np.float64)) * (data.config.bin_size / f)
-        tasks_lib.score_task(rates, spikes, poyo_mtm_eval.at_width(timed, f))
+        activity.score_masks(rates, spikes, poyo_mtm_eval.at_width(timed, f))
 
     t0 = time.perf_counter()
     run()

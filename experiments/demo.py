@@ -16,7 +16,7 @@ import jax
 from data_builders import prepare
 from mtm_jax import files
 from mtm_jax.configs import ndt1 as ndt1_config
-from mtm_jax.evaluation import run
+from mtm_jax.evaluation import report as report_lib
 from mtm_jax.tasks import registry
 from mtm_jax.training import entry, trainer
 
@@ -41,7 +41,7 @@ def run_demo(dataset: str, data_dir: str, workdir: str, preset: str, steps: int 
     logging.info("training %s in %s", name, model_dir)
     trainer.train(registry.of(config), config, model_dir)
     results[name] = registry.evaluate_workdir(model_dir)
-  oracle = run.oracle_column(results["mtm"])
+  oracle = report_lib.oracle_column(results["mtm"])
   fraction = {m: results["mtm"][m] / oracle[m] for m in oracle}
   columns = {"MtM": results["mtm"], "temporal": results["temporal"], "oracle": oracle, "MtM / oracle": fraction}
   report = dict(
@@ -60,7 +60,7 @@ def run_demo(dataset: str, data_dir: str, workdir: str, preset: str, steps: int 
   text = (
     f"# mtm_jax demo\n\nSession `{dataset}` ({report['n_neurons']} neurons, {report['n_test_trials']} test "
     f"trials), NDT1 `{preset}`, {report['steps']} training steps per model, "
-    f"{report['seconds']:.0f} s in all.\n\n{run.table(columns)}\n"
+    f"{report['seconds']:.0f} s in all.\n\n{report_lib.table(columns)}\n"
   )
   os.makedirs(workdir, exist_ok=True)
   with files.atomic_write(os.path.join(workdir, "report.md"), encoding="utf-8") as f:

@@ -40,7 +40,7 @@ from ml_collections import config_flags
 from mtm_jax import files
 from mtm_jax.interop import state_dict
 from mtm_jax.tasks import registry
-from mtm_jax.training import checkpoint, entry, workdir as workdir_lib
+from mtm_jax.training import checkpoint, config_checks, entry, workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_TORCH_PYTHON = os.path.join("parity", ".venv", "bin", "python")
@@ -51,7 +51,7 @@ _CONFIG = config_flags.DEFINE_config_file(
 _SOURCE = flags.DEFINE_string(
   "source", None, ".npz (parity/export_torch.py), .pt/.ckpt, or encoder.bin+decoder.bin dir."
 )
-FAMILIES = {"ndt1": "mtm", "poyo": "poyo"}  # --kind: the authors' model -> our config.family
+FAMILIES = {"ndt1": "ndt1", "poyo": "poyo"}  # --kind: the authors' model -> our config.family
 _KIND = flags.DEFINE_enum("kind", None, sorted(FAMILIES), "Model family of the checkpoint.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory to write the mtm_jax checkpoint to.")
 _DATASETS = flags.DEFINE_list("datasets", [], "Our sessions (TFDS names), in model-row order.")
@@ -111,7 +111,7 @@ def run(
   if kind not in FAMILIES:
     raise ValueError(f"--kind: expected ndt1 or poyo, got {kind!r}")
   family = registry.get(FAMILIES[kind])
-  if config is not None and config.get("family", "mtm") != family.family:
+  if config is not None and config_checks.family_of(config) != family.family:
     raise ValueError(f"--config: a {config.get('family')!r} config cannot hold a {kind} checkpoint")
   if not os.path.exists(source):
     raise FileNotFoundError(f"--source: {source} does not exist")

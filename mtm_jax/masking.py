@@ -23,7 +23,7 @@ baseline and is not in the MtM pool. Neurons whose region id is negative are pad
 always hidden, never targets.
 
 Evaluation masks (`co_smoothing`, `forward_prediction`, `inter_region`, `intra_region`)
-are `EvalTask`s: M masks, each hiding neurons x bins and scoring neurons x bins.
+are `EvalMasks`: M masks, each hiding neurons x bins and scoring neurons x bins.
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ def apply_scheme(
 
 
 @dataclasses.dataclass(frozen=True)
-class EvalTask:
+class EvalMasks:
   """M masked forward passes; entry (t, n) of pass m is hidden iff hide_neurons[m, n] and
   hide_bins[t], and scored iff score_neurons[m, n] and score_bins[t]. Each neuron is
   scored by at most one pass."""
@@ -174,18 +174,18 @@ class EvalTask:
 
   @property
   def scored(self) -> np.ndarray:
-    """[N] bool, the neurons this task scores."""
+    """[N] bool, the neurons these masks score."""
     return self.score_neurons.any(0)
 
 
-def co_smoothing_task(n_neurons: int, n_bins: int) -> EvalTask:
+def co_smoothing_masks(n_neurons: int, n_bins: int) -> EvalMasks:
   """Each neuron hidden alone at all bins (neuron prompt) and scored."""
   eye = np.eye(n_neurons, dtype=bool)
   every = np.ones(n_bins, bool)
-  return EvalTask("co_smoothing", "neuron", eye, eye, every, every)
+  return EvalMasks("co_smoothing", "neuron", eye, eye, every, every)
 
 
-def forward_prediction_task(n_neurons: int, n_bins: int, held_out=None) -> EvalTask:
+def forward_prediction_masks(n_neurons: int, n_bins: int, held_out=None) -> EvalMasks:
   """Bins `held_out` (default the last tenth: bins 90-99, the last 200 ms, of MtM's 100)
   hidden for all neurons (causal prompt)."""
   if held_out is None:
@@ -193,18 +193,18 @@ def forward_prediction_task(n_neurons: int, n_bins: int, held_out=None) -> EvalT
   bins = np.zeros(n_bins, bool)
   bins[list(held_out)] = True
   every = np.ones((1, n_neurons), bool)
-  return EvalTask("forward_prediction", "causal", every, every, bins, bins)
+  return EvalMasks("forward_prediction", "causal", every, every, bins, bins)
 
 
-def inter_region_task(region_ids: np.ndarray, n_bins: int) -> EvalTask:
+def inter_region_masks(region_ids: np.ndarray, n_bins: int) -> EvalMasks:
   """Each region's neurons hidden together (inter-region prompt) and scored."""
   regions = np.unique(region_ids[region_ids >= 0])
   masks = region_ids[None, :] == regions[:, None]
   every = np.ones(n_bins, bool)
-  return EvalTask("inter_region", "inter-region", masks, masks, every, every)
+  return EvalMasks("inter_region", "inter-region", masks, masks, every, every)
 
 
-def intra_region_task(region_ids: np.ndarray, n_bins: int) -> EvalTask:
+def intra_region_masks(region_ids: np.ndarray, n_bins: int) -> EvalMasks:
   """For each neuron i: every neuron outside i's region hidden, and i itself; i scored."""
   n = len(region_ids)
   valid = np.flatnonzero(region_ids >= 0)
@@ -212,7 +212,7 @@ def intra_region_task(region_ids: np.ndarray, n_bins: int) -> EvalTask:
   score = np.zeros((len(valid), n), bool)
   score[np.arange(len(valid)), valid] = True
   every = np.ones(n_bins, bool)
-  return EvalTask("intra_region", "intra-region", outside | score, score, every, every)
+  return EvalMasks("intra_region", "intra-region", outside | score, score, every, every)
 
 
 def neuron_sample(n_neurons: int, max_neurons: int) -> np.ndarray | None:
@@ -226,30 +226,30 @@ def neuron_sample(n_neurons: int, max_neurons: int) -> np.ndarray | None:
   return out
 
 
-def subsample(task: EvalTask, neurons: np.ndarray | None) -> EvalTask:
-  """`task` scoring only `neurons` ([n] bool; None: all), without the passes that would then
+def subsample(masks: EvalMasks, neurons: np.ndarray | None) -> EvalMasks:
+  """`masks` scoring only `neurons` ([n] bool; None: all), without the passes that would then
   score none (co-smoothing and intra-region have one pass per neuron; a region's inter-region
   pass stays while it holds a sampled neuron). The metric (a mean over the scored neurons)
-  becomes an estimate of the whole task's on that sample; a scored neuron's own score is
+  becomes an estimate of the metric over every neuron; a scored neuron's own score is
   unchanged (what a pass hides is kept)."""
   if neurons is None:
-    return task
-  score = task.score_neurons & neurons[None]
+    return masks
+  score = masks.score_neurons & neurons[None]
   keep = score.any(axis=1)
-  return dataclasses.replace(task, hide_neurons=task.hide_neurons[keep], score_neurons=score[keep])
+  return dataclasses.replace(masks, hide_neurons=masks.hide_neurons[keep], score_neurons=score[keep])
 
 
-def evaluation_tasks(region_ids: np.ndarray, n_bins: int, max_masks: int = 0) -> list[EvalTask]:
+def evaluation_masks(region_ids: np.ndarray, n_bins: int, max_masks: int = 0) -> list[EvalMasks]:
   """The four MtM evaluations of a session with these neuron regions (forward prediction:
   the last tenth of the bins); max_masks > 0: all four score the same sample of at most that
   many neurons (neuron_sample, subsample: at most max_masks passes of co-smoothing and
   intra-region, the regions holding a sampled neuron of inter-region); 0: every neuron."""
   n = len(region_ids)
-  tasks = [
-    co_smoothing_task(n, n_bins),
-    forward_prediction_task(n, n_bins),
-    inter_region_task(region_ids, n_bins),
-    intra_region_task(region_ids, n_bins),
+  every_metric = [
+    co_smoothing_masks(n, n_bins),
+    forward_prediction_masks(n, n_bins),
+    inter_region_masks(region_ids, n_bins),
+    intra_region_masks(region_ids, n_bins),
   ]
   sample = neuron_sample(n, max_masks)
-  return [subsample(t, sample) for t in tasks]
+  return [subsample(m, sample) for m in every_metric]

@@ -28,7 +28,7 @@ token is rebuilt.
 Scheme indices follow mtm_jax.masking (SCHEMES order = prompt index, then temporal), so
 the prompts and the sampler are MtM's. Unit slots with region < 0 are padding: never
 hidden targets, their tokens are padding already. The deterministic evaluation masks are
-mtm_jax.masking.EvalTask rows: `eval_mask` turns one into this product form.
+mtm_jax.masking.EvalMasks rows: `eval_mask` turns one into this product form.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from mtm_jax.tasks import ndt1 as ndt1_task
 from mtm_jax import masking
 from mtm_jax.configs import ndt1 as ndt1_config
 from mtm_jax.configs import poyo as poyo_config
-from mtm_jax.evaluation import tasks
+from mtm_jax.evaluation import activity
 from mtm_jax.models import attention, ndt1, poyo
 from mtm_jax.training import checkpoint, precision, step as step_lib
 
@@ -129,7 +129,7 @@ def test_evaluation_same_on_device_and_cpu():
   rng = np.random.default_rng(0)
   spikes = rng.poisson(0.3, (6, 100, 16)).astype(np.float32)
   region_ids = np.repeat(np.arange(4), 4).astype(np.int32)
-  run = lambda p: tasks.evaluate(graphdef, p, spikes, region_ids, causal_trained=True, max_batch=256)
+  run = lambda p: activity.evaluate(graphdef, p, spikes, region_ids, causal_trained=True, max_batch=256)
   got, want = on_both(run, params)
   for name in ("co_smoothing_bps", "forward_prediction_bps", "inter_region_bps", "intra_region_bps"):
     np.testing.assert_allclose(got[name], want[name], rtol=1e-3, atol=1e-4, err_msg=name)

@@ -15,7 +15,7 @@ from mtm_jax.bwb import predict
 from mtm_jax.configs import ndt1 as ndt1_config, poyo as poyo_config, poyo_mtm as poyo_mtm_config
 from mtm_jax.datasets import pipeline
 from mtm_jax.datasets.events import session as session_lib, trials as trials_lib
-from mtm_jax.evaluation import poyo_mtm_eval, run, tasks as eval_tasks
+from mtm_jax.evaluation import activity, ndt1 as ndt1_eval, poyo_mtm as poyo_mtm_eval
 from mtm_jax.parallel import mesh as mesh_lib
 from mtm_jax.tasks import base, registry
 from mtm_jax.training import trainer
@@ -51,15 +51,15 @@ def ndt1(data_dir, tmp_path_factory):
   c = ndt1_config.get_config("tiny")
   c.data.datasets, c.data.data_dir = DATASET, data_dir
   c.train.update(steps=2, checkpoint_every=2, eval_every=2)
-  trainer.train(registry.get("mtm"), c, workdir)
+  trainer.train(registry.get("ndt1"), c, workdir)
   counts = pipeline.load_split(DATASET, data_dir, "test", ("spikes", "trial_index"))["spikes"][:12, :50]
   starts = 10.0 + 3.0 * np.arange(len(counts))
   return registry.load_trained(workdir), counts, *spikes_of_counts(counts, starts), starts
 
 
 def existing(trained, counts, task, causal):
-  return eval_tasks.predict_task(
-    eval_tasks.make_predictor(trained.graphdef),
+  return activity.predict_masks(
+    activity.make_predictor(trained.graphdef),
     trained.params,
     counts,
     task,
@@ -73,17 +73,17 @@ def existing(trained, counts, task, causal):
 def test_ndt1_co_smoothing_and_forecasting_equal_the_existing_evaluation(ndt1):
   trained, counts, times, units, starts = ndt1
   n = counts.shape[-1]
-  co = existing(trained, counts, masking.co_smoothing_task(n, 50), causal=False)
+  co = existing(trained, counts, masking.co_smoothing_masks(n, 50), causal=False)
   for i in (0, 57):
     hide = np.arange(n) == i
     got = predict.window_log_rates(trained, DATASET, times, units, starts, hide_units=hide, units=np.array([i, 3]))
     assert got.shape == (len(starts), 50, 2) and got.dtype == np.float32
     np.testing.assert_allclose(got[..., 0], co[..., i], rtol=1e-4, atol=1e-4)
-  forward = existing(trained, counts, masking.forward_prediction_task(n, 50, range(45, 50)), causal=True)
+  forward = existing(trained, counts, masking.forward_prediction_masks(n, 50, range(45, 50)), causal=True)
   got = predict.window_log_rates(trained, DATASET, times, units, starts, forecast_bins=5)
   assert got.shape == (len(starts), 50, n)
   np.testing.assert_allclose(got[:, 45:], forward[:, 45:], rtol=1e-4, atol=1e-4)
-  features = run.unmasked_log_rates(trained, counts, prompt=trained.config.eval.decoding_prompt, session=0)
+  features = ndt1_eval.unmasked_log_rates(trained, counts, prompt=trained.config.eval.decoding_prompt, session=0)
   got = predict.window_features(trained, DATASET, times, units, starts)
   np.testing.assert_allclose(got, features, rtol=1e-4, atol=1e-4)
 
@@ -142,7 +142,7 @@ def test_stitched_ndt1_unit_embeddings_are_the_sessions_stitcher_rows():
   config = ndt1_config.get_config("tiny,stitch")
   records = [dict(name=f"s{i}", session_id=f"id{i}", region_names=["CA1"] * n) for i, n in enumerate((5, 9))]
   mesh = mesh_lib.from_config(config, fit=True)
-  graphdef, _, state = registry.get("mtm").create(config, records, mesh)
+  graphdef, _, state = registry.get("ndt1").create(config, records, mesh)
   trained = base.Trained(config, records, graphdef, state.params, 0, mesh)
   kernel = np.asarray(jax.device_get(state.params["stitch_in"]["kernel"].value))  # [S, max N, stitch_dim]
   for row, name in enumerate(("s0", "s1")):
@@ -205,7 +205,7 @@ def spike(tmp_path_factory):
 def spike_existing(trained, data, task):
   predictor = poyo_mtm_eval.make_predictor(trained.graphdef, 0.02)
   e = trained.config.eval
-  (out,) = poyo_mtm_eval.predict_task(
+  (out,) = poyo_mtm_eval.predict_masks(
     predictor, trained.params, data, 0, task, [1], batch_size=e.batch_size, max_rows=e.max_rows
   )
   return out + LOG_BIN
@@ -216,15 +216,15 @@ def test_spike_token_co_smoothing_and_forecasting_equal_the_existing_evaluation(
   name, n = trained.names[0], len(session.unit_ids)
   starts = data.trials[:, 1]
   args = (trained, name, session.spike_times, session.spike_units, starts)
-  co = spike_existing(trained, data, masking.co_smoothing_task(n, 50))
+  co = spike_existing(trained, data, masking.co_smoothing_masks(n, 50))
   for i in (0, 5):
     got = predict.window_log_rates(*args, hide_units=np.arange(n) == i)
     assert got.shape == (len(starts), 50, n) and got.dtype == np.float32
     np.testing.assert_allclose(got[..., i], co[..., i], rtol=1e-4, atol=1e-4)
-  forward = spike_existing(trained, data, masking.forward_prediction_task(n, 50, range(45, 50)))
+  forward = spike_existing(trained, data, masking.forward_prediction_masks(n, 50, range(45, 50)))
   got = predict.window_log_rates(*args, forecast_bins=5, units=np.array([6, 0]))
   np.testing.assert_allclose(got[:, 45:], forward[:, 45:][..., [6, 0]], rtol=1e-4, atol=1e-4)
-  features = spike_existing(trained, data, poyo_mtm_eval.unmasked_task(n, 50, "neuron"))
+  features = spike_existing(trained, data, poyo_mtm_eval.unmasked_masks(n, 50, "neuron"))
   np.testing.assert_allclose(predict.window_features(*args), features, rtol=1e-4, atol=1e-4)
 
 

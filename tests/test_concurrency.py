@@ -225,11 +225,11 @@ def test_a_run_that_fails_at_start_leaves_no_workdir_behind(tmp_path):
   config.data.datasets, config.data.data_dir = DATASET, str(tmp_path / "no_data")
   workdir = tmp_path / "new" / "run"
   with pytest.raises(FileNotFoundError, match="not (found|prepared) under"):
-    trainer.train(registry.get("mtm"), config, str(workdir))
+    trainer.train(registry.get("ndt1"), config, str(workdir))
   assert not workdir.exists()
   workdir.mkdir()
   with pytest.raises(FileNotFoundError, match="not (found|prepared) under"):
-    trainer.train(registry.get("mtm"), config, str(workdir))
+    trainer.train(registry.get("ndt1"), config, str(workdir))
   assert workdir.is_dir()
   with workdir_lib.claimed(str(workdir)):  # and it is free again
     pass
@@ -242,7 +242,7 @@ def test_a_workdir_that_is_a_file_is_one_clear_error_and_the_file_stays(tmp_path
   config = ndt1_config.get_config("tiny")
   config.data.datasets, config.data.data_dir = DATASET, str(tmp_path / "no_data")
   with pytest.raises(NotADirectoryError, match=rf"--workdir: {path} is a file, not a directory"):
-    trainer.train(registry.get("mtm"), config, str(path))
+    trainer.train(registry.get("ndt1"), config, str(path))
   assert path.read_text() == "mine"
 
 

@@ -236,7 +236,6 @@ def test_head_fit_learns_a_trace_and_a_choice_it_can_read():
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
   from mtm_jax.evaluation import heads  # pylint: disable=g-import-not-at-top
-  from mtm_jax.training import step as step_lib  # pylint: disable=g-import-not-at-top
 
   rng = np.random.default_rng(0)
   x = rng.normal(size=(120, 10, 4)).astype(np.float32)  # [K, T, D]
@@ -244,7 +243,7 @@ def test_head_fit_learns_a_trace_and_a_choice_it_can_read():
   trace = 3.0 + 2.0 * (x @ w)  # [K, T], not standardised
   choice = (x.mean(axis=1) @ w > 0).astype(np.float32)
   for y, per_bin, floor in ((trace, True, 0.9), (choice, False, 0.9)):
-    fit = heads.Fit(y[:100], step_lib.make_train_step, step_lib.init_state, 400, 3e-2, 32, 0)
+    fit = heads.Fit(y[:100], 400, 3e-2, 32, 0)
     assert fit.per_bin == per_bin
 
     def predict(params, inputs, key, per_bin=per_bin):

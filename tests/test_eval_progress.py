@@ -14,7 +14,7 @@ import pytest
 from mtm_jax import progress
 from mtm_jax.configs import ndt1 as ndt1_config, poyo_mtm as poyo_mtm_config
 from mtm_jax.tasks import registry
-from mtm_jax.training import provenance
+from mtm_jax.training import checkpoint, config_checks, provenance
 from mtm_jax.training import trainer
 from tests.conftest import DATASET
 
@@ -74,7 +74,7 @@ def workdir(data_dir, tmp_path_factory):
   c.data.datasets, c.data.data_dir = DATASET, data_dir
   c.train.update(steps=2, checkpoint_every=2, eval_every=2)
   c.eval.head_steps = 2
-  trainer.train(registry.get("mtm"), c, path)
+  trainer.train(registry.get("ndt1"), c, path)
   return path
 
 
@@ -140,11 +140,32 @@ def _other_family(workdir, tmp_path, family="poyo_mtm"):
       path = os.path.join(folder, name)
       if os.path.basename(folder) == "config" and not name.startswith("_"):
         text = open(path).read()
-        if '"family": "mtm"' in text:
-          open(path, "w").write(text.replace('"family": "mtm"', f'"family": "{family}"'))
+        if '"family": "ndt1"' in text:
+          open(path, "w").write(text.replace('"family": "ndt1"', f'"family": "{family}"'))
           found += 1
   assert found, "no saved config found"
   return str(copy)
+
+
+def test_a_checkpoint_whose_config_says_mtm_is_read_as_ndt1(workdir, tmp_path):
+  """NDT1's family id was "mtm" before "ndt1": a checkpoint saved with it loads, is a
+  pretrained model and resumes as NDT1's (registry.of, Task.pretrained_config, checkpoint.check_compatible,
+  provenance.differences), and "mtm" typed as a family still names NDT1."""
+  old = _other_family(workdir, tmp_path, family="mtm")
+  saved, records = checkpoint.load_metadata(old)
+  assert saved.family == "mtm" and registry.of(saved).family == "ndt1" and registry.get("mtm").family == "ndt1"
+  assert registry.of_workdir(old) is registry.get("ndt1")
+  assert registry.load_trained(old).config.family == "mtm"  # read as it was saved
+  assert registry.get("ndt1").pretrained_config(old).family == "mtm"
+  now, _ = checkpoint.load_metadata(workdir)  # the same run saved as today's
+  assert now.family == "ndt1"
+  checkpoint.check_compatible(saved, records, now, records, old)
+  assert config_checks.family_of({}) == "ndt1" and config_checks.family_of({"family": "poyo"}) == "poyo"
+  assert provenance.differences({"family": "mtm", "seed": 1}, {"family": "ndt1", "seed": 1}) == []
+  assert provenance.differences({"family": "poyo"}, {"family": "ndt1"}) == [("family", "poyo", "ndt1")]
+  other, _ = checkpoint.load_metadata(_other_family(workdir, tmp_path, family="poyo_mtm"))
+  with pytest.raises(ValueError, match="config.family"):
+    checkpoint.check_compatible(other, records, now, records, old)
 
 
 def test_compare_entries_are_checked_before_scoring(workdir, tmp_path):
@@ -190,9 +211,9 @@ def test_a_family_reading_the_other_kind_of_data_set_is_one_clear_line():
   with pytest.raises(
     ValueError, match=r"config.data.datasets: 'spike_events/synthetic_000' is a data set of spike_events, "
   ):
-    registry.get("mtm").check(ndt1)
+    registry.get("ndt1").check(ndt1)
   with pytest.raises(ValueError, match=r"NDT1 reads ibl_binned data sets \(ibl_binned/<session>\)"):
-    registry.get("mtm").check(ndt1)
+    registry.get("ndt1").check(ndt1)
   tokens = poyo_mtm_config.get_config("tiny")
   tokens.data.datasets = DATASET
   with pytest.raises(
@@ -276,6 +297,6 @@ def test_compared_models_join_the_table_under_their_labels(tmp_path, caplog):
   assert others == {"temporal": theirs}
   assert any(m.startswith("--compare fresh: ") and "not in the table" in m for m in caplog.messages)
   ours = {"session_id": "s", "split": "test", "step": 2, "masking_mode": "mtm", "co_smoothing_bps": 0.2, "skipped": {}}
-  lines = registry.get("mtm").report(ours, label="mtm_run", others=others).splitlines()
+  lines = registry.get("ndt1").report(ours, label="mtm_run", others=others).splitlines()
   assert lines[1] == "| metric | mtm_run | temporal |" and lines[3] == "| co_smoothing | 0.2000 | 0.3000 |"
-  assert registry.get("mtm").report(ours).splitlines()[1] == "| metric | mtm |"  # alone: its masking mode, as before
+  assert registry.get("ndt1").report(ours).splitlines()[1] == "| metric | mtm |"  # alone: its masking mode, as before

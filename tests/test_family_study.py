@@ -29,7 +29,7 @@ def test_presets_are_consistent(preset):
   names = families.sessions_of(c.study, runs.names(c.study.pool)[:2])
   ndt1 = families.stage_config(c, "ndt1", "pretrain", names, "/data", 7)
   spike = families.stage_config(c, "spike", "finetune", names, "/data", 7)
-  assert ndt1.data.datasets == ",".join(f"ibl_binned/{n}" for n in names) and ndt1.family == "mtm"
+  assert ndt1.data.datasets == ",".join(f"ibl_binned/{n}" for n in names) and ndt1.family == "ndt1"
   assert spike.data.datasets == ",".join(f"spike_events/{n}" for n in names) and spike.family == "poyo_mtm"
   assert ndt1.train.steps == spike.train.steps == spike.train.checkpoint_every == 7
   cells = protocol.cells(c.study, "ndt1")

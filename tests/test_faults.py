@@ -314,7 +314,7 @@ def test_bad_config_fails_before_touching_the_run(data_dir, reference, tmp_path,
   config = _config(data_dir)
   change(config)
   with pytest.raises(ValueError, match=message):
-    trainer.train(registry.get("mtm"), config, workdir)
+    trainer.train(registry.get("ndt1"), config, workdir)
   assert _snapshot(workdir) == before
 
 
@@ -324,7 +324,7 @@ def test_data_set_with_other_neurons_than_the_checkpoint_is_a_clear_error(data_d
   _edit_sessions(workdir, lambda records: records[0]["region_names"].pop())  # as if rebuilt with 113 neurons
   before = _snapshot(workdir)
   with pytest.raises(ValueError, match="region_names = 113 entries in the checkpoint but 114 entries in the data set"):
-    trainer.train(registry.get("mtm"), _config(data_dir), workdir)
+    trainer.train(registry.get("ndt1"), _config(data_dir), workdir)
   assert _snapshot(workdir) == before
 
 
@@ -354,13 +354,13 @@ def test_unknown_config_key_in_an_override_names_the_key(monkeypatch, capsys):
 
 def test_evaluating_on_a_data_set_with_other_neurons_is_a_clear_error(reference, monkeypatch):
   from mtm_jax.datasets import pipeline  # pylint: disable=g-import-not-at-top
-  from mtm_jax.evaluation import run  # pylint: disable=g-import-not-at-top
+  from mtm_jax.evaluation import ndt1 as ndt1_eval  # pylint: disable=g-import-not-at-top
 
   trained = registry.load_trained(reference)
   rebuilt = lambda *args, **kwargs: dict(spikes=np.zeros((4, 100, 113), np.int32))  # one neuron fewer
   monkeypatch.setattr(pipeline, "load_split", rebuilt)
   with pytest.raises(ValueError, match="113 neurons, the model's session row 0 has 114; was the data set rebuilt"):
-    run.evaluate_session(trained, DATASET, "test")
+    ndt1_eval.evaluate_session(trained, DATASET, "test")
 
 
 def test_a_checkpoint_without_newer_model_options_gets_their_defaults():

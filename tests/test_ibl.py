@@ -196,7 +196,7 @@ def test_built_data_sets_read_back(ibl_cache, ibl_data_dir):
 
 def test_poyo_scores_of_an_ibl_session_are_named_after_its_behaviours(ibl_cache, ibl_data_dir):
   import jax  # pylint: disable=g-import-not-at-top
-  from mtm_jax.evaluation import poyo_eval  # pylint: disable=g-import-not-at-top
+  from mtm_jax.evaluation import poyo as poyo_eval  # pylint: disable=g-import-not-at-top
 
   _, eid = ibl_cache
   ev = tfds_lib.load_event_session(f"spike_events/{eid}", ibl_data_dir)
@@ -227,7 +227,7 @@ def test_pretrain_runs_on_the_built_session(ibl_cache, ibl_data_dir, tmp_path):
   config.masking.mode = "neuron"  # one scheme: one compilation (MtM's draw is tested elsewhere)
   config.train.steps = config.train.log_every = 2
   config.train.eval_every = config.train.checkpoint_every = 2
-  result = trainer.train(registry.get("mtm"), config, str(tmp_path / "run"))
+  result = trainer.train(registry.get("ndt1"), config, str(tmp_path / "run"))
   assert result
   metrics = [line for line in open(tmp_path / "run" / "metrics.jsonl", encoding="utf-8")]
   assert metrics and all("nan" not in line.lower() for line in metrics)
@@ -261,7 +261,7 @@ def test_evaluate_a_small_session_keeps_the_activity_metrics_and_skips_what_cann
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
   from mtm_jax.configs import ndt1 as ndt1_config  # pylint: disable=g-import-not-at-top
-  from mtm_jax.evaluation import run  # pylint: disable=g-import-not-at-top
+  from mtm_jax.evaluation import report  # pylint: disable=g-import-not-at-top
 
   data_dir, name = _small_test_split_session(tmp_path)
   test = pipeline.load_split(name, data_dir, "test", ("spikes", "choice"))
@@ -272,13 +272,13 @@ def test_evaluate_a_small_session_keeps_the_activity_metrics_and_skips_what_cann
   config.masking.mode = "neuron"
   config.train.steps = config.train.log_every = config.train.eval_every = config.train.checkpoint_every = 2
   workdir = str(tmp_path / "run")
-  trainer.train(registry.get("mtm"), config, workdir)
+  trainer.train(registry.get("ndt1"), config, workdir)
 
   results = registry.evaluate_workdir(workdir)
   with open(os.path.join(workdir, "metrics.json"), encoding="utf-8") as f:
     saved = json.load(f)
   assert saved == results and saved["n_trials"] == 8
-  for metric in run.METRICS + ("whisker_motion_energy_r2", "head_choice_accuracy", "head_whisker_motion_energy_r2"):
+  for metric in report.METRICS + ("whisker_motion_energy_r2", "head_choice_accuracy", "head_whisker_motion_energy_r2"):
     assert np.isfinite(saved[metric]), metric
   assert saved["decoding_folds"] == {"whisker_motion_energy_r2": 5}
   skipped = saved["skipped"]
@@ -288,7 +288,7 @@ def test_evaluate_a_small_session_keeps_the_activity_metrics_and_skips_what_cann
   assert "constant" in skipped["wheel_speed_r2"] and "constant" in skipped["head_wheel_speed_r2"]
   warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "skipped" in r.getMessage()]
   assert len(warnings) == 3 and all(len(w.splitlines()) == 1 for w in warnings)
-  assert "| choice_accuracy | skipped |" in run.table({"neuron": saved}, run.METRICS + ("choice_accuracy",))
+  assert "| choice_accuracy | skipped |" in report.table({"neuron": saved}, report.METRICS + ("choice_accuracy",))
 
   # --nodecoding: the activity metrics only (the same numbers) ...
   result = subprocess.run(
@@ -303,12 +303,12 @@ def test_evaluate_a_small_session_keeps_the_activity_metrics_and_skips_what_cann
   assert "| wheel_speed_r2 | skipped |" in result.stdout
   with open(os.path.join(workdir, "metrics.json"), encoding="utf-8") as f:
     activity = json.load(f)
-  for metric in run.METRICS:
+  for metric in report.METRICS:
     assert activity[metric] == pytest.approx(saved[metric], rel=1e-6), metric
   # ... and the decoders' results of the run before are kept (they were overwritten with
   # "decoding turned off"): the same scores, the same reasons for those it could not run.
   assert activity["skipped"] == saved["skipped"]
-  for metric in ("whisker_motion_energy_r2",) + run.HEAD_METRICS:
+  for metric in ("whisker_motion_energy_r2",) + report.HEAD_METRICS:
     if metric not in saved["skipped"]:
       assert activity[metric] == saved[metric], metric
 

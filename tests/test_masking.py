@@ -124,7 +124,7 @@ def test_unknown_scheme_is_a_clear_error():
 
 def test_evaluation_tasks():
   regions = np.array([0, 0, 1, 2, 2, 2])
-  co, fwd, inter, intra = masking.evaluation_tasks(regions, 100)
+  co, fwd, inter, intra = masking.evaluation_masks(regions, 100)
   # co-smoothing: neuron i alone hidden and scored, every bin
   np.testing.assert_array_equal(co.hide_neurons, np.eye(6, dtype=bool))
   assert co.hide_bins.all() and co.prompt == "neuron"

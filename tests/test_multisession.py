@@ -130,7 +130,7 @@ def test_pretrain_two_sessions_then_finetune_on_a_third(study_data_dir, tmp_path
   config.data.data_dir = study_data_dir
   config.train.steps = config.train.checkpoint_every = config.train.eval_every = 4
   pre_dir = str(tmp_path / "pre")
-  trainer.train(registry.get("mtm"), config, pre_dir)
+  trainer.train(registry.get("ndt1"), config, pre_dir)
   pre = registry.load_trained(pre_dir)
   assert pre.names == ["ibl_binned/synthetic_000", "ibl_binned/synthetic_007"]
   assert [i.n_neurons for i in pre.sessions] == [114, 134] and pre.n_neurons == 134
@@ -140,10 +140,10 @@ def test_pretrain_two_sessions_then_finetune_on_a_third(study_data_dir, tmp_path
   ft_config.data.data_dir = study_data_dir
   ft_config.model.size = "mini"  # replaced by the pretrained architecture
   ft_config.train.steps = ft_config.train.checkpoint_every = ft_config.train.eval_every = 2
-  ft_config = registry.get("mtm").finetune_config(ft_config, pre_dir)
+  ft_config = registry.get("ndt1").finetune_config(ft_config, pre_dir)
   assert ft_config.model.size == "tiny" and ft_config.init.pretrained == os.path.abspath(pre_dir)
   ft_dir = str(tmp_path / "ft")
-  trainer.train(registry.get("mtm"), ft_config, ft_dir)
+  trainer.train(registry.get("ndt1"), ft_config, ft_dir)
   ft = registry.load_trained(ft_dir)
   assert ft.names == ["ibl_binned/synthetic_027"] and ft.n_neurons == 138
   assert ft.params["stitch_in"]["kernel"][...].shape == (1, 138, 16)
@@ -151,18 +151,18 @@ def test_pretrain_two_sessions_then_finetune_on_a_third(study_data_dir, tmp_path
   other = ndt1_config.get_config("tiny,stitch")
   other.data.datasets, other.data.data_dir = "ibl_binned/synthetic_000", study_data_dir
   with pytest.raises(ValueError, match="holds a run on sessions"):
-    trainer.train(registry.get("mtm"), other, ft_dir)
+    trainer.train(registry.get("ndt1"), other, ft_dir)
   # unit_id: the new stitchers and session row train, the shared weights stay pretrained;
   # full with a warm-up: the same for the warm-up steps, then everything.
   shared = lambda p: p["embed_project"]["kernel"][...]
   for mode, warmup, changed in (("unit_id", 0, False), ("full", 2, False), ("full", 1, True)):
     c = ml_collections.ConfigDict(ft_config.to_dict())
     c.finetune.warmup_steps = warmup
-    c = registry.get("mtm").finetune_config(c, pre_dir, mode)
+    c = registry.get("ndt1").finetune_config(c, pre_dir, mode)
     assert c.finetune.mode == mode
     run_dir = str(tmp_path / f"ft_{mode}_{warmup}")
-    trainer.train(registry.get("mtm"), c, run_dir)
+    trainer.train(registry.get("ndt1"), c, run_dir)
     out = registry.load_trained(run_dir).params
     assert np.array_equal(shared(out), shared(pre.params)) != changed, (mode, warmup)
   with pytest.raises(ValueError, match="--mode: expected one of"):
-    registry.get("mtm").finetune_config(ft_config, pre_dir, "frozen")
+    registry.get("ndt1").finetune_config(ft_config, pre_dir, "frozen")

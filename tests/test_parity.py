@@ -233,7 +233,7 @@ def test_authors_pickle_of_any_size_imports_and_evaluates_as_the_reference(refer
   """The authors' .pt of a 4-layer NDT1 (heads from the pickled module), imported from
   another working directory onto our 114-neuron session, gives the reference's outputs
   through the evaluation's predictor."""
-  from mtm_jax.evaluation import run  # pylint: disable=import-outside-toplevel
+  from mtm_jax.evaluation import ndt1 as ndt1_eval  # pylint: disable=import-outside-toplevel
   from tests.conftest import DATASET  # pylint: disable=import-outside-toplevel
 
   monkeypatch.chdir(tmp_path)
@@ -251,5 +251,5 @@ def test_authors_pickle_of_any_size_imports_and_evaluates_as_the_reference(refer
   assert trained.config.model.size == "64x4x4x128" and trained.n_neurons == ckpt.meta["num_neurons"][0]
   for mode in ("neuron", "inter-region", "intra-region"):
     x = io[f"input/0/{mode}"]
-    rates = run.unmasked_log_rates(trained, x, prompt=mode, session=0)
+    rates = ndt1_eval.unmasked_log_rates(trained, x, prompt=mode, session=0)
     assert _rel(rates, io[f"output/0/{mode}"]) < TOLERANCE, mode

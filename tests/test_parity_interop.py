@@ -16,7 +16,7 @@ from mtm_jax.configs import ndt1 as ndt1_config
 from mtm_jax.configs import poyo as poyo_config
 from mtm_jax.datasets import pipeline
 from mtm_jax.datasets.events import vocabulary
-from mtm_jax.evaluation import run
+from mtm_jax.evaluation import ndt1 as ndt1_eval
 from mtm_jax.interop import ndt1 as ndt1_interop
 from mtm_jax.interop import poyo as poyo_interop
 from mtm_jax.interop import state_dict
@@ -304,12 +304,12 @@ def test_imported_ndt1_loads_as_evaluation_and_finetuning_load_it(data_dir, tmp_
   assert trained.names == [DATASET] and trained.step == 0 and trained.config.eval.head_steps == 0
   _assert_same(nnx.to_pure_dict(trained.params), _pure(model))
   spikes = pipeline.load_split(DATASET, data_dir, "test", ("spikes",))["spikes"][:4].astype(np.float32)
-  rates = run.unmasked_log_rates(trained, spikes, prompt="neuron", session=0)
+  rates = ndt1_eval.unmasked_log_rates(trained, spikes, prompt="neuron", session=0)
   np.testing.assert_allclose(rates, np.asarray(model(spikes, prompt=0, session=0)), rtol=1e-5, atol=1e-5)
 
   config = ndt1_config.get_config("tiny,stitch")
   config.data.datasets = STUDY_DATASETS[0]
-  config = registry.get("mtm").finetune_config(config, workdir)
+  config = registry.get("ndt1").finetune_config(config, workdir)
   assert config.model.to_dict() == trained.config.model.to_dict()
   fresh = ndt1.from_config(config, [11], rngs=nnx.Rngs(0))
   grafted = ndt1_task.graft_shared(nnx.state(fresh, nnx.Param), trained.params)

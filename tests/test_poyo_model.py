@@ -340,6 +340,16 @@ def test_load_equals_grow_vocab_with_the_fresh_rows(model):
     poyo.load(nnx.state(other, nnx.Param), pre, where="pre")
 
 
+def test_load_with_a_key_equals_grow_vocab(model):
+  """load(fresh, pretrained, key=k) is grow_vocab(pretrained, key=k) bit for bit (POYO's fine-tuning)."""
+  pre = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  big = poyo.POYO(N_UNITS + 5, N_SESSIONS + 2, model.hparams, rngs=nnx.Rngs(KEY(3)))
+  out = poyo.load(nnx.state(big, nnx.Param), pre, where="pre", key=KEY(7), init_scale=0.05)
+  state = nnx.state(big, nnx.Param)
+  nnx.replace_by_pure_dict(state, poyo.grow_vocab(pre, 5, 2, KEY(7), init_scale=0.05))
+  jax.tree.map(np.testing.assert_array_equal, out, nnx.to_pure_dict(state))
+
+
 def test_hparams_presets_config_and_errors(model):
   assert sorted(poyo.PRESETS) == ["compact", "large", "small", "tiny"]
   assert model.hparams.tasks == (("pos", 3), ("vel", 2)) and model.tasks == model.hparams.tasks

@@ -19,7 +19,7 @@ from mtm_jax.datasets import synthetic, synthetic_events
 from mtm_jax.datasets.events import session as session_lib
 from mtm_jax.datasets.events import tokens as tokens_lib
 from mtm_jax.datasets.events import trials as trials_lib
-from mtm_jax.evaluation import copies, poyo_mtm_eval, tasks as tasks_lib
+from mtm_jax.evaluation import activity, copies, poyo_mtm as poyo_mtm_eval
 from mtm_jax.models import poyo_mtm
 from tests import run_checks
 from mtm_jax.tasks import poyo_mtm as poyo_mtm_task, registry
@@ -202,8 +202,8 @@ def test_batched_evaluation_equals_one_mask_at_a_time(model, sessions):
   ks = data.session_trials(position)
   n = len(data.sessions[position].unit_ids)
   one = jax.jit(lambda p, b, u, t, prompt: nnx.merge(graphdef, p)(b, u, t, prompt))
-  for task in masking.evaluation_tasks(data.regions[position, :n], 100):
-    got = poyo_mtm_eval.predict_task(predictor, params, data, position, task, factors, batch_size=5, max_rows=7)
+  for task in masking.evaluation_masks(data.regions[position, :n], 100):
+    got = poyo_mtm_eval.predict_masks(predictor, params, data, position, task, factors, batch_size=5, max_rows=7)
     assert [g.shape for g in got] == [(len(ks), 100, n), (len(ks), 400, n)]
     prompt = masking.scheme_index(task.prompt)
     units, group = copies.context_units(task)  # intra-region copies attend over their region alone
@@ -345,8 +345,8 @@ def test_evaluation_of_a_synthetic_session_scores_the_oracle_at_every_width(synt
   results, _ = task.evaluate(trained, "test", [session], decode=False)
   binned = synthetic_events.binned_split(session, "test")
   regions, _ = trials_lib.region_ids(session.unit_regions)
-  for t in masking.evaluation_tasks(regions, 100):
-    want = np.nanmean(tasks_lib.score_task(binned["rates"].astype(np.float64), binned["spikes"], t))
+  for t in masking.evaluation_masks(regions, 100):
+    want = np.nanmean(activity.score_masks(binned["rates"].astype(np.float64), binned["spikes"], t))
     np.testing.assert_allclose(results[f"oracle_{t.name}_bps"], want, rtol=1e-6)
     for suffix in ("_10ms", "_5ms"):
       assert np.isfinite(results[f"oracle_{t.name}_bps{suffix}"]) and np.isfinite(results[f"{t.name}_bps{suffix}"])

@@ -20,7 +20,7 @@ from mtm_jax.datasets.events import batches as batches_lib
 from mtm_jax.datasets.events import session as session_lib
 from mtm_jax.datasets.events import stitching
 from mtm_jax.datasets.events import windows as windows_lib
-from mtm_jax.evaluation import poyo_eval
+from mtm_jax.evaluation import poyo as poyo_eval
 from mtm_jax.models import poyo
 from mtm_jax.training import optimizer, trainer
 

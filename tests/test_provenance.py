@@ -32,7 +32,7 @@ def _config(data_dir, **train):
 def pretrained(data_dir, tmp_path_factory):
   """A tiny NDT1-stitch run with checkpoints at steps 2 and 4 (tests copy it before changing it)."""
   workdir = str(tmp_path_factory.mktemp("provenance") / "pretrained")
-  trainer.train(registry.get("mtm"), _config(data_dir), workdir)
+  trainer.train(registry.get("ndt1"), _config(data_dir), workdir)
   return workdir
 
 
@@ -48,7 +48,7 @@ def _copy(run, tmp_path, name="run", steps=None) -> str:
 
 
 def _train(config, workdir):
-  return trainer.train(registry.get("mtm"), config, workdir)
+  return trainer.train(registry.get("ndt1"), config, workdir)
 
 
 def test_the_config_hash_is_of_the_canonical_json():
@@ -104,7 +104,7 @@ def test_a_resume_changing_only_allowed_fields_continues_exactly(data_dir, pretr
 
 def _finetune_config(data_dir, pretrained_dir, steps=2):
   base = _config(data_dir, steps=steps, checkpoint_every=1, eval_every=steps)
-  return registry.get("mtm").finetune_config(base, pretrained_dir)
+  return registry.get("ndt1").finetune_config(base, pretrained_dir)
 
 
 def test_a_finetune_whose_pretrained_checkpoint_changed_is_refused(data_dir, pretrained, tmp_path):

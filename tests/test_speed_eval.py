@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from mtm_jax import masking, metrics
-from mtm_jax.evaluation import tasks
+from mtm_jax.evaluation import activity
 from mtm_jax.models import ndt1
 from mtm_jax.parallel import mesh as mesh_lib
 
@@ -19,7 +19,7 @@ def _definition(model, spikes, region_ids, *, session, n_model):
   padded = jnp.asarray(np.pad(spikes, ((0, 0), (0, 0), (0, n_model - n))))
   forward = jax.jit(lambda x, prompt, causal: model(x, prompt=prompt, session=session, causal=causal))
   out = {}
-  for task in masking.evaluation_tasks(region_ids, t):
+  for task in masking.evaluation_masks(region_ids, t):
     causal = task.prompt == "causal"
     rates = np.zeros(spikes.shape)
     for m in range(task.hide_neurons.shape[0]):
@@ -43,7 +43,9 @@ def test_batched_evaluation_matches_one_neuron_at_a_time():
   spikes = rng.poisson(0.8, (6, 100, 7)).astype(np.float32)
   region_ids = np.array([0, 0, 1, 1, 1, 2, 2])
   # 6 trials, max_batch 12: chunks of 2 masks, the last chunk of co-smoothing padded.
-  got = tasks.evaluate(graphdef, params, spikes, region_ids, causal_trained=True, max_batch=12, session=1, n_neurons=10)
+  got = activity.evaluate(
+    graphdef, params, spikes, region_ids, causal_trained=True, max_batch=12, session=1, n_neurons=10
+  )
   want = _definition(model, spikes, region_ids, session=1, n_model=10)
   for name, expected in want.items():
     np.testing.assert_allclose(got["per_neuron"][name], expected, rtol=1e-5, atol=0, err_msg=name)
@@ -58,8 +60,8 @@ def test_evaluation_over_a_mesh_matches_one_device():
   region_ids = np.array([0, 0, 1, 1, 1, 2, 2])
   mesh = mesh_lib.make_mesh(2, 1, devices=jax.devices()[:2])
   kwargs = dict(causal_trained=True, max_batch=12, session=1, n_neurons=10)
-  one = tasks.evaluate(graphdef, params, spikes, region_ids, **kwargs)
-  two = tasks.evaluate(
+  one = activity.evaluate(graphdef, params, spikes, region_ids, **kwargs)
+  two = activity.evaluate(
     graphdef, jax.device_put(params, mesh_lib.replicated(mesh)), spikes, region_ids, mesh=mesh, **kwargs
   )
   for name, expected in one["per_neuron"].items():
@@ -68,15 +70,15 @@ def test_evaluation_over_a_mesh_matches_one_device():
 
 def test_single_neuron_groups_decompose_the_masks():
   region_ids = np.array([0, 0, 1, 1, 1, 2])
-  co, forward, inter, intra = masking.evaluation_tasks(region_ids, 100)
-  ((shared, neurons),) = tasks.single_neuron_groups(co)
+  co, forward, inter, intra = masking.evaluation_masks(region_ids, 100)
+  ((shared, neurons),) = activity.single_neuron_groups(co)
   assert not shared.any() and list(neurons) == list(range(6))
-  groups = tasks.single_neuron_groups(intra)
+  groups = activity.single_neuron_groups(intra)
   assert len(groups) == 3  # one shared hide set (the other regions) per region
   for shared, neurons in groups:
     r = region_ids[neurons[0]]
     assert (region_ids[neurons] == r).all() and (shared == (region_ids != r)).all()
-  assert tasks.single_neuron_groups(inter) is None and tasks.single_neuron_groups(forward) is None
+  assert activity.single_neuron_groups(inter) is None and activity.single_neuron_groups(forward) is None
 
 
 def test_fired_bins_lists_each_copys_spiking_hidden_bins_padded_to_a_bucket():
@@ -84,7 +86,7 @@ def test_fired_bins_lists_each_copys_spiking_hidden_bins_padded_to_a_bucket():
   spikes = rng.poisson(0.3, (4, 10, 6)).astype(np.float32)  # [K, T, N]
   neurons = np.array([5, 2, 2])  # a chunk's copies (the last one padding-duplicated)
   hide_bins = np.arange(10) >= 3
-  fired = tasks.fired_bins(spikes, neurons, hide_bins, buckets=8)
+  fired = activity.fired_bins(spikes, neurons, hide_bins, buckets=8)
   assert fired.dtype == np.int32 and fired.shape[0] == 3
   step = -(-4 * 10 * 3 // 8)
   assert fired.shape[1] % step == 0
@@ -100,7 +102,7 @@ def test_fired_bins_lists_each_copys_spiking_hidden_bins_padded_to_a_bucket():
   }
   assert got == want and real.shape[1] == len(want)
   # No spikes at all: one bucket of padding only.
-  empty = tasks.fired_bins(np.zeros_like(spikes), neurons, hide_bins, buckets=8)
+  empty = activity.fired_bins(np.zeros_like(spikes), neurons, hide_bins, buckets=8)
   assert empty.shape == (3, step) and (empty[0] == len(neurons)).all()
 
 
@@ -113,8 +115,8 @@ def test_a_subsample_of_masks_scores_the_same_neurons_the_same():
   spikes = rng.poisson(0.5, (5, 20, 7)).astype(np.float32)
   region_ids = np.array([0, 0, 1, 1, 1, 2, 2])
   kwargs = dict(causal_trained=True, max_batch=12, session=1, n_neurons=10)
-  full = tasks.evaluate(graphdef, params, spikes, region_ids, **kwargs)
-  part = tasks.evaluate(graphdef, params, spikes, region_ids, max_masks=3, **kwargs)
+  full = activity.evaluate(graphdef, params, spikes, region_ids, **kwargs)
+  part = activity.evaluate(graphdef, params, spikes, region_ids, max_masks=3, **kwargs)
   sample = masking.neuron_sample(7, 3)
   assert sample.sum() == 3
   for name in ("co_smoothing", "forward_prediction", "inter_region", "intra_region"):
@@ -123,13 +125,13 @@ def test_a_subsample_of_masks_scores_the_same_neurons_the_same():
     np.testing.assert_allclose(part["per_neuron"][name][scored], full["per_neuron"][name][scored], rtol=1e-5)
     assert part[f"{name}_bps"] == pytest.approx(float(np.mean(full["per_neuron"][name][scored])), rel=1e-6)
   # inter-region hides every region holding a sampled neuron, whole, and no other
-  inter = masking.evaluation_tasks(region_ids, 20, max_masks=3)[2]
+  inter = masking.evaluation_masks(region_ids, 20, max_masks=3)[2]
   assert {tuple(m) for m in inter.hide_neurons.tolist()} == {
     tuple((region_ids == r).tolist()) for r in np.unique(region_ids[sample])
   }
-  again = masking.evaluation_tasks(region_ids, 20, max_masks=3)
+  again = masking.evaluation_masks(region_ids, 20, max_masks=3)
   assert [t.score_neurons.tolist() for t in again] == [
-    t.score_neurons.tolist() for t in masking.evaluation_tasks(region_ids, 20, max_masks=3)
+    t.score_neurons.tolist() for t in masking.evaluation_masks(region_ids, 20, max_masks=3)
   ]
-  with_all = masking.evaluation_tasks(region_ids, 20, max_masks=0)
+  with_all = masking.evaluation_masks(region_ids, 20, max_masks=0)
   assert [t.score_neurons.shape[0] for t in with_all] == [7, 1, 3, 7]

@@ -15,7 +15,7 @@ from mtm_jax.tasks import registry, ndt1 as ndt1_task
 from mtm_jax import masking
 from mtm_jax.configs import ndt1 as ndt1_config
 from mtm_jax.datasets import pipeline
-from mtm_jax.evaluation import decoding, run
+from mtm_jax.evaluation import decoding, report
 from mtm_jax.models import ndt1
 from mtm_jax.parallel import mesh as mesh_lib
 from mtm_jax.training import checkpoint, step as step_lib, trainer
@@ -106,11 +106,11 @@ def _params(workdir, step=None):
 
 def test_resume_continues_exactly(data_dir, tmp_path, caplog):
   full, resumed = str(tmp_path / "full"), str(tmp_path / "resumed")
-  trainer.train(registry.get("mtm"), _config(data_dir, steps=12, checkpoint_every=6, eval_every=6), full)
+  trainer.train(registry.get("ndt1"), _config(data_dir, steps=12, checkpoint_every=6, eval_every=6), full)
   # A run "interrupted" after step 6: only that checkpoint exists, then it is re-run.
   os.makedirs(os.path.join(resumed, "checkpoints"))
   shutil.copytree(os.path.join(full, "checkpoints", "6"), os.path.join(resumed, "checkpoints", "6"))
-  trainer.train(registry.get("mtm"), _config(data_dir, steps=12, checkpoint_every=6, eval_every=6), resumed)
+  trainer.train(registry.get("ndt1"), _config(data_dir, steps=12, checkpoint_every=6, eval_every=6), resumed)
   a, b = _params(full), _params(resumed)
   assert registry.load_trained(resumed).step == 12
   jax.tree.map(np.testing.assert_array_equal, a, b)
@@ -121,7 +121,7 @@ def test_resume_continues_exactly(data_dir, tmp_path, caplog):
   assert {"loss", "steps_per_second", "val_loss"} <= set().union(*lines)
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(full, "tensorboard")))
   # Re-run as it was: it says so, and changes nothing.
-  trainer.train(registry.get("mtm"), _config(data_dir, steps=12, checkpoint_every=6, eval_every=6), full)
+  trainer.train(registry.get("ndt1"), _config(data_dir, steps=12, checkpoint_every=6, eval_every=6), full)
   assert "the run is at step 12 and config.train.steps is 12: nothing to train" in caplog.text
   jax.tree.map(np.testing.assert_array_equal, a, _params(full))
 
@@ -148,7 +148,7 @@ def test_val_loss_covers_a_validation_split_smaller_than_a_batch(
   workdir = str(tmp_path / "run")
   config = _config(data_dir, steps=2, checkpoint_every=2, eval_every=1)
   config.data.batch_size = batch_size
-  last = trainer.train(registry.get("mtm"), config, workdir)
+  last = trainer.train(registry.get("ndt1"), config, workdir)
   lines = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
   assert np.isfinite(last["val_loss"]) and last["val_loss"] > 0  # a real loss, not 0 and not left out
   assert [l["step"] for l in lines if "val_loss" in l] == [1, 2]
@@ -192,21 +192,21 @@ def test_padding_rows_of_a_validation_batch_carry_no_targets():
 
 def test_evaluate_writes_the_four_metrics(data_dir, tmp_path, monkeypatch):
   workdir = str(tmp_path / "run")
-  trainer.train(registry.get("mtm"), _config(data_dir, steps=4, checkpoint_every=4, eval_every=4), workdir)
+  trainer.train(registry.get("ndt1"), _config(data_dir, steps=4, checkpoint_every=4, eval_every=4), workdir)
   results = registry.evaluate_workdir(workdir)
   saved = json.load(open(os.path.join(workdir, "metrics.json")))
-  for m in run.METRICS:
+  for m in report.METRICS:
     assert np.isfinite(saved[m]) and saved[m] == results[m]
     assert saved[f"oracle_{m}"] > 0.1  # synthetic data: true rates are informative
   assert saved["n_trials"] == 107 and saved["session_id"] == "synthetic_000"
-  for m in decoding.BEHAVIOUR_METRICS + run.HEAD_METRICS:
+  for m in decoding.BEHAVIOUR_METRICS + report.HEAD_METRICS:
     assert np.isfinite(saved[m]), m
   assert 0.0 <= saved["choice_accuracy"] <= 1.0 and 0.0 <= saved["head_choice_accuracy"] <= 1.0
   # Its data sets moved (or the workdir was copied to another machine): data_dir says where.
   moved = tmp_path / "moved"
   shutil.copytree(os.path.join(data_dir, "ibl_binned", "synthetic_000"), moved / "ibl_binned" / "synthetic_000")
   again = registry.evaluate_workdir(workdir, decode=False, data_dir=str(moved))
-  assert [again[m] for m in run.METRICS] == [results[m] for m in run.METRICS]
+  assert [again[m] for m in report.METRICS] == [results[m] for m in report.METRICS]
   with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "empty"))):
     registry.evaluate_workdir(workdir, decode=False, data_dir=str(tmp_path / "empty"))
   with pytest.raises(ValueError, match=r"--datasets: \['ibl_binned/synthetic_000'\] given more than once"):

@@ -8,14 +8,14 @@ units [S] int, the unit's position in the model's session row (`trained.row(name
 - `window_log_rates`: log expected spike counts per bin [W, 50, n], the input corrupted as
   BWB's TS2 corrupts it (co-smoothing: held-out units' spikes removed over the whole window;
   forecasting: every spike of the last bins removed), and the model run with the matching
-  MtM evaluation mask and prompt (mtm_jax.masking.EvalTask: co-smoothing = the neuron mask,
+  MtM evaluation mask and prompt (mtm_jax.masking.EvalMasks: co-smoothing = the neuron mask,
   prompt "neuron"; forecasting = the forward-prediction mask, prompt "causal", with causal
   attention where the existing evaluation uses it).
 - `window_features`: the features a TS1 linear readout is fit on, the unmasked log-rates of
   every unit per bin given the decoding prompt, as the frozen-model behaviour decoders read.
 - `unit_embeddings`: one learned vector per unit of the session (TS3's probe input).
 
-The families' own code runs the model: mtm_jax.bwb.predict_ndt1 (NDT1, config.family "mtm")
+The families' own code runs the model: mtm_jax.bwb.predict_ndt1 (NDT1, config.family "ndt1")
 and mtm_jax.bwb.predict_spike (spike-token MtM, "poyo_mtm"); a POYO model ("poyo") decodes
 behaviour and predicts no counts, so it has unit_embeddings only. Windows are run in chunks
 (memory-bounded; real sessions have ~70k windows), with a progress.Stage line.
@@ -29,9 +29,10 @@ from flax import nnx
 
 from mtm_jax import progress
 from mtm_jax.bwb import predict_ndt1, predict_spike, tasks as bwb_tasks
-from mtm_jax.evaluation import tasks as eval_tasks
+from mtm_jax.evaluation import activity
+from mtm_jax.training import config_checks
 
-NDT1, SPIKE_MTM, POYO = "mtm", "poyo_mtm", "poyo"  # config.family of each family
+NDT1, SPIKE_MTM, POYO = "ndt1", "poyo_mtm", "poyo"  # config.family of each family
 N_BINS = bwb_tasks.TIMESTEPS  # 50 bins of bwb_tasks.BIN_SIZE = 0.02 s: one 1 s window
 
 
@@ -39,8 +40,8 @@ LOUD_WINDOWS = 5000  # predictions over this many windows log their progress
 
 
 def family(trained) -> str:
-  """config.family of a trained model (configs saved before it existed are NDT1's)."""
-  return str(trained.config.get("family", NDT1))
+  """config.family of a trained model (older ids and configs saved before it existed: config_checks.family_of)."""
+  return config_checks.family_of(trained.config)
 
 
 def window_log_rates(
@@ -85,7 +86,7 @@ def window_features(trained, name: str, spike_times, spike_units, starts) -> np.
   """[W, 50, N] float32 TS1 readout features of the windows (arguments as window_log_rates):
   the model's log-rates of every unit per bin on the unmasked input given the decoding prompt
   (config.eval.decoding_prompt; NDT1 without prompts: none), as the frozen-model behaviour
-  decoders read them (evaluation.run.unmasked_log_rates, poyo_mtm_eval.decode_session), as log
+  decoders read them (evaluation.ndt1.unmasked_log_rates, poyo_mtm_eval.decode_session), as log
   expected counts per 20 ms bin (for the spike-token model a constant shift of the decoders'
   per-second log-rates)."""
   row, n_units = _session(trained, name)
@@ -111,12 +112,12 @@ def unit_embeddings(trained, name: str) -> np.ndarray:
   model = nnx.merge(trained.graphdef, trained.params)
   if family(trained) == NDT1:
     if model.stitch_in is not None:
-      kernel = eval_tasks.fetch(model.stitch_in.kernel[...])[row]  # [max N, stitch_dim]
+      kernel = activity.fetch(model.stitch_in.kernel[...])[row]  # [max N, stitch_dim]
     else:
-      kernel = eval_tasks.fetch(model.embed_spikes.kernel[...])  # [N, mult * N]
+      kernel = activity.fetch(model.embed_spikes.kernel[...])  # [N, mult * N]
     return kernel[:n_units].astype(np.float32)
   rows = trained.vocab.unit_rows(trained.records[row]["session_id"])
-  return eval_tasks.fetch(model.unit_emb.embedding[...])[rows].astype(np.float32)
+  return activity.fetch(model.unit_emb.embedding[...])[rows].astype(np.float32)
 
 
 # ---- Shared checks and chunking -------------------------------------------------------------

@@ -1,5 +1,5 @@
 """A spike-token MtM's (config.family "poyo_mtm") log-rates on BrainWideBench windows, with the
-existing evaluation's machinery (mtm_jax.evaluation.poyo_mtm_eval.predict_task on a TrialData
+existing evaluation's machinery (mtm_jax.evaluation.poyo_mtm.predict_masks on a TrialData
 whose trials are the windows); see mtm_jax.bwb.predict for what is predicted.
 
 The model's log-rates are per second at the bin centres; times the bin width they are the
@@ -14,7 +14,7 @@ import numpy as np
 from mtm_jax import masking
 from mtm_jax.bwb import window_input, windows
 from mtm_jax.datasets.events import session as session_lib, trials as trials_lib
-from mtm_jax.evaluation import poyo_mtm_eval
+from mtm_jax.evaluation import poyo_mtm as poyo_mtm_eval
 from mtm_jax.tasks import poyo_mtm as poyo_mtm_task
 
 N_BINS, BIN = window_input.N_BINS, window_input.BIN
@@ -31,19 +31,19 @@ def check_config(config) -> None:
     raise ValueError(f"config.data.bin_size: expected BWB's {BIN} s bins, got {config.data.bin_size}")
 
 
-def eval_task(config, n_units: int, hide: np.ndarray | None, forecast_bins: int, features: bool) -> masking.EvalTask:
+def eval_masks(config, n_units: int, hide: np.ndarray | None, forecast_bins: int, features: bool) -> masking.EvalMasks:
   """The MtM evaluation mask (scoring every unit) of one kind of prediction: the decoders'
   unmasked pass (features); forecasting over the last forecast_bins bins; co-smoothing of the
   units `hide` at once (the neuron prompt); nothing hidden (the neuron prompt). The model has no
   causal attention: forecasting is its causal prompt and mask."""
   if features:
-    return poyo_mtm_eval.unmasked_task(n_units, N_BINS, poyo_mtm_task.decoding_options(config)["prompt"])
+    return poyo_mtm_eval.unmasked_masks(n_units, N_BINS, poyo_mtm_task.decoding_options(config)["prompt"])
   every_unit, every_bin = np.ones((1, n_units), bool), np.ones(N_BINS, bool)
   if forecast_bins:  # scored in every bin: the predictions of the whole window under the mask
-    task = masking.forward_prediction_task(n_units, N_BINS, range(N_BINS - forecast_bins, N_BINS))
-    return dataclasses.replace(task, score_bins=every_bin)
+    masks = masking.forward_prediction_masks(n_units, N_BINS, range(N_BINS - forecast_bins, N_BINS))
+    return dataclasses.replace(masks, score_bins=every_bin)
   hide = np.zeros(n_units, bool) if hide is None else hide
-  return masking.EvalTask("co_smoothing", "neuron", hide[None], every_unit, every_bin, every_bin)
+  return masking.EvalMasks("co_smoothing", "neuron", hide[None], every_unit, every_bin, every_bin)
 
 
 def corrupt(data: trials_lib.TrialData, session, hide: np.ndarray | None, forecast_bins: int) -> trials_lib.TrialData:
@@ -74,7 +74,7 @@ class Runner:
     self.trained, self.row, self.hide, self.forecast_bins = trained, row, hide, forecast_bins
     self.record = trained.records[row]
     n_units = len(self.record["unit_ids"])
-    self.task = eval_task(trained.config, n_units, hide, forecast_bins, features)
+    self.masks = eval_masks(trained.config, n_units, hide, forecast_bins, features)
     self.trial_config = poyo_mtm_task.trial_config(trained.config)
     self.predictor = poyo_mtm_eval.make_predictor(trained.graphdef, BIN)  # compiled once for every chunk
     self.chunk = 16 * trained.config.eval.batch_size
@@ -84,12 +84,12 @@ class Runner:
     session = window_input.window_session(self.record["session_id"], self.record["unit_ids"], times, units, starts)
     data = trials_lib.prepare([session], window_input.SPLIT, self.trial_config, vocab=trained.vocab)
     data = corrupt(data, session, self.hide, self.forecast_bins)
-    (log_rates,) = poyo_mtm_eval.predict_task(
+    (log_rates,) = poyo_mtm_eval.predict_masks(
       self.predictor,
       trained.params,
       data,
       0,
-      self.task,
+      self.masks,
       [1],
       batch_size=config.eval.batch_size,
       max_rows=config.eval.max_rows,

@@ -31,7 +31,7 @@ def get_config(arg: str = "paper") -> ml_collections.ConfigDict:
   if unknown:
     raise ValueError(f"ndt1 config: unknown options {sorted(unknown)}; expected 'temporal' or 'stitch'")
   c = ml_collections.ConfigDict()
-  c.family = "mtm"  # model family: the experiment programs dispatch on it (POYO configs: "poyo")
+  c.family = "ndt1"  # model family: the experiment programs dispatch on it (POYO configs: "poyo"; "mtm" before)
   c.seed = 0  # parameter init, masking and dropout keys
 
   c.data = ml_collections.ConfigDict()

@@ -31,7 +31,7 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
     raise ValueError(f"poyo config: unknown preset {preset!r}; expected small, large or tiny")
   window = ml_collections.FieldReference(1.0)  # shared by data.window_length and model.window_length
   c = ml_collections.ConfigDict()
-  c.family = "poyo"  # model family: the experiment programs dispatch on it (MtM configs: "mtm")
+  c.family = "poyo"  # model family: the experiment programs dispatch on it (NDT1 configs: "ndt1")
   c.seed = 0  # parameter init, window sampling and dropout keys
 
   c.data = ml_collections.ConfigDict()

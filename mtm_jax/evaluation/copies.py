@@ -1,5 +1,5 @@
 """How the evaluation of a spike-token MtM batches its masked copies of trials
-(evaluation.poyo_mtm_eval): which trials' tokens a chunk of copies reads, over which
+(evaluation.poyo_mtm): which trials' tokens a chunk of copies reads, over which
 units' tokens (context_units, context_tokens), padded to few compiled shapes, and placed on the
 mesh. Shapes: Bt distinct trials (or trial contexts) of a chunk, L tokens, n unit slots."""
 
@@ -50,13 +50,13 @@ def chunk_trials(trials: Sequence, batch_size: int) -> tuple[list, np.ndarray]:
   return distinct + [distinct[-1]] * (size - len(distinct)), rows
 
 
-def context_units(task: masking.EvalTask) -> tuple[np.ndarray, np.ndarray]:
-  """(units [G, n] bool, group [M] int): the masks of `task` in groups whose copies see
+def context_units(masks: masking.EvalMasks) -> tuple[np.ndarray, np.ndarray]:
+  """(units [G, n] bool, group [M] int): the masks of `masks` in groups whose copies see
   only tokens of units[group[m]] (each unit some mask of the group leaves visible in a bin
   or scores). Intra-region masks keep one region: its copies attend over that region's
   tokens alone, not the whole trial's (same outputs, a fraction of the work)."""
-  hidden_everywhere = task.hide_neurons & bool(np.all(task.hide_bins))  # [M, n]
-  units, group = np.unique(~hidden_everywhere | task.score_neurons, axis=0, return_inverse=True)
+  hidden_everywhere = masks.hide_neurons & bool(np.all(masks.hide_bins))  # [M, n]
+  units, group = np.unique(~hidden_everywhere | masks.score_neurons, axis=0, return_inverse=True)
   return units, group.reshape(-1)
 
 

@@ -106,15 +106,13 @@ def head_metrics(
   targets,
   *,
   prompt: str,
-  make_step,
-  init_state,
   steps: int = 300,
   seed: int = 0,
 ) -> decoding.Decoded:
   """Decoded({"head_<metric>": score}, {}, {"head_<metric>": reason}) of session
   `position` of the splits train and test (targets: the (train, test) pair of its
-  poyo_mtm_eval.trial_behaviour), one readout per target fine-tuned for `steps` steps
-  (heads.Fit at heads.LEARNING_RATE and BATCH_SIZE; make_step and init_state: heads.finetune_head's)."""
+  evaluation.poyo_mtm.trial_behaviour), one readout per target fine-tuned for `steps` steps
+  (heads.Fit at heads.LEARNING_RATE and BATCH_SIZE)."""
   scores, skipped = {}, {}
   y_train_all, y_test_all = targets
   for target, metric in heads.TARGETS.items():
@@ -128,7 +126,7 @@ def head_metrics(
     except decoding.Undecodable as e:
       skipped[name] = str(e)
       continue
-    fit = heads.Fit(y_train, make_step, init_state, steps, heads.LEARNING_RATE, heads.BATCH_SIZE, seed)
+    fit = heads.Fit(y_train, steps, heads.LEARNING_RATE, heads.BATCH_SIZE, seed)
     with progress.Stage(f"head {metric}") as stage:
       scores[name] = finetune_head(graphdef, params, train, test, position, fit, y_test, prompt=prompt, seed=seed)
       stage.note = f"{scores[name]:.4f} ({steps} steps)"

@@ -315,11 +315,13 @@ def grow_vocab(model_or_params, n_new_units: int, n_new_sessions: int, key: jax.
   return unit_tables.grow(model_or_params, n_new_units, n_new_sessions, key, init_scale=init_scale, where="grow_vocab")
 
 
-def load(init_params, pretrained_params, *, where: str) -> dict:
+def load(init_params, pretrained_params, *, where: str, key: jax.Array | None = None, init_scale: float = 0.02) -> dict:
   """`init_params` of a POYO with larger (or equal) unit and session tables, holding the
   pretrained model: its table rows in front of the fresh tables' remaining rows and every
-  other parameter from `pretrained_params` (unit_tables.load, which says how it fails)."""
-  return unit_tables.load(init_params, pretrained_params, where=where)
+  other parameter from `pretrained_params` (unit_tables.load, which says how it fails).
+  With `key` the new rows are drawn N(0, init_scale) from it, as `grow_vocab` draws them:
+  POYO's fine-tuning (tasks/poyo.py) gives its new units and sessions these rows."""
+  return unit_tables.load(init_params, pretrained_params, where=where, key=key, init_scale=init_scale)
 
 
 def from_config(config: ml_collections.ConfigDict, n_units: int, n_sessions: int, *, rngs: nnx.Rngs) -> POYO:

@@ -70,11 +70,12 @@ def grow(model_or_params, n_new_units: int, n_new_sessions: int, key: jax.Array,
 def _grow(params: Mapping, n_new_units: int, n_new_sessions: int, key: jax.Array, init_scale: float, where: str):
   n_new = dict(zip(embedding_paths(), (n_new_units, n_new_sessions)))
   keys = dict(zip(embedding_paths(), jax.random.split(key)))
-  return _append_rows(
-    params,
-    lambda what, table: init_scale * jax.random.normal(keys[what], (n_new[what], table.shape[1]), table.dtype),
-    where,
-  )
+  return _append_rows(params, lambda what, table: _drawn_rows(keys[what], n_new[what], table, init_scale), where)
+
+
+def _drawn_rows(key: jax.Array, n: int, table: jax.Array, init_scale: float) -> jax.Array:
+  """n fresh rows [n, D] for `table` [R, D], N(0, init_scale) drawn from `key`."""
+  return init_scale * jax.random.normal(key, (n, table.shape[1]), table.dtype)
 
 
 def _append_rows(params: Mapping, new_rows: Callable, where: str) -> dict:
@@ -89,10 +90,12 @@ def _append_rows(params: Mapping, new_rows: Callable, where: str) -> dict:
   return params
 
 
-def load(init_params, pretrained_params, *, where: str) -> dict:
+def load(init_params, pretrained_params, *, where: str, key: jax.Array | None = None, init_scale: float = 0.02) -> dict:
   """`init_params` of a model with larger (or equal) unit and session tables, holding the
   pretrained model: its table rows in front of the fresh tables' remaining rows (the new
   units and sessions, left fresh) and every other parameter from `pretrained_params`.
+  With `key`, the new rows are drawn N(0, init_scale) from it instead, as `grow` draws them
+  (the pretrained parameters grown by `grow` with that key, in `init_params`' structure).
 
   Both are parameter trees of the same architecture (pure dicts, e.g.
   `nnx.to_pure_dict(nnx.state(model))` or a restored checkpoint's, or nnx.State); returns a
@@ -100,6 +103,8 @@ def load(init_params, pretrained_params, *, where: str) -> dict:
   prefixed by `where`, naming a parameter missing from the pretrained model or of another
   shape, or a pretrained table with more rows than the fresh one (a different architecture)."""
   init, pre = (p if isinstance(p, dict) else nnx.to_pure_dict(p) for p in (init_params, pretrained_params))
+
+  keys = dict(zip(embedding_paths(), jax.random.split(key))) if key is not None else None
 
   def rest(what, table):
     outer, leaf = embedding_paths()[what]
@@ -109,6 +114,8 @@ def load(init_params, pretrained_params, *, where: str) -> dict:
         f"{where}: the {what} table {outer}/{leaf} has shape {table.shape}, this model's has "
         f"{fresh.shape} (at least as many rows, the same width)"
       )
-    return jnp.asarray(fresh[table.shape[0] :], table.dtype)
+    if keys is None:
+      return jnp.asarray(fresh[table.shape[0] :], table.dtype)
+    return _drawn_rows(keys[what], fresh.shape[0] - table.shape[0], table, init_scale)
 
   return loading.merge(init, _append_rows(pre, rest, where), where=where)

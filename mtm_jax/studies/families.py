@@ -32,13 +32,13 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from mtm_jax.evaluation import decoding, run
+from mtm_jax.evaluation import decoding, report as eval_report
 from mtm_jax.studies import protocol, report, runs
 from mtm_jax.tasks import registry
 
 FAMILY_FIELDS = ("label", "builder", "pretrain", "finetune")  # of each config.<family> (configs/family_study.family)
 MEAN_METRIC = "four_metric_mean_bps"  # the mean of the four 20 ms metrics (what the arms are compared by)
-SCORED = run.METRICS + decoding.BEHAVIOUR_METRICS  # what every adaptation run is scored on
+SCORED = eval_report.METRICS + decoding.BEHAVIOUR_METRICS  # what every adaptation run is scored on
 
 
 def sessions_of(study, animals: list[str]) -> list[str]:
@@ -98,8 +98,8 @@ def adapt_config(c, cell: protocol.Cell, session: str, data_dir: str, pretrained
 def metrics_of(results: dict) -> dict:
   """The scored metrics present in `results`, and MEAN_METRIC when all four MtM metrics are."""
   out = {m: results[m] for m in SCORED if isinstance(results.get(m), float)}
-  if all(m in out for m in run.METRICS):
-    out[MEAN_METRIC] = sum(out[m] for m in run.METRICS) / len(run.METRICS)
+  if all(m in out for m in eval_report.METRICS):
+    out[MEAN_METRIC] = sum(out[m] for m in eval_report.METRICS) / len(eval_report.METRICS)
   return out
 
 

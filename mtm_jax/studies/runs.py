@@ -25,7 +25,7 @@ import jax
 from absl import logging
 
 from mtm_jax import files
-from mtm_jax.evaluation import run
+from mtm_jax.evaluation import report
 from mtm_jax.tasks import registry
 from mtm_jax.training import checkpoint, provenance, trainer
 
@@ -62,7 +62,7 @@ def scored(workdir: str, steps: int, metrics, split: str | None = None, *, confi
     return None
   with open(path, encoding="utf-8") as f:
     results = json.load(f)
-  done = {*results, *(m for m, why in results.get("skipped", {}).items() if why != run.DECODING_OFF)}
+  done = {*results, *(m for m, why in results.get("skipped", {}).items() if why != report.DECODING_OFF)}
   if results.get("step") != steps or (split is not None and results.get("split") != split):
     return None
   if results.get("config_hash") != config_hash:

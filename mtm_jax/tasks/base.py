@@ -20,7 +20,7 @@ from flax import nnx
 from mtm_jax.datasets import schema
 from mtm_jax.datasets.events import vocabulary as vocabulary_lib
 from mtm_jax.parallel import mesh as mesh_lib
-from mtm_jax.training import checkpoint, step as step_lib
+from mtm_jax.training import checkpoint, config_checks, step as step_lib
 from mtm_jax.training.provenance import Pretrained  # also tasks.base.Pretrained, as the tasks name it
 
 FOREVER = 2**62  # the `until` of a phase that lasts to the end of the run
@@ -129,8 +129,8 @@ class Task:
   def pretrained_config(self, pretrained: str) -> ml_collections.ConfigDict:
     """The config of the pretrained run in `pretrained`, checked to be of this family."""
     pre, _ = checkpoint.load_metadata(pretrained)
-    if pre.get("family", "mtm") != self.family:
-      raise ValueError(f"{pretrained}: holds a {pre.get('family', 'mtm')!r} model, not {self.name}")
+    if config_checks.family_of(pre) != self.family:
+      raise ValueError(f"{pretrained}: holds a {config_checks.family_of(pre)!r} model, not {self.name}")
     return pre
 
   # ---- Training ---------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from flax import nnx
 
 from mtm_jax import masking
 from mtm_jax.datasets import pipeline, schema
-from mtm_jax.evaluation import decoding, run as evaluation
+from mtm_jax.evaluation import decoding, ndt1 as ndt1_eval, report
 from mtm_jax.interop import ndt1 as ndt1_interop
 from mtm_jax.models import ndt1
 from mtm_jax.parallel import mesh as mesh_lib, sharding
@@ -149,7 +149,7 @@ def reference_session_rows(arch: dict, infos, rows: list[str], eids_file: str | 
 
 
 class NDT1Task(base.Task):
-  family, name = "mtm", "NDT1"
+  family, name = "ndt1", "NDT1"
 
   # ---- Configs -----------------------------------------------------------------------------
   def check(self, config):
@@ -313,32 +313,26 @@ class NDT1Task(base.Task):
 
   # ---- Evaluation -------------------------------------------------------------------------
   def evaluate(self, trained, split, sessions=None, decode=True):
-    return evaluation.evaluate_sessions(
-      trained,
-      split,
-      sessions,
-      decode=decode,
-      trainer=dict(make_step=step_lib.make_train_step, init_state=step_lib.init_state),
-    )
+    return ndt1_eval.evaluate_sessions(trained, split, sessions, decode=decode)
 
   def arrays_file(self):
     return "per_neuron_bps.npz"
 
   def report(self, results, label=None, others=None):
     columns = {label or results["masking_mode"]: results, **(others or {})}
-    oracle = evaluation.oracle_column(results)
+    oracle = report.oracle_column(results)
     if oracle:
       columns["oracle"] = oracle
-    heads = [m for m in evaluation.HEAD_METRICS if m in results or m in results.get("skipped", {})]
-    table = evaluation.table(columns, evaluation.METRICS + decoding.BEHAVIOUR_METRICS + tuple(heads))
-    hint = evaluation.bps_hint(results)
-    return evaluation.heading(results) + "\n" + table + (f"\n\n{hint}" if hint else "")
+    heads = [m for m in report.HEAD_METRICS if m in results or m in results.get("skipped", {})]
+    table = report.table(columns, report.METRICS + decoding.BEHAVIOUR_METRICS + tuple(heads))
+    hint = report.bps_hint(results)
+    return report.heading(results) + "\n" + table + (f"\n\n{hint}" if hint else "")
 
   def plot_file(self):
     return "rasters.png"
 
   def plot(self, models, path, **options):
-    return "rasters of " + evaluation.raster_plot(models, path, **options)
+    return "rasters of " + ndt1_eval.raster_plot(models, path, **options)
 
 
 def check_config(c: ml_collections.ConfigDict) -> None:

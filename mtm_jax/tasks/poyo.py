@@ -25,7 +25,7 @@ from mtm_jax.datasets.events import session as session_lib
 from mtm_jax.datasets.events import tfds
 from mtm_jax.datasets.events import vocabulary as vocabulary_lib
 from mtm_jax.datasets.events import windows as windows_lib
-from mtm_jax.evaluation import behaviour_plots, poyo_eval
+from mtm_jax.evaluation import behaviour_plots, poyo as poyo_eval
 from mtm_jax.interop import poyo as poyo_interop
 from mtm_jax.models import poyo
 from mtm_jax.parallel import mesh as mesh_lib
@@ -157,16 +157,17 @@ class POYOTask(base.Task):
     return spike_tokens.placed(model, lambda state: make_optimizer(config, state), params, mesh)
 
   def merge_pretrained(self, config, graphdef, tx, state, pretrained, records, mesh):
-    vocab, old = vocabulary_lib.Vocabulary.from_records(records), pretrained.vocab
-    grown = poyo.grow_vocab(
+    """poyo.load: the pretrained rows in front of new units' and sessions' rows drawn
+    N(0, config.model.emb_init_scale) from seed + 7, every other parameter pretrained."""
+    merged = poyo.load(
+      nnx.to_pure_dict(jax.device_get(state.params)),
       nnx.to_pure_dict(jax.device_get(pretrained.params)),
-      vocab.n_unit_rows - old.n_unit_rows,
-      vocab.n_session_rows - old.n_session_rows,
-      jax.random.key(config.seed + 7),
+      where=f"pretrained model {config.init.pretrained}",
+      key=jax.random.key(config.seed + 7),
       init_scale=config.model.emb_init_scale,
     )
     spike_tokens.log_new_rows(config, pretrained, records)
-    return self.create(config, records, mesh, grown)
+    return self.create(config, records, mesh, merged)
 
   def describe(self, config, graphdef, state):
     return (

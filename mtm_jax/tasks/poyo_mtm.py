@@ -24,7 +24,7 @@ from flax import nnx
 from mtm_jax import masking, token_masking
 from mtm_jax.datasets.events import trials as trials_lib
 from mtm_jax.datasets.events import vocabulary as vocabulary_lib
-from mtm_jax.evaluation import decoding, poyo_mtm_eval, poyo_mtm_heads, run
+from mtm_jax.evaluation import decoding, poyo_mtm as poyo_mtm_eval, poyo_mtm_heads, report
 from mtm_jax.models import poyo_mtm
 from mtm_jax.parallel import mesh as mesh_lib
 from mtm_jax.tasks import base, spike_tokens
@@ -135,14 +135,12 @@ def heads(trained, sessions, data: trials_lib.TrialData, steps: int):
   missing = [s.session_id for s in sessions if "train" not in s.splits]
   if missing:
     reason = f"sessions {missing} were given without their train split"
-    return lambda position: decoding.Decoded({}, {}, dict.fromkeys(run.HEAD_METRICS, reason))
+    return lambda position: decoding.Decoded({}, {}, dict.fromkeys(report.HEAD_METRICS, reason))
   train = trials_lib.prepare(sessions, "train", trial_config(config), vocab=trained.vocab)
   options = dict(
     prompt=config.eval.decoding_prompt,
     steps=steps,
     seed=config.eval.decoding_seed,
-    make_step=step_lib.make_train_step,
-    init_state=step_lib.init_state,
   )
 
   def of(position: int) -> decoding.Decoded:
@@ -274,7 +272,7 @@ class PoyoMtMTask(base.Task):
       oracle=poyo_mtm_eval.true_rates_oracle(data),
       decode=decoding_options(config) if decode else None,
       heads=heads(trained, sessions, data, head_steps) if head_steps else None,
-      fine_tasks=config.eval.get("fine_tasks") or None,
+      fine_metrics=config.eval.get("fine_tasks") or None,
       max_masks=config.eval.get("max_masks", 0),
     )
     return {**results, "split": split, "step": trained.step, "masking_mode": config.masking.mode}, arrays
@@ -284,21 +282,21 @@ class PoyoMtMTask(base.Task):
 
   def report(self, results, label=None, others=None):
     widths = [w for w in results if w.startswith("co_smoothing_bps")]
-    lines = [run.heading(results) if "session_id" in results or "sessions" in results else ""]
+    lines = [report.heading(results) if "session_id" in results or "sessions" in results else ""]
     for key in widths:
       suffix = key.removeprefix("co_smoothing_bps")
-      metrics = [m + suffix for m in run.METRICS]
+      metrics = [m + suffix for m in report.METRICS]
       columns = {(label or results["masking_mode"]) + suffix: results, **(others or {})}
       oracle = {m: results[f"oracle_{m}"] for m in metrics if f"oracle_{m}" in results}
       if oracle:
         columns["oracle"] = oracle
-      lines.append(run.table(columns, metrics))
+      lines.append(report.table(columns, metrics))
     behaviour = [
-      m for m in decoding.BEHAVIOUR_METRICS + run.HEAD_METRICS if m in results or m in results.get("skipped", {})
+      m for m in decoding.BEHAVIOUR_METRICS + report.HEAD_METRICS if m in results or m in results.get("skipped", {})
     ]
     if behaviour:
-      lines.append(run.table({label or results["masking_mode"]: results, **(others or {})}, behaviour))
-    lines.append(run.bps_hint(results))
+      lines.append(report.table({label or results["masking_mode"]: results, **(others or {})}, behaviour))
+    lines.append(report.bps_hint(results))
     return "\n\n".join(line for line in lines if line)
 
 
@@ -328,7 +326,7 @@ def check_config(c) -> None:
     )
   if c.eval.batch_size < 1 or c.eval.max_rows < 1:
     raise ValueError("config.eval.batch_size and config.eval.max_rows must be positive")
-  names = ("co_smoothing", "forward_prediction", "inter_region", "intra_region")  # evaluation.run.METRICS
+  names = ("co_smoothing", "forward_prediction", "inter_region", "intra_region")  # evaluation.report.METRICS
   unknown = [t for t in c.eval.get("fine_tasks", ()) if t not in names]
   if unknown:
     raise ValueError(f"config.eval.fine_tasks: unknown {unknown}; expected some of {list(names)}")

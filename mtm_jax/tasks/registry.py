@@ -13,23 +13,25 @@ import numpy as np
 from absl import logging
 
 from mtm_jax import files
-from mtm_jax.evaluation import run
+from mtm_jax.evaluation import report
 from mtm_jax.tasks import base, ndt1, poyo, poyo_mtm
-from mtm_jax.training import checkpoint, provenance
+from mtm_jax.training import checkpoint, config_checks, provenance
 
 TASKS = {task.family: task for task in (ndt1.NDT1Task(), poyo.POYOTask(), poyo_mtm.PoyoMtMTask())}
 
 
 def get(family: str) -> base.Task:
-  """The task of config.family `family`."""
+  """The task of config.family `family` (older ids, e.g. NDT1's "mtm", are read as today's)."""
+  family = config_checks.LEGACY_FAMILIES.get(family, family)
   if family not in TASKS:
     raise ValueError(f"config.family: unknown {family!r}; expected one of {sorted(TASKS)}")
   return TASKS[family]
 
 
 def of(config) -> base.Task:
-  """The task of a config (configs saved before config.family existed are NDT1's)."""
-  return get(config.get("family", "mtm"))
+  """The task of a config (a saved config with family "mtm", NDT1's id before "ndt1", or
+  without config.family, written before it existed, is NDT1's: config_checks.family_of)."""
+  return get(config_checks.family_of(config))
 
 
 def of_workdir(workdir: str, step: int | None = None) -> base.Task:
@@ -167,14 +169,14 @@ def _merged(old: dict, new: dict) -> tuple[dict, list[str]]:
   because decoding was off."""
   skipped, folds = dict(new.get("skipped", {})), dict(new.get("decoding_folds", {}))
   merged, kept = dict(new), []
-  for key in [k for k, why in skipped.items() if why == run.DECODING_OFF]:
+  for key in [k for k, why in skipped.items() if why == report.DECODING_OFF]:
     if isinstance(old.get(key), float):
       merged[key] = old[key]
       del skipped[key]
       kept.append(key)
       if key in old.get("decoding_folds", {}):
         folds[key] = old["decoding_folds"][key]
-    elif old.get("skipped", {}).get(key, run.DECODING_OFF) != run.DECODING_OFF:
+    elif old.get("skipped", {}).get(key, report.DECODING_OFF) != report.DECODING_OFF:
       skipped[key] = old["skipped"][key]  # the earlier run's reason stands
   if "skipped" in new:
     merged["skipped"] = skipped

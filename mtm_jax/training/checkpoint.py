@@ -37,6 +37,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from mtm_jax.parallel import sharding
+from mtm_jax.training import config_checks
 
 ITEMS = ("state", "config", "sessions", "progress", "data", "provenance")
 OPTIONAL = ("progress", "data", "provenance")  # items older checkpoints may lack
@@ -363,9 +364,8 @@ def check_compatible(
   """Raises ValueError (before any training) when the checkpoint in `where` is from
   another model (config.family, config.model) or other sessions (names, ids, neurons).
   legacy: the model fields a saved config without them had (with_defaults)."""
-  for field in ("family", "model"):
-    default = "mtm" if field == "family" else None  # configs saved before config.family existed are NDT1
-    a, b = saved.get(field, default), config.get(field, default)
+  for field in ("family", "model"):  # the family with older ids read as today's (config_checks.family_of)
+    a, b = (config_checks.family_of(x) if field == "family" else x.get(field) for x in (saved, config))
     if field == "model" and legacy:  # a field either side lacks had its legacy value
       a, b = (ml_collections.ConfigDict({**legacy, **x.to_dict()}) if x is not None else x for x in (a, b))
     # As JSON holds them (tuples come back as lists).

@@ -12,6 +12,18 @@ import ml_collections
 from mtm_jax import masking
 from mtm_jax.datasets import schema
 
+# config.family ids of older checkpoints -> today's: NDT1's was "mtm" (and configs saved
+# before config.family existed have none: NDT1 too).
+LEGACY_FAMILIES = {"mtm": "ndt1"}
+
+
+def family_of(config) -> str:
+  """config.family of a config (ConfigDict or dict, e.g. one a checkpoint saved), with the
+  ids of older checkpoints read as today's (LEGACY_FAMILIES; none at all: "ndt1")."""
+  family = config.get("family", None) or "ndt1"
+  return LEGACY_FAMILIES.get(family, family)
+
+
 # Ways to adapt a pretrained model (config.finetune.mode): only the new session's rows
 # (POYO's unit identification; NDT1's new stitchers and session row), or everything.
 FINETUNE_MODES = ("unit_id", "full")

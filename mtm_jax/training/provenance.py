@@ -43,6 +43,7 @@ import ml_collections
 import numpy as np
 
 from mtm_jax import files
+from mtm_jax.training import config_checks
 
 # Fields that may differ on resume: where the data sets are (their content is checked by the
 # sessions' ids and neurons), how often the run logs, validates and checkpoints, how many
@@ -167,6 +168,9 @@ def differences(recorded: dict, request: dict) -> list[tuple[str, object, object
   """(dotted field, recorded value, requested value or _ABSENT) of every field outside
   RESUMABLE that differs; fields the recorded config lacks are not compared (module docstring)."""
   old, new = _flat(json.loads(canonical(recorded))), _flat(json.loads(canonical(request)))
+  for flat in (old, new):  # a run recorded with an older family id is the same family
+    if "family" in flat:
+      flat["family"] = config_checks.family_of(flat)
   return [(k, old[k], new.get(k, _ABSENT)) for k in sorted(old) if k not in RESUMABLE and old[k] != new.get(k, _ABSENT)]
 
 

@@ -1,14 +1,14 @@
 """The four MtM activity evaluations of a spike-token MtM, at any bin width.
 
-The masks are NDT1's (mtm_jax.masking.EvalTask rows, on the grid of the training bins):
-mask m of a task hides units hide_neurons[m] in bins hide_bins and scores units
+The masks are NDT1's (mtm_jax.masking.EvalMasks rows, on the grid of the training bins):
+mask m of a metric hides units hide_neurons[m] in bins hide_bins and scores units
 score_neurons[m] in bins score_bins. Each (mask, trial) pair is one copy of the trial's
 tokens with a key mask (token_masking.keep_tokens: no re-tokenisation) over the tokens
 of the units its group of masks can show (context_units: an intra-region copy reads its
 region's alone); copies are encoded in batches, and every scored unit of a copy is one
 decoder row whose queries are the centres of the scored bins at every width of `widths`
 (a 20 ms bin holds two 10 ms and four 5 ms bins, so one encoding serves them all). The
-rates are scored with NDT1's own code (evaluation.tasks.score_task), per neuron.
+rates are scored with NDT1's own code (evaluation.activity.score_masks), per neuron.
 
 Behaviour decoding is NDT1's too (evaluation.decoding.decode_split): the features of a
 trial are the model's 20 ms log-rates of every unit on the unmasked trial (one pass, the
@@ -31,7 +31,7 @@ from flax import nnx
 from mtm_jax import masking, progress, token_masking
 from mtm_jax.datasets import synthetic_events
 from mtm_jax.datasets.events import binning, trials as trials_lib
-from mtm_jax.evaluation import copies, decoding, run, tasks as tasks_lib
+from mtm_jax.evaluation import activity, copies, decoding, report
 from mtm_jax.parallel import mesh as mesh_lib
 
 
@@ -63,10 +63,10 @@ def make_predictor(graphdef, bin_size: float) -> Predictor:
   return Predictor(encode, decode)
 
 
-def unmasked_task(n_units: int, n_bins: int, prompt: str) -> masking.EvalTask:
+def unmasked_masks(n_units: int, n_bins: int, prompt: str) -> masking.EvalMasks:
   """One pass that hides nothing and scores every unit in every bin (the decoders' features)."""
   none, every = np.zeros((1, n_units), bool), np.ones((1, n_units), bool)
-  return masking.EvalTask("unmasked", prompt, none, every, np.zeros(n_bins, bool), np.ones(n_bins, bool))
+  return masking.EvalMasks("unmasked", prompt, none, every, np.zeros(n_bins, bool), np.ones(n_bins, bool))
 
 
 def trial_behaviour(session, split: str, intervals: np.ndarray, n_bins: int) -> dict[str, np.ndarray]:
@@ -111,10 +111,10 @@ def decode_session(
   """The frozen-model behaviour decoders of session `position` (evaluation.decoding.decode_split
   on the [K, T, n] log-rates of the unmasked trials, given the `prompt` scheme's prompt)."""
   session, n_bins = data.sessions[position], data.config.n_bins
-  task = unmasked_task(len(session.unit_ids), n_bins, prompt)
+  masks = unmasked_masks(len(session.unit_ids), n_bins, prompt)
   with progress.Stage(f"{label}decoders' features (the unmasked trials)") as stage:
-    (log_rates,) = predict_task(
-      predictor, params, data, position, task, [1], batch_size=batch_size, max_rows=max_rows, mesh=mesh, stage=stage
+    (log_rates,) = predict_masks(
+      predictor, params, data, position, masks, [1], batch_size=batch_size, max_rows=max_rows, mesh=mesh, stage=stage
     )
   behaviour = session_behaviour(data, position)
   decoded = decoding.decode_split(log_rates, behaviour, folds=folds, seed=seed, label=label)
@@ -123,10 +123,10 @@ def decode_session(
   return decoded
 
 
-def at_width(task: masking.EvalTask, factor: int) -> masking.EvalTask:
-  """The task on a grid `factor` times finer (each bin split into `factor`)."""
+def at_width(masks: masking.EvalMasks, factor: int) -> masking.EvalMasks:
+  """The masks on a grid `factor` times finer (each bin split into `factor`)."""
   return dataclasses.replace(
-    task, hide_bins=np.repeat(task.hide_bins, factor), score_bins=np.repeat(task.score_bins, factor)
+    masks, hide_bins=np.repeat(masks.hide_bins, factor), score_bins=np.repeat(masks.score_bins, factor)
   )
 
 
@@ -141,21 +141,21 @@ def width_factors(bin_size: float, widths: Sequence[float]) -> list[int]:
   return out
 
 
-def query_times(task: masking.EvalTask, bin_size: float, factors: Sequence[int]) -> list[np.ndarray]:
+def query_times(masks: masking.EvalMasks, bin_size: float, factors: Sequence[int]) -> list[np.ndarray]:
   """Per width: [G_w] float32 centres (seconds from the trial start) of the scored bins."""
   out = []
   for f in factors:
-    fine = np.flatnonzero(np.repeat(task.score_bins, f))
+    fine = np.flatnonzero(np.repeat(masks.score_bins, f))
     out.append(((fine + 0.5) * (bin_size / f)).astype(np.float32))
   return out
 
 
-def predict_task(
+def predict_masks(
   predictor: Predictor,
   params,
   data: trials_lib.TrialData,
   position: int,
-  task: masking.EvalTask,
+  masks: masking.EvalMasks,
   factors: Sequence[int],
   *,
   batch_size: int,
@@ -168,16 +168,16 @@ def predict_task(
   batches of copies done of all (progress.Stage.update)."""
   ks = data.session_trials(position)
   n_units, n_slots, bin_size = len(data.sessions[position].unit_ids), data.n_units, data.config.bin_size
-  times = query_times(task, bin_size, factors)
+  times = query_times(masks, bin_size, factors)
   all_times = np.concatenate(times)
   n_data = 1 if mesh is None else mesh.shape[mesh_lib.DATA]
   batch_size = -(-batch_size // n_data) * n_data
   max_rows = -(-max_rows // n_data) * n_data
-  out = [np.zeros((len(ks), task.score_bins.size * f, n_units), np.float32) for f in factors]
-  fine_bins = [np.flatnonzero(np.repeat(task.score_bins, f)) for f in factors]
-  prompt = masking.scheme_index(task.prompt)
-  hide = np.pad(task.hide_neurons, ((0, 0), (0, n_slots - n_units)))
-  units, group = copies.context_units(task)
+  out = [np.zeros((len(ks), masks.score_bins.size * f, n_units), np.float32) for f in factors]
+  fine_bins = [np.flatnonzero(np.repeat(masks.score_bins, f)) for f in factors]
+  prompt = masking.scheme_index(masks.prompt)
+  hide = np.pad(masks.hide_neurons, ((0, 0), (0, n_slots - n_units)))
+  units, group = copies.context_units(masks)
   units = np.pad(units, ((0, 0), (0, n_slots - n_units)))
   order = np.argsort(group, kind="stable")
   items = [(int(m), i) for i in range(len(ks)) for m in order]  # the copies of a trial's context together
@@ -189,20 +189,25 @@ def predict_task(
     picks, copy_rows = copies.chunk_trials([(int(ks[i]), int(group[m])) for m, i in chunk], batch_size)
     tokens = copies.place_replicated(copies.context_tokens(data, picks, units), mesh)
     rows = slice(None) if mesh is None else mesh_lib.process_rows(batch_size, mesh)
-    masks = dict(
+    batch_masks = dict(
       copy_rows=copy_rows[rows],
       hide_units=hide[[m for m, _ in chunk]][rows],
-      hide_bins=np.broadcast_to(task.hide_bins, (batch_size, task.hide_bins.size))[rows],
+      hide_bins=np.broadcast_to(masks.hide_bins, (batch_size, masks.hide_bins.size))[rows],
       prompt=np.full((batch_size,), prompt, np.int32)[rows],
     )
-    masks = copies.place(masks, batch_size, mesh)
+    batch_masks = copies.place(batch_masks, batch_size, mesh)
     latents = predictor.encode(
-      params, tokens, masks["copy_rows"], masks["hide_units"], masks["hide_bins"], masks["prompt"]
+      params,
+      tokens,
+      batch_masks["copy_rows"],
+      batch_masks["hide_units"],
+      batch_masks["hide_bins"],
+      batch_masks["prompt"],
     )
     real = len(items[start : start + batch_size])
     copy, unit = [], []
     for c, (m, _) in enumerate(chunk[:real]):
-      scored = np.flatnonzero(task.score_neurons[m])
+      scored = np.flatnonzero(masks.score_neurons[m])
       copy.append(np.full(len(scored), c)), unit.append(scored)
     copy, unit = np.concatenate(copy).astype(np.int32), np.concatenate(unit).astype(np.int32)
     for r0 in range(0, len(copy), max_rows):
@@ -217,7 +222,7 @@ def predict_task(
       )
       if mesh is not None:
         args = copies.place({k: v[mesh_lib.process_rows(n_rows, mesh)] for k, v in args.items()}, n_rows, mesh)
-      log_rates = tasks_lib.fetch(
+      log_rates = activity.fetch(
         predictor.decode(params, latents, args["copy"], args["unit"], all_times, args["session"], args["prompt"])
       )[: len(c_rows)]
       trial = np.array([chunk[c][1] for c in c_rows])
@@ -241,17 +246,17 @@ def evaluate_session(
   max_rows: int,
   mesh=None,
   oracle: Callable[[int, float], np.ndarray | None] | None = None,
-  fine_tasks: Sequence[str] | None = None,
+  fine_metrics: Sequence[str] | None = None,
   label: str = "",
   max_masks: int = 0,
 ) -> tuple[dict, dict]:
-  """The four metrics of session `position` at every width: ({"<task>_bps" at the
-  training bin, "<task>_bps_<w>ms" at each other width, "oracle_..." where `oracle`
-  (position, width) gives the true expected counts [K, T_w, n]}, {"<task>_<w>ms": [n]
-  per-neuron bits per spike}). fine_tasks: the tasks scored at the other widths (None: all
-  four; the decoder's work grows with the number of bins). max_masks: > 0, every task
-  scores the same sample of at most this many units (masking.evaluation_tasks; 0: all).
-  Each task writes one line (progress.Stage, prefixed by `label`) with its score at each
+  """The four metrics of session `position` at every width: ({"<metric>_bps" at the
+  training bin, "<metric>_bps_<w>ms" at each other width, "oracle_..." where `oracle`
+  (position, width) gives the true expected counts [K, T_w, n]}, {"<metric>_<w>ms": [n]
+  per-neuron bits per spike}). fine_metrics: the metrics scored at the other widths (None: all
+  four; the decoder's work grows with the number of bins). max_masks: > 0, every metric
+  scores the same sample of at most this many units (masking.evaluation_masks; 0: all).
+  Each metric writes one line (progress.Stage, prefixed by `label`) with its score at each
   width and its time."""
   session, bin_size = data.sessions[position], data.config.bin_size
   n_units = len(session.unit_ids)
@@ -260,15 +265,15 @@ def evaluate_session(
   counts = [binning.bin_spikes(session, intervals, bin_size / f, data.config.n_bins * f) for f in factors]
   truth = [None if oracle is None else oracle(position, bin_size / f) for f in factors]
   results, per_neuron = {}, {}
-  for task in masking.evaluation_tasks(data.regions[position, :n_units], data.config.n_bins, max_masks):
-    at = [j for j, f in enumerate(factors) if f == 1 or fine_tasks is None or task.name in fine_tasks]
-    stage = progress.Stage(label + task.name)
-    log_rates = predict_task(
+  for masks in masking.evaluation_masks(data.regions[position, :n_units], data.config.n_bins, max_masks):
+    at = [j for j, f in enumerate(factors) if f == 1 or fine_metrics is None or masks.name in fine_metrics]
+    stage = progress.Stage(label + masks.name)
+    log_rates = predict_masks(
       predictor,
       params,
       data,
       position,
-      task,
+      masks,
       [factors[j] for j in at],
       batch_size=batch_size,
       max_rows=max_rows,
@@ -278,14 +283,14 @@ def evaluate_session(
     shown = []  # "20ms 0.1234" per width, for the stage's line
     for j, lr in zip(at, log_rates):
       f, w, spikes, true = factors[j], widths[j], counts[j], truth[j]
-      fine = at_width(task, f)
+      fine = at_width(masks, f)
       suffix = "" if f == 1 else f"_{width_label(w)}"
-      bps = tasks_lib.score_task(np.exp(lr.astype(np.float64)) * (bin_size / f), spikes, fine)
-      results[f"{task.name}_bps{suffix}"] = float(np.nanmean(bps))
-      shown.append(f"{width_label(w)} {results[f'{task.name}_bps{suffix}']:.4f}")
-      per_neuron[f"{task.name}_{width_label(w)}"] = bps
+      bps = activity.score_masks(np.exp(lr.astype(np.float64)) * (bin_size / f), spikes, fine)
+      results[f"{masks.name}_bps{suffix}"] = float(np.nanmean(bps))
+      shown.append(f"{width_label(w)} {results[f'{masks.name}_bps{suffix}']:.4f}")
+      per_neuron[f"{masks.name}_{width_label(w)}"] = bps
       if true is not None:
-        results[f"oracle_{task.name}_bps{suffix}"] = float(np.nanmean(tasks_lib.score_task(true, spikes, fine)))
+        results[f"oracle_{masks.name}_bps{suffix}"] = float(np.nanmean(activity.score_masks(true, spikes, fine)))
     stage.note = ", ".join(shown) + " bps"
     stage.finish()
   results.update(session_id=session.session_id, n_trials=len(intervals), n_neurons=n_units)
@@ -309,11 +314,11 @@ def evaluate_data(
   oracle=None,
   decode: dict | None = None,
   heads: Callable[[int], decoding.Decoded] | None = None,
-  fine_tasks: Sequence[str] | None = None,
+  fine_metrics: Sequence[str] | None = None,
   max_masks: int = 0,
 ) -> tuple[dict, dict]:
-  """Every session of `data` (see evaluate_session, also for fine_tasks): (results, per-neuron arrays). One
-  session: its metrics at the top level; several: their means there (run.session_means)
+  """Every session of `data` (see evaluate_session, also for fine_metrics): (results, per-neuron arrays). One
+  session: its metrics at the top level; several: their means there (report.session_means)
   and each session's under "sessions". decode: dict(prompt=, folds=, seed=) of the
   behaviour decoders (decode_session), or None to skip them; heads(position): the
   fine-tuned readouts' scores of a session (poyo_mtm_heads.head_metrics), or None;
@@ -332,12 +337,12 @@ def evaluate_data(
       max_rows=max_rows,
       mesh=mesh,
       oracle=oracle,
-      fine_tasks=fine_tasks,
+      fine_metrics=fine_metrics,
       label=label,
       max_masks=max_masks,
     )
     if decode is None:
-      decoded = decoding.Decoded({}, {}, dict.fromkeys(decoding.BEHAVIOUR_METRICS, run.DECODING_OFF))
+      decoded = decoding.Decoded({}, {}, dict.fromkeys(decoding.BEHAVIOUR_METRICS, report.DECODING_OFF))
     else:
       decoded = decode_session(
         predictor, params, data, position, **decode, batch_size=batch_size, max_rows=max_rows, mesh=mesh, label=label
@@ -350,7 +355,7 @@ def evaluate_data(
     arrays.update({(k if len(data.sessions) == 1 else f"{session.session_id}/{k}"): v for k, v in bps.items()})
   if len(per_session) == 1:
     return next(iter(per_session.values())), arrays
-  return dict(run.session_means(per_session), sessions=per_session), arrays
+  return dict(report.session_means(per_session), sessions=per_session), arrays
 
 
 def true_rates_oracle(data: trials_lib.TrialData):

@@ -1,40 +1,33 @@
 """NDT1 evaluation of a trained model (tasks.base.Trained): the four activity metrics
-and behaviour decoding per session, their means, printable tables and rasters."""
+and behaviour decoding per session, their means (report.session_means) and rasters."""
 
 from __future__ import annotations
-
-import re
 
 from absl import logging
 import numpy as np
 
 from mtm_jax import masking, progress
 from mtm_jax.datasets import pipeline
-from mtm_jax.evaluation import decoding, heads, plots, tasks
-
-METRICS = ("co_smoothing_bps", "forward_prediction_bps", "inter_region_bps", "intra_region_bps")
-HEAD_METRICS = tuple(f"head_{m}" for m in decoding.BEHAVIOUR_METRICS)
-
-DECODING_OFF = "decoding turned off"  # the reason of every decoder skipped by decode=False
+from mtm_jax.evaluation import activity, decoding, ndt1_heads, plots, report
 
 
 def unmasked_log_rates(trained, spikes: np.ndarray, *, prompt: str, session: int) -> np.ndarray:
   """[K, T, N] log-rates of the frozen model on unmasked input, given `prompt`."""
   k, t, n = spikes.shape
-  task = masking.EvalTask(
+  masks = masking.EvalMasks(
     "unmasked", prompt, np.zeros((1, n), bool), np.ones((1, n), bool), np.zeros(t, bool), np.ones(t, bool)
   )
-  return predict_unmasked_task(trained, tasks.make_predictor(trained.graphdef), spikes, task, session)
+  return predict_noncausal(trained, activity.make_predictor(trained.graphdef), spikes, masks, session)
 
 
-def predict_unmasked_task(trained, predictor, spikes: np.ndarray, task: masking.EvalTask, session: int):
-  """[K, T, N] log-rates of the trained model under `task`'s masks, non-causal attention."""
+def predict_noncausal(trained, predictor, spikes: np.ndarray, masks: masking.EvalMasks, session: int):
+  """[K, T, N] log-rates of the trained model under `masks`, non-causal attention."""
   config = trained.config
-  return tasks.predict_task(
+  return activity.predict_masks(
     predictor,
     trained.params,
     spikes,
-    task,
+    masks,
     causal=False,
     max_batch=config.eval.max_batch,
     mesh=trained.mesh,
@@ -43,9 +36,7 @@ def predict_unmasked_task(trained, predictor, spikes: np.ndarray, task: masking.
   )
 
 
-def decode_session(
-  trained, name: str, split: str, data: dict, *, row: int, trainer: dict, label: str = ""
-) -> decoding.Decoded:
+def decode_session(trained, name: str, split: str, data: dict, *, row: int, label: str = "") -> decoding.Decoded:
   """The frozen-model decoders (and, if config.eval.head_steps > 0, the fine-tuned heads)
   of one session's split `data`; decoders the split cannot run are skipped, one warning
   line each."""
@@ -57,13 +48,12 @@ def decode_session(
     features, data, folds=config.eval.decoding_folds, seed=config.eval.decoding_seed, label=label
   )
   if config.eval.head_steps > 0:
-    head = heads.head_metrics(
+    head = ndt1_heads.head_metrics(
       trained,
       name,
       steps=config.eval.head_steps,
       seed=config.eval.decoding_seed,
       eval_split=split,
-      trainer=trainer,
       label=label,
     )
     decoded = decoding.Decoded({**decoded.scores, **head.scores}, decoded.folds, {**decoded.skipped, **head.skipped})
@@ -79,16 +69,14 @@ def evaluate_session(
   *,
   keep_predictions: bool = False,
   decode: bool = True,
-  trainer: dict | None = None,
   label: str = "",
 ) -> dict:
   """The four activity metrics and behaviour decoding of one of the model's sessions.
 
   Returns the metrics dict, with "decoding_folds" ({metric: outer folds used}),
   "skipped" ({metric: reason}, behaviour metrics the split cannot score, or all of them
-  when not `decode`; trainer: dict(make_step=, init_state=) that fits the heads, see
-  heads.finetune_head), "per_neuron" ({task: [N] bps}) and, if keep_predictions,
-  "predictions" ({task: [K, T, N] expected counts}) and "spikes". Each stage writes a
+  when not `decode`), "per_neuron" ({metric: [N] bps}) and, if keep_predictions,
+  "predictions" ({metric: [K, T, N] expected counts}) and "spikes". Each stage writes a
   line (progress.Stage; label: their prefix)."""
   config = trained.config
   row = trained.row(name)
@@ -99,7 +87,7 @@ def evaluate_session(
       f"data set {name!r}: {data['spikes'].shape[-1]} neurons, the model's session row {row} "
       f"has {info.n_neurons}; was the data set rebuilt?"
     )
-  results = tasks.evaluate(
+  results = activity.evaluate(
     trained.graphdef,
     trained.params,
     data["spikes"],
@@ -115,10 +103,10 @@ def evaluate_session(
     max_masks=config.eval.get("max_masks", 0),
   )
   if decode:
-    decoded = decode_session(trained, name, split, data, row=row, trainer=trainer, label=label)
+    decoded = decode_session(trained, name, split, data, row=row, label=label)
   else:
-    off = decoding.BEHAVIOUR_METRICS + (HEAD_METRICS if config.eval.head_steps > 0 else ())
-    decoded = decoding.Decoded({}, {}, dict.fromkeys(off, DECODING_OFF))
+    off = decoding.BEHAVIOUR_METRICS + (report.HEAD_METRICS if config.eval.head_steps > 0 else ())
+    decoded = decoding.Decoded({}, {}, dict.fromkeys(off, report.DECODING_OFF))
   results.update(decoded.scores, decoding_folds=decoded.folds, skipped=decoded.skipped)
   results.update(
     session=name,
@@ -134,21 +122,7 @@ def evaluate_session(
   return results
 
 
-def session_means(per_session: dict[str, dict]) -> dict:
-  """{metric: mean over the sessions that scored it} of {session: results}, and "skipped"
-  {metric: "<session>: <reason>; ..."} for the metrics no session scored."""
-  scored = {k: None for r in per_session.values() for k, v in r.items() if isinstance(v, float)}
-  means = {k: float(np.mean([r[k] for r in per_session.values() if k in r])) for k in scored}
-  reasons = {}
-  for name, r in per_session.items():
-    for metric, reason in r.get("skipped", {}).items():
-      reasons.setdefault(metric, []).append(f"{name}: {reason}")
-  return {**means, "skipped": {m: "; ".join(v) for m, v in reasons.items() if m not in means}}
-
-
-def evaluate_sessions(
-  trained, split: str, sessions: list[str] | None = None, decode: bool = True, trainer: dict | None = None
-) -> tuple[dict, dict]:
+def evaluate_sessions(trained, split: str, sessions: list[str] | None = None, decode: bool = True) -> tuple[dict, dict]:
   """Scores a trained NDT1 (tasks.base.Trained) on a split of its sessions (default all):
   (results, {name: [N] per-neuron bps}). One session: the metrics at the top level;
   several: their means at the top level (over the sessions that scored each) and each
@@ -161,41 +135,32 @@ def evaluate_sessions(
   arrays = {}
   for name in names:
     label = f"{name}: " if len(names) > 1 else ""
-    r = evaluate_session(trained, name, split, decode=decode, trainer=trainer, label=label)
-    for task, bps in r.pop("per_neuron").items():
-      arrays[task if len(names) == 1 else f"{name}/{task}"] = bps
+    r = evaluate_session(trained, name, split, decode=decode, label=label)
+    for metric, bps in r.pop("per_neuron").items():
+      arrays[metric if len(names) == 1 else f"{name}/{metric}"] = bps
     per_session[name] = r
   if len(names) == 1:
     results = per_session[names[0]]
   else:
-    results = session_means(per_session)
+    results = report.session_means(per_session)
     results.update(split=split, step=trained.step, masking_mode=trained.config.masking.mode, sessions=per_session)
   return results, arrays
 
 
-def heading(results: dict) -> str:
-  """The line above a results table: which session(s), split and step were scored."""
-  if "sessions" in results:
-    scored = f"mean of {len(results['sessions'])} sessions ({', '.join(results['sessions'])})"
-  else:
-    scored = f"session {results['session_id']}"
-  return f"{scored}, {results['split']} split, step {results['step']}"
+RASTER_METRICS = {"inter-region": "inter_region", "intra-region": "intra_region"}
 
 
-RASTER_TASKS = {"inter-region": "inter_region", "intra-region": "intra_region"}
-
-
-def _region_rates(trained, name: str, split: str, task_names) -> tuple[np.ndarray, dict]:
-  """(spikes [K, T, N], {task: [K, T, N] expected counts}) of one session's split."""
+def _region_rates(trained, name: str, split: str, metrics) -> tuple[np.ndarray, dict]:
+  """(spikes [K, T, N], {metric: [K, T, N] expected counts}) of one session's split."""
   data = pipeline.load_split(name, trained.config.data.data_dir, split, ("spikes", "trial_index"))
   row = trained.row(name)
   region_ids = trained.sessions[row].region_ids()
-  predictor = tasks.make_predictor(trained.graphdef)
+  predictor = activity.make_predictor(trained.graphdef)
   out = {}
-  for task in masking.evaluation_tasks(region_ids, data["spikes"].shape[1]):
-    if task.name in task_names:
-      log_rates = predict_unmasked_task(trained, predictor, data["spikes"], task, row)
-      out[task.name] = np.exp(log_rates)
+  for masks in masking.evaluation_masks(region_ids, data["spikes"].shape[1]):
+    if masks.name in metrics:
+      log_rates = predict_noncausal(trained, predictor, data["spikes"], masks, row)
+      out[masks.name] = np.exp(log_rates)
   return data["spikes"], out
 
 
@@ -215,52 +180,14 @@ def raster_plot(
   if region not in info.regions:
     raise ValueError(f"--plot_region: {region!r} is not a region of {session}; it has {info.regions}")
   neurons = np.flatnonzero(names == region)
-  predictions = {row: {} for row in RASTER_TASKS}
+  predictions = {row: {} for row in RASTER_METRICS}
   truth = None
   for label, trained in models.items():
-    spikes, rates = _region_rates(trained, session, split, set(RASTER_TASKS.values()))
+    spikes, rates = _region_rates(trained, session, split, set(RASTER_METRICS.values()))
     truth = spikes[..., neurons]
-    for row, task in RASTER_TASKS.items():
-      predictions[row][label] = rates[task][..., neurons]
+    for row, metric in RASTER_METRICS.items():
+      predictions[row][label] = rates[metric][..., neurons]
   plots.raster_figure(
     path, truth, predictions, title=f"{session} ({info.session_id}), {region}: {len(neurons)} neurons, {split} trials"
   )
   return region
-
-
-def _cell(results: dict, metric: str) -> str:
-  if metric in results:
-    return f"{results[metric]:.4f}"
-  return "skipped" if metric in results.get("skipped", {}) else "-"
-
-
-def row_name(metric: str) -> str:
-  """A table row's name for a metric key: 'co_smoothing' for co_smoothing_bps and for
-  co_smoothing_bps_5ms alike (the width is in the column names), else the key."""
-  return re.sub(r"_bps(_[0-9.]+ms)?$", "", metric)
-
-
-def table(columns: dict[str, dict], metrics=METRICS) -> str:
-  """Markdown table: one row per metric, one column per named result dict ("skipped" for
-  a metric in the dict's "skipped" mapping, "-" for one it lacks)."""
-  names = list(columns)
-  lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
-  for m in metrics:
-    cells = [_cell(columns[n], m) for n in names]
-    lines.append(f"| {row_name(m)} | " + " | ".join(cells) + " |")
-  return "\n".join(lines)
-
-
-NEGATIVE_BPS = "negative bits per spike: worse than predicting each neuron's mean rate (an undertrained model?)"
-
-
-def bps_hint(results: dict) -> str:
-  """NEGATIVE_BPS when a bits-per-spike score of `results` (top level, any bin width) is
-  negative, else "" (the printed reports add it under their tables)."""
-  scores = [v for k, v in results.items() if k.startswith(METRICS) and isinstance(v, float)]
-  return NEGATIVE_BPS if any(v < 0 for v in scores) else ""
-
-
-def oracle_column(results: dict) -> dict:
-  """The oracle_* values of a result dict, under the plain metric names."""
-  return {m: results[f"oracle_{m}"] for m in METRICS if f"oracle_{m}" in results}

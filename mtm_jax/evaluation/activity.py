@@ -1,6 +1,6 @@
 """The four MtM activity evaluations, batched over held-out neurons.
 
-Each task (mtm_jax.masking.EvalTask) is M masked copies of the test trials; instead of M
+A metric's masks (mtm_jax.masking.EvalMasks) are M masked copies of the test trials; instead of M
 separate forward passes, chunks of masks run as one batch of [chunk * trials] sequences
 and every neuron's prediction is taken from the pass that scores it. Co-smoothing and
 intra-region prediction (one scored neuron per mask) share the input embedding of the
@@ -105,11 +105,11 @@ def fired_bins(spikes: np.ndarray, neurons: np.ndarray, hide_bins: np.ndarray, b
   ).astype(np.int32)
 
 
-def single_neuron_groups(task: masking.EvalTask) -> list[tuple[np.ndarray, np.ndarray]] | None:
-  """[(shared hide [N] bool, scored neurons [m] int)] when every mask of `task` scores
+def single_neuron_groups(masks: masking.EvalMasks) -> list[tuple[np.ndarray, np.ndarray]] | None:
+  """[(shared hide [N] bool, scored neurons [m] int)] when every mask of `masks` scores
   exactly one neuron and hides it on top of a hide set shared by a group of masks (mask
   = shared | {neuron}); None otherwise (e.g. inter-region, forward prediction)."""
-  hide, score = task.hide_neurons, task.score_neurons
+  hide, score = masks.hide_neurons, masks.score_neurons
   if hide.shape[0] == 0 or (score.sum(1) != 1).any() or (score & ~hide).any():
     return None
   neuron = score.argmax(1)
@@ -118,11 +118,11 @@ def single_neuron_groups(task: masking.EvalTask) -> list[tuple[np.ndarray, np.nd
   return [(shared[g], neuron[group == g]) for g in range(len(shared))]
 
 
-def predict_task(
+def predict_masks(
   predictor: Predictor,
   params,
   spikes: np.ndarray,
-  task: masking.EvalTask,
+  masks: masking.EvalMasks,
   *,
   causal: bool,
   max_batch: int = 2048,
@@ -137,7 +137,7 @@ def predict_task(
   session: the model's row of this session; n_neurons: the model's input width (the
   session's N is zero-padded to it, and the padding is cut from the result). With a
   mesh, the masks of a chunk are split over its data axis (params replicated).
-  shortcut: use the one-neuron-per-mask passes (make_predictor) where the task allows;
+  shortcut: use the one-neuron-per-mask passes (make_predictor) where the masks allow;
   False runs every mask through the full model (same numbers, slower). stage: told the
   chunks done of all (progress.Stage.update)."""
   n_trials, _, n_session = spikes.shape
@@ -145,21 +145,23 @@ def predict_task(
   n_data = 1 if mesh is None else mesh.shape[mesh_lib.DATA]
   chunk = max(1, max_batch // n_trials // n_data) * n_data  # masks per pass
   fit = lambda n_masks: min(chunk, -(-n_masks // n_data) * n_data)  # no padding beyond the masks there are
-  prompt = masking.SCHEMES.index(task.prompt)
+  prompt = masking.SCHEMES.index(masks.prompt)
   counts = pipeline.pad_neurons(np.asarray(spikes), n_model)  # [K, T, N_model], host copy
   if mesh is None:
     place, spikes = (lambda x: x), jnp.asarray(counts, jnp.float32)
   else:  # each process places only its rows of a chunk's masks; the trials are on every device
     place = lambda x: mesh_lib.shard_batch({"x": x[mesh_lib.process_rows(len(x), mesh)]}, mesh, len(x))["x"]
     spikes = jax.make_array_from_process_local_data(mesh_lib.replicated(mesh), counts.astype(np.float32))
-  groups = single_neuron_groups(task) if shortcut else None
+  groups = single_neuron_groups(masks) if shortcut else None
   tell = (lambda done, total: None) if stage is None else (lambda done, total: stage.update(done, total, "chunks"))
   if groups is not None:
     total = np.zeros(spikes.shape, np.float32)
     n_chunks = sum(-(-len(neurons) // fit(len(neurons))) for _, neurons in groups)
     done = 0
     for shared, neurons in groups:
-      pre, emb, rows = predictor.base(params, spikes, np.pad(shared, (0, n_model - n_session)), task.hide_bins, session)
+      pre, emb, rows = predictor.base(
+        params, spikes, np.pad(shared, (0, n_model - n_session)), masks.hide_bins, session
+      )
       size = fit(len(neurons))
       padded = np.pad(neurons, (0, -len(neurons) % size), mode="edge").astype(np.int32)
       for start in range(0, len(padded), size):
@@ -172,7 +174,7 @@ def predict_task(
             emb,
             rows,
             place(copies),
-            fired_bins(counts, copies, task.hide_bins),
+            fired_bins(counts, copies, masks.hide_bins),
             prompt,
             causal,
             session,
@@ -183,11 +185,11 @@ def predict_task(
         done += 1
         tell(done, n_chunks)
     return total[..., :n_session]
-  n_masks = task.hide_neurons.shape[0]
+  n_masks = masks.hide_neurons.shape[0]
   chunk = fit(n_masks)
   pad = -n_masks % chunk
-  hide = np.pad(task.hide_neurons, ((0, pad), (0, n_model - n_session)))
-  score = np.pad(task.score_neurons, ((0, pad), (0, n_model - n_session)))
+  hide = np.pad(masks.hide_neurons, ((0, pad), (0, n_model - n_session)))
+  score = np.pad(masks.score_neurons, ((0, pad), (0, n_model - n_session)))
   total = 0.0
   for start in range(0, n_masks + pad, chunk):
     total = total + predictor.masked(
@@ -195,7 +197,7 @@ def predict_task(
       spikes,
       place(hide[start : start + chunk]),
       place(score[start : start + chunk]),
-      task.hide_bins,
+      masks.hide_bins,
       prompt,
       causal,
       session,
@@ -209,13 +211,13 @@ def fetch(x) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def score_task(rates: np.ndarray, spikes: np.ndarray, task: masking.EvalTask) -> np.ndarray:
-  """[N] bits per spike of each scored neuron on the task's scored bins (NaN elsewhere).
+def score_masks(rates: np.ndarray, spikes: np.ndarray, masks: masking.EvalMasks) -> np.ndarray:
+  """[N] bits per spike of each scored neuron on the scored bins of `masks` (NaN elsewhere).
 
   rates: expected counts per bin [K, T, N]."""
-  bins = task.score_bins
+  bins = masks.score_bins
   bps = metrics.bits_per_spike_per_neuron(rates[:, bins], spikes[:, bins].astype(np.float64))
-  return np.where(task.scored, bps, np.nan)
+  return np.where(masks.scored, bps, np.nan)
 
 
 def evaluate(
@@ -237,26 +239,26 @@ def evaluate(
   """The four metrics of one session's trials.
 
   spikes [K, T, N] counts; region_ids [N]; causal_trained: whether the model learned
-  causal attention (MtM, causal masking); the forward-prediction task uses it only then,
+  causal attention (MtM, causal masking); forward prediction uses it only then,
   as the reference does. `mesh`: split the masked copies over its data axis (params
-  must be replicated on it). session, n_neurons: see predict_task. max_masks: > 0, every
-  task scores the same sample of at most this many neurons (masking.evaluation_tasks; 0:
-  all). Each task writes one line (progress.Stage, named `label` + the task) with its
+  must be replicated on it). session, n_neurons: see predict_masks. max_masks: > 0, every
+  metric scores the same sample of at most this many neurons (masking.evaluation_masks; 0:
+  all). Each metric writes one line (progress.Stage, named `label` + the metric) with its
   score and time. Returns
-  {"<task>_bps": mean over the scored neurons, "oracle_<task>_bps"
-  (with true_rates), "per_neuron": {task: [N]}, and with keep_predictions
-  "predictions": {task: [K, T, N] expected counts of the scored entries (0 elsewhere)}}.
+  {"<metric>_bps": mean over the scored neurons, "oracle_<metric>_bps"
+  (with true_rates), "per_neuron": {metric: [N]}, and with keep_predictions
+  "predictions": {metric: [K, T, N] expected counts of the scored entries (0 elsewhere)}}.
   """
   predictor = make_predictor(graphdef)
   results, per_neuron, predictions = {}, {}, {}
-  for task in masking.evaluation_tasks(region_ids, spikes.shape[1], max_masks):
-    with progress.Stage(label + task.name) as stage:
-      causal = causal_trained and task.prompt == "causal"
-      log_rates = predict_task(
+  for masks in masking.evaluation_masks(region_ids, spikes.shape[1], max_masks):
+    with progress.Stage(label + masks.name) as stage:
+      causal = causal_trained and masks.prompt == "causal"
+      log_rates = predict_masks(
         predictor,
         params,
         spikes,
-        task,
+        masks,
         causal=causal,
         max_batch=max_batch,
         mesh=mesh,
@@ -265,15 +267,17 @@ def evaluate(
         stage=stage,
       )
       rates = np.exp(log_rates.astype(np.float64))
-      bps = score_task(rates, spikes, task)
+      bps = score_masks(rates, spikes, masks)
       if keep_predictions:
-        scored = task.score_neurons.any(0)[None, None, :] & task.score_bins[None, :, None]
-        predictions[task.name] = np.where(scored, rates, 0.0).astype(np.float32)
-      per_neuron[task.name] = bps
-      results[f"{task.name}_bps"] = float(np.nanmean(bps))
-      stage.note = f"{results[f'{task.name}_bps']:.4f} bps"
+        scored = masks.score_neurons.any(0)[None, None, :] & masks.score_bins[None, :, None]
+        predictions[masks.name] = np.where(scored, rates, 0.0).astype(np.float32)
+      per_neuron[masks.name] = bps
+      results[f"{masks.name}_bps"] = float(np.nanmean(bps))
+      stage.note = f"{results[f'{masks.name}_bps']:.4f} bps"
       if true_rates is not None:
-        results[f"oracle_{task.name}_bps"] = float(np.nanmean(score_task(true_rates.astype(np.float64), spikes, task)))
+        results[f"oracle_{masks.name}_bps"] = float(
+          np.nanmean(score_masks(true_rates.astype(np.float64), spikes, masks))
+        )
   results["per_neuron"] = per_neuron
   if keep_predictions:
     results["predictions"] = predictions
