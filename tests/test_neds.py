@@ -25,6 +25,7 @@ def tiny_config(data_dir, datasets=(DATASET, STUDY_DATASETS[0])):
   c.data.datasets, c.data.data_dir = ",".join(datasets), data_dir
   c.train.steps = STEPS
   c.train.log_every, c.train.eval_every, c.train.checkpoint_every = 2, STEPS, 2
+  c.eval.split, c.eval.max_masks = "val", 4  # scored on 54 trials, 4 neurons per task: seconds
   return c
 
 
@@ -128,6 +129,29 @@ def test_a_step_changes_only_its_sessions_rows(pretrained):
   assert counts["io/wheel/session/embedding"].shape == (2, 1) and counts["layers/0/attn/query/kernel"].shape == ()
 
 
+def test_the_loss_weighs_modalities_and_draws_per_batch_as_neds(pretrained):
+  config, workdir = pretrained
+  trained = registry.load_trained(workdir)
+  rng = np.random.default_rng(0)
+  batch = dict(
+    spikes=rng.poisson(0.3, (4, 100, trained.n_neurons)).astype(np.float32),
+    session=np.ones(4, np.int32),
+    choice=rng.integers(0, 2, 4).astype(np.int32),
+    block=rng.integers(0, 3, 4).astype(np.int32),
+    wheel=rng.normal(size=(4, 100)).astype(np.float32),
+    whisker=rng.normal(size=(4, 100)).astype(np.float32),
+  )
+  mods = neds_task.neds.Hparams.from_config(config.model).modalities
+  consts = neds_task.consts_of(trained.records, mods)
+  c = neds_config.get_config("tiny")
+  c.loss.choice = c.loss.block = c.loss.wheel = c.loss.whisker = 0.0
+  c.masking.per_example = False  # NEDS's draw (training runs the default, per example)
+  total, metrics = neds_task.masked_loss(
+    trained.graphdef, trained.params, batch, consts, jax.random.key(3), config=c, train=False
+  )
+  assert np.isfinite(float(total)) and float(total) == float(metrics["loss_spike"])
+
+
 def test_evaluation_scores_encoding_and_decoding(pretrained):
   _, workdir = pretrained
   results = registry.evaluate_workdir(workdir)
@@ -154,7 +178,7 @@ def test_a_data_set_without_whisker_trains_and_evaluates(study_data_dir, tmp_pat
   trainer.train(registry.get("neds"), config, workdir)
   trained = registry.load_trained(workdir)
   assert "whisker" not in trained.records[0]["present"] and "whisker" not in trained.records[0]["stats"]
-  results, _ = registry.get("neds").evaluate(trained, "test")
+  results, _ = registry.get("neds").evaluate(trained, "val")
   assert results["absent"] == ["whisker"]
   assert results["skipped"] == {"whisker_motion_energy_r2": neds_eval.ABSENT}
   assert np.isfinite(results["co_smoothing_bps"]) and np.isfinite(results["wheel_speed_r2"])

@@ -1,11 +1,13 @@
 """NEDS evaluation of one session's trials: encoding and decoding with one model.
 
-Encoding (behaviour -> activity): the four MtM activity tasks (masking.evaluation_tasks:
-co-smoothing, forward prediction, inter-region, intra-region) with every present
-behaviour token given. A task's held-out neurons are masked at the input (their counts
+Encoding (behaviour -> activity): NEDS's score ("encoding_bps": every spike token masked,
+the behaviour given, as its evaluation scores a multimodal model), then the four MtM
+activity tasks (masking.evaluation_tasks: co-smoothing, forward prediction, inter-region,
+intra-region) with every present behaviour token given. A task's held-out neurons are masked at the input (their counts
 zeroed in the hidden bins, as NDT1's evaluation hides them); where a task holds out every
 neuron of a bin (forward prediction: the last tenth of the bins) the bin's spike token is
-the mask token. Scores are NDT1's (evaluation.tasks.score_task: bits per spike per neuron,
+the mask token. NEDS never trains with single neurons hidden, so its co-smoothing,
+inter- and intra-region scores measure it off its training distribution. Scores are NDT1's (evaluation.tasks.score_task: bits per spike per neuron,
 averaged over the scored neurons), with the oracle's where the data keep their true rates.
 
 Decoding (activity -> behaviour): every behaviour token masked, the spikes given; choice
@@ -32,7 +34,9 @@ from mtm_jax import masking, modalities, progress
 from mtm_jax.datasets import pipeline
 from mtm_jax.evaluation import decoding, run, tasks
 
-ENCODING_METRICS = run.METRICS  # co_smoothing_bps, forward_prediction_bps, inter_region_bps, intra_region_bps
+# NEDS's own encoding score (its eval_utils.co_smoothing_eval of a multimodal model): every
+# spike token masked, behaviour given, every neuron scored at every bin; then MtM's four.
+ENCODING_METRICS = ("encoding_bps",) + run.METRICS
 # Metric of each decoded behaviour (the traces' names as NDT1's decoders report them).
 DECODING_METRICS = {
   "choice": ("choice_accuracy", "choice_balanced_accuracy"),
@@ -148,8 +152,10 @@ def encoding_scores(
   inputs, present = jax.tree.map(jnp.asarray, _inputs(data, mods, n_model))
   encode = make_encoder(predict)
   results, per_neuron = {}, {}
-  n = data.spikes.shape[-1]
-  for task in masking.evaluation_tasks(data.region_ids, data.spikes.shape[1], max_masks):
+  _, t, n = data.spikes.shape
+  every = np.ones(t, bool)
+  encoding = masking.EvalTask("encoding", "neuron", np.ones((1, n), bool), np.ones((1, n), bool), every, every)
+  for task in [encoding] + masking.evaluation_tasks(data.region_ids, t, max_masks):
     with progress.Stage(f"{label}encoding: {task.name}") as stage:
       log_rates = encode_task(encode, params, inputs, present, task, session=session, max_batch=max_batch, stage=stage)
       bps = tasks.score_task(np.exp(log_rates[..., :n].astype(np.float64)), data.spikes, task)

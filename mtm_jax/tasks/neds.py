@@ -246,8 +246,9 @@ class NEDSTask(base.Task):
     return graphdef, tx, sharding.place_state(step_lib.init_state(params, tx), mesh)
 
   def describe(self, config, graphdef, state):
+    hp = neds.Hparams.from_config(config.model)
     return (
-      f"NEDS {config.model.size} ({', '.join(neds.Hparams.from_config(config.model).modalities)}) on "
+      f"NEDS {hp.width} wide x {hp.n_layers} layers ({', '.join(hp.modalities)}) on "
       f"{len(config.data.datasets.split(','))} session(s): {sum(x.size for x in jax.tree.leaves(state.params))} parameters"
     )
 
