@@ -7,8 +7,9 @@ intra-region) with every present behaviour token given. A task's held-out neuron
 zeroed in the hidden bins, as NDT1's evaluation hides them); where a task holds out every
 neuron of a bin (forward prediction: the last tenth of the bins) the bin's spike token is
 the mask token. NEDS never trains with single neurons hidden, so its co-smoothing,
-inter- and intra-region scores measure it off its training distribution. Scores are NDT1's (evaluation.tasks.score_task: bits per spike per neuron,
-averaged over the scored neurons), with the oracle's where the data keep their true rates.
+inter- and intra-region scores measure it off its training distribution. Scores are
+NDT1's (evaluation.tasks.score_task: bits per spike per neuron, averaged over the scored
+neurons), with the oracle's where the data keep their true rates.
 
 Decoding (activity -> behaviour): every behaviour token masked, the spikes given; choice
 and block scored by accuracy and balanced accuracy (scikit-learn), wheel speed and whisker

@@ -246,10 +246,10 @@ class NEDSTask(base.Task):
     return graphdef, tx, sharding.place_state(step_lib.init_state(params, tx), mesh)
 
   def describe(self, config, graphdef, state):
-    hp = neds.Hparams.from_config(config.model)
+    hp, n_params = neds.Hparams.from_config(config.model), sum(x.size for x in jax.tree.leaves(state.params))
     return (
       f"NEDS {hp.width} wide x {hp.n_layers} layers ({', '.join(hp.modalities)}) on "
-      f"{len(config.data.datasets.split(','))} session(s): {sum(x.size for x in jax.tree.leaves(state.params))} parameters"
+      f"{len(config.data.datasets.split(','))} session(s): {n_params} parameters"
     )
 
   def loss(self, config, graphdef):
@@ -390,6 +390,7 @@ def check_config(c: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.eval.split: expected one of {SPLITS}, got {c.eval.split!r}")
   if c.eval.max_batch < 1 or c.eval.max_masks < 0:
     raise ValueError(
-      f"config.eval.max_batch (> 0) and config.eval.max_masks (>= 0, 0: all): got {c.eval.max_batch}, {c.eval.max_masks}"
+      "config.eval.max_batch (> 0) and config.eval.max_masks (>= 0, 0: all): "
+      f"got {c.eval.max_batch}, {c.eval.max_masks}"
     )
   config_checks.data_kind(c, config_checks.BINNED, "NEDS")
