@@ -209,7 +209,13 @@ def continuous_r2(features, target, *, folds: int = 5, seed: int = 0) -> float:
   model = make_pipeline(StandardScaler(), RidgeCV(alphas=list(RIDGE_ALPHA_GRID)))
   outer = KFold(folds, shuffle=True, random_state=seed)
   predicted = cross_val_predict(model, features, target, cv=outer)
-  return float(r2_score(target.ravel(), np.asarray(predicted).ravel()))
+  return pooled_r2(target, predicted)
+
+
+def pooled_r2(target, predicted) -> float:
+  """sklearn's r2_score of [trials, T] predictions, pooled over every trial x bin entry
+  (one R^2, not a mean of per-bin ones): the R^2 of every behaviour trace decoder."""
+  return float(r2_score(np.ravel(target), np.ravel(predicted)))
 
 
 def _features_and_targets(log_rates, behaviour: Mapping) -> tuple[np.ndarray, dict]:

@@ -14,10 +14,10 @@ from absl import logging
 
 from mtm_jax import files
 from mtm_jax.evaluation import report
-from mtm_jax.tasks import base, ndt1, poyo, poyo_mtm
+from mtm_jax.tasks import base, ndt1, neds, poyo, poyo_mtm
 from mtm_jax.training import checkpoint, config_checks, provenance
 
-TASKS = {task.family: task for task in (ndt1.NDT1Task(), poyo.POYOTask(), poyo_mtm.PoyoMtMTask())}
+TASKS = {task.family: task for task in (ndt1.NDT1Task(), poyo.POYOTask(), poyo_mtm.PoyoMtMTask(), neds.NEDSTask())}
 
 
 def get(family: str) -> base.Task:
