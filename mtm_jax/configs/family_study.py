@@ -23,7 +23,7 @@ POOL = tuple(f"animal{i:02d}" for i in range(12))
 HELDOUT = tuple(f"animal{i:02d}" for i in range(12, 16))
 
 
-def _stage(c, log_every: int):
+def study_stage(c, log_every: int):
   """A stage config of the study: steps, evaluation and checkpoints are set per run
   (studies.families.stage_config); one checkpoint kept."""
   c.train.log_every = log_every
@@ -31,16 +31,26 @@ def _stage(c, log_every: int):
   return c
 
 
-def _ndt1(preset: str, log_every: int, learning_rate: float):
+def ndt1_stage(preset: str, log_every: int, learning_rate: float):
   """NDT1-MtM with stitching; learning_rate is pretraining's (adaptation's comes from study.learning_rates)."""
-  c = _stage(ndt1_config.get_config(f"{preset},stitch"), log_every)
+  c = study_stage(ndt1_config.get_config(f"{preset},stitch"), log_every)
   c.optimizer.learning_rate = learning_rate
   c.masking.causal_suffix = True  # the causal scheme hides a suffix of bins, as spike-token MtM's does
   return c
 
 
-def _spike(preset: str, log_every: int):
-  return _stage(poyo_mtm_config.get_config(preset), log_every)
+def spike_stage(preset: str, log_every: int):
+  return study_stage(poyo_mtm_config.get_config(preset), log_every)
+
+
+def small_ndt1() -> ml_collections.ConfigDict:
+  """The small study's NDT1-MtM stage: "demo" with 64-wide stitchers at batch 8 (about 300k
+  parameters), no fine-tuned heads, the four metrics scored on 24 neurons per session."""
+  c = ndt1_stage("demo", 200, 2e-3)
+  c.model.stitch_dim = 64
+  c.data.batch_size = 8
+  c.eval.head_steps, c.eval.max_masks = 0, 24
+  return c
 
 
 def family(label: str, builder: str) -> ml_collections.ConfigDict:
@@ -72,8 +82,8 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
   s.split = "test"  # scored once, with the chosen learning rate
   c.ndt1, c.spike = family("NDT1-MtM", "ibl_binned"), family("spike-token MtM", "spike_events")
   if arg == "full":
-    c.ndt1.pretrain, c.ndt1.finetune = _ndt1("paper", 1000, 1e-4), _ndt1("paper", 1000, 1e-4)
-    c.spike.pretrain, c.spike.finetune = _spike("base", 1000), _spike("base", 1000)
+    c.ndt1.pretrain, c.ndt1.finetune = ndt1_stage("paper", 1000, 1e-4), ndt1_stage("paper", 1000, 1e-4)
+    c.spike.pretrain, c.spike.finetune = spike_stage("base", 1000), spike_stage("base", 1000)
   elif arg == "small":
     # 3 seeds x 2 held-out animals, scratch and 1 and 12 animals, every arm of both
     # families, the 1-animal control; both families at batch 8 with about 300k parameters
@@ -83,12 +93,8 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
     s.heldout, s.sizes, s.seeds = ",".join(HELDOUT[:2]), (1, 12), (0, 1, 2)
     s.pretrain_steps, s.control_steps, s.adapt_steps, s.warmup_steps = 600, 1800, 200, 50
     s.learning_rates = (3e-3, 1e-2)
-    c.ndt1.pretrain, c.ndt1.finetune = _ndt1("demo", 200, 2e-3), _ndt1("demo", 200, 2e-3)
-    for stage in (c.ndt1.pretrain, c.ndt1.finetune):
-      stage.model.stitch_dim = 64
-      stage.data.batch_size = 8
-      stage.eval.head_steps, stage.eval.max_masks = 0, 24
-    c.spike.pretrain, c.spike.finetune = _spike("small", 200), _spike("small", 200)
+    c.ndt1.pretrain, c.ndt1.finetune = small_ndt1(), small_ndt1()
+    c.spike.pretrain, c.spike.finetune = spike_stage("small", 200), spike_stage("small", 200)
     for stage in (c.spike.pretrain, c.spike.finetune):
       stage.data.batch_size = 8
       stage.data.max_queries = 256
@@ -100,10 +106,10 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
     s.session_name, s.sessions_per_animal = "{animal}", 1  # the one-animal brain's sessions
     s.pretrain_steps, s.control_steps, s.adapt_steps, s.warmup_steps = 4, 0, 3, 1
     s.learning_rates = (1e-3, 2e-3)
-    c.ndt1.pretrain, c.ndt1.finetune = _ndt1("tiny", 4, 1e-3), _ndt1("tiny", 3, 1e-3)
+    c.ndt1.pretrain, c.ndt1.finetune = ndt1_stage("tiny", 4, 1e-3), ndt1_stage("tiny", 3, 1e-3)
     for stage in (c.ndt1.pretrain, c.ndt1.finetune):
       stage.eval.decoding_folds, stage.eval.head_steps = 3, 0
-    c.spike.pretrain, c.spike.finetune = _spike("tiny", 4), _spike("tiny", 3)
+    c.spike.pretrain, c.spike.finetune = spike_stage("tiny", 4), spike_stage("tiny", 3)
     for stage in (c.spike.pretrain, c.spike.finetune):
       stage.data.batch_size = 8  # a multiple of the test suite's 8 devices
       stage.data.token_buckets = (4096, 6144)
