@@ -17,6 +17,7 @@ traces' (mean, std).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 
@@ -49,6 +50,14 @@ def session_record(session: pipeline.Session, mods) -> dict:
     present=tokens.present_modalities(train, mods),
     stats=tokens.trace_stats(train, mods),
   )
+
+
+def named_sessions(session: pipeline.Session, data_dir: str) -> pipeline.Session:
+  """`session` with its traces given by name where its data set has them as `behaviour`
+  columns (behaviour_tokens.named_traces: bwb_binned's wheel speed and whisker motion energy)."""
+  columns = tokens.behaviour_columns(session.name, data_dir)
+  splits = {k: tokens.named_traces(v, columns) for k, v in session.splits.items()}
+  return dataclasses.replace(session, splits=splits)
 
 
 def consts_of(records: list[dict], mods) -> dict:
@@ -188,7 +197,9 @@ class NEDSTask(base.Task):
       raise ValueError("NEDS trains on built ibl_binned data sets (config.data.datasets), not in-memory sessions")
     mods = neds.Hparams.from_config(config.model).modalities
     names = config_checks.dataset_names(config)
-    loaded = pipeline.load_sessions(names, config.data.data_dir, fields=None)
+    loaded = [
+      named_sessions(s, config.data.data_dir) for s in pipeline.load_sessions(names, config.data.data_dir, fields=None)
+    ]
     records = [session_record(s, mods) for s in loaded]
     n_neurons = max(s.info.n_neurons for s in loaded)
     for s in loaded:
@@ -305,6 +316,7 @@ class NEDSTask(base.Task):
       row = trained.row(name)
       record = trained.records[row]
       data = pipeline.load_split(name, config.data.data_dir, split)
+      data = tokens.named_traces(data, tokens.behaviour_columns(name, config.data.data_dir))
       if data["spikes"].shape[-1] != len(record["region_names"]):
         raise ValueError(
           f"data set {name!r}: {data['spikes'].shape[-1]} neurons, the model's row {row} has "
