@@ -12,6 +12,7 @@ from flax import nnx
 from mtm_jax import masking, modalities
 from mtm_jax.bwb import predict
 from mtm_jax.configs import neds as neds_config
+from mtm_jax.datasets import behaviour_tokens as tokens
 from mtm_jax.evaluation import neds as neds_eval
 from mtm_jax.models import neds
 from mtm_jax.parallel import mesh as mesh_lib
@@ -138,3 +139,19 @@ def test_neds_unit_embeddings_are_the_tokeniser_rows_in_the_shared_width(tiny_ne
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
   other = predict.unit_embeddings(trained, "with_behaviour")  # the biases' softsign slope scales each hidden unit
   assert np.abs(other - predict.unit_embeddings(zeroed, "with_behaviour")).max() > 1e-6
+
+
+def test_named_traces_take_bwb_binned_behaviour_columns():
+  """bwb_binned's `behaviour` columns named wheel_speed and whisker_motion_energy become NEDS's
+  traces; other columns and a split's own fields stay as they are; unnamed columns give nothing."""
+  behaviour = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
+  split = dict(spikes=np.zeros((2, 3, 5)), behaviour=behaviour)
+  columns = ["wheel_speed", "whisker_motion_energy", "left_paw_speed", "licking_rate"]
+  got = tokens.named_traces(split, columns)
+  np.testing.assert_array_equal(got["wheel_speed"], behaviour[..., 0])
+  np.testing.assert_array_equal(got["whisker_motion_energy"], behaviour[..., 1])
+  assert "choice" not in got and "block" not in got and "wheel_speed" not in split
+  assert tokens.present_modalities(got, ("spike", "choice", "wheel", "whisker")) == ["spike", "wheel", "whisker"]
+  assert tokens.named_traces(split, ["none"]) is split  # one name, four columns: not named
+  own = dict(split, wheel_speed=np.ones((2, 3)))
+  np.testing.assert_array_equal(tokens.named_traces(own, columns)["wheel_speed"], 1.0)
