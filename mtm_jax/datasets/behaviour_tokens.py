@@ -12,10 +12,12 @@ gives them by name (`named_traces`); it has no trial-level choice or block.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from mtm_jax import modalities
-from mtm_jax.datasets import provenance
+from mtm_jax.datasets import pipeline, provenance
 
 FIELDS = {"wheel": "wheel_speed", "whisker": "whisker_motion_energy", "choice": "choice", "block": "block"}
 BLOCKS = (0.2, 0.5, 0.8)  # p(left) of a block -> its class index
@@ -91,3 +93,10 @@ def named_traces(split: dict, columns) -> dict:
     return split
   found = {FIELDS[m]: columns.index(FIELDS[m]) for m in modalities.DYNAMIC if FIELDS[m] in columns}
   return {**split, **{f: behaviour[..., i] for f, i in found.items() if f not in split}}
+
+
+def named_session(session: pipeline.Session, data_dir: str) -> pipeline.Session:
+  """`session` with each split's traces taken by name from its data set's `behaviour`
+  columns (named_traces: bwb_binned's wheel speed and whisker motion energy)."""
+  columns = behaviour_columns(session.name, data_dir)
+  return dataclasses.replace(session, splits={k: named_traces(v, columns) for k, v in session.splits.items()})

@@ -1,7 +1,7 @@
 """NEDS (config.family "neds"): spikes and behaviour as masked modalities of one model.
 
-Sessions are TFDS `ibl_binned` data sets (datasets.pipeline); every batch holds trials of
-one session, batched as NDT1's multi-session runs are (spikes zero-padded to the largest
+Sessions are TFDS `ibl_binned` data sets (or `bwb_binned`, whose traces are named
+`behaviour` columns: datasets.behaviour_tokens); every batch holds trials of one session, batched as NDT1's multi-session runs are (spikes zero-padded to the largest
 session, sessions interleaved). Each trial gives the model's modalities
 (mtm_jax.modalities): spike counts [T, N], wheel speed and whisker motion energy [T]
 z-scored with the session's training-split statistics, choice (+1 / -1 -> class 1 / 0)
@@ -17,7 +17,6 @@ traces' (mean, std).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 
@@ -50,14 +49,6 @@ def session_record(session: pipeline.Session, mods) -> dict:
     present=tokens.present_modalities(train, mods),
     stats=tokens.trace_stats(train, mods),
   )
-
-
-def named_sessions(session: pipeline.Session, data_dir: str) -> pipeline.Session:
-  """`session` with its traces given by name where its data set has them as `behaviour`
-  columns (behaviour_tokens.named_traces: bwb_binned's wheel speed and whisker motion energy)."""
-  columns = tokens.behaviour_columns(session.name, data_dir)
-  splits = {k: tokens.named_traces(v, columns) for k, v in session.splits.items()}
-  return dataclasses.replace(session, splits=splits)
 
 
 def consts_of(records: list[dict], mods) -> dict:
@@ -197,9 +188,8 @@ class NEDSTask(base.Task):
       raise ValueError("NEDS trains on built ibl_binned data sets (config.data.datasets), not in-memory sessions")
     mods = neds.Hparams.from_config(config.model).modalities
     names = config_checks.dataset_names(config)
-    loaded = [
-      named_sessions(s, config.data.data_dir) for s in pipeline.load_sessions(names, config.data.data_dir, fields=None)
-    ]
+    loaded = pipeline.load_sessions(names, config.data.data_dir, fields=None)
+    loaded = [tokens.named_session(s, config.data.data_dir) for s in loaded]
     records = [session_record(s, mods) for s in loaded]
     n_neurons = max(s.info.n_neurons for s in loaded)
     for s in loaded:
