@@ -1,8 +1,9 @@
 """NEDS (config.family "neds"): spikes and behaviour as masked modalities of one model.
 
 Sessions are TFDS `ibl_binned` data sets (or `bwb_binned`, whose traces are named
-`behaviour` columns: datasets.behaviour_tokens); every batch holds trials of one session, batched as NDT1's multi-session runs are (spikes zero-padded to the largest
-session, sessions interleaved). Each trial gives the model's modalities
+`behaviour` columns: datasets.behaviour_tokens); every batch holds trials of one session,
+batched as NDT1's multi-session runs are (spikes zero-padded to the largest session,
+sessions interleaved). Each trial gives the model's modalities
 (mtm_jax.modalities): spike counts [T, N], wheel speed and whisker motion energy [T]
 z-scored with the session's training-split statistics, choice (+1 / -1 -> class 1 / 0)
 and block (p(left) 0.2 / 0.5 / 0.8 -> class 0 / 1 / 2). A modality a data set lacks is
