@@ -12,8 +12,8 @@ for NEDS ("neds", run with --family=neds), configs/neds.py's ("demo" for small, 
 full, "tiny"): spikes, wheel speed and whisker motion energy, the traces bwb_binned data sets
 carry (as `behaviour` columns, with paw speeds and licking rate, which NEDS does not model;
 1 s windows have no trial-level choice or block). NEDS is not in study.families by default: its
-small run costs about 9 min on 2 cores for one eval and three pretrain fixture sessions
-(measured), about as much again as both MtM families. The data sets, steps, seeds and learning
+small run costs about 9 min on 2 cores for one eval and three pretrain fixture sessions,
+NDT1-MtM's 95 s (measured; three modalities of 50 tokens each against NDT1's 50). The data sets, steps, seeds and learning
 rate are set per run (studies.families.stage_config, adapt_config). Every family adapts with "warm-up then all": the new session's rows alone for
 study.warmup_steps, then every parameter.
 """
