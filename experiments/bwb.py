@@ -5,6 +5,7 @@ session files (mtm_jax.bwb.benchmark; docs/bwb.md).
 
   python -m experiments.bwb --sessions_dir=<BWB root> --workdir=runs/bwb
   python -m experiments.bwb --sessions_dir=<BWB root> --workdir=runs/bwb --suites=ts2 --family=ndt1
+  python -m experiments.bwb --sessions_dir=<BWB root> --workdir=runs/bwb --family=neds
   python -m experiments.bwb --config=mtm_jax/configs/bwb.py:full --sessions_dir=<BWB root> --workdir=...
 
 <BWB root> holds <build>/ibl_brain_wide_bench_2026/<eval|pretrain>/<eid>.h5 (builds all_units
@@ -36,8 +37,10 @@ def main(argv):
       raise flags.ValidationError(f"--suites: unknown {unknown}; expected some of ts1, ts2, ts3")
     config.bwb.suites = tuple(_SUITES.value)
   if _FAMILY.value:
-    if _FAMILY.value not in config.study.families:
-      raise flags.ValidationError(f"--family={_FAMILY.value}: not in config.study.families {config.study.families}")
+    if _FAMILY.value not in config.study.families and "builder" not in config.get(_FAMILY.value, {}):
+      raise flags.ValidationError(
+        f"--family={_FAMILY.value}: not in config.study.families {config.study.families} nor a config.<family>"
+      )
     config.study.families = (_FAMILY.value,)
   benchmark.run(config, _WORKDIR.value, only_analyse=_ONLY_ANALYSE.value)
 

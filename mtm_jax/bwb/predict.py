@@ -15,8 +15,9 @@ units [S] int, the unit's position in the model's session row (`trained.row(name
   every unit per bin given the decoding prompt, as the frozen-model behaviour decoders read.
 - `unit_embeddings`: one learned vector per unit of the session (TS3's probe input).
 
-The families' own code runs the model: mtm_jax.bwb.predict_ndt1 (NDT1, config.family "ndt1")
-and mtm_jax.bwb.predict_spike (spike-token MtM, "poyo_mtm"); a POYO model ("poyo") decodes
+The families' own code runs the model: mtm_jax.bwb.predict_ndt1 (NDT1, config.family "ndt1"),
+mtm_jax.bwb.predict_spike (spike-token MtM, "poyo_mtm") and mtm_jax.bwb.predict_neds (NEDS,
+"neds": behaviour tokens masked; its features are hidden states); a POYO model ("poyo") decodes
 behaviour and predicts no counts, so it has unit_embeddings only. Windows are run in chunks
 (memory-bounded; real sessions have ~70k windows), with a progress.Stage line.
 """
@@ -28,11 +29,11 @@ import numpy as np
 from flax import nnx
 
 from mtm_jax import progress
-from mtm_jax.bwb import predict_ndt1, predict_spike, tasks as bwb_tasks
+from mtm_jax.bwb import predict_ndt1, predict_neds, predict_spike, tasks as bwb_tasks
 from mtm_jax.evaluation import activity
 from mtm_jax.training import config_checks
 
-NDT1, SPIKE_MTM, POYO = "ndt1", "poyo_mtm", "poyo"  # config.family of each family
+NDT1, SPIKE_MTM, POYO, NEDS = "ndt1", "poyo_mtm", "poyo", "neds"  # config.family of each family
 N_BINS = bwb_tasks.TIMESTEPS  # 50 bins of bwb_tasks.BIN_SIZE = 0.02 s: one 1 s window
 
 
@@ -88,14 +89,16 @@ def window_features(trained, name: str, spike_times, spike_units, starts) -> np.
   (config.eval.decoding_prompt; NDT1 without prompts: none), as the frozen-model behaviour
   decoders read them (evaluation.ndt1.unmasked_log_rates, poyo_mtm_eval.decode_session), as log
   expected counts per 20 ms bin (for the spike-token model a constant shift of the decoders'
-  per-second log-rates)."""
+  per-second log-rates). NEDS: [W, 50, F] hidden states instead (predict_neds)."""
   row, n_units = _session(trained, name)
   times, spike_units, starts = _spikes(spike_times, spike_units, starts, n_units)
-  out = np.zeros((len(starts), N_BINS, n_units), np.float32)
+  out = None
   with _stage(f"{name}: BWB window features", len(starts)) as stage:
-    for chunk, log_rates in _chunks(trained, row, times, spike_units, starts, stage, features=True):
-      out[chunk] = log_rates
-  return out
+    for chunk, features in _chunks(trained, row, times, spike_units, starts, stage, features=True):
+      if out is None:
+        out = np.zeros((len(starts),) + features.shape[1:], np.float32)
+      out[chunk] = features
+  return np.zeros((0, N_BINS, n_units), np.float32) if out is None else out
 
 
 def unit_embeddings(trained, name: str) -> np.ndarray:
@@ -107,8 +110,11 @@ def unit_embeddings(trained, name: str) -> np.ndarray:
   no stitcher, so its input embedding Linear(N, mult * N) (embed_spikes.kernel[unit],
   E = mult * N). Spike-token MtM and POYO: the unit's row of the unit embedding table
   (unit_emb, E = model dim) through the vocabulary, the vector every token of the unit
-  starts from (and, in spike-token MtM, its queries)."""
+  starts from (and, in spike-token MtM, its queries). NEDS: the unit's row of the session's
+  spike tokeniser input table taken into the shared width (predict_neds.unit_embeddings)."""
   row, n_units = _session(trained, name)
+  if family(trained) == NEDS:
+    return predict_neds.unit_embeddings(trained, row)
   model = nnx.merge(trained.graphdef, trained.params)
   if family(trained) == NDT1:
     if model.stitch_in is not None:
@@ -131,7 +137,11 @@ def _session(trained, name: str) -> tuple[int, int]:
     return row, trained.sessions[row].n_neurons
   if fam in (SPIKE_MTM, POYO):
     return row, len(trained.records[row]["unit_ids"])
-  raise ValueError(f"config.family: {fam!r} has no BWB predictions; expected {NDT1!r}, {SPIKE_MTM!r} or {POYO!r}")
+  if fam == NEDS:
+    return row, len(trained.records[row]["region_names"])
+  raise ValueError(
+    f"config.family: {fam!r} has no BWB predictions; expected {NDT1!r}, {SPIKE_MTM!r}, {POYO!r} or {NEDS!r}"
+  )
 
 
 def _spikes(spike_times, spike_units, starts, n_units: int):
@@ -197,7 +207,7 @@ def _chunks(trained, row, times, units, starts, stage, hide=None, forecast_bins=
   """(window slice, [w, 50, N] log expected counts) of each chunk of windows, in order."""
   if family(trained) == POYO:
     raise ValueError("config.family 'poyo': a POYO model decodes behaviour and predicts no spike counts")
-  module = predict_ndt1 if family(trained) == NDT1 else predict_spike
+  module = {NDT1: predict_ndt1, SPIKE_MTM: predict_spike, NEDS: predict_neds}[family(trained)]
   runner = module.Runner(trained, row, hide=hide, forecast_bins=forecast_bins, features=features)
   size = runner.chunk
   total = -(-len(starts) // size)

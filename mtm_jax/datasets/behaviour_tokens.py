@@ -4,14 +4,20 @@ Wheel speed and whisker motion energy ([K, T] traces) z-scored with a session's
 training-split (mean, std) (trace_stats, kept in the checkpoint's session records);
 choice (IBL +1 / -1) as class 1 / 0 and block (p(left) 0.2 / 0.5 / 0.8) as class 0 / 1 / 2,
 as NEDS's lookups. A modality whose field a data set lacks is absent: its arrays are
-zeros that the model never reads (not filled in), and it is never a target.
+zeros that the model never reads (not filled in), and it is never a target. A data set
+whose traces are columns of one `behaviour` [K, T, D] field (bwb_binned: wheel_speed,
+whisker_motion_energy, paw speeds, licking rate, named by its metadata's behaviour_name)
+gives them by name (`named_traces`); it has no trial-level choice or block.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from mtm_jax import modalities
+from mtm_jax.datasets import pipeline, provenance
 
 FIELDS = {"wheel": "wheel_speed", "whisker": "whisker_motion_energy", "choice": "choice", "block": "block"}
 BLOCKS = (0.2, 0.5, 0.8)  # p(left) of a block -> its class index
@@ -68,3 +74,29 @@ def model_arrays(split: dict, record: dict, mods, where: str) -> dict[str, np.nd
     else:
       out[m] = (choice_classes if m == "choice" else block_classes)(split[FIELDS[m]], where)
   return out
+
+
+def behaviour_columns(dataset: str, data_dir: str) -> list[str]:
+  """The names of the `behaviour` field's columns of a built data set (its metadata's
+  comma-separated behaviour_name; [] when it has none)."""
+  name = provenance.open_built(dataset, data_dir).info.metadata.get("behaviour_name", "")
+  return [c.strip() for c in str(name).split(",")] if name else []
+
+
+def named_traces(split: dict, columns) -> dict:
+  """`split` with each trace modality's field (FIELDS) taken from the `behaviour` [K, T, D]
+  column of that name (columns: behaviour_columns, one name per column), where the split
+  lacks the field itself; otherwise `split` unchanged (unnamed columns stay unread)."""
+  columns = list(columns)
+  behaviour = split.get("behaviour")
+  if behaviour is None or np.ndim(behaviour) != 3 or np.shape(behaviour)[-1] != len(columns):
+    return split
+  found = {FIELDS[m]: columns.index(FIELDS[m]) for m in modalities.DYNAMIC if FIELDS[m] in columns}
+  return {**split, **{f: behaviour[..., i] for f, i in found.items() if f not in split}}
+
+
+def named_session(session: pipeline.Session, data_dir: str) -> pipeline.Session:
+  """`session` with each split's traces taken by name from its data set's `behaviour`
+  columns (named_traces: bwb_binned's wheel speed and whisker motion energy)."""
+  columns = behaviour_columns(session.name, data_dir)
+  return dataclasses.replace(session, splits={k: named_traces(v, columns) for k, v in session.splits.items()})

@@ -73,7 +73,7 @@ def make_predictor(graphdef) -> Callable:
   return predict
 
 
-def _inputs(data: SessionData, mods: tuple, n_model: int) -> tuple[dict, dict]:
+def model_inputs(data: SessionData, mods: tuple, n_model: int) -> tuple[dict, dict]:
   """(inputs {modality: [K, ...]}, present {modality: [K] bool}) of the model's modalities:
   absent behaviour filled with zeros (never read: key-padding-masked)."""
   k, t, _ = data.spikes.shape
@@ -94,10 +94,11 @@ def _tile(x, copies: int):
   return jnp.broadcast_to(x[None], (copies,) + x.shape).reshape((copies * x.shape[0],) + x.shape[1:])
 
 
-def make_encoder(predict: Callable) -> Callable:
+def make_encoder(predict: Callable, behaviour_masked: bool = False) -> Callable:
   """encode(params, inputs, present, hide [C, N], score [C, N], hide_bins [T], token_bins
   [C, T], session) -> [K, T, N] log-rates, each entry from the copy that scores it (summed
-  over copies by `score`): C masked copies of the K trials as one batch."""
+  over copies by `score`): C masked copies of the K trials as one batch. Behaviour tokens
+  are given (encoding), or every one masked with behaviour_masked (mtm_jax.bwb.predict_neds)."""
 
   @jax.jit
   def encode(params, inputs, present, hide, score, hide_bins, token_bins, session):
@@ -105,7 +106,7 @@ def make_encoder(predict: Callable) -> Callable:
     hidden = hide[:, None, None, :] & hide_bins[None, None, :, None]  # [C, 1, T, N]
     spikes = jnp.where(hidden, 0.0, inputs[modalities.SPIKE][None]).reshape(c * k, t, n)
     batch = {m: spikes if m == modalities.SPIKE else _tile(x, c) for m, x in inputs.items()}
-    masks = {m: jnp.zeros((c * k, t), bool) for m in inputs}
+    masks = {m: jnp.full((c * k, t), behaviour_masked) for m in inputs}
     masks[modalities.SPIKE] = jnp.repeat(token_bins, k, axis=0)
     preds = predict(
       params, batch, masks, jnp.full(c * k, session, jnp.int32), {m: _tile(p, c) for m, p in present.items()}
@@ -150,7 +151,7 @@ def encoding_scores(
 ) -> tuple[dict, dict]:
   """({"<task>_bps": mean over scored neurons, "oracle_<task>_bps" with true rates},
   {task: [N] bits per spike per neuron}) of the four tasks, behaviour given."""
-  inputs, present = jax.tree.map(jnp.asarray, _inputs(data, mods, n_model))
+  inputs, present = jax.tree.map(jnp.asarray, model_inputs(data, mods, n_model))
   encode = make_encoder(predict)
   results, per_neuron = {}, {}
   _, t, n = data.spikes.shape
@@ -172,7 +173,7 @@ def encoding_scores(
 def decoded_behaviour(predict, params, data: SessionData, *, mods: tuple, session: int, n_model: int, max_batch: int):
   """{behaviour modality: predictions [K, T] (traces) or [K] (class index)} with every
   behaviour token masked and the spikes given."""
-  inputs, present = _inputs(data, mods, n_model)
+  inputs, present = model_inputs(data, mods, n_model)
   k, t = data.spikes.shape[:2]
   out = {m: [] for m in mods if m != modalities.SPIKE}
   for start in range(0, k, max_batch):

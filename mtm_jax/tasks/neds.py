@@ -1,8 +1,9 @@
 """NEDS (config.family "neds"): spikes and behaviour as masked modalities of one model.
 
-Sessions are TFDS `ibl_binned` data sets (datasets.pipeline); every batch holds trials of
-one session, batched as NDT1's multi-session runs are (spikes zero-padded to the largest
-session, sessions interleaved). Each trial gives the model's modalities
+Sessions are TFDS `ibl_binned` data sets (or `bwb_binned`, whose traces are named
+`behaviour` columns: datasets.behaviour_tokens); every batch holds trials of one session,
+batched as NDT1's multi-session runs are (spikes zero-padded to the largest session,
+sessions interleaved). Each trial gives the model's modalities
 (mtm_jax.modalities): spike counts [T, N], wheel speed and whisker motion energy [T]
 z-scored with the session's training-split statistics, choice (+1 / -1 -> class 1 / 0)
 and block (p(left) 0.2 / 0.5 / 0.8 -> class 0 / 1 / 2). A modality a data set lacks is
@@ -189,6 +190,7 @@ class NEDSTask(base.Task):
     mods = neds.Hparams.from_config(config.model).modalities
     names = config_checks.dataset_names(config)
     loaded = pipeline.load_sessions(names, config.data.data_dir, fields=None)
+    loaded = [tokens.named_session(s, config.data.data_dir) for s in loaded]
     records = [session_record(s, mods) for s in loaded]
     n_neurons = max(s.info.n_neurons for s in loaded)
     for s in loaded:
@@ -306,6 +308,7 @@ class NEDSTask(base.Task):
       row = trained.row(name)
       record = trained.records[row]
       data = pipeline.load_split(name, config.data.data_dir, split)
+      data = tokens.named_traces(data, tokens.behaviour_columns(name, config.data.data_dir))
       if data["spikes"].shape[-1] != len(record["region_names"]):
         raise ValueError(
           f"data set {name!r}: {data['spikes'].shape[-1]} neurons, the model's row {row} has "
