@@ -210,3 +210,51 @@ class SelfAttentionBlock(nnx.Module):
     h = self.norm_attn(x)
     x = x + self.attn(h, h, mask, key=k_attn, angles=angles)
     return x + self.mlp(self.norm_mlp(x), key=k_mlp)
+
+
+def t_fixup(layer: SelfAttentionBlock, n_layers: int) -> None:
+  """T-Fixup initialisation of one block, in place, as the MtM and NEDS references apply it:
+  the attention output and both MLP kernels times 0.67 * n_layers ** -1/4, the value kernel
+  times that and sqrt(2)."""
+  factor = 0.67 * n_layers**-0.25
+  for linear, f in (
+    (layer.attn.out, factor),
+    (layer.mlp.up, factor),
+    (layer.mlp.down, factor),
+    (layer.attn.value, factor * 2**0.5),
+  ):
+    linear.kernel[...] = linear.kernel[...] * f
+
+
+def blocks(
+  n_layers: int,
+  width: int,
+  n_heads: int,
+  mlp_width: int,
+  *,
+  dropout: float,
+  attention_dropout: float,
+  layer_norm_eps: float,
+  fixup_init: bool,
+  rngs: nnx.Rngs,
+) -> nnx.List:
+  """n_layers pre-LayerNorm blocks (SelfAttentionBlock), each T-Fixup initialised when
+  fixup_init: the transformer of NDT1 and NEDS."""
+  layers = nnx.List(
+    [
+      SelfAttentionBlock(
+        width,
+        n_heads,
+        mlp_width,
+        dropout=dropout,
+        attention_dropout=attention_dropout,
+        layer_norm_eps=layer_norm_eps,
+        rngs=rngs,
+      )
+      for _ in range(n_layers)
+    ]
+  )
+  if fixup_init:
+    for layer in layers:
+      t_fixup(layer, n_layers)
+  return layers

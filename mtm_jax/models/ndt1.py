@@ -61,7 +61,7 @@ class Hparams:
   special_tokens_see_future: bool = False  # True = the reference's causal-mode leak
   layer_norm_eps: float = 1e-5
   remat: bool = False  # recompute each transformer layer's activations in the backward pass
-  fixup_init: bool = False  # T-Fixup initialisation of the blocks (`t_fixup`)
+  fixup_init: bool = False  # T-Fixup initialisation of the blocks (`attention.t_fixup`)
 
   def __post_init__(self):
     dims = (self.width, self.n_layers, self.n_heads, self.mlp_width)
@@ -98,20 +98,6 @@ PRESETS = {
 }
 
 
-def t_fixup(layer: attention.SelfAttentionBlock, n_layers: int) -> None:
-  """T-Fixup initialisation of one block, in place, as the MtM reference applies it: the
-  attention output and both MLP kernels times 0.67 * n_layers ** -1/4, the value kernel
-  times that and sqrt(2)."""
-  factor = 0.67 * n_layers**-0.25
-  for linear, f in (
-    (layer.attn.out, factor),
-    (layer.mlp.up, factor),
-    (layer.mlp.down, factor),
-    (layer.attn.value, factor * 2**0.5),
-  ):
-    linear.kernel[...] = linear.kernel[...] * f
-
-
 class NDT1(nnx.Module):
   """NDT1 with MtM's prompt and session tokens; see the module docstring."""
 
@@ -140,23 +126,17 @@ class NDT1(nnx.Module):
     self.position = nnx.Embed(hp.max_bins, width, rngs=rngs)
     self.prompt = nnx.Embed(len(masking.SCHEMES), width, rngs=rngs) if hp.use_prompt else None
     self.session = nnx.Embed(n_sessions, width, rngs=rngs) if hp.use_session else None
-    self.layers = nnx.List(
-      [
-        attention.SelfAttentionBlock(
-          width,
-          hp.n_heads,
-          hp.mlp_width,
-          dropout=hp.dropout,
-          attention_dropout=hp.attention_dropout,
-          layer_norm_eps=hp.layer_norm_eps,
-          rngs=rngs,
-        )
-        for _ in range(hp.n_layers)
-      ]
+    self.layers = attention.blocks(
+      hp.n_layers,
+      width,
+      hp.n_heads,
+      hp.mlp_width,
+      dropout=hp.dropout,
+      attention_dropout=hp.attention_dropout,
+      layer_norm_eps=hp.layer_norm_eps,
+      fixup_init=hp.fixup_init,
+      rngs=rngs,
     )
-    if hp.fixup_init:
-      for layer in self.layers:
-        t_fixup(layer, hp.n_layers)
     self.final_norm = nnx.LayerNorm(width, epsilon=hp.layer_norm_eps, rngs=rngs)
     if stitch_dim:
       self.readout, self.stitch_out = None, SessionLinear((width,) * n_sessions, sizes, rngs=rngs)

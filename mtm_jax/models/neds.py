@@ -42,7 +42,6 @@ from flax import nnx
 
 from mtm_jax import modalities as mods_lib
 from mtm_jax.models import attention, loading
-from mtm_jax.models.ndt1 import t_fixup
 from mtm_jax.models.session_layers import SessionLinear
 from mtm_jax.parallel import sharding
 
@@ -63,7 +62,7 @@ class Hparams:
   dropout: float = 0.4  # MLP and attention-output dropout
   attention_dropout: float = 0.4  # dropout on attention probabilities
   embed_dropout: float = 0.2  # dropout on the tokenisers' outputs
-  fixup_init: bool = True  # T-Fixup initialisation of the blocks (ndt1.t_fixup)
+  fixup_init: bool = True  # T-Fixup initialisation of the blocks (attention.t_fixup)
   rope_base: float = 10000.0
   modalities: tuple = mods_lib.MODALITIES
   n_session_rows: int = 0  # session-embedding rows; 0 = the number of sessions
@@ -184,23 +183,17 @@ class NEDS(nnx.Module):
     self.modalities, self.max_bins = hp.modalities, hp.max_bins
     self.io = nnx.Dict({m: ModalityIO(m, sizes, hp, n_rows, rngs=rngs) for m in hp.modalities})
     self.mask_token = nnx.Param(jnp.zeros((hp.width,), jnp.float32))
-    self.layers = nnx.List(
-      [
-        attention.SelfAttentionBlock(
-          hp.width,
-          hp.n_heads,
-          hp.mlp_width,
-          dropout=hp.dropout,
-          attention_dropout=hp.attention_dropout,
-          layer_norm_eps=hp.layer_norm_eps,
-          rngs=rngs,
-        )
-        for _ in range(hp.n_layers)
-      ]
+    self.layers = attention.blocks(
+      hp.n_layers,
+      hp.width,
+      hp.n_heads,
+      hp.mlp_width,
+      dropout=hp.dropout,
+      attention_dropout=hp.attention_dropout,
+      layer_norm_eps=hp.layer_norm_eps,
+      fixup_init=hp.fixup_init,
+      rngs=rngs,
     )
-    if hp.fixup_init:
-      for layer in self.layers:
-        t_fixup(layer, hp.n_layers)
     self.final_norm = nnx.LayerNorm(hp.width, epsilon=hp.layer_norm_eps, rngs=rngs)
 
   def _check(self, inputs, masks):
