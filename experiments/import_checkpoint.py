@@ -6,6 +6,10 @@
       --workdir=runs/mtm_imported
   # torch_brain's POYO (a Lightning .ckpt); sessions from its vocabularies
   python -m experiments.import_checkpoint --kind=poyo --source=poyo_mp.ckpt --workdir=runs/poyo_imported
+  # NEDS (their trainer's model_best.pt or a state dict), on our built sessions (eid = session_id)
+  python -m experiments.import_checkpoint --kind=neds --source=model_best.pt --n_heads=8 \
+      --datasets=ibl_binned/<eid>,... --eids=<their data/train_eids.txt>,<their data/test_eids.txt> \
+      --workdir=runs/neds_imported
 
 Writes <workdir>/checkpoints/0 (Orbax: state, config, sessions), which experiments.evaluate,
 experiments.finetune (--pretrained) and experiments.pretrain (resuming) load unchanged, and
@@ -22,6 +26,11 @@ row in the authors' session table comes from --session_rows, or from --eids (the
 list; a session's eid is its session_id). POYO: sessions are the checkpoint's (units by
 their "<session>/" prefix), or --datasets (built spike_events sets whose unit ids are in
 the checkpoint's vocabulary); --task names the readout, --scale the behaviour divisor.
+NEDS: the architecture and modalities are read from the state dict, --n_heads is needed;
+--datasets are our sessions, each the checkpoint's eid of its session_id (or of its
+--session_eids entry); their session-embedding table's eids from --eids (their eid files,
+comma-separated, in order) or each session's row from --session_rows; --eid_list (their
+meta_data["eid_list"] as JSON) checks the neuron counts exactly (mtm_jax/tasks/neds_import.py).
 See docs/parity.md.
 """
 
@@ -51,17 +60,30 @@ _CONFIG = config_flags.DEFINE_config_file(
 _SOURCE = flags.DEFINE_string(
   "source", None, ".npz (parity/export_torch.py), .pt/.ckpt, or encoder.bin+decoder.bin dir."
 )
-FAMILIES = {"ndt1": "ndt1", "poyo": "poyo"}  # --kind: the authors' model -> our config.family
+FAMILIES = {"ndt1": "ndt1", "poyo": "poyo", "neds": "neds"}  # --kind: the authors' model -> our config.family
 _KIND = flags.DEFINE_enum("kind", None, sorted(FAMILIES), "Model family of the checkpoint.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory to write the mtm_jax checkpoint to.")
 _DATASETS = flags.DEFINE_list("datasets", [], "Our sessions (TFDS names), in model-row order.")
 _DATA_DIR = flags.DEFINE_string("data_dir", "data/tfds", "TFDS data_dir of --datasets.")
-_SESSION_ROWS = flags.DEFINE_list("session_rows", [], "NDT1: each session's row in the authors' session table.")
-_EIDS = flags.DEFINE_string("eids", None, "NDT1: file of the authors' eids, one per line (their session table order).")
+_SESSION_ROWS = flags.DEFINE_list(
+  "session_rows", [], "NDT1, NEDS: each session's row in the authors' session(-embedding) table."
+)
+_EIDS = flags.DEFINE_string(
+  "eids",
+  None,
+  "NDT1: file of the authors' eids, one per line (their session table order); NEDS: their eid files, "
+  "comma-separated (data/train_eids.txt,data/test_eids.txt).",
+)
+_SESSION_EIDS = flags.DEFINE_list(
+  "session_eids", [], "NEDS: each --datasets session's eid in the checkpoint (default: its session_id)."
+)
+_EID_LIST = flags.DEFINE_string(
+  "eid_list", None, "NEDS: JSON file {eid: neuron count} of their run (meta_data['eid_list']), to check the counts."
+)
 _N_HEADS = flags.DEFINE_integer(
   "n_heads",
   None,
-  "NDT1: attention heads, if the checkpoint does not tell (a state dict does not; the authors' pickled module does).",
+  "NDT1, NEDS: attention heads, if the checkpoint does not tell (a state dict does not; the authors' pickled module does).",
 )
 flags.DEFINE_alias("heads", "n_heads")
 _TASK = flags.DEFINE_string("task", "hand_velocity", "POYO: name of the readout task.")
@@ -99,6 +121,8 @@ def run(
   data_dir: str = "data/tfds",
   session_rows=(),
   eids_file: str | None = None,
+  session_eids=(),
+  eid_list_file: str | None = None,
   n_heads: int | None = None,
   task: str = "hand_velocity",
   scale=(),
@@ -109,7 +133,7 @@ def run(
   """The program without flags: converts `source` and writes the workdir; returns the summary.
   `config`: base config (its family must be `kind`'s); its model is the checkpoint's."""
   if kind not in FAMILIES:
-    raise ValueError(f"--kind: expected ndt1 or poyo, got {kind!r}")
+    raise ValueError(f"--kind: expected one of {sorted(FAMILIES)}, got {kind!r}")
   family = registry.get(FAMILIES[kind])
   if config is not None and config_checks.family_of(config) != family.family:
     raise ValueError(f"--config: a {config.get('family')!r} config cannot hold a {kind} checkpoint")
@@ -127,6 +151,7 @@ def run(
     if checkpoint.latest_step(workdir) is not None:
       raise FileExistsError(f"{workdir}: already holds checkpoints; import into a new workdir")
     options = dict(session_rows=list(session_rows), eids_file=eids_file, n_heads=n_heads, task=task, scale=list(scale))
+    options.update(session_eids=list(session_eids), eid_list_file=eid_list_file)
     summary = family.import_reference(ckpt, workdir, list(datasets), data_dir, options, config)
     summary["source"] = os.path.abspath(source)
     with files.atomic_write(os.path.join(workdir, "import.json"), encoding="utf-8") as f:
@@ -147,6 +172,8 @@ def main(argv):
     data_dir=_DATA_DIR.value,
     session_rows=_SESSION_ROWS.value,
     eids_file=_EIDS.value,
+    session_eids=_SESSION_EIDS.value,
+    eid_list_file=_EID_LIST.value,
     n_heads=_N_HEADS.value,
     task=_TASK.value,
     scale=_SCALE.value,

@@ -13,6 +13,8 @@ Sources understood:
   `models/ndt1.py` opens `data/target_eids.txt` by a relative path when it is imported, so
   the unpickling runs with the working directory set to their checkout root (see
   `checkout_root`), from wherever this script is started;
+- NEDS's trainer checkpoint (model_<name>.pt): {"epoch", "model": <state dict>, "optimizer",
+  "lr_sched"}; the model's state dict is kept;
 - a directory holding their encoder.bin and decoder.bin (state dicts);
 - a bare state dict or an nn.Module.
 
@@ -134,6 +136,11 @@ def load_source(source: str, code_path: str = ""):
   if isinstance(obj, torch.nn.Module):
     meta["attributes"] = module_attributes(obj)
     return obj.state_dict(), meta
+  if isinstance(obj, dict) and isinstance(
+    obj.get("model"), dict
+  ):  # NEDS's trainer: {"epoch", "model", "optimizer", ...}
+    meta["epoch"] = obj.get("epoch")
+    return obj["model"], meta
   if isinstance(obj, dict) and "state_dict" in obj:
     hparams = dict(obj.get("hyper_parameters", {}).get("model", {}) or {})
     hparams.pop("_target_", None)
@@ -144,7 +151,7 @@ def load_source(source: str, code_path: str = ""):
     return obj, meta
   raise ValueError(
     f"{source}: not a checkpoint this tool understands (got {type(obj).__name__}); "
-    "expected a Lightning .ckpt, the MtM trainer's .pt, encoder.bin + decoder.bin, or a state dict"
+    "expected a Lightning .ckpt, the MtM or NEDS trainer's .pt, encoder.bin + decoder.bin, or a state dict"
   )
 
 

@@ -1,17 +1,20 @@
 """Reference outputs of the official NEDS code (yzhang511/NEDS at 61d2ef6) for
 tests/test_parity_neds.py; run in the NEDS parity environment (`make parity-neds-env`):
 
-  python parity/reference_neds.py --neds_src <NEDS checkout> --out <dir>
+  python parity/reference_neds.py --neds_src <NEDS checkout> --out <dir> [--neurons=5,9,7 --bins=10]
 
 Builds their MultiModal (model_mode "mm") from EncoderEmbedding(stitching=True) per
 modality, as their train.py does, small (2 layers, width 32, 4 heads, T = 10 bins), for
-three sessions of 5, 9 and 7 neurons (eids from their list), with random weights
+three sessions of 5, 9 and 7 neurons (eids from their list; --neurons: others, e.g. those of
+our built data sets for the import test, --bins their trial length), with random weights
 (LayerNorms and the mask token perturbed so they matter). For each masking scheme it runs
 their forward in eval mode (no dropout; their masker stays active) on fixed inputs,
 masks chosen as their trainer's _prepare_multimodal_mask chooses them (mirrored below:
 importing their trainer pulls wandb and plotting), plus their "mixed" training path, and
 writes:
   neds_state.pt: their model's state_dict (torch.save), i.e. a checkpoint of their code;
+  neds_trainer.pt: the same as their trainer saves it ({"epoch", "model", "optimizer",
+    "lr_sched"});
   reference.npz: the inputs (spikes padded with -1 neurons, as their loader pads), the
     session rows, and per scheme the masks, their predictions and their losses;
   meta.json: eid_list (eid -> neuron count), the batch's eids, their fixed eid list
@@ -28,9 +31,8 @@ import sys
 
 import numpy as np
 
-B, T, WIDTH, LAYERS, HEADS, MLP = 8, 10, 32, 2, 4, 64
-NEURONS = (5, 9, 7)
-ROWS = np.array([0, 1, 0, 2, 1, 2, 1, 0])  # session row of each example
+B, WIDTH, LAYERS, HEADS, MLP = 8, 32, 2, 4, 64
+ROWS = np.array([0, 1, 0, 2, 1, 2, 1, 0])  # session row of each example (of 3 sessions; fewer: ROWS % n)
 SCHEMES = ("encoding", "decoding", "self-spike", "self-behavior", "random_token", "mixed")
 MODS = ("spike", "choice", "block", "wheel", "whisker")  # their avail_mod: neural, static, dynamic
 BEH = MODS[1:]
@@ -56,7 +58,11 @@ def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--neds_src", required=True)
   ap.add_argument("--out", required=True)
+  ap.add_argument("--neurons", default="5,9,7", help="neurons of each session (2 or 3 sessions)")
+  ap.add_argument("--bins", type=int, default=10, help="time bins of a trial (T)")
   args = ap.parse_args()
+  neurons, t_bins = tuple(int(n) for n in args.neurons.split(",")), args.bins
+  rows = ROWS % len(neurons)
   sys.path.insert(0, os.path.join(os.path.abspath(args.neds_src), "src"))
   import torch
   import yaml
@@ -70,9 +76,9 @@ def main():
     config = DictConfig(yaml.safe_load(f))
   tr, emb = config["encoder"]["transformer"], config["encoder"]["embedder"]
   tr.update(n_layers=LAYERS, hidden_size=WIDTH, n_heads=HEADS, inter_size=MLP)
-  emb.update(max_F=T)
-  eids = ee.INCLUDE_EIDS[3:6]
-  eid_list = {e: n for e, n in zip(eids, NEURONS)}
+  emb.update(max_F=t_bins)
+  eids = ee.INCLUDE_EIDS[3 : 3 + len(neurons)]
+  eid_list = {e: n for e, n in zip(eids, neurons)}
   encoder_embeddings = {
     mod: ee.EncoderEmbedding(
       hidden_size=WIDTH,
@@ -82,7 +88,7 @@ def main():
       eid_list=eid_list,
       mod=mod,
       config=config.encoder,
-      max_F=T,
+      max_F=t_bins,
     )
     for mod in MODS
   }
@@ -96,22 +102,22 @@ def main():
     model.mask_token.copy_(0.5 * torch.randn_like(model.mask_token))
   model.eval()
 
-  n_max = max(NEURONS)
-  spikes = rng.poisson(1.2, (B, T, n_max)).astype(np.float32)
-  for b, r in enumerate(ROWS):
-    spikes[b, :, NEURONS[r] :] = -1.0  # their loader pads neurons with -1
+  n_max = max(neurons)
+  spikes = rng.poisson(1.2, (B, t_bins, n_max)).astype(np.float32)
+  for b, r in enumerate(rows):
+    spikes[b, :, neurons[r] :] = -1.0  # their loader pads neurons with -1
   beh = {
     "choice": rng.integers(0, 2, B).astype(np.float32),
     "block": rng.integers(0, 3, B).astype(np.float32),
-    "wheel": rng.normal(size=(B, T)).astype(np.float32),
-    "whisker": rng.normal(size=(B, T)).astype(np.float32),
+    "wheel": rng.normal(size=(B, t_bins)).astype(np.float32),
+    "whisker": rng.normal(size=(B, t_bins)).astype(np.float32),
   }
-  batch_eids = [eids[r] for r in ROWS]
-  out = {"spike": spikes, "rows": ROWS, **beh}
+  batch_eids = [eids[r] for r in rows]
+  out = {"spike": spikes, "rows": rows, **beh}
   for i, scheme in enumerate(SCHEMES):
     torch.manual_seed(100 + i)
     np.random.seed(100 + i)
-    all_ones = torch.ones(B, T, n_max, dtype=torch.int64)
+    all_ones = torch.ones(B, t_bins, n_max, dtype=torch.int64)
     all_zeros = all_ones * 0.0
     mod_dict = {}
     for j, mod in enumerate(MODS):
@@ -121,9 +127,9 @@ def main():
       mod_dict[mod] = {
         "inputs_modality": torch.tensor(j),
         "targets_modality": torch.tensor(j),
-        "inputs_attn_mask": torch.ones(B, T, dtype=torch.int64),
-        "inputs_timestamp": torch.arange(T).repeat(B, 1),
-        "targets_timestamp": torch.arange(T).repeat(B, 1),
+        "inputs_attn_mask": torch.ones(B, t_bins, dtype=torch.int64),
+        "inputs_timestamp": torch.arange(t_bins).repeat(B, 1),
+        "targets_timestamp": torch.arange(t_bins).repeat(B, 1),
         "eid": batch_eids,
         "num_neuron": n_max,
         "training_mode": scheme,
@@ -140,12 +146,15 @@ def main():
       out[f"{scheme}/loss/{mod}"] = np.float64(result.mod_loss[mod].item())
   os.makedirs(args.out, exist_ok=True)
   torch.save(model.state_dict(), os.path.join(args.out, "neds_state.pt"))
+  optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+  trainer_ckpt = {"epoch": 3, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "lr_sched": {}}
+  torch.save(trainer_ckpt, os.path.join(args.out, "neds_trainer.pt"))
   np.savez(os.path.join(args.out, "reference.npz"), **out)
   meta = {
     "eid_list": eid_list,
     "batch_eids": batch_eids,
     "include_eids": list(ee.INCLUDE_EIDS),
-    "dims": {"width": WIDTH, "n_layers": LAYERS, "n_heads": HEADS, "mlp_width": MLP, "max_bins": T},
+    "dims": {"width": WIDTH, "n_layers": LAYERS, "n_heads": HEADS, "mlp_width": MLP, "max_bins": t_bins},
     "schemes": list(SCHEMES),
   }
   with open(os.path.join(args.out, "meta.json"), "w") as f:

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 import subprocess
+import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -22,9 +23,12 @@ import pytest
 from flax import nnx
 
 from mtm_jax import modalities as M
+from mtm_jax.configs import neds as neds_config
 from mtm_jax.interop import neds as neds_interop
 from mtm_jax.interop import state_dict
 from mtm_jax.models import neds
+from mtm_jax.tasks import registry
+from tests.conftest import DATASET, STUDY_DATASETS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOLERANCE = 1e-5
@@ -41,25 +45,21 @@ def _environment():
   return python, source
 
 
+def _their(python, script, *args):
+  """Runs parity/<script> in the NEDS parity environment."""
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  cmd = [python, os.path.join(ROOT, "parity", script), *args]
+  run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, check=False)
+  assert run.returncode == 0, run.stderr[-3000:]
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
   """(checkpoint, meta, reference arrays) written by their code."""
   python, source = _environment()
   out = tmp_path_factory.mktemp("neds")
-  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-  for args in (
-    ["reference_neds.py", f"--neds_src={source}", f"--out={out}"],
-    ["export_torch.py", f"--source={out}/neds_state.pt", f"--out={out}/neds_state.npz"],
-  ):
-    run = subprocess.run(
-      [python, os.path.join(ROOT, "parity", args[0]), *args[1:]],
-      capture_output=True,
-      text=True,
-      timeout=600,
-      env=env,
-      check=False,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
+  _their(python, "reference_neds.py", f"--neds_src={source}", f"--out={out}")
+  _their(python, "export_torch.py", f"--source={out}/neds_state.pt", f"--out={out}/neds_state.npz")
   with open(out / "meta.json") as f:
     meta = json.load(f)
   return state_dict.load(str(out / "neds_state.npz")), meta, dict(np.load(out / "reference.npz"))
@@ -151,3 +151,71 @@ def test_imported_weights_round_trip_through_load(reference):
   a, b = model(inputs, masks, session=rows), fresh(inputs, masks, session=rows)
   for m in M.MODALITIES:
     np.testing.assert_array_equal(a[m], b[m])
+
+
+# ---- experiments.import_checkpoint --kind=neds -------------------------------------------
+IMPORTED = (DATASET, STUDY_DATASETS[0])  # 114 and 134 neurons: their sessions' counts below
+
+
+@pytest.fixture(scope="module")
+def their_run(tmp_path_factory):
+  """(folder, meta, reference arrays) of their model for sessions of our two data sets'
+  neuron counts and trial length (100 bins), with its trainer checkpoint neds_trainer.pt
+  and their eid table written to eids.txt."""
+  python, source = _environment()
+  out = tmp_path_factory.mktemp("neds_import")
+  _their(python, "reference_neds.py", f"--neds_src={source}", f"--out={out}", "--neurons=114,134", "--bins=100")
+  with open(out / "meta.json") as f:
+    meta = json.load(f)
+  (out / "eids.txt").write_text("\n".join(meta["include_eids"]) + "\n")
+  (out / "eid_list.json").write_text(json.dumps(meta["eid_list"]))
+  return out, meta, dict(np.load(out / "reference.npz"))
+
+
+def _import(out, workdir, data_dir, **kwargs):
+  from experiments import import_checkpoint  # pylint: disable=import-outside-toplevel
+
+  config = neds_config.get_config("tiny")  # its training and evaluation settings; the model is the checkpoint's
+  config.eval.split, config.eval.max_masks = "val", 4
+  options = dict(datasets=list(IMPORTED), eids_file=str(out / "eids.txt"), n_heads=N_HEADS, config=config)
+  options.update(kwargs)
+  python, _ = _environment()
+  return import_checkpoint.run(
+    str(out / "neds_trainer.pt"), "neds", str(workdir), data_dir=data_dir, torch_python=python, **options
+  )
+
+
+def test_their_trainer_checkpoint_imports_predicts_as_their_code_and_evaluates(their_run, study_data_dir, tmp_path):
+  out, meta, ref = their_run
+  workdir = tmp_path / "imported"
+  summary = _import(out, workdir, study_data_dir, session_eids=list(meta["eid_list"]))
+  assert summary["unused"] == [] and summary["architecture"]["max_bins"] == 100
+  trained = registry.load_trained(str(workdir))
+  assert trained.names == list(IMPORTED) and trained.n_neurons == 134
+  model = nnx.merge(trained.graphdef, trained.params)
+  errors = {(s, m): e for s in SCHEMES for m, (e, _) in scheme_errors(model, meta, ref, s).items()}
+  print("imported: largest prediction error", max(errors.values()))
+  assert max(errors.values()) < TOLERANCE, errors
+  run = subprocess.run(
+    [sys.executable, "-m", "experiments.evaluate", f"--workdir={workdir}"],
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env={**os.environ, "PYTHONPATH": ROOT},
+    check=False,
+  )
+  assert run.returncode == 0, run.stderr[-3000:]
+  with open(workdir / "metrics.json") as f:
+    metrics = json.load(f)
+  assert np.isfinite(metrics["co_smoothing_bps"]) and set(metrics["sessions"]) == set(IMPORTED)
+
+
+def test_an_unknown_eid_or_a_wrong_neuron_count_is_named_and_writes_nothing(their_run, study_data_dir, tmp_path):
+  out, meta, _ = their_run
+  eids = list(meta["eid_list"])
+  with pytest.raises(ValueError, match="--session_eids gives eid 'not-an-eid'"):
+    _import(out, tmp_path / "w", study_data_dir, session_eids=[eids[0], "not-an-eid"])
+  # Swapped: both fit their 134-neuron tables; their eid list tells the counts apart.
+  with pytest.raises(ValueError, match=rf"'{DATASET}' \(eid {eids[1]}\): 114 neurons, their eid list has 134"):
+    _import(out, tmp_path / "w", study_data_dir, session_eids=eids[::-1], eid_list_file=str(out / "eid_list.json"))
+  assert not os.path.exists(tmp_path / "w")

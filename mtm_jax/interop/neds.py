@@ -31,7 +31,10 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from flax import nnx
 
+import ml_collections
+
 from mtm_jax import modalities as mods_lib
+from mtm_jax.configs import neds as neds_config
 from mtm_jax.interop import state_dict as sd
 from mtm_jax.models import neds
 
@@ -61,6 +64,32 @@ def architecture(ckpt: sd.TorchCheckpoint, n_heads: int, **fields) -> neds.Hpara
   return neds.Hparams(
     width=width, n_layers=n_layers, n_heads=n_heads, mlp_width=mlp, max_bins=max_bins, modalities=modalities, **fields
   )
+
+
+def model_config(hp: neds.Hparams, base: ml_collections.ConfigDict | None = None) -> ml_collections.ConfigDict:
+  """A NEDS config (configs/neds.py's "single" preset, or `base`) whose model has the
+  checkpoint's architecture `hp` (dropouts, masking and training settings stay the base's)."""
+  c = ml_collections.ConfigDict((base if base is not None else neds_config.get_config("single")).to_dict())
+  m = c.model
+  m.width, m.n_layers, m.n_heads, m.mlp_width, m.max_bins = hp.width, hp.n_layers, hp.n_heads, hp.mlp_width, hp.max_bins
+  m.modalities, m.embed_mult, m.rope_base = tuple(hp.modalities), hp.embed_mult, hp.rope_base
+  return c
+
+
+def checkpoint_eids(ckpt: sd.TorchCheckpoint) -> list[str]:
+  """The eids that have per-session tables in the checkpoint (their spike stitchers'), sorted."""
+  prefix = f"{EMB}.{mods_lib.SPIKE}.embedder.mod_stitch_encoder.stitcher_dict."
+  return sorted({n[len(prefix) :].rsplit(".", 1)[0] for n in ckpt.names(prefix)})
+
+
+def spike_table_width(ckpt: sd.TorchCheckpoint, eid: str) -> int:
+  """N_max: the neurons of their spike tables (every session's, their largest session's count)."""
+  return _get(ckpt, f"{EMB}.{mods_lib.SPIKE}.embedder.mod_stitch_encoder.stitcher_dict.{eid}.weight").shape[1]
+
+
+def session_table_rows(ckpt: sd.TorchCheckpoint, modality: str) -> int:
+  """Rows of their session-embedding table (their include_eids)."""
+  return _get(ckpt, f"{EMB}.{modality}.embedder.session_emb.weight").shape[0]
 
 
 def rotary_columns(width: int, n_heads: int) -> np.ndarray:

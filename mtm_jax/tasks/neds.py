@@ -1,19 +1,15 @@
 """NEDS (config.family "neds"): spikes and behaviour as masked modalities of one model.
 
-Sessions are TFDS `ibl_binned` data sets (or `bwb_binned`, whose traces are named
-`behaviour` columns: datasets.behaviour_tokens); every batch holds trials of one session,
-batched as NDT1's multi-session runs are (spikes zero-padded to the largest session,
-sessions interleaved). Each trial gives the model's modalities
-(mtm_jax.modalities): spike counts [T, N], wheel speed and whisker motion energy [T]
-z-scored with the session's training-split statistics, choice (+1 / -1 -> class 1 / 0)
-and block (p(left) 0.2 / 0.5 / 0.8 -> class 0 / 1 / 2). A modality a data set lacks is
-absent (`present` False: never attended to, never a target), never filled in. A step
-draws a masking scheme per example (or per batch: config.masking.per_example) and its
-masks with the keys it is given, and minimises the weighted per-modality losses
-(modalities.losses). A step changes only its batch's session row of the per-session
-tables (models.neds.SESSION_PARAMS), as NDT1's stitchers. A checkpoint records per
-session row its TFDS name, session id, neuron regions, the modalities present and the
-traces' (mean, std).
+Sessions are TFDS `ibl_binned` data sets (or `bwb_binned`, whose traces are named `behaviour` columns:
+datasets.behaviour_tokens); every batch holds trials of one session, batched as NDT1's multi-session runs are (spikes
+zero-padded to the largest session, sessions interleaved). Each trial gives the model's modalities
+(mtm_jax.modalities): spike counts [T, N], wheel speed and whisker motion energy [T] z-scored with the session's
+training-split statistics, choice (+1 / -1 -> class 1 / 0) and block (p(left) 0.2 / 0.5 / 0.8 -> class 0 / 1 / 2). A
+modality a data set lacks is absent (`present` False: never attended to, never a target), never filled in. A step draws
+a masking scheme per example (or per batch: config.masking.per_example) and its masks with the keys it is given, and
+minimises the weighted per-modality losses (modalities.losses). A step changes only its batch's session row of the
+per-session tables (models.neds.SESSION_PARAMS), as NDT1's stitchers. A checkpoint records per session row its TFDS
+name, session id, neuron regions, the modalities present and the traces' (mean, std).
 """
 
 from __future__ import annotations
@@ -103,9 +99,8 @@ def is_session_param(name: str) -> bool:
 
 
 def session_rows(params, row, rest: bool):
-  """A training.rows mask: row `row` of every per-session table ([rows, 1, ...] bool), and
-  every other leaf `rest` ([] bool). (training.rows.only_row names tables by their first
-  path key; NEDS's sit under io/<modality>/.)"""
+  """A training.rows mask: row `row` of every per-session table ([rows, 1, ...] bool), and every other leaf `rest`
+  ([] bool). (training.rows.only_row names tables by their first path key; NEDS's sit under io/<modality>/.)"""
 
   def leaf(path, p):
     if not is_session_param(sharding.path_name(path)):
@@ -292,6 +287,11 @@ class NEDSTask(base.Task):
   def summarise(self, window):
     keys = [k for k in window[0] if k.startswith("loss")] + ["grad_norm"]
     return {k: float(np.mean([m[k] for m in window])) for k in keys}
+
+  def import_reference(self, ckpt, workdir, datasets, data_dir, options, base_config):
+    from mtm_jax.tasks import neds_import  # pylint: disable=import-outside-toplevel (it imports this module)
+
+    return neds_import.import_reference(self, ckpt, workdir, datasets, data_dir, options, base_config)
 
   # ---- Evaluation -------------------------------------------------------------------------
   def evaluate(self, trained, split, sessions=None, decode=True):
