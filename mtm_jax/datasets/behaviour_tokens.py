@@ -100,3 +100,16 @@ def named_session(session: pipeline.Session, data_dir: str) -> pipeline.Session:
   columns (named_traces: bwb_binned's wheel speed and whisker motion energy)."""
   columns = behaviour_columns(session.name, data_dir)
   return dataclasses.replace(session, splits={k: named_traces(v, columns) for k, v in session.splits.items()})
+
+
+def session_record(session, mods) -> dict:
+  """What a NEDS checkpoint keeps of a session row (JSON): its name, id and regions, which of
+  `mods` its train split has, and their statistics (trace_stats). session: a pipeline.Session."""
+  train = session.splits["train"]
+  return dict(
+    name=session.name,
+    session_id=session.info.session_id,
+    region_names=list(session.info.region_names),
+    present=present_modalities(train, mods),
+    stats=trace_stats(train, mods),
+  )

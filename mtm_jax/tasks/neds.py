@@ -30,22 +30,10 @@ from mtm_jax.datasets import behaviour_tokens as tokens, pipeline
 from mtm_jax.evaluation import neds as neds_eval, report
 from mtm_jax.models import neds
 from mtm_jax.parallel import mesh as mesh_lib, sharding
-from mtm_jax.tasks import base, ndt1 as ndt1_task
+from mtm_jax.tasks import base, ndt1 as ndt1_task, neds_import
 from mtm_jax.training import checkpoint, config_checks, optimizer, precision, step as step_lib
 
 SPLITS = ("train", "val", "test")
-
-
-def session_record(session: pipeline.Session, mods) -> dict:
-  """What a checkpoint keeps of a session row (JSON)."""
-  train = session.splits["train"]
-  return dict(
-    name=session.name,
-    session_id=session.info.session_id,
-    region_names=list(session.info.region_names),
-    present=tokens.present_modalities(train, mods),
-    stats=tokens.trace_stats(train, mods),
-  )
 
 
 def consts_of(records: list[dict], mods) -> dict:
@@ -186,7 +174,7 @@ class NEDSTask(base.Task):
     names = config_checks.dataset_names(config)
     loaded = pipeline.load_sessions(names, config.data.data_dir, fields=None)
     loaded = [tokens.named_session(s, config.data.data_dir) for s in loaded]
-    records = [session_record(s, mods) for s in loaded]
+    records = [tokens.session_record(s, mods) for s in loaded]
     n_neurons = max(s.info.n_neurons for s in loaded)
     for s in loaded:
       if s.splits["train"]["spikes"].shape[1] > config.model.max_bins:
@@ -289,9 +277,10 @@ class NEDSTask(base.Task):
     return {k: float(np.mean([m[k] for m in window])) for k in keys}
 
   def import_reference(self, ckpt, workdir, datasets, data_dir, options, base_config):
-    from mtm_jax.tasks import neds_import  # pylint: disable=import-outside-toplevel (it imports this module)
-
-    return neds_import.import_reference(self, ckpt, workdir, datasets, data_dir, options, base_config)
+    """options: see tasks/neds_import.py (their eids, session rows, heads)."""
+    config, records, params, summary = neds_import.imported(self, ckpt, datasets, data_dir, options, base_config)
+    self.save_initial(workdir, config, records, params, make_optimizer(config))
+    return summary
 
   # ---- Evaluation -------------------------------------------------------------------------
   def evaluate(self, trained, split, sessions=None, decode=True):

@@ -23,7 +23,6 @@ from flax import nnx
 from mtm_jax import modalities
 from mtm_jax.datasets import behaviour_tokens as tokens, pipeline
 from mtm_jax.interop import neds as neds_interop
-from mtm_jax.tasks import neds as neds_task
 
 MAX_LISTED = 8  # eids named in an error
 
@@ -106,8 +105,9 @@ def check_neurons(datasets, eids, counts, ckpt, eid_list_file: str | None) -> No
         raise ValueError(f"data set {name!r} (eid {eid}): {n} neurons, their eid list has {int(theirs[eid])}")
 
 
-def import_reference(task, ckpt, workdir, datasets, data_dir, options, base_config) -> dict:
-  """NEDSTask.import_reference (`task` saves the workdir): options n_heads, session_eids, eids_file, session_rows,
+def imported(task, ckpt, datasets, data_dir, options, base_config) -> tuple:
+  """(config, session records, parameters, summary) of NEDSTask.import_reference, which saves
+  them (`task.check` checks the config): options n_heads, session_eids, eids_file, session_rows,
   eid_list_file (see the module docstring)."""
   where = ckpt.path or "NEDS state dict"
   if not ckpt.names(f"{neds_interop.EMB}."):
@@ -120,7 +120,7 @@ def import_reference(task, ckpt, workdir, datasets, data_dir, options, base_conf
   hp = neds_interop.architecture(ckpt, int(n_heads))
   config = neds_interop.model_config(hp, base_config)
   config.data.datasets, config.data.data_dir = ",".join(datasets), os.path.abspath(data_dir)
-  neds_task.check_config(config)
+  task.check(config)
   infos = [pipeline.session_info(n, config.data.data_dir) for n in datasets]
   eids = session_eids(datasets, infos, list(options.get("session_eids") or ()))
   known = neds_interop.checkpoint_eids(ckpt)
@@ -145,9 +145,9 @@ def import_reference(task, ckpt, workdir, datasets, data_dir, options, base_conf
         f"({'exactly' if static else 'at most'} that many with its modalities {hp.modalities})"
       )
   model, unused = neds_interop.convert(ckpt, dict(zip(eids, counts)), table, n_heads=int(n_heads))
-  records = [neds_task.session_record(s, hp.modalities) for s in loaded]
-  task.save_initial(workdir, config, records, nnx.state(model, nnx.Param), neds_task.make_optimizer(config))
+  records = [tokens.session_record(s, hp.modalities) for s in loaded]
   arch = dict(size=f"{hp.width}x{hp.n_layers}x{hp.n_heads}x{hp.mlp_width}", modalities=list(hp.modalities))
   arch.update(width=hp.width, n_layers=hp.n_layers, n_heads=hp.n_heads, mlp_width=hp.mlp_width, max_bins=hp.max_bins)
   rows = [table.index(e) for e in eids]
-  return dict(kind="neds", architecture=arch, eids=eids, session_rows=rows, unused=unused)
+  summary = dict(kind="neds", architecture=arch, eids=eids, session_rows=rows, unused=unused)
+  return config, records, nnx.state(model, nnx.Param), summary
