@@ -114,6 +114,26 @@ def test_paired_differences_against_scratch(tmp_path):
     assert len(list(csv.DictReader(f))) == len(rows)
 
 
+def test_families_are_compared_pairwise_against_the_first(tmp_path):
+  base = [0.10, 0.20, 0.30, 0.40]
+  rows = _rows(protocol.SCRATCH, "none", base) + _rows(protocol.WARMUP, "a04_10steps", base)
+  other = [
+    dict(r, family="G") for r in _rows(protocol.SCRATCH, "none", [v + 0.1 + 0.01 * i for i, v in enumerate(base)])
+  ]
+  other += [dict(r, family="G") for r in _rows(protocol.WARMUP, "a04_10steps", [0.40, 0.10, 0.30, 0.20])]
+  diffs = {(e["family"], e["arm"]): e for e in protocol.family_differences(rows + other, "F")}
+  assert set(diffs) == {("G", protocol.SCRATCH), ("G", protocol.WARMUP)}  # the reference is never compared with itself
+  scratch = diffs[("G", protocol.SCRATCH)]
+  assert scratch["vs_family"] == pytest.approx(0.115) and scratch["vs_family_verdict"] == "better"
+  assert scratch["n"] == 4 and "vs_family_animals_verdict" in scratch
+  assert diffs[("G", protocol.WARMUP)]["vs_family_verdict"] == "tie"
+  report.write(rows + other, str(tmp_path), "two", "m")
+  table = (tmp_path / "two.md").read_text()
+  assert "Against F (the same arm" in table and "| G | scratch | none | +0.1150 [" in table
+  report.write(rows, str(tmp_path), "one", "m")
+  assert "Against" not in (tmp_path / "one.md").read_text()  # one family: nothing to compare
+
+
 def test_run_records_give_val_loss_and_training_time(tmp_path):
   with open(tmp_path / "metrics.jsonl", "w", encoding="utf-8") as f:
     for record in (

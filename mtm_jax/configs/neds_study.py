@@ -44,7 +44,7 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
   del c["spike"]
   s = c.study
   s.name = "neds"
-  s.families = ("neds", "ndt1")
+  s.families = ("ndt1", "neds")  # NDT1-MtM first: the report gives NEDS minus NDT1-MtM
   c.neds = family_study.family("NEDS", "ibl_binned")
   if arg == "full":
     c.neds.pretrain, c.neds.finetune = neds_stage("single", 1000), neds_stage("single", 1000)

@@ -196,11 +196,10 @@ def summarise(rows: list[dict]) -> list[dict]:
   over animals alone ("animals_*", "vs_scratch_animals_*", ...: a t interval of the
   per-animal means, n = held-out animals), which does not count an animal's seeds as
   independent draws of animals."""
-  groups: dict[tuple, dict] = {}
+  groups = _groups(rows)
   sizes = {}
   for r in rows:
     key = (r["family"], r["arm"], r["pretraining"], r["metric"])
-    groups.setdefault(key, {})[(r["animal"], int(r["seed"]))] = float(r["value"])
     sizes[key] = dict(pretrain_animals=int(r["pretrain_animals"]), pretrain_steps=int(r["pretrain_steps"]))
   out = []
   for (family, arm, pretraining, metric), values in groups.items():
@@ -215,5 +214,34 @@ def summarise(rows: list[dict]) -> list[dict]:
         d, lo, hi = interval(list(pairs.values()))
         entry.update({f"{name}": d, f"{name}_low": lo, f"{name}_high": hi, f"{name}_verdict": verdict(lo, hi)})
         entry.update(_over_animals(pairs, f"{name}_"))
+    out.append(entry)
+  return out
+
+
+def _groups(rows: list[dict]) -> dict[tuple, dict]:
+  """{(family, arm, pretraining, metric): {(animal, seed): value}} of the rows."""
+  groups: dict[tuple, dict] = {}
+  for r in rows:
+    key = (r["family"], r["arm"], r["pretraining"], r["metric"])
+    groups.setdefault(key, {})[(r["animal"], int(r["seed"]))] = float(r["value"])
+  return groups
+
+
+def family_differences(rows: list[dict], reference: str) -> list[dict]:
+  """Per (family other than `reference`, arm, pretraining, metric): the paired difference
+  (same animal and seed) against `reference`'s same arm after the same pretraining, with its
+  95% interval and verdict ("vs_family", "vs_family_low", ...) and the same over animals
+  ("vs_family_animals_*"); cells with fewer than 2 pairs are left out. The families read the
+  same trials of the same held-out sessions, so the pairs compare the families themselves."""
+  groups, out = _groups(rows), []
+  for (family, arm, pretraining, metric), values in groups.items():
+    ref = groups.get((reference, arm, pretraining, metric))
+    pairs = {k: values[k] - ref[k] for k in values if ref and k in ref}
+    if family == reference or len(pairs) < 2:
+      continue
+    d, lo, hi = interval(list(pairs.values()))
+    entry = dict(family=family, arm=arm, pretraining=pretraining, metric=metric, n=len(pairs))
+    entry.update(vs_family=d, vs_family_low=lo, vs_family_high=hi, vs_family_verdict=verdict(lo, hi))
+    entry.update(_over_animals(pairs, "vs_family_"))
     out.append(entry)
   return out

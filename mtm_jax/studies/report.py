@@ -1,6 +1,7 @@
 """A family study's outputs: <name>.csv (one row per family, arm, pretraining, animal,
-seed and metric), <name>.md (means with 95% intervals, and paired differences against
-the scratch arms with what they support) and <name>.png (Figure 4 of the MtM paper with
+seed and metric), <name>.md (means with 95% intervals, paired differences against the
+scratch arms and, in a study of several families, against the first family's same arm, with
+what they support) and <name>.png (Figure 4 of the MtM paper with
 error bars). Summaries come from studies.protocol.summarise."""
 
 from __future__ import annotations
@@ -104,6 +105,23 @@ def tables(rows: list[dict], summary: list[dict], main_metric: str) -> str:
   out += ["", "| family | arm | pretraining | " + " | ".join(metrics) + " |", "|---|---|---|" + "---|" * len(metrics)]
   for key in keys:
     out.append(f"| {' | '.join(key)} | " + " | ".join(_cell(by_key.get(key + (m,))) for m in metrics) + " |")
+  families = _first_seen(r["family"] for r in rows)
+  differences = {
+    (e["family"], e["arm"], e["pretraining"], e["metric"]): e for e in protocol.family_differences(rows, families[0])
+  }
+  compared = [key for key in keys if any(key + (m,) in differences for m in metrics)]
+  if compared:
+    out += [
+      "",
+      f"Against {families[0]} (the same arm after the same pretraining; paired by animal and seed): "
+      "difference [95% interval] and what it supports",
+      "",
+      "| family | arm | pretraining | " + " | ".join(metrics) + " |",
+      "|---|---|---|" + "---|" * len(metrics),
+    ]
+    for key in compared:
+      cells = [_difference(differences[key + (m,)], "vs_family") if key + (m,) in differences else "-" for m in metrics]
+      out.append(f"| {' | '.join(key)} | " + " | ".join(cells) + " |")
   return "\n".join(out)
 
 
