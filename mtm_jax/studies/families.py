@@ -39,6 +39,9 @@ from mtm_jax.tasks import registry
 FAMILY_FIELDS = ("label", "builder", "pretrain", "finetune")  # of each config.<family> (configs/family_study.family)
 MEAN_METRIC = "four_metric_mean_bps"  # the mean of the four 20 ms metrics (what the arms are compared by)
 SCORED = eval_report.METRICS + decoding.BEHAVIOUR_METRICS  # what every adaptation run is scored on
+# reported where a family's evaluation gives them, not required of every run: NEDS's own encoding
+# score (every spike token masked, the behaviour given), which a family without behaviour inputs lacks
+OPTIONAL = ("encoding_bps",)
 
 
 def sessions_of(study, animals: list[str]) -> list[str]:
@@ -97,7 +100,7 @@ def adapt_config(c, cell: protocol.Cell, session: str, data_dir: str, pretrained
 
 def metrics_of(results: dict) -> dict:
   """The scored metrics present in `results`, and MEAN_METRIC when all four MtM metrics are."""
-  out = {m: results[m] for m in SCORED if isinstance(results.get(m), float)}
+  out = {m: results[m] for m in SCORED + OPTIONAL if isinstance(results.get(m), float)}
   if all(m in out for m in eval_report.METRICS):
     out[MEAN_METRIC] = sum(out[m] for m in eval_report.METRICS) / len(eval_report.METRICS)
   return out
