@@ -83,9 +83,7 @@ def get_config(arg: str = "single") -> ml_collections.ConfigDict:
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 37_500  # 2000 epochs (trainer_mm.yaml) of a ~300-trial training split at batch 16
-  c.train.log_every = 100
-  c.train.eval_every = 1000  # validation loss
-  c.train.checkpoint_every = 1000
+  c.train.log_every, c.train.eval_every, c.train.checkpoint_every = 100, 1000, 1000  # logs, val loss, checkpoints
   c.train.keep_checkpoints = 3
   c.train.max_nonfinite_steps = 10  # non-finite steps in a row (each skipped) that stop the run
 
@@ -121,11 +119,8 @@ def get_config(arg: str = "single") -> ml_collections.ConfigDict:
     c.eval.max_masks = 32
   elif preset == "tiny":
     c.model.dropout = c.model.attention_dropout = c.model.embed_dropout = 0.1
-    c.data.batch_size = 8
-    c.optimizer.learning_rate = 1e-3
-    c.train.steps = 20
-    c.train.log_every = 5
+    c.data.batch_size, c.optimizer.learning_rate = 8, 1e-3
+    c.train.steps, c.train.log_every = 20, 5
     c.train.eval_every = c.train.checkpoint_every = 10
-    c.eval.max_batch = 256
-    c.eval.max_masks = 6
+    c.eval.max_batch, c.eval.max_masks = 256, 6
   return c

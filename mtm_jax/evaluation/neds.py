@@ -208,24 +208,15 @@ def decoding_scores(
 
 
 def evaluate_session(
-  graphdef,
-  params,
-  data: SessionData,
-  *,
-  mods: tuple,
-  session: int,
-  n_model: int,
-  max_batch: int,
-  max_masks: int = 0,
-  label: str = "",
-  decode: bool = True,
-) -> tuple[dict, dict]:
+  graphdef, params, data: SessionData, *, decode: bool = True, max_masks: int = 0, label: str = "", **options
+):
   """(encoding and decoding scores with "skipped" {metric: reason}, {task: [N] bps}) of one
-  session (`session`: its row in the model; n_model: the model's input width). decode=False
-  skips the decoding scores (reason report.DECODING_OFF)."""
+  session. options: mods, session (its row in the model), n_model (the model's input width)
+  and max_batch, as encoding_scores takes them. decode=False skips the decoding scores
+  (reason report.DECODING_OFF)."""
   predict = make_predictor(graphdef)
   params = jax.device_put(params, jax.local_devices()[0])  # one device (see the module docstring)
-  options = dict(mods=tuple(mods), session=session, n_model=n_model, max_batch=max_batch)
+  options["mods"] = tuple(options["mods"])
   results, per_neuron = encoding_scores(predict, params, data, max_masks=max_masks, label=label, **options)
   if decode:
     with progress.Stage(f"{label}decoding (behaviour tokens masked)"):

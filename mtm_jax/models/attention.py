@@ -226,35 +226,25 @@ def t_fixup(layer: SelfAttentionBlock, n_layers: int) -> None:
     linear.kernel[...] = linear.kernel[...] * f
 
 
-def blocks(
-  n_layers: int,
-  width: int,
-  n_heads: int,
-  mlp_width: int,
-  *,
-  dropout: float,
-  attention_dropout: float,
-  layer_norm_eps: float,
-  fixup_init: bool,
-  rngs: nnx.Rngs,
-) -> nnx.List:
-  """n_layers pre-LayerNorm blocks (SelfAttentionBlock), each T-Fixup initialised when
-  fixup_init: the transformer of NDT1 and NEDS."""
+def blocks(hp, width: int, *, rngs: nnx.Rngs) -> nnx.List:
+  """hp.n_layers pre-LayerNorm blocks (SelfAttentionBlock) of `width`, each T-Fixup
+  initialised when hp.fixup_init: the transformer of NDT1 and NEDS. hp: their Hparams (fields
+  n_layers, n_heads, mlp_width, dropout, attention_dropout, layer_norm_eps, fixup_init)."""
   layers = nnx.List(
     [
       SelfAttentionBlock(
         width,
-        n_heads,
-        mlp_width,
-        dropout=dropout,
-        attention_dropout=attention_dropout,
-        layer_norm_eps=layer_norm_eps,
+        hp.n_heads,
+        hp.mlp_width,
+        dropout=hp.dropout,
+        attention_dropout=hp.attention_dropout,
+        layer_norm_eps=hp.layer_norm_eps,
         rngs=rngs,
       )
-      for _ in range(n_layers)
+      for _ in range(hp.n_layers)
     ]
   )
-  if fixup_init:
+  if hp.fixup_init:
     for layer in layers:
-      t_fixup(layer, n_layers)
+      t_fixup(layer, hp.n_layers)
   return layers

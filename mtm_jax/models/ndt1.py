@@ -126,17 +126,7 @@ class NDT1(nnx.Module):
     self.position = nnx.Embed(hp.max_bins, width, rngs=rngs)
     self.prompt = nnx.Embed(len(masking.SCHEMES), width, rngs=rngs) if hp.use_prompt else None
     self.session = nnx.Embed(n_sessions, width, rngs=rngs) if hp.use_session else None
-    self.layers = attention.blocks(
-      hp.n_layers,
-      width,
-      hp.n_heads,
-      hp.mlp_width,
-      dropout=hp.dropout,
-      attention_dropout=hp.attention_dropout,
-      layer_norm_eps=hp.layer_norm_eps,
-      fixup_init=hp.fixup_init,
-      rngs=rngs,
-    )
+    self.layers = attention.blocks(hp, width, rngs=rngs)
     self.final_norm = nnx.LayerNorm(width, epsilon=hp.layer_norm_eps, rngs=rngs)
     if stitch_dim:
       self.readout, self.stitch_out = None, SessionLinear((width,) * n_sessions, sizes, rngs=rngs)

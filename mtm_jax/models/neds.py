@@ -183,17 +183,7 @@ class NEDS(nnx.Module):
     self.modalities, self.max_bins = hp.modalities, hp.max_bins
     self.io = nnx.Dict({m: ModalityIO(m, sizes, hp, n_rows, rngs=rngs) for m in hp.modalities})
     self.mask_token = nnx.Param(jnp.zeros((hp.width,), jnp.float32))
-    self.layers = attention.blocks(
-      hp.n_layers,
-      hp.width,
-      hp.n_heads,
-      hp.mlp_width,
-      dropout=hp.dropout,
-      attention_dropout=hp.attention_dropout,
-      layer_norm_eps=hp.layer_norm_eps,
-      fixup_init=hp.fixup_init,
-      rngs=rngs,
-    )
+    self.layers = attention.blocks(hp, hp.width, rngs=rngs)
     self.final_norm = nnx.LayerNorm(hp.width, epsilon=hp.layer_norm_eps, rngs=rngs)
 
   def _check(self, inputs, masks):

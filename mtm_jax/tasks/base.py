@@ -126,6 +126,14 @@ class Task:
     from scratch). mode: what fine-tuning trains (None: the family's default)."""
     raise NotImplementedError
 
+  def finetune_mode(self, config: ml_collections.ConfigDict, mode: str | None) -> tuple:
+    """(a copy of `config`, the fine-tuning mode: `mode`, else config.finetune.mode), with
+    --mode checked against the modes every family takes."""
+    mode = config.finetune.mode if mode is None else mode
+    if mode not in config_checks.FINETUNE_MODES:
+      raise ValueError(f"--mode: expected one of {config_checks.FINETUNE_MODES} for {self.name}, got {mode!r}")
+    return ml_collections.ConfigDict(config.to_dict()), mode
+
   def pretrained_config(self, pretrained: str) -> ml_collections.ConfigDict:
     """The config of the pretrained run in `pretrained`, checked to be of this family."""
     pre, _ = checkpoint.load_metadata(pretrained)

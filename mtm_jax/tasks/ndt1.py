@@ -167,10 +167,7 @@ class NDT1Task(base.Task):
     config.finetune.mode) "full": every parameter trains, after finetune.warmup_steps of
     the new per-session layers alone; "unit_id": only the new per-session layers train
     (the stitchers and session row of the new sessions: NDT1's unit identification)."""
-    mode = config.finetune.mode if mode is None else mode
-    if mode not in config_checks.FINETUNE_MODES:
-      raise ValueError(f"--mode: expected one of {config_checks.FINETUNE_MODES} for NDT1, got {mode!r}")
-    config = ml_collections.ConfigDict(config.to_dict())
+    config, mode = self.finetune_mode(config, mode)
     if not pretrained:
       return config
     pre = self.pretrained_config(pretrained)

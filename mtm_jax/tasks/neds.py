@@ -155,10 +155,7 @@ class NEDSTask(base.Task):
     """The pretrained architecture (config.model); its shared weights and the rows of the
     sessions it already has, fresh rows for new sessions. mode "full" (default): everything
     trains after finetune.warmup_steps of the new rows alone; "unit_id": only the rows."""
-    mode = config.finetune.mode if mode is None else mode
-    if mode not in config_checks.FINETUNE_MODES:
-      raise ValueError(f"--mode: expected one of {config_checks.FINETUNE_MODES} for NEDS, got {mode!r}")
-    config = ml_collections.ConfigDict(config.to_dict())
+    config, mode = self.finetune_mode(config, mode)
     if not pretrained:
       return config
     pre = self.pretrained_config(pretrained)

@@ -145,11 +145,9 @@ class POYOTask(base.Task):
     config.data.scale = [float(x) for x in scale]
     train = windows_lib.prepare(sessions, "train", window_config(config, train=True), vocab=vocab, scale=scale)
     val = windows_lib.prepare(sessions, "val", window_config(config, train=False), vocab=vocab, scale=scale)
-    batches = batches_lib.training_batches(
-      train, config.data.batch_size, config.data.shuffle_seed, rows=mesh_lib.process_rows(config.data.batch_size, mesh)
+    return spike_tokens.training_input(
+      config, mesh, records, sessions, "intervals", train, val, batches_lib.training_batches
     )
-    spike_tokens.log_sessions(sessions, "intervals")
-    return base.Input(records, batches, None, dict(val=val))
 
   def create(self, config, records, mesh, params=None):
     vocab = vocabulary_lib.Vocabulary.from_records(records)

@@ -177,11 +177,9 @@ class PoyoMtMTask(base.Task):
     train = trials_lib.prepare(sessions, "train", trial_config(config), vocab=vocab, n_units=n_units)
     val = trials_lib.prepare(sessions, "val", trial_config(config), vocab=vocab, n_units=n_units)
     trials_lib.check_buckets(val)
-    batches = trials_lib.training_batches(
-      train, config.data.batch_size, config.data.shuffle_seed, rows=mesh_lib.process_rows(config.data.batch_size, mesh)
+    return spike_tokens.training_input(
+      config, mesh, records, sessions, "trials", train, val, trials_lib.training_batches
     )
-    spike_tokens.log_sessions(sessions, "trials")
-    return base.Input(records, batches, None, dict(val=val))
 
   def create(self, config, records, mesh, params=None):
     vocab = vocabulary_lib.Vocabulary.from_records(records)

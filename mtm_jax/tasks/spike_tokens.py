@@ -20,7 +20,7 @@ from mtm_jax.datasets.events import session as session_lib
 from mtm_jax.datasets.events import tfds
 from mtm_jax.datasets.events import vocabulary as vocabulary_lib
 from mtm_jax.models import unit_tables
-from mtm_jax.parallel import sharding
+from mtm_jax.parallel import mesh as mesh_lib, sharding
 from mtm_jax.tasks import base
 from mtm_jax.training import checkpoint, config_checks, rows, step as step_lib
 
@@ -49,6 +49,16 @@ def vocabulary_records(sessions, names, pretrained: base.Pretrained | None) -> l
     return records
   known = {r["session_id"] for r in pretrained.records}
   return list(pretrained.records) + [r for r in records if r["session_id"] not in known]
+
+
+def training_input(config, mesh, records, sessions, what: str, train, val, training_batches) -> base.Input:
+  """The Input of a spike-token run: training batches of `train` (training_batches(examples,
+  batch size, seed, rows=this process's rows of a batch)), `val` for validation, and one log
+  line per session (log_sessions; what: "intervals" or "trials")."""
+  mine = mesh_lib.process_rows(config.data.batch_size, mesh)
+  batches = training_batches(train, config.data.batch_size, config.data.shuffle_seed, rows=mine)
+  log_sessions(sessions, what)
+  return base.Input(records, batches, None, dict(val=val))
 
 
 def log_sessions(sessions, what: str) -> None:
