@@ -143,3 +143,27 @@ def test_a_checkpoint_of_another_kind_is_named(data_dir, tmp_path):
   with pytest.raises(ValueError, match="not a NEDS"):
     _import(path, tmp_path / "w", data_dir)
   assert not os.path.exists(tmp_path / "w")
+
+
+def test_an_imported_workdir_fine_tunes_on_a_new_session(source, study_data_dir, tmp_path):
+  """--pretrained=<imported workdir>: the imported architecture, its shared weights kept by
+  unit identification, a fresh session row for the new session."""
+  from mtm_jax.configs import neds as neds_config  # pylint: disable=import-outside-toplevel
+  from mtm_jax.training import trainer  # pylint: disable=import-outside-toplevel
+
+  _import(source[0], tmp_path / "imported", study_data_dir)
+  task = registry.get("neds")
+  config = neds_config.get_config("tiny")
+  config.data.datasets, config.data.data_dir = STUDY_DATASETS[0], study_data_dir
+  config.train.steps = config.train.eval_every = config.train.checkpoint_every = 2
+  config.eval.split = "val"
+  config = task.finetune_config(config, str(tmp_path / "imported"), "unit_id")
+  assert (config.model.width, config.model.n_layers, config.model.mlp_width) == (WIDTH, LAYERS, MLP)
+  trainer.train(task, config, str(tmp_path / "ft"))
+  pre = run_checks.flat(registry.load_trained(str(tmp_path / "imported")).params)
+  ft = registry.load_trained(str(tmp_path / "ft"))
+  after = run_checks.flat(ft.params)
+  assert ft.names == [STUDY_DATASETS[0]] and ft.step == 2
+  for name in ("layers/0/attn/query/kernel", "mask_token", "io/spike/position/embedding"):
+    np.testing.assert_array_equal(after[name], pre[name], err_msg=name)  # unit_id: shared weights as imported
+  assert after["io/spike/stitch_in/kernel"].shape[1] == 134  # the new session's own table
