@@ -97,7 +97,7 @@ class Runner:
       return np.asarray(log_rates[..., : self.n_units], np.float32)
     w = len(starts)
     masks = {m: np.full((w, N_BINS), m != modalities.SPIKE) for m in self.mods}
-    hidden = self.run(self.params, inputs, masks, np.full(w, self.row, np.int32), present)  # [w, K T, D]
+    hidden = self.run(self.params, inputs, masks, np.int32(self.row), present)  # [w, K T, D]
     hidden = np.asarray(hidden, np.float32).reshape(w, len(self.mods), N_BINS, -1)[:, self.present]
     return hidden.transpose(0, 2, 1, 3).reshape(w, N_BINS, -1)
 

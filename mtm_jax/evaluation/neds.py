@@ -63,7 +63,7 @@ class SessionData(NamedTuple):
 
 
 def make_predictor(graphdef) -> Callable:
-  """predict(params, inputs, masks, session [B] int32, present) -> preds: the jitted
+  """predict(params, inputs, masks, session [] int32 (one session: its tables read once), present) -> preds: the jitted
   deterministic forward pass of the NEDS model (models.neds.NEDS.__call__)."""
 
   @jax.jit
@@ -108,9 +108,7 @@ def make_encoder(predict: Callable, behaviour_masked: bool = False) -> Callable:
     batch = {m: spikes if m == modalities.SPIKE else _tile(x, c) for m, x in inputs.items()}
     masks = {m: jnp.full((c * k, t), behaviour_masked) for m in inputs}
     masks[modalities.SPIKE] = jnp.repeat(token_bins, k, axis=0)
-    preds = predict(
-      params, batch, masks, jnp.full(c * k, session, jnp.int32), {m: _tile(p, c) for m, p in present.items()}
-    )
+    preds = predict(params, batch, masks, jnp.asarray(session, jnp.int32), {m: _tile(p, c) for m, p in present.items()})
     log_rates = preds[modalities.SPIKE].astype(jnp.float32).reshape(c, k, t, n)
     return jnp.einsum("cktn,cn->ktn", log_rates, score.astype(jnp.float32))
 
@@ -181,7 +179,7 @@ def decoded_behaviour(predict, params, data: SessionData, *, mods: tuple, sessio
     batch = {m: x[rows] for m, x in inputs.items()}
     size = len(batch[modalities.SPIKE])
     masks = {m: np.full((size, t), m != modalities.SPIKE) for m in mods}
-    preds = predict(params, batch, masks, np.full(size, session, np.int32), {m: p[rows] for m, p in present.items()})
+    preds = predict(params, batch, masks, np.int32(session), {m: p[rows] for m, p in present.items()})
     for m in out:
       p = np.asarray(preds[m], np.float32)
       out[m].append(p.argmax(-1) if m in modalities.STATIC else p)

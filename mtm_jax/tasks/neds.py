@@ -70,7 +70,10 @@ def masked_loss(graphdef, params, batch, consts, key, *, config, train: bool):
   inputs = {m: spikes if m == modalities.SPIKE else batch[m] for m in mods}
   present = {m: consts["present"][session, i] for i, m in enumerate(mods)}
   model = nnx.merge(graphdef, precision.compute_params(params, config.model.dtype))
-  preds = model(inputs, masks, session=session, present=present, key=k_dropout if train else None)
+  # one session per batch: its tables are read once (a [] row), not gathered per example
+  preds = model(
+    inputs, masks, session=ndt1_task.batch_session(batch), present=present, key=k_dropout if train else None
+  )
   preds = jax.tree.map(lambda x: x.astype(jnp.float32), preds)
   valid = batch["valid"] if "valid" in batch else jnp.ones(b, bool)
   scored = {m: consts["present"][session, i] & valid for i, m in enumerate(mods)}
